@@ -1,0 +1,205 @@
+//! Types and names shared by the XDP program and the gateway.
+//!
+//! Everything here is plain `#[repr(C)]` data: the kernel reads and writes it
+//! through BPF maps, `bpftool` prints it by field name (BTF), and userspace
+//! implements `aya::Pod` for it behind the `user` feature.
+//!
+//! Ownership rule: userspace writes policy (`GW_BANS`, `GW_BUDGETS`,
+//! `GW_ALLOW`, `GW_PORTS`, `GW_CONFIG`); the kernel writes only `GW_STATE`
+//! and `GW_COUNTERS`. Neither side ever writes the other's maps.
+#![no_std]
+
+/// Map names. They must match the statics in `gateway-ebpf` (the loader
+/// checks every one of them is present in the object it loads).
+pub mod maps {
+    /// Bans by source: [`crate::SourceAddr`] → [`crate::Ban`]. A plain hash
+    /// (not LRU) so a spoofed flood can never evict a ban.
+    pub const BANS: &str = "GW_BANS";
+    /// Per-source kernel budgets written from the tier the gateway last saw:
+    /// [`crate::SourceAddr`] → [`crate::Budget`]. LRU: an evicted entry falls
+    /// back to the default budget, which is harmless.
+    pub const BUDGETS: &str = "GW_BUDGETS";
+    /// Kernel-owned token state: [`crate::SourceAddr`] → [`crate::SourceState`].
+    /// LRU so spoofed sources evict old state instead of failing inserts.
+    pub const STATE: &str = "GW_STATE";
+    /// Allow-listed CIDRs (LPM trie, IPv6 keys): never dropped.
+    pub const ALLOW: &str = "GW_ALLOW";
+    /// Protected destination ports: index = port, value 1 = protected.
+    pub const PORTS: &str = "GW_PORTS";
+    /// One [`crate::Config`] at index 0.
+    pub const CONFIG: &str = "GW_CONFIG";
+    /// Per-CPU `u64` counters indexed by [`crate::Counter`].
+    pub const COUNTERS: &str = "GW_COUNTERS";
+
+    /// Every map the program must define, in the order `xdp status` shows them.
+    pub const ALL: [&str; 7] = [BANS, BUDGETS, STATE, ALLOW, PORTS, CONFIG, COUNTERS];
+}
+
+/// Name of the XDP entry function in the object.
+pub const PROGRAM: &str = "gateway_xdp";
+/// File name of the pinned program under the pin root.
+pub const PROGRAM_PIN: &str = "gateway_xdp_prog";
+
+/// Default map sizes (the gateway may override them at load time).
+pub const DEFAULT_BANS_ENTRIES: u32 = 65_536;
+pub const DEFAULT_BUDGETS_ENTRIES: u32 = 262_144;
+pub const DEFAULT_STATE_ENTRIES: u32 = 262_144;
+pub const DEFAULT_ALLOW_ENTRIES: u32 = 1_024;
+pub const PORTS_ENTRIES: u32 = 65_536;
+
+/// A source address: IPv6, with IPv4 mapped as `::ffff:a.b.c.d`, so one map
+/// serves both families.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct SourceAddr {
+    pub addr: [u8; 16],
+}
+
+impl SourceAddr {
+    /// The IPv4-mapped form of an IPv4 address given as its four bytes.
+    #[inline(always)]
+    pub const fn from_v4(octets: [u8; 4]) -> Self {
+        let [a, b, c, d] = octets;
+        Self {
+            addr: [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, a, b, c, d],
+        }
+    }
+}
+
+/// Why a source is banned (shown by `gateway xdp bans`).
+pub mod ban_reason {
+    /// An operator ran `gateway xdp ban`.
+    pub const MANUAL: u32 = 0;
+    /// The source kept sending past its rate limit.
+    pub const RATE_LIMIT: u32 = 1;
+    /// Too many authentication failures (key or token guessing).
+    pub const AUTH_FAILURES: u32 = 2;
+}
+
+/// A ban written by userspace. The kernel only reads it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Ban {
+    /// `CLOCK_MONOTONIC` (= `bpf_ktime_get_ns`) deadline; packets pass again after it.
+    pub banned_until_ns: u64,
+    /// One of [`ban_reason`].
+    pub reason: u32,
+    /// How many times this source has been banned (for doubling on repeat).
+    pub offences: u32,
+}
+
+/// A source's kernel budget. A rate of 0 means "no limit" for that budget.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Budget {
+    /// New TCP connections (SYN without ACK) per second.
+    pub syn_per_sec: u32,
+    /// SYNs allowed back to back before the rate applies.
+    pub syn_burst: u32,
+    /// Packets (TCP or UDP, to protected ports) per second.
+    pub pkt_per_sec: u32,
+    /// Packets allowed back to back before the rate applies.
+    pub pkt_burst: u32,
+    /// Tier index the budget came from (0 = default), for display only.
+    pub tier: u32,
+}
+
+/// Kernel-written per-source state: GCRA theoretical arrival times.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct SourceState {
+    pub syn_tat_ns: u64,
+    pub pkt_tat_ns: u64,
+}
+
+/// Enforcement modes (value of [`Config::mode`]).
+pub mod mode {
+    /// Drop what policy says to drop.
+    pub const ENFORCE: u32 = 0;
+    /// Count what would be dropped; pass everything.
+    pub const MONITOR: u32 = 1;
+}
+
+/// How the program is attached (value of [`Config::attach_mode`]); recorded
+/// for `gateway xdp status`, the kernel ignores it.
+pub mod attach_mode {
+    pub const NONE: u32 = 0;
+    pub const NATIVE: u32 = 1;
+    pub const SKB: u32 = 2;
+}
+
+/// Global settings, written by userspace at index 0 of `GW_CONFIG`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Config {
+    /// One of [`mode`].
+    pub mode: u32,
+    /// Interface index the program is attached to (0 = not attached).
+    pub ifindex: u32,
+    /// One of [`attach_mode`].
+    pub attach_mode: u32,
+    /// PID of the gateway that owns the pins (for `xdp status`).
+    pub owner_pid: u32,
+    /// Budget for sources without an entry in `GW_BUDGETS`.
+    pub default_budget: Budget,
+    /// Interface name, NUL-padded.
+    pub ifname: [u8; 16],
+}
+
+/// Counter indexes in `GW_COUNTERS`. Only packets to protected ports are
+/// judged; everything else is counted as `NotProtected` and passed.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Counter {
+    Passed = 0,
+    Allowlisted = 1,
+    DroppedBanned = 2,
+    DroppedConnBudget = 3,
+    DroppedPktBudget = 4,
+    MonitorBanned = 5,
+    MonitorConnBudget = 6,
+    MonitorPktBudget = 7,
+    NotProtected = 8,
+}
+
+impl Counter {
+    pub const COUNT: u32 = 9;
+    /// Every counter with its metric-friendly name, in index order.
+    pub const ALL: [(Counter, &'static str); Self::COUNT as usize] = [
+        (Counter::Passed, "passed"),
+        (Counter::Allowlisted, "allowlisted"),
+        (Counter::DroppedBanned, "dropped_banned"),
+        (Counter::DroppedConnBudget, "dropped_conn_budget"),
+        (Counter::DroppedPktBudget, "dropped_pkt_budget"),
+        (Counter::MonitorBanned, "monitor_would_drop_banned"),
+        (Counter::MonitorConnBudget, "monitor_would_drop_conn_budget"),
+        (Counter::MonitorPktBudget, "monitor_would_drop_pkt_budget"),
+        (Counter::NotProtected, "not_protected"),
+    ];
+
+    /// The counter that records this drop reason in monitor mode.
+    #[inline(always)]
+    pub const fn monitored(self) -> Counter {
+        match self {
+            Counter::DroppedBanned => Counter::MonitorBanned,
+            Counter::DroppedConnBudget => Counter::MonitorConnBudget,
+            Counter::DroppedPktBudget => Counter::MonitorPktBudget,
+            other => other,
+        }
+    }
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: all are `#[repr(C)]`, contain only integers and byte arrays, and
+    // have no padding (checked by the size assertions below).
+    unsafe impl aya::Pod for super::SourceAddr {}
+    unsafe impl aya::Pod for super::Ban {}
+    unsafe impl aya::Pod for super::Budget {}
+    unsafe impl aya::Pod for super::SourceState {}
+    unsafe impl aya::Pod for super::Config {}
+
+    const _: () = assert!(core::mem::size_of::<super::Ban>() == 16);
+    const _: () = assert!(core::mem::size_of::<super::Budget>() == 20);
+    const _: () = assert!(core::mem::size_of::<super::Config>() == 52);
+}

@@ -1,0 +1,102 @@
+//! Making sure the pin root lives on a BPF filesystem.
+//!
+//! Many hosts (ours included) do not mount bpffs at `/sys/fs/bpf`; pins made
+//! on any other filesystem fail. We mount it when it is absent rather than
+//! make every operator learn that.
+use std::{
+    ffi::CString,
+    io,
+    os::unix::ffi::OsStrExt,
+    path::{Path, PathBuf},
+};
+
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+const STANDARD_MOUNT: &str = "/sys/fs/bpf";
+
+#[derive(Debug, thiserror::Error)]
+pub enum BpffsError {
+    #[error("cannot inspect {path}: {source}")]
+    Stat { path: PathBuf, source: io::Error },
+    #[error(
+        "{path} is not on a BPF filesystem and mounting one there failed ({source}); \
+         mount it yourself (`mount -t bpf bpf {path}`) or run with CAP_SYS_ADMIN"
+    )]
+    Mount { path: PathBuf, source: io::Error },
+    #[error("cannot create pin directory {path}: {source}")]
+    CreateDir { path: PathBuf, source: io::Error },
+}
+
+/// Is `path` (which must exist) on bpffs?
+pub fn is_bpffs(path: &Path) -> Result<bool, BpffsError> {
+    let c_path = c_string(path);
+    // SAFETY: zeroed statfs is a valid out-parameter.
+    let mut stat: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c_path` is NUL-terminated and `stat` is writable.
+    if unsafe { libc::statfs(c_path.as_ptr(), &mut stat) } != 0 {
+        return Err(BpffsError::Stat {
+            path: path.to_owned(),
+            source: io::Error::last_os_error(),
+        });
+    }
+    #[allow(
+        clippy::unnecessary_cast,
+        reason = "f_type's width differs by libc target"
+    )]
+    Ok(stat.f_type as i64 == BPF_FS_MAGIC)
+}
+
+/// Ensures `pin_root` exists on bpffs, mounting bpffs at `/sys/fs/bpf` (for
+/// roots below it) or at `pin_root` itself when needed.
+pub fn ensure_mounted(pin_root: &Path) -> Result<(), BpffsError> {
+    let existing = pin_root
+        .ancestors()
+        .find(|p| p.exists())
+        .unwrap_or(Path::new("/"));
+    if !is_bpffs(existing)? {
+        let mount_point = if pin_root.starts_with(STANDARD_MOUNT) {
+            PathBuf::from(STANDARD_MOUNT)
+        } else {
+            pin_root.to_owned()
+        };
+        create_dir(&mount_point)?;
+        mount_bpffs(&mount_point)?;
+    }
+    create_dir(pin_root)
+}
+
+fn create_dir(path: &Path) -> Result<(), BpffsError> {
+    std::fs::create_dir_all(path).map_err(|source| BpffsError::CreateDir {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+fn mount_bpffs(path: &Path) -> Result<(), BpffsError> {
+    let target = c_string(path);
+    let fstype = c"bpf";
+    let options = c"mode=0700";
+    // SAFETY: all pointers are NUL-terminated strings that outlive the call.
+    let rc = unsafe {
+        libc::mount(
+            fstype.as_ptr(),
+            target.as_ptr(),
+            fstype.as_ptr(),
+            0,
+            options.as_ptr().cast(),
+        )
+    };
+    if rc != 0 {
+        return Err(BpffsError::Mount {
+            path: path.to_owned(),
+            source: io::Error::last_os_error(),
+        });
+    }
+    tracing::info!(path = %path.display(), "mounted bpffs");
+    Ok(())
+}
+
+fn c_string(path: &Path) -> CString {
+    // Paths from the OS cannot contain NUL; a user-typed one with NUL is
+    // turned into a path that cannot exist, so the syscall reports it.
+    CString::new(path.as_os_str().as_bytes()).unwrap_or_else(|_| c"/\u{1}nul-in-path".into())
+}

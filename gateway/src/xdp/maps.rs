@@ -1,0 +1,211 @@
+//! Typed access to the program's pinned maps.
+//!
+//! The running gateway and the `gateway xdp ...` CLI both go through
+//! [`PinnedMaps`], opened from the pin root, so there is one way to read and
+//! write kernel policy.
+use std::{
+    net::IpAddr,
+    path::{Path, PathBuf},
+};
+
+use aya::maps::{Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray};
+use gateway_common::{maps, Ban, Budget, Config, Counter, SourceAddr};
+use ipnet::IpNet;
+
+use crate::net::{allow_key, source_ip, source_key};
+
+#[derive(Debug, thiserror::Error)]
+pub enum MapsError {
+    #[error(
+        "no pinned map at {path}: is a gateway with the kernel path running with this pin root? ({source})"
+    )]
+    Open { path: PathBuf, source: MapError },
+    #[error("pinned map {path} is not the expected type or layout: {source}")]
+    Layout { path: PathBuf, source: MapError },
+    #[error("{op} on map {map} failed: {source}")]
+    Op {
+        op: &'static str,
+        map: &'static str,
+        source: MapError,
+    },
+}
+
+/// Counter totals summed over CPUs, indexed like [`Counter`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters(pub [u64; Counter::COUNT as usize]);
+
+impl Counters {
+    pub fn get(&self, counter: Counter) -> u64 {
+        self.0[counter as usize]
+    }
+
+    /// `(name, value)` pairs in index order.
+    pub fn named(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
+        Counter::ALL
+            .iter()
+            .map(|(counter, name)| (*name, self.get(*counter)))
+    }
+}
+
+/// Handles on every map of one loaded program, opened from its pins.
+pub struct PinnedMaps {
+    bans: HashMap<MapData, SourceAddr, Ban>,
+    budgets: HashMap<MapData, SourceAddr, Budget>,
+    allow: LpmTrie<MapData, [u8; 16], u8>,
+    ports: Array<MapData, u8>,
+    config: Array<MapData, Config>,
+    counters: PerCpuArray<MapData, u64>,
+}
+
+fn op(op: &'static str, map: &'static str) -> impl FnOnce(MapError) -> MapsError {
+    move |source| MapsError::Op { op, map, source }
+}
+
+fn open_map<T>(root: &Path, name: &str) -> Result<T, MapsError>
+where
+    T: TryFrom<Map, Error = MapError>,
+{
+    let path = root.join(name);
+    let data = MapData::from_pin(&path).map_err(|source| MapsError::Open {
+        path: path.clone(),
+        source,
+    })?;
+    Map::from_map_data(data)
+        .and_then(T::try_from)
+        .map_err(|source| MapsError::Layout { path, source })
+}
+
+impl PinnedMaps {
+    /// Opens the maps pinned under `root` (e.g. `/sys/fs/bpf/gateway`).
+    pub fn open(root: &Path) -> Result<Self, MapsError> {
+        Ok(Self {
+            bans: open_map(root, maps::BANS)?,
+            budgets: open_map(root, maps::BUDGETS)?,
+            allow: open_map(root, maps::ALLOW)?,
+            ports: open_map(root, maps::PORTS)?,
+            config: open_map(root, maps::CONFIG)?,
+            counters: open_map(root, maps::COUNTERS)?,
+        })
+    }
+
+    /// Bans `ip` until `until_ns` (monotonic), counting the offence.
+    pub fn ban(&mut self, ip: IpAddr, until_ns: u64, reason: u32) -> Result<Ban, MapsError> {
+        let key = source_key(ip);
+        let offences = self
+            .bans
+            .get(&key, 0)
+            .map(|previous| previous.offences)
+            .unwrap_or(0);
+        let ban = Ban {
+            banned_until_ns: until_ns,
+            reason,
+            offences: offences.saturating_add(1),
+        };
+        self.bans
+            .insert(key, ban, 0)
+            .map_err(op("insert", maps::BANS))?;
+        Ok(ban)
+    }
+
+    /// Writes a ban entry as is (used to carry bans over a restart).
+    pub fn restore_ban(&mut self, ip: IpAddr, ban: Ban) -> Result<(), MapsError> {
+        self.bans
+            .insert(source_key(ip), ban, 0)
+            .map_err(op("insert", maps::BANS))
+    }
+
+    /// Lifts a ban at once. `Ok(false)`: there was none.
+    pub fn unban(&mut self, ip: IpAddr) -> Result<bool, MapsError> {
+        match self.bans.remove(&source_key(ip)) {
+            Ok(()) => Ok(true),
+            Err(MapError::KeyNotFound) => Ok(false),
+            Err(source) => Err(op("remove", maps::BANS)(source)),
+        }
+    }
+
+    /// Every ban entry, expired ones included.
+    pub fn bans(&self) -> Result<Vec<(IpAddr, Ban)>, MapsError> {
+        self.bans
+            .iter()
+            .map(|entry| {
+                entry
+                    .map(|(key, ban)| (source_ip(&key), ban))
+                    .map_err(op("iterate", maps::BANS))
+            })
+            .collect()
+    }
+
+    /// Deletes bans that ended before `now_ns`; returns how many.
+    pub fn remove_expired_bans(&mut self, now_ns: u64) -> Result<usize, MapsError> {
+        let expired: Vec<IpAddr> = self
+            .bans()?
+            .into_iter()
+            .filter(|(_, ban)| ban.banned_until_ns <= now_ns)
+            .map(|(ip, _)| ip)
+            .collect();
+        for ip in &expired {
+            self.unban(*ip)?;
+        }
+        Ok(expired.len())
+    }
+
+    pub fn set_budget(&mut self, ip: IpAddr, budget: Budget) -> Result<(), MapsError> {
+        self.budgets
+            .insert(source_key(ip), budget, 0)
+            .map_err(op("insert", maps::BUDGETS))
+    }
+
+    pub fn clear_budget(&mut self, ip: IpAddr) -> Result<(), MapsError> {
+        match self.budgets.remove(&source_key(ip)) {
+            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Err(source) => Err(op("remove", maps::BUDGETS)(source)),
+        }
+    }
+
+    pub fn allow(&mut self, net: &IpNet) -> Result<(), MapsError> {
+        self.allow
+            .insert(&allow_key(net), 1, 0)
+            .map_err(op("insert", maps::ALLOW))
+    }
+
+    /// Marks exactly `ports` as protected.
+    pub fn set_ports(&mut self, ports: &[u16]) -> Result<(), MapsError> {
+        let previous: Vec<u32> = (0..self.ports.len())
+            .filter(|&port| matches!(self.ports.get(&port, 0), Ok(1)))
+            .collect();
+        for port in previous {
+            self.ports
+                .set(port, 0, 0)
+                .map_err(op("update", maps::PORTS))?;
+        }
+        for &port in ports {
+            self.ports
+                .set(u32::from(port), 1, 0)
+                .map_err(op("update", maps::PORTS))?;
+        }
+        Ok(())
+    }
+
+    pub fn config(&self) -> Result<Config, MapsError> {
+        self.config.get(&0, 0).map_err(op("lookup", maps::CONFIG))
+    }
+
+    pub fn set_config(&mut self, config: Config) -> Result<(), MapsError> {
+        self.config
+            .set(0, config, 0)
+            .map_err(op("update", maps::CONFIG))
+    }
+
+    /// Counter totals over all CPUs.
+    pub fn counters(&self) -> Result<Counters, MapsError> {
+        let mut totals = Counters::default();
+        for (counter, _) in Counter::ALL {
+            let per_cpu = self
+                .counters
+                .get(&(counter as u32), 0)
+                .map_err(op("lookup", maps::COUNTERS))?;
+            totals.0[counter as usize] = per_cpu.iter().sum();
+        }
+        Ok(totals)
+    }
+}

@@ -1,0 +1,345 @@
+//! Policy updates (bans, budgets) from many tasks, applied in batches by one
+//! writer task, so the request path never makes a syscall: it only does a
+//! non-blocking channel send.
+use std::{
+    collections::HashMap,
+    net::IpAddr,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, RwLock,
+    },
+    time::Duration,
+};
+
+use gateway_common::{Ban, Budget};
+use tokio::sync::mpsc;
+
+use super::maps::{MapsError, PinnedMaps};
+use crate::clock::monotonic_ns;
+
+/// One change to kernel policy for a source.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PolicyUpdate {
+    Ban {
+        ip: IpAddr,
+        until_ns: u64,
+        reason: u32,
+    },
+    Unban {
+        ip: IpAddr,
+    },
+    Budget {
+        ip: IpAddr,
+        budget: Budget,
+    },
+}
+
+impl PolicyUpdate {
+    /// Updates with the same slot overwrite each other within a batch.
+    fn slot(&self) -> (IpAddr, bool) {
+        match *self {
+            PolicyUpdate::Ban { ip, .. } | PolicyUpdate::Unban { ip } => (ip, true),
+            PolicyUpdate::Budget { ip, .. } => (ip, false),
+        }
+    }
+}
+
+/// Where the writer applies updates: the kernel's maps, or the userspace
+/// fallback when XDP is unavailable.
+pub trait PolicySink: Send {
+    fn apply(&mut self, update: &PolicyUpdate) -> Result<(), MapsError>;
+    /// Forgets bans that ended before `now_ns`; returns how many.
+    fn remove_expired_bans(&mut self, now_ns: u64) -> Result<usize, MapsError>;
+}
+
+impl PolicySink for PinnedMaps {
+    fn apply(&mut self, update: &PolicyUpdate) -> Result<(), MapsError> {
+        match *update {
+            PolicyUpdate::Ban {
+                ip,
+                until_ns,
+                reason,
+            } => self.ban(ip, until_ns, reason).map(drop),
+            PolicyUpdate::Unban { ip } => self.unban(ip).map(drop),
+            PolicyUpdate::Budget { ip, budget } => self.set_budget(ip, budget),
+        }
+    }
+
+    fn remove_expired_bans(&mut self, now_ns: u64) -> Result<usize, MapsError> {
+        PinnedMaps::remove_expired_bans(self, now_ns)
+    }
+}
+
+/// Bans kept in memory when the kernel cannot enforce them; the proxy checks
+/// [`UserspaceBans::is_banned`] at accept time instead.
+#[derive(Clone, Default)]
+pub struct UserspaceBans {
+    bans: Arc<RwLock<HashMap<IpAddr, Ban>>>,
+}
+
+impl UserspaceBans {
+    pub fn is_banned(&self, ip: IpAddr, now_ns: u64) -> bool {
+        let bans = self
+            .bans
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        bans.get(&ip.to_canonical())
+            .is_some_and(|ban| ban.banned_until_ns > now_ns)
+    }
+}
+
+impl PolicySink for UserspaceBans {
+    fn apply(&mut self, update: &PolicyUpdate) -> Result<(), MapsError> {
+        let mut bans = self
+            .bans
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        match *update {
+            PolicyUpdate::Ban {
+                ip,
+                until_ns,
+                reason,
+            } => {
+                let entry = bans.entry(ip.to_canonical()).or_default();
+                *entry = Ban {
+                    banned_until_ns: until_ns,
+                    reason,
+                    offences: entry.offences.saturating_add(1),
+                };
+            }
+            PolicyUpdate::Unban { ip } => {
+                bans.remove(&ip.to_canonical());
+            }
+            // Budgets are packet-level; without XDP the request limiter covers them.
+            PolicyUpdate::Budget { .. } => {}
+        }
+        Ok(())
+    }
+
+    fn remove_expired_bans(&mut self, now_ns: u64) -> Result<usize, MapsError> {
+        let mut bans = self
+            .bans
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let before = bans.len();
+        bans.retain(|_, ban| ban.banned_until_ns > now_ns);
+        Ok(before - bans.len())
+    }
+}
+
+/// The cheap, cloneable side that request tasks hold.
+#[derive(Clone)]
+pub struct PolicyHandle {
+    tx: mpsc::Sender<PolicyUpdate>,
+    overflowed: Arc<AtomicU64>,
+}
+
+impl PolicyHandle {
+    /// Queues an update without waiting. `false` (and a counted overflow)
+    /// when the writer is behind: the request path must never stall on it.
+    pub fn submit(&self, update: PolicyUpdate) -> bool {
+        let queued = self.tx.try_send(update).is_ok();
+        if !queued {
+            self.overflowed.fetch_add(1, Ordering::Relaxed);
+        }
+        queued
+    }
+
+    /// Updates dropped because the queue was full.
+    pub fn overflowed(&self) -> u64 {
+        self.overflowed.load(Ordering::Relaxed)
+    }
+}
+
+/// The writer side: owns the sink and applies queued updates in batches.
+pub struct PolicyWriter {
+    rx: mpsc::Receiver<PolicyUpdate>,
+    /// Budgets last written per source, to skip rewriting unchanged ones.
+    written_budgets: HashMap<IpAddr, Budget>,
+}
+
+/// Largest batch applied at once, and the bound on remembered budgets.
+const BATCH: usize = 256;
+const REMEMBERED_BUDGETS: usize = 100_000;
+
+pub fn channel(capacity: usize) -> (PolicyHandle, PolicyWriter) {
+    let (tx, rx) = mpsc::channel(capacity);
+    (
+        PolicyHandle {
+            tx,
+            overflowed: Arc::default(),
+        },
+        PolicyWriter {
+            rx,
+            written_budgets: HashMap::new(),
+        },
+    )
+}
+
+impl PolicyWriter {
+    /// Runs until every handle is dropped, sweeping expired bans every `sweep`.
+    pub async fn run(mut self, mut sink: impl PolicySink, sweep: Duration) {
+        let mut batch = Vec::with_capacity(BATCH);
+        let mut ticker = tokio::time::interval(sweep);
+        loop {
+            tokio::select! {
+                received = self.rx.recv_many(&mut batch, BATCH) => {
+                    if received == 0 {
+                        return;
+                    }
+                    self.apply_batch(&mut sink, &mut batch);
+                }
+                _ = ticker.tick() => {
+                    match sink.remove_expired_bans(monotonic_ns()) {
+                        Ok(0) => {}
+                        Ok(n) => tracing::info!(expired = n, "removed expired bans"),
+                        Err(error) => tracing::warn!(%error, "sweeping expired bans failed"),
+                    }
+                }
+            }
+        }
+    }
+
+    /// Applies the last update per slot, in the order those last updates
+    /// arrived, skipping budgets that are already in place.
+    fn apply_batch(&mut self, sink: &mut impl PolicySink, batch: &mut Vec<PolicyUpdate>) {
+        let mut last: HashMap<(IpAddr, bool), usize> = HashMap::with_capacity(batch.len());
+        for (index, update) in batch.iter().enumerate() {
+            last.insert(update.slot(), index);
+        }
+        for (index, update) in batch.drain(..).enumerate() {
+            if last.get(&update.slot()) != Some(&index) {
+                continue;
+            }
+            if let PolicyUpdate::Budget { ip, budget } = update {
+                if self.written_budgets.get(&ip) == Some(&budget) {
+                    continue;
+                }
+                if self.written_budgets.len() >= REMEMBERED_BUDGETS {
+                    self.written_budgets.clear();
+                }
+                self.written_budgets.insert(ip, budget);
+            }
+            if let Err(error) = sink.apply(&update) {
+                tracing::warn!(%error, ?update, "applying a policy update failed");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Default)]
+    struct Recorder(Vec<PolicyUpdate>);
+
+    impl PolicySink for Recorder {
+        fn apply(&mut self, update: &PolicyUpdate) -> Result<(), MapsError> {
+            self.0.push(*update);
+            Ok(())
+        }
+        fn remove_expired_bans(&mut self, _now_ns: u64) -> Result<usize, MapsError> {
+            Ok(0)
+        }
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    fn budget(rate: u32) -> Budget {
+        Budget {
+            syn_per_sec: rate,
+            ..Budget::default()
+        }
+    }
+
+    #[test]
+    fn batch_keeps_last_update_per_source_and_kind() {
+        let (_handle, mut writer) = channel(16);
+        let mut sink = Recorder::default();
+        let a = ip("10.0.0.1");
+        let mut batch = vec![
+            PolicyUpdate::Ban {
+                ip: a,
+                until_ns: 5,
+                reason: 0,
+            },
+            PolicyUpdate::Budget {
+                ip: a,
+                budget: budget(1),
+            },
+            PolicyUpdate::Unban { ip: a },
+            PolicyUpdate::Budget {
+                ip: a,
+                budget: budget(2),
+            },
+        ];
+        writer.apply_batch(&mut sink, &mut batch);
+        assert_eq!(
+            sink.0,
+            vec![
+                PolicyUpdate::Unban { ip: a },
+                PolicyUpdate::Budget {
+                    ip: a,
+                    budget: budget(2)
+                },
+            ]
+        );
+        assert!(batch.is_empty());
+    }
+
+    #[test]
+    fn unchanged_budget_is_not_rewritten() {
+        let (_handle, mut writer) = channel(16);
+        let mut sink = Recorder::default();
+        let update = PolicyUpdate::Budget {
+            ip: ip("fd00::1"),
+            budget: budget(7),
+        };
+        writer.apply_batch(&mut sink, &mut vec![update]);
+        writer.apply_batch(&mut sink, &mut vec![update]);
+        assert_eq!(sink.0, vec![update]);
+    }
+
+    #[test]
+    fn full_queue_counts_overflow_instead_of_blocking() {
+        let (handle, _writer) = channel(1);
+        let unban = PolicyUpdate::Unban { ip: ip("10.0.0.2") };
+        assert!(handle.submit(unban));
+        assert!(!handle.submit(unban));
+        assert_eq!(handle.overflowed(), 1);
+    }
+
+    #[test]
+    fn userspace_bans_expire_and_match_mapped_v4() {
+        let mut bans = UserspaceBans::default();
+        bans.apply(&PolicyUpdate::Ban {
+            ip: ip("::ffff:10.0.0.3"),
+            until_ns: 100,
+            reason: 0,
+        })
+        .unwrap();
+        assert!(bans.is_banned(ip("10.0.0.3"), 50));
+        assert!(!bans.is_banned(ip("10.0.0.4"), 50));
+        assert!(!bans.is_banned(ip("10.0.0.3"), 100));
+        assert_eq!(bans.remove_expired_bans(100).unwrap(), 1);
+    }
+
+    #[tokio::test]
+    async fn writer_applies_what_handles_submit() {
+        let (handle, writer) = channel(16);
+        let sink = UserspaceBans::default();
+        let view = sink.clone();
+        let task = tokio::spawn(writer.run(sink, Duration::from_secs(3600)));
+        assert!(handle.submit(PolicyUpdate::Ban {
+            ip: ip("10.0.0.9"),
+            until_ns: u64::MAX,
+            reason: 0,
+        }));
+        drop(handle);
+        task.await.unwrap();
+        assert!(view.is_banned(ip("10.0.0.9"), monotonic_ns()));
+    }
+}
