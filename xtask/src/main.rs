@@ -1,1 +1,161 @@
-fn main() {}
+//! Developer entry point: `cargo xtask setup | build | run | test | bench`.
+//!
+//! `setup` installs what a fresh machine lacks (idempotent, and `build`,
+//! `run`, `test` and `bench` call it); `build` compiles the XDP object with
+//! nightly and embeds it in the stable `gateway` binary.
+mod setup;
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask")]
+struct Cli {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install the toolchain pieces and packages the build and tests need.
+    Setup,
+    /// Build the XDP object (nightly) and the gateway binary with it embedded.
+    Build {
+        #[arg(long)]
+        release: bool,
+    },
+    /// Build, then run the gateway on its defaults (XDP on `lo`); extra
+    /// arguments go to `gateway run`.
+    Run {
+        #[arg(long)]
+        release: bool,
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Every check CI runs: fmt, clippy, unit and end-to-end tests
+    /// (including the privileged network-namespace tests).
+    Test,
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().command {
+        Task::Setup => setup::run(),
+        Task::Build { release } => build(release).map(drop),
+        Task::Run { release, args } => run(release, &args),
+        Task::Test => test(),
+    }
+}
+
+/// The workspace root (xtask lives one level below it).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"))
+}
+
+/// Runs a command, failing with its command line if it fails.
+pub fn run_cmd(command: &mut Command) -> Result<()> {
+    let shown = format!("{command:?}");
+    let status = command
+        .status()
+        .with_context(|| format!("cannot start {shown}"))?;
+    if !status.success() {
+        bail!("{shown} failed with {status}");
+    }
+    Ok(())
+}
+
+/// `cargo` for the workspace, without the variables the outer `cargo run`
+/// set (they would pin the inner build to this process's toolchain).
+pub fn cargo(toolchain: Option<&str>) -> Command {
+    let mut command = Command::new("cargo");
+    if let Some(toolchain) = toolchain {
+        command.arg(format!("+{toolchain}"));
+    }
+    for var in [
+        "RUSTUP_TOOLCHAIN",
+        "RUSTC",
+        "RUSTC_WRAPPER",
+        "RUSTFLAGS",
+        "CARGO",
+    ] {
+        command.env_remove(var);
+    }
+    command.current_dir(workspace_root());
+    command
+}
+
+/// The embedded-object build: nightly eBPF object, then the stable binary.
+/// Returns the gateway binary's path.
+pub fn build(release: bool) -> Result<PathBuf> {
+    setup::run()?;
+    build_ebpf()?;
+    let mut command = cargo(None);
+    command.args(["build", "--package", "gateway"]);
+    if release {
+        command.arg("--release");
+    }
+    run_cmd(&mut command)?;
+    Ok(target_dir()
+        .join(if release { "release" } else { "debug" })
+        .join("gateway"))
+}
+
+/// Builds both eBPF binaries (the program and the bench baseline) with BTF.
+pub fn build_ebpf() -> Result<()> {
+    run_cmd(
+        cargo(Some("nightly"))
+            .args([
+                "build",
+                "--package",
+                "gateway-ebpf",
+                "--target",
+                "bpfel-unknown-none",
+                "-Z",
+                "build-std=core",
+                "--release",
+            ])
+            // BTF for the maps so bpftool prints field names; debug info feeds it.
+            .env(
+                "CARGO_ENCODED_RUSTFLAGS",
+                "-Cdebuginfo=2\x1f-Clink-arg=--btf",
+            ),
+    )
+}
+
+fn run(release: bool, args: &[String]) -> Result<()> {
+    let gateway = build(release)?;
+    if !setup::is_root() {
+        eprintln!(
+            "note: not running as root, so the XDP program cannot load; the gateway will \
+             fall back to userspace-only enforcement (run as root for the kernel path)"
+        );
+    }
+    let mut command = Command::new(gateway);
+    command.arg("run");
+    if args.is_empty() {
+        command.args(["--interface", "lo"]);
+    } else {
+        command.args(args);
+    }
+    run_cmd(&mut command)
+}
+
+fn test() -> Result<()> {
+    let gateway = build(false)?;
+    run_cmd(cargo(None).args(["fmt", "--all", "--", "--check"]))?;
+    run_cmd(cargo(None).args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
+    run_cmd(cargo(None).arg("test").env("GATEWAY_BIN", &gateway))
+}

@@ -54,6 +54,18 @@ pub enum Mode {
     Monitor,
 }
 
+impl From<EbpfError> for XdpError {
+    fn from(error: EbpfError) -> Self {
+        XdpError::Load(Box::new(error))
+    }
+}
+
+impl From<ProgramError> for XdpError {
+    fn from(error: ProgramError) -> Self {
+        XdpError::Program(Box::new(error))
+    }
+}
+
 impl Mode {
     fn as_kernel(self) -> u32 {
         match self {
@@ -125,11 +137,11 @@ pub enum XdpError {
     #[error("cannot remove stale pin {path}: {source}")]
     RemoveStale { path: PathBuf, source: io::Error },
     #[error("loading the XDP program failed (it needs root, or CAP_BPF and CAP_NET_ADMIN): {0}")]
-    Load(#[from] EbpfError),
+    Load(Box<EbpfError>),
     #[error("the embedded XDP object has no {0}: the gateway and gateway-ebpf were built from different sources")]
     MissingObject(String),
     #[error("XDP program: {0}")]
-    Program(#[from] ProgramError),
+    Program(Box<ProgramError>),
     #[error("cannot pin {path}: {source}")]
     Pin {
         path: PathBuf,
@@ -140,8 +152,8 @@ pub enum XdpError {
     #[error("cannot attach XDP to {interface}: native mode: {native}; skb mode: {skb}")]
     Attach {
         interface: String,
-        native: ProgramError,
-        skb: ProgramError,
+        native: Box<ProgramError>,
+        skb: Box<ProgramError>,
     },
 }
 
@@ -318,7 +330,7 @@ impl Loaded {
             .program_mut(PROGRAM)
             .ok_or_else(|| XdpError::MissingObject(format!("program {PROGRAM}")))?
             .try_into()
-            .map_err(XdpError::Program)
+            .map_err(XdpError::from)
     }
 
     fn pin_maps(&mut self) -> Result<(), XdpError> {
@@ -355,8 +367,8 @@ impl Loaded {
             }
             Err(skb) => Err(XdpError::Attach {
                 interface: interface.to_owned(),
-                native,
-                skb,
+                native: Box::new(native),
+                skb: Box::new(skb),
             }),
         }
     }

@@ -1,0 +1,224 @@
+//! Hand-built Ethernet frames, for what the client stack will not send by
+//! itself (VLAN tags on a kernel without 802.1Q, IPv4 options, IPv6
+//! extension headers) and for `bpftool prog run` in the XDP bench.
+//! Checksums are left zero: XDP does not check them.
+use std::{io, net::IpAddr};
+
+pub const ETH_P_8021Q: u16 = 0x8100;
+pub const ETH_P_8021AD: u16 = 0x88a8;
+
+/// IPv6 extension headers the frame may carry before TCP.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ipv6Ext {
+    DestinationOptions,
+    /// A first fragment (offset 0), which still carries the TCP header.
+    FirstFragment,
+}
+
+/// A TCP segment to `dst_port`, SYN by default.
+#[derive(Clone, Debug)]
+pub struct TcpFrame {
+    pub src: IpAddr,
+    pub dst: IpAddr,
+    pub dst_port: u16,
+    /// Outermost first: `(tpid, vlan id)`.
+    pub vlans: Vec<(u16, u16)>,
+    /// Adds one 4-byte IPv4 option (NOPs), so IHL is 6.
+    pub ipv4_options: bool,
+    pub ipv6_ext: Vec<Ipv6Ext>,
+    pub syn: bool,
+}
+
+impl TcpFrame {
+    pub fn syn(src: IpAddr, dst: IpAddr, dst_port: u16) -> Self {
+        Self {
+            src,
+            dst,
+            dst_port,
+            vlans: Vec::new(),
+            ipv4_options: false,
+            ipv6_ext: Vec::new(),
+            syn: true,
+        }
+    }
+
+    pub fn build(&self) -> Vec<u8> {
+        let mut frame = Vec::with_capacity(128);
+        frame.extend_from_slice(&[0xff; 6]); // destination MAC: broadcast
+        frame.extend_from_slice(&[0x02, 0, 0, 0, 0, 0x01]); // source MAC: local
+        for (tpid, id) in &self.vlans {
+            frame.extend_from_slice(&tpid.to_be_bytes());
+            frame.extend_from_slice(&id.to_be_bytes());
+        }
+        let tcp = self.tcp_header();
+        match (self.src, self.dst) {
+            (IpAddr::V4(src), IpAddr::V4(dst)) => {
+                frame.extend_from_slice(&0x0800u16.to_be_bytes());
+                let options: &[u8] = if self.ipv4_options {
+                    &[1, 1, 1, 0]
+                } else {
+                    &[]
+                };
+                let header_len = 20 + options.len();
+                let total = u16::try_from(header_len + tcp.len()).unwrap_or(u16::MAX);
+                frame.push(0x40 | (header_len / 4) as u8);
+                frame.push(0);
+                frame.extend_from_slice(&total.to_be_bytes());
+                frame.extend_from_slice(&[0, 1, 0x40, 0]); // id 1, DF
+                frame.extend_from_slice(&[64, 6, 0, 0]); // TTL, TCP, checksum
+                frame.extend_from_slice(&src.octets());
+                frame.extend_from_slice(&dst.octets());
+                frame.extend_from_slice(options);
+            }
+            (IpAddr::V6(src), IpAddr::V6(dst)) => {
+                frame.extend_from_slice(&0x86ddu16.to_be_bytes());
+                let mut ext = Vec::new();
+                let mut next_headers = Vec::new();
+                for header in &self.ipv6_ext {
+                    next_headers.push(match header {
+                        Ipv6Ext::DestinationOptions => 60u8,
+                        Ipv6Ext::FirstFragment => 44,
+                    });
+                }
+                next_headers.push(6);
+                for (index, header) in self.ipv6_ext.iter().enumerate() {
+                    let next = next_headers[index + 1];
+                    match header {
+                        // 8 bytes: next, length 0, PadN option of 4 bytes.
+                        Ipv6Ext::DestinationOptions => {
+                            ext.extend_from_slice(&[next, 0, 1, 4, 0, 0, 0, 0])
+                        }
+                        // 8 bytes: next, reserved, offset 0 + M flag, id.
+                        Ipv6Ext::FirstFragment => {
+                            ext.extend_from_slice(&[next, 0, 0, 1, 0, 0, 0, 7])
+                        }
+                    }
+                }
+                let payload = u16::try_from(ext.len() + tcp.len()).unwrap_or(u16::MAX);
+                frame.extend_from_slice(&[0x60, 0, 0, 0]);
+                frame.extend_from_slice(&payload.to_be_bytes());
+                frame.push(next_headers[0]);
+                frame.push(64);
+                frame.extend_from_slice(&src.octets());
+                frame.extend_from_slice(&dst.octets());
+                frame.extend_from_slice(&ext);
+            }
+            _ => panic!("source and destination must be the same family"),
+        }
+        frame.extend_from_slice(&tcp);
+        frame
+    }
+
+    fn tcp_header(&self) -> [u8; 20] {
+        let mut tcp = [0u8; 20];
+        tcp[0..2].copy_from_slice(&40000u16.to_be_bytes());
+        tcp[2..4].copy_from_slice(&self.dst_port.to_be_bytes());
+        tcp[4..8].copy_from_slice(&1u32.to_be_bytes());
+        tcp[12] = 5 << 4;
+        tcp[13] = if self.syn { 0x02 } else { 0x10 };
+        tcp[14..16].copy_from_slice(&64240u16.to_be_bytes());
+        tcp
+    }
+}
+
+/// Sends raw frames out of `interface` (in the calling thread's namespace).
+pub fn send_frames(interface: &str, frames: &[Vec<u8>]) -> io::Result<()> {
+    let sender = RawSender::open(interface)?;
+    for frame in frames {
+        sender.send(frame)?;
+    }
+    Ok(())
+}
+
+/// An AF_PACKET socket bound for sending on one interface.
+pub struct RawSender {
+    fd: std::os::fd::OwnedFd,
+    address: libc::sockaddr_ll,
+}
+
+impl RawSender {
+    pub fn open(interface: &str) -> io::Result<Self> {
+        use std::os::fd::FromRawFd;
+        let name = std::ffi::CString::new(interface)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in interface name"))?;
+        // SAFETY: NUL-terminated name.
+        let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
+        if ifindex == 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: plain socket creation; the fd is owned right after.
+        let raw = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0) };
+        if raw < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `raw` is a fresh fd nobody else owns.
+        let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(raw) };
+        // SAFETY: sockaddr_ll is plain data; zero is a valid start.
+        let mut address: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        address.sll_family = libc::AF_PACKET as u16;
+        address.sll_ifindex = ifindex as i32;
+        address.sll_halen = 6;
+        address.sll_addr[..6].copy_from_slice(&[0xff; 6]);
+        Ok(Self { fd, address })
+    }
+
+    pub fn send(&self, frame: &[u8]) -> io::Result<()> {
+        use std::os::fd::AsRawFd;
+        // SAFETY: valid fd, buffer and address for the duration of the call.
+        let sent = unsafe {
+            libc::sendto(
+                self.fd.as_raw_fd(),
+                frame.as_ptr().cast(),
+                frame.len(),
+                0,
+                (&self.address as *const libc::sockaddr_ll).cast(),
+                std::mem::size_of::<libc::sockaddr_ll>() as u32,
+            )
+        };
+        if sent < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipv4_syn_layout() {
+        let frame = TcpFrame::syn(
+            "10.0.0.2".parse().unwrap(),
+            "10.0.0.1".parse().unwrap(),
+            8080,
+        )
+        .build();
+        assert_eq!(frame.len(), 14 + 20 + 20);
+        assert_eq!(&frame[12..14], &[0x08, 0x00]);
+        assert_eq!(frame[14], 0x45);
+        assert_eq!(&frame[26..30], &[10, 0, 0, 2]);
+        assert_eq!(&frame[36..38], &8080u16.to_be_bytes());
+        assert_eq!(frame[47], 0x02);
+    }
+
+    #[test]
+    fn qinq_with_options_and_v6_extensions() {
+        let mut frame = TcpFrame::syn("10.0.0.2".parse().unwrap(), "10.0.0.1".parse().unwrap(), 80);
+        frame.vlans = vec![(ETH_P_8021AD, 200), (ETH_P_8021Q, 300)];
+        frame.ipv4_options = true;
+        let bytes = frame.build();
+        assert_eq!(&bytes[12..14], &[0x88, 0xa8]);
+        assert_eq!(&bytes[16..18], &[0x81, 0x00]);
+        assert_eq!(&bytes[20..22], &[0x08, 0x00]);
+        assert_eq!(bytes[22], 0x46);
+
+        let mut v6 = TcpFrame::syn("fd00::2".parse().unwrap(), "fd00::1".parse().unwrap(), 80);
+        v6.ipv6_ext = vec![Ipv6Ext::DestinationOptions, Ipv6Ext::FirstFragment];
+        let bytes = v6.build();
+        assert_eq!(bytes[14 + 6], 60);
+        assert_eq!(bytes[54], 44);
+        assert_eq!(bytes[62], 6);
+        assert_eq!(bytes.len(), 14 + 40 + 16 + 20);
+    }
+}

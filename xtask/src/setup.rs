@@ -1,0 +1,209 @@
+//! `cargo xtask setup`: makes a fresh machine able to build and test.
+//!
+//! Idempotent: each step checks first and says whether it did anything.
+//! The bpf-linker recipe (see `../shared/design.md`): link it against the
+//! nightly rustc's own libLLVM, found through a prefix directory of symlinks,
+//! because no matching LLVM dev package exists on our Debian.
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+};
+
+use anyhow::{bail, Context, Result};
+
+use crate::run_cmd;
+
+/// bpf-linker release known to build against LLVM 22 here.
+const BPF_LINKER_VERSION: &str = "0.13.0";
+/// Debian packages the tests and benches use, keyed by a binary they provide.
+const DEBIAN_PACKAGES: [(&str, &str); 3] = [
+    ("bpftool", "bpftool"),
+    ("ip", "iproute2"),
+    ("ethtool", "ethtool"),
+];
+
+pub fn run() -> Result<()> {
+    nightly_rust_src()?;
+    bpf_linker()?;
+    debian_packages()?;
+    Ok(())
+}
+
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn output(command: &mut Command) -> Result<String> {
+    let shown = format!("{command:?}");
+    let out = command
+        .stderr(Stdio::inherit())
+        .output()
+        .with_context(|| format!("cannot start {shown}"))?;
+    if !out.status.success() {
+        bail!("{shown} failed with {}", out.status);
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn rustup() -> Command {
+    let mut command = Command::new("rustup");
+    command.env_remove("RUSTUP_TOOLCHAIN");
+    command
+}
+
+fn nightly_rust_src() -> Result<()> {
+    let toolchains = output(rustup().args(["toolchain", "list"]))?;
+    if !toolchains.lines().any(|line| line.starts_with("nightly")) {
+        println!("setup: installing the nightly toolchain (the XDP program needs it)");
+        run_cmd(rustup().args(["toolchain", "install", "nightly", "--profile", "minimal"]))?;
+    }
+    let components =
+        output(rustup().args(["component", "list", "--toolchain", "nightly", "--installed"]))?;
+    if components.lines().any(|line| line.starts_with("rust-src")) {
+        println!("setup: nightly rust-src present");
+    } else {
+        println!("setup: adding rust-src to nightly (for -Z build-std=core)");
+        run_cmd(rustup().args(["component", "add", "rust-src", "--toolchain", "nightly"]))?;
+    }
+    Ok(())
+}
+
+/// Facts about the nightly rustc that bpf-linker must match.
+struct NightlyLlvm {
+    major: String,
+    /// The real shared library in the sysroot (named by its SONAME).
+    library: PathBuf,
+    /// Identifies the nightly build, so a new nightly gets a new prefix.
+    commit: String,
+}
+
+fn nightly_llvm() -> Result<NightlyLlvm> {
+    let version = output(rustup().args(["run", "nightly", "rustc", "-vV"]))?;
+    let field = |name: &str| {
+        version
+            .lines()
+            .find_map(|line| line.strip_prefix(name))
+            .map(str::trim)
+            .map(str::to_owned)
+    };
+    let llvm = field("LLVM version:").context("`rustc +nightly -vV` printed no LLVM version")?;
+    let major = llvm.split('.').next().unwrap_or_default().to_owned();
+    let commit = field("commit-hash:").unwrap_or_else(|| "unknown".into());
+    let sysroot = output(rustup().args(["run", "nightly", "rustc", "--print", "sysroot"]))?;
+    let lib_dir = Path::new(sysroot.trim()).join("lib");
+    // Two candidates exist: `libLLVM-N-rust-*.so` (a linker script) and
+    // `libLLVM.so.N.M-rust-*` (the ELF library, named by its SONAME).
+    let library = std::fs::read_dir(&lib_dir)
+        .with_context(|| format!("reading {}", lib_dir.display()))?
+        .filter_map(|entry| entry.ok().map(|entry| entry.path()))
+        .find(|path| {
+            path.file_name()
+                .and_then(|name| name.to_str())
+                .is_some_and(|name| name.starts_with("libLLVM.so."))
+        })
+        .with_context(|| format!("no libLLVM.so.* in {}", lib_dir.display()))?;
+    Ok(NightlyLlvm {
+        major,
+        library,
+        commit,
+    })
+}
+
+fn home() -> PathBuf {
+    std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/root"))
+}
+
+fn bpf_linker_works() -> bool {
+    Command::new("bpf-linker")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|status| status.success())
+}
+
+fn bpf_linker() -> Result<()> {
+    let llvm = nightly_llvm()?;
+    // The installed binary's RUNPATH points into this prefix: it must last.
+    let short_commit: String = llvm.commit.chars().take(12).collect();
+    let prefix = home()
+        .join(".cache/gateway-xtask")
+        .join(format!("llvm-{}-{short_commit}", llvm.major));
+    let stamp = prefix.join("bpf-linker.installed");
+    if bpf_linker_works() && stamp.exists() {
+        println!("setup: bpf-linker present (LLVM {})", llvm.major);
+        return Ok(());
+    }
+    let lib = prefix.join("lib");
+    std::fs::create_dir_all(&lib).with_context(|| format!("creating {}", lib.display()))?;
+    let soname = llvm
+        .library
+        .file_name()
+        .context("libLLVM path has no file name")?;
+    for link in [lib.join("libLLVM.so"), lib.join(soname)] {
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(&llvm.library, &link)
+            .with_context(|| format!("linking {}", link.display()))?;
+    }
+    println!(
+        "setup: building bpf-linker {BPF_LINKER_VERSION} against nightly's LLVM {} (about 90 s)",
+        llvm.major
+    );
+    run_cmd(
+        Command::new("cargo")
+            .env_remove("RUSTUP_TOOLCHAIN")
+            .env("LLVM_PREFIX", &prefix)
+            .args([
+                "install",
+                "bpf-linker",
+                "--locked",
+                "--force",
+                "--version",
+                BPF_LINKER_VERSION,
+                "--no-default-features",
+                "--features",
+            ])
+            .arg(format!("llvm-{}", llvm.major)),
+    )?;
+    std::fs::write(&stamp, b"").with_context(|| format!("writing {}", stamp.display()))?;
+    Ok(())
+}
+
+fn have(binary: &str) -> bool {
+    std::env::var_os("PATH").is_some_and(|path| {
+        std::env::split_paths(&path)
+            .chain(["/usr/sbin".into(), "/sbin".into()])
+            .any(|dir| dir.join(binary).is_file())
+    })
+}
+
+fn debian_packages() -> Result<()> {
+    let missing: Vec<&str> = DEBIAN_PACKAGES
+        .iter()
+        .filter(|(binary, _)| !have(binary))
+        .map(|(_, package)| *package)
+        .collect();
+    if missing.is_empty() {
+        println!("setup: bpftool, iproute2 and ethtool present");
+        return Ok(());
+    }
+    if !is_root() {
+        println!(
+            "setup: missing Debian packages {missing:?}; install them as root \
+             (`apt-get install -y {}`) to run the kernel tests",
+            missing.join(" ")
+        );
+        return Ok(());
+    }
+    println!("setup: installing Debian packages {missing:?}");
+    run_cmd(Command::new("apt-get").args(["update", "-qq"]))?;
+    run_cmd(
+        Command::new("apt-get")
+            .args(["install", "-y", "-qq", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+}
