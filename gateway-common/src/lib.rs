@@ -80,7 +80,8 @@ pub mod ban_reason {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct Ban {
-    /// `CLOCK_MONOTONIC` (= `bpf_ktime_get_ns`) deadline; packets pass again after it.
+    /// `CLOCK_MONOTONIC` deadline in ns (the kernel compares it with
+    /// `bpf_ktime_get_coarse_ns`, the same clock at tick resolution).
     pub banned_until_ns: u64,
     /// One of [`ban_reason`].
     pub reason: u32,
@@ -148,6 +149,8 @@ pub struct Config {
 
 /// Counter indexes in `GW_COUNTERS`. Only packets to protected ports are
 /// judged; everything else is counted as `NotProtected` and passed.
+/// `Allowlisted` counts packets policy would have dropped but the allow-list
+/// let through.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Counter {

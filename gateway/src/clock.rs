@@ -1,6 +1,7 @@
 //! The one clock the kernel and userspace agree on for bans.
 
-/// `CLOCK_MONOTONIC` in nanoseconds: the clock `bpf_ktime_get_ns` reads, so
+/// `CLOCK_MONOTONIC` in nanoseconds: the clock the XDP program reads (at tick
+/// resolution, `bpf_ktime_get_coarse_ns`), so
 /// a `banned_until_ns` computed here means the same instant in the kernel.
 pub fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec {
