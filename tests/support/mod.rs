@@ -94,13 +94,19 @@ impl NetNs {
     /// Runs `f` on a thread that has entered this namespace (network only,
     /// so bpffs mounts stay visible).
     pub fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        self.spawn(f).join().unwrap()
+    }
+
+    /// Like [`NetNs::run`], without waiting for `f`.
+    pub fn spawn<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> thread::JoinHandle<T> {
         let path = self.path();
         thread::spawn(move || {
             enter_netns(&path);
             f()
         })
-        .join()
-        .unwrap()
     }
 }
 
@@ -210,14 +216,10 @@ impl Topology {
     ) -> usize {
         let source: IpAddr = source.parse().unwrap();
         let dest = SocketAddr::new(dest.parse().unwrap(), port);
-        let path = self.client.path();
         let handles: Vec<_> = (0..attempts)
             .map(|_| {
-                let path = path.clone();
-                thread::spawn(move || {
-                    enter_netns(&path);
-                    connect_from(source, dest, timeout)
-                })
+                self.client
+                    .spawn(move || connect_from(source, dest, timeout))
             })
             .collect();
         handles

@@ -3,6 +3,7 @@
 //! `setup` installs what a fresh machine lacks (idempotent, and `build`,
 //! `run`, `test` and `bench` call it); `build` compiles the XDP object with
 //! nightly and embeds it in the stable `gateway` binary.
+mod bench;
 mod setup;
 
 use std::{
@@ -40,6 +41,11 @@ enum Task {
     /// Every check CI runs: fmt, clippy, unit and end-to-end tests
     /// (including the privileged network-namespace tests).
     Test,
+    /// Benchmarks that print ratios against a peer measured in the same run.
+    Bench {
+        #[command(subcommand)]
+        which: bench::Which,
+    },
 }
 
 fn main() -> Result<()> {
@@ -48,6 +54,7 @@ fn main() -> Result<()> {
         Task::Build { release } => build(release).map(drop),
         Task::Run { release, args } => run(release, &args),
         Task::Test => test(),
+        Task::Bench { which } => bench::run(which),
     }
 }
 
