@@ -28,11 +28,17 @@ pub mod maps {
     pub const PORTS: &str = "GW_PORTS";
     /// One [`crate::Config`] at index 0.
     pub const CONFIG: &str = "GW_CONFIG";
+    /// One `u64` at index 0, restamped by userspace after every policy write
+    /// (bans, budgets, allow-list, config). The kernel caches each source's
+    /// policy in its `GW_STATE` entry and re-reads it when this changes.
+    pub const GENERATION: &str = "GW_GENERATION";
     /// Per-CPU `u64` counters indexed by [`crate::Counter`].
     pub const COUNTERS: &str = "GW_COUNTERS";
 
     /// Every map the program must define, in the order `xdp status` shows them.
-    pub const ALL: [&str; 7] = [BANS, BUDGETS, STATE, ALLOW, PORTS, CONFIG, COUNTERS];
+    pub const ALL: [&str; 8] = [
+        BANS, BUDGETS, STATE, ALLOW, PORTS, CONFIG, GENERATION, COUNTERS,
+    ];
 }
 
 /// Name of the XDP entry function in the object.
@@ -105,12 +111,26 @@ pub struct Budget {
     pub tier: u32,
 }
 
-/// Kernel-written per-source state: GCRA theoretical arrival times.
+/// Kernel-written per-source state: GCRA theoretical arrival times, plus the
+/// kernel's cached copy of the source's policy, so a packet costs one map
+/// lookup instead of four. The cache is valid while `policy_generation`
+/// equals the value in `GW_GENERATION`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct SourceState {
     pub syn_tat_ns: u64,
     pub pkt_tat_ns: u64,
+    pub policy_generation: u64,
+    /// Cached from `GW_BANS` (0 = not banned).
+    pub banned_until_ns: u64,
+    /// Cached GCRA parameters from the budget (interval 0 = unlimited).
+    pub syn_interval_ns: u64,
+    pub syn_tolerance_ns: u64,
+    pub pkt_interval_ns: u64,
+    pub pkt_tolerance_ns: u64,
+    /// Cached: 1 if the source is inside an allow-listed CIDR.
+    pub allowlisted: u32,
+    pub _pad: u32,
 }
 
 /// Enforcement modes (value of [`Config::mode`]).
@@ -205,4 +225,5 @@ mod pod {
     const _: () = assert!(core::mem::size_of::<super::Ban>() == 16);
     const _: () = assert!(core::mem::size_of::<super::Budget>() == 20);
     const _: () = assert!(core::mem::size_of::<super::Config>() == 52);
+    const _: () = assert!(core::mem::size_of::<super::SourceState>() == 72);
 }

@@ -3,7 +3,10 @@
 //!
 //! Per packet: parse (Ethernet, up to two VLAN tags, IPv4 with options or
 //! IPv6 with up to four extension headers) → protected port? → banned? →
-//! SYN budget → packet budget → pass; a deny is overridden by the allow-list. Everything it does not
+//! SYN budget → packet budget → pass; a deny is overridden by the allow-list.
+//! The source's ban, budget and allow-list membership are cached in its
+//! `GW_STATE` entry and re-read only after userspace restamps
+//! `GW_GENERATION`, so a packet costs one hash lookup, not four. Everything it does not
 //! understand passes. Policy maps are written by userspace only; this program
 //! writes only `GW_STATE` and `GW_COUNTERS`. No logging on the packet path:
 //! counters say what happened.
@@ -36,7 +39,7 @@ static GW_BANS: HashMap<SourceAddr, Ban, MAX_BANS> = HashMap::new();
 /// Per-source budgets from the tier userspace last saw (userspace-written).
 #[btf_map]
 static GW_BUDGETS: LruHashMap<SourceAddr, Budget, MAX_BUDGETS> = LruHashMap::new();
-/// Per-source GCRA state (kernel-written).
+/// Per-source GCRA state and cached policy (kernel-written).
 #[btf_map]
 static GW_STATE: LruHashMap<SourceAddr, SourceState, MAX_STATE> = LruHashMap::new();
 /// Allow-listed CIDRs, never dropped (userspace-written).
@@ -48,6 +51,9 @@ static GW_PORTS: Array<u8, MAX_PORTS> = Array::new();
 /// Mode and default budget at index 0 (userspace-written).
 #[btf_map]
 static GW_CONFIG: Array<Config, 1> = Array::new();
+/// Policy generation stamp at index 0 (userspace-written); see `GW_STATE`.
+#[btf_map]
+static GW_GENERATION: Array<u64, 1> = Array::new();
 /// Verdict counters by reason (kernel-written).
 #[btf_map]
 static GW_COUNTERS: PerCpuArray<u64, COUNTERS> = PerCpuArray::new();
@@ -87,49 +93,72 @@ fn try_gateway_xdp(ctx: &XdpContext) -> Result<u32, ()> {
         _ => return Ok(pass(Counter::NotProtected)),
     }
     let config = GW_CONFIG.get(0).ok_or(())?;
+    let generation = *GW_GENERATION.get(0).ok_or(())?;
     // Coarse (tick-resolution) CLOCK_MONOTONIC: the precise clock costs
     // more than the rest of the policy path on virtualised hosts, and bans
     // and per-second budgets do not need sub-millisecond resolution.
     // SAFETY: the helper has no preconditions.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
-    // SAFETY: only userspace writes GW_BANS; we copy the value out at once.
-    if let Some(ban) = unsafe { GW_BANS.get(&flow.src) } {
-        if ban.banned_until_ns > now {
-            return Ok(deny(config, &flow.src, Counter::DroppedBanned));
-        }
+    let state = source_state(&flow.src)?;
+    // SAFETY: `state` points into this source's GW_STATE value. Another CPU
+    // may update it concurrently; a torn or lost update only lets a packet
+    // through or refreshes the cache once more.
+    let state = unsafe { &mut *state };
+    // Generation 0: userspace has not published policy yet; never trust a cache.
+    if generation == 0 || state.policy_generation != generation {
+        refresh_policy(state, &flow.src, config, generation);
     }
-    // SAFETY: only userspace writes GW_BUDGETS; copied out at once.
-    let budget = match unsafe { GW_BUDGETS.get(&flow.src) } {
+    let verdict = if state.banned_until_ns > now {
+        Counter::DroppedBanned
+    } else if flow.is_syn
+        && !gcra(
+            &mut state.syn_tat_ns,
+            state.syn_interval_ns,
+            state.syn_tolerance_ns,
+            now,
+        )
+    {
+        Counter::DroppedConnBudget
+    } else if !gcra(
+        &mut state.pkt_tat_ns,
+        state.pkt_interval_ns,
+        state.pkt_tolerance_ns,
+        now,
+    ) {
+        Counter::DroppedPktBudget
+    } else {
+        return Ok(pass(Counter::Passed));
+    };
+    // Allow-listed sources are never dropped.
+    if state.allowlisted != 0 {
+        return Ok(pass(Counter::Allowlisted));
+    }
+    Ok(deny(config, verdict))
+}
+
+/// Re-reads the source's ban, budget and allow-list membership into its
+/// state entry: only when userspace has changed policy since the last read.
+#[inline(always)]
+fn refresh_policy(state: &mut SourceState, src: &SourceAddr, config: &Config, generation: u64) {
+    // SAFETY: only userspace writes GW_BANS/GW_BUDGETS; values copied out at once.
+    state.banned_until_ns = match unsafe { GW_BANS.get(src) } {
+        Some(ban) => ban.banned_until_ns,
+        None => 0,
+    };
+    let budget = match unsafe { GW_BUDGETS.get(src) } {
         Some(budget) => *budget,
         None => config.default_budget,
     };
-    let state = source_state(&flow.src)?;
-    // SAFETY: `state` points into a GW_STATE value. Another CPU may update the
-    // same source concurrently; a lost update only lets a packet through.
-    unsafe {
-        if flow.is_syn
-            && !gcra(
-                &mut (*state).syn_tat_ns,
-                budget.syn_per_sec,
-                budget.syn_burst,
-                now,
-            )
-        {
-            return Ok(deny(config, &flow.src, Counter::DroppedConnBudget));
-        }
-        if !gcra(
-            &mut (*state).pkt_tat_ns,
-            budget.pkt_per_sec,
-            budget.pkt_burst,
-            now,
-        ) {
-            return Ok(deny(config, &flow.src, Counter::DroppedPktBudget));
-        }
-    }
-    Ok(pass(Counter::Passed))
+    (state.syn_interval_ns, state.syn_tolerance_ns) =
+        gcra_params(budget.syn_per_sec, budget.syn_burst);
+    (state.pkt_interval_ns, state.pkt_tolerance_ns) =
+        gcra_params(budget.pkt_per_sec, budget.pkt_burst);
+    state.allowlisted = u32::from(GW_ALLOW.get(&Key::new(128, src.addr)).is_some());
+    state.policy_generation = generation;
 }
 
-/// The source's state entry, created on first sight.
+/// The source's state entry, created on first sight (its zero generation
+/// forces a policy read).
 #[inline(always)]
 fn source_state(src: &SourceAddr) -> Result<*mut SourceState, ()> {
     if let Some(state) = GW_STATE.get_ptr_mut(src) {
@@ -141,15 +170,24 @@ fn source_state(src: &SourceAddr) -> Result<*mut SourceState, ()> {
     GW_STATE.get_ptr_mut(src).ok_or(())
 }
 
-/// Generic cell rate algorithm: admits `burst` back-to-back events, then one
-/// every `1/rate` seconds. Updates `tat` only when the event is admitted.
+/// GCRA emission interval and burst tolerance for `rate`/s with `burst`
+/// back to back; rate 0 means unlimited (interval 0).
 #[inline(always)]
-fn gcra(tat: &mut u64, rate: u32, burst: u32, now: u64) -> bool {
+fn gcra_params(rate: u32, burst: u32) -> (u64, u64) {
     if rate == 0 {
-        return true;
+        return (0, 0);
     }
     let interval = NS_PER_SEC / u64::from(rate);
-    let tolerance = interval * u64::from(burst.saturating_sub(1));
+    (interval, interval * u64::from(burst.saturating_sub(1)))
+}
+
+/// Generic cell rate algorithm: admits `tolerance / interval + 1` events
+/// back to back, then one per `interval`. Updates `tat` only on admission.
+#[inline(always)]
+fn gcra(tat: &mut u64, interval: u64, tolerance: u64, now: u64) -> bool {
+    if interval == 0 {
+        return true;
+    }
     let start = if *tat > now { *tat } else { now };
     if start - now > tolerance {
         return false;
@@ -165,13 +203,8 @@ fn pass(counter: Counter) -> u32 {
 }
 
 /// Drops in `enforce` mode; counts what would have been dropped in `monitor`.
-/// Allow-listed sources are never dropped; the trie is consulted only here,
-/// on the rare deny path, so passing traffic never pays for it.
 #[inline(always)]
-fn deny(config: &Config, src: &SourceAddr, reason: Counter) -> u32 {
-    if GW_ALLOW.get(&Key::new(128, src.addr)).is_some() {
-        return pass(Counter::Allowlisted);
-    }
+fn deny(config: &Config, reason: Counter) -> u32 {
     if config.mode == mode::MONITOR {
         return pass(reason.monitored());
     }

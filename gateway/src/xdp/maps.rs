@@ -6,13 +6,17 @@
 use std::{
     net::IpAddr,
     path::{Path, PathBuf},
+    sync::atomic::{AtomicU64, Ordering},
 };
 
 use aya::maps::{Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray};
 use gateway_common::{maps, Ban, Budget, Config, Counter, SourceAddr};
 use ipnet::IpNet;
 
-use crate::net::{allow_key, source_ip, source_key};
+use crate::{
+    clock::monotonic_ns,
+    net::{allow_key, source_ip, source_key},
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum MapsError {
@@ -54,7 +58,25 @@ pub struct PinnedMaps {
     allow: LpmTrie<MapData, [u8; 16], u8>,
     ports: Array<MapData, u8>,
     config: Array<MapData, Config>,
+    generation: Array<MapData, u64>,
     counters: PerCpuArray<MapData, u64>,
+}
+
+/// A generation stamp no other write (from this or another process) has
+/// used: strictly increasing odd values here, mixed with the pid so the CLI
+/// and the gateway never publish the same one. Never 0 (the kernel treats 0
+/// as "no policy published yet").
+fn next_generation() -> u64 {
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    let now = monotonic_ns() | 1;
+    let mut previous = LAST.load(Ordering::Relaxed);
+    loop {
+        let next = now.max(previous + 2);
+        match LAST.compare_exchange(previous, next, Ordering::Relaxed, Ordering::Relaxed) {
+            Ok(_) => return next ^ (u64::from(std::process::id()) << 40),
+            Err(actual) => previous = actual,
+        }
+    }
 }
 
 fn op(op: &'static str, map: &'static str) -> impl FnOnce(MapError) -> MapsError {
@@ -84,12 +106,33 @@ impl PinnedMaps {
             allow: open_map(root, maps::ALLOW)?,
             ports: open_map(root, maps::PORTS)?,
             config: open_map(root, maps::CONFIG)?,
+            generation: open_map(root, maps::GENERATION)?,
             counters: open_map(root, maps::COUNTERS)?,
         })
     }
 
+    /// Tells the kernel that policy changed, so sources re-read their cached
+    /// ban, budget and allow-list membership. Every public writer below
+    /// publishes; the batch writer publishes once per batch instead.
+    pub fn publish(&mut self) -> Result<(), MapsError> {
+        self.generation
+            .set(0, next_generation(), 0)
+            .map_err(op("update", maps::GENERATION))
+    }
+
     /// Bans `ip` until `until_ns` (monotonic), counting the offence.
     pub fn ban(&mut self, ip: IpAddr, until_ns: u64, reason: u32) -> Result<Ban, MapsError> {
+        let ban = self.write_ban(ip, until_ns, reason)?;
+        self.publish()?;
+        Ok(ban)
+    }
+
+    pub(super) fn write_ban(
+        &mut self,
+        ip: IpAddr,
+        until_ns: u64,
+        reason: u32,
+    ) -> Result<Ban, MapsError> {
         let key = source_key(ip);
         let offences = self
             .bans
@@ -111,11 +154,20 @@ impl PinnedMaps {
     pub fn restore_ban(&mut self, ip: IpAddr, ban: Ban) -> Result<(), MapsError> {
         self.bans
             .insert(source_key(ip), ban, 0)
-            .map_err(op("insert", maps::BANS))
+            .map_err(op("insert", maps::BANS))?;
+        self.publish()
     }
 
     /// Lifts a ban at once. `Ok(false)`: there was none.
     pub fn unban(&mut self, ip: IpAddr) -> Result<bool, MapsError> {
+        let removed = self.remove_ban(ip)?;
+        if removed {
+            self.publish()?;
+        }
+        Ok(removed)
+    }
+
+    pub(super) fn remove_ban(&mut self, ip: IpAddr) -> Result<bool, MapsError> {
         match self.bans.remove(&source_key(ip)) {
             Ok(()) => Ok(true),
             Err(MapError::KeyNotFound) => Ok(false),
@@ -135,7 +187,8 @@ impl PinnedMaps {
             .collect()
     }
 
-    /// Deletes bans that ended before `now_ns`; returns how many.
+    /// Deletes bans that ended before `now_ns`; returns how many. No publish:
+    /// cached deadlines have passed already, so caches stay valid.
     pub fn remove_expired_bans(&mut self, now_ns: u64) -> Result<usize, MapsError> {
         let expired: Vec<IpAddr> = self
             .bans()?
@@ -144,12 +197,17 @@ impl PinnedMaps {
             .map(|(ip, _)| ip)
             .collect();
         for ip in &expired {
-            self.unban(*ip)?;
+            self.remove_ban(*ip)?;
         }
         Ok(expired.len())
     }
 
     pub fn set_budget(&mut self, ip: IpAddr, budget: Budget) -> Result<(), MapsError> {
+        self.write_budget(ip, budget)?;
+        self.publish()
+    }
+
+    pub(super) fn write_budget(&mut self, ip: IpAddr, budget: Budget) -> Result<(), MapsError> {
         self.budgets
             .insert(source_key(ip), budget, 0)
             .map_err(op("insert", maps::BUDGETS))
@@ -157,7 +215,7 @@ impl PinnedMaps {
 
     pub fn clear_budget(&mut self, ip: IpAddr) -> Result<(), MapsError> {
         match self.budgets.remove(&source_key(ip)) {
-            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Ok(()) | Err(MapError::KeyNotFound) => self.publish(),
             Err(source) => Err(op("remove", maps::BUDGETS)(source)),
         }
     }
@@ -165,7 +223,8 @@ impl PinnedMaps {
     pub fn allow(&mut self, net: &IpNet) -> Result<(), MapsError> {
         self.allow
             .insert(&allow_key(net), 1, 0)
-            .map_err(op("insert", maps::ALLOW))
+            .map_err(op("insert", maps::ALLOW))?;
+        self.publish()
     }
 
     /// Marks exactly `ports` as protected.
@@ -193,7 +252,8 @@ impl PinnedMaps {
     pub fn set_config(&mut self, config: Config) -> Result<(), MapsError> {
         self.config
             .set(0, config, 0)
-            .map_err(op("update", maps::CONFIG))
+            .map_err(op("update", maps::CONFIG))?;
+        self.publish()
     }
 
     /// Counter totals over all CPUs.

@@ -250,6 +250,9 @@ impl PolicySink for Box<dyn PolicySink> {
     fn apply(&mut self, update: &PolicyUpdate) -> Result<(), MapsError> {
         (**self).apply(update)
     }
+    fn commit(&mut self) -> Result<(), MapsError> {
+        (**self).commit()
+    }
     fn remove_expired_bans(&mut self, now_ns: u64) -> Result<usize, MapsError> {
         (**self).remove_expired_bans(now_ns)
     }

@@ -48,6 +48,10 @@ impl PolicyUpdate {
 /// fallback when XDP is unavailable.
 pub trait PolicySink: Send {
     fn apply(&mut self, update: &PolicyUpdate) -> Result<(), MapsError>;
+    /// Makes a batch of applied updates visible (the kernel's policy caches).
+    fn commit(&mut self) -> Result<(), MapsError> {
+        Ok(())
+    }
     /// Forgets bans that ended before `now_ns`; returns how many.
     fn remove_expired_bans(&mut self, now_ns: u64) -> Result<usize, MapsError>;
 }
@@ -59,10 +63,14 @@ impl PolicySink for PinnedMaps {
                 ip,
                 until_ns,
                 reason,
-            } => self.ban(ip, until_ns, reason).map(drop),
-            PolicyUpdate::Unban { ip } => self.unban(ip).map(drop),
-            PolicyUpdate::Budget { ip, budget } => self.set_budget(ip, budget),
+            } => self.write_ban(ip, until_ns, reason).map(drop),
+            PolicyUpdate::Unban { ip } => self.remove_ban(ip).map(drop),
+            PolicyUpdate::Budget { ip, budget } => self.write_budget(ip, budget),
         }
+    }
+
+    fn commit(&mut self) -> Result<(), MapsError> {
+        self.publish()
     }
 
     fn remove_expired_bans(&mut self, now_ns: u64) -> Result<usize, MapsError> {
@@ -223,6 +231,9 @@ impl PolicyWriter {
             if let Err(error) = sink.apply(&update) {
                 tracing::warn!(%error, ?update, "applying a policy update failed");
             }
+        }
+        if let Err(error) = sink.commit() {
+            tracing::warn!(%error, "publishing policy updates failed");
         }
     }
 }
