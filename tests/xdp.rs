@@ -3,10 +3,14 @@
 //! plays the clients. Checks use real connects and the pinned counters.
 #![allow(clippy::unwrap_used, reason = "tests: a panic is the failure report")]
 
-use std::{process::Command, time::Duration};
+use std::{
+    io::{BufRead, BufReader},
+    process::{Command, Stdio},
+    time::Duration,
+};
 
 use gateway_tests::{
-    attached_xdp_programs,
+    attached_xdp_programs, gateway_bin,
     packet::{Ipv6Ext, TcpFrame, ETH_P_8021AD, ETH_P_8021Q},
     require_root, Gateway, Listener, Topology, CLIENT2_V4, CLIENT2_V6, CLIENT_V4, CLIENT_V6,
     SERVER_IF, SERVER_V4, SERVER_V6,
@@ -277,4 +281,57 @@ fn restart_after_crash_replaces_stale_pins_and_keeps_bans() {
         "a clean shutdown removes the pins and the pin root"
     );
     assert_eq!(attached_xdp_programs(&topology.server, SERVER_IF), 0);
+}
+
+#[test]
+fn without_xdp_the_gateway_falls_back_unless_required() {
+    if !require_root("without_xdp_the_gateway_falls_back_unless_required") {
+        return;
+    }
+    let pin_root = format!("/sys/fs/bpf/gwtest-fallback-{}", std::process::id());
+    let required = Command::new(gateway_bin())
+        .args([
+            "run",
+            "--interface",
+            "no-such-if0",
+            "--require-xdp",
+            "--pin-root",
+            &pin_root,
+        ])
+        .output()
+        .unwrap();
+    assert!(!required.status.success());
+    let stderr = String::from_utf8_lossy(&required.stderr);
+    assert!(
+        stderr.contains("cannot attach XDP to no-such-if0"),
+        "{stderr}"
+    );
+    assert!(
+        !std::path::Path::new(&pin_root).exists(),
+        "a failed start leaves no pins"
+    );
+
+    let mut fallback = Command::new(gateway_bin())
+        .args(["run", "--interface", "no-such-if0", "--pin-root", &pin_root])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(fallback.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let _ = fallback.kill();
+    let output = fallback.wait_with_output().unwrap();
+    assert!(
+        line.starts_with("ready: userspace-only enforcement"),
+        "{line}"
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(
+        stderr.matches("XDP unavailable").count(),
+        1,
+        "one clear warning: {stderr}"
+    );
+    assert!(!std::path::Path::new(&pin_root).exists());
 }

@@ -227,16 +227,8 @@ impl PinnedMaps {
         self.publish()
     }
 
-    /// Marks exactly `ports` as protected.
-    pub fn set_ports(&mut self, ports: &[u16]) -> Result<(), MapsError> {
-        let previous: Vec<u32> = (0..self.ports.len())
-            .filter(|&port| matches!(self.ports.get(&port, 0), Ok(1)))
-            .collect();
-        for port in previous {
-            self.ports
-                .set(port, 0, 0)
-                .map_err(op("update", maps::PORTS))?;
-        }
+    /// Marks `ports` as protected (the map starts all-unprotected at load).
+    pub fn protect_ports(&mut self, ports: &[u16]) -> Result<(), MapsError> {
         for &port in ports {
             self.ports
                 .set(u32::from(port), 1, 0)

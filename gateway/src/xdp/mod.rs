@@ -296,7 +296,7 @@ impl Loaded {
         loaded.pinned.push(program_pin);
 
         let mut maps = PinnedMaps::open(root)?;
-        maps.set_ports(&settings.ports)?;
+        maps.protect_ports(&settings.ports)?;
         for net in &settings.allow {
             maps.allow(net)?;
         }
