@@ -13,6 +13,8 @@
 #![no_std]
 #![no_main]
 
+mod runtime;
+
 use aya_ebpf::btf_maps::lpm_trie::Key;
 use aya_ebpf::{
     bindings::xdp_action,
@@ -381,13 +383,3 @@ fn parse_ipv6(ctx: &XdpContext, offset: usize) -> Result<Option<(SourceAddr, u8,
     }
     Ok(Some((src, next, l4)))
 }
-
-#[cfg(not(test))]
-#[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! {
-    loop {}
-}
-
-#[unsafe(link_section = "license")]
-#[unsafe(no_mangle)]
-static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -4,19 +4,12 @@
 #![no_std]
 #![no_main]
 
+#[path = "../runtime.rs"]
+mod runtime;
+
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 
 #[xdp]
 pub fn bench_drop_all(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_DROP
 }
-
-#[cfg(not(test))]
-#[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! {
-    loop {}
-}
-
-#[unsafe(link_section = "license")]
-#[unsafe(no_mangle)]
-static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
