@@ -11,6 +11,8 @@ use std::{
 
 use gateway_tests::{
     attached_xdp_programs, gateway_bin,
+    http::TempDir,
+    minimal_config,
     packet::{Ipv6Ext, TcpFrame, ETH_P_8021AD, ETH_P_8021Q},
     require_root, Gateway, Listener, Topology, CLIENT2_V4, CLIENT2_V6, CLIENT_V4, CLIENT_V6,
     SERVER_IF, SERVER_V4, SERVER_V6,
@@ -289,6 +291,8 @@ fn without_xdp_the_gateway_falls_back_unless_required() {
         return;
     }
     let pin_root = format!("/sys/fs/bpf/gwtest-fallback-{}", std::process::id());
+    let dir = TempDir::new("fallback");
+    let config = minimal_config(&dir);
     let required = Command::new(gateway_bin())
         .args([
             "run",
@@ -298,6 +302,8 @@ fn without_xdp_the_gateway_falls_back_unless_required() {
             "--pin-root",
             &pin_root,
         ])
+        .arg("--config")
+        .arg(&config)
         .output()
         .unwrap();
     assert!(!required.status.success());
@@ -313,14 +319,17 @@ fn without_xdp_the_gateway_falls_back_unless_required() {
 
     let mut fallback = Command::new(gateway_bin())
         .args(["run", "--interface", "no-such-if0", "--pin-root", &pin_root])
+        .arg("--config")
+        .arg(&config)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut line = String::new();
-    BufReader::new(fallback.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
+    let line = BufReader::new(fallback.stdout.take().unwrap())
+        .lines()
+        .map_while(Result::ok)
+        .find(|line| line.starts_with("ready:"))
+        .unwrap_or_default();
     let _ = fallback.kill();
     let output = fallback.wait_with_output().unwrap();
     assert!(

@@ -1,5 +1,8 @@
 //! The gateway: today its kernel path (XDP program, pinned maps, CLI);
 //! the proxy, authentication and limits build on it.
 pub mod clock;
+pub mod config;
+pub mod keys;
 pub mod net;
+pub mod proxy;
 pub mod xdp;

@@ -1,13 +1,18 @@
-//! `gateway` command line: `run` starts the gateway; `xdp ...` inspects and
-//! changes the kernel path of a running gateway through its pinned maps.
-use std::{net::IpAddr, path::PathBuf, time::Duration};
+//! `gateway` command line: `run` starts the gateway; `check-config` validates
+//! a configuration; `keys ...` manages API clients in the store; `xdp ...`
+//! inspects and changes the kernel path of a running gateway through its
+//! pinned maps.
+use std::{net::IpAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use gateway::{
     clock::monotonic_ns,
+    config::Config,
+    keys::{KeyIndex, KeyStore, NewClient, SqliteStore},
+    proxy::Gateway,
     xdp::{
-        self, Enforcement, KernelPath, MapSizes, Mode, PinnedMaps, PolicyWriter, XdpSettings,
+        self, Enforcement, KernelPath, Mode, PinnedMaps, PolicyWriter, UserspaceBans,
         DEFAULT_BUDGET, DEFAULT_PIN_ROOT,
     },
 };
@@ -32,36 +37,125 @@ enum Command {
     /// Inspect or change the kernel path of a running gateway.
     #[command(subcommand)]
     Xdp(XdpCommand),
+    /// Validate a configuration file; errors name the offending key path.
+    CheckConfig { file: PathBuf },
+    /// Manage API clients and keys in the store.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Create a client with a new API key; the key is printed once.
+    Create {
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        tier: String,
+        /// Comma-separated scopes.
+        #[arg(long, value_delimiter = ',')]
+        scopes: Vec<String>,
+        /// e.g. `30d`, `12h`; never expires when absent.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        expires_in: Option<Duration>,
+        #[arg(long)]
+        admin: bool,
+        /// A JWT claim value that maps tokens to this client.
+        #[arg(long)]
+        external_id: Option<String>,
+        #[command(flatten)]
+        store: StoreArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List clients (never keys).
+    List {
+        #[command(flatten)]
+        store: StoreArgs,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Args)]
+struct StoreArgs {
+    /// Read the store path (and tier names) from this configuration.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// The store file itself (overrides the configuration's `keys.store`).
+    #[arg(long)]
+    store: Option<PathBuf>,
 }
 
 #[derive(Args)]
 struct RunArgs {
-    /// Interface whose ingress the XDP program guards.
-    #[arg(long, default_value = "lo")]
-    interface: String,
-    /// Protected destination ports (comma separated); other traffic passes untouched.
-    #[arg(long, value_delimiter = ',', default_values_t = [8080u16, 8443])]
+    /// Configuration file (TOML); without it, the embedded defaults.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Overrides `xdp.interface`: the interface whose ingress XDP guards.
+    #[arg(long)]
+    interface: Option<String>,
+    /// Overrides `xdp.ports` (comma separated); default: the listeners' ports.
+    #[arg(long, value_delimiter = ',')]
     ports: Vec<u16>,
-    #[command(flatten)]
-    pins: PinArgs,
-    /// `enforce` drops; `monitor` only counts what would be dropped.
-    #[arg(long, value_enum, default_value_t = Mode::Enforce)]
-    mode: Mode,
+    /// Overrides `xdp.pin_root`.
+    #[arg(long)]
+    pin_root: Option<PathBuf>,
+    /// Overrides `xdp.mode`: `enforce` drops; `monitor` only counts.
+    #[arg(long, value_enum)]
+    mode: Option<Mode>,
     /// Fail to start if XDP cannot be attached, instead of enforcing in userspace only.
     #[arg(long)]
     require_xdp: bool,
-    /// CIDRs that are never dropped (repeatable), e.g. health checkers.
+    /// Run without the kernel path at all.
+    #[arg(long, conflicts_with = "require_xdp")]
+    no_xdp: bool,
+    /// Adds to `xdp.allow`: CIDRs that are never dropped (repeatable).
     #[arg(long = "allow", value_name = "CIDR")]
     allow: Vec<IpNet>,
-    /// Default budget for sources without a tier budget.
-    #[command(flatten)]
-    budget: BudgetArgs,
-    /// Most banned sources held at once.
-    #[arg(long, default_value_t = gateway_common::DEFAULT_BANS_ENTRIES)]
-    max_bans: u32,
-    /// Most sources with kernel state (LRU: the oldest are evicted).
-    #[arg(long, default_value_t = gateway_common::DEFAULT_STATE_ENTRIES)]
-    max_sources: u32,
+    /// Overrides the default kernel budget (0 = unlimited).
+    #[arg(long)]
+    syn_rate: Option<u32>,
+    #[arg(long)]
+    syn_burst: Option<u32>,
+    #[arg(long)]
+    pkt_rate: Option<u32>,
+    #[arg(long)]
+    pkt_burst: Option<u32>,
+}
+
+impl RunArgs {
+    /// Applies command-line overrides on top of the file (or defaults).
+    fn apply(&self, config: &mut Config) {
+        let xdp = &mut config.xdp;
+        if let Some(interface) = &self.interface {
+            xdp.interface = interface.clone();
+        }
+        if !self.ports.is_empty() {
+            xdp.ports = self.ports.clone();
+        }
+        if let Some(pin_root) = &self.pin_root {
+            xdp.pin_root = pin_root.clone();
+        }
+        if let Some(mode) = self.mode {
+            xdp.mode = mode;
+        }
+        xdp.require_xdp |= self.require_xdp;
+        if self.no_xdp {
+            xdp.enabled = false;
+        }
+        xdp.allow.extend(self.allow.iter().cloned());
+        for (value, target) in [
+            (self.syn_rate, &mut xdp.default_syn_rate),
+            (self.syn_burst, &mut xdp.default_syn_burst),
+            (self.pkt_rate, &mut xdp.default_pkt_rate),
+            (self.pkt_burst, &mut xdp.default_pkt_burst),
+        ] {
+            if let Some(value) = value {
+                *target = value;
+            }
+        }
+    }
 }
 
 #[derive(Args)]
@@ -152,52 +246,197 @@ fn main() -> Result<()> {
     match cli.command {
         Command::Run(args) => run(args),
         Command::Xdp(command) => xdp_command(command),
+        Command::CheckConfig { file } => {
+            let config = Config::load(Some(&file))
+                .with_context(|| format!("{} is not a valid configuration", file.display()))?;
+            println!(
+                "{}: valid ({} listeners, {} upstreams, {} routes)",
+                file.display(),
+                config.listeners.len(),
+                config.upstreams.len(),
+                config.routes.len()
+            );
+            Ok(())
+        }
+        Command::Keys(command) => keys_command(command),
     }
 }
 
 fn run(args: RunArgs) -> Result<()> {
-    if args.ports.is_empty() {
-        bail!("--ports needs at least one port to protect");
+    let mut config = Config::load(args.config.as_deref()).context("loading the configuration")?;
+    args.apply(&mut config);
+    let settings = config.xdp_settings();
+    if config.xdp.enabled && settings.ports.is_empty() {
+        bail!("the kernel path needs at least one port to protect (xdp.ports or a listener)");
     }
-    let settings = XdpSettings {
-        interface: args.interface,
-        ports: args.ports,
-        pin_root: args.pins.pin_root,
-        mode: args.mode,
-        require_xdp: args.require_xdp,
-        allow: args.allow,
-        default_budget: args.budget.budget(),
-        sizes: MapSizes {
-            bans: args.max_bans,
-            state: args.max_sources,
-            ..MapSizes::default()
-        },
-    };
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async {
-        let kernel = KernelPath::start(&settings).context("starting the XDP kernel path")?;
+        let kernel = if config.xdp.enabled {
+            Some(KernelPath::start(&settings).context("starting the XDP kernel path")?)
+        } else {
+            None
+        };
         let (_policy, writer) = xdp::policy::channel(4096);
-        spawn_writer(&kernel, writer)?;
-        match kernel.enforcement() {
-            Enforcement::Kernel { attach } => {
-                println!(
-                    "ready: XDP attached to {} in {} mode, {:?}, ports {:?}, maps pinned at {}",
-                    settings.interface,
-                    attach.name(),
-                    settings.mode,
-                    settings.ports,
-                    settings.pin_root.display()
-                );
+        let userspace_bans = match &kernel {
+            Some(kernel) => {
+                spawn_writer(kernel, writer)?;
+                kernel.userspace_bans()
             }
-            Enforcement::UserspaceOnly { reason } => {
-                println!("ready: userspace-only enforcement ({reason})");
+            None => {
+                let bans = UserspaceBans::default();
+                tokio::spawn(writer.run(bans.clone(), Duration::from_secs(1)));
+                Some(bans)
             }
+        };
+
+        let store: Arc<dyn KeyStore> =
+            Arc::new(SqliteStore::open(&config.keys.store).context("opening the key store")?);
+        let index = Arc::new(KeyIndex::default());
+        let count = index.load(store.as_ref()).context("loading API keys")?;
+        tracing::info!(keys = count, store = %config.keys.store.display(), "API keys loaded");
+        tokio::spawn(refresh_keys(store, index.clone(), config.keys.refresh));
+
+        let gateway = Arc::new(Gateway::new(&config, index, userspace_bans));
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let mut servers = Vec::new();
+        for listener in &config.listeners {
+            let socket = tokio::net::TcpListener::bind(listener.address)
+                .await
+                .with_context(|| format!("cannot listen on {}", listener.address))?;
+            println!("listening: http://{}", socket.local_addr()?);
+            servers.push(tokio::spawn(gateway.clone().serve(socket, stopped.clone())));
+        }
+        match kernel.as_ref().map(KernelPath::enforcement) {
+            Some(Enforcement::Kernel { attach }) => println!(
+                "ready: XDP attached to {} in {} mode, {:?}, ports {:?}, maps pinned at {}",
+                settings.interface,
+                attach.name(),
+                settings.mode,
+                settings.ports,
+                settings.pin_root.display()
+            ),
+            Some(Enforcement::UserspaceOnly { reason }) => {
+                println!("ready: userspace-only enforcement ({reason})")
+            }
+            None => println!("ready: kernel path disabled (xdp.enabled = false)"),
         }
         wait_for_shutdown().await?;
-        tracing::info!("shutting down: detaching XDP and removing pins");
+        tracing::info!("shutting down: closing listeners, detaching XDP and removing pins");
+        let _ = stop.send(true);
+        for server in servers {
+            let _ = server.await;
+        }
         drop(kernel);
         Ok(())
     })
+}
+
+/// Picks up keys another process (the CLI) wrote to the store.
+async fn refresh_keys(store: Arc<dyn KeyStore>, index: Arc<KeyIndex>, every: Duration) {
+    let mut seen = store.version().ok();
+    let mut ticker = tokio::time::interval(every);
+    loop {
+        ticker.tick().await;
+        let version = match store.version() {
+            Ok(version) => version,
+            Err(error) => {
+                tracing::warn!(%error, "checking the key store failed");
+                continue;
+            }
+        };
+        if seen == Some(version) {
+            continue;
+        }
+        match index.load(store.as_ref()) {
+            Ok(count) => {
+                seen = Some(version);
+                tracing::info!(keys = count, "API keys reloaded");
+            }
+            Err(error) => tracing::warn!(%error, "reloading API keys failed"),
+        }
+    }
+}
+
+fn keys_command(command: KeysCommand) -> Result<()> {
+    match command {
+        KeysCommand::Create {
+            name,
+            tier,
+            scopes,
+            expires_in,
+            admin,
+            external_id,
+            store,
+            json,
+        } => {
+            let (config, store) = open_store(&store)?;
+            if !config.tiers.iter().any(|t| t.name == tier) {
+                let names: Vec<_> = config.tiers.iter().map(|t| t.name.as_str()).collect();
+                bail!(
+                    "unknown tier {tier:?}; configured tiers: {}",
+                    names.join(", ")
+                );
+            }
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs() as i64);
+            let expires_at = expires_in.map(|d| now.saturating_add(d.as_secs() as i64));
+            let new = NewClient {
+                name,
+                tier,
+                scopes,
+                expires_at,
+                is_admin: admin,
+                external_id,
+            };
+            let (client, key) = store.create(new, now)?;
+            if json {
+                println!("{}", serde_json::json!({ "client": client, "key": key }));
+            } else {
+                println!(
+                    "created client {} ({}, tier {})",
+                    client.id, client.name, client.tier
+                );
+                println!("API key (shown once, store it now):");
+                println!("{key}");
+            }
+            Ok(())
+        }
+        KeysCommand::List { store, json } => {
+            let (_, store) = open_store(&store)?;
+            let clients = store.clients()?;
+            if json {
+                println!("{}", serde_json::to_string(&clients)?);
+                return Ok(());
+            }
+            println!(
+                "{:<16} {:<20} {:<8} {:<9} {:<6} scopes",
+                "id", "name", "tier", "disabled", "admin"
+            );
+            for c in clients {
+                println!(
+                    "{:<16} {:<20} {:<8} {:<9} {:<6} {}",
+                    c.id,
+                    c.name,
+                    c.tier,
+                    c.disabled,
+                    c.is_admin,
+                    c.scopes.join(",")
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
+fn open_store(args: &StoreArgs) -> Result<(Config, SqliteStore)> {
+    let config = Config::load(args.config.as_deref()).context("loading the configuration")?;
+    let path = args
+        .store
+        .clone()
+        .unwrap_or_else(|| config.keys.store.clone());
+    let store = SqliteStore::open(&path).context("opening the key store")?;
+    Ok((config, store))
 }
 
 fn spawn_writer(kernel: &KernelPath, writer: PolicyWriter) -> Result<()> {

@@ -9,6 +9,7 @@
     reason = "test support: a panic is the failure report"
 )]
 
+pub mod http;
 pub mod packet;
 
 use std::{
@@ -314,6 +315,21 @@ fn ensure_bpffs() {
     });
 }
 
+/// A config with a listener on port 0 and a throwaway key store in `dir`,
+/// so a test gateway touches nothing in the repository or on fixed ports.
+pub fn minimal_config(dir: &http::TempDir) -> PathBuf {
+    let config = dir.path.join("gateway.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[listeners]]\naddress = \"127.0.0.1:0\"\n[keys]\nstore = \"{}\"\n",
+            dir.path.join("keys.db").display()
+        ),
+    )
+    .unwrap();
+    config
+}
+
 /// A running `gateway run` inside the server namespace, with its own pin
 /// root. Dropping it stops the gateway (SIGTERM, then SIGKILL) and removes
 /// any pins it left.
@@ -321,6 +337,7 @@ pub struct Gateway {
     child: Option<Child>,
     pub pin_root: PathBuf,
     pub ready_line: String,
+    _dir: http::TempDir,
 }
 
 impl Gateway {
@@ -338,6 +355,8 @@ impl Gateway {
         pin_root: PathBuf,
     ) -> Self {
         ensure_bpffs();
+        let dir = http::TempDir::new("xdp");
+        let config = minimal_config(&dir);
         let netns = File::open(topology.server.path()).unwrap();
         let mut command = Command::new(gateway_bin());
         command
@@ -351,6 +370,8 @@ impl Gateway {
             ])
             .arg("--pin-root")
             .arg(&pin_root)
+            .arg("--config")
+            .arg(&config)
             .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
@@ -376,6 +397,7 @@ impl Gateway {
             child: Some(child),
             pin_root,
             ready_line: String::new(),
+            _dir: dir,
         };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {

@@ -221,14 +221,11 @@ impl KernelPath {
         &self.enforcement
     }
 
-    /// Whether a connection from `peer` may be served. With XDP attached the
-    /// kernel has already dropped banned sources, so this costs nothing.
-    pub fn admits(&self, peer: IpAddr) -> bool {
+    /// The ban table the proxy checks at accept, when the kernel cannot.
+    pub fn userspace_bans(&self) -> Option<UserspaceBans> {
         match self.enforcement {
-            Enforcement::Kernel { .. } => true,
-            Enforcement::UserspaceOnly { .. } => {
-                !self.userspace_bans.is_banned(peer, monotonic_ns())
-            }
+            Enforcement::Kernel { .. } => None,
+            Enforcement::UserspaceOnly { .. } => Some(self.userspace_bans.clone()),
         }
     }
 

@@ -1,0 +1,409 @@
+//! The gateway's configuration: one TOML file, or embedded defaults that
+//! work on a laptop. Unknown keys are errors; every error names the key path.
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use ipnet::IpNet;
+use serde::Deserialize;
+
+use crate::xdp::{MapSizes, Mode, XdpSettings, DEFAULT_BUDGET, DEFAULT_PIN_ROOT};
+
+/// What `gateway run` uses when given no file.
+pub const EMBEDDED_DEFAULT: &str = include_str!("default.toml");
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Invalid { path: String, message: String },
+}
+
+impl ConfigError {
+    fn invalid(path: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigError::Invalid {
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub xdp: XdpConfig,
+    #[serde(default)]
+    pub keys: KeysConfig,
+    #[serde(default)]
+    pub forwarding: ForwardingConfig,
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    #[serde(default)]
+    pub listeners: Vec<ListenerConfig>,
+    #[serde(default)]
+    pub upstreams: Vec<UpstreamConfig>,
+    #[serde(default)]
+    pub routes: Vec<RouteConfig>,
+    #[serde(default)]
+    pub tiers: Vec<TierConfig>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct XdpConfig {
+    /// `false`: no kernel path at all (bans are enforced in userspace).
+    pub enabled: bool,
+    pub interface: String,
+    /// Protected ports; empty means the listeners' ports.
+    pub ports: Vec<u16>,
+    pub pin_root: PathBuf,
+    pub mode: Mode,
+    pub require_xdp: bool,
+    pub allow: Vec<IpNet>,
+    pub default_syn_rate: u32,
+    pub default_syn_burst: u32,
+    pub default_pkt_rate: u32,
+    pub default_pkt_burst: u32,
+    pub max_bans: u32,
+    pub max_sources: u32,
+}
+
+impl Default for XdpConfig {
+    fn default() -> Self {
+        let sizes = MapSizes::default();
+        Self {
+            enabled: true,
+            interface: "lo".into(),
+            ports: Vec::new(),
+            pin_root: DEFAULT_PIN_ROOT.into(),
+            mode: Mode::Enforce,
+            require_xdp: false,
+            allow: Vec::new(),
+            default_syn_rate: DEFAULT_BUDGET.syn_per_sec,
+            default_syn_burst: DEFAULT_BUDGET.syn_burst,
+            default_pkt_rate: DEFAULT_BUDGET.pkt_per_sec,
+            default_pkt_burst: DEFAULT_BUDGET.pkt_burst,
+            max_bans: sizes.bans,
+            max_sources: sizes.state,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KeysConfig {
+    /// The embedded key store (SQLite, WAL mode).
+    pub store: PathBuf,
+    /// How often the running gateway picks up keys changed in the store.
+    #[serde(with = "humantime_serde_compat")]
+    pub refresh: Duration,
+}
+
+impl Default for KeysConfig {
+    fn default() -> Self {
+        Self {
+            store: "gateway-keys.db".into(),
+            refresh: Duration::from_secs(1),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ForwardingConfig {
+    pub client_id_header: String,
+    pub client_tier_header: String,
+    /// Peers whose `X-Forwarded-For` is trusted (appended to, not replaced).
+    pub trusted_proxies: Vec<IpNet>,
+}
+
+impl Default for ForwardingConfig {
+    fn default() -> Self {
+        Self {
+            client_id_header: "x-client-id".into(),
+            client_tier_header: "x-client-tier".into(),
+            trusted_proxies: Vec::new(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Whole request (headers and body) from the client.
+    #[serde(with = "humantime_serde_compat")]
+    pub request_timeout: Duration,
+    /// Waiting for the upstream's response headers.
+    #[serde(with = "humantime_serde_compat")]
+    pub upstream_timeout: Duration,
+    #[serde(with = "humantime_serde_compat")]
+    pub connect_timeout: Duration,
+    pub max_header_bytes: usize,
+    pub max_connections: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            request_timeout: Duration::from_secs(30),
+            upstream_timeout: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(5),
+            max_header_bytes: 64 * 1024,
+            max_connections: 10_000,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    pub address: SocketAddr,
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Balance {
+    #[default]
+    RoundRobin,
+    LeastConnections,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    pub name: String,
+    /// `host:port` of each server (plain HTTP).
+    pub servers: Vec<SocketAddr>,
+    #[serde(default)]
+    pub balance: Balance,
+}
+
+/// Which credentials a route accepts.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthPolicy {
+    #[default]
+    ApiKey,
+    /// Authentication disabled on this route.
+    None,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Matches any host when absent.
+    pub host: Option<String>,
+    pub path_prefix: String,
+    pub upstream: String,
+    #[serde(default)]
+    pub auth: AuthPolicy,
+    #[serde(default)]
+    pub required_scopes: Vec<String>,
+    /// Keep the client's credential on the forwarded request.
+    #[serde(default)]
+    pub forward_credential: bool,
+    #[serde(default)]
+    pub key_sources: KeySources,
+}
+
+/// Where API keys are looked for, in precedence order: headers, query, cookie.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KeySources {
+    pub headers: Vec<String>,
+    pub query: Option<String>,
+    pub cookie: Option<String>,
+}
+
+impl Default for KeySources {
+    fn default() -> Self {
+        Self {
+            headers: vec!["authorization".into(), "api-key".into(), "x-api-key".into()],
+            query: Some("api_key".into()),
+            cookie: Some("api_key".into()),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TierConfig {
+    pub name: String,
+}
+
+impl Config {
+    /// Parses and validates `text` (from `origin`, for messages).
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        let deserializer = toml::Deserializer::parse(text)
+            .map_err(|e| ConfigError::invalid("(file)", e.to_string()))?;
+        let mut config: Config = serde_path_to_error::deserialize(deserializer).map_err(|e| {
+            let path = e.path().to_string();
+            ConfigError::invalid(path, e.into_inner().message().to_owned())
+        })?;
+        if config.tiers.is_empty() {
+            config.tiers = ["bronze", "silver", "gold"]
+                .into_iter()
+                .map(|name| TierConfig { name: name.into() })
+                .collect();
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn load(path: Option<&std::path::Path>) -> Result<Self, ConfigError> {
+        match path {
+            None => Self::parse(EMBEDDED_DEFAULT),
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_owned(),
+                    source,
+                })?;
+                Self::parse(&text)
+            }
+        }
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.listeners.is_empty() {
+            return Err(ConfigError::invalid(
+                "listeners",
+                "at least one listener is needed",
+            ));
+        }
+        for (index, upstream) in self.upstreams.iter().enumerate() {
+            if upstream.servers.is_empty() {
+                return Err(ConfigError::invalid(
+                    format!("upstreams[{index}].servers"),
+                    format!("upstream {:?} has no servers", upstream.name),
+                ));
+            }
+            if self.upstreams[..index]
+                .iter()
+                .any(|u| u.name == upstream.name)
+            {
+                return Err(ConfigError::invalid(
+                    format!("upstreams[{index}].name"),
+                    format!("upstream {:?} is defined twice", upstream.name),
+                ));
+            }
+        }
+        for (index, route) in self.routes.iter().enumerate() {
+            if !route.path_prefix.starts_with('/') {
+                return Err(ConfigError::invalid(
+                    format!("routes[{index}].path_prefix"),
+                    "must start with '/'",
+                ));
+            }
+            if !self.upstreams.iter().any(|u| u.name == route.upstream) {
+                return Err(ConfigError::invalid(
+                    format!("routes[{index}].upstream"),
+                    format!("no upstream named {:?}", route.upstream),
+                ));
+            }
+        }
+        for (name, value) in [
+            (
+                "forwarding.client_id_header",
+                &self.forwarding.client_id_header,
+            ),
+            (
+                "forwarding.client_tier_header",
+                &self.forwarding.client_tier_header,
+            ),
+        ] {
+            if http::HeaderName::from_bytes(value.as_bytes()).is_err() {
+                return Err(ConfigError::invalid(name, "not a valid header name"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The kernel-path settings this config implies.
+    pub fn xdp_settings(&self) -> XdpSettings {
+        let xdp = &self.xdp;
+        let ports = if xdp.ports.is_empty() {
+            self.listeners.iter().map(|l| l.address.port()).collect()
+        } else {
+            xdp.ports.clone()
+        };
+        XdpSettings {
+            interface: xdp.interface.clone(),
+            ports,
+            pin_root: xdp.pin_root.clone(),
+            mode: xdp.mode,
+            require_xdp: xdp.require_xdp,
+            allow: xdp.allow.clone(),
+            default_budget: gateway_common::Budget {
+                syn_per_sec: xdp.default_syn_rate,
+                syn_burst: xdp.default_syn_burst,
+                pkt_per_sec: xdp.default_pkt_rate,
+                pkt_burst: xdp.default_pkt_burst,
+                tier: 0,
+            },
+            sizes: MapSizes {
+                bans: xdp.max_bans,
+                state: xdp.max_sources,
+                ..MapSizes::default()
+            },
+        }
+    }
+}
+
+/// Durations written as strings such as `"30s"` or `"500ms"`.
+mod humantime_serde_compat {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        humantime::parse_duration(&text).map_err(|e| {
+            serde::de::Error::custom(format!("{text:?} is not a duration like \"30s\": {e}"))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_default_is_valid() {
+        let config = Config::parse(EMBEDDED_DEFAULT).unwrap();
+        assert!(!config.listeners.is_empty());
+        assert_eq!(config.tiers.len(), 3);
+    }
+
+    fn error(text: &str) -> String {
+        Config::parse(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn unknown_key_is_an_error_with_its_path() {
+        let message =
+            error("[[listeners]]\naddress = \"127.0.0.1:1\"\n[limits]\nrequest_timeuot = \"1s\"\n");
+        assert!(message.starts_with("limits"), "{message}");
+        assert!(message.contains("request_timeuot"), "{message}");
+    }
+
+    #[test]
+    fn bad_values_name_their_key_path() {
+        let message = error("[[listeners]]\naddress = \"not an address\"\n");
+        assert!(message.starts_with("listeners[0].address"), "{message}");
+        let message = error(
+            "[[listeners]]\naddress = \"127.0.0.1:1\"\n[limits]\nupstream_timeout = \"soon\"\n",
+        );
+        assert!(message.starts_with("limits.upstream_timeout"), "{message}");
+    }
+
+    #[test]
+    fn routes_must_name_a_defined_upstream() {
+        let message = error(
+            "[[listeners]]\naddress = \"127.0.0.1:1\"\n[[routes]]\npath_prefix = \"/\"\nupstream = \"nope\"\n",
+        );
+        assert!(message.starts_with("routes[0].upstream"), "{message}");
+    }
+}

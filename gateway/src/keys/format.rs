@@ -1,0 +1,135 @@
+//! The API key format: `gk_<id>_<secret><check>`, all base62.
+//!
+//! - `gk_` lets secret scanners and operators recognise a leaked key;
+//! - `<id>` (12 chars) finds the record without touching the secret, and is
+//!   what logs show;
+//! - `<secret>` (43 chars, 256 bits from the OS CSPRNG) is stored only as a
+//!   SHA-256 hash (a 256-bit random secret needs no slow hash);
+//! - `<check>` (6 chars) is a CRC-32 of everything before it, so garbage is
+//!   rejected before any lookup.
+use sha2::{Digest, Sha256};
+
+pub const PREFIX: &str = "gk_";
+pub const ID_LEN: usize = 12;
+pub const SECRET_LEN: usize = 43;
+const CHECK_LEN: usize = 6;
+const ALPHABET: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+/// Longest string we even look at (a key is exactly this long).
+pub const KEY_LEN: usize = PREFIX.len() + ID_LEN + 1 + SECRET_LEN + CHECK_LEN;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum KeyFormatError {
+    #[error("not a gateway API key (expected gk_<id>_<secret>)")]
+    Malformed,
+    #[error("API key checksum does not match (mistyped or truncated key)")]
+    Checksum,
+    #[error("the operating system's random generator failed: {0}")]
+    Random(String),
+}
+
+/// A key split into its parts; `secret` never leaves this process unhashed.
+pub struct ParsedKey<'a> {
+    pub id: &'a str,
+    pub secret: &'a str,
+}
+
+/// A freshly generated key: the full text (shown once) and what to store.
+pub struct NewKey {
+    pub id: String,
+    pub text: String,
+    pub secret_hash: [u8; 32],
+}
+
+fn random_base62(len: usize) -> Result<String, KeyFormatError> {
+    let mut out = String::with_capacity(len);
+    let mut buf = [0u8; 64];
+    while out.len() < len {
+        getrandom::fill(&mut buf).map_err(|e| KeyFormatError::Random(e.to_string()))?;
+        // Rejection sampling keeps every character equally likely.
+        for &byte in &buf {
+            if byte < 248 && out.len() < len {
+                out.push(char::from(ALPHABET[usize::from(byte % 62)]));
+            }
+        }
+    }
+    Ok(out)
+}
+
+pub(crate) fn check_digits(body: &str) -> String {
+    let mut value = crc32fast::hash(body.as_bytes());
+    let mut digits = [b'0'; CHECK_LEN];
+    for digit in digits.iter_mut().rev() {
+        *digit = ALPHABET[(value % 62) as usize];
+        value /= 62;
+    }
+    digits.iter().map(|&b| char::from(b)).collect()
+}
+
+pub fn hash_secret(secret: &str) -> [u8; 32] {
+    Sha256::digest(secret.as_bytes()).into()
+}
+
+/// A new key with a random id and secret.
+pub fn generate() -> Result<NewKey, KeyFormatError> {
+    let id = random_base62(ID_LEN)?;
+    let secret = random_base62(SECRET_LEN)?;
+    let body = format!("{PREFIX}{id}_{secret}");
+    let text = format!("{body}{}", check_digits(&body));
+    Ok(NewKey {
+        secret_hash: hash_secret(&secret),
+        id,
+        text,
+    })
+}
+
+/// Checks shape and checksum; no store lookup.
+pub fn parse(text: &str) -> Result<ParsedKey<'_>, KeyFormatError> {
+    if text.len() != KEY_LEN || !text.is_ascii() {
+        return Err(KeyFormatError::Malformed);
+    }
+    let rest = text.strip_prefix(PREFIX).ok_or(KeyFormatError::Malformed)?;
+    let (id, rest) = rest.split_at(ID_LEN);
+    let rest = rest.strip_prefix('_').ok_or(KeyFormatError::Malformed)?;
+    let (secret, check) = rest.split_at(SECRET_LEN);
+    let base62 = |s: &str| s.bytes().all(|b| b.is_ascii_alphanumeric());
+    if !base62(id) || !base62(secret) || !base62(check) {
+        return Err(KeyFormatError::Malformed);
+    }
+    if check_digits(&text[..text.len() - CHECK_LEN]) != check {
+        return Err(KeyFormatError::Checksum);
+    }
+    Ok(ParsedKey { id, secret })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_keys_parse_and_hash_their_secret() {
+        let key = generate().unwrap();
+        assert_eq!(key.text.len(), KEY_LEN);
+        assert!(key.text.starts_with("gk_"));
+        let parsed = parse(&key.text).unwrap();
+        assert_eq!(parsed.id, key.id);
+        assert_eq!(hash_secret(parsed.secret), key.secret_hash);
+        assert_ne!(generate().unwrap().text, key.text);
+    }
+
+    #[test]
+    fn any_changed_character_fails_the_checksum() {
+        let key = generate().unwrap().text;
+        let mut bytes = key.into_bytes();
+        let i = PREFIX.len() + ID_LEN + 5;
+        bytes[i] = if bytes[i] == b'a' { b'b' } else { b'a' };
+        let tampered = String::from_utf8(bytes).unwrap();
+        assert_eq!(parse(&tampered).err(), Some(KeyFormatError::Checksum));
+    }
+
+    #[test]
+    fn garbage_is_malformed() {
+        for text in ["", "gk_", "Bearer x", &"a".repeat(KEY_LEN), "gk_é"] {
+            assert_eq!(parse(text).err(), Some(KeyFormatError::Malformed), "{text}");
+        }
+    }
+}

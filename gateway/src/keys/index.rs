@@ -1,0 +1,208 @@
+//! The request path's view of the keys: an immutable map swapped whole when
+//! the store changes, so verifying a key takes no lock and does no I/O.
+use std::{collections::HashMap, sync::Arc};
+
+use arc_swap::ArcSwap;
+use subtle::ConstantTimeEq;
+
+use super::{
+    format::{self, KeyFormatError},
+    store::{Client, KeyStore, StoreError},
+};
+
+/// Why a presented key was refused (for metrics and logs; never the key).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeyRejection {
+    Malformed,
+    Checksum,
+    Unknown,
+    WrongSecret,
+    Disabled,
+    Expired,
+}
+
+impl KeyRejection {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyRejection::Malformed => "malformed",
+            KeyRejection::Checksum => "bad_checksum",
+            KeyRejection::Unknown => "unknown_key",
+            KeyRejection::WrongSecret => "wrong_secret",
+            KeyRejection::Disabled => "disabled",
+            KeyRejection::Expired => "expired",
+        }
+    }
+}
+
+struct Entry {
+    secret_hash: [u8; 32],
+    client: Arc<Client>,
+}
+
+#[derive(Default)]
+pub struct KeyIndex {
+    entries: ArcSwap<HashMap<String, Entry>>,
+}
+
+impl KeyIndex {
+    /// Rebuilds the index from the store and swaps it in.
+    pub fn load(&self, store: &dyn KeyStore) -> Result<usize, StoreError> {
+        let clients: HashMap<String, Arc<Client>> = store
+            .clients()?
+            .into_iter()
+            .map(|client| (client.id.clone(), Arc::new(client)))
+            .collect();
+        let entries: HashMap<String, Entry> = store
+            .keys()?
+            .into_iter()
+            .filter_map(|key| {
+                let client = clients.get(&key.client_id)?.clone();
+                Some((
+                    key.key_id,
+                    Entry {
+                        secret_hash: key.secret_hash,
+                        client,
+                    },
+                ))
+            })
+            .collect();
+        let count = entries.len();
+        self.entries.store(Arc::new(entries));
+        Ok(count)
+    }
+
+    /// Verifies a presented key at `now` (unix seconds). Returns the key id
+    /// (safe to log) with the outcome.
+    pub fn verify(
+        &self,
+        text: &str,
+        now: i64,
+    ) -> (Option<String>, Result<Arc<Client>, KeyRejection>) {
+        let parsed = match format::parse(text) {
+            Ok(parsed) => parsed,
+            Err(KeyFormatError::Checksum) => return (None, Err(KeyRejection::Checksum)),
+            Err(_) => return (None, Err(KeyRejection::Malformed)),
+        };
+        let key_id = Some(parsed.id.to_owned());
+        let entries = self.entries.load();
+        let Some(entry) = entries.get(parsed.id) else {
+            return (key_id, Err(KeyRejection::Unknown));
+        };
+        let presented = format::hash_secret(parsed.secret);
+        if !bool::from(presented.ct_eq(&entry.secret_hash)) {
+            return (key_id, Err(KeyRejection::WrongSecret));
+        }
+        let client = &entry.client;
+        if client.disabled {
+            return (key_id, Err(KeyRejection::Disabled));
+        }
+        if client.expires_at.is_some_and(|at| at <= now) {
+            return (key_id, Err(KeyRejection::Expired));
+        }
+        (key_id, Ok(client.clone()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::store::{NewClient, SqliteStore};
+    use super::*;
+
+    fn store() -> (tempdir::TempDir, SqliteStore) {
+        let dir = tempdir::TempDir::new();
+        let store = SqliteStore::open(&dir.path.join("keys.db")).unwrap();
+        (dir, store)
+    }
+
+    /// A throwaway directory without another crate.
+    mod tempdir {
+        pub struct TempDir {
+            pub path: std::path::PathBuf,
+        }
+        impl TempDir {
+            pub fn new() -> Self {
+                static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+                let path = std::env::temp_dir().join(format!(
+                    "gw-keys-{}-{}",
+                    std::process::id(),
+                    N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                ));
+                std::fs::create_dir_all(&path).unwrap();
+                Self { path }
+            }
+        }
+        impl Drop for TempDir {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_dir_all(&self.path);
+            }
+        }
+    }
+
+    fn client(name: &str, expires_at: Option<i64>) -> NewClient {
+        NewClient {
+            name: name.into(),
+            tier: "gold".into(),
+            scopes: vec!["read".into()],
+            expires_at,
+            ..NewClient::default()
+        }
+    }
+
+    #[test]
+    fn created_key_verifies_and_others_do_not() {
+        let (_dir, store) = store();
+        let (created, key) = store.create(client("a", None), 100).unwrap();
+        let index = KeyIndex::default();
+        assert_eq!(index.load(&store).unwrap(), 1);
+        let (id, outcome) = index.verify(&key, 200);
+        assert_eq!(outcome.unwrap().id, created.id);
+        assert_eq!(created.id, format!("cl_{}", id.unwrap()));
+
+        let other = format::generate().unwrap().text;
+        assert_eq!(
+            index.verify(&other, 200).1.err(),
+            Some(KeyRejection::Unknown)
+        );
+        assert_eq!(
+            index.verify("nonsense", 200).1.err(),
+            Some(KeyRejection::Malformed)
+        );
+        // Same id, different secret (re-checksummed so it parses).
+        let parsed = format::parse(&key).unwrap();
+        let body = format!("gk_{}_{}", parsed.id, "x".repeat(format::SECRET_LEN));
+        let forged = format!("{body}{}", format::check_digits(&body));
+        assert_eq!(
+            index.verify(&forged, 200).1.err(),
+            Some(KeyRejection::WrongSecret)
+        );
+    }
+
+    #[test]
+    fn expired_clients_are_refused() {
+        let (_dir, store) = store();
+        let (_, key) = store.create(client("old", Some(150)), 100).unwrap();
+        let index = KeyIndex::default();
+        index.load(&store).unwrap();
+        assert!(index.verify(&key, 149).1.is_ok());
+        assert_eq!(index.verify(&key, 150).1.err(), Some(KeyRejection::Expired));
+    }
+
+    #[test]
+    fn store_keeps_no_key_text_and_rejects_duplicate_external_ids() {
+        let (dir, store) = store();
+        let mut first = client("x", None);
+        first.external_id = Some("svc-1".into());
+        let (_, key) = store.create(first.clone(), 1).unwrap();
+        assert!(matches!(
+            store.create(first, 2),
+            Err(StoreError::DuplicateExternalId(_))
+        ));
+        drop(store);
+        let bytes = std::fs::read(dir.path.join("keys.db")).unwrap();
+        let wal = std::fs::read(dir.path.join("keys.db-wal")).unwrap_or_default();
+        let secret = &key[key.len() - 49..key.len() - 6];
+        for file in [bytes, wal] {
+            assert!(!file.windows(secret.len()).any(|w| w == secret.as_bytes()));
+        }
+    }
+}

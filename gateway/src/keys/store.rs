@@ -1,0 +1,225 @@
+//! The embedded key store: a SQLite database in WAL mode (crash-safe, and
+//! operators can inspect it with `sqlite3`). Only key ids and secret hashes
+//! are stored. Behind [`KeyStore`] so a shared store can replace it later
+//! without touching the request path, which reads [`super::KeyIndex`].
+use std::{path::Path, sync::Mutex};
+
+use rusqlite::{params, Connection, OptionalExtension};
+
+use super::format::{self, KeyFormatError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("key store {path}: {source}")]
+    Open {
+        path: String,
+        source: rusqlite::Error,
+    },
+    #[error("key store: {0}")]
+    Sql(#[from] rusqlite::Error),
+    #[error(transparent)]
+    Key(#[from] KeyFormatError),
+    #[error("external id {0:?} already belongs to another client")]
+    DuplicateExternalId(String),
+}
+
+/// An API client: who a key belongs to and what it may do.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Client {
+    pub id: String,
+    pub name: String,
+    pub tier: String,
+    pub scopes: Vec<String>,
+    /// Unix seconds; `None` never expires.
+    pub expires_at: Option<i64>,
+    pub disabled: bool,
+    pub is_admin: bool,
+    /// Value of a JWT claim that maps a token to this same client.
+    pub external_id: Option<String>,
+    pub created_at: i64,
+}
+
+/// What `create` needs.
+#[derive(Clone, Debug, Default)]
+pub struct NewClient {
+    pub name: String,
+    pub tier: String,
+    pub scopes: Vec<String>,
+    pub expires_at: Option<i64>,
+    pub is_admin: bool,
+    pub external_id: Option<String>,
+}
+
+/// A key as stored: never the key itself.
+#[derive(Clone, Debug)]
+pub struct StoredKey {
+    pub key_id: String,
+    pub client_id: String,
+    pub secret_hash: [u8; 32],
+}
+
+pub trait KeyStore: Send + Sync {
+    /// Creates a client with one key; returns the key text, shown once.
+    fn create(&self, new: NewClient, now: i64) -> Result<(Client, String), StoreError>;
+    fn clients(&self) -> Result<Vec<Client>, StoreError>;
+    fn keys(&self) -> Result<Vec<StoredKey>, StoreError>;
+    /// Changes whenever another process commits to the store.
+    fn version(&self) -> Result<i64, StoreError>;
+}
+
+pub struct SqliteStore {
+    conn: Mutex<Connection>,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS api_clients (
+    id          TEXT PRIMARY KEY,
+    name        TEXT NOT NULL,
+    tier        TEXT NOT NULL,
+    scopes      TEXT NOT NULL,            -- space separated
+    expires_at  INTEGER,                  -- unix seconds
+    disabled    INTEGER NOT NULL DEFAULT 0,
+    is_admin    INTEGER NOT NULL DEFAULT 0,
+    external_id TEXT UNIQUE,
+    created_at  INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS api_keys (
+    key_id      TEXT PRIMARY KEY,
+    client_id   TEXT NOT NULL REFERENCES api_clients(id) ON DELETE CASCADE,
+    secret_hash BLOB NOT NULL,            -- SHA-256 of the secret part
+    created_at  INTEGER NOT NULL
+);
+";
+
+impl SqliteStore {
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let open_error = |source| StoreError::Open {
+            path: path.display().to_string(),
+            source,
+        };
+        let conn = Connection::open(path).map_err(open_error)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(open_error)?;
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(open_error)?;
+        conn.pragma_update(None, "foreign_keys", "ON")
+            .map_err(open_error)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(open_error)?;
+        conn.execute_batch(SCHEMA).map_err(open_error)?;
+        Ok(Self {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.conn
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+fn client_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Client> {
+    let scopes: String = row.get(3)?;
+    Ok(Client {
+        id: row.get(0)?,
+        name: row.get(1)?,
+        tier: row.get(2)?,
+        scopes: scopes.split_whitespace().map(str::to_owned).collect(),
+        expires_at: row.get(4)?,
+        disabled: row.get(5)?,
+        is_admin: row.get(6)?,
+        external_id: row.get(7)?,
+        created_at: row.get(8)?,
+    })
+}
+
+impl KeyStore for SqliteStore {
+    fn create(&self, new: NewClient, now: i64) -> Result<(Client, String), StoreError> {
+        let key = format::generate()?;
+        let client = Client {
+            id: format!("cl_{}", key.id),
+            name: new.name,
+            tier: new.tier,
+            scopes: new.scopes,
+            expires_at: new.expires_at,
+            disabled: false,
+            is_admin: new.is_admin,
+            external_id: new.external_id,
+            created_at: now,
+        };
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        if let Some(external) = &client.external_id {
+            let taken: Option<String> = tx
+                .query_row(
+                    "SELECT id FROM api_clients WHERE external_id = ?1",
+                    [external],
+                    |row| row.get(0),
+                )
+                .optional()?;
+            if taken.is_some() {
+                return Err(StoreError::DuplicateExternalId(external.clone()));
+            }
+        }
+        tx.execute(
+            "INSERT INTO api_clients (id, name, tier, scopes, expires_at, disabled, is_admin, external_id, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, 0, ?6, ?7, ?8)",
+            params![
+                client.id,
+                client.name,
+                client.tier,
+                client.scopes.join(" "),
+                client.expires_at,
+                client.is_admin,
+                client.external_id,
+                now
+            ],
+        )?;
+        tx.execute(
+            "INSERT INTO api_keys (key_id, client_id, secret_hash, created_at) VALUES (?1, ?2, ?3, ?4)",
+            params![key.id, client.id, key.secret_hash.as_slice(), now],
+        )?;
+        tx.commit()?;
+        Ok((client, key.text))
+    }
+
+    fn clients(&self) -> Result<Vec<Client>, StoreError> {
+        let conn = self.conn();
+        let mut statement = conn.prepare(
+            "SELECT id, name, tier, scopes, expires_at, disabled, is_admin, external_id, created_at
+             FROM api_clients ORDER BY created_at, id",
+        )?;
+        let clients = statement
+            .query_map([], client_from_row)?
+            .collect::<Result<_, _>>()?;
+        Ok(clients)
+    }
+
+    fn keys(&self) -> Result<Vec<StoredKey>, StoreError> {
+        let conn = self.conn();
+        let mut statement = conn.prepare("SELECT key_id, client_id, secret_hash FROM api_keys")?;
+        let keys = statement
+            .query_map([], |row| {
+                let hash: Vec<u8> = row.get(2)?;
+                let mut secret_hash = [0u8; 32];
+                // A hash of the wrong length matches nothing (all zero).
+                if hash.len() == 32 {
+                    secret_hash.copy_from_slice(&hash);
+                }
+                Ok(StoredKey {
+                    key_id: row.get(0)?,
+                    client_id: row.get(1)?,
+                    secret_hash,
+                })
+            })?
+            .collect::<Result<_, _>>()?;
+        Ok(keys)
+    }
+
+    fn version(&self) -> Result<i64, StoreError> {
+        Ok(self
+            .conn()
+            .query_row("PRAGMA data_version", [], |row| row.get(0))?)
+    }
+}

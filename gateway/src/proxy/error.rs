@@ -1,0 +1,122 @@
+//! Every way the proxy refuses or fails a request, and the one function that
+//! turns each into its HTTP response (small JSON bodies, per the brief).
+use bytes::Bytes;
+use http::{header, HeaderValue, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+
+use super::ProxyBody;
+use crate::keys::KeyRejection;
+
+#[derive(Debug)]
+pub enum ProxyError {
+    NoRoute,
+    MissingCredential,
+    InvalidCredential(KeyRejection),
+    MissingScope(String),
+    NoHealthyUpstream,
+    UpstreamConnect,
+    UpstreamTimeout,
+    Upstream,
+    BannedSource,
+}
+
+/// Who caused a failure, for logs: the client, the upstream, or us.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Blame {
+    Client,
+    Upstream,
+}
+
+impl ProxyError {
+    /// Stable machine-readable code (also the access log's `error`).
+    pub fn code(&self) -> &'static str {
+        match self {
+            ProxyError::NoRoute => "no_route",
+            ProxyError::MissingCredential => "missing_credential",
+            ProxyError::InvalidCredential(_) => "invalid_credential",
+            ProxyError::MissingScope(_) => "insufficient_scope",
+            ProxyError::NoHealthyUpstream => "no_healthy_upstream",
+            ProxyError::UpstreamConnect => "upstream_unavailable",
+            ProxyError::UpstreamTimeout => "upstream_timeout",
+            ProxyError::Upstream => "upstream_error",
+            ProxyError::BannedSource => "banned",
+        }
+    }
+
+    pub fn blame(&self) -> Blame {
+        match self {
+            ProxyError::NoHealthyUpstream
+            | ProxyError::UpstreamConnect
+            | ProxyError::UpstreamTimeout
+            | ProxyError::Upstream => Blame::Upstream,
+            _ => Blame::Client,
+        }
+    }
+
+    fn status_and_message(&self) -> (StatusCode, String) {
+        match self {
+            ProxyError::NoRoute => (
+                StatusCode::NOT_FOUND,
+                "no route matches this host and path".into(),
+            ),
+            ProxyError::MissingCredential => {
+                (StatusCode::UNAUTHORIZED, "an API key is required".into())
+            }
+            ProxyError::InvalidCredential(reason) => (
+                StatusCode::UNAUTHORIZED,
+                format!("the API key was refused ({})", reason.as_str()),
+            ),
+            ProxyError::MissingScope(scope) => (
+                StatusCode::FORBIDDEN,
+                format!("the client lacks the scope {scope:?} this route requires"),
+            ),
+            ProxyError::NoHealthyUpstream => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no healthy upstream server".into(),
+            ),
+            ProxyError::UpstreamConnect => (
+                StatusCode::BAD_GATEWAY,
+                "the upstream refused the connection".into(),
+            ),
+            ProxyError::UpstreamTimeout => (
+                StatusCode::GATEWAY_TIMEOUT,
+                "the upstream did not answer in time".into(),
+            ),
+            ProxyError::Upstream => (StatusCode::BAD_GATEWAY, "the upstream failed".into()),
+            ProxyError::BannedSource => (StatusCode::FORBIDDEN, "this source is banned".into()),
+        }
+    }
+
+    pub fn into_response(self) -> Response<ProxyBody> {
+        let (status, message) = self.status_and_message();
+        let body = serde_json::json!({ "error": self.code(), "message": message }).to_string();
+        let mut response = Response::new(
+            Full::new(Bytes::from(body))
+                .map_err(|never| match never {})
+                .boxed(),
+        );
+        *response.status_mut() = status;
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        match self {
+            ProxyError::MissingCredential => {
+                headers.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"gateway\""),
+                );
+            }
+            ProxyError::InvalidCredential(_) => {
+                headers.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"gateway\", error=\"invalid_token\""),
+                );
+            }
+            _ => {}
+        }
+        response
+    }
+}

@@ -1,0 +1,158 @@
+//! Rewriting a request for the upstream and a response for the client:
+//! hop-by-hop headers (RFC 9110 §7.6.1), credentials, identity and tracing
+//! headers, `X-Forwarded-For`.
+use std::net::IpAddr;
+
+use http::{header, HeaderMap, HeaderName, HeaderValue};
+use ipnet::IpNet;
+
+use super::credentials::query_value;
+use crate::config::KeySources;
+
+/// Always hop-by-hop, whether or not `Connection` lists them.
+const HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+];
+
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+
+/// Removes hop-by-hop headers, including those `Connection` names.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+        headers.remove(name);
+    }
+    headers.remove(header::UPGRADE);
+}
+
+/// Removes every place a key could be (not just the one used), so no second
+/// credential slips through to the upstream. Returns the new query.
+pub fn strip_credentials(
+    headers: &mut HeaderMap,
+    query: Option<&str>,
+    sources: &KeySources,
+) -> Option<String> {
+    for name in &sources.headers {
+        headers.remove(name.as_str());
+    }
+    if let Some(cookie_name) = &sources.cookie {
+        let kept: Vec<String> = headers
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .map(str::trim)
+            .filter(|pair| {
+                !pair.is_empty() && pair.split_once('=').map(|(k, _)| k) != Some(cookie_name)
+            })
+            .map(str::to_owned)
+            .collect();
+        headers.remove(header::COOKIE);
+        if let Ok(value) = HeaderValue::from_str(&kept.join("; ")) {
+            if !kept.is_empty() {
+                headers.insert(header::COOKIE, value);
+            }
+        }
+    }
+    let query = query?;
+    match &sources.query {
+        Some(name) if query_value(query, name).is_some() => {
+            let kept: Vec<&str> = query
+                .split('&')
+                .filter(|pair| pair.split_once('=').map_or(*pair, |(k, _)| k) != name)
+                .collect();
+            (!kept.is_empty()).then(|| kept.join("&"))
+        }
+        _ => Some(query.to_owned()),
+    }
+}
+
+/// `X-Forwarded-For`/`-Proto` from the real peer; a client's own values are
+/// kept (appended to) only when the peer is a trusted proxy.
+pub fn set_forwarded(headers: &mut HeaderMap, peer: IpAddr, trusted: &[IpNet]) {
+    let peer = peer.to_canonical();
+    let trusted_peer = trusted.iter().any(|net| net.contains(&peer));
+    let previous = headers
+        .get(&X_FORWARDED_FOR)
+        .and_then(|v| v.to_str().ok())
+        .filter(|_| trusted_peer)
+        .map(str::to_owned);
+    let value = match previous {
+        Some(previous) => format!("{previous}, {peer}"),
+        None => peer.to_string(),
+    };
+    if let Ok(value) = HeaderValue::from_str(&value) {
+        headers.insert(X_FORWARDED_FOR, value);
+    }
+    if !(trusted_peer && headers.contains_key(&X_FORWARDED_PROTO)) {
+        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_and_connection_listed_headers_go() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("close, x-secret-hop"),
+        );
+        h.insert("x-secret-hop", HeaderValue::from_static("1"));
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn all_credential_places_are_stripped() {
+        let mut h = HeaderMap::new();
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer a"));
+        h.insert("x-api-key", HeaderValue::from_static("b"));
+        h.insert(
+            header::COOKIE,
+            HeaderValue::from_static("theme=dark; api_key=c"),
+        );
+        let query = strip_credentials(&mut h, Some("a=1&api_key=d&b=2"), &KeySources::default());
+        assert_eq!(query.as_deref(), Some("a=1&b=2"));
+        assert!(!h.contains_key(header::AUTHORIZATION) && !h.contains_key("x-api-key"));
+        assert_eq!(h[header::COOKIE], "theme=dark");
+        assert_eq!(
+            strip_credentials(&mut h, Some("api_key=d"), &KeySources::default()),
+            None
+        );
+    }
+
+    #[test]
+    fn forwarded_for_is_trusted_only_from_trusted_proxies() {
+        let mut h = HeaderMap::new();
+        h.insert(X_FORWARDED_FOR, HeaderValue::from_static("6.6.6.6"));
+        set_forwarded(&mut h, "10.0.0.9".parse().unwrap(), &[]);
+        assert_eq!(h[X_FORWARDED_FOR], "10.0.0.9");
+        h.insert(X_FORWARDED_FOR, HeaderValue::from_static("1.2.3.4"));
+        set_forwarded(
+            &mut h,
+            "10.0.0.9".parse().unwrap(),
+            &["10.0.0.0/8".parse().unwrap()],
+        );
+        assert_eq!(h[X_FORWARDED_FOR], "1.2.3.4, 10.0.0.9");
+    }
+}

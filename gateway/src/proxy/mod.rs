@@ -1,0 +1,388 @@
+//! The HTTP proxy: plain HTTP/1.1 and h2c listeners (TLS is the next step),
+//! API-key authentication, forwarding to upstream pools.
+//!
+//! Request lifecycle, as named phases (each is a step in [`Gateway::process`]):
+//!
+//! ```text
+//! accept ─▶ route ─▶ credential ─▶ authenticate ─▶ authorize ─▶ forward ─▶ respond ─▶ log
+//!   │         │          │              │              │            │
+//! banned     404        401            401            403      502 / 503 / 504
+//! ```
+//!
+//! - **accept**: a connection from a source banned in userspace-only mode is
+//!   closed at once (with XDP attached the kernel already dropped it).
+//! - **route**: host, then longest path prefix; no match is a 404.
+//! - **credential**: the API key from headers, query or cookie (route's
+//!   sources, that precedence); none on an authenticated route is a 401 with
+//!   `WWW-Authenticate`.
+//! - **authenticate**: checksum, then the in-memory index; refused is a 401.
+//! - **authorize**: the route's required scopes; one missing is a 403.
+//! - **forward**: credentials stripped (unless the route keeps them), client
+//!   identity, request id and `X-Forwarded-*` set, to a pool server; refused
+//!   connection 502, no healthy server 503, timeout 504.
+//! - **respond**: hop-by-hop headers removed, `X-Request-Id` added.
+//! - **log**: one JSON access-log line on stdout (key id, never the key).
+//!
+//! A denied request never reaches an upstream.
+pub mod credentials;
+pub mod error;
+pub mod forward;
+pub mod route;
+pub mod upstream;
+
+use std::{
+    collections::HashMap,
+    convert::Infallible,
+    io::Write,
+    net::SocketAddr,
+    sync::Arc,
+    time::{Instant, SystemTime, UNIX_EPOCH},
+};
+
+use bytes::Bytes;
+use http::{header, HeaderName, HeaderValue, Request, Response, Uri, Version};
+use http_body_util::{combinators::BoxBody, BodyExt};
+use hyper::body::Incoming;
+use hyper_util::{
+    client::legacy::{connect::HttpConnector, Client},
+    rt::{TokioExecutor, TokioIo, TokioTimer},
+    server::conn::auto,
+};
+use tokio::{net::TcpListener, sync::watch};
+
+use self::{
+    error::ProxyError,
+    forward::X_REQUEST_ID,
+    route::{Route, RouteTable},
+    upstream::Pool,
+};
+use crate::{
+    clock::monotonic_ns,
+    config::{AuthPolicy, Config, LimitsConfig},
+    keys::{Client as ApiClient, KeyIndex},
+    xdp::UserspaceBans,
+};
+
+pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
+
+pub struct Gateway {
+    routes: RouteTable,
+    pools: HashMap<String, Pool>,
+    keys: Arc<KeyIndex>,
+    client_id_header: HeaderName,
+    client_tier_header: HeaderName,
+    trusted_proxies: Vec<ipnet::IpNet>,
+    limits: LimitsConfig,
+    client: Client<HttpConnector, Incoming>,
+    /// Set when bans are enforced here instead of in XDP.
+    userspace_bans: Option<UserspaceBans>,
+}
+
+/// One access-log line.
+#[derive(serde::Serialize, Default)]
+struct AccessLog {
+    ts: u64,
+    request_id: String,
+    peer: String,
+    method: String,
+    /// Path only: the query may hold a credential.
+    path: String,
+    route: Option<String>,
+    client_id: Option<String>,
+    key_id: Option<String>,
+    tier: Option<String>,
+    status: u16,
+    upstream: Option<String>,
+    latency_ms: f64,
+    error: Option<&'static str>,
+    blame: Option<error::Blame>,
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// The client's `X-Request-Id` if it is sane, else a fresh random one.
+fn request_id(headers: &http::HeaderMap) -> String {
+    if let Some(id) = headers.get(&X_REQUEST_ID).and_then(|v| v.to_str().ok()) {
+        if !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_graphic()) {
+            return id.to_owned();
+        }
+    }
+    let mut bytes = [0u8; 16];
+    if getrandom::fill(&mut bytes).is_err() {
+        bytes[..8].copy_from_slice(&monotonic_ns().to_be_bytes());
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl Gateway {
+    pub fn new(
+        config: &Config,
+        keys: Arc<KeyIndex>,
+        userspace_bans: Option<UserspaceBans>,
+    ) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(config.limits.connect_timeout));
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(std::time::Duration::from_secs(90))
+            .build(connector);
+        // Validated in Config::parse; the fallbacks are never used.
+        let header = |name: &str, fallback: &'static str| {
+            HeaderName::from_bytes(name.as_bytes()).unwrap_or(HeaderName::from_static(fallback))
+        };
+        Self {
+            routes: RouteTable::new(&config.routes),
+            pools: config
+                .upstreams
+                .iter()
+                .map(|u| (u.name.clone(), Pool::new(u)))
+                .collect(),
+            keys,
+            client_id_header: header(&config.forwarding.client_id_header, "x-client-id"),
+            client_tier_header: header(&config.forwarding.client_tier_header, "x-client-tier"),
+            trusted_proxies: config.forwarding.trusted_proxies.clone(),
+            limits: config.limits.clone(),
+            client,
+            userspace_bans,
+        }
+    }
+
+    /// Accepts connections until `shutdown` turns true.
+    pub async fn serve(
+        self: Arc<Self>,
+        listener: TcpListener,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let permits = Arc::new(tokio::sync::Semaphore::new(self.limits.max_connections));
+        loop {
+            let (stream, peer) = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok(accepted) => accepted,
+                    Err(error) => {
+                        tracing::warn!(%error, "accept failed");
+                        continue;
+                    }
+                },
+                _ = shutdown.changed() => return,
+            };
+            // Phase: accept.
+            if let Some(bans) = &self.userspace_bans {
+                if bans.is_banned(peer.ip(), monotonic_ns()) {
+                    continue;
+                }
+            }
+            let Ok(permit) = permits.clone().try_acquire_owned() else {
+                tracing::warn!(%peer, "connection limit reached; closing the new connection");
+                continue;
+            };
+            let gateway = self.clone();
+            let header_timeout = self.limits.request_timeout;
+            let max_buf = self.limits.max_header_bytes.max(8192);
+            tokio::spawn(async move {
+                let _permit = permit;
+                let service = hyper::service::service_fn(move |req| {
+                    let gateway = gateway.clone();
+                    async move { Ok::<_, Infallible>(gateway.handle(req, peer).await) }
+                });
+                let mut builder = auto::Builder::new(TokioExecutor::new());
+                builder
+                    .http1()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(header_timeout)
+                    .max_buf_size(max_buf);
+                if let Err(error) = builder
+                    .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                    .await
+                {
+                    tracing::debug!(%peer, %error, "connection ended with an error");
+                }
+            });
+        }
+    }
+
+    async fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> Response<ProxyBody> {
+        let started = Instant::now();
+        let mut log = AccessLog {
+            ts: unix_now() as u64,
+            request_id: request_id(req.headers()),
+            peer: peer.ip().to_canonical().to_string(),
+            method: req.method().to_string(),
+            path: req.uri().path().to_owned(),
+            ..AccessLog::default()
+        };
+        let mut response = match self.process(req, peer, &mut log).await {
+            Ok(response) => response,
+            Err(error) => {
+                log.error = Some(error.code());
+                log.blame = Some(error.blame());
+                error.into_response()
+            }
+        };
+        if let Ok(id) = HeaderValue::from_str(&log.request_id) {
+            response.headers_mut().insert(X_REQUEST_ID, id);
+        }
+        log.status = response.status().as_u16();
+        log.latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+        if let Ok(mut line) = serde_json::to_vec(&log) {
+            line.push(b'\n');
+            let _ = std::io::stdout().lock().write_all(&line);
+        }
+        response
+    }
+
+    /// The phases after accept; an `Err` is answered by the gateway and
+    /// never reaches an upstream.
+    async fn process(
+        &self,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+        log: &mut AccessLog,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        // Phase: route.
+        let host = req
+            .headers()
+            .get(header::HOST)
+            .and_then(|v| v.to_str().ok())
+            .or_else(|| req.uri().authority().map(|a| a.as_str()));
+        let route = self
+            .routes
+            .find(host, req.uri().path())
+            .ok_or(ProxyError::NoRoute)?;
+        log.route = Some(route.name.clone());
+
+        // Phases: credential, authenticate, authorize.
+        let client = match route.auth {
+            AuthPolicy::None => None,
+            AuthPolicy::ApiKey => Some(self.authenticate(&req, route, log)?),
+        };
+        if let Some(client) = &client {
+            if let Some(missing) = route
+                .required_scopes
+                .iter()
+                .find(|scope| !client.scopes.contains(scope))
+            {
+                return Err(ProxyError::MissingScope(missing.clone()));
+            }
+        }
+
+        // Phase: forward.
+        let pool = self
+            .pools
+            .get(&route.upstream)
+            .ok_or(ProxyError::NoHealthyUpstream)?;
+        let lease = pool.pick().ok_or(ProxyError::NoHealthyUpstream)?;
+        log.upstream = Some(lease.server.addr.to_string());
+        let upstream_req = self.rewrite(
+            req,
+            route,
+            client.as_deref(),
+            peer,
+            &log.request_id,
+            lease.server.addr,
+        )?;
+        let result = tokio::time::timeout(
+            self.limits.upstream_timeout,
+            self.client.request(upstream_req),
+        )
+        .await;
+        let mut response = match result {
+            Err(_elapsed) => return Err(ProxyError::UpstreamTimeout),
+            Ok(Err(error)) if error.is_connect() => {
+                lease.eject();
+                return Err(ProxyError::UpstreamConnect);
+            }
+            Ok(Err(error)) => {
+                tracing::warn!(%error, upstream = %lease.server.addr, "upstream request failed");
+                return Err(ProxyError::Upstream);
+            }
+            Ok(Ok(response)) => response,
+        };
+
+        // Phase: respond.
+        forward::strip_hop_by_hop(response.headers_mut());
+        Ok(response.map(BodyExt::boxed))
+    }
+
+    fn authenticate(
+        &self,
+        req: &Request<Incoming>,
+        route: &Route,
+        log: &mut AccessLog,
+    ) -> Result<Arc<ApiClient>, ProxyError> {
+        let credential = credentials::extract(req.headers(), req.uri().query(), &route.key_sources)
+            .ok_or(ProxyError::MissingCredential)?;
+        let (key_id, outcome) = self.keys.verify(&credential.value, unix_now());
+        log.key_id = key_id;
+        let client = outcome.map_err(ProxyError::InvalidCredential)?;
+        log.client_id = Some(client.id.clone());
+        log.tier = Some(client.tier.clone());
+        Ok(client)
+    }
+
+    fn rewrite(
+        &self,
+        req: Request<Incoming>,
+        route: &Route,
+        client: Option<&ApiClient>,
+        peer: SocketAddr,
+        request_id: &str,
+        server: SocketAddr,
+    ) -> Result<Request<Incoming>, ProxyError> {
+        let (mut parts, body) = req.into_parts();
+        let headers = &mut parts.headers;
+        forward::strip_hop_by_hop(headers);
+        let query = if route.forward_credential {
+            parts.uri.query().map(str::to_owned)
+        } else {
+            forward::strip_credentials(headers, parts.uri.query(), &route.key_sources)
+        };
+        // Identity headers come from us only, never from the client.
+        headers.remove(&self.client_id_header);
+        headers.remove(&self.client_tier_header);
+        if let Some(client) = client {
+            for (name, value) in [
+                (&self.client_id_header, &client.id),
+                (&self.client_tier_header, &client.tier),
+            ] {
+                if let Ok(value) = HeaderValue::from_str(value) {
+                    headers.insert(name.clone(), value);
+                }
+            }
+        }
+        if let Ok(id) = HeaderValue::from_str(request_id) {
+            headers.insert(X_REQUEST_ID, id);
+        }
+        forward::set_forwarded(headers, peer.ip(), &self.trusted_proxies);
+        // HTTP/2 requests carry the host in the URI, not a Host header.
+        if !headers.contains_key(header::HOST) {
+            if let Some(authority) = parts
+                .uri
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+            {
+                headers.insert(header::HOST, authority);
+            }
+        }
+        let path = parts.uri.path();
+        let path_and_query = match query {
+            Some(query) => format!("{path}?{query}"),
+            None => path.to_owned(),
+        };
+        parts.uri = Uri::builder()
+            .scheme("http")
+            .authority(server.to_string())
+            .path_and_query(path_and_query)
+            .build()
+            .map_err(|_| ProxyError::Upstream)?;
+        parts.version = Version::HTTP_11;
+        Ok(Request::from_parts(parts, body))
+    }
+}

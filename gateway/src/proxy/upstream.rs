@@ -1,0 +1,128 @@
+//! Upstream pools: server choice (round-robin or least connections) and
+//! passive ejection of servers that refuse connections.
+use std::{
+    net::SocketAddr,
+    sync::atomic::{AtomicU64, AtomicUsize, Ordering},
+    time::Duration,
+};
+
+use crate::{
+    clock::monotonic_ns,
+    config::{Balance, UpstreamConfig},
+};
+
+/// How long a server that refused a connection is skipped.
+const EJECTION: Duration = Duration::from_secs(10);
+
+pub struct Server {
+    pub addr: SocketAddr,
+    in_flight: AtomicUsize,
+    ejected_until_ns: AtomicU64,
+}
+
+pub struct Pool {
+    pub name: String,
+    servers: Vec<Server>,
+    balance: Balance,
+    next: AtomicUsize,
+}
+
+/// A chosen server; counts as in flight until dropped.
+pub struct Lease<'a> {
+    pub server: &'a Server,
+}
+
+impl Drop for Lease<'_> {
+    fn drop(&mut self) {
+        self.server.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Lease<'_> {
+    /// The server refused or reset the connection: skip it for a while.
+    pub fn eject(&self) {
+        let until = monotonic_ns() + EJECTION.as_nanos() as u64;
+        self.server.ejected_until_ns.store(until, Ordering::Relaxed);
+        tracing::warn!(server = %self.server.addr, "upstream server ejected for {EJECTION:?} after a connect failure");
+    }
+}
+
+impl Pool {
+    pub fn new(config: &UpstreamConfig) -> Self {
+        Self {
+            name: config.name.clone(),
+            servers: config
+                .servers
+                .iter()
+                .map(|&addr| Server {
+                    addr,
+                    in_flight: AtomicUsize::new(0),
+                    ejected_until_ns: AtomicU64::new(0),
+                })
+                .collect(),
+            balance: config.balance,
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    /// A server that is not ejected, or `None` when all are.
+    pub fn pick(&self) -> Option<Lease<'_>> {
+        let now = monotonic_ns();
+        let healthy = |s: &&Server| s.ejected_until_ns.load(Ordering::Relaxed) <= now;
+        let server = match self.balance {
+            Balance::RoundRobin => {
+                let start = self.next.fetch_add(1, Ordering::Relaxed);
+                let n = self.servers.len();
+                (0..n)
+                    .map(|i| &self.servers[(start + i) % n])
+                    .find(|s| healthy(s))
+            }
+            Balance::LeastConnections => self
+                .servers
+                .iter()
+                .filter(healthy)
+                .min_by_key(|s| s.in_flight.load(Ordering::Relaxed)),
+        }?;
+        server.in_flight.fetch_add(1, Ordering::Relaxed);
+        Some(Lease { server })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pool(balance: Balance) -> Pool {
+        Pool::new(&UpstreamConfig {
+            name: "p".into(),
+            servers: vec![
+                "127.0.0.1:1".parse().unwrap(),
+                "127.0.0.1:2".parse().unwrap(),
+            ],
+            balance,
+        })
+    }
+
+    #[test]
+    fn round_robin_alternates_and_skips_ejected() {
+        let pool = pool(Balance::RoundRobin);
+        let a = pool.pick().unwrap().server.addr;
+        let b = pool.pick().unwrap().server.addr;
+        assert_ne!(a, b);
+        pool.pick().unwrap().eject();
+        let left: Vec<_> = (0..4).map(|_| pool.pick().unwrap().server.addr).collect();
+        assert!(left.windows(2).all(|w| w[0] == w[1]));
+        pool.pick().unwrap().eject();
+        assert!(pool.pick().is_none());
+    }
+
+    #[test]
+    fn least_connections_prefers_the_idle_server() {
+        let pool = pool(Balance::LeastConnections);
+        let busy = pool.pick().unwrap();
+        let other = pool.pick().unwrap();
+        assert_ne!(busy.server.addr, other.server.addr);
+        drop(other);
+        assert_ne!(pool.pick().unwrap().server.addr, busy.server.addr);
+    }
+}

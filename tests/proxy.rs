@@ -1,0 +1,330 @@
+//! The proxy, end to end: the real gateway binary on loopback port 0 with a
+//! temp config and key store, a real upstream that records what it got,
+//! and a real HTTP client. No privileges needed (`--no-xdp`).
+#![allow(clippy::unwrap_used, reason = "tests: a panic is the failure report")]
+
+use std::{process::Command, time::Duration};
+
+use gateway_tests::{
+    gateway_bin,
+    http::{FakeUpstream, ProxyGateway, TempDir},
+};
+
+/// One upstream behind `/api/` (API key, scope `read` required), an open
+/// `/public/` route, and `/keep/` which forwards the credential.
+fn config(upstream: &FakeUpstream) -> String {
+    format!(
+        r#"
+[[upstreams]]
+name = "app"
+servers = ["{addr}"]
+
+[[routes]]
+path_prefix = "/api/"
+upstream = "app"
+auth = "api_key"
+required_scopes = ["read"]
+
+[[routes]]
+path_prefix = "/api/admin/"
+upstream = "app"
+auth = "api_key"
+required_scopes = ["admin"]
+
+[[routes]]
+path_prefix = "/public/"
+upstream = "app"
+auth = "none"
+
+[[routes]]
+path_prefix = "/keep/"
+upstream = "app"
+forward_credential = true
+"#,
+        addr = upstream.addr
+    )
+}
+
+fn started(upstream: &FakeUpstream) -> (ProxyGateway, String) {
+    let gateway = ProxyGateway::new(&config(upstream));
+    let key = gateway.create_key("silver", &["--scopes", "read,write"]);
+    (gateway.start(), key)
+}
+
+#[test]
+fn missing_key_is_401_with_challenge_and_never_reaches_upstream() {
+    let upstream = FakeUpstream::start(None);
+    let (gateway, _key) = started(&upstream);
+    let reply = gateway.get("/api/items", &[]);
+    assert_eq!(reply.status, 401);
+    assert!(reply
+        .header("www-authenticate")
+        .unwrap()
+        .starts_with("Bearer"));
+    assert_eq!(reply.json()["error"], "missing_credential");
+    assert_eq!(reply.header("content-type"), Some("application/json"));
+    assert!(upstream.requests().is_empty());
+}
+
+#[test]
+fn every_key_source_authenticates_and_the_key_never_reaches_upstream() {
+    let upstream = FakeUpstream::start(None);
+    let (gateway, key) = started(&upstream);
+    let bearer = format!("Bearer {key}");
+    let apk = format!("apk {key}");
+    let cookie = format!("theme=dark; api_key={key}");
+    let cases: Vec<(String, Vec<(&str, &str)>)> = vec![
+        ("/api/a".into(), vec![("authorization", bearer.as_str())]),
+        ("/api/a".into(), vec![("authorization", apk.as_str())]),
+        ("/api/a".into(), vec![("api-key", key.as_str())]),
+        ("/api/a".into(), vec![("api-key", bearer.as_str())]),
+        ("/api/a".into(), vec![("x-api-key", key.as_str())]),
+        (format!("/api/a?x=1&api_key={key}"), vec![]),
+        ("/api/a".into(), vec![("cookie", cookie.as_str())]),
+    ];
+    for (target, headers) in &cases {
+        let reply = gateway.get(target, headers);
+        assert_eq!(reply.status, 200, "{target} {headers:?}: {}", reply.body);
+        assert_eq!(reply.body, "upstream-ok");
+    }
+    let seen = upstream.requests();
+    assert_eq!(seen.len(), cases.len());
+    for request in &seen {
+        assert!(request.header("authorization").is_none());
+        assert!(request.header("api-key").is_none());
+        assert!(request.header("x-api-key").is_none());
+        assert!(!request.target.contains("api_key"), "{}", request.target);
+        assert!(request.header("x-client-id").unwrap().starts_with("cl_"));
+        assert_eq!(request.header("x-client-tier"), Some("silver"));
+    }
+    assert_eq!(seen[5].target, "/api/a?x=1");
+    assert_eq!(seen[6].header("cookie"), Some("theme=dark"));
+}
+
+#[test]
+fn headers_win_over_query_and_query_over_cookie() {
+    let upstream = FakeUpstream::start(None);
+    let (gateway, key) = started(&upstream);
+    let garbage = "gk_notakeyatall";
+    let with_query = format!("/api/a?api_key={key}");
+    // A valid header beats an invalid query value...
+    let reply = gateway.get(&format!("/api/a?api_key={garbage}"), &[("x-api-key", &key)]);
+    assert_eq!(reply.status, 200);
+    // ...and an invalid header is used (and refused) even when the query is valid.
+    let reply = gateway.get(&with_query, &[("x-api-key", garbage)]);
+    assert_eq!(reply.status, 401);
+    assert_eq!(reply.json()["error"], "invalid_credential");
+    // The query beats the cookie.
+    let cookie = format!("api_key={garbage}");
+    assert_eq!(gateway.get(&with_query, &[("cookie", &cookie)]).status, 200);
+}
+
+#[test]
+fn spoofed_identity_and_forwarding_headers_never_reach_upstream() {
+    let upstream = FakeUpstream::start(None);
+    let (gateway, key) = started(&upstream);
+    let reply = gateway.get(
+        "/api/a",
+        &[
+            ("x-api-key", &key),
+            ("x-client-id", "cl_admin"),
+            ("x-client-tier", "gold"),
+            ("x-forwarded-for", "6.6.6.6"),
+            ("x-request-id", "req-123"),
+            ("connection", "x-hop"),
+            ("x-hop", "secret"),
+        ],
+    );
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.header("x-request-id"), Some("req-123"));
+    let seen = &upstream.requests()[0];
+    assert_ne!(seen.header("x-client-id"), Some("cl_admin"));
+    assert_eq!(seen.header("x-client-tier"), Some("silver"));
+    assert_eq!(seen.header("x-forwarded-for"), Some("127.0.0.1"));
+    assert_eq!(seen.header("x-forwarded-proto"), Some("http"));
+    assert_eq!(seen.header("x-request-id"), Some("req-123"));
+    assert!(seen.header("x-hop").is_none());
+
+    // Unauthenticated routes get no identity at all, whatever the client says.
+    let reply = gateway.get("/public/x", &[("x-client-id", "cl_admin")]);
+    assert_eq!(reply.status, 200);
+    let generated = reply.header("x-request-id").unwrap();
+    assert_eq!(generated.len(), 32);
+    let seen = &upstream.requests()[1];
+    assert!(seen.header("x-client-id").is_none());
+    assert_eq!(seen.header("x-request-id"), Some(generated));
+}
+
+#[test]
+fn scopes_credentials_kept_on_request_and_unknown_paths() {
+    let upstream = FakeUpstream::start(None);
+    let (gateway, key) = started(&upstream);
+    let reply = gateway.get("/api/admin/users", &[("x-api-key", &key)]);
+    assert_eq!(reply.status, 403);
+    assert_eq!(reply.json()["error"], "insufficient_scope");
+    assert!(upstream.requests().is_empty());
+
+    let bearer = format!("Bearer {key}");
+    assert_eq!(
+        gateway.get("/keep/x", &[("authorization", &bearer)]).status,
+        200
+    );
+    assert_eq!(
+        upstream.requests()[0].header("authorization"),
+        Some(bearer.as_str())
+    );
+
+    let reply = gateway.get("/nowhere", &[]);
+    assert_eq!(reply.status, 404);
+    assert_eq!(reply.json()["error"], "no_route");
+}
+
+#[test]
+fn expired_tampered_and_unknown_keys_are_refused() {
+    let upstream = FakeUpstream::start(None);
+    let gateway = ProxyGateway::new(&config(&upstream));
+    let expiring = gateway.create_key("gold", &["--scopes", "read", "--expires-in", "2s"]);
+    let gateway = gateway.start();
+    assert_eq!(
+        gateway.get("/api/a", &[("x-api-key", &expiring)]).status,
+        200
+    );
+    #[allow(
+        clippy::disallowed_methods,
+        reason = "sync test waiting for wall-clock expiry"
+    )]
+    std::thread::sleep(Duration::from_millis(2100));
+    let reply = gateway.get("/api/a", &[("x-api-key", &expiring)]);
+    assert_eq!(reply.status, 401);
+    assert!(reply.json()["message"]
+        .as_str()
+        .unwrap()
+        .contains("expired"));
+
+    let mut tampered = expiring.clone().into_bytes();
+    let last = tampered.len() - 10;
+    tampered[last] = if tampered[last] == b'a' { b'b' } else { b'a' };
+    let tampered = String::from_utf8(tampered).unwrap();
+    let reply = gateway.get("/api/a", &[("x-api-key", &tampered)]);
+    assert_eq!(reply.status, 401);
+    assert!(reply.json()["message"]
+        .as_str()
+        .unwrap()
+        .contains("checksum"));
+    assert_eq!(upstream.requests().len(), 1);
+}
+
+#[test]
+fn keys_created_while_running_take_effect_and_logs_hold_no_keys() {
+    let upstream = FakeUpstream::start(None);
+    let (gateway, key) = started(&upstream);
+    let fresh = gateway.create_key("bronze", &["--scopes", "read"]);
+    let mut status = 0;
+    for _ in 0..50 {
+        status = gateway.get("/api/a", &[("x-api-key", &fresh)]).status;
+        if status == 200 {
+            break;
+        }
+        #[allow(clippy::disallowed_methods, reason = "bounded poll in a sync test")]
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(status, 200, "a key created while running is picked up");
+    gateway.get(&format!("/api/a?api_key={key}"), &[]);
+
+    let log = gateway.access_log();
+    let line = log
+        .iter()
+        .find(|l| l["status"] == 200 && l["tier"] == "silver")
+        .unwrap();
+    assert_eq!(line["path"], "/api/a");
+    assert_eq!(line["route"], "*/api/");
+    assert!(line["key_id"].as_str().unwrap().len() == 12);
+    assert!(line["client_id"].as_str().unwrap().starts_with("cl_"));
+    let text = gateway.log_text();
+    assert!(
+        !text.contains(&key) && !text.contains(&fresh),
+        "a key leaked into the log"
+    );
+}
+
+#[test]
+fn dead_upstream_is_502_then_503_and_slow_upstream_is_504() {
+    // A port that was free a moment ago: nothing listens there.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let slow = FakeUpstream::start(Some(Duration::from_secs(3)));
+    let gateway = ProxyGateway::new(&format!(
+        r#"
+[limits]
+upstream_timeout = "500ms"
+
+[[upstreams]]
+name = "dead"
+servers = ["{dead}"]
+
+[[upstreams]]
+name = "slow"
+servers = ["{slow}"]
+
+[[routes]]
+path_prefix = "/dead/"
+upstream = "dead"
+auth = "none"
+
+[[routes]]
+path_prefix = "/slow/"
+upstream = "slow"
+auth = "none"
+"#,
+        slow = slow.addr
+    ))
+    .start();
+    let reply = gateway.get("/dead/x", &[]);
+    assert_eq!(reply.status, 502, "{}", reply.body);
+    assert_eq!(reply.json()["error"], "upstream_unavailable");
+    // Its only server was ejected: no healthy server left.
+    let reply = gateway.get("/dead/x", &[]);
+    assert_eq!(reply.status, 503);
+    assert_eq!(reply.json()["error"], "no_healthy_upstream");
+    let reply = gateway.get("/slow/x", &[]);
+    assert_eq!(reply.status, 504);
+    assert_eq!(reply.json()["error"], "upstream_timeout");
+    let log = gateway.access_log();
+    assert!(log
+        .iter()
+        .any(|l| l["status"] == 504 && l["blame"] == "upstream"));
+}
+
+#[test]
+fn check_config_names_the_offending_key_path() {
+    let dir = TempDir::new("check");
+    let file = dir.path.join("bad.toml");
+    std::fs::write(
+        &file,
+        "[[listeners]]\naddress = \"127.0.0.1:8080\"\n\n[[routes]]\npath_prefix = \"/\"\nupstream = \"app\"\nauht = \"none\"\n",
+    )
+    .unwrap();
+    let output = Command::new(gateway_bin())
+        .args(["check-config"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("routes[0]") && stderr.contains("auht"),
+        "{stderr}"
+    );
+
+    let good = dir.path.join("good.toml");
+    std::fs::write(&good, "[[listeners]]\naddress = \"127.0.0.1:8080\"\n").unwrap();
+    let output = Command::new(gateway_bin())
+        .arg("check-config")
+        .arg(&good)
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    assert!(String::from_utf8_lossy(&output.stdout).contains("valid"));
+}

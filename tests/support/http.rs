@@ -1,0 +1,335 @@
+//! HTTP test support: a fake upstream that records what it received, a
+//! gateway on port 0 with a temp config and key store, and a minimal
+//! HTTP/1.1 client. Loopback only; every wait is bounded.
+use std::{
+    collections::BTreeMap,
+    io::{BufRead, BufReader, Read, Write},
+    net::{SocketAddr, TcpListener, TcpStream},
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    sync::{
+        atomic::{AtomicBool, AtomicU32, Ordering},
+        mpsc, Arc, Mutex,
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use crate::gateway_bin;
+
+/// A directory removed on drop.
+pub struct TempDir {
+    pub path: PathBuf,
+}
+
+impl TempDir {
+    pub fn new(tag: &str) -> Self {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "gw-{tag}-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&path).unwrap();
+        Self { path }
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+/// What the upstream saw: method, target (path and query), headers
+/// (lower-case names, values joined by ", ").
+#[derive(Clone, Debug)]
+pub struct Seen {
+    pub method: String,
+    pub target: String,
+    pub headers: BTreeMap<String, String>,
+}
+
+impl Seen {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).map(String::as_str)
+    }
+}
+
+/// A plain HTTP/1.1 server on 127.0.0.1:0 that answers 200 "upstream-ok"
+/// (after `delay`, if set) and records every request.
+pub struct FakeUpstream {
+    pub addr: SocketAddr,
+    pub seen: Arc<Mutex<Vec<Seen>>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl FakeUpstream {
+    pub fn start(delay: Option<Duration>) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (log, flag) = (seen.clone(), stop.clone());
+        thread::spawn(move || {
+            while !flag.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((stream, _)) => {
+                        let log = log.clone();
+                        thread::spawn(move || serve_one(stream, &log, delay));
+                    }
+                    Err(_) => pause(Duration::from_millis(5)),
+                }
+            }
+        });
+        Self { addr, seen, stop }
+    }
+
+    pub fn requests(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+impl Drop for FakeUpstream {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+fn pause(duration: Duration) {
+    #[allow(clippy::disallowed_methods, reason = "plain threads, not async")]
+    thread::sleep(duration);
+}
+
+fn serve_one(stream: TcpStream, log: &Mutex<Vec<Seen>>, delay: Option<Duration>) {
+    stream.set_nonblocking(false).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut stream = stream;
+    // Keep-alive: the gateway's pool may send several requests on one connection.
+    while let Some((head, headers, body_len)) = read_head(&mut reader) {
+        let mut body = vec![0; body_len];
+        if reader.read_exact(&mut body).is_err() {
+            return;
+        }
+        let mut parts = head.split_whitespace();
+        let method = parts.next().unwrap_or_default().to_owned();
+        let target = parts.next().unwrap_or_default().to_owned();
+        log.lock().unwrap().push(Seen {
+            method,
+            target,
+            headers,
+        });
+        if let Some(delay) = delay {
+            pause(delay);
+        }
+        let body = "upstream-ok";
+        let response = format!(
+            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nx-upstream: fake\r\nconnection: keep-alive\r\n\r\n{body}",
+            body.len()
+        );
+        if stream.write_all(response.as_bytes()).is_err() {
+            return;
+        }
+    }
+}
+
+type Head = (String, BTreeMap<String, String>, usize);
+
+fn read_head(reader: &mut impl BufRead) -> Option<Head> {
+    let mut start = String::new();
+    if reader.read_line(&mut start).ok()? == 0 {
+        return None;
+    }
+    let mut headers: BTreeMap<String, String> = BTreeMap::new();
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).ok()? == 0 {
+            return None;
+        }
+        let line = line.trim_end();
+        if line.is_empty() {
+            break;
+        }
+        if let Some((name, value)) = line.split_once(':') {
+            let entry = headers.entry(name.trim().to_ascii_lowercase()).or_default();
+            if !entry.is_empty() {
+                entry.push_str(", ");
+            }
+            entry.push_str(value.trim());
+        }
+    }
+    let body_len = headers
+        .get("content-length")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    Some((start.trim_end().to_owned(), headers, body_len))
+}
+
+/// A response as the client saw it.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: BTreeMap<String, String>,
+    pub body: String,
+}
+
+impl Reply {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).map(String::as_str)
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {}", self.body))
+    }
+}
+
+/// Sends one HTTP/1.1 request (`Connection: close`) and reads the reply.
+pub fn request(addr: SocketAddr, method: &str, target: &str, headers: &[(&str, &str)]) -> Reply {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(15)))
+        .unwrap();
+    let mut text = format!("{method} {target} HTTP/1.1\r\nhost: api.test\r\nconnection: close\r\n");
+    for (name, value) in headers {
+        text.push_str(&format!("{name}: {value}\r\n"));
+    }
+    text.push_str("content-length: 0\r\n\r\n");
+    stream.write_all(text.as_bytes()).unwrap();
+    let mut reader = BufReader::new(stream);
+    let (status_line, headers, len) = read_head(&mut reader).expect("no response");
+    let status = status_line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let mut body = Vec::new();
+    if headers.contains_key("content-length") {
+        body.resize(len, 0);
+        reader.read_exact(&mut body).unwrap();
+    } else {
+        let _ = reader.read_to_end(&mut body);
+    }
+    Reply {
+        status,
+        headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    }
+}
+
+/// `gateway run --config <temp> --no-xdp` on 127.0.0.1:0, stdout collected.
+/// Made in two steps ([`ProxyGateway::new`], then [`ProxyGateway::start`])
+/// so tests can create keys in the store before the gateway loads it.
+pub struct ProxyGateway {
+    child: Option<Child>,
+    pub addr: SocketAddr,
+    pub config: PathBuf,
+    lines: Arc<Mutex<Vec<String>>>,
+    _dir: TempDir,
+}
+
+impl ProxyGateway {
+    /// Writes the config: a listener on port 0, a temp key store, then
+    /// `body` (upstreams, routes, ...).
+    pub fn new(body: &str) -> Self {
+        let dir = TempDir::new("proxy");
+        let config = dir.path.join("gateway.toml");
+        let text = format!(
+            "[[listeners]]\naddress = \"127.0.0.1:0\"\n\n[keys]\nstore = \"{}\"\nrefresh = \"100ms\"\n\n{body}",
+            dir.path.join("keys.db").display()
+        );
+        std::fs::write(&config, text).unwrap();
+        Self {
+            child: None,
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            config,
+            lines: Arc::default(),
+            _dir: dir,
+        }
+    }
+
+    /// Starts the gateway and waits for its "ready:" line.
+    pub fn start(mut self) -> Self {
+        let mut child = Command::new(gateway_bin())
+            .args(["run", "--no-xdp", "--config"])
+            .arg(&self.config)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        self.child = Some(child);
+        let (tx, rx) = mpsc::channel();
+        let sink = self.lines.clone();
+        thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line.clone());
+                let _ = tx.send(line);
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = rx
+                .recv_timeout(left)
+                .unwrap_or_else(|_| panic!("gateway did not become ready within 30 s"));
+            if let Some(rest) = line.strip_prefix("listening: http://") {
+                self.addr = rest.parse().unwrap();
+            }
+            if line.starts_with("ready:") {
+                assert_ne!(self.addr.port(), 0, "gateway printed no listening address");
+                return self;
+            }
+        }
+    }
+
+    pub fn get(&self, target: &str, headers: &[(&str, &str)]) -> Reply {
+        request(self.addr, "GET", target, headers)
+    }
+
+    /// `gateway keys create ... --json` on this gateway's store; the key.
+    pub fn create_key(&self, tier: &str, extra: &[&str]) -> String {
+        let output = Command::new(gateway_bin())
+            .args([
+                "keys", "create", "--name", "test", "--tier", tier, "--json", "--config",
+            ])
+            .arg(&self.config)
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "keys create failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let value: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        value["key"].as_str().unwrap().to_owned()
+    }
+
+    /// Access-log lines (JSON objects) printed so far.
+    pub fn access_log(&self) -> Vec<serde_json::Value> {
+        self.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|line| serde_json::from_str(line).ok())
+            .collect()
+    }
+
+    pub fn log_text(&self) -> String {
+        self.lines.lock().unwrap().join("\n")
+    }
+}
+
+impl Drop for ProxyGateway {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.child {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
