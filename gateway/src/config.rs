@@ -33,6 +33,9 @@ impl ConfigError {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
+    /// Where the gateway keeps what it generates (self-signed certificate).
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
     #[serde(default)]
     pub xdp: XdpConfig,
     #[serde(default)]
@@ -157,10 +160,30 @@ impl Default for LimitsConfig {
     }
 }
 
+fn default_state_dir() -> PathBuf {
+    "gateway-state".into()
+}
+
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListenerConfig {
     pub address: SocketAddr,
+    /// TLS (HTTP/2 and HTTP/1.1 by ALPN); plain HTTP when absent.
+    pub tls: Option<TlsConfig>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// PEM certificate chain; with `key`. Both absent: a self-signed
+    /// certificate is generated in `state_dir` on first start and kept.
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    /// Require client certificates signed by this CA (mTLS).
+    pub client_ca: Option<PathBuf>,
+    /// Names for the self-signed certificate (default: localhost and the
+    /// listener's address).
+    pub names: Vec<String>,
 }
 
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]

@@ -300,11 +300,29 @@ fn run(args: RunArgs) -> Result<()> {
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let mut servers = Vec::new();
         for listener in &config.listeners {
+            let tls = match &listener.tls {
+                None => None,
+                Some(tls) => {
+                    let mut names = tls.names.clone();
+                    if names.is_empty() {
+                        names = vec!["localhost".into(), listener.address.ip().to_string()];
+                    }
+                    Some(
+                        gateway::proxy::tls::acceptor(tls, &config.state_dir, &names)
+                            .with_context(|| format!("TLS for listener {}", listener.address))?,
+                    )
+                }
+            };
             let socket = tokio::net::TcpListener::bind(listener.address)
                 .await
                 .with_context(|| format!("cannot listen on {}", listener.address))?;
-            println!("listening: http://{}", socket.local_addr()?);
-            servers.push(tokio::spawn(gateway.clone().serve(socket, stopped.clone())));
+            let scheme = if tls.is_some() { "https" } else { "http" };
+            println!("listening: {scheme}://{}", socket.local_addr()?);
+            servers.push(tokio::spawn(gateway.clone().serve(
+                socket,
+                tls,
+                stopped.clone(),
+            )));
         }
         match kernel.as_ref().map(KernelPath::enforcement) {
             Some(Enforcement::Kernel { attach }) => println!(

@@ -226,7 +226,12 @@ pub fn request(addr: SocketAddr, method: &str, target: &str, headers: &[(&str, &
 /// so tests can create keys in the store before the gateway loads it.
 pub struct ProxyGateway {
     child: Option<Child>,
+    /// The first listener (plain HTTP in every config these tests write).
     pub addr: SocketAddr,
+    /// Every listener, as printed: `http://..` or `https://..`.
+    pub listeners: Vec<String>,
+    /// The gateway's `state_dir` (self-signed certificate, ...).
+    pub state_dir: PathBuf,
     pub config: PathBuf,
     lines: Arc<Mutex<Vec<String>>>,
     _dir: TempDir,
@@ -238,14 +243,18 @@ impl ProxyGateway {
     pub fn new(body: &str) -> Self {
         let dir = TempDir::new("proxy");
         let config = dir.path.join("gateway.toml");
+        let state_dir = dir.path.join("state");
         let text = format!(
-            "[[listeners]]\naddress = \"127.0.0.1:0\"\n\n[keys]\nstore = \"{}\"\nrefresh = \"100ms\"\n\n{body}",
+            "state_dir = \"{}\"\n\n[[listeners]]\naddress = \"127.0.0.1:0\"\n\n[keys]\nstore = \"{}\"\nrefresh = \"100ms\"\n\n{body}",
+            state_dir.display(),
             dir.path.join("keys.db").display()
         );
         std::fs::write(&config, text).unwrap();
         Self {
             child: None,
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            listeners: Vec::new(),
+            state_dir,
             config,
             lines: Arc::default(),
             _dir: dir,
@@ -277,8 +286,14 @@ impl ProxyGateway {
             let line = rx
                 .recv_timeout(left)
                 .unwrap_or_else(|_| panic!("gateway did not become ready within 30 s"));
-            if let Some(rest) = line.strip_prefix("listening: http://") {
-                self.addr = rest.parse().unwrap();
+            if let Some(url) = line.strip_prefix("listening: ") {
+                if self.listeners.is_empty() {
+                    let plain = url
+                        .strip_prefix("http://")
+                        .expect("first listener is plain HTTP");
+                    self.addr = plain.parse().unwrap();
+                }
+                self.listeners.push(url.to_owned());
             }
             if line.starts_with("ready:") {
                 assert_ne!(self.addr.port(), 0, "gateway printed no listening address");
@@ -289,6 +304,17 @@ impl ProxyGateway {
 
     pub fn get(&self, target: &str, headers: &[(&str, &str)]) -> Reply {
         request(self.addr, "GET", target, headers)
+    }
+
+    /// Stops the gateway and starts it again on the same config and state.
+    pub fn restart(mut self) -> Self {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        self.listeners.clear();
+        self.lines.lock().unwrap().clear();
+        self.start()
     }
 
     /// `gateway keys create ... --json` on this gateway's store; the key.
@@ -318,6 +344,26 @@ impl ProxyGateway {
             .iter()
             .filter_map(|line| serde_json::from_str(line).ok())
             .collect()
+    }
+
+    /// The first access-log line matching `predicate`, waiting up to 5 s
+    /// for it (stdout is read on another thread).
+    pub fn wait_for_log(
+        &self,
+        predicate: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            if let Some(line) = self.access_log().into_iter().find(|l| predicate(l)) {
+                return line;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no matching access-log line: {}",
+                self.log_text()
+            );
+            pause(Duration::from_millis(20));
+        }
     }
 
     pub fn log_text(&self) -> String {

@@ -83,7 +83,12 @@ pub fn strip_credentials(
 
 /// `X-Forwarded-For`/`-Proto` from the real peer; a client's own values are
 /// kept (appended to) only when the peer is a trusted proxy.
-pub fn set_forwarded(headers: &mut HeaderMap, peer: IpAddr, trusted: &[IpNet]) {
+pub fn set_forwarded(
+    headers: &mut HeaderMap,
+    peer: IpAddr,
+    trusted: &[IpNet],
+    proto: &'static str,
+) {
     let peer = peer.to_canonical();
     let trusted_peer = trusted.iter().any(|net| net.contains(&peer));
     let previous = headers
@@ -99,7 +104,7 @@ pub fn set_forwarded(headers: &mut HeaderMap, peer: IpAddr, trusted: &[IpNet]) {
         headers.insert(X_FORWARDED_FOR, value);
     }
     if !(trusted_peer && headers.contains_key(&X_FORWARDED_PROTO)) {
-        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
     }
 }
 
@@ -145,14 +150,16 @@ mod tests {
     fn forwarded_for_is_trusted_only_from_trusted_proxies() {
         let mut h = HeaderMap::new();
         h.insert(X_FORWARDED_FOR, HeaderValue::from_static("6.6.6.6"));
-        set_forwarded(&mut h, "10.0.0.9".parse().unwrap(), &[]);
+        set_forwarded(&mut h, "10.0.0.9".parse().unwrap(), &[], "http");
         assert_eq!(h[X_FORWARDED_FOR], "10.0.0.9");
         h.insert(X_FORWARDED_FOR, HeaderValue::from_static("1.2.3.4"));
         set_forwarded(
             &mut h,
             "10.0.0.9".parse().unwrap(),
             &["10.0.0.0/8".parse().unwrap()],
+            "https",
         );
         assert_eq!(h[X_FORWARDED_FOR], "1.2.3.4, 10.0.0.9");
+        assert_eq!(h[X_FORWARDED_PROTO], "https");
     }
 }

@@ -1,5 +1,6 @@
-//! The HTTP proxy: plain HTTP/1.1 and h2c listeners (TLS is the next step),
-//! API-key authentication, forwarding to upstream pools.
+//! The HTTP proxy: listeners (plain HTTP/1.1 and h2c, or TLS with HTTP/2
+//! and HTTP/1.1 by ALPN, optionally mTLS), API-key authentication,
+//! forwarding to upstream pools.
 //!
 //! Request lifecycle, as named phases (each is a step in [`Gateway::process`]):
 //!
@@ -28,6 +29,7 @@ pub mod credentials;
 pub mod error;
 pub mod forward;
 pub mod route;
+pub mod tls;
 pub mod upstream;
 
 use std::{
@@ -49,6 +51,7 @@ use hyper_util::{
     server::conn::auto,
 };
 use tokio::{net::TcpListener, sync::watch};
+use tokio_rustls::TlsAcceptor;
 
 use self::{
     error::ProxyError,
@@ -151,10 +154,12 @@ impl Gateway {
         }
     }
 
-    /// Accepts connections until `shutdown` turns true.
+    /// Accepts connections until `shutdown` turns true; with `tls`, each
+    /// connection is a TLS handshake first (ALPN picks h2 or HTTP/1.1).
     pub async fn serve(
         self: Arc<Self>,
         listener: TcpListener,
+        tls: Option<TlsAcceptor>,
         mut shutdown: watch::Receiver<bool>,
     ) {
         let permits = Arc::new(tokio::sync::Semaphore::new(self.limits.max_connections));
@@ -180,27 +185,55 @@ impl Gateway {
                 continue;
             };
             let gateway = self.clone();
-            let header_timeout = self.limits.request_timeout;
-            let max_buf = self.limits.max_header_bytes.max(8192);
+            let tls = tls.clone();
             tokio::spawn(async move {
                 let _permit = permit;
-                let service = hyper::service::service_fn(move |req| {
-                    let gateway = gateway.clone();
-                    async move { Ok::<_, Infallible>(gateway.handle(req, peer).await) }
-                });
-                let mut builder = auto::Builder::new(TokioExecutor::new());
-                builder
-                    .http1()
-                    .timer(TokioTimer::new())
-                    .header_read_timeout(header_timeout)
-                    .max_buf_size(max_buf);
-                if let Err(error) = builder
-                    .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                    .await
-                {
-                    tracing::debug!(%peer, %error, "connection ended with an error");
+                match tls {
+                    None => gateway.serve_connection(stream, peer, "http").await,
+                    Some(acceptor) => {
+                        let handshake = tokio::time::timeout(
+                            gateway.limits.request_timeout,
+                            acceptor.accept(stream),
+                        );
+                        match handshake.await {
+                            Ok(Ok(stream)) => gateway.serve_connection(stream, peer, "https").await,
+                            Ok(Err(error)) => {
+                                tracing::debug!(%peer, %error, "TLS handshake failed")
+                            }
+                            Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                        }
+                    }
                 }
             });
+        }
+    }
+
+    async fn serve_connection<I>(self: Arc<Self>, io: I, peer: SocketAddr, proto: &'static str)
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let header_timeout = self.limits.request_timeout;
+        let max_buf = self.limits.max_header_bytes.max(8192);
+        let gateway = self.clone();
+        let service = hyper::service::service_fn(move |req| {
+            let gateway = gateway.clone();
+            async move { Ok::<_, Infallible>(gateway.handle(req, peer, proto).await) }
+        });
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(header_timeout)
+            .max_buf_size(max_buf);
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_header_list_size(u32::try_from(max_buf).unwrap_or(u32::MAX));
+        if let Err(error) = builder
+            .serve_connection_with_upgrades(TokioIo::new(io), service)
+            .await
+        {
+            tracing::debug!(%peer, %error, "connection ended with an error");
         }
     }
 
@@ -208,6 +241,7 @@ impl Gateway {
         self: Arc<Self>,
         req: Request<Incoming>,
         peer: SocketAddr,
+        proto: &'static str,
     ) -> Response<ProxyBody> {
         let started = Instant::now();
         let mut log = AccessLog {
@@ -218,7 +252,7 @@ impl Gateway {
             path: req.uri().path().to_owned(),
             ..AccessLog::default()
         };
-        let mut response = match self.process(req, peer, &mut log).await {
+        let mut response = match self.process(req, peer, proto, &mut log).await {
             Ok(response) => response,
             Err(error) => {
                 log.error = Some(error.code());
@@ -244,6 +278,7 @@ impl Gateway {
         &self,
         req: Request<Incoming>,
         peer: SocketAddr,
+        proto: &'static str,
         log: &mut AccessLog,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         // Phase: route.
@@ -284,7 +319,7 @@ impl Gateway {
             req,
             route,
             client.as_deref(),
-            peer,
+            (peer, proto),
             &log.request_id,
             lease.server.addr,
         )?;
@@ -332,7 +367,7 @@ impl Gateway {
         req: Request<Incoming>,
         route: &Route,
         client: Option<&ApiClient>,
-        peer: SocketAddr,
+        (peer, proto): (SocketAddr, &'static str),
         request_id: &str,
         server: SocketAddr,
     ) -> Result<Request<Incoming>, ProxyError> {
@@ -360,7 +395,7 @@ impl Gateway {
         if let Ok(id) = HeaderValue::from_str(request_id) {
             headers.insert(X_REQUEST_ID, id);
         }
-        forward::set_forwarded(headers, peer.ip(), &self.trusted_proxies);
+        forward::set_forwarded(headers, peer.ip(), &self.trusted_proxies, proto);
         // HTTP/2 requests carry the host in the URI, not a Host header.
         if !headers.contains_key(header::HOST) {
             if let Some(authority) = parts
