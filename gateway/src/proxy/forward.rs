@@ -160,6 +160,11 @@ mod tests {
             "https",
         );
         assert_eq!(h[X_FORWARDED_FOR], "1.2.3.4, 10.0.0.9");
+        // A trusted proxy's own X-Forwarded-Proto is kept...
+        assert_eq!(h[X_FORWARDED_PROTO], "http");
+        // ...an untrusted client's is replaced by what the listener speaks.
+        set_forwarded(&mut h, "192.0.2.1".parse().unwrap(), &[], "https");
         assert_eq!(h[X_FORWARDED_PROTO], "https");
+        assert_eq!(h[X_FORWARDED_FOR], "192.0.2.1");
     }
 }
