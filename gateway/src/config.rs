@@ -52,6 +52,71 @@ pub struct Config {
     pub routes: Vec<RouteConfig>,
     #[serde(default)]
     pub tiers: Vec<TierConfig>,
+    /// Trusted JWT issuers.
+    #[serde(default)]
+    pub issuers: Vec<IssuerConfig>,
+}
+
+/// One trusted JWT issuer (an OAuth2/OIDC provider).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IssuerConfig {
+    /// Must equal the token's `iss`.
+    pub issuer: String,
+    /// The token's `aud` must contain one of these (not checked when empty).
+    #[serde(default)]
+    pub audiences: Vec<String>,
+    /// Exactly one key source: a PEM public key file...
+    pub pem: Option<PathBuf>,
+    /// ...a JWKS URL...
+    pub jwks_url: Option<String>,
+    /// ...or an OIDC discovery URL (`.../.well-known/openid-configuration`).
+    pub discovery_url: Option<String>,
+    /// Accepted `alg` values; `none` and HS* are refused.
+    #[serde(default = "default_algorithms")]
+    pub algorithms: Vec<String>,
+    #[serde(
+        default = "crate::jwt::default_leeway",
+        with = "humantime_serde_compat"
+    )]
+    pub leeway: Duration,
+    /// The claim that names the client (`sub`, `azp`, `client_id`, ...).
+    #[serde(default = "default_client_claim")]
+    pub client_claim: String,
+    /// The claim whose values name tiers (the highest named wins).
+    #[serde(default = "default_tier_claim")]
+    pub tier_claim: String,
+    /// Periodic refresh of remote keys.
+    #[serde(default = "default_key_refresh", with = "humantime_serde_compat")]
+    pub refresh: Duration,
+    /// Least time between refreshes triggered by unknown `kid`s.
+    #[serde(default = "default_min_refresh", with = "humantime_serde_compat")]
+    pub min_refresh_interval: Duration,
+}
+
+fn default_algorithms() -> Vec<String> {
+    [
+        "RS256", "RS384", "RS512", "PS256", "ES256", "ES384", "EdDSA",
+    ]
+    .into_iter()
+    .map(str::to_owned)
+    .collect()
+}
+
+fn default_client_claim() -> String {
+    "sub".into()
+}
+
+fn default_tier_claim() -> String {
+    "scope".into()
+}
+
+fn default_key_refresh() -> Duration {
+    Duration::from_secs(600)
+}
+
+fn default_min_refresh() -> Duration {
+    Duration::from_secs(30)
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -210,6 +275,10 @@ pub struct UpstreamConfig {
 pub enum AuthPolicy {
     #[default]
     ApiKey,
+    /// A JWT from a configured issuer (`Authorization: Bearer <jwt>`).
+    Jwt,
+    /// Either an API key or a JWT.
+    Both,
     /// Authentication disabled on this route.
     None,
 }
@@ -327,6 +396,32 @@ impl Config {
                 ));
             }
         }
+        for (index, issuer) in self.issuers.iter().enumerate() {
+            let sources = [
+                issuer.pem.is_some(),
+                issuer.jwks_url.is_some(),
+                issuer.discovery_url.is_some(),
+            ];
+            if sources.iter().filter(|given| **given).count() != 1 {
+                return Err(ConfigError::invalid(
+                    format!("issuers[{index}]"),
+                    "give exactly one of pem, jwks_url, discovery_url",
+                ));
+            }
+            for (a, name) in issuer.algorithms.iter().enumerate() {
+                crate::jwt::parse_algorithm(name).map_err(|message| {
+                    ConfigError::invalid(format!("issuers[{index}].algorithms[{a}]"), message)
+                })?;
+            }
+        }
+        for (index, route) in self.routes.iter().enumerate() {
+            if matches!(route.auth, AuthPolicy::Jwt | AuthPolicy::Both) && self.issuers.is_empty() {
+                return Err(ConfigError::invalid(
+                    format!("routes[{index}].auth"),
+                    "accepts JWTs but no [[issuers]] are configured",
+                ));
+            }
+        }
         for (name, value) in [
             (
                 "forwarding.client_id_header",
@@ -420,6 +515,14 @@ mod tests {
             "[[listeners]]\naddress = \"127.0.0.1:1\"\n[limits]\nupstream_timeout = \"soon\"\n",
         );
         assert!(message.starts_with("limits.upstream_timeout"), "{message}");
+    }
+
+    #[test]
+    fn hmac_algorithms_are_refused_with_their_path() {
+        let message = error(
+            "[[listeners]]\naddress = \"127.0.0.1:1\"\n[[issuers]]\nissuer = \"i\"\njwks_url = \"http://x\"\nalgorithms = [\"RS256\", \"HS256\"]\n",
+        );
+        assert!(message.starts_with("issuers[0].algorithms[1]"), "{message}");
     }
 
     #[test]

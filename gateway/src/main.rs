@@ -9,6 +9,7 @@ use clap::{Args, Parser, Subcommand};
 use gateway::{
     clock::monotonic_ns,
     config::Config,
+    jwt::JwtVerifier,
     keys::{KeyIndex, KeyStore, NewClient, SqliteStore},
     proxy::Gateway,
     xdp::{
@@ -296,7 +297,11 @@ fn run(args: RunArgs) -> Result<()> {
         tracing::info!(keys = count, store = %config.keys.store.display(), "API keys loaded");
         tokio::spawn(refresh_keys(store, index.clone(), config.keys.refresh));
 
-        let gateway = Arc::new(Gateway::new(&config, index, userspace_bans));
+        let tiers = config.tiers.iter().map(|t| t.name.clone()).collect();
+        let jwt =
+            Arc::new(JwtVerifier::new(&config.issuers, tiers).context("configuring JWT issuers")?);
+        jwt.spawn_refresh();
+        let gateway = Arc::new(Gateway::new(&config, index, jwt, userspace_bans));
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let mut servers = Vec::new();
         for listener in &config.listeners {

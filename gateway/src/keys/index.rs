@@ -42,6 +42,8 @@ struct Entry {
 #[derive(Default)]
 pub struct KeyIndex {
     entries: ArcSwap<HashMap<String, Entry>>,
+    /// Clients by `external_id`, so a JWT can name a stored client.
+    external: ArcSwap<HashMap<String, Arc<Client>>>,
 }
 
 impl KeyIndex {
@@ -66,9 +68,19 @@ impl KeyIndex {
                 ))
             })
             .collect();
+        let external: HashMap<String, Arc<Client>> = clients
+            .values()
+            .filter_map(|c| Some((c.external_id.clone()?, c.clone())))
+            .collect();
         let count = entries.len();
         self.entries.store(Arc::new(entries));
+        self.external.store(Arc::new(external));
         Ok(count)
+    }
+
+    /// The stored client a JWT's client claim maps to, if any.
+    pub fn by_external_id(&self, external_id: &str) -> Option<Arc<Client>> {
+        self.external.load().get(external_id).cloned()
     }
 
     /// Verifies a presented key at `now` (unix seconds). Returns the key id

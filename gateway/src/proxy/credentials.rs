@@ -41,6 +41,15 @@ fn from_header(name: &str, value: &HeaderValue) -> Option<String> {
     }
 }
 
+/// A JWT in `Authorization: Bearer <jwt>` (API keys there do not match:
+/// they have no dots).
+pub fn bearer_jwt(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?.trim();
+    let (scheme, token) = value.split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && crate::jwt::looks_like_jwt(token)).then_some(token)
+}
+
 /// The value of `name` in a query string (keys are base62: no decoding).
 pub fn query_value<'a>(query: &'a str, name: &str) -> Option<&'a str> {
     query

@@ -5,13 +5,14 @@ use http::{header, HeaderValue, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 
 use super::ProxyBody;
-use crate::keys::KeyRejection;
+use crate::{jwt::TokenRejection, keys::KeyRejection};
 
 #[derive(Debug)]
 pub enum ProxyError {
     NoRoute,
     MissingCredential,
     InvalidCredential(KeyRejection),
+    InvalidToken(TokenRejection),
     MissingScope(String),
     NoHealthyUpstream,
     UpstreamConnect,
@@ -35,6 +36,7 @@ impl ProxyError {
             ProxyError::NoRoute => "no_route",
             ProxyError::MissingCredential => "missing_credential",
             ProxyError::InvalidCredential(_) => "invalid_credential",
+            ProxyError::InvalidToken(_) => "invalid_token",
             ProxyError::MissingScope(_) => "insufficient_scope",
             ProxyError::NoHealthyUpstream => "no_healthy_upstream",
             ProxyError::UpstreamConnect => "upstream_unavailable",
@@ -66,6 +68,10 @@ impl ProxyError {
             ProxyError::InvalidCredential(reason) => (
                 StatusCode::UNAUTHORIZED,
                 format!("the API key was refused ({})", reason.as_str()),
+            ),
+            ProxyError::InvalidToken(reason) => (
+                StatusCode::UNAUTHORIZED,
+                format!("the token was refused ({})", reason.as_str()),
             ),
             ProxyError::MissingScope(scope) => (
                 StatusCode::FORBIDDEN,
@@ -109,7 +115,7 @@ impl ProxyError {
                     HeaderValue::from_static("Bearer realm=\"gateway\""),
                 );
             }
-            ProxyError::InvalidCredential(_) => {
+            ProxyError::InvalidCredential(_) | ProxyError::InvalidToken(_) => {
                 headers.insert(
                     header::WWW_AUTHENTICATE,
                     HeaderValue::from_static("Bearer realm=\"gateway\", error=\"invalid_token\""),

@@ -13,10 +13,12 @@
 //! - **accept**: a connection from a source banned in userspace-only mode is
 //!   closed at once (with XDP attached the kernel already dropped it).
 //! - **route**: host, then longest path prefix; no match is a 404.
-//! - **credential**: the API key from headers, query or cookie (route's
-//!   sources, that precedence); none on an authenticated route is a 401 with
+//! - **credential**: a JWT in `Authorization: Bearer` (routes that take
+//!   JWTs), else the API key from headers, query or cookie (route's sources,
+//!   that precedence); none on an authenticated route is a 401 with
 //!   `WWW-Authenticate`.
-//! - **authenticate**: checksum, then the in-memory index; refused is a 401.
+//! - **authenticate**: JWT: shape, cache, `alg`, issuer, key, signature,
+//!   claims; API key: checksum, then the in-memory index. Refused is a 401.
 //! - **authorize**: the route's required scopes; one missing is a 403.
 //! - **forward**: credentials stripped (unless the route keeps them), client
 //!   identity, request id and `X-Forwarded-*` set, to a pool server; refused
@@ -62,16 +64,36 @@ use self::{
 use crate::{
     clock::monotonic_ns,
     config::{AuthPolicy, Config, LimitsConfig},
-    keys::{Client as ApiClient, KeyIndex},
+    jwt::JwtVerifier,
+    keys::{Client as ApiClient, KeyIndex, KeyRejection},
     xdp::UserspaceBans,
 };
 
 pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
 
+/// Who a request is from, whichever credential proved it.
+#[derive(Clone, Debug)]
+pub struct Identity {
+    pub client_id: String,
+    pub tier: String,
+    pub scopes: Vec<String>,
+}
+
+impl From<&ApiClient> for Identity {
+    fn from(client: &ApiClient) -> Self {
+        Self {
+            client_id: client.id.clone(),
+            tier: client.tier.clone(),
+            scopes: client.scopes.clone(),
+        }
+    }
+}
+
 pub struct Gateway {
     routes: RouteTable,
     pools: HashMap<String, Pool>,
     keys: Arc<KeyIndex>,
+    jwt: Arc<JwtVerifier>,
     client_id_header: HeaderName,
     client_tier_header: HeaderName,
     trusted_proxies: Vec<ipnet::IpNet>,
@@ -93,6 +115,8 @@ struct AccessLog {
     route: Option<String>,
     client_id: Option<String>,
     key_id: Option<String>,
+    /// Issuer of the JWT that authenticated the request.
+    issuer: Option<String>,
     tier: Option<String>,
     status: u16,
     upstream: Option<String>,
@@ -125,6 +149,7 @@ impl Gateway {
     pub fn new(
         config: &Config,
         keys: Arc<KeyIndex>,
+        jwt: Arc<JwtVerifier>,
         userspace_bans: Option<UserspaceBans>,
     ) -> Self {
         let mut connector = HttpConnector::new();
@@ -145,6 +170,7 @@ impl Gateway {
                 .map(|u| (u.name.clone(), Pool::new(u)))
                 .collect(),
             keys,
+            jwt,
             client_id_header: header(&config.forwarding.client_id_header, "x-client-id"),
             client_tier_header: header(&config.forwarding.client_tier_header, "x-client-tier"),
             trusted_proxies: config.forwarding.trusted_proxies.clone(),
@@ -296,7 +322,7 @@ impl Gateway {
         // Phases: credential, authenticate, authorize.
         let client = match route.auth {
             AuthPolicy::None => None,
-            AuthPolicy::ApiKey => Some(self.authenticate(&req, route, log)?),
+            policy => Some(self.authenticate(&req, route, policy, log).await?),
         };
         if let Some(client) = &client {
             if let Some(missing) = route
@@ -318,7 +344,7 @@ impl Gateway {
         let upstream_req = self.rewrite(
             req,
             route,
-            client.as_deref(),
+            client.as_ref(),
             (peer, proto),
             &log.request_id,
             lease.server.addr,
@@ -346,12 +372,43 @@ impl Gateway {
         Ok(response.map(BodyExt::boxed))
     }
 
-    fn authenticate(
+    /// A JWT in `Authorization: Bearer` where the route takes JWTs,
+    /// otherwise an API key from the route's sources.
+    async fn authenticate(
         &self,
         req: &Request<Incoming>,
         route: &Route,
+        policy: AuthPolicy,
         log: &mut AccessLog,
-    ) -> Result<Arc<ApiClient>, ProxyError> {
+    ) -> Result<Identity, ProxyError> {
+        let accepts_jwt = matches!(policy, AuthPolicy::Jwt | AuthPolicy::Both);
+        let accepts_key = matches!(policy, AuthPolicy::ApiKey | AuthPolicy::Both);
+        if accepts_jwt {
+            if let Some(token) = credentials::bearer_jwt(req.headers()) {
+                let verified = self
+                    .jwt
+                    .verify(token, unix_now())
+                    .await
+                    .map_err(ProxyError::InvalidToken)?;
+                log.issuer = Some(verified.issuer.clone());
+                // A stored client with this external id is the same client.
+                let identity = match self.keys.by_external_id(&verified.client_id) {
+                    Some(client) if !client.disabled => Identity::from(client.as_ref()),
+                    Some(_) => return Err(ProxyError::InvalidCredential(KeyRejection::Disabled)),
+                    None => Identity {
+                        client_id: verified.client_id.clone(),
+                        tier: verified.tier.clone(),
+                        scopes: verified.scopes.clone(),
+                    },
+                };
+                log.client_id = Some(identity.client_id.clone());
+                log.tier = Some(identity.tier.clone());
+                return Ok(identity);
+            }
+        }
+        if !accepts_key {
+            return Err(ProxyError::MissingCredential);
+        }
         let credential = credentials::extract(req.headers(), req.uri().query(), &route.key_sources)
             .ok_or(ProxyError::MissingCredential)?;
         let (key_id, outcome) = self.keys.verify(&credential.value, unix_now());
@@ -359,14 +416,14 @@ impl Gateway {
         let client = outcome.map_err(ProxyError::InvalidCredential)?;
         log.client_id = Some(client.id.clone());
         log.tier = Some(client.tier.clone());
-        Ok(client)
+        Ok(Identity::from(client.as_ref()))
     }
 
     fn rewrite(
         &self,
         req: Request<Incoming>,
         route: &Route,
-        client: Option<&ApiClient>,
+        client: Option<&Identity>,
         (peer, proto): (SocketAddr, &'static str),
         request_id: &str,
         server: SocketAddr,
@@ -377,6 +434,8 @@ impl Gateway {
         let query = if route.forward_credential {
             parts.uri.query().map(str::to_owned)
         } else {
+            // A bearer JWT travels in Authorization whatever the key sources say.
+            headers.remove(header::AUTHORIZATION);
             forward::strip_credentials(headers, parts.uri.query(), &route.key_sources)
         };
         // Identity headers come from us only, never from the client.
@@ -384,7 +443,7 @@ impl Gateway {
         headers.remove(&self.client_tier_header);
         if let Some(client) = client {
             for (name, value) in [
-                (&self.client_id_header, &client.id),
+                (&self.client_id_header, &client.client_id),
                 (&self.client_tier_header, &client.tier),
             ] {
                 if let Ok(value) = HeaderValue::from_str(value) {

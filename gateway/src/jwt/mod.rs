@@ -1,0 +1,345 @@
+//! JWT verification for configured issuers.
+//!
+//! Order of checks, cheapest first: size and shape (no crypto for garbage),
+//! the verified-token cache, header (`alg` in the issuer's allowed list:
+//! never `none`, never HS*), issuer by `iss`, key by `kid` (one rate-limited
+//! JWKS refresh for an unknown `kid`), then signature, `exp`/`nbf` with
+//! leeway, `iss` and `aud`.
+pub mod cache;
+pub mod keys;
+
+use std::{sync::Arc, time::Duration};
+
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use self::{
+    cache::TokenCache,
+    keys::{Fetcher, IssuerKeys, KeySource},
+};
+use crate::config::IssuerConfig;
+
+/// Tokens longer than this are refused before any parsing.
+pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
+/// Cached verifications are re-checked at least this often, so a key
+/// removed from the JWKS stops working for cached tokens too.
+const MAX_CACHE_SECONDS: i64 = 300;
+const CACHE_CAPACITY: usize = 65_536;
+
+#[derive(Debug, thiserror::Error)]
+pub enum JwtError {
+    #[error("fetching {url}: {message}")]
+    Fetch { url: String, message: String },
+    #[error("issuers[{index}]: {message}")]
+    Config { index: usize, message: String },
+    #[error("TLS client for key fetches: {0}")]
+    Tls(String),
+}
+
+/// Why a token was refused (the client sees this; no secrets in it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TokenRejection {
+    Malformed,
+    UnknownIssuer,
+    AlgorithmNotAllowed,
+    UnknownKey,
+    BadSignature,
+    Expired,
+    NotYetValid,
+    WrongAudience,
+    WrongIssuer,
+    MissingClaim,
+}
+
+impl TokenRejection {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TokenRejection::Malformed => "malformed_token",
+            TokenRejection::UnknownIssuer => "unknown_issuer",
+            TokenRejection::AlgorithmNotAllowed => "algorithm_not_allowed",
+            TokenRejection::UnknownKey => "unknown_key",
+            TokenRejection::BadSignature => "bad_signature",
+            TokenRejection::Expired => "expired",
+            TokenRejection::NotYetValid => "not_yet_valid",
+            TokenRejection::WrongAudience => "wrong_audience",
+            TokenRejection::WrongIssuer => "wrong_issuer",
+            TokenRejection::MissingClaim => "missing_claim",
+        }
+    }
+}
+
+/// What a valid token says about its client.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VerifiedToken {
+    pub issuer: String,
+    pub client_id: String,
+    pub tier: String,
+    pub scopes: Vec<String>,
+}
+
+struct Issuer {
+    config: IssuerConfig,
+    algorithms: Vec<Algorithm>,
+    keys: IssuerKeys,
+}
+
+pub struct JwtVerifier {
+    issuers: Vec<Arc<Issuer>>,
+    /// Tier names, lowest first: the highest one named in a token wins.
+    tiers: Vec<String>,
+    cache: TokenCache<VerifiedToken>,
+}
+
+/// Parses an algorithm name, refusing `none` and HMAC: a shared secret has
+/// no place in a gateway that verifies with public keys.
+pub fn parse_algorithm(name: &str) -> Result<Algorithm, String> {
+    let algorithm: Algorithm = name
+        .parse()
+        .map_err(|_| format!("unknown algorithm {name:?}"))?;
+    if matches!(
+        algorithm,
+        Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512
+    ) {
+        return Err(format!(
+            "{name} needs a shared secret; only public-key algorithms are accepted"
+        ));
+    }
+    Ok(algorithm)
+}
+
+/// Cheap structural check: three base64url segments, bounded size.
+pub fn looks_like_jwt(token: &str) -> bool {
+    token.len() <= MAX_TOKEN_BYTES
+        && token.split('.').count() == 3
+        && token
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+fn claim_strings(value: Option<&Value>) -> Vec<String> {
+    match value {
+        Some(Value::String(text)) => text.split_whitespace().map(str::to_owned).collect(),
+        Some(Value::Array(items)) => items
+            .iter()
+            .filter_map(Value::as_str)
+            .map(str::to_owned)
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+impl JwtVerifier {
+    /// Builds verifiers and loads PEM keys; remote keys load in [`Self::spawn_refresh`].
+    pub fn new(configs: &[IssuerConfig], tiers: Vec<String>) -> Result<Self, JwtError> {
+        let fetcher = Fetcher::new()?;
+        let mut issuers = Vec::new();
+        for (index, config) in configs.iter().enumerate() {
+            let error = |message: String| JwtError::Config { index, message };
+            let algorithms = config
+                .algorithms
+                .iter()
+                .map(|a| parse_algorithm(a))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(error)?;
+            let source = match (&config.pem, &config.jwks_url, &config.discovery_url) {
+                (Some(path), None, None) => {
+                    let bytes = std::fs::read(path)
+                        .map_err(|e| error(format!("cannot read {}: {e}", path.display())))?;
+                    let key = DecodingKey::from_rsa_pem(&bytes)
+                        .or_else(|_| DecodingKey::from_ec_pem(&bytes))
+                        .or_else(|_| DecodingKey::from_ed_pem(&bytes))
+                        .map_err(|e| {
+                            error(format!(
+                                "{} is not a public key in PEM form: {e}",
+                                path.display()
+                            ))
+                        })?;
+                    KeySource::Pem(key)
+                }
+                (None, Some(url), None) => KeySource::Jwks(url.clone()),
+                (None, None, Some(url)) => KeySource::Discovery(url.clone()),
+                _ => {
+                    return Err(error(
+                        "give exactly one of pem, jwks_url, discovery_url".into(),
+                    ))
+                }
+            };
+            issuers.push(Arc::new(Issuer {
+                keys: IssuerKeys::new(
+                    &config.issuer,
+                    source,
+                    fetcher.clone(),
+                    config.min_refresh_interval,
+                ),
+                algorithms,
+                config: config.clone(),
+            }));
+        }
+        Ok(Self {
+            issuers,
+            tiers,
+            cache: TokenCache::new(CACHE_CAPACITY),
+        })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.issuers.is_empty()
+    }
+
+    /// Loads remote keys now and keeps refreshing them in the background.
+    pub fn spawn_refresh(&self) {
+        for issuer in &self.issuers {
+            if !issuer.keys.is_remote() {
+                continue;
+            }
+            let issuer = issuer.clone();
+            tokio::spawn(async move {
+                let mut ticker = tokio::time::interval(issuer.config.refresh);
+                loop {
+                    ticker.tick().await;
+                    if let Err(error) = issuer.keys.refresh().await {
+                        tracing::warn!(issuer = %issuer.config.issuer, %error, "refreshing keys failed");
+                    }
+                }
+            });
+        }
+    }
+
+    /// Verifies `token` at `now` (unix seconds).
+    pub async fn verify(
+        &self,
+        token: &str,
+        now: i64,
+    ) -> Result<Arc<VerifiedToken>, TokenRejection> {
+        if !looks_like_jwt(token) {
+            return Err(TokenRejection::Malformed);
+        }
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        if let Some(hit) = self.cache.get(&digest, now) {
+            return Ok(hit);
+        }
+        // `alg: none` and unknown algorithms fail to parse here.
+        let header = jsonwebtoken::decode_header(token).map_err(|_| TokenRejection::Malformed)?;
+        let unverified: Value = jsonwebtoken::dangerous::insecure_decode_claims(token)
+            .map_err(|_| TokenRejection::Malformed)?;
+        let iss = unverified
+            .get("iss")
+            .and_then(Value::as_str)
+            .ok_or(TokenRejection::MissingClaim)?;
+        let issuer = self
+            .issuers
+            .iter()
+            .find(|i| i.config.issuer == iss)
+            .ok_or(TokenRejection::UnknownIssuer)?;
+        if !issuer.algorithms.contains(&header.alg) {
+            return Err(TokenRejection::AlgorithmNotAllowed);
+        }
+        let key = match issuer.keys.find(header.kid.as_deref()) {
+            Some(key) => key,
+            None if issuer.keys.refresh_for_unknown_kid().await => issuer
+                .keys
+                .find(header.kid.as_deref())
+                .ok_or(TokenRejection::UnknownKey)?,
+            None => return Err(TokenRejection::UnknownKey),
+        };
+        let mut validation = Validation::new(header.alg);
+        validation.algorithms = vec![header.alg];
+        validation.leeway = issuer.config.leeway.as_secs();
+        validation.validate_nbf = true;
+        validation.set_issuer(&[&issuer.config.issuer]);
+        if issuer.config.audiences.is_empty() {
+            validation.validate_aud = false;
+            validation.set_required_spec_claims(&["exp", "iss"]);
+        } else {
+            validation.set_audience(&issuer.config.audiences);
+            validation.set_required_spec_claims(&["exp", "iss", "aud"]);
+        }
+        let claims = jsonwebtoken::decode::<Value>(token, &key, &validation)
+            .map_err(|e| classify(e.kind()))?
+            .claims;
+
+        let client_id = claims
+            .get(&issuer.config.client_claim)
+            .and_then(Value::as_str)
+            .ok_or(TokenRejection::MissingClaim)?
+            .to_owned();
+        let scopes = {
+            let mut scopes = claim_strings(claims.get("scope"));
+            scopes.extend(claim_strings(claims.get("scp")));
+            scopes
+        };
+        let named = claim_strings(claims.get(&issuer.config.tier_claim));
+        // Highest tier named wins; none named: the lowest tier.
+        let tier = self
+            .tiers
+            .iter()
+            .rev()
+            .find(|tier| named.contains(tier))
+            .or(self.tiers.first())
+            .cloned()
+            .unwrap_or_default();
+        let verified = Arc::new(VerifiedToken {
+            issuer: issuer.config.issuer.clone(),
+            client_id,
+            tier,
+            scopes,
+        });
+        let exp = claims.get("exp").and_then(Value::as_i64).unwrap_or(now);
+        self.cache.insert(
+            digest,
+            verified.clone(),
+            exp.min(now + MAX_CACHE_SECONDS),
+            now,
+        );
+        Ok(verified)
+    }
+}
+
+fn classify(kind: &jsonwebtoken::errors::ErrorKind) -> TokenRejection {
+    use jsonwebtoken::errors::ErrorKind;
+    match kind {
+        ErrorKind::ExpiredSignature => TokenRejection::Expired,
+        ErrorKind::ImmatureSignature => TokenRejection::NotYetValid,
+        ErrorKind::InvalidAudience => TokenRejection::WrongAudience,
+        ErrorKind::InvalidIssuer => TokenRejection::WrongIssuer,
+        ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => {
+            TokenRejection::AlgorithmNotAllowed
+        }
+        ErrorKind::MissingRequiredClaim(_) => TokenRejection::MissingClaim,
+        ErrorKind::InvalidSignature => TokenRejection::BadSignature,
+        _ => TokenRejection::Malformed,
+    }
+}
+
+/// Duration helpers for issuer defaults.
+pub fn default_leeway() -> Duration {
+    Duration::from_secs(30)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hmac_and_none_are_refused_at_config_time() {
+        assert!(parse_algorithm("RS256").is_ok());
+        assert!(parse_algorithm("EdDSA").is_ok());
+        assert!(parse_algorithm("HS256")
+            .unwrap_err()
+            .contains("shared secret"));
+        assert!(parse_algorithm("none").is_err());
+    }
+
+    #[test]
+    fn shape_check_rejects_garbage_before_crypto() {
+        assert!(looks_like_jwt("eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ4In0.c2ln"));
+        assert!(!looks_like_jwt("gk_abc_def"));
+        assert!(!looks_like_jwt("a.b"));
+        assert!(!looks_like_jwt("a.b.c d"));
+        assert!(!looks_like_jwt(&format!(
+            "a.b.{}",
+            "c".repeat(MAX_TOKEN_BYTES)
+        )));
+    }
+}
