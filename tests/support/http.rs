@@ -61,6 +61,9 @@ impl Seen {
 pub struct FakeUpstream {
     pub addr: SocketAddr,
     pub seen: Arc<Mutex<Vec<Seen>>>,
+    /// What every response carries (default "upstream-ok"); tests may
+    /// change it, e.g. to serve a JWKS that rotates.
+    pub body: Arc<Mutex<String>>,
     stop: Arc<AtomicBool>,
 }
 
@@ -70,20 +73,30 @@ impl FakeUpstream {
         listener.set_nonblocking(true).unwrap();
         let addr = listener.local_addr().unwrap();
         let seen = Arc::new(Mutex::new(Vec::new()));
+        let body = Arc::new(Mutex::new(String::from("upstream-ok")));
         let stop = Arc::new(AtomicBool::new(false));
-        let (log, flag) = (seen.clone(), stop.clone());
+        let (log, flag, served) = (seen.clone(), stop.clone(), body.clone());
         thread::spawn(move || {
             while !flag.load(Ordering::Relaxed) {
                 match listener.accept() {
                     Ok((stream, _)) => {
-                        let log = log.clone();
-                        thread::spawn(move || serve_one(stream, &log, delay));
+                        let (log, served) = (log.clone(), served.clone());
+                        thread::spawn(move || serve_one(stream, &log, &served, delay));
                     }
                     Err(_) => pause(Duration::from_millis(5)),
                 }
             }
         });
-        Self { addr, seen, stop }
+        Self {
+            addr,
+            seen,
+            body,
+            stop,
+        }
+    }
+
+    pub fn set_body(&self, body: &str) {
+        *self.body.lock().unwrap() = body.to_owned();
     }
 
     pub fn requests(&self) -> Vec<Seen> {
@@ -102,7 +115,12 @@ fn pause(duration: Duration) {
     thread::sleep(duration);
 }
 
-fn serve_one(stream: TcpStream, log: &Mutex<Vec<Seen>>, delay: Option<Duration>) {
+fn serve_one(
+    stream: TcpStream,
+    log: &Mutex<Vec<Seen>>,
+    served: &Mutex<String>,
+    delay: Option<Duration>,
+) {
     stream.set_nonblocking(false).unwrap();
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
@@ -126,7 +144,7 @@ fn serve_one(stream: TcpStream, log: &Mutex<Vec<Seen>>, delay: Option<Duration>)
         if let Some(delay) = delay {
             pause(delay);
         }
-        let body = "upstream-ok";
+        let body = served.lock().unwrap().clone();
         let response = format!(
             "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nx-upstream: fake\r\nconnection: keep-alive\r\n\r\n{body}",
             body.len()

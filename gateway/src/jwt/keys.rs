@@ -83,8 +83,9 @@ pub struct IssuerKeys {
     keys: ArcSwap<Vec<Key>>,
     fetcher: Fetcher,
     min_refresh_interval: Duration,
-    /// Serialises refreshes and remembers when the last one ran.
-    last_refresh: tokio::sync::Mutex<Option<Instant>>,
+    /// When the last refresh for an unknown `kid` ran; the lock also makes
+    /// concurrent requests with the same new `kid` wait for one fetch.
+    last_on_demand: tokio::sync::Mutex<Option<Instant>>,
 }
 
 #[derive(serde::Deserialize)]
@@ -113,7 +114,7 @@ impl IssuerKeys {
             keys: ArcSwap::from_pointee(initial),
             fetcher,
             min_refresh_interval,
-            last_refresh: tokio::sync::Mutex::new(None),
+            last_on_demand: tokio::sync::Mutex::new(None),
         }
     }
 
@@ -132,21 +133,22 @@ impl IssuerKeys {
         .map(|k| k.key.clone())
     }
 
-    /// Re-fetches remote keys now (periodic refresh).
+    /// Re-fetches remote keys now (start-up and periodic refresh).
     pub async fn refresh(&self) -> Result<usize, JwtError> {
-        let mut last = self.last_refresh.lock().await;
-        let result = self.fetch().await;
-        *last = Some(Instant::now());
-        result
+        self.fetch().await
     }
 
-    /// Re-fetches for an unknown `kid`, unless a refresh ran within
-    /// `min_refresh_interval` (so forged kids cannot hammer the IdP).
-    pub async fn refresh_for_unknown_kid(&self) -> bool {
+    /// Re-fetches for an unknown `kid`, unless another unknown `kid` did so
+    /// within `min_refresh_interval` (so forged kids cannot hammer the IdP).
+    pub async fn refresh_for_unknown_kid(&self, kid: Option<&str>) -> bool {
         if !self.is_remote() {
             return false;
         }
-        let mut last = self.last_refresh.lock().await;
+        let mut last = self.last_on_demand.lock().await;
+        // A request that waited on the lock may find the key already there.
+        if self.find(kid).is_some() {
+            return true;
+        }
         if last.is_some_and(|at| at.elapsed() < self.min_refresh_interval) {
             return false;
         }

@@ -237,10 +237,16 @@ impl JwtVerifier {
         }
         let key = match issuer.keys.find(header.kid.as_deref()) {
             Some(key) => key,
-            None if issuer.keys.refresh_for_unknown_kid().await => issuer
+            None if issuer
                 .keys
-                .find(header.kid.as_deref())
-                .ok_or(TokenRejection::UnknownKey)?,
+                .refresh_for_unknown_kid(header.kid.as_deref())
+                .await =>
+            {
+                issuer
+                    .keys
+                    .find(header.kid.as_deref())
+                    .ok_or(TokenRejection::UnknownKey)?
+            }
             None => return Err(TokenRejection::UnknownKey),
         };
         let mut validation = Validation::new(header.alg);
