@@ -208,15 +208,26 @@ impl Reply {
 
 /// Sends one HTTP/1.1 request (`Connection: close`) and reads the reply.
 pub fn request(addr: SocketAddr, method: &str, target: &str, headers: &[(&str, &str)]) -> Reply {
+    request_with_body(addr, method, target, headers, "")
+}
+
+/// [`request`] with a body (pass its content-type in `headers`).
+pub fn request_with_body(
+    addr: SocketAddr,
+    method: &str,
+    target: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Reply {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
     stream
         .set_read_timeout(Some(Duration::from_secs(15)))
         .unwrap();
-    let mut text = format!("{method} {target} HTTP/1.1\r\nhost: api.test\r\nconnection: close\r\n");
+    let mut text = format!("{method} {target} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n");
     for (name, value) in headers {
         text.push_str(&format!("{name}: {value}\r\n"));
     }
-    text.push_str("content-length: 0\r\n\r\n");
+    text.push_str(&format!("content-length: {}\r\n\r\n{body}", body.len()));
     stream.write_all(text.as_bytes()).unwrap();
     let mut reader = BufReader::new(stream);
     let (status_line, headers, len) = read_head(&mut reader).expect("no response");

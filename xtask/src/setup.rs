@@ -26,7 +26,28 @@ pub fn run() -> Result<()> {
     nightly_rust_src()?;
     bpf_linker()?;
     debian_packages()?;
+    test_idp()?;
     Ok(())
+}
+
+/// The independent OpenID provider the OIDC test runs (npm, pinned by the
+/// committed package-lock.json).
+fn test_idp() -> Result<()> {
+    let dir = crate::workspace_root().join("tests/oidc");
+    if dir.join("node_modules/oidc-provider").is_dir() {
+        println!("setup: test IdP (oidc-provider) present");
+        return Ok(());
+    }
+    if !have("npm") {
+        println!("setup: npm not found; the OIDC interoperability test will fail until node and npm are installed");
+        return Ok(());
+    }
+    println!("setup: installing the test IdP (oidc-provider, npm ci)");
+    run_cmd(
+        Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund"])
+            .current_dir(&dir),
+    )
 }
 
 pub fn is_root() -> bool {
