@@ -267,6 +267,37 @@ pub struct UpstreamConfig {
     pub servers: Vec<SocketAddr>,
     #[serde(default)]
     pub balance: Balance,
+    /// Active health checks; without them only passive ejection applies.
+    pub health_check: Option<HealthCheckConfig>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheckConfig {
+    /// Path probed with GET; any 2xx or 3xx is healthy.
+    pub path: String,
+    #[serde(default = "default_check_interval", with = "humantime_serde_compat")]
+    pub interval: Duration,
+    #[serde(default = "default_check_timeout", with = "humantime_serde_compat")]
+    pub timeout: Duration,
+    /// Consecutive failures that take a server out.
+    #[serde(default = "default_threshold")]
+    pub unhealthy_threshold: u32,
+    /// Consecutive successes that bring it back.
+    #[serde(default = "default_threshold")]
+    pub healthy_threshold: u32,
+}
+
+fn default_check_interval() -> Duration {
+    Duration::from_secs(5)
+}
+
+fn default_check_timeout() -> Duration {
+    Duration::from_secs(2)
+}
+
+fn default_threshold() -> u32 {
+    2
 }
 
 /// Which credentials a route accepts.

@@ -302,6 +302,7 @@ fn run(args: RunArgs) -> Result<()> {
             Arc::new(JwtVerifier::new(&config.issuers, tiers).context("configuring JWT issuers")?);
         jwt.spawn_refresh();
         let gateway = Arc::new(Gateway::new(&config, index, jwt, userspace_bans));
+        gateway.spawn_health_checks();
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let mut servers = Vec::new();
         for listener in &config.listeners {

@@ -8,7 +8,7 @@ use std::{
     path::PathBuf,
     process::{Child, Command, Stdio},
     sync::{
-        atomic::{AtomicBool, AtomicU32, Ordering},
+        atomic::{AtomicBool, AtomicU16, AtomicU32, Ordering},
         mpsc, Arc, Mutex,
     },
     thread,
@@ -64,6 +64,8 @@ pub struct FakeUpstream {
     /// What every response carries (default "upstream-ok"); tests may
     /// change it, e.g. to serve a JWKS that rotates.
     pub body: Arc<Mutex<String>>,
+    /// The status every response carries (default 200).
+    pub status: Arc<AtomicU16>,
     stop: Arc<AtomicBool>,
 }
 
@@ -74,14 +76,15 @@ impl FakeUpstream {
         let addr = listener.local_addr().unwrap();
         let seen = Arc::new(Mutex::new(Vec::new()));
         let body = Arc::new(Mutex::new(String::from("upstream-ok")));
+        let status = Arc::new(AtomicU16::new(200));
         let stop = Arc::new(AtomicBool::new(false));
-        let (log, flag, served) = (seen.clone(), stop.clone(), body.clone());
+        let (log, flag, served) = (seen.clone(), stop.clone(), (body.clone(), status.clone()));
         thread::spawn(move || {
             while !flag.load(Ordering::Relaxed) {
                 match listener.accept() {
                     Ok((stream, _)) => {
                         let (log, served) = (log.clone(), served.clone());
-                        thread::spawn(move || serve_one(stream, &log, &served, delay));
+                        thread::spawn(move || serve_one(stream, &log, &served.0, &served.1, delay));
                     }
                     Err(_) => pause(Duration::from_millis(5)),
                 }
@@ -91,8 +94,13 @@ impl FakeUpstream {
             addr,
             seen,
             body,
+            status,
             stop,
         }
+    }
+
+    pub fn set_status(&self, status: u16) {
+        self.status.store(status, Ordering::Relaxed);
     }
 
     pub fn set_body(&self, body: &str) {
@@ -119,6 +127,7 @@ fn serve_one(
     stream: TcpStream,
     log: &Mutex<Vec<Seen>>,
     served: &Mutex<String>,
+    status: &AtomicU16,
     delay: Option<Duration>,
 ) {
     stream.set_nonblocking(false).unwrap();
@@ -146,7 +155,8 @@ fn serve_one(
         }
         let body = served.lock().unwrap().clone();
         let response = format!(
-            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nx-upstream: fake\r\nconnection: keep-alive\r\n\r\n{body}",
+            "HTTP/1.1 {} Fake\r\ncontent-length: {}\r\nx-upstream: fake\r\nconnection: keep-alive\r\n\r\n{body}",
+            status.load(Ordering::Relaxed),
             body.len()
         );
         if stream.write_all(response.as_bytes()).is_err() {

@@ -39,6 +39,26 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     headers.remove(header::UPGRADE);
 }
 
+/// The protocol an HTTP/1.1 upgrade asks for (or a 101 agrees to):
+/// `Upgrade: <protocol>` with `Connection: upgrade`.
+pub fn upgrade_protocol(headers: &HeaderMap) -> Option<HeaderValue> {
+    let connection_upgrade = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|token| token.trim().eq_ignore_ascii_case("upgrade"));
+    connection_upgrade
+        .then(|| headers.get(header::UPGRADE).cloned())
+        .flatten()
+}
+
+/// Puts back the two hop-by-hop headers an upgrade needs on the next hop.
+pub fn set_upgrade(headers: &mut HeaderMap, protocol: HeaderValue) {
+    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    headers.insert(header::UPGRADE, protocol);
+}
+
 /// Removes every place a key could be (not just the one used), so no second
 /// credential slips through to the upstream. Returns the new query.
 pub fn strip_credentials(

@@ -91,7 +91,7 @@ impl From<&ApiClient> for Identity {
 
 pub struct Gateway {
     routes: RouteTable,
-    pools: HashMap<String, Pool>,
+    pools: HashMap<String, Arc<Pool>>,
     keys: Arc<KeyIndex>,
     jwt: Arc<JwtVerifier>,
     client_id_header: HeaderName,
@@ -167,7 +167,7 @@ impl Gateway {
             pools: config
                 .upstreams
                 .iter()
-                .map(|u| (u.name.clone(), Pool::new(u)))
+                .map(|u| (u.name.clone(), Arc::new(Pool::new(u))))
                 .collect(),
             keys,
             jwt,
@@ -177,6 +177,13 @@ impl Gateway {
             limits: config.limits.clone(),
             client,
             userspace_bans,
+        }
+    }
+
+    /// Starts the pools' active health checks (needs a runtime).
+    pub fn spawn_health_checks(&self) {
+        for pool in self.pools.values() {
+            pool.spawn_health_checks();
         }
     }
 
@@ -302,7 +309,7 @@ impl Gateway {
     /// never reaches an upstream.
     async fn process(
         &self,
-        req: Request<Incoming>,
+        mut req: Request<Incoming>,
         peer: SocketAddr,
         proto: &'static str,
         log: &mut AccessLog,
@@ -341,7 +348,11 @@ impl Gateway {
             .ok_or(ProxyError::NoHealthyUpstream)?;
         let lease = pool.pick().ok_or(ProxyError::NoHealthyUpstream)?;
         log.upstream = Some(lease.server.addr.to_string());
-        let upstream_req = self.rewrite(
+        // WebSocket and other HTTP/1.1 upgrades: the protocol name goes to
+        // the upstream, and after its 101 both connections are spliced.
+        let upgrade = forward::upgrade_protocol(req.headers());
+        let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
+        let mut upstream_req = self.rewrite(
             req,
             route,
             client.as_ref(),
@@ -349,6 +360,9 @@ impl Gateway {
             &log.request_id,
             lease.server.addr,
         )?;
+        if let Some(protocol) = &upgrade {
+            forward::set_upgrade(upstream_req.headers_mut(), protocol.clone());
+        }
         let result = tokio::time::timeout(
             self.limits.upstream_timeout,
             self.client.request(upstream_req),
@@ -368,7 +382,28 @@ impl Gateway {
         };
 
         // Phase: respond.
+        let switched = response.status() == http::StatusCode::SWITCHING_PROTOCOLS;
+        let accepted = forward::upgrade_protocol(response.headers());
         forward::strip_hop_by_hop(response.headers_mut());
+        if let (true, Some(client_upgrade), Some(protocol)) = (switched, client_upgrade, accepted) {
+            forward::set_upgrade(response.headers_mut(), protocol);
+            let upstream_upgrade = hyper::upgrade::on(&mut response);
+            let peer = log.peer.clone();
+            tokio::spawn(async move {
+                match tokio::try_join!(client_upgrade, upstream_upgrade) {
+                    Ok((client, upstream)) => {
+                        let mut client = TokioIo::new(client);
+                        let mut upstream = TokioIo::new(upstream);
+                        if let Err(error) =
+                            tokio::io::copy_bidirectional(&mut client, &mut upstream).await
+                        {
+                            tracing::debug!(%peer, %error, "upgraded connection ended with an error");
+                        }
+                    }
+                    Err(error) => tracing::debug!(%peer, %error, "upgrade failed"),
+                }
+            });
+        }
         Ok(response.map(BodyExt::boxed))
     }
 

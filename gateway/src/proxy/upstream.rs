@@ -1,14 +1,25 @@
-//! Upstream pools: server choice (round-robin or least connections) and
-//! passive ejection of servers that refuse connections.
+//! Upstream pools: server choice (round-robin or least connections),
+//! passive ejection of servers that refuse connections, and active health
+//! checks that take failing servers out and bring them back.
 use std::{
     net::SocketAddr,
-    sync::atomic::{AtomicU64, AtomicUsize, Ordering},
+    sync::{
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
+        Arc,
+    },
     time::Duration,
+};
+
+use bytes::Bytes;
+use http_body_util::Empty;
+use hyper_util::{
+    client::legacy::{connect::HttpConnector, Client},
+    rt::TokioExecutor,
 };
 
 use crate::{
     clock::monotonic_ns,
-    config::{Balance, UpstreamConfig},
+    config::{Balance, HealthCheckConfig, UpstreamConfig},
 };
 
 /// How long a server that refused a connection is skipped.
@@ -18,6 +29,15 @@ pub struct Server {
     pub addr: SocketAddr,
     in_flight: AtomicUsize,
     ejected_until_ns: AtomicU64,
+    /// Cleared by active health checks after `unhealthy_threshold` failures.
+    healthy: AtomicBool,
+}
+
+impl Server {
+    fn usable(&self, now_ns: u64) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+            && self.ejected_until_ns.load(Ordering::Relaxed) <= now_ns
+    }
 }
 
 pub struct Pool {
@@ -25,6 +45,7 @@ pub struct Pool {
     servers: Vec<Server>,
     balance: Balance,
     next: AtomicUsize,
+    health_check: Option<HealthCheckConfig>,
 }
 
 /// A chosen server; counts as in flight until dropped.
@@ -58,17 +79,55 @@ impl Pool {
                     addr,
                     in_flight: AtomicUsize::new(0),
                     ejected_until_ns: AtomicU64::new(0),
+                    healthy: AtomicBool::new(true),
                 })
                 .collect(),
             balance: config.balance,
             next: AtomicUsize::new(0),
+            health_check: config.health_check.clone(),
         }
+    }
+
+    /// Probes every server each interval; runs until the runtime stops.
+    pub fn spawn_health_checks(self: &Arc<Self>) {
+        let Some(check) = self.health_check.clone() else {
+            return;
+        };
+        let pool = self.clone();
+        tokio::spawn(async move {
+            let client: Client<HttpConnector, Empty<Bytes>> =
+                Client::builder(TokioExecutor::new()).build(HttpConnector::new());
+            let mut failures = vec![0u32; pool.servers.len()];
+            let mut successes = vec![0u32; pool.servers.len()];
+            let mut ticker = tokio::time::interval(check.interval);
+            loop {
+                ticker.tick().await;
+                for (index, server) in pool.servers.iter().enumerate() {
+                    let ok = probe(&client, server.addr, &check).await;
+                    let (hits, misses) = if ok {
+                        (&mut successes[index], &mut failures[index])
+                    } else {
+                        (&mut failures[index], &mut successes[index])
+                    };
+                    *hits = hits.saturating_add(1);
+                    *misses = 0;
+                    let healthy = server.healthy.load(Ordering::Relaxed);
+                    if healthy && !ok && failures[index] >= check.unhealthy_threshold {
+                        server.healthy.store(false, Ordering::Relaxed);
+                        tracing::warn!(pool = %pool.name, server = %server.addr, "health check failing: server taken out");
+                    } else if !healthy && ok && successes[index] >= check.healthy_threshold {
+                        server.healthy.store(true, Ordering::Relaxed);
+                        tracing::info!(pool = %pool.name, server = %server.addr, "health check passing: server back in");
+                    }
+                }
+            }
+        });
     }
 
     /// A server that is not ejected, or `None` when all are.
     pub fn pick(&self) -> Option<Lease<'_>> {
         let now = monotonic_ns();
-        let healthy = |s: &&Server| s.ejected_until_ns.load(Ordering::Relaxed) <= now;
+        let healthy = |s: &&Server| s.usable(now);
         let server = match self.balance {
             Balance::RoundRobin => {
                 let start = self.next.fetch_add(1, Ordering::Relaxed);
@@ -86,6 +145,20 @@ impl Pool {
         server.in_flight.fetch_add(1, Ordering::Relaxed);
         Some(Lease { server })
     }
+}
+
+async fn probe(
+    client: &Client<HttpConnector, Empty<Bytes>>,
+    addr: SocketAddr,
+    check: &HealthCheckConfig,
+) -> bool {
+    let Ok(uri) = format!("http://{addr}{}", check.path).parse::<http::Uri>() else {
+        return false;
+    };
+    matches!(
+        tokio::time::timeout(check.timeout, client.get(uri)).await,
+        Ok(Ok(response)) if response.status().is_success() || response.status().is_redirection()
+    )
 }
 
 #[cfg(test)]
