@@ -173,6 +173,7 @@ mod tests {
                 "127.0.0.1:2".parse().unwrap(),
             ],
             balance,
+            health_check: None,
         })
     }
 
