@@ -520,6 +520,14 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_documented_example_is_valid() {
+        let config = Config::parse(include_str!("../../examples/gateway.toml")).unwrap();
+        assert_eq!(config.listeners.len(), 2);
+        assert_eq!(config.routes[0].auth, AuthPolicy::Both);
+        assert!(config.upstreams[0].health_check.is_some());
+    }
+
+    #[test]
     fn embedded_default_is_valid() {
         let config = Config::parse(EMBEDDED_DEFAULT).unwrap();
         assert!(!config.listeners.is_empty());
