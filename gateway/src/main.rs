@@ -2,7 +2,7 @@
 //! a configuration; `keys ...` manages API clients in the store; `xdp ...`
 //! inspects and changes the kernel path of a running gateway through its
 //! pinned maps.
-use std::{net::IpAddr, path::PathBuf, sync::Arc, time::Duration};
+use std::{io::Write, net::IpAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
@@ -62,8 +62,11 @@ enum KeysCommand {
         #[arg(long)]
         admin: bool,
         /// A JWT claim value that maps tokens to this client.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "count")]
         external_id: Option<String>,
+        /// Create this many clients (named NAME-1, NAME-2, ...) in one transaction.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+        count: u32,
         #[command(flatten)]
         store: StoreArgs,
         #[arg(long)]
@@ -390,6 +393,7 @@ fn keys_command(command: KeysCommand) -> Result<()> {
             expires_in,
             admin,
             external_id,
+            count,
             store,
             json,
         } => {
@@ -405,24 +409,38 @@ fn keys_command(command: KeysCommand) -> Result<()> {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs() as i64);
             let expires_at = expires_in.map(|d| now.saturating_add(d.as_secs() as i64));
-            let new = NewClient {
-                name,
-                tier,
-                scopes,
-                expires_at,
-                is_admin: admin,
-                external_id,
-            };
-            let (client, key) = store.create(new, now)?;
-            if json {
-                println!("{}", serde_json::json!({ "client": client, "key": key }));
-            } else {
-                println!(
-                    "created client {} ({}, tier {})",
-                    client.id, client.name, client.tier
-                );
-                println!("API key (shown once, store it now):");
-                println!("{key}");
+            let new: Vec<NewClient> = (1..=count)
+                .map(|i| NewClient {
+                    name: if count == 1 {
+                        name.clone()
+                    } else {
+                        format!("{name}-{i}")
+                    },
+                    tier: tier.clone(),
+                    scopes: scopes.clone(),
+                    expires_at,
+                    is_admin: admin,
+                    external_id: external_id.clone(),
+                })
+                .collect();
+            let created = store.create_many(new, now)?;
+            let mut out = std::io::stdout().lock();
+            for (client, key) in created {
+                if json {
+                    writeln!(
+                        out,
+                        "{}",
+                        serde_json::json!({ "client": client, "key": key })
+                    )?;
+                } else {
+                    writeln!(
+                        out,
+                        "created client {} ({}, tier {})",
+                        client.id, client.name, client.tier
+                    )?;
+                    writeln!(out, "API key (shown once, store it now):")?;
+                    writeln!(out, "{key}")?;
+                }
             }
             Ok(())
         }

@@ -23,6 +23,18 @@ use crate::{run_cmd, setup::is_root, target_dir};
 
 #[derive(Subcommand)]
 pub enum Which {
+    /// Per-request cost of API-key verification and of JWT verification,
+    /// uncached vs cached.
+    Auth,
+    /// The proxy against HAProxy doing the equivalent work: API-key
+    /// authenticated GETs with 10,000 rotating keys, same upstream.
+    Proxy {
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// Seconds per proxy per round.
+        #[arg(long, default_value_t = 5)]
+        seconds: u32,
+    },
     /// The XDP program against a drop-everything XDP program: per-packet
     /// cost (BPF_PROG_TEST_RUN) and drop rate of a banned flood on veth.
     Xdp {
@@ -40,6 +52,11 @@ pub enum Which {
 
 pub fn run(which: Which) -> Result<()> {
     match which {
+        Which::Auth => {
+            crate::build(true)?;
+            run_cmd(crate::cargo(None).args(["bench", "--package", "gateway", "--bench", "auth"]))
+        }
+        Which::Proxy { rounds, seconds } => crate::bench_proxy::run(rounds.max(1), seconds.max(1)),
         Which::Xdp {
             repeat,
             rounds,

@@ -59,8 +59,20 @@ pub struct StoredKey {
 }
 
 pub trait KeyStore: Send + Sync {
-    /// Creates a client with one key; returns the key text, shown once.
-    fn create(&self, new: NewClient, now: i64) -> Result<(Client, String), StoreError>;
+    /// Creates clients with one key each, all or none; returns the key
+    /// texts, shown once.
+    fn create_many(
+        &self,
+        new: Vec<NewClient>,
+        now: i64,
+    ) -> Result<Vec<(Client, String)>, StoreError>;
+
+    /// Creates one client with one key.
+    fn create(&self, new: NewClient, now: i64) -> Result<(Client, String), StoreError> {
+        self.create_many(vec![new], now)?
+            .pop()
+            .ok_or_else(|| StoreError::Sql(rusqlite::Error::QueryReturnedNoRows))
+    }
     fn clients(&self) -> Result<Vec<Client>, StoreError>;
     fn keys(&self) -> Result<Vec<StoredKey>, StoreError>;
     /// Changes whenever another process commits to the store.
@@ -135,53 +147,61 @@ fn client_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Client> {
 }
 
 impl KeyStore for SqliteStore {
-    fn create(&self, new: NewClient, now: i64) -> Result<(Client, String), StoreError> {
-        let key = format::generate()?;
-        let client = Client {
-            id: format!("cl_{}", key.id),
-            name: new.name,
-            tier: new.tier,
-            scopes: new.scopes,
-            expires_at: new.expires_at,
-            disabled: false,
-            is_admin: new.is_admin,
-            external_id: new.external_id,
-            created_at: now,
-        };
+    fn create_many(
+        &self,
+        new: Vec<NewClient>,
+        now: i64,
+    ) -> Result<Vec<(Client, String)>, StoreError> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
-        if let Some(external) = &client.external_id {
-            let taken: Option<String> = tx
-                .query_row(
-                    "SELECT id FROM api_clients WHERE external_id = ?1",
-                    [external],
-                    |row| row.get(0),
-                )
-                .optional()?;
-            if taken.is_some() {
-                return Err(StoreError::DuplicateExternalId(external.clone()));
+        let mut created = Vec::with_capacity(new.len());
+        for new in new {
+            let key = format::generate()?;
+            let client = Client {
+                id: format!("cl_{}", key.id),
+                name: new.name,
+                tier: new.tier,
+                scopes: new.scopes,
+                expires_at: new.expires_at,
+                disabled: false,
+                is_admin: new.is_admin,
+                external_id: new.external_id,
+                created_at: now,
+            };
+            if let Some(external) = &client.external_id {
+                let taken: Option<String> = tx
+                    .query_row(
+                        "SELECT id FROM api_clients WHERE external_id = ?1",
+                        [external],
+                        |row| row.get(0),
+                    )
+                    .optional()?;
+                if taken.is_some() {
+                    return Err(StoreError::DuplicateExternalId(external.clone()));
+                }
             }
+            tx.execute(
+                "INSERT INTO api_clients (id, name, tier, scopes, expires_at, disabled, is_admin, external_id, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, 0, ?6, ?7, ?8)",
+                params![
+                    client.id,
+                    client.name,
+                    client.tier,
+                    client.scopes.join(" "),
+                    client.expires_at,
+                    client.is_admin,
+                    client.external_id,
+                    now
+                ],
+            )?;
+            tx.execute(
+                "INSERT INTO api_keys (key_id, client_id, secret_hash, created_at) VALUES (?1, ?2, ?3, ?4)",
+                params![key.id, client.id, key.secret_hash.as_slice(), now],
+            )?;
+            created.push((client, key.text));
         }
-        tx.execute(
-            "INSERT INTO api_clients (id, name, tier, scopes, expires_at, disabled, is_admin, external_id, created_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, 0, ?6, ?7, ?8)",
-            params![
-                client.id,
-                client.name,
-                client.tier,
-                client.scopes.join(" "),
-                client.expires_at,
-                client.is_admin,
-                client.external_id,
-                now
-            ],
-        )?;
-        tx.execute(
-            "INSERT INTO api_keys (key_id, client_id, secret_hash, created_at) VALUES (?1, ?2, ?3, ?4)",
-            params![key.id, client.id, key.secret_hash.as_slice(), now],
-        )?;
         tx.commit()?;
-        Ok((client, key.text))
+        Ok(created)
     }
 
     fn clients(&self) -> Result<Vec<Client>, StoreError> {
