@@ -211,6 +211,9 @@ pub struct LimitsConfig {
     pub connect_timeout: Duration,
     pub max_header_bytes: usize,
     pub max_connections: usize,
+    /// Worker threads, each with its own listener socket (SO_REUSEPORT),
+    /// event loop and upstream connections; 0 = one per CPU.
+    pub workers: usize,
 }
 
 impl Default for LimitsConfig {
@@ -221,6 +224,7 @@ impl Default for LimitsConfig {
             connect_timeout: Duration::from_secs(5),
             max_header_bytes: 64 * 1024,
             max_connections: 10_000,
+            workers: 0,
         }
     }
 }

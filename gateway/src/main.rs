@@ -11,7 +11,7 @@ use gateway::{
     config::Config,
     jwt::JwtVerifier,
     keys::{KeyIndex, KeyStore, NewClient, SqliteStore},
-    proxy::Gateway,
+    proxy::{workers, Shared},
     xdp::{
         self, Enforcement, KernelPath, Mode, PinnedMaps, PolicyWriter, UserspaceBans,
         DEFAULT_BUDGET, DEFAULT_PIN_ROOT,
@@ -273,7 +273,13 @@ fn run(args: RunArgs) -> Result<()> {
     if config.xdp.enabled && settings.ports.is_empty() {
         bail!("the kernel path needs at least one port to protect (xdp.ports or a listener)");
     }
-    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    // The control runtime: kernel policy, key and JWKS refresh, health
+    // checks. Requests are served by the worker threads.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
     runtime.block_on(async {
         let kernel = if config.xdp.enabled {
             Some(KernelPath::start(&settings).context("starting the XDP kernel path")?)
@@ -304,10 +310,13 @@ fn run(args: RunArgs) -> Result<()> {
         let jwt =
             Arc::new(JwtVerifier::new(&config.issuers, tiers).context("configuring JWT issuers")?);
         jwt.spawn_refresh();
-        let gateway = Arc::new(Gateway::new(&config, index, jwt, userspace_bans));
-        gateway.spawn_health_checks();
-        let (stop, stopped) = tokio::sync::watch::channel(false);
-        let mut servers = Vec::new();
+        let shared = Shared::new(&config, index, jwt, userspace_bans);
+        shared.spawn_health_checks();
+        let workers = match config.limits.workers {
+            0 => std::thread::available_parallelism().map_or(1, usize::from),
+            n => n,
+        };
+        let mut listeners = Vec::new();
         for listener in &config.listeners {
             let tls = match &listener.tls {
                 None => None,
@@ -322,17 +331,17 @@ fn run(args: RunArgs) -> Result<()> {
                     )
                 }
             };
-            let socket = tokio::net::TcpListener::bind(listener.address)
-                .await
+            let sockets = workers::bind(listener.address, workers)
                 .with_context(|| format!("cannot listen on {}", listener.address))?;
             let scheme = if tls.is_some() { "https" } else { "http" };
-            println!("listening: {scheme}://{}", socket.local_addr()?);
-            servers.push(tokio::spawn(gateway.clone().serve(
-                socket,
-                tls,
-                stopped.clone(),
-            )));
+            if let Some(first) = sockets.first() {
+                println!("listening: {scheme}://{}", first.local_addr()?);
+            }
+            listeners.push(workers::Listener { sockets, tls });
         }
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let servers = workers::spawn(&config, &shared, listeners, workers, stopped)
+            .context("starting worker threads")?;
         match kernel.as_ref().map(KernelPath::enforcement) {
             Some(Enforcement::Kernel { attach }) => println!(
                 "ready: XDP attached to {} in {} mode, {:?}, ports {:?}, maps pinned at {}",
@@ -351,7 +360,7 @@ fn run(args: RunArgs) -> Result<()> {
         tracing::info!("shutting down: closing listeners, detaching XDP and removing pins");
         let _ = stop.send(true);
         for server in servers {
-            let _ = server.await;
+            let _ = tokio::task::spawn_blocking(move || server.join()).await;
         }
         drop(kernel);
         Ok(())

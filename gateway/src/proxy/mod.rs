@@ -27,17 +27,18 @@
 //! - **log**: one JSON access-log line on stdout (key id, never the key).
 //!
 //! A denied request never reaches an upstream.
+pub mod access_log;
 pub mod credentials;
 pub mod error;
 pub mod forward;
 pub mod route;
 pub mod tls;
 pub mod upstream;
+pub mod workers;
 
 use std::{
     collections::HashMap,
     convert::Infallible,
-    io::Write,
     net::SocketAddr,
     sync::Arc,
     time::{Instant, SystemTime, UNIX_EPOCH},
@@ -91,7 +92,7 @@ impl From<&ApiClient> for Identity {
 
 pub struct Gateway {
     routes: RouteTable,
-    pools: HashMap<String, Arc<Pool>>,
+    pools: Arc<HashMap<String, Arc<Pool>>>,
     keys: Arc<KeyIndex>,
     jwt: Arc<JwtVerifier>,
     client_id_header: HeaderName,
@@ -101,6 +102,8 @@ pub struct Gateway {
     client: Client<HttpConnector, Incoming>,
     /// Set when bans are enforced here instead of in XDP.
     userspace_bans: Option<UserspaceBans>,
+    access_log: access_log::AccessLogger,
+    connections: Arc<tokio::sync::Semaphore>,
 }
 
 /// One access-log line.
@@ -131,27 +134,77 @@ fn unix_now() -> i64 {
         .map_or(0, |d| d.as_secs() as i64)
 }
 
-/// The client's `X-Request-Id` if it is sane, else a fresh random one.
+/// The client's `X-Request-Id` if it is sane, else a fresh one: a random
+/// per-process prefix and a counter, unique without a syscall per request.
 fn request_id(headers: &http::HeaderMap) -> String {
     if let Some(id) = headers.get(&X_REQUEST_ID).and_then(|v| v.to_str().ok()) {
         if !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_graphic()) {
             return id.to_owned();
         }
     }
-    let mut bytes = [0u8; 16];
-    if getrandom::fill(&mut bytes).is_err() {
-        bytes[..8].copy_from_slice(&monotonic_ns().to_be_bytes());
-    }
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    static PREFIX: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let prefix = *PREFIX.get_or_init(|| {
+        let mut bytes = [0u8; 8];
+        if getrandom::fill(&mut bytes).is_err() {
+            return monotonic_ns() ^ u64::from(std::process::id());
+        }
+        u64::from_be_bytes(bytes)
+    });
+    let count = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{prefix:016x}{count:016x}")
 }
 
-impl Gateway {
+/// What every worker's [`Gateway`] shares: built once per process.
+#[derive(Clone)]
+pub struct Shared {
+    pub keys: Arc<KeyIndex>,
+    pub jwt: Arc<JwtVerifier>,
+    /// Set when bans are enforced here instead of in XDP.
+    pub userspace_bans: Option<UserspaceBans>,
+    /// One pool per upstream, so ejection and health state are the same
+    /// for every worker.
+    pub pools: Arc<HashMap<String, Arc<Pool>>>,
+    pub access_log: access_log::AccessLogger,
+    /// `limits.max_connections`, across all workers and listeners.
+    pub connections: Arc<tokio::sync::Semaphore>,
+}
+
+impl Shared {
     pub fn new(
         config: &Config,
         keys: Arc<KeyIndex>,
         jwt: Arc<JwtVerifier>,
         userspace_bans: Option<UserspaceBans>,
     ) -> Self {
+        Self {
+            keys,
+            jwt,
+            userspace_bans,
+            pools: Arc::new(
+                config
+                    .upstreams
+                    .iter()
+                    .map(|u| (u.name.clone(), Arc::new(Pool::new(u))))
+                    .collect(),
+            ),
+            access_log: access_log::AccessLogger::stdout(),
+            connections: Arc::new(tokio::sync::Semaphore::new(config.limits.max_connections)),
+        }
+    }
+
+    /// Starts the pools' active health checks (on the calling runtime).
+    pub fn spawn_health_checks(&self) {
+        for pool in self.pools.values() {
+            pool.spawn_health_checks();
+        }
+    }
+}
+
+impl Gateway {
+    /// One per worker thread: its own upstream connection pool, so a
+    /// request and its upstream connection stay on one thread.
+    pub fn new(config: &Config, shared: &Shared) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(config.limits.connect_timeout));
         connector.set_nodelay(true);
@@ -164,26 +217,17 @@ impl Gateway {
         };
         Self {
             routes: RouteTable::new(&config.routes),
-            pools: config
-                .upstreams
-                .iter()
-                .map(|u| (u.name.clone(), Arc::new(Pool::new(u))))
-                .collect(),
-            keys,
-            jwt,
+            pools: shared.pools.clone(),
+            keys: shared.keys.clone(),
+            jwt: shared.jwt.clone(),
             client_id_header: header(&config.forwarding.client_id_header, "x-client-id"),
             client_tier_header: header(&config.forwarding.client_tier_header, "x-client-tier"),
             trusted_proxies: config.forwarding.trusted_proxies.clone(),
             limits: config.limits.clone(),
             client,
-            userspace_bans,
-        }
-    }
-
-    /// Starts the pools' active health checks (needs a runtime).
-    pub fn spawn_health_checks(&self) {
-        for pool in self.pools.values() {
-            pool.spawn_health_checks();
+            userspace_bans: shared.userspace_bans.clone(),
+            access_log: shared.access_log.clone(),
+            connections: shared.connections.clone(),
         }
     }
 
@@ -195,7 +239,6 @@ impl Gateway {
         tls: Option<TlsAcceptor>,
         mut shutdown: watch::Receiver<bool>,
     ) {
-        let permits = Arc::new(tokio::sync::Semaphore::new(self.limits.max_connections));
         loop {
             let (stream, peer) = tokio::select! {
                 accepted = listener.accept() => match accepted {
@@ -213,7 +256,7 @@ impl Gateway {
                     continue;
                 }
             }
-            let Ok(permit) = permits.clone().try_acquire_owned() else {
+            let Ok(permit) = self.connections.clone().try_acquire_owned() else {
                 tracing::warn!(%peer, "connection limit reached; closing the new connection");
                 continue;
             };
@@ -298,9 +341,8 @@ impl Gateway {
         }
         log.status = response.status().as_u16();
         log.latency_ms = started.elapsed().as_secs_f64() * 1000.0;
-        if let Ok(mut line) = serde_json::to_vec(&log) {
-            line.push(b'\n');
-            let _ = std::io::stdout().lock().write_all(&line);
+        if let Ok(line) = serde_json::to_vec(&log) {
+            self.access_log.log(&line);
         }
         response
     }
