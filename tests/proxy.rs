@@ -321,3 +321,54 @@ fn check_config_names_the_offending_key_path() {
     assert!(output.status.success());
     assert!(String::from_utf8_lossy(&output.stdout).contains("valid"));
 }
+
+#[test]
+fn disabled_clients_are_refused_and_can_be_enabled_again() {
+    let upstream = FakeUpstream::start(None);
+    let gateway = ProxyGateway::new(&config(&upstream));
+    let output = Command::new(gateway_bin())
+        .args([
+            "keys", "create", "--name", "d", "--tier", "gold", "--scopes", "read", "--json",
+            "--config",
+        ])
+        .arg(&gateway.config)
+        .output()
+        .unwrap();
+    let created: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let key = created["key"].as_str().unwrap().to_owned();
+    let client = created["client"]["id"].as_str().unwrap().to_owned();
+    let gateway = gateway.start();
+    assert_eq!(gateway.get("/api/a", &[("x-api-key", &key)]).status, 200);
+
+    let switch = |verb: &str| {
+        let output = Command::new(gateway_bin())
+            .args(["keys", verb, &client, "--config"])
+            .arg(&gateway.config)
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    };
+    let status_within = |want: u16| {
+        for _ in 0..50 {
+            if gateway.get("/api/a", &[("x-api-key", &key)]).status == want {
+                return true;
+            }
+            #[allow(clippy::disallowed_methods, reason = "bounded poll in a sync test")]
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        false
+    };
+    switch("disable");
+    assert!(status_within(401), "a disabled client is refused");
+    let reply = gateway.get("/api/a", &[("x-api-key", &key)]);
+    assert!(reply.json()["message"]
+        .as_str()
+        .unwrap()
+        .contains("disabled"));
+    switch("enable");
+    assert!(status_within(200), "enabled again");
+}

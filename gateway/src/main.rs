@@ -72,6 +72,19 @@ enum KeysCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Refuse a client's keys from now on (a running gateway follows
+    /// within `keys.refresh`).
+    Disable {
+        client_id: String,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Accept a disabled client's keys again.
+    Enable {
+        client_id: String,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
     /// List clients (never keys).
     List {
         #[command(flatten)]
@@ -453,6 +466,8 @@ fn keys_command(command: KeysCommand) -> Result<()> {
             }
             Ok(())
         }
+        KeysCommand::Disable { client_id, store } => set_disabled(&store, &client_id, true),
+        KeysCommand::Enable { client_id, store } => set_disabled(&store, &client_id, false),
         KeysCommand::List { store, json } => {
             let (_, store) = open_store(&store)?;
             let clients = store.clients()?;
@@ -478,6 +493,18 @@ fn keys_command(command: KeysCommand) -> Result<()> {
             Ok(())
         }
     }
+}
+
+fn set_disabled(store: &StoreArgs, client_id: &str, disabled: bool) -> Result<()> {
+    let (_, store) = open_store(store)?;
+    if !store.set_disabled(client_id, disabled)? {
+        bail!("no client {client_id:?} in the store");
+    }
+    println!(
+        "{client_id} {}",
+        if disabled { "disabled" } else { "enabled" }
+    );
+    Ok(())
 }
 
 fn open_store(args: &StoreArgs) -> Result<(Config, SqliteStore)> {

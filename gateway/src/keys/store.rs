@@ -77,6 +77,8 @@ pub trait KeyStore: Send + Sync {
     fn keys(&self) -> Result<Vec<StoredKey>, StoreError>;
     /// Changes whenever another process commits to the store.
     fn version(&self) -> Result<i64, StoreError>;
+    /// `Ok(false)`: no such client.
+    fn set_disabled(&self, client_id: &str, disabled: bool) -> Result<bool, StoreError>;
 }
 
 pub struct SqliteStore {
@@ -235,6 +237,14 @@ impl KeyStore for SqliteStore {
             })?
             .collect::<Result<_, _>>()?;
         Ok(keys)
+    }
+
+    fn set_disabled(&self, client_id: &str, disabled: bool) -> Result<bool, StoreError> {
+        let changed = self.conn().execute(
+            "UPDATE api_clients SET disabled = ?2 WHERE id = ?1",
+            params![client_id, disabled],
+        )?;
+        Ok(changed == 1)
     }
 
     fn version(&self) -> Result<i64, StoreError> {
