@@ -201,7 +201,8 @@ impl Default for ForwardingConfig {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LimitsConfig {
-    /// Whole request (headers and body) from the client.
+    /// Reading a request's headers; also how long an idle HTTP/1.1
+    /// keep-alive connection is kept, and the TLS handshake limit.
     #[serde(with = "humantime_serde_compat")]
     pub request_timeout: Duration,
     /// Waiting for the upstream's response headers.
