@@ -10,7 +10,10 @@ use std::{
 };
 
 use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
-use gateway_tests::http::{FakeUpstream, ProxyGateway, TempDir};
+use gateway_tests::{
+    http::{FakeUpstream, ProxyGateway, TempDir},
+    openssl,
+};
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
 
@@ -23,20 +26,6 @@ struct RsaKey {
     public_pem: PathBuf,
     kid: String,
     jwk: Value,
-}
-
-fn openssl(dir: &Path, args: &[&str]) -> String {
-    let output = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).unwrap()
 }
 
 impl RsaKey {

@@ -5,7 +5,10 @@
 
 use std::{path::Path, process::Command};
 
-use gateway_tests::http::{FakeUpstream, ProxyGateway, TempDir};
+use gateway_tests::{
+    http::{FakeUpstream, ProxyGateway, TempDir},
+    openssl,
+};
 
 fn routes(upstream: &FakeUpstream, tls: &str) -> String {
     format!(
@@ -80,19 +83,6 @@ fn tls_serves_h2_and_h1_and_keeps_its_self_signed_certificate() {
     );
     let (ok, out) = curl(tls_port(&gateway), &cert, &[]);
     assert!(ok, "the kept certificate still verifies: {out}");
-}
-
-fn openssl(dir: &Path, args: &[&str]) {
-    let output = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
 }
 
 #[test]

@@ -54,6 +54,21 @@ fn unique(prefix: &str) -> String {
     )
 }
 
+/// Runs `openssl` in `dir`; panics with its stderr if it fails. Returns stdout.
+pub fn openssl(dir: &Path, args: &[&str]) -> String {
+    let output = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
 /// Runs a command and panics with its output if it fails.
 pub fn sh(program: &str, args: &[&str]) -> Output {
     let output = Command::new(program)

@@ -12,7 +12,7 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
-use crate::{run_cmd, setup::is_root};
+use crate::setup;
 
 const KEYS: u32 = 10_000;
 
@@ -61,27 +61,17 @@ fn ensure_packages() -> Result<()> {
         ("nginx", "nginx-light"),
     ]
     .into_iter()
-    .filter(|(binary, _)| {
-        !["/usr/sbin", "/usr/bin"]
-            .iter()
-            .any(|dir| Path::new(dir).join(binary).exists())
-    })
+    .filter(|(binary, _)| !setup::have(binary))
     .map(|(_, package)| package)
     .collect();
     if missing.is_empty() {
         return Ok(());
     }
-    if !is_root() {
+    if !setup::is_root() {
         bail!("the proxy bench needs {missing:?}: install them (apt-get install -y ...) or run as root");
     }
     println!("bench: installing {missing:?}");
-    run_cmd(Command::new("apt-get").args(["update", "-qq"]))?;
-    run_cmd(
-        Command::new("apt-get")
-            .args(["install", "-y", "-qq", "--no-install-recommends"])
-            .args(&missing)
-            .env("DEBIAN_FRONTEND", "noninteractive"),
-    )
+    setup::apt_install(&missing)
 }
 
 /// utime + stime of a process, in seconds.

@@ -193,7 +193,7 @@ fn bpf_linker() -> Result<()> {
     Ok(())
 }
 
-fn have(binary: &str) -> bool {
+pub fn have(binary: &str) -> bool {
     std::env::var_os("PATH").is_some_and(|path| {
         std::env::split_paths(&path)
             .chain(["/usr/sbin".into(), "/sbin".into()])
@@ -220,11 +220,16 @@ fn debian_packages() -> Result<()> {
         return Ok(());
     }
     println!("setup: installing Debian packages {missing:?}");
+    apt_install(&missing)
+}
+
+/// `apt-get update` then install `packages`, non-interactively (needs root).
+pub fn apt_install(packages: &[&str]) -> Result<()> {
     run_cmd(Command::new("apt-get").args(["update", "-qq"]))?;
     run_cmd(
         Command::new("apt-get")
             .args(["install", "-y", "-qq", "--no-install-recommends"])
-            .args(&missing)
+            .args(packages)
             .env("DEBIAN_FRONTEND", "noninteractive"),
     )
 }
