@@ -470,8 +470,13 @@ impl Gateway {
                 log.issuer = Some(verified.issuer.clone());
                 // A stored client with this external id is the same client.
                 let identity = match self.keys.by_external_id(&verified.client_id) {
-                    Some(client) if !client.disabled => Identity::from(client.as_ref()),
-                    Some(_) => return Err(ProxyError::InvalidCredential(KeyRejection::Disabled)),
+                    Some(client) if client.disabled => {
+                        return Err(ProxyError::InvalidCredential(KeyRejection::Disabled))
+                    }
+                    Some(client) if client.expires_at.is_some_and(|at| at <= unix_now()) => {
+                        return Err(ProxyError::InvalidCredential(KeyRejection::Expired))
+                    }
+                    Some(client) => Identity::from(client.as_ref()),
                     None => Identity {
                         client_id: verified.client_id.clone(),
                         tier: verified.tier.clone(),
