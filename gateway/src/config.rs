@@ -335,6 +335,22 @@ pub struct RouteConfig {
     pub forward_credential: bool,
     #[serde(default)]
     pub key_sources: KeySources,
+    /// Apply the client's tier limit (authenticated routes only).
+    #[serde(default = "default_true")]
+    pub rate_limit: bool,
+    #[serde(default)]
+    pub limit_by: LimitBy,
+    /// How many requests one request on this route counts as.
+    #[serde(default = "default_cost")]
+    pub cost: u32,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_cost() -> u32 {
+    1
 }
 
 /// Where API keys are looked for, in precedence order: headers, query, cookie.
@@ -356,10 +372,45 @@ impl Default for KeySources {
     }
 }
 
+/// A client tier and its request limit.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TierConfig {
     pub name: String,
+    /// Requests allowed per `window`.
+    pub requests: u32,
+    #[serde(default = "default_tier_window", with = "humantime_serde_compat")]
+    pub window: Duration,
+    /// Requests allowed back to back; default: `requests`.
+    pub burst: Option<u32>,
+}
+
+fn default_tier_window() -> Duration {
+    Duration::from_secs(60)
+}
+
+impl TierConfig {
+    pub fn quota(&self) -> crate::limits::Quota {
+        crate::limits::Quota::new(
+            &self.name,
+            self.requests,
+            self.window,
+            self.burst.unwrap_or(self.requests),
+        )
+    }
+}
+
+/// Whose requests a route's limit counts together.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum LimitBy {
+    /// The authenticated client, wherever it connects from.
+    #[default]
+    Client,
+    /// The source address.
+    Source,
+    /// The client at one source address.
+    Both,
 }
 
 impl Config {
@@ -372,9 +423,14 @@ impl Config {
             ConfigError::invalid(path, e.into_inner().message().to_owned())
         })?;
         if config.tiers.is_empty() {
-            config.tiers = ["bronze", "silver", "gold"]
+            config.tiers = [("bronze", 10), ("silver", 100), ("gold", 1000)]
                 .into_iter()
-                .map(|name| TierConfig { name: name.into() })
+                .map(|(name, requests)| TierConfig {
+                    name: name.into(),
+                    requests,
+                    window: default_tier_window(),
+                    burst: None,
+                })
                 .collect();
         }
         config.validate()?;

@@ -4,6 +4,7 @@ pub mod clock;
 pub mod config;
 pub mod jwt;
 pub mod keys;
+pub mod limits;
 pub mod net;
 pub mod proxy;
 pub mod xdp;

@@ -5,7 +5,11 @@ use http::{header, HeaderValue, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 
 use super::ProxyBody;
-use crate::{jwt::TokenRejection, keys::KeyRejection};
+use crate::{
+    jwt::TokenRejection,
+    keys::KeyRejection,
+    limits::{Decision, Quota},
+};
 
 #[derive(Debug)]
 pub enum ProxyError {
@@ -14,6 +18,8 @@ pub enum ProxyError {
     InvalidCredential(KeyRejection),
     InvalidToken(TokenRejection),
     MissingScope(String),
+    /// Over quota: the quota and the limiter's answer, for the headers.
+    RateLimited(Box<(Quota, Decision)>),
     NoHealthyUpstream,
     UpstreamConnect,
     UpstreamTimeout,
@@ -38,6 +44,7 @@ impl ProxyError {
             ProxyError::InvalidCredential(_) => "invalid_credential",
             ProxyError::InvalidToken(_) => "invalid_token",
             ProxyError::MissingScope(_) => "insufficient_scope",
+            ProxyError::RateLimited(_) => "rate_limited",
             ProxyError::NoHealthyUpstream => "no_healthy_upstream",
             ProxyError::UpstreamConnect => "upstream_unavailable",
             ProxyError::UpstreamTimeout => "upstream_timeout",
@@ -76,6 +83,15 @@ impl ProxyError {
             ProxyError::MissingScope(scope) => (
                 StatusCode::FORBIDDEN,
                 format!("the client lacks the scope {scope:?} this route requires"),
+            ),
+            ProxyError::RateLimited(limit) => (
+                StatusCode::TOO_MANY_REQUESTS,
+                format!(
+                    "over the {} tier's limit of {} requests per {} s",
+                    limit.0.name,
+                    limit.0.requests,
+                    limit.0.window.as_secs()
+                ),
             ),
             ProxyError::NoHealthyUpstream => (
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -120,6 +136,9 @@ impl ProxyError {
                     header::WWW_AUTHENTICATE,
                     HeaderValue::from_static("Bearer realm=\"gateway\", error=\"invalid_token\""),
                 );
+            }
+            ProxyError::RateLimited(limit) => {
+                super::forward::set_rate_limit(headers, &limit.0, &limit.1);
             }
             _ => {}
         }

@@ -7,7 +7,10 @@ use http::{header, HeaderMap, HeaderName, HeaderValue};
 use ipnet::IpNet;
 
 use super::credentials::query_value;
-use crate::config::KeySources;
+use crate::{
+    config::KeySources,
+    limits::{Decision, Quota},
+};
 
 /// Always hop-by-hop, whether or not `Connection` lists them.
 const HOP_BY_HOP: [HeaderName; 7] = [
@@ -37,6 +40,43 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         headers.remove(name);
     }
     headers.remove(header::UPGRADE);
+}
+
+/// The rate-limit headers every response of a limited route carries: the
+/// IETF draft's `RateLimit-Policy` and `RateLimit`, and the widespread
+/// `X-RateLimit-*`; `Retry-After` on refusals.
+pub fn set_rate_limit(headers: &mut HeaderMap, quota: &Quota, decision: &Decision) {
+    let seconds = |d: std::time::Duration| d.as_secs() + u64::from(d.subsec_nanos() > 0);
+    let reset = seconds(decision.reset);
+    let values = [
+        (
+            "ratelimit-policy",
+            format!(
+                "\"{}\";q={};w={}",
+                quota.name,
+                quota.requests,
+                quota.window.as_secs()
+            ),
+        ),
+        (
+            "ratelimit",
+            format!("\"{}\";r={};t={reset}", quota.name, decision.remaining),
+        ),
+        ("x-ratelimit-limit", quota.requests.to_string()),
+        ("x-ratelimit-remaining", decision.remaining.to_string()),
+        ("x-ratelimit-reset", reset.to_string()),
+    ];
+    for (name, value) in values {
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            headers.insert(HeaderName::from_static(name), value);
+        }
+    }
+    if !decision.allowed {
+        headers.insert(
+            header::RETRY_AFTER,
+            HeaderValue::from(seconds(decision.retry_after).max(1)),
+        );
+    }
 }
 
 /// The protocol an HTTP/1.1 upgrade asks for (or a 101 agrees to):

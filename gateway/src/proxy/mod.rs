@@ -5,9 +5,9 @@
 //! Request lifecycle, as named phases (each is a step in [`Gateway::process`]):
 //!
 //! ```text
-//! accept ─▶ route ─▶ credential ─▶ authenticate ─▶ authorize ─▶ forward ─▶ respond ─▶ log
-//!   │         │          │              │              │            │
-//! banned     404        401            401            403      502 / 503 / 504
+//! accept ─▶ route ─▶ credential ─▶ authenticate ─▶ authorize ─▶ limit ─▶ forward ─▶ respond ─▶ log
+//!   │         │          │              │              │          │         │
+//! banned     404        401            401            403        429   502 / 503 / 504
 //! ```
 //!
 //! - **accept**: a connection from a source banned in userspace-only mode is
@@ -20,6 +20,8 @@
 //! - **authenticate**: JWT: shape, cache, `alg`, issuer, key, signature,
 //!   claims; API key: checksum, then the in-memory index. Refused is a 401.
 //! - **authorize**: the route's required scopes; one missing is a 403.
+//! - **limit**: the client's tier quota (GCRA); over it is a 429 with
+//!   `Retry-After`. Only requests that passed every check before count.
 //! - **forward**: credentials stripped (unless the route keeps them), client
 //!   identity, request id and `X-Forwarded-*` set, to a pool server; refused
 //!   connection 502, no healthy server 503, timeout 504.
@@ -64,13 +66,18 @@ use self::{
 };
 use crate::{
     clock::monotonic_ns,
-    config::{AuthPolicy, Config, LimitsConfig},
+    config::{AuthPolicy, Config, LimitBy, LimitsConfig, TierConfig},
     jwt::JwtVerifier,
     keys::{Client as ApiClient, KeyIndex, KeyRejection},
+    limits::{Decision, LimitKey, LocalLimiter, Quota, RateLimiter},
     xdp::UserspaceBans,
 };
 
 pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
+
+/// Only if a config somehow has no tiers (parsing always adds defaults).
+static DEFAULT_QUOTA: std::sync::LazyLock<Quota> =
+    std::sync::LazyLock::new(|| Quota::new("default", 10, std::time::Duration::from_secs(60), 10));
 
 /// Who a request is from, whichever credential proved it.
 #[derive(Clone, Debug)]
@@ -104,6 +111,8 @@ pub struct Gateway {
     userspace_bans: Option<UserspaceBans>,
     access_log: access_log::AccessLogger,
     connections: Arc<tokio::sync::Semaphore>,
+    limiter: Arc<dyn RateLimiter>,
+    quotas: Arc<Vec<Quota>>,
 }
 
 /// One access-log line.
@@ -168,6 +177,9 @@ pub struct Shared {
     pub access_log: access_log::AccessLogger,
     /// `limits.max_connections`, across all workers and listeners.
     pub connections: Arc<tokio::sync::Semaphore>,
+    pub limiter: Arc<dyn RateLimiter>,
+    /// Quotas by tier name; the first tier is the default for unknown names.
+    pub quotas: Arc<Vec<Quota>>,
 }
 
 impl Shared {
@@ -190,6 +202,8 @@ impl Shared {
             ),
             access_log: access_log::AccessLogger::stdout(),
             connections: Arc::new(tokio::sync::Semaphore::new(config.limits.max_connections)),
+            limiter: Arc::new(LocalLimiter::new(1_000_000)),
+            quotas: Arc::new(config.tiers.iter().map(TierConfig::quota).collect()),
         }
     }
 
@@ -228,6 +242,8 @@ impl Gateway {
             userspace_bans: shared.userspace_bans.clone(),
             access_log: shared.access_log.clone(),
             connections: shared.connections.clone(),
+            limiter: shared.limiter.clone(),
+            quotas: shared.quotas.clone(),
         }
     }
 
@@ -383,6 +399,18 @@ impl Gateway {
             }
         }
 
+        // Phase: limit. After authorize, so refused requests never count.
+        let limited = match &client {
+            Some(identity) if route.rate_limit => {
+                let (quota, decision) = self.limit(route, identity, peer);
+                if !decision.allowed {
+                    return Err(ProxyError::RateLimited(Box::new((quota.clone(), decision))));
+                }
+                Some((quota, decision))
+            }
+            _ => None,
+        };
+
         // Phase: forward.
         let pool = self
             .pools
@@ -424,6 +452,9 @@ impl Gateway {
         };
 
         // Phase: respond.
+        if let Some((quota, decision)) = &limited {
+            forward::set_rate_limit(response.headers_mut(), quota, decision);
+        }
         let switched = response.status() == http::StatusCode::SWITCHING_PROTOCOLS;
         let accepted = forward::upgrade_protocol(response.headers());
         forward::strip_hop_by_hop(response.headers_mut());
@@ -447,6 +478,24 @@ impl Gateway {
             });
         }
         Ok(response.map(BodyExt::boxed))
+    }
+
+    /// Counts the request against the client's tier quota.
+    fn limit(&self, route: &Route, identity: &Identity, peer: SocketAddr) -> (&Quota, Decision) {
+        let quota = self
+            .quotas
+            .iter()
+            .find(|q| q.name == identity.tier)
+            .or(self.quotas.first())
+            .unwrap_or(&DEFAULT_QUOTA);
+        let ip = peer.ip().to_canonical();
+        let key = match route.limit_by {
+            LimitBy::Client => LimitKey::Client(identity.client_id.clone()),
+            LimitBy::Source => LimitKey::Source(ip),
+            LimitBy::Both => LimitKey::ClientAtSource(identity.client_id.clone(), ip),
+        };
+        let decision = self.limiter.check(&key, quota, route.cost, monotonic_ns());
+        (quota, decision)
     }
 
     /// A JWT in `Authorization: Bearer` where the route takes JWTs,

@@ -1,6 +1,6 @@
 //! Route matching: by host (exact, case-insensitive; absent = any host),
 //! then the longest path prefix.
-use crate::config::{AuthPolicy, KeySources, RouteConfig};
+use crate::config::{AuthPolicy, KeySources, LimitBy, RouteConfig};
 
 #[derive(Clone, Debug)]
 pub struct Route {
@@ -13,6 +13,9 @@ pub struct Route {
     pub required_scopes: Vec<String>,
     pub forward_credential: bool,
     pub key_sources: KeySources,
+    pub rate_limit: bool,
+    pub limit_by: LimitBy,
+    pub cost: u32,
 }
 
 pub struct RouteTable {
@@ -33,6 +36,9 @@ impl RouteTable {
                 required_scopes: c.required_scopes.clone(),
                 forward_credential: c.forward_credential,
                 key_sources: c.key_sources.clone(),
+                rate_limit: c.rate_limit,
+                limit_by: c.limit_by,
+                cost: c.cost,
             })
             .collect();
         // Longer prefixes first; host-specific before any-host at equal length.
@@ -82,6 +88,9 @@ mod tests {
             required_scopes: Vec::new(),
             forward_credential: false,
             key_sources: KeySources::default(),
+            rate_limit: true,
+            limit_by: LimitBy::Client,
+            cost: 1,
         }
     }
 

@@ -1,0 +1,246 @@
+//! Per-client request limits: plain policy, no HTTP here.
+//!
+//! GCRA (the generic cell rate algorithm): one timestamp per key, exact,
+//! no fixed-window double burst at window edges. A tier allows `requests`
+//! per `window` with bursts up to `burst`; over a full window a client
+//! flooding from rest gets `burst + requests` (±1) through. A refused
+//! request changes nothing, so denials never consume quota. Time comes from
+//! the caller (nanoseconds on any monotonic clock), so tests need no sleeps.
+//!
+//! [`RateLimiter`] is the seam for a shared limiter (Redis, for fleets);
+//! [`LocalLimiter`] is sharded so cores do not serialise on one lock, and
+//! forgets idle keys (a key at rest needs no state) to stay bounded.
+use std::{
+    collections::HashMap,
+    hash::{BuildHasher, RandomState},
+    net::IpAddr,
+    sync::Mutex,
+    time::Duration,
+};
+
+/// A tier's limit, with its GCRA constants precomputed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Quota {
+    pub name: String,
+    pub requests: u32,
+    pub window: Duration,
+    pub burst: u32,
+    /// Nanoseconds per request at the steady rate.
+    interval_ns: u64,
+}
+
+impl Quota {
+    pub fn new(name: &str, requests: u32, window: Duration, burst: u32) -> Self {
+        let requests = requests.max(1);
+        Self {
+            name: name.to_owned(),
+            requests,
+            window,
+            burst: burst.max(1),
+            interval_ns: (window.as_nanos() / u128::from(requests)).max(1) as u64,
+        }
+    }
+
+    fn capacity_ns(&self) -> u64 {
+        self.interval_ns.saturating_mul(u64::from(self.burst))
+    }
+}
+
+/// Whose requests count together.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum LimitKey {
+    Client(String),
+    Source(IpAddr),
+    ClientAtSource(String, IpAddr),
+}
+
+/// The outcome, with what the rate-limit headers report.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Decision {
+    pub allowed: bool,
+    /// Requests still allowed right now.
+    pub remaining: u32,
+    /// Until the quota is whole again.
+    pub reset: Duration,
+    /// Refused only: until the request would be allowed.
+    pub retry_after: Duration,
+}
+
+pub trait RateLimiter: Send + Sync {
+    /// Counts `cost` requests for `key` at `now_ns` if the quota allows.
+    fn check(&self, key: &LimitKey, quota: &Quota, cost: u32, now_ns: u64) -> Decision;
+    /// The state without counting anything.
+    fn peek(&self, key: &LimitKey, quota: &Quota, now_ns: u64) -> Decision;
+    /// Forgets `key`: its quota is whole again.
+    fn reset(&self, key: &LimitKey);
+}
+
+const SHARDS: usize = 64;
+
+pub struct LocalLimiter {
+    /// key → theoretical arrival time: when its quota is whole again.
+    shards: Vec<Mutex<HashMap<LimitKey, u64>>>,
+    hasher: RandomState,
+    per_shard: usize,
+}
+
+impl LocalLimiter {
+    /// Holds state for about `capacity` busy keys.
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            hasher: RandomState::new(),
+            per_shard: capacity.div_ceil(SHARDS).max(16),
+        }
+    }
+
+    fn shard(&self, key: &LimitKey) -> std::sync::MutexGuard<'_, HashMap<LimitKey, u64>> {
+        self.shards[(self.hasher.hash_one(key) as usize) % SHARDS]
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+fn decide(tat: u64, quota: &Quota, cost: u32, now: u64) -> (Decision, Option<u64>) {
+    let start = tat.max(now);
+    let new_tat = start.saturating_add(quota.interval_ns.saturating_mul(u64::from(cost)));
+    let capacity = quota.capacity_ns();
+    let allowed = new_tat - now <= capacity;
+    let after = if allowed { new_tat } else { start };
+    let used = after - now;
+    let decision = Decision {
+        allowed,
+        remaining: ((capacity - used.min(capacity)) / quota.interval_ns) as u32,
+        reset: Duration::from_nanos(used),
+        retry_after: if allowed {
+            Duration::ZERO
+        } else {
+            Duration::from_nanos(new_tat - now - capacity)
+        },
+    };
+    (decision, allowed.then_some(new_tat))
+}
+
+impl RateLimiter for LocalLimiter {
+    fn check(&self, key: &LimitKey, quota: &Quota, cost: u32, now_ns: u64) -> Decision {
+        let mut shard = self.shard(key);
+        let tat = shard.get(key).copied().unwrap_or(0);
+        let (decision, update) = decide(tat, quota, cost, now_ns);
+        if let Some(new_tat) = update {
+            if shard.len() >= self.per_shard && !shard.contains_key(key) {
+                // Keys whose quota is whole again carry no information.
+                shard.retain(|_, tat| *tat > now_ns);
+            }
+            shard.insert(key.clone(), new_tat);
+        }
+        decision
+    }
+
+    fn peek(&self, key: &LimitKey, quota: &Quota, now_ns: u64) -> Decision {
+        let tat = self.shard(key).get(key).copied().unwrap_or(0);
+        let (mut decision, _) = decide(tat, quota, 0, now_ns);
+        decision.allowed = decision.remaining > 0;
+        decision
+    }
+
+    fn reset(&self, key: &LimitKey) {
+        self.shard(key).remove(key);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SEC: u64 = 1_000_000_000;
+
+    fn bronze() -> Quota {
+        Quota::new("bronze", 10, Duration::from_secs(60), 10)
+    }
+
+    fn key() -> LimitKey {
+        LimitKey::Client("c".into())
+    }
+
+    #[test]
+    fn three_times_the_rate_for_a_window_gets_limit_plus_burst() {
+        let limiter = LocalLimiter::new(1024);
+        let quota = bronze();
+        // 30 requests/min for 60 s, evenly spread, starting at rest.
+        let allowed = (0..30)
+            .filter(|i| {
+                limiter
+                    .check(&key(), &quota, 1, 1_000 * SEC + i * 2 * SEC)
+                    .allowed
+            })
+            .count() as i64;
+        let ideal = i64::from(quota.requests + quota.burst);
+        assert!(
+            (allowed - ideal).abs() <= 1,
+            "allowed {allowed}, ideal {ideal}"
+        );
+    }
+
+    #[test]
+    fn no_double_burst_at_a_window_edge() {
+        let limiter = LocalLimiter::new(1024);
+        let quota = Quota::new("t", 10, Duration::from_secs(60), 10);
+        let t0 = 1_000 * SEC;
+        let first = (0..10)
+            .filter(|_| limiter.check(&key(), &quota, 1, t0).allowed)
+            .count();
+        // A fixed window would allow 10 more right after its boundary.
+        let after_edge = (0..10)
+            .filter(|_| limiter.check(&key(), &quota, 1, t0 + 6 * SEC).allowed)
+            .count();
+        assert_eq!((first, after_edge), (10, 1));
+    }
+
+    #[test]
+    fn refusals_consume_nothing_and_report_when_to_retry() {
+        let limiter = LocalLimiter::new(1024);
+        let quota = Quota::new("t", 1, Duration::from_secs(10), 1);
+        let t0 = 1_000 * SEC;
+        assert!(limiter.check(&key(), &quota, 1, t0).allowed);
+        for _ in 0..100 {
+            let refused = limiter.check(&key(), &quota, 1, t0 + SEC);
+            assert!(!refused.allowed);
+            assert_eq!(refused.retry_after, Duration::from_secs(9));
+            assert_eq!(refused.remaining, 0);
+        }
+        // Had refusals counted, this would still be refused.
+        assert!(limiter.check(&key(), &quota, 1, t0 + 10 * SEC).allowed);
+    }
+
+    #[test]
+    fn cost_weighs_requests_and_headers_count_down() {
+        let limiter = LocalLimiter::new(1024);
+        let quota = Quota::new("t", 10, Duration::from_secs(10), 10);
+        let t0 = 1_000 * SEC;
+        let d = limiter.check(&key(), &quota, 3, t0);
+        assert!(d.allowed);
+        assert_eq!(d.remaining, 7);
+        assert_eq!(d.reset, Duration::from_secs(3));
+        assert!(!limiter.check(&key(), &quota, 8, t0).allowed);
+        assert_eq!(limiter.peek(&key(), &quota, t0).remaining, 7);
+        limiter.reset(&key());
+        assert_eq!(limiter.peek(&key(), &quota, t0).remaining, 10);
+    }
+
+    #[test]
+    fn keys_are_independent_and_idle_state_is_dropped() {
+        let limiter = LocalLimiter::new(16);
+        let quota = Quota::new("t", 1, Duration::from_secs(1), 1);
+        let t0 = 1_000 * SEC;
+        for i in 0..10_000u32 {
+            let key = LimitKey::Client(i.to_string());
+            assert!(
+                limiter
+                    .check(&key, &quota, 1, t0 + u64::from(i) * SEC)
+                    .allowed
+            );
+        }
+        let held: usize = limiter.shards.iter().map(|s| s.lock().unwrap().len()).sum();
+        assert!(held <= SHARDS * 16 + SHARDS, "{held} keys held");
+    }
+}

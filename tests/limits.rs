@@ -1,0 +1,108 @@
+//! Tier limits end to end: rate-limit headers on every response of a
+//! limited route, 429 with Retry-After once over quota, refused requests
+//! not consuming quota, and per-source limits shared by clients.
+#![allow(clippy::unwrap_used, reason = "tests: a panic is the failure report")]
+
+use gateway_tests::http::{FakeUpstream, ProxyGateway};
+
+fn config(upstream: &FakeUpstream) -> String {
+    format!(
+        r#"
+[[tiers]]
+name = "bronze"
+requests = 3
+window = "60s"
+
+[[tiers]]
+name = "gold"
+requests = 1000
+
+[[upstreams]]
+name = "app"
+servers = ["{addr}"]
+
+[[routes]]
+path_prefix = "/api/"
+upstream = "app"
+
+[[routes]]
+path_prefix = "/admin/"
+upstream = "app"
+required_scopes = ["admin"]
+
+[[routes]]
+path_prefix = "/shared/"
+upstream = "app"
+limit_by = "source"
+"#,
+        addr = upstream.addr
+    )
+}
+
+#[test]
+fn over_quota_is_429_with_headers_and_refusals_cost_nothing() {
+    let upstream = FakeUpstream::start(None);
+    let gateway = ProxyGateway::new(&config(&upstream));
+    let key = gateway.create_key("bronze", &[]);
+    let gateway = gateway.start();
+    let get = |path: &str| gateway.get(path, &[("x-api-key", &key)]);
+
+    let first = get("/api/a");
+    assert_eq!(first.status, 200);
+    assert_eq!(first.header("x-ratelimit-limit"), Some("3"));
+    assert_eq!(first.header("x-ratelimit-remaining"), Some("2"));
+    assert_eq!(
+        first.header("ratelimit-policy"),
+        Some("\"bronze\";q=3;w=60")
+    );
+    assert_eq!(first.header("ratelimit"), Some("\"bronze\";r=2;t=20"));
+
+    // Forbidden requests are refused before the limit: they cost nothing.
+    for _ in 0..5 {
+        assert_eq!(get("/admin/x").status, 403);
+    }
+    assert_eq!(get("/api/a").header("x-ratelimit-remaining"), Some("1"));
+    assert_eq!(get("/api/a").header("x-ratelimit-remaining"), Some("0"));
+
+    let refused = get("/api/a");
+    assert_eq!(refused.status, 429);
+    assert_eq!(refused.json()["error"], "rate_limited");
+    let retry: u64 = refused.header("retry-after").unwrap().parse().unwrap();
+    assert!((1..=20).contains(&retry), "retry-after {retry}");
+    assert_eq!(refused.header("x-ratelimit-remaining"), Some("0"));
+    assert_eq!(
+        upstream.requests().len(),
+        3,
+        "nothing over quota reached the upstream"
+    );
+
+    // Another tier, another quota.
+    let gold = {
+        let fresh = FakeUpstream::start(None);
+        let gateway = ProxyGateway::new(&config(&fresh));
+        let key = gateway.create_key("gold", &[]);
+        let gateway = gateway.start();
+        let reply = gateway.get("/api/a", &[("x-api-key", &key)]);
+        (
+            reply.status,
+            reply.header("x-ratelimit-limit").map(str::to_owned),
+        )
+    };
+    assert_eq!(gold, (200, Some("1000".to_owned())));
+}
+
+#[test]
+fn per_source_limits_are_shared_by_clients_at_that_source() {
+    let upstream = FakeUpstream::start(None);
+    let gateway = ProxyGateway::new(&config(&upstream));
+    let a = gateway.create_key("bronze", &[]);
+    let b = gateway.create_key("bronze", &[]);
+    let gateway = gateway.start();
+    let statuses: Vec<u16> = [&a, &b, &a, &b]
+        .iter()
+        .map(|key| gateway.get("/shared/x", &[("x-api-key", key)]).status)
+        .collect();
+    assert_eq!(statuses, [200, 200, 200, 429]);
+    // The per-client route still has each client's own quota.
+    assert_eq!(gateway.get("/api/a", &[("x-api-key", &b)]).status, 200);
+}
