@@ -168,19 +168,27 @@ fn bench(gateway_bin: &Path, dir: &Path, rounds: usize, seconds: u32) -> Result<
     );
     wait_for_port(nginx_port)?;
 
-    // The gateway: 10,000 keys in its store, XDP off (this measures the proxy).
+    // The gateway: 10,000 keys in its store, XDP off (this measures the
+    // proxy). A second one on the same store runs without its limiter, for
+    // the limiter's overhead.
+    let gateway_config = |port: u16, rate_limit: bool, name: &str| -> Result<std::path::PathBuf> {
+        let path = dir.join(name);
+        std::fs::write(
+            &path,
+            format!(
+                "state_dir = \"{dir}/state\"\n[xdp]\nenabled = false\n[keys]\nstore = \"{dir}/keys.db\"\n\
+                 [[listeners]]\naddress = \"127.0.0.1:{port}\"\n\
+                 [[upstreams]]\nname = \"app\"\nservers = [\"127.0.0.1:{nginx_port}\"]\n\
+                 [[routes]]\npath_prefix = \"/\"\nupstream = \"app\"\nauth = \"api_key\"\nrate_limit = {rate_limit}\n",
+                dir = dir.display()
+            ),
+        )?;
+        Ok(path)
+    };
     let gateway_port = free_port()?;
-    let config = dir.join("gateway.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "state_dir = \"{dir}/state\"\n[xdp]\nenabled = false\n[keys]\nstore = \"{dir}/keys.db\"\n\
-             [[listeners]]\naddress = \"127.0.0.1:{gateway_port}\"\n\
-             [[upstreams]]\nname = \"app\"\nservers = [\"127.0.0.1:{nginx_port}\"]\n\
-             [[routes]]\npath_prefix = \"/\"\nupstream = \"app\"\nauth = \"api_key\"\n",
-            dir = dir.display()
-        ),
-    )?;
+    let config = gateway_config(gateway_port, true, "gateway.toml")?;
+    let unlimited_port = free_port()?;
+    let unlimited_config = gateway_config(unlimited_port, false, "unlimited.toml")?;
     let created = Command::new(gateway_bin)
         .args([
             "keys", "create", "--name", "bench", "--tier", "gold", "--json",
@@ -219,16 +227,21 @@ fn bench(gateway_bin: &Path, dir: &Path, rounds: usize, seconds: u32) -> Result<
             keys_file.display()
         ),
     )?;
-    let gateway = Running(
-        Command::new(gateway_bin)
-            .args(["run", "--config"])
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("starting the gateway")?,
-    );
+    let start_gateway = |config: &Path| -> Result<Running> {
+        Ok(Running(
+            Command::new(gateway_bin)
+                .args(["run", "--config"])
+                .arg(config)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .context("starting the gateway")?,
+        ))
+    };
+    let gateway = start_gateway(&config)?;
     wait_for_port(gateway_port)?;
+    let unlimited = start_gateway(&unlimited_config)?;
+    wait_for_port(unlimited_port)?;
 
     // HAProxy doing the same work.
     let haproxy_port = free_port()?;
@@ -268,14 +281,17 @@ fn bench(gateway_bin: &Path, dir: &Path, rounds: usize, seconds: u32) -> Result<
     );
     let mut ours = Vec::new();
     let mut theirs = Vec::new();
+    let mut without_limiter = Vec::new();
     for round in 1..=rounds {
         let g = run_wrk(gateway_port, &script, seconds, gateway.0.id())?;
+        let u = run_wrk(unlimited_port, &script, seconds, unlimited.0.id())?;
         let h = run_wrk(haproxy_port, &script, seconds, haproxy.0.id())?;
         println!(
-            "  round {round}: gateway {:>9.0} req/s {:>6.1} us CPU/req | haproxy {:>9.0} req/s {:>6.1} us CPU/req",
-            g.rps, g.cpu_us_per_request, h.rps, h.cpu_us_per_request
+            "  round {round}: gateway {:>8.0} req/s {:>5.1} us CPU/req | without limiter {:>8.0} req/s | haproxy {:>8.0} req/s {:>5.1} us CPU/req",
+            g.rps, g.cpu_us_per_request, u.rps, h.rps, h.cpu_us_per_request
         );
         ours.push(g);
+        without_limiter.push(u);
         theirs.push(h);
     }
     let rps = |s: &[Sample]| median(s.iter().map(|x| x.rps).collect());
@@ -294,7 +310,12 @@ fn bench(gateway_bin: &Path, dir: &Path, rounds: usize, seconds: u32) -> Result<
         if rps_ratio >= 1.0 { "met" } else { "NOT met" },
         if cpu_ratio <= 1.0 { "met" } else { "NOT met" },
     );
-    println!("note: load generator and both proxies share this machine's cores; compare ratios, not absolutes.");
+    let limiter_ratio = rps(&ours) / rps(&without_limiter);
+    println!(
+        "limiter overhead: throughput with / without the limiter {limiter_ratio:.2}x (target >= 0.95: {})",
+        if limiter_ratio >= 0.95 { "met" } else { "NOT met" }
+    );
+    println!("note: load generator and the proxies share this machine's cores; compare ratios, not absolutes.");
     Ok(())
 }
 
