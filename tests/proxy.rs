@@ -45,6 +45,18 @@ forward_credential = true
     )
 }
 
+/// The key format's six base62 check characters (CRC-32 of the rest).
+fn check_digits(body: &str) -> String {
+    const ALPHABET: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+    let mut value = crc32fast::hash(body.as_bytes());
+    let mut digits = [b'0'; 6];
+    for digit in digits.iter_mut().rev() {
+        *digit = ALPHABET[(value % 62) as usize];
+        value /= 62;
+    }
+    String::from_utf8(digits.to_vec()).unwrap()
+}
+
 fn started(upstream: &FakeUpstream) -> (ProxyGateway, String) {
     let gateway = ProxyGateway::new(&config(upstream));
     let key = gateway.create_key("silver", &["--scopes", "read,write"]);
@@ -114,6 +126,22 @@ fn headers_win_over_query_and_query_over_cookie() {
     let reply = gateway.get(&with_query, &[("x-api-key", garbage)]);
     assert_eq!(reply.status, 401);
     assert_eq!(reply.json()["error"], "invalid_credential");
+    // A wrong secret under a real key id reads like an unknown key to the
+    // client; only the access log says which.
+    let id = &key[3..15];
+    let body = format!("gk_{id}_{}", "Z".repeat(43));
+    let forged = format!("{body}{}", check_digits(&body));
+    let reply = gateway.get("/api/a", &[("x-api-key", &forged)]);
+    assert_eq!(reply.status, 401);
+    assert!(
+        reply.json()["message"]
+            .as_str()
+            .unwrap()
+            .contains("invalid_key"),
+        "{}",
+        reply.body
+    );
+    gateway.wait_for_log(|l| l["detail"] == "wrong_secret");
     // The query beats the cookie.
     let cookie = format!("api_key={garbage}");
     assert_eq!(gateway.get(&with_query, &[("cookie", &cookie)]).status, 200);

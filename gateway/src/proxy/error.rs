@@ -11,6 +11,15 @@ use crate::{
     limits::{Decision, Quota},
 };
 
+/// What a client is told about a refused key: an unknown key id and a wrong
+/// secret look the same, so probing cannot tell which key ids exist.
+fn public_reason(reason: KeyRejection) -> &'static str {
+    match reason {
+        KeyRejection::Unknown | KeyRejection::WrongSecret => "invalid_key",
+        other => other.as_str(),
+    }
+}
+
 #[derive(Debug)]
 pub enum ProxyError {
     NoRoute,
@@ -53,6 +62,15 @@ impl ProxyError {
         }
     }
 
+    /// The precise reason, for the access log (clients may see less).
+    pub fn detail(&self) -> Option<&'static str> {
+        match self {
+            ProxyError::InvalidCredential(reason) => Some(reason.as_str()),
+            ProxyError::InvalidToken(reason) => Some(reason.as_str()),
+            _ => None,
+        }
+    }
+
     pub fn blame(&self) -> Blame {
         match self {
             ProxyError::NoHealthyUpstream
@@ -74,7 +92,7 @@ impl ProxyError {
             }
             ProxyError::InvalidCredential(reason) => (
                 StatusCode::UNAUTHORIZED,
-                format!("the API key was refused ({})", reason.as_str()),
+                format!("the API key was refused ({})", public_reason(*reason)),
             ),
             ProxyError::InvalidToken(reason) => (
                 StatusCode::UNAUTHORIZED,

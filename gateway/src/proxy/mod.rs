@@ -134,6 +134,8 @@ struct AccessLog {
     upstream: Option<String>,
     latency_ms: f64,
     error: Option<&'static str>,
+    /// Why a credential was refused, precisely (the client sees less).
+    detail: Option<&'static str>,
     blame: Option<error::Blame>,
 }
 
@@ -348,6 +350,7 @@ impl Gateway {
             Ok(response) => response,
             Err(error) => {
                 log.error = Some(error.code());
+                log.detail = error.detail();
                 log.blame = Some(error.blame());
                 error.into_response()
             }
