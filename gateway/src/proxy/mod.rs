@@ -98,21 +98,14 @@ impl From<&ApiClient> for Identity {
 }
 
 pub struct Gateway {
+    /// What every worker shares (keys, JWT, pools, limiter, log, ...).
+    shared: Shared,
     routes: RouteTable,
-    pools: Arc<HashMap<String, Arc<Pool>>>,
-    keys: Arc<KeyIndex>,
-    jwt: Arc<JwtVerifier>,
     client_id_header: HeaderName,
     client_tier_header: HeaderName,
     trusted_proxies: Vec<ipnet::IpNet>,
     limits: LimitsConfig,
     client: Client<HttpConnector, Incoming>,
-    /// Set when bans are enforced here instead of in XDP.
-    userspace_bans: Option<UserspaceBans>,
-    access_log: access_log::AccessLogger,
-    connections: Arc<tokio::sync::Semaphore>,
-    limiter: Arc<dyn RateLimiter>,
-    quotas: Arc<Vec<Quota>>,
 }
 
 /// One access-log line.
@@ -232,20 +225,13 @@ impl Gateway {
             HeaderName::from_bytes(name.as_bytes()).unwrap_or(HeaderName::from_static(fallback))
         };
         Self {
+            shared: shared.clone(),
             routes: RouteTable::new(&config.routes),
-            pools: shared.pools.clone(),
-            keys: shared.keys.clone(),
-            jwt: shared.jwt.clone(),
             client_id_header: header(&config.forwarding.client_id_header, "x-client-id"),
             client_tier_header: header(&config.forwarding.client_tier_header, "x-client-tier"),
             trusted_proxies: config.forwarding.trusted_proxies.clone(),
             limits: config.limits.clone(),
             client,
-            userspace_bans: shared.userspace_bans.clone(),
-            access_log: shared.access_log.clone(),
-            connections: shared.connections.clone(),
-            limiter: shared.limiter.clone(),
-            quotas: shared.quotas.clone(),
         }
     }
 
@@ -269,12 +255,12 @@ impl Gateway {
                 _ = shutdown.changed() => return,
             };
             // Phase: accept.
-            if let Some(bans) = &self.userspace_bans {
+            if let Some(bans) = &self.shared.userspace_bans {
                 if bans.is_banned(peer.ip(), monotonic_ns()) {
                     continue;
                 }
             }
-            let Ok(permit) = self.connections.clone().try_acquire_owned() else {
+            let Ok(permit) = self.shared.connections.clone().try_acquire_owned() else {
                 tracing::warn!(%peer, "connection limit reached; closing the new connection");
                 continue;
             };
@@ -361,7 +347,7 @@ impl Gateway {
         log.status = response.status().as_u16();
         log.latency_ms = started.elapsed().as_secs_f64() * 1000.0;
         if let Ok(line) = serde_json::to_vec(&log) {
-            self.access_log.log(&line);
+            self.shared.access_log.log(&line);
         }
         response
     }
@@ -416,6 +402,7 @@ impl Gateway {
 
         // Phase: forward.
         let pool = self
+            .shared
             .pools
             .get(&route.upstream)
             .ok_or(ProxyError::NoHealthyUpstream)?;
@@ -486,10 +473,11 @@ impl Gateway {
     /// Counts the request against the client's tier quota.
     fn limit(&self, route: &Route, identity: &Identity, peer: SocketAddr) -> (&Quota, Decision) {
         let quota = self
+            .shared
             .quotas
             .iter()
             .find(|q| q.name == identity.tier)
-            .or(self.quotas.first())
+            .or(self.shared.quotas.first())
             .unwrap_or(&DEFAULT_QUOTA);
         let ip = peer.ip().to_canonical();
         let key = match route.limit_by {
@@ -497,7 +485,10 @@ impl Gateway {
             LimitBy::Source => LimitKey::Source(ip),
             LimitBy::Both => LimitKey::ClientAtSource(identity.client_id.clone(), ip),
         };
-        let decision = self.limiter.check(&key, quota, route.cost, monotonic_ns());
+        let decision = self
+            .shared
+            .limiter
+            .check(&key, quota, route.cost, monotonic_ns());
         (quota, decision)
     }
 
@@ -515,13 +506,14 @@ impl Gateway {
         if accepts_jwt {
             if let Some(token) = credentials::bearer_jwt(req.headers()) {
                 let verified = self
+                    .shared
                     .jwt
                     .verify(token, unix_now())
                     .await
                     .map_err(ProxyError::InvalidToken)?;
                 log.issuer = Some(verified.issuer.clone());
                 // A stored client with this external id is the same client.
-                let identity = match self.keys.by_external_id(&verified.client_id) {
+                let identity = match self.shared.keys.by_external_id(&verified.client_id) {
                     Some(client) if client.disabled => {
                         return Err(ProxyError::InvalidCredential(KeyRejection::Disabled))
                     }
@@ -545,7 +537,7 @@ impl Gateway {
         }
         let credential = credentials::extract(req.headers(), req.uri().query(), &route.key_sources)
             .ok_or(ProxyError::MissingCredential)?;
-        let (key_id, outcome) = self.keys.verify(&credential.value, unix_now());
+        let (key_id, outcome) = self.shared.keys.verify(&credential.value, unix_now());
         log.key_id = key_id;
         let client = outcome.map_err(ProxyError::InvalidCredential)?;
         log.client_id = Some(client.id.clone());
