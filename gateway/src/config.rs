@@ -5,6 +5,7 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 use ipnet::IpNet;
 use serde::Deserialize;
 
+use crate::guard::{GuardMode, GuardSettings};
 use crate::xdp::{MapSizes, Mode, XdpSettings, DEFAULT_BUDGET, DEFAULT_PIN_ROOT};
 
 /// What `gateway run` uses when given no file.
@@ -44,6 +45,9 @@ pub struct Config {
     pub forwarding: ForwardingConfig,
     #[serde(default)]
     pub limits: LimitsConfig,
+    /// Kernel feedback: bans and tier budgets from what requests show.
+    #[serde(default)]
+    pub guard: GuardConfig,
     #[serde(default)]
     pub listeners: Vec<ListenerConfig>,
     #[serde(default)]
@@ -230,6 +234,48 @@ impl Default for LimitsConfig {
     }
 }
 
+/// When a source is banned for what its requests do (see [`crate::guard`]).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GuardConfig {
+    /// `enforce`, `monitor` (log and count would-be bans) or `off`.
+    pub mode: GuardMode,
+    /// Requests refused with 429 a source may still send before its
+    /// window frees up; one more bans it until then.
+    pub excess: u32,
+    /// Refused credentials a source may present within
+    /// `auth_failure_window`; one more bans it for `auth_failure_ban`.
+    pub auth_failures: u32,
+    #[serde(with = "humantime_serde_compat")]
+    pub auth_failure_window: Duration,
+    #[serde(with = "humantime_serde_compat")]
+    pub auth_failure_ban: Duration,
+    /// Every ban lasts at least this; repeat offences double it up to `max_ban`.
+    #[serde(with = "humantime_serde_compat")]
+    pub min_ban: Duration,
+    #[serde(with = "humantime_serde_compat")]
+    pub max_ban: Duration,
+    /// A source's tier budget returns to the default this long after the
+    /// last authenticated request from it.
+    #[serde(with = "humantime_serde_compat")]
+    pub budget_idle: Duration,
+}
+
+impl Default for GuardConfig {
+    fn default() -> Self {
+        Self {
+            mode: GuardMode::Enforce,
+            excess: 20,
+            auth_failures: 20,
+            auth_failure_window: Duration::from_secs(10),
+            auth_failure_ban: Duration::from_secs(60),
+            min_ban: Duration::from_secs(1),
+            max_ban: Duration::from_secs(3600),
+            budget_idle: Duration::from_secs(300),
+        }
+    }
+}
+
 fn default_state_dir() -> PathBuf {
     "gateway-state".into()
 }
@@ -383,6 +429,13 @@ pub struct TierConfig {
     pub window: Duration,
     /// Requests allowed back to back; default: `requests`.
     pub burst: Option<u32>,
+    /// Kernel budgets for a source this tier's clients authenticate from:
+    /// new connections and packets per second, and their bursts. Default:
+    /// `xdp.default_*` times the tier's position (1 for the first tier).
+    pub syn_rate: Option<u32>,
+    pub syn_burst: Option<u32>,
+    pub pkt_rate: Option<u32>,
+    pub pkt_burst: Option<u32>,
 }
 
 fn default_tier_window() -> Duration {
@@ -430,6 +483,10 @@ impl Config {
                     requests,
                     window: default_tier_window(),
                     burst: None,
+                    syn_rate: None,
+                    syn_burst: None,
+                    pkt_rate: None,
+                    pkt_burst: None,
                 })
                 .collect();
         }
@@ -546,18 +603,62 @@ impl Config {
             mode: xdp.mode,
             require_xdp: xdp.require_xdp,
             allow: xdp.allow.clone(),
-            default_budget: gateway_common::Budget {
-                syn_per_sec: xdp.default_syn_rate,
-                syn_burst: xdp.default_syn_burst,
-                pkt_per_sec: xdp.default_pkt_rate,
-                pkt_burst: xdp.default_pkt_burst,
-                tier: 0,
-            },
+            default_budget: self.default_budget(),
             sizes: MapSizes {
                 bans: xdp.max_bans,
                 state: xdp.max_sources,
                 ..MapSizes::default()
             },
+        }
+    }
+}
+
+impl Config {
+    fn default_budget(&self) -> gateway_common::Budget {
+        let xdp = &self.xdp;
+        gateway_common::Budget {
+            syn_per_sec: xdp.default_syn_rate,
+            syn_burst: xdp.default_syn_burst,
+            pkt_per_sec: xdp.default_pkt_rate,
+            pkt_burst: xdp.default_pkt_burst,
+            tier: 0,
+        }
+    }
+
+    pub fn guard_settings(&self) -> GuardSettings {
+        let guard = &self.guard;
+        let base = self.default_budget();
+        let tier_budgets = self
+            .tiers
+            .iter()
+            .zip(1u32..)
+            .map(|(tier, position)| gateway_common::Budget {
+                syn_per_sec: tier
+                    .syn_rate
+                    .unwrap_or(base.syn_per_sec.saturating_mul(position)),
+                syn_burst: tier
+                    .syn_burst
+                    .unwrap_or(base.syn_burst.saturating_mul(position)),
+                pkt_per_sec: tier
+                    .pkt_rate
+                    .unwrap_or(base.pkt_per_sec.saturating_mul(position)),
+                pkt_burst: tier
+                    .pkt_burst
+                    .unwrap_or(base.pkt_burst.saturating_mul(position)),
+                tier: position,
+            })
+            .collect();
+        GuardSettings {
+            mode: guard.mode,
+            excess: guard.excess,
+            auth_failures: guard.auth_failures,
+            auth_failure_window: guard.auth_failure_window,
+            auth_failure_ban: guard.auth_failure_ban,
+            min_ban: guard.min_ban,
+            max_ban: guard.max_ban.max(guard.min_ban),
+            budget_idle: guard.budget_idle,
+            allow: self.xdp.allow.clone(),
+            tier_budgets,
         }
     }
 }

@@ -2,6 +2,7 @@
 //! the proxy, authentication and limits build on it.
 pub mod clock;
 pub mod config;
+pub mod guard;
 pub mod jwt;
 pub mod keys;
 pub mod limits;

@@ -299,7 +299,7 @@ fn run(args: RunArgs) -> Result<()> {
         } else {
             None
         };
-        let (_policy, writer) = xdp::policy::channel(4096);
+        let (policy, writer) = xdp::policy::channel(4096);
         let userspace_bans = match &kernel {
             Some(kernel) => {
                 spawn_writer(kernel, writer)?;
@@ -323,8 +323,9 @@ fn run(args: RunArgs) -> Result<()> {
         let jwt =
             Arc::new(JwtVerifier::new(&config.issuers, tiers).context("configuring JWT issuers")?);
         jwt.spawn_refresh();
-        let shared = Shared::new(&config, index, jwt, userspace_bans);
+        let shared = Shared::new(&config, index, jwt, userspace_bans, policy);
         shared.spawn_health_checks();
+        tokio::spawn(shared.clone().sweep_guard(Duration::from_secs(5)));
         let workers = match config.limits.workers {
             0 => std::thread::available_parallelism().map_or(1, usize::from),
             n => n,

@@ -67,10 +67,11 @@ use self::{
 use crate::{
     clock::monotonic_ns,
     config::{AuthPolicy, Config, LimitBy, LimitsConfig, TierConfig},
+    guard::SourceGuard,
     jwt::JwtVerifier,
     keys::{Client as ApiClient, KeyIndex, KeyRejection},
     limits::{Decision, LimitKey, LocalLimiter, Quota, RateLimiter},
-    xdp::UserspaceBans,
+    xdp::{PolicyHandle, PolicyUpdate, UserspaceBans},
 };
 
 pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
@@ -175,6 +176,10 @@ pub struct Shared {
     pub limiter: Arc<dyn RateLimiter>,
     /// Quotas by tier name; the first tier is the default for unknown names.
     pub quotas: Arc<Vec<Quota>>,
+    /// Kernel feedback: decides bans and budgets from what requests show.
+    pub guard: Arc<SourceGuard>,
+    /// Where the guard's decisions go (batched, off the request path).
+    pub policy: PolicyHandle,
 }
 
 impl Shared {
@@ -183,6 +188,7 @@ impl Shared {
         keys: Arc<KeyIndex>,
         jwt: Arc<JwtVerifier>,
         userspace_bans: Option<UserspaceBans>,
+        policy: PolicyHandle,
     ) -> Self {
         Self {
             keys,
@@ -199,6 +205,38 @@ impl Shared {
             connections: Arc::new(tokio::sync::Semaphore::new(config.limits.max_connections)),
             limiter: Arc::new(LocalLimiter::new(1_000_000)),
             quotas: Arc::new(config.tiers.iter().map(TierConfig::quota).collect()),
+            guard: Arc::new(SourceGuard::new(config.guard_settings())),
+            policy,
+        }
+    }
+
+    /// A tier's position (0 = lowest) and quota; unknown names get the first.
+    pub fn tier(&self, name: &str) -> (usize, &Quota) {
+        self.quotas
+            .iter()
+            .enumerate()
+            .find(|(_, q)| q.name == name)
+            .or(self.quotas.first().map(|q| (0, q)))
+            .unwrap_or((0, &DEFAULT_QUOTA))
+    }
+
+    /// Hands a guard decision to the policy writer.
+    pub fn submit(&self, update: Option<PolicyUpdate>) {
+        if let Some(update) = update {
+            if !self.policy.submit(update) {
+                tracing::warn!(?update, "policy queue full; update dropped");
+            }
+        }
+    }
+
+    /// Returns idle tier budgets to the default, forever; on the control runtime.
+    pub async fn sweep_guard(self, every: std::time::Duration) {
+        let mut ticker = tokio::time::interval(every);
+        loop {
+            ticker.tick().await;
+            for update in self.guard.sweep(monotonic_ns()) {
+                self.submit(Some(update));
+            }
         }
     }
 
@@ -335,6 +373,19 @@ impl Gateway {
         let mut response = match self.process(req, peer, proto, &mut log).await {
             Ok(response) => response,
             Err(error) => {
+                // Feedback for the kernel: guessing and ignoring 429s get a source banned.
+                let ip = peer.ip();
+                match &error {
+                    ProxyError::RateLimited(limited) => self.shared.submit(
+                        self.shared
+                            .guard
+                            .rate_limited(ip, limited.1.reset, monotonic_ns()),
+                    ),
+                    ProxyError::InvalidCredential(_) | ProxyError::InvalidToken(_) => self
+                        .shared
+                        .submit(self.shared.guard.auth_failed(ip, monotonic_ns())),
+                    _ => {}
+                }
                 log.error = Some(error.code());
                 log.detail = error.detail();
                 log.blame = Some(error.blame());
@@ -379,6 +430,12 @@ impl Gateway {
             policy => Some(self.authenticate(&req, route, policy, log).await?),
         };
         if let Some(client) = &client {
+            let (rank, _) = self.shared.tier(&client.tier);
+            self.shared.submit(
+                self.shared
+                    .guard
+                    .authenticated(peer.ip(), rank, monotonic_ns()),
+            );
             if let Some(missing) = route
                 .required_scopes
                 .iter()
@@ -472,13 +529,7 @@ impl Gateway {
 
     /// Counts the request against the client's tier quota.
     fn limit(&self, route: &Route, identity: &Identity, peer: SocketAddr) -> (&Quota, Decision) {
-        let quota = self
-            .shared
-            .quotas
-            .iter()
-            .find(|q| q.name == identity.tier)
-            .or(self.shared.quotas.first())
-            .unwrap_or(&DEFAULT_QUOTA);
+        let (_, quota) = self.shared.tier(&identity.tier);
         let ip = peer.ip().to_canonical();
         let key = match route.limit_by {
             LimitBy::Client => LimitKey::Client(identity.client_id.clone()),

@@ -214,8 +214,13 @@ impl PinnedMaps {
     }
 
     pub fn clear_budget(&mut self, ip: IpAddr) -> Result<(), MapsError> {
+        self.remove_budget(ip)?;
+        self.publish()
+    }
+
+    pub(super) fn remove_budget(&mut self, ip: IpAddr) -> Result<(), MapsError> {
         match self.budgets.remove(&source_key(ip)) {
-            Ok(()) | Err(MapError::KeyNotFound) => self.publish(),
+            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
             Err(source) => Err(op("remove", maps::BUDGETS)(source)),
         }
     }

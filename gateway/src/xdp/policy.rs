@@ -32,6 +32,10 @@ pub enum PolicyUpdate {
         ip: IpAddr,
         budget: Budget,
     },
+    /// Back to the default budget.
+    ClearBudget {
+        ip: IpAddr,
+    },
 }
 
 impl PolicyUpdate {
@@ -39,7 +43,7 @@ impl PolicyUpdate {
     fn slot(&self) -> (IpAddr, bool) {
         match *self {
             PolicyUpdate::Ban { ip, .. } | PolicyUpdate::Unban { ip } => (ip, true),
-            PolicyUpdate::Budget { ip, .. } => (ip, false),
+            PolicyUpdate::Budget { ip, .. } | PolicyUpdate::ClearBudget { ip } => (ip, false),
         }
     }
 }
@@ -66,6 +70,7 @@ impl PolicySink for PinnedMaps {
             } => self.write_ban(ip, until_ns, reason).map(drop),
             PolicyUpdate::Unban { ip } => self.remove_ban(ip).map(drop),
             PolicyUpdate::Budget { ip, budget } => self.write_budget(ip, budget),
+            PolicyUpdate::ClearBudget { ip } => self.remove_budget(ip),
         }
     }
 
@@ -119,7 +124,7 @@ impl PolicySink for UserspaceBans {
                 bans.remove(&ip.to_canonical());
             }
             // Budgets are packet-level; without XDP the request limiter covers them.
-            PolicyUpdate::Budget { .. } => {}
+            PolicyUpdate::Budget { .. } | PolicyUpdate::ClearBudget { .. } => {}
         }
         Ok(())
     }
@@ -219,14 +224,20 @@ impl PolicyWriter {
             if last.get(&update.slot()) != Some(&index) {
                 continue;
             }
-            if let PolicyUpdate::Budget { ip, budget } = update {
-                if self.written_budgets.get(&ip) == Some(&budget) {
-                    continue;
+            match update {
+                PolicyUpdate::Budget { ip, budget } => {
+                    if self.written_budgets.get(&ip) == Some(&budget) {
+                        continue;
+                    }
+                    if self.written_budgets.len() >= REMEMBERED_BUDGETS {
+                        self.written_budgets.clear();
+                    }
+                    self.written_budgets.insert(ip, budget);
                 }
-                if self.written_budgets.len() >= REMEMBERED_BUDGETS {
-                    self.written_budgets.clear();
+                PolicyUpdate::ClearBudget { ip } => {
+                    self.written_budgets.remove(&ip);
                 }
-                self.written_budgets.insert(ip, budget);
+                _ => {}
             }
             if let Err(error) = sink.apply(&update) {
                 tracing::warn!(%error, ?update, "applying a policy update failed");
