@@ -1,9 +1,12 @@
 //! Tier limits end to end: rate-limit headers on every response of a
 //! limited route, 429 with Retry-After once over quota, refused requests
-//! not consuming quota, and per-source limits shared by clients.
+//! not consuming quota, per-source limits shared by clients, and load
+//! shedding by tier when an upstream is overloaded.
 #![allow(clippy::unwrap_used, reason = "tests: a panic is the failure report")]
 
-use gateway_tests::http::{FakeUpstream, ProxyGateway};
+use std::time::{Duration, Instant};
+
+use gateway_tests::http::{request, FakeUpstream, ProxyGateway};
 
 fn config(upstream: &FakeUpstream) -> String {
     format!(
@@ -105,4 +108,75 @@ fn per_source_limits_are_shared_by_clients_at_that_source() {
     assert_eq!(statuses, [200, 200, 200, 429]);
     // The per-client route still has each client's own quota.
     assert_eq!(gateway.get("/api/a", &[("x-api-key", &b)]).status, 200);
+}
+
+#[test]
+fn an_overloaded_upstream_sheds_bronze_before_gold_and_recovers() {
+    let upstream = FakeUpstream::start(Some(Duration::from_millis(1500)));
+    // Bronze may have one request in flight, gold all three.
+    let gateway = ProxyGateway::new(&format!(
+        r#"
+[[tiers]]
+name = "bronze"
+requests = 100
+window = "1h"
+
+[[tiers]]
+name = "silver"
+requests = 100
+
+[[tiers]]
+name = "gold"
+requests = 100
+
+[[upstreams]]
+name = "app"
+servers = ["{addr}"]
+[upstreams.overload]
+max_in_flight = 3
+
+[[routes]]
+path_prefix = "/"
+upstream = "app"
+"#,
+        addr = upstream.addr
+    ));
+    let bronze = gateway.create_key("bronze", &[]);
+    let gold = gateway.create_key("gold", &[]);
+    let gateway = gateway.start();
+    let addr = gateway.addr;
+    let slow = {
+        let bronze = bronze.clone();
+        std::thread::spawn(move || request(addr, "GET", "/slow", &[("x-api-key", &bronze)]))
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while upstream.requests().is_empty() {
+        assert!(Instant::now() < deadline, "the slow request never arrived");
+        std::thread::yield_now();
+    }
+
+    let shed = gateway.get("/x", &[("x-api-key", &bronze)]);
+    assert_eq!(shed.status, 503);
+    assert_eq!(shed.json()["error"], "overloaded");
+    assert_eq!(shed.header("retry-after"), Some("1"));
+    assert_eq!(
+        gateway.get("/x", &[("x-api-key", &gold)]).status,
+        200,
+        "gold is served while bronze is shed"
+    );
+    assert_eq!(slow.join().unwrap().status, 200);
+    let recovered = gateway.get("/x", &[("x-api-key", &bronze)]);
+    assert_eq!(recovered.status, 200);
+    assert_eq!(
+        recovered.header("x-ratelimit-remaining"),
+        Some("98"),
+        "the shed request cost no quota"
+    );
+    let logged = gateway.wait_for_log(|l| l["error"] == "overloaded");
+    assert_eq!(logged["tier"], "bronze");
+    let metrics = gateway.admin_get("/metrics", &[]).body;
+    assert!(
+        metrics.contains("gateway_shed_total{tier=\"bronze\"} 1"),
+        "{metrics}"
+    );
 }

@@ -49,6 +49,8 @@ pub struct Config {
     #[serde(default)]
     pub guard: GuardConfig,
     #[serde(default)]
+    pub admin: AdminConfig,
+    #[serde(default)]
     pub listeners: Vec<ListenerConfig>,
     #[serde(default)]
     pub upstreams: Vec<UpstreamConfig>,
@@ -234,6 +236,24 @@ impl Default for LimitsConfig {
     }
 }
 
+/// The admin listener: `/metrics`, `/healthz`, the management API.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    pub enabled: bool,
+    /// Keep it private: `/metrics` and `/healthz` need no credential.
+    pub address: SocketAddr,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            address: SocketAddr::from(([127, 0, 0, 1], 9901)),
+        }
+    }
+}
+
 /// When a source is banned for what its requests do (see [`crate::guard`]).
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -320,6 +340,39 @@ pub struct UpstreamConfig {
     pub balance: Balance,
     /// Active health checks; without them only passive ejection applies.
     pub health_check: Option<HealthCheckConfig>,
+    /// When to shed load by tier (see [`crate::proxy::overload`]); no
+    /// signal configured means no shedding.
+    #[serde(default)]
+    pub overload: OverloadConfig,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OverloadConfig {
+    /// Requests in flight to the pool at which gold is refused too.
+    pub max_in_flight: Option<usize>,
+    /// p99 upstream latency over this in an interval sheds one more tier.
+    #[serde(with = "humantime_serde_compat::option")]
+    pub p99_latency: Option<Duration>,
+    /// Fraction of 5xx answers (0 to 1) over which one more tier is shed.
+    pub error_rate: Option<f64>,
+    /// Fewer requests than this in an interval count as no signal.
+    pub min_requests: u64,
+    /// How often the latency and error signals are judged.
+    #[serde(with = "humantime_serde_compat")]
+    pub interval: Duration,
+}
+
+impl Default for OverloadConfig {
+    fn default() -> Self {
+        Self {
+            max_in_flight: None,
+            p99_latency: None,
+            error_rate: None,
+            min_requests: 20,
+            interval: Duration::from_secs(1),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -674,6 +727,19 @@ mod humantime_serde_compat {
         humantime::parse_duration(&text).map_err(|e| {
             serde::de::Error::custom(format!("{text:?} is not a duration like \"30s\": {e}"))
         })
+    }
+
+    /// The same, for optional durations.
+    pub mod option {
+        use std::time::Duration;
+
+        use serde::Deserializer;
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(
+            deserializer: D,
+        ) -> Result<Option<Duration>, D::Error> {
+            super::deserialize(deserializer).map(Some)
+        }
     }
 }
 

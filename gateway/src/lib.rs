@@ -1,11 +1,14 @@
 //! The gateway: today its kernel path (XDP program, pinned maps, CLI);
 //! the proxy, authentication and limits build on it.
+pub mod admin;
+pub mod admin_client;
 pub mod clock;
 pub mod config;
 pub mod guard;
 pub mod jwt;
 pub mod keys;
 pub mod limits;
+pub mod metrics;
 pub mod net;
 pub mod proxy;
 pub mod xdp;

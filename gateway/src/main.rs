@@ -2,11 +2,18 @@
 //! a configuration; `keys ...` manages API clients in the store; `xdp ...`
 //! inspects and changes the kernel path of a running gateway through its
 //! pinned maps.
-use std::{io::Write, net::IpAddr, path::PathBuf, sync::Arc, time::Duration};
+use std::{
+    io::Write,
+    net::IpAddr,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use gateway::{
+    admin::Admin,
     clock::monotonic_ns,
     config::Config,
     jwt::JwtVerifier,
@@ -43,6 +50,35 @@ enum Command {
     /// Manage API clients and keys in the store.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// A client's rate-limit state on a running gateway (admin API; the
+    /// admin key comes from GATEWAY_ADMIN_KEY).
+    #[command(subcommand)]
+    Limits(LimitsCommand),
+}
+
+#[derive(Subcommand)]
+enum LimitsCommand {
+    /// Limit, remaining requests and time until the quota is whole.
+    Show {
+        client_id: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Make the client's quota whole again now.
+    Reset {
+        client_id: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+}
+
+#[derive(Args)]
+struct AdminArgs {
+    /// The running gateway's admin listener.
+    #[arg(long, default_value = "http://127.0.0.1:9901")]
+    admin_url: String,
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Subcommand)]
@@ -276,7 +312,36 @@ fn main() -> Result<()> {
             Ok(())
         }
         Command::Keys(command) => keys_command(command),
+        Command::Limits(command) => limits_command(command),
     }
+}
+
+fn limits_command(command: LimitsCommand) -> Result<()> {
+    let (method, client_id, admin) = match command {
+        LimitsCommand::Show { client_id, admin } => (http::Method::GET, client_id, admin),
+        LimitsCommand::Reset { client_id, admin } => (http::Method::DELETE, client_id, admin),
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let path = format!("/v1/management/api-clients/{client_id}/limits");
+    let state = runtime.block_on(gateway::admin_client::call(&admin.admin_url, method, &path))?;
+    if admin.json {
+        println!("{state}");
+    } else {
+        println!(
+            "client {}  tier {}  limit {} per {} s (burst {})  remaining {}  whole again in {:.1} s",
+            state["client_id"].as_str().unwrap_or("?"),
+            state["tier"].as_str().unwrap_or("?"),
+            state["limit"],
+            state["window_seconds"],
+            state["burst"],
+            state["remaining"],
+            state["reset_seconds"].as_f64().unwrap_or(0.0)
+        );
+    }
+    Ok(())
 }
 
 fn run(args: RunArgs) -> Result<()> {
@@ -354,6 +419,21 @@ fn run(args: RunArgs) -> Result<()> {
             listeners.push(workers::Listener { sockets, tls });
         }
         let (stop, stopped) = tokio::sync::watch::channel(false);
+        if config.admin.enabled {
+            let listener = tokio::net::TcpListener::bind(config.admin.address)
+                .await
+                .with_context(|| format!("cannot listen on {} (admin)", config.admin.address))?;
+            println!("admin: http://{}", listener.local_addr()?);
+            let admin = Arc::new(Admin {
+                shared: shared.clone(),
+                metrics: shared.metrics.clone(),
+                pin_root: kernel
+                    .as_ref()
+                    .and_then(KernelPath::pin_root)
+                    .map(Path::to_path_buf),
+            });
+            tokio::spawn(admin.serve(listener));
+        }
         let servers = workers::spawn(&config, &shared, listeners, workers, stopped)
             .context("starting worker threads")?;
         match kernel.as_ref().map(KernelPath::enforcement) {

@@ -229,18 +229,47 @@ pub fn request_with_body(
     headers: &[(&str, &str)],
     body: &str,
 ) -> Reply {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(15)))
-        .unwrap();
+    let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
+    exchange(stream, addr, method, target, headers, body).unwrap()
+}
+
+/// A GET from a chosen `source` address; `Err` if the connection cannot be
+/// made within `timeout` or breaks (a dropped source).
+pub fn get_from(
+    source: std::net::IpAddr,
+    addr: SocketAddr,
+    target: &str,
+    headers: &[(&str, &str)],
+    timeout: Duration,
+) -> std::io::Result<Reply> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        None,
+    )?;
+    socket.bind(&SocketAddr::new(source, 0).into())?;
+    socket.connect_timeout(&addr.into(), timeout)?;
+    exchange(socket.into(), addr, "GET", target, headers, "")
+}
+
+fn exchange(
+    mut stream: TcpStream,
+    addr: SocketAddr,
+    method: &str,
+    target: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> std::io::Result<Reply> {
+    stream.set_read_timeout(Some(Duration::from_secs(15)))?;
     let mut text = format!("{method} {target} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n");
     for (name, value) in headers {
         text.push_str(&format!("{name}: {value}\r\n"));
     }
     text.push_str(&format!("content-length: {}\r\n\r\n{body}", body.len()));
-    stream.write_all(text.as_bytes()).unwrap();
+    stream.write_all(text.as_bytes())?;
     let mut reader = BufReader::new(stream);
-    let (status_line, headers, len) = read_head(&mut reader).expect("no response");
+    let (status_line, headers, len) = read_head(&mut reader)
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "no response"))?;
     let status = status_line
         .split_whitespace()
         .nth(1)
@@ -249,15 +278,15 @@ pub fn request_with_body(
     let mut body = Vec::new();
     if headers.contains_key("content-length") {
         body.resize(len, 0);
-        reader.read_exact(&mut body).unwrap();
+        reader.read_exact(&mut body)?;
     } else {
         let _ = reader.read_to_end(&mut body);
     }
-    Reply {
+    Ok(Reply {
         status,
         headers,
         body: String::from_utf8_lossy(&body).into_owned(),
-    }
+    })
 }
 
 /// `gateway run --config <temp> --no-xdp` on 127.0.0.1:0, stdout collected.
@@ -269,6 +298,8 @@ pub struct ProxyGateway {
     pub addr: SocketAddr,
     /// Every listener, as printed: `http://..` or `https://..`.
     pub listeners: Vec<String>,
+    /// The admin listener (`/metrics`, management API).
+    pub admin: Option<SocketAddr>,
     /// The gateway's `state_dir` (self-signed certificate, ...).
     pub state_dir: PathBuf,
     pub config: PathBuf,
@@ -284,7 +315,7 @@ impl ProxyGateway {
         let config = dir.path.join("gateway.toml");
         let state_dir = dir.path.join("state");
         let text = format!(
-            "state_dir = \"{}\"\n\n[[listeners]]\naddress = \"127.0.0.1:0\"\n\n[keys]\nstore = \"{}\"\nrefresh = \"100ms\"\n\n{body}",
+            "state_dir = \"{}\"\n\n[admin]\naddress = \"127.0.0.1:0\"\n\n[[listeners]]\naddress = \"127.0.0.1:0\"\n\n[keys]\nstore = \"{}\"\nrefresh = \"100ms\"\n\n{body}",
             state_dir.display(),
             dir.path.join("keys.db").display()
         );
@@ -293,6 +324,7 @@ impl ProxyGateway {
             child: None,
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             listeners: Vec::new(),
+            admin: None,
             state_dir,
             config,
             lines: Arc::default(),
@@ -334,6 +366,9 @@ impl ProxyGateway {
                 }
                 self.listeners.push(url.to_owned());
             }
+            if let Some(url) = line.strip_prefix("admin: http://") {
+                self.admin = Some(url.parse().unwrap());
+            }
             if line.starts_with("ready:") {
                 assert_ne!(self.addr.port(), 0, "gateway printed no listening address");
                 return self;
@@ -358,6 +393,11 @@ impl ProxyGateway {
 
     /// `gateway keys create ... --json` on this gateway's store; the key.
     pub fn create_key(&self, tier: &str, extra: &[&str]) -> String {
+        self.create_client(tier, extra).1
+    }
+
+    /// Like [`ProxyGateway::create_key`]: the client id and the key.
+    pub fn create_client(&self, tier: &str, extra: &[&str]) -> (String, String) {
         let output = Command::new(gateway_bin())
             .args([
                 "keys", "create", "--name", "test", "--tier", tier, "--json", "--config",
@@ -372,7 +412,24 @@ impl ProxyGateway {
             String::from_utf8_lossy(&output.stderr)
         );
         let value: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
-        value["key"].as_str().unwrap().to_owned()
+        (
+            value["client"]["id"].as_str().unwrap().to_owned(),
+            value["key"].as_str().unwrap().to_owned(),
+        )
+    }
+
+    /// `gateway <args>` with `env` set.
+    pub fn cli(&self, args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+        Command::new(gateway_bin())
+            .args(args)
+            .envs(env.iter().copied())
+            .output()
+            .unwrap()
+    }
+
+    /// `GET path` on the admin listener.
+    pub fn admin_get(&self, path: &str, headers: &[(&str, &str)]) -> Reply {
+        request(self.admin.expect("no admin listener"), "GET", path, headers)
     }
 
     /// Access-log lines (JSON objects) printed so far.

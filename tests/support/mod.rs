@@ -337,7 +337,7 @@ pub fn minimal_config(dir: &http::TempDir) -> PathBuf {
     std::fs::write(
         &config,
         format!(
-            "[[listeners]]\naddress = \"127.0.0.1:0\"\n[keys]\nstore = \"{}\"\n",
+            "[admin]\naddress = \"127.0.0.1:0\"\n[[listeners]]\naddress = \"127.0.0.1:0\"\n[keys]\nstore = \"{}\"\n",
             dir.path.join("keys.db").display()
         ),
     )

@@ -176,7 +176,7 @@ fn bench(gateway_bin: &Path, dir: &Path, rounds: usize, seconds: u32) -> Result<
         std::fs::write(
             &path,
             format!(
-                "state_dir = \"{dir}/state\"\n[xdp]\nenabled = false\n[keys]\nstore = \"{dir}/keys.db\"\n\
+                "state_dir = \"{dir}/state\"\n[xdp]\nenabled = false\n[admin]\nenabled = false\n[keys]\nstore = \"{dir}/keys.db\"\n\
                  [[listeners]]\naddress = \"127.0.0.1:{port}\"\n\
                  [[upstreams]]\nname = \"app\"\nservers = [\"127.0.0.1:{nginx_port}\"]\n\
                  [[routes]]\npath_prefix = \"/\"\nupstream = \"app\"\nauth = \"api_key\"\nrate_limit = {rate_limit}\n",

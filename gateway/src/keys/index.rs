@@ -44,6 +44,8 @@ pub struct KeyIndex {
     entries: ArcSwap<HashMap<String, Entry>>,
     /// Clients by `external_id`, so a JWT can name a stored client.
     external: ArcSwap<HashMap<String, Arc<Client>>>,
+    /// Clients by id, for the admin API.
+    clients: ArcSwap<HashMap<String, Arc<Client>>>,
 }
 
 impl KeyIndex {
@@ -75,7 +77,21 @@ impl KeyIndex {
         let count = entries.len();
         self.entries.store(Arc::new(entries));
         self.external.store(Arc::new(external));
+        self.clients.store(Arc::new(clients));
         Ok(count)
+    }
+
+    pub fn client(&self, id: &str) -> Option<Arc<Client>> {
+        self.clients.load().get(id).cloned()
+    }
+
+    /// How many keys the index holds.
+    pub fn len(&self) -> usize {
+        self.entries.load().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     /// The stored client a JWT's client claim maps to, if any.

@@ -34,6 +34,8 @@ pub enum ProxyError {
     UpstreamTimeout,
     Upstream,
     BannedSource,
+    /// Shed: the upstream pool is overloaded and this tier goes first.
+    Overloaded(std::time::Duration),
 }
 
 /// Who caused a failure, for logs: the client, the upstream, or us.
@@ -59,6 +61,7 @@ impl ProxyError {
             ProxyError::UpstreamTimeout => "upstream_timeout",
             ProxyError::Upstream => "upstream_error",
             ProxyError::BannedSource => "banned",
+            ProxyError::Overloaded(_) => "overloaded",
         }
     }
 
@@ -76,7 +79,8 @@ impl ProxyError {
             ProxyError::NoHealthyUpstream
             | ProxyError::UpstreamConnect
             | ProxyError::UpstreamTimeout
-            | ProxyError::Upstream => Blame::Upstream,
+            | ProxyError::Upstream
+            | ProxyError::Overloaded(_) => Blame::Upstream,
             _ => Blame::Client,
         }
     }
@@ -125,6 +129,10 @@ impl ProxyError {
             ),
             ProxyError::Upstream => (StatusCode::BAD_GATEWAY, "the upstream failed".into()),
             ProxyError::BannedSource => (StatusCode::FORBIDDEN, "this source is banned".into()),
+            ProxyError::Overloaded(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the upstream is overloaded; lower tiers are shed first".into(),
+            ),
         }
     }
 
@@ -157,6 +165,12 @@ impl ProxyError {
             }
             ProxyError::RateLimited(limit) => {
                 super::forward::set_rate_limit(headers, &limit.0, &limit.1);
+            }
+            ProxyError::Overloaded(retry) => {
+                headers.insert(
+                    header::RETRY_AFTER,
+                    HeaderValue::from(retry.as_secs().max(1)),
+                );
             }
             _ => {}
         }

@@ -5,9 +5,9 @@
 //! Request lifecycle, as named phases (each is a step in [`Gateway::process`]):
 //!
 //! ```text
-//! accept ─▶ route ─▶ credential ─▶ authenticate ─▶ authorize ─▶ limit ─▶ forward ─▶ respond ─▶ log
-//!   │         │          │              │              │          │         │
-//! banned     404        401            401            403        429   502 / 503 / 504
+//! accept ─▶ route ─▶ credential ─▶ authenticate ─▶ authorize ─▶ shed ─▶ limit ─▶ forward ─▶ respond ─▶ log
+//!   │         │          │              │              │          │        │         │
+//! banned     404        401            401            403        503      429   502 / 503 / 504
 //! ```
 //!
 //! - **accept**: a connection from a source banned in userspace-only mode is
@@ -20,8 +20,13 @@
 //! - **authenticate**: JWT: shape, cache, `alg`, issuer, key, signature,
 //!   claims; API key: checksum, then the in-memory index. Refused is a 401.
 //! - **authorize**: the route's required scopes; one missing is a 403.
+//! - **shed**: when the route's upstream pool is overloaded (see
+//!   [`overload`]), the lowest tiers get a 503 with `Retry-After` first.
 //! - **limit**: the client's tier quota (GCRA); over it is a 429 with
 //!   `Retry-After`. Only requests that passed every check before count.
+//!
+//! Refused credentials and 429s also feed the [`crate::guard`], which bans
+//! sources that guess keys or ignore 429s in the kernel.
 //! - **forward**: credentials stripped (unless the route keeps them), client
 //!   identity, request id and `X-Forwarded-*` set, to a pool server; refused
 //!   connection 502, no healthy server 503, timeout 504.
@@ -33,18 +38,13 @@ pub mod access_log;
 pub mod credentials;
 pub mod error;
 pub mod forward;
+pub mod overload;
 pub mod route;
 pub mod tls;
 pub mod upstream;
 pub mod workers;
 
-use std::{
-    collections::HashMap,
-    convert::Infallible,
-    net::SocketAddr,
-    sync::Arc,
-    time::{Instant, SystemTime, UNIX_EPOCH},
-};
+use std::{collections::HashMap, convert::Infallible, net::SocketAddr, sync::Arc, time::Instant};
 
 use bytes::Bytes;
 use http::{header, HeaderName, HeaderValue, Request, Response, Uri, Version};
@@ -65,12 +65,13 @@ use self::{
     upstream::Pool,
 };
 use crate::{
-    clock::monotonic_ns,
+    clock::{monotonic_ns, unix_now},
     config::{AuthPolicy, Config, LimitBy, LimitsConfig, TierConfig},
     guard::SourceGuard,
     jwt::JwtVerifier,
     keys::{Client as ApiClient, KeyIndex, KeyRejection},
     limits::{Decision, LimitKey, LocalLimiter, Quota, RateLimiter},
+    metrics::{Metrics, Outcome, Recorder},
     xdp::{PolicyHandle, PolicyUpdate, UserspaceBans},
 };
 
@@ -107,6 +108,8 @@ pub struct Gateway {
     trusted_proxies: Vec<ipnet::IpNet>,
     limits: LimitsConfig,
     client: Client<HttpConnector, Incoming>,
+    /// This worker's request counts.
+    metrics: Recorder,
 }
 
 /// One access-log line.
@@ -131,12 +134,11 @@ struct AccessLog {
     /// Why a credential was refused, precisely (the client sees less).
     detail: Option<&'static str>,
     blame: Option<error::Blame>,
-}
-
-fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
+    /// For metrics: the route's and tier's positions in the configuration.
+    #[serde(skip)]
+    route_index: Option<usize>,
+    #[serde(skip)]
+    tier_rank: Option<usize>,
 }
 
 /// The client's `X-Request-Id` if it is sane, else a fresh one: a random
@@ -180,6 +182,7 @@ pub struct Shared {
     pub guard: Arc<SourceGuard>,
     /// Where the guard's decisions go (batched, off the request path).
     pub policy: PolicyHandle,
+    pub metrics: Arc<Metrics>,
 }
 
 impl Shared {
@@ -207,6 +210,10 @@ impl Shared {
             quotas: Arc::new(config.tiers.iter().map(TierConfig::quota).collect()),
             guard: Arc::new(SourceGuard::new(config.guard_settings())),
             policy,
+            metrics: Arc::new(Metrics::new(
+                config.routes.iter().map(route::route_name).collect(),
+                config.tiers.iter().map(|t| t.name.clone()).collect(),
+            )),
         }
     }
 
@@ -244,6 +251,7 @@ impl Shared {
     pub fn spawn_health_checks(&self) {
         for pool in self.pools.values() {
             pool.spawn_health_checks();
+            pool.spawn_overload_checks(self.quotas.len());
         }
     }
 }
@@ -270,6 +278,7 @@ impl Gateway {
             trusted_proxies: config.forwarding.trusted_proxies.clone(),
             limits: config.limits.clone(),
             client,
+            metrics: shared.metrics.recorder(),
         }
     }
 
@@ -397,6 +406,13 @@ impl Gateway {
         }
         log.status = response.status().as_u16();
         log.latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+        self.metrics.record(&Outcome {
+            route: log.route_index,
+            tier: log.tier_rank,
+            status: log.status,
+            error: log.error,
+            detail: log.detail,
+        });
         if let Ok(line) = serde_json::to_vec(&log) {
             self.shared.access_log.log(&line);
         }
@@ -423,6 +439,7 @@ impl Gateway {
             .find(host, req.uri().path())
             .ok_or(ProxyError::NoRoute)?;
         log.route = Some(route.name.clone());
+        log.route_index = Some(route.index);
 
         // Phases: credential, authenticate, authorize.
         let client = match route.auth {
@@ -431,6 +448,7 @@ impl Gateway {
         };
         if let Some(client) = &client {
             let (rank, _) = self.shared.tier(&client.tier);
+            log.tier_rank = Some(rank);
             self.shared.submit(
                 self.shared
                     .guard
@@ -445,10 +463,22 @@ impl Gateway {
             }
         }
 
+        // Phase: shed. Before limit, so a shed request costs no quota; the
+        // lowest tier goes first, anonymous requests count as the lowest.
+        let pool = self
+            .shared
+            .pools
+            .get(&route.upstream)
+            .ok_or(ProxyError::NoHealthyUpstream)?;
+        let _in_flight = pool
+            .load
+            .admit(log.tier_rank.unwrap_or(0), self.shared.quotas.len())
+            .map_err(ProxyError::Overloaded)?;
+
         // Phase: limit. After authorize, so refused requests never count.
         let limited = match &client {
             Some(identity) if route.rate_limit => {
-                let (quota, decision) = self.limit(route, identity, peer);
+                let (quota, decision) = self.limit(route, identity, log.tier_rank, peer);
                 if !decision.allowed {
                     return Err(ProxyError::RateLimited(Box::new((quota.clone(), decision))));
                 }
@@ -458,11 +488,6 @@ impl Gateway {
         };
 
         // Phase: forward.
-        let pool = self
-            .shared
-            .pools
-            .get(&route.upstream)
-            .ok_or(ProxyError::NoHealthyUpstream)?;
         let lease = pool.pick().ok_or(ProxyError::NoHealthyUpstream)?;
         log.upstream = Some(lease.server.addr.to_string());
         // WebSocket and other HTTP/1.1 upgrades: the protocol name goes to
@@ -480,11 +505,14 @@ impl Gateway {
         if let Some(protocol) = &upgrade {
             forward::set_upgrade(upstream_req.headers_mut(), protocol.clone());
         }
+        let sent = Instant::now();
         let result = tokio::time::timeout(
             self.limits.upstream_timeout,
             self.client.request(upstream_req),
         )
         .await;
+        let server_error = !matches!(&result, Ok(Ok(r)) if !r.status().is_server_error());
+        pool.load.observe(sent.elapsed(), server_error);
         let mut response = match result {
             Err(_elapsed) => return Err(ProxyError::UpstreamTimeout),
             Ok(Err(error)) if error.is_connect() => {
@@ -528,8 +556,16 @@ impl Gateway {
     }
 
     /// Counts the request against the client's tier quota.
-    fn limit(&self, route: &Route, identity: &Identity, peer: SocketAddr) -> (&Quota, Decision) {
-        let (_, quota) = self.shared.tier(&identity.tier);
+    fn limit(
+        &self,
+        route: &Route,
+        identity: &Identity,
+        rank: Option<usize>,
+        peer: SocketAddr,
+    ) -> (&Quota, Decision) {
+        let quota = rank
+            .and_then(|rank| self.shared.quotas.get(rank))
+            .unwrap_or(&DEFAULT_QUOTA);
         let ip = peer.ip().to_canonical();
         let key = match route.limit_by {
             LimitBy::Client => LimitKey::Client(identity.client_id.clone()),

@@ -16,6 +16,17 @@ pub struct Route {
     pub rate_limit: bool,
     pub limit_by: LimitBy,
     pub cost: u32,
+    /// Position in the configuration (metrics label by it).
+    pub index: usize,
+}
+
+/// How logs and metrics name a route.
+pub fn route_name(config: &RouteConfig) -> String {
+    format!(
+        "{}{}",
+        config.host.as_deref().unwrap_or("*"),
+        config.path_prefix
+    )
 }
 
 pub struct RouteTable {
@@ -27,8 +38,10 @@ impl RouteTable {
     pub fn new(configs: &[RouteConfig]) -> Self {
         let mut routes: Vec<Route> = configs
             .iter()
-            .map(|c| Route {
-                name: format!("{}{}", c.host.as_deref().unwrap_or("*"), c.path_prefix),
+            .enumerate()
+            .map(|(index, c)| Route {
+                name: route_name(c),
+                index,
                 host: c.host.as_ref().map(|h| h.to_ascii_lowercase()),
                 prefix: c.path_prefix.clone(),
                 upstream: c.upstream.clone(),

@@ -17,6 +17,7 @@ use hyper_util::{
     rt::TokioExecutor,
 };
 
+use super::overload::Load;
 use crate::{
     clock::monotonic_ns,
     config::{Balance, HealthCheckConfig, UpstreamConfig},
@@ -46,6 +47,8 @@ pub struct Pool {
     balance: Balance,
     next: AtomicUsize,
     health_check: Option<HealthCheckConfig>,
+    /// In-flight requests, latency and errors: what load shedding reads.
+    pub load: Load,
 }
 
 /// A chosen server; counts as in flight until dropped.
@@ -85,7 +88,23 @@ impl Pool {
             balance: config.balance,
             next: AtomicUsize::new(0),
             health_check: config.health_check.clone(),
+            load: Load::new(config.overload.clone()),
         }
+    }
+
+    /// Judges the latency and error signals each interval, if configured.
+    pub fn spawn_overload_checks(self: &Arc<Self>, tiers: usize) {
+        let pool = self.clone();
+        if !pool.load.judges_rates() {
+            return;
+        }
+        tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(pool.load.interval());
+            loop {
+                ticker.tick().await;
+                pool.load.evaluate(tiers);
+            }
+        });
     }
 
     /// Probes every server each interval; runs until the runtime stops.
@@ -174,6 +193,7 @@ mod tests {
             ],
             balance,
             health_check: None,
+            overload: Default::default(),
         })
     }
 

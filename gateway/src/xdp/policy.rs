@@ -99,6 +99,17 @@ impl UserspaceBans {
         bans.get(&ip.to_canonical())
             .is_some_and(|ban| ban.banned_until_ns > now_ns)
     }
+
+    /// Bans in force at `now_ns`.
+    pub fn active(&self, now_ns: u64) -> usize {
+        let bans = self
+            .bans
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        bans.values()
+            .filter(|ban| ban.banned_until_ns > now_ns)
+            .count()
+    }
 }
 
 impl PolicySink for UserspaceBans {

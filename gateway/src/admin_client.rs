@@ -1,0 +1,61 @@
+//! The CLI's side of the admin API: one JSON request to a running gateway.
+use bytes::Bytes;
+use http::{header, Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::{client::legacy::Client, rt::TokioExecutor};
+
+/// Where the admin key comes from, so it never sits in shell history.
+pub const ADMIN_KEY_ENV: &str = "GATEWAY_ADMIN_KEY";
+
+#[derive(Debug, thiserror::Error)]
+pub enum AdminClientError {
+    #[error("{ADMIN_KEY_ENV} is not set: export an admin key (gateway keys create --admin)")]
+    NoKey,
+    #[error("{0:?} is not a valid admin URL")]
+    Url(String),
+    #[error("cannot reach the admin API at {url}: {source}")]
+    Connect {
+        url: String,
+        source: hyper_util::client::legacy::Error,
+    },
+    #[error("reading the admin API's answer: {0}")]
+    Body(#[from] hyper::Error),
+    #[error("the admin API answered {status}: {message}")]
+    Refused { status: StatusCode, message: String },
+}
+
+/// Sends `method path` with the admin key from the environment; returns the
+/// JSON answer of a 2xx, else the API's own error message.
+pub async fn call(
+    base: &str,
+    method: Method,
+    path: &str,
+) -> Result<serde_json::Value, AdminClientError> {
+    let key = std::env::var(ADMIN_KEY_ENV).map_err(|_| AdminClientError::NoKey)?;
+    let url = format!("{}{path}", base.trim_end_matches('/'));
+    let request = Request::builder()
+        .method(method)
+        .uri(&url)
+        .header(header::AUTHORIZATION, format!("Bearer {}", key.trim()))
+        .body(Full::new(Bytes::new()))
+        .map_err(|_| AdminClientError::Url(base.to_owned()))?;
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let response = client
+        .request(request)
+        .await
+        .map_err(|source| AdminClientError::Connect {
+            url: base.to_owned(),
+            source,
+        })?;
+    let status = response.status();
+    let body = response.into_body().collect().await?.to_bytes();
+    let value: serde_json::Value = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
+    if !status.is_success() {
+        let message = value["message"].as_str().map_or_else(
+            || String::from_utf8_lossy(&body).into_owned(),
+            str::to_owned,
+        );
+        return Err(AdminClientError::Refused { status, message });
+    }
+    Ok(value)
+}

@@ -1,0 +1,385 @@
+//! Prometheus metrics, served as text by the admin listener's `/metrics`.
+//!
+//! Request counts live per worker (an uncontended lock each: the worker
+//! records, a scrape sums), gauges and kernel counters are read at scrape
+//! time. Labels are bounded by configuration: route, tier, status, reason,
+//! upstream; never a client id or an address.
+use std::{
+    collections::{BTreeMap, HashMap},
+    fmt::Write as _,
+    sync::{atomic::Ordering, Arc, Mutex},
+};
+
+use crate::{
+    guard::GuardCounters,
+    proxy::overload::{Load, BUCKETS_US},
+    xdp::Counters,
+};
+
+/// What one worker counted since start.
+#[derive(Debug, Default)]
+struct Counts {
+    /// (route, tier rank + 1 or 0 for none, status) → requests.
+    requests: HashMap<(Option<usize>, usize, u16), u64>,
+    /// Refused or missing credentials by reason.
+    auth_failures: HashMap<&'static str, u64>,
+    /// Requests shed for overload, by tier rank + 1.
+    shed: HashMap<usize, u64>,
+}
+
+/// One request's labels, as the access log knows them.
+/// Error codes and reasons are the gateway's own `&'static str`s, so they
+/// are bounded label values.
+pub struct Outcome {
+    pub route: Option<usize>,
+    pub tier: Option<usize>,
+    pub status: u16,
+    pub error: Option<&'static str>,
+    pub detail: Option<&'static str>,
+}
+
+/// A worker's handle: records without touching other workers' state.
+pub struct Recorder(Arc<Mutex<Counts>>);
+
+impl Recorder {
+    pub fn record(&self, outcome: &Outcome) {
+        let mut counts = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let tier = outcome.tier.map_or(0, |rank| rank + 1);
+        *counts
+            .requests
+            .entry((outcome.route, tier, outcome.status))
+            .or_default() += 1;
+        match outcome.error {
+            Some(code @ ("missing_credential" | "invalid_credential" | "invalid_token")) => {
+                let reason = outcome.detail.unwrap_or(code);
+                *counts.auth_failures.entry(reason).or_default() += 1;
+            }
+            Some("overloaded") => *counts.shed.entry(tier).or_default() += 1,
+            _ => {}
+        }
+    }
+}
+
+/// Everything read at scrape time rather than counted per request.
+pub struct Gauges<'a> {
+    pub pools: Vec<(&'a str, &'a Load)>,
+    pub guard: &'a GuardCounters,
+    pub bans_active: Option<usize>,
+    pub kernel: Option<Counters>,
+    pub policy_dropped: u64,
+    pub keys: usize,
+}
+
+pub struct Metrics {
+    routes: Vec<String>,
+    tiers: Vec<String>,
+    workers: Mutex<Vec<Arc<Mutex<Counts>>>>,
+}
+
+impl Metrics {
+    pub fn new(routes: Vec<String>, tiers: Vec<String>) -> Self {
+        Self {
+            routes,
+            tiers,
+            workers: Mutex::default(),
+        }
+    }
+
+    /// A recorder for one worker.
+    pub fn recorder(&self) -> Recorder {
+        let counts = Arc::new(Mutex::new(Counts::default()));
+        self.workers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(counts.clone());
+        Recorder(counts)
+    }
+
+    fn tier(&self, index: usize) -> &str {
+        match index {
+            0 => "none",
+            n => self.tiers.get(n - 1).map_or("unknown", String::as_str),
+        }
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self, gauges: &Gauges<'_>) -> String {
+        let mut requests: BTreeMap<(Option<usize>, usize, u16), u64> = BTreeMap::new();
+        let mut auth: BTreeMap<&'static str, u64> = BTreeMap::new();
+        let mut shed: BTreeMap<usize, u64> = BTreeMap::new();
+        for worker in self
+            .workers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
+            let counts = worker.lock().unwrap_or_else(|p| p.into_inner());
+            for (key, n) in &counts.requests {
+                *requests.entry(*key).or_default() += n;
+            }
+            for (key, n) in &counts.auth_failures {
+                *auth.entry(key).or_default() += n;
+            }
+            for (key, n) in &counts.shed {
+                *shed.entry(*key).or_default() += n;
+            }
+        }
+        let mut out = String::new();
+        header(
+            &mut out,
+            "gateway_requests_total",
+            "counter",
+            "Requests answered, by route, tier and status.",
+        );
+        for ((route, tier, status), n) in &requests {
+            let route = route
+                .and_then(|i| self.routes.get(i))
+                .map_or("none", String::as_str);
+            let _ = writeln!(
+                out,
+                "gateway_requests_total{{route=\"{}\",tier=\"{}\",status=\"{status}\"}} {n}",
+                escape(route),
+                escape(self.tier(*tier))
+            );
+        }
+        header(
+            &mut out,
+            "gateway_rate_limited_total",
+            "counter",
+            "Requests refused with 429, by tier.",
+        );
+        for index in 0..=self.tiers.len() {
+            let n: u64 = requests
+                .iter()
+                .filter(|((_, tier, status), _)| *tier == index && *status == 429)
+                .map(|(_, n)| n)
+                .sum();
+            let _ = writeln!(
+                out,
+                "gateway_rate_limited_total{{tier=\"{}\"}} {n}",
+                escape(self.tier(index))
+            );
+        }
+        header(
+            &mut out,
+            "gateway_auth_failures_total",
+            "counter",
+            "Requests refused for their credential, by reason.",
+        );
+        for (reason, n) in &auth {
+            let _ = writeln!(
+                out,
+                "gateway_auth_failures_total{{reason=\"{reason}\"}} {n}"
+            );
+        }
+        header(
+            &mut out,
+            "gateway_shed_total",
+            "counter",
+            "Requests refused with 503 because an upstream was overloaded, by tier.",
+        );
+        for (tier, n) in &shed {
+            let _ = writeln!(
+                out,
+                "gateway_shed_total{{tier=\"{}\"}} {n}",
+                escape(self.tier(*tier))
+            );
+        }
+        self.render_gauges(&mut out, gauges);
+        out
+    }
+
+    fn render_gauges(&self, out: &mut String, gauges: &Gauges<'_>) {
+        header(
+            out,
+            "gateway_shed_tiers",
+            "gauge",
+            "How many of the lowest tiers an upstream's latency or error signal sheds now.",
+        );
+        for (name, load) in &gauges.pools {
+            let _ = writeln!(
+                out,
+                "gateway_shed_tiers{{upstream=\"{}\"}} {}",
+                escape(name),
+                load.level()
+            );
+        }
+        header(
+            out,
+            "gateway_upstream_latency_seconds",
+            "histogram",
+            "Time to the upstream's response headers.",
+        );
+        for (name, load) in &gauges.pools {
+            let (counts, sum_us) = load.latency.snapshot();
+            let name = escape(name);
+            let mut cumulative = 0;
+            for (i, count) in counts.iter().enumerate() {
+                cumulative += count;
+                let le = BUCKETS_US
+                    .get(i)
+                    .map_or("+Inf".to_owned(), |us| format!("{}", *us as f64 / 1e6));
+                let _ = writeln!(out, "gateway_upstream_latency_seconds_bucket{{upstream=\"{name}\",le=\"{le}\"}} {cumulative}");
+            }
+            let _ = writeln!(
+                out,
+                "gateway_upstream_latency_seconds_sum{{upstream=\"{name}\"}} {}",
+                sum_us as f64 / 1e6
+            );
+            let _ = writeln!(
+                out,
+                "gateway_upstream_latency_seconds_count{{upstream=\"{name}\"}} {cumulative}"
+            );
+        }
+        let guard = gauges.guard;
+        header(
+            out,
+            "gateway_bans_issued_total",
+            "counter",
+            "Sources banned by the guard, by reason.",
+        );
+        for (reason, counter) in [
+            ("rate_limit", &guard.rate_limit_bans),
+            ("auth_failures", &guard.auth_failure_bans),
+        ] {
+            let _ = writeln!(
+                out,
+                "gateway_bans_issued_total{{reason=\"{reason}\"}} {}",
+                counter.load(Ordering::Relaxed)
+            );
+        }
+        header(
+            out,
+            "gateway_bans_monitored_total",
+            "counter",
+            "Bans not issued because the guard is in monitor mode.",
+        );
+        let _ = writeln!(
+            out,
+            "gateway_bans_monitored_total {}",
+            guard.monitored_bans.load(Ordering::Relaxed)
+        );
+        header(
+            out,
+            "gateway_bans_spared_total",
+            "counter",
+            "Bans not issued because the source is allow-listed.",
+        );
+        let _ = writeln!(
+            out,
+            "gateway_bans_spared_total {}",
+            guard.allowed_sources_spared.load(Ordering::Relaxed)
+        );
+        if let Some(active) = gauges.bans_active {
+            header(out, "gateway_bans_active", "gauge", "Bans in force now.");
+            let _ = writeln!(out, "gateway_bans_active {active}");
+        }
+        header(
+            out,
+            "gateway_policy_updates_dropped_total",
+            "counter",
+            "Kernel policy updates dropped because the writer was behind.",
+        );
+        let _ = writeln!(
+            out,
+            "gateway_policy_updates_dropped_total {}",
+            gauges.policy_dropped
+        );
+        header(
+            out,
+            "gateway_api_keys",
+            "gauge",
+            "API keys in the in-memory index.",
+        );
+        let _ = writeln!(out, "gateway_api_keys {}", gauges.keys);
+        if let Some(kernel) = &gauges.kernel {
+            header(
+                out,
+                "gateway_xdp_packets_total",
+                "counter",
+                "Packets the XDP program saw, by verdict and reason.",
+            );
+            for (name, n) in kernel.named() {
+                let _ = writeln!(out, "gateway_xdp_packets_total{{reason=\"{name}\"}} {n}");
+            }
+        }
+    }
+}
+
+fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+/// Label values: backslash, quote and newline escaped.
+fn escape(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::config::OverloadConfig;
+
+    #[test]
+    fn workers_are_summed_and_labels_stay_bounded() {
+        let metrics = Metrics::new(vec!["*/api".into()], vec!["bronze".into(), "gold".into()]);
+        let (a, b) = (metrics.recorder(), metrics.recorder());
+        let ok = Outcome {
+            route: Some(0),
+            tier: Some(1),
+            status: 200,
+            error: None,
+            detail: None,
+        };
+        a.record(&ok);
+        b.record(&ok);
+        b.record(&Outcome {
+            tier: Some(0),
+            status: 429,
+            error: Some("rate_limited"),
+            ..ok
+        });
+        a.record(&Outcome {
+            route: Some(0),
+            tier: None,
+            status: 401,
+            error: Some("invalid_credential"),
+            detail: Some("wrong_secret"),
+        });
+        a.record(&Outcome {
+            route: None,
+            tier: None,
+            status: 401,
+            error: Some("invalid_token"),
+            detail: None,
+        });
+        let load = Load::new(OverloadConfig::default());
+        load.observe(Duration::from_millis(3), false);
+        let guard = GuardCounters::default();
+        let text = metrics.render(&Gauges {
+            pools: vec![("app", &load)],
+            guard: &guard,
+            bans_active: Some(0),
+            kernel: None,
+            policy_dropped: 0,
+            keys: 3,
+        });
+        for line in [
+            "gateway_requests_total{route=\"*/api\",tier=\"gold\",status=\"200\"} 2",
+            "gateway_rate_limited_total{tier=\"bronze\"} 1",
+            "gateway_rate_limited_total{tier=\"gold\"} 0",
+            "gateway_auth_failures_total{reason=\"wrong_secret\"} 1",
+            "gateway_auth_failures_total{reason=\"invalid_token\"} 1",
+            "gateway_upstream_latency_seconds_bucket{upstream=\"app\",le=\"0.005\"} 1",
+            "gateway_upstream_latency_seconds_count{upstream=\"app\"} 1",
+            "gateway_api_keys 3",
+        ] {
+            assert!(text.contains(line), "missing {line:?} in\n{text}");
+        }
+    }
+}
