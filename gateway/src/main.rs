@@ -262,6 +262,13 @@ enum XdpCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Sources with their own kernel budget (from their clients' tier).
+    Budgets {
+        #[command(flatten)]
+        pins: PinArgs,
+        #[arg(long)]
+        json: bool,
+    },
     /// Drop everything from ADDR in the kernel for a while.
     Ban {
         addr: IpAddr,
@@ -618,6 +625,34 @@ fn xdp_command(command: XdpCommand) -> Result<()> {
     match command {
         XdpCommand::Status { pins, json } => status(&pins, json),
         XdpCommand::Bans { pins, json } => list_bans(&pins, json),
+        XdpCommand::Budgets { pins, json } => {
+            let mut budgets = open(&pins)?.budgets()?;
+            budgets.sort_by_key(|(ip, _)| *ip);
+            if json {
+                let rows: Vec<_> = budgets
+                    .iter()
+                    .map(|(ip, b)| {
+                        serde_json::json!({
+                            "source": ip,
+                            "tier": b.tier,
+                            "syn_per_sec": b.syn_per_sec,
+                            "syn_burst": b.syn_burst,
+                            "pkt_per_sec": b.pkt_per_sec,
+                            "pkt_burst": b.pkt_burst,
+                        })
+                    })
+                    .collect();
+                println!("{}", serde_json::Value::Array(rows));
+                return Ok(());
+            }
+            for (ip, b) in budgets {
+                println!(
+                    "{ip:<40} tier {:<3} syn {}/s (burst {})  packets {}/s (burst {})",
+                    b.tier, b.syn_per_sec, b.syn_burst, b.pkt_per_sec, b.pkt_burst
+                );
+            }
+            Ok(())
+        }
         XdpCommand::Ban {
             addr,
             duration,

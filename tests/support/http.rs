@@ -118,7 +118,7 @@ impl Drop for FakeUpstream {
     }
 }
 
-fn pause(duration: Duration) {
+pub fn pause(duration: Duration) {
     #[allow(clippy::disallowed_methods, reason = "plain threads, not async")]
     thread::sleep(duration);
 }

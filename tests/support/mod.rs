@@ -337,7 +337,7 @@ pub fn minimal_config(dir: &http::TempDir) -> PathBuf {
     std::fs::write(
         &config,
         format!(
-            "[admin]\naddress = \"127.0.0.1:0\"\n[[listeners]]\naddress = \"127.0.0.1:0\"\n[keys]\nstore = \"{}\"\n",
+            "[admin]\naddress = \"127.0.0.1:0\"\n[[listeners]]\naddress = \"127.0.0.1:0\"\n[keys]\nstore = \"{}\"\nrefresh = \"100ms\"\n",
             dir.path.join("keys.db").display()
         ),
     )
@@ -352,6 +352,9 @@ pub struct Gateway {
     child: Option<Child>,
     pub pin_root: PathBuf,
     pub ready_line: String,
+    /// The admin listener, inside the server namespace.
+    pub admin: Option<SocketAddr>,
+    pub config: PathBuf,
     _dir: http::TempDir,
 }
 
@@ -369,9 +372,29 @@ impl Gateway {
         extra: &[&str],
         pin_root: PathBuf,
     ) -> Self {
+        Self::start_with_config(topology, ports, extra, pin_root, "")
+    }
+
+    /// Like [`Gateway::start`], with `body` (listeners, upstreams, routes,
+    /// tiers, ...) appended to the minimal config.
+    pub fn start_proxy(topology: &Topology, ports: &str, extra: &[&str], body: &str) -> Self {
+        let pin_root = PathBuf::from("/sys/fs/bpf").join(unique("gwtest"));
+        Self::start_with_config(topology, ports, extra, pin_root, body)
+    }
+
+    fn start_with_config(
+        topology: &Topology,
+        ports: &str,
+        extra: &[&str],
+        pin_root: PathBuf,
+        body: &str,
+    ) -> Self {
         ensure_bpffs();
         let dir = http::TempDir::new("xdp");
         let config = minimal_config(&dir);
+        let mut text = std::fs::read_to_string(&config).unwrap();
+        text.push_str(body);
+        std::fs::write(&config, text).unwrap();
         let netns = File::open(topology.server.path()).unwrap();
         let mut command = Command::new(gateway_bin());
         command
@@ -412,6 +435,8 @@ impl Gateway {
             child: Some(child),
             pin_root,
             ready_line: String::new(),
+            admin: None,
+            config: config.clone(),
             _dir: dir,
         };
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -421,6 +446,9 @@ impl Gateway {
                 Ok(line) if line.starts_with("ready:") => {
                     gateway.ready_line = line;
                     return gateway;
+                }
+                Ok(line) if line.starts_with("admin: http://") => {
+                    gateway.admin = line["admin: http://".len()..].parse().ok();
                 }
                 Ok(_) => {}
                 Err(_) => panic!("gateway did not report ready within 30 s (see its stderr above)"),
@@ -443,6 +471,21 @@ impl Gateway {
             String::from_utf8_lossy(&output.stderr)
         );
         String::from_utf8(output.stdout).unwrap()
+    }
+
+    /// A new client of `tier` in this gateway's store; returns its key. The
+    /// running gateway picks it up within `keys.refresh` (100 ms).
+    pub fn create_key(&self, tier: &str) -> String {
+        let output = Command::new(gateway_bin())
+            .args([
+                "keys", "create", "--name", "t", "--tier", tier, "--json", "--config",
+            ])
+            .arg(&self.config)
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "keys create: {output:?}");
+        let value: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        value["key"].as_str().unwrap().to_owned()
     }
 
     /// Counter totals by name, read from the pinned per-CPU map.

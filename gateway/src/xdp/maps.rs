@@ -187,6 +187,18 @@ impl PinnedMaps {
             .collect()
     }
 
+    /// Every per-source budget (sources without one get the default).
+    pub fn budgets(&self) -> Result<Vec<(IpAddr, Budget)>, MapsError> {
+        self.budgets
+            .iter()
+            .map(|entry| {
+                entry
+                    .map(|(key, budget)| (source_ip(&key), budget))
+                    .map_err(op("iterate", maps::BUDGETS))
+            })
+            .collect()
+    }
+
     /// Deletes bans that ended before `now_ns`; returns how many. No publish:
     /// cached deadlines have passed already, so caches stay valid.
     pub fn remove_expired_bans(&mut self, now_ns: u64) -> Result<usize, MapsError> {
