@@ -328,3 +328,25 @@ fn pem_issuer_and_external_id_mapping_and_both_policy() {
         401
     );
 }
+
+#[test]
+fn a_tier_from_a_jwt_scope_gets_the_same_limits_as_from_an_api_key_plan() {
+    let s = setup();
+    let source = format!("pem = \"{}\"", s.a.public_pem.display());
+    let gateway = ProxyGateway::new(&config(&s.upstream, &source));
+    let api_key = gateway.create_key("silver", &[]);
+    let gateway = gateway.start();
+    let token = s.a.sign(&claims("svc-2", "read silver"), false);
+    let by_token = gateway.get("/both/x", &[("authorization", &bearer(&token))]);
+    let by_key = gateway.get("/both/x", &[("x-api-key", &api_key)]);
+    for name in [
+        "ratelimit-policy",
+        "ratelimit",
+        "x-ratelimit-limit",
+        "x-ratelimit-remaining",
+    ] {
+        assert!(by_key.header(name).is_some(), "no {name}");
+        assert_eq!(by_token.header(name), by_key.header(name), "{name}");
+    }
+    assert_eq!(by_key.header("x-ratelimit-limit"), Some("100"));
+}

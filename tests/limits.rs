@@ -1,12 +1,13 @@
 //! Tier limits end to end: rate-limit headers on every response of a
 //! limited route, 429 with Retry-After once over quota, refused requests
 //! not consuming quota, per-source limits shared by clients, and load
-//! shedding by tier when an upstream is overloaded.
+//! shedding by tier when an upstream is overloaded, and bans enforced in
+//! userspace when the kernel path is off.
 #![allow(clippy::unwrap_used, reason = "tests: a panic is the failure report")]
 
 use std::time::{Duration, Instant};
 
-use gateway_tests::http::{request, FakeUpstream, ProxyGateway};
+use gateway_tests::http::{get_from, pause, request, FakeUpstream, ProxyGateway};
 
 fn config(upstream: &FakeUpstream) -> String {
     format!(
@@ -179,4 +180,65 @@ upstream = "app"
         metrics.contains("gateway_shed_total{tier=\"bronze\"} 1"),
         "{metrics}"
     );
+}
+
+#[test]
+fn upstream_errors_after_the_limit_phase_still_carry_the_rate_limit_headers() {
+    // A port nothing listens on: the upstream refuses, 502.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let gateway = ProxyGateway::new(&format!(
+        "[[upstreams]]\nname = \"app\"\nservers = [\"{closed}\"]\n\n[[routes]]\npath_prefix = \"/\"\nupstream = \"app\"\n"
+    ));
+    let key = gateway.create_key("silver", &[]);
+    let gateway = gateway.start();
+    let reply = gateway.get("/x", &[("x-api-key", &key)]);
+    assert_eq!(reply.status, 502);
+    assert_eq!(reply.header("x-ratelimit-limit"), Some("100"));
+    assert_eq!(reply.header("x-ratelimit-remaining"), Some("99"));
+}
+
+#[test]
+fn without_xdp_a_guessing_source_is_refused_in_userspace_until_its_ban_ends() {
+    let upstream = FakeUpstream::start(None);
+    let gateway = ProxyGateway::new(&format!(
+        "[guard]\nauth_failures = 3\nauth_failure_ban = \"2s\"\n\n\
+         [[upstreams]]\nname = \"app\"\nservers = [\"{}\"]\n\n[[routes]]\npath_prefix = \"/\"\nupstream = \"app\"\n",
+        upstream.addr
+    ));
+    let key = gateway.create_key("gold", &[]);
+    let gateway = gateway.start();
+    let local = "127.0.0.1".parse().unwrap();
+    let get = |key: &str| {
+        get_from(
+            local,
+            gateway.addr,
+            "/",
+            &[("x-api-key", key)],
+            Duration::from_secs(2),
+        )
+    };
+    let mut refused = 0;
+    let banned = (0..20).any(|i| match get(&format!("gk_guess{i}_x")) {
+        Ok(reply) => {
+            assert_eq!(reply.status, 401);
+            refused += 1;
+            false
+        }
+        Err(_) => true,
+    });
+    assert!(banned, "never banned after {refused} refusals");
+    assert!(refused >= 4, "banned after only {refused} refusals");
+    let metrics = gateway.admin_get("/metrics", &[]).body;
+    assert!(metrics.contains("gateway_bans_active 1"), "{metrics}");
+    assert!(metrics.contains("gateway_bans_issued_total{reason=\"auth_failures\"} 1"));
+    // Even the right key is refused while the ban lasts; then served again.
+    assert!(get(&key).is_err());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while get(&key).map(|r| r.status).ok() != Some(200) {
+        assert!(Instant::now() < deadline, "the ban never ended");
+        pause(Duration::from_millis(200));
+    }
 }

@@ -166,6 +166,9 @@ impl ProxyError {
             ProxyError::RateLimited(limit) => {
                 super::forward::set_rate_limit(headers, &limit.0, &limit.1);
             }
+            ProxyError::BannedSource => {
+                headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
             ProxyError::Overloaded(retry) => {
                 headers.insert(
                     header::RETRY_AFTER,

@@ -11,7 +11,8 @@
 //! ```
 //!
 //! - **accept**: a connection from a source banned in userspace-only mode is
-//!   closed at once (with XDP attached the kernel already dropped it).
+//!   closed at once, and so is a request on an open connection (403) once
+//!   its source is banned (with XDP attached the kernel already dropped it).
 //! - **route**: host, then longest path prefix; no match is a 404.
 //! - **credential**: a JWT in `Authorization: Bearer` (routes that take
 //!   JWTs), else the API key from headers, query or cookie (route's sources,
@@ -139,6 +140,9 @@ struct AccessLog {
     route_index: Option<usize>,
     #[serde(skip)]
     tier_rank: Option<usize>,
+    /// The limit phase's answer, for the headers of a later error response.
+    #[serde(skip)]
+    limit: Option<Decision>,
 }
 
 /// The client's `X-Request-Id` if it is sane, else a fresh one: a random
@@ -398,7 +402,13 @@ impl Gateway {
                 log.error = Some(error.code());
                 log.detail = error.detail();
                 log.blame = Some(error.blame());
-                error.into_response()
+                let mut response = error.into_response();
+                // A 502/503/504 after the limit phase still tells the quota.
+                let quota = log.tier_rank.and_then(|rank| self.shared.quotas.get(rank));
+                if let (Some(decision), Some(quota)) = (&log.limit, quota) {
+                    forward::set_rate_limit(response.headers_mut(), quota, decision);
+                }
+                response
             }
         };
         if let Ok(id) = HeaderValue::from_str(&log.request_id) {
@@ -428,6 +438,14 @@ impl Gateway {
         proto: &'static str,
         log: &mut AccessLog,
     ) -> Result<Response<ProxyBody>, ProxyError> {
+        // Phase: accept, again: a source banned in userspace-only mode while
+        // its keep-alive connection was open is refused (and disconnected).
+        if let Some(bans) = &self.shared.userspace_bans {
+            if bans.is_banned(peer.ip(), monotonic_ns()) {
+                return Err(ProxyError::BannedSource);
+            }
+        }
+
         // Phase: route.
         let host = req
             .headers()
@@ -482,6 +500,7 @@ impl Gateway {
                 if !decision.allowed {
                     return Err(ProxyError::RateLimited(Box::new((quota.clone(), decision))));
                 }
+                log.limit = Some(decision.clone());
                 Some((quota, decision))
             }
             _ => None,
