@@ -36,6 +36,8 @@ impl KeyRejection {
 
 struct Entry {
     secret_hash: [u8; 32],
+    /// A rotated-out key's end of grace (unix seconds).
+    expires_at: Option<i64>,
     client: Arc<Client>,
 }
 
@@ -65,6 +67,7 @@ impl KeyIndex {
                     key.key_id,
                     Entry {
                         secret_hash: key.secret_hash,
+                        expires_at: key.expires_at,
                         client,
                     },
                 ))
@@ -124,7 +127,9 @@ impl KeyIndex {
         if client.disabled {
             return (key_id, Err(KeyRejection::Disabled));
         }
-        if client.expires_at.is_some_and(|at| at <= now) {
+        if client.expires_at.is_some_and(|at| at <= now)
+            || entry.expires_at.is_some_and(|at| at <= now)
+        {
             return (key_id, Err(KeyRejection::Expired));
         }
         (key_id, Ok(client.clone()))
@@ -133,7 +138,7 @@ impl KeyIndex {
 
 #[cfg(test)]
 mod tests {
-    use super::super::store::{NewClient, SqliteStore};
+    use super::super::store::{ClientUpdate, NewClient, SqliteStore};
     use super::*;
 
     fn store() -> (tempdir::TempDir, SqliteStore) {
@@ -203,6 +208,49 @@ mod tests {
             index.verify(&forged, 200).1.err(),
             Some(KeyRejection::WrongSecret)
         );
+    }
+
+    #[test]
+    fn rotation_keeps_the_old_key_for_its_grace_and_delete_revokes_all() {
+        let (_dir, store) = store();
+        let (created, old) = store.create(client("a", None), 100).unwrap();
+        let new = store.rotate(&created.id, 60, 1_000).unwrap().unwrap();
+        let index = KeyIndex::default();
+        assert_eq!(index.load(&store).unwrap(), 2);
+        assert!(index.verify(&old, 1_059).1.is_ok(), "old key within grace");
+        assert_eq!(
+            index.verify(&old, 1_060).1.unwrap_err(),
+            KeyRejection::Expired
+        );
+        assert!(index.verify(&new, 5_000).1.is_ok());
+        // Rotating again with no grace ends every earlier key at once.
+        let newest = store.rotate(&created.id, 0, 1_010).unwrap().unwrap();
+        index.load(&store).unwrap();
+        assert!(index.verify(&new, 1_010).1.is_err());
+        assert!(index.verify(&newest, 1_010).1.is_ok());
+        assert_eq!(store.rotate("cl_nobody", 0, 1).unwrap(), None);
+
+        let update = ClientUpdate {
+            tier: Some("silver".into()),
+            expires_at: Some(Some(9_999)),
+            ..ClientUpdate::default()
+        };
+        let updated = store.update(&created.id, &update).unwrap().unwrap();
+        assert_eq!(
+            (updated.tier.as_str(), updated.expires_at),
+            ("silver", Some(9_999))
+        );
+        index.load(&store).unwrap();
+        assert_eq!(index.verify(&newest, 1_010).1.unwrap().tier, "silver");
+
+        assert!(store.delete(&created.id).unwrap());
+        assert!(!store.delete(&created.id).unwrap());
+        index.load(&store).unwrap();
+        assert_eq!(
+            index.verify(&newest, 1_010).1.unwrap_err(),
+            KeyRejection::Unknown
+        );
+        assert!(store.keys().unwrap().is_empty());
     }
 
     #[test]

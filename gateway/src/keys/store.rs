@@ -23,6 +23,13 @@ pub enum StoreError {
     DuplicateExternalId(String),
 }
 
+impl StoreError {
+    /// Whether the caller asked for something impossible (vs. a store failure).
+    pub fn is_conflict(&self) -> bool {
+        matches!(self, StoreError::DuplicateExternalId(_))
+    }
+}
+
 /// An API client: who a key belongs to and what it may do.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct Client {
@@ -48,6 +55,35 @@ pub struct NewClient {
     pub expires_at: Option<i64>,
     pub is_admin: bool,
     pub external_id: Option<String>,
+    /// A client known only by JWTs (`external_id`) needs no API key.
+    pub no_key: bool,
+}
+
+/// Changes to a client; `None` leaves a field as it is.
+#[derive(Clone, Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientUpdate {
+    pub name: Option<String>,
+    pub tier: Option<String>,
+    pub scopes: Option<Vec<String>>,
+    /// `Some(None)` removes the expiry.
+    #[serde(default, with = "double_option")]
+    pub expires_at: Option<Option<i64>>,
+    pub disabled: Option<bool>,
+    pub is_admin: Option<bool>,
+    #[serde(default, with = "double_option")]
+    pub external_id: Option<Option<String>>,
+}
+
+/// `absent` → `None`, `null` → `Some(None)`, a value → `Some(Some(v))`.
+mod double_option {
+    use serde::{Deserialize, Deserializer};
+
+    pub fn deserialize<'de, T: Deserialize<'de>, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Option<Option<T>>, D::Error> {
+        Option::<T>::deserialize(deserializer).map(Some)
+    }
 }
 
 /// A key as stored: never the key itself.
@@ -56,6 +92,9 @@ pub struct StoredKey {
     pub key_id: String,
     pub client_id: String,
     pub secret_hash: [u8; 32],
+    /// Unix seconds; set on the old key when a key is rotated with grace.
+    pub expires_at: Option<i64>,
+    pub created_at: i64,
 }
 
 pub trait KeyStore: Send + Sync {
@@ -78,7 +117,34 @@ pub trait KeyStore: Send + Sync {
     /// Changes whenever another process commits to the store.
     fn version(&self) -> Result<i64, StoreError>;
     /// `Ok(false)`: no such client.
-    fn set_disabled(&self, client_id: &str, disabled: bool) -> Result<bool, StoreError>;
+    fn set_disabled(&self, client_id: &str, disabled: bool) -> Result<bool, StoreError> {
+        let update = ClientUpdate {
+            disabled: Some(disabled),
+            ..ClientUpdate::default()
+        };
+        Ok(self.update(client_id, &update)?.is_some())
+    }
+    fn client(&self, client_id: &str) -> Result<Option<Client>, StoreError>;
+    /// `Ok(None)`: no such client.
+    fn update(&self, client_id: &str, update: &ClientUpdate) -> Result<Option<Client>, StoreError>;
+    /// Deletes the client and its keys; `Ok(false)`: no such client.
+    fn delete(&self, client_id: &str) -> Result<bool, StoreError>;
+    /// A new key for the client; its current keys stop working at
+    /// `now + grace_seconds` (at once for 0). `Ok(None)`: no such client.
+    fn rotate(
+        &self,
+        client_id: &str,
+        grace_seconds: i64,
+        now: i64,
+    ) -> Result<Option<String>, StoreError>;
+    /// The client's keys (ids and expiry, never secrets).
+    fn client_keys(&self, client_id: &str) -> Result<Vec<StoredKey>, StoreError> {
+        Ok(self
+            .keys()?
+            .into_iter()
+            .filter(|key| key.client_id == client_id)
+            .collect())
+    }
 }
 
 pub struct SqliteStore {
@@ -121,6 +187,18 @@ impl SqliteStore {
         conn.busy_timeout(std::time::Duration::from_secs(5))
             .map_err(open_error)?;
         conn.execute_batch(SCHEMA).map_err(open_error)?;
+        // Stores made before key rotation lack the per-key expiry.
+        let has_expiry: bool = conn
+            .query_row(
+                "SELECT COUNT(*) FROM pragma_table_info('api_keys') WHERE name = 'expires_at'",
+                [],
+                |row| row.get(0),
+            )
+            .map_err(open_error)?;
+        if !has_expiry {
+            conn.execute_batch("ALTER TABLE api_keys ADD COLUMN expires_at INTEGER")
+                .map_err(open_error)?;
+        }
         Ok(Self {
             conn: Mutex::new(conn),
         })
@@ -131,6 +209,18 @@ impl SqliteStore {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
+}
+
+fn insert_key(
+    tx: &rusqlite::Transaction<'_>,
+    key: &format::NewKey,
+    client_id: &str,
+    now: i64,
+) -> rusqlite::Result<usize> {
+    tx.execute(
+        "INSERT INTO api_keys (key_id, client_id, secret_hash, created_at) VALUES (?1, ?2, ?3, ?4)",
+        params![key.id, client_id, key.secret_hash.as_slice(), now],
+    )
 }
 
 fn client_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Client> {
@@ -196,10 +286,11 @@ impl KeyStore for SqliteStore {
                     now
                 ],
             )?;
-            tx.execute(
-                "INSERT INTO api_keys (key_id, client_id, secret_hash, created_at) VALUES (?1, ?2, ?3, ?4)",
-                params![key.id, client.id, key.secret_hash.as_slice(), now],
-            )?;
+            if new.no_key {
+                created.push((client, String::new()));
+                continue;
+            }
+            insert_key(&tx, &key, &client.id, now)?;
             created.push((client, key.text));
         }
         tx.commit()?;
@@ -220,7 +311,10 @@ impl KeyStore for SqliteStore {
 
     fn keys(&self) -> Result<Vec<StoredKey>, StoreError> {
         let conn = self.conn();
-        let mut statement = conn.prepare("SELECT key_id, client_id, secret_hash FROM api_keys")?;
+        let mut statement = conn.prepare(
+            "SELECT key_id, client_id, secret_hash, expires_at, created_at FROM api_keys
+             ORDER BY created_at, key_id",
+        )?;
         let keys = statement
             .query_map([], |row| {
                 let hash: Vec<u8> = row.get(2)?;
@@ -233,18 +327,117 @@ impl KeyStore for SqliteStore {
                     key_id: row.get(0)?,
                     client_id: row.get(1)?,
                     secret_hash,
+                    expires_at: row.get(3)?,
+                    created_at: row.get(4)?,
                 })
             })?
             .collect::<Result<_, _>>()?;
         Ok(keys)
     }
 
-    fn set_disabled(&self, client_id: &str, disabled: bool) -> Result<bool, StoreError> {
-        let changed = self.conn().execute(
-            "UPDATE api_clients SET disabled = ?2 WHERE id = ?1",
-            params![client_id, disabled],
+    fn client(&self, client_id: &str) -> Result<Option<Client>, StoreError> {
+        Ok(self
+            .conn()
+            .query_row(
+                "SELECT id, name, tier, scopes, expires_at, disabled, is_admin, external_id, created_at
+                 FROM api_clients WHERE id = ?1",
+                [client_id],
+                client_from_row,
+            )
+            .optional()?)
+    }
+
+    fn update(&self, client_id: &str, update: &ClientUpdate) -> Result<Option<Client>, StoreError> {
+        let Some(mut client) = self.client(client_id)? else {
+            return Ok(None);
+        };
+        let ClientUpdate {
+            name,
+            tier,
+            scopes,
+            expires_at,
+            disabled,
+            is_admin,
+            external_id,
+        } = update.clone();
+        client.name = name.unwrap_or(client.name);
+        client.tier = tier.unwrap_or(client.tier);
+        client.scopes = scopes.unwrap_or(client.scopes);
+        client.expires_at = expires_at.unwrap_or(client.expires_at);
+        client.disabled = disabled.unwrap_or(client.disabled);
+        client.is_admin = is_admin.unwrap_or(client.is_admin);
+        client.external_id = external_id.unwrap_or(client.external_id);
+        let result = self.conn().execute(
+            "UPDATE api_clients SET name = ?2, tier = ?3, scopes = ?4, expires_at = ?5,
+                 disabled = ?6, is_admin = ?7, external_id = ?8
+             WHERE id = ?1",
+            params![
+                client.id,
+                client.name,
+                client.tier,
+                client.scopes.join(" "),
+                client.expires_at,
+                client.disabled,
+                client.is_admin,
+                client.external_id
+            ],
+        );
+        match result {
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::ConstraintViolation =>
+            {
+                Err(StoreError::DuplicateExternalId(
+                    client.external_id.unwrap_or_default(),
+                ))
+            }
+            Err(e) => Err(e.into()),
+            Ok(_) => Ok(Some(client)),
+        }
+    }
+
+    fn delete(&self, client_id: &str) -> Result<bool, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        tx.execute("DELETE FROM api_keys WHERE client_id = ?1", [client_id])?;
+        let deleted = tx.execute("DELETE FROM api_clients WHERE id = ?1", [client_id])?;
+        tx.commit()?;
+        Ok(deleted == 1)
+    }
+
+    fn rotate(
+        &self,
+        client_id: &str,
+        grace_seconds: i64,
+        now: i64,
+    ) -> Result<Option<String>, StoreError> {
+        let key = format::generate()?;
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let exists: Option<String> = tx
+            .query_row(
+                "SELECT id FROM api_clients WHERE id = ?1",
+                [client_id],
+                |row| row.get(0),
+            )
+            .optional()?;
+        if exists.is_none() {
+            return Ok(None);
+        }
+        let until = now.saturating_add(grace_seconds.max(0));
+        // Keys already ending sooner keep their earlier end.
+        tx.execute(
+            "UPDATE api_keys SET expires_at = ?2
+             WHERE client_id = ?1 AND (expires_at IS NULL OR expires_at > ?2)",
+            params![client_id, until],
         )?;
-        Ok(changed == 1)
+        // Keys whose grace is over are gone for good.
+        tx.execute(
+            "DELETE FROM api_keys WHERE client_id = ?1 AND expires_at <= ?2",
+            params![client_id, now],
+        )?;
+        insert_key(&tx, &key, client_id, now)?;
+        tx.commit()?;
+        Ok(Some(key.text))
     }
 
     fn version(&self) -> Result<i64, StoreError> {
