@@ -531,6 +531,7 @@ fn keys_command(command: KeysCommand) -> Result<()> {
                     expires_at,
                     is_admin: admin,
                     external_id: external_id.clone(),
+                    no_key: false,
                 })
                 .collect();
             let created = store.create_many(new, now)?;
