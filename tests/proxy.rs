@@ -363,8 +363,8 @@ fn disabled_clients_are_refused_and_can_be_enabled_again() {
         .output()
         .unwrap();
     let created: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
-    let key = created["key"].as_str().unwrap().to_owned();
-    let client = created["client"]["id"].as_str().unwrap().to_owned();
+    let key = created["api_key"].as_str().unwrap().to_owned();
+    let client = created["id"].as_str().unwrap().to_owned();
     let gateway = gateway.start();
     assert_eq!(gateway.get("/api/a", &[("x-api-key", &key)]).status, 200);
 

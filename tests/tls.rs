@@ -13,9 +13,6 @@ use gateway_tests::{
 fn routes(upstream: &FakeUpstream, tls: &str) -> String {
     format!(
         r#"
-[admin]
-address = "127.0.0.1:0"
-
 [[listeners]]
 address = "127.0.0.1:0"
 [listeners.tls]

@@ -30,6 +30,7 @@ pub async fn call(
     base: &str,
     method: Method,
     path: &str,
+    body: Option<&serde_json::Value>,
 ) -> Result<serde_json::Value, AdminClientError> {
     let key = std::env::var(ADMIN_KEY_ENV).map_err(|_| AdminClientError::NoKey)?;
     let url = format!("{}{path}", base.trim_end_matches('/'));
@@ -37,7 +38,10 @@ pub async fn call(
         .method(method)
         .uri(&url)
         .header(header::AUTHORIZATION, format!("Bearer {}", key.trim()))
-        .body(Full::new(Bytes::new()))
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Full::new(
+            body.map_or_else(Bytes::new, |b| Bytes::from(b.to_string())),
+        ))
         .map_err(|_| AdminClientError::Url(base.to_owned()))?;
     let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
     let response = client

@@ -243,6 +243,8 @@ pub struct AdminConfig {
     pub enabled: bool,
     /// Keep it private: `/metrics` and `/healthz` need no credential.
     pub address: SocketAddr,
+    /// One JSON line per admin action; relative paths are under `state_dir`.
+    pub audit_log: PathBuf,
 }
 
 impl Default for AdminConfig {
@@ -250,6 +252,7 @@ impl Default for AdminConfig {
         Self {
             enabled: true,
             address: SocketAddr::from(([127, 0, 0, 1], 9901)),
+            audit_log: "audit.log".into(),
         }
     }
 }
@@ -544,6 +547,9 @@ impl Config {
                 .collect();
         }
         config.validate()?;
+        if config.admin.audit_log.is_relative() {
+            config.admin.audit_log = config.state_dir.join(&config.admin.audit_log);
+        }
         Ok(config)
     }
 

@@ -3,12 +3,13 @@
 //! inspects and changes the kernel path of a running gateway through its
 //! pinned maps.
 use std::{
-    io::Write,
     net::IpAddr,
     path::{Path, PathBuf},
     sync::Arc,
     time::Duration,
 };
+
+mod cli_keys;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
@@ -17,7 +18,7 @@ use gateway::{
     clock::monotonic_ns,
     config::Config,
     jwt::JwtVerifier,
-    keys::{KeyIndex, KeyStore, NewClient, SqliteStore},
+    keys::{KeyIndex, KeyStore, SqliteStore},
     proxy::{workers, Shared},
     xdp::{
         self, Enforcement, KernelPath, Mode, PinnedMaps, PolicyWriter, UserspaceBans,
@@ -49,95 +50,11 @@ enum Command {
     CheckConfig { file: PathBuf },
     /// Manage API clients and keys in the store.
     #[command(subcommand)]
-    Keys(KeysCommand),
+    Keys(cli_keys::KeysCommand),
     /// A client's rate-limit state on a running gateway (admin API; the
     /// admin key comes from GATEWAY_ADMIN_KEY).
     #[command(subcommand)]
-    Limits(LimitsCommand),
-}
-
-#[derive(Subcommand)]
-enum LimitsCommand {
-    /// Limit, remaining requests and time until the quota is whole.
-    Show {
-        client_id: String,
-        #[command(flatten)]
-        admin: AdminArgs,
-    },
-    /// Make the client's quota whole again now.
-    Reset {
-        client_id: String,
-        #[command(flatten)]
-        admin: AdminArgs,
-    },
-}
-
-#[derive(Args)]
-struct AdminArgs {
-    /// The running gateway's admin listener.
-    #[arg(long, default_value = "http://127.0.0.1:9901")]
-    admin_url: String,
-    #[arg(long)]
-    json: bool,
-}
-
-#[derive(Subcommand)]
-enum KeysCommand {
-    /// Create a client with a new API key; the key is printed once.
-    Create {
-        #[arg(long)]
-        name: String,
-        #[arg(long)]
-        tier: String,
-        /// Comma-separated scopes.
-        #[arg(long, value_delimiter = ',')]
-        scopes: Vec<String>,
-        /// e.g. `30d`, `12h`; never expires when absent.
-        #[arg(long, value_parser = humantime::parse_duration)]
-        expires_in: Option<Duration>,
-        #[arg(long)]
-        admin: bool,
-        /// A JWT claim value that maps tokens to this client.
-        #[arg(long, conflicts_with = "count")]
-        external_id: Option<String>,
-        /// Create this many clients (named NAME-1, NAME-2, ...) in one transaction.
-        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
-        count: u32,
-        #[command(flatten)]
-        store: StoreArgs,
-        #[arg(long)]
-        json: bool,
-    },
-    /// Refuse a client's keys from now on (a running gateway follows
-    /// within `keys.refresh`).
-    Disable {
-        client_id: String,
-        #[command(flatten)]
-        store: StoreArgs,
-    },
-    /// Accept a disabled client's keys again.
-    Enable {
-        client_id: String,
-        #[command(flatten)]
-        store: StoreArgs,
-    },
-    /// List clients (never keys).
-    List {
-        #[command(flatten)]
-        store: StoreArgs,
-        #[arg(long)]
-        json: bool,
-    },
-}
-
-#[derive(Args)]
-struct StoreArgs {
-    /// Read the store path (and tier names) from this configuration.
-    #[arg(long)]
-    config: Option<PathBuf>,
-    /// The store file itself (overrides the configuration's `keys.store`).
-    #[arg(long)]
-    store: Option<PathBuf>,
+    Limits(cli_keys::LimitsCommand),
 }
 
 #[derive(Args)]
@@ -318,37 +235,9 @@ fn main() -> Result<()> {
             );
             Ok(())
         }
-        Command::Keys(command) => keys_command(command),
-        Command::Limits(command) => limits_command(command),
+        Command::Keys(command) => cli_keys::keys_command(command),
+        Command::Limits(command) => cli_keys::limits_command(command),
     }
-}
-
-fn limits_command(command: LimitsCommand) -> Result<()> {
-    let (method, client_id, admin) = match command {
-        LimitsCommand::Show { client_id, admin } => (http::Method::GET, client_id, admin),
-        LimitsCommand::Reset { client_id, admin } => (http::Method::DELETE, client_id, admin),
-    };
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
-    let path = format!("/v1/management/api-clients/{client_id}/limits");
-    let state = runtime.block_on(gateway::admin_client::call(&admin.admin_url, method, &path))?;
-    if admin.json {
-        println!("{state}");
-    } else {
-        println!(
-            "client {}  tier {}  limit {} per {} s (burst {})  remaining {}  whole again in {:.1} s",
-            state["client_id"].as_str().unwrap_or("?"),
-            state["tier"].as_str().unwrap_or("?"),
-            state["limit"],
-            state["window_seconds"],
-            state["burst"],
-            state["remaining"],
-            state["reset_seconds"].as_f64().unwrap_or(0.0)
-        );
-    }
-    Ok(())
 }
 
 fn run(args: RunArgs) -> Result<()> {
@@ -389,7 +278,11 @@ fn run(args: RunArgs) -> Result<()> {
         let index = Arc::new(KeyIndex::default());
         let count = index.load(store.as_ref()).context("loading API keys")?;
         tracing::info!(keys = count, store = %config.keys.store.display(), "API keys loaded");
-        tokio::spawn(refresh_keys(store, index.clone(), config.keys.refresh));
+        tokio::spawn(refresh_keys(
+            store.clone(),
+            index.clone(),
+            config.keys.refresh,
+        ));
 
         let tiers = config.tiers.iter().map(|t| t.name.clone()).collect();
         let jwt =
@@ -431,14 +324,14 @@ fn run(args: RunArgs) -> Result<()> {
                 .await
                 .with_context(|| format!("cannot listen on {} (admin)", config.admin.address))?;
             println!("admin: http://{}", listener.local_addr()?);
-            let admin = Arc::new(Admin {
-                shared: shared.clone(),
-                metrics: shared.metrics.clone(),
-                pin_root: kernel
-                    .as_ref()
-                    .and_then(KernelPath::pin_root)
-                    .map(Path::to_path_buf),
-            });
+            let pin_root = kernel
+                .as_ref()
+                .and_then(KernelPath::pin_root)
+                .map(Path::to_path_buf);
+            let admin = Admin::new(&config, shared.clone(), store.clone(), pin_root).with_context(
+                || format!("opening the audit log {}", config.admin.audit_log.display()),
+            )?;
+            let admin = Arc::new(admin);
             tokio::spawn(admin.serve(listener));
         }
         let servers = workers::spawn(&config, &shared, listeners, workers, stopped)
@@ -492,118 +385,6 @@ async fn refresh_keys(store: Arc<dyn KeyStore>, index: Arc<KeyIndex>, every: Dur
             Err(error) => tracing::warn!(%error, "reloading API keys failed"),
         }
     }
-}
-
-fn keys_command(command: KeysCommand) -> Result<()> {
-    match command {
-        KeysCommand::Create {
-            name,
-            tier,
-            scopes,
-            expires_in,
-            admin,
-            external_id,
-            count,
-            store,
-            json,
-        } => {
-            let (config, store) = open_store(&store)?;
-            if !config.tiers.iter().any(|t| t.name == tier) {
-                let names: Vec<_> = config.tiers.iter().map(|t| t.name.as_str()).collect();
-                bail!(
-                    "unknown tier {tier:?}; configured tiers: {}",
-                    names.join(", ")
-                );
-            }
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs() as i64);
-            let expires_at = expires_in.map(|d| now.saturating_add(d.as_secs() as i64));
-            let new: Vec<NewClient> = (1..=count)
-                .map(|i| NewClient {
-                    name: if count == 1 {
-                        name.clone()
-                    } else {
-                        format!("{name}-{i}")
-                    },
-                    tier: tier.clone(),
-                    scopes: scopes.clone(),
-                    expires_at,
-                    is_admin: admin,
-                    external_id: external_id.clone(),
-                    no_key: false,
-                })
-                .collect();
-            let created = store.create_many(new, now)?;
-            let mut out = std::io::stdout().lock();
-            for (client, key) in created {
-                if json {
-                    writeln!(
-                        out,
-                        "{}",
-                        serde_json::json!({ "client": client, "key": key })
-                    )?;
-                } else {
-                    writeln!(
-                        out,
-                        "created client {} ({}, tier {})",
-                        client.id, client.name, client.tier
-                    )?;
-                    writeln!(out, "API key (shown once, store it now):")?;
-                    writeln!(out, "{key}")?;
-                }
-            }
-            Ok(())
-        }
-        KeysCommand::Disable { client_id, store } => set_disabled(&store, &client_id, true),
-        KeysCommand::Enable { client_id, store } => set_disabled(&store, &client_id, false),
-        KeysCommand::List { store, json } => {
-            let (_, store) = open_store(&store)?;
-            let clients = store.clients()?;
-            if json {
-                println!("{}", serde_json::to_string(&clients)?);
-                return Ok(());
-            }
-            println!(
-                "{:<16} {:<20} {:<8} {:<9} {:<6} scopes",
-                "id", "name", "tier", "disabled", "admin"
-            );
-            for c in clients {
-                println!(
-                    "{:<16} {:<20} {:<8} {:<9} {:<6} {}",
-                    c.id,
-                    c.name,
-                    c.tier,
-                    c.disabled,
-                    c.is_admin,
-                    c.scopes.join(",")
-                );
-            }
-            Ok(())
-        }
-    }
-}
-
-fn set_disabled(store: &StoreArgs, client_id: &str, disabled: bool) -> Result<()> {
-    let (_, store) = open_store(store)?;
-    if !store.set_disabled(client_id, disabled)? {
-        bail!("no client {client_id:?} in the store");
-    }
-    println!(
-        "{client_id} {}",
-        if disabled { "disabled" } else { "enabled" }
-    );
-    Ok(())
-}
-
-fn open_store(args: &StoreArgs) -> Result<(Config, SqliteStore)> {
-    let config = Config::load(args.config.as_deref()).context("loading the configuration")?;
-    let path = args
-        .store
-        .clone()
-        .unwrap_or_else(|| config.keys.store.clone());
-    let store = SqliteStore::open(&path).context("opening the key store")?;
-    Ok((config, store))
 }
 
 fn spawn_writer(kernel: &KernelPath, writer: PolicyWriter) -> Result<()> {

@@ -413,8 +413,8 @@ impl ProxyGateway {
         );
         let value: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
         (
-            value["client"]["id"].as_str().unwrap().to_owned(),
-            value["key"].as_str().unwrap().to_owned(),
+            value["id"].as_str().unwrap().to_owned(),
+            value["api_key"].as_str().unwrap().to_owned(),
         )
     }
 

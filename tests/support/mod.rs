@@ -337,7 +337,8 @@ pub fn minimal_config(dir: &http::TempDir) -> PathBuf {
     std::fs::write(
         &config,
         format!(
-            "[admin]\naddress = \"127.0.0.1:0\"\n[[listeners]]\naddress = \"127.0.0.1:0\"\n[keys]\nstore = \"{}\"\nrefresh = \"100ms\"\n",
+            "state_dir = \"{}\"\n[admin]\naddress = \"127.0.0.1:0\"\n[[listeners]]\naddress = \"127.0.0.1:0\"\n[keys]\nstore = \"{}\"\nrefresh = \"100ms\"\n",
+            dir.path.join("state").display(),
             dir.path.join("keys.db").display()
         ),
     )
@@ -485,7 +486,7 @@ impl Gateway {
             .unwrap();
         assert!(output.status.success(), "keys create: {output:?}");
         let value: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
-        value["key"].as_str().unwrap().to_owned()
+        value["api_key"].as_str().unwrap().to_owned()
     }
 
     /// Counter totals by name, read from the pinned per-CPU map.

@@ -207,8 +207,8 @@ fn bench(gateway_bin: &Path, dir: &Path, rounds: usize, seconds: u32) -> Result<
     let mut map = String::new();
     for line in String::from_utf8_lossy(&created.stdout).lines() {
         let value: serde_json::Value = serde_json::from_str(line)?;
-        let key = value["key"].as_str().context("no key")?.to_owned();
-        let client = value["client"]["id"].as_str().context("no client id")?;
+        let key = value["api_key"].as_str().context("no key")?.to_owned();
+        let client = value["id"].as_str().context("no client id")?;
         map.push_str(&format!("{} {client}\n", sha256_hex_upper(&key)?));
         keys.push(key);
     }

@@ -60,30 +60,17 @@ pub struct NewClient {
 }
 
 /// Changes to a client; `None` leaves a field as it is.
-#[derive(Clone, Debug, Default, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Clone, Debug, Default)]
 pub struct ClientUpdate {
     pub name: Option<String>,
     pub tier: Option<String>,
     pub scopes: Option<Vec<String>>,
     /// `Some(None)` removes the expiry.
-    #[serde(default, with = "double_option")]
     pub expires_at: Option<Option<i64>>,
     pub disabled: Option<bool>,
     pub is_admin: Option<bool>,
-    #[serde(default, with = "double_option")]
+    /// `Some(None)` removes the external id.
     pub external_id: Option<Option<String>>,
-}
-
-/// `absent` → `None`, `null` → `Some(None)`, a value → `Some(Some(v))`.
-mod double_option {
-    use serde::{Deserialize, Deserializer};
-
-    pub fn deserialize<'de, T: Deserialize<'de>, D: Deserializer<'de>>(
-        deserializer: D,
-    ) -> Result<Option<Option<T>>, D::Error> {
-        Option::<T>::deserialize(deserializer).map(Some)
-    }
 }
 
 /// A key as stored: never the key itself.

@@ -4,18 +4,27 @@
 //! - `GET /healthz`: `{"status":"ok"}`; no credential.
 //! - `GET /metrics`: Prometheus text (see [`crate::metrics`]); no credential,
 //!   like any scrape target: keep the listener on a private address.
-//! - `GET /v1/management/api-clients/{id}/limits`: the client's tier limit,
-//!   what is left of it and when it is whole again.
-//! - `DELETE /v1/management/api-clients/{id}/limits`: makes it whole now.
+//! - `GET /v1/management/openapi.json`: the OpenAPI 3 document of what
+//!   follows; no credential.
+//! - `POST /v1/management/api-clients`, `GET` (list, paginated, filter by
+//!   name or tier), `GET/PATCH/DELETE /v1/management/api-clients/{id}`,
+//!   `POST .../{id}/rotate`, `GET/DELETE .../{id}/limits`: see
+//!   [`clients`].
 //!
-//! The `/v1/management` endpoints take an admin key (`gateway keys create
-//! --admin`) in `Authorization: Bearer`. A key with the `admin:read` scope
-//! may only read; other admin keys may also change. Other keys get 403.
+//! The `/v1/management` endpoints take an admin key (`gateway keys
+//! bootstrap`, or `create --admin`) in `Authorization: Bearer`. A key with
+//! the `admin:read` scope may only read; other admin keys may also change.
+//! Other keys get 403. Every change is one line in the audit log.
+pub mod audit;
+mod clients;
+
+pub use clients::client_view;
+
 use std::{convert::Infallible, net::SocketAddr, path::PathBuf, sync::Arc};
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::json;
@@ -23,8 +32,8 @@ use tokio::net::TcpListener;
 
 use crate::{
     clock::{monotonic_ns, unix_now},
-    keys::KeyRejection,
-    limits::LimitKey,
+    config::Config,
+    keys::{Client, KeyRejection, KeyStore},
     metrics::{Gauges, Metrics},
     proxy::Shared,
     xdp::PinnedMaps,
@@ -32,19 +41,27 @@ use crate::{
 
 /// The scope that limits an admin key to reading.
 pub const READ_ONLY_SCOPE: &str = "admin:read";
+/// The OpenAPI document served at `/v1/management/openapi.json`.
+pub const OPENAPI: &str = include_str!("openapi.json");
+/// Largest request body the admin API reads.
+const MAX_BODY: usize = 64 * 1024;
 
 type AdminResponse = Response<Full<Bytes>>;
 
 pub struct Admin {
     pub shared: Shared,
     pub metrics: Arc<Metrics>,
+    pub store: Arc<dyn KeyStore>,
+    /// Tier names, to refuse clients of a tier that does not exist.
+    pub tiers: Vec<String>,
+    pub audit: audit::AuditLog,
     /// Where the kernel path's maps are pinned, when XDP is attached.
     pub pin_root: Option<PathBuf>,
 }
 
 /// Why the admin API refused a request.
 #[derive(Debug, thiserror::Error)]
-enum AdminError {
+pub(crate) enum AdminError {
     #[error("an admin key is required (Authorization: Bearer <key>)")]
     MissingCredential,
     #[error("the key was refused ({0})")]
@@ -59,6 +76,12 @@ enum AdminError {
     NotFound,
     #[error("method not allowed here")]
     MethodNotAllowed,
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("the key store failed: {0}")]
+    Store(#[from] crate::keys::StoreError),
 }
 
 impl AdminError {
@@ -72,11 +95,17 @@ impl AdminError {
                 (StatusCode::NOT_FOUND, "not_found")
             }
             AdminError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+            AdminError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            AdminError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            AdminError::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "store_error"),
         }
     }
 
     fn into_response(self) -> AdminResponse {
         let (status, code) = self.status();
+        if status == StatusCode::INTERNAL_SERVER_ERROR {
+            tracing::error!(error = %self, "admin request failed");
+        }
         let mut response = json_response(
             status,
             &json!({ "error": code, "message": self.to_string() }),
@@ -108,7 +137,35 @@ enum Access {
     Write,
 }
 
+/// One management request, as the handlers see it.
+pub(crate) struct Call<'a> {
+    pub method: &'a Method,
+    /// Path segments after `/v1/management/api-clients`.
+    pub rest: &'a [&'a str],
+    pub query: Option<&'a str>,
+    pub body: Bytes,
+    /// The admin client making the call (for the audit log).
+    pub actor: &'a Client,
+    pub peer: SocketAddr,
+}
+
 impl Admin {
+    pub fn new(
+        config: &Config,
+        shared: Shared,
+        store: Arc<dyn KeyStore>,
+        pin_root: Option<PathBuf>,
+    ) -> std::io::Result<Self> {
+        Ok(Self {
+            metrics: shared.metrics.clone(),
+            shared,
+            store,
+            tiers: config.tiers.iter().map(|t| t.name.clone()).collect(),
+            audit: audit::AuditLog::open(&config.admin.audit_log)?,
+            pin_root,
+        })
+    }
+
     /// Serves until the runtime stops.
     pub async fn serve(self: Arc<Self>, listener: TcpListener) {
         loop {
@@ -123,7 +180,7 @@ impl Admin {
             tokio::spawn(async move {
                 let service = hyper::service::service_fn(move |req| {
                     let admin = admin.clone();
-                    async move { Ok::<_, Infallible>(admin.handle(req, peer)) }
+                    async move { Ok::<_, Infallible>(admin.handle(req, peer).await) }
                 });
                 if let Err(error) =
                     hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
@@ -136,11 +193,12 @@ impl Admin {
         }
     }
 
-    fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> AdminResponse {
+    async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> AdminResponse {
         let path = req.uri().path().to_owned();
         let method = req.method().clone();
         let response = self
-            .route(&req, &method, &path)
+            .route(req, peer)
+            .await
             .unwrap_or_else(AdminError::into_response);
         if path.starts_with("/v1/") {
             tracing::info!(%peer, %method, %path, status = response.status().as_u16(), "admin request");
@@ -148,32 +206,56 @@ impl Admin {
         response
     }
 
-    fn route(
+    async fn route(
         &self,
-        req: &Request<Incoming>,
-        method: &Method,
-        path: &str,
+        req: Request<Incoming>,
+        peer: SocketAddr,
     ) -> Result<AdminResponse, AdminError> {
+        let path = req.uri().path().to_owned();
+        let query = req.uri().query().map(str::to_owned);
+        let method = req.method().clone();
         let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
-        match (method, segments.as_slice()) {
+        match (&method, segments.as_slice()) {
             (&Method::GET, ["healthz"]) => {
                 Ok(json_response(StatusCode::OK, &json!({ "status": "ok" })))
             }
             (&Method::GET, ["metrics"]) => Ok(self.metrics_response()),
-            (_, ["v1", "management", "api-clients", id, "limits"]) => {
-                let access = match *method {
-                    Method::GET => Access::Read,
-                    Method::DELETE => Access::Write,
-                    _ => return Err(AdminError::MethodNotAllowed),
+            (&Method::GET, ["v1", "management", "openapi.json"]) => {
+                let mut response = Response::new(Full::new(Bytes::from_static(OPENAPI.as_bytes())));
+                response.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                );
+                Ok(response)
+            }
+            (_, ["v1", "management", "api-clients", rest @ ..]) => {
+                let access = if method == Method::GET {
+                    Access::Read
+                } else {
+                    Access::Write
                 };
-                self.authorize(req, access)?;
-                self.limits(id, access == Access::Write)
+                let actor = self.authorize(&req, access)?;
+                let body = Limited::new(req.into_body(), MAX_BODY)
+                    .collect()
+                    .await
+                    .map_err(|e| AdminError::BadRequest(format!("reading the body: {e}")))?
+                    .to_bytes();
+                let call = Call {
+                    method: &method,
+                    rest,
+                    query: query.as_deref(),
+                    body,
+                    actor: &actor,
+                    peer,
+                };
+                // SQLite calls block; this runtime has other threads for the rest.
+                tokio::task::block_in_place(|| self.clients(&call))
             }
             _ => Err(AdminError::NotFound),
         }
     }
 
-    fn authorize(&self, req: &Request<Incoming>, access: Access) -> Result<(), AdminError> {
+    fn authorize(&self, req: &Request<Incoming>, access: Access) -> Result<Client, AdminError> {
         let key = req
             .headers()
             .get(header::AUTHORIZATION)
@@ -193,35 +275,14 @@ impl Admin {
         if access == Access::Write && client.scopes.iter().any(|s| s == READ_ONLY_SCOPE) {
             return Err(AdminError::ReadOnly);
         }
-        Ok(())
+        Ok(client.as_ref().clone())
     }
 
-    /// A client's limit state; with `reset`, made whole first.
-    fn limits(&self, id: &str, reset: bool) -> Result<AdminResponse, AdminError> {
-        let client = self
-            .shared
-            .keys
-            .client(id)
-            .ok_or_else(|| AdminError::UnknownClient(id.to_owned()))?;
-        let (_, quota) = self.shared.tier(&client.tier);
-        let key = LimitKey::Client(client.id.clone());
-        if reset {
-            self.shared.limiter.reset(&key);
-            tracing::info!(client_id = %client.id, "limit reset by the admin API");
-        }
-        let state = self.shared.limiter.peek(&key, quota, monotonic_ns());
-        Ok(json_response(
-            StatusCode::OK,
-            &json!({
-                "client_id": client.id,
-                "tier": quota.name,
-                "limit": quota.requests,
-                "window_seconds": quota.window.as_secs_f64(),
-                "burst": quota.burst,
-                "remaining": state.remaining,
-                "reset_seconds": state.reset.as_secs_f64(),
-            }),
-        ))
+    /// Makes a store change visible to the request path now, not at the
+    /// next refresh.
+    fn reload(&self) -> Result<(), AdminError> {
+        self.shared.keys.load(self.store.as_ref())?;
+        Ok(())
     }
 
     fn metrics_response(&self) -> AdminResponse {
