@@ -10,6 +10,7 @@
 )]
 
 pub mod http;
+pub mod openapi;
 pub mod packet;
 
 use std::{
