@@ -522,3 +522,32 @@ pub fn limits_command(command: LimitsCommand) -> Result<()> {
     }
     Ok(())
 }
+
+#[derive(Subcommand)]
+pub enum TokensCommand {
+    /// A new signing key for the token endpoint; the old one stays in the
+    /// JWKS until its last token expires. A running gateway follows within
+    /// a second.
+    RotateKey {
+        /// The configuration whose `state_dir` holds the keys.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+}
+
+pub fn tokens_command(command: TokensCommand) -> Result<()> {
+    let TokensCommand::RotateKey { config } = command;
+    let config = Config::load(config.as_deref()).context("loading the configuration")?;
+    let file = gateway::tokens::KeyFile::new(
+        config.state_dir.join("token-keys.json"),
+        config.tokens.max_ttl_seconds(),
+    );
+    let kid = file
+        .rotate(unix_now())
+        .context("rotating the token signing key")?;
+    println!(
+        "new token signing key {kid}; the previous one stays published for {} s",
+        config.tokens.max_ttl_seconds()
+    );
+    Ok(())
+}

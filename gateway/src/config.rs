@@ -50,6 +50,9 @@ pub struct Config {
     pub guard: GuardConfig,
     #[serde(default)]
     pub admin: AdminConfig,
+    /// The gateway's own OAuth2 token endpoint and signing keys.
+    #[serde(default)]
+    pub tokens: TokensConfig,
     #[serde(default)]
     pub listeners: Vec<ListenerConfig>,
     #[serde(default)]
@@ -232,6 +235,62 @@ impl Default for LimitsConfig {
             max_header_bytes: 64 * 1024,
             max_connections: 10_000,
             workers: 0,
+        }
+    }
+}
+
+/// `POST /oauth2/token` (client credentials: an API key buys a JWT), the
+/// JWKS and discovery documents, and tokens for upstreams.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TokensConfig {
+    pub enabled: bool,
+    /// The tokens' `iss`; default `http(s)://` and the first listener's address.
+    pub issuer: Option<String>,
+    /// The `aud` of tokens from the token endpoint (the gateway accepts it).
+    pub audience: String,
+    /// Lifetime of tokens from the token endpoint.
+    #[serde(with = "humantime_serde_compat")]
+    pub ttl: Duration,
+    /// Lifetime of tokens the gateway hands upstreams (`upstream_identity = "jwt"`).
+    #[serde(with = "humantime_serde_compat")]
+    pub upstream_ttl: Duration,
+}
+
+impl Default for TokensConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            issuer: None,
+            audience: "gateway".into(),
+            ttl: Duration::from_secs(300),
+            upstream_ttl: Duration::from_secs(60),
+        }
+    }
+}
+
+impl TokensConfig {
+    /// How long a retired signing key must stay published.
+    pub fn max_ttl_seconds(&self) -> i64 {
+        self.ttl.max(self.upstream_ttl).as_secs() as i64
+    }
+}
+
+impl IssuerConfig {
+    /// The gateway's own issuer: its EdDSA keys, its audience.
+    pub fn own(issuer: &str, audience: &str) -> Self {
+        Self {
+            issuer: issuer.to_owned(),
+            audiences: vec![audience.to_owned()],
+            pem: None,
+            jwks_url: None,
+            discovery_url: None,
+            algorithms: vec!["EdDSA".into()],
+            leeway: crate::jwt::default_leeway(),
+            client_claim: "client_id".into(),
+            tier_claim: default_tier_claim(),
+            refresh: default_key_refresh(),
+            min_refresh_interval: default_min_refresh(),
         }
     }
 }
@@ -435,6 +494,9 @@ pub struct RouteConfig {
     /// Keep the client's credential on the forwarded request.
     #[serde(default)]
     pub forward_credential: bool,
+    /// How the upstream learns who the client is.
+    #[serde(default)]
+    pub upstream_identity: UpstreamIdentity,
     #[serde(default)]
     pub key_sources: KeySources,
     /// Apply the client's tier limit (authenticated routes only).
@@ -507,6 +569,18 @@ impl TierConfig {
             self.burst.unwrap_or(self.requests),
         )
     }
+}
+
+/// How a route tells its upstream who the client is.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum UpstreamIdentity {
+    /// `X-Client-Id` / `X-Client-Tier` headers.
+    #[default]
+    Headers,
+    /// `Authorization: Bearer` with a short-lived JWT the gateway signs
+    /// (audience: the upstream's name), so upstreams accept tokens only.
+    Jwt,
 }
 
 /// Whose requests a route's limit counts together.
@@ -623,10 +697,19 @@ impl Config {
             }
         }
         for (index, route) in self.routes.iter().enumerate() {
-            if matches!(route.auth, AuthPolicy::Jwt | AuthPolicy::Both) && self.issuers.is_empty() {
+            if matches!(route.auth, AuthPolicy::Jwt | AuthPolicy::Both)
+                && self.issuers.is_empty()
+                && !self.tokens.enabled
+            {
                 return Err(ConfigError::invalid(
                     format!("routes[{index}].auth"),
-                    "accepts JWTs but no [[issuers]] are configured",
+                    "accepts JWTs but no [[issuers]] are configured and [tokens] is disabled",
+                ));
+            }
+            if route.upstream_identity == UpstreamIdentity::Jwt && !self.tokens.enabled {
+                return Err(ConfigError::invalid(
+                    format!("routes[{index}].upstream_identity"),
+                    "\"jwt\" needs the gateway's own tokens ([tokens] enabled = true)",
                 ));
             }
         }

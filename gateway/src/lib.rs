@@ -11,4 +11,5 @@ pub mod limits;
 pub mod metrics;
 pub mod net;
 pub mod proxy;
+pub mod tokens;
 pub mod xdp;

@@ -15,11 +15,12 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use gateway::{
     admin::Admin,
-    clock::monotonic_ns,
-    config::Config,
+    clock::{monotonic_ns, unix_now},
+    config::{Config, IssuerConfig},
     jwt::JwtVerifier,
     keys::{KeyIndex, KeyStore, SqliteStore},
     proxy::{workers, Shared},
+    tokens::TokenIssuer,
     xdp::{
         self, Enforcement, KernelPath, Mode, PinnedMaps, PolicyWriter, UserspaceBans,
         DEFAULT_BUDGET, DEFAULT_PIN_ROOT,
@@ -55,6 +56,9 @@ enum Command {
     /// admin key comes from GATEWAY_ADMIN_KEY).
     #[command(subcommand)]
     Limits(cli_keys::LimitsCommand),
+    /// The token endpoint's signing keys.
+    #[command(subcommand)]
+    Tokens(cli_keys::TokensCommand),
 }
 
 #[derive(Args)]
@@ -237,6 +241,7 @@ fn main() -> Result<()> {
         }
         Command::Keys(command) => cli_keys::keys_command(command),
         Command::Limits(command) => cli_keys::limits_command(command),
+        Command::Tokens(command) => cli_keys::tokens_command(command),
     }
 }
 
@@ -284,40 +289,27 @@ fn run(args: RunArgs) -> Result<()> {
             config.keys.refresh,
         ));
 
-        let tiers = config.tiers.iter().map(|t| t.name.clone()).collect();
-        let jwt =
-            Arc::new(JwtVerifier::new(&config.issuers, tiers).context("configuring JWT issuers")?);
-        jwt.spawn_refresh();
-        let shared = Shared::new(&config, index, jwt, userspace_bans, policy);
-        shared.spawn_health_checks();
-        tokio::spawn(shared.clone().sweep_guard(Duration::from_secs(5)));
         let workers = match config.limits.workers {
             0 => std::thread::available_parallelism().map_or(1, usize::from),
             n => n,
         };
-        let mut listeners = Vec::new();
-        for listener in &config.listeners {
-            let tls = match &listener.tls {
-                None => None,
-                Some(tls) => {
-                    let mut names = tls.names.clone();
-                    if names.is_empty() {
-                        names = vec!["localhost".into(), listener.address.ip().to_string()];
-                    }
-                    Some(
-                        gateway::proxy::tls::acceptor(tls, &config.state_dir, &names)
-                            .with_context(|| format!("TLS for listener {}", listener.address))?,
-                    )
-                }
-            };
-            let sockets = workers::bind(listener.address, workers)
-                .with_context(|| format!("cannot listen on {}", listener.address))?;
-            let scheme = if tls.is_some() { "https" } else { "http" };
-            if let Some(first) = sockets.first() {
-                println!("listening: {scheme}://{}", first.local_addr()?);
-            }
-            listeners.push(workers::Listener { sockets, tls });
+        let (listeners, first_url) = bind_listeners(&config, workers)?;
+
+        let tiers = config.tiers.iter().map(|t| t.name.clone()).collect();
+        let mut jwt =
+            JwtVerifier::new(&config.issuers, tiers).context("configuring JWT issuers")?;
+        let tokens = match (config.tokens.enabled, first_url) {
+            (true, Some(url)) => Some(start_tokens(&config, url, &mut jwt)?),
+            _ => None,
+        };
+        let jwt = Arc::new(jwt);
+        jwt.spawn_refresh();
+        if let Some(tokens) = &tokens {
+            tokio::spawn(follow_token_keys(tokens.clone(), jwt.clone()));
         }
+        let shared = Shared::new(&config, index, jwt, userspace_bans, policy, tokens);
+        shared.spawn_health_checks();
+        tokio::spawn(shared.clone().sweep_guard(Duration::from_secs(5)));
         let (stop, stopped) = tokio::sync::watch::channel(false);
         if config.admin.enabled {
             let listener = tokio::net::TcpListener::bind(config.admin.address)
@@ -359,6 +351,75 @@ fn run(args: RunArgs) -> Result<()> {
         drop(kernel);
         Ok(())
     })
+}
+
+/// Binds every listener (one socket per worker) and prints its address;
+/// returns them with the first one's URL (the default token issuer).
+fn bind_listeners(
+    config: &Config,
+    workers: usize,
+) -> Result<(Vec<workers::Listener>, Option<String>)> {
+    let mut listeners = Vec::new();
+    let mut first_url = None;
+    for listener in &config.listeners {
+        let tls = match &listener.tls {
+            None => None,
+            Some(tls) => {
+                let mut names = tls.names.clone();
+                if names.is_empty() {
+                    names = vec!["localhost".into(), listener.address.ip().to_string()];
+                }
+                Some(
+                    gateway::proxy::tls::acceptor(tls, &config.state_dir, &names)
+                        .with_context(|| format!("TLS for listener {}", listener.address))?,
+                )
+            }
+        };
+        let sockets = workers::bind(listener.address, workers)
+            .with_context(|| format!("cannot listen on {}", listener.address))?;
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        if let Some(first) = sockets.first() {
+            let url = format!("{scheme}://{}", first.local_addr()?);
+            println!("listening: {url}");
+            first_url.get_or_insert(url);
+        }
+        listeners.push(workers::Listener { sockets, tls });
+    }
+    Ok((listeners, first_url))
+}
+
+/// The gateway's own token issuer, trusted by its own JWT verifier.
+fn start_tokens(config: &Config, url: String, jwt: &mut JwtVerifier) -> Result<Arc<TokenIssuer>> {
+    let issuer = config.tokens.issuer.clone().unwrap_or(url);
+    let path = config.state_dir.join("token-keys.json");
+    let tokens = TokenIssuer::open(&config.tokens, issuer.clone(), &path, unix_now())
+        .context("loading the token signing keys")?;
+    jwt.add_static_issuer(
+        IssuerConfig::own(&issuer, &config.tokens.audience),
+        tokens.verification_keys(),
+    )
+    .context("trusting the gateway's own tokens")?;
+    tracing::info!(%issuer, "token endpoint ready");
+    Ok(Arc::new(tokens))
+}
+
+/// Follows key rotations (`gateway tokens rotate-key`) and retired keys
+/// ageing out of the JWKS.
+async fn follow_token_keys(tokens: Arc<TokenIssuer>, jwt: Arc<JwtVerifier>) {
+    let mut ticker = tokio::time::interval(Duration::from_secs(1));
+    let mut last_reload = unix_now();
+    loop {
+        ticker.tick().await;
+        let now = unix_now();
+        if !tokens.changed() && now - last_reload < 60 {
+            continue;
+        }
+        last_reload = now;
+        match tokens.reload(now) {
+            Ok(keys) => jwt.set_keys(&tokens.issuer, keys),
+            Err(error) => tracing::warn!(%error, "reloading the token signing keys failed"),
+        }
+    }
 }
 
 /// Picks up keys another process (the CLI) wrote to the store.

@@ -23,7 +23,8 @@ const MAX_DOCUMENT: usize = 1 << 20;
 const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub enum KeySource {
-    Pem(DecodingKey),
+    /// Keys given, not fetched: a PEM file, or the gateway's own.
+    Static(Vec<Key>),
     Jwks(String),
     Discovery(String),
 }
@@ -102,10 +103,7 @@ impl IssuerKeys {
         min_refresh_interval: Duration,
     ) -> Self {
         let initial = match &source {
-            KeySource::Pem(key) => vec![Key {
-                kid: None,
-                key: key.clone(),
-            }],
+            KeySource::Static(keys) => keys.clone(),
             _ => Vec::new(),
         };
         Self {
@@ -119,7 +117,12 @@ impl IssuerKeys {
     }
 
     pub fn is_remote(&self) -> bool {
-        !matches!(self.source, KeySource::Pem(_))
+        !matches!(self.source, KeySource::Static(_))
+    }
+
+    /// Replaces static keys (the gateway's own, after a rotation).
+    pub fn set(&self, keys: Vec<Key>) {
+        self.keys.store(Arc::new(keys));
     }
 
     /// The key for `kid`; a token without `kid` matches a sole key.
@@ -165,7 +168,7 @@ impl IssuerKeys {
 
     async fn fetch(&self) -> Result<usize, JwtError> {
         let jwks_url = match &self.source {
-            KeySource::Pem(_) => return Ok(self.keys.load().len()),
+            KeySource::Static(_) => return Ok(self.keys.load().len()),
             KeySource::Jwks(url) => url.clone(),
             KeySource::Discovery(url) => {
                 let discovery: Discovery = self.fetcher.json(url).await?;

@@ -155,7 +155,7 @@ impl JwtVerifier {
                                 path.display()
                             ))
                         })?;
-                    KeySource::Pem(key)
+                    KeySource::Static(vec![keys::Key { kid: None, key }])
                 }
                 (None, Some(url), None) => KeySource::Jwks(url.clone()),
                 (None, None, Some(url)) => KeySource::Discovery(url.clone()),
@@ -185,6 +185,42 @@ impl JwtVerifier {
 
     pub fn is_empty(&self) -> bool {
         self.issuers.is_empty()
+    }
+
+    /// Trusts tokens from `config.issuer` signed by `keys` (the gateway's
+    /// own issuer; [`Self::set_keys`] follows its key rotations).
+    pub fn add_static_issuer(
+        &mut self,
+        config: IssuerConfig,
+        keys: Vec<keys::Key>,
+    ) -> Result<(), JwtError> {
+        let algorithms = config
+            .algorithms
+            .iter()
+            .map(|a| parse_algorithm(a))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|message| JwtError::Config {
+                index: self.issuers.len(),
+                message,
+            })?;
+        self.issuers.push(Arc::new(Issuer {
+            keys: IssuerKeys::new(
+                &config.issuer,
+                KeySource::Static(keys),
+                Fetcher::new()?,
+                config.min_refresh_interval,
+            ),
+            algorithms,
+            config,
+        }));
+        Ok(())
+    }
+
+    /// New keys for a static issuer.
+    pub fn set_keys(&self, issuer: &str, keys: Vec<keys::Key>) {
+        if let Some(found) = self.issuers.iter().find(|i| i.config.issuer == issuer) {
+            found.keys.set(keys);
+        }
     }
 
     /// Loads remote keys now and keeps refreshing them in the background.

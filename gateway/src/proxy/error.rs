@@ -36,6 +36,8 @@ pub enum ProxyError {
     BannedSource,
     /// Shed: the upstream pool is overloaded and this tier goes first.
     Overloaded(std::time::Duration),
+    /// Our fault (e.g. signing an upstream token failed); logged.
+    Internal,
 }
 
 /// Who caused a failure, for logs: the client, the upstream, or us.
@@ -44,6 +46,8 @@ pub enum ProxyError {
 pub enum Blame {
     Client,
     Upstream,
+    /// The gateway itself.
+    Internal,
 }
 
 impl ProxyError {
@@ -62,6 +66,7 @@ impl ProxyError {
             ProxyError::Upstream => "upstream_error",
             ProxyError::BannedSource => "banned",
             ProxyError::Overloaded(_) => "overloaded",
+            ProxyError::Internal => "internal_error",
         }
     }
 
@@ -81,6 +86,7 @@ impl ProxyError {
             | ProxyError::UpstreamTimeout
             | ProxyError::Upstream
             | ProxyError::Overloaded(_) => Blame::Upstream,
+            ProxyError::Internal => Blame::Internal,
             _ => Blame::Client,
         }
     }
@@ -132,6 +138,10 @@ impl ProxyError {
             ProxyError::Overloaded(_) => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "the upstream is overloaded; lower tiers are shed first".into(),
+            ),
+            ProxyError::Internal => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the gateway failed; this is not the client's fault".into(),
             ),
         }
     }

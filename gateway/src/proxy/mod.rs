@@ -39,6 +39,7 @@ pub mod access_log;
 pub mod credentials;
 pub mod error;
 pub mod forward;
+pub mod oauth;
 pub mod overload;
 pub mod route;
 pub mod tls;
@@ -67,12 +68,13 @@ use self::{
 };
 use crate::{
     clock::{monotonic_ns, unix_now},
-    config::{AuthPolicy, Config, LimitBy, LimitsConfig, TierConfig},
+    config::{AuthPolicy, Config, LimitBy, LimitsConfig, TierConfig, UpstreamIdentity},
     guard::SourceGuard,
     jwt::JwtVerifier,
     keys::{Client as ApiClient, KeyIndex, KeyRejection},
     limits::{Decision, LimitKey, LocalLimiter, Quota, RateLimiter},
     metrics::{Metrics, Outcome, Recorder},
+    tokens::{Grant, TokenIssuer},
     xdp::{PolicyHandle, PolicyUpdate, UserspaceBans},
 };
 
@@ -187,6 +189,8 @@ pub struct Shared {
     /// Where the guard's decisions go (batched, off the request path).
     pub policy: PolicyHandle,
     pub metrics: Arc<Metrics>,
+    /// The gateway's own token issuer, when `[tokens]` is enabled.
+    pub tokens: Option<Arc<TokenIssuer>>,
 }
 
 impl Shared {
@@ -196,6 +200,7 @@ impl Shared {
         jwt: Arc<JwtVerifier>,
         userspace_bans: Option<UserspaceBans>,
         policy: PolicyHandle,
+        tokens: Option<Arc<TokenIssuer>>,
     ) -> Self {
         Self {
             keys,
@@ -214,6 +219,7 @@ impl Shared {
             quotas: Arc::new(config.tiers.iter().map(TierConfig::quota).collect()),
             guard: Arc::new(SourceGuard::new(config.guard_settings())),
             policy,
+            tokens,
             metrics: Arc::new(Metrics::new(
                 config.routes.iter().map(route::route_name).collect(),
                 config.tiers.iter().map(|t| t.name.clone()).collect(),
@@ -446,6 +452,13 @@ impl Gateway {
             }
         }
 
+        // The gateway's own OAuth2 endpoints come before any route.
+        if let Some(tokens) = &self.shared.tokens {
+            if oauth::handles(req.uri().path()) {
+                return Ok(oauth::handle(&self.shared, tokens, req, peer.ip(), log).await);
+            }
+        }
+
         // Phase: route.
         let host = req
             .headers()
@@ -618,8 +631,21 @@ impl Gateway {
                     .await
                     .map_err(ProxyError::InvalidToken)?;
                 log.issuer = Some(verified.issuer.clone());
-                // A stored client with this external id is the same client.
-                let identity = match self.shared.keys.by_external_id(&verified.client_id) {
+                // The gateway's own tokens name a stored client by id (so
+                // revoking the client revokes its tokens); others may name
+                // one by external id.
+                let own = self
+                    .shared
+                    .tokens
+                    .as_ref()
+                    .is_some_and(|t| t.issuer == verified.issuer);
+                let stored = if own {
+                    let client = self.shared.keys.client(&verified.client_id);
+                    Some(client.ok_or(ProxyError::InvalidCredential(KeyRejection::Unknown))?)
+                } else {
+                    self.shared.keys.by_external_id(&verified.client_id)
+                };
+                let identity = match stored {
                     Some(client) if client.disabled => {
                         return Err(ProxyError::InvalidCredential(KeyRejection::Disabled))
                     }
@@ -673,15 +699,34 @@ impl Gateway {
         // Identity headers come from us only, never from the client.
         headers.remove(&self.client_id_header);
         headers.remove(&self.client_tier_header);
-        if let Some(client) = client {
-            for (name, value) in [
-                (&self.client_id_header, &client.client_id),
-                (&self.client_tier_header, &client.tier),
-            ] {
-                if let Ok(value) = HeaderValue::from_str(value) {
-                    headers.insert(name.clone(), value);
+        match (client, route.upstream_identity, &self.shared.tokens) {
+            (Some(client), UpstreamIdentity::Jwt, Some(tokens)) => {
+                let grant = Grant {
+                    client_id: &client.client_id,
+                    tier: &client.tier,
+                    scopes: &client.scopes,
+                };
+                let token = tokens
+                    .upstream_token(&grant, &route.upstream, unix_now())
+                    .map_err(|error| {
+                        tracing::error!(%error, "signing an upstream token failed");
+                        ProxyError::Internal
+                    })?;
+                if let Ok(value) = HeaderValue::from_str(&format!("Bearer {token}")) {
+                    headers.insert(header::AUTHORIZATION, value);
                 }
             }
+            (Some(client), _, _) => {
+                for (name, value) in [
+                    (&self.client_id_header, &client.client_id),
+                    (&self.client_tier_header, &client.tier),
+                ] {
+                    if let Ok(value) = HeaderValue::from_str(value) {
+                        headers.insert(name.clone(), value);
+                    }
+                }
+            }
+            (None, _, _) => {}
         }
         if let Ok(id) = HeaderValue::from_str(request_id) {
             headers.insert(X_REQUEST_ID, id);

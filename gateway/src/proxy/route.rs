@@ -1,6 +1,6 @@
 //! Route matching: by host (exact, case-insensitive; absent = any host),
 //! then the longest path prefix.
-use crate::config::{AuthPolicy, KeySources, LimitBy, RouteConfig};
+use crate::config::{AuthPolicy, KeySources, LimitBy, RouteConfig, UpstreamIdentity};
 
 #[derive(Clone, Debug)]
 pub struct Route {
@@ -12,6 +12,7 @@ pub struct Route {
     pub auth: AuthPolicy,
     pub required_scopes: Vec<String>,
     pub forward_credential: bool,
+    pub upstream_identity: UpstreamIdentity,
     pub key_sources: KeySources,
     pub rate_limit: bool,
     pub limit_by: LimitBy,
@@ -48,6 +49,7 @@ impl RouteTable {
                 auth: c.auth,
                 required_scopes: c.required_scopes.clone(),
                 forward_credential: c.forward_credential,
+                upstream_identity: c.upstream_identity,
                 key_sources: c.key_sources.clone(),
                 rate_limit: c.rate_limit,
                 limit_by: c.limit_by,
@@ -100,6 +102,7 @@ mod tests {
             auth: AuthPolicy::ApiKey,
             required_scopes: Vec::new(),
             forward_credential: false,
+            upstream_identity: UpstreamIdentity::Headers,
             key_sources: KeySources::default(),
             rate_limit: true,
             limit_by: LimitBy::Client,

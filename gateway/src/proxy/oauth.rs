@@ -1,0 +1,222 @@
+//! The gateway's own OAuth2 endpoints on the public listeners (when
+//! `[tokens]` is enabled), answered before routing:
+//!
+//! - `POST /oauth2/token`: `grant_type=client_credentials`, the API key as
+//!   `client_secret` (form field or HTTP Basic; `client_id`, if given, must
+//!   be the key's client). Answers `{access_token, token_type: "Bearer",
+//!   expires_in, scope}`; errors as RFC 6749 §5.2 says. A refused secret
+//!   counts as an authentication failure for the source guard.
+//! - `GET /.well-known/jwks.json` and `GET /.well-known/openid-configuration`.
+use base64::Engine;
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use serde_json::{json, Value};
+
+use super::{AccessLog, ProxyBody, Shared};
+use crate::{
+    clock::{monotonic_ns, unix_now},
+    tokens::{Grant, TokenIssuer},
+};
+
+pub const TOKEN_PATH: &str = "/oauth2/token";
+pub const JWKS_PATH: &str = "/.well-known/jwks.json";
+pub const DISCOVERY_PATH: &str = "/.well-known/openid-configuration";
+const MAX_FORM: usize = 8 * 1024;
+
+/// Whether this request is for one of these endpoints.
+pub fn handles(path: &str) -> bool {
+    matches!(path, TOKEN_PATH | JWKS_PATH | DISCOVERY_PATH)
+}
+
+fn json_response(status: StatusCode, body: &Value) -> Response<ProxyBody> {
+    let mut response = Response::new(
+        Full::new(Bytes::from(body.to_string()))
+            .map_err(|never| match never {})
+            .boxed(),
+    );
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+/// An RFC 6749 error answer; `detail` goes to the access log only.
+fn refuse(
+    log: &mut AccessLog,
+    status: StatusCode,
+    code: &'static str,
+    detail: &'static str,
+) -> Response<ProxyBody> {
+    log.error = Some(code);
+    log.detail = Some(detail);
+    let mut response = json_response(
+        status,
+        &json!({ "error": code, "error_description": detail }),
+    );
+    if status == StatusCode::UNAUTHORIZED {
+        response.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Basic realm=\"gateway\""),
+        );
+    }
+    response
+}
+
+pub(super) async fn handle(
+    shared: &Shared,
+    tokens: &TokenIssuer,
+    req: Request<Incoming>,
+    peer: std::net::IpAddr,
+    log: &mut AccessLog,
+) -> Response<ProxyBody> {
+    match (req.method(), req.uri().path()) {
+        (&Method::GET, JWKS_PATH) => json_response(StatusCode::OK, &tokens.jwks()),
+        (&Method::GET, DISCOVERY_PATH) => json_response(StatusCode::OK, &tokens.discovery()),
+        (&Method::POST, TOKEN_PATH) => token(shared, tokens, req, peer, log).await,
+        _ => refuse(
+            log,
+            StatusCode::METHOD_NOT_ALLOWED,
+            "invalid_request",
+            "method not allowed",
+        ),
+    }
+}
+
+async fn token(
+    shared: &Shared,
+    tokens: &TokenIssuer,
+    req: Request<Incoming>,
+    peer: std::net::IpAddr,
+    log: &mut AccessLog,
+) -> Response<ProxyBody> {
+    let basic = basic_credentials(req.headers());
+    let Ok(body) = Limited::new(req.into_body(), MAX_FORM).collect().await else {
+        return refuse(
+            log,
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "unreadable or oversized body",
+        );
+    };
+    let body = body.to_bytes();
+    let mut form = std::collections::HashMap::new();
+    for (key, value) in form_urlencoded::parse(&body) {
+        form.insert(key.into_owned(), value.into_owned());
+    }
+    if form.get("grant_type").map(String::as_str) != Some("client_credentials") {
+        return refuse(
+            log,
+            StatusCode::BAD_REQUEST,
+            "unsupported_grant_type",
+            "only grant_type=client_credentials is supported",
+        );
+    }
+    let (client_id, secret) = match (basic, form.get("client_secret")) {
+        (Some((id, secret)), None) => (Some(id), secret),
+        (None, Some(secret)) => (form.get("client_id").cloned(), secret.clone()),
+        (Some(_), Some(_)) => {
+            return refuse(
+                log,
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                "client authenticated twice",
+            )
+        }
+        (None, None) => {
+            return refuse(
+                log,
+                StatusCode::UNAUTHORIZED,
+                "invalid_client",
+                "no client credentials",
+            )
+        }
+    };
+    let (key_id, outcome) = shared.keys.verify(&secret, unix_now());
+    log.key_id = key_id;
+    let client = match outcome {
+        Ok(client) if client_id.as_ref().is_none_or(|id| *id == client.id) => client,
+        outcome => {
+            shared.submit(shared.guard.auth_failed(peer, monotonic_ns()));
+            let detail = outcome.err().map_or("client_id_mismatch", |r| r.as_str());
+            return refuse(log, StatusCode::UNAUTHORIZED, "invalid_client", detail);
+        }
+    };
+    log.client_id = Some(client.id.clone());
+    log.tier = Some(client.tier.clone());
+    // A narrower scope may be asked for, never a wider one.
+    let scopes: Vec<String> = match form.get("scope") {
+        None => client.scopes.clone(),
+        Some(asked) => {
+            let asked: Vec<String> = asked.split_whitespace().map(str::to_owned).collect();
+            if asked
+                .iter()
+                .any(|s| !client.scopes.contains(s) && *s != client.tier)
+            {
+                return refuse(
+                    log,
+                    StatusCode::BAD_REQUEST,
+                    "invalid_scope",
+                    "a scope the client does not have",
+                );
+            }
+            asked.into_iter().filter(|s| *s != client.tier).collect()
+        }
+    };
+    let ttl = tokens.config.ttl.as_secs() as i64;
+    let grant = Grant {
+        client_id: &client.id,
+        tier: &client.tier,
+        scopes: &scopes,
+    };
+    match tokens.mint(&grant, &tokens.config.audience, ttl, unix_now()) {
+        Ok(access_token) => {
+            // What the token's `scope` claim says: the scopes and the tier.
+            let mut scope = scopes;
+            scope.push(client.tier.clone());
+            json_response(
+                StatusCode::OK,
+                &json!({
+                    "access_token": access_token,
+                    "token_type": "Bearer",
+                    "expires_in": ttl,
+                    "scope": scope.join(" "),
+                }),
+            )
+        }
+        Err(error) => {
+            tracing::error!(%error, "minting a token failed");
+            refuse(
+                log,
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "server_error",
+                "signing failed",
+            )
+        }
+    }
+}
+
+/// `Authorization: Basic` client id and secret (form-encoded, RFC 6749 §2.3.1).
+fn basic_credentials(headers: &http::HeaderMap) -> Option<(String, String)> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, encoded) = value.trim().split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .ok()?;
+    let text = String::from_utf8(decoded).ok()?;
+    let (id, secret) = text.split_once(':')?;
+    let decode = |s: &str| {
+        form_urlencoded::parse(format!("v={s}").as_bytes())
+            .next()
+            .map(|(_, v)| v.into_owned())
+    };
+    Some((decode(id)?, decode(secret)?))
+}

@@ -1,0 +1,249 @@
+//! The gateway as an OAuth2 issuer: client credentials (an API key) buy a
+//! JWT that the gateway accepts like any issuer's (same tier and limits),
+//! that `jose` from npm verifies against the published JWKS, that dies with
+//! its client, and that survives a signing-key rotation; routes with
+//! `upstream_identity = "jwt"` hand upstreams a gateway-signed token instead
+//! of identity headers.
+#![allow(clippy::unwrap_used, reason = "tests: a panic is the failure report")]
+
+use std::{
+    path::Path,
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use base64::{engine::general_purpose::STANDARD, Engine};
+use gateway_tests::http::{pause, request_with_body, FakeUpstream, ProxyGateway, Reply};
+use serde_json::Value;
+
+fn config(upstream: &FakeUpstream) -> String {
+    format!(
+        r#"
+[[tiers]]
+name = "bronze"
+requests = 3
+window = "60s"
+
+[[tiers]]
+name = "gold"
+requests = 1000
+
+[[upstreams]]
+name = "app"
+servers = ["{addr}"]
+
+[[routes]]
+path_prefix = "/api/"
+upstream = "app"
+auth = "both"
+
+[[routes]]
+path_prefix = "/rs/"
+upstream = "app"
+auth = "api_key"
+upstream_identity = "jwt"
+"#,
+        addr = upstream.addr
+    )
+}
+
+fn token_request(gateway: &ProxyGateway, headers: &[(&str, &str)], form: &str) -> Reply {
+    let mut all = vec![("content-type", "application/x-www-form-urlencoded")];
+    all.extend_from_slice(headers);
+    request_with_body(gateway.addr, "POST", "/oauth2/token", &all, form)
+}
+
+fn issuer(gateway: &ProxyGateway) -> String {
+    format!("http://{}", gateway.addr)
+}
+
+/// `jose` verifies `token` for `audience` via discovery and the JWKS.
+fn jose_verify(gateway: &ProxyGateway, audience: &str, token: &str) -> Value {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("oidc");
+    assert!(
+        dir.join("node_modules/jose").is_dir(),
+        "jose is not installed in {}: run `cargo xtask setup` (needs node and npm)",
+        dir.display()
+    );
+    let output = Command::new("node")
+        .arg("verify.mjs")
+        .args([&issuer(gateway), audience, token])
+        .current_dir(&dir)
+        .output()
+        .expect("node must be installed for the token interoperability test");
+    assert!(
+        output.status.success(),
+        "jose refused the token: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+#[test]
+fn client_credentials_buy_a_token_the_gateway_and_jose_accept() {
+    let upstream = FakeUpstream::start(None);
+    let gateway = ProxyGateway::new(&config(&upstream));
+    let (id, key) = gateway.create_client("bronze", &["--scopes", "read,write"]);
+    let gateway = gateway.start();
+
+    let reply = token_request(
+        &gateway,
+        &[],
+        &format!("grant_type=client_credentials&client_secret={key}&scope=read"),
+    );
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(reply.header("cache-control"), Some("no-store"));
+    let granted = reply.json();
+    assert_eq!(granted["token_type"], "Bearer");
+    assert_eq!(granted["expires_in"], 300);
+    assert_eq!(granted["scope"], "read bronze");
+    let token = granted["access_token"].as_str().unwrap().to_owned();
+
+    // The gateway accepts its own token: the same client, tier and limits.
+    let bearer = format!("Bearer {token}");
+    let by_token = gateway.get("/api/x", &[("authorization", &bearer)]);
+    assert_eq!(by_token.status, 200, "{}", by_token.body);
+    let seen = &upstream.requests()[0];
+    assert_eq!(seen.header("x-client-id"), Some(id.as_str()));
+    assert_eq!(seen.header("x-client-tier"), Some("bronze"));
+    assert!(
+        seen.header("authorization").is_none(),
+        "the token is stripped"
+    );
+    assert_eq!(by_token.header("x-ratelimit-limit"), Some("3"));
+    let by_key = gateway.get("/api/x", &[("x-api-key", &key)]);
+    assert_eq!(
+        by_key.header("x-ratelimit-remaining"),
+        Some("1"),
+        "key and token share the client's quota"
+    );
+
+    // An independent library verifies it from the published documents.
+    let verified = jose_verify(&gateway, "gateway", &token);
+    assert_eq!(verified["header"]["alg"], "EdDSA");
+    assert_eq!(verified["payload"]["sub"], id.as_str());
+    assert_eq!(verified["payload"]["iss"], issuer(&gateway));
+
+    // HTTP Basic works too; refusals are RFC 6749 errors.
+    let basic = format!("Basic {}", STANDARD.encode(format!("{id}:{key}")));
+    let reply = token_request(
+        &gateway,
+        &[("authorization", &basic)],
+        "grant_type=client_credentials",
+    );
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(reply.json()["scope"], "read write bronze");
+    let wrong = format!("Basic {}", STANDARD.encode(format!("cl_other:{key}")));
+    let reply = token_request(
+        &gateway,
+        &[("authorization", &wrong)],
+        "grant_type=client_credentials",
+    );
+    assert_eq!(
+        (reply.status, reply.json()["error"].clone()),
+        (401, "invalid_client".into())
+    );
+    let reply = token_request(
+        &gateway,
+        &[],
+        "grant_type=client_credentials&client_secret=gk_nope",
+    );
+    assert_eq!(reply.status, 401);
+    assert!(reply.header("www-authenticate").is_some());
+    let reply = token_request(
+        &gateway,
+        &[],
+        &format!("grant_type=password&client_secret={key}"),
+    );
+    assert_eq!(reply.json()["error"], "unsupported_grant_type");
+    let reply = token_request(
+        &gateway,
+        &[],
+        &format!("grant_type=client_credentials&client_secret={key}&scope=admin"),
+    );
+    assert_eq!(
+        (reply.status, reply.json()["error"].clone()),
+        (400, "invalid_scope".into())
+    );
+    let log = gateway.log_text();
+    assert!(!log.contains(&key), "the key leaked into the log");
+    assert!(!log.contains(&token), "the token leaked into the log");
+
+    // Revoking the client revokes its tokens.
+    let revoked = gateway.cli(
+        &[
+            "keys",
+            "revoke",
+            &id,
+            "--config",
+            &gateway.config.display().to_string(),
+        ],
+        &[],
+    );
+    assert!(revoked.status.success(), "{revoked:?}");
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while gateway.get("/api/x", &[("authorization", &bearer)]).status != 401 {
+        assert!(Instant::now() < deadline, "the token outlived its client");
+        pause(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn upstreams_get_a_gateway_signed_token_and_rotation_keeps_old_tokens_valid() {
+    let upstream = FakeUpstream::start(None);
+    let gateway = ProxyGateway::new(&config(&upstream));
+    let (id, key) = gateway.create_client("gold", &[]);
+    let gateway = gateway.start();
+
+    assert_eq!(gateway.get("/rs/x", &[("x-api-key", &key)]).status, 200);
+    let seen = &upstream.requests()[0];
+    assert!(seen.header("x-client-id").is_none(), "no identity headers");
+    let forwarded = seen
+        .header("authorization")
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .expect("the upstream got a token")
+        .to_owned();
+    let verified = jose_verify(&gateway, "app", &forwarded);
+    assert_eq!(verified["payload"]["sub"], id.as_str());
+    assert_eq!(verified["payload"]["aud"], "app");
+    let lifetime =
+        verified["payload"]["exp"].as_i64().unwrap() - verified["payload"]["iat"].as_i64().unwrap();
+    assert_eq!(lifetime, 60);
+
+    let form = format!("grant_type=client_credentials&client_secret={key}");
+    let old = token_request(&gateway, &[], &form).json()["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let old_kid = jose_verify(&gateway, "gateway", &old)["header"]["kid"].clone();
+    let rotated = gateway.cli(
+        &[
+            "tokens",
+            "rotate-key",
+            "--config",
+            &gateway.config.display().to_string(),
+        ],
+        &[],
+    );
+    assert!(rotated.status.success(), "{rotated:?}");
+    let jwks = || gateway.get("/.well-known/jwks.json", &[]).json();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while jwks()["keys"].as_array().unwrap().len() != 2 {
+        assert!(Instant::now() < deadline, "the rotation was not picked up");
+        pause(Duration::from_millis(100));
+    }
+    let new = token_request(&gateway, &[], &form).json()["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let new_kid = jose_verify(&gateway, "gateway", &new)["header"]["kid"].clone();
+    assert_ne!(old_kid, new_kid);
+    for token in [&old, &new] {
+        let bearer = format!("Bearer {token}");
+        assert_eq!(
+            gateway.get("/api/x", &[("authorization", &bearer)]).status,
+            200
+        );
+    }
+    jose_verify(&gateway, "gateway", &old);
+}
