@@ -54,7 +54,15 @@ pub fn run(which: Which) -> Result<()> {
     match which {
         Which::Auth => {
             crate::build(true)?;
-            run_cmd(crate::cargo(None).args(["bench", "--package", "gateway", "--bench", "auth"]))
+            let markdown = target_dir().join("bench-auth.md");
+            run_cmd(
+                crate::cargo(None)
+                    .args(["bench", "--package", "gateway", "--bench", "auth"])
+                    .env("GATEWAY_BENCH_MARKDOWN", &markdown),
+            )?;
+            let table = std::fs::read_to_string(&markdown)
+                .with_context(|| format!("the auth bench wrote no {}", markdown.display()))?;
+            crate::results::record("auth", &table)
         }
         Which::Proxy { rounds, seconds } => crate::bench_proxy::run(rounds.max(1), seconds.max(1)),
         Which::Xdp {
@@ -188,9 +196,15 @@ fn xdp(repeat: u32, rounds: usize, flood: Duration) -> Result<()> {
         baseline,
         spread(&baseline_ns)
     );
+    let mut table = String::from(
+        "## XDP program (`cargo xtask bench xdp`)\n\n| case | gateway | drop-all baseline | ratio | target |\n|---|---|---|---|---|\n",
+    );
     for (index, (name, ..)) in cases.iter().enumerate() {
         let ns = median(&mut case_ns[index]);
         let ratio = ns / baseline;
+        table.push_str(&format!(
+            "| {name} (ns/packet) | {ns:.0} | {baseline:.0} | {ratio:.2}x | <= 3.00x |\n"
+        ));
         println!(
             "  {:<24} {:>6.0} ns  {:>5.2}x baseline (target <= 3.00x: {})  (spread {})",
             name,
@@ -245,6 +259,10 @@ fn xdp(repeat: u32, rounds: usize, flood: Duration) -> Result<()> {
         median(&mut our_ns),
         dropped
     );
+    table.push_str(&format!(
+        "| banned flood over veth (packets/s dropped) | {ours_median:.0} | {baseline_median:.0} | {ratio:.2}x | >= 0.80x |\n"
+    ));
+    crate::results::record("xdp", &table)?;
     println!(
         "\nnote: on veth the sender's CPU also runs XDP, so the flood rate is bounded by the sender; \
          spreads above 1.3 mean the machine was too noisy for close ratios."
