@@ -50,6 +50,21 @@ pub enum Blame {
     Internal,
 }
 
+/// A small JSON answer from the gateway itself.
+pub fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<ProxyBody> {
+    let mut response = Response::new(
+        Full::new(Bytes::from(body.to_string()))
+            .map_err(|never| match never {})
+            .boxed(),
+    );
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
 impl ProxyError {
     /// Stable machine-readable code (also the access log's `error`).
     pub fn code(&self) -> &'static str {
@@ -148,18 +163,9 @@ impl ProxyError {
 
     pub fn into_response(self) -> Response<ProxyBody> {
         let (status, message) = self.status_and_message();
-        let body = serde_json::json!({ "error": self.code(), "message": message }).to_string();
-        let mut response = Response::new(
-            Full::new(Bytes::from(body))
-                .map_err(|never| match never {})
-                .boxed(),
-        );
-        *response.status_mut() = status;
+        let body = serde_json::json!({ "error": self.code(), "message": message });
+        let mut response = json_response(status, &body);
         let headers = response.headers_mut();
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
         match self {
             ProxyError::MissingCredential => {
                 headers.insert(

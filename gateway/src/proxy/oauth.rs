@@ -8,9 +8,8 @@
 //!   counts as an authentication failure for the source guard.
 //! - `GET /.well-known/jwks.json` and `GET /.well-known/openid-configuration`.
 use base64::Engine;
-use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use serde_json::{json, Value};
 
@@ -30,19 +29,12 @@ pub fn handles(path: &str) -> bool {
     matches!(path, TOKEN_PATH | JWKS_PATH | DISCOVERY_PATH)
 }
 
+/// Token answers must not be cached (RFC 6749 §5.1).
 fn json_response(status: StatusCode, body: &Value) -> Response<ProxyBody> {
-    let mut response = Response::new(
-        Full::new(Bytes::from(body.to_string()))
-            .map_err(|never| match never {})
-            .boxed(),
-    );
-    *response.status_mut() = status;
-    let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    let mut response = super::error::json_response(status, body);
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
 }
 
