@@ -400,3 +400,34 @@ fn disabled_clients_are_refused_and_can_be_enabled_again() {
     switch("enable");
     assert!(status_within(200), "enabled again");
 }
+
+#[test]
+fn idle_http2_connections_are_closed_after_the_request_timeout() {
+    use std::io::{Read, Write};
+    let upstream = FakeUpstream::start(None);
+    let gateway = ProxyGateway::new(&format!(
+        "[limits]\nrequest_timeout = \"1s\"\n\n[[upstreams]]\nname = \"app\"\nservers = [\"{}\"]\n\n\
+         [[routes]]\npath_prefix = \"/\"\nupstream = \"app\"\nauth = \"none\"\n",
+        upstream.addr
+    ))
+    .start();
+    // HTTP/2 with prior knowledge: the preface and an empty SETTINGS frame,
+    // then nothing.
+    let mut stream = std::net::TcpStream::connect(gateway.addr).unwrap();
+    stream
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .unwrap();
+    stream.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0]).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut received = Vec::new();
+    let closed = stream.read_to_end(&mut received);
+    assert!(
+        closed.is_ok(),
+        "the idle connection was still open after 10 s: {closed:?}"
+    );
+    // The last frame before the close is a GOAWAY (type 7).
+    let goaway = received.windows(4).any(|w| w[3] == 7 && w[0] == 0);
+    assert!(goaway, "no GOAWAY among {} bytes", received.len());
+}

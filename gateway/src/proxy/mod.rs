@@ -168,6 +168,49 @@ fn request_id(headers: &http::HeaderMap) -> String {
     format!("{prefix:016x}{count:016x}")
 }
 
+/// A connection's requests in flight and when the last one ended.
+struct Activity {
+    in_flight: std::sync::atomic::AtomicUsize,
+    last_ns: std::sync::atomic::AtomicU64,
+}
+
+impl Default for Activity {
+    fn default() -> Self {
+        Self {
+            in_flight: Default::default(),
+            last_ns: monotonic_ns().into(),
+        }
+    }
+}
+
+/// Counts one request in flight until dropped.
+struct Busy(Arc<Activity>);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.0.last_ns.store(monotonic_ns(), Relaxed);
+        self.0.in_flight.fetch_sub(1, Relaxed);
+    }
+}
+
+impl Activity {
+    fn begin(self: &Arc<Self>) -> Busy {
+        self.in_flight
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Busy(self.clone())
+    }
+
+    /// How long nothing has happened on the connection (zero while busy).
+    fn idle_for(&self, now_ns: u64) -> std::time::Duration {
+        use std::sync::atomic::Ordering::Relaxed;
+        if self.in_flight.load(Relaxed) > 0 {
+            return std::time::Duration::ZERO;
+        }
+        std::time::Duration::from_nanos(now_ns.saturating_sub(self.last_ns.load(Relaxed)))
+    }
+}
+
 /// What every worker's [`Gateway`] shares: built once per process.
 #[derive(Clone)]
 pub struct Shared {
@@ -352,9 +395,16 @@ impl Gateway {
         let header_timeout = self.limits.request_timeout;
         let max_buf = self.limits.max_header_bytes.max(8192);
         let gateway = self.clone();
+        let activity = Arc::new(Activity::default());
+        let seen = activity.clone();
         let service = hyper::service::service_fn(move |req| {
             let gateway = gateway.clone();
-            async move { Ok::<_, Infallible>(gateway.handle(req, peer, proto).await) }
+            let busy = seen.begin();
+            async move {
+                let response = gateway.handle(req, peer, proto).await;
+                drop(busy);
+                Ok::<_, Infallible>(response)
+            }
         });
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder
@@ -366,10 +416,28 @@ impl Gateway {
             .http2()
             .timer(TokioTimer::new())
             .max_header_list_size(u32::try_from(max_buf).unwrap_or(u32::MAX));
-        if let Err(error) = builder
-            .serve_connection_with_upgrades(TokioIo::new(io), service)
-            .await
-        {
+        let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+        tokio::pin!(connection);
+        // Idle connections (HTTP/2 ones too, which the header-read timeout
+        // does not cover) are closed gracefully after `request_timeout`
+        // (HTTP/2: GOAWAY), and dropped if the peer lingers as long again.
+        let mut ticker = tokio::time::interval(header_timeout / 2);
+        let mut closing_since: Option<Instant> = None;
+        let result = loop {
+            tokio::select! {
+                result = connection.as_mut() => break Some(result),
+                _ = ticker.tick() => match closing_since {
+                    Some(since) if since.elapsed() >= header_timeout => break None,
+                    Some(_) => {}
+                    None if activity.idle_for(monotonic_ns()) >= header_timeout => {
+                        connection.as_mut().graceful_shutdown();
+                        closing_since = Some(Instant::now());
+                    }
+                    None => {}
+                },
+            }
+        };
+        if let Some(Err(error)) = result {
             tracing::debug!(%peer, %error, "connection ended with an error");
         }
     }
