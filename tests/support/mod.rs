@@ -384,6 +384,13 @@ impl Gateway {
         Self::start_with_config(topology, ports, extra, pin_root, body)
     }
 
+    /// Like [`Gateway::start_proxy`] with the kernel path off (`--no-xdp`):
+    /// bans are enforced in userspace only.
+    pub fn start_proxy_without_xdp(topology: &Topology, body: &str) -> Self {
+        let pin_root = PathBuf::from("/sys/fs/bpf").join(unique("gwtest"));
+        Self::start_with_config(topology, "", &["--no-xdp"], pin_root, body)
+    }
+
     fn start_with_config(
         topology: &Topology,
         ports: &str,
@@ -399,17 +406,14 @@ impl Gateway {
         std::fs::write(&config, text).unwrap();
         let netns = File::open(topology.server.path()).unwrap();
         let mut command = Command::new(gateway_bin());
+        command.arg("run");
+        if !extra.contains(&"--no-xdp") {
+            command
+                .args(["--interface", SERVER_IF, "--ports", ports, "--require-xdp"])
+                .arg("--pin-root")
+                .arg(&pin_root);
+        }
         command
-            .args([
-                "run",
-                "--interface",
-                SERVER_IF,
-                "--ports",
-                ports,
-                "--require-xdp",
-            ])
-            .arg("--pin-root")
-            .arg(&pin_root)
             .arg("--config")
             .arg(&config)
             .args(extra)
@@ -488,6 +492,11 @@ impl Gateway {
         assert!(output.status.success(), "keys create: {output:?}");
         let value: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
         value["api_key"].as_str().unwrap().to_owned()
+    }
+
+    /// The gateway process, e.g. to pin it to a CPU.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// Counter totals by name, read from the pinned per-CPU map.

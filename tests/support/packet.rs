@@ -21,6 +21,11 @@ pub struct TcpFrame {
     pub src: IpAddr,
     pub dst: IpAddr,
     pub dst_port: u16,
+    /// Floods vary it, so each SYN is a new half-open connection.
+    pub src_port: u16,
+    /// Broadcast by default (XDP does not care); the receiver's own MAC
+    /// when the kernel's TCP stack must take the frame as for this host.
+    pub dst_mac: [u8; 6],
     /// Outermost first: `(tpid, vlan id)`.
     pub vlans: Vec<(u16, u16)>,
     /// Adds one 4-byte IPv4 option (NOPs), so IHL is 6.
@@ -35,6 +40,8 @@ impl TcpFrame {
             src,
             dst,
             dst_port,
+            src_port: 40000,
+            dst_mac: [0xff; 6],
             vlans: Vec::new(),
             ipv4_options: false,
             ipv6_ext: Vec::new(),
@@ -44,7 +51,7 @@ impl TcpFrame {
 
     pub fn build(&self) -> Vec<u8> {
         let mut frame = Vec::with_capacity(128);
-        frame.extend_from_slice(&[0xff; 6]); // destination MAC: broadcast
+        frame.extend_from_slice(&self.dst_mac);
         frame.extend_from_slice(&[0x02, 0, 0, 0, 0, 0x01]); // source MAC: local
         for (tpid, id) in &self.vlans {
             frame.extend_from_slice(&tpid.to_be_bytes());
@@ -111,7 +118,7 @@ impl TcpFrame {
 
     fn tcp_header(&self) -> [u8; 20] {
         let mut tcp = [0u8; 20];
-        tcp[0..2].copy_from_slice(&40000u16.to_be_bytes());
+        tcp[0..2].copy_from_slice(&self.src_port.to_be_bytes());
         tcp[2..4].copy_from_slice(&self.dst_port.to_be_bytes());
         tcp[4..8].copy_from_slice(&1u32.to_be_bytes());
         tcp[12] = 5 << 4;
@@ -184,11 +191,19 @@ impl RawSender {
     /// Sends `frame` `count` times with one `sendmmsg` call; returns how many
     /// went out. For floods, where per-packet syscalls would be the bottleneck.
     pub fn send_copies(&self, frame: &[u8], count: usize) -> io::Result<usize> {
+        self.send_many(&vec![frame; count])
+    }
+
+    /// Sends every frame with one `sendmmsg` call; returns how many went out.
+    pub fn send_many(&self, frames: &[&[u8]]) -> io::Result<usize> {
         use std::os::fd::AsRawFd;
-        let mut iov = libc::iovec {
-            iov_base: frame.as_ptr() as *mut libc::c_void,
-            iov_len: frame.len(),
-        };
+        let mut iovs: Vec<libc::iovec> = frames
+            .iter()
+            .map(|frame| libc::iovec {
+                iov_base: frame.as_ptr() as *mut libc::c_void,
+                iov_len: frame.len(),
+            })
+            .collect();
         let header = |iov: &mut libc::iovec| {
             // SAFETY: msghdr is plain data; zero is a valid start.
             let mut msg: libc::mmsghdr = unsafe { std::mem::zeroed() };
@@ -198,9 +213,9 @@ impl RawSender {
             msg.msg_hdr.msg_iovlen = 1;
             msg
         };
-        let mut messages: Vec<libc::mmsghdr> = (0..count).map(|_| header(&mut iov)).collect();
-        // SAFETY: every message points at `iov`, `frame` and `self.address`,
-        // all alive for the call; the kernel only reads them.
+        let mut messages: Vec<libc::mmsghdr> = iovs.iter_mut().map(header).collect();
+        // SAFETY: every message points at its iovec, its frame and
+        // `self.address`, all alive for the call; the kernel only reads them.
         let sent = unsafe {
             libc::sendmmsg(
                 self.fd.as_raw_fd(),

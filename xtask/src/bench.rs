@@ -26,6 +26,15 @@ pub enum Which {
     /// Per-request cost of API-key verification and of JWT verification,
     /// uncached vs cached.
     Auth,
+    /// A legitimate client's throughput through the gateway while a banned
+    /// source floods it, with the kernel path on and off (root).
+    Flood {
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// Seconds per measurement.
+        #[arg(long, default_value_t = 5)]
+        seconds: u32,
+    },
     /// The proxy against HAProxy doing the equivalent work: API-key
     /// authenticated GETs with 10,000 rotating keys, same upstream.
     Proxy {
@@ -64,6 +73,7 @@ pub fn run(which: Which) -> Result<()> {
                 .with_context(|| format!("the auth bench wrote no {}", markdown.display()))?;
             crate::results::record("auth", &table)
         }
+        Which::Flood { rounds, seconds } => crate::bench_flood::run(rounds.max(1), seconds.max(1)),
         Which::Proxy { rounds, seconds } => crate::bench_proxy::run(rounds.max(1), seconds.max(1)),
         Which::Xdp {
             repeat,
@@ -308,7 +318,7 @@ fn test_run(prog: &Path, frame: &Path, repeat: u32, verdict: u64) -> Result<f64>
 }
 
 /// `(run_cnt, run_time_ns)` of a pinned program (needs bpf_stats_enabled).
-fn run_stats(prog: &Path) -> Result<(u64, u64)> {
+pub(crate) fn run_stats(prog: &Path) -> Result<(u64, u64)> {
     let output = Command::new("bpftool")
         .args(["-j", "prog", "show", "pinned"])
         .arg(prog)
@@ -400,13 +410,13 @@ fn kernel_release() -> String {
         .unwrap_or_else(|_| "?".into())
 }
 
-fn median(values: &mut [f64]) -> f64 {
+pub(crate) fn median(values: &mut [f64]) -> f64 {
     values.sort_by(|a, b| a.total_cmp(b));
     values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
 /// max/min of a series, as a noise indicator.
-fn spread(values: &[f64]) -> String {
+pub(crate) fn spread(values: &[f64]) -> String {
     let min = values.iter().copied().fold(f64::INFINITY, f64::min);
     let max = values.iter().copied().fold(0.0, f64::max);
     format!("{:.2}", max / min)

@@ -18,7 +18,7 @@ const KEYS: u32 = 10_000;
 
 /// A child process stopped on drop: SIGTERM first (so nginx's master takes
 /// its workers down), SIGKILL after a grace period.
-struct Running(Child);
+pub(crate) struct Running(pub(crate) Child);
 
 impl Drop for Running {
     fn drop(&mut self) {
@@ -38,11 +38,11 @@ impl Drop for Running {
     }
 }
 
-fn free_port() -> Result<u16> {
+pub(crate) fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-fn wait_for_port(port: u16) -> Result<()> {
+pub(crate) fn wait_for_port(port: u16) -> Result<()> {
     for _ in 0..200 {
         if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
             return Ok(());
@@ -54,7 +54,7 @@ fn wait_for_port(port: u16) -> Result<()> {
     bail!("nothing listens on 127.0.0.1:{port} after 5 s")
 }
 
-fn ensure_packages() -> Result<()> {
+pub(crate) fn ensure_packages() -> Result<()> {
     let missing: Vec<&str> = [
         ("haproxy", "haproxy"),
         ("wrk", "wrk"),

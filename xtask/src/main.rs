@@ -4,6 +4,7 @@
 //! `run`, `test` and `bench` call it); `build` compiles the XDP object with
 //! nightly and embeds it in the stable `gateway` binary.
 mod bench;
+mod bench_flood;
 mod bench_proxy;
 mod results;
 mod setup;
