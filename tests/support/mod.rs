@@ -162,25 +162,25 @@ pub const CLIENT2_V6: &str = "fd77::3";
 
 impl Topology {
     pub fn new() -> Self {
+        Self::with_queues(1)
+    }
+
+    /// With `queues` RX/TX queues per veth end, so traffic from different
+    /// CPUs can land on different receive queues, as RSS spreads a NIC's.
+    pub fn with_queues(queues: u32) -> Self {
         let server = NetNs::new("gws");
         let client = NetNs::new("gwc");
-        sh(
-            "ip",
-            &[
-                "link",
-                "add",
-                SERVER_IF,
-                "netns",
-                &server.name,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                CLIENT_IF,
-                "netns",
-                &client.name,
-            ],
-        );
+        let queues = queues.to_string();
+        let end = |name: &str, ns: &str| {
+            let mut args = vec![name, "netns", ns];
+            args.extend(["numtxqueues", &queues, "numrxqueues", &queues]);
+            args.iter().map(|a| a.to_string()).collect::<Vec<_>>()
+        };
+        let mut args: Vec<String> = vec!["link".into(), "add".into()];
+        args.extend(end(SERVER_IF, &server.name));
+        args.extend(["type".into(), "veth".into(), "peer".into(), "name".into()]);
+        args.extend(end(CLIENT_IF, &client.name));
+        sh("ip", &args.iter().map(String::as_str).collect::<Vec<_>>());
         server.ip(&["addr", "add", &format!("{SERVER_V4}/24"), "dev", SERVER_IF]);
         server.ip(&[
             "addr",

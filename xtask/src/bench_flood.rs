@@ -10,11 +10,13 @@
 //! having XDP attached for legit traffic alone.
 //!
 //! On veth the receive path (XDP included) runs on the sending CPU, unlike
-//! a NIC whose RX queue interrupts the server's CPUs. So the server veth's
-//! RPS sends whatever XDP lets through to the gateway's CPU, as a NIC
-//! would; XDP's own per-packet cost is reported apart (bpf_stats). The
-//! flood runs at the lowest priority next to the load generator, so the
-//! legit client is not starved by its own machine.
+//! a NIC whose RX queue interrupts the server's CPUs. So the flood gets a
+//! CPU of its own, the gateway and its legit client share the other (the
+//! "server"), and the server veth's RPS steers whatever XDP lets through to
+//! the server CPU, as a NIC queue would. XDP's own per-packet cost, which
+//! a real server would pay, is reported apart (bpf_stats). A knee step
+//! counts only if p99 doubles in both of its two runs, so one scheduling
+//! hiccup is not a knee.
 use std::{
     net::{IpAddr, Ipv4Addr},
     process::{Command, Stdio},
@@ -44,9 +46,9 @@ const UPSTREAM_PORT: u16 = 18081;
 const FLOOD_SOURCE: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 66);
 /// Flood rates for the knee, packets per second; 0 = as fast as possible.
 const STEPS: [u64; 6] = [20_000, 50_000, 100_000, 200_000, 400_000, 0];
-/// CPUs: the gateway on one, load generator and flood on the other.
-const GATEWAY_CPU: &str = "1";
-const LOAD_CPU: usize = 0;
+/// CPUs: the gateway and the legit client on one, the flood on the other.
+const SERVER_CPU: &str = "1";
+const FLOOD_CPU: usize = 0;
 
 /// One gateway under test: its namespaces, the upstream, the process.
 struct Setup {
@@ -55,6 +57,8 @@ struct Setup {
     gateway: Gateway,
     _upstream: Running,
     frames: Vec<Vec<u8>>,
+    /// The legit client's API key.
+    key: String,
 }
 
 /// What one wrk run saw.
@@ -73,9 +77,9 @@ pub fn run(rounds: usize, seconds: u32) -> Result<()> {
     let _stats = BpfStats::enable()?;
     let modes = [setup("XDP", true)?, setup("no XDP", false)?];
     println!(
-        "legit client: wrk -t1 -c16 from the client namespace ({seconds} s per run, CPU {LOAD_CPU}); \
-         flood: SYNs from {FLOOD_SOURCE} with rotating source ports (CPU {LOAD_CPU}); \
-         gateway: 1 worker on CPU {GATEWAY_CPU}; {rounds} interleaved rounds"
+        "legit client: wrk -t1 -c16 from the client namespace ({seconds} s per run) and the gateway \
+         (1 worker) on CPU {SERVER_CPU}; flood: SYNs from {FLOOD_SOURCE} with rotating source ports \
+         on CPU {FLOOD_CPU}; {rounds} interleaved rounds"
     );
 
     // Legit throughput alone and under a full-rate flood, interleaved.
@@ -151,8 +155,9 @@ pub fn run(rounds: usize, seconds: u32) -> Result<()> {
          Attach cost for legit traffic: {attach:.2}x throughput with XDP vs without.\n"
     ));
     println!(
-        "note: on veth XDP runs on the sender's CPU (shared with wrk); what passes it is steered \
-         to the gateway's CPU by RPS. Spreads above 1.3 mean the machine was too noisy for close ratios."
+        "note: on veth XDP runs on the flood's CPU, so its cost is the ns/packet above, not in the \
+         ratios; what passes it is steered to the server CPU by RPS. Spreads above 1.3 mean the \
+         machine was too noisy for close ratios."
     );
     crate::results::record("flood", &table)
 }
@@ -160,7 +165,7 @@ pub fn run(rounds: usize, seconds: u32) -> Result<()> {
 /// Namespaces, nginx upstream and gateway; with `xdp`, the flood source is
 /// banned in the kernel.
 fn setup(name: &'static str, xdp: bool) -> Result<Setup> {
-    let topology = Topology::new();
+    let topology = Topology::with_queues(2);
     let conf =
         std::env::temp_dir().join(format!("gw-flood-nginx-{}-{xdp}.conf", std::process::id()));
     std::fs::write(
@@ -179,11 +184,16 @@ fn setup(name: &'static str, xdp: bool) -> Result<Setup> {
             .spawn()
             .context("starting nginx in the server namespace")?,
     );
+    // The legit client is a gold client: its source gets gold's kernel
+    // budget, sized for a busy keep-alive client (the default budget, for
+    // sources nobody authenticated from, is 20,000 packets/s).
     let body = format!(
         "[[listeners]]\naddress = \"{SERVER_V4}:{PORT}\"\n[guard]\nmode = \"off\"\n\
          [limits]\nworkers = 1\n\
+         [[tiers]]\nname = \"gold\"\nrequests = 1000000000\nwindow = \"1s\"\n\
+         syn_rate = 10000\nsyn_burst = 10000\npkt_rate = 2000000\npkt_burst = 2000000\n\
          [[upstreams]]\nname = \"app\"\nservers = [\"127.0.0.1:{UPSTREAM_PORT}\"]\n\
-         [[routes]]\npath_prefix = \"/\"\nupstream = \"app\"\nauth = \"none\"\n"
+         [[routes]]\npath_prefix = \"/\"\nupstream = \"app\"\n"
     );
     let gateway = if xdp {
         let gateway = Gateway::start_proxy(&topology, &PORT.to_string(), &[], &body);
@@ -192,17 +202,27 @@ fn setup(name: &'static str, xdp: bool) -> Result<Setup> {
     } else {
         Gateway::start_proxy_without_xdp(&topology, &body)
     };
-    // What passes XDP is processed on the gateway's CPU, as a NIC queue would.
-    let rps = format!("/sys/class/net/{SERVER_IF}/queues/rx-0/rps_cpus");
-    crate::run_cmd(
-        Command::new("ip")
-            .args(["netns", "exec", &topology.server.name, "sh", "-c"])
-            .arg(format!("echo 2 > {rps}")),
+    // Like RSS on a NIC: what each CPU sends lands on its own receive
+    // queue (XPS on the client end picks the queue by CPU), and what passes
+    // XDP is processed on the server CPU (RPS), as a NIC queue's would be.
+    let mask = |cpu: usize| 1u32 << cpu;
+    let server_mask = mask(SERVER_CPU.parse()?);
+    let setup = format!(
+        "echo {flood:x} > /sys/class/net/{CLIENT_IF}/queues/tx-0/xps_cpus && \
+         echo {server_mask:x} > /sys/class/net/{CLIENT_IF}/queues/tx-1/xps_cpus",
+        flood = mask(FLOOD_CPU)
+    );
+    sysfs(&topology.client.name, &setup)?;
+    sysfs(
+        &topology.server.name,
+        &format!(
+            "for q in /sys/class/net/{SERVER_IF}/queues/rx-*; do echo {server_mask:x} > $q/rps_cpus; done"
+        ),
     )?;
     if let Some(pid) = gateway.pid() {
         crate::run_cmd(
             Command::new("taskset")
-                .args(["-a", "-p", "-c", GATEWAY_CPU, &pid.to_string()])
+                .args(["-a", "-p", "-c", SERVER_CPU, &pid.to_string()])
                 .stdout(Stdio::null()),
         )?;
     }
@@ -221,13 +241,20 @@ fn setup(name: &'static str, xdp: bool) -> Result<Setup> {
             frame.build()
         })
         .collect();
+    let key = gateway.create_key("gold");
     Ok(Setup {
         name,
         topology,
+        key,
         gateway,
         _upstream: upstream,
         frames,
     })
+}
+
+/// Runs a shell line inside namespace `ns` (with its own /sys).
+fn sysfs(ns: &str, line: &str) -> Result<()> {
+    crate::run_cmd(Command::new("ip").args(["netns", "exec", ns, "sh", "-c", line]))
 }
 
 fn server_mac(topology: &Topology) -> Result<[u8; 6]> {
@@ -261,13 +288,14 @@ fn wrk(mode: &Setup, seconds: u32) -> Result<Sample> {
         .args([
             "taskset",
             "-c",
-            &LOAD_CPU.to_string(),
+            SERVER_CPU,
             "wrk",
             "-t1",
             "-c16",
             "--latency",
         ])
         .arg(format!("-d{seconds}s"))
+        .args(["-H", &format!("x-api-key: {}", mode.key)])
         .arg(format!("http://{SERVER_V4}:{PORT}/"))
         .output()
         .context("running wrk")?;
@@ -308,9 +336,7 @@ fn with_flood<T>(mode: &Setup, rate: u64, work: impl FnOnce() -> T) -> Result<(T
     let frames = mode.frames.clone();
     let (stop_flag, counter) = (stop.clone(), sent.clone());
     let sender = mode.topology.client.spawn(move || -> std::io::Result<()> {
-        pin_to(LOAD_CPU);
-        // SAFETY: lowers this thread's own priority; no memory involved.
-        unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 19) };
+        pin_to(FLOOD_CPU);
         let socket = RawSender::open(CLIENT_IF)?;
         let started = Instant::now();
         let mut next = 0usize;
@@ -349,13 +375,21 @@ fn with_flood<T>(mode: &Setup, rate: u64, work: impl FnOnce() -> T) -> Result<(T
 /// `baseline_ms`; `None` if even the fastest flood does not get there.
 fn knee(mode: &Setup, seconds: u32, baseline_ms: f64) -> Result<Option<f64>> {
     for rate in STEPS {
-        let (sample, pps) = with_flood(mode, rate, || wrk(mode, seconds.min(3)))?;
-        let sample = sample?;
+        let mut runs = Vec::new();
+        for _ in 0..2 {
+            let (sample, pps) = with_flood(mode, rate, || wrk(mode, seconds.min(3)))?;
+            runs.push((sample?, pps));
+        }
+        let (best, pps) = runs
+            .iter()
+            .min_by(|a, b| a.0.p99_ms.total_cmp(&b.0.p99_ms))
+            .map(|(sample, pps)| (sample, *pps))
+            .context("no knee runs")?;
         println!(
-            "  {:<7} flood {:>9.0} pps: legit {:>8.0} req/s, p99 {:>7.2} ms (alone {baseline_ms:.2} ms)",
-            mode.name, pps, sample.rps, sample.p99_ms
+            "  {:<7} flood {:>9.0} pps: legit {:>8.0} req/s, p99 {:>7.2} ms (lower of 2 runs; alone {baseline_ms:.2} ms)",
+            mode.name, pps, best.rps, best.p99_ms
         );
-        if sample.p99_ms >= 2.0 * baseline_ms {
+        if best.p99_ms >= 2.0 * baseline_ms {
             return Ok(Some(pps));
         }
     }
