@@ -127,11 +127,21 @@ impl SourceGuard {
         &self.settings
     }
 
-    fn with_source<T>(&self, ip: IpAddr, f: impl FnOnce(&mut Source) -> T) -> T {
+    /// Runs `f` on the state of `ip`. Memory stays bounded under floods
+    /// of new sources: a full shard drops its idle sources first, and if
+    /// it is still full the new source is judged on a blank state that is
+    /// not kept.
+    fn with_source<T>(&self, ip: IpAddr, now_ns: u64, f: impl FnOnce(&mut Source) -> T) -> T {
         let ip = ip.to_canonical();
         let mut shard = self.shards[(self.hasher.hash_one(ip) as usize) % SHARDS]
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if shard.len() >= PER_SHARD && !shard.contains_key(&ip) {
+            shard.retain(|_, source| !source.idle(now_ns, 0));
+            if shard.len() >= PER_SHARD {
+                return f(&mut Source::default());
+            }
+        }
         f(shard.entry(ip).or_default())
     }
 
@@ -141,7 +151,7 @@ impl SourceGuard {
     pub fn authenticated(&self, ip: IpAddr, rank: usize, now_ns: u64) -> Option<PolicyUpdate> {
         let budget = *self.settings.tier_budgets.get(rank)?;
         let tier = rank as u32 + 1;
-        self.with_source(ip, |source| {
+        self.with_source(ip, now_ns, |source| {
             source.last_authenticated_ns = now_ns;
             (source.budget_tier < tier).then(|| {
                 source.budget_tier = tier;
@@ -158,7 +168,7 @@ impl SourceGuard {
     /// more than `excess` refused requests in that time.
     pub fn rate_limited(&self, ip: IpAddr, reset: Duration, now_ns: u64) -> Option<PolicyUpdate> {
         let excess = self.settings.excess;
-        let ban = self.with_source(ip, |source| {
+        let ban = self.with_source(ip, now_ns, |source| {
             if source.excess_until_ns <= now_ns {
                 source.excess = 0;
             }
@@ -175,7 +185,7 @@ impl SourceGuard {
     /// A credential from `ip` was refused (401 other than "no credential").
     pub fn auth_failed(&self, ip: IpAddr, now_ns: u64) -> Option<PolicyUpdate> {
         let settings = &self.settings;
-        let ban = self.with_source(ip, |source| {
+        let ban = self.with_source(ip, now_ns, |source| {
             if source.auth_window_until_ns <= now_ns {
                 source.auth_failures = 0;
                 source.auth_window_until_ns =
@@ -221,7 +231,7 @@ impl SourceGuard {
             GuardMode::Enforce => {}
         }
         let until_ns = now_ns.saturating_add(duration_ns(length));
-        self.with_source(ip, |source| source.banned_until_ns = until_ns);
+        self.with_source(ip, now_ns, |source| source.banned_until_ns = until_ns);
         let counter = if reason == ban_reason::AUTH_FAILURES {
             &counters.auth_failure_bans
         } else {
