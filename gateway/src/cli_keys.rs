@@ -166,6 +166,8 @@ enum Op {
 }
 
 const CLIENTS: &str = "/v1/management/api-clients";
+/// The admin API's largest page.
+const PAGE: usize = 500;
 
 impl Op {
     /// The admin API request that does the same.
@@ -195,7 +197,7 @@ impl Op {
                             .finish()
                     )
                 });
-                (Method::GET, format!("{CLIENTS}?limit=500{filter}"), None)
+                (Method::GET, format!("{CLIENTS}?limit={PAGE}{filter}"), None)
             }
             Op::Show(id) => (Method::GET, format!("{CLIENTS}/{id}"), None),
             Op::Update(id, update) => {
@@ -355,7 +357,11 @@ pub fn keys_command(command: KeysCommand) -> Result<()> {
     let answer = match &target.admin_url {
         Some(url) => {
             let (method, path, body) = op.request();
-            block_on(admin_client::call(url, method, &path, body.as_ref()))??
+            if matches!(op, Op::List { .. }) {
+                block_on(list_all(url, &path))??
+            } else {
+                block_on(admin_client::call(url, method, &path, body.as_ref()))??
+            }
         }
         None => {
             let (config, store) = open_store(&target)?;
@@ -363,6 +369,27 @@ pub fn keys_command(command: KeysCommand) -> Result<()> {
         }
     };
     print_answer(&answer, shows_key, target.json)
+}
+
+/// Every page of a list, as one answer shaped like the store's.
+async fn list_all(url: &str, path: &str) -> Result<Value, admin_client::AdminClientError> {
+    let mut items = Vec::new();
+    loop {
+        let page = admin_client::call(
+            url,
+            Method::GET,
+            &format!("{path}&offset={}", items.len()),
+            None,
+        )
+        .await?;
+        let batch = page["items"].as_array().cloned().unwrap_or_default();
+        let total = page["total"].as_u64().unwrap_or(0) as usize;
+        let done = batch.is_empty();
+        items.extend(batch);
+        if done || items.len() >= total {
+            return Ok(json!({ "total": items.len(), "items": items }));
+        }
+    }
 }
 
 fn block_on<T>(future: impl std::future::Future<Output = T>) -> Result<T> {
