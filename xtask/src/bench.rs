@@ -35,6 +35,17 @@ pub enum Which {
         #[arg(long, default_value_t = 5)]
         seconds: u32,
     },
+    /// The limiter against HAProxy stick tables and nginx limit_req: one key
+    /// at 3x its limit for a window (allowed vs ideal), and one key's
+    /// success and p99 while another floods.
+    Limits {
+        /// Accuracy rounds (one window each); medians are reported.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// Seconds of isolation measurement per proxy.
+        #[arg(long, default_value_t = 6)]
+        seconds: u32,
+    },
     /// The proxy against HAProxy doing the equivalent work: API-key
     /// authenticated GETs with 10,000 rotating keys, same upstream.
     Proxy {
@@ -74,6 +85,9 @@ pub fn run(which: Which) -> Result<()> {
             crate::results::record("auth", &table)
         }
         Which::Flood { rounds, seconds } => crate::bench_flood::run(rounds.max(1), seconds.max(1)),
+        Which::Limits { rounds, seconds } => {
+            crate::bench_limits::run(rounds.max(1), seconds.max(1))
+        }
         Which::Proxy { rounds, seconds } => crate::bench_proxy::run(rounds.max(1), seconds.max(1)),
         Which::Xdp {
             repeat,

@@ -5,6 +5,7 @@
 //! nightly and embeds it in the stable `gateway` binary.
 mod bench;
 mod bench_flood;
+mod bench_limits;
 mod bench_proxy;
 mod results;
 mod setup;

@@ -1,0 +1,409 @@
+//! `cargo xtask bench limits`: the gateway's request limiter against
+//! HAProxy 2.6 stick tables (`http_req_rate`) and nginx `limit_req`, all in
+//! front of the same nginx upstream, in one run. Owns the peers' limiter
+//! configurations, each algorithm's ideal (and its exact count for the
+//! schedule sent), the accuracy run (one key at 3x its limit for one window,
+//! interleaved rounds), the isolation run (one key floods, another sends
+//! steadily within its limit) and the `limits` section of bench/RESULTS.md.
+use std::{
+    io::{BufRead, BufReader, Read, Write},
+    net::TcpStream,
+    path::Path,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+
+use crate::{
+    bench::median,
+    bench_proxy::{ensure_packages, free_port, wait_for_port, Running},
+};
+
+/// Accuracy: LIMIT requests per WINDOW, bursts of BURST (the gateway's tier).
+const LIMIT: u32 = 10;
+const WINDOW_S: u32 = 10;
+const BURST: u32 = 5;
+/// nginx lets `burst + 1` through back to back (its first request leaves
+/// excess 0), so one less gives the same full-window ideal.
+const NGINX_BURST: u32 = BURST - 1;
+/// HAProxy has no burst: its ideal over one window is the threshold itself.
+const HAPROXY_MAX: u32 = LIMIT + BURST;
+const OVER: u32 = 3;
+/// Isolation: a roomier tier, and key B's steady rate (half its limit).
+const ISO_LIMIT: u32 = 1000;
+const ISO_BURST: u32 = 100;
+const B_RATE: u32 = 50;
+const PEERS: [&str; 3] = ["gateway", "HAProxy", "nginx"];
+
+pub fn run(rounds: usize, seconds: u32) -> Result<()> {
+    ensure_packages()?;
+    let gateway_bin = crate::build(true)?;
+    let dir = std::env::temp_dir().join(format!("gateway-bench-limits-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let result = bench(&gateway_bin, &dir, rounds, seconds);
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+/// Starts `command` quietly, stopped on drop.
+fn start(command: &mut Command) -> Result<Running> {
+    let shown = format!("{command:?}");
+    let child = command.stdout(Stdio::null()).stderr(Stdio::null()).spawn();
+    Ok(Running(child.with_context(|| format!("starting {shown}"))?))
+}
+
+#[allow(clippy::disallowed_methods, reason = "the bench is synchronous")]
+fn sleep_until(at: Instant) {
+    std::thread::sleep(at.saturating_duration_since(Instant::now()));
+}
+
+/// Each algorithm's full-window ideal from rest.
+fn ideal(peer: usize) -> u32 {
+    match peer {
+        0 => LIMIT + BURST,
+        1 => HAPROXY_MAX,
+        _ => 1 + NGINX_BURST + LIMIT,
+    }
+}
+
+/// What each algorithm, run exactly, allows for requests at `times` (ns from
+/// the first): GCRA, HAProxy's counter of every request (refused ones
+/// too) over a period starting at the first, nginx's leaky bucket in ms.
+fn exact(peer: usize, times: &[u64]) -> u32 {
+    let interval = u64::from(WINDOW_S) * 1_000_000_000 / u64::from(LIMIT);
+    // nginx's first request leaves excess 0.
+    let (mut tat, mut excess, mut last, mut allowed) = (0u64, -1000i64, 0i64, 0u32);
+    for (seen, &t) in (1u32..).zip(times) {
+        let ok = match peer {
+            0 => {
+                let new_tat = tat.max(t) + interval;
+                let ok = new_tat - t <= interval * u64::from(BURST);
+                tat = if ok { new_tat } else { tat };
+                ok
+            }
+            1 => seen <= HAPROXY_MAX,
+            _ => {
+                let ms = (t / 1_000_000) as i64;
+                let e = (excess - (ms - last) * i64::from(LIMIT / WINDOW_S) + 1000).max(0);
+                let ok = e <= i64::from(NGINX_BURST) * 1000;
+                (excess, last) = if ok { (e, ms) } else { (excess, last) };
+                ok
+            }
+        };
+        allowed += u32::from(ok);
+    }
+    allowed
+}
+
+fn bench(gateway_bin: &Path, dir: &Path, rounds: usize, seconds: u32) -> Result<()> {
+    let d = dir.display();
+    let upstream = free_port()?;
+    let write = |name: &str, text: String| -> Result<std::path::PathBuf> {
+        let path = dir.join(name);
+        std::fs::write(&path, text)?;
+        Ok(path)
+    };
+    let conf = write(
+        "upstream.conf",
+        format!(
+            "worker_processes 1;\npid {d}/upstream.pid;\nerror_log {d}/upstream.err;\n\
+             events {{ worker_connections 4096; }}\n\
+             http {{ access_log off; keepalive_requests 1000000;\n\
+               server {{ listen 127.0.0.1:{upstream}; location / {{ return 200 \"ok\\n\"; }} }} }}\n"
+        ),
+    )?;
+    let nginx = ["-g", "daemon off;", "-c"];
+    let _upstream = start(Command::new("nginx").args(nginx).arg(&conf))?;
+    wait_for_port(upstream)?;
+
+    // The gateway: XDP off and guard off, or the flooding key's source would
+    // be banned in the kernel after `excess` 429s, which is the product's
+    // point but would end the isolation run before it measured anything.
+    let gw = free_port()?;
+    let config = write(
+        "gateway.toml",
+        format!(
+            "state_dir = \"{d}/state\"\n[xdp]\nenabled = false\n[admin]\nenabled = false\n\
+             [guard]\nmode = \"off\"\n[keys]\nstore = \"{d}/keys.db\"\n\
+             [[tiers]]\nname = \"acc\"\nrequests = {LIMIT}\nwindow = \"{WINDOW_S}s\"\nburst = {BURST}\n\
+             [[tiers]]\nname = \"iso\"\nrequests = {ISO_LIMIT}\nwindow = \"{WINDOW_S}s\"\nburst = {ISO_BURST}\n\
+             [[listeners]]\naddress = \"127.0.0.1:{gw}\"\n\
+             [[upstreams]]\nname = \"app\"\nservers = [\"127.0.0.1:{upstream}\"]\n\
+             [[routes]]\npath_prefix = \"/\"\nupstream = \"app\"\nauth = \"api_key\"\nrate_limit = true\n"
+        ),
+    )?;
+    let keys = |tier: &str, count: usize| -> Result<Vec<String>> {
+        let out = Command::new(gateway_bin)
+            .args(["keys", "create", "--name", "x", "--tier", tier, "--json"])
+            .args(["--count", &count.to_string(), "--config"])
+            .arg(&config)
+            .output()
+            .context("creating keys")?;
+        if !out.status.success() {
+            bail!(
+                "gateway keys create: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let json = |line: &str| serde_json::from_str::<serde_json::Value>(line);
+        let key = |line| Some(json(line).ok()?["api_key"].as_str()?.to_owned());
+        let text = String::from_utf8_lossy(&out.stdout);
+        text.lines().map(|l| key(l).context("no api_key")).collect()
+    };
+    // A fresh key per round, so each round starts from rest everywhere.
+    let acc_keys = keys("acc", rounds)?;
+    let iso_keys = keys("iso", 2)?;
+    let _gateway = start(
+        Command::new(gateway_bin)
+            .args(["run", "--config"])
+            .arg(&config),
+    )?;
+    wait_for_port(gw)?;
+
+    let ports = [free_port()?, free_port()?, free_port()?, free_port()?];
+    let [ha_acc, ha_iso, ng_acc, ng_iso] = ports;
+    let iso_max = ISO_LIMIT + ISO_BURST;
+    let stick = |name: &str| {
+        format!("backend {name}\n  stick-table type string len 128 size 10k expire 60s store http_req_rate({WINDOW_S}s)\n")
+    };
+    let frontend = |name: &str, port: u16, max: u32| {
+        format!(
+            "frontend {name}\n  bind 127.0.0.1:{port}\n  http-request track-sc0 req.hdr(x-api-key) table st_{name}\n  \
+             http-request deny deny_status 429 if {{ sc_http_req_rate(0) gt {max} }}\n  default_backend app\n"
+        )
+    };
+    let haproxy_conf = write(
+        "haproxy.cfg",
+        format!(
+            "global\n  maxconn 4096\n  nbthread 2\ndefaults\n  mode http\n  timeout connect 5s\n  \
+             timeout client 30s\n  timeout server 30s\n  http-reuse always\n{}{}{}{}\
+             backend app\n  server s1 127.0.0.1:{upstream}\n",
+            stick("st_acc"),
+            stick("st_iso"),
+            frontend("acc", ha_acc, HAPROXY_MAX),
+            frontend("iso", ha_iso, iso_max),
+        ),
+    )?;
+    let _haproxy = start(
+        Command::new("haproxy")
+            .arg("-db")
+            .arg("-f")
+            .arg(&haproxy_conf),
+    )?;
+
+    let server = |port: u16, zone: &str, burst: u32| {
+        format!(
+            "server {{ listen 127.0.0.1:{port}; location / {{ limit_req zone={zone} burst={burst} nodelay;\n\
+               proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection \"\"; }} }}\n"
+        )
+    };
+    let peer_conf = write(
+        "nginx.conf",
+        format!(
+            "worker_processes 2;\npid {d}/nginx.pid;\nerror_log {d}/nginx.err crit;\n\
+             events {{ worker_connections 4096; }}\n\
+             http {{ access_log off; keepalive_requests 1000000; limit_req_status 429;\n\
+               limit_req_zone $http_x_api_key zone=acc:1m rate={}r/s;\n\
+               limit_req_zone $http_x_api_key zone=iso:1m rate={}r/s;\n\
+               upstream app {{ server 127.0.0.1:{upstream}; keepalive 32; }}\n{}{}}}\n",
+            LIMIT / WINDOW_S,
+            ISO_LIMIT / WINDOW_S,
+            server(ng_acc, "acc", NGINX_BURST),
+            server(ng_iso, "iso", ISO_BURST - 1),
+        ),
+    )?;
+    let _nginx = start(Command::new("nginx").args(nginx).arg(&peer_conf))?;
+    for port in ports {
+        wait_for_port(port)?;
+    }
+
+    // Accuracy: OVER x LIMIT requests evenly spaced over one window, the
+    // three proxies' sends interleaved in each slot (order rotated per round).
+    let n = OVER * LIMIT;
+    let spacing = u64::from(WINDOW_S) * 1_000_000_000 / u64::from(n);
+    let times: Vec<u64> = (0..u64::from(n)).map(|i| i * spacing).collect();
+    let configs = [
+        format!("{LIMIT} per {WINDOW_S}s, burst {BURST} (GCRA)"),
+        format!("`http_req_rate({WINDOW_S}s)` > {HAPROXY_MAX}: 429"),
+        format!("`rate={}r/s burst={NGINX_BURST} nodelay`", LIMIT / WINDOW_S),
+    ];
+    println!("accuracy: {n} requests over {WINDOW_S} s per round, {rounds} interleaved rounds");
+    let mut allowed = vec![Vec::new(); 3];
+    for (round, key) in acc_keys.iter().enumerate() {
+        let (ports, mut conns) = ([gw, ha_acc, ng_acc], [None, None, None]);
+        let mut counts = [[0u32; 3]; 3];
+        let start = Instant::now() + Duration::from_millis(100);
+        for &t in &times {
+            for slot in 0..3 {
+                let peer = (slot + round) % 3;
+                sleep_until(start + Duration::from_nanos(t + slot as u64 * spacing / 3));
+                let class = match get(&mut conns[peer], ports[peer], key) {
+                    Ok(200..=299) => 0,
+                    Ok(429) => 1,
+                    _ => 2,
+                };
+                counts[peer][class] += 1;
+            }
+        }
+        print!("  round {}:", round + 1);
+        for (peer, [ok, limited, other]) in counts.into_iter().enumerate() {
+            print!(" {} {ok} 2xx / {limited} 429 / {other} other;", PEERS[peer]);
+            allowed[peer].push(f64::from(ok));
+        }
+        println!();
+    }
+
+    // Isolation: key A floods with wrk (closed loop) while key B sends
+    // steadily at half its limit on its own connection.
+    let [a, b] = [&iso_keys[0], &iso_keys[1]];
+    println!(
+        "isolation: key A floods (wrk -t1 -c16), key B sends {B_RATE} req/s (limit {}/s) for {seconds} s",
+        ISO_LIMIT / WINDOW_S
+    );
+    let mut isolation = Vec::new();
+    for (peer, port) in [gw, ha_iso, ng_iso].into_iter().enumerate() {
+        let mut wrk = Running(
+            Command::new("wrk")
+                .args(["-t1", "-c16", &format!("-d{}s", seconds + 1), "-H"])
+                .arg(format!("x-api-key: {a}"))
+                .arg(format!("http://127.0.0.1:{port}/flood"))
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .context("starting wrk")?,
+        );
+        let start = Instant::now() + Duration::from_millis(500);
+        let mut conn = None;
+        let (mut ok, mut latencies) = (0u32, Vec::new());
+        let period = 1_000_000_000 / u64::from(B_RATE);
+        for i in 0..u64::from(seconds * B_RATE) {
+            sleep_until(start + Duration::from_nanos(i * period));
+            let sent = Instant::now();
+            let status = get(&mut conn, port, b);
+            latencies.push(sent.elapsed().as_secs_f64() * 1e3);
+            ok += u32::from(matches!(status, Ok(200..=299)));
+        }
+        let mut out = String::new();
+        if let Some(mut stdout) = wrk.0.stdout.take() {
+            stdout.read_to_string(&mut out)?;
+        }
+        drop(wrk);
+        let flood: f64 = out
+            .lines()
+            .find_map(|l| l.strip_prefix("Requests/sec:"))
+            .and_then(|n| n.trim().parse().ok())
+            .with_context(|| format!("wrk printed no rate:\n{out}"))?;
+        latencies.sort_by(f64::total_cmp);
+        let p99 = latencies[(latencies.len() * 99).div_ceil(100).max(1) - 1];
+        let success = 100.0 * f64::from(ok) / latencies.len() as f64;
+        println!(
+            "  {:<8} B {success:>5.1}% 2xx, p99 {p99:>6.2} ms, p50 {:>5.2} ms | A's flood {flood:>7.0} req/s",
+            PEERS[peer],
+            latencies[latencies.len() / 2]
+        );
+        isolation.push((success, p99, flood));
+    }
+
+    // Summary: the RESULTS.md section, printed too.
+    let cells = |f: &dyn Fn(usize) -> String| (0..3).map(f).collect::<Vec<_>>().join(" | ");
+    let medians: Vec<f64> = allowed.iter_mut().map(|counts| median(counts)).collect();
+    let deviation = |p: usize| medians[p] - f64::from(ideal(p));
+    let met = ["NOT met", "met"][usize::from(deviation(0).abs() <= 1.0)];
+    let ratio = |v: &dyn Fn(usize) -> f64| cells(&|p| format!("{:.2} ({:.2}x)", v(p), v(0) / v(p)));
+    let table = format!(
+        "## Rate limits (`cargo xtask bench limits`)\n\n\
+         Accuracy: one key at {OVER}x its limit ({n} requests evenly spaced over {WINDOW_S} s, from \
+         rest); allowed = 2xx, median of {rounds} interleaved rounds (min-max). Isolation: key A \
+         floods (wrk -t1 -c16, closed loop) while key B sends {B_RATE} req/s (limit {}/s) for \
+         {seconds} s. Gateway guard off: it would otherwise ban A's source in the kernel.\n\n\
+         | | gateway | HAProxy 2.6 | nginx |\n|---|---|---|---|\n\
+         | limiter | {} |\n| ideal over the window | {} |\n| exact algorithm on this schedule | {} |\n\
+         | allowed | {} |\n| deviation from ideal (gateway target ±1: {met}) | {} |\n\
+         | B success % (gateway/peer) | {} |\n| B p99 ms (gateway/peer) | {} |\n\
+         | A's flood req/s | {} |\n",
+        ISO_LIMIT / WINDOW_S,
+        cells(&|p| configs[p].clone()),
+        cells(&|p| ideal(p).to_string()),
+        cells(&|p| exact(p, &times).to_string()),
+        cells(&|p| format!("{} ({}-{})", medians[p], allowed[p][0], allowed[p][rounds - 1])),
+        cells(&|p| format!("{:+}", deviation(p))),
+        ratio(&|p| isolation[p].0),
+        ratio(&|p| isolation[p].1),
+        cells(&|p| format!("{:.0}", isolation[p].2)),
+    );
+    println!(
+        "\n{table}\nnote: HAProxy counts refused requests too, so a key that keeps sending over its \
+         limit stays refused after the first window, which one window does not show. The last \
+         request arrives one spacing before the window closes, so GCRA and nginx's leaky bucket \
+         allow ideal - 1 on this schedule."
+    );
+    crate::results::record("limits", &table)
+}
+
+type Conn = Option<BufReader<TcpStream>>;
+
+/// One keep-alive `GET` with `key` in `x-api-key` on `conn` (opened to
+/// `port` when `None`, dropped after an error or `Connection: close`): the
+/// status. Enough HTTP/1.1 for these proxies' answers. Never retries: a
+/// resent request would count twice against the limit.
+fn get(conn: &mut Conn, port: u16, key: &str) -> Result<u16> {
+    let result = exchange(conn, port, key);
+    if !matches!(result, Ok((_, true))) {
+        *conn = None;
+    }
+    result.map(|(status, _)| status)
+}
+
+fn exchange(conn: &mut Conn, port: u16, key: &str) -> Result<(u16, bool)> {
+    let conn = match conn {
+        Some(conn) => conn,
+        None => {
+            let stream = TcpStream::connect(("127.0.0.1", port))?;
+            stream.set_nodelay(true)?;
+            stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+            conn.insert(BufReader::new(stream))
+        }
+    };
+    let request = format!("GET /limits HTTP/1.1\r\nHost: 127.0.0.1\r\nx-api-key: {key}\r\n\r\n");
+    conn.get_mut().write_all(request.as_bytes())?;
+    let mut line = String::new();
+    let next = |line: &mut String, conn: &mut BufReader<TcpStream>| -> Result<()> {
+        line.clear();
+        if conn.read_line(line)? == 0 {
+            bail!("connection closed mid-answer");
+        }
+        Ok(())
+    };
+    next(&mut line, conn)?;
+    let status = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .with_context(|| format!("bad status line {line:?}"))?;
+    let (mut length, mut chunked, mut keep) = (None, false, true);
+    loop {
+        next(&mut line, conn)?;
+        let Some((name, value)) = line.trim_end().split_once(':') else {
+            break;
+        };
+        let value = value.trim();
+        match name.to_ascii_lowercase().as_str() {
+            "content-length" => length = value.parse::<u64>().ok(),
+            "transfer-encoding" => chunked = value.eq_ignore_ascii_case("chunked"),
+            "connection" => keep = !value.eq_ignore_ascii_case("close"),
+            _ => {}
+        }
+    }
+    if chunked {
+        bail!("a chunked answer: none of these proxies sends one for these requests");
+    } else if let Some(n) = length {
+        if std::io::copy(&mut conn.by_ref().take(n), &mut std::io::sink())? != n {
+            bail!("connection closed mid-body");
+        }
+    } else {
+        conn.read_to_end(&mut Vec::new())?;
+        keep = false;
+    }
+    Ok((status, keep))
+}
