@@ -46,8 +46,9 @@ pub enum Which {
         #[arg(long, default_value_t = 6)]
         seconds: u32,
     },
-    /// The proxy against HAProxy doing the equivalent work: API-key
-    /// authenticated GETs with 10,000 rotating keys, same upstream.
+    /// The proxy against HAProxy and nginx doing the equivalent work:
+    /// API-key authenticated GETs with 10,000 rotating keys, same upstream;
+    /// throughput and CPU per request (HTTP and TLS), open-loop latency.
     Proxy {
         #[arg(long, default_value_t = 3)]
         rounds: usize,
@@ -55,6 +56,9 @@ pub enum Which {
         #[arg(long, default_value_t = 5)]
         seconds: u32,
     },
+    /// Internal: the open-loop load generator `bench proxy` runs.
+    #[command(hide = true)]
+    OpenLoop(crate::bench_proxy::OpenLoopArgs),
     /// The XDP program against a drop-everything XDP program: per-packet
     /// cost (BPF_PROG_TEST_RUN) and drop rate of a banned flood on veth.
     Xdp {
@@ -89,6 +93,7 @@ pub fn run(which: Which) -> Result<()> {
             crate::bench_limits::run(rounds.max(1), seconds.max(1))
         }
         Which::Proxy { rounds, seconds } => crate::bench_proxy::run(rounds.max(1), seconds.max(1)),
+        Which::OpenLoop(args) => crate::bench_proxy::open_loop(args),
         Which::Xdp {
             repeat,
             rounds,
@@ -429,9 +434,18 @@ pub(crate) fn median(values: &mut [f64]) -> f64 {
     values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
+/// A series whose max/min is above this was measured on too noisy a
+/// machine for close ratios.
+pub(crate) const NOISY: f64 = 1.3;
+
 /// max/min of a series, as a noise indicator.
-pub(crate) fn spread(values: &[f64]) -> String {
+pub(crate) fn spread_ratio(values: &[f64]) -> f64 {
     let min = values.iter().copied().fold(f64::INFINITY, f64::min);
     let max = values.iter().copied().fold(0.0, f64::max);
-    format!("{:.2}", max / min)
+    max / min
+}
+
+/// [`spread_ratio`], printed.
+pub(crate) fn spread(values: &[f64]) -> String {
+    format!("{:.2}", spread_ratio(values))
 }

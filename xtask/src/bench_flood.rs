@@ -16,29 +16,25 @@
 //! the server CPU, as a NIC queue would. XDP's own per-packet cost, which
 //! a real server would pay, is reported apart (bpf_stats). A knee step
 //! counts only if p99 doubles in both of its two runs, so one scheduling
-//! hiccup is not a knee.
+//! hiccup is not a knee; its baseline is measured the same way, without a
+//! flood. Namespaces, veths, pins, nginx and its config are removed on drop.
+mod flood;
+
 use std::{
-    net::{IpAddr, Ipv4Addr},
+    net::Ipv4Addr,
     process::{Command, Stdio},
-    sync::{
-        atomic::{AtomicBool, AtomicU64, Ordering},
-        Arc,
-    },
-    time::Instant,
 };
 
 use anyhow::{bail, Context, Result};
 use gateway_common::PROGRAM_PIN;
-use gateway_tests::{
-    packet::{RawSender, TcpFrame},
-    Gateway, Topology, CLIENT_IF, SERVER_IF, SERVER_V4,
-};
+use gateway_tests::{http::TempDir, Gateway, Topology, CLIENT_IF, SERVER_IF, SERVER_V4};
 
 use crate::{
-    bench::{median, run_stats, spread},
+    bench::{median, run_stats, spread, spread_ratio, NOISY},
     bench_proxy::{ensure_packages, Running},
     setup::is_root,
 };
+use flood::Flood;
 
 const PORT: u16 = 18080;
 const UPSTREAM_PORT: u16 = 18081;
@@ -46,17 +42,21 @@ const UPSTREAM_PORT: u16 = 18081;
 const FLOOD_SOURCE: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 66);
 /// Flood rates for the knee, packets per second; 0 = as fast as possible.
 const STEPS: [u64; 6] = [20_000, 50_000, 100_000, 200_000, 400_000, 0];
-/// CPUs: the gateway and the legit client on one, the flood on the other.
+/// CPUs: the gateway, its upstream and the legit client on one, the flood
+/// on the other.
 const SERVER_CPU: &str = "1";
 const FLOOD_CPU: usize = 0;
 
 /// One gateway under test: its namespaces, the upstream, the process.
+/// Fields drop in order: processes first, then their config, then the
+/// namespaces.
 struct Setup {
     name: &'static str,
-    topology: Topology,
     gateway: Gateway,
     _upstream: Running,
-    frames: Vec<Vec<u8>>,
+    _dir: TempDir,
+    topology: Topology,
+    flood: Flood,
     /// The legit client's API key.
     key: String,
 }
@@ -77,24 +77,25 @@ pub fn run(rounds: usize, seconds: u32) -> Result<()> {
     let _stats = BpfStats::enable()?;
     let modes = [setup("XDP", true)?, setup("no XDP", false)?];
     println!(
-        "legit client: wrk -t1 -c16 from the client namespace ({seconds} s per run) and the gateway \
-         (1 worker) on CPU {SERVER_CPU}; flood: SYNs from {FLOOD_SOURCE} with rotating source ports \
-         on CPU {FLOOD_CPU}; {rounds} interleaved rounds"
+        "legit client: wrk -t1 -c16 from the client namespace ({seconds} s per run), authenticated \
+         with a gold API key (gateway keys create), pinned with the gateway (1 worker) and its nginx \
+         upstream to CPU {SERVER_CPU}; flood: SYNs from {FLOOD_SOURCE} (banned with `gateway xdp ban` \
+         when XDP is on) with rotating source ports, AF_PACKET sendmmsg on CPU {FLOOD_CPU}; \
+         {rounds} interleaved rounds"
     );
 
     // Legit throughput alone and under a full-rate flood, interleaved.
     let mut quiet = [Vec::new(), Vec::new()];
     let mut flooded = [Vec::new(), Vec::new()];
-    let mut quiet_p99 = [Vec::new(), Vec::new()];
     let mut flood_pps = [Vec::new(), Vec::new()];
     let mut drop_ns = Vec::new();
     for _ in 0..rounds {
         for (index, mode) in modes.iter().enumerate() {
-            let alone = wrk(mode, seconds)?;
-            quiet[index].push(alone.rps);
-            quiet_p99[index].push(alone.p99_ms);
+            quiet[index].push(wrk(mode, seconds)?.rps);
             let before = mode_stats(mode)?;
-            let (under, pps) = with_flood(mode, 0, || wrk(mode, seconds))?;
+            let (under, pps) = mode
+                .flood
+                .during(&mode.topology.client, 0, || wrk(mode, seconds))?;
             if let (Some((runs0, ns0)), Some((runs1, ns1))) = (before, mode_stats(mode)?) {
                 drop_ns.push((ns1 - ns0) as f64 / (runs1 - runs0).max(1) as f64);
             }
@@ -117,7 +118,7 @@ pub fn run(rounds: usize, seconds: u32) -> Result<()> {
             spread(&quiet[index]),
             spread(&flooded[index]),
         );
-        let knee = knee(mode, seconds, median(&mut quiet_p99[index]))?;
+        let knee = knee(mode, seconds)?;
         knees.push(knee);
         table.push_str(&format!(
             "| {} | {alone:.0} | {under:.0} | {ratio:.2}x | {:.0} | {} |\n",
@@ -144,7 +145,7 @@ pub fn run(rounds: usize, seconds: u32) -> Result<()> {
             10.0 * off
         ),
         (Some(on), Some(off)) => format!("{:.1}x (target >= 10x)", on / off),
-        (_, None) => "no XDP had no knee either: the flood sender is the bottleneck".into(),
+        (_, None) => format!("no knee without XDP either, up to {max_rate:.0} pps"),
     };
     println!("p99 knee, XDP vs no XDP: {knee_text}");
     let ns = median(&mut drop_ns);
@@ -156,9 +157,12 @@ pub fn run(rounds: usize, seconds: u32) -> Result<()> {
     ));
     println!(
         "note: on veth XDP runs on the flood's CPU, so its cost is the ns/packet above, not in the \
-         ratios; what passes it is steered to the server CPU by RPS. Spreads above 1.3 mean the \
-         machine was too noisy for close ratios."
+         ratios; what passes it is steered to the server CPU by RPS."
     );
+    let spreads = quiet.iter().chain(&flooded).map(|v| spread_ratio(v));
+    if spreads.fold(0.0, f64::max) > NOISY {
+        println!("warning: a series spread more than {NOISY}x (max/min) over its rounds: the machine was too noisy for close ratios");
+    }
     crate::results::record("flood", &table)
 }
 
@@ -166,8 +170,8 @@ pub fn run(rounds: usize, seconds: u32) -> Result<()> {
 /// banned in the kernel.
 fn setup(name: &'static str, xdp: bool) -> Result<Setup> {
     let topology = Topology::with_queues(2);
-    let conf =
-        std::env::temp_dir().join(format!("gw-flood-nginx-{}-{xdp}.conf", std::process::id()));
+    let dir = TempDir::new("flood-nginx");
+    let conf = dir.path.join("nginx.conf");
     std::fs::write(
         &conf,
         format!(
@@ -178,7 +182,8 @@ fn setup(name: &'static str, xdp: bool) -> Result<Setup> {
     )?;
     let upstream = Running(
         Command::new("ip")
-            .args(["netns", "exec", &topology.server.name, "nginx", "-c"])
+            .args(["netns", "exec", &topology.server.name])
+            .args(["taskset", "-c", SERVER_CPU, "nginx", "-c"])
             .arg(&conf)
             .stderr(Stdio::null())
             .spawn()
@@ -226,50 +231,22 @@ fn setup(name: &'static str, xdp: bool) -> Result<Setup> {
                 .stdout(Stdio::null()),
         )?;
     }
-    // Frames addressed to the server veth's MAC, so the kernel's TCP stack
-    // takes them as its own when no XDP drops them first.
-    let mac = server_mac(&topology)?;
-    let frames = (0..4096u16)
-        .map(|i| {
-            let mut frame = TcpFrame::syn(
-                IpAddr::V4(FLOOD_SOURCE),
-                SERVER_V4.parse().expect("a v4 address"),
-                PORT,
-            );
-            frame.src_port = 10_000 + i;
-            frame.dst_mac = mac;
-            frame.build()
-        })
-        .collect();
+    let flood = Flood::new(&topology, FLOOD_SOURCE, PORT, FLOOD_CPU)?;
     let key = gateway.create_key("gold");
     Ok(Setup {
         name,
-        topology,
-        key,
         gateway,
         _upstream: upstream,
-        frames,
+        _dir: dir,
+        topology,
+        flood,
+        key,
     })
 }
 
 /// Runs a shell line inside namespace `ns` (with its own /sys).
 fn sysfs(ns: &str, line: &str) -> Result<()> {
     crate::run_cmd(Command::new("ip").args(["netns", "exec", ns, "sh", "-c", line]))
-}
-
-fn server_mac(topology: &Topology) -> Result<[u8; 6]> {
-    let output = Command::new("ip")
-        .args(["-n", &topology.server.name, "-j", "link", "show", SERVER_IF])
-        .output()?;
-    let links: serde_json::Value = serde_json::from_slice(&output.stdout)?;
-    let text = links[0]["address"]
-        .as_str()
-        .context("no MAC on the server veth")?;
-    let mut mac = [0u8; 6];
-    for (byte, part) in mac.iter_mut().zip(text.split(':')) {
-        *byte = u8::from_str_radix(part, 16)?;
-    }
-    Ok(mac)
 }
 
 /// `(run_cnt, run_time_ns)` of the mode's XDP program, if it has one.
@@ -300,6 +277,13 @@ fn wrk(mode: &Setup, seconds: u32) -> Result<Sample> {
         .output()
         .context("running wrk")?;
     let text = String::from_utf8_lossy(&output.stdout);
+    if !output.status.success() || text.contains("Non-2xx") {
+        bail!(
+            "wrk failed ({}) or was refused, so the bench would measure the wrong path: {text}{}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
     let rps = text
         .lines()
         .find_map(|l| l.strip_prefix("Requests/sec:"))
@@ -327,73 +311,42 @@ fn parse_latency_ms(text: &str) -> f64 {
     number.parse::<f64>().map_or(f64::NAN, |n| n * scale)
 }
 
-/// Runs `work` while the flood goes at `rate` pps (0: as fast as possible);
-/// returns its result and the rate achieved. Bounded by `work`'s time.
-fn with_flood<T>(mode: &Setup, rate: u64, work: impl FnOnce() -> T) -> Result<(T, f64)> {
-    const BATCH: usize = 64;
-    let stop = Arc::new(AtomicBool::new(false));
-    let sent = Arc::new(AtomicU64::new(0));
-    let frames = mode.frames.clone();
-    let (stop_flag, counter) = (stop.clone(), sent.clone());
-    let sender = mode.topology.client.spawn(move || -> std::io::Result<()> {
-        pin_to(FLOOD_CPU);
-        let socket = RawSender::open(CLIENT_IF)?;
-        let started = Instant::now();
-        let mut next = 0usize;
-        while !stop_flag.load(Ordering::Relaxed) {
-            let done = counter.load(Ordering::Relaxed);
-            if rate > 0 && done as f64 > rate as f64 * started.elapsed().as_secs_f64() {
-                std::thread::yield_now();
-                continue;
-            }
-            let batch: Vec<&[u8]> = (0..BATCH)
-                .map(|i| frames[(next + i) % frames.len()].as_slice())
-                .collect();
-            next = (next + BATCH) % frames.len();
-            match socket.send_many(&batch) {
-                Ok(n) => {
-                    counter.fetch_add(n as u64, Ordering::Relaxed);
-                }
-                Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => std::thread::yield_now(),
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(())
-    });
-    let started = Instant::now();
-    let result = work();
-    stop.store(true, Ordering::Relaxed);
-    let elapsed = started.elapsed().as_secs_f64();
-    sender
-        .join()
-        .map_err(|_| anyhow::anyhow!("the flood sender panicked"))?
-        .context("flood sender")?;
-    Ok((result, sent.load(Ordering::Relaxed) as f64 / elapsed))
-}
-
-/// The lowest stepped flood rate at which legit p99 is at least twice
-/// `baseline_ms`; `None` if even the fastest flood does not get there.
-fn knee(mode: &Setup, seconds: u32, baseline_ms: f64) -> Result<Option<f64>> {
+/// The lowest stepped flood rate at which legit p99 is at least twice its
+/// p99 without a flood; `None` if even the fastest flood does not get there.
+fn knee(mode: &Setup, seconds: u32) -> Result<Option<f64>> {
+    let seconds = seconds.min(3);
+    let (quiet, _) = lower_p99(mode, None, seconds)?;
     for rate in STEPS {
-        let mut runs = Vec::new();
-        for _ in 0..2 {
-            let (sample, pps) = with_flood(mode, rate, || wrk(mode, seconds.min(3)))?;
-            runs.push((sample?, pps));
-        }
-        let (best, pps) = runs
-            .iter()
-            .min_by(|a, b| a.0.p99_ms.total_cmp(&b.0.p99_ms))
-            .map(|(sample, pps)| (sample, *pps))
-            .context("no knee runs")?;
+        let (sample, pps) = lower_p99(mode, Some(rate), seconds)?;
         println!(
-            "  {:<7} flood {:>9.0} pps: legit {:>8.0} req/s, p99 {:>7.2} ms (lower of 2 runs; alone {baseline_ms:.2} ms)",
-            mode.name, pps, best.rps, best.p99_ms
+            "  {:<7} flood {pps:>9.0} pps: legit {:>8.0} req/s, p99 {:>7.2} ms (lower of 2 runs; no flood {:.2} ms)",
+            mode.name, sample.rps, sample.p99_ms, quiet.p99_ms
         );
-        if best.p99_ms >= 2.0 * baseline_ms {
+        if sample.p99_ms >= 2.0 * quiet.p99_ms {
             return Ok(Some(pps));
         }
     }
     Ok(None)
+}
+
+/// The run with the lower p99 of two wrk runs, under a flood at `rate` pps
+/// (0: as fast as possible) or none, and the flood rate achieved.
+fn lower_p99(mode: &Setup, rate: Option<u64>, seconds: u32) -> Result<(Sample, f64)> {
+    let mut runs = Vec::new();
+    for _ in 0..2 {
+        runs.push(match rate {
+            Some(rate) => {
+                let (sample, pps) = mode
+                    .flood
+                    .during(&mode.topology.client, rate, || wrk(mode, seconds))?;
+                (sample?, pps)
+            }
+            None => (wrk(mode, seconds)?, 0.0),
+        });
+    }
+    runs.into_iter()
+        .min_by(|a, b| a.0.p99_ms.total_cmp(&b.0.p99_ms))
+        .context("no runs")
 }
 
 /// `kernel.bpf_stats_enabled` on for the bench (run time per program),
@@ -416,11 +369,15 @@ impl Drop for BpfStats {
     }
 }
 
-fn pin_to(cpu: usize) {
-    // SAFETY: cpu_set_t is plain data; the calls only read and write it.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+#[cfg(test)]
+mod tests {
+    use super::parse_latency_ms;
+
+    #[test]
+    fn wrk_latencies_in_ms() {
+        for (text, ms) in [("812.00us", 0.812), ("1.52ms", 1.52), ("2.01s", 2010.0)] {
+            assert!((parse_latency_ms(text) - ms).abs() < 1e-9, "{text}");
+        }
+        assert!(parse_latency_ms("n/a").is_nan());
     }
 }

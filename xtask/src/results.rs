@@ -11,7 +11,8 @@ fn results_path() -> PathBuf {
     workspace_root().join("bench").join("RESULTS.md")
 }
 
-fn first_line(program: &str, args: &[&str]) -> String {
+/// The first line a program prints (stdout, else stderr), or "not installed".
+pub(crate) fn first_line(program: &str, args: &[&str]) -> String {
     Command::new(program)
         .args(args)
         .output()

@@ -1,0 +1,134 @@
+//! The configuration text of every process in the proxy bench: the shared
+//! nginx upstream, the gateway, and its peers HAProxy and nginx set up for
+//! the same work (10,000 keys in a map, 401 for unknown keys, a per-key
+//! limit answering 429, identity header set, key header removed, keep-alive
+//! upstream pool, and a TLS listener with an ECDSA P-256 certificate).
+use std::path::Path;
+
+/// Requests per second each key may make (bursts of as many), in every
+/// proxy: far above what 10,000 rotating keys see, so no run reaches it.
+pub(super) const PER_KEY_RATE: u32 = 1000;
+
+/// Where a proxy listens: plain HTTP, and TLS if it is measured over TLS.
+#[derive(Clone, Copy)]
+pub(super) struct Listen {
+    pub(super) port: u16,
+    pub(super) tls_port: Option<u16>,
+}
+
+/// Files the peers read.
+pub(super) struct Files<'a> {
+    pub(super) dir: &'a Path,
+    /// `SHA-256(key) client-id` lines (HAProxy's `sha2(256),hex` is uppercase).
+    pub(super) sha_map: &'a Path,
+    /// `key client-id;` lines for nginx's `map` (raw keys).
+    pub(super) raw_map: &'a Path,
+    pub(super) cert: &'a Path,
+    pub(super) key: &'a Path,
+    /// Certificate and key in one file, as HAProxy's `crt` wants them.
+    pub(super) pem: &'a Path,
+}
+
+/// The shared upstream. Its answer names the identity header it got and
+/// the key header it should not have got, so the startup check can see
+/// every proxy did both.
+pub(super) fn upstream(dir: &Path, port: u16) -> String {
+    format!(
+        "worker_processes 1;\npid {dir}/upstream.pid;\nerror_log {dir}/upstream.err;\n\
+         events {{ worker_connections 4096; }}\n\
+         http {{ access_log off; keepalive_requests 1000000;\n\
+           server {{ listen 127.0.0.1:{port};\n\
+             location / {{ return 200 \"ok id=$http_x_client_id key=$http_x_api_key\\n\"; }} }} }}\n",
+        dir = dir.display()
+    )
+}
+
+/// The gateway: keys from its store, XDP and admin off (this measures the
+/// proxy), one tier whose limit is `PER_KEY_RATE`.
+pub(super) fn gateway(
+    dir: &Path,
+    listen: Listen,
+    upstream: u16,
+    rate_limit: bool,
+    workers: usize,
+) -> String {
+    let tls = listen.tls_port.map_or(String::new(), |port| {
+        format!(
+            "[[listeners]]\naddress = \"127.0.0.1:{port}\"\n\
+             [listeners.tls]\nnames = [\"localhost\", \"127.0.0.1\"]\n"
+        )
+    });
+    format!(
+        "state_dir = \"{dir}/state\"\n\
+         [xdp]\nenabled = false\n[admin]\nenabled = false\n\
+         [keys]\nstore = \"{dir}/keys.db\"\n\
+         [limits]\nworkers = {workers}\n\
+         [[tiers]]\nname = \"gold\"\nrequests = {per_minute}\nwindow = \"60s\"\nburst = {PER_KEY_RATE}\n\
+         [[listeners]]\naddress = \"127.0.0.1:{port}\"\n{tls}\
+         [[upstreams]]\nname = \"app\"\nservers = [\"127.0.0.1:{upstream}\"]\n\
+         [[routes]]\npath_prefix = \"/\"\nupstream = \"app\"\nauth = \"api_key\"\nrate_limit = {rate_limit}\n",
+        dir = dir.display(),
+        port = listen.port,
+        per_minute = PER_KEY_RATE * 60,
+    )
+}
+
+/// HAProxy: SHA-256 of the key looked up in the map, per-client request
+/// rate in a stick table, pooled keep-alive connections to the upstream.
+pub(super) fn haproxy(files: &Files, listen: Listen, upstream: u16, workers: usize) -> String {
+    let tls = listen.tls_port.map_or(String::new(), |port| {
+        format!("  bind 127.0.0.1:{port} ssl crt {}\n", files.pem.display())
+    });
+    format!(
+        "global\n  maxconn 4096\n  nbthread {workers}\n\
+         defaults\n  mode http\n  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\n  http-reuse always\n\
+         frontend fe\n  bind 127.0.0.1:{port}\n{tls}\
+         \x20 stick-table type string len 32 size 20k expire 60s store http_req_rate(1s)\n\
+         \x20 http-request set-var(txn.client) req.hdr(x-api-key),sha2(256),hex,map({map})\n\
+         \x20 http-request deny deny_status 401 unless {{ var(txn.client) -m found }}\n\
+         \x20 http-request track-sc0 var(txn.client)\n\
+         \x20 http-request deny deny_status 429 if {{ sc_http_req_rate(0) gt {PER_KEY_RATE} }}\n\
+         \x20 http-request set-header x-client-id %[var(txn.client)]\n\
+         \x20 http-request del-header x-api-key\n\
+         \x20 default_backend be\n\
+         backend be\n  server s1 127.0.0.1:{upstream}\n",
+        port = listen.port,
+        map = files.sha_map.display()
+    )
+}
+
+/// nginx: the raw keys in a `map` (no SHA-256 without extra modules),
+/// `limit_req` per client, an `upstream` with a keep-alive pool.
+pub(super) fn nginx(files: &Files, listen: Listen, upstream: u16, workers: usize) -> String {
+    let tls = listen.tls_port.map_or(String::new(), |port| {
+        format!(
+            "    listen 127.0.0.1:{port} ssl;\n    ssl_protocols TLSv1.2 TLSv1.3;\n    \
+             ssl_certificate {};\n    ssl_certificate_key {};\n",
+            files.cert.display(),
+            files.key.display()
+        )
+    });
+    format!(
+        "worker_processes {workers};\npid {dir}/nginx-peer.pid;\nerror_log {dir}/nginx-peer.err;\n\
+         events {{ worker_connections 4096; }}\n\
+         http {{\n  access_log off;\n  keepalive_requests 1000000;\n\
+         \x20 map_hash_max_size 65536;\n  map_hash_bucket_size 256;\n\
+         \x20 map $http_x_api_key $client_id {{ default \"\"; include {map}; }}\n\
+         \x20 limit_req_zone $client_id zone=perkey:10m rate={PER_KEY_RATE}r/s;\n\
+         \x20 limit_req_status 429;\n\
+         \x20 upstream app {{ server 127.0.0.1:{upstream}; keepalive 64; keepalive_requests 1000000; }}\n\
+         \x20 server {{\n    listen 127.0.0.1:{port};\n{tls}\
+         \x20   location / {{\n\
+         \x20     if ($client_id = \"\") {{ return 401; }}\n\
+         \x20     limit_req zone=perkey burst={PER_KEY_RATE} nodelay;\n\
+         \x20     proxy_http_version 1.1;\n\
+         \x20     proxy_set_header Connection \"\";\n\
+         \x20     proxy_set_header X-Client-Id $client_id;\n\
+         \x20     proxy_set_header X-API-Key \"\";\n\
+         \x20     proxy_pass http://app;\n\
+         \x20   }}\n  }}\n}}\n",
+        dir = files.dir.display(),
+        port = listen.port,
+        map = files.raw_map.display()
+    )
+}

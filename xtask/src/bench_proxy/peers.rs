@@ -1,0 +1,304 @@
+//! Bringing up what the proxy bench measures: 10,000 gateway keys and the
+//! maps made from them, the peers' certificate, the shared upstream, the
+//! gateway (with and without its limiter), HAProxy and nginx, each pinned
+//! to the proxy CPUs, and a check that each answers as the others do.
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+};
+
+use anyhow::{bail, ensure, Context, Result};
+
+use super::{
+    configs::{self, Files, Listen},
+    procs::{free_port, wait_for_port, CpuPlan, Running},
+};
+
+pub(super) const KEYS: u32 = 10_000;
+
+/// A proxy under test.
+pub(super) struct Proxy {
+    pub(super) name: &'static str,
+    pub(super) process: Running,
+    pub(super) listen: Listen,
+}
+
+impl Proxy {
+    pub(super) fn pid(&self) -> u32 {
+        self.process.0.id()
+    }
+
+    /// The URL of `/bench` on the plain or the TLS listener.
+    pub(super) fn url(&self, tls: bool) -> Option<String> {
+        match tls {
+            false => Some(format!("http://127.0.0.1:{}/bench", self.listen.port)),
+            true => (self.listen.tls_port).map(|p| format!("https://127.0.0.1:{p}/bench")),
+        }
+    }
+}
+
+/// Everything running for the bench; dropping it stops it all.
+pub(super) struct Setup {
+    /// Keys, and the client id each maps to.
+    pub(super) keys: Vec<(String, String)>,
+    pub(super) keys_file: PathBuf,
+    /// gateway, haproxy, nginx: the compared proxies, in table order.
+    pub(super) peers: Vec<Proxy>,
+    /// The gateway without its limiter, for the limiter's overhead.
+    pub(super) unlimited: Proxy,
+    _upstream: Running,
+}
+
+impl Setup {
+    pub(super) fn start(gateway_bin: &Path, dir: &Path, cpus: &CpuPlan) -> Result<Self> {
+        let write = |name: &str, text: String| -> Result<PathBuf> {
+            let path = dir.join(name);
+            std::fs::write(&path, text)?;
+            Ok(path)
+        };
+        let upstream_port = free_port()?;
+        let upstream_conf = write("upstream.conf", configs::upstream(dir, upstream_port))?;
+        let upstream = start_nginx(cpus.load_command("nginx"), &upstream_conf, upstream_port)?;
+
+        let workers = cpus.workers();
+        let listen = || -> Result<Listen> {
+            Ok(Listen {
+                port: free_port()?,
+                tls_port: Some(free_port()?),
+            })
+        };
+        let gateway_listen = listen()?;
+        let gateway_text = configs::gateway(dir, gateway_listen, upstream_port, true, workers);
+        let gateway_conf = write("gateway.toml", gateway_text)?;
+        let unlimited_listen = Listen {
+            port: free_port()?,
+            tls_port: None,
+        };
+        let unlimited_text = configs::gateway(dir, unlimited_listen, upstream_port, false, workers);
+        let unlimited_conf = write("unlimited.toml", unlimited_text)?;
+        let keys = create_keys(gateway_bin, &gateway_conf)?;
+
+        let files = Files {
+            dir,
+            sha_map: &dir.join("keys.sha.map"),
+            raw_map: &dir.join("keys.nginx.map"),
+            cert: &dir.join("peer.crt"),
+            key: &dir.join("peer.key"),
+            pem: &dir.join("peer.pem"),
+        };
+        write_key_files(&files, &keys)?;
+        make_certificate(&files)?;
+        let raw: Vec<&str> = keys.iter().map(|(key, _)| key.as_str()).collect();
+        let keys_file = write("keys.txt", raw.join("\n") + "\n")?;
+
+        let gateway_bin = gateway_bin.to_str().context("gateway path is not UTF-8")?;
+        let gateway = |config: &Path, listen: Listen, name| -> Result<Proxy> {
+            let mut command = cpus.proxy_command(gateway_bin);
+            // Its access log goes to stdout (discarded); the peers log nothing.
+            // rustls warns on stderr about every handshake whose SNI is an IP
+            // address, as wrk's is: discarded too.
+            command.args(["run", "--config"]).arg(config);
+            command.stderr(Stdio::null());
+            let process = spawn(command, listen.port)?;
+            if let Some(port) = listen.tls_port {
+                wait_for_port(port)?;
+            }
+            Ok(Proxy {
+                name,
+                process,
+                listen,
+            })
+        };
+        let ours = gateway(&gateway_conf, gateway_listen, "gateway")?;
+        let unlimited = gateway(&unlimited_conf, unlimited_listen, "gateway, no limiter")?;
+
+        let haproxy_listen = listen()?;
+        let haproxy_text = configs::haproxy(&files, haproxy_listen, upstream_port, workers);
+        let haproxy_conf = write("haproxy.cfg", haproxy_text)?;
+        let mut command = cpus.proxy_command("haproxy");
+        command.arg("-f").arg(&haproxy_conf).arg("-db");
+        let haproxy = Proxy {
+            name: "haproxy",
+            process: spawn(command, haproxy_listen.port)?,
+            listen: haproxy_listen,
+        };
+
+        let nginx_listen = listen()?;
+        let nginx_text = configs::nginx(&files, nginx_listen, upstream_port, workers);
+        let nginx_conf = write("nginx-peer.conf", nginx_text)?;
+        let nginx = Proxy {
+            name: "nginx",
+            process: start_nginx(cpus.proxy_command("nginx"), &nginx_conf, nginx_listen.port)?,
+            listen: nginx_listen,
+        };
+
+        let setup = Self {
+            keys,
+            keys_file,
+            peers: vec![ours, haproxy, nginx],
+            unlimited,
+            _upstream: upstream,
+        };
+        setup.check()?;
+        Ok(setup)
+    }
+
+    /// Each proxy, on each listener: a known key is forwarded with the
+    /// client id set and the key removed; an unknown key gets 401.
+    fn check(&self) -> Result<()> {
+        let (key, client) = self.keys.first().context("no keys")?;
+        for proxy in self.peers.iter().chain([&self.unlimited]) {
+            for url in [proxy.url(false), proxy.url(true)].into_iter().flatten() {
+                let (status, body) = curl(&url, key)?;
+                let expected = format!("ok id={client} key=");
+                ensure!(
+                    status == 200 && body.trim_end() == expected,
+                    "{} at {url}: {status} {body:?}, expected 200 {expected:?}",
+                    proxy.name
+                );
+                let (status, _) = curl(&url, "gk_unknown")?;
+                ensure!(
+                    status == 401,
+                    "{} at {url}: {status} for an unknown key",
+                    proxy.name
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+/// nginx in the foreground with `config`, up when `port` answers.
+fn start_nginx(mut command: Command, config: &Path, port: u16) -> Result<Running> {
+    command.arg("-c").arg(config).args(["-g", "daemon off;"]);
+    spawn(command, port)
+}
+
+fn spawn(mut command: Command, port: u16) -> Result<Running> {
+    let shown = format!("{command:?}");
+    let process = Running(
+        command
+            .stdout(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {shown}"))?,
+    );
+    wait_for_port(port).with_context(|| format!("{shown} did not come up"))?;
+    Ok(process)
+}
+
+/// `gateway keys create --count KEYS --json`: one `{"id", "api_key"}` line
+/// per key.
+fn create_keys(gateway_bin: &Path, config: &Path) -> Result<Vec<(String, String)>> {
+    let created = Command::new(gateway_bin)
+        .args(["keys", "create", "--name", "bench", "--tier", "gold"])
+        .args(["--json", "--count", &KEYS.to_string(), "--config"])
+        .arg(config)
+        .output()
+        .context("creating keys")?;
+    if !created.status.success() {
+        bail!(
+            "gateway keys create failed: {}",
+            String::from_utf8_lossy(&created.stderr)
+        );
+    }
+    let mut keys = Vec::new();
+    for line in String::from_utf8_lossy(&created.stdout).lines() {
+        let value: serde_json::Value = serde_json::from_str(line)?;
+        let key = value["api_key"].as_str().context("no api_key")?;
+        let client = value["id"].as_str().context("no client id")?;
+        keys.push((key.to_owned(), client.to_owned()));
+    }
+    ensure!(keys.len() == KEYS as usize, "{} keys created", keys.len());
+    Ok(keys)
+}
+
+fn write_key_files(files: &Files, keys: &[(String, String)]) -> Result<()> {
+    use std::fmt::Write as _;
+    let mut sha = String::new();
+    let mut raw = String::new();
+    for (key, client) in keys {
+        writeln!(sha, "{} {client}", sha256_hex_upper(key))?;
+        writeln!(raw, "{key} {client};")?;
+    }
+    std::fs::write(files.sha_map, sha)?;
+    std::fs::write(files.raw_map, raw)?;
+    Ok(())
+}
+
+/// One self-signed ECDSA P-256 certificate for both peers (the gateway
+/// makes its own, of the same kind).
+fn make_certificate(files: &Files) -> Result<()> {
+    crate::run_cmd(
+        Command::new("openssl")
+            .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
+            .args(["ec_paramgen_curve:prime256v1", "-nodes", "-days", "2"])
+            .args(["-subj", "/CN=localhost"])
+            .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
+            .arg("-keyout")
+            .arg(files.key)
+            .arg("-out")
+            .arg(files.cert)
+            .stderr(Stdio::null()),
+    )?;
+    let pem = std::fs::read_to_string(files.cert)? + &std::fs::read_to_string(files.key)?;
+    std::fs::write(files.pem, pem)?;
+    Ok(())
+}
+
+/// `(status, body)` of a GET with `x-api-key`, over HTTP/1.1 like wrk.
+fn curl(url: &str, key: &str) -> Result<(u16, String)> {
+    let output = Command::new("curl")
+        .args([
+            "-sk",
+            "--http1.1",
+            "--max-time",
+            "5",
+            "-w",
+            "\n%{http_code}",
+        ])
+        .args(["-H", &format!("x-api-key: {key}"), url])
+        .output()
+        .context("running curl")?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    let (body, status) = text.rsplit_once('\n').unwrap_or(("", &text));
+    let status = status.trim().parse().unwrap_or(0);
+    Ok((status, body.to_owned()))
+}
+
+/// What HAProxy's `sha2(256),hex` yields for a key: uppercase hex.
+fn sha256_hex_upper(text: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(text.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02X}"))
+        .collect()
+}
+
+/// The TLS version and cipher suite a proxy negotiates with OpenSSL's
+/// defaults (what wrk offers).
+pub(super) fn tls_parameters(proxy: &Proxy) -> String {
+    let Some(port) = proxy.listen.tls_port else {
+        return "no TLS listener".into();
+    };
+    let output = Command::new("timeout")
+        .args(["5", "openssl", "s_client", "-brief", "-connect"])
+        .arg(format!("127.0.0.1:{port}"))
+        .stdin(Stdio::null())
+        .output();
+    let Ok(output) = output else {
+        return "openssl s_client failed".into();
+    };
+    let text = String::from_utf8_lossy(&output.stderr) + String::from_utf8_lossy(&output.stdout);
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map_or("?", |v| v.trim_start_matches(':').trim())
+            .to_owned()
+    };
+    format!(
+        "{} {}, {}",
+        field("Protocol version"),
+        field("Ciphersuite"),
+        field("Signature type")
+    )
+}

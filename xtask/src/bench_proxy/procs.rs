@@ -1,0 +1,262 @@
+//! Process plumbing for the proxy bench (and `bench flood`): child processes
+//! stopped on drop, ports, the Debian packages, which CPUs the proxies and
+//! the load generators get, and the CPU time a process tree has used.
+use std::{
+    io::Read as _,
+    net::TcpListener,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+
+use crate::setup;
+
+/// A child process stopped on drop: SIGTERM first (so nginx's master takes
+/// its workers down), SIGKILL after a grace period.
+pub(crate) struct Running(pub(crate) Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        // Already reaped: its pid may belong to someone else by now.
+        if matches!(self.0.try_wait(), Ok(Some(_))) {
+            return;
+        }
+        if let Ok(pid) = libc::pid_t::try_from(self.0.id()) {
+            // SAFETY: signalling our own child.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+            for _ in 0..100 {
+                if matches!(self.0.try_wait(), Ok(Some(_))) {
+                    return;
+                }
+                #[allow(clippy::disallowed_methods, reason = "the bench is synchronous")]
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+pub(crate) fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+pub(crate) fn wait_for_port(port: u16) -> Result<()> {
+    for _ in 0..200 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Ok(());
+        }
+        std::thread::yield_now();
+        #[allow(clippy::disallowed_methods, reason = "the bench is synchronous")]
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    bail!("nothing listens on 127.0.0.1:{port} after 5 s")
+}
+
+/// Runs `command` to its end and returns its standard output (which must
+/// be small: it is read at the end), stopping it if it runs over `limit`.
+pub(super) fn output_within(mut command: Command, limit: Duration) -> Result<String> {
+    let shown = format!("{command:?}");
+    let mut child = Running(
+        command
+            .stdout(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("starting {shown}"))?,
+    );
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.0.try_wait()? {
+            break status;
+        }
+        if started.elapsed() > limit {
+            bail!("{shown} ran over {limit:?}: stopped");
+        }
+        #[allow(clippy::disallowed_methods, reason = "the bench is synchronous")]
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut out = String::new();
+    if let Some(mut stdout) = child.0.stdout.take() {
+        stdout.read_to_string(&mut out)?;
+    }
+    if !status.success() {
+        bail!("{shown} failed with {status}");
+    }
+    Ok(out)
+}
+
+/// The peers, the closed-loop load generator, and what makes the peers'
+/// certificate and checks their answers.
+pub(crate) fn ensure_packages() -> Result<()> {
+    let missing: Vec<&str> = [
+        ("haproxy", "haproxy"),
+        ("wrk", "wrk"),
+        ("nginx", "nginx-light"),
+        ("openssl", "openssl"),
+        ("curl", "curl"),
+        ("taskset", "util-linux"),
+    ]
+    .into_iter()
+    .filter(|(binary, _)| !setup::have(binary))
+    .map(|(_, package)| package)
+    .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !setup::is_root() {
+        bail!("the proxy bench needs {missing:?}: install them (apt-get install -y ...) or run as root");
+    }
+    println!("bench: installing {missing:?}");
+    setup::apt_install(&missing)
+}
+
+/// Which CPUs the proxies get and which the load generators (and the shared
+/// upstream) get: disjoint halves of the CPUs this process may use, so a
+/// proxy never competes with the load it is measured under.
+pub(super) struct CpuPlan {
+    proxies: Vec<usize>,
+    load: Vec<usize>,
+}
+
+impl CpuPlan {
+    pub(super) fn new() -> Self {
+        let allowed = allowed_cpus();
+        if allowed.len() < 2 {
+            return Self {
+                proxies: Vec::new(),
+                load: Vec::new(),
+            };
+        }
+        let (load, proxies) = allowed.split_at(allowed.len() / 2);
+        Self {
+            proxies: proxies.to_vec(),
+            load: load.to_vec(),
+        }
+    }
+
+    /// Worker processes or threads each proxy gets: one per proxy CPU.
+    pub(super) fn workers(&self) -> usize {
+        self.proxies.len().max(1)
+    }
+
+    /// Threads wrk gets: one per load CPU.
+    pub(super) fn load_threads(&self) -> usize {
+        self.load.len().max(1)
+    }
+
+    pub(super) fn proxy_command(&self, program: &str) -> Command {
+        command_on(&self.proxies, program)
+    }
+
+    pub(super) fn load_command(&self, program: &str) -> Command {
+        command_on(&self.load, program)
+    }
+
+    pub(super) fn describe(&self) -> String {
+        if self.proxies.is_empty() {
+            return "one CPU: proxies, upstream and load generators share it (not pinned)".into();
+        }
+        format!(
+            "proxies pinned to CPU {} ({} worker(s) each); load generators and the upstream nginx pinned to CPU {} (taskset)",
+            list(&self.proxies),
+            self.workers(),
+            list(&self.load)
+        )
+    }
+}
+
+fn list(cpus: &[usize]) -> String {
+    cpus.iter()
+        .map(usize::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn command_on(cpus: &[usize], program: &str) -> Command {
+    if cpus.is_empty() {
+        return Command::new(program);
+    }
+    let mut command = Command::new("taskset");
+    command.args(["-c", &list(cpus), program]);
+    command
+}
+
+/// The CPUs this process may run on.
+fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: an all-zero cpu_set_t is a valid empty set, which
+    // sched_getaffinity (pid 0: this thread) fills; CPU_ISSET only reads it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return Vec::new();
+        }
+        (0..libc::CPU_SETSIZE as usize)
+            .filter(|&cpu| libc::CPU_ISSET(cpu, &set))
+            .collect()
+    }
+}
+
+/// utime + stime, in seconds, of `root` and all its descendants (nginx's
+/// master and workers; threads are counted in their process).
+pub(super) fn tree_cpu_seconds(root: u32) -> Result<f64> {
+    let mut processes = Vec::new();
+    for entry in std::fs::read_dir("/proc").context("reading /proc")? {
+        let Some(pid) = entry?.file_name().to_str().and_then(|n| n.parse().ok()) else {
+            continue;
+        };
+        // A process may exit between the listing and the read.
+        if let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            if let Some((ppid, ticks)) = parse_stat(&stat) {
+                processes.push((pid, ppid, ticks));
+            }
+        }
+    }
+    let mut tree = vec![root];
+    let mut grew = true;
+    while grew {
+        grew = false;
+        for &(pid, ppid, _) in &processes {
+            if tree.contains(&ppid) && !tree.contains(&pid) {
+                tree.push(pid);
+                grew = true;
+            }
+        }
+    }
+    if !processes.iter().any(|&(pid, ..)| pid == root) {
+        bail!("process {root} is gone");
+    }
+    let ticks: f64 = processes
+        .iter()
+        .filter(|(pid, ..)| tree.contains(pid))
+        .map(|&(.., ticks)| ticks)
+        .sum();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Ok(ticks / hz)
+}
+
+/// `(ppid, utime + stime in ticks)` from a `/proc/PID/stat` line.
+fn parse_stat(stat: &str) -> Option<(u32, f64)> {
+    // Fields after the parenthesised command name: state, ppid, ...; utime
+    // and stime are the 14th and 15th fields of the whole line.
+    let (_, after) = stat.rsplit_once(')')?;
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let number = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok());
+    Some((fields.get(1)?.parse().ok()?, number(11)? + number(12)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_proc_stat() {
+        let line = "42 (a (b) c) S 7 42 42 0 -1 4194560 100 0 0 0 25 5 0 0 20 0 3 0 1 2 3";
+        assert_eq!(parse_stat(line), Some((7, 30.0)));
+    }
+
+    #[test]
+    fn counts_this_process() {
+        assert!(tree_cpu_seconds(std::process::id()).unwrap() >= 0.0);
+    }
+}
