@@ -11,6 +11,10 @@ use std::{
 
 mod cli_keys;
 
+/// Without `RUST_LOG`: info, but rustls only for errors (it warns on every
+/// handshake whose SNI is an IP address, which clients such as wrk send).
+const DEFAULT_LOG_FILTER: &str = "info,rustls=error";
+
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use gateway::{
@@ -221,7 +225,7 @@ fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER)),
         )
         .init();
     match cli.command {
