@@ -124,10 +124,17 @@ fn decide(tat: u64, quota: &Quota, cost: u32, now: u64) -> (Decision, Option<u64
 impl RateLimiter for LocalLimiter {
     fn check(&self, key: &LimitKey, quota: &Quota, cost: u32, now_ns: u64) -> Decision {
         let mut shard = self.shard(key);
-        let tat = shard.get(key).copied().unwrap_or(0);
-        let (decision, update) = decide(tat, quota, cost, now_ns);
+        // A known key is updated in place: no clone of it per request.
+        if let Some(tat) = shard.get_mut(key) {
+            let (decision, update) = decide(*tat, quota, cost, now_ns);
+            if let Some(new_tat) = update {
+                *tat = new_tat;
+            }
+            return decision;
+        }
+        let (decision, update) = decide(0, quota, cost, now_ns);
         if let Some(new_tat) = update {
-            if shard.len() >= self.per_shard && !shard.contains_key(key) {
+            if shard.len() >= self.per_shard {
                 // Keys whose quota is whole again carry no information.
                 shard.retain(|_, tat| *tat > now_ns);
             }
