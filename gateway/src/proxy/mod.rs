@@ -280,6 +280,39 @@ impl Shared {
             .unwrap_or((0, &DEFAULT_QUOTA))
     }
 
+    /// Tells the guard a client of tier `rank` authenticated from `ip`. The
+    /// guard's state is shared by every worker; this per-thread memo keeps
+    /// one busy source from making workers queue on the same guard shard:
+    /// each worker reports a source at most once a second, or sooner for a
+    /// higher tier. Budgets decay over minutes, so a second is plenty.
+    fn note_authenticated(&self, ip: std::net::IpAddr, rank: usize) {
+        const REPORT_EVERY_NS: u64 = 1_000_000_000;
+        const REMEMBERED: usize = 4096;
+        thread_local! {
+            static REPORTED: std::cell::RefCell<HashMap<std::net::IpAddr, (usize, u64)>> =
+                std::cell::RefCell::new(HashMap::new());
+        }
+        let now = monotonic_ns();
+        let due = REPORTED.with(|reported| {
+            let mut reported = reported.borrow_mut();
+            match reported.get(&ip) {
+                Some(&(seen, at)) if seen >= rank && now.saturating_sub(at) < REPORT_EVERY_NS => {
+                    false
+                }
+                _ => {
+                    if reported.len() >= REMEMBERED {
+                        reported.clear();
+                    }
+                    reported.insert(ip, (rank, now));
+                    true
+                }
+            }
+        });
+        if due {
+            self.submit(self.guard.authenticated(ip, rank, now));
+        }
+    }
+
     /// Hands a guard decision to the policy writer.
     pub fn submit(&self, update: Option<PolicyUpdate>) {
         if let Some(update) = update {
@@ -548,11 +581,7 @@ impl Gateway {
         if let Some(client) = &client {
             let (rank, _) = self.shared.tier(&client.tier);
             log.tier_rank = Some(rank);
-            self.shared.submit(
-                self.shared
-                    .guard
-                    .authenticated(peer.ip(), rank, monotonic_ns()),
-            );
+            self.shared.note_authenticated(peer.ip(), rank);
             if let Some(missing) = route
                 .required_scopes
                 .iter()

@@ -6,11 +6,12 @@ use std::{
     net::IpAddr,
     sync::{
         atomic::{AtomicU64, Ordering},
-        Arc, RwLock,
+        Arc,
     },
     time::Duration,
 };
 
+use arc_swap::ArcSwap;
 use gateway_common::{Ban, Budget};
 use tokio::sync::mpsc;
 
@@ -84,47 +85,50 @@ impl PolicySink for PinnedMaps {
 }
 
 /// Bans kept in memory when the kernel cannot enforce them; the proxy checks
-/// [`UserspaceBans::is_banned`] at accept time instead.
+/// [`UserspaceBans::is_banned`] at accept time and per request instead.
+/// Readers load a snapshot without a lock (no cache line shared between
+/// cores per request); the writer changes a private copy and publishes it
+/// once per batch.
 #[derive(Clone, Default)]
 pub struct UserspaceBans {
-    bans: Arc<RwLock<HashMap<IpAddr, Ban>>>,
+    published: Arc<ArcSwap<HashMap<IpAddr, Ban>>>,
+    /// The writer's copy while a batch is applied; `None` for readers.
+    working: Option<HashMap<IpAddr, Ban>>,
 }
 
 impl UserspaceBans {
     pub fn is_banned(&self, ip: IpAddr, now_ns: u64) -> bool {
-        let bans = self
-            .bans
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        bans.get(&ip.to_canonical())
+        self.published
+            .load()
+            .get(&ip.to_canonical())
             .is_some_and(|ban| ban.banned_until_ns > now_ns)
     }
 
     /// Bans in force at `now_ns`.
     pub fn active(&self, now_ns: u64) -> usize {
-        let bans = self
-            .bans
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        bans.values()
+        self.published
+            .load()
+            .values()
             .filter(|ban| ban.banned_until_ns > now_ns)
             .count()
+    }
+
+    fn working(&mut self) -> &mut HashMap<IpAddr, Ban> {
+        let published = &self.published;
+        self.working
+            .get_or_insert_with(|| HashMap::clone(&published.load()))
     }
 }
 
 impl PolicySink for UserspaceBans {
     fn apply(&mut self, update: &PolicyUpdate) -> Result<(), MapsError> {
-        let mut bans = self
-            .bans
-            .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
         match *update {
             PolicyUpdate::Ban {
                 ip,
                 until_ns,
                 reason,
             } => {
-                let entry = bans.entry(ip.to_canonical()).or_default();
+                let entry = self.working().entry(ip.to_canonical()).or_default();
                 *entry = Ban {
                     banned_until_ns: until_ns,
                     reason,
@@ -132,7 +136,7 @@ impl PolicySink for UserspaceBans {
                 };
             }
             PolicyUpdate::Unban { ip } => {
-                bans.remove(&ip.to_canonical());
+                self.working().remove(&ip.to_canonical());
             }
             // Budgets are packet-level; without XDP the request limiter covers them.
             PolicyUpdate::Budget { .. } | PolicyUpdate::ClearBudget { .. } => {}
@@ -140,14 +144,20 @@ impl PolicySink for UserspaceBans {
         Ok(())
     }
 
+    fn commit(&mut self) -> Result<(), MapsError> {
+        if let Some(bans) = self.working.take() {
+            self.published.store(Arc::new(bans));
+        }
+        Ok(())
+    }
+
     fn remove_expired_bans(&mut self, now_ns: u64) -> Result<usize, MapsError> {
-        let mut bans = self
-            .bans
-            .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let bans = self.working();
         let before = bans.len();
         bans.retain(|_, ban| ban.banned_until_ns > now_ns);
-        Ok(before - bans.len())
+        let removed = before - bans.len();
+        self.commit()?;
+        Ok(removed)
     }
 }
 
@@ -354,10 +364,17 @@ mod tests {
             reason: 0,
         })
         .unwrap();
-        assert!(bans.is_banned(ip("10.0.0.3"), 50));
+        let reader = bans.clone();
+        assert!(
+            !reader.is_banned(ip("10.0.0.3"), 50),
+            "not before the commit"
+        );
+        bans.commit().unwrap();
+        assert!(reader.is_banned(ip("10.0.0.3"), 50));
         assert!(!bans.is_banned(ip("10.0.0.4"), 50));
         assert!(!bans.is_banned(ip("10.0.0.3"), 100));
         assert_eq!(bans.remove_expired_bans(100).unwrap(), 1);
+        assert_eq!(reader.active(0), 0);
     }
 
     #[tokio::test]
