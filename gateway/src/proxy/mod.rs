@@ -70,7 +70,7 @@ use crate::{
     clock::{monotonic_ns, unix_now},
     config::{AuthPolicy, Config, LimitBy, LimitsConfig, TierConfig, UpstreamIdentity},
     guard::SourceGuard,
-    jwt::JwtVerifier,
+    jwt::{JwtVerifier, VerifiedToken},
     keys::{Client as ApiClient, KeyIndex, KeyRejection},
     limits::{Decision, LimitKey, LocalLimiter, Quota, RateLimiter},
     metrics::{Metrics, Outcome, Recorder},
@@ -84,20 +84,35 @@ pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
 static DEFAULT_QUOTA: std::sync::LazyLock<Quota> =
     std::sync::LazyLock::new(|| Quota::new("default", 10, std::time::Duration::from_secs(60), 10));
 
-/// Who a request is from, whichever credential proved it.
+/// Who a request is from, whichever credential proved it. Shares what the
+/// key index or the token cache holds: nothing is copied per request.
 #[derive(Clone, Debug)]
-pub struct Identity {
-    pub client_id: String,
-    pub tier: String,
-    pub scopes: Vec<String>,
+pub enum Identity {
+    /// A client in the key store (by API key, or named by a token).
+    Stored(Arc<ApiClient>),
+    /// A token's client that the store does not know.
+    Token(Arc<VerifiedToken>),
 }
 
-impl From<&ApiClient> for Identity {
-    fn from(client: &ApiClient) -> Self {
-        Self {
-            client_id: client.id.clone(),
-            tier: client.tier.clone(),
-            scopes: client.scopes.clone(),
+impl Identity {
+    pub fn client_id(&self) -> &str {
+        match self {
+            Identity::Stored(client) => &client.id,
+            Identity::Token(token) => &token.client_id,
+        }
+    }
+
+    pub fn tier(&self) -> &str {
+        match self {
+            Identity::Stored(client) => &client.tier,
+            Identity::Token(token) => &token.tier,
+        }
+    }
+
+    pub fn scopes(&self) -> &[String] {
+        match self {
+            Identity::Stored(client) => &client.scopes,
+            Identity::Token(token) => &token.scopes,
         }
     }
 }
@@ -579,13 +594,13 @@ impl Gateway {
             policy => Some(self.authenticate(&req, route, policy, log).await?),
         };
         if let Some(client) = &client {
-            let (rank, _) = self.shared.tier(&client.tier);
+            let (rank, _) = self.shared.tier(client.tier());
             log.tier_rank = Some(rank);
             self.shared.note_authenticated(peer.ip(), rank);
             if let Some(missing) = route
                 .required_scopes
                 .iter()
-                .find(|scope| !client.scopes.contains(scope))
+                .find(|scope| !client.scopes().contains(scope))
             {
                 return Err(ProxyError::MissingScope(missing.clone()));
             }
@@ -697,9 +712,9 @@ impl Gateway {
             .unwrap_or(&DEFAULT_QUOTA);
         let ip = peer.ip().to_canonical();
         let key = match route.limit_by {
-            LimitBy::Client => LimitKey::Client(identity.client_id.clone()),
+            LimitBy::Client => LimitKey::Client(identity.client_id().to_owned()),
             LimitBy::Source => LimitKey::Source(ip),
-            LimitBy::Both => LimitKey::ClientAtSource(identity.client_id.clone(), ip),
+            LimitBy::Both => LimitKey::ClientAtSource(identity.client_id().to_owned(), ip),
         };
         let decision = self
             .shared
@@ -749,15 +764,11 @@ impl Gateway {
                     Some(client) if client.expires_at.is_some_and(|at| at <= unix_now()) => {
                         return Err(ProxyError::InvalidCredential(KeyRejection::Expired))
                     }
-                    Some(client) => Identity::from(client.as_ref()),
-                    None => Identity {
-                        client_id: verified.client_id.clone(),
-                        tier: verified.tier.clone(),
-                        scopes: verified.scopes.clone(),
-                    },
+                    Some(client) => Identity::Stored(client),
+                    None => Identity::Token(verified),
                 };
-                log.client_id = Some(identity.client_id.clone());
-                log.tier = Some(identity.tier.clone());
+                log.client_id = Some(identity.client_id().to_owned());
+                log.tier = Some(identity.tier().to_owned());
                 return Ok(identity);
             }
         }
@@ -771,7 +782,7 @@ impl Gateway {
         let client = outcome.map_err(ProxyError::InvalidCredential)?;
         log.client_id = Some(client.id.clone());
         log.tier = Some(client.tier.clone());
-        Ok(Identity::from(client.as_ref()))
+        Ok(Identity::Stored(client))
     }
 
     fn rewrite(
@@ -799,9 +810,9 @@ impl Gateway {
         match (client, route.upstream_identity, &self.shared.tokens) {
             (Some(client), UpstreamIdentity::Jwt, Some(tokens)) => {
                 let grant = Grant {
-                    client_id: &client.client_id,
-                    tier: &client.tier,
-                    scopes: &client.scopes,
+                    client_id: client.client_id(),
+                    tier: client.tier(),
+                    scopes: client.scopes(),
                 };
                 let token = tokens
                     .upstream_token(&grant, &route.upstream, unix_now())
@@ -815,8 +826,8 @@ impl Gateway {
             }
             (Some(client), _, _) => {
                 for (name, value) in [
-                    (&self.client_id_header, &client.client_id),
-                    (&self.client_tier_header, &client.tier),
+                    (&self.client_id_header, client.client_id()),
+                    (&self.client_tier_header, client.tier()),
                 ] {
                     if let Ok(value) = HeaderValue::from_str(value) {
                         headers.insert(name.clone(), value);
