@@ -233,6 +233,7 @@ fn setup(name: &'static str, xdp: bool) -> Result<Setup> {
     }
     let flood = Flood::new(&topology, FLOOD_SOURCE, PORT, FLOOD_CPU)?;
     let key = gateway.create_key("gold");
+    wait_for_key(&topology, &key)?;
     Ok(Setup {
         name,
         gateway,
@@ -242,6 +243,34 @@ fn setup(name: &'static str, xdp: bool) -> Result<Setup> {
         flood,
         key,
     })
+}
+
+/// Waits until the gateway serves `key` (it reloads its keys every
+/// `keys.refresh`), so no measured request is refused.
+fn wait_for_key(topology: &Topology, key: &str) -> Result<()> {
+    let header = format!("x-api-key: {key}");
+    for _ in 0..100 {
+        let served = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &topology.client.name,
+                "curl",
+                "-s",
+                "-o",
+                "/dev/null",
+            ])
+            .args(["-w", "%{http_code}", "-H", &header])
+            .arg(format!("http://{SERVER_V4}:{PORT}/"))
+            .output()
+            .context("running curl")?;
+        if served.stdout == b"200" {
+            return Ok(());
+        }
+        #[allow(clippy::disallowed_methods, reason = "the bench is synchronous")]
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    bail!("the gateway did not accept the bench's API key within 5 s")
 }
 
 /// Runs a shell line inside namespace `ns` (with its own /sys).
