@@ -14,34 +14,20 @@ use std::{
 };
 
 use gateway_tests::{
-    http::{pause, request, request_with_body, FakeUpstream, ProxyGateway},
+    http::{pause, request, request_with_body, tiers_and_app, FakeUpstream, ProxyGateway},
     openapi::Conformance,
 };
 use serde_json::{json, Value};
 
-const CONFIG: &str = r#"
-[[tiers]]
-name = "bronze"
-requests = 3
-window = "60s"
-
-[[tiers]]
-name = "gold"
-requests = 1000
-
-[[upstreams]]
-name = "app"
-servers = ["UPSTREAM"]
-
-[[routes]]
-path_prefix = "/api/"
-upstream = "app"
-"#;
+/// The shared tiers and pool, and one route.
+fn config(upstream: &FakeUpstream) -> String {
+    tiers_and_app(upstream.addr) + "\n[[routes]]\npath_prefix = \"/api/\"\nupstream = \"app\"\n"
+}
 
 #[test]
 fn limits_are_shown_and_reset_by_admins_only_and_metrics_count_requests() {
     let upstream = FakeUpstream::start(None);
-    let gateway = ProxyGateway::new(&CONFIG.replace("UPSTREAM", &upstream.addr.to_string()));
+    let gateway = ProxyGateway::new(&config(&upstream));
     let (client_id, key) = gateway.create_client("bronze", &[]);
     let admin_key = gateway.create_key("gold", &["--admin"]);
     let reader_key = gateway.create_key("gold", &["--admin", "--scopes", "admin:read"]);
@@ -179,7 +165,7 @@ fn wait_for_status(gateway: &ProxyGateway, key: &str, status: u16, within: Durat
 #[test]
 fn the_client_lifecycle_through_the_api_matches_its_openapi_document() {
     let upstream = FakeUpstream::start(None);
-    let gateway = ProxyGateway::new(&CONFIG.replace("UPSTREAM", &upstream.addr.to_string()));
+    let gateway = ProxyGateway::new(&config(&upstream));
     let bootstrap = |extra: &[&str]| {
         let mut args = vec!["keys", "bootstrap", "--json", "--config"];
         let config = gateway.config.display().to_string();
@@ -338,8 +324,7 @@ fn the_client_lifecycle_through_the_api_matches_its_openapi_document() {
 fn revocation_is_in_force_when_the_api_answers_even_under_load() {
     let upstream = FakeUpstream::start(None);
     // Hundreds of refused requests from one source would get it banned.
-    let config = format!("{CONFIG}\n[guard]\nmode = \"off\"\n");
-    let gateway = ProxyGateway::new(&config.replace("UPSTREAM", &upstream.addr.to_string()));
+    let gateway = ProxyGateway::new(&(config(&upstream) + "\n[guard]\nmode = \"off\"\n"));
     let admin_key = gateway.create_key("gold", &["--admin"]);
     let (id, key) = gateway.create_client("gold", &[]);
     let gateway = gateway.start();
@@ -404,7 +389,7 @@ fn revocation_is_in_force_when_the_api_answers_even_under_load() {
 #[test]
 fn the_cli_does_the_same_on_the_store_and_through_the_admin_api() {
     let upstream = FakeUpstream::start(None);
-    let gateway = ProxyGateway::new(&CONFIG.replace("UPSTREAM", &upstream.addr.to_string()));
+    let gateway = ProxyGateway::new(&config(&upstream));
     let admin_key = gateway.create_key("gold", &["--admin"]);
     let gateway = gateway.start();
     let config = gateway.config.display().to_string();

@@ -7,24 +7,11 @@
 
 use std::time::{Duration, Instant};
 
-use gateway_tests::http::{get_from, pause, request, FakeUpstream, ProxyGateway};
+use gateway_tests::http::{get_from, pause, request, tiers_and_app, FakeUpstream, ProxyGateway};
 
 fn config(upstream: &FakeUpstream) -> String {
-    format!(
-        r#"
-[[tiers]]
-name = "bronze"
-requests = 3
-window = "60s"
-
-[[tiers]]
-name = "gold"
-requests = 1000
-
-[[upstreams]]
-name = "app"
-servers = ["{addr}"]
-
+    tiers_and_app(upstream.addr)
+        + r#"
 [[routes]]
 path_prefix = "/api/"
 upstream = "app"
@@ -38,9 +25,7 @@ required_scopes = ["admin"]
 path_prefix = "/shared/"
 upstream = "app"
 limit_by = "source"
-"#,
-        addr = upstream.addr
-    )
+"#
 }
 
 #[test]

@@ -13,25 +13,14 @@ use std::{
 };
 
 use base64::{engine::general_purpose::STANDARD, Engine};
-use gateway_tests::http::{pause, request_with_body, FakeUpstream, ProxyGateway, Reply};
+use gateway_tests::http::{
+    pause, request_with_body, tiers_and_app, FakeUpstream, ProxyGateway, Reply,
+};
 use serde_json::Value;
 
 fn config(upstream: &FakeUpstream) -> String {
-    format!(
-        r#"
-[[tiers]]
-name = "bronze"
-requests = 3
-window = "60s"
-
-[[tiers]]
-name = "gold"
-requests = 1000
-
-[[upstreams]]
-name = "app"
-servers = ["{addr}"]
-
+    tiers_and_app(upstream.addr)
+        + r#"
 [[routes]]
 path_prefix = "/api/"
 upstream = "app"
@@ -42,9 +31,7 @@ path_prefix = "/rs/"
 upstream = "app"
 auth = "api_key"
 upstream_identity = "jwt"
-"#,
-        addr = upstream.addr
-    )
+"#
 }
 
 fn token_request(gateway: &ProxyGateway, headers: &[(&str, &str)], form: &str) -> Reply {

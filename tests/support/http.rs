@@ -289,6 +289,17 @@ fn exchange(
     })
 }
 
+/// The base most end-to-end configs share: tiers bronze (3 per minute) and
+/// gold (1000 per minute), and the pool `app` at `upstream`; tests add
+/// their routes after it.
+pub fn tiers_and_app(upstream: SocketAddr) -> String {
+    format!(
+        "[[tiers]]\nname = \"bronze\"\nrequests = 3\nwindow = \"60s\"\n\n\
+         [[tiers]]\nname = \"gold\"\nrequests = 1000\n\n\
+         [[upstreams]]\nname = \"app\"\nservers = [\"{upstream}\"]\n"
+    )
+}
+
 /// `gateway run --config <temp> --no-xdp` on 127.0.0.1:0, stdout collected.
 /// Made in two steps ([`ProxyGateway::new`], then [`ProxyGateway::start`])
 /// so tests can create keys in the store before the gateway loads it.
