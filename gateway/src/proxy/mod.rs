@@ -39,6 +39,7 @@ pub mod access_log;
 pub mod credentials;
 pub mod error;
 pub mod forward;
+mod idle;
 pub mod oauth;
 pub mod overload;
 pub mod route;
@@ -61,8 +62,10 @@ use tokio::{net::TcpListener, sync::watch};
 use tokio_rustls::TlsAcceptor;
 
 use self::{
+    access_log::{request_id, AccessLog},
     error::ProxyError,
     forward::X_REQUEST_ID,
+    idle::Activity,
     route::{Route, RouteTable},
     upstream::Pool,
 };
@@ -128,102 +131,6 @@ pub struct Gateway {
     client: Client<HttpConnector, Incoming>,
     /// This worker's request counts.
     metrics: Recorder,
-}
-
-/// One access-log line.
-#[derive(serde::Serialize, Default)]
-struct AccessLog {
-    ts: u64,
-    request_id: String,
-    peer: String,
-    method: String,
-    /// Path only: the query may hold a credential.
-    path: String,
-    route: Option<String>,
-    client_id: Option<String>,
-    key_id: Option<String>,
-    /// Issuer of the JWT that authenticated the request.
-    issuer: Option<String>,
-    tier: Option<String>,
-    status: u16,
-    upstream: Option<String>,
-    latency_ms: f64,
-    error: Option<&'static str>,
-    /// Why a credential was refused, precisely (the client sees less).
-    detail: Option<&'static str>,
-    blame: Option<error::Blame>,
-    /// For metrics: the route's and tier's positions in the configuration.
-    #[serde(skip)]
-    route_index: Option<usize>,
-    #[serde(skip)]
-    tier_rank: Option<usize>,
-    /// The limit phase's answer, for the headers of a later error response.
-    #[serde(skip)]
-    limit: Option<Decision>,
-}
-
-/// The client's `X-Request-Id` if it is sane, else a fresh one: a random
-/// per-process prefix and a counter, unique without a syscall per request.
-fn request_id(headers: &http::HeaderMap) -> String {
-    if let Some(id) = headers.get(&X_REQUEST_ID).and_then(|v| v.to_str().ok()) {
-        if !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_graphic()) {
-            return id.to_owned();
-        }
-    }
-    static PREFIX: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
-    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let prefix = *PREFIX.get_or_init(|| {
-        let mut bytes = [0u8; 8];
-        if getrandom::fill(&mut bytes).is_err() {
-            return monotonic_ns() ^ u64::from(std::process::id());
-        }
-        u64::from_be_bytes(bytes)
-    });
-    let count = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    format!("{prefix:016x}{count:016x}")
-}
-
-/// A connection's requests in flight and when the last one ended.
-struct Activity {
-    in_flight: std::sync::atomic::AtomicUsize,
-    last_ns: std::sync::atomic::AtomicU64,
-}
-
-impl Default for Activity {
-    fn default() -> Self {
-        Self {
-            in_flight: Default::default(),
-            last_ns: monotonic_ns().into(),
-        }
-    }
-}
-
-/// Counts one request in flight until dropped.
-struct Busy(Arc<Activity>);
-
-impl Drop for Busy {
-    fn drop(&mut self) {
-        use std::sync::atomic::Ordering::Relaxed;
-        self.0.last_ns.store(monotonic_ns(), Relaxed);
-        self.0.in_flight.fetch_sub(1, Relaxed);
-    }
-}
-
-impl Activity {
-    fn begin(self: &Arc<Self>) -> Busy {
-        self.in_flight
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        Busy(self.clone())
-    }
-
-    /// How long nothing has happened on the connection (zero while busy).
-    fn idle_for(&self, now_ns: u64) -> std::time::Duration {
-        use std::sync::atomic::Ordering::Relaxed;
-        if self.in_flight.load(Relaxed) > 0 {
-            return std::time::Duration::ZERO;
-        }
-        std::time::Duration::from_nanos(now_ns.saturating_sub(self.last_ns.load(Relaxed)))
-    }
 }
 
 /// What every worker's [`Gateway`] shares: built once per process.
