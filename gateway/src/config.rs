@@ -774,20 +774,18 @@ impl Config {
             .tiers
             .iter()
             .zip(1u32..)
-            .map(|(tier, position)| gateway_common::Budget {
-                syn_per_sec: tier
-                    .syn_rate
-                    .unwrap_or(base.syn_per_sec.saturating_mul(position)),
-                syn_burst: tier
-                    .syn_burst
-                    .unwrap_or(base.syn_burst.saturating_mul(position)),
-                pkt_per_sec: tier
-                    .pkt_rate
-                    .unwrap_or(base.pkt_per_sec.saturating_mul(position)),
-                pkt_burst: tier
-                    .pkt_burst
-                    .unwrap_or(base.pkt_burst.saturating_mul(position)),
-                tier: position,
+            .map(|(tier, position)| {
+                // Unset: the default budget times the tier's position.
+                let scaled = |set: Option<u32>, default: u32| {
+                    set.unwrap_or(default.saturating_mul(position))
+                };
+                gateway_common::Budget {
+                    syn_per_sec: scaled(tier.syn_rate, base.syn_per_sec),
+                    syn_burst: scaled(tier.syn_burst, base.syn_burst),
+                    pkt_per_sec: scaled(tier.pkt_rate, base.pkt_per_sec),
+                    pkt_burst: scaled(tier.pkt_burst, base.pkt_burst),
+                    tier: position,
+                }
             })
             .collect();
         GuardSettings {

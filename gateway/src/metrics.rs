@@ -50,7 +50,11 @@ impl Recorder {
             .entry((outcome.route, tier, outcome.status))
             .or_default() += 1;
         match outcome.error {
-            Some(code @ ("missing_credential" | "invalid_credential" | "invalid_token")) => {
+            // `invalid_client`: a refused secret at the token endpoint.
+            Some(
+                code @ ("missing_credential" | "invalid_credential" | "invalid_token"
+                | "invalid_client"),
+            ) => {
                 let reason = outcome.detail.unwrap_or(code);
                 *counts.auth_failures.entry(reason).or_default() += 1;
             }
@@ -351,6 +355,13 @@ mod tests {
             error: Some("invalid_credential"),
             detail: Some("wrong_secret"),
         });
+        b.record(&Outcome {
+            route: None,
+            tier: None,
+            status: 401,
+            error: Some("invalid_client"),
+            detail: Some("wrong_secret"),
+        });
         a.record(&Outcome {
             route: None,
             tier: None,
@@ -373,7 +384,7 @@ mod tests {
             "gateway_requests_total{route=\"*/api\",tier=\"gold\",status=\"200\"} 2",
             "gateway_rate_limited_total{tier=\"bronze\"} 1",
             "gateway_rate_limited_total{tier=\"gold\"} 0",
-            "gateway_auth_failures_total{reason=\"wrong_secret\"} 1",
+            "gateway_auth_failures_total{reason=\"wrong_secret\"} 2",
             "gateway_auth_failures_total{reason=\"invalid_token\"} 1",
             "gateway_upstream_latency_seconds_bucket{upstream=\"app\",le=\"0.005\"} 1",
             "gateway_upstream_latency_seconds_count{upstream=\"app\"} 1",

@@ -119,12 +119,14 @@ impl Admin {
     }
 
     fn check_tier(&self, tier: &str) -> Result<(), AdminError> {
-        if self.tiers.iter().any(|t| t == tier) {
+        let quotas = &self.shared.quotas;
+        if quotas.iter().any(|q| q.name == tier) {
             return Ok(());
         }
+        let names: Vec<&str> = quotas.iter().map(|q| q.name.as_str()).collect();
         Err(AdminError::BadRequest(format!(
             "unknown tier {tier:?}; configured tiers: {}",
-            self.tiers.join(", ")
+            names.join(", ")
         )))
     }
 

@@ -34,7 +34,7 @@ use crate::{
     clock::{monotonic_ns, unix_now},
     config::Config,
     keys::{Client, KeyRejection, KeyStore},
-    metrics::{Gauges, Metrics},
+    metrics::Gauges,
     proxy::Shared,
     xdp::PinnedMaps,
 };
@@ -50,10 +50,7 @@ type AdminResponse = Response<Full<Bytes>>;
 
 pub struct Admin {
     pub shared: Shared,
-    pub metrics: Arc<Metrics>,
     pub store: Arc<dyn KeyStore>,
-    /// Tier names, to refuse clients of a tier that does not exist.
-    pub tiers: Vec<String>,
     pub audit: audit::AuditLog,
     /// Where the kernel path's maps are pinned, when XDP is attached.
     pub pin_root: Option<PathBuf>,
@@ -157,10 +154,8 @@ impl Admin {
         pin_root: Option<PathBuf>,
     ) -> std::io::Result<Self> {
         Ok(Self {
-            metrics: shared.metrics.clone(),
             shared,
             store,
-            tiers: config.tiers.iter().map(|t| t.name.clone()).collect(),
             audit: audit::AuditLog::open(&config.admin.audit_log)?,
             pin_root,
         })
@@ -300,7 +295,7 @@ impl Admin {
             (None, Some(bans)) => Some(bans.active(now)),
             (None, None) => None,
         };
-        let text = self.metrics.render(&Gauges {
+        let text = shared.metrics.render(&Gauges {
             pools: shared
                 .pools
                 .iter()
