@@ -1,6 +1,6 @@
-//! `cargo xtask bench ...`: figures printed as ratios against a peer
-//! measured in the same run, interleaved, medians reported. Not tests: the
-//! machines are shared and noisy, so nothing here asserts a timing.
+//! `cargo xtask bench xdp`: the XDP program against a drop-everything XDP
+//! program, per-packet cost (BPF_PROG_TEST_RUN, interleaved rounds) and the
+//! drop rate of a banned source's flood over veth, natively attached.
 use std::{
     path::{Path, PathBuf},
     process::Command,
@@ -12,109 +12,27 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
-use clap::Subcommand;
 use gateway_common::PROGRAM_PIN;
 use gateway_tests::{
     packet::{RawSender, TcpFrame},
     Gateway, Topology, CLIENT2_V4, CLIENT_IF, CLIENT_V4, SERVER_IF, SERVER_V4,
 };
 
+use super::{
+    bpf::{self, run_stats, BpfStats},
+    results,
+    stats::{median, spread},
+};
 use crate::{run_cmd, setup::is_root, target_dir};
-
-#[derive(Subcommand)]
-pub enum Which {
-    /// Per-request cost of API-key verification and of JWT verification,
-    /// uncached vs cached.
-    Auth,
-    /// A legitimate client's throughput through the gateway while a banned
-    /// source floods it, with the kernel path on and off (root).
-    Flood {
-        #[arg(long, default_value_t = 3)]
-        rounds: usize,
-        /// Seconds per measurement.
-        #[arg(long, default_value_t = 5)]
-        seconds: u32,
-    },
-    /// The limiter against HAProxy stick tables and nginx limit_req: one key
-    /// at 3x its limit for a window (allowed vs ideal), and one key's
-    /// success and p99 while another floods.
-    Limits {
-        /// Accuracy rounds (one window each); medians are reported.
-        #[arg(long, default_value_t = 3)]
-        rounds: usize,
-        /// Seconds of isolation measurement per proxy.
-        #[arg(long, default_value_t = 6)]
-        seconds: u32,
-    },
-    /// The proxy against HAProxy and nginx doing the equivalent work:
-    /// API-key authenticated GETs with 10,000 rotating keys, same upstream;
-    /// throughput and CPU per request (HTTP and TLS), open-loop latency.
-    Proxy {
-        #[arg(long, default_value_t = 3)]
-        rounds: usize,
-        /// Seconds per proxy per round.
-        #[arg(long, default_value_t = 5)]
-        seconds: u32,
-    },
-    /// Internal: the open-loop load generator `bench proxy` runs.
-    #[command(hide = true)]
-    OpenLoop(crate::bench_proxy::OpenLoopArgs),
-    /// The XDP program against a drop-everything XDP program: per-packet
-    /// cost (BPF_PROG_TEST_RUN) and drop rate of a banned flood on veth.
-    Xdp {
-        /// Test-run repetitions per measurement.
-        #[arg(long, default_value_t = 1_000_000)]
-        repeat: u32,
-        /// Interleaved rounds; medians are reported.
-        #[arg(long, default_value_t = 5)]
-        rounds: usize,
-        /// Seconds of flood per program per round.
-        #[arg(long, default_value_t = 2.0)]
-        flood_seconds: f64,
-    },
-}
-
-pub fn run(which: Which) -> Result<()> {
-    match which {
-        Which::Auth => {
-            crate::build(true)?;
-            let markdown = target_dir().join("bench-auth.md");
-            run_cmd(
-                crate::cargo(None)
-                    .args(["bench", "--package", "gateway", "--bench", "auth"])
-                    .env("GATEWAY_BENCH_MARKDOWN", &markdown),
-            )?;
-            let table = std::fs::read_to_string(&markdown)
-                .with_context(|| format!("the auth bench wrote no {}", markdown.display()))?;
-            crate::results::record("auth", &table)
-        }
-        Which::Flood { rounds, seconds } => crate::bench_flood::run(rounds.max(1), seconds.max(1)),
-        Which::Limits { rounds, seconds } => {
-            crate::bench_limits::run(rounds.max(1), seconds.max(1))
-        }
-        Which::Proxy { rounds, seconds } => crate::bench_proxy::run(rounds.max(1), seconds.max(1)),
-        Which::OpenLoop(args) => crate::bench_proxy::open_loop(args),
-        Which::Xdp {
-            repeat,
-            rounds,
-            flood_seconds,
-        } => xdp(
-            repeat,
-            rounds.max(1),
-            Duration::from_secs_f64(flood_seconds),
-        ),
-    }
-}
 
 const XDP_DROP: u64 = 1;
 const XDP_PASS: u64 = 2;
 const PROTECTED: u16 = 8080;
 
-/// Removes the baseline's pin, the frame files and restores bpf_stats.
+/// Removes the baseline's pin and the frame files on drop.
 struct Cleanup {
     pins: Vec<PathBuf>,
     dir: PathBuf,
-    bpf_stats: Option<String>,
 }
 
 impl Drop for Cleanup {
@@ -123,13 +41,10 @@ impl Drop for Cleanup {
             let _ = std::fs::remove_file(pin);
         }
         let _ = std::fs::remove_dir_all(&self.dir);
-        if let Some(previous) = &self.bpf_stats {
-            let _ = std::fs::write("/proc/sys/kernel/bpf_stats_enabled", previous);
-        }
     }
 }
 
-fn xdp(repeat: u32, rounds: usize, flood: Duration) -> Result<()> {
+pub(super) fn run(repeat: u32, rounds: usize, flood: Duration) -> Result<()> {
     if !is_root() {
         bail!("the XDP bench loads and attaches programs: run it as root");
     }
@@ -142,7 +57,6 @@ fn xdp(repeat: u32, rounds: usize, flood: Duration) -> Result<()> {
     let mut cleanup = Cleanup {
         pins: Vec::new(),
         dir: dir.clone(),
-        bpf_stats: None,
     };
 
     // The gateway on one veth pair; the baseline on another, so floods can
@@ -253,12 +167,7 @@ fn xdp(repeat: u32, rounds: usize, flood: Duration) -> Result<()> {
             .arg(&baseline_prog)
             .args(["dev", SERVER_IF]),
     )?;
-    cleanup.bpf_stats = Some(
-        std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled")
-            .unwrap_or_else(|_| "0".into()),
-    );
-    std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "1")
-        .context("enabling kernel.bpf_stats_enabled (run_cnt per program)")?;
+    let stats = BpfStats::enable()?;
 
     println!(
         "\nbanned-source flood over veth, native XDP, {:.1} s per program per round (median packets/s dropped):",
@@ -291,13 +200,14 @@ fn xdp(repeat: u32, rounds: usize, flood: Duration) -> Result<()> {
     table.push_str(&format!(
         "| banned flood over veth (packets/s dropped) | {ours_median:.0} | {baseline_median:.0} | {ratio:.2}x | >= 0.80x |\n"
     ));
-    crate::results::record("xdp", &table)?;
+    results::record("xdp", &table)?;
     println!(
         "\nnote: on veth the sender's CPU also runs XDP, so the flood rate is bounded by the sender; \
          spreads above 1.3 mean the machine was too noisy for close ratios."
     );
     drop(gateway);
     drop(cleanup);
+    drop(stats);
     Ok(())
 }
 
@@ -334,20 +244,6 @@ fn test_run(prog: &Path, frame: &Path, repeat: u32, verdict: u64) -> Result<f64>
     value["duration"]
         .as_f64()
         .context("bpftool prog run printed no duration")
-}
-
-/// `(run_cnt, run_time_ns)` of a pinned program (needs bpf_stats_enabled).
-pub(crate) fn run_stats(prog: &Path) -> Result<(u64, u64)> {
-    let output = Command::new("bpftool")
-        .args(["-j", "prog", "show", "pinned"])
-        .arg(prog)
-        .output()
-        .context("running bpftool prog show")?;
-    let value: serde_json::Value = serde_json::from_slice(&output.stdout)?;
-    Ok((
-        value["run_cnt"].as_u64().unwrap_or(0),
-        value["run_time_ns"].as_u64().unwrap_or(0),
-    ))
 }
 
 /// Floods `frame` from the client side of `topology` with one sender per
@@ -407,11 +303,7 @@ fn flood_rate(
 }
 
 fn print_program_size(prog: &Path, name: &str) -> Result<()> {
-    let output = Command::new("bpftool")
-        .args(["-j", "prog", "show", "pinned"])
-        .arg(prog)
-        .output()?;
-    let value: serde_json::Value = serde_json::from_slice(&output.stdout)?;
+    let value = bpf::show(prog)?;
     let xlated = value["bytes_xlated"].as_u64().unwrap_or(0);
     println!(
         "{name}: {} instructions xlated ({} bytes), {} bytes jited; accepted by the verifier on kernel {}",
@@ -427,25 +319,4 @@ fn kernel_release() -> String {
     std::fs::read_to_string("/proc/sys/kernel/osrelease")
         .map(|s| s.trim().to_owned())
         .unwrap_or_else(|_| "?".into())
-}
-
-pub(crate) fn median(values: &mut [f64]) -> f64 {
-    values.sort_by(|a, b| a.total_cmp(b));
-    values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
-}
-
-/// A series whose max/min is above this was measured on too noisy a
-/// machine for close ratios.
-pub(crate) const NOISY: f64 = 1.3;
-
-/// max/min of a series, as a noise indicator.
-pub(crate) fn spread_ratio(values: &[f64]) -> f64 {
-    let min = values.iter().copied().fold(f64::INFINITY, f64::min);
-    let max = values.iter().copied().fold(0.0, f64::max);
-    max / min
-}
-
-/// [`spread_ratio`], printed.
-pub(crate) fn spread(values: &[f64]) -> String {
-    format!("{:.2}", spread_ratio(values))
 }
