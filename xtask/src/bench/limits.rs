@@ -19,7 +19,7 @@ use super::{
     keys,
     nginx::{self, Nginx},
     procs::{ensure_packages, free_port, wait_for_port, Running},
-    results,
+    results, scratch,
     stats::{median, percentile},
     wrk::requests_per_sec,
 };
@@ -43,11 +43,8 @@ const PEERS: [&str; 3] = ["gateway", "HAProxy", "nginx"];
 pub(super) fn run(rounds: usize, seconds: u32) -> Result<()> {
     ensure_packages()?;
     let gateway_bin = crate::build(true)?;
-    let dir = std::env::temp_dir().join(format!("gateway-bench-limits-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let result = bench(&gateway_bin, &dir, rounds, seconds);
-    let _ = std::fs::remove_dir_all(&dir);
-    result
+    let dir = scratch::dir("gateway-bench-limits-")?;
+    bench(&gateway_bin, dir.path(), rounds, seconds)
 }
 
 #[allow(clippy::disallowed_methods, reason = "the bench is synchronous")]

@@ -17,6 +17,7 @@ mod keys;
 mod nginx;
 mod procs;
 mod results;
+mod scratch;
 mod stats;
 mod wrk;
 

@@ -20,7 +20,7 @@ use gateway_tests::{
 
 use super::{
     bpf::{self, run_stats, BpfStats},
-    results,
+    results, scratch,
     stats::{median, spread},
 };
 use crate::{run_cmd, setup::is_root, target_dir};
@@ -29,18 +29,14 @@ const XDP_DROP: u64 = 1;
 const XDP_PASS: u64 = 2;
 const PROTECTED: u16 = 8080;
 
-/// Removes the baseline's pin and the frame files on drop.
-struct Cleanup {
-    pins: Vec<PathBuf>,
-    dir: PathBuf,
-}
+/// Removes the baseline's pin on drop.
+struct Pins(Vec<PathBuf>);
 
-impl Drop for Cleanup {
+impl Drop for Pins {
     fn drop(&mut self) {
-        for pin in &self.pins {
+        for pin in &self.0 {
             let _ = std::fs::remove_file(pin);
         }
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -52,12 +48,9 @@ pub(super) fn run(repeat: u32, rounds: usize, flood: Duration) -> Result<()> {
     std::env::set_var("GATEWAY_BIN", &gateway_bin);
     let baseline_obj = target_dir().join("bpfel-unknown-none/release/bench-drop-all");
 
-    let dir = std::env::temp_dir().join(format!("gateway-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let mut cleanup = Cleanup {
-        pins: Vec::new(),
-        dir: dir.clone(),
-    };
+    // The frame files.
+    let dir = scratch::dir("gateway-bench-")?;
+    let mut pins = Pins(Vec::new());
 
     // The gateway on one veth pair; the baseline on another, so floods can
     // alternate between them without re-attaching anything.
@@ -86,7 +79,7 @@ pub(super) fn run(repeat: u32, rounds: usize, flood: Duration) -> Result<()> {
             .arg(&baseline_prog)
             .args(["type", "xdp"]),
     )?;
-    cleanup.pins.push(baseline_prog.clone());
+    pins.0.push(baseline_prog.clone());
 
     print_program_size(&our_prog, "gateway_xdp")?;
     print_program_size(&baseline_prog, "drop-all baseline")?;
@@ -114,11 +107,11 @@ pub(super) fn run(repeat: u32, rounds: usize, flood: Duration) -> Result<()> {
             XDP_PASS,
         ),
     ];
-    let baseline_file = dir.join("baseline.bin");
+    let baseline_file = dir.path().join("baseline.bin");
     std::fs::write(&baseline_file, banned.build())?;
     let mut files = Vec::new();
     for (index, (_, _, frame, _)) in cases.iter().enumerate() {
-        let path = dir.join(format!("case{index}.bin"));
+        let path = dir.path().join(format!("case{index}.bin"));
         std::fs::write(&path, frame.build())?;
         files.push(path);
     }
@@ -206,7 +199,8 @@ pub(super) fn run(repeat: u32, rounds: usize, flood: Duration) -> Result<()> {
          spreads above 1.3 mean the machine was too noisy for close ratios."
     );
     drop(gateway);
-    drop(cleanup);
+    drop(pins);
+    drop(dir);
     drop(stats);
     Ok(())
 }

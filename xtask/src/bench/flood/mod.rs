@@ -28,13 +28,14 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 use gateway_common::PROGRAM_PIN;
-use gateway_tests::{http::TempDir, Gateway, Topology, CLIENT_IF, SERVER_IF, SERVER_V4};
+use gateway_tests::{Gateway, Topology, CLIENT_IF, SERVER_IF, SERVER_V4};
+use tempfile::TempDir;
 
 use super::{
     bpf::{run_stats, BpfStats},
     nginx::{self, Nginx},
     procs::{ensure_packages, Running},
-    results,
+    results, scratch,
     stats::{median, spread, spread_ratio, NOISY},
     wrk::{percentile_ms, requests_per_sec},
 };
@@ -175,9 +176,9 @@ pub(super) fn run(rounds: usize, seconds: u32) -> Result<()> {
 /// banned in the kernel.
 fn setup(name: &'static str, xdp: bool) -> Result<Setup> {
     let topology = Topology::with_queues(2);
-    let dir = TempDir::new("flood-nginx");
-    let conf = dir.path.join("nginx.conf");
-    std::fs::write(&conf, upstream_config(&dir.path))?;
+    let dir = scratch::dir("gw-flood-nginx-")?;
+    let conf = dir.path().join("nginx.conf");
+    std::fs::write(&conf, upstream_config(dir.path()))?;
     let mut command = Command::new("ip");
     command
         .args(["netns", "exec", &topology.server.name])

@@ -33,7 +33,7 @@ use self::{
 };
 use super::{
     procs::{ensure_packages, CpuPlan},
-    results,
+    results, scratch,
 };
 
 /// Workload 2's rate, as a fraction of the slowest peer's throughput.
@@ -46,11 +46,8 @@ pub(super) fn run(rounds: usize, seconds: u32) -> Result<()> {
     let gateway_bin = crate::build(true)?;
     // The open-loop generator runs from a release build of this program.
     crate::run_cmd(crate::cargo(None).args(["build", "--release", "--package", "xtask"]))?;
-    let dir = std::env::temp_dir().join(format!("gateway-bench-proxy-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let result = bench(&gateway_bin, &dir, rounds, seconds);
-    let _ = std::fs::remove_dir_all(&dir);
-    result
+    let dir = scratch::dir("gateway-bench-proxy-")?;
+    bench(&gateway_bin, dir.path(), rounds, seconds)
 }
 
 fn bench(gateway_bin: &Path, dir: &Path, rounds: usize, seconds: u32) -> Result<()> {
