@@ -299,8 +299,44 @@ mod tests {
         assert_eq!(parse_stat(line), Some((7, 30.0)));
     }
 
+    /// This process's CPU time (all threads) from the kernel's scheduler
+    /// clock, in nanoseconds.
+    fn process_cpu_ns() -> u64 {
+        let mut now = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: `now` is a valid out pointer; the clock always exists.
+        let failed = unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut now) };
+        assert_eq!(failed, 0, "clock_gettime(CLOCK_PROCESS_CPUTIME_ID)");
+        now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
+    }
+
+    /// Burning CPU shows in the count: 100 ms of this process's CPU time
+    /// (measured in CPU time, not wall time, so a busy machine only makes
+    /// it take longer) is ten ticks of /proc's accounting at the usual
+    /// 100 Hz, so the count must grow; how much is not asserted.
     #[test]
-    fn counts_this_process() {
-        assert!(tree_cpu_seconds(std::process::id()).unwrap() >= 0.0);
+    fn counts_cpu_this_process_burns() {
+        let pid = std::process::id();
+        let before = tree_cpu_seconds(pid).unwrap();
+        let start = process_cpu_ns();
+        let mut x = 0u64;
+        while process_cpu_ns() - start < 100_000_000 {
+            for i in 0..10_000u64 {
+                x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(i));
+            }
+        }
+        let after = tree_cpu_seconds(pid).unwrap();
+        assert!(
+            after > before,
+            "{before} s then {after} s after burning 100 ms"
+        );
+    }
+
+    #[test]
+    fn a_gone_process_is_an_error() {
+        // Above any pid_max (at most 2^22), so no process has it.
+        assert!(tree_cpu_seconds(u32::MAX).is_err());
     }
 }
