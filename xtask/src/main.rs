@@ -4,10 +4,6 @@
 //! `run`, `test` and `bench` call it); `build` compiles the XDP object with
 //! nightly and embeds it in the stable `gateway` binary.
 mod bench;
-mod bench_flood;
-mod bench_limits;
-mod bench_proxy;
-mod results;
 mod setup;
 
 use std::{

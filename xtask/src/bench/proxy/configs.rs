@@ -5,6 +5,8 @@
 //! upstream pool, and a TLS listener with an ECDSA P-256 certificate).
 use std::path::Path;
 
+use crate::bench::nginx::{self, Nginx};
+
 /// Requests per second each key may make (bursts of as many), in every
 /// proxy: far above what 10,000 rotating keys see, so no run reaches it.
 pub(super) const PER_KEY_RATE: u32 = 1000;
@@ -33,14 +35,8 @@ pub(super) struct Files<'a> {
 /// the key header it should not have got, so the startup check can see
 /// every proxy did both.
 pub(super) fn upstream(dir: &Path, port: u16) -> String {
-    format!(
-        "worker_processes 1;\npid {dir}/upstream.pid;\nerror_log {dir}/upstream.err;\n\
-         events {{ worker_connections 4096; }}\n\
-         http {{ access_log off; keepalive_requests 1000000;\n\
-           server {{ listen 127.0.0.1:{port};\n\
-             location / {{ return 200 \"ok id=$http_x_client_id key=$http_x_api_key\\n\"; }} }} }}\n",
-        dir = dir.display()
-    )
+    Nginx::new(dir, "upstream", 1)
+        .static_site(port, "ok id=$http_x_client_id key=$http_x_api_key\\n")
 }
 
 /// The gateway: keys from its store, XDP and admin off (this measures the
@@ -102,33 +98,97 @@ pub(super) fn haproxy(files: &Files, listen: Listen, upstream: u16, workers: usi
 pub(super) fn nginx(files: &Files, listen: Listen, upstream: u16, workers: usize) -> String {
     let tls = listen.tls_port.map_or(String::new(), |port| {
         format!(
-            "    listen 127.0.0.1:{port} ssl;\n    ssl_protocols TLSv1.2 TLSv1.3;\n    \
-             ssl_certificate {};\n    ssl_certificate_key {};\n",
+            "  listen 127.0.0.1:{port} ssl;\n  ssl_protocols TLSv1.2 TLSv1.3;\n  \
+             ssl_certificate {};\n  ssl_certificate_key {};\n",
             files.cert.display(),
             files.key.display()
         )
     });
-    format!(
-        "worker_processes {workers};\npid {dir}/nginx-peer.pid;\nerror_log {dir}/nginx-peer.err;\n\
-         events {{ worker_connections 4096; }}\n\
-         http {{\n  access_log off;\n  keepalive_requests 1000000;\n\
-         \x20 map_hash_max_size 65536;\n  map_hash_bucket_size 256;\n\
-         \x20 map $http_x_api_key $client_id {{ default \"\"; include {map}; }}\n\
-         \x20 limit_req_zone $client_id zone=perkey:10m rate={PER_KEY_RATE}r/s;\n\
-         \x20 limit_req_status 429;\n\
-         \x20 upstream app {{ server 127.0.0.1:{upstream}; keepalive 64; keepalive_requests 1000000; }}\n\
-         \x20 server {{\n    listen 127.0.0.1:{port};\n{tls}\
-         \x20   location / {{\n\
-         \x20     if ($client_id = \"\") {{ return 401; }}\n\
-         \x20     limit_req zone=perkey burst={PER_KEY_RATE} nodelay;\n\
-         \x20     proxy_http_version 1.1;\n\
-         \x20     proxy_set_header Connection \"\";\n\
-         \x20     proxy_set_header X-Client-Id $client_id;\n\
-         \x20     proxy_set_header X-API-Key \"\";\n\
-         \x20     proxy_pass http://app;\n\
-         \x20   }}\n  }}\n}}\n",
-        dir = files.dir.display(),
+    Nginx::new(files.dir, "nginx-peer", workers).config(&format!(
+        "map_hash_max_size 65536;\nmap_hash_bucket_size 256;\n\
+         map $http_x_api_key $client_id {{ default \"\"; include {map}; }}\n\
+         limit_req_zone $client_id zone=perkey:10m rate={PER_KEY_RATE}r/s;\n\
+         limit_req_status 429;\n{pool}\
+         server {{\n  listen 127.0.0.1:{port};\n{tls}\
+         \x20 location / {{\n\
+         \x20   if ($client_id = \"\") {{ return 401; }}\n\
+         \x20   limit_req zone=perkey burst={PER_KEY_RATE} nodelay;\n\
+         \x20   proxy_http_version 1.1;\n\
+         \x20   proxy_set_header Connection \"\";\n\
+         \x20   proxy_set_header X-Client-Id $client_id;\n\
+         \x20   proxy_set_header X-API-Key \"\";\n\
+         \x20   proxy_pass http://app;\n\
+         \x20 }}\n}}\n",
+        pool = nginx::upstream_pool(upstream, 64, Some(1_000_000)),
         port = listen.port,
         map = files.raw_map.display()
-    )
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The nginx configurations this bench wrote before they shared
+    /// `nginx::Nginx`, as the same directives.
+    #[test]
+    fn nginx_configs_as_before() {
+        let dir = Path::new("/tmp/proxy");
+        let d = dir.display();
+        let port = 1001;
+        nginx::assert_same_directives(
+            &upstream(dir, port),
+            &format!(
+                "worker_processes 1;\npid {d}/upstream.pid;\nerror_log {d}/upstream.err;\n\
+                 events {{ worker_connections 4096; }}\n\
+                 http {{ access_log off; keepalive_requests 1000000;\n\
+                   server {{ listen 127.0.0.1:{port};\n\
+                     location / {{ return 200 \"ok id=$http_x_client_id key=$http_x_api_key\\n\"; }} }} }}\n"
+            ),
+        );
+        let files = Files {
+            dir,
+            sha_map: &dir.join("keys.sha.map"),
+            raw_map: &dir.join("keys.nginx.map"),
+            cert: &dir.join("peer.crt"),
+            key: &dir.join("peer.key"),
+            pem: &dir.join("peer.pem"),
+        };
+        let (upstream_port, workers) = (1002, 3);
+        for tls_port in [Some(1004), None] {
+            let listen = Listen {
+                port: 1003,
+                tls_port,
+            };
+            let tls = tls_port.map_or(String::new(), |port| {
+                format!(
+                    "    listen 127.0.0.1:{port} ssl;\n    ssl_protocols TLSv1.2 TLSv1.3;\n    \
+                     ssl_certificate {d}/peer.crt;\n    ssl_certificate_key {d}/peer.key;\n"
+                )
+            });
+            nginx::assert_same_directives(
+                &nginx(&files, listen, upstream_port, workers),
+                &format!(
+                    "worker_processes {workers};\npid {d}/nginx-peer.pid;\nerror_log {d}/nginx-peer.err;\n\
+                     events {{ worker_connections 4096; }}\n\
+                     http {{\n  access_log off;\n  keepalive_requests 1000000;\n\
+                     \x20 map_hash_max_size 65536;\n  map_hash_bucket_size 256;\n\
+                     \x20 map $http_x_api_key $client_id {{ default \"\"; include {d}/keys.nginx.map; }}\n\
+                     \x20 limit_req_zone $client_id zone=perkey:10m rate={PER_KEY_RATE}r/s;\n\
+                     \x20 limit_req_status 429;\n\
+                     \x20 upstream app {{ server 127.0.0.1:{upstream_port}; keepalive 64; keepalive_requests 1000000; }}\n\
+                     \x20 server {{\n    listen 127.0.0.1:1003;\n{tls}\
+                     \x20   location / {{\n\
+                     \x20     if ($client_id = \"\") {{ return 401; }}\n\
+                     \x20     limit_req zone=perkey burst={PER_KEY_RATE} nodelay;\n\
+                     \x20     proxy_http_version 1.1;\n\
+                     \x20     proxy_set_header Connection \"\";\n\
+                     \x20     proxy_set_header X-Client-Id $client_id;\n\
+                     \x20     proxy_set_header X-API-Key \"\";\n\
+                     \x20     proxy_pass http://app;\n\
+                     \x20   }}\n  }}\n}}\n"
+                ),
+            );
+        }
+    }
 }

@@ -5,7 +5,10 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 
-use super::procs::{tree_cpu_seconds, CpuPlan};
+use crate::bench::{
+    procs::{tree_cpu_seconds, CpuPlan},
+    wrk,
+};
 
 /// Connections wrk keeps open.
 pub(super) const CONNECTIONS: u32 = 32;
@@ -67,20 +70,13 @@ pub(super) fn run(
     if let Some(errors) = text.lines().find(|l| l.contains("Socket errors")) {
         println!("  warning: {url}: {}", errors.trim());
     }
-    let requests: f64 = text
-        .lines()
-        .find(|l| l.contains("requests in"))
-        .and_then(|l| l.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
-        .with_context(|| format!("wrk printed no request count:\n{text}"))?;
+    let requests =
+        wrk::requests(&text).with_context(|| format!("wrk printed no request count:\n{text}"))?;
     if requests < 1.0 {
         bail!("no request to {url} was answered: the bench would measure nothing\n{text}");
     }
-    let rps: f64 = text
-        .lines()
-        .find_map(|l| l.strip_prefix("Requests/sec:"))
-        .and_then(|n| n.trim().parse().ok())
-        .with_context(|| format!("wrk printed no rate:\n{text}"))?;
+    let rps =
+        wrk::requests_per_sec(&text).with_context(|| format!("wrk printed no rate:\n{text}"))?;
     Ok(Sample {
         rps,
         cpu_us_per_request: cpu * 1e6 / requests,

@@ -1,6 +1,6 @@
-//! `cargo xtask bench ...`: figures printed as ratios against a peer
-//! measured in the same run, interleaved, medians reported. Not tests: the
-//! machines are shared and noisy, so nothing here asserts a timing.
+//! `cargo xtask bench xdp`: the XDP program against a drop-everything XDP
+//! program, per-packet cost (BPF_PROG_TEST_RUN, interleaved rounds) and the
+//! drop rate of a banned source's flood over veth, natively attached.
 use std::{
     path::{Path, PathBuf},
     process::Command,
@@ -12,124 +12,35 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
-use clap::Subcommand;
 use gateway_common::PROGRAM_PIN;
 use gateway_tests::{
     packet::{RawSender, TcpFrame},
     Gateway, Topology, CLIENT2_V4, CLIENT_IF, CLIENT_V4, SERVER_IF, SERVER_V4,
 };
 
+use super::{
+    bpf::{self, run_stats, BpfStats},
+    results, scratch,
+    stats::{median, spread},
+};
 use crate::{run_cmd, setup::is_root, target_dir};
-
-#[derive(Subcommand)]
-pub enum Which {
-    /// Per-request cost of API-key verification and of JWT verification,
-    /// uncached vs cached.
-    Auth,
-    /// A legitimate client's throughput through the gateway while a banned
-    /// source floods it, with the kernel path on and off (root).
-    Flood {
-        #[arg(long, default_value_t = 3)]
-        rounds: usize,
-        /// Seconds per measurement.
-        #[arg(long, default_value_t = 5)]
-        seconds: u32,
-    },
-    /// The limiter against HAProxy stick tables and nginx limit_req: one key
-    /// at 3x its limit for a window (allowed vs ideal), and one key's
-    /// success and p99 while another floods.
-    Limits {
-        /// Accuracy rounds (one window each); medians are reported.
-        #[arg(long, default_value_t = 3)]
-        rounds: usize,
-        /// Seconds of isolation measurement per proxy.
-        #[arg(long, default_value_t = 6)]
-        seconds: u32,
-    },
-    /// The proxy against HAProxy and nginx doing the equivalent work:
-    /// API-key authenticated GETs with 10,000 rotating keys, same upstream;
-    /// throughput and CPU per request (HTTP and TLS), open-loop latency.
-    Proxy {
-        #[arg(long, default_value_t = 3)]
-        rounds: usize,
-        /// Seconds per proxy per round.
-        #[arg(long, default_value_t = 5)]
-        seconds: u32,
-    },
-    /// Internal: the open-loop load generator `bench proxy` runs.
-    #[command(hide = true)]
-    OpenLoop(crate::bench_proxy::OpenLoopArgs),
-    /// The XDP program against a drop-everything XDP program: per-packet
-    /// cost (BPF_PROG_TEST_RUN) and drop rate of a banned flood on veth.
-    Xdp {
-        /// Test-run repetitions per measurement.
-        #[arg(long, default_value_t = 1_000_000)]
-        repeat: u32,
-        /// Interleaved rounds; medians are reported.
-        #[arg(long, default_value_t = 5)]
-        rounds: usize,
-        /// Seconds of flood per program per round.
-        #[arg(long, default_value_t = 2.0)]
-        flood_seconds: f64,
-    },
-}
-
-pub fn run(which: Which) -> Result<()> {
-    match which {
-        Which::Auth => {
-            crate::build(true)?;
-            let markdown = target_dir().join("bench-auth.md");
-            run_cmd(
-                crate::cargo(None)
-                    .args(["bench", "--package", "gateway", "--bench", "auth"])
-                    .env("GATEWAY_BENCH_MARKDOWN", &markdown),
-            )?;
-            let table = std::fs::read_to_string(&markdown)
-                .with_context(|| format!("the auth bench wrote no {}", markdown.display()))?;
-            crate::results::record("auth", &table)
-        }
-        Which::Flood { rounds, seconds } => crate::bench_flood::run(rounds.max(1), seconds.max(1)),
-        Which::Limits { rounds, seconds } => {
-            crate::bench_limits::run(rounds.max(1), seconds.max(1))
-        }
-        Which::Proxy { rounds, seconds } => crate::bench_proxy::run(rounds.max(1), seconds.max(1)),
-        Which::OpenLoop(args) => crate::bench_proxy::open_loop(args),
-        Which::Xdp {
-            repeat,
-            rounds,
-            flood_seconds,
-        } => xdp(
-            repeat,
-            rounds.max(1),
-            Duration::from_secs_f64(flood_seconds),
-        ),
-    }
-}
 
 const XDP_DROP: u64 = 1;
 const XDP_PASS: u64 = 2;
 const PROTECTED: u16 = 8080;
 
-/// Removes the baseline's pin, the frame files and restores bpf_stats.
-struct Cleanup {
-    pins: Vec<PathBuf>,
-    dir: PathBuf,
-    bpf_stats: Option<String>,
-}
+/// Removes the baseline's pin on drop.
+struct Pins(Vec<PathBuf>);
 
-impl Drop for Cleanup {
+impl Drop for Pins {
     fn drop(&mut self) {
-        for pin in &self.pins {
+        for pin in &self.0 {
             let _ = std::fs::remove_file(pin);
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-        if let Some(previous) = &self.bpf_stats {
-            let _ = std::fs::write("/proc/sys/kernel/bpf_stats_enabled", previous);
         }
     }
 }
 
-fn xdp(repeat: u32, rounds: usize, flood: Duration) -> Result<()> {
+pub(super) fn run(repeat: u32, rounds: usize, flood: Duration) -> Result<()> {
     if !is_root() {
         bail!("the XDP bench loads and attaches programs: run it as root");
     }
@@ -137,13 +48,9 @@ fn xdp(repeat: u32, rounds: usize, flood: Duration) -> Result<()> {
     std::env::set_var("GATEWAY_BIN", &gateway_bin);
     let baseline_obj = target_dir().join("bpfel-unknown-none/release/bench-drop-all");
 
-    let dir = std::env::temp_dir().join(format!("gateway-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let mut cleanup = Cleanup {
-        pins: Vec::new(),
-        dir: dir.clone(),
-        bpf_stats: None,
-    };
+    // The frame files.
+    let dir = scratch::dir("gateway-bench-")?;
+    let mut pins = Pins(Vec::new());
 
     // The gateway on one veth pair; the baseline on another, so floods can
     // alternate between them without re-attaching anything.
@@ -172,7 +79,7 @@ fn xdp(repeat: u32, rounds: usize, flood: Duration) -> Result<()> {
             .arg(&baseline_prog)
             .args(["type", "xdp"]),
     )?;
-    cleanup.pins.push(baseline_prog.clone());
+    pins.0.push(baseline_prog.clone());
 
     print_program_size(&our_prog, "gateway_xdp")?;
     print_program_size(&baseline_prog, "drop-all baseline")?;
@@ -200,11 +107,11 @@ fn xdp(repeat: u32, rounds: usize, flood: Duration) -> Result<()> {
             XDP_PASS,
         ),
     ];
-    let baseline_file = dir.join("baseline.bin");
+    let baseline_file = dir.path().join("baseline.bin");
     std::fs::write(&baseline_file, banned.build())?;
     let mut files = Vec::new();
     for (index, (_, _, frame, _)) in cases.iter().enumerate() {
-        let path = dir.join(format!("case{index}.bin"));
+        let path = dir.path().join(format!("case{index}.bin"));
         std::fs::write(&path, frame.build())?;
         files.push(path);
     }
@@ -253,12 +160,7 @@ fn xdp(repeat: u32, rounds: usize, flood: Duration) -> Result<()> {
             .arg(&baseline_prog)
             .args(["dev", SERVER_IF]),
     )?;
-    cleanup.bpf_stats = Some(
-        std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled")
-            .unwrap_or_else(|_| "0".into()),
-    );
-    std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "1")
-        .context("enabling kernel.bpf_stats_enabled (run_cnt per program)")?;
+    let stats = BpfStats::enable()?;
 
     println!(
         "\nbanned-source flood over veth, native XDP, {:.1} s per program per round (median packets/s dropped):",
@@ -291,13 +193,15 @@ fn xdp(repeat: u32, rounds: usize, flood: Duration) -> Result<()> {
     table.push_str(&format!(
         "| banned flood over veth (packets/s dropped) | {ours_median:.0} | {baseline_median:.0} | {ratio:.2}x | >= 0.80x |\n"
     ));
-    crate::results::record("xdp", &table)?;
+    results::record("xdp", &table)?;
     println!(
         "\nnote: on veth the sender's CPU also runs XDP, so the flood rate is bounded by the sender; \
          spreads above 1.3 mean the machine was too noisy for close ratios."
     );
     drop(gateway);
-    drop(cleanup);
+    drop(pins);
+    drop(dir);
+    drop(stats);
     Ok(())
 }
 
@@ -334,20 +238,6 @@ fn test_run(prog: &Path, frame: &Path, repeat: u32, verdict: u64) -> Result<f64>
     value["duration"]
         .as_f64()
         .context("bpftool prog run printed no duration")
-}
-
-/// `(run_cnt, run_time_ns)` of a pinned program (needs bpf_stats_enabled).
-pub(crate) fn run_stats(prog: &Path) -> Result<(u64, u64)> {
-    let output = Command::new("bpftool")
-        .args(["-j", "prog", "show", "pinned"])
-        .arg(prog)
-        .output()
-        .context("running bpftool prog show")?;
-    let value: serde_json::Value = serde_json::from_slice(&output.stdout)?;
-    Ok((
-        value["run_cnt"].as_u64().unwrap_or(0),
-        value["run_time_ns"].as_u64().unwrap_or(0),
-    ))
 }
 
 /// Floods `frame` from the client side of `topology` with one sender per
@@ -407,11 +297,7 @@ fn flood_rate(
 }
 
 fn print_program_size(prog: &Path, name: &str) -> Result<()> {
-    let output = Command::new("bpftool")
-        .args(["-j", "prog", "show", "pinned"])
-        .arg(prog)
-        .output()?;
-    let value: serde_json::Value = serde_json::from_slice(&output.stdout)?;
+    let value = bpf::show(prog)?;
     let xlated = value["bytes_xlated"].as_u64().unwrap_or(0);
     println!(
         "{name}: {} instructions xlated ({} bytes), {} bytes jited; accepted by the verifier on kernel {}",
@@ -427,25 +313,4 @@ fn kernel_release() -> String {
     std::fs::read_to_string("/proc/sys/kernel/osrelease")
         .map(|s| s.trim().to_owned())
         .unwrap_or_else(|_| "?".into())
-}
-
-pub(crate) fn median(values: &mut [f64]) -> f64 {
-    values.sort_by(|a, b| a.total_cmp(b));
-    values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
-}
-
-/// A series whose max/min is above this was measured on too noisy a
-/// machine for close ratios.
-pub(crate) const NOISY: f64 = 1.3;
-
-/// max/min of a series, as a noise indicator.
-pub(crate) fn spread_ratio(values: &[f64]) -> f64 {
-    let min = values.iter().copied().fold(f64::INFINITY, f64::min);
-    let max = values.iter().copied().fold(0.0, f64::max);
-    max / min
-}
-
-/// [`spread_ratio`], printed.
-pub(crate) fn spread(values: &[f64]) -> String {
-    format!("{:.2}", spread_ratio(values))
 }

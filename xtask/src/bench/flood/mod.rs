@@ -18,23 +18,29 @@
 //! counts only if p99 doubles in both of its two runs, so one scheduling
 //! hiccup is not a knee; its baseline is measured the same way, without a
 //! flood. Namespaces, veths, pins, nginx and its config are removed on drop.
-mod flood;
+mod sender;
 
 use std::{
     net::Ipv4Addr,
+    path::Path,
     process::{Command, Stdio},
 };
 
 use anyhow::{bail, Context, Result};
 use gateway_common::PROGRAM_PIN;
-use gateway_tests::{http::TempDir, Gateway, Topology, CLIENT_IF, SERVER_IF, SERVER_V4};
+use gateway_tests::{Gateway, Topology, CLIENT_IF, SERVER_IF, SERVER_V4};
+use tempfile::TempDir;
 
-use crate::{
-    bench::{median, run_stats, spread, spread_ratio, NOISY},
-    bench_proxy::{ensure_packages, Running},
-    setup::is_root,
+use super::{
+    bpf::{run_stats, BpfStats},
+    nginx::{self, Nginx},
+    procs::{ensure_packages, Running},
+    results, scratch,
+    stats::{median, spread, spread_ratio, NOISY},
+    wrk::{percentile_ms, requests_per_sec},
 };
-use flood::Flood;
+use crate::setup::is_root;
+use sender::Flood;
 
 const PORT: u16 = 18080;
 const UPSTREAM_PORT: u16 = 18081;
@@ -67,7 +73,7 @@ struct Sample {
     p99_ms: f64,
 }
 
-pub fn run(rounds: usize, seconds: u32) -> Result<()> {
+pub(super) fn run(rounds: usize, seconds: u32) -> Result<()> {
     if !is_root() {
         bail!("the flood bench makes network namespaces and attaches XDP: run it as root");
     }
@@ -163,28 +169,22 @@ pub fn run(rounds: usize, seconds: u32) -> Result<()> {
     if spreads.fold(0.0, f64::max) > NOISY {
         println!("warning: a series spread more than {NOISY}x (max/min) over its rounds: the machine was too noisy for close ratios");
     }
-    crate::results::record("flood", &table)
+    results::record("flood", &table)
 }
 
 /// Namespaces, nginx upstream and gateway; with `xdp`, the flood source is
 /// banned in the kernel.
 fn setup(name: &'static str, xdp: bool) -> Result<Setup> {
     let topology = Topology::with_queues(2);
-    let dir = TempDir::new("flood-nginx");
-    let conf = dir.path.join("nginx.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "worker_processes 1;\ndaemon off;\npid {pid};\nerror_log stderr;\nevents {{ worker_connections 1024; }}\n\
-             http {{ access_log off; server {{ listen 127.0.0.1:{UPSTREAM_PORT}; location / {{ return 200 \"ok\"; }} }} }}\n",
-            pid = conf.with_extension("pid").display()
-        ),
-    )?;
+    let dir = scratch::dir("gw-flood-nginx-")?;
+    let conf = dir.path().join("nginx.conf");
+    std::fs::write(&conf, upstream_config(dir.path()))?;
+    let mut command = Command::new("ip");
+    command
+        .args(["netns", "exec", &topology.server.name])
+        .args(["taskset", "-c", SERVER_CPU, "nginx"]);
     let upstream = Running(
-        Command::new("ip")
-            .args(["netns", "exec", &topology.server.name])
-            .args(["taskset", "-c", SERVER_CPU, "nginx", "-c"])
-            .arg(&conf)
+        nginx::foreground(&mut command, &conf)
             .stderr(Stdio::null())
             .spawn()
             .context("starting nginx in the server namespace")?,
@@ -243,6 +243,18 @@ fn setup(name: &'static str, xdp: bool) -> Result<Setup> {
         flood,
         key,
     })
+}
+
+/// The upstream's nginx: one worker answering "ok", its errors to stderr
+/// (discarded), nginx's default requests per keep-alive connection.
+fn upstream_config(dir: &Path) -> String {
+    Nginx {
+        worker_connections: 1024,
+        error_log: "stderr".into(),
+        keepalive_requests: None,
+        ..Nginx::new(dir, "nginx", 1)
+    }
+    .static_site(UPSTREAM_PORT, "ok")
 }
 
 /// Waits until the gateway serves `key` (it reloads its keys every
@@ -313,31 +325,10 @@ fn wrk(mode: &Setup, seconds: u32) -> Result<Sample> {
             String::from_utf8_lossy(&output.stderr)
         );
     }
-    let rps = text
-        .lines()
-        .find_map(|l| l.strip_prefix("Requests/sec:"))
-        .and_then(|v| v.trim().parse().ok())
+    let rps = requests_per_sec(&text)
         .with_context(|| format!("no Requests/sec in wrk's output: {text}"))?;
-    let p99_ms = text
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("99%"))
-        .map(|v| parse_latency_ms(v.trim()))
-        .unwrap_or(f64::NAN);
+    let p99_ms = percentile_ms(&text, "99%");
     Ok(Sample { rps, p99_ms })
-}
-
-/// wrk prints latencies such as `812.00us`, `1.52ms`, `2.01s`.
-fn parse_latency_ms(text: &str) -> f64 {
-    let (number, scale) = if let Some(v) = text.strip_suffix("us") {
-        (v, 0.001)
-    } else if let Some(v) = text.strip_suffix("ms") {
-        (v, 1.0)
-    } else if let Some(v) = text.strip_suffix('s') {
-        (v, 1000.0)
-    } else {
-        (text, 1.0)
-    };
-    number.parse::<f64>().map_or(f64::NAN, |n| n * scale)
 }
 
 /// The lowest stepped flood rate at which legit p99 is at least twice its
@@ -378,35 +369,20 @@ fn lower_p99(mode: &Setup, rate: Option<u64>, seconds: u32) -> Result<(Sample, f
         .context("no runs")
 }
 
-/// `kernel.bpf_stats_enabled` on for the bench (run time per program),
-/// back to what it was on drop.
-struct BpfStats(String);
-
-impl BpfStats {
-    const PATH: &'static str = "/proc/sys/kernel/bpf_stats_enabled";
-
-    fn enable() -> Result<Self> {
-        let previous = std::fs::read_to_string(Self::PATH).unwrap_or_else(|_| "0".into());
-        std::fs::write(Self::PATH, "1").context("enabling kernel.bpf_stats_enabled")?;
-        Ok(Self(previous))
-    }
-}
-
-impl Drop for BpfStats {
-    fn drop(&mut self) {
-        let _ = std::fs::write(Self::PATH, self.0.trim());
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use super::parse_latency_ms;
+    use super::*;
 
     #[test]
-    fn wrk_latencies_in_ms() {
-        for (text, ms) in [("812.00us", 0.812), ("1.52ms", 1.52), ("2.01s", 2010.0)] {
-            assert!((parse_latency_ms(text) - ms).abs() < 1e-9, "{text}");
-        }
-        assert!(parse_latency_ms("n/a").is_nan());
+    fn upstream_config_as_before() {
+        let dir = Path::new("/tmp/gw-flood-nginx-x");
+        nginx::assert_same_directives(
+            &upstream_config(dir),
+            &format!(
+                "worker_processes 1;\ndaemon off;\npid {pid};\nerror_log stderr;\nevents {{ worker_connections 1024; }}\n\
+                 http {{ access_log off; server {{ listen 127.0.0.1:{UPSTREAM_PORT}; location / {{ return 200 \"ok\"; }} }} }}\n",
+                pid = dir.join("nginx.conf").with_extension("pid").display()
+            ),
+        );
     }
 }

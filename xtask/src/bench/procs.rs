@@ -1,6 +1,8 @@
-//! Process plumbing for the proxy bench (and `bench flood`): child processes
-//! stopped on drop, ports, the Debian packages, which CPUs the proxies and
-//! the load generators get, and the CPU time a process tree has used.
+//! Process plumbing for every bench: child processes (the gateway,
+//! HAProxy, nginx, upstreams, load generators) started quietly or until
+//! they listen, and stopped on drop; ports; the Debian packages; CPU
+//! pinning (which CPUs the proxies and the load generators get, a thread
+//! pinned to one CPU); and the CPU time a process tree has used.
 use std::{
     io::Read as _,
     net::TcpListener,
@@ -15,6 +17,33 @@ use crate::setup;
 /// A child process stopped on drop: SIGTERM first (so nginx's master takes
 /// its workers down), SIGKILL after a grace period.
 pub(crate) struct Running(pub(crate) Child);
+
+impl Running {
+    /// Starts `command` with its output discarded.
+    pub(crate) fn quiet(command: &mut Command) -> Result<Self> {
+        let shown = format!("{command:?}");
+        let child = command.stdout(Stdio::null()).stderr(Stdio::null()).spawn();
+        Ok(Self(child.with_context(|| format!("starting {shown}"))?))
+    }
+
+    /// Starts `command` with its standard output discarded; returns once
+    /// something listens on `port`.
+    pub(crate) fn listening(mut command: Command, port: u16) -> Result<Self> {
+        let shown = format!("{command:?}");
+        let process = Self(
+            command
+                .stdout(Stdio::null())
+                .spawn()
+                .with_context(|| format!("starting {shown}"))?,
+        );
+        wait_for_port(port).with_context(|| format!("{shown} did not come up"))?;
+        Ok(process)
+    }
+
+    pub(crate) fn pid(&self) -> u32 {
+        self.0.id()
+    }
+}
 
 impl Drop for Running {
     fn drop(&mut self) {
@@ -56,7 +85,7 @@ pub(crate) fn wait_for_port(port: u16) -> Result<()> {
 
 /// Runs `command` to its end and returns its standard output (which must
 /// be small: it is read at the end), stopping it if it runs over `limit`.
-pub(super) fn output_within(mut command: Command, limit: Duration) -> Result<String> {
+pub(crate) fn output_within(mut command: Command, limit: Duration) -> Result<String> {
     let shown = format!("{command:?}");
     let mut child = Running(
         command
@@ -113,13 +142,13 @@ pub(crate) fn ensure_packages() -> Result<()> {
 /// Which CPUs the proxies get and which the load generators (and the shared
 /// upstream) get: disjoint halves of the CPUs this process may use, so a
 /// proxy never competes with the load it is measured under.
-pub(super) struct CpuPlan {
+pub(crate) struct CpuPlan {
     proxies: Vec<usize>,
     load: Vec<usize>,
 }
 
 impl CpuPlan {
-    pub(super) fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let allowed = allowed_cpus();
         if allowed.len() < 2 {
             return Self {
@@ -135,24 +164,24 @@ impl CpuPlan {
     }
 
     /// Worker processes or threads each proxy gets: one per proxy CPU.
-    pub(super) fn workers(&self) -> usize {
+    pub(crate) fn workers(&self) -> usize {
         self.proxies.len().max(1)
     }
 
     /// Threads wrk gets: one per load CPU.
-    pub(super) fn load_threads(&self) -> usize {
+    pub(crate) fn load_threads(&self) -> usize {
         self.load.len().max(1)
     }
 
-    pub(super) fn proxy_command(&self, program: &str) -> Command {
+    pub(crate) fn proxy_command(&self, program: &str) -> Command {
         command_on(&self.proxies, program)
     }
 
-    pub(super) fn load_command(&self, program: &str) -> Command {
+    pub(crate) fn load_command(&self, program: &str) -> Command {
         command_on(&self.load, program)
     }
 
-    pub(super) fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         if self.proxies.is_empty() {
             return "one CPU: proxies, upstream and load generators share it (not pinned)".into();
         }
@@ -181,6 +210,21 @@ fn command_on(cpus: &[usize], program: &str) -> Command {
     command
 }
 
+/// Pins the calling thread to `cpu`.
+pub(crate) fn pin_thread_to(cpu: usize) -> Result<()> {
+    // SAFETY: an all-zero cpu_set_t is a valid empty set; CPU_SET and
+    // sched_setaffinity only touch the set we own (pid 0: this thread).
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+            return Err(std::io::Error::last_os_error())
+                .with_context(|| format!("pinning a thread to CPU {cpu}"));
+        }
+    }
+    Ok(())
+}
+
 /// The CPUs this process may run on.
 fn allowed_cpus() -> Vec<usize> {
     // SAFETY: an all-zero cpu_set_t is a valid empty set, which
@@ -198,7 +242,7 @@ fn allowed_cpus() -> Vec<usize> {
 
 /// utime + stime, in seconds, of `root` and all its descendants (nginx's
 /// master and workers; threads are counted in their process).
-pub(super) fn tree_cpu_seconds(root: u32) -> Result<f64> {
+pub(crate) fn tree_cpu_seconds(root: u32) -> Result<f64> {
     let mut processes = Vec::new();
     for entry in std::fs::read_dir("/proc").context("reading /proc")? {
         let Some(pid) = entry?.file_name().to_str().and_then(|n| n.parse().ok()) else {
@@ -255,8 +299,44 @@ mod tests {
         assert_eq!(parse_stat(line), Some((7, 30.0)));
     }
 
+    /// This process's CPU time (all threads) from the kernel's scheduler
+    /// clock, in nanoseconds.
+    fn process_cpu_ns() -> u64 {
+        let mut now = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: `now` is a valid out pointer; the clock always exists.
+        let failed = unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut now) };
+        assert_eq!(failed, 0, "clock_gettime(CLOCK_PROCESS_CPUTIME_ID)");
+        now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
+    }
+
+    /// Burning CPU shows in the count: 100 ms of this process's CPU time
+    /// (measured in CPU time, not wall time, so a busy machine only makes
+    /// it take longer) is ten ticks of /proc's accounting at the usual
+    /// 100 Hz, so the count must grow; how much is not asserted.
     #[test]
-    fn counts_this_process() {
-        assert!(tree_cpu_seconds(std::process::id()).unwrap() >= 0.0);
+    fn counts_cpu_this_process_burns() {
+        let pid = std::process::id();
+        let before = tree_cpu_seconds(pid).unwrap();
+        let start = process_cpu_ns();
+        let mut x = 0u64;
+        while process_cpu_ns() - start < 100_000_000 {
+            for i in 0..10_000u64 {
+                x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(i));
+            }
+        }
+        let after = tree_cpu_seconds(pid).unwrap();
+        assert!(
+            after > before,
+            "{before} s then {after} s after burning 100 ms"
+        );
+    }
+
+    #[test]
+    fn a_gone_process_is_an_error() {
+        // Above any pid_max (at most 2^22), so no process has it.
+        assert!(tree_cpu_seconds(u32::MAX).is_err());
     }
 }

@@ -7,10 +7,11 @@ use std::{
     process::{Command, Stdio},
 };
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
 
-use super::{
-    configs::{self, Files, Listen},
+use super::configs::{self, Files, Listen};
+use crate::bench::{
+    keys, nginx,
     procs::{free_port, wait_for_port, CpuPlan, Running},
 };
 
@@ -25,7 +26,7 @@ pub(super) struct Proxy {
 
 impl Proxy {
     pub(super) fn pid(&self) -> u32 {
-        self.process.0.id()
+        self.process.pid()
     }
 
     /// The URL of `/bench` on the plain or the TLS listener.
@@ -99,7 +100,7 @@ impl Setup {
             // address, as wrk's is: discarded too.
             command.args(["run", "--config"]).arg(config);
             command.stderr(Stdio::null());
-            let process = spawn(command, listen.port)?;
+            let process = Running::listening(command, listen.port)?;
             if let Some(port) = listen.tls_port {
                 wait_for_port(port)?;
             }
@@ -119,7 +120,7 @@ impl Setup {
         command.arg("-f").arg(&haproxy_conf).arg("-db");
         let haproxy = Proxy {
             name: "haproxy",
-            process: spawn(command, haproxy_listen.port)?,
+            process: Running::listening(command, haproxy_listen.port)?,
             listen: haproxy_listen,
         };
 
@@ -170,46 +171,17 @@ impl Setup {
 
 /// nginx in the foreground with `config`, up when `port` answers.
 fn start_nginx(mut command: Command, config: &Path, port: u16) -> Result<Running> {
-    command.arg("-c").arg(config).args(["-g", "daemon off;"]);
-    spawn(command, port)
+    nginx::foreground(&mut command, config);
+    Running::listening(command, port)
 }
 
-fn spawn(mut command: Command, port: u16) -> Result<Running> {
-    let shown = format!("{command:?}");
-    let process = Running(
-        command
-            .stdout(Stdio::null())
-            .spawn()
-            .with_context(|| format!("starting {shown}"))?,
-    );
-    wait_for_port(port).with_context(|| format!("{shown} did not come up"))?;
-    Ok(process)
-}
-
-/// `gateway keys create --count KEYS --json`: one `{"id", "api_key"}` line
-/// per key.
+/// `KEYS` gold keys: `(key, client id)` each.
 fn create_keys(gateway_bin: &Path, config: &Path) -> Result<Vec<(String, String)>> {
-    let created = Command::new(gateway_bin)
-        .args(["keys", "create", "--name", "bench", "--tier", "gold"])
-        .args(["--json", "--count", &KEYS.to_string(), "--config"])
-        .arg(config)
-        .output()
-        .context("creating keys")?;
-    if !created.status.success() {
-        bail!(
-            "gateway keys create failed: {}",
-            String::from_utf8_lossy(&created.stderr)
-        );
-    }
-    let mut keys = Vec::new();
-    for line in String::from_utf8_lossy(&created.stdout).lines() {
-        let value: serde_json::Value = serde_json::from_str(line)?;
-        let key = value["api_key"].as_str().context("no api_key")?;
-        let client = value["id"].as_str().context("no client id")?;
-        keys.push((key.to_owned(), client.to_owned()));
-    }
-    ensure!(keys.len() == KEYS as usize, "{} keys created", keys.len());
-    Ok(keys)
+    let created = keys::create(gateway_bin, config, "bench", "gold", KEYS as usize)?;
+    Ok(created
+        .into_iter()
+        .map(|key| (key.api_key, key.id))
+        .collect())
 }
 
 fn write_key_files(files: &Files, keys: &[(String, String)]) -> Result<()> {

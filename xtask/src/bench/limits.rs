@@ -15,9 +15,13 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
-use crate::{
-    bench::median,
-    bench_proxy::{ensure_packages, free_port, wait_for_port, Running},
+use super::{
+    keys,
+    nginx::{self, Nginx},
+    procs::{ensure_packages, free_port, wait_for_port, Running},
+    results, scratch,
+    stats::{median, percentile},
+    wrk::requests_per_sec,
 };
 
 /// Accuracy: LIMIT requests per WINDOW, bursts of BURST (the gateway's tier).
@@ -36,21 +40,11 @@ const ISO_BURST: u32 = 100;
 const B_RATE: u32 = 50;
 const PEERS: [&str; 3] = ["gateway", "HAProxy", "nginx"];
 
-pub fn run(rounds: usize, seconds: u32) -> Result<()> {
+pub(super) fn run(rounds: usize, seconds: u32) -> Result<()> {
     ensure_packages()?;
     let gateway_bin = crate::build(true)?;
-    let dir = std::env::temp_dir().join(format!("gateway-bench-limits-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let result = bench(&gateway_bin, &dir, rounds, seconds);
-    let _ = std::fs::remove_dir_all(&dir);
-    result
-}
-
-/// Starts `command` quietly, stopped on drop.
-fn start(command: &mut Command) -> Result<Running> {
-    let shown = format!("{command:?}");
-    let child = command.stdout(Stdio::null()).stderr(Stdio::null()).spawn();
-    Ok(Running(child.with_context(|| format!("starting {shown}"))?))
+    let dir = scratch::dir("gateway-bench-limits-")?;
+    bench(&gateway_bin, dir.path(), rounds, seconds)
 }
 
 #[allow(clippy::disallowed_methods, reason = "the bench is synchronous")]
@@ -104,17 +98,10 @@ fn bench(gateway_bin: &Path, dir: &Path, rounds: usize, seconds: u32) -> Result<
         std::fs::write(&path, text)?;
         Ok(path)
     };
-    let conf = write(
-        "upstream.conf",
-        format!(
-            "worker_processes 1;\npid {d}/upstream.pid;\nerror_log {d}/upstream.err;\n\
-             events {{ worker_connections 4096; }}\n\
-             http {{ access_log off; keepalive_requests 1000000;\n\
-               server {{ listen 127.0.0.1:{upstream}; location / {{ return 200 \"ok\\n\"; }} }} }}\n"
-        ),
-    )?;
-    let nginx = ["-g", "daemon off;", "-c"];
-    let _upstream = start(Command::new("nginx").args(nginx).arg(&conf))?;
+    let conf = write("upstream.conf", upstream_config(dir, upstream))?;
+    let start_nginx =
+        |conf: &Path| Running::quiet(nginx::foreground(&mut Command::new("nginx"), conf));
+    let _upstream = start_nginx(&conf)?;
     wait_for_port(upstream)?;
 
     // The gateway: XDP off and guard off, or the flooding key's source would
@@ -134,27 +121,13 @@ fn bench(gateway_bin: &Path, dir: &Path, rounds: usize, seconds: u32) -> Result<
         ),
     )?;
     let keys = |tier: &str, count: usize| -> Result<Vec<String>> {
-        let out = Command::new(gateway_bin)
-            .args(["keys", "create", "--name", "x", "--tier", tier, "--json"])
-            .args(["--count", &count.to_string(), "--config"])
-            .arg(&config)
-            .output()
-            .context("creating keys")?;
-        if !out.status.success() {
-            bail!(
-                "gateway keys create: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        let json = |line: &str| serde_json::from_str::<serde_json::Value>(line);
-        let key = |line| Some(json(line).ok()?["api_key"].as_str()?.to_owned());
-        let text = String::from_utf8_lossy(&out.stdout);
-        text.lines().map(|l| key(l).context("no api_key")).collect()
+        let created = keys::create(gateway_bin, &config, "x", tier, count)?;
+        Ok(created.into_iter().map(|key| key.api_key).collect())
     };
     // A fresh key per round, so each round starts from rest everywhere.
     let acc_keys = keys("acc", rounds)?;
     let iso_keys = keys("iso", 2)?;
-    let _gateway = start(
+    let _gateway = Running::quiet(
         Command::new(gateway_bin)
             .args(["run", "--config"])
             .arg(&config),
@@ -185,35 +158,15 @@ fn bench(gateway_bin: &Path, dir: &Path, rounds: usize, seconds: u32) -> Result<
             frontend("iso", ha_iso, iso_max),
         ),
     )?;
-    let _haproxy = start(
+    let _haproxy = Running::quiet(
         Command::new("haproxy")
             .arg("-db")
             .arg("-f")
             .arg(&haproxy_conf),
     )?;
 
-    let server = |port: u16, zone: &str, burst: u32| {
-        format!(
-            "server {{ listen 127.0.0.1:{port}; location / {{ limit_req zone={zone} burst={burst} nodelay;\n\
-               proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection \"\"; }} }}\n"
-        )
-    };
-    let peer_conf = write(
-        "nginx.conf",
-        format!(
-            "worker_processes 2;\npid {d}/nginx.pid;\nerror_log {d}/nginx.err crit;\n\
-             events {{ worker_connections 4096; }}\n\
-             http {{ access_log off; keepalive_requests 1000000; limit_req_status 429;\n\
-               limit_req_zone $http_x_api_key zone=acc:1m rate={}r/s;\n\
-               limit_req_zone $http_x_api_key zone=iso:1m rate={}r/s;\n\
-               upstream app {{ server 127.0.0.1:{upstream}; keepalive 32; }}\n{}{}}}\n",
-            LIMIT / WINDOW_S,
-            ISO_LIMIT / WINDOW_S,
-            server(ng_acc, "acc", NGINX_BURST),
-            server(ng_iso, "iso", ISO_BURST - 1),
-        ),
-    )?;
-    let _nginx = start(Command::new("nginx").args(nginx).arg(&peer_conf))?;
+    let peer_conf = write("nginx.conf", peer_config(dir, upstream, [ng_acc, ng_iso]))?;
+    let _nginx = start_nginx(&peer_conf)?;
     for port in ports {
         wait_for_port(port)?;
     }
@@ -289,18 +242,15 @@ fn bench(gateway_bin: &Path, dir: &Path, rounds: usize, seconds: u32) -> Result<
             stdout.read_to_string(&mut out)?;
         }
         drop(wrk);
-        let flood: f64 = out
-            .lines()
-            .find_map(|l| l.strip_prefix("Requests/sec:"))
-            .and_then(|n| n.trim().parse().ok())
-            .with_context(|| format!("wrk printed no rate:\n{out}"))?;
+        let flood =
+            requests_per_sec(&out).with_context(|| format!("wrk printed no rate:\n{out}"))?;
         latencies.sort_by(f64::total_cmp);
-        let p99 = latencies[(latencies.len() * 99).div_ceil(100).max(1) - 1];
+        let p99 = percentile(&latencies, 0.99);
         let success = 100.0 * f64::from(ok) / latencies.len() as f64;
         println!(
             "  {:<8} B {success:>5.1}% 2xx, p99 {p99:>6.2} ms, p50 {:>5.2} ms | A's flood {flood:>7.0} req/s",
             PEERS[peer],
-            latencies[latencies.len() / 2]
+            median(&mut latencies)
         );
         isolation.push((success, p99, flood));
     }
@@ -338,7 +288,39 @@ fn bench(gateway_bin: &Path, dir: &Path, rounds: usize, seconds: u32) -> Result<
          request arrives one spacing before the window closes, so GCRA and nginx's leaky bucket \
          allow ideal - 1 on this schedule."
     );
-    crate::results::record("limits", &table)
+    results::record("limits", &table)
+}
+
+/// The shared upstream: one worker answering "ok".
+fn upstream_config(dir: &Path, port: u16) -> String {
+    Nginx::new(dir, "upstream", 1).static_site(port, "ok\\n")
+}
+
+/// nginx as a peer: `limit_req` zones keyed by the API key for the
+/// accuracy and the isolation tiers, one listener each (`ports`), errors
+/// only from `crit` up (every refusal would log one).
+fn peer_config(dir: &Path, upstream: u16, ports: [u16; 2]) -> String {
+    let server = |port: u16, zone: &str, burst: u32| {
+        format!(
+            "server {{ listen 127.0.0.1:{port}; location / {{ limit_req zone={zone} burst={burst} nodelay;\n\
+               proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection \"\"; }} }}\n"
+        )
+    };
+    let base = Nginx::new(dir, "nginx", 2);
+    let nginx = Nginx {
+        error_log: format!("{} crit", base.error_log),
+        ..base
+    };
+    nginx.config(&format!(
+        "limit_req_status 429;\n\
+         limit_req_zone $http_x_api_key zone=acc:1m rate={}r/s;\n\
+         limit_req_zone $http_x_api_key zone=iso:1m rate={}r/s;\n{}{}{}",
+        LIMIT / WINDOW_S,
+        ISO_LIMIT / WINDOW_S,
+        nginx::upstream_pool(upstream, 32, None),
+        server(ports[0], "acc", NGINX_BURST),
+        server(ports[1], "iso", ISO_BURST - 1),
+    ))
 }
 
 type Conn = Option<BufReader<TcpStream>>;
@@ -406,4 +388,47 @@ fn exchange(conn: &mut Conn, port: u16, key: &str) -> Result<(u16, bool)> {
         keep = false;
     }
     Ok((status, keep))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The configurations this bench wrote before they shared
+    /// `nginx::Nginx`, as the same directives.
+    #[test]
+    fn nginx_configs_as_before() {
+        let (dir, upstream, ng_acc, ng_iso) = (Path::new("/tmp/limits"), 1001, 1002, 1003);
+        let d = dir.display();
+        nginx::assert_same_directives(
+            &upstream_config(dir, upstream),
+            &format!(
+                "worker_processes 1;\npid {d}/upstream.pid;\nerror_log {d}/upstream.err;\n\
+                 events {{ worker_connections 4096; }}\n\
+                 http {{ access_log off; keepalive_requests 1000000;\n\
+                   server {{ listen 127.0.0.1:{upstream}; location / {{ return 200 \"ok\\n\"; }} }} }}\n"
+            ),
+        );
+        let server = |port: u16, zone: &str, burst: u32| {
+            format!(
+                "server {{ listen 127.0.0.1:{port}; location / {{ limit_req zone={zone} burst={burst} nodelay;\n\
+                   proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection \"\"; }} }}\n"
+            )
+        };
+        nginx::assert_same_directives(
+            &peer_config(dir, upstream, [ng_acc, ng_iso]),
+            &format!(
+                "worker_processes 2;\npid {d}/nginx.pid;\nerror_log {d}/nginx.err crit;\n\
+                 events {{ worker_connections 4096; }}\n\
+                 http {{ access_log off; keepalive_requests 1000000; limit_req_status 429;\n\
+                   limit_req_zone $http_x_api_key zone=acc:1m rate={}r/s;\n\
+                   limit_req_zone $http_x_api_key zone=iso:1m rate={}r/s;\n\
+                   upstream app {{ server 127.0.0.1:{upstream}; keepalive 32; }}\n{}{}}}\n",
+                LIMIT / WINDOW_S,
+                ISO_LIMIT / WINDOW_S,
+                server(ng_acc, "acc", NGINX_BURST),
+                server(ng_iso, "iso", ISO_BURST - 1),
+            ),
+        );
+    }
 }

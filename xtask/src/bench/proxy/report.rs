@@ -4,7 +4,7 @@
 //! recorded in `bench/RESULTS.md`.
 use std::fmt::Write as _;
 
-use crate::bench::{median, spread_ratio, NOISY};
+use crate::bench::stats::{median, spread_ratio, NOISY};
 
 pub(super) const GATEWAY: &str = "gateway";
 /// The peers, in table order.

@@ -16,9 +16,10 @@ use hyper::{body::Bytes, client::conn::http1::SendRequest, Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
-use super::{
+use super::timer::{now_ns, Timer, NS};
+use crate::bench::{
     procs::{output_within, CpuPlan},
-    timer::{now_ns, Timer, NS},
+    stats,
 };
 
 /// How long answers are waited for after the last request is due.
@@ -125,11 +126,7 @@ struct Outcome {
 impl Outcome {
     /// The `q` quantile (0..1) of the latencies, in microseconds.
     fn percentile_us(&self, q: f64) -> f64 {
-        let n = self.latencies.len();
-        let index = ((q * n as f64).ceil() as usize).clamp(1, n.max(1)) - 1;
-        self.latencies
-            .get(index)
-            .map_or(f64::NAN, |&ns| ns as f64 / 1e3)
+        stats::rank(self.latencies.len(), q).map_or(f64::NAN, |i| self.latencies[i] as f64 / 1e3)
     }
 
     fn merge(&mut self, other: Outcome) {

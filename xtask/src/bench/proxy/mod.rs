@@ -10,29 +10,30 @@
 //! keys (wrk), requests/s and CPU time per request; 2: latency percentiles
 //! at a fixed open-loop rate, a fraction of the slowest peer's throughput;
 //! 3: workload 1 over TLS. The peers' configurations are in `configs`,
-//! bringing them up in `peers`, the load in `wrk` and `openloop`, CPU
-//! pinning and process plumbing in `procs`, the figures in `report`.
+//! bringing them up in `peers`, the load in `closedloop` (wrk) and
+//! `openloop`, the figures in `report`; CPU pinning and process plumbing
+//! are the benches' shared `procs`.
+mod closedloop;
 mod configs;
 mod openloop;
 mod peers;
-mod procs;
 mod report;
 mod timer;
-mod wrk;
 
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 
 pub(crate) use openloop::{main as open_loop, Args as OpenLoopArgs};
-/// Shared with `bench flood` and `bench limits`.
-pub(crate) use procs::{ensure_packages, free_port, wait_for_port, Running};
 
 use self::{
     configs::PER_KEY_RATE,
     peers::{Proxy, Setup, KEYS},
-    procs::CpuPlan,
     report::{Report, CPU, PEERS, PERCENTILES, RPS, TLS_CPU, TLS_RPS},
+};
+use super::{
+    procs::{ensure_packages, CpuPlan},
+    results, scratch,
 };
 
 /// Workload 2's rate, as a fraction of the slowest peer's throughput.
@@ -40,29 +41,26 @@ const LATENCY_FRACTION: f64 = 0.5;
 /// Keep-alive connections of the open-loop generator.
 const LATENCY_CONNECTIONS: usize = 32;
 
-pub fn run(rounds: usize, seconds: u32) -> Result<()> {
+pub(super) fn run(rounds: usize, seconds: u32) -> Result<()> {
     ensure_packages()?;
     let gateway_bin = crate::build(true)?;
     // The open-loop generator runs from a release build of this program.
     crate::run_cmd(crate::cargo(None).args(["build", "--release", "--package", "xtask"]))?;
-    let dir = std::env::temp_dir().join(format!("gateway-bench-proxy-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let result = bench(&gateway_bin, &dir, rounds, seconds);
-    let _ = std::fs::remove_dir_all(&dir);
-    result
+    let dir = scratch::dir("gateway-bench-proxy-")?;
+    bench(&gateway_bin, dir.path(), rounds, seconds)
 }
 
 fn bench(gateway_bin: &Path, dir: &Path, rounds: usize, seconds: u32) -> Result<()> {
     let load_before = load_average();
     let cpus = CpuPlan::new();
     let setup = Setup::start(gateway_bin, dir, &cpus)?;
-    let script = wrk::script(dir, &setup.keys_file)?;
+    let script = closedloop::script(dir, &setup.keys_file)?;
     let intro = format!(
         "Authenticated GET, {KEYS} rotating keys; {rounds} interleaved round(s) of {seconds} s \
          per proxy and workload; medians. {}.",
         cpus.describe()
     );
-    let version = |program| crate::results::first_line(program, &["-v"]);
+    let version = |program| results::first_line(program, &["-v"]);
     println!(
         "{intro}\npeers: {}; {}",
         version("haproxy"),
@@ -72,14 +70,14 @@ fn bench(gateway_bin: &Path, dir: &Path, rounds: usize, seconds: u32) -> Result<
     println!("warm-up: 1 s per proxy and listener, not counted");
     for proxy in &all {
         for url in [proxy.url(false), proxy.url(true)].into_iter().flatten() {
-            wrk::run(&cpus, &url, &script, 1, proxy.pid())?;
+            closedloop::run(&cpus, &url, &script, 1, proxy.pid())?;
         }
     }
 
     let mut report = Report::default();
     println!(
         "workloads 1 and 3: wrk -c{} closed loop, HTTP then TLS (req/s, CPU us/req):",
-        wrk::CONNECTIONS
+        closedloop::CONNECTIONS
     );
     for round in 0..rounds {
         let mut line = format!("  round {}:", round + 1);
@@ -87,7 +85,7 @@ fn bench(gateway_bin: &Path, dir: &Path, rounds: usize, seconds: u32) -> Result<
             line += &format!(" | {}", proxy.name);
             for (tls, rps, cpu) in [(false, &RPS, &CPU), (true, &TLS_RPS, &TLS_CPU)] {
                 let Some(url) = proxy.url(tls) else { continue };
-                let sample = wrk::run(&cpus, &url, &script, seconds, proxy.pid())?;
+                let sample = closedloop::run(&cpus, &url, &script, seconds, proxy.pid())?;
                 report.add(rps, proxy.name, sample.rps);
                 report.add(cpu, proxy.name, sample.cpu_us_per_request);
                 line += &format!(" {:.0} {:.1}", sample.rps, sample.cpu_us_per_request);
@@ -127,7 +125,7 @@ fn bench(gateway_bin: &Path, dir: &Path, rounds: usize, seconds: u32) -> Result<
     for note in &notes {
         println!("note: {note}");
     }
-    crate::results::record("proxy", &report.markdown(&intro, &notes))
+    results::record("proxy", &report.markdown(&intro, &notes))
 }
 
 /// Workload 2: open-loop latency at `rate` requests/s against each peer.

@@ -19,6 +19,8 @@ use gateway_tests::{
     NetNs, Topology, CLIENT_IF, SERVER_IF, SERVER_V4,
 };
 
+use crate::bench::procs::pin_thread_to;
+
 /// Frames a batch: one `sendmmsg`.
 const BATCH: usize = 64;
 
@@ -71,7 +73,7 @@ impl Flood {
         let (frames, cpu) = (self.frames.clone(), self.cpu);
         let (stop_flag, counter) = (stop.clone(), sent.clone());
         let sender = client.spawn(move || -> Result<()> {
-            pin_to(cpu)?;
+            pin_thread_to(cpu)?;
             let socket = RawSender::open(CLIENT_IF)?;
             let started = Instant::now();
             let mut next = 0usize;
@@ -121,18 +123,4 @@ fn server_mac(topology: &Topology) -> Result<[u8; 6]> {
         *byte = u8::from_str_radix(part, 16)?;
     }
     Ok(mac)
-}
-
-/// Pins the calling thread to `cpu`.
-fn pin_to(cpu: usize) -> Result<()> {
-    // SAFETY: an all-zero cpu_set_t is a valid empty set; CPU_SET and
-    // sched_setaffinity only touch the set we own (pid 0: this thread).
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
-            return Err(std::io::Error::last_os_error()).context("pinning the flood sender");
-        }
-    }
-    Ok(())
 }

@@ -1,0 +1,99 @@
+//! `cargo xtask bench ...`: figures printed as ratios against a peer
+//! measured in the same run, interleaved, medians reported. Not tests: the
+//! machines are shared and noisy, so nothing here asserts a timing.
+//!
+//! This module only names the benchmarks and runs the one asked for. Each
+//! benchmark (`auth`, `flood`, `limits`, `proxy`, `xdp`) uses the shared
+//! modules below and no other benchmark; the shared modules use no
+//! benchmark.
+mod auth;
+mod flood;
+mod limits;
+mod proxy;
+mod xdp;
+
+mod bpf;
+mod keys;
+mod nginx;
+mod procs;
+mod results;
+mod scratch;
+mod stats;
+mod wrk;
+
+use std::time::Duration;
+
+use anyhow::Result;
+use clap::Subcommand;
+
+#[derive(Subcommand)]
+pub enum Which {
+    /// Per-request cost of API-key verification and of JWT verification,
+    /// uncached vs cached.
+    Auth,
+    /// A legitimate client's throughput through the gateway while a banned
+    /// source floods it, with the kernel path on and off (root).
+    Flood {
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// Seconds per measurement.
+        #[arg(long, default_value_t = 5)]
+        seconds: u32,
+    },
+    /// The limiter against HAProxy stick tables and nginx limit_req: one key
+    /// at 3x its limit for a window (allowed vs ideal), and one key's
+    /// success and p99 while another floods.
+    Limits {
+        /// Accuracy rounds (one window each); medians are reported.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// Seconds of isolation measurement per proxy.
+        #[arg(long, default_value_t = 6)]
+        seconds: u32,
+    },
+    /// The proxy against HAProxy and nginx doing the equivalent work:
+    /// API-key authenticated GETs with 10,000 rotating keys, same upstream;
+    /// throughput and CPU per request (HTTP and TLS), open-loop latency.
+    Proxy {
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// Seconds per proxy per round.
+        #[arg(long, default_value_t = 5)]
+        seconds: u32,
+    },
+    /// Internal: the open-loop load generator `bench proxy` runs.
+    #[command(hide = true)]
+    OpenLoop(proxy::OpenLoopArgs),
+    /// The XDP program against a drop-everything XDP program: per-packet
+    /// cost (BPF_PROG_TEST_RUN) and drop rate of a banned flood on veth.
+    Xdp {
+        /// Test-run repetitions per measurement.
+        #[arg(long, default_value_t = 1_000_000)]
+        repeat: u32,
+        /// Interleaved rounds; medians are reported.
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+        /// Seconds of flood per program per round.
+        #[arg(long, default_value_t = 2.0)]
+        flood_seconds: f64,
+    },
+}
+
+pub fn run(which: Which) -> Result<()> {
+    match which {
+        Which::Auth => auth::run(),
+        Which::Flood { rounds, seconds } => flood::run(rounds.max(1), seconds.max(1)),
+        Which::Limits { rounds, seconds } => limits::run(rounds.max(1), seconds.max(1)),
+        Which::Proxy { rounds, seconds } => proxy::run(rounds.max(1), seconds.max(1)),
+        Which::OpenLoop(args) => proxy::open_loop(args),
+        Which::Xdp {
+            repeat,
+            rounds,
+            flood_seconds,
+        } => xdp::run(
+            repeat,
+            rounds.max(1),
+            Duration::from_secs_f64(flood_seconds),
+        ),
+    }
+}
