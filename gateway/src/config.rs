@@ -402,7 +402,7 @@ pub struct UpstreamConfig {
     pub balance: Balance,
     /// Active health checks; without them only passive ejection applies.
     pub health_check: Option<HealthCheckConfig>,
-    /// When to shed load by tier (see [`crate::proxy::overload`]); no
+    /// When to shed load by tier (see [`crate::upstream::overload`]); no
     /// signal configured means no shedding.
     #[serde(default)]
     pub overload: OverloadConfig,
@@ -507,6 +507,17 @@ pub struct RouteConfig {
     /// How many requests one request on this route counts as.
     #[serde(default = "default_cost")]
     pub cost: u32,
+}
+
+impl RouteConfig {
+    /// How logs and metrics name a route: `host` (or `*`) + `path_prefix`.
+    pub fn name(&self) -> String {
+        format!(
+            "{}{}",
+            self.host.as_deref().unwrap_or("*"),
+            self.path_prefix
+        )
+    }
 }
 
 fn default_true() -> bool {

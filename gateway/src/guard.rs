@@ -30,7 +30,28 @@ use gateway_common::{ban_reason, Budget};
 use ipnet::IpNet;
 use serde::Deserialize;
 
-use crate::xdp::policy::PolicyUpdate;
+/// One change to kernel policy for a source: what the guard decides and
+/// the policy writer (`xdp::policy`) applies, to the kernel's maps or to
+/// the userspace fallback.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PolicyUpdate {
+    Ban {
+        ip: IpAddr,
+        until_ns: u64,
+        reason: u32,
+    },
+    Unban {
+        ip: IpAddr,
+    },
+    Budget {
+        ip: IpAddr,
+        budget: Budget,
+    },
+    /// Back to the default budget.
+    ClearBudget {
+        ip: IpAddr,
+    },
+}
 
 /// Whether the guard bans.
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
@@ -273,6 +294,39 @@ impl SourceGuard {
     }
 }
 
+/// One worker's memory of which sources it told the guard about, so a
+/// busy source does not make every worker queue on the same guard shard:
+/// a worker reports a source at most once per [`ReportMemo::EVERY_NS`],
+/// or sooner when a higher tier authenticates from it. Budgets decay over
+/// minutes, so a second is plenty. Bounded: a full memo starts over.
+#[derive(Debug, Default)]
+pub struct ReportMemo {
+    reported: Mutex<HashMap<IpAddr, (usize, u64)>>,
+}
+
+impl ReportMemo {
+    pub const EVERY_NS: u64 = 1_000_000_000;
+    const REMEMBERED: usize = 4096;
+
+    /// Whether a client of tier `rank` authenticating from `ip` at `now_ns`
+    /// should be reported to the guard; if so, remembers that it was.
+    pub fn due(&self, ip: IpAddr, rank: usize, now_ns: u64) -> bool {
+        let mut reported = self.reported.lock().unwrap_or_else(|p| p.into_inner());
+        match reported.get(&ip) {
+            Some(&(seen, at)) if seen >= rank && now_ns.saturating_sub(at) < Self::EVERY_NS => {
+                false
+            }
+            _ => {
+                if reported.len() >= Self::REMEMBERED {
+                    reported.clear();
+                }
+                reported.insert(ip, (rank, now_ns));
+                true
+            }
+        }
+    }
+}
+
 fn duration_ns(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
@@ -424,5 +478,18 @@ mod tests {
         guard.sweep(1_000 * SEC);
         let held: usize = guard.shards.iter().map(|s| s.lock().unwrap().len()).sum();
         assert_eq!(held, 0);
+    }
+
+    #[test]
+    fn a_worker_reports_a_source_once_a_second_unless_its_tier_rises() {
+        let memo = ReportMemo::default();
+        let (a, b) = (ip("10.0.0.1"), ip("10.0.0.2"));
+        let t0 = 1_000 * SEC;
+        assert!(memo.due(a, 0, t0));
+        assert!(!memo.due(a, 0, t0 + SEC - 1));
+        assert!(memo.due(b, 0, t0 + 1), "another source is reported");
+        assert!(memo.due(a, 2, t0 + 2), "a higher tier is reported at once");
+        assert!(!memo.due(a, 1, t0 + 3), "a lower tier is not");
+        assert!(memo.due(a, 2, t0 + 2 + SEC), "and again after a second");
     }
 }

@@ -23,7 +23,8 @@ use gateway::{
     config::{Config, IssuerConfig},
     jwt::JwtVerifier,
     keys::{KeyIndex, KeyStore, SqliteStore},
-    proxy::{workers, Shared},
+    proxy::workers,
+    shared::Shared,
     tokens::TokenIssuer,
     xdp::{
         self, Enforcement, KernelPath, Mode, PinnedMaps, PolicyWriter, UserspaceBans,

@@ -12,7 +12,7 @@ use std::{
 
 use crate::{
     guard::GuardCounters,
-    proxy::overload::{Load, BUCKETS_US},
+    histogram::{Histogram, BUCKETS_US},
     xdp::Counters,
 };
 
@@ -66,12 +66,20 @@ impl Recorder {
 
 /// Everything read at scrape time rather than counted per request.
 pub struct Gauges<'a> {
-    pub pools: Vec<(&'a str, &'a Load)>,
+    pub pools: Vec<PoolGauge<'a>>,
     pub guard: &'a GuardCounters,
     pub bans_active: Option<usize>,
     pub kernel: Option<Counters>,
     pub policy_dropped: u64,
     pub keys: usize,
+}
+
+/// One upstream pool as a scrape sees it.
+pub struct PoolGauge<'a> {
+    pub name: &'a str,
+    /// How many of the lowest tiers its load signal sheds now.
+    pub shed_tiers: usize,
+    pub latency: &'a Histogram,
 }
 
 pub struct Metrics {
@@ -200,12 +208,12 @@ impl Metrics {
             "gauge",
             "How many of the lowest tiers an upstream's latency or error signal sheds now.",
         );
-        for (name, load) in &gauges.pools {
+        for pool in &gauges.pools {
             let _ = writeln!(
                 out,
                 "gateway_shed_tiers{{upstream=\"{}\"}} {}",
-                escape(name),
-                load.level()
+                escape(pool.name),
+                pool.shed_tiers
             );
         }
         header(
@@ -214,9 +222,9 @@ impl Metrics {
             "histogram",
             "Time to the upstream's response headers.",
         );
-        for (name, load) in &gauges.pools {
-            let (counts, sum_us) = load.latency.snapshot();
-            let name = escape(name);
+        for pool in &gauges.pools {
+            let (counts, sum_us) = pool.latency.snapshot();
+            let name = escape(pool.name);
             let mut cumulative = 0;
             for (i, count) in counts.iter().enumerate() {
                 cumulative += count;
@@ -327,7 +335,6 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::config::OverloadConfig;
 
     #[test]
     fn workers_are_summed_and_labels_stay_bounded() {
@@ -369,11 +376,15 @@ mod tests {
             error: Some("invalid_token"),
             detail: None,
         });
-        let load = Load::new(OverloadConfig::default());
-        load.observe(Duration::from_millis(3), false);
+        let latency = Histogram::default();
+        latency.observe(Duration::from_millis(3));
         let guard = GuardCounters::default();
         let text = metrics.render(&Gauges {
-            pools: vec![("app", &load)],
+            pools: vec![PoolGauge {
+                name: "app",
+                shed_tiers: 0,
+                latency: &latency,
+            }],
             guard: &guard,
             bans_active: Some(0),
             kernel: None,

@@ -35,7 +35,7 @@ use crate::{
     config::Config,
     keys::{Client, KeyRejection, KeyStore},
     metrics::Gauges,
-    proxy::Shared,
+    shared::Shared,
     xdp::PinnedMaps,
 };
 
@@ -296,11 +296,7 @@ impl Admin {
             (None, None) => None,
         };
         let text = shared.metrics.render(&Gauges {
-            pools: shared
-                .pools
-                .iter()
-                .map(|(name, pool)| (name.as_str(), &pool.load))
-                .collect(),
+            pools: shared.pool_gauges(),
             guard: &shared.guard.counters,
             bans_active,
             kernel: maps.as_ref().and_then(|maps| maps.counters().ok()),

@@ -1,15 +1,13 @@
 //! Every way the proxy refuses or fails a request, and the one function that
 //! turns each into its HTTP response (small JSON bodies, per the brief).
+//! Headers that depend on the request rather than the error (request id,
+//! rate limits) are the respond phase's.
 use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 
 use super::ProxyBody;
-use crate::{
-    jwt::TokenRejection,
-    keys::KeyRejection,
-    limits::{Decision, Quota},
-};
+use crate::{jwt::TokenRejection, keys::KeyRejection, limits::Quota};
 
 /// What a client is told about a refused key: an unknown key id and a wrong
 /// secret look the same, so probing cannot tell which key ids exist.
@@ -27,8 +25,9 @@ pub enum ProxyError {
     InvalidCredential(KeyRejection),
     InvalidToken(TokenRejection),
     MissingScope(String),
-    /// Over quota: the quota and the limiter's answer, for the headers.
-    RateLimited(Box<(Quota, Decision)>),
+    /// Over quota (the limiter's answer is in the request context, whose
+    /// respond phase sets the rate-limit headers).
+    RateLimited(Box<Quota>),
     NoHealthyUpstream,
     UpstreamConnect,
     UpstreamTimeout,
@@ -131,9 +130,9 @@ impl ProxyError {
                 StatusCode::TOO_MANY_REQUESTS,
                 format!(
                     "over the {} tier's limit of {} requests per {} s",
-                    limit.0.name,
-                    limit.0.requests,
-                    limit.0.window.as_secs()
+                    limit.name,
+                    limit.requests,
+                    limit.window.as_secs()
                 ),
             ),
             ProxyError::NoHealthyUpstream => (
@@ -178,9 +177,6 @@ impl ProxyError {
                     header::WWW_AUTHENTICATE,
                     HeaderValue::from_static("Bearer realm=\"gateway\", error=\"invalid_token\""),
                 );
-            }
-            ProxyError::RateLimited(limit) => {
-                super::forward::set_rate_limit(headers, &limit.0, &limit.1);
             }
             ProxyError::BannedSource => {
                 headers.insert(header::CONNECTION, HeaderValue::from_static("close"));

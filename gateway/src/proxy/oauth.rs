@@ -13,9 +13,14 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use serde_json::{json, Value};
 
-use super::{AccessLog, ProxyBody, Shared};
+use super::{
+    context::{Refusal, RequestContext},
+    identity::Identity,
+    ProxyBody,
+};
 use crate::{
     clock::{monotonic_ns, unix_now},
+    shared::Shared,
     tokens::{Grant, TokenIssuer},
 };
 
@@ -40,13 +45,16 @@ fn json_response(status: StatusCode, body: &Value) -> Response<ProxyBody> {
 
 /// An RFC 6749 error answer; `detail` goes to the access log only.
 fn refuse(
-    log: &mut AccessLog,
+    ctx: &mut RequestContext<'_>,
     status: StatusCode,
     code: &'static str,
     detail: &'static str,
 ) -> Response<ProxyBody> {
-    log.error = Some(code);
-    log.detail = Some(detail);
+    ctx.refusal = Some(Refusal {
+        code,
+        detail: Some(detail),
+        blame: None,
+    });
     let mut response = json_response(
         status,
         &json!({ "error": code, "error_description": detail }),
@@ -64,15 +72,14 @@ pub(super) async fn handle(
     shared: &Shared,
     tokens: &TokenIssuer,
     req: Request<Incoming>,
-    peer: std::net::IpAddr,
-    log: &mut AccessLog,
+    ctx: &mut RequestContext<'_>,
 ) -> Response<ProxyBody> {
     match (req.method(), req.uri().path()) {
         (&Method::GET, JWKS_PATH) => json_response(StatusCode::OK, &tokens.jwks()),
         (&Method::GET, DISCOVERY_PATH) => json_response(StatusCode::OK, &tokens.discovery()),
-        (&Method::POST, TOKEN_PATH) => token(shared, tokens, req, peer, log).await,
+        (&Method::POST, TOKEN_PATH) => token(shared, tokens, req, ctx).await,
         _ => refuse(
-            log,
+            ctx,
             StatusCode::METHOD_NOT_ALLOWED,
             "invalid_request",
             "method not allowed",
@@ -84,13 +91,12 @@ async fn token(
     shared: &Shared,
     tokens: &TokenIssuer,
     req: Request<Incoming>,
-    peer: std::net::IpAddr,
-    log: &mut AccessLog,
+    ctx: &mut RequestContext<'_>,
 ) -> Response<ProxyBody> {
     let basic = basic_credentials(req.headers());
     let Ok(body) = Limited::new(req.into_body(), MAX_FORM).collect().await else {
         return refuse(
-            log,
+            ctx,
             StatusCode::BAD_REQUEST,
             "invalid_request",
             "unreadable or oversized body",
@@ -103,7 +109,7 @@ async fn token(
     }
     if form.get("grant_type").map(String::as_str) != Some("client_credentials") {
         return refuse(
-            log,
+            ctx,
             StatusCode::BAD_REQUEST,
             "unsupported_grant_type",
             "only grant_type=client_credentials is supported",
@@ -114,7 +120,7 @@ async fn token(
         (None, Some(secret)) => (form.get("client_id").cloned(), secret.clone()),
         (Some(_), Some(_)) => {
             return refuse(
-                log,
+                ctx,
                 StatusCode::BAD_REQUEST,
                 "invalid_request",
                 "client authenticated twice",
@@ -122,7 +128,7 @@ async fn token(
         }
         (None, None) => {
             return refuse(
-                log,
+                ctx,
                 StatusCode::UNAUTHORIZED,
                 "invalid_client",
                 "no client credentials",
@@ -130,17 +136,16 @@ async fn token(
         }
     };
     let (key_id, outcome) = shared.keys.verify(&secret, unix_now());
-    log.key_id = key_id;
+    ctx.key_id = key_id;
     let client = match outcome {
         Ok(client) if client_id.as_ref().is_none_or(|id| *id == client.id) => client,
         outcome => {
-            shared.submit(shared.guard.auth_failed(peer, monotonic_ns()));
+            shared.submit(shared.guard.auth_failed(ctx.peer.ip(), monotonic_ns()));
             let detail = outcome.err().map_or("client_id_mismatch", |r| r.as_str());
-            return refuse(log, StatusCode::UNAUTHORIZED, "invalid_client", detail);
+            return refuse(ctx, StatusCode::UNAUTHORIZED, "invalid_client", detail);
         }
     };
-    log.client_id = Some(client.id.clone());
-    log.tier = Some(client.tier.clone());
+    ctx.identity = Some(Identity::Stored(client.clone()));
     // A narrower scope may be asked for, never a wider one.
     let scopes: Vec<String> = match form.get("scope") {
         None => client.scopes.clone(),
@@ -151,7 +156,7 @@ async fn token(
                 .any(|s| !client.scopes.contains(s) && *s != client.tier)
             {
                 return refuse(
-                    log,
+                    ctx,
                     StatusCode::BAD_REQUEST,
                     "invalid_scope",
                     "a scope the client does not have",
@@ -184,7 +189,7 @@ async fn token(
         Err(error) => {
             tracing::error!(%error, "minting a token failed");
             refuse(
-                log,
+                ctx,
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "server_error",
                 "signing failed",

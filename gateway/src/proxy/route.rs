@@ -21,15 +21,6 @@ pub struct Route {
     pub index: usize,
 }
 
-/// How logs and metrics name a route.
-pub fn route_name(config: &RouteConfig) -> String {
-    format!(
-        "{}{}",
-        config.host.as_deref().unwrap_or("*"),
-        config.path_prefix
-    )
-}
-
 pub struct RouteTable {
     /// Longest prefix first, so the first match wins.
     routes: Vec<Route>,
@@ -41,7 +32,7 @@ impl RouteTable {
             .iter()
             .enumerate()
             .map(|(index, c)| Route {
-                name: route_name(c),
+                name: c.name(),
                 index,
                 host: c.host.as_ref().map(|h| h.to_ascii_lowercase()),
                 prefix: c.path_prefix.clone(),

@@ -9,8 +9,8 @@ use socket2::{Domain, Socket, Type};
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
-use super::{Gateway, Shared};
-use crate::config::Config;
+use super::Gateway;
+use crate::{config::Config, shared::Shared};
 
 /// One listener as every worker sees it.
 pub struct Listener {

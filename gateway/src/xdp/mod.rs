@@ -2,7 +2,7 @@
 //! pin root, attaches it (native, then skb, then a userspace-only fallback),
 //! and undoes all of that on shutdown.
 //!
-//! Policy flows one way: request tasks submit [`PolicyUpdate`]s through a
+//! Policy flows one way: request tasks submit the guard's [`PolicyUpdate`]s through a
 //! [`PolicyHandle`]; one [`PolicyWriter`] applies them in batches to the
 //! kernel maps (or to [`UserspaceBans`] when XDP is unavailable).
 pub mod bpffs;
@@ -25,9 +25,9 @@ use gateway_common::{
 use ipnet::IpNet;
 
 pub use maps::{Counters, MapsError, PinnedMaps};
-pub use policy::{PolicyHandle, PolicySink, PolicyUpdate, PolicyWriter, UserspaceBans};
+pub use policy::{PolicyHandle, PolicySink, PolicyWriter, UserspaceBans};
 
-use crate::clock::monotonic_ns;
+use crate::{clock::monotonic_ns, guard::PolicyUpdate};
 
 /// The XDP object built by `cargo xtask build`, embedded at compile time.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(env!("GATEWAY_XDP_OBJECT_PATH"));

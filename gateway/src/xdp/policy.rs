@@ -16,36 +16,13 @@ use gateway_common::{Ban, Budget};
 use tokio::sync::mpsc;
 
 use super::maps::{MapsError, PinnedMaps};
-use crate::clock::monotonic_ns;
+use crate::{clock::monotonic_ns, guard::PolicyUpdate};
 
-/// One change to kernel policy for a source.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum PolicyUpdate {
-    Ban {
-        ip: IpAddr,
-        until_ns: u64,
-        reason: u32,
-    },
-    Unban {
-        ip: IpAddr,
-    },
-    Budget {
-        ip: IpAddr,
-        budget: Budget,
-    },
-    /// Back to the default budget.
-    ClearBudget {
-        ip: IpAddr,
-    },
-}
-
-impl PolicyUpdate {
-    /// Updates with the same slot overwrite each other within a batch.
-    fn slot(&self) -> (IpAddr, bool) {
-        match *self {
-            PolicyUpdate::Ban { ip, .. } | PolicyUpdate::Unban { ip } => (ip, true),
-            PolicyUpdate::Budget { ip, .. } | PolicyUpdate::ClearBudget { ip } => (ip, false),
-        }
+/// Updates with the same slot overwrite each other within a batch.
+fn slot(update: &PolicyUpdate) -> (IpAddr, bool) {
+    match *update {
+        PolicyUpdate::Ban { ip, .. } | PolicyUpdate::Unban { ip } => (ip, true),
+        PolicyUpdate::Budget { ip, .. } | PolicyUpdate::ClearBudget { ip } => (ip, false),
     }
 }
 
@@ -239,10 +216,10 @@ impl PolicyWriter {
     fn apply_batch(&mut self, sink: &mut impl PolicySink, batch: &mut Vec<PolicyUpdate>) {
         let mut last: HashMap<(IpAddr, bool), usize> = HashMap::with_capacity(batch.len());
         for (index, update) in batch.iter().enumerate() {
-            last.insert(update.slot(), index);
+            last.insert(slot(update), index);
         }
         for (index, update) in batch.drain(..).enumerate() {
-            if last.get(&update.slot()) != Some(&index) {
+            if last.get(&slot(&update)) != Some(&index) {
                 continue;
             }
             match update {

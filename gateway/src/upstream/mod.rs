@@ -1,6 +1,10 @@
 //! Upstream pools: server choice (round-robin or least connections),
 //! passive ejection of servers that refuse connections, and active health
-//! checks that take failing servers out and bring them back.
+//! checks that take failing servers out and bring them back; and each
+//! pool's load, which sheds tiers when it is overloaded ([`overload`]).
+//! Shared by every worker, so a pool's state is the same for all of them.
+pub mod overload;
+
 use std::{
     net::SocketAddr,
     sync::{
@@ -17,7 +21,7 @@ use hyper_util::{
     rt::TokioExecutor,
 };
 
-use super::overload::Load;
+use self::overload::Load;
 use crate::{
     clock::monotonic_ns,
     config::{Balance, HealthCheckConfig, UpstreamConfig},

@@ -1,0 +1,191 @@
+//! One request's context: what its phases learn, in the order they learn
+//! it. The access-log line and the metrics are written from it once the
+//! response is known; nothing else carries state between phases.
+use std::{net::SocketAddr, time::Instant};
+
+use http::{Method, Request};
+
+use super::{
+    error::{Blame, ProxyError},
+    forward::X_REQUEST_ID,
+    identity::Identity,
+    route::Route,
+};
+use crate::{
+    clock::unix_now,
+    limits::{Decision, Quota},
+};
+
+pub(super) struct RequestContext<'g> {
+    pub started: Instant,
+    /// Unix seconds when the request arrived.
+    pub ts: u64,
+    pub request_id: String,
+    pub peer: SocketAddr,
+    /// What the listener speaks (`http` or `https`).
+    pub proto: &'static str,
+    pub method: Method,
+    /// Path only: the query may hold a credential.
+    pub path: String,
+    /// Route phase: the matched route.
+    pub route: Option<&'g Route>,
+    /// Authenticate phase: the presented key's id (even when refused; never
+    /// the key) or the verified token's issuer.
+    pub key_id: Option<String>,
+    pub issuer: Option<String>,
+    /// Authenticate phase: who the request is from.
+    pub identity: Option<Identity>,
+    /// Authorize phase: the identity's tier position (0 = lowest).
+    pub tier: Option<usize>,
+    /// Limit phase: the quota and the limiter's answer, allowed or not.
+    pub limit: Option<(&'g Quota, Decision)>,
+    /// Forward phase: the pool server chosen.
+    pub upstream: Option<SocketAddr>,
+    /// Why the gateway answered itself, for the log, metrics and guard.
+    pub refusal: Option<Refusal>,
+}
+
+/// A refusal as logs and metrics name it.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Refusal {
+    pub code: &'static str,
+    /// The precise reason (the client may be told less).
+    pub detail: Option<&'static str>,
+    pub blame: Option<Blame>,
+}
+
+impl From<&ProxyError> for Refusal {
+    fn from(error: &ProxyError) -> Self {
+        Self {
+            code: error.code(),
+            detail: error.detail(),
+            blame: Some(error.blame()),
+        }
+    }
+}
+
+impl<'g> RequestContext<'g> {
+    /// The accept phase's start: what is known before any check.
+    pub fn new<B>(req: &Request<B>, peer: SocketAddr, proto: &'static str) -> Self {
+        Self {
+            started: Instant::now(),
+            ts: unix_now() as u64,
+            request_id: request_id(req.headers()),
+            peer,
+            proto,
+            method: req.method().clone(),
+            path: req.uri().path().to_owned(),
+            route: None,
+            key_id: None,
+            issuer: None,
+            identity: None,
+            tier: None,
+            limit: None,
+            upstream: None,
+            refusal: None,
+        }
+    }
+
+    /// The access-log line for this request, answered with `status`.
+    pub fn log_line(&self, status: u16) -> Option<Vec<u8>> {
+        let refusal = self.refusal.as_ref();
+        let line = AccessLog {
+            ts: self.ts,
+            request_id: &self.request_id,
+            peer: self.peer.ip().to_canonical(),
+            method: self.method.as_str(),
+            path: &self.path,
+            route: self.route.map(|route| route.name.as_str()),
+            client_id: self.identity.as_ref().map(Identity::client_id),
+            key_id: self.key_id.as_deref(),
+            issuer: self.issuer.as_deref(),
+            tier: self.identity.as_ref().map(Identity::tier),
+            status,
+            upstream: self.upstream,
+            latency_ms: self.started.elapsed().as_secs_f64() * 1000.0,
+            error: refusal.map(|r| r.code),
+            detail: refusal.and_then(|r| r.detail),
+            blame: refusal.and_then(|r| r.blame),
+        };
+        serde_json::to_vec(&line).ok()
+    }
+}
+
+/// One access-log line, borrowed from the context.
+#[derive(serde::Serialize)]
+struct AccessLog<'a> {
+    ts: u64,
+    request_id: &'a str,
+    peer: std::net::IpAddr,
+    method: &'a str,
+    path: &'a str,
+    route: Option<&'a str>,
+    client_id: Option<&'a str>,
+    key_id: Option<&'a str>,
+    /// Issuer of the JWT that authenticated the request.
+    issuer: Option<&'a str>,
+    tier: Option<&'a str>,
+    status: u16,
+    upstream: Option<SocketAddr>,
+    latency_ms: f64,
+    error: Option<&'static str>,
+    detail: Option<&'static str>,
+    blame: Option<Blame>,
+}
+
+/// The client's `X-Request-Id` if it is sane, else a fresh one: a random
+/// per-process prefix and a counter, unique without a syscall per request.
+fn request_id(headers: &http::HeaderMap) -> String {
+    if let Some(id) = headers.get(&X_REQUEST_ID).and_then(|v| v.to_str().ok()) {
+        if !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_graphic()) {
+            return id.to_owned();
+        }
+    }
+    static PREFIX: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let prefix = *PREFIX.get_or_init(|| {
+        let mut bytes = [0u8; 8];
+        if getrandom::fill(&mut bytes).is_err() {
+            return crate::clock::monotonic_ns() ^ u64::from(std::process::id());
+        }
+        u64::from_be_bytes(bytes)
+    });
+    let count = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{prefix:016x}{count:016x}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_log_line_names_the_key_id_never_the_query() {
+        let req = Request::get("/api/x?api_key=gk_secret")
+            .header("x-request-id", "abc")
+            .body(())
+            .unwrap();
+        let mut ctx = RequestContext::new(&req, "[::ffff:10.0.0.1]:5000".parse().unwrap(), "http");
+        ctx.key_id = Some("kid1".into());
+        ctx.refusal = Some(Refusal::from(&ProxyError::MissingCredential));
+        let line: serde_json::Value = serde_json::from_slice(&ctx.log_line(401).unwrap()).unwrap();
+        assert_eq!(line["request_id"], "abc");
+        assert_eq!(line["peer"], "10.0.0.1");
+        assert_eq!(line["path"], "/api/x");
+        assert_eq!(line["key_id"], "kid1");
+        assert_eq!(line["status"], 401);
+        assert_eq!(line["error"], "missing_credential");
+        assert_eq!(line["blame"], "client");
+        assert!(!String::from_utf8_lossy(&ctx.log_line(401).unwrap()).contains("gk_secret"));
+    }
+
+    #[test]
+    fn insane_request_ids_are_replaced() {
+        let req = Request::get("/")
+            .header("x-request-id", "a b")
+            .body(())
+            .unwrap();
+        let ctx = RequestContext::new(&req, "127.0.0.1:1".parse().unwrap(), "http");
+        assert_eq!(ctx.request_id.len(), 32);
+        assert!(ctx.request_id.bytes().all(|b| b.is_ascii_hexdigit()));
+    }
+}

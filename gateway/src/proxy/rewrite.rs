@@ -1,0 +1,130 @@
+//! The request as the upstream gets it: hop-by-hop headers and (unless the
+//! route keeps them) credentials gone, identity from the gateway only,
+//! request id and `X-Forwarded-*` set, the URI pointed at the chosen server.
+use std::net::SocketAddr;
+
+use http::{header, HeaderName, HeaderValue, Request, Uri, Version};
+use hyper::body::Incoming;
+
+use super::{error::ProxyError, forward, forward::X_REQUEST_ID, identity::Identity, route::Route};
+use crate::{
+    clock::unix_now,
+    config::{Config, UpstreamIdentity},
+    tokens::{Grant, TokenIssuer},
+};
+
+/// The forwarding settings, resolved once per worker.
+pub(super) struct Rewriter {
+    client_id_header: HeaderName,
+    client_tier_header: HeaderName,
+    trusted_proxies: Vec<ipnet::IpNet>,
+}
+
+/// What the rewrite needs to know about the request beyond its route.
+pub(super) struct Origin<'a> {
+    pub peer: SocketAddr,
+    /// What the listener speaks, for `X-Forwarded-Proto`.
+    pub proto: &'static str,
+    pub request_id: &'a str,
+    pub identity: Option<&'a Identity>,
+}
+
+impl Rewriter {
+    pub(super) fn new(config: &Config) -> Self {
+        // Validated in Config::parse; the fallbacks are never used.
+        let header = |name: &str, fallback: &'static str| {
+            HeaderName::from_bytes(name.as_bytes()).unwrap_or(HeaderName::from_static(fallback))
+        };
+        Self {
+            client_id_header: header(&config.forwarding.client_id_header, "x-client-id"),
+            client_tier_header: header(&config.forwarding.client_tier_header, "x-client-tier"),
+            trusted_proxies: config.forwarding.trusted_proxies.clone(),
+        }
+    }
+
+    /// `req` rewritten for `server`; the upstream identity is a JWT of the
+    /// gateway's own issuer when the route asks for one and `tokens` is on.
+    pub(super) fn upstream_request(
+        &self,
+        req: Request<Incoming>,
+        route: &Route,
+        origin: &Origin<'_>,
+        tokens: Option<&TokenIssuer>,
+        server: SocketAddr,
+    ) -> Result<Request<Incoming>, ProxyError> {
+        let (mut parts, body) = req.into_parts();
+        let headers = &mut parts.headers;
+        forward::strip_hop_by_hop(headers);
+        let query = if route.forward_credential {
+            parts.uri.query().map(str::to_owned)
+        } else {
+            // A bearer JWT travels in Authorization whatever the key sources say.
+            headers.remove(header::AUTHORIZATION);
+            forward::strip_credentials(headers, parts.uri.query(), &route.key_sources)
+        };
+        // Identity headers come from us only, never from the client.
+        headers.remove(&self.client_id_header);
+        headers.remove(&self.client_tier_header);
+        match (origin.identity, route.upstream_identity, tokens) {
+            (Some(client), UpstreamIdentity::Jwt, Some(tokens)) => {
+                let grant = Grant {
+                    client_id: client.client_id(),
+                    tier: client.tier(),
+                    scopes: client.scopes(),
+                };
+                let token = tokens
+                    .upstream_token(&grant, &route.upstream, unix_now())
+                    .map_err(|error| {
+                        tracing::error!(%error, "signing an upstream token failed");
+                        ProxyError::Internal
+                    })?;
+                if let Ok(value) = HeaderValue::from_str(&format!("Bearer {token}")) {
+                    headers.insert(header::AUTHORIZATION, value);
+                }
+            }
+            (Some(client), _, _) => {
+                for (name, value) in [
+                    (&self.client_id_header, client.client_id()),
+                    (&self.client_tier_header, client.tier()),
+                ] {
+                    if let Ok(value) = HeaderValue::from_str(value) {
+                        headers.insert(name.clone(), value);
+                    }
+                }
+            }
+            (None, _, _) => {}
+        }
+        if let Ok(id) = HeaderValue::from_str(origin.request_id) {
+            headers.insert(X_REQUEST_ID, id);
+        }
+        forward::set_forwarded(
+            headers,
+            origin.peer.ip(),
+            &self.trusted_proxies,
+            origin.proto,
+        );
+        // HTTP/2 requests carry the host in the URI, not a Host header.
+        if !headers.contains_key(header::HOST) {
+            if let Some(authority) = parts
+                .uri
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+            {
+                headers.insert(header::HOST, authority);
+            }
+        }
+        let path = parts.uri.path();
+        let path_and_query = match query {
+            Some(query) => format!("{path}?{query}"),
+            None => path.to_owned(),
+        };
+        parts.uri = Uri::builder()
+            .scheme("http")
+            .authority(server.to_string())
+            .path_and_query(path_and_query)
+            .build()
+            .map_err(|_| ProxyError::Upstream)?;
+        parts.version = Version::HTTP_11;
+        Ok(Request::from_parts(parts, body))
+    }
+}

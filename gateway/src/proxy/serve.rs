@@ -1,0 +1,165 @@
+//! Serving connections: the accept loop (with the per-connection half of
+//! the accept phase), TLS handshakes, HTTP/1.1 and HTTP/2 by hyper, and
+//! closing connections that had nothing in flight for
+//! `limits.request_timeout` (HTTP/2 ones too, with GOAWAY first).
+use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Instant};
+
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo, TokioTimer},
+    server::conn::auto,
+};
+use tokio::{net::TcpListener, sync::watch};
+use tokio_rustls::TlsAcceptor;
+
+use super::Gateway;
+use crate::clock::monotonic_ns;
+
+impl Gateway {
+    /// Accepts connections until `shutdown` turns true; with `tls`, each
+    /// connection is a TLS handshake first (ALPN picks h2 or HTTP/1.1).
+    pub async fn serve(
+        self: Arc<Self>,
+        listener: TcpListener,
+        tls: Option<TlsAcceptor>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        loop {
+            let (stream, peer) = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok(accepted) => accepted,
+                    Err(error) => {
+                        tracing::warn!(%error, "accept failed");
+                        continue;
+                    }
+                },
+                _ = shutdown.changed() => return,
+            };
+            // Phase: accept (per connection).
+            if self.is_banned(peer.ip()) {
+                continue;
+            }
+            let Ok(permit) = self.shared.connections.clone().try_acquire_owned() else {
+                tracing::warn!(%peer, "connection limit reached; closing the new connection");
+                continue;
+            };
+            let gateway = self.clone();
+            let tls = tls.clone();
+            tokio::spawn(async move {
+                let _permit = permit;
+                match tls {
+                    None => gateway.serve_connection(stream, peer, "http").await,
+                    Some(acceptor) => {
+                        let handshake = tokio::time::timeout(
+                            gateway.limits.request_timeout,
+                            acceptor.accept(stream),
+                        );
+                        match handshake.await {
+                            Ok(Ok(stream)) => gateway.serve_connection(stream, peer, "https").await,
+                            Ok(Err(error)) => {
+                                tracing::debug!(%peer, %error, "TLS handshake failed")
+                            }
+                            Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                        }
+                    }
+                }
+            });
+        }
+    }
+
+    async fn serve_connection<I>(self: Arc<Self>, io: I, peer: SocketAddr, proto: &'static str)
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let header_timeout = self.limits.request_timeout;
+        let max_buf = self.limits.max_header_bytes.max(8192);
+        let gateway = self.clone();
+        let activity = Arc::new(Activity::default());
+        let seen = activity.clone();
+        let service = hyper::service::service_fn(move |req| {
+            let gateway = gateway.clone();
+            let busy = seen.begin();
+            async move {
+                let response = gateway.handle(req, peer, proto).await;
+                drop(busy);
+                Ok::<_, Infallible>(response)
+            }
+        });
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(header_timeout)
+            .max_buf_size(max_buf);
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_header_list_size(u32::try_from(max_buf).unwrap_or(u32::MAX));
+        let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+        tokio::pin!(connection);
+        // Idle connections (HTTP/2 ones too, which the header-read timeout
+        // does not cover) are closed gracefully after `request_timeout`
+        // (HTTP/2: GOAWAY), and dropped if the peer lingers as long again.
+        let mut ticker = tokio::time::interval(header_timeout / 2);
+        let mut closing_since: Option<Instant> = None;
+        let result = loop {
+            tokio::select! {
+                result = connection.as_mut() => break Some(result),
+                _ = ticker.tick() => match closing_since {
+                    Some(since) if since.elapsed() >= header_timeout => break None,
+                    Some(_) => {}
+                    None if activity.idle_for(monotonic_ns()) >= header_timeout => {
+                        connection.as_mut().graceful_shutdown();
+                        closing_since = Some(Instant::now());
+                    }
+                    None => {}
+                },
+            }
+        };
+        if let Some(Err(error)) = result {
+            tracing::debug!(%peer, %error, "connection ended with an error");
+        }
+    }
+}
+
+/// A connection's requests in flight and when the last one ended.
+struct Activity {
+    in_flight: std::sync::atomic::AtomicUsize,
+    last_ns: std::sync::atomic::AtomicU64,
+}
+
+impl Default for Activity {
+    fn default() -> Self {
+        Self {
+            in_flight: Default::default(),
+            last_ns: monotonic_ns().into(),
+        }
+    }
+}
+
+/// Counts one request in flight until dropped.
+struct Busy(Arc<Activity>);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.0.last_ns.store(monotonic_ns(), Relaxed);
+        self.0.in_flight.fetch_sub(1, Relaxed);
+    }
+}
+
+impl Activity {
+    fn begin(self: &Arc<Self>) -> Busy {
+        self.in_flight
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Busy(self.clone())
+    }
+
+    /// How long nothing has happened on the connection (zero while busy).
+    fn idle_for(&self, now_ns: u64) -> std::time::Duration {
+        use std::sync::atomic::Ordering::Relaxed;
+        if self.in_flight.load(Relaxed) > 0 {
+            return std::time::Duration::ZERO;
+        }
+        std::time::Duration::from_nanos(now_ns.saturating_sub(self.last_ns.load(Relaxed)))
+    }
+}

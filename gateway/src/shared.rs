@@ -1,0 +1,137 @@
+//! What every worker's proxy and the admin listener share, built once per
+//! process: the key index, JWT verifier, upstream pools, limiter, guard and
+//! where its decisions go, metrics, the access-log writer. It holds no
+//! request logic, so the admin listener uses it without importing the proxy.
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use crate::{
+    access_log::AccessLogger,
+    clock::monotonic_ns,
+    config::{Config, TierConfig},
+    guard::{PolicyUpdate, SourceGuard},
+    jwt::JwtVerifier,
+    keys::KeyIndex,
+    limits::{LocalLimiter, Quota, RateLimiter},
+    metrics::{Metrics, PoolGauge},
+    tokens::TokenIssuer,
+    upstream::Pool,
+    xdp::{PolicyHandle, UserspaceBans},
+};
+
+/// Only if a config somehow has no tiers (parsing always adds defaults).
+static DEFAULT_QUOTA: std::sync::LazyLock<Quota> =
+    std::sync::LazyLock::new(|| Quota::new("default", 10, Duration::from_secs(60), 10));
+
+#[derive(Clone)]
+pub struct Shared {
+    pub keys: Arc<KeyIndex>,
+    pub jwt: Arc<JwtVerifier>,
+    /// Set when bans are enforced here instead of in XDP.
+    pub userspace_bans: Option<UserspaceBans>,
+    /// One pool per upstream, so ejection and health state are the same
+    /// for every worker.
+    pub pools: Arc<HashMap<String, Arc<Pool>>>,
+    pub access_log: AccessLogger,
+    /// `limits.max_connections`, across all workers and listeners.
+    pub connections: Arc<tokio::sync::Semaphore>,
+    pub limiter: Arc<dyn RateLimiter>,
+    /// Quotas by tier name; the first tier is the default for unknown names.
+    pub quotas: Arc<Vec<Quota>>,
+    /// Kernel feedback: decides bans and budgets from what requests show.
+    pub guard: Arc<SourceGuard>,
+    /// Where the guard's decisions go (batched, off the request path).
+    pub policy: PolicyHandle,
+    pub metrics: Arc<Metrics>,
+    /// The gateway's own token issuer, when `[tokens]` is enabled.
+    pub tokens: Option<Arc<TokenIssuer>>,
+}
+
+impl Shared {
+    pub fn new(
+        config: &Config,
+        keys: Arc<KeyIndex>,
+        jwt: Arc<JwtVerifier>,
+        userspace_bans: Option<UserspaceBans>,
+        policy: PolicyHandle,
+        tokens: Option<Arc<TokenIssuer>>,
+    ) -> Self {
+        Self {
+            keys,
+            jwt,
+            userspace_bans,
+            pools: Arc::new(
+                config
+                    .upstreams
+                    .iter()
+                    .map(|u| (u.name.clone(), Arc::new(Pool::new(u))))
+                    .collect(),
+            ),
+            access_log: AccessLogger::stdout(),
+            connections: Arc::new(tokio::sync::Semaphore::new(config.limits.max_connections)),
+            limiter: Arc::new(LocalLimiter::new(1_000_000)),
+            quotas: Arc::new(config.tiers.iter().map(TierConfig::quota).collect()),
+            guard: Arc::new(SourceGuard::new(config.guard_settings())),
+            policy,
+            tokens,
+            metrics: Arc::new(Metrics::new(
+                config.routes.iter().map(|route| route.name()).collect(),
+                config.tiers.iter().map(|t| t.name.clone()).collect(),
+            )),
+        }
+    }
+
+    /// A tier's position (0 = lowest) and quota; unknown names get the first.
+    pub fn tier(&self, name: &str) -> (usize, &Quota) {
+        self.quotas
+            .iter()
+            .enumerate()
+            .find(|(_, q)| q.name == name)
+            .or(self.quotas.first().map(|q| (0, q)))
+            .unwrap_or((0, &DEFAULT_QUOTA))
+    }
+
+    /// The quota of the tier at `rank`, as [`Shared::tier`] resolved it.
+    pub fn quota(&self, rank: usize) -> &Quota {
+        self.quotas.get(rank).unwrap_or(&DEFAULT_QUOTA)
+    }
+
+    /// Hands a guard decision to the policy writer.
+    pub fn submit(&self, update: Option<PolicyUpdate>) {
+        if let Some(update) = update {
+            if !self.policy.submit(update) {
+                tracing::warn!(?update, "policy queue full; update dropped");
+            }
+        }
+    }
+
+    /// Returns idle tier budgets to the default, forever; on the control runtime.
+    pub async fn sweep_guard(self, every: Duration) {
+        let mut ticker = tokio::time::interval(every);
+        loop {
+            ticker.tick().await;
+            for update in self.guard.sweep(monotonic_ns()) {
+                self.submit(Some(update));
+            }
+        }
+    }
+
+    /// Starts the pools' active health checks (on the calling runtime).
+    pub fn spawn_health_checks(&self) {
+        for pool in self.pools.values() {
+            pool.spawn_health_checks();
+            pool.spawn_overload_checks(self.quotas.len());
+        }
+    }
+
+    /// The pools as a metrics scrape sees them.
+    pub fn pool_gauges(&self) -> Vec<PoolGauge<'_>> {
+        self.pools
+            .iter()
+            .map(|(name, pool)| PoolGauge {
+                name,
+                shed_tiers: pool.load.level(),
+                latency: &pool.load.latency,
+            })
+            .collect()
+    }
+}
