@@ -295,6 +295,31 @@ impl IssuerConfig {
     }
 }
 
+impl From<&IssuerConfig> for crate::jwt::IssuerSettings {
+    fn from(config: &IssuerConfig) -> Self {
+        config.clone().into()
+    }
+}
+
+/// The verifier's view of an issuer: config depends on jwt, never the reverse.
+impl From<IssuerConfig> for crate::jwt::IssuerSettings {
+    fn from(config: IssuerConfig) -> Self {
+        Self {
+            issuer: config.issuer,
+            audiences: config.audiences,
+            pem: config.pem,
+            jwks_url: config.jwks_url,
+            discovery_url: config.discovery_url,
+            algorithms: config.algorithms,
+            leeway: config.leeway,
+            client_claim: config.client_claim,
+            tier_claim: config.tier_claim,
+            refresh: config.refresh,
+            min_refresh_interval: config.min_refresh_interval,
+        }
+    }
+}
+
 /// The admin listener: `/metrics`, `/healthz`, the management API.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
