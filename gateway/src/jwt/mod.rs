@@ -4,14 +4,18 @@
 //! the verified-token cache, header (`alg` in the issuer's allowed list:
 //! never `none`, never HS*), issuer by `iss`, key by `kid` (one rate-limited
 //! JWKS refresh for an unknown `kid`), then signature, `exp`/`nbf` with
-//! leeway, `iss` and `aud`.
+//! leeway (against the caller's `now`, never the system clock), `iss` and
+//! `aud`.
 pub mod cache;
+#[cfg(test)]
+mod clock_tests;
 pub mod keys;
 mod settings;
+mod validity;
 
 use std::sync::Arc;
 
-use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use jsonwebtoken::{errors::ErrorKind, Algorithm, DecodingKey, Validation};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
@@ -292,10 +296,13 @@ impl JwtVerifier {
             }
             None => return Err(TokenRejection::UnknownKey),
         };
+        // `exp` and `nbf` are judged against `now` by `validity`, not against
+        // the system clock inside jsonwebtoken; `exp` must still be present.
+        let leeway = issuer.settings.leeway.as_secs();
         let mut validation = Validation::new(header.alg);
         validation.algorithms = vec![header.alg];
-        validation.leeway = issuer.settings.leeway.as_secs();
-        validation.validate_nbf = true;
+        validation.validate_exp = false;
+        validation.validate_nbf = false;
         validation.set_issuer(&[&issuer.settings.issuer]);
         if issuer.settings.audiences.is_empty() {
             validation.validate_aud = false;
@@ -304,9 +311,21 @@ impl JwtVerifier {
             validation.set_audience(&issuer.settings.audiences);
             validation.set_required_spec_claims(&["exp", "iss", "aud"]);
         }
-        let claims = jsonwebtoken::decode::<Value>(token, &key, &validation)
-            .map_err(|e| classify(e.kind()))?
-            .claims;
+        let claims = match jsonwebtoken::decode::<Value>(token, &key, &validation) {
+            Ok(decoded) => decoded.claims,
+            // jsonwebtoken judges times before `iss` and `aud`; so do we.
+            // The signature held, so the unverified claims are the signed ones.
+            Err(error) => {
+                if matches!(
+                    error.kind(),
+                    ErrorKind::InvalidIssuer | ErrorKind::InvalidAudience
+                ) {
+                    validity::check(&unverified, now, leeway)?;
+                }
+                return Err(classify(error.kind()));
+            }
+        };
+        validity::check(&claims, now, leeway)?;
 
         let client_id = claims
             .get(&issuer.settings.client_claim)
@@ -345,8 +364,7 @@ impl JwtVerifier {
     }
 }
 
-fn classify(kind: &jsonwebtoken::errors::ErrorKind) -> TokenRejection {
-    use jsonwebtoken::errors::ErrorKind;
+fn classify(kind: &ErrorKind) -> TokenRejection {
     match kind {
         ErrorKind::ExpiredSignature => TokenRejection::Expired,
         ErrorKind::ImmatureSignature => TokenRejection::NotYetValid,
