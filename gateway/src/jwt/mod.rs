@@ -4,21 +4,26 @@
 //! the verified-token cache, header (`alg` in the issuer's allowed list:
 //! never `none`, never HS*), issuer by `iss`, key by `kid` (one rate-limited
 //! JWKS refresh for an unknown `kid`), then signature, `exp`/`nbf` with
-//! leeway, `iss` and `aud`.
+//! leeway (against the caller's `now`, never the system clock), `iss` and
+//! `aud`.
 pub mod cache;
+#[cfg(test)]
+mod clock_tests;
 pub mod keys;
+mod settings;
+mod validity;
 
-use std::{sync::Arc, time::Duration};
+use std::sync::Arc;
 
-use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use jsonwebtoken::{errors::ErrorKind, Algorithm, DecodingKey, Validation};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
+pub use self::settings::{default_leeway, IssuerSettings};
 use self::{
     cache::TokenCache,
     keys::{Fetcher, IssuerKeys, KeySource},
 };
-use crate::config::IssuerConfig;
 
 /// Tokens longer than this are refused before any parsing.
 pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
@@ -79,7 +84,7 @@ pub struct VerifiedToken {
 }
 
 struct Issuer {
-    config: IssuerConfig,
+    settings: IssuerSettings,
     algorithms: Vec<Algorithm>,
     keys: IssuerKeys,
 }
@@ -131,18 +136,23 @@ fn claim_strings(value: Option<&Value>) -> Vec<String> {
 
 impl JwtVerifier {
     /// Builds verifiers and loads PEM keys; remote keys load in [`Self::spawn_refresh`].
-    pub fn new(configs: &[IssuerConfig], tiers: Vec<String>) -> Result<Self, JwtError> {
+    /// Takes anything that converts into settings, so callers can hand over
+    /// their config entries as they are.
+    pub fn new<S: Into<IssuerSettings>>(
+        issuers: impl IntoIterator<Item = S>,
+        tiers: Vec<String>,
+    ) -> Result<Self, JwtError> {
         let fetcher = Fetcher::new()?;
-        let mut issuers = Vec::new();
-        for (index, config) in configs.iter().enumerate() {
+        let mut verifiers = Vec::new();
+        for (index, settings) in issuers.into_iter().map(S::into).enumerate() {
             let error = |message: String| JwtError::Config { index, message };
-            let algorithms = config
+            let algorithms = settings
                 .algorithms
                 .iter()
                 .map(|a| parse_algorithm(a))
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(error)?;
-            let source = match (&config.pem, &config.jwks_url, &config.discovery_url) {
+            let source = match (&settings.pem, &settings.jwks_url, &settings.discovery_url) {
                 (Some(path), None, None) => {
                     let bytes = std::fs::read(path)
                         .map_err(|e| error(format!("cannot read {}: {e}", path.display())))?;
@@ -165,19 +175,19 @@ impl JwtVerifier {
                     ))
                 }
             };
-            issuers.push(Arc::new(Issuer {
+            verifiers.push(Arc::new(Issuer {
                 keys: IssuerKeys::new(
-                    &config.issuer,
+                    &settings.issuer,
                     source,
                     fetcher.clone(),
-                    config.min_refresh_interval,
+                    settings.min_refresh_interval,
                 ),
                 algorithms,
-                config: config.clone(),
+                settings,
             }));
         }
         Ok(Self {
-            issuers,
+            issuers: verifiers,
             tiers,
             cache: TokenCache::new(CACHE_CAPACITY),
         })
@@ -187,14 +197,15 @@ impl JwtVerifier {
         self.issuers.is_empty()
     }
 
-    /// Trusts tokens from `config.issuer` signed by `keys` (the gateway's
+    /// Trusts tokens from `settings.issuer` signed by `keys` (the gateway's
     /// own issuer; [`Self::set_keys`] follows its key rotations).
     pub fn add_static_issuer(
         &mut self,
-        config: IssuerConfig,
+        settings: impl Into<IssuerSettings>,
         keys: Vec<keys::Key>,
     ) -> Result<(), JwtError> {
-        let algorithms = config
+        let settings: IssuerSettings = settings.into();
+        let algorithms = settings
             .algorithms
             .iter()
             .map(|a| parse_algorithm(a))
@@ -205,20 +216,20 @@ impl JwtVerifier {
             })?;
         self.issuers.push(Arc::new(Issuer {
             keys: IssuerKeys::new(
-                &config.issuer,
+                &settings.issuer,
                 KeySource::Static(keys),
                 Fetcher::new()?,
-                config.min_refresh_interval,
+                settings.min_refresh_interval,
             ),
             algorithms,
-            config,
+            settings,
         }));
         Ok(())
     }
 
     /// New keys for a static issuer.
     pub fn set_keys(&self, issuer: &str, keys: Vec<keys::Key>) {
-        if let Some(found) = self.issuers.iter().find(|i| i.config.issuer == issuer) {
+        if let Some(found) = self.issuers.iter().find(|i| i.settings.issuer == issuer) {
             found.keys.set(keys);
         }
     }
@@ -231,11 +242,11 @@ impl JwtVerifier {
             }
             let issuer = issuer.clone();
             tokio::spawn(async move {
-                let mut ticker = tokio::time::interval(issuer.config.refresh);
+                let mut ticker = tokio::time::interval(issuer.settings.refresh);
                 loop {
                     ticker.tick().await;
                     if let Err(error) = issuer.keys.refresh().await {
-                        tracing::warn!(issuer = %issuer.config.issuer, %error, "refreshing keys failed");
+                        tracing::warn!(issuer = %issuer.settings.issuer, %error, "refreshing keys failed");
                     }
                 }
             });
@@ -266,7 +277,7 @@ impl JwtVerifier {
         let issuer = self
             .issuers
             .iter()
-            .find(|i| i.config.issuer == iss)
+            .find(|i| i.settings.issuer == iss)
             .ok_or(TokenRejection::UnknownIssuer)?;
         if !issuer.algorithms.contains(&header.alg) {
             return Err(TokenRejection::AlgorithmNotAllowed);
@@ -285,24 +296,39 @@ impl JwtVerifier {
             }
             None => return Err(TokenRejection::UnknownKey),
         };
+        // `exp` and `nbf` are judged against `now` by `validity`, not against
+        // the system clock inside jsonwebtoken; `exp` must still be present.
+        let leeway = issuer.settings.leeway.as_secs();
         let mut validation = Validation::new(header.alg);
         validation.algorithms = vec![header.alg];
-        validation.leeway = issuer.config.leeway.as_secs();
-        validation.validate_nbf = true;
-        validation.set_issuer(&[&issuer.config.issuer]);
-        if issuer.config.audiences.is_empty() {
+        validation.validate_exp = false;
+        validation.validate_nbf = false;
+        validation.set_issuer(&[&issuer.settings.issuer]);
+        if issuer.settings.audiences.is_empty() {
             validation.validate_aud = false;
             validation.set_required_spec_claims(&["exp", "iss"]);
         } else {
-            validation.set_audience(&issuer.config.audiences);
+            validation.set_audience(&issuer.settings.audiences);
             validation.set_required_spec_claims(&["exp", "iss", "aud"]);
         }
-        let claims = jsonwebtoken::decode::<Value>(token, &key, &validation)
-            .map_err(|e| classify(e.kind()))?
-            .claims;
+        let claims = match jsonwebtoken::decode::<Value>(token, &key, &validation) {
+            Ok(decoded) => decoded.claims,
+            // jsonwebtoken judges times before `iss` and `aud`; so do we.
+            // The signature held, so the unverified claims are the signed ones.
+            Err(error) => {
+                if matches!(
+                    error.kind(),
+                    ErrorKind::InvalidIssuer | ErrorKind::InvalidAudience
+                ) {
+                    validity::check(&unverified, now, leeway)?;
+                }
+                return Err(classify(error.kind()));
+            }
+        };
+        validity::check(&claims, now, leeway)?;
 
         let client_id = claims
-            .get(&issuer.config.client_claim)
+            .get(&issuer.settings.client_claim)
             .and_then(Value::as_str)
             .ok_or(TokenRejection::MissingClaim)?
             .to_owned();
@@ -311,7 +337,7 @@ impl JwtVerifier {
             scopes.extend(claim_strings(claims.get("scp")));
             scopes
         };
-        let named = claim_strings(claims.get(&issuer.config.tier_claim));
+        let named = claim_strings(claims.get(&issuer.settings.tier_claim));
         // Highest tier named wins; none named: the lowest tier.
         let tier = self
             .tiers
@@ -322,7 +348,7 @@ impl JwtVerifier {
             .cloned()
             .unwrap_or_default();
         let verified = Arc::new(VerifiedToken {
-            issuer: issuer.config.issuer.clone(),
+            issuer: issuer.settings.issuer.clone(),
             client_id,
             tier,
             scopes,
@@ -338,8 +364,7 @@ impl JwtVerifier {
     }
 }
 
-fn classify(kind: &jsonwebtoken::errors::ErrorKind) -> TokenRejection {
-    use jsonwebtoken::errors::ErrorKind;
+fn classify(kind: &ErrorKind) -> TokenRejection {
     match kind {
         ErrorKind::ExpiredSignature => TokenRejection::Expired,
         ErrorKind::ImmatureSignature => TokenRejection::NotYetValid,
@@ -352,11 +377,6 @@ fn classify(kind: &jsonwebtoken::errors::ErrorKind) -> TokenRejection {
         ErrorKind::InvalidSignature => TokenRejection::BadSignature,
         _ => TokenRejection::Malformed,
     }
-}
-
-/// Duration helpers for issuer defaults.
-pub fn default_leeway() -> Duration {
-    Duration::from_secs(30)
 }
 
 #[cfg(test)]

@@ -1,0 +1,257 @@
+//! Who clients are: trusted JWT issuers, the gateway's own tokens, the API
+//! key store, and the tiers that identities map to.
+use std::{path::PathBuf, time::Duration};
+
+use serde::Deserialize;
+
+use super::{durations, ConfigError};
+use crate::jwt::{self, IssuerSettings};
+
+/// One trusted JWT issuer (an OAuth2/OIDC provider).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IssuerConfig {
+    /// Must equal the token's `iss`.
+    pub issuer: String,
+    /// The token's `aud` must contain one of these (not checked when empty).
+    #[serde(default)]
+    pub audiences: Vec<String>,
+    /// Exactly one key source: a PEM public key file...
+    pub pem: Option<PathBuf>,
+    /// ...a JWKS URL...
+    pub jwks_url: Option<String>,
+    /// ...or an OIDC discovery URL (`.../.well-known/openid-configuration`).
+    pub discovery_url: Option<String>,
+    /// Accepted `alg` values; `none` and HS* are refused.
+    #[serde(default = "default_algorithms")]
+    pub algorithms: Vec<String>,
+    #[serde(default = "jwt::default_leeway", with = "durations")]
+    pub leeway: Duration,
+    /// The claim that names the client (`sub`, `azp`, `client_id`, ...).
+    #[serde(default = "default_client_claim")]
+    pub client_claim: String,
+    /// The claim whose values name tiers (the highest named wins).
+    #[serde(default = "default_tier_claim")]
+    pub tier_claim: String,
+    /// Periodic refresh of remote keys.
+    #[serde(default = "default_key_refresh", with = "durations")]
+    pub refresh: Duration,
+    /// Least time between refreshes triggered by unknown `kid`s.
+    #[serde(default = "default_min_refresh", with = "durations")]
+    pub min_refresh_interval: Duration,
+}
+
+fn default_algorithms() -> Vec<String> {
+    [
+        "RS256", "RS384", "RS512", "PS256", "ES256", "ES384", "EdDSA",
+    ]
+    .into_iter()
+    .map(str::to_owned)
+    .collect()
+}
+
+fn default_client_claim() -> String {
+    "sub".into()
+}
+
+fn default_tier_claim() -> String {
+    "scope".into()
+}
+
+fn default_key_refresh() -> Duration {
+    Duration::from_secs(600)
+}
+
+fn default_min_refresh() -> Duration {
+    Duration::from_secs(30)
+}
+
+impl IssuerConfig {
+    /// The gateway's own issuer: its EdDSA keys, its audience.
+    pub fn own(issuer: &str, audience: &str) -> Self {
+        Self {
+            issuer: issuer.to_owned(),
+            audiences: vec![audience.to_owned()],
+            pem: None,
+            jwks_url: None,
+            discovery_url: None,
+            algorithms: vec!["EdDSA".into()],
+            leeway: jwt::default_leeway(),
+            client_claim: "client_id".into(),
+            tier_claim: default_tier_claim(),
+            refresh: default_key_refresh(),
+            min_refresh_interval: default_min_refresh(),
+        }
+    }
+}
+
+/// The verifier's view of an issuer: config depends on jwt, never the
+/// reverse, so jwt owns its settings type and config converts into it.
+impl From<IssuerConfig> for IssuerSettings {
+    fn from(config: IssuerConfig) -> Self {
+        Self {
+            issuer: config.issuer,
+            audiences: config.audiences,
+            pem: config.pem,
+            jwks_url: config.jwks_url,
+            discovery_url: config.discovery_url,
+            algorithms: config.algorithms,
+            leeway: config.leeway,
+            client_claim: config.client_claim,
+            tier_claim: config.tier_claim,
+            refresh: config.refresh,
+            min_refresh_interval: config.min_refresh_interval,
+        }
+    }
+}
+
+impl From<&IssuerConfig> for IssuerSettings {
+    fn from(config: &IssuerConfig) -> Self {
+        config.clone().into()
+    }
+}
+
+/// `POST /oauth2/token` (client credentials: an API key buys a JWT), the
+/// JWKS and discovery documents, and tokens for upstreams.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TokensConfig {
+    pub enabled: bool,
+    /// The tokens' `iss`; default `http(s)://` and the first listener's address.
+    pub issuer: Option<String>,
+    /// The `aud` of tokens from the token endpoint (the gateway accepts it).
+    pub audience: String,
+    /// Lifetime of tokens from the token endpoint.
+    #[serde(with = "durations")]
+    pub ttl: Duration,
+    /// Lifetime of tokens the gateway hands upstreams (`upstream_identity = "jwt"`).
+    #[serde(with = "durations")]
+    pub upstream_ttl: Duration,
+}
+
+impl Default for TokensConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            issuer: None,
+            audience: "gateway".into(),
+            ttl: Duration::from_secs(300),
+            upstream_ttl: Duration::from_secs(60),
+        }
+    }
+}
+
+impl TokensConfig {
+    /// How long a retired signing key must stay published.
+    pub fn max_ttl_seconds(&self) -> i64 {
+        self.ttl.max(self.upstream_ttl).as_secs() as i64
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KeysConfig {
+    /// The embedded key store (SQLite, WAL mode).
+    pub store: PathBuf,
+    /// How often the running gateway picks up keys changed in the store.
+    #[serde(with = "durations")]
+    pub refresh: Duration,
+}
+
+impl Default for KeysConfig {
+    fn default() -> Self {
+        Self {
+            store: "gateway-keys.db".into(),
+            refresh: Duration::from_secs(1),
+        }
+    }
+}
+
+/// A client tier and its request limit.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TierConfig {
+    pub name: String,
+    /// Requests allowed per `window`.
+    pub requests: u32,
+    #[serde(default = "default_tier_window", with = "durations")]
+    pub window: Duration,
+    /// Requests allowed back to back; default: `requests`.
+    pub burst: Option<u32>,
+    /// Kernel budgets for a source this tier's clients authenticate from:
+    /// new connections and packets per second, and their bursts. Default:
+    /// `xdp.default_*` times the tier's position (1 for the first tier).
+    pub syn_rate: Option<u32>,
+    pub syn_burst: Option<u32>,
+    pub pkt_rate: Option<u32>,
+    pub pkt_burst: Option<u32>,
+}
+
+fn default_tier_window() -> Duration {
+    Duration::from_secs(60)
+}
+
+impl TierConfig {
+    pub fn quota(&self) -> crate::limits::Quota {
+        crate::limits::Quota::new(
+            &self.name,
+            self.requests,
+            self.window,
+            self.burst.unwrap_or(self.requests),
+        )
+    }
+}
+
+/// The tiers a config without `[[tiers]]` gets, lowest first.
+pub(super) fn default_tiers() -> Vec<TierConfig> {
+    [("bronze", 10), ("silver", 100), ("gold", 1000)]
+        .into_iter()
+        .map(|(name, requests)| TierConfig {
+            name: name.into(),
+            requests,
+            window: default_tier_window(),
+            burst: None,
+            syn_rate: None,
+            syn_burst: None,
+            pkt_rate: None,
+            pkt_burst: None,
+        })
+        .collect()
+}
+
+/// Each issuer has exactly one key source and only algorithms the verifier
+/// accepts, so a bad issuer is a config error, not a start-up failure.
+pub(super) fn validate_issuers(issuers: &[IssuerConfig]) -> Result<(), ConfigError> {
+    for (index, issuer) in issuers.iter().enumerate() {
+        let sources = [
+            issuer.pem.is_some(),
+            issuer.jwks_url.is_some(),
+            issuer.discovery_url.is_some(),
+        ];
+        if sources.iter().filter(|given| **given).count() != 1 {
+            return Err(ConfigError::invalid(
+                format!("issuers[{index}]"),
+                "give exactly one of pem, jwks_url, discovery_url",
+            ));
+        }
+        for (a, name) in issuer.algorithms.iter().enumerate() {
+            jwt::parse_algorithm(name).map_err(|message| {
+                ConfigError::invalid(format!("issuers[{index}].algorithms[{a}]"), message)
+            })?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::error;
+
+    #[test]
+    fn hmac_algorithms_are_refused_with_their_path() {
+        let message = error(
+            "[[listeners]]\naddress = \"127.0.0.1:1\"\n[[issuers]]\nissuer = \"i\"\njwks_url = \"http://x\"\nalgorithms = [\"RS256\", \"HS256\"]\n",
+        );
+        assert!(message.starts_with("issuers[0].algorithms[1]"), "{message}");
+    }
+}

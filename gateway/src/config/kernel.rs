@@ -1,0 +1,184 @@
+//! The kernel path: the XDP program's settings and the guard that feeds it
+//! bans and tier budgets from what requests show.
+use std::{path::PathBuf, time::Duration};
+
+use gateway_common::Budget;
+use ipnet::IpNet;
+use serde::Deserialize;
+
+use super::{durations, identity::TierConfig, listen::ListenerConfig};
+use crate::guard::{GuardMode, GuardSettings};
+use crate::xdp::{MapSizes, Mode, XdpSettings, DEFAULT_BUDGET, DEFAULT_PIN_ROOT};
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct XdpConfig {
+    /// `false`: no kernel path at all (bans are enforced in userspace).
+    pub enabled: bool,
+    pub interface: String,
+    /// Protected ports; empty means the listeners' ports.
+    pub ports: Vec<u16>,
+    pub pin_root: PathBuf,
+    pub mode: Mode,
+    pub require_xdp: bool,
+    pub allow: Vec<IpNet>,
+    pub default_syn_rate: u32,
+    pub default_syn_burst: u32,
+    pub default_pkt_rate: u32,
+    pub default_pkt_burst: u32,
+    pub max_bans: u32,
+    pub max_sources: u32,
+}
+
+impl Default for XdpConfig {
+    fn default() -> Self {
+        let sizes = MapSizes::default();
+        Self {
+            enabled: true,
+            interface: "lo".into(),
+            ports: Vec::new(),
+            pin_root: DEFAULT_PIN_ROOT.into(),
+            mode: Mode::Enforce,
+            require_xdp: false,
+            allow: Vec::new(),
+            default_syn_rate: DEFAULT_BUDGET.syn_per_sec,
+            default_syn_burst: DEFAULT_BUDGET.syn_burst,
+            default_pkt_rate: DEFAULT_BUDGET.pkt_per_sec,
+            default_pkt_burst: DEFAULT_BUDGET.pkt_burst,
+            max_bans: sizes.bans,
+            max_sources: sizes.state,
+        }
+    }
+}
+
+impl XdpConfig {
+    /// The kernel's budget for a source no tier has claimed.
+    fn default_budget(&self) -> Budget {
+        Budget {
+            syn_per_sec: self.default_syn_rate,
+            syn_burst: self.default_syn_burst,
+            pkt_per_sec: self.default_pkt_rate,
+            pkt_burst: self.default_pkt_burst,
+            tier: 0,
+        }
+    }
+
+    /// The kernel-path settings; no `ports` means the listeners' ports.
+    pub(super) fn settings(&self, listeners: &[ListenerConfig]) -> XdpSettings {
+        let ports = if self.ports.is_empty() {
+            listeners.iter().map(|l| l.address.port()).collect()
+        } else {
+            self.ports.clone()
+        };
+        XdpSettings {
+            interface: self.interface.clone(),
+            ports,
+            pin_root: self.pin_root.clone(),
+            mode: self.mode,
+            require_xdp: self.require_xdp,
+            allow: self.allow.clone(),
+            default_budget: self.default_budget(),
+            sizes: MapSizes {
+                bans: self.max_bans,
+                state: self.max_sources,
+                ..MapSizes::default()
+            },
+        }
+    }
+}
+
+/// When a source is banned for what its requests do (see [`crate::guard`]).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GuardConfig {
+    /// `enforce`, `monitor` (log and count would-be bans) or `off`.
+    pub mode: GuardMode,
+    /// Requests refused with 429 a source may still send before its
+    /// window frees up; one more bans it until then.
+    pub excess: u32,
+    /// Refused credentials a source may present within
+    /// `auth_failure_window`; one more bans it for `auth_failure_ban`.
+    pub auth_failures: u32,
+    #[serde(with = "durations")]
+    pub auth_failure_window: Duration,
+    #[serde(with = "durations")]
+    pub auth_failure_ban: Duration,
+    /// Every ban lasts at least this; repeat offences double it up to `max_ban`.
+    #[serde(with = "durations")]
+    pub min_ban: Duration,
+    #[serde(with = "durations")]
+    pub max_ban: Duration,
+    /// A source's tier budget returns to the default this long after the
+    /// last authenticated request from it.
+    #[serde(with = "durations")]
+    pub budget_idle: Duration,
+}
+
+impl Default for GuardConfig {
+    fn default() -> Self {
+        Self {
+            mode: GuardMode::Enforce,
+            excess: 20,
+            auth_failures: 20,
+            auth_failure_window: Duration::from_secs(10),
+            auth_failure_ban: Duration::from_secs(60),
+            min_ban: Duration::from_secs(1),
+            max_ban: Duration::from_secs(3600),
+            budget_idle: Duration::from_secs(300),
+        }
+    }
+}
+
+impl GuardConfig {
+    /// The guard's settings: its own section, the kernel's allow list, and
+    /// one kernel budget per tier.
+    pub(super) fn settings(&self, xdp: &XdpConfig, tiers: &[TierConfig]) -> GuardSettings {
+        let base = xdp.default_budget();
+        let tier_budgets = tiers
+            .iter()
+            .zip(1u32..)
+            .map(|(tier, position)| {
+                // Unset: the default budget times the tier's position.
+                let scaled = |set: Option<u32>, default: u32| {
+                    set.unwrap_or(default.saturating_mul(position))
+                };
+                Budget {
+                    syn_per_sec: scaled(tier.syn_rate, base.syn_per_sec),
+                    syn_burst: scaled(tier.syn_burst, base.syn_burst),
+                    pkt_per_sec: scaled(tier.pkt_rate, base.pkt_per_sec),
+                    pkt_burst: scaled(tier.pkt_burst, base.pkt_burst),
+                    tier: position,
+                }
+            })
+            .collect();
+        GuardSettings {
+            mode: self.mode,
+            excess: self.excess,
+            auth_failures: self.auth_failures,
+            auth_failure_window: self.auth_failure_window,
+            auth_failure_ban: self.auth_failure_ban,
+            min_ban: self.min_ban,
+            max_ban: self.max_ban.max(self.min_ban),
+            budget_idle: self.budget_idle,
+            allow: xdp.allow.clone(),
+            tier_budgets,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::Config;
+
+    #[test]
+    fn unset_tier_budgets_scale_with_the_tier_position() {
+        let config = Config::parse(
+            "[[listeners]]\naddress = \"127.0.0.1:8080\"\n[xdp]\ndefault_syn_rate = 10\n",
+        )
+        .unwrap();
+        let guard = config.guard_settings();
+        let rates: Vec<u32> = guard.tier_budgets.iter().map(|b| b.syn_per_sec).collect();
+        assert_eq!(rates, [10, 20, 30]);
+        assert_eq!(config.xdp_settings().ports, [8080]);
+    }
+}

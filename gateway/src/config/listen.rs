@@ -1,0 +1,92 @@
+//! Where the gateway listens: the proxy listeners with their TLS, the
+//! admin listener, and the limits on what a connection may cost.
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use serde::Deserialize;
+
+use super::{durations, ConfigError};
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    pub address: SocketAddr,
+    /// TLS (HTTP/2 and HTTP/1.1 by ALPN); plain HTTP when absent.
+    pub tls: Option<TlsConfig>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// PEM certificate chain; with `key`. Both absent: a self-signed
+    /// certificate is generated in `state_dir` on first start and kept.
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    /// Require client certificates signed by this CA (mTLS).
+    pub client_ca: Option<PathBuf>,
+    /// Names for the self-signed certificate (default: localhost and the
+    /// listener's address).
+    pub names: Vec<String>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Reading a request's headers; also how long an idle HTTP/1.1
+    /// keep-alive connection is kept, and the TLS handshake limit.
+    #[serde(with = "durations")]
+    pub request_timeout: Duration,
+    /// Waiting for the upstream's response headers.
+    #[serde(with = "durations")]
+    pub upstream_timeout: Duration,
+    #[serde(with = "durations")]
+    pub connect_timeout: Duration,
+    pub max_header_bytes: usize,
+    pub max_connections: usize,
+    /// Worker threads, each with its own listener socket (SO_REUSEPORT),
+    /// event loop and upstream connections; 0 = one per CPU.
+    pub workers: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            request_timeout: Duration::from_secs(30),
+            upstream_timeout: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(5),
+            max_header_bytes: 64 * 1024,
+            max_connections: 10_000,
+            workers: 0,
+        }
+    }
+}
+
+/// The admin listener: `/metrics`, `/healthz`, the management API.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    pub enabled: bool,
+    /// Keep it private: `/metrics` and `/healthz` need no credential.
+    pub address: SocketAddr,
+    /// One JSON line per admin action; relative paths are under `state_dir`.
+    pub audit_log: PathBuf,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            address: SocketAddr::from(([127, 0, 0, 1], 9901)),
+            audit_log: "audit.log".into(),
+        }
+    }
+}
+
+pub(super) fn validate(listeners: &[ListenerConfig]) -> Result<(), ConfigError> {
+    if listeners.is_empty() {
+        return Err(ConfigError::invalid(
+            "listeners",
+            "at least one listener is needed",
+        ));
+    }
+    Ok(())
+}
