@@ -548,11 +548,7 @@ fn status(pins: &PinArgs, json: bool) -> Result<()> {
     let interface = String::from_utf8_lossy(&config.ifname)
         .trim_end_matches('\0')
         .to_owned();
-    let attach = match config.attach_mode {
-        attach_mode::NATIVE => "native",
-        attach_mode::SKB => "skb",
-        _ => "none",
-    };
+    let attach = attach_mode::name(config.attach_mode);
     let mode = Mode::from_kernel(config.mode);
     let owner_running = config.owner_pid != 0
         && std::path::Path::new(&format!("/proc/{}", config.owner_pid)).exists();
@@ -611,11 +607,6 @@ fn list_bans(pins: &PinArgs, json: bool) -> Result<()> {
         .filter(|(_, ban)| ban.banned_until_ns > now)
         .collect();
     bans.sort_by_key(|(_, ban)| ban.banned_until_ns);
-    let reason = |code| match code {
-        ban_reason::RATE_LIMIT => "rate_limit",
-        ban_reason::AUTH_FAILURES => "auth_failures",
-        _ => "manual",
-    };
     if json {
         let rows: Vec<_> = bans
             .iter()
@@ -623,7 +614,7 @@ fn list_bans(pins: &PinArgs, json: bool) -> Result<()> {
                 serde_json::json!({
                     "source": ip,
                     "expires_in_ms": (ban.banned_until_ns - now) / 1_000_000,
-                    "reason": reason(ban.reason),
+                    "reason": ban_reason::name(ban.reason),
                     "offences": ban.offences,
                 })
             })
@@ -639,7 +630,7 @@ fn list_bans(pins: &PinArgs, json: bool) -> Result<()> {
         println!(
             "{ip:<40} expires in {:<10} reason {:<14} offences {}",
             humantime::format_duration(left).to_string(),
-            reason(ban.reason),
+            ban_reason::name(ban.reason),
             ban.offences
         );
     }

@@ -175,8 +175,8 @@ pub enum Attachment {
 impl Attachment {
     pub fn name(self) -> &'static str {
         match self {
-            Attachment::Native => "native",
-            Attachment::Skb => "skb",
+            Attachment::Native => attach_mode::name(attach_mode::NATIVE),
+            Attachment::Skb => attach_mode::name(attach_mode::SKB),
         }
     }
 }
