@@ -177,6 +177,9 @@ impl Op {
 fn cli_error(error: ClientError) -> anyhow::Error {
     match error {
         ClientError::UnknownClient(id) => anyhow!("no client {id:?} in the store"),
+        ClientError::AdminExists => {
+            anyhow!("an admin client exists already; use it, or pass --force to make another")
+        }
         other => other.into(),
     }
 }
