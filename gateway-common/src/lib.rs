@@ -80,6 +80,17 @@ pub mod ban_reason {
     pub const RATE_LIMIT: u32 = 1;
     /// Too many authentication failures (key or token guessing).
     pub const AUTH_FAILURES: u32 = 2;
+
+    /// The one spelling of each reason, shared by `gateway xdp bans` and
+    /// the metrics labels. Any other code reads as manual: userspace
+    /// writes every ban, so an unknown code can only be an operator's.
+    pub const fn name(code: u32) -> &'static str {
+        match code {
+            RATE_LIMIT => "rate_limit",
+            AUTH_FAILURES => "auth_failures",
+            _ => "manual",
+        }
+    }
 }
 
 /// A ban written by userspace. The kernel only reads it.
@@ -147,6 +158,16 @@ pub mod attach_mode {
     pub const NONE: u32 = 0;
     pub const NATIVE: u32 = 1;
     pub const SKB: u32 = 2;
+
+    /// The one spelling of each mode, shared by the ready line and
+    /// `gateway xdp status`.
+    pub const fn name(code: u32) -> &'static str {
+        match code {
+            NATIVE => "native",
+            SKB => "skb",
+            _ => "none",
+        }
+    }
 }
 
 /// Global settings, written by userspace at index 0 of `GW_CONFIG`.

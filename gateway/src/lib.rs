@@ -1,5 +1,8 @@
-//! The gateway: today its kernel path (XDP program, pinned maps, CLI);
-//! the proxy, authentication and limits build on it.
+//! The gateway as a library: the proxy (routing, API-key and JWT
+//! authentication, rate limits, the token endpoint), the key store and
+//! client lifecycle, the admin API, and the XDP kernel path that drops
+//! abusive sources before they reach the proxy. The `gateway` binary's
+//! command line (`src/cli/`) wires these together; clap stays there.
 pub mod access_log;
 pub mod admin;
 pub mod admin_client;

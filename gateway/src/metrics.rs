@@ -250,9 +250,16 @@ impl Metrics {
             "counter",
             "Sources banned by the guard, by reason.",
         );
+        use gateway_common::ban_reason;
         for (reason, counter) in [
-            ("rate_limit", &guard.rate_limit_bans),
-            ("auth_failures", &guard.auth_failure_bans),
+            (
+                ban_reason::name(ban_reason::RATE_LIMIT),
+                &guard.rate_limit_bans,
+            ),
+            (
+                ban_reason::name(ban_reason::AUTH_FAILURES),
+                &guard.auth_failure_bans,
+            ),
         ] {
             let _ = writeln!(
                 out,

@@ -5,12 +5,16 @@
 //! hears back.
 use http::{Method, StatusCode};
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::json;
 
 use super::{audit::AuditEntry, json_response, Admin, AdminError, AdminResponse, Call};
 use crate::{
     clock::{monotonic_ns, unix_now},
-    keys::{store::ClientUpdate, Client, KeyStore, NewClient, StoreError},
+    keys::{
+        clients::{revoked_json, ClientSpec, ListQuery, Ttl},
+        store::ClientUpdate,
+        ClientError, Clients,
+    },
     limits::LimitKey,
 };
 
@@ -34,13 +38,6 @@ struct CreateRequest {
     generate_api_key: bool,
     /// The JWT client-claim value that names this same client.
     api_client_id: Option<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum Ttl {
-    Seconds(u64),
-    Text(String),
 }
 
 fn yes() -> bool {
@@ -81,6 +78,23 @@ fn parse<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, AdminError> {
     serde_json::from_slice(body).map_err(|e| AdminError::BadRequest(format!("invalid body: {e}")))
 }
 
+/// The statuses the API has always answered: a caller's mistake is 400, a
+/// missing client 404, a taken external id 409, a store failure 500.
+impl From<ClientError> for AdminError {
+    fn from(error: ClientError) -> Self {
+        match error {
+            ClientError::UnknownClient(id) => AdminError::UnknownClient(id),
+            ClientError::Store(error) if error.is_conflict() => {
+                AdminError::Conflict(error.to_string())
+            }
+            ClientError::Store(error) => AdminError::Store(error),
+            error @ (ClientError::UnknownTier { .. }
+            | ClientError::Invalid(_)
+            | ClientError::AdminExists) => AdminError::BadRequest(error.to_string()),
+        }
+    }
+}
+
 impl Admin {
     pub(super) fn clients(&self, call: &Call<'_>) -> Result<AdminResponse, AdminError> {
         let (action, client_id, result) = match (call.method, call.rest) {
@@ -118,16 +132,12 @@ impl Admin {
         result
     }
 
-    fn check_tier(&self, tier: &str) -> Result<(), AdminError> {
-        let quotas = &self.shared.quotas;
-        if quotas.iter().any(|q| q.name == tier) {
-            return Ok(());
-        }
-        let names: Vec<&str> = quotas.iter().map(|q| q.name.as_str()).collect();
-        Err(AdminError::BadRequest(format!(
-            "unknown tier {tier:?}; configured tiers: {}",
-            names.join(", ")
-        )))
+    /// The lifecycle on this gateway's store and tiers.
+    fn lifecycle(&self) -> Clients<'_> {
+        Clients::new(
+            self.store.as_ref(),
+            self.shared.quotas.iter().map(|q| q.name.as_str()),
+        )
     }
 
     fn create(&self, call: &Call<'_>) -> Result<(Option<String>, AdminResponse), AdminError> {
@@ -135,61 +145,40 @@ impl Admin {
         if request.name.trim().is_empty() {
             return Err(AdminError::BadRequest("name must not be empty".into()));
         }
-        self.check_tier(&request.tier)?;
-        let now = unix_now();
-        let ttl = match request.ttl {
-            None => None,
-            Some(Ttl::Seconds(seconds)) => Some(seconds),
-            Some(Ttl::Text(text)) => Some(
-                humantime::parse_duration(&text)
-                    .map_err(|e| AdminError::BadRequest(format!("ttl {text:?}: {e}")))?
-                    .as_secs(),
-            ),
-        };
-        let expires_at = match (request.expires_at, ttl) {
-            (Some(_), Some(_)) => {
-                return Err(AdminError::BadRequest(
-                    "give expires_at or ttl, not both".into(),
-                ))
-            }
-            (at, None) => at,
-            (None, Some(ttl)) => Some(now.saturating_add(i64::try_from(ttl).unwrap_or(i64::MAX))),
-        };
-        if !request.generate_api_key && request.api_client_id.is_none() {
-            return Err(AdminError::BadRequest(
-                "a client without an API key needs api_client_id (its JWT client claim)".into(),
-            ));
-        }
-        let new = NewClient {
+        let spec = ClientSpec {
             name: request.name,
             tier: request.tier,
             scopes: request.scopes,
-            expires_at,
             is_admin: request.is_admin,
+            expires_at: request.expires_at,
+            ttl: request.ttl,
+            with_key: request.generate_api_key,
             external_id: request.api_client_id,
-            no_key: !request.generate_api_key,
         };
-        let (client, key) = self.store.create(new, now).map_err(conflict)?;
+        let view = self.lifecycle().create(spec, unix_now())?;
         self.reload()?;
-        let mut body = self.client_json(&client)?;
-        if !key.is_empty() {
-            body["api_key"] = Value::String(key);
-        }
-        Ok((Some(client.id), json_response(StatusCode::CREATED, &body)))
+        let body = view.to_json();
+        Ok((
+            Some(view.client.id),
+            json_response(StatusCode::CREATED, &body),
+        ))
     }
 
     fn list(&self, query: Option<&str>) -> Result<AdminResponse, AdminError> {
-        let (mut limit, mut offset, mut name, mut tier) = (DEFAULT_PAGE, 0, None, None);
+        let mut list = ListQuery {
+            limit: Some(DEFAULT_PAGE),
+            ..ListQuery::default()
+        };
         for (key, value) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
             let number = |v: &str| {
                 v.parse::<usize>()
                     .map_err(|_| AdminError::BadRequest(format!("{key} must be a number")))
             };
             match key.as_ref() {
-                "limit" => limit = number(&value)?.clamp(1, MAX_PAGE),
-                "offset" => offset = number(&value)?,
-                "name" => name = Some(value.into_owned()),
-                "tier" => tier = Some(value.into_owned()),
+                "limit" => list.limit = Some(number(&value)?.clamp(1, MAX_PAGE)),
+                "offset" => list.offset = number(&value)?,
+                "name" => list.name = Some(value.into_owned()),
+                "tier" => list.tier = Some(value.into_owned()),
                 other => {
                     return Err(AdminError::BadRequest(format!(
                         "unknown query parameter {other:?}"
@@ -197,35 +186,26 @@ impl Admin {
                 }
             }
         }
-        let matching: Vec<Client> = self
-            .store
-            .clients()?
-            .into_iter()
-            .filter(|c| name.as_ref().is_none_or(|n| c.name.contains(n.as_str())))
-            .filter(|c| tier.as_ref().is_none_or(|t| &c.tier == t))
-            .collect();
-        let items = matching
-            .iter()
-            .skip(offset)
-            .take(limit)
-            .map(|c| self.client_json(c))
-            .collect::<Result<Vec<_>, _>>()?;
+        let page = self.lifecycle().list(&list)?;
+        let items: Vec<_> = page.items.iter().map(|c| c.to_json()).collect();
         Ok(json_response(
             StatusCode::OK,
-            &json!({ "items": items, "total": matching.len(), "limit": limit, "offset": offset }),
+            &json!({
+                "items": items,
+                "total": page.total,
+                "limit": list.limit,
+                "offset": list.offset,
+            }),
         ))
     }
 
     fn show(&self, id: &str) -> Result<AdminResponse, AdminError> {
-        let client = self.find(id)?;
-        Ok(json_response(StatusCode::OK, &self.client_json(&client)?))
+        let view = self.lifecycle().show(id)?;
+        Ok(json_response(StatusCode::OK, &view.to_json()))
     }
 
     fn update(&self, id: &str, call: &Call<'_>) -> Result<AdminResponse, AdminError> {
         let request: UpdateRequest = parse(&call.body)?;
-        if let Some(tier) = &request.tier {
-            self.check_tier(tier)?;
-        }
         let update = ClientUpdate {
             name: request.name,
             tier: request.tier,
@@ -235,45 +215,30 @@ impl Admin {
             is_admin: request.is_admin,
             external_id: request.api_client_id,
         };
-        let client = self
-            .store
-            .update(id, &update)
-            .map_err(conflict)?
-            .ok_or_else(|| AdminError::UnknownClient(id.to_owned()))?;
+        let view = self.lifecycle().update(id, &update)?;
         self.reload()?;
-        Ok(json_response(StatusCode::OK, &self.client_json(&client)?))
+        Ok(json_response(StatusCode::OK, &view.to_json()))
     }
 
     fn delete(&self, id: &str) -> Result<AdminResponse, AdminError> {
-        if !self.store.delete(id)? {
-            return Err(AdminError::UnknownClient(id.to_owned()));
-        }
+        self.lifecycle().revoke(id)?;
         self.reload()?;
         self.shared.limiter.reset(&LimitKey::Client(id.to_owned()));
-        Ok(json_response(StatusCode::OK, &json!({ "deleted": id })))
+        Ok(json_response(StatusCode::OK, &revoked_json(id)))
     }
 
     fn rotate(&self, id: &str, call: &Call<'_>) -> Result<AdminResponse, AdminError> {
         let request: RotateRequest = parse(&call.body)?;
-        if request.grace_seconds < 0 {
-            return Err(AdminError::BadRequest("grace_seconds must be >= 0".into()));
-        }
-        let now = unix_now();
-        let key = self
-            .store
-            .rotate(id, request.grace_seconds, now)?
-            .ok_or_else(|| AdminError::UnknownClient(id.to_owned()))?;
+        let view = self
+            .lifecycle()
+            .rotate(id, request.grace_seconds, unix_now())?;
         self.reload()?;
-        let client = self.find(id)?;
-        let mut body = self.client_json(&client)?;
-        body["api_key"] = Value::String(key);
-        body["previous_keys_expire_at"] = json!(now.saturating_add(request.grace_seconds));
-        Ok(json_response(StatusCode::OK, &body))
+        Ok(json_response(StatusCode::OK, &view.to_json()))
     }
 
     /// A client's limit state; with `reset`, made whole first.
     fn limits(&self, id: &str, reset: bool) -> Result<AdminResponse, AdminError> {
-        let client = self.find(id)?;
+        let client = self.lifecycle().find(id)?;
         let (_, quota) = self.shared.tier(&client.tier);
         let key = LimitKey::Client(client.id.clone());
         if reset {
@@ -292,45 +257,5 @@ impl Admin {
                 "reset_seconds": state.reset.as_secs_f64(),
             }),
         ))
-    }
-
-    fn find(&self, id: &str) -> Result<Client, AdminError> {
-        self.store
-            .client(id)?
-            .ok_or_else(|| AdminError::UnknownClient(id.to_owned()))
-    }
-
-    fn client_json(&self, client: &Client) -> Result<Value, AdminError> {
-        Ok(client_view(self.store.as_ref(), client)?)
-    }
-}
-
-/// The API's (and the CLI's) view of a client: its fields and its keys'
-/// ids, never a secret or a hash.
-pub fn client_view(store: &dyn KeyStore, client: &Client) -> Result<Value, StoreError> {
-    let keys: Vec<Value> = store
-        .client_keys(&client.id)?
-        .iter()
-        .map(|k| json!({ "key_id": k.key_id, "created_at": k.created_at, "expires_at": k.expires_at }))
-        .collect();
-    Ok(json!({
-        "id": client.id,
-        "name": client.name,
-        "tier": client.tier,
-        "scopes": client.scopes,
-        "is_admin": client.is_admin,
-        "disabled": client.disabled,
-        "expires_at": client.expires_at,
-        "api_client_id": client.external_id,
-        "created_at": client.created_at,
-        "keys": keys,
-    }))
-}
-
-fn conflict(error: crate::keys::StoreError) -> AdminError {
-    if error.is_conflict() {
-        AdminError::Conflict(error.to_string())
-    } else {
-        AdminError::Store(error)
     }
 }

@@ -18,8 +18,6 @@
 pub mod audit;
 mod clients;
 
-pub use clients::client_view;
-
 use std::{convert::Infallible, net::SocketAddr, path::PathBuf, sync::Arc};
 
 use bytes::Bytes;

@@ -51,7 +51,11 @@ pub struct RouteConfig {
 impl RouteConfig {
     /// How logs and metrics name a route: `host` (or `*`) + `path_prefix`.
     pub fn name(&self) -> String {
-        format!("{}{}", self.host.as_deref().unwrap_or("*"), self.path_prefix)
+        format!(
+            "{}{}",
+            self.host.as_deref().unwrap_or("*"),
+            self.path_prefix
+        )
     }
 }
 

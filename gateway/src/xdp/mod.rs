@@ -36,17 +36,7 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(env!("GATEWAY_XDP_OBJECT_PATH
 pub const DEFAULT_PIN_ROOT: &str = "/sys/fs/bpf/gateway";
 
 /// Enforce (drop) or monitor (count what would be dropped, pass all).
-#[derive(
-    Clone,
-    Copy,
-    Debug,
-    Default,
-    PartialEq,
-    Eq,
-    clap::ValueEnum,
-    serde::Serialize,
-    serde::Deserialize,
-)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
     #[default]
@@ -175,8 +165,8 @@ pub enum Attachment {
 impl Attachment {
     pub fn name(self) -> &'static str {
         match self {
-            Attachment::Native => "native",
-            Attachment::Skb => "skb",
+            Attachment::Native => attach_mode::name(attach_mode::NATIVE),
+            Attachment::Skb => attach_mode::name(attach_mode::SKB),
         }
     }
 }

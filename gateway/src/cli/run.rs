@@ -1,0 +1,349 @@
+//! `gateway run` and `gateway check-config`: load the configuration, apply
+//! the command line on top, then start the kernel path, the key store,
+//! the listeners, the token endpoint and the admin API.
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use gateway::{
+    admin::Admin,
+    clock::unix_now,
+    config::{Config, IssuerConfig},
+    jwt::JwtVerifier,
+    keys::{KeyIndex, KeyStore, SqliteStore},
+    proxy::workers,
+    shared::Shared,
+    tokens::TokenIssuer,
+    xdp::{self, Enforcement, KernelPath, Mode, PolicyWriter, UserspaceBans},
+};
+use ipnet::IpNet;
+
+/// `--mode`'s values. A mirror of [`Mode`] so clap stays out of the
+/// library.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ModeArg {
+    Enforce,
+    Monitor,
+}
+
+impl From<ModeArg> for Mode {
+    fn from(mode: ModeArg) -> Self {
+        match mode {
+            ModeArg::Enforce => Mode::Enforce,
+            ModeArg::Monitor => Mode::Monitor,
+        }
+    }
+}
+
+#[derive(Args)]
+pub struct RunArgs {
+    /// Configuration file (TOML); without it, the embedded defaults.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Overrides `xdp.interface`: the interface whose ingress XDP guards.
+    #[arg(long)]
+    interface: Option<String>,
+    /// Overrides `xdp.ports` (comma separated); default: the listeners' ports.
+    #[arg(long, value_delimiter = ',')]
+    ports: Vec<u16>,
+    /// Overrides `xdp.pin_root`.
+    #[arg(long)]
+    pin_root: Option<PathBuf>,
+    /// Overrides `xdp.mode`: `enforce` drops; `monitor` only counts.
+    #[arg(long, value_enum)]
+    mode: Option<ModeArg>,
+    /// Fail to start if XDP cannot be attached, instead of enforcing in userspace only.
+    #[arg(long)]
+    require_xdp: bool,
+    /// Run without the kernel path at all.
+    #[arg(long, conflicts_with = "require_xdp")]
+    no_xdp: bool,
+    /// Adds to `xdp.allow`: CIDRs that are never dropped (repeatable).
+    #[arg(long = "allow", value_name = "CIDR")]
+    allow: Vec<IpNet>,
+    /// Overrides the default kernel budget's new connections per second
+    /// (0 = unlimited).
+    #[arg(long)]
+    syn_rate: Option<u32>,
+    /// Overrides the default kernel budget's connection burst.
+    #[arg(long)]
+    syn_burst: Option<u32>,
+    /// Overrides the default kernel budget's packets per second (0 =
+    /// unlimited).
+    #[arg(long)]
+    pkt_rate: Option<u32>,
+    /// Overrides the default kernel budget's packet burst.
+    #[arg(long)]
+    pkt_burst: Option<u32>,
+}
+
+impl RunArgs {
+    /// Applies command-line overrides on top of the file (or defaults).
+    fn apply(&self, config: &mut Config) {
+        let xdp = &mut config.xdp;
+        if let Some(interface) = &self.interface {
+            xdp.interface = interface.clone();
+        }
+        if !self.ports.is_empty() {
+            xdp.ports = self.ports.clone();
+        }
+        if let Some(pin_root) = &self.pin_root {
+            xdp.pin_root = pin_root.clone();
+        }
+        if let Some(mode) = self.mode {
+            xdp.mode = mode.into();
+        }
+        xdp.require_xdp |= self.require_xdp;
+        if self.no_xdp {
+            xdp.enabled = false;
+        }
+        xdp.allow.extend(self.allow.iter().cloned());
+        for (value, target) in [
+            (self.syn_rate, &mut xdp.default_syn_rate),
+            (self.syn_burst, &mut xdp.default_syn_burst),
+            (self.pkt_rate, &mut xdp.default_pkt_rate),
+            (self.pkt_burst, &mut xdp.default_pkt_burst),
+        ] {
+            if let Some(value) = value {
+                *target = value;
+            }
+        }
+    }
+}
+
+/// Loads a configuration as `run` would and summarises it.
+pub fn check_config(file: &Path) -> Result<()> {
+    let config = Config::load(Some(file))
+        .with_context(|| format!("{} is not a valid configuration", file.display()))?;
+    println!(
+        "{}: valid ({} listeners, {} upstreams, {} routes)",
+        file.display(),
+        config.listeners.len(),
+        config.upstreams.len(),
+        config.routes.len()
+    );
+    Ok(())
+}
+
+pub fn run(args: RunArgs) -> Result<()> {
+    let mut config = Config::load(args.config.as_deref()).context("loading the configuration")?;
+    args.apply(&mut config);
+    let settings = config.xdp_settings();
+    if config.xdp.enabled && settings.ports.is_empty() {
+        bail!("the kernel path needs at least one port to protect (xdp.ports or a listener)");
+    }
+    // The control runtime: kernel policy, key and JWKS refresh, health
+    // checks. Requests are served by the worker threads.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async {
+        let kernel = if config.xdp.enabled {
+            Some(KernelPath::start(&settings).context("starting the XDP kernel path")?)
+        } else {
+            None
+        };
+        let (policy, writer) = xdp::policy::channel(4096);
+        let userspace_bans = match &kernel {
+            Some(kernel) => {
+                spawn_writer(kernel, writer)?;
+                kernel.userspace_bans()
+            }
+            None => {
+                let bans = UserspaceBans::default();
+                tokio::spawn(writer.run(bans.clone(), Duration::from_secs(1)));
+                Some(bans)
+            }
+        };
+
+        let store: Arc<dyn KeyStore> =
+            Arc::new(SqliteStore::open(&config.keys.store).context("opening the key store")?);
+        let index = Arc::new(KeyIndex::default());
+        let count = index.load(store.as_ref()).context("loading API keys")?;
+        tracing::info!(keys = count, store = %config.keys.store.display(), "API keys loaded");
+        tokio::spawn(refresh_keys(
+            store.clone(),
+            index.clone(),
+            config.keys.refresh,
+        ));
+
+        let workers = match config.limits.workers {
+            0 => std::thread::available_parallelism().map_or(1, usize::from),
+            n => n,
+        };
+        let (listeners, first_url) = bind_listeners(&config, workers)?;
+
+        let tiers = config.tiers.iter().map(|t| t.name.clone()).collect();
+        let mut jwt =
+            JwtVerifier::new(&config.issuers, tiers).context("configuring JWT issuers")?;
+        let tokens = match (config.tokens.enabled, first_url) {
+            (true, Some(url)) => Some(start_tokens(&config, url, &mut jwt)?),
+            _ => None,
+        };
+        let jwt = Arc::new(jwt);
+        jwt.spawn_refresh();
+        if let Some(tokens) = &tokens {
+            tokio::spawn(follow_token_keys(tokens.clone(), jwt.clone()));
+        }
+        let shared = Shared::new(&config, index, jwt, userspace_bans, policy, tokens);
+        shared.spawn_health_checks();
+        tokio::spawn(shared.clone().sweep_guard(Duration::from_secs(5)));
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        if config.admin.enabled {
+            let listener = tokio::net::TcpListener::bind(config.admin.address)
+                .await
+                .with_context(|| format!("cannot listen on {} (admin)", config.admin.address))?;
+            println!("admin: http://{}", listener.local_addr()?);
+            let pin_root = kernel
+                .as_ref()
+                .and_then(KernelPath::pin_root)
+                .map(Path::to_path_buf);
+            let admin = Admin::new(&config, shared.clone(), store.clone(), pin_root).with_context(
+                || format!("opening the audit log {}", config.admin.audit_log.display()),
+            )?;
+            let admin = Arc::new(admin);
+            tokio::spawn(admin.serve(listener));
+        }
+        let servers = workers::spawn(&config, &shared, listeners, workers, stopped)
+            .context("starting worker threads")?;
+        match kernel.as_ref().map(KernelPath::enforcement) {
+            Some(Enforcement::Kernel { attach }) => println!(
+                "ready: XDP attached to {} in {} mode, {:?}, ports {:?}, maps pinned at {}",
+                settings.interface,
+                attach.name(),
+                settings.mode,
+                settings.ports,
+                settings.pin_root.display()
+            ),
+            Some(Enforcement::UserspaceOnly { reason }) => {
+                println!("ready: userspace-only enforcement ({reason})")
+            }
+            None => println!("ready: kernel path disabled (xdp.enabled = false)"),
+        }
+        wait_for_shutdown().await?;
+        tracing::info!("shutting down: closing listeners, detaching XDP and removing pins");
+        let _ = stop.send(true);
+        for server in servers {
+            let _ = tokio::task::spawn_blocking(move || server.join()).await;
+        }
+        drop(kernel);
+        Ok(())
+    })
+}
+
+/// Binds every listener (one socket per worker) and prints its address;
+/// returns them with the first one's URL (the default token issuer).
+fn bind_listeners(
+    config: &Config,
+    workers: usize,
+) -> Result<(Vec<workers::Listener>, Option<String>)> {
+    let mut listeners = Vec::new();
+    let mut first_url = None;
+    for listener in &config.listeners {
+        let tls = match &listener.tls {
+            None => None,
+            Some(tls) => {
+                let mut names = tls.names.clone();
+                if names.is_empty() {
+                    names = vec!["localhost".into(), listener.address.ip().to_string()];
+                }
+                Some(
+                    gateway::proxy::tls::acceptor(tls, &config.state_dir, &names)
+                        .with_context(|| format!("TLS for listener {}", listener.address))?,
+                )
+            }
+        };
+        let sockets = workers::bind(listener.address, workers)
+            .with_context(|| format!("cannot listen on {}", listener.address))?;
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        if let Some(first) = sockets.first() {
+            let url = format!("{scheme}://{}", first.local_addr()?);
+            println!("listening: {url}");
+            first_url.get_or_insert(url);
+        }
+        listeners.push(workers::Listener { sockets, tls });
+    }
+    Ok((listeners, first_url))
+}
+
+/// The gateway's own token issuer, trusted by its own JWT verifier.
+fn start_tokens(config: &Config, url: String, jwt: &mut JwtVerifier) -> Result<Arc<TokenIssuer>> {
+    let issuer = config.tokens.issuer.clone().unwrap_or(url);
+    let path = config.state_dir.join("token-keys.json");
+    let tokens = TokenIssuer::open(&config.tokens, issuer.clone(), &path, unix_now())
+        .context("loading the token signing keys")?;
+    jwt.add_static_issuer(
+        IssuerConfig::own(&issuer, &config.tokens.audience),
+        tokens.verification_keys(),
+    )
+    .context("trusting the gateway's own tokens")?;
+    tracing::info!(%issuer, "token endpoint ready");
+    Ok(Arc::new(tokens))
+}
+
+/// Follows key rotations (`gateway tokens rotate-key`) and retired keys
+/// ageing out of the JWKS.
+async fn follow_token_keys(tokens: Arc<TokenIssuer>, jwt: Arc<JwtVerifier>) {
+    let mut ticker = tokio::time::interval(Duration::from_secs(1));
+    let mut last_reload = unix_now();
+    loop {
+        ticker.tick().await;
+        let now = unix_now();
+        if !tokens.changed() && now - last_reload < 60 {
+            continue;
+        }
+        last_reload = now;
+        match tokens.reload(now) {
+            Ok(keys) => jwt.set_keys(&tokens.issuer, keys),
+            Err(error) => tracing::warn!(%error, "reloading the token signing keys failed"),
+        }
+    }
+}
+
+/// Picks up keys another process (the CLI) wrote to the store.
+async fn refresh_keys(store: Arc<dyn KeyStore>, index: Arc<KeyIndex>, every: Duration) {
+    let mut seen = store.version().ok();
+    let mut ticker = tokio::time::interval(every);
+    loop {
+        ticker.tick().await;
+        let version = match store.version() {
+            Ok(version) => version,
+            Err(error) => {
+                tracing::warn!(%error, "checking the key store failed");
+                continue;
+            }
+        };
+        if seen == Some(version) {
+            continue;
+        }
+        match index.load(store.as_ref()) {
+            Ok(count) => {
+                seen = Some(version);
+                tracing::info!(keys = count, "API keys reloaded");
+            }
+            Err(error) => tracing::warn!(%error, "reloading API keys failed"),
+        }
+    }
+}
+
+fn spawn_writer(kernel: &KernelPath, writer: PolicyWriter) -> Result<()> {
+    let sink = kernel.policy_sink()?;
+    tokio::spawn(writer.run(sink, Duration::from_secs(1)));
+    Ok(())
+}
+
+async fn wait_for_shutdown() -> Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut terminate = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+    tokio::select! {
+        result = tokio::signal::ctrl_c() => result.context("waiting for SIGINT")?,
+        _ = terminate.recv() => {}
+    }
+    Ok(())
+}

@@ -1,0 +1,404 @@
+//! The API-client lifecycle: create, list, show, update, rotate, revoke.
+//!
+//! One implementation for both edges: the admin API handlers (which add
+//! HTTP, audit and the index reload) and the `gateway keys` CLI working on
+//! the store file. Both show a client through [`ClientView::to_json`], so
+//! the CLI prints on the store exactly what the API answers.
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::store::{Client, ClientUpdate, KeyStore, NewClient, StoreError};
+
+/// Why a lifecycle operation was refused or failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("unknown tier {tier:?}; configured tiers: {}", .configured.join(", "))]
+    UnknownTier {
+        tier: String,
+        configured: Vec<String>,
+    },
+    #[error("no client {0:?}")]
+    UnknownClient(String),
+    /// The caller asked for something malformed or contradictory.
+    #[error("{0}")]
+    Invalid(String),
+    #[error("an admin client exists already")]
+    AdminExists,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// A lifetime given as seconds or as a duration text such as `"30d"` (the
+/// admin API accepts both).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(untagged)]
+pub enum Ttl {
+    Seconds(u64),
+    Text(String),
+}
+
+/// What a new client should be.
+#[derive(Clone, Debug)]
+pub struct ClientSpec {
+    pub name: String,
+    pub tier: String,
+    pub scopes: Vec<String>,
+    pub is_admin: bool,
+    /// Unix seconds; exclusive with `ttl`.
+    pub expires_at: Option<i64>,
+    pub ttl: Option<Ttl>,
+    /// Without a key, a client is known only by JWTs (`external_id`).
+    pub with_key: bool,
+    pub external_id: Option<String>,
+}
+
+/// A client as the API and the CLI show it: its fields and its keys' ids,
+/// never a secret or a hash, except the new key in a create or rotate
+/// answer (shown once).
+pub struct ClientView {
+    pub client: Client,
+    pub keys: Vec<KeyView>,
+    pub api_key: Option<String>,
+    pub previous_keys_expire_at: Option<i64>,
+}
+
+pub struct KeyView {
+    pub key_id: String,
+    pub created_at: i64,
+    pub expires_at: Option<i64>,
+}
+
+impl ClientView {
+    /// The one JSON shape of a client.
+    pub fn to_json(&self) -> Value {
+        let c = &self.client;
+        let keys: Vec<Value> = self
+            .keys
+            .iter()
+            .map(|k| json!({ "key_id": k.key_id, "created_at": k.created_at, "expires_at": k.expires_at }))
+            .collect();
+        let mut view = json!({
+            "id": c.id,
+            "name": c.name,
+            "tier": c.tier,
+            "scopes": c.scopes,
+            "is_admin": c.is_admin,
+            "disabled": c.disabled,
+            "expires_at": c.expires_at,
+            "api_client_id": c.external_id,
+            "created_at": c.created_at,
+            "keys": keys,
+        });
+        if let Some(key) = &self.api_key {
+            view["api_key"] = json!(key);
+        }
+        if let Some(at) = self.previous_keys_expire_at {
+            view["previous_keys_expire_at"] = json!(at);
+        }
+        view
+    }
+}
+
+/// The answer to a revoke, on either edge.
+pub fn revoked_json(id: &str) -> Value {
+    json!({ "deleted": id })
+}
+
+/// Which clients a list shows; `limit: None` is all of them.
+#[derive(Clone, Debug, Default)]
+pub struct ListQuery {
+    /// Substring of the name.
+    pub name: Option<String>,
+    pub tier: Option<String>,
+    pub offset: usize,
+    pub limit: Option<usize>,
+}
+
+pub struct ClientPage {
+    /// Matching clients, before paging.
+    pub total: usize,
+    pub items: Vec<ClientView>,
+}
+
+/// Unix seconds `seconds` after `now`, saturating instead of wrapping.
+pub fn expires_after(seconds: u64, now: i64) -> i64 {
+    now.saturating_add(i64::try_from(seconds).unwrap_or(i64::MAX))
+}
+
+/// The lifecycle on one store, checked against the configured tiers.
+pub struct Clients<'a> {
+    store: &'a dyn KeyStore,
+    tiers: Vec<&'a str>,
+}
+
+impl<'a> Clients<'a> {
+    /// `tiers`: the configured tier names, in configuration order.
+    pub fn new(store: &'a dyn KeyStore, tiers: impl IntoIterator<Item = &'a str>) -> Self {
+        Self {
+            store,
+            tiers: tiers.into_iter().collect(),
+        }
+    }
+
+    /// A client's tier must be one the gateway can rate-limit by.
+    pub fn check_tier(&self, tier: &str) -> Result<(), ClientError> {
+        if self.tiers.contains(&tier) {
+            return Ok(());
+        }
+        Err(ClientError::UnknownTier {
+            tier: tier.to_owned(),
+            configured: self.tiers.iter().map(|t| (*t).to_owned()).collect(),
+        })
+    }
+
+    /// A new client with one key (unless `spec.with_key` is false).
+    pub fn create(&self, spec: ClientSpec, now: i64) -> Result<ClientView, ClientError> {
+        let new = self.new_client(spec, now)?;
+        let (client, key) = self.store.create(new, now)?;
+        let mut view = self.view(client)?;
+        view.api_key = (!key.is_empty()).then_some(key);
+        Ok(view)
+    }
+
+    /// `count` clients named `NAME-1` ... `NAME-count`, all or none; with
+    /// their keys, shown once.
+    pub fn create_many(
+        &self,
+        spec: ClientSpec,
+        count: u32,
+        now: i64,
+    ) -> Result<Vec<(Client, String)>, ClientError> {
+        let new = self.new_client(spec, now)?;
+        let batch = (1..=count)
+            .map(|i| NewClient {
+                name: format!("{}-{i}", new.name),
+                ..new.clone()
+            })
+            .collect();
+        Ok(self.store.create_many(batch, now)?)
+    }
+
+    /// The first admin client, in the highest configured tier; refused
+    /// when an admin client exists, unless `force`.
+    pub fn bootstrap(&self, force: bool, now: i64) -> Result<ClientView, ClientError> {
+        if !force && self.store.clients()?.iter().any(|c| c.is_admin) {
+            return Err(ClientError::AdminExists);
+        }
+        let new = NewClient {
+            name: "admin".into(),
+            tier: self.tiers.last().copied().unwrap_or("gold").to_owned(),
+            is_admin: true,
+            ..NewClient::default()
+        };
+        let (client, key) = self.store.create(new, now)?;
+        let mut view = self.view(client)?;
+        view.api_key = Some(key);
+        Ok(view)
+    }
+
+    pub fn list(&self, query: &ListQuery) -> Result<ClientPage, ClientError> {
+        let matching: Vec<Client> = self
+            .store
+            .clients()?
+            .into_iter()
+            .filter(|c| {
+                query
+                    .name
+                    .as_ref()
+                    .is_none_or(|n| c.name.contains(n.as_str()))
+            })
+            .filter(|c| query.tier.as_ref().is_none_or(|t| &c.tier == t))
+            .collect();
+        let total = matching.len();
+        let items = matching
+            .into_iter()
+            .skip(query.offset)
+            .take(query.limit.unwrap_or(usize::MAX))
+            .map(|c| self.view(c))
+            .collect::<Result<_, _>>()?;
+        Ok(ClientPage { total, items })
+    }
+
+    pub fn find(&self, id: &str) -> Result<Client, ClientError> {
+        self.store
+            .client(id)?
+            .ok_or_else(|| ClientError::UnknownClient(id.to_owned()))
+    }
+
+    pub fn show(&self, id: &str) -> Result<ClientView, ClientError> {
+        self.view(self.find(id)?)
+    }
+
+    pub fn update(&self, id: &str, update: &ClientUpdate) -> Result<ClientView, ClientError> {
+        if let Some(tier) = &update.tier {
+            self.check_tier(tier)?;
+        }
+        let client = self
+            .store
+            .update(id, update)?
+            .ok_or_else(|| ClientError::UnknownClient(id.to_owned()))?;
+        self.view(client)
+    }
+
+    /// Deletes the client and all its keys.
+    pub fn revoke(&self, id: &str) -> Result<(), ClientError> {
+        if !self.store.delete(id)? {
+            return Err(ClientError::UnknownClient(id.to_owned()));
+        }
+        Ok(())
+    }
+
+    /// A new key (shown once); the client's current keys keep working for
+    /// `grace_seconds`.
+    pub fn rotate(
+        &self,
+        id: &str,
+        grace_seconds: i64,
+        now: i64,
+    ) -> Result<ClientView, ClientError> {
+        if grace_seconds < 0 {
+            return Err(ClientError::Invalid("grace_seconds must be >= 0".into()));
+        }
+        let key = self
+            .store
+            .rotate(id, grace_seconds, now)?
+            .ok_or_else(|| ClientError::UnknownClient(id.to_owned()))?;
+        let mut view = self.show(id)?;
+        view.api_key = Some(key);
+        view.previous_keys_expire_at = Some(now.saturating_add(grace_seconds));
+        Ok(view)
+    }
+
+    /// The client with its keys' ids.
+    pub fn view(&self, client: Client) -> Result<ClientView, ClientError> {
+        let keys = self
+            .store
+            .client_keys(&client.id)?
+            .into_iter()
+            .map(|k| KeyView {
+                key_id: k.key_id,
+                created_at: k.created_at,
+                expires_at: k.expires_at,
+            })
+            .collect();
+        Ok(ClientView {
+            client,
+            keys,
+            api_key: None,
+            previous_keys_expire_at: None,
+        })
+    }
+
+    /// Checks a spec and resolves its expiry, in the order the admin API
+    /// has always reported problems: tier, lifetime, key.
+    fn new_client(&self, spec: ClientSpec, now: i64) -> Result<NewClient, ClientError> {
+        self.check_tier(&spec.tier)?;
+        let ttl = match spec.ttl {
+            None => None,
+            Some(Ttl::Seconds(seconds)) => Some(seconds),
+            Some(Ttl::Text(text)) => Some(
+                humantime::parse_duration(&text)
+                    .map_err(|e| ClientError::Invalid(format!("ttl {text:?}: {e}")))?
+                    .as_secs(),
+            ),
+        };
+        let expires_at = match (spec.expires_at, ttl) {
+            (Some(_), Some(_)) => {
+                return Err(ClientError::Invalid(
+                    "give expires_at or ttl, not both".into(),
+                ))
+            }
+            (at, None) => at,
+            (None, Some(ttl)) => Some(expires_after(ttl, now)),
+        };
+        if !spec.with_key && spec.external_id.is_none() {
+            return Err(ClientError::Invalid(
+                "a client without an API key needs api_client_id (its JWT client claim)".into(),
+            ));
+        }
+        Ok(NewClient {
+            name: spec.name,
+            tier: spec.tier,
+            scopes: spec.scopes,
+            expires_at,
+            is_admin: spec.is_admin,
+            external_id: spec.external_id,
+            no_key: !spec.with_key,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::SqliteStore;
+
+    fn spec(tier: &str) -> ClientSpec {
+        ClientSpec {
+            name: "app".into(),
+            tier: tier.into(),
+            scopes: vec![],
+            is_admin: false,
+            expires_at: None,
+            ttl: None,
+            with_key: true,
+            external_id: None,
+        }
+    }
+
+    fn store() -> SqliteStore {
+        SqliteStore::open(std::path::Path::new(":memory:")).unwrap()
+    }
+
+    #[test]
+    fn unknown_tier_names_the_configured_ones() {
+        let store = store();
+        let clients = Clients::new(&store, ["bronze", "gold"]);
+        let error = clients.create(spec("silver"), 0).err().unwrap();
+        assert_eq!(
+            error.to_string(),
+            "unknown tier \"silver\"; configured tiers: bronze, gold"
+        );
+    }
+
+    #[test]
+    fn lifecycle_shows_keys_once() {
+        let store = store();
+        let clients = Clients::new(&store, ["bronze", "gold"]);
+        let mut with_ttl = spec("gold");
+        with_ttl.ttl = Some(Ttl::Text("1h".into()));
+        let created = clients.create(with_ttl, 100).unwrap();
+        let id = created.client.id.clone();
+        assert!(created.api_key.is_some());
+        assert_eq!(created.client.expires_at, Some(3700));
+        let shown = clients.show(&id).unwrap().to_json();
+        assert!(shown.get("api_key").is_none());
+        assert_eq!(shown["keys"].as_array().unwrap().len(), 1);
+        let rotated = clients.rotate(&id, 60, 200).unwrap().to_json();
+        assert_eq!(rotated["previous_keys_expire_at"], 260);
+        assert!(rotated["api_key"].is_string());
+        let page = clients
+            .list(&ListQuery {
+                tier: Some("gold".into()),
+                ..ListQuery::default()
+            })
+            .unwrap();
+        assert_eq!(page.total, 1);
+        clients.revoke(&id).unwrap();
+        assert!(matches!(
+            clients.revoke(&id),
+            Err(ClientError::UnknownClient(_))
+        ));
+    }
+
+    #[test]
+    fn contradictory_expiry_is_refused() {
+        let store = store();
+        let clients = Clients::new(&store, ["gold"]);
+        let mut both = spec("gold");
+        (both.expires_at, both.ttl) = (Some(10), Some(Ttl::Seconds(10)));
+        let refused = |r: Result<ClientView, _>| matches!(r, Err(ClientError::Invalid(_)));
+        assert!(refused(clients.create(both, 0)));
+        assert!(refused(clients.rotate("x", -1, 0)));
+    }
+}
