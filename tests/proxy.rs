@@ -6,8 +6,9 @@
 use std::{process::Command, time::Duration};
 
 use gateway_tests::{
-    gateway_bin,
-    http::{FakeUpstream, ProxyGateway, TempDir},
+    fs::TempDir,
+    gateway::{gateway_bin, Gateway},
+    http::FakeUpstream,
 };
 
 /// One upstream behind `/api/` (API key, scope `read` required), an open
@@ -57,9 +58,9 @@ fn check_digits(body: &str) -> String {
     String::from_utf8(digits.to_vec()).unwrap()
 }
 
-fn started(upstream: &FakeUpstream) -> (ProxyGateway, String) {
-    let gateway = ProxyGateway::new(&config(upstream));
-    let key = gateway.create_key("silver", &["--scopes", "read,write"]);
+fn started(upstream: &FakeUpstream) -> (Gateway, String) {
+    let gateway = Gateway::builder(&config(upstream));
+    let key = gateway.create_key_with("silver", &["--scopes", "read,write"]);
     (gateway.start(), key)
 }
 
@@ -210,8 +211,8 @@ fn scopes_credentials_kept_on_request_and_unknown_paths() {
 #[test]
 fn expired_tampered_and_unknown_keys_are_refused() {
     let upstream = FakeUpstream::start(None);
-    let gateway = ProxyGateway::new(&config(&upstream));
-    let expiring = gateway.create_key("gold", &["--scopes", "read", "--expires-in", "2s"]);
+    let gateway = Gateway::builder(&config(&upstream));
+    let expiring = gateway.create_key_with("gold", &["--scopes", "read", "--expires-in", "2s"]);
     let gateway = gateway.start();
     assert_eq!(
         gateway.get("/api/a", &[("x-api-key", &expiring)]).status,
@@ -246,7 +247,7 @@ fn expired_tampered_and_unknown_keys_are_refused() {
 fn keys_created_while_running_take_effect_and_logs_hold_no_keys() {
     let upstream = FakeUpstream::start(None);
     let (gateway, key) = started(&upstream);
-    let fresh = gateway.create_key("bronze", &["--scopes", "read"]);
+    let fresh = gateway.create_key_with("bronze", &["--scopes", "read"]);
     let mut status = 0;
     for _ in 0..50 {
         status = gateway.get("/api/a", &[("x-api-key", &fresh)]).status;
@@ -257,7 +258,10 @@ fn keys_created_while_running_take_effect_and_logs_hold_no_keys() {
         std::thread::sleep(Duration::from_millis(100));
     }
     assert_eq!(status, 200, "a key created while running is picked up");
-    gateway.get(&format!("/api/a?api_key={key}"), &[]);
+    assert_eq!(
+        gateway.get(&format!("/api/a?api_key={key}"), &[]).status,
+        200
+    );
 
     let line = gateway.wait_for_log(|l| l["status"] == 200 && l["tier"] == "silver");
     assert_eq!(line["path"], "/api/a");
@@ -279,7 +283,7 @@ fn dead_upstream_is_502_then_503_and_slow_upstream_is_504() {
         .local_addr()
         .unwrap();
     let slow = FakeUpstream::start(Some(Duration::from_secs(3)));
-    let gateway = ProxyGateway::new(&format!(
+    let gateway = Gateway::builder(&format!(
         r#"
 [limits]
 upstream_timeout = "500ms"
@@ -353,18 +357,8 @@ fn check_config_names_the_offending_key_path() {
 #[test]
 fn disabled_clients_are_refused_and_can_be_enabled_again() {
     let upstream = FakeUpstream::start(None);
-    let gateway = ProxyGateway::new(&config(&upstream));
-    let output = Command::new(gateway_bin())
-        .args([
-            "keys", "create", "--name", "d", "--tier", "gold", "--scopes", "read", "--json",
-            "--config",
-        ])
-        .arg(&gateway.config)
-        .output()
-        .unwrap();
-    let created: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
-    let key = created["api_key"].as_str().unwrap().to_owned();
-    let client = created["id"].as_str().unwrap().to_owned();
+    let gateway = Gateway::builder(&config(&upstream));
+    let (client, key) = gateway.create_client("gold", &["--scopes", "read"]);
     let gateway = gateway.start();
     assert_eq!(gateway.get("/api/a", &[("x-api-key", &key)]).status, 200);
 
@@ -405,7 +399,7 @@ fn disabled_clients_are_refused_and_can_be_enabled_again() {
 fn idle_http2_connections_are_closed_after_the_request_timeout() {
     use std::io::{Read, Write};
     let upstream = FakeUpstream::start(None);
-    let gateway = ProxyGateway::new(&format!(
+    let gateway = Gateway::builder(&format!(
         "[limits]\nrequest_timeout = \"1s\"\n\n[[upstreams]]\nname = \"app\"\nservers = [\"{}\"]\n\n\
          [[routes]]\npath_prefix = \"/\"\nupstream = \"app\"\nauth = \"none\"\n",
         upstream.addr
