@@ -20,7 +20,10 @@ pub mod netns;
 pub mod openapi;
 pub mod packet;
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::{
+    io::Write,
+    sync::atomic::{AtomicU32, Ordering},
+};
 
 // The flat paths xtask's benches (and older tests) import.
 pub use cmd::{openssl, sh};
@@ -33,18 +36,42 @@ pub use netns::{
 /// Set by `.ci/run`: a privileged test that would skip fails instead.
 pub const REQUIRE_PRIVILEGED: &str = "GATEWAY_TEST_REQUIRE_PRIVILEGED";
 
-/// `true` if the test may go on. Without root it skips with a message, or
-/// panics when [`REQUIRE_PRIVILEGED`] is set (CI must never skip these).
+/// `true` if the test may go on. Without root it skips, or panics when
+/// [`REQUIRE_PRIVILEGED`] is set (CI must never skip these).
+///
+/// A skip still reports `ok` to libtest, so it is made visible: one line
+/// `SKIPPED <binary>::<test> (...)` written straight to the process's
+/// stderr, which libtest's output capture (of `print!`/`eprint!` only)
+/// does not swallow.
 pub fn require_root(test: &str) -> bool {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } == 0 {
         return true;
     }
+    let name = format!("{}::{test}", test_binary());
     if std::env::var_os(REQUIRE_PRIVILEGED).is_some_and(|v| !v.is_empty() && v != "0") {
-        panic!("{test} needs root (XDP, network namespaces) and {REQUIRE_PRIVILEGED} is set");
+        panic!("{name} needs root (XDP, network namespaces) and {REQUIRE_PRIVILEGED} is set");
     }
-    eprintln!("SKIPPED {test}: needs root for XDP and network namespaces (run as root, or via `sudo cargo xtask test`)");
+    let line = format!(
+        "SKIPPED {name} (needs root for XDP and network namespaces: run as root, \
+         e.g. `sudo cargo xtask test`; {REQUIRE_PRIVILEGED}=1 makes this a failure)\n"
+    );
+    let _ = std::io::stderr().lock().write_all(line.as_bytes());
     false
+}
+
+/// The test executable's name without cargo's hash: `xdp` for `xdp-1a2b..`.
+fn test_binary() -> String {
+    let exe = std::env::current_exe().ok();
+    let stem = exe
+        .as_deref()
+        .and_then(|p| p.file_stem())
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    match stem.rsplit_once('-') {
+        Some((name, hash)) if hash.chars().all(|c| c.is_ascii_hexdigit()) => name.to_owned(),
+        _ => stem,
+    }
 }
 
 /// `prefix`, this process's id and a counter: unique among parallel tests.
