@@ -421,7 +421,91 @@ fn idle_http2_connections_are_closed_after_the_request_timeout() {
         closed.is_ok(),
         "the idle connection was still open after 10 s: {closed:?}"
     );
-    // The last frame before the close is a GOAWAY (type 7).
-    let goaway = received.windows(4).any(|w| w[3] == 7 && w[0] == 0);
-    assert!(goaway, "no GOAWAY among {} bytes", received.len());
+    // Whole frames, all on the connection (stream 0: no stream was
+    // opened): the server's preface SETTINGS first, then a GOAWAY saying
+    // the server closes without an error. Its last stream id is 0 (nothing
+    // processed) or 2^31-1, the first GOAWAY of a graceful shutdown (RFC
+    // 9113, 6.8), which a PING and a final GOAWAY may follow.
+    let frames = h2_frames(&received);
+    assert_eq!(frames.first().map(|f| f.kind), Some(SETTINGS), "{frames:?}");
+    assert!(frames.iter().all(|f| f.stream == 0), "{frames:?}");
+    let goaways: Vec<GoAway> = frames
+        .iter()
+        .filter(|f| f.kind == GOAWAY)
+        .map(|f| {
+            assert_eq!(f.flags, 0, "GOAWAY defines no flags");
+            GoAway::parse(&f.payload)
+        })
+        .collect();
+    assert!(!goaways.is_empty(), "no GOAWAY among {frames:?}");
+    for goaway in &goaways {
+        assert_eq!(goaway.error, NO_ERROR, "{goaways:?}");
+        assert!(
+            [0, 0x7fff_ffff].contains(&goaway.last_stream),
+            "{goaways:?}"
+        );
+    }
+}
+
+/// HTTP/2 frame types and error codes (RFC 9113, 6 and 7).
+const SETTINGS: u8 = 0x4;
+const GOAWAY: u8 = 0x7;
+const NO_ERROR: u32 = 0x0;
+
+/// One HTTP/2 frame: its 9-byte header (24-bit length, type, flags,
+/// reserved bit and 31-bit stream id), then `length` bytes of payload.
+#[derive(Debug)]
+struct Frame {
+    kind: u8,
+    flags: u8,
+    stream: u32,
+    payload: Vec<u8>,
+}
+
+/// Splits what a server sent into frames; panics unless the bytes are
+/// whole frames, back to back.
+fn h2_frames(mut bytes: &[u8]) -> Vec<Frame> {
+    let mut frames = Vec::new();
+    while !bytes.is_empty() {
+        assert!(bytes.len() >= 9, "a truncated frame header: {bytes:?}");
+        let (header, rest) = bytes.split_at(9);
+        let length = u32::from_be_bytes([0, header[0], header[1], header[2]]) as usize;
+        let stream = u32::from_be_bytes([header[5], header[6], header[7], header[8]]) & 0x7fff_ffff;
+        assert!(
+            rest.len() >= length,
+            "a truncated frame: {header:?} with {} bytes",
+            rest.len()
+        );
+        let (payload, rest) = rest.split_at(length);
+        frames.push(Frame {
+            kind: header[3],
+            flags: header[4],
+            stream,
+            payload: payload.to_vec(),
+        });
+        bytes = rest;
+    }
+    frames
+}
+
+/// A GOAWAY payload: the last stream the server processed and why it
+/// closes (0 = NO_ERROR); debug data, if any, ignored.
+#[derive(Debug, PartialEq, Eq)]
+struct GoAway {
+    last_stream: u32,
+    error: u32,
+}
+
+impl GoAway {
+    fn parse(payload: &[u8]) -> Self {
+        assert!(
+            payload.len() >= 8,
+            "a GOAWAY payload is at least 8 bytes: {payload:?}"
+        );
+        let word = |at: usize| u32::from_be_bytes(payload[at..at + 4].try_into().unwrap());
+        Self {
+            last_stream: word(0) & 0x7fff_ffff,
+            error: word(4),
+        }
+    }
 }
