@@ -99,7 +99,8 @@ impl Gateway {
     }
 
     /// In the server namespace of `topology` with XDP protecting `ports`,
-    /// `extra` run arguments, the base config only.
+    /// `extra` run arguments, the base config only. This and the next two
+    /// are shorthands for the builder that xtask's benches call.
     pub fn start(topology: &Topology, ports: &str, extra: &[&str]) -> Self {
         Self::start_proxy(topology, ports, extra, "")
     }
