@@ -14,7 +14,8 @@ use std::{
 };
 
 use gateway_tests::{
-    http::{pause, request, request_with_body, tiers_and_app, FakeUpstream, ProxyGateway},
+    gateway::Gateway,
+    http::{pause, request, request_with_body, tiers_and_app, FakeUpstream},
     openapi::Conformance,
 };
 use serde_json::{json, Value};
@@ -27,10 +28,10 @@ fn config(upstream: &FakeUpstream) -> String {
 #[test]
 fn limits_are_shown_and_reset_by_admins_only_and_metrics_count_requests() {
     let upstream = FakeUpstream::start(None);
-    let gateway = ProxyGateway::new(&config(&upstream));
+    let gateway = Gateway::builder(&config(&upstream));
     let (client_id, key) = gateway.create_client("bronze", &[]);
-    let admin_key = gateway.create_key("gold", &["--admin"]);
-    let reader_key = gateway.create_key("gold", &["--admin", "--scopes", "admin:read"]);
+    let admin_key = gateway.create_key_with("gold", &["--admin"]);
+    let reader_key = gateway.create_key_with("gold", &["--admin", "--scopes", "admin:read"]);
     let gateway = gateway.start();
     let admin_url = format!("http://{}", gateway.admin.unwrap());
     for _ in 0..2 {
@@ -112,7 +113,7 @@ fn limits_are_shown_and_reset_by_admins_only_and_metrics_count_requests() {
 /// The admin API with one admin key, checked against its own OpenAPI
 /// document on every answer.
 struct Api<'a> {
-    gateway: &'a ProxyGateway,
+    gateway: &'a Gateway,
     key: String,
     spec: Conformance,
 }
@@ -151,7 +152,7 @@ impl Api<'_> {
 
 const ONE: &str = "/v1/management/api-clients/{id}";
 
-fn wait_for_status(gateway: &ProxyGateway, key: &str, status: u16, within: Duration) {
+fn wait_for_status(gateway: &Gateway, key: &str, status: u16, within: Duration) {
     let deadline = Instant::now() + within;
     loop {
         if gateway.get("/api/x", &[("x-api-key", key)]).status == status {
@@ -165,7 +166,7 @@ fn wait_for_status(gateway: &ProxyGateway, key: &str, status: u16, within: Durat
 #[test]
 fn the_client_lifecycle_through_the_api_matches_its_openapi_document() {
     let upstream = FakeUpstream::start(None);
-    let gateway = ProxyGateway::new(&config(&upstream));
+    let gateway = Gateway::builder(&config(&upstream));
     let bootstrap = |extra: &[&str]| {
         let mut args = vec!["keys", "bootstrap", "--json", "--config"];
         let config = gateway.config.display().to_string();
@@ -183,8 +184,8 @@ fn the_client_lifecycle_through_the_api_matches_its_openapi_document() {
     assert!(!again.status.success());
     assert!(String::from_utf8_lossy(&again.stderr).contains("admin client exists"));
     assert!(bootstrap(&["--force"]).status.success());
-    let reader = gateway.create_key("gold", &["--admin", "--scopes", "admin:read"]);
-    let plain = gateway.create_key("gold", &[]);
+    let reader = gateway.create_key_with("gold", &["--admin", "--scopes", "admin:read"]);
+    let plain = gateway.create_key("gold");
     let gateway = gateway.start();
     let doc = gateway.admin_get("/v1/management/openapi.json", &[]).json();
     let api = Api {
@@ -324,8 +325,8 @@ fn the_client_lifecycle_through_the_api_matches_its_openapi_document() {
 fn revocation_is_in_force_when_the_api_answers_even_under_load() {
     let upstream = FakeUpstream::start(None);
     // Hundreds of refused requests from one source would get it banned.
-    let gateway = ProxyGateway::new(&(config(&upstream) + "\n[guard]\nmode = \"off\"\n"));
-    let admin_key = gateway.create_key("gold", &["--admin"]);
+    let gateway = Gateway::builder(&(config(&upstream) + "\n[guard]\nmode = \"off\"\n"));
+    let admin_key = gateway.create_key_with("gold", &["--admin"]);
     let (id, key) = gateway.create_client("gold", &[]);
     let gateway = gateway.start();
     let addr = gateway.addr;
@@ -389,8 +390,8 @@ fn revocation_is_in_force_when_the_api_answers_even_under_load() {
 #[test]
 fn the_cli_does_the_same_on_the_store_and_through_the_admin_api() {
     let upstream = FakeUpstream::start(None);
-    let gateway = ProxyGateway::new(&config(&upstream));
-    let admin_key = gateway.create_key("gold", &["--admin"]);
+    let gateway = Gateway::builder(&config(&upstream));
+    let admin_key = gateway.create_key_with("gold", &["--admin"]);
     let gateway = gateway.start();
     let config = gateway.config.display().to_string();
     let url = format!("http://{}", gateway.admin.unwrap());

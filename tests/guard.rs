@@ -12,8 +12,10 @@ use std::{
 };
 
 use gateway_tests::{
+    gateway::Gateway,
     http::{get_from, pause, request, FakeUpstream, Reply},
-    require_root, Gateway, Topology, CLIENT2_V4, CLIENT_V4,
+    netns::{Topology, CLIENT2_V4, CLIENT_V4},
+    require_root,
 };
 
 const PORT: u16 = 18080;
@@ -51,7 +53,10 @@ upstream = "app"
 "#,
         upstream = upstream.addr
     );
-    let gateway = Gateway::start_proxy(topology, &PORT.to_string(), &[], &body);
+    let gateway = Gateway::builder(&body)
+        .in_namespace(&topology.server)
+        .xdp(&PORT.to_string())
+        .start();
     (gateway, upstream)
 }
 

@@ -9,10 +9,7 @@ use std::{
 };
 
 use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
-use gateway_tests::{
-    http::{FakeUpstream, ProxyGateway, TempDir},
-    openssl,
-};
+use gateway_tests::{cmd::openssl, fs::TempDir, gateway::Gateway, http::FakeUpstream};
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
 
@@ -168,7 +165,7 @@ fn bearer(token: &str) -> String {
 fn valid_token_authenticates_with_the_highest_tier_in_its_scope() {
     let s = setup();
     let source = format!("jwks_url = \"http://{}/jwks.json\"", s.jwks.addr);
-    let gateway = ProxyGateway::new(&config(&s.upstream, &source)).start();
+    let gateway = Gateway::builder(&config(&s.upstream, &source)).start();
     wait_for_fetches(&s.jwks, 1);
     let token = s.a.sign(&claims("svc-1", "read bronze gold silver"), true);
     let reply = gateway.get("/jwt/x", &[("authorization", &bearer(&token))]);
@@ -205,7 +202,7 @@ fn valid_token_authenticates_with_the_highest_tier_in_its_scope() {
     assert!(reply.header("www-authenticate").is_some());
 }
 
-fn refused(gateway: &ProxyGateway, token: &str) -> String {
+fn refused(gateway: &Gateway, token: &str) -> String {
     let reply = gateway.get("/jwt/x", &[("authorization", &bearer(token))]);
     assert_eq!(reply.status, 401, "{}", reply.body);
     assert_eq!(reply.json()["error"], "invalid_token");
@@ -216,7 +213,7 @@ fn refused(gateway: &ProxyGateway, token: &str) -> String {
 fn bad_tokens_are_refused_for_the_right_reason() {
     let s = setup();
     let source = format!("jwks_url = \"http://{}/jwks.json\"", s.jwks.addr);
-    let gateway = ProxyGateway::new(&config(&s.upstream, &source)).start();
+    let gateway = Gateway::builder(&config(&s.upstream, &source)).start();
     wait_for_fetches(&s.jwks, 1);
 
     let mut expired = claims("svc", "read");
@@ -266,7 +263,7 @@ fn bad_tokens_are_refused_for_the_right_reason() {
 fn unknown_kid_triggers_exactly_one_rate_limited_jwks_refresh() {
     let s = setup();
     let source = format!("jwks_url = \"http://{}/jwks.json\"", s.jwks.addr);
-    let gateway = ProxyGateway::new(&config(&s.upstream, &source)).start();
+    let gateway = Gateway::builder(&config(&s.upstream, &source)).start();
     wait_for_fetches(&s.jwks, 1);
 
     // The IdP rotates in key b; a token signed with b arrives.
@@ -302,8 +299,9 @@ fn unknown_kid_triggers_exactly_one_rate_limited_jwks_refresh() {
 fn pem_issuer_and_external_id_mapping_and_both_policy() {
     let s = setup();
     let source = format!("pem = \"{}\"", s.a.public_pem.display());
-    let gateway = ProxyGateway::new(&config(&s.upstream, &source));
-    let api_key = gateway.create_key("bronze", &["--scopes", "read", "--external-id", "svc-9"]);
+    let gateway = Gateway::builder(&config(&s.upstream, &source));
+    let api_key =
+        gateway.create_key_with("bronze", &["--scopes", "read", "--external-id", "svc-9"]);
     let gateway = gateway.start();
 
     // A token for svc-9 is the stored client: its id and tier, not the token's.
@@ -333,8 +331,8 @@ fn pem_issuer_and_external_id_mapping_and_both_policy() {
 fn a_tier_from_a_jwt_scope_gets_the_same_limits_as_from_an_api_key_plan() {
     let s = setup();
     let source = format!("pem = \"{}\"", s.a.public_pem.display());
-    let gateway = ProxyGateway::new(&config(&s.upstream, &source));
-    let api_key = gateway.create_key("silver", &[]);
+    let gateway = Gateway::builder(&config(&s.upstream, &source));
+    let api_key = gateway.create_key("silver");
     let gateway = gateway.start();
     let token = s.a.sign(&claims("svc-2", "read silver"), false);
     let by_token = gateway.get("/both/x", &[("authorization", &bearer(&token))]);

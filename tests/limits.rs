@@ -7,7 +7,10 @@
 
 use std::time::{Duration, Instant};
 
-use gateway_tests::http::{get_from, pause, request, tiers_and_app, FakeUpstream, ProxyGateway};
+use gateway_tests::{
+    gateway::Gateway,
+    http::{get_from, pause, request, tiers_and_app, FakeUpstream},
+};
 
 fn config(upstream: &FakeUpstream) -> String {
     tiers_and_app(upstream.addr)
@@ -31,8 +34,8 @@ limit_by = "source"
 #[test]
 fn over_quota_is_429_with_headers_and_refusals_cost_nothing() {
     let upstream = FakeUpstream::start(None);
-    let gateway = ProxyGateway::new(&config(&upstream));
-    let key = gateway.create_key("bronze", &[]);
+    let gateway = Gateway::builder(&config(&upstream));
+    let key = gateway.create_key("bronze");
     let gateway = gateway.start();
     let get = |path: &str| gateway.get(path, &[("x-api-key", &key)]);
 
@@ -68,8 +71,8 @@ fn over_quota_is_429_with_headers_and_refusals_cost_nothing() {
     // Another tier, another quota.
     let gold = {
         let fresh = FakeUpstream::start(None);
-        let gateway = ProxyGateway::new(&config(&fresh));
-        let key = gateway.create_key("gold", &[]);
+        let gateway = Gateway::builder(&config(&fresh));
+        let key = gateway.create_key("gold");
         let gateway = gateway.start();
         let reply = gateway.get("/api/a", &[("x-api-key", &key)]);
         (
@@ -83,9 +86,9 @@ fn over_quota_is_429_with_headers_and_refusals_cost_nothing() {
 #[test]
 fn per_source_limits_are_shared_by_clients_at_that_source() {
     let upstream = FakeUpstream::start(None);
-    let gateway = ProxyGateway::new(&config(&upstream));
-    let a = gateway.create_key("bronze", &[]);
-    let b = gateway.create_key("bronze", &[]);
+    let gateway = Gateway::builder(&config(&upstream));
+    let a = gateway.create_key("bronze");
+    let b = gateway.create_key("bronze");
     let gateway = gateway.start();
     let statuses: Vec<u16> = [&a, &b, &a, &b]
         .iter()
@@ -100,7 +103,7 @@ fn per_source_limits_are_shared_by_clients_at_that_source() {
 fn an_overloaded_upstream_sheds_bronze_before_gold_and_recovers() {
     let upstream = FakeUpstream::start(Some(Duration::from_millis(1500)));
     // Bronze may have one request in flight, gold all three.
-    let gateway = ProxyGateway::new(&format!(
+    let gateway = Gateway::builder(&format!(
         r#"
 [[tiers]]
 name = "bronze"
@@ -127,8 +130,8 @@ upstream = "app"
 "#,
         addr = upstream.addr
     ));
-    let bronze = gateway.create_key("bronze", &[]);
-    let gold = gateway.create_key("gold", &[]);
+    let bronze = gateway.create_key("bronze");
+    let gold = gateway.create_key("gold");
     let gateway = gateway.start();
     let addr = gateway.addr;
     let slow = {
@@ -174,10 +177,10 @@ fn upstream_errors_after_the_limit_phase_still_carry_the_rate_limit_headers() {
         .unwrap()
         .local_addr()
         .unwrap();
-    let gateway = ProxyGateway::new(&format!(
+    let gateway = Gateway::builder(&format!(
         "[[upstreams]]\nname = \"app\"\nservers = [\"{closed}\"]\n\n[[routes]]\npath_prefix = \"/\"\nupstream = \"app\"\n"
     ));
-    let key = gateway.create_key("silver", &[]);
+    let key = gateway.create_key("silver");
     let gateway = gateway.start();
     let reply = gateway.get("/x", &[("x-api-key", &key)]);
     assert_eq!(reply.status, 502);
@@ -188,12 +191,12 @@ fn upstream_errors_after_the_limit_phase_still_carry_the_rate_limit_headers() {
 #[test]
 fn without_xdp_a_guessing_source_is_refused_in_userspace_until_its_ban_ends() {
     let upstream = FakeUpstream::start(None);
-    let gateway = ProxyGateway::new(&format!(
+    let gateway = Gateway::builder(&format!(
         "[guard]\nauth_failures = 3\nauth_failure_ban = \"2s\"\n\n\
          [[upstreams]]\nname = \"app\"\nservers = [\"{}\"]\n\n[[routes]]\npath_prefix = \"/\"\nupstream = \"app\"\n",
         upstream.addr
     ));
-    let key = gateway.create_key("gold", &[]);
+    let key = gateway.create_key("gold");
     let gateway = gateway.start();
     let local = "127.0.0.1".parse().unwrap();
     let get = |key: &str| {

@@ -12,7 +12,10 @@ use std::{
 };
 
 use base64::{engine::general_purpose::STANDARD, Engine};
-use gateway_tests::http::{request_with_body, FakeUpstream, ProxyGateway};
+use gateway_tests::{
+    gateway::Gateway,
+    http::{request_with_body, FakeUpstream},
+};
 
 const CLIENT: &str = "svc-oidc";
 const SECRET: &str = "test-only-secret";
@@ -89,7 +92,7 @@ impl Drop for Idp {
 fn tokens_from_a_real_openid_provider_are_accepted_via_discovery() {
     let idp = Idp::start();
     let upstream = FakeUpstream::start(None);
-    let gateway = ProxyGateway::new(&format!(
+    let gateway = Gateway::builder(&format!(
         r#"
 [[issuers]]
 issuer = "{issuer}"

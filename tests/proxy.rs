@@ -6,8 +6,9 @@
 use std::{process::Command, time::Duration};
 
 use gateway_tests::{
-    gateway_bin,
-    http::{FakeUpstream, ProxyGateway, TempDir},
+    fs::TempDir,
+    gateway::{gateway_bin, Gateway},
+    http::FakeUpstream,
 };
 
 /// One upstream behind `/api/` (API key, scope `read` required), an open
@@ -57,9 +58,9 @@ fn check_digits(body: &str) -> String {
     String::from_utf8(digits.to_vec()).unwrap()
 }
 
-fn started(upstream: &FakeUpstream) -> (ProxyGateway, String) {
-    let gateway = ProxyGateway::new(&config(upstream));
-    let key = gateway.create_key("silver", &["--scopes", "read,write"]);
+fn started(upstream: &FakeUpstream) -> (Gateway, String) {
+    let gateway = Gateway::builder(&config(upstream));
+    let key = gateway.create_key_with("silver", &["--scopes", "read,write"]);
     (gateway.start(), key)
 }
 
@@ -210,8 +211,8 @@ fn scopes_credentials_kept_on_request_and_unknown_paths() {
 #[test]
 fn expired_tampered_and_unknown_keys_are_refused() {
     let upstream = FakeUpstream::start(None);
-    let gateway = ProxyGateway::new(&config(&upstream));
-    let expiring = gateway.create_key("gold", &["--scopes", "read", "--expires-in", "2s"]);
+    let gateway = Gateway::builder(&config(&upstream));
+    let expiring = gateway.create_key_with("gold", &["--scopes", "read", "--expires-in", "2s"]);
     let gateway = gateway.start();
     assert_eq!(
         gateway.get("/api/a", &[("x-api-key", &expiring)]).status,
@@ -246,7 +247,7 @@ fn expired_tampered_and_unknown_keys_are_refused() {
 fn keys_created_while_running_take_effect_and_logs_hold_no_keys() {
     let upstream = FakeUpstream::start(None);
     let (gateway, key) = started(&upstream);
-    let fresh = gateway.create_key("bronze", &["--scopes", "read"]);
+    let fresh = gateway.create_key_with("bronze", &["--scopes", "read"]);
     let mut status = 0;
     for _ in 0..50 {
         status = gateway.get("/api/a", &[("x-api-key", &fresh)]).status;
@@ -257,7 +258,10 @@ fn keys_created_while_running_take_effect_and_logs_hold_no_keys() {
         std::thread::sleep(Duration::from_millis(100));
     }
     assert_eq!(status, 200, "a key created while running is picked up");
-    gateway.get(&format!("/api/a?api_key={key}"), &[]);
+    assert_eq!(
+        gateway.get(&format!("/api/a?api_key={key}"), &[]).status,
+        200
+    );
 
     let line = gateway.wait_for_log(|l| l["status"] == 200 && l["tier"] == "silver");
     assert_eq!(line["path"], "/api/a");
@@ -279,7 +283,7 @@ fn dead_upstream_is_502_then_503_and_slow_upstream_is_504() {
         .local_addr()
         .unwrap();
     let slow = FakeUpstream::start(Some(Duration::from_secs(3)));
-    let gateway = ProxyGateway::new(&format!(
+    let gateway = Gateway::builder(&format!(
         r#"
 [limits]
 upstream_timeout = "500ms"
@@ -353,18 +357,8 @@ fn check_config_names_the_offending_key_path() {
 #[test]
 fn disabled_clients_are_refused_and_can_be_enabled_again() {
     let upstream = FakeUpstream::start(None);
-    let gateway = ProxyGateway::new(&config(&upstream));
-    let output = Command::new(gateway_bin())
-        .args([
-            "keys", "create", "--name", "d", "--tier", "gold", "--scopes", "read", "--json",
-            "--config",
-        ])
-        .arg(&gateway.config)
-        .output()
-        .unwrap();
-    let created: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
-    let key = created["api_key"].as_str().unwrap().to_owned();
-    let client = created["id"].as_str().unwrap().to_owned();
+    let gateway = Gateway::builder(&config(&upstream));
+    let (client, key) = gateway.create_client("gold", &["--scopes", "read"]);
     let gateway = gateway.start();
     assert_eq!(gateway.get("/api/a", &[("x-api-key", &key)]).status, 200);
 
@@ -405,7 +399,7 @@ fn disabled_clients_are_refused_and_can_be_enabled_again() {
 fn idle_http2_connections_are_closed_after_the_request_timeout() {
     use std::io::{Read, Write};
     let upstream = FakeUpstream::start(None);
-    let gateway = ProxyGateway::new(&format!(
+    let gateway = Gateway::builder(&format!(
         "[limits]\nrequest_timeout = \"1s\"\n\n[[upstreams]]\nname = \"app\"\nservers = [\"{}\"]\n\n\
          [[routes]]\npath_prefix = \"/\"\nupstream = \"app\"\nauth = \"none\"\n",
         upstream.addr
@@ -427,7 +421,91 @@ fn idle_http2_connections_are_closed_after_the_request_timeout() {
         closed.is_ok(),
         "the idle connection was still open after 10 s: {closed:?}"
     );
-    // The last frame before the close is a GOAWAY (type 7).
-    let goaway = received.windows(4).any(|w| w[3] == 7 && w[0] == 0);
-    assert!(goaway, "no GOAWAY among {} bytes", received.len());
+    // Whole frames, all on the connection (stream 0: no stream was
+    // opened): the server's preface SETTINGS first, then a GOAWAY saying
+    // the server closes without an error. Its last stream id is 0 (nothing
+    // processed) or 2^31-1, the first GOAWAY of a graceful shutdown (RFC
+    // 9113, 6.8), which a PING and a final GOAWAY may follow.
+    let frames = h2_frames(&received);
+    assert_eq!(frames.first().map(|f| f.kind), Some(SETTINGS), "{frames:?}");
+    assert!(frames.iter().all(|f| f.stream == 0), "{frames:?}");
+    let goaways: Vec<GoAway> = frames
+        .iter()
+        .filter(|f| f.kind == GOAWAY)
+        .map(|f| {
+            assert_eq!(f.flags, 0, "GOAWAY defines no flags");
+            GoAway::parse(&f.payload)
+        })
+        .collect();
+    assert!(!goaways.is_empty(), "no GOAWAY among {frames:?}");
+    for goaway in &goaways {
+        assert_eq!(goaway.error, NO_ERROR, "{goaways:?}");
+        assert!(
+            [0, 0x7fff_ffff].contains(&goaway.last_stream),
+            "{goaways:?}"
+        );
+    }
+}
+
+/// HTTP/2 frame types and error codes (RFC 9113, 6 and 7).
+const SETTINGS: u8 = 0x4;
+const GOAWAY: u8 = 0x7;
+const NO_ERROR: u32 = 0x0;
+
+/// One HTTP/2 frame: its 9-byte header (24-bit length, type, flags,
+/// reserved bit and 31-bit stream id), then `length` bytes of payload.
+#[derive(Debug)]
+struct Frame {
+    kind: u8,
+    flags: u8,
+    stream: u32,
+    payload: Vec<u8>,
+}
+
+/// Splits what a server sent into frames; panics unless the bytes are
+/// whole frames, back to back.
+fn h2_frames(mut bytes: &[u8]) -> Vec<Frame> {
+    let mut frames = Vec::new();
+    while !bytes.is_empty() {
+        assert!(bytes.len() >= 9, "a truncated frame header: {bytes:?}");
+        let (header, rest) = bytes.split_at(9);
+        let length = u32::from_be_bytes([0, header[0], header[1], header[2]]) as usize;
+        let stream = u32::from_be_bytes([header[5], header[6], header[7], header[8]]) & 0x7fff_ffff;
+        assert!(
+            rest.len() >= length,
+            "a truncated frame: {header:?} with {} bytes",
+            rest.len()
+        );
+        let (payload, rest) = rest.split_at(length);
+        frames.push(Frame {
+            kind: header[3],
+            flags: header[4],
+            stream,
+            payload: payload.to_vec(),
+        });
+        bytes = rest;
+    }
+    frames
+}
+
+/// A GOAWAY payload: the last stream the server processed and why it
+/// closes (0 = NO_ERROR); debug data, if any, ignored.
+#[derive(Debug, PartialEq, Eq)]
+struct GoAway {
+    last_stream: u32,
+    error: u32,
+}
+
+impl GoAway {
+    fn parse(payload: &[u8]) -> Self {
+        assert!(
+            payload.len() >= 8,
+            "a GOAWAY payload is at least 8 bytes: {payload:?}"
+        );
+        let word = |at: usize| u32::from_be_bytes(payload[at..at + 4].try_into().unwrap());
+        Self {
+            last_stream: word(0) & 0x7fff_ffff,
+            error: word(4),
+        }
+    }
 }

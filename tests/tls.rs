@@ -5,10 +5,7 @@
 
 use std::{path::Path, process::Command};
 
-use gateway_tests::{
-    http::{FakeUpstream, ProxyGateway, TempDir},
-    openssl,
-};
+use gateway_tests::{cmd::openssl, fs::TempDir, gateway::Gateway, http::FakeUpstream};
 
 fn routes(upstream: &FakeUpstream, tls: &str) -> String {
     format!(
@@ -32,7 +29,7 @@ auth = "none"
 }
 
 /// The port of the gateway's TLS listener.
-fn tls_port(gateway: &ProxyGateway) -> u16 {
+fn tls_port(gateway: &Gateway) -> u16 {
     let url = gateway
         .listeners
         .iter()
@@ -61,7 +58,7 @@ fn curl(port: u16, ca: &Path, extra: &[&str]) -> (bool, String) {
 #[test]
 fn tls_serves_h2_and_h1_and_keeps_its_self_signed_certificate() {
     let upstream = FakeUpstream::start(None);
-    let gateway = ProxyGateway::new(&routes(&upstream, "")).start();
+    let gateway = Gateway::builder(&routes(&upstream, "")).start();
     let cert = gateway.state_dir.join("self-signed.crt");
     let first = std::fs::read(&cert).unwrap();
 
@@ -152,7 +149,7 @@ fn mtls_requires_a_client_certificate_from_the_configured_ca() {
 
     let upstream = FakeUpstream::start(None);
     let tls = format!("client_ca = \"{}\"", dir.join("ca.pem").display());
-    let gateway = ProxyGateway::new(&routes(&upstream, &tls)).start();
+    let gateway = Gateway::builder(&routes(&upstream, &tls)).start();
     let cert = gateway.state_dir.join("self-signed.crt");
     let port = tls_port(&gateway);
 

@@ -13,8 +13,9 @@ use std::{
 };
 
 use base64::{engine::general_purpose::STANDARD, Engine};
-use gateway_tests::http::{
-    pause, request_with_body, tiers_and_app, FakeUpstream, ProxyGateway, Reply,
+use gateway_tests::{
+    gateway::Gateway,
+    http::{pause, request_with_body, tiers_and_app, FakeUpstream, Reply},
 };
 use serde_json::Value;
 
@@ -34,18 +35,18 @@ upstream_identity = "jwt"
 "#
 }
 
-fn token_request(gateway: &ProxyGateway, headers: &[(&str, &str)], form: &str) -> Reply {
+fn token_request(gateway: &Gateway, headers: &[(&str, &str)], form: &str) -> Reply {
     let mut all = vec![("content-type", "application/x-www-form-urlencoded")];
     all.extend_from_slice(headers);
     request_with_body(gateway.addr, "POST", "/oauth2/token", &all, form)
 }
 
-fn issuer(gateway: &ProxyGateway) -> String {
+fn issuer(gateway: &Gateway) -> String {
     format!("http://{}", gateway.addr)
 }
 
 /// `jose` verifies `token` for `audience` via discovery and the JWKS.
-fn jose_verify(gateway: &ProxyGateway, audience: &str, token: &str) -> Value {
+fn jose_verify(gateway: &Gateway, audience: &str, token: &str) -> Value {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("oidc");
     assert!(
         dir.join("node_modules/jose").is_dir(),
@@ -69,7 +70,7 @@ fn jose_verify(gateway: &ProxyGateway, audience: &str, token: &str) -> Value {
 #[test]
 fn client_credentials_buy_a_token_the_gateway_and_jose_accept() {
     let upstream = FakeUpstream::start(None);
-    let gateway = ProxyGateway::new(&config(&upstream));
+    let gateway = Gateway::builder(&config(&upstream));
     let (id, key) = gateway.create_client("bronze", &["--scopes", "read,write"]);
     let gateway = gateway.start();
 
@@ -178,7 +179,7 @@ fn client_credentials_buy_a_token_the_gateway_and_jose_accept() {
 #[test]
 fn upstreams_get_a_gateway_signed_token_and_rotation_keeps_old_tokens_valid() {
     let upstream = FakeUpstream::start(None);
-    let gateway = ProxyGateway::new(&config(&upstream));
+    let gateway = Gateway::builder(&config(&upstream));
     let (id, key) = gateway.create_client("gold", &[]);
     let gateway = gateway.start();
 

@@ -11,7 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use gateway_tests::http::{FakeUpstream, ProxyGateway};
+use gateway_tests::{gateway::Gateway, http::FakeUpstream};
 
 fn pause(duration: Duration) {
     #[allow(clippy::disallowed_methods, reason = "sync test")]
@@ -44,7 +44,7 @@ fn wait_for_probes(upstream: &FakeUpstream, more: usize) {
 fn health_checks_take_a_failing_server_out_and_bring_it_back() {
     let a = FakeUpstream::start(None);
     let b = FakeUpstream::start(None);
-    let gateway = ProxyGateway::new(&format!(
+    let gateway = Gateway::builder(&format!(
         r#"
 [[upstreams]]
 name = "app"
@@ -146,7 +146,7 @@ fn upgrade(gateway: SocketAddr, extra: &str) -> (String, TcpStream) {
 #[test]
 fn websocket_upgrades_are_proxied_after_authentication() {
     let (echo, head) = echo_upgrade_server();
-    let gateway = ProxyGateway::new(&format!(
+    let gateway = Gateway::builder(&format!(
         r#"
 [[upstreams]]
 name = "ws"
@@ -158,7 +158,7 @@ upstream = "ws"
 auth = "api_key"
 "#
     ));
-    let key = gateway.create_key("gold", &[]);
+    let key = gateway.create_key("gold");
     let gateway = gateway.start();
 
     let (refused, _) = upgrade(gateway.addr, "");

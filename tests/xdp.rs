@@ -10,12 +10,14 @@ use std::{
 };
 
 use gateway_tests::{
-    attached_xdp_programs, gateway_bin,
-    http::TempDir,
-    minimal_config,
+    fs::TempDir,
+    gateway::{gateway_bin, minimal_config, Gateway, GatewayBuilder},
+    netns::{
+        attached_xdp_programs, Listener, Topology, CLIENT2_V4, CLIENT2_V6, CLIENT_V4, CLIENT_V6,
+        SERVER_IF, SERVER_V4, SERVER_V6,
+    },
     packet::{Ipv6Ext, TcpFrame, ETH_P_8021AD, ETH_P_8021Q},
-    require_root, Gateway, Listener, Topology, CLIENT2_V4, CLIENT2_V6, CLIENT_V4, CLIENT_V6,
-    SERVER_IF, SERVER_V4, SERVER_V6,
+    require_root,
 };
 
 const PROTECTED: u16 = 8080;
@@ -33,12 +35,20 @@ fn sleep(duration: Duration) {
     std::thread::sleep(duration);
 }
 
+/// A gateway in the server namespace with XDP protecting 8080, no routes.
+fn protecting(topology: &Topology, extra: &[&str]) -> GatewayBuilder {
+    Gateway::builder("")
+        .in_namespace(&topology.server)
+        .xdp(&PROTECTED.to_string())
+        .args(extra)
+}
+
 /// Namespaces, a listener on both ports, and a gateway protecting 8080.
 fn setup(extra: &[&str]) -> (Topology, Listener, Listener, Gateway) {
     let topology = Topology::new();
     let protected = Listener::start(&topology.server, PROTECTED);
     let unprotected = Listener::start(&topology.server, UNPROTECTED);
-    let gateway = Gateway::start(&topology, &PROTECTED.to_string(), extra);
+    let gateway = protecting(&topology, extra).start();
     (topology, protected, unprotected, gateway)
 }
 
@@ -159,7 +169,7 @@ fn allowlisted_cidr_is_never_dropped() {
     assert!(gateway.counter("allowlisted") >= 1);
     drop(gateway);
 
-    let gateway = Gateway::start(&topology, "8080", &["--allow", "10.77.0.2/32"]);
+    let gateway = protecting(&topology, &["--allow", "10.77.0.2/32"]).start();
     gateway.xdp(&["ban", CLIENT_V4, "--for", "60s"]);
     gateway.xdp(&["ban", CLIENT2_V4, "--for", "60s"]);
     assert!(topology.connects(CLIENT_V4, SERVER_V4, PROTECTED, OK));
@@ -272,12 +282,15 @@ fn restart_after_crash_replaces_stale_pins_and_keeps_bans() {
         "a crash leaves pins"
     );
 
-    let restarted = Gateway::start_with_root(&topology, "8080", &[], gateway.pin_root.clone());
+    let mut restarted = protecting(&topology, &[])
+        .pin_root(gateway.pin_root.clone())
+        .start();
     assert_eq!(attached_xdp_programs(&topology.server, SERVER_IF), 1);
     assert!(!topology.connects(CLIENT_V4, SERVER_V4, PROTECTED, DROPPED));
     assert!(topology.connects(CLIENT2_V4, SERVER_V4, PROTECTED, OK));
     assert_eq!(restarted.status()["owner_running"], true);
-    drop(restarted);
+    // Stopped by hand: dropping the harness would sweep the pins itself.
+    assert!(restarted.stop(), "SIGTERM: a clean exit");
     assert!(
         !gateway.pin_root.exists(),
         "a clean shutdown removes the pins and the pin root"

@@ -27,11 +27,10 @@ fn unix_now() -> i64 {
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let dir = std::env::temp_dir().join(format!("gateway-bench-auth-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let result = run(&dir);
-    let _ = std::fs::remove_dir_all(&dir);
-    result
+    let dir = tempfile::Builder::new()
+        .prefix("gateway-bench-auth-")
+        .tempdir()?;
+    run(dir.path())
 }
 
 fn run(dir: &std::path::Path) -> Result<(), Box<dyn std::error::Error>> {

@@ -26,10 +26,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn monotonic_moves_forward() {
+    fn monotonic_is_ordered_and_counts_nanoseconds() {
         let a = monotonic_ns();
         let b = monotonic_ns();
         assert!(a > 0);
-        assert!(b >= a);
+        assert!(b >= a, "reads are ordered: {a} then {b}");
+        // A sleep of N ms moves the clock by at least N ms: the unit is
+        // nanoseconds (a seconds or microseconds mix-up falls short). No
+        // upper bound: a busy machine may sleep much longer.
+        let before = monotonic_ns();
+        #[allow(clippy::disallowed_methods, reason = "a sync test of the clock itself")]
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let after = monotonic_ns();
+        assert!(
+            after - before >= 20_000_000,
+            "20 ms of sleep moved the clock by {} ns",
+            after - before
+        );
     }
 }

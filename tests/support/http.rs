@@ -1,45 +1,19 @@
-//! HTTP test support: a fake upstream that records what it received, a
-//! gateway on port 0 with a temp config and key store, and a minimal
-//! HTTP/1.1 client. Loopback only; every wait is bounded.
+//! HTTP test support: a fake upstream that records what it received and a
+//! minimal HTTP/1.1 client. Loopback only; every wait is bounded.
 use std::{
     collections::BTreeMap,
     io::{BufRead, BufReader, Read, Write},
     net::{SocketAddr, TcpListener, TcpStream},
-    path::PathBuf,
-    process::{Child, Command, Stdio},
     sync::{
-        atomic::{AtomicBool, AtomicU16, AtomicU32, Ordering},
-        mpsc, Arc, Mutex,
+        atomic::{AtomicBool, AtomicU16, Ordering},
+        Arc, Mutex,
     },
     thread,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
-use crate::gateway_bin;
-
-/// A directory removed on drop.
-pub struct TempDir {
-    pub path: PathBuf,
-}
-
-impl TempDir {
-    pub fn new(tag: &str) -> Self {
-        static NEXT: AtomicU32 = AtomicU32::new(0);
-        let path = std::env::temp_dir().join(format!(
-            "gw-{tag}-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&path).unwrap();
-        Self { path }
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.path);
-    }
-}
+/// The one temp dir ([`crate::fs::TempDir`]), where xtask's benches import it.
+pub use crate::fs::TempDir;
 
 /// What the upstream saw: method, target (path and query), headers
 /// (lower-case names, values joined by ", ").
@@ -298,191 +272,4 @@ pub fn tiers_and_app(upstream: SocketAddr) -> String {
          [[tiers]]\nname = \"gold\"\nrequests = 1000\n\n\
          [[upstreams]]\nname = \"app\"\nservers = [\"{upstream}\"]\n"
     )
-}
-
-/// `gateway run --config <temp> --no-xdp` on 127.0.0.1:0, stdout collected.
-/// Made in two steps ([`ProxyGateway::new`], then [`ProxyGateway::start`])
-/// so tests can create keys in the store before the gateway loads it.
-pub struct ProxyGateway {
-    child: Option<Child>,
-    /// The first listener (plain HTTP in every config these tests write).
-    pub addr: SocketAddr,
-    /// Every listener, as printed: `http://..` or `https://..`.
-    pub listeners: Vec<String>,
-    /// The admin listener (`/metrics`, management API).
-    pub admin: Option<SocketAddr>,
-    /// The gateway's `state_dir` (self-signed certificate, ...).
-    pub state_dir: PathBuf,
-    pub config: PathBuf,
-    lines: Arc<Mutex<Vec<String>>>,
-    _dir: TempDir,
-}
-
-impl ProxyGateway {
-    /// Writes the config: a listener on port 0, a temp key store, then
-    /// `body` (upstreams, routes, ...).
-    pub fn new(body: &str) -> Self {
-        let dir = TempDir::new("proxy");
-        let config = dir.path.join("gateway.toml");
-        let state_dir = dir.path.join("state");
-        let text = format!(
-            "state_dir = \"{}\"\n\n[admin]\naddress = \"127.0.0.1:0\"\n\n[[listeners]]\naddress = \"127.0.0.1:0\"\n\n[keys]\nstore = \"{}\"\nrefresh = \"100ms\"\n\n{body}",
-            state_dir.display(),
-            dir.path.join("keys.db").display()
-        );
-        std::fs::write(&config, text).unwrap();
-        Self {
-            child: None,
-            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-            listeners: Vec::new(),
-            admin: None,
-            state_dir,
-            config,
-            lines: Arc::default(),
-            _dir: dir,
-        }
-    }
-
-    /// Starts the gateway and waits for its "ready:" line.
-    pub fn start(mut self) -> Self {
-        let mut child = Command::new(gateway_bin())
-            .args(["run", "--no-xdp", "--config"])
-            .arg(&self.config)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        self.child = Some(child);
-        let (tx, rx) = mpsc::channel();
-        let sink = self.lines.clone();
-        thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                sink.lock().unwrap().push(line.clone());
-                let _ = tx.send(line);
-            }
-        });
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let line = rx
-                .recv_timeout(left)
-                .unwrap_or_else(|_| panic!("gateway did not become ready within 30 s"));
-            if let Some(url) = line.strip_prefix("listening: ") {
-                if self.listeners.is_empty() {
-                    let plain = url
-                        .strip_prefix("http://")
-                        .expect("first listener is plain HTTP");
-                    self.addr = plain.parse().unwrap();
-                }
-                self.listeners.push(url.to_owned());
-            }
-            if let Some(url) = line.strip_prefix("admin: http://") {
-                self.admin = Some(url.parse().unwrap());
-            }
-            if line.starts_with("ready:") {
-                assert_ne!(self.addr.port(), 0, "gateway printed no listening address");
-                return self;
-            }
-        }
-    }
-
-    pub fn get(&self, target: &str, headers: &[(&str, &str)]) -> Reply {
-        request(self.addr, "GET", target, headers)
-    }
-
-    /// Stops the gateway and starts it again on the same config and state.
-    pub fn restart(mut self) -> Self {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        self.listeners.clear();
-        self.lines.lock().unwrap().clear();
-        self.start()
-    }
-
-    /// `gateway keys create ... --json` on this gateway's store; the key.
-    pub fn create_key(&self, tier: &str, extra: &[&str]) -> String {
-        self.create_client(tier, extra).1
-    }
-
-    /// Like [`ProxyGateway::create_key`]: the client id and the key.
-    pub fn create_client(&self, tier: &str, extra: &[&str]) -> (String, String) {
-        let output = Command::new(gateway_bin())
-            .args([
-                "keys", "create", "--name", "test", "--tier", tier, "--json", "--config",
-            ])
-            .arg(&self.config)
-            .args(extra)
-            .output()
-            .unwrap();
-        assert!(
-            output.status.success(),
-            "keys create failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        let value: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
-        (
-            value["id"].as_str().unwrap().to_owned(),
-            value["api_key"].as_str().unwrap().to_owned(),
-        )
-    }
-
-    /// `gateway <args>` with `env` set.
-    pub fn cli(&self, args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
-        Command::new(gateway_bin())
-            .args(args)
-            .envs(env.iter().copied())
-            .output()
-            .unwrap()
-    }
-
-    /// `GET path` on the admin listener.
-    pub fn admin_get(&self, path: &str, headers: &[(&str, &str)]) -> Reply {
-        request(self.admin.expect("no admin listener"), "GET", path, headers)
-    }
-
-    /// Access-log lines (JSON objects) printed so far.
-    pub fn access_log(&self) -> Vec<serde_json::Value> {
-        self.lines
-            .lock()
-            .unwrap()
-            .iter()
-            .filter_map(|line| serde_json::from_str(line).ok())
-            .collect()
-    }
-
-    /// The first access-log line matching `predicate`, waiting up to 5 s
-    /// for it (stdout is read on another thread).
-    pub fn wait_for_log(
-        &self,
-        predicate: impl Fn(&serde_json::Value) -> bool,
-    ) -> serde_json::Value {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            if let Some(line) = self.access_log().into_iter().find(|l| predicate(l)) {
-                return line;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no matching access-log line: {}",
-                self.log_text()
-            );
-            pause(Duration::from_millis(20));
-        }
-    }
-
-    pub fn log_text(&self) -> String {
-        self.lines.lock().unwrap().join("\n")
-    }
-}
-
-impl Drop for ProxyGateway {
-    fn drop(&mut self) {
-        if let Some(child) = &mut self.child {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
 }

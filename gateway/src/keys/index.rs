@@ -141,34 +141,10 @@ mod tests {
     use super::super::store::{ClientUpdate, NewClient, SqliteStore};
     use super::*;
 
-    fn store() -> (tempdir::TempDir, SqliteStore) {
-        let dir = tempdir::TempDir::new();
-        let store = SqliteStore::open(&dir.path.join("keys.db")).unwrap();
+    fn store() -> (tempfile::TempDir, SqliteStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("keys.db")).unwrap();
         (dir, store)
-    }
-
-    /// A throwaway directory without another crate.
-    mod tempdir {
-        pub struct TempDir {
-            pub path: std::path::PathBuf,
-        }
-        impl TempDir {
-            pub fn new() -> Self {
-                static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-                let path = std::env::temp_dir().join(format!(
-                    "gw-keys-{}-{}",
-                    std::process::id(),
-                    N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-                ));
-                std::fs::create_dir_all(&path).unwrap();
-                Self { path }
-            }
-        }
-        impl Drop for TempDir {
-            fn drop(&mut self) {
-                let _ = std::fs::remove_dir_all(&self.path);
-            }
-        }
     }
 
     fn client(name: &str, expires_at: Option<i64>) -> NewClient {
@@ -274,8 +250,8 @@ mod tests {
             Err(StoreError::DuplicateExternalId(_))
         ));
         drop(store);
-        let bytes = std::fs::read(dir.path.join("keys.db")).unwrap();
-        let wal = std::fs::read(dir.path.join("keys.db-wal")).unwrap_or_default();
+        let bytes = std::fs::read(dir.path().join("keys.db")).unwrap();
+        let wal = std::fs::read(dir.path().join("keys.db-wal")).unwrap_or_default();
         let secret = &key[key.len() - 49..key.len() - 6];
         for file in [bytes, wal] {
             assert!(!file.windows(secret.len()).any(|w| w == secret.as_bytes()));

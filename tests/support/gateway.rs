@@ -1,0 +1,326 @@
+//! The gateway binary under test, run by one harness for every test file:
+//! [`Gateway::builder`] writes a config (listeners and admin on port 0, a
+//! key store and state dir in a temp dir, then the test's own tables),
+//! keys may be created in its store, then [`GatewayBuilder::start`] runs
+//! `gateway run` (on loopback with `--no-xdp`, or inside a test namespace
+//! with XDP on its veth) and waits for its `ready:` line.
+mod builder;
+
+use std::{
+    io::{BufRead, BufReader},
+    net::SocketAddr,
+    path::PathBuf,
+    process::{Child, Command, Output},
+    sync::{mpsc, Arc, Mutex, Once},
+    thread,
+    time::{Duration, Instant},
+};
+
+use builder::{cli, create_client, Launch};
+pub use builder::{minimal_config, GatewayBuilder};
+
+use crate::{
+    cmd::{checked, sh},
+    fs::TempDir,
+    http::{pause, request, Reply},
+    netns::Topology,
+};
+
+/// How long a gateway may take to print `ready:`.
+const READY_WITHIN: Duration = Duration::from_secs(30);
+/// Stdout lines (access log, ...) kept for [`Gateway::access_log`]; more
+/// than any test makes, and a bound for long benchmark runs.
+const KEPT_LINES: usize = 10_000;
+
+/// The gateway binary under test: `GATEWAY_BIN` (set by `cargo xtask test`),
+/// else `target/debug/gateway` next to this test executable.
+pub fn gateway_bin() -> PathBuf {
+    if let Some(path) = std::env::var_os("GATEWAY_BIN") {
+        return PathBuf::from(path);
+    }
+    let exe = std::env::current_exe().unwrap();
+    // target/debug/deps/xdp-HASH -> target/debug/gateway
+    let path = exe.parent().unwrap().parent().unwrap().join("gateway");
+    assert!(
+        path.is_file(),
+        "{} not found: run `cargo xtask test` (it builds the gateway with its XDP object)",
+        path.display()
+    );
+    path
+}
+
+/// Mounts bpffs at /sys/fs/bpf once per test process, before any gateway
+/// starts, so parallel gateways never race to stack two mounts.
+fn ensure_bpffs() {
+    static MOUNT: Once = Once::new();
+    MOUNT.call_once(|| {
+        let mounted = Command::new("stat")
+            .args(["-f", "-c", "%T", "/sys/fs/bpf"])
+            .output()
+            .map(|out| String::from_utf8_lossy(&out.stdout).trim() == "bpf_fs")
+            .unwrap_or(false);
+        if !mounted {
+            sh("mount", &["-t", "bpf", "bpf", "/sys/fs/bpf"]);
+        }
+    });
+}
+
+/// A running `gateway run`. Dropping it stops the gateway (with XDP:
+/// SIGTERM so it detaches and unpins, then SIGKILL after 10 s, and removes
+/// any pins left; without: SIGKILL) and removes its temp dir.
+pub struct Gateway {
+    child: Option<Child>,
+    launch: Launch,
+    /// The first listener: the base config's plain HTTP one.
+    pub addr: SocketAddr,
+    /// Every listener, as printed: `http://..` or `https://..`.
+    pub listeners: Vec<String>,
+    /// The admin listener (`/metrics`, management API); inside the
+    /// gateway's namespace if it runs in one.
+    pub admin: Option<SocketAddr>,
+    /// The `ready: ...` line (how bans are enforced).
+    pub ready_line: String,
+    /// The gateway's `state_dir` (self-signed certificate, audit log, ...).
+    pub state_dir: PathBuf,
+    pub config: PathBuf,
+    /// Where XDP pins its maps (with [`GatewayBuilder::xdp`]).
+    pub pin_root: PathBuf,
+    /// Stdout lines so far (at most [`KEPT_LINES`]).
+    lines: Arc<Mutex<Vec<String>>>,
+    _dir: TempDir,
+}
+
+impl Gateway {
+    /// A gateway on `body` (listeners, upstreams, routes, tiers, ...)
+    /// appended to the base config; on loopback with `--no-xdp` unless the
+    /// builder says otherwise.
+    pub fn builder(body: &str) -> GatewayBuilder {
+        GatewayBuilder::new(body)
+    }
+
+    /// In the server namespace of `topology` with XDP protecting `ports`,
+    /// `extra` run arguments, the base config only. This and the next two
+    /// are shorthands for the builder that xtask's benches call.
+    pub fn start(topology: &Topology, ports: &str, extra: &[&str]) -> Self {
+        Self::start_proxy(topology, ports, extra, "")
+    }
+
+    /// Like [`Gateway::start`], with `body` appended to the base config;
+    /// `--no-xdp` among `extra` leaves XDP off.
+    pub fn start_proxy(topology: &Topology, ports: &str, extra: &[&str], body: &str) -> Self {
+        let builder = Self::builder(body).in_namespace(&topology.server);
+        let without_xdp = extra.contains(&"--no-xdp");
+        let extra: Vec<&str> = extra.iter().copied().filter(|a| *a != "--no-xdp").collect();
+        let builder = builder.args(&extra);
+        if without_xdp {
+            builder.start()
+        } else {
+            builder.xdp(ports).start()
+        }
+    }
+
+    /// Like [`Gateway::start_proxy`] with the kernel path off (`--no-xdp`):
+    /// bans are enforced in userspace only.
+    pub fn start_proxy_without_xdp(topology: &Topology, body: &str) -> Self {
+        Self::builder(body).in_namespace(&topology.server).start()
+    }
+
+    fn spawn(&mut self) {
+        let mut child = self.launch.spawn(&self.config);
+        let stdout = child.stdout.take().unwrap();
+        self.child = Some(child);
+        let (tx, rx) = mpsc::channel();
+        let sink = self.lines.clone();
+        thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                {
+                    let mut kept = sink.lock().unwrap();
+                    if kept.len() < KEPT_LINES {
+                        kept.push(line.clone());
+                    }
+                }
+                let _ = tx.send(line);
+            }
+        });
+        let deadline = Instant::now() + READY_WITHIN;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let Ok(line) = rx.recv_timeout(left) else {
+                let exited = self
+                    .child
+                    .as_mut()
+                    .and_then(|c| c.try_wait().ok())
+                    .flatten();
+                panic!(
+                    "gateway did not report ready within {READY_WITHIN:?} (exited: {exited:?}; \
+                     see its stderr above)"
+                );
+            };
+            if let Some(url) = line.strip_prefix("listening: ") {
+                if self.listeners.is_empty() {
+                    let plain = url
+                        .strip_prefix("http://")
+                        .expect("first listener is plain HTTP");
+                    self.addr = plain.parse().unwrap();
+                }
+                self.listeners.push(url.to_owned());
+            }
+            if let Some(url) = line.strip_prefix("admin: http://") {
+                self.admin = Some(url.parse().unwrap());
+            }
+            if line.starts_with("ready:") {
+                assert_ne!(self.addr.port(), 0, "gateway printed no listening address");
+                self.ready_line = line;
+                return;
+            }
+        }
+    }
+
+    /// Kills the gateway and starts it again on the same config and state.
+    pub fn restart(mut self) -> Self {
+        self.crash();
+        self.listeners.clear();
+        self.admin = None;
+        self.lines.lock().unwrap().clear();
+        self.spawn();
+        self
+    }
+
+    pub fn get(&self, target: &str, headers: &[(&str, &str)]) -> Reply {
+        request(self.addr, "GET", target, headers)
+    }
+
+    /// `GET path` on the admin listener.
+    pub fn admin_get(&self, path: &str, headers: &[(&str, &str)]) -> Reply {
+        request(self.admin.expect("no admin listener"), "GET", path, headers)
+    }
+
+    /// A new client of `tier` in this gateway's store; returns its key. The
+    /// running gateway picks it up within `keys.refresh` (100 ms).
+    pub fn create_key(&self, tier: &str) -> String {
+        create_client(&self.config, tier, &[]).1
+    }
+
+    /// [`Gateway::create_key`] with more `keys create` arguments.
+    pub fn create_key_with(&self, tier: &str, extra: &[&str]) -> String {
+        create_client(&self.config, tier, extra).1
+    }
+
+    /// Like [`Gateway::create_key_with`]: the client id and the key.
+    pub fn create_client(&self, tier: &str, extra: &[&str]) -> (String, String) {
+        create_client(&self.config, tier, extra)
+    }
+
+    /// `gateway <args>` with `env` set (not checked: tests look at failures).
+    pub fn cli(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
+        cli(args, env)
+    }
+
+    /// Runs `gateway xdp <args> --pin-root <root>` and returns stdout.
+    pub fn xdp(&self, args: &[&str]) -> String {
+        let output = checked(
+            Command::new(gateway_bin())
+                .arg("xdp")
+                .args(args)
+                .arg("--pin-root")
+                .arg(&self.pin_root),
+        );
+        String::from_utf8(output.stdout).unwrap()
+    }
+
+    pub fn status(&self) -> serde_json::Value {
+        serde_json::from_str(&self.xdp(&["status", "--json"])).unwrap()
+    }
+
+    /// Counter totals by name, read from the pinned per-CPU map.
+    pub fn counter(&self, name: &str) -> u64 {
+        let status = self.status();
+        status["counters"][name]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no counter {name} in {status}"))
+    }
+
+    /// The gateway process, e.g. to pin it to a CPU.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Access-log lines (JSON objects) printed so far.
+    pub fn access_log(&self) -> Vec<serde_json::Value> {
+        self.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|line| serde_json::from_str(line).ok())
+            .collect()
+    }
+
+    /// The first access-log line matching `predicate`, waiting up to 5 s
+    /// for it (stdout is read on another thread).
+    pub fn wait_for_log(
+        &self,
+        predicate: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            if let Some(line) = self.access_log().into_iter().find(|l| predicate(l)) {
+                return line;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no matching access-log line: {}",
+                self.log_text()
+            );
+            pause(Duration::from_millis(20));
+        }
+    }
+
+    /// Everything printed on stdout so far.
+    pub fn log_text(&self) -> String {
+        self.lines.lock().unwrap().join("\n")
+    }
+
+    /// Kills the gateway without letting it clean up (a crash).
+    pub fn crash(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Stops the gateway with SIGTERM and returns whether it exited cleanly.
+    pub fn stop(&mut self) -> bool {
+        let Some(mut child) = self.child.take() else {
+            return false;
+        };
+        let pid = libc::pid_t::try_from(child.id()).unwrap();
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                return status.success();
+            }
+            pause(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        false
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        if self.launch.xdp_ports.is_none() {
+            self.crash();
+            return;
+        }
+        self.stop();
+        if let Ok(entries) = std::fs::read_dir(&self.pin_root) {
+            for entry in entries.flatten() {
+                let _ = std::fs::remove_file(entry.path());
+            }
+            let _ = std::fs::remove_dir(&self.pin_root);
+        }
+    }
+}
