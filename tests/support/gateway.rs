@@ -23,7 +23,6 @@ use crate::{
     cmd::{checked, sh},
     fs::TempDir,
     http::{pause, request, Reply},
-    netns::Topology,
 };
 
 /// How long a gateway may take to print `ready:`.
@@ -96,33 +95,6 @@ impl Gateway {
     /// builder says otherwise.
     pub fn builder(body: &str) -> GatewayBuilder {
         GatewayBuilder::new(body)
-    }
-
-    /// In the server namespace of `topology` with XDP protecting `ports`,
-    /// `extra` run arguments, the base config only. This and the next two
-    /// are shorthands for the builder that xtask's benches call.
-    pub fn start(topology: &Topology, ports: &str, extra: &[&str]) -> Self {
-        Self::start_proxy(topology, ports, extra, "")
-    }
-
-    /// Like [`Gateway::start`], with `body` appended to the base config;
-    /// `--no-xdp` among `extra` leaves XDP off.
-    pub fn start_proxy(topology: &Topology, ports: &str, extra: &[&str], body: &str) -> Self {
-        let builder = Self::builder(body).in_namespace(&topology.server);
-        let without_xdp = extra.contains(&"--no-xdp");
-        let extra: Vec<&str> = extra.iter().copied().filter(|a| *a != "--no-xdp").collect();
-        let builder = builder.args(&extra);
-        if without_xdp {
-            builder.start()
-        } else {
-            builder.xdp(ports).start()
-        }
-    }
-
-    /// Like [`Gateway::start_proxy`] with the kernel path off (`--no-xdp`):
-    /// bans are enforced in userspace only.
-    pub fn start_proxy_without_xdp(topology: &Topology, body: &str) -> Self {
-        Self::builder(body).in_namespace(&topology.server).start()
     }
 
     fn spawn(&mut self) {

@@ -12,9 +12,6 @@ use std::{
     time::Duration,
 };
 
-/// The one temp dir ([`crate::fs::TempDir`]), where xtask's benches import it.
-pub use crate::fs::TempDir;
-
 /// What the upstream saw: method, target (path and query), headers
 /// (lower-case names, values joined by ", ").
 #[derive(Clone, Debug)]

@@ -55,7 +55,10 @@ pub(super) fn run(repeat: u32, rounds: usize, flood: Duration) -> Result<()> {
     // The gateway on one veth pair; the baseline on another, so floods can
     // alternate between them without re-attaching anything.
     let ours = Topology::new();
-    let gateway = Gateway::start(&ours, &PROTECTED.to_string(), &[]);
+    let gateway = Gateway::builder("")
+        .in_namespace(&ours.server)
+        .xdp(&PROTECTED.to_string())
+        .start();
     gateway.xdp(&["ban", CLIENT_V4, "--for", "1h"]);
     // A budget so large the in-budget SYN stays in budget for every repetition.
     gateway.xdp(&[

@@ -200,12 +200,13 @@ fn setup(name: &'static str, xdp: bool) -> Result<Setup> {
          [[upstreams]]\nname = \"app\"\nservers = [\"127.0.0.1:{UPSTREAM_PORT}\"]\n\
          [[routes]]\npath_prefix = \"/\"\nupstream = \"app\"\n"
     );
+    let builder = Gateway::builder(&body).in_namespace(&topology.server);
     let gateway = if xdp {
-        let gateway = Gateway::start_proxy(&topology, &PORT.to_string(), &[], &body);
+        let gateway = builder.xdp(&PORT.to_string()).start();
         gateway.xdp(&["ban", &FLOOD_SOURCE.to_string(), "--for", "1h"]);
         gateway
     } else {
-        Gateway::start_proxy_without_xdp(&topology, &body)
+        builder.start()
     };
     // Like RSS on a NIC: what each CPU sends lands on its own receive
     // queue (XPS on the client end picks the queue by CPU), and what passes
