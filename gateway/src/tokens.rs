@@ -361,16 +361,17 @@ mod tests {
         TokensConfig::default()
     }
 
-    fn temp(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("gw-tokens-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        dir.join("token-keys.json")
+    /// A key file path in a fresh directory that is removed with the guard.
+    fn temp() -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys").join("token-keys.json");
+        (dir, path)
     }
 
     #[test]
     fn keys_are_made_once_kept_private_and_verify_what_they_sign() {
         use std::os::unix::fs::PermissionsExt;
-        let path = temp("make");
+        let (_dir, path) = temp();
         let issuer = TokenIssuer::open(&config(), "https://gw.test".into(), &path, 1_000).unwrap();
         let mode = std::fs::metadata(&path).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
@@ -399,7 +400,7 @@ mod tests {
 
     #[test]
     fn a_rotated_out_key_stays_published_until_its_tokens_expire() {
-        let path = temp("rotate");
+        let (_dir, path) = temp();
         let issuer = TokenIssuer::open(&config(), "i".into(), &path, 1_000).unwrap();
         let old_kid = issuer.jwks()["keys"][0]["kid"].as_str().unwrap().to_owned();
         let file = KeyFile::new(path.clone(), config().max_ttl_seconds());
