@@ -1,0 +1,18 @@
+//! Attacks on the real binary, the way real tools make them: each case
+//! asserts the status the attacker gets AND what the recording upstream
+//! (or the store, or the kernel map) saw, which for a refused request is
+//! nothing. One module per class of attack.
+#[path = "attacks/paths.rs"]
+mod paths;
+
+#[path = "attacks/jwt.rs"]
+mod jwt;
+
+#[path = "attacks/http.rs"]
+mod http;
+
+#[path = "attacks/guard.rs"]
+mod guard;
+
+#[path = "attacks/config.rs"]
+mod config;

@@ -1,0 +1,1 @@
+//! JWT attacks (RFC 8725) and identity borrowing across issuers.

@@ -1,0 +1,1 @@
+//! Path confusion: dot-segments raw and encoded, `//`, encoded slash, backslash, absolute-form, segment boundaries.
