@@ -159,6 +159,9 @@ fn dot_segments_are_resolved_before_routing() {
     let target = format!("/public/%2e%2e/api/item?x=1&api_key={}", s.key);
     let to = Some((To::Api, "/api/item?x=1"));
     s.check("query key", || s.get(&target, &[]), 200, to);
+    // The gateway's own endpoints are matched on the normalised path too.
+    let target = "/public/../.well-known/%6Awks.json";
+    s.check("own endpoint", || s.get(target, &[]), 200, None);
     // The access log shows the normalised path, never the query.
     let line = s
         .gateway
