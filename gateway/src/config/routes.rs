@@ -4,6 +4,7 @@ use ipnet::IpNet;
 use serde::Deserialize;
 
 use super::{upstreams::UpstreamConfig, ConfigError};
+use crate::path;
 
 /// Which credentials a route accepts.
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
@@ -46,6 +47,14 @@ pub struct RouteConfig {
     /// How many requests one request on this route counts as.
     #[serde(default = "default_cost")]
     pub cost: u32,
+    /// Forward the path without the matched prefix (`/api/x` → `/x`);
+    /// Kong's `strip_path`. The same as `rewrite_prefix = "/"`.
+    #[serde(default)]
+    pub strip_prefix: bool,
+    /// Forward the path with the matched prefix replaced (`/api/x` →
+    /// `/v2/x` for `"/v2/"`); Envoy's `prefix_rewrite`.
+    #[serde(default)]
+    pub rewrite_prefix: Option<String>,
 }
 
 impl RouteConfig {
@@ -131,17 +140,21 @@ impl Default for ForwardingConfig {
     }
 }
 
-/// Every route has a usable prefix and names a defined upstream.
+/// Every route has a usable prefix (and rewrite) and names a defined upstream.
 pub(super) fn validate_targets(
     routes: &[RouteConfig],
     upstreams: &[UpstreamConfig],
 ) -> Result<(), ConfigError> {
     for (index, route) in routes.iter().enumerate() {
-        if !route.path_prefix.starts_with('/') {
-            return Err(ConfigError::invalid(
-                format!("routes[{index}].path_prefix"),
-                "must start with '/'",
-            ));
+        validate_prefix(&format!("routes[{index}].path_prefix"), &route.path_prefix)?;
+        if let Some(rewrite) = &route.rewrite_prefix {
+            validate_prefix(&format!("routes[{index}].rewrite_prefix"), rewrite)?;
+            if route.strip_prefix {
+                return Err(ConfigError::invalid(
+                    format!("routes[{index}].strip_prefix"),
+                    "set strip_prefix or rewrite_prefix, not both (strip_prefix is rewrite_prefix = \"/\")",
+                ));
+            }
         }
         if !upstreams.iter().any(|u| u.name == route.upstream) {
             return Err(ConfigError::invalid(
@@ -151,6 +164,23 @@ pub(super) fn validate_targets(
         }
     }
     Ok(())
+}
+
+/// A prefix is matched against, or put into, normalised paths: it must be
+/// one itself, or it would never match (or would forward a path the
+/// gateway refuses from clients).
+fn validate_prefix(key: &str, prefix: &str) -> Result<(), ConfigError> {
+    if !prefix.starts_with('/') {
+        return Err(ConfigError::invalid(key, "must start with '/'"));
+    }
+    match path::normalize(prefix) {
+        Ok(normal) if normal == prefix => Ok(()),
+        Ok(normal) => Err(ConfigError::invalid(
+            key,
+            format!("is not a normalised path (write {normal:?})"),
+        )),
+        Err(error) => Err(ConfigError::invalid(key, error.to_string())),
+    }
 }
 
 /// Routes that use JWTs have someone to verify (`has_issuers`) or sign
@@ -205,5 +235,54 @@ mod tests {
             "[[listeners]]\naddress = \"127.0.0.1:1\"\n[[routes]]\npath_prefix = \"/\"\nupstream = \"nope\"\n",
         );
         assert!(message.starts_with("routes[0].upstream"), "{message}");
+    }
+
+    fn route_error(keys: &str) -> String {
+        error(&format!(
+            "[[listeners]]\naddress = \"127.0.0.1:1\"\n[[upstreams]]\nname = \"app\"\n\
+             servers = [\"127.0.0.1:2\"]\n[[routes]]\nupstream = \"app\"\n{keys}"
+        ))
+    }
+
+    #[test]
+    fn prefixes_and_rewrites_must_be_normalised_paths() {
+        let cases = [
+            (
+                "path_prefix = \"api/\"",
+                "routes[0].path_prefix: must start with '/'",
+            ),
+            (
+                "path_prefix = \"/a//b/\"",
+                "routes[0].path_prefix: is not a normalised path (write \"/a/b/\")",
+            ),
+            (
+                "path_prefix = \"/%61pi/\"",
+                "routes[0].path_prefix: is not a normalised path (write \"/api/\")",
+            ),
+            (
+                "path_prefix = \"/a%2Fb/\"",
+                "routes[0].path_prefix: the path holds an encoded slash",
+            ),
+            (
+                "path_prefix = \"/../\"",
+                "routes[0].path_prefix: the path's dot-segments",
+            ),
+            (
+                "path_prefix = \"/api/\"\nrewrite_prefix = \"v2\"",
+                "routes[0].rewrite_prefix: must start with '/'",
+            ),
+            (
+                "path_prefix = \"/api/\"\nrewrite_prefix = \"/v2/./x\"",
+                "routes[0].rewrite_prefix: is not a normalised path",
+            ),
+            (
+                "path_prefix = \"/api/\"\nrewrite_prefix = \"/v2\"\nstrip_prefix = true",
+                "routes[0].strip_prefix: set strip_prefix or rewrite_prefix",
+            ),
+        ];
+        for (keys, want) in cases {
+            let message = route_error(keys);
+            assert!(message.starts_with(want), "{keys}: {message}");
+        }
     }
 }

@@ -25,7 +25,8 @@ pub(super) struct RequestContext<'g> {
     /// What the listener speaks (`http` or `https`).
     pub proto: &'static str,
     pub method: Method,
-    /// Path only: the query may hold a credential.
+    /// Path only: the query may hold a credential. Raw until the target
+    /// phase normalises it (a refused path is logged as sent).
     pub path: String,
     /// Route phase: the matched route.
     pub route: Option<&'g Route>,

@@ -7,7 +7,7 @@ use http::{header, HeaderValue, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 
 use super::ProxyBody;
-use crate::{jwt::TokenRejection, keys::KeyRejection, limits::Quota};
+use crate::{jwt::TokenRejection, keys::KeyRejection, limits::Quota, path::PathError};
 
 /// What a client is told about a refused key: an unknown key id and a wrong
 /// secret look the same, so probing cannot tell which key ids exist.
@@ -20,6 +20,11 @@ fn public_reason(reason: KeyRejection) -> &'static str {
 
 #[derive(Debug)]
 pub enum ProxyError {
+    /// The path is not origin-form after normalisation (see [`crate::path`]).
+    InvalidPath(PathError),
+    /// Two `Host` headers, or one that differs from the request target's
+    /// authority (absolute-form, or HTTP/2's `:authority`).
+    InvalidHost(&'static str),
     NoRoute,
     MissingCredential,
     InvalidCredential(KeyRejection),
@@ -68,6 +73,8 @@ impl ProxyError {
     /// Stable machine-readable code (also the access log's `error`).
     pub fn code(&self) -> &'static str {
         match self {
+            ProxyError::InvalidPath(_) => "invalid_path",
+            ProxyError::InvalidHost(_) => "invalid_host",
             ProxyError::NoRoute => "no_route",
             ProxyError::MissingCredential => "missing_credential",
             ProxyError::InvalidCredential(_) => "invalid_credential",
@@ -89,6 +96,8 @@ impl ProxyError {
         match self {
             ProxyError::InvalidCredential(reason) => Some(reason.as_str()),
             ProxyError::InvalidToken(reason) => Some(reason.as_str()),
+            ProxyError::InvalidPath(reason) => Some(reason.as_str()),
+            ProxyError::InvalidHost(reason) => Some(reason),
             _ => None,
         }
     }
@@ -107,6 +116,14 @@ impl ProxyError {
 
     fn status_and_message(&self) -> (StatusCode, String) {
         match self {
+            ProxyError::InvalidPath(reason) => (
+                StatusCode::BAD_REQUEST,
+                format!("the request path was refused: {reason}"),
+            ),
+            ProxyError::InvalidHost(reason) => (
+                StatusCode::BAD_REQUEST,
+                format!("the request's host was refused ({reason})"),
+            ),
             ProxyError::NoRoute => (
                 StatusCode::NOT_FOUND,
                 "no route matches this host and path".into(),

@@ -7,9 +7,9 @@
 //! [`RequestContext`](context::RequestContext):
 //!
 //! ```text
-//! accept ─▶ route ─▶ credential ─▶ authenticate ─▶ authorize ─▶ shed ─▶ limit ─▶ forward ─▶ respond ─▶ log
-//!   │         │          │              │              │          │        │         │
-//! banned     404        401            401            403        503      429   502 / 503 / 504
+//! accept ─▶ target ─▶ route ─▶ credential ─▶ authenticate ─▶ authorize ─▶ shed ─▶ limit ─▶ forward ─▶ respond ─▶ log
+//!   │          │         │          │              │              │          │        │         │
+//! banned      400       404        401            401            403        503      429   502 / 503 / 504
 //! ```
 //!
 //! A phase that refuses returns a [`ProxyError`]; the remaining phases up
@@ -17,7 +17,7 @@
 //! upstream and never uses quota. `respond` and `log` run for every
 //! request. Serving connections (and the per-connection half of accept) is
 //! [`serve`]'s; the gateway's own OAuth2 endpoints ([`oauth`]) are answered
-//! after accept, before route.
+//! after target, before route.
 pub mod credentials;
 pub mod error;
 pub mod forward;
@@ -26,12 +26,15 @@ pub mod route;
 pub mod tls;
 pub mod workers;
 
+/// The request-path policy (a leaf module, shared with the configuration).
+pub use crate::path;
+
 mod context;
 mod identity;
 mod rewrite;
 mod serve;
 
-use std::{net::IpAddr, sync::Arc, time::Instant};
+use std::{borrow::Cow, net::IpAddr, sync::Arc, time::Instant};
 
 use bytes::Bytes;
 use http::{header::HOST, HeaderValue, Request, Response, StatusCode};
@@ -131,8 +134,9 @@ impl Gateway {
         ctx: &mut RequestContext<'g>,
     ) -> Result<Reply, ProxyError> {
         self.accept(ctx)?;
+        self.target(&req, ctx)?;
         if let Some(tokens) = &self.shared.tokens {
-            if oauth::handles(req.uri().path()) {
+            if oauth::handles(&ctx.path) {
                 let response = oauth::handle(&self.shared, tokens, req, ctx).await;
                 return Ok(Reply::Local(response));
             }
@@ -169,15 +173,43 @@ impl Gateway {
         (self.shared.userspace_bans.as_ref()).is_some_and(|bans| bans.is_banned(ip, monotonic_ns()))
     }
 
-    /// **route**: host, then the longest path prefix. No match is a 404.
+    /// **target**: the request target in the one form every later phase
+    /// sees. The path is normalised ([`path::normalize`]) into `ctx.path`
+    /// once, so the OAuth2 endpoints, routing, the access log and the
+    /// upstream all see the path that was authorised; a path that is not
+    /// origin-form is a 400. Two `Host` headers, or one that differs from
+    /// the target's authority (absolute-form, HTTP/2 `:authority`), are a
+    /// 400 too: RFC 9112 §3.2.2 would ignore `Host`, HAProxy refuses.
+    fn target<B>(&self, req: &Request<B>, ctx: &mut RequestContext<'_>) -> Result<(), ProxyError> {
+        let mut hosts = req.headers().get_all(HOST).iter();
+        if let Some(host) = hosts.next() {
+            if hosts.next().is_some() {
+                return Err(ProxyError::InvalidHost("duplicate_host"));
+            }
+            let authority = req.uri().authority().map(|a| a.as_str().as_bytes());
+            if authority.is_some_and(|a| !a.eq_ignore_ascii_case(host.as_bytes())) {
+                return Err(ProxyError::InvalidHost("host_mismatch"));
+            }
+        }
+        if let Cow::Owned(normal) =
+            path::normalize(req.uri().path()).map_err(ProxyError::InvalidPath)?
+        {
+            ctx.path = normal;
+        }
+        Ok(())
+    }
+
+    /// **route**: host (the target's authority, else `Host`), then the
+    /// longest path prefix of the normalised path, on segment boundaries.
+    /// No match is a 404.
     fn route<'g>(
         &'g self,
         req: &Request<Incoming>,
         ctx: &mut RequestContext<'g>,
     ) -> Result<&'g Route, ProxyError> {
-        let host = (req.headers().get(HOST).and_then(|v| v.to_str().ok()))
-            .or_else(|| req.uri().authority().map(|a| a.as_str()));
-        let route = (self.routes.find(host, req.uri().path())).ok_or(ProxyError::NoRoute)?;
+        let host = (req.uri().authority().map(|a| a.as_str()))
+            .or_else(|| req.headers().get(HOST).and_then(|v| v.to_str().ok()));
+        let route = (self.routes.find(host, &ctx.path)).ok_or(ProxyError::NoRoute)?;
         ctx.route = Some(route);
         Ok(route)
     }
@@ -316,6 +348,7 @@ impl Gateway {
         // the upstream, and after its 101 both connections are spliced.
         let upgrade = forward::upgrade_protocol(req.headers());
         let origin = Origin {
+            path: &route.upstream_path(&ctx.path),
             peer: ctx.peer,
             proto: ctx.proto,
             request_id: &ctx.request_id,

@@ -74,7 +74,8 @@ pub(super) async fn handle(
     req: Request<Incoming>,
     ctx: &mut RequestContext<'_>,
 ) -> Response<ProxyBody> {
-    match (req.method(), req.uri().path()) {
+    // The normalised path, which `handles` said yes to.
+    match (req.method(), ctx.path.as_str()) {
         (&Method::GET, JWKS_PATH) => json_response(StatusCode::OK, &tokens.jwks()),
         (&Method::GET, DISCOVERY_PATH) => json_response(StatusCode::OK, &tokens.discovery()),
         (&Method::POST, TOKEN_PATH) => token(shared, tokens, req, ctx).await,

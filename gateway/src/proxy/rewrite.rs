@@ -1,6 +1,7 @@
 //! The request as the upstream gets it: hop-by-hop headers and (unless the
 //! route keeps them) credentials gone, identity from the gateway only,
-//! request id and `X-Forwarded-*` set, the URI pointed at the chosen server.
+//! request id and `X-Forwarded-*` set, the URI pointed at the chosen server
+//! with the normalised (and maybe rewritten) path and the client's query.
 use std::net::SocketAddr;
 
 use http::{header, HeaderName, HeaderValue, Request, Uri, Version};
@@ -22,6 +23,8 @@ pub(super) struct Rewriter {
 
 /// What the rewrite needs to know about the request beyond its route.
 pub(super) struct Origin<'a> {
+    /// The path to forward: normalised, then the route's prefix rewrite.
+    pub path: &'a str,
     pub peer: SocketAddr,
     /// What the listener speaks, for `X-Forwarded-Proto`.
     pub proto: &'static str,
@@ -113,7 +116,7 @@ impl Rewriter {
                 headers.insert(header::HOST, authority);
             }
         }
-        let path = parts.uri.path();
+        let path = origin.path;
         let path_and_query = match query {
             Some(query) => format!("{path}?{query}"),
             None => path.to_owned(),

@@ -1,5 +1,8 @@
 //! Route matching: by host (exact, case-insensitive; absent = any host),
-//! then the longest path prefix.
+//! then the longest path prefix, on segment boundaries, of the normalised
+//! path ([`super::path`]); and the path a route forwards.
+use std::borrow::Cow;
+
 use crate::config::{AuthPolicy, KeySources, LimitBy, RouteConfig, UpstreamIdentity};
 
 #[derive(Clone, Debug)]
@@ -7,7 +10,10 @@ pub struct Route {
     /// `host` + `path_prefix`, for logs and metrics.
     pub name: String,
     host: Option<String>,
+    /// The path prefix without its trailing '/' (`""` for `/`).
     prefix: String,
+    /// What replaces `prefix` upstream (`strip_prefix`: `""`), likewise.
+    rewrite: Option<String>,
     pub upstream: String,
     pub auth: AuthPolicy,
     pub required_scopes: Vec<String>,
@@ -35,7 +41,12 @@ impl RouteTable {
                 name: c.name(),
                 index,
                 host: c.host.as_ref().map(|h| h.to_ascii_lowercase()),
-                prefix: c.path_prefix.clone(),
+                prefix: c.path_prefix.trim_end_matches('/').to_owned(),
+                rewrite: match (&c.rewrite_prefix, c.strip_prefix) {
+                    (Some(rewrite), _) => Some(rewrite.trim_end_matches('/').to_owned()),
+                    (None, true) => Some(String::new()),
+                    (None, false) => None,
+                },
                 upstream: c.upstream.clone(),
                 auth: c.auth,
                 required_scopes: c.required_scopes.clone(),
@@ -57,17 +68,44 @@ impl RouteTable {
         Self { routes }
     }
 
-    /// `host` may carry a port; it is ignored for matching.
+    /// `host` may carry a port; it is ignored for matching. `path` is
+    /// normalised.
     pub fn find(&self, host: Option<&str>, path: &str) -> Option<&Route> {
         let host = host.map(|h| host_without_port(h).to_ascii_lowercase());
         self.routes.iter().find(|route| {
-            path.starts_with(&route.prefix)
+            is_under(path, &route.prefix)
                 && route
                     .host
                     .as_ref()
                     .is_none_or(|want| host.as_deref() == Some(want.as_str()))
         })
     }
+}
+
+impl Route {
+    /// The normalised `path` this route matched, as its upstream gets it:
+    /// the prefix replaced when `strip_prefix` or `rewrite_prefix` say so
+    /// (`/api/x` → `/x` or `/v2/x`), segment for segment, so the result is
+    /// normalised too and never empty.
+    pub fn upstream_path<'p>(&self, path: &'p str) -> Cow<'p, str> {
+        let Some(rewrite) = &self.rewrite else {
+            return Cow::Borrowed(path);
+        };
+        let rest = path.get(self.prefix.len()..).unwrap_or_default();
+        match (rewrite.as_str(), rest) {
+            ("", "") => Cow::Borrowed("/"),
+            ("", rest) => Cow::Borrowed(rest),
+            (rewrite, rest) => Cow::Owned(format!("{rewrite}{rest}")),
+        }
+    }
+}
+
+/// Whether `path` is `prefix` (without its trailing '/') or below it, on a
+/// segment boundary: `/api` matches `/api`, `/api/` and `/api/x`, never
+/// `/apix`; `""` (the prefix `/`) matches every path.
+fn is_under(path: &str, prefix: &str) -> bool {
+    path.strip_prefix(prefix)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
 }
 
 /// `example.com:8080` → `example.com`; `[::1]:80` → `[::1]`.
@@ -98,6 +136,8 @@ mod tests {
             rate_limit: true,
             limit_by: LimitBy::Client,
             cost: 1,
+            strip_prefix: false,
+            rewrite_prefix: None,
         }
     }
 
@@ -118,5 +158,57 @@ mod tests {
         assert_eq!(host_without_port("[::1]:80"), "[::1]");
         let no_root = RouteTable::new(&[route(None, "/api/", "api")]);
         assert!(no_root.find(None, "/ap").is_none());
+    }
+
+    #[test]
+    fn prefixes_match_on_segment_boundaries() {
+        for prefix in ["/api", "/api/"] {
+            let table = RouteTable::new(&[route(None, prefix, "api")]);
+            let find = |path| table.find(None, path).map(|r| r.upstream.as_str());
+            for path in ["/api", "/api/", "/api/x", "/api/x/y"] {
+                assert_eq!(find(path), Some("api"), "{prefix} {path}");
+            }
+            for path in ["/apix", "/apix/y", "/ap", "/", "/x/api"] {
+                assert_eq!(find(path), None, "{prefix} {path}");
+            }
+        }
+        let table = RouteTable::new(&[
+            route(None, "/", "root"),
+            route(None, "/api", "api"),
+            route(None, "/api/admin/", "admin"),
+        ]);
+        let find = |path| table.find(None, path).map(|r| r.upstream.as_str());
+        assert_eq!(find("/apix"), Some("root"));
+        assert_eq!(find("/api/adminx"), Some("api"));
+        assert_eq!(find("/api/admin"), Some("admin"));
+        assert_eq!(find("/api/admin/x"), Some("admin"));
+    }
+
+    #[test]
+    fn strip_and_rewrite_apply_to_the_matched_prefix() {
+        let with = |prefix: &str, strip: bool, rewrite: Option<&str>| {
+            let mut config = route(None, prefix, "app");
+            config.strip_prefix = strip;
+            config.rewrite_prefix = rewrite.map(str::to_owned);
+            RouteTable::new(&[config])
+        };
+        let cases = [
+            (with("/api/", false, None), "/api/x", "/api/x"),
+            (with("/api/", true, None), "/api/x/y", "/x/y"),
+            (with("/api/", true, None), "/api/", "/"),
+            (with("/api/", true, None), "/api", "/"),
+            (with("/api", true, None), "/api/x", "/x"),
+            (with("/", true, None), "/x", "/x"),
+            (with("/api/", false, Some("/v2/")), "/api/x", "/v2/x"),
+            (with("/api/", false, Some("/v2")), "/api/", "/v2/"),
+            (with("/api/", false, Some("/v2/")), "/api", "/v2"),
+            (with("/api/", false, Some("/")), "/api/x", "/x"),
+            (with("/", false, Some("/v2/")), "/x", "/v2/x"),
+            (with("/", false, Some("/v2/")), "/", "/v2/"),
+        ];
+        for (table, path, want) in cases {
+            let route = table.find(None, path).unwrap();
+            assert_eq!(route.upstream_path(path), want, "{} {path}", route.name);
+        }
     }
 }

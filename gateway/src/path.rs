@@ -1,0 +1,300 @@
+//! The request-path policy: one normal form that routing matches, the
+//! access log shows and the upstream receives, so what was authorised is
+//! what is served. Pure functions of `&str` (fuzzed); a leaf module, so the
+//! configuration can check route prefixes with the same rules (it is
+//! reachable as `proxy::path` too, where it is used).
+//!
+//! [`normalize`] follows RFC 3986 §6.2.2 and §5.2.4:
+//!
+//! - percent-encoded unreserved characters (ALPHA DIGIT `-` `.` `_` `~`)
+//!   are decoded (`/%61dmin` is `/admin`); every other percent-encoding
+//!   stays encoded, its hex in upper case (`%3a` is `%3A`), and is never
+//!   decoded twice (`%252e` stays `%252e`);
+//! - dot-segments are resolved after that decoding, so `%2e%2e`, `.%2E`
+//!   and `..` are the same segment; runs of `/` become one `/`;
+//! - refused (400 `invalid_path`), as no origin-form path can be these: a
+//!   path not starting with `/`; an encoded slash or backslash (`%2F`,
+//!   `%5C`) or a raw backslash, which servers split differently; a control
+//!   byte, raw or encoded (`%00`); a byte RFC 3986 does not allow in a path
+//!   (space, `"`, `<`, `{`, `|`, non-ASCII ...); malformed percent-encoding
+//!   (`%zz`, `%4`); `..` above the root (`/..`, `/a/../..`); and a
+//!   dot-segment with parameters (`..;x`), which Java servers resolve as
+//!   `..`.
+use std::borrow::Cow;
+
+/// Why a path was refused; `as_str` is the access log's `detail`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum PathError {
+    #[error("the path does not start with '/'")]
+    NotOriginForm,
+    #[error("the path holds an encoded slash (%2F)")]
+    EncodedSlash,
+    #[error("the path holds a backslash (raw or %5C)")]
+    Backslash,
+    #[error("the path holds a control byte (raw or encoded)")]
+    ControlByte,
+    #[error("the path holds a byte not allowed in a URI path")]
+    InvalidByte,
+    #[error("the path holds a malformed percent-encoding")]
+    MalformedEncoding,
+    #[error("the path's dot-segments go above the root")]
+    EscapesRoot,
+    #[error("the path holds a dot-segment with parameters (..;)")]
+    DotSegmentParameters,
+}
+
+impl PathError {
+    /// Stable machine-readable reason.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PathError::NotOriginForm => "not_origin_form",
+            PathError::EncodedSlash => "encoded_slash",
+            PathError::Backslash => "backslash",
+            PathError::ControlByte => "control_byte",
+            PathError::InvalidByte => "invalid_byte",
+            PathError::MalformedEncoding => "malformed_encoding",
+            PathError::EscapesRoot => "escapes_root",
+            PathError::DotSegmentParameters => "dot_segment_parameters",
+        }
+    }
+}
+
+/// `raw_path` (no query) in normal form, or why it is refused (see the
+/// module doc). Borrows when the path is already normal, the common case.
+pub fn normalize(raw_path: &str) -> Result<Cow<'_, str>, PathError> {
+    if !raw_path.starts_with('/') {
+        return Err(PathError::NotOriginForm);
+    }
+    if is_normal(raw_path) {
+        return Ok(Cow::Borrowed(raw_path));
+    }
+    let mut out = String::with_capacity(raw_path.len());
+    let mut segments = raw_path[1..].split('/').peekable();
+    // Whether the result ends with '/': its last segment was empty or a dot-segment.
+    let mut trailing_slash = false;
+    while let Some(raw) = segments.next() {
+        let last = segments.peek().is_none();
+        let segment = decode_segment(raw)?;
+        match segment.as_ref() {
+            "" | "." => trailing_slash = last,
+            ".." => {
+                let parent = out.rfind('/').ok_or(PathError::EscapesRoot)?;
+                out.truncate(parent);
+                trailing_slash = last;
+            }
+            other => {
+                if is_dot_with_parameters(other) {
+                    return Err(PathError::DotSegmentParameters);
+                }
+                out.push('/');
+                out.push_str(other);
+                trailing_slash = false;
+            }
+        }
+    }
+    if out.is_empty() || trailing_slash {
+        out.push('/');
+    }
+    Ok(match out == raw_path {
+        true => Cow::Borrowed(raw_path),
+        false => Cow::Owned(out),
+    })
+}
+
+/// Whether `path` (starting with '/') is already in normal form: only
+/// plain path bytes, no '%', no empty segment but the last, no dot-segment.
+/// A `false` only means the slow path decides.
+fn is_normal(path: &str) -> bool {
+    let mut segments = path[1..].split('/').peekable();
+    while let Some(segment) = segments.next() {
+        let inner_empty = segment.is_empty() && segments.peek().is_some();
+        if inner_empty
+            || matches!(segment, "." | "..")
+            || is_dot_with_parameters(segment)
+            || !segment.bytes().all(is_path_byte)
+        {
+            return false;
+        }
+    }
+    true
+}
+
+/// `.;x` or `..;x`: a dot-segment with parameters (Tomcat, Jetty).
+fn is_dot_with_parameters(segment: &str) -> bool {
+    matches!(segment.split_once(';'), Some(("." | "..", _)))
+}
+
+/// RFC 3986 `pchar` minus `%`: unreserved, sub-delims, `:` and `@`.
+fn is_path_byte(byte: u8) -> bool {
+    byte.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@".contains(&byte)
+}
+
+/// One segment with unreserved characters decoded and the other
+/// percent-encodings' hex in upper case; refuses what [`normalize`] refuses.
+fn decode_segment(raw: &str) -> Result<Cow<'_, str>, PathError> {
+    let bytes = raw.as_bytes();
+    if bytes.iter().all(|&b| is_path_byte(b)) {
+        return Ok(Cow::Borrowed(raw));
+    }
+    let mut out = String::with_capacity(raw.len());
+    let mut index = 0;
+    while let Some(&byte) = bytes.get(index) {
+        match byte {
+            b'%' => {
+                let (high, low) = match (bytes.get(index + 1), bytes.get(index + 2)) {
+                    (Some(&high), Some(&low)) => (hex(high)?, hex(low)?),
+                    _ => return Err(PathError::MalformedEncoding),
+                };
+                let decoded = high << 4 | low;
+                match decoded {
+                    b'/' => return Err(PathError::EncodedSlash),
+                    b'\\' => return Err(PathError::Backslash),
+                    byte if byte < 0x20 || byte == 0x7f => return Err(PathError::ControlByte),
+                    byte if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) => {
+                        out.push(char::from(byte))
+                    }
+                    byte => {
+                        out.push('%');
+                        out.push(char::from(HEX_UPPER[usize::from(byte >> 4)]));
+                        out.push(char::from(HEX_UPPER[usize::from(byte & 0xf)]));
+                    }
+                }
+                index += 3;
+            }
+            b'\\' => return Err(PathError::Backslash),
+            byte if byte < 0x20 || byte == 0x7f => return Err(PathError::ControlByte),
+            byte if is_path_byte(byte) => {
+                out.push(char::from(byte));
+                index += 1;
+            }
+            _ => return Err(PathError::InvalidByte),
+        }
+    }
+    Ok(Cow::Owned(out))
+}
+
+const HEX_UPPER: &[u8; 16] = b"0123456789ABCDEF";
+
+fn hex(digit: u8) -> Result<u8, PathError> {
+    match digit {
+        b'0'..=b'9' => Ok(digit - b'0'),
+        b'a'..=b'f' => Ok(digit - b'a' + 10),
+        b'A'..=b'F' => Ok(digit - b'A' + 10),
+        _ => Err(PathError::MalformedEncoding),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normal_forms() {
+        let cases = [
+            // Already normal: borrowed, unchanged.
+            ("/", "/"),
+            ("/api/item", "/api/item"),
+            ("/api/", "/api/"),
+            ("/a:b@c;d=e,f!$&'()*+", "/a:b@c;d=e,f!$&'()*+"),
+            // RFC 3986 §5.4.1/§5.4.2 merge-and-remove cases that apply to a path.
+            ("/b/c/./g", "/b/c/g"),
+            ("/b/c/g/", "/b/c/g/"),
+            ("/b/c/.", "/b/c/"),
+            ("/b/c/./", "/b/c/"),
+            ("/b/c/..", "/b/"),
+            ("/b/c/../", "/b/"),
+            ("/b/c/../g", "/b/g"),
+            ("/b/c/../..", "/"),
+            ("/b/c/../../", "/"),
+            ("/b/c/../../g", "/g"),
+            ("/b/c/g.", "/b/c/g."),
+            ("/b/c/.g", "/b/c/.g"),
+            ("/b/c/g..", "/b/c/g.."),
+            ("/b/c/..g", "/b/c/..g"),
+            ("/b/c/./../g", "/b/g"),
+            ("/b/c/./g/.", "/b/c/g/"),
+            ("/b/c/g/./h", "/b/c/g/h"),
+            ("/b/c/g/../h", "/b/c/h"),
+            ("/b/c/g;x=1/./y", "/b/c/g;x=1/y"),
+            ("/b/c/g;x=1/../y", "/b/c/y"),
+            // RFC 3986 §5.2.4's own examples.
+            ("/a/b/c/./../../g", "/a/g"),
+            ("/mid/content=5/../6", "/mid/6"),
+            // Encoded dot-segments are dot-segments.
+            ("/public/%2e%2e/api/item", "/api/item"),
+            ("/public/%2E./api/item", "/api/item"),
+            ("/public/.%2e/api/item", "/api/item"),
+            ("/a/%2e/b", "/a/b"),
+            ("/a/./b", "/a/b"),
+            ("/public/../api/item", "/api/item"),
+            // Runs of slashes merge.
+            ("//a//b", "/a/b"),
+            ("//api//item//", "/api/item/"),
+            ("//", "/"),
+            // Unreserved characters decoded, the rest upper-cased, never twice.
+            ("/%61dmin", "/admin"),
+            ("/api/%41%7a%30%2D%5f%7E", "/api/Az0-_~"),
+            ("/a%20b/%3a", "/a%20b/%3A"),
+            ("/%c3%a9", "/%C3%A9"),
+            ("/%252e%252e/x", "/%252e%252e/x"),
+            ("/%25", "/%25"),
+        ];
+        for (raw, want) in cases {
+            assert_eq!(normalize(raw).as_deref(), Ok(want), "{raw}");
+        }
+        assert!(matches!(normalize("/api/item"), Ok(Cow::Borrowed(_))));
+        assert!(matches!(normalize("/api/"), Ok(Cow::Borrowed(_))));
+    }
+
+    #[test]
+    fn what_is_not_origin_form_is_refused() {
+        use PathError::*;
+        let cases = [
+            ("", NotOriginForm),
+            ("*", NotOriginForm),
+            ("api/x", NotOriginForm),
+            ("http://a/x", NotOriginForm),
+            ("/api%2Fitem", EncodedSlash),
+            ("/api%2fitem", EncodedSlash),
+            ("/public/..%2Fapi/item", EncodedSlash),
+            ("/a%5Cb", Backslash),
+            ("/a%5cb", Backslash),
+            ("/public\\..\\api", Backslash),
+            ("/a\\b", Backslash),
+            ("/a%00b", ControlByte),
+            ("/a%0Ab", ControlByte),
+            ("/a%7f", ControlByte),
+            ("/a\0b", ControlByte),
+            ("/a\tb", ControlByte),
+            ("/a b", InvalidByte),
+            ("/a\"b", InvalidByte),
+            ("/{id}", InvalidByte),
+            ("/a|b", InvalidByte),
+            ("/a#b", InvalidByte),
+            ("/é", InvalidByte),
+            ("/%zz", MalformedEncoding),
+            ("/%4", MalformedEncoding),
+            ("/a%", MalformedEncoding),
+            ("/%g0/x", MalformedEncoding),
+            ("/..", EscapesRoot),
+            ("/a/../..", EscapesRoot),
+            ("/%2e%2e/x", EscapesRoot),
+            ("/a/../../b", EscapesRoot),
+            ("/public/..;/api/item", DotSegmentParameters),
+            ("/public/.;x/api", DotSegmentParameters),
+            ("/public/%2e%2e;/api", DotSegmentParameters),
+        ];
+        for (raw, want) in cases {
+            assert_eq!(normalize(raw), Err(want), "{raw:?}");
+        }
+    }
+
+    #[test]
+    fn normal_forms_are_fixed_points() {
+        for raw in ["/a/./b", "//a//b/", "/%61/%2e%2e/%3a", "/x/y/../z/."] {
+            let once = normalize(raw).unwrap().into_owned();
+            assert_eq!(normalize(&once).as_deref(), Ok(once.as_str()), "{raw}");
+            assert!(matches!(normalize(&once), Ok(Cow::Borrowed(_))), "{raw}");
+        }
+    }
+}
