@@ -11,6 +11,9 @@ mod jwt;
 #[path = "attacks/http.rs"]
 mod http;
 
+#[path = "attacks/http_limits.rs"]
+mod http_limits;
+
 #[path = "attacks/guard.rs"]
 mod guard;
 
