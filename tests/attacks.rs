@@ -14,6 +14,9 @@ mod http;
 #[path = "attacks/http_limits.rs"]
 mod http_limits;
 
+#[path = "attacks/http2.rs"]
+mod http2;
+
 #[path = "attacks/guard.rs"]
 mod guard;
 
