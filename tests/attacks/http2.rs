@@ -104,7 +104,7 @@ fn exchange(addr: SocketAddr, frames: &[Vec<u8>]) -> Answer {
 }
 
 fn request_head(extra: &[(&str, &str)]) -> Vec<(String, String)> {
-    let mut fields: Vec<(String, String)> = [
+    [
         (":method", "POST"),
         (":scheme", "http"),
         (":path", "/api/h2"),
@@ -113,9 +113,7 @@ fn request_head(extra: &[(&str, &str)]) -> Vec<(String, String)> {
     .iter()
     .chain(extra)
     .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
-    .collect();
-    fields.shrink_to_fit();
-    fields
+    .collect()
 }
 
 fn headers(extra: &[(&str, &str)], flags: u8) -> Vec<u8> {
