@@ -11,6 +11,12 @@ mod jwt;
 #[path = "attacks/http.rs"]
 mod http;
 
+#[path = "attacks/http_limits.rs"]
+mod http_limits;
+
+#[path = "attacks/http2.rs"]
+mod http2;
+
 #[path = "attacks/guard.rs"]
 mod guard;
 

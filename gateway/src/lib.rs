@@ -8,6 +8,7 @@ pub mod admin;
 pub mod admin_client;
 pub mod clock;
 pub mod config;
+pub mod connections;
 pub mod guard;
 pub mod histogram;
 pub mod jwt;

@@ -34,6 +34,8 @@ pub struct Shared {
     pub access_log: AccessLogger,
     /// `limits.max_connections`, across all workers and listeners.
     pub connections: Arc<tokio::sync::Semaphore>,
+    /// `limits.max_connections_per_source`, across all workers and listeners.
+    pub per_source: Arc<crate::connections::SourceConnections>,
     pub limiter: Arc<dyn RateLimiter>,
     /// Quotas by tier name; the first tier is the default for unknown names.
     pub quotas: Arc<Vec<Quota>>,
@@ -68,6 +70,9 @@ impl Shared {
             ),
             access_log: AccessLogger::stdout(),
             connections: Arc::new(tokio::sync::Semaphore::new(config.limits.max_connections)),
+            per_source: Arc::new(crate::connections::SourceConnections::new(
+                config.limits.max_connections_per_source,
+            )),
             limiter: Arc::new(LocalLimiter::new(1_000_000)),
             quotas: Arc::new(config.tiers.iter().map(TierConfig::quota).collect()),
             guard: Arc::new(SourceGuard::new(config.guard_settings())),

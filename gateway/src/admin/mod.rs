@@ -24,7 +24,7 @@ use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use serde_json::json;
 use tokio::net::TcpListener;
 
@@ -43,6 +43,9 @@ pub const READ_ONLY_SCOPE: &str = "admin:read";
 pub const OPENAPI: &str = include_str!("openapi.json");
 /// Largest request body the admin API reads.
 const MAX_BODY: usize = 64 * 1024;
+/// Open admin connections; more are closed at accept. Operators and
+/// scrapers need a handful, and the listener should be private anyway.
+pub const MAX_CONNECTIONS: usize = 64;
 
 type AdminResponse = Response<Full<Bytes>>;
 
@@ -52,6 +55,10 @@ pub struct Admin {
     pub audit: audit::AuditLog,
     /// Where the kernel path's maps are pinned, when XDP is attached.
     pub pin_root: Option<PathBuf>,
+    /// Reading a request's headers (`limits.request_timeout`).
+    pub header_timeout: std::time::Duration,
+    /// [`MAX_CONNECTIONS`].
+    connections: Arc<tokio::sync::Semaphore>,
 }
 
 /// Why the admin API refused a request.
@@ -156,10 +163,13 @@ impl Admin {
             store,
             audit: audit::AuditLog::open(&config.admin.audit_log)?,
             pin_root,
+            header_timeout: config.limits.request_timeout,
+            connections: Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS)),
         })
     }
 
-    /// Serves until the runtime stops.
+    /// Serves until the runtime stops: at most [`MAX_CONNECTIONS`] at once,
+    /// each with `limits.request_timeout` to send a request's headers.
     pub async fn serve(self: Arc<Self>, listener: TcpListener) {
         loop {
             let (stream, peer) = match listener.accept().await {
@@ -169,16 +179,28 @@ impl Admin {
                     continue;
                 }
             };
+            let Ok(permit) = self.connections.clone().try_acquire_owned() else {
+                tracing::warn!(%peer, "admin connection limit reached; closing the new connection");
+                continue;
+            };
             let admin = self.clone();
             tokio::spawn(async move {
+                let _permit = permit;
+                let header_timeout = admin.header_timeout;
                 let service = hyper::service::service_fn(move |req| {
                     let admin = admin.clone();
                     async move { Ok::<_, Infallible>(admin.handle(req, peer).await) }
                 });
-                if let Err(error) =
-                    hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await
+                let mut builder =
+                    hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                builder
+                    .http1()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(header_timeout);
+                builder.http2().timer(TokioTimer::new());
+                if let Err(error) = builder
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await
                 {
                     tracing::debug!(%peer, %error, "admin connection ended with an error");
                 }
@@ -227,7 +249,13 @@ impl Admin {
                 } else {
                     Access::Write
                 };
-                let actor = self.authorize(&req, access)?;
+                let actor = self.authorize(&req, access).inspect_err(|error| {
+                    // Key guessing here counts like on the proxy.
+                    if let AdminError::InvalidCredential(_) = error {
+                        let update = self.shared.guard.auth_failed(peer.ip(), monotonic_ns());
+                        self.shared.submit(update);
+                    }
+                })?;
                 let body = Limited::new(req.into_body(), MAX_BODY)
                     .collect()
                     .await

@@ -42,6 +42,17 @@ pub struct LimitsConfig {
     pub connect_timeout: Duration,
     pub max_header_bytes: usize,
     pub max_connections: usize,
+    /// Largest request body: a `Content-Length` over it is a 413 before
+    /// anything is read or forwarded; a streamed body that passes it is
+    /// cut off (the upstream request aborted) with a 413.
+    pub max_body_bytes: u64,
+    /// Open connections from one source address; the next one is closed at
+    /// accept. 0 = no per-source cap (only `max_connections`).
+    pub max_connections_per_source: usize,
+    /// A WebSocket tunnel with no byte either way for this long is closed
+    /// on both sides.
+    #[serde(with = "durations")]
+    pub tunnel_idle_timeout: Duration,
     /// Worker threads, each with its own listener socket (SO_REUSEPORT),
     /// event loop and upstream connections; 0 = one per CPU.
     pub workers: usize,
@@ -55,6 +66,9 @@ impl Default for LimitsConfig {
             connect_timeout: Duration::from_secs(5),
             max_header_bytes: 64 * 1024,
             max_connections: 10_000,
+            max_body_bytes: 10 * 1024 * 1024,
+            max_connections_per_source: 256,
+            tunnel_idle_timeout: Duration::from_secs(300),
             workers: 0,
         }
     }
@@ -79,6 +93,25 @@ impl Default for AdminConfig {
             audit_log: "audit.log".into(),
         }
     }
+}
+
+/// The HTTP limits this module added for issue 12 (sizes and the tunnel
+/// timeout must be positive: zero would refuse every body or close every
+/// tunnel at once).
+pub(super) fn validate_limits(limits: &LimitsConfig) -> Result<(), ConfigError> {
+    if limits.max_body_bytes == 0 {
+        return Err(ConfigError::invalid(
+            "limits.max_body_bytes",
+            "must be greater than 0",
+        ));
+    }
+    if limits.tunnel_idle_timeout.is_zero() {
+        return Err(ConfigError::invalid(
+            "limits.tunnel_idle_timeout",
+            "must be greater than 0",
+        ));
+    }
+    Ok(())
 }
 
 pub(super) fn validate(listeners: &[ListenerConfig]) -> Result<(), ConfigError> {

@@ -122,6 +122,7 @@ impl Config {
     /// several mistakes reports, so keep it.
     fn validate(&self) -> Result<(), ConfigError> {
         listen::validate(&self.listeners)?;
+        listen::validate_limits(&self.limits)?;
         upstreams::validate(&self.upstreams)?;
         routes::validate_targets(&self.routes, &self.upstreams)?;
         identity::validate_issuers(&self.issuers)?;
@@ -179,5 +180,12 @@ mod tests {
             "[[listeners]]\naddress = \"127.0.0.1:1\"\n[limits]\nupstream_timeout = \"soon\"\n",
         );
         assert!(message.starts_with("limits.upstream_timeout"), "{message}");
+        for key in ["max_body_bytes = 0", "tunnel_idle_timeout = \"0s\""] {
+            let message = error(&format!(
+                "[[listeners]]\naddress = \"127.0.0.1:1\"\n[limits]\n{key}\n"
+            ));
+            let name = key.split(' ').next().unwrap_or_default();
+            assert!(message.starts_with(&format!("limits.{name}")), "{message}");
+        }
     }
 }

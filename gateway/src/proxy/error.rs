@@ -42,6 +42,12 @@ pub enum ProxyError {
     Overloaded(std::time::Duration),
     /// Our fault (e.g. signing an upstream token failed); logged.
     Internal,
+    /// Framing the gateway will not forward (what was wrong, for the log).
+    MalformedRequest(&'static str),
+    /// A body over `limits.max_body_bytes`, declared or streamed.
+    BodyTooLarge,
+    /// The body did not arrive within `limits.request_timeout`.
+    BodyTimeout,
 }
 
 /// Who caused a failure, for logs: the client, the upstream, or us.
@@ -88,6 +94,9 @@ impl ProxyError {
             ProxyError::BannedSource => "banned",
             ProxyError::Overloaded(_) => "overloaded",
             ProxyError::Internal => "internal_error",
+            ProxyError::MalformedRequest(_) => "bad_request",
+            ProxyError::BodyTooLarge => "body_too_large",
+            ProxyError::BodyTimeout => "request_timeout",
         }
     }
 
@@ -98,6 +107,7 @@ impl ProxyError {
             ProxyError::InvalidToken(reason) => Some(reason.as_str()),
             ProxyError::InvalidPath(reason) => Some(reason.as_str()),
             ProxyError::InvalidHost(reason) => Some(reason),
+            ProxyError::MalformedRequest(what) => Some(what),
             _ => None,
         }
     }
@@ -174,6 +184,18 @@ impl ProxyError {
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "the gateway failed; this is not the client's fault".into(),
             ),
+            ProxyError::MalformedRequest(what) => (
+                StatusCode::BAD_REQUEST,
+                format!("the request's framing is malformed ({what})"),
+            ),
+            ProxyError::BodyTooLarge => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "the request body is over the gateway's limit".into(),
+            ),
+            ProxyError::BodyTimeout => (
+                StatusCode::REQUEST_TIMEOUT,
+                "the request body did not arrive in time".into(),
+            ),
         }
     }
 
@@ -195,7 +217,11 @@ impl ProxyError {
                     HeaderValue::from_static("Bearer realm=\"gateway\", error=\"invalid_token\""),
                 );
             }
-            ProxyError::BannedSource => {
+            // The rest of the connection cannot be trusted (or read).
+            ProxyError::BannedSource
+            | ProxyError::MalformedRequest(_)
+            | ProxyError::BodyTooLarge
+            | ProxyError::BodyTimeout => {
                 headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
             }
             ProxyError::Overloaded(retry) => {

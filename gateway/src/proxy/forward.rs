@@ -13,7 +13,7 @@ use crate::{
 };
 
 /// Always hop-by-hop, whether or not `Connection` lists them.
-const HOP_BY_HOP: [HeaderName; 7] = [
+const HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -21,6 +21,17 @@ const HOP_BY_HOP: [HeaderName; 7] = [
     header::TE,
     header::TRAILER,
     header::TRANSFER_ENCODING,
+    // h2c's upgrade settings (RFC 7540 §3.2.1); h2c is never upgraded to.
+    HeaderName::from_static("http2-settings"),
+];
+
+/// Forwarding headers only a trusted proxy may send; from anyone else they
+/// are dropped (`X-Forwarded-For`/`-Proto` are set from the peer instead).
+const FORWARDING: [HeaderName; 4] = [
+    header::FORWARDED,
+    HeaderName::from_static("x-forwarded-host"),
+    HeaderName::from_static("x-forwarded-port"),
+    HeaderName::from_static("x-real-ip"),
 ];
 
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -80,7 +91,10 @@ pub fn set_rate_limit(headers: &mut HeaderMap, quota: &Quota, decision: &Decisio
 }
 
 /// The protocol an HTTP/1.1 upgrade asks for (or a 101 agrees to):
-/// `Upgrade: <protocol>` with `Connection: upgrade`.
+/// `Upgrade: websocket` (any case) with `Connection: upgrade`. Only
+/// WebSocket is proxied: any other `Upgrade` (`h2c`, ...) is dropped with
+/// the other hop-by-hop headers and the request served as plain HTTP/1.1,
+/// as HAProxy does.
 pub fn upgrade_protocol(headers: &HeaderMap) -> Option<HeaderValue> {
     let connection_upgrade = headers
         .get_all(header::CONNECTION)
@@ -88,9 +102,29 @@ pub fn upgrade_protocol(headers: &HeaderMap) -> Option<HeaderValue> {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .any(|token| token.trim().eq_ignore_ascii_case("upgrade"));
-    connection_upgrade
-        .then(|| headers.get(header::UPGRADE).cloned())
-        .flatten()
+    let mut upgrades = headers.get_all(header::UPGRADE).iter();
+    let protocol = upgrades.next().filter(|_| upgrades.next().is_none())?;
+    let websocket = protocol
+        .as_bytes()
+        .trim_ascii()
+        .eq_ignore_ascii_case(b"websocket");
+    (connection_upgrade && websocket).then(|| protocol.clone())
+}
+
+/// Removes every header whose name is one of `identity` once `_` reads as
+/// `-` (`X_Client_Id`, `x-client_id`): CGI, WSGI and PHP upstreams fold
+/// the two, so such a spelling would pass as the gateway's own header.
+pub fn strip_identity(headers: &mut HeaderMap, identity: &[&HeaderName]) {
+    let spoofed: Vec<HeaderName> = (headers.keys())
+        .filter(|name| {
+            let folded = name.as_str().replace('_', "-");
+            identity.iter().any(|id| id.as_str() == folded)
+        })
+        .cloned()
+        .collect();
+    for name in spoofed {
+        headers.remove(name);
+    }
 }
 
 /// Puts back the two hop-by-hop headers an upgrade needs on the next hop.
@@ -142,7 +176,9 @@ pub fn strip_credentials(
 }
 
 /// `X-Forwarded-For`/`-Proto` from the real peer; a client's own values are
-/// kept (appended to) only when the peer is a trusted proxy.
+/// kept (appended to) only when the peer is a trusted proxy, and so are
+/// `Forwarded`, `X-Forwarded-Host`/`-Port` and `X-Real-IP` (dropped from
+/// anyone else).
 pub fn set_forwarded(
     headers: &mut HeaderMap,
     peer: IpAddr,
@@ -151,6 +187,11 @@ pub fn set_forwarded(
 ) {
     let peer = peer.to_canonical();
     let trusted_peer = trusted.iter().any(|net| net.contains(&peer));
+    if !trusted_peer {
+        for name in &FORWARDING {
+            headers.remove(name);
+        }
+    }
     let previous = headers
         .get(&X_FORWARDED_FOR)
         .and_then(|v| v.to_str().ok())
@@ -185,6 +226,25 @@ mod tests {
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn only_websocket_upgrades_and_identity_spellings_go() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("WebSocket"));
+        assert_eq!(upgrade_protocol(&h).unwrap(), "WebSocket");
+        h.insert(header::UPGRADE, HeaderValue::from_static("h2c"));
+        assert_eq!(upgrade_protocol(&h), None);
+        let id = HeaderName::from_static("x-client-id");
+        for name in ["x_client_id", "x-client_id", "x-client-id"] {
+            h.insert(name, HeaderValue::from_static("cl_spoofed"));
+        }
+        strip_identity(&mut h, &[&id]);
+        assert!(
+            h.keys().all(|name| !name.as_str().contains("client")),
+            "{h:?}"
+        );
     }
 
     #[test]
@@ -226,5 +286,18 @@ mod tests {
         set_forwarded(&mut h, "192.0.2.1".parse().unwrap(), &[], "https");
         assert_eq!(h[X_FORWARDED_PROTO], "https");
         assert_eq!(h[X_FORWARDED_FOR], "192.0.2.1");
+        // Forwarded and friends: a trusted proxy's are kept, no one else's.
+        for name in &FORWARDING {
+            h.insert(name, HeaderValue::from_static("spoofed"));
+        }
+        set_forwarded(
+            &mut h,
+            "10.0.0.9".parse().unwrap(),
+            &["10.0.0.0/8".parse().unwrap()],
+            "http",
+        );
+        assert!(FORWARDING.iter().all(|name| h.contains_key(name)));
+        set_forwarded(&mut h, "192.0.2.1".parse().unwrap(), &[], "http");
+        assert!(FORWARDING.iter().all(|name| !h.contains_key(name)));
     }
 }

@@ -29,10 +29,12 @@ pub mod workers;
 /// The request-path policy (a leaf module, shared with the configuration).
 pub use crate::path;
 
+mod body;
 mod context;
 mod identity;
 mod rewrite;
 mod serve;
+mod tunnel;
 
 use std::{borrow::Cow, net::IpAddr, sync::Arc, time::Instant};
 
@@ -46,6 +48,7 @@ use hyper_util::{
 };
 
 use self::{
+    body::RequestBody,
     context::{Refusal, RequestContext},
     error::ProxyError,
     forward::X_REQUEST_ID,
@@ -73,7 +76,7 @@ pub struct Gateway {
     routes: RouteTable,
     rewriter: Rewriter,
     limits: LimitsConfig,
-    client: Client<HttpConnector, Incoming>,
+    client: Client<HttpConnector, RequestBody>,
     /// This worker's request counts.
     metrics: Recorder,
     /// Which sources this worker told the guard about lately.
@@ -86,10 +89,17 @@ enum Credential<'r> {
     ApiKey(String),
 }
 
+/// The client's side of a WebSocket upgrade, with its connection's permit
+/// (which the tunnel keeps).
+struct ClientUpgrade {
+    on: OnUpgrade,
+    permit: Option<Arc<serve::ConnectionPermit>>,
+}
+
 /// What the gateway answers when no phase refused.
 enum Reply {
     /// The upstream's response, and the client's side of an upgrade it asked for.
-    Upstream(Response<Incoming>, Option<OnUpgrade>),
+    Upstream(Response<Incoming>, Option<ClientUpgrade>),
     /// The gateway's own (the OAuth2 endpoints).
     Local(Response<ProxyBody>),
 }
@@ -133,7 +143,7 @@ impl Gateway {
         mut req: Request<Incoming>,
         ctx: &mut RequestContext<'g>,
     ) -> Result<Reply, ProxyError> {
-        self.accept(ctx)?;
+        self.accept(&req, ctx)?;
         self.target(&req, ctx)?;
         if let Some(tokens) = &self.shared.tokens {
             if oauth::handles(&ctx.path) {
@@ -152,20 +162,27 @@ impl Gateway {
         // The client's side of an upgrade, taken before the request moves on.
         let upgrade = forward::upgrade_protocol(req.headers())
             .is_some()
-            .then(|| hyper::upgrade::on(&mut req));
+            .then(|| ClientUpgrade {
+                on: hyper::upgrade::on(&mut req),
+                permit: req.extensions().get().cloned(),
+            });
+        let req =
+            body::read_ahead(req, self.limits.max_body_bytes, self.limits.request_timeout).await?;
         let response = self.forward(req, route, pool, ctx).await?;
         Ok(Reply::Upstream(response, upgrade))
     }
 
     /// **accept**, per request: runs first. A source banned in
     /// userspace-only mode while its keep-alive connection was open is
-    /// refused (403, connection closed). The per-connection half runs in
-    /// [`serve`] before any request is read.
-    fn accept(&self, ctx: &RequestContext<'_>) -> Result<(), ProxyError> {
+    /// refused (403, connection closed); framing the gateway will not
+    /// forward is a 400, a declared body over `limits.max_body_bytes` a
+    /// 413, before the body is read (see [`body`]). The per-connection half
+    /// runs in [`serve`] before any request is read.
+    fn accept(&self, req: &Request<Incoming>, ctx: &RequestContext<'_>) -> Result<(), ProxyError> {
         if self.is_banned(ctx.peer.ip()) {
             return Err(ProxyError::BannedSource);
         }
-        Ok(())
+        body::check_head(req.headers(), self.limits.max_body_bytes)
     }
 
     /// Whether bans are enforced here (no XDP) and `ip` is banned now.
@@ -334,10 +351,12 @@ impl Gateway {
 
     /// **forward**: the request, rewritten (see [`rewrite`]), to a server of
     /// the pool, until its response head. No healthy server is a 503, a
-    /// refused connection a 502 (and the server is ejected), a timeout a 504.
+    /// refused connection a 502 (and the server is ejected), a timeout a 504;
+    /// a body cut off on the way (over the limit: 413, malformed: 400)
+    /// aborts the upstream request.
     async fn forward(
         &self,
-        req: Request<Incoming>,
+        req: Request<RequestBody>,
         route: &Route,
         pool: &Pool,
         ctx: &mut RequestContext<'_>,
@@ -355,6 +374,7 @@ impl Gateway {
             identity: ctx.identity.as_ref(),
         };
         let tokens = self.shared.tokens.as_deref();
+        let body_failure = req.body().failure();
         let mut upstream_req =
             (self.rewriter).upstream_request(req, route, &origin, tokens, lease.server.addr)?;
         if let Some(protocol) = upgrade {
@@ -370,6 +390,10 @@ impl Gateway {
         pool.load.observe(sent.elapsed(), server_error);
         match result {
             Err(_elapsed) => Err(ProxyError::UpstreamTimeout),
+            Ok(Err(_)) if body_failure.get().is_some() => Err(body_failure
+                .get()
+                .copied()
+                .map_or(ProxyError::Upstream, Into::into)),
             Ok(Err(error)) if error.is_connect() => {
                 lease.eject();
                 Err(ProxyError::UpstreamConnect)
@@ -394,7 +418,9 @@ impl Gateway {
         ctx: &mut RequestContext<'_>,
     ) -> Response<ProxyBody> {
         let mut response = match outcome {
-            Ok(Reply::Upstream(response, upgrade)) => relay(response, upgrade, ctx),
+            Ok(Reply::Upstream(response, upgrade)) => {
+                relay(response, upgrade, self.limits.tunnel_idle_timeout, ctx)
+            }
             Ok(Reply::Local(response)) => response,
             Err(error) => {
                 self.feedback(&error, ctx);
@@ -448,10 +474,11 @@ impl Gateway {
 
 /// The upstream's response for the client: hop-by-hop headers removed and,
 /// when the upstream agreed (101) to an upgrade the client asked for, both
-/// connections spliced once hyper hands them over.
+/// connections spliced once hyper hands them over (see [`tunnel`]).
 fn relay(
     mut response: Response<Incoming>,
-    client_upgrade: Option<OnUpgrade>,
+    client_upgrade: Option<ClientUpgrade>,
+    idle: std::time::Duration,
     ctx: &RequestContext<'_>,
 ) -> Response<ProxyBody> {
     let switched = response.status() == StatusCode::SWITCHING_PROTOCOLS;
@@ -462,14 +489,13 @@ fn relay(
         let upstream_upgrade = hyper::upgrade::on(&mut response);
         let peer = ctx.peer.ip().to_canonical();
         tokio::spawn(async move {
-            match tokio::try_join!(client_upgrade, upstream_upgrade) {
+            let ClientUpgrade { on, permit } = client_upgrade;
+            match tokio::try_join!(on, upstream_upgrade) {
                 Ok((client, upstream)) => {
-                    let mut client = TokioIo::new(client);
-                    let mut upstream = TokioIo::new(upstream);
-                    if let Err(error) =
-                        tokio::io::copy_bidirectional(&mut client, &mut upstream).await
-                    {
-                        tracing::debug!(%peer, %error, "upgraded connection ended with an error");
+                    let (client, upstream) = (TokioIo::new(client), TokioIo::new(upstream));
+                    match tunnel::splice(client, upstream, idle, permit).await {
+                        Ok(ended) => tracing::debug!(%peer, ?ended, "tunnel ended"),
+                        Err(error) => tracing::debug!(%peer, %error, "tunnel ended with an error"),
                     }
                 }
                 Err(error) => tracing::debug!(%peer, %error, "upgrade failed"),

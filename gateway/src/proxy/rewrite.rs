@@ -5,7 +5,6 @@
 use std::net::SocketAddr;
 
 use http::{header, HeaderName, HeaderValue, Request, Uri, Version};
-use hyper::body::Incoming;
 
 use super::{error::ProxyError, forward, forward::X_REQUEST_ID, identity::Identity, route::Route};
 use crate::{
@@ -47,14 +46,14 @@ impl Rewriter {
 
     /// `req` rewritten for `server`; the upstream identity is a JWT of the
     /// gateway's own issuer when the route asks for one and `tokens` is on.
-    pub(super) fn upstream_request(
+    pub(super) fn upstream_request<B>(
         &self,
-        req: Request<Incoming>,
+        req: Request<B>,
         route: &Route,
         origin: &Origin<'_>,
         tokens: Option<&TokenIssuer>,
         server: SocketAddr,
-    ) -> Result<Request<Incoming>, ProxyError> {
+    ) -> Result<Request<B>, ProxyError> {
         let (mut parts, body) = req.into_parts();
         let headers = &mut parts.headers;
         forward::strip_hop_by_hop(headers);
@@ -65,9 +64,9 @@ impl Rewriter {
             headers.remove(header::AUTHORIZATION);
             forward::strip_credentials(headers, parts.uri.query(), &route.key_sources)
         };
-        // Identity headers come from us only, never from the client.
-        headers.remove(&self.client_id_header);
-        headers.remove(&self.client_tier_header);
+        // Identity headers come from us only, never from the client (nor
+        // spelt with `_`, which some upstream frameworks read as `-`).
+        forward::strip_identity(headers, &[&self.client_id_header, &self.client_tier_header]);
         match (origin.identity, route.upstream_identity, tokens) {
             (Some(client), UpstreamIdentity::Jwt, Some(tokens)) => {
                 let grant = Grant {

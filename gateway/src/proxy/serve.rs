@@ -1,7 +1,9 @@
 //! Serving connections: the accept loop (with the per-connection half of
 //! the accept phase), TLS handshakes, HTTP/1.1 and HTTP/2 by hyper, and
 //! closing connections that had nothing in flight for
-//! `limits.request_timeout` (HTTP/2 ones too, with GOAWAY first).
+//! `limits.request_timeout` (HTTP/2 ones too, with GOAWAY first). A source
+//! with `limits.max_connections_per_source` open has its next one closed
+//! at accept.
 use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Instant};
 
 use hyper_util::{
@@ -38,23 +40,34 @@ impl Gateway {
             if self.is_banned(peer.ip()) {
                 continue;
             }
-            let Ok(permit) = self.shared.connections.clone().try_acquire_owned() else {
+            let Ok(all) = self.shared.connections.clone().try_acquire_owned() else {
                 tracing::warn!(%peer, "connection limit reached; closing the new connection");
                 continue;
             };
+            let Some(source) = self.shared.per_source.try_acquire(peer.ip()) else {
+                tracing::debug!(%peer, "per-source connection limit reached; closing the new connection");
+                continue;
+            };
+            let permit = Arc::new(ConnectionPermit {
+                _all: all,
+                _source: source,
+            });
             let gateway = self.clone();
             let tls = tls.clone();
             tokio::spawn(async move {
-                let _permit = permit;
                 match tls {
-                    None => gateway.serve_connection(stream, peer, "http").await,
+                    None => gateway.serve_connection(stream, peer, "http", permit).await,
                     Some(acceptor) => {
                         let handshake = tokio::time::timeout(
                             gateway.limits.request_timeout,
                             acceptor.accept(stream),
                         );
                         match handshake.await {
-                            Ok(Ok(stream)) => gateway.serve_connection(stream, peer, "https").await,
+                            Ok(Ok(stream)) => {
+                                gateway
+                                    .serve_connection(stream, peer, "https", permit)
+                                    .await
+                            }
                             Ok(Err(error)) => {
                                 tracing::debug!(%peer, %error, "TLS handshake failed")
                             }
@@ -66,8 +79,13 @@ impl Gateway {
         }
     }
 
-    async fn serve_connection<I>(self: Arc<Self>, io: I, peer: SocketAddr, proto: &'static str)
-    where
+    async fn serve_connection<I>(
+        self: Arc<Self>,
+        io: I,
+        peer: SocketAddr,
+        proto: &'static str,
+        permit: Arc<ConnectionPermit>,
+    ) where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
         let header_timeout = self.limits.request_timeout;
@@ -75,9 +93,11 @@ impl Gateway {
         let gateway = self.clone();
         let activity = Arc::new(Activity::default());
         let seen = activity.clone();
-        let service = hyper::service::service_fn(move |req| {
+        let service = hyper::service::service_fn(move |mut req: hyper::Request<_>| {
             let gateway = gateway.clone();
             let busy = seen.begin();
+            // For a tunnel this connection may become, which outlives it here.
+            req.extensions_mut().insert(permit.clone());
             async move {
                 let response = gateway.handle(req, peer, proto).await;
                 drop(busy);
@@ -119,6 +139,15 @@ impl Gateway {
             tracing::debug!(%peer, %error, "connection ended with an error");
         }
     }
+}
+
+/// What an open client connection holds: its slot in
+/// `limits.max_connections` and in its source's count. Shared (`Arc`) with
+/// the WebSocket tunnel the connection may become, so the slots stay taken
+/// as long as the tunnel lives.
+pub(super) struct ConnectionPermit {
+    _all: tokio::sync::OwnedSemaphorePermit,
+    _source: crate::connections::SourcePermit,
 }
 
 /// A connection's requests in flight and when the last one ended.
