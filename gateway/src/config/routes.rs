@@ -3,7 +3,7 @@
 use ipnet::IpNet;
 use serde::Deserialize;
 
-use super::{upstreams::UpstreamConfig, ConfigError};
+use super::{bounds::At, upstreams::UpstreamConfig, ConfigError};
 
 /// Which credentials a route accepts.
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
@@ -49,6 +49,10 @@ pub struct RouteConfig {
 }
 
 impl RouteConfig {
+    pub(super) fn check(&self, at: &At) -> Result<(), ConfigError> {
+        at.within("cost", self.cost, 1..=1_000_000)
+    }
+
     /// How logs and metrics name a route: `host` (or `*`) + `path_prefix`.
     pub fn name(&self) -> String {
         format!(
