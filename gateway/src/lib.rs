@@ -15,6 +15,7 @@ pub mod keys;
 pub mod limits;
 pub mod metrics;
 pub mod net;
+pub mod private_files;
 pub mod proxy;
 pub mod shared;
 pub mod tokens;

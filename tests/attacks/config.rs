@@ -10,7 +10,7 @@ use std::{
 
 use gateway_tests::{
     fs::TempDir,
-    gateway::{gateway_bin, minimal_config},
+    gateway::{gateway_bin, minimal_config, Gateway},
     http::pause,
 };
 
@@ -136,4 +136,106 @@ fn run_checks_command_line_overrides_like_the_file() {
     let status = status.unwrap_or_else(|| panic!("still running after 15 s: {stderr}"));
     assert!(!status.success(), "{stderr}");
     assert!(stderr.contains("xdp.default_syn_burst"), "{stderr}");
+}
+
+/// Waits for `child` at most until `deadline`, killing it after.
+fn wait_until(mut child: std::process::Child, deadline: Instant) -> Output {
+    while Instant::now() < deadline {
+        if child.try_wait().unwrap().is_some() {
+            return child.wait_with_output().unwrap();
+        }
+        pause(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    child.wait_with_output().unwrap()
+}
+
+/// Eight `keys bootstrap` processes at once on one new store (they used
+/// to check for an admin and create one in two transactions): exactly one
+/// makes an admin, the others are told one exists, and the store holds
+/// one admin client.
+#[test]
+fn concurrent_bootstraps_make_exactly_one_admin() {
+    let dir = TempDir::new("attack-bootstrap");
+    let config = minimal_config(&dir);
+    let runs: Vec<_> = (0..8)
+        .map(|_| {
+            Command::new(gateway_bin())
+                .args(["keys", "bootstrap", "--json", "--config"])
+                .arg(&config)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let outputs: Vec<Output> = runs
+        .into_iter()
+        .map(|run| wait_until(run, deadline))
+        .collect();
+    let created = outputs.iter().filter(|o| o.status.success()).count();
+    for output in outputs.iter().filter(|o| !o.status.success()) {
+        let stderr = stderr(output);
+        assert!(stderr.contains("admin client exists"), "{stderr}");
+    }
+    let statuses: Vec<_> = outputs.iter().map(|o| o.status).collect();
+    assert_eq!(created, 1, "{statuses:?}");
+    let list = Command::new(gateway_bin())
+        .args(["keys", "list", "--json", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(list.status.success(), "{}", stderr(&list));
+    let list: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
+    let admins = list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|client| client["is_admin"] == true)
+        .count();
+    assert_eq!(admins, 1, "{list}");
+}
+
+fn mode(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    let metadata = std::fs::metadata(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    metadata.permissions().mode() & 0o777
+}
+
+/// Under the usual umask (022), every file holding key hashes, signing
+/// keys or audit records is owner-only: the key store and its WAL and
+/// shared-memory files, the audit log, the token signing keys and the
+/// self-signed TLS key. A store left readable by an older version is
+/// narrowed at start.
+#[test]
+fn store_audit_and_key_files_are_owner_only() {
+    // The usual default, made explicit: the gateway must not rely on a
+    // stricter one. The test's children inherit it.
+    // SAFETY: umask has no preconditions.
+    unsafe { libc::umask(0o022) };
+    let builder = Gateway::builder("[[listeners]]\naddress = \"127.0.0.1:0\"\n[listeners.tls]\n");
+    builder.create_key("gold");
+    let store = builder.config.with_file_name("keys.db");
+    assert_eq!(mode(&store), 0o600, "keys create made the store");
+    std::fs::set_permissions(&store, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let gateway = builder.start();
+    let state = &gateway.state_dir;
+    let files = [
+        store.clone(),
+        store.with_file_name("keys.db-wal"),
+        store.with_file_name("keys.db-shm"),
+        state.join("audit.log"),
+        state.join("token-keys.json"),
+        state.join("self-signed.key"),
+    ];
+    for file in &files {
+        assert_eq!(
+            mode(file) & 0o077,
+            0,
+            "{} is {:o}",
+            file.display(),
+            mode(file)
+        );
+    }
 }
