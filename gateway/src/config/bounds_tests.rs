@@ -256,3 +256,13 @@ fn cut_and_mangled_examples_never_panic() {
         let _ = Config::parse(&text.join("\n"));
     }
 }
+
+#[test]
+fn deep_nesting_is_an_error_not_a_stack_overflow() {
+    for open in ["[", "{a="] {
+        let text = format!("a = {}", open.repeat(100_000));
+        assert!(Config::parse(&text).is_err());
+    }
+    let text = format!("{}= 1", "a.".repeat(100_000));
+    assert!(Config::parse(&text).is_err());
+}
