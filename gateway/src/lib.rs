@@ -17,6 +17,7 @@ pub mod limits;
 pub mod metrics;
 pub mod net;
 pub mod path;
+pub mod private_files;
 pub mod proxy;
 pub mod shared;
 pub mod tokens;

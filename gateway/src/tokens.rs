@@ -118,6 +118,7 @@ impl KeyFile {
     }
 
     fn read(&self) -> Result<Option<Vec<StoredKey>>, TokenKeyError> {
+        crate::private_files::restrict(&self.path).map_err(self.io())?;
         match std::fs::read(&self.path) {
             Ok(bytes) => {
                 serde_json::from_slice(&bytes)
@@ -133,19 +134,21 @@ impl KeyFile {
     }
 
     fn write(&self, keys: &[StoredKey]) -> Result<(), TokenKeyError> {
-        use std::{io::Write, os::unix::fs::OpenOptionsExt};
+        use std::io::Write;
         if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(self.io())?;
         }
         let temp = self.path.with_extension("json.tmp");
         let text = serde_json::to_vec_pretty(keys).unwrap_or_default();
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&temp)
-            .map_err(self.io())?;
+        // A temp file left wider by a crash is narrowed before it is renamed.
+        let mut file = crate::private_files::open(
+            &temp,
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true),
+        )
+        .map_err(self.io())?;
         file.write_all(&text).map_err(self.io())?;
         file.sync_all().map_err(self.io())?;
         std::fs::rename(&temp, &self.path).map_err(self.io())

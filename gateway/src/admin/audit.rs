@@ -8,6 +8,8 @@ use std::{
     sync::Mutex,
 };
 
+use crate::private_files;
+
 pub struct AuditLog {
     file: Mutex<File>,
 }
@@ -29,7 +31,8 @@ impl AuditLog {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)?;
         }
-        let file = OpenOptions::new().create(true).append(true).open(path)?;
+        // Records who acted on which client: owner-only, like the store.
+        let file = private_files::open(path, OpenOptions::new().create(true).append(true))?;
         Ok(Self {
             file: Mutex::new(file),
         })

@@ -132,6 +132,10 @@ pub fn check_config(file: &Path) -> Result<()> {
 pub fn run(args: RunArgs) -> Result<()> {
     let mut config = Config::load(args.config.as_deref()).context("loading the configuration")?;
     args.apply(&mut config);
+    // The overrides get the file's checks (`--syn-burst 0` is `xdp.default_syn_burst`).
+    config
+        .validate()
+        .context("the configuration with the command line's overrides is not valid")?;
     let settings = config.xdp_settings();
     if config.xdp.enabled && settings.ports.is_empty() {
         bail!("the kernel path needs at least one port to protect (xdp.ports or a listener)");

@@ -4,7 +4,10 @@ use std::{path::PathBuf, time::Duration};
 
 use serde::Deserialize;
 
-use super::{durations, ConfigError};
+use super::{
+    bounds::{At, DAY, HOUR, MS, SECOND, YEAR},
+    durations, ConfigError,
+};
 use crate::jwt::{self, IssuerSettings};
 
 /// One trusted JWT issuer (an OAuth2/OIDC provider).
@@ -67,6 +70,16 @@ fn default_min_refresh() -> Duration {
 }
 
 impl IssuerConfig {
+    pub(super) fn check(&self, at: &At) -> Result<(), ConfigError> {
+        at.within("leeway", self.leeway, Duration::ZERO..=HOUR)?;
+        at.within("refresh", self.refresh, MS..=DAY)?;
+        at.within(
+            "min_refresh_interval",
+            self.min_refresh_interval,
+            Duration::ZERO..=DAY,
+        )
+    }
+
     /// The gateway's own issuer: its EdDSA keys, its audience.
     pub fn own(issuer: &str, audience: &str) -> Self {
         Self {
@@ -142,6 +155,12 @@ impl Default for TokensConfig {
 }
 
 impl TokensConfig {
+    /// Whole seconds (tokens carry seconds), at most a day.
+    pub(super) fn check(&self, at: &At) -> Result<(), ConfigError> {
+        at.within("ttl", self.ttl, SECOND..=DAY)?;
+        at.within("upstream_ttl", self.upstream_ttl, SECOND..=DAY)
+    }
+
     /// How long a retired signing key must stay published.
     pub fn max_ttl_seconds(&self) -> i64 {
         self.ttl.max(self.upstream_ttl).as_secs() as i64
@@ -164,6 +183,12 @@ impl Default for KeysConfig {
             store: "gateway-keys.db".into(),
             refresh: Duration::from_secs(1),
         }
+    }
+}
+
+impl KeysConfig {
+    pub(super) fn check(&self, at: &At) -> Result<(), ConfigError> {
+        at.within("refresh", self.refresh, MS..=DAY)
     }
 }
 
@@ -192,6 +217,15 @@ fn default_tier_window() -> Duration {
 }
 
 impl TierConfig {
+    /// Kernel rates may be 0 (unlimited); bursts admit at least one.
+    pub(super) fn check(&self, at: &At) -> Result<(), ConfigError> {
+        at.within("requests", self.requests, 1..=u32::MAX)?;
+        at.within("window", self.window, MS..=YEAR)?;
+        at.within_opt("burst", self.burst, 1..=u32::MAX)?;
+        at.within_opt("syn_burst", self.syn_burst, 1..=u32::MAX)?;
+        at.within_opt("pkt_burst", self.pkt_burst, 1..=u32::MAX)
+    }
+
     pub fn quota(&self) -> crate::limits::Quota {
         crate::limits::Quota::new(
             &self.name,

@@ -6,7 +6,13 @@ use gateway_common::Budget;
 use ipnet::IpNet;
 use serde::Deserialize;
 
-use super::{durations, identity::TierConfig, listen::ListenerConfig};
+use super::{
+    bounds::{At, COUNT, DAY, MS, YEAR},
+    durations,
+    identity::TierConfig,
+    listen::ListenerConfig,
+    ConfigError,
+};
 use crate::guard::{GuardMode, GuardSettings};
 use crate::xdp::{MapSizes, Mode, XdpSettings, DEFAULT_BUDGET, DEFAULT_PIN_ROOT};
 
@@ -52,6 +58,17 @@ impl Default for XdpConfig {
 }
 
 impl XdpConfig {
+    /// Map sizes up to 16 Mi entries.
+    const ENTRIES: std::ops::RangeInclusive<u32> = 1..=1 << 24;
+
+    /// Rates may be 0 (unlimited); bursts admit at least one packet.
+    pub(super) fn check(&self, at: &At) -> Result<(), ConfigError> {
+        at.within("default_syn_burst", self.default_syn_burst, 1..=u32::MAX)?;
+        at.within("default_pkt_burst", self.default_pkt_burst, 1..=u32::MAX)?;
+        at.within("max_bans", self.max_bans, Self::ENTRIES)?;
+        at.within("max_sources", self.max_sources, Self::ENTRIES)
+    }
+
     /// The kernel's budget for a source no tier has claimed.
     fn default_budget(&self) -> Budget {
         Budget {
@@ -130,6 +147,16 @@ impl Default for GuardConfig {
 }
 
 impl GuardConfig {
+    pub(super) fn check(&self, at: &At) -> Result<(), ConfigError> {
+        at.within("excess", self.excess, 0..=COUNT)?;
+        at.within("auth_failures", self.auth_failures, 0..=COUNT)?;
+        at.within("auth_failure_window", self.auth_failure_window, MS..=DAY)?;
+        at.within("auth_failure_ban", self.auth_failure_ban, MS..=YEAR)?;
+        at.within("min_ban", self.min_ban, MS..=YEAR)?;
+        at.within("max_ban", self.max_ban, MS..=YEAR)?;
+        at.within("budget_idle", self.budget_idle, MS..=DAY)
+    }
+
     /// The guard's settings: its own section, the kernel's allow list, and
     /// one kernel budget per tier.
     pub(super) fn settings(&self, xdp: &XdpConfig, tiers: &[TierConfig]) -> GuardSettings {

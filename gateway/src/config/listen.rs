@@ -4,7 +4,10 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use serde::Deserialize;
 
-use super::{durations, ConfigError};
+use super::{
+    bounds::{At, DAY, HOUR, MS},
+    durations, ConfigError,
+};
 
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -71,6 +74,25 @@ impl Default for LimitsConfig {
             tunnel_idle_timeout: Duration::from_secs(300),
             workers: 0,
         }
+    }
+}
+
+impl LimitsConfig {
+    /// hyper's smallest header buffer; Envoy's largest header limit.
+    const HEADER_BYTES: std::ops::RangeInclusive<usize> = 8192..=8 << 20;
+
+    pub(super) fn check(&self, at: &At) -> Result<(), ConfigError> {
+        // Half the request timeout is the idle check's tick: never zero.
+        at.within("request_timeout", self.request_timeout, MS..=DAY)?;
+        at.within("upstream_timeout", self.upstream_timeout, MS..=DAY)?;
+        at.within("connect_timeout", self.connect_timeout, MS..=HOUR)?;
+        at.within(
+            "max_header_bytes",
+            self.max_header_bytes,
+            Self::HEADER_BYTES,
+        )?;
+        at.within("max_connections", self.max_connections, 1..=10_000_000)?;
+        at.within("workers", self.workers, 0..=1024)
     }
 }
 

@@ -3,6 +3,7 @@
 //!
 //! This module parses and drives validation; each section's types and
 //! checks live in its own module and are re-exported here.
+mod bounds;
 mod durations;
 mod identity;
 mod kernel;
@@ -14,6 +15,7 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
+use self::bounds::At;
 pub use self::identity::{IssuerConfig, KeysConfig, TierConfig, TokensConfig};
 pub use self::kernel::{GuardConfig, XdpConfig};
 pub use self::listen::{AdminConfig, LimitsConfig, ListenerConfig, TlsConfig};
@@ -119,15 +121,31 @@ impl Config {
     }
 
     /// Section by section; the order decides which error a config with
-    /// several mistakes reports, so keep it.
-    fn validate(&self) -> Result<(), ConfigError> {
+    /// several mistakes reports, so keep it. [`Config::parse`] runs it;
+    /// run it again after changing a parsed config (command-line overrides).
+    pub fn validate(&self) -> Result<(), ConfigError> {
         listen::validate(&self.listeners)?;
         listen::validate_limits(&self.limits)?;
         upstreams::validate(&self.upstreams)?;
         routes::validate_targets(&self.routes, &self.upstreams)?;
         identity::validate_issuers(&self.issuers)?;
         routes::validate_auth(&self.routes, !self.issuers.is_empty(), self.tokens.enabled)?;
-        routes::validate_forwarding(&self.forwarding)
+        routes::validate_forwarding(&self.forwarding)?;
+        self.check_ranges()
+    }
+
+    /// Every number and duration within its range (see [`bounds`]), so
+    /// no configuration can panic the gateway.
+    fn check_ranges(&self) -> Result<(), ConfigError> {
+        self.xdp.check(&At::new("xdp"))?;
+        self.keys.check(&At::new("keys"))?;
+        self.limits.check(&At::new("limits"))?;
+        self.guard.check(&At::new("guard"))?;
+        self.tokens.check(&At::new("tokens"))?;
+        At::each("upstreams", &self.upstreams, UpstreamConfig::check)?;
+        At::each("routes", &self.routes, RouteConfig::check)?;
+        At::each("tiers", &self.tiers, TierConfig::check)?;
+        At::each("issuers", &self.issuers, IssuerConfig::check)
     }
 
     /// The kernel-path settings this config implies.

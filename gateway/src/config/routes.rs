@@ -3,7 +3,7 @@
 use ipnet::IpNet;
 use serde::Deserialize;
 
-use super::{upstreams::UpstreamConfig, ConfigError};
+use super::{bounds::At, upstreams::UpstreamConfig, ConfigError};
 use crate::path;
 
 /// Which credentials a route accepts.
@@ -58,6 +58,10 @@ pub struct RouteConfig {
 }
 
 impl RouteConfig {
+    pub(super) fn check(&self, at: &At) -> Result<(), ConfigError> {
+        at.within("cost", self.cost, 1..=1_000_000)
+    }
+
     /// How logs and metrics name a route: `host` (or `*`) + `path_prefix`.
     pub fn name(&self) -> String {
         format!(

@@ -4,7 +4,10 @@ use std::{net::SocketAddr, time::Duration};
 
 use serde::Deserialize;
 
-use super::{durations, ConfigError};
+use super::{
+    bounds::{At, DAY, HOUR, MS},
+    durations, ConfigError,
+};
 
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
@@ -28,6 +31,15 @@ pub struct UpstreamConfig {
     /// signal configured means no shedding.
     #[serde(default)]
     pub overload: OverloadConfig,
+}
+
+impl UpstreamConfig {
+    pub(super) fn check(&self, at: &At) -> Result<(), ConfigError> {
+        if let Some(check) = &self.health_check {
+            check.check(&at.child("health_check"))?;
+        }
+        self.overload.check(&at.child("overload"))
+    }
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -59,6 +71,15 @@ impl Default for OverloadConfig {
     }
 }
 
+impl OverloadConfig {
+    pub(super) fn check(&self, at: &At) -> Result<(), ConfigError> {
+        at.within_opt("max_in_flight", self.max_in_flight, 1..=10_000_000)?;
+        at.within_opt("p99_latency", self.p99_latency, MS..=HOUR)?;
+        at.within_opt("error_rate", self.error_rate, 0.0..=1.0)?;
+        at.within("interval", self.interval, MS..=DAY)
+    }
+}
+
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HealthCheckConfig {
@@ -74,6 +95,18 @@ pub struct HealthCheckConfig {
     /// Consecutive successes that bring it back.
     #[serde(default = "default_threshold")]
     pub healthy_threshold: u32,
+}
+
+impl HealthCheckConfig {
+    pub(super) fn check(&self, at: &At) -> Result<(), ConfigError> {
+        if !self.path.starts_with('/') {
+            return Err(at.invalid("path", "must start with '/'"));
+        }
+        at.within("interval", self.interval, MS..=DAY)?;
+        at.within("timeout", self.timeout, MS..=HOUR)?;
+        at.within("unhealthy_threshold", self.unhealthy_threshold, 1..=1000)?;
+        at.within("healthy_threshold", self.healthy_threshold, 1..=1000)
+    }
 }
 
 fn default_check_interval() -> Duration {

@@ -181,16 +181,20 @@ impl<'a> Clients<'a> {
     /// The first admin client, in the highest configured tier; refused
     /// when an admin client exists, unless `force`.
     pub fn bootstrap(&self, force: bool, now: i64) -> Result<ClientView, ClientError> {
-        if !force && self.store.clients()?.iter().any(|c| c.is_admin) {
-            return Err(ClientError::AdminExists);
-        }
         let new = NewClient {
             name: "admin".into(),
             tier: self.tiers.last().copied().unwrap_or("gold").to_owned(),
             is_admin: true,
             ..NewClient::default()
         };
-        let (client, key) = self.store.create(new, now)?;
+        // Checked and created in one transaction: concurrent runs make one admin.
+        let (client, key) = if force {
+            self.store.create(new, now)?
+        } else {
+            self.store
+                .create_first_admin(new, now)?
+                .ok_or(ClientError::AdminExists)?
+        };
         let mut view = self.view(client)?;
         view.api_key = Some(key);
         Ok(view)
@@ -389,6 +393,48 @@ mod tests {
             clients.revoke(&id),
             Err(ClientError::UnknownClient(_))
         ));
+    }
+
+    /// Racing bootstraps, each on its own connection as separate processes
+    /// would be: one admin. The store and its WAL files are owner-only.
+    #[test]
+    fn racing_bootstraps_make_one_admin_in_a_private_store() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys.db");
+        let start = std::sync::Barrier::new(8);
+        let outcomes: Vec<bool> = std::thread::scope(|scope| {
+            let runs: Vec<_> = (0..8)
+                .map(|_| {
+                    scope.spawn(|| {
+                        let store = SqliteStore::open(&path).unwrap();
+                        start.wait();
+                        match Clients::new(&store, ["gold"]).bootstrap(false, 0) {
+                            Ok(_) => true,
+                            Err(ClientError::AdminExists) => false,
+                            Err(other) => panic!("{other}"),
+                        }
+                    })
+                })
+                .collect();
+            runs.into_iter().map(|run| run.join().unwrap()).collect()
+        });
+        assert_eq!(outcomes.iter().filter(|created| **created).count(), 1);
+        let store = SqliteStore::open(&path).unwrap();
+        let admins = store
+            .clients()
+            .unwrap()
+            .iter()
+            .filter(|c| c.is_admin)
+            .count();
+        assert_eq!(admins, 1);
+        for file in ["keys.db", "keys.db-wal", "keys.db-shm"] {
+            let mode = std::fs::metadata(dir.path().join(file))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600, "{file}");
+        }
     }
 
     #[test]

@@ -4,9 +4,10 @@
 //! without touching the request path, which reads [`super::KeyIndex`].
 use std::{path::Path, sync::Mutex};
 
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
 
 use super::format::{self, KeyFormatError};
+use crate::private_files;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -14,6 +15,11 @@ pub enum StoreError {
     Open {
         path: String,
         source: rusqlite::Error,
+    },
+    #[error("key store {path}: {source}")]
+    File {
+        path: String,
+        source: std::io::Error,
     },
     #[error("key store: {0}")]
     Sql(#[from] rusqlite::Error),
@@ -99,6 +105,15 @@ pub trait KeyStore: Send + Sync {
             .pop()
             .ok_or_else(|| StoreError::Sql(rusqlite::Error::QueryReturnedNoRows))
     }
+
+    /// Creates `new` unless an admin client exists, atomically: of two
+    /// concurrent calls on an empty store exactly one creates. `Ok(None)`:
+    /// an admin client exists.
+    fn create_first_admin(
+        &self,
+        new: NewClient,
+        now: i64,
+    ) -> Result<Option<(Client, String)>, StoreError>;
     fn clients(&self) -> Result<Vec<Client>, StoreError>;
     fn keys(&self) -> Result<Vec<StoredKey>, StoreError>;
     /// Changes whenever another process commits to the store.
@@ -160,22 +175,28 @@ CREATE TABLE IF NOT EXISTS api_keys (
 
 impl SqliteStore {
     pub fn open(path: &Path) -> Result<Self, StoreError> {
+        make_private(path)?;
         let open_error = |source| StoreError::Open {
             path: path.display().to_string(),
             source,
         };
-        let conn = Connection::open(path).map_err(open_error)?;
+        let mut conn = Connection::open(path).map_err(open_error)?;
+        // First, so that concurrent openers of a new store wait for each
+        // other (the switch to WAL locks the file) instead of failing.
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(open_error)?;
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(open_error)?;
         conn.pragma_update(None, "synchronous", "FULL")
             .map_err(open_error)?;
         conn.pragma_update(None, "foreign_keys", "ON")
             .map_err(open_error)?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(open_error)?;
-        conn.execute_batch(SCHEMA).map_err(open_error)?;
+        tx.execute_batch(SCHEMA).map_err(open_error)?;
         // Stores made before key rotation lack the per-key expiry.
-        let has_expiry: bool = conn
+        let has_expiry: bool = tx
             .query_row(
                 "SELECT COUNT(*) FROM pragma_table_info('api_keys') WHERE name = 'expires_at'",
                 [],
@@ -183,9 +204,10 @@ impl SqliteStore {
             )
             .map_err(open_error)?;
         if !has_expiry {
-            conn.execute_batch("ALTER TABLE api_keys ADD COLUMN expires_at INTEGER")
+            tx.execute_batch("ALTER TABLE api_keys ADD COLUMN expires_at INTEGER")
                 .map_err(open_error)?;
         }
+        tx.commit().map_err(open_error)?;
         Ok(Self {
             conn: Mutex::new(conn),
         })
@@ -196,6 +218,19 @@ impl SqliteStore {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
+}
+
+/// The store and its WAL and shared-memory files are 0600: the store is
+/// created so before SQLite opens it (SQLite gives its `-wal` and `-shm`
+/// files the database's mode); all are narrowed if they were wider.
+fn make_private(path: &Path) -> Result<(), StoreError> {
+    if path.as_os_str().is_empty() || path == Path::new(":memory:") {
+        return Ok(());
+    }
+    private_files::prepare(path, &["-wal", "-shm", "-journal"]).map_err(|source| StoreError::File {
+        path: path.display().to_string(),
+        source,
+    })
 }
 
 fn insert_key(
@@ -225,14 +260,34 @@ fn client_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Client> {
     })
 }
 
-impl KeyStore for SqliteStore {
-    fn create_many(
+/// One IMMEDIATE transaction per read-modify-write: the write lock is
+/// taken at `BEGIN`, so nothing another process commits falls between
+/// what it reads (an admin exists? an external id is taken?) and writes.
+fn immediate(conn: &mut Connection) -> rusqlite::Result<Transaction<'_>> {
+    conn.transaction_with_behavior(TransactionBehavior::Immediate)
+}
+
+impl SqliteStore {
+    /// Creates clients; with `first_admin`, only if no admin client exists
+    /// (`Ok(None)`), checked in the same transaction.
+    fn insert(
         &self,
         new: Vec<NewClient>,
         now: i64,
-    ) -> Result<Vec<(Client, String)>, StoreError> {
+        first_admin: bool,
+    ) -> Result<Option<Vec<(Client, String)>>, StoreError> {
         let mut conn = self.conn();
-        let tx = conn.transaction()?;
+        let tx = immediate(&mut conn)?;
+        if first_admin {
+            let admins: i64 = tx.query_row(
+                "SELECT COUNT(*) FROM api_clients WHERE is_admin",
+                [],
+                |row| row.get(0),
+            )?;
+            if admins > 0 {
+                return Ok(None);
+            }
+        }
         let mut created = Vec::with_capacity(new.len());
         for new in new {
             let key = format::generate()?;
@@ -281,7 +336,25 @@ impl KeyStore for SqliteStore {
             created.push((client, key.text));
         }
         tx.commit()?;
-        Ok(created)
+        Ok(Some(created))
+    }
+}
+
+impl KeyStore for SqliteStore {
+    fn create_many(
+        &self,
+        new: Vec<NewClient>,
+        now: i64,
+    ) -> Result<Vec<(Client, String)>, StoreError> {
+        Ok(self.insert(new, now, false)?.unwrap_or_default())
+    }
+
+    fn create_first_admin(
+        &self,
+        new: NewClient,
+        now: i64,
+    ) -> Result<Option<(Client, String)>, StoreError> {
+        Ok(self.insert(vec![new], now, true)?.and_then(|mut c| c.pop()))
     }
 
     fn clients(&self) -> Result<Vec<Client>, StoreError> {
@@ -335,7 +408,17 @@ impl KeyStore for SqliteStore {
     }
 
     fn update(&self, client_id: &str, update: &ClientUpdate) -> Result<Option<Client>, StoreError> {
-        let Some(mut client) = self.client(client_id)? else {
+        let mut conn = self.conn();
+        let tx = immediate(&mut conn)?;
+        let Some(mut client) = tx
+            .query_row(
+                "SELECT id, name, tier, scopes, expires_at, disabled, is_admin, external_id, created_at
+                 FROM api_clients WHERE id = ?1",
+                [client_id],
+                client_from_row,
+            )
+            .optional()?
+        else {
             return Ok(None);
         };
         let ClientUpdate {
@@ -354,7 +437,7 @@ impl KeyStore for SqliteStore {
         client.disabled = disabled.unwrap_or(client.disabled);
         client.is_admin = is_admin.unwrap_or(client.is_admin);
         client.external_id = external_id.unwrap_or(client.external_id);
-        let result = self.conn().execute(
+        let result = tx.execute(
             "UPDATE api_clients SET name = ?2, tier = ?3, scopes = ?4, expires_at = ?5,
                  disabled = ?6, is_admin = ?7, external_id = ?8
              WHERE id = ?1",
@@ -378,13 +461,16 @@ impl KeyStore for SqliteStore {
                 ))
             }
             Err(e) => Err(e.into()),
-            Ok(_) => Ok(Some(client)),
+            Ok(_) => {
+                tx.commit()?;
+                Ok(Some(client))
+            }
         }
     }
 
     fn delete(&self, client_id: &str) -> Result<bool, StoreError> {
         let mut conn = self.conn();
-        let tx = conn.transaction()?;
+        let tx = immediate(&mut conn)?;
         tx.execute("DELETE FROM api_keys WHERE client_id = ?1", [client_id])?;
         let deleted = tx.execute("DELETE FROM api_clients WHERE id = ?1", [client_id])?;
         tx.commit()?;
@@ -399,7 +485,7 @@ impl KeyStore for SqliteStore {
     ) -> Result<Option<String>, StoreError> {
         let key = format::generate()?;
         let mut conn = self.conn();
-        let tx = conn.transaction()?;
+        let tx = immediate(&mut conn)?;
         let exists: Option<String> = tx
             .query_row(
                 "SELECT id FROM api_clients WHERE id = ?1",

@@ -14,7 +14,7 @@ use rustls::{
 };
 use tokio_rustls::TlsAcceptor;
 
-use crate::config::TlsConfig;
+use crate::{config::TlsConfig, private_files};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -74,13 +74,14 @@ fn private_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
 pub fn self_signed(dir: &Path, names: &[String]) -> Result<(PathBuf, PathBuf), TlsError> {
     let cert_path = dir.join("self-signed.crt");
     let key_path = dir.join("self-signed.key");
-    if cert_path.is_file() && key_path.is_file() {
-        return Ok((cert_path, key_path));
-    }
     let write_error = |path: &Path| {
         let path = path.to_owned();
         move |source| TlsError::Write { path, source }
     };
+    if cert_path.is_file() && key_path.is_file() {
+        private_files::restrict(&key_path).map_err(write_error(&key_path))?;
+        return Ok((cert_path, key_path));
+    }
     std::fs::create_dir_all(dir).map_err(write_error(dir))?;
     let generated = rcgen::generate_simple_self_signed(names.to_vec())?;
     write_private(&key_path, generated.signing_key.serialize_pem().as_bytes())
@@ -92,14 +93,10 @@ pub fn self_signed(dir: &Path, names: &[String]) -> Result<(PathBuf, PathBuf), T
 
 /// Writes a file readable by its owner only.
 fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::{io::Write, os::unix::fs::OpenOptionsExt};
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)?;
-    file.write_all(bytes)
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    private_files::open(path, &mut options)?.write_all(bytes)
 }
 
 /// An acceptor for one listener.
