@@ -4,7 +4,7 @@ use std::{path::PathBuf, time::Duration};
 
 use serde::Deserialize;
 
-use super::{durations, ConfigError};
+use super::{durations, routes::LimitBy, ConfigError};
 use crate::jwt::{self, IssuerSettings};
 
 /// One trusted JWT issuer (an OAuth2/OIDC provider).
@@ -127,6 +127,16 @@ pub struct TokensConfig {
     /// Lifetime of tokens the gateway hands upstreams (`upstream_identity = "jwt"`).
     #[serde(with = "durations")]
     pub upstream_ttl: Duration,
+    /// Limit `/oauth2/token` (after the secret is checked), so no client
+    /// mints tokens fast enough to churn the verified-token cache: each of
+    /// `limit_by` is its own bucket of `limit_requests` per `limit_window`
+    /// (bursts up to `limit_requests`), all must allow. Its own quota, not
+    /// the tier's: a client needs one token per `ttl`, not one per request.
+    pub rate_limit: bool,
+    pub limit_by: Vec<LimitBy>,
+    pub limit_requests: u32,
+    #[serde(with = "durations")]
+    pub limit_window: Duration,
 }
 
 impl Default for TokensConfig {
@@ -137,11 +147,45 @@ impl Default for TokensConfig {
             audience: "gateway".into(),
             ttl: Duration::from_secs(300),
             upstream_ttl: Duration::from_secs(60),
+            rate_limit: true,
+            limit_by: vec![LimitBy::Client, LimitBy::Source],
+            limit_requests: 20,
+            limit_window: Duration::from_secs(60),
         }
     }
 }
 
 impl TokensConfig {
+    /// The token endpoint's quota (`None`: not limited).
+    pub fn limit_quota(&self) -> Option<crate::limits::Quota> {
+        let (requests, window) = (self.limit_requests, self.limit_window);
+        let limited = self.enabled && self.rate_limit && !self.limit_by.is_empty();
+        limited.then(|| crate::limits::Quota::new("token_endpoint", requests, window, requests))
+    }
+
+    pub(super) fn validate(&self) -> Result<(), ConfigError> {
+        if !(self.enabled && self.rate_limit) {
+            return Ok(());
+        }
+        if self.limit_by.is_empty() {
+            let message = "empty: name client, source or both (or set rate_limit = false)";
+            return Err(ConfigError::invalid("tokens.limit_by", message));
+        }
+        if self.limit_requests == 0 {
+            return Err(ConfigError::invalid(
+                "tokens.limit_requests",
+                "must be at least 1",
+            ));
+        }
+        if self.limit_window.is_zero() {
+            return Err(ConfigError::invalid(
+                "tokens.limit_window",
+                "must be longer than 0s",
+            ));
+        }
+        Ok(())
+    }
+
     /// How long a retired signing key must stay published.
     pub fn max_ttl_seconds(&self) -> i64 {
         self.ttl.max(self.upstream_ttl).as_secs() as i64

@@ -125,6 +125,7 @@ impl Config {
         upstreams::validate(&self.upstreams)?;
         routes::validate_targets(&self.routes, &self.upstreams)?;
         identity::validate_issuers(&self.issuers)?;
+        self.tokens.validate()?;
         routes::validate_auth(&self.routes, !self.issuers.is_empty(), self.tokens.enabled)?;
         routes::validate_forwarding(&self.forwarding)
     }
@@ -135,7 +136,7 @@ impl Config {
     }
 
     pub fn guard_settings(&self) -> GuardSettings {
-        self.guard.settings(&self.xdp, &self.tiers)
+        (self.guard).settings(&self.xdp, &self.forwarding.trusted_proxies, &self.tiers)
     }
 }
 
