@@ -379,11 +379,11 @@ impl SourceGuard {
             GuardMode::Enforce => {}
         }
         let until_ns = now_ns.saturating_add(duration_ns(length));
-        let client = match &target {
+        let client_hash = match &target {
             BanTarget::Client { client, .. } => Some(self.client_hash(client)),
             _ => None,
         };
-        self.with_source(ip, now_ns, |source| match client {
+        self.with_source(ip, now_ns, |source| match client_hash {
             Some(id) => source.client(id).banned_until_ns = until_ns,
             None => source.banned_until_ns = until_ns,
         });
@@ -398,7 +398,11 @@ impl SourceGuard {
             BanTarget::Forwarded(_) => _ = counters.forwarded_bans.fetch_add(1, Ordering::Relaxed),
             BanTarget::Client { .. } => _ = counters.client_bans.fetch_add(1, Ordering::Relaxed),
         }
-        tracing::warn!(%ip, kind, reason, seconds = length.as_secs_f64(), "banning");
+        let client = match &target {
+            BanTarget::Client { client, .. } => Some(client.as_ref()),
+            _ => None,
+        };
+        tracing::warn!(%ip, kind, client, reason, seconds = length.as_secs_f64(), "banning");
         Some(PolicyUpdate::Ban {
             target,
             until_ns,
