@@ -292,6 +292,26 @@ mod tests {
     use super::super::tests::error;
 
     #[test]
+    fn the_token_endpoint_limit_is_on_by_default_and_checked_with_its_path() {
+        let config = super::super::Config::parse("[[listeners]]\naddress = \"127.0.0.1:1\"\n");
+        let quota = config.unwrap().tokens.limit_quota().unwrap();
+        assert_eq!((quota.requests, quota.window.as_secs()), (20, 60));
+        let base = "[[listeners]]\naddress = \"127.0.0.1:1\"\n[tokens]\n";
+        for (body, path) in [
+            ("limit_by = []", "tokens.limit_by"),
+            ("limit_requests = 0", "tokens.limit_requests"),
+            ("limit_window = \"0s\"", "tokens.limit_window"),
+            ("limit_by = [\"everyone\"]", "tokens.limit_by"),
+        ] {
+            let message = error(&format!("{base}{body}\n"));
+            assert!(message.starts_with(path), "{body}: {message}");
+        }
+        let off = format!("{base}rate_limit = false\nlimit_by = []\n");
+        let config = super::super::Config::parse(&off).unwrap();
+        assert!(config.tokens.limit_quota().is_none());
+    }
+
+    #[test]
     fn hmac_algorithms_are_refused_with_their_path() {
         let message = error(
             "[[listeners]]\naddress = \"127.0.0.1:1\"\n[[issuers]]\nissuer = \"i\"\njwks_url = \"http://x\"\nalgorithms = [\"RS256\", \"HS256\"]\n",
