@@ -221,6 +221,25 @@ fn an_untrusted_peer_does_not_choose_its_address_with_x_forwarded_for() {
     assert_eq!(upstream.requests().len(), 1);
 }
 
+#[test]
+fn behind_a_trusted_load_balancer_source_limits_count_each_client_address() {
+    let upstream = FakeUpstream::start(None);
+    let route =
+        "\n[[routes]]\npath_prefix = \"/src/\"\nupstream = \"app\"\nlimit_by = \"source\"\n";
+    let gateway = Gateway::builder(&config(&upstream, route)).start();
+    let bronze = gateway.create_key("bronze");
+    pause(Duration::from_millis(300));
+    let call = |client: &str| {
+        let headers = [("x-forwarded-for", client), ("x-api-key", bronze.as_str())];
+        get(&gateway, LB, "/src/x", &headers).unwrap().status
+    };
+    // Bronze allows 3 a minute per source: the abuser's address spends its own.
+    let abuser: Vec<u16> = (0..4).map(|_| call(ABUSER)).collect();
+    assert_eq!(abuser, [200, 200, 200, 429]);
+    assert_eq!(call(NEIGHBOUR), 200, "the balancer's address was limited");
+    assert_eq!(upstream.requests().len(), 4);
+}
+
 /// An Ed25519 key pair on disk and a configured issuer trusting it.
 struct Idp {
     _dir: TempDir,
@@ -445,4 +464,84 @@ fn hammering_the_token_endpoint_gets_429s_and_mints_no_more_than_the_limit() {
     let api = get(&gateway, LB, "/jwt/x", &[("authorization", &bearer)]).unwrap();
     assert_eq!(api.status, 200, "{}", api.body);
     assert_eq!(upstream.requests().len(), 1);
+}
+
+/// With XDP attached, in network namespaces: the load balancer is
+/// CLIENT_V4 (trusted), an abuser behind it guesses keys. Its ban lives in
+/// userspace only: the kernel's ban map never holds the balancer (nor
+/// anyone), the balancer's other clients and the other source are served.
+#[test]
+fn with_xdp_a_forwarded_abusers_ban_never_reaches_the_kernel_map() {
+    use gateway_tests::{
+        netns::{Topology, CLIENT2_V4, CLIENT_V4},
+        require_root,
+    };
+    if !require_root("with_xdp_a_forwarded_abusers_ban_never_reaches_the_kernel_map") {
+        return;
+    }
+    const PORT: u16 = 18081;
+    let topology = Topology::new();
+    let upstream = topology.server.run(|| FakeUpstream::start(None));
+    let body = format!(
+        "[[listeners]]\naddress = \"10.77.0.1:{PORT}\"\n\n{}\n\
+         [[routes]]\npath_prefix = \"/\"\nupstream = \"app\"\n\n\
+         [forwarding]\ntrusted_proxies = [\"{CLIENT_V4}/32\"]\n\n\
+         [guard]\nauth_failures = 3\nauth_failure_window = \"60s\"\n",
+        tiers_and_app(upstream.addr)
+    );
+    let gateway = Gateway::builder(&body)
+        .in_namespace(&topology.server)
+        .xdp(&PORT.to_string())
+        .start();
+    let gold = gateway.create_key("gold");
+    pause(Duration::from_millis(400));
+    let send = |source: &'static str, client: &str, key: &str| {
+        let server = std::net::SocketAddr::from(([10, 77, 0, 1], PORT));
+        let headers = [
+            ("x-forwarded-for", client.to_owned()),
+            ("x-api-key", key.to_owned()),
+        ];
+        topology.client.run(move || {
+            let headers: Vec<(&str, &str)> =
+                headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
+            let source = source.parse().unwrap();
+            get_from(source, server, "/", &headers, Duration::from_millis(700))
+                .ok()
+                .map(|r| r.status)
+        })
+    };
+
+    let mut statuses = Vec::new();
+    for i in 0..30 {
+        let status = send(CLIENT_V4, ABUSER, &format!("gk_guess{i:04}_x"));
+        statuses.push(status);
+        if status != Some(401) {
+            break;
+        }
+        if i > 3 {
+            pause(Duration::from_millis(50));
+        }
+    }
+    assert_eq!(statuses.last(), Some(&Some(403)), "{statuses:?}");
+    assert_eq!(
+        send(CLIENT_V4, NEIGHBOUR, &gold),
+        Some(200),
+        "the balancer was dropped"
+    );
+    assert_eq!(send(CLIENT2_V4, "", &gold), Some(200));
+    assert_eq!(
+        gateway.xdp(&["bans", "--json"]).trim(),
+        "[]",
+        "a ban reached the kernel"
+    );
+    assert_eq!(gateway.counter("dropped_banned"), 0);
+    let admin = gateway.admin.unwrap();
+    let text = topology
+        .server
+        .run(move || gateway_tests::http::request(admin, "GET", "/metrics", &[]).body);
+    assert!(
+        text.contains("gateway_userspace_bans_issued_total{ban=\"forwarded\"} 1"),
+        "{text}"
+    );
+    assert!(text.contains("gateway_bans_active 1"), "{text}");
 }
