@@ -25,6 +25,8 @@ struct Counts {
     auth_failures: HashMap<&'static str, u64>,
     /// Requests shed for overload, by tier rank + 1.
     shed: HashMap<usize, u64>,
+    /// Requests refused by a ban the gateway enforces, by what is banned.
+    banned: HashMap<&'static str, u64>,
 }
 
 /// One request's labels, as the access log knows them.
@@ -59,6 +61,10 @@ impl Recorder {
                 *counts.auth_failures.entry(reason).or_default() += 1;
             }
             Some("overloaded") => *counts.shed.entry(tier).or_default() += 1,
+            Some("banned") => {
+                let ban = outcome.detail.unwrap_or("source");
+                *counts.banned.entry(ban).or_default() += 1;
+            }
             _ => {}
         }
     }
@@ -119,6 +125,7 @@ impl Metrics {
         let mut requests: BTreeMap<(Option<usize>, usize, u16), u64> = BTreeMap::new();
         let mut auth: BTreeMap<&'static str, u64> = BTreeMap::new();
         let mut shed: BTreeMap<usize, u64> = BTreeMap::new();
+        let mut banned: BTreeMap<&'static str, u64> = BTreeMap::new();
         for worker in self
             .workers
             .lock()
@@ -134,6 +141,9 @@ impl Metrics {
             }
             for (key, n) in &counts.shed {
                 *shed.entry(*key).or_default() += n;
+            }
+            for (key, n) in &counts.banned {
+                *banned.entry(key).or_default() += n;
             }
         }
         let mut out = String::new();
@@ -196,6 +206,16 @@ impl Metrics {
                 "gateway_shed_total{{tier=\"{}\"}} {n}",
                 escape(self.tier(*tier))
             );
+        }
+        header(
+            &mut out,
+            "gateway_banned_requests_total",
+            "counter",
+            "Requests the gateway refused for a ban, by what is banned: source (without XDP), \
+             forwarded_address, client_at_address.",
+        );
+        for (ban, n) in &banned {
+            let _ = writeln!(out, "gateway_banned_requests_total{{ban=\"{ban}\"}} {n}");
         }
         self.render_gauges(&mut out, gauges);
         out
@@ -269,6 +289,23 @@ impl Metrics {
         }
         header(
             out,
+            "gateway_userspace_bans_issued_total",
+            "counter",
+            "Of the bans issued, those only the gateway enforces, by what is banned: \
+             a client address from X-Forwarded-For, or one client at an address.",
+        );
+        for (kind, counter) in [
+            ("forwarded", &guard.forwarded_bans),
+            ("client", &guard.client_bans),
+        ] {
+            let _ = writeln!(
+                out,
+                "gateway_userspace_bans_issued_total{{ban=\"{kind}\"}} {}",
+                counter.load(Ordering::Relaxed)
+            );
+        }
+        header(
+            out,
             "gateway_bans_monitored_total",
             "counter",
             "Bans not issued because the guard is in monitor mode.",
@@ -282,7 +319,7 @@ impl Metrics {
             out,
             "gateway_bans_spared_total",
             "counter",
-            "Bans not issued because the source is allow-listed.",
+            "Bans not issued because the address is allow-listed or a trusted proxy.",
         );
         let _ = writeln!(
             out,

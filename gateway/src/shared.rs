@@ -7,7 +7,7 @@ use std::{collections::HashMap, sync::Arc, time::Duration};
 use crate::{
     access_log::AccessLogger,
     clock::monotonic_ns,
-    config::{Config, TierConfig},
+    config::{Config, LimitBy, TierConfig},
     guard::{PolicyUpdate, SourceGuard},
     jwt::JwtVerifier,
     keys::KeyIndex,
@@ -26,8 +26,9 @@ static DEFAULT_QUOTA: std::sync::LazyLock<Quota> =
 pub struct Shared {
     pub keys: Arc<KeyIndex>,
     pub jwt: Arc<JwtVerifier>,
-    /// Set when bans are enforced here instead of in XDP.
-    pub userspace_bans: Option<UserspaceBans>,
+    /// Bans enforced here, per request: all of them without XDP; with
+    /// XDP, those of forwarded client addresses and of clients at an address.
+    pub userspace_bans: UserspaceBans,
     /// One pool per upstream, so ejection and health state are the same
     /// for every worker.
     pub pools: Arc<HashMap<String, Arc<Pool>>>,
@@ -46,6 +47,16 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     /// The gateway's own token issuer, when `[tokens]` is enabled.
     pub tokens: Option<Arc<TokenIssuer>>,
+    /// `/oauth2/token`'s own limit, when `[tokens] rate_limit` is on.
+    pub token_limit: Option<Arc<TokenLimit>>,
+}
+
+/// The token endpoint's limit: its quota, what each bucket counts by, and
+/// its own limiter, so minting never spends a client's API quota.
+pub struct TokenLimit {
+    pub quota: Quota,
+    pub by: Vec<LimitBy>,
+    pub limiter: LocalLimiter,
 }
 
 impl Shared {
@@ -53,7 +64,7 @@ impl Shared {
         config: &Config,
         keys: Arc<KeyIndex>,
         jwt: Arc<JwtVerifier>,
-        userspace_bans: Option<UserspaceBans>,
+        userspace_bans: UserspaceBans,
         policy: PolicyHandle,
         tokens: Option<Arc<TokenIssuer>>,
     ) -> Self {
@@ -78,6 +89,13 @@ impl Shared {
             guard: Arc::new(SourceGuard::new(config.guard_settings())),
             policy,
             tokens,
+            token_limit: config.tokens.limit_quota().map(|quota| {
+                Arc::new(TokenLimit {
+                    quota,
+                    by: config.tokens.limit_by.clone(),
+                    limiter: LocalLimiter::new(65_536),
+                })
+            }),
             metrics: Arc::new(Metrics::new(
                 config.routes.iter().map(|route| route.name()).collect(),
                 config.tiers.iter().map(|t| t.name.clone()).collect(),
@@ -100,11 +118,12 @@ impl Shared {
         self.quotas.get(rank).unwrap_or(&DEFAULT_QUOTA)
     }
 
-    /// Hands a guard decision to the policy writer.
+    /// Hands a guard decision to the policy writer, which sends bans the
+    /// kernel cannot enforce to [`Shared::userspace_bans`].
     pub fn submit(&self, update: Option<PolicyUpdate>) {
         if let Some(update) = update {
             if !self.policy.submit(update) {
-                tracing::warn!(?update, "policy queue full; update dropped");
+                tracing::warn!("policy queue full; update dropped");
             }
         }
     }

@@ -252,7 +252,8 @@ impl Admin {
                 let actor = self.authorize(&req, access).inspect_err(|error| {
                     // Key guessing here counts like on the proxy.
                     if let AdminError::InvalidCredential(_) = error {
-                        let update = self.shared.guard.auth_failed(peer.ip(), monotonic_ns());
+                        let remote = crate::guard::Remote::direct(peer.ip());
+                        let update = self.shared.guard.auth_failed(remote, monotonic_ns());
                         self.shared.submit(update);
                     }
                 })?;
@@ -313,14 +314,13 @@ impl Admin {
             .as_deref()
             .and_then(|root| PinnedMaps::open(root).ok());
         let now = monotonic_ns();
-        let bans_active = match (&maps, &shared.userspace_bans) {
-            (Some(maps), _) => maps
-                .bans()
-                .ok()
-                .map(|bans| bans.iter().filter(|(_, b)| b.banned_until_ns > now).count()),
-            (None, Some(bans)) => Some(bans.active(now)),
-            (None, None) => None,
-        };
+        // The kernel's bans and those only userspace enforces.
+        let kernel_bans = maps.as_ref().map(|maps| {
+            (maps.bans().ok()).map_or(0, |bans| {
+                bans.iter().filter(|(_, b)| b.banned_until_ns > now).count()
+            })
+        });
+        let bans_active = Some(kernel_bans.unwrap_or(0) + shared.userspace_bans.active(now));
         let text = shared.metrics.render(&Gauges {
             pools: shared.pool_gauges(),
             guard: &shared.guard.counters,

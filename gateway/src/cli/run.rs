@@ -162,7 +162,7 @@ pub fn run(args: RunArgs) -> Result<()> {
             None => {
                 let bans = UserspaceBans::default();
                 tokio::spawn(writer.run(bans.clone(), Duration::from_secs(1)));
-                Some(bans)
+                bans
             }
         };
 

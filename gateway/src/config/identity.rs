@@ -5,8 +5,10 @@ use std::{path::PathBuf, time::Duration};
 use serde::Deserialize;
 
 use super::{
-    bounds::{At, DAY, HOUR, MS, SECOND, YEAR},
-    durations, ConfigError,
+    bounds::{At, COUNT, DAY, HOUR, MS, SECOND, YEAR},
+    durations,
+    routes::LimitBy,
+    ConfigError,
 };
 use crate::jwt::{self, IssuerSettings};
 
@@ -140,6 +142,16 @@ pub struct TokensConfig {
     /// Lifetime of tokens the gateway hands upstreams (`upstream_identity = "jwt"`).
     #[serde(with = "durations")]
     pub upstream_ttl: Duration,
+    /// Limit `/oauth2/token` (after the secret is checked), so no client
+    /// mints tokens fast enough to churn the verified-token cache: each of
+    /// `limit_by` is its own bucket of `limit_requests` per `limit_window`
+    /// (bursts up to `limit_requests`), all must allow. Its own quota, not
+    /// the tier's: a client needs one token per `ttl`, not one per request.
+    pub rate_limit: bool,
+    pub limit_by: Vec<LimitBy>,
+    pub limit_requests: u32,
+    #[serde(with = "durations")]
+    pub limit_window: Duration,
 }
 
 impl Default for TokensConfig {
@@ -150,15 +162,36 @@ impl Default for TokensConfig {
             audience: "gateway".into(),
             ttl: Duration::from_secs(300),
             upstream_ttl: Duration::from_secs(60),
+            rate_limit: true,
+            limit_by: vec![LimitBy::Client, LimitBy::Source],
+            limit_requests: 20,
+            limit_window: Duration::from_secs(60),
         }
     }
 }
 
 impl TokensConfig {
-    /// Whole seconds (tokens carry seconds), at most a day.
+    /// Whole seconds (tokens carry seconds), at most a day; the token
+    /// endpoint's own limit when it is on.
     pub(super) fn check(&self, at: &At) -> Result<(), ConfigError> {
         at.within("ttl", self.ttl, SECOND..=DAY)?;
-        at.within("upstream_ttl", self.upstream_ttl, SECOND..=DAY)
+        at.within("upstream_ttl", self.upstream_ttl, SECOND..=DAY)?;
+        if !(self.enabled && self.rate_limit) {
+            return Ok(());
+        }
+        if self.limit_by.is_empty() {
+            let message = "empty: name client, source or both (or set rate_limit = false)";
+            return Err(at.invalid("limit_by", message));
+        }
+        at.within("limit_requests", self.limit_requests, 1..=COUNT)?;
+        at.within("limit_window", self.limit_window, MS..=DAY)
+    }
+
+    /// The token endpoint's quota (`None`: not limited).
+    pub fn limit_quota(&self) -> Option<crate::limits::Quota> {
+        let (requests, window) = (self.limit_requests, self.limit_window);
+        let limited = self.enabled && self.rate_limit && !self.limit_by.is_empty();
+        limited.then(|| crate::limits::Quota::new("token_endpoint", requests, window, requests))
     }
 
     /// How long a retired signing key must stay published.
@@ -280,6 +313,26 @@ pub(super) fn validate_issuers(issuers: &[IssuerConfig]) -> Result<(), ConfigErr
 #[cfg(test)]
 mod tests {
     use super::super::tests::error;
+
+    #[test]
+    fn the_token_endpoint_limit_is_on_by_default_and_checked_with_its_path() {
+        let config = super::super::Config::parse("[[listeners]]\naddress = \"127.0.0.1:1\"\n");
+        let quota = config.unwrap().tokens.limit_quota().unwrap();
+        assert_eq!((quota.requests, quota.window.as_secs()), (20, 60));
+        let base = "[[listeners]]\naddress = \"127.0.0.1:1\"\n[tokens]\n";
+        for (body, path) in [
+            ("limit_by = []", "tokens.limit_by"),
+            ("limit_requests = 0", "tokens.limit_requests"),
+            ("limit_window = \"0s\"", "tokens.limit_window"),
+            ("limit_by = [\"everyone\"]", "tokens.limit_by"),
+        ] {
+            let message = error(&format!("{base}{body}\n"));
+            assert!(message.starts_with(path), "{body}: {message}");
+        }
+        let off = format!("{base}rate_limit = false\nlimit_by = []\n");
+        let config = super::super::Config::parse(&off).unwrap();
+        assert!(config.tokens.limit_quota().is_none());
+    }
 
     #[test]
     fn hmac_algorithms_are_refused_with_their_path() {

@@ -157,9 +157,14 @@ impl GuardConfig {
         at.within("budget_idle", self.budget_idle, MS..=DAY)
     }
 
-    /// The guard's settings: its own section, the kernel's allow list, and
-    /// one kernel budget per tier.
-    pub(super) fn settings(&self, xdp: &XdpConfig, tiers: &[TierConfig]) -> GuardSettings {
+    /// The guard's settings: its own section, the kernel's allow list and
+    /// the trusted proxies (never banned), and one kernel budget per tier.
+    pub(super) fn settings(
+        &self,
+        xdp: &XdpConfig,
+        trusted_proxies: &[IpNet],
+        tiers: &[TierConfig],
+    ) -> GuardSettings {
         let base = xdp.default_budget();
         let tier_budgets = tiers
             .iter()
@@ -188,6 +193,7 @@ impl GuardConfig {
             max_ban: self.max_ban.max(self.min_ban),
             budget_idle: self.budget_idle,
             allow: xdp.allow.clone(),
+            trusted_proxies: trusted_proxies.to_vec(),
             tier_budgets,
         }
     }

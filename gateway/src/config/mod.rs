@@ -154,7 +154,7 @@ impl Config {
     }
 
     pub fn guard_settings(&self) -> GuardSettings {
-        self.guard.settings(&self.xdp, &self.tiers)
+        (self.guard).settings(&self.xdp, &self.forwarding.trusted_proxies, &self.tiers)
     }
 }
 

@@ -72,6 +72,27 @@ impl TokenRejection {
             TokenRejection::MissingClaim => "missing_claim",
         }
     }
+
+    /// Whether this refusal suggests someone forging or guessing tokens,
+    /// which the source guard counts. Refusals that honest clients get
+    /// during an issuer's key rotation or from clock skew (an unknown
+    /// `kid`, `exp`, `nbf`) are not, nor are genuine tokens (the signature
+    /// held) meant for someone else (`aud`, `iss`, claims). Exhaustive on
+    /// purpose: a new reason must be classified.
+    pub fn is_guessing(self) -> bool {
+        match self {
+            TokenRejection::Malformed
+            | TokenRejection::UnknownIssuer
+            | TokenRejection::AlgorithmNotAllowed
+            | TokenRejection::BadSignature => true,
+            TokenRejection::UnknownKey
+            | TokenRejection::Expired
+            | TokenRejection::NotYetValid
+            | TokenRejection::WrongAudience
+            | TokenRejection::WrongIssuer
+            | TokenRejection::MissingClaim => false,
+        }
+    }
 }
 
 /// What a valid token says about its client.
@@ -382,6 +403,24 @@ fn classify(kind: &ErrorKind) -> TokenRejection {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_forgery_counts_as_guessing_not_key_rotation_or_clock_skew() {
+        use TokenRejection::*;
+        for reason in [Malformed, UnknownIssuer, AlgorithmNotAllowed, BadSignature] {
+            assert!(reason.is_guessing(), "{reason:?}");
+        }
+        for reason in [
+            UnknownKey,
+            Expired,
+            NotYetValid,
+            WrongAudience,
+            WrongIssuer,
+            MissingClaim,
+        ] {
+            assert!(!reason.is_guessing(), "{reason:?}");
+        }
+    }
 
     #[test]
     fn hmac_and_none_are_refused_at_config_time() {

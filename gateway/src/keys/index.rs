@@ -32,6 +32,19 @@ impl KeyRejection {
             KeyRejection::Expired => "expired",
         }
     }
+
+    /// Whether this refusal suggests someone guessing keys, which the
+    /// source guard counts. A disabled or expired key is a real key gone
+    /// stale (a client not updated yet), not a guess.
+    pub fn is_guessing(self) -> bool {
+        match self {
+            KeyRejection::Malformed
+            | KeyRejection::Checksum
+            | KeyRejection::Unknown
+            | KeyRejection::WrongSecret => true,
+            KeyRejection::Disabled | KeyRejection::Expired => false,
+        }
+    }
 }
 
 struct Entry {
@@ -140,6 +153,15 @@ impl KeyIndex {
 mod tests {
     use super::super::store::{ClientUpdate, NewClient, SqliteStore};
     use super::*;
+
+    #[test]
+    fn guessed_keys_count_as_guessing_stale_real_ones_do_not() {
+        use KeyRejection::*;
+        for reason in [Malformed, Checksum, Unknown, WrongSecret] {
+            assert!(reason.is_guessing(), "{reason:?}");
+        }
+        assert!(!Disabled.is_guessing() && !Expired.is_guessing());
+    }
 
     fn store() -> (tempfile::TempDir, SqliteStore) {
         let dir = tempfile::tempdir().unwrap();

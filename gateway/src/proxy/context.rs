@@ -1,7 +1,10 @@
 //! One request's context: what its phases learn, in the order they learn
 //! it. The access-log line and the metrics are written from it once the
 //! response is known; nothing else carries state between phases.
-use std::{net::SocketAddr, time::Instant};
+use std::{
+    net::{IpAddr, SocketAddr},
+    time::Instant,
+};
 
 use http::{Method, Request};
 
@@ -13,6 +16,7 @@ use super::{
 };
 use crate::{
     clock::unix_now,
+    guard::Remote,
     limits::{Decision, Quota},
 };
 
@@ -21,7 +25,12 @@ pub(super) struct RequestContext<'g> {
     /// Unix seconds when the request arrived.
     pub ts: u64,
     pub request_id: String,
+    /// The TCP peer.
     pub peer: SocketAddr,
+    /// Accept phase: the address the request is judged by (guard, source
+    /// limits, log): the peer, or the client a trusted proxy forwarded
+    /// for (see [`super::source`]). Canonical.
+    pub client_ip: IpAddr,
     /// What the listener speaks (`http` or `https`).
     pub proto: &'static str,
     pub method: Method,
@@ -73,6 +82,7 @@ impl<'g> RequestContext<'g> {
             ts: unix_now() as u64,
             request_id: request_id(req.headers()),
             peer,
+            client_ip: peer.ip().to_canonical(),
             proto,
             method: req.method().clone(),
             path: req.uri().path().to_owned(),
@@ -87,6 +97,11 @@ impl<'g> RequestContext<'g> {
         }
     }
 
+    /// The peer and the client address, as the guard judges them.
+    pub fn remote(&self) -> Remote {
+        Remote::new(self.peer.ip(), self.client_ip)
+    }
+
     /// The access-log line for this request, answered with `status`.
     pub fn log_line(&self, status: u16) -> Option<Vec<u8>> {
         let refusal = self.refusal.as_ref();
@@ -94,6 +109,7 @@ impl<'g> RequestContext<'g> {
             ts: self.ts,
             request_id: &self.request_id,
             peer: self.peer.ip().to_canonical(),
+            client_ip: self.client_ip,
             method: self.method.as_str(),
             path: &self.path,
             route: self.route.map(|route| route.name.as_str()),
@@ -117,7 +133,9 @@ impl<'g> RequestContext<'g> {
 struct AccessLog<'a> {
     ts: u64,
     request_id: &'a str,
-    peer: std::net::IpAddr,
+    peer: IpAddr,
+    /// The client address (differs from `peer` behind a trusted proxy).
+    client_ip: IpAddr,
     method: &'a str,
     path: &'a str,
     route: Option<&'a str>,
@@ -171,6 +189,7 @@ mod tests {
         let line: serde_json::Value = serde_json::from_slice(&ctx.log_line(401).unwrap()).unwrap();
         assert_eq!(line["request_id"], "abc");
         assert_eq!(line["peer"], "10.0.0.1");
+        assert_eq!(line["client_ip"], "10.0.0.1");
         assert_eq!(line["path"], "/api/x");
         assert_eq!(line["key_id"], "kid1");
         assert_eq!(line["status"], 401);

@@ -38,6 +38,11 @@ pub enum ProxyError {
     UpstreamTimeout,
     Upstream,
     BannedSource,
+    /// Banned in userspace on a connection that may carry other clients'
+    /// requests (a trusted proxy's), so it stays open: the forwarded
+    /// client address, or this client at its address. Until the ban ends.
+    BannedForwarded(std::time::Duration),
+    BannedClient(std::time::Duration),
     /// Shed: the upstream pool is overloaded and this tier goes first.
     Overloaded(std::time::Duration),
     /// Our fault (e.g. signing an upstream token failed); logged.
@@ -91,7 +96,9 @@ impl ProxyError {
             ProxyError::UpstreamConnect => "upstream_unavailable",
             ProxyError::UpstreamTimeout => "upstream_timeout",
             ProxyError::Upstream => "upstream_error",
-            ProxyError::BannedSource => "banned",
+            ProxyError::BannedSource
+            | ProxyError::BannedForwarded(_)
+            | ProxyError::BannedClient(_) => "banned",
             ProxyError::Overloaded(_) => "overloaded",
             ProxyError::Internal => "internal_error",
             ProxyError::MalformedRequest(_) => "bad_request",
@@ -108,6 +115,8 @@ impl ProxyError {
             ProxyError::InvalidPath(reason) => Some(reason.as_str()),
             ProxyError::InvalidHost(reason) => Some(reason),
             ProxyError::MalformedRequest(what) => Some(what),
+            ProxyError::BannedForwarded(_) => Some("forwarded_address"),
+            ProxyError::BannedClient(_) => Some("client_at_address"),
             _ => None,
         }
     }
@@ -175,7 +184,13 @@ impl ProxyError {
                 "the upstream did not answer in time".into(),
             ),
             ProxyError::Upstream => (StatusCode::BAD_GATEWAY, "the upstream failed".into()),
-            ProxyError::BannedSource => (StatusCode::FORBIDDEN, "this source is banned".into()),
+            ProxyError::BannedSource | ProxyError::BannedForwarded(_) => {
+                (StatusCode::FORBIDDEN, "this source is banned".into())
+            }
+            ProxyError::BannedClient(_) => (
+                StatusCode::FORBIDDEN,
+                "this client is banned from this address".into(),
+            ),
             ProxyError::Overloaded(_) => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "the upstream is overloaded; lower tiers are shed first".into(),
@@ -223,6 +238,12 @@ impl ProxyError {
             | ProxyError::BodyTooLarge
             | ProxyError::BodyTimeout => {
                 headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            ProxyError::BannedForwarded(left) | ProxyError::BannedClient(left) => {
+                headers.insert(
+                    header::RETRY_AFTER,
+                    HeaderValue::from(left.as_secs().max(1)),
+                );
             }
             ProxyError::Overloaded(retry) => {
                 headers.insert(

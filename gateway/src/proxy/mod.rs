@@ -34,6 +34,7 @@ mod context;
 mod identity;
 mod rewrite;
 mod serve;
+mod source;
 mod tunnel;
 
 use std::{borrow::Cow, net::IpAddr, sync::Arc, time::Instant};
@@ -76,6 +77,8 @@ pub struct Gateway {
     routes: RouteTable,
     rewriter: Rewriter,
     limits: LimitsConfig,
+    /// Peers whose `X-Forwarded-For` names the client (see [`source`]).
+    trusted_proxies: Vec<ipnet::IpNet>,
     client: Client<HttpConnector, RequestBody>,
     /// This worker's request counts.
     metrics: Recorder,
@@ -117,6 +120,7 @@ impl Gateway {
             routes: RouteTable::new(&config.routes),
             rewriter: Rewriter::new(config),
             limits: config.limits.clone(),
+            trusted_proxies: config.forwarding.trusted_proxies.clone(),
             client,
             metrics: shared.metrics.recorder(),
             reported: ReportMemo::default(),
@@ -147,7 +151,7 @@ impl Gateway {
         self.target(&req, ctx)?;
         if let Some(tokens) = &self.shared.tokens {
             if oauth::handles(&ctx.path) {
-                let response = oauth::handle(&self.shared, tokens, req, ctx).await;
+                let response = oauth::handle(&self.shared, tokens, req, ctx).await?;
                 return Ok(Reply::Local(response));
             }
         }
@@ -172,22 +176,31 @@ impl Gateway {
         Ok(Reply::Upstream(response, upgrade))
     }
 
-    /// **accept**, per request: runs first. A source banned in
-    /// userspace-only mode while its keep-alive connection was open is
-    /// refused (403, connection closed); framing the gateway will not
-    /// forward is a 400, a declared body over `limits.max_body_bytes` a
-    /// 413, before the body is read (see [`body`]). The per-connection half
-    /// runs in [`serve`] before any request is read.
-    fn accept(&self, req: &Request<Incoming>, ctx: &RequestContext<'_>) -> Result<(), ProxyError> {
-        if self.is_banned(ctx.peer.ip()) {
-            return Err(ProxyError::BannedSource);
+    /// **accept**, per request: runs first. Decides the client address
+    /// once (the peer, or behind a trusted proxy the client it names; see
+    /// [`source`]). A client address banned in userspace is refused with
+    /// 403: a banned peer (no XDP) that kept its connection open has it
+    /// closed; a forwarded address banned (the kernel cannot drop it: its
+    /// packets are the proxy's) gets `Retry-After`, and the proxy's
+    /// connection stays open for its other clients. Framing the gateway
+    /// will not forward is a 400, a declared body over
+    /// `limits.max_body_bytes` a 413, before the body is read (see
+    /// [`body`]). The per-connection half runs in [`serve`] before any
+    /// request is read.
+    fn accept<B>(&self, req: &Request<B>, ctx: &mut RequestContext<'_>) -> Result<(), ProxyError> {
+        let peer = ctx.peer.ip();
+        ctx.client_ip = source::client_address(req.headers(), peer, &self.trusted_proxies);
+        let bans = &self.shared.userspace_bans;
+        match bans.ban_left(ctx.client_ip, monotonic_ns()) {
+            Some(left) if ctx.remote().forwarded() => Err(ProxyError::BannedForwarded(left)),
+            Some(_) => Err(ProxyError::BannedSource),
+            None => body::check_head(req.headers(), self.limits.max_body_bytes),
         }
-        body::check_head(req.headers(), self.limits.max_body_bytes)
     }
 
-    /// Whether bans are enforced here (no XDP) and `ip` is banned now.
+    /// Whether `ip` is banned here now (every ban without XDP).
     fn is_banned(&self, ip: IpAddr) -> bool {
-        (self.shared.userspace_bans.as_ref()).is_some_and(|bans| bans.is_banned(ip, monotonic_ns()))
+        self.shared.userspace_bans.is_banned(ip, monotonic_ns())
     }
 
     /// **target**: the request target in the one form every later phase
@@ -287,20 +300,24 @@ impl Gateway {
         Ok(())
     }
 
-    /// **authorize**: resolves the identity's tier (and tells the guard,
-    /// which gives the source that tier's kernel budget), then checks the
-    /// route's required scopes; one missing is a 403.
+    /// **authorize**: a client banned alone at its address (its 429
+    /// storm, while other clients there were fine) is refused with 403
+    /// until the ban ends. Then resolves the identity's tier (and tells
+    /// the guard, which keeps the client in good standing at its address
+    /// and gives the packet source that tier's kernel budget), then checks
+    /// the route's required scopes; one missing is a 403.
     fn authorize(&self, route: &Route, ctx: &mut RequestContext<'_>) -> Result<(), ProxyError> {
         let Some(identity) = &ctx.identity else {
             return Ok(());
         };
         let (rank, _) = self.shared.tier(identity.tier());
         ctx.tier = Some(rank);
-        let ip = ctx.peer.ip();
         let now = monotonic_ns();
-        if self.reported.due(ip, rank, now) {
-            self.shared
-                .submit(self.shared.guard.authenticated(ip, rank, now));
+        client_ban(&self.shared, identity.client_id(), ctx.client_ip, now)?;
+        if (self.reported).due(ctx.client_ip, identity.client_id(), rank, now) {
+            let guard = &self.shared.guard;
+            let update = guard.authenticated(ctx.remote(), identity.client_id(), rank, now);
+            self.shared.submit(update);
         }
         match (route.required_scopes.iter()).find(|scope| !identity.scopes().contains(scope)) {
             Some(missing) => Err(ProxyError::MissingScope(missing.clone())),
@@ -334,7 +351,7 @@ impl Gateway {
             return Ok(());
         };
         let quota = self.shared.quota(rank);
-        let ip = ctx.peer.ip().to_canonical();
+        let ip = ctx.client_ip;
         let key = match route.limit_by {
             LimitBy::Client => LimitKey::Client(identity.client_id().to_owned()),
             LimitBy::Source => LimitKey::Source(ip),
@@ -438,16 +455,22 @@ impl Gateway {
         response
     }
 
-    /// Kernel feedback from a refusal: refused credentials (key or token
-    /// guessing) and 429s a source ignores get it banned by the guard.
+    /// Kernel feedback from a refusal: refused credentials that suggest
+    /// guessing (not expired or rotated-away ones) and 429s a client
+    /// ignores get its address (or the client alone there) banned by the
+    /// guard.
     fn feedback(&self, error: &ProxyError, ctx: &RequestContext<'_>) {
-        let (ip, now, guard) = (ctx.peer.ip(), monotonic_ns(), &self.shared.guard);
-        let update = match (error, &ctx.limit) {
-            (ProxyError::RateLimited(_), Some((_, decision))) => {
-                guard.rate_limited(ip, decision.reset, now)
+        let (remote, now, guard) = (ctx.remote(), monotonic_ns(), &self.shared.guard);
+        let client = ctx.identity.as_ref().map(Identity::client_id);
+        let update = match (error, &ctx.limit, client) {
+            (ProxyError::RateLimited(_), Some((_, decision)), Some(client)) => {
+                guard.rate_limited(remote, client, decision.reset, now)
             }
-            (ProxyError::InvalidCredential(_) | ProxyError::InvalidToken(_), _) => {
-                guard.auth_failed(ip, now)
+            (ProxyError::InvalidCredential(reason), _, _) if reason.is_guessing() => {
+                guard.auth_failed(remote, now)
+            }
+            (ProxyError::InvalidToken(reason), _, _) if reason.is_guessing() => {
+                guard.auth_failed(remote, now)
             }
             _ => None,
         };
@@ -469,6 +492,14 @@ impl Gateway {
         if let Some(line) = ctx.log_line(status) {
             self.shared.access_log.log(&line);
         }
+    }
+}
+
+/// Refuses `client` while it is banned alone at the address `ip`.
+fn client_ban(shared: &Shared, client: &str, ip: IpAddr, now: u64) -> Result<(), ProxyError> {
+    match shared.userspace_bans.client_ban_left(client, ip, now) {
+        Some(left) => Err(ProxyError::BannedClient(left)),
+        None => Ok(()),
     }
 }
 

@@ -5,7 +5,11 @@
 //!   `client_secret` (form field or HTTP Basic; `client_id`, if given, must
 //!   be the key's client). Answers `{access_token, token_type: "Bearer",
 //!   expires_in, scope}`; errors as RFC 6749 §5.2 says. A refused secret
-//!   counts as an authentication failure for the source guard.
+//!   that suggests guessing counts as an authentication failure for the
+//!   source guard. Limited by its own quota (`[tokens] rate_limit`, per
+//!   client and per source by default): over it is a 429 with
+//!   `Retry-After`, and every answer after the secret was checked carries
+//!   the rate-limit headers (set by the respond phase).
 //! - `GET /.well-known/jwks.json` and `GET /.well-known/openid-configuration`.
 use base64::Engine;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
@@ -14,12 +18,16 @@ use hyper::body::Incoming;
 use serde_json::{json, Value};
 
 use super::{
+    client_ban,
     context::{Refusal, RequestContext},
+    error::ProxyError,
     identity::Identity,
     ProxyBody,
 };
 use crate::{
     clock::{monotonic_ns, unix_now},
+    config::LimitBy,
+    limits::{LimitKey, RateLimiter},
     shared::Shared,
     tokens::{Grant, TokenIssuer},
 };
@@ -68,40 +76,42 @@ fn refuse(
     response
 }
 
-pub(super) async fn handle(
-    shared: &Shared,
+/// The endpoints' answer; `Err` for the refusals every route shares (a
+/// ban, the limit), which the respond phase answers.
+pub(super) async fn handle<'g>(
+    shared: &'g Shared,
     tokens: &TokenIssuer,
     req: Request<Incoming>,
-    ctx: &mut RequestContext<'_>,
-) -> Response<ProxyBody> {
+    ctx: &mut RequestContext<'g>,
+) -> Result<Response<ProxyBody>, ProxyError> {
     // The normalised path, which `handles` said yes to.
     match (req.method(), ctx.path.as_str()) {
-        (&Method::GET, JWKS_PATH) => json_response(StatusCode::OK, &tokens.jwks()),
-        (&Method::GET, DISCOVERY_PATH) => json_response(StatusCode::OK, &tokens.discovery()),
+        (&Method::GET, JWKS_PATH) => Ok(json_response(StatusCode::OK, &tokens.jwks())),
+        (&Method::GET, DISCOVERY_PATH) => Ok(json_response(StatusCode::OK, &tokens.discovery())),
         (&Method::POST, TOKEN_PATH) => token(shared, tokens, req, ctx).await,
-        _ => refuse(
+        _ => Ok(refuse(
             ctx,
             StatusCode::METHOD_NOT_ALLOWED,
             "invalid_request",
             "method not allowed",
-        ),
+        )),
     }
 }
 
-async fn token(
-    shared: &Shared,
+async fn token<'g>(
+    shared: &'g Shared,
     tokens: &TokenIssuer,
     req: Request<Incoming>,
-    ctx: &mut RequestContext<'_>,
-) -> Response<ProxyBody> {
+    ctx: &mut RequestContext<'g>,
+) -> Result<Response<ProxyBody>, ProxyError> {
     let basic = basic_credentials(req.headers());
     let Ok(body) = Limited::new(req.into_body(), MAX_FORM).collect().await else {
-        return refuse(
+        return Ok(refuse(
             ctx,
             StatusCode::BAD_REQUEST,
             "invalid_request",
             "unreadable or oversized body",
-        );
+        ));
     };
     let body = body.to_bytes();
     let mut form = std::collections::HashMap::new();
@@ -109,31 +119,31 @@ async fn token(
         form.insert(key.into_owned(), value.into_owned());
     }
     if form.get("grant_type").map(String::as_str) != Some("client_credentials") {
-        return refuse(
+        return Ok(refuse(
             ctx,
             StatusCode::BAD_REQUEST,
             "unsupported_grant_type",
             "only grant_type=client_credentials is supported",
-        );
+        ));
     }
     let (client_id, secret) = match (basic, form.get("client_secret")) {
         (Some((id, secret)), None) => (Some(id), secret),
         (None, Some(secret)) => (form.get("client_id").cloned(), secret.clone()),
         (Some(_), Some(_)) => {
-            return refuse(
+            return Ok(refuse(
                 ctx,
                 StatusCode::BAD_REQUEST,
                 "invalid_request",
                 "client authenticated twice",
-            )
+            ))
         }
         (None, None) => {
-            return refuse(
+            return Ok(refuse(
                 ctx,
                 StatusCode::UNAUTHORIZED,
                 "invalid_client",
                 "no client credentials",
-            )
+            ))
         }
     };
     let (key_id, outcome) = shared.keys.verify(&secret, unix_now());
@@ -141,11 +151,24 @@ async fn token(
     let client = match outcome {
         Ok(client) if client_id.as_ref().is_none_or(|id| *id == client.id) => client,
         outcome => {
-            shared.submit(shared.guard.auth_failed(ctx.peer.ip(), monotonic_ns()));
+            // A wrong client id for a right secret counts as guessing too.
+            if outcome
+                .as_ref()
+                .err()
+                .is_none_or(|reason| reason.is_guessing())
+            {
+                shared.submit(shared.guard.auth_failed(ctx.remote(), monotonic_ns()));
+            }
             let detail = outcome.err().map_or("client_id_mismatch", |r| r.as_str());
-            return refuse(ctx, StatusCode::UNAUTHORIZED, "invalid_client", detail);
+            return Ok(refuse(
+                ctx,
+                StatusCode::UNAUTHORIZED,
+                "invalid_client",
+                detail,
+            ));
         }
     };
+    client_ban(shared, &client.id, ctx.client_ip, monotonic_ns())?;
     ctx.identity = Some(Identity::Stored(client.clone()));
     // A narrower scope may be asked for, never a wider one.
     let scopes: Vec<String> = match form.get("scope") {
@@ -156,16 +179,17 @@ async fn token(
                 .iter()
                 .any(|s| !client.scopes.contains(s) && *s != client.tier)
             {
-                return refuse(
+                return Ok(refuse(
                     ctx,
                     StatusCode::BAD_REQUEST,
                     "invalid_scope",
                     "a scope the client does not have",
-                );
+                ));
             }
             asked.into_iter().filter(|s| *s != client.tier).collect()
         }
     };
+    limit(shared, &client.id, ctx)?;
     let ttl = tokens.config.ttl.as_secs() as i64;
     let grant = Grant {
         client_id: &client.id,
@@ -177,7 +201,7 @@ async fn token(
             // What the token's `scope` claim says: the scopes and the tier.
             let mut scope = scopes;
             scope.push(client.tier.clone());
-            json_response(
+            Ok(json_response(
                 StatusCode::OK,
                 &json!({
                     "access_token": access_token,
@@ -185,17 +209,61 @@ async fn token(
                     "expires_in": ttl,
                     "scope": scope.join(" "),
                 }),
-            )
+            ))
         }
         Err(error) => {
             tracing::error!(%error, "minting a token failed");
-            refuse(
+            Ok(refuse(
                 ctx,
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "server_error",
                 "signing failed",
-            )
+            ))
         }
+    }
+}
+
+/// The token endpoint's own limit, after every other check: each bucket
+/// `[tokens] limit_by` names must allow the request. They are looked at
+/// before any is counted, so a refusal spends nothing; the refusing (or
+/// else the tightest) answer is what the rate-limit headers report.
+fn limit<'g>(
+    shared: &'g Shared,
+    client: &str,
+    ctx: &mut RequestContext<'g>,
+) -> Result<(), ProxyError> {
+    let Some(limit) = &shared.token_limit else {
+        return Ok(());
+    };
+    let (quota, limiter, now) = (&limit.quota, &limit.limiter, monotonic_ns());
+    let keys = limit.by.iter().map(|by| match by {
+        LimitBy::Client => LimitKey::Client(client.to_owned()),
+        LimitBy::Source => LimitKey::Source(ctx.client_ip),
+        LimitBy::Both => LimitKey::ClientAtSource(client.to_owned(), ctx.client_ip),
+    });
+    let keys: Vec<LimitKey> = keys.collect();
+    let full = keys
+        .iter()
+        .find(|key| !limiter.peek(key, quota, now).allowed);
+    let decisions: Vec<_> = match full {
+        // A refused check counts nothing and says when to retry.
+        Some(key) => vec![limiter.check(key, quota, 1, now)],
+        None => keys
+            .iter()
+            .map(|key| limiter.check(key, quota, 1, now))
+            .collect(),
+    };
+    let decision = (decisions.iter().find(|d| !d.allowed))
+        .or_else(|| decisions.iter().min_by_key(|d| d.remaining))
+        .cloned();
+    let Some(decision) = decision else {
+        return Ok(());
+    };
+    let allowed = decision.allowed;
+    ctx.limit = Some((quota, decision));
+    match allowed {
+        true => Ok(()),
+        false => Err(ProxyError::RateLimited(Box::new(quota.clone()))),
     }
 }
 

@@ -4,7 +4,9 @@
 //!
 //! Policy flows one way: request tasks submit the guard's [`PolicyUpdate`]s through a
 //! [`PolicyHandle`]; one [`PolicyWriter`] applies them in batches to the
-//! kernel maps (or to [`UserspaceBans`] when XDP is unavailable).
+//! kernel maps and [`UserspaceBans`] (only the latter when XDP is
+//! unavailable): bans the kernel cannot enforce (a forwarded client
+//! address, one client at an address) always go to userspace.
 pub mod bpffs;
 pub mod maps;
 pub mod policy;
@@ -25,7 +27,7 @@ use gateway_common::{
 use ipnet::IpNet;
 
 pub use maps::{Counters, MapsError, PinnedMaps};
-pub use policy::{PolicyHandle, PolicySink, PolicyWriter, UserspaceBans};
+pub use policy::{PolicyHandle, PolicySink, PolicyWriter, Split, UserspaceBans};
 
 use crate::{clock::monotonic_ns, guard::PolicyUpdate};
 
@@ -211,19 +213,20 @@ impl KernelPath {
         &self.enforcement
     }
 
-    /// The ban table the proxy checks at accept, when the kernel cannot.
-    pub fn userspace_bans(&self) -> Option<UserspaceBans> {
-        match self.enforcement {
-            Enforcement::Kernel { .. } => None,
-            Enforcement::UserspaceOnly { .. } => Some(self.userspace_bans.clone()),
-        }
+    /// The ban table the proxy checks at accept and per request: every
+    /// ban without XDP, else those the kernel cannot enforce.
+    pub fn userspace_bans(&self) -> UserspaceBans {
+        self.userspace_bans.clone()
     }
 
-    /// The sink the policy writer should own: the pinned maps, or the
-    /// userspace ban table.
+    /// The sink the policy writer should own: the pinned maps beside the
+    /// userspace ban table, or the userspace ban table alone.
     pub fn policy_sink(&self) -> Result<Box<dyn PolicySink>, XdpError> {
         match &self.loaded {
-            Some(loaded) => Ok(Box::new(PinnedMaps::open(&loaded.pin_root)?)),
+            Some(loaded) => Ok(Box::new(Split {
+                kernel: PinnedMaps::open(&loaded.pin_root)?,
+                userspace: self.userspace_bans.clone(),
+            })),
             None => Ok(Box::new(self.userspace_bans.clone())),
         }
     }

@@ -16,13 +16,19 @@ use gateway_common::{Ban, Budget};
 use tokio::sync::mpsc;
 
 use super::maps::{MapsError, PinnedMaps};
-use crate::{clock::monotonic_ns, guard::PolicyUpdate};
+use crate::{
+    clock::monotonic_ns,
+    guard::{BanTarget, PolicyUpdate},
+};
 
 /// Updates with the same slot overwrite each other within a batch.
-fn slot(update: &PolicyUpdate) -> (IpAddr, bool) {
-    match *update {
-        PolicyUpdate::Ban { ip, .. } | PolicyUpdate::Unban { ip } => (ip, true),
-        PolicyUpdate::Budget { ip, .. } | PolicyUpdate::ClearBudget { ip } => (ip, false),
+fn slot(update: &PolicyUpdate) -> (BanTarget, bool) {
+    match update {
+        PolicyUpdate::Ban { target, .. } => (target.clone(), true),
+        PolicyUpdate::Unban { ip } => (BanTarget::Source(*ip), true),
+        PolicyUpdate::Budget { ip, .. } | PolicyUpdate::ClearBudget { ip } => {
+            (BanTarget::Source(*ip), false)
+        }
     }
 }
 
@@ -42,10 +48,13 @@ impl PolicySink for PinnedMaps {
     fn apply(&mut self, update: &PolicyUpdate) -> Result<(), MapsError> {
         match *update {
             PolicyUpdate::Ban {
-                ip,
+                target: BanTarget::Source(ip),
                 until_ns,
                 reason,
             } => self.write_ban(ip, until_ns, reason).map(drop),
+            // Never the kernel's: a forwarded address's packets are its
+            // proxy's. [`Split`] sends these to userspace.
+            PolicyUpdate::Ban { .. } => Ok(()),
             PolicyUpdate::Unban { ip } => self.remove_ban(ip).map(drop),
             PolicyUpdate::Budget { ip, budget } => self.write_budget(ip, budget),
             PolicyUpdate::ClearBudget { ip } => self.remove_budget(ip),
@@ -61,59 +70,95 @@ impl PolicySink for PinnedMaps {
     }
 }
 
-/// Bans kept in memory when the kernel cannot enforce them; the proxy checks
-/// [`UserspaceBans::is_banned`] at accept time and per request instead.
-/// Readers load a snapshot without a lock (no cache line shared between
-/// cores per request); the writer changes a private copy and publishes it
-/// once per batch.
+/// Bans the proxy enforces itself, per request (and at accept for
+/// addresses): every ban when XDP is unavailable; with XDP, those the
+/// kernel cannot enforce (a forwarded client address, one client at an
+/// address). Readers load a snapshot without a lock (no cache line shared
+/// between cores per request); the writer changes a private copy and
+/// publishes it once per batch.
 #[derive(Clone, Default)]
 pub struct UserspaceBans {
-    published: Arc<ArcSwap<HashMap<IpAddr, Ban>>>,
+    published: Arc<ArcSwap<BanTable>>,
     /// The writer's copy while a batch is applied; `None` for readers.
-    working: Option<HashMap<IpAddr, Ban>>,
+    working: Option<BanTable>,
+}
+
+#[derive(Clone, Debug, Default)]
+struct BanTable {
+    /// Banned addresses: packet sources, or forwarded client addresses.
+    addresses: HashMap<IpAddr, Ban>,
+    /// Clients banned at one address, by address, then client id.
+    clients: HashMap<IpAddr, HashMap<Arc<str>, Ban>>,
+}
+
+/// How long a ban ending at `until_ns` still lasts at `now_ns`, if at all.
+fn left(ban: &Ban, now_ns: u64) -> Option<Duration> {
+    (ban.banned_until_ns > now_ns).then(|| Duration::from_nanos(ban.banned_until_ns - now_ns))
 }
 
 impl UserspaceBans {
     pub fn is_banned(&self, ip: IpAddr, now_ns: u64) -> bool {
-        self.published
-            .load()
-            .get(&ip.to_canonical())
-            .is_some_and(|ban| ban.banned_until_ns > now_ns)
+        self.ban_left(ip, now_ns).is_some()
+    }
+
+    /// How long the address `ip` stays banned, if it is.
+    pub fn ban_left(&self, ip: IpAddr, now_ns: u64) -> Option<Duration> {
+        let table = self.published.load();
+        left(table.addresses.get(&ip.to_canonical())?, now_ns)
+    }
+
+    /// How long `client` stays banned at the address `ip`, if it is.
+    pub fn client_ban_left(&self, client: &str, ip: IpAddr, now_ns: u64) -> Option<Duration> {
+        let table = self.published.load();
+        if table.clients.is_empty() {
+            return None;
+        }
+        left(table.clients.get(&ip.to_canonical())?.get(client)?, now_ns)
     }
 
     /// Bans in force at `now_ns`.
     pub fn active(&self, now_ns: u64) -> usize {
-        self.published
-            .load()
-            .values()
+        let table = self.published.load();
+        let clients = table.clients.values().flat_map(HashMap::values);
+        (table.addresses.values().chain(clients))
             .filter(|ban| ban.banned_until_ns > now_ns)
             .count()
     }
 
-    fn working(&mut self) -> &mut HashMap<IpAddr, Ban> {
+    fn working(&mut self) -> &mut BanTable {
         let published = &self.published;
         self.working
-            .get_or_insert_with(|| HashMap::clone(&published.load()))
+            .get_or_insert_with(|| BanTable::clone(&published.load()))
     }
 }
 
 impl PolicySink for UserspaceBans {
     fn apply(&mut self, update: &PolicyUpdate) -> Result<(), MapsError> {
-        match *update {
+        match update {
             PolicyUpdate::Ban {
-                ip,
+                target,
                 until_ns,
                 reason,
             } => {
-                let entry = self.working().entry(ip.to_canonical()).or_default();
+                let table = self.working();
+                let entry = match target {
+                    BanTarget::Source(ip) | BanTarget::Forwarded(ip) => {
+                        table.addresses.entry(ip.to_canonical()).or_default()
+                    }
+                    BanTarget::Client { client, ip } => (table.clients)
+                        .entry(ip.to_canonical())
+                        .or_default()
+                        .entry(client.clone())
+                        .or_default(),
+                };
                 *entry = Ban {
-                    banned_until_ns: until_ns,
-                    reason,
+                    banned_until_ns: *until_ns,
+                    reason: *reason,
                     offences: entry.offences.saturating_add(1),
                 };
             }
             PolicyUpdate::Unban { ip } => {
-                self.working().remove(&ip.to_canonical());
+                self.working().addresses.remove(&ip.to_canonical());
             }
             // Budgets are packet-level; without XDP the request limiter covers them.
             PolicyUpdate::Budget { .. } | PolicyUpdate::ClearBudget { .. } => {}
@@ -129,12 +174,49 @@ impl PolicySink for UserspaceBans {
     }
 
     fn remove_expired_bans(&mut self, now_ns: u64) -> Result<usize, MapsError> {
-        let bans = self.working();
-        let before = bans.len();
-        bans.retain(|_, ban| ban.banned_until_ns > now_ns);
-        let removed = before - bans.len();
+        let table = self.working();
+        let before = table.addresses.len();
+        table
+            .addresses
+            .retain(|_, ban| ban.banned_until_ns > now_ns);
+        let mut removed = before - table.addresses.len();
+        for clients in table.clients.values_mut() {
+            let before = clients.len();
+            clients.retain(|_, ban| ban.banned_until_ns > now_ns);
+            removed += before - clients.len();
+        }
+        table.clients.retain(|_, clients| !clients.is_empty());
         self.commit()?;
         Ok(removed)
+    }
+}
+
+/// The writer's sink with XDP attached: what the kernel can enforce goes
+/// to `kernel`, the bans only userspace can enforce to `userspace`.
+pub struct Split<K> {
+    pub kernel: K,
+    pub userspace: UserspaceBans,
+}
+
+impl<K: PolicySink> PolicySink for Split<K> {
+    fn apply(&mut self, update: &PolicyUpdate) -> Result<(), MapsError> {
+        if let PolicyUpdate::Unban { .. } = update {
+            self.userspace.apply(update)?;
+        }
+        match update.in_kernel() {
+            true => self.kernel.apply(update),
+            false => self.userspace.apply(update),
+        }
+    }
+
+    fn commit(&mut self) -> Result<(), MapsError> {
+        self.userspace.commit()?;
+        self.kernel.commit()
+    }
+
+    fn remove_expired_bans(&mut self, now_ns: u64) -> Result<usize, MapsError> {
+        let userspace = self.userspace.remove_expired_bans(now_ns)?;
+        Ok(userspace + self.kernel.remove_expired_bans(now_ns)?)
     }
 }
 
@@ -214,7 +296,7 @@ impl PolicyWriter {
     /// Applies the last update per slot, in the order those last updates
     /// arrived, skipping budgets that are already in place.
     fn apply_batch(&mut self, sink: &mut impl PolicySink, batch: &mut Vec<PolicyUpdate>) {
-        let mut last: HashMap<(IpAddr, bool), usize> = HashMap::with_capacity(batch.len());
+        let mut last: HashMap<(BanTarget, bool), usize> = HashMap::with_capacity(batch.len());
         for (index, update) in batch.iter().enumerate() {
             last.insert(slot(update), index);
         }
@@ -222,8 +304,8 @@ impl PolicyWriter {
             if last.get(&slot(&update)) != Some(&index) {
                 continue;
             }
-            match update {
-                PolicyUpdate::Budget { ip, budget } => {
+            match &update {
+                &PolicyUpdate::Budget { ip, budget } => {
                     if self.written_budgets.get(&ip) == Some(&budget) {
                         continue;
                     }
@@ -233,7 +315,7 @@ impl PolicyWriter {
                     self.written_budgets.insert(ip, budget);
                 }
                 PolicyUpdate::ClearBudget { ip } => {
-                    self.written_budgets.remove(&ip);
+                    self.written_budgets.remove(ip);
                 }
                 _ => {}
             }
@@ -256,7 +338,7 @@ mod tests {
 
     impl PolicySink for Recorder {
         fn apply(&mut self, update: &PolicyUpdate) -> Result<(), MapsError> {
-            self.0.push(*update);
+            self.0.push(update.clone());
             Ok(())
         }
         fn remove_expired_bans(&mut self, _now_ns: u64) -> Result<usize, MapsError> {
@@ -282,7 +364,7 @@ mod tests {
         let a = ip("10.0.0.1");
         let mut batch = vec![
             PolicyUpdate::Ban {
-                ip: a,
+                target: BanTarget::Source(a),
                 until_ns: 5,
                 reason: 0,
             },
@@ -318,8 +400,8 @@ mod tests {
             ip: ip("fd00::1"),
             budget: budget(7),
         };
-        writer.apply_batch(&mut sink, &mut vec![update]);
-        writer.apply_batch(&mut sink, &mut vec![update]);
+        writer.apply_batch(&mut sink, &mut vec![update.clone()]);
+        writer.apply_batch(&mut sink, &mut vec![update.clone()]);
         assert_eq!(sink.0, vec![update]);
     }
 
@@ -327,7 +409,7 @@ mod tests {
     fn full_queue_counts_overflow_instead_of_blocking() {
         let (handle, _writer) = channel(1);
         let unban = PolicyUpdate::Unban { ip: ip("10.0.0.2") };
-        assert!(handle.submit(unban));
+        assert!(handle.submit(unban.clone()));
         assert!(!handle.submit(unban));
         assert_eq!(handle.overflowed(), 1);
     }
@@ -336,7 +418,7 @@ mod tests {
     fn userspace_bans_expire_and_match_mapped_v4() {
         let mut bans = UserspaceBans::default();
         bans.apply(&PolicyUpdate::Ban {
-            ip: ip("::ffff:10.0.0.3"),
+            target: BanTarget::Source(ip("::ffff:10.0.0.3")),
             until_ns: 100,
             reason: 0,
         })
@@ -354,6 +436,49 @@ mod tests {
         assert_eq!(reader.active(0), 0);
     }
 
+    #[test]
+    fn with_xdp_only_packet_source_bans_reach_the_kernel() {
+        let userspace = UserspaceBans::default();
+        let mut split = Split {
+            kernel: Recorder::default(),
+            userspace: userspace.clone(),
+        };
+        let ban = |target| PolicyUpdate::Ban {
+            target,
+            until_ns: 100,
+            reason: 0,
+        };
+        let source = ban(BanTarget::Source(ip("10.0.0.1")));
+        let forwarded = ban(BanTarget::Forwarded(ip("203.0.113.7")));
+        let client = ban(BanTarget::Client {
+            client: "cl_a".into(),
+            ip: ip("10.0.0.2"),
+        });
+        for update in [&source, &forwarded, &client] {
+            split.apply(update).unwrap();
+        }
+        split.commit().unwrap();
+        assert_eq!(split.kernel.0, vec![source]);
+        assert!(!userspace.is_banned(ip("10.0.0.1"), 50));
+        assert_eq!(
+            userspace.ban_left(ip("203.0.113.7"), 40),
+            Some(Duration::from_nanos(60))
+        );
+        assert!(userspace
+            .client_ban_left("cl_a", ip("10.0.0.2"), 50)
+            .is_some());
+        assert!(userspace
+            .client_ban_left("cl_b", ip("10.0.0.2"), 50)
+            .is_none());
+        assert!(
+            !userspace.is_banned(ip("10.0.0.2"), 50),
+            "the address is not banned"
+        );
+        assert_eq!(userspace.active(50), 2);
+        assert_eq!(split.remove_expired_bans(100).unwrap(), 2);
+        assert_eq!(userspace.active(0), 0);
+    }
+
     #[tokio::test]
     async fn writer_applies_what_handles_submit() {
         let (handle, writer) = channel(16);
@@ -361,7 +486,7 @@ mod tests {
         let view = sink.clone();
         let task = tokio::spawn(writer.run(sink, Duration::from_secs(3600)));
         assert!(handle.submit(PolicyUpdate::Ban {
-            ip: ip("10.0.0.9"),
+            target: BanTarget::Source(ip("10.0.0.9")),
             until_ns: u64::MAX,
             reason: 0,
         }));

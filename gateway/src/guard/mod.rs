@@ -1,0 +1,453 @@
+//! Kernel feedback: what the request path learns about a client address,
+//! turned into policy. Plain data, no HTTP, time from the caller.
+//!
+//! Requests are judged by their client address ([`Remote::client`]): the
+//! TCP peer, or for a peer in `trusted_proxies` the address its
+//! `X-Forwarded-For` names (see `proxy::source`).
+//!
+//! - A packet source a client authenticated from gets its tier's kernel
+//!   budget (the highest tier seen there wins), back to the default once no
+//!   client has authenticated from it for `budget_idle`.
+//! - A client that keeps sending after its 429s (more than `excess` refused
+//!   requests before its window frees up) is banned until its quota is
+//!   whole again; each repeat offence doubles the ban, up to `max_ban`. If
+//!   another client at its address is in good standing (authenticated
+//!   there within `auth_failure_window`, no 429 within it), only that
+//!   client at that address is banned, in userspace; otherwise the address.
+//! - An address with more than `auth_failures` refusals that suggest
+//!   guessing (`is_guessing`: not expired or rotated-away credentials)
+//!   within `auth_failure_window` is banned for `auth_failure_ban`,
+//!   doubling likewise.
+//! - An address is banned in the kernel only when it is the packet source;
+//!   one learnt from `X-Forwarded-For` is banned in userspace (its packets
+//!   come from the proxy, which must not be dropped).
+//! - `[xdp] allow` networks and `trusted_proxies` are never banned (a
+//!   client there that ignores its 429s is banned alone instead); in
+//!   `monitor` mode nothing is banned, the would-be bans are only logged
+//!   and counted.
+//!
+//! The guard only decides: it returns [`PolicyUpdate`]s, which the caller
+//! hands to the batched policy writer, so the request path makes no syscall.
+mod memo;
+mod state;
+#[cfg(test)]
+mod tests;
+
+use std::{
+    collections::HashMap,
+    hash::{BuildHasher, RandomState},
+    net::IpAddr,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex,
+    },
+    time::Duration,
+};
+
+use gateway_common::{ban_reason, Budget};
+use ipnet::IpNet;
+use serde::Deserialize;
+
+pub use self::memo::ReportMemo;
+use self::state::{Excess, SourceState};
+
+/// Where a request came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Remote {
+    /// The TCP peer: where its packets come from (canonical).
+    pub peer: IpAddr,
+    /// The address the request is judged by (canonical): the peer, or the
+    /// client a trusted proxy's `X-Forwarded-For` names.
+    pub client: IpAddr,
+}
+
+impl Remote {
+    pub fn new(peer: IpAddr, client: IpAddr) -> Self {
+        Self {
+            peer: peer.to_canonical(),
+            client: client.to_canonical(),
+        }
+    }
+
+    /// A client connected directly.
+    pub fn direct(peer: IpAddr) -> Self {
+        Self::new(peer, peer)
+    }
+
+    /// Whether the client address came from `X-Forwarded-For`, so the
+    /// kernel cannot drop its packets (they are the proxy's).
+    pub fn forwarded(&self) -> bool {
+        self.peer != self.client
+    }
+}
+
+/// Whom a ban is for, which decides who enforces it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum BanTarget {
+    /// A packet source: the kernel drops it (userspace refuses its
+    /// connections when XDP is unavailable).
+    Source(IpAddr),
+    /// A client address learnt from a trusted proxy's `X-Forwarded-For`:
+    /// userspace refuses its requests; the proxy is never dropped.
+    Forwarded(IpAddr),
+    /// One client at one address whose other clients are in good
+    /// standing: userspace refuses that client's requests from there.
+    Client { client: Arc<str>, ip: IpAddr },
+}
+
+impl BanTarget {
+    pub fn ip(&self) -> IpAddr {
+        match self {
+            BanTarget::Source(ip) | BanTarget::Forwarded(ip) | BanTarget::Client { ip, .. } => *ip,
+        }
+    }
+
+    /// Whether the kernel enforces it (when XDP is attached).
+    pub fn in_kernel(&self) -> bool {
+        matches!(self, BanTarget::Source(_))
+    }
+
+    /// The metrics' name for it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            BanTarget::Source(_) => "source",
+            BanTarget::Forwarded(_) => "forwarded",
+            BanTarget::Client { .. } => "client",
+        }
+    }
+}
+
+/// One change to policy: what the guard decides and the policy writer
+/// (`xdp::policy`) applies, to the kernel's maps or to the userspace bans.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PolicyUpdate {
+    Ban {
+        target: BanTarget,
+        until_ns: u64,
+        reason: u32,
+    },
+    /// Lifts an address's ban (source or forwarded).
+    Unban {
+        ip: IpAddr,
+    },
+    Budget {
+        ip: IpAddr,
+        budget: Budget,
+    },
+    /// Back to the default budget.
+    ClearBudget {
+        ip: IpAddr,
+    },
+}
+
+impl PolicyUpdate {
+    /// Whether the kernel applies it when XDP is attached; the rest only
+    /// userspace can enforce.
+    pub fn in_kernel(&self) -> bool {
+        match self {
+            PolicyUpdate::Ban { target, .. } => target.in_kernel(),
+            _ => true,
+        }
+    }
+}
+
+/// Whether the guard bans.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum GuardMode {
+    /// Bans are issued.
+    #[default]
+    Enforce,
+    /// Would-be bans are logged and counted; nothing is banned.
+    Monitor,
+    /// No bans at all (tier budgets still follow clients).
+    Off,
+}
+
+/// The guard's thresholds (config `[guard]`).
+#[derive(Clone, Debug)]
+pub struct GuardSettings {
+    pub mode: GuardMode,
+    /// Requests refused with 429 that a client may still send before its
+    /// window frees up; one more is a ban.
+    pub excess: u32,
+    pub auth_failures: u32,
+    /// Also how recently another client must have been served for a
+    /// source to be in good standing.
+    pub auth_failure_window: Duration,
+    pub auth_failure_ban: Duration,
+    /// Shortest and longest ban.
+    pub min_ban: Duration,
+    pub max_ban: Duration,
+    /// How long a tier budget outlives the last authenticated request.
+    pub budget_idle: Duration,
+    /// Never banned (the kernel's allow-list, too).
+    pub allow: Vec<IpNet>,
+    /// Never banned either: `forwarding.trusted_proxies`.
+    pub trusted_proxies: Vec<IpNet>,
+    /// Kernel budgets by tier, lowest tier first (as config lists them).
+    pub tier_budgets: Vec<Budget>,
+}
+
+/// Counters for metrics.
+#[derive(Debug, Default)]
+pub struct GuardCounters {
+    pub rate_limit_bans: AtomicU64,
+    pub auth_failure_bans: AtomicU64,
+    /// Of those, bans only userspace enforces: of a forwarded address, of
+    /// one client at an address.
+    pub forwarded_bans: AtomicU64,
+    pub client_bans: AtomicU64,
+    /// Bans not issued because of `monitor` mode.
+    pub monitored_bans: AtomicU64,
+    /// Address bans not issued because the address is allow-listed or a
+    /// trusted proxy.
+    pub allowed_sources_spared: AtomicU64,
+}
+
+const SHARDS: usize = 64;
+/// Addresses remembered per shard before idle ones are dropped.
+const PER_SHARD: usize = 16 * 1024;
+
+pub struct SourceGuard {
+    settings: GuardSettings,
+    shards: Vec<Mutex<HashMap<IpAddr, SourceState>>>,
+    hasher: RandomState,
+    pub counters: GuardCounters,
+}
+
+impl SourceGuard {
+    pub fn new(settings: GuardSettings) -> Self {
+        Self {
+            settings,
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            hasher: RandomState::new(),
+            counters: GuardCounters::default(),
+        }
+    }
+
+    pub fn settings(&self) -> &GuardSettings {
+        &self.settings
+    }
+
+    /// Runs `f` on the state of `ip`. Memory stays bounded under floods
+    /// of new addresses: a full shard drops its idle ones first, and if
+    /// it is still full the new address is judged on a blank state that
+    /// is not kept.
+    fn with_source<T>(&self, ip: IpAddr, now_ns: u64, f: impl FnOnce(&mut SourceState) -> T) -> T {
+        let ip = ip.to_canonical();
+        let mut shard = self.shards[(self.hasher.hash_one(ip) as usize) % SHARDS]
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if shard.len() >= PER_SHARD && !shard.contains_key(&ip) {
+            shard.retain(|_, source| !source.idle(now_ns, 0));
+            if shard.len() >= PER_SHARD {
+                return f(&mut SourceState::default());
+            }
+        }
+        f(shard.entry(ip).or_default())
+    }
+
+    fn client_hash(&self, client: &str) -> u64 {
+        self.hasher.hash_one(client)
+    }
+
+    /// Never banned: allow-listed, or a trusted proxy.
+    fn spared(&self, ip: IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        (self.settings.allow.iter())
+            .chain(&self.settings.trusted_proxies)
+            .any(|net| net.contains(&ip))
+    }
+
+    /// Client `client` of tier `rank` (0 = lowest) authenticated from
+    /// `remote`: it is in good standing at its address, and the packet
+    /// source gets the tier's budget. Returns the budget to write when it
+    /// rises. The hot path: one sharded lock (two behind a proxy).
+    pub fn authenticated(
+        &self,
+        remote: Remote,
+        client: &str,
+        rank: usize,
+        now_ns: u64,
+    ) -> Option<PolicyUpdate> {
+        let id = Some(self.client_hash(client));
+        let raise = (self.settings.tier_budgets.get(rank)).map(|b| (rank as u32 + 1, *b));
+        let budget = if remote.forwarded() {
+            self.with_source(remote.client, now_ns, |s| s.authenticated(id, None, now_ns));
+            self.with_source(remote.peer, now_ns, |s| {
+                s.authenticated(None, raise, now_ns)
+            })
+        } else {
+            self.with_source(remote.peer, now_ns, |s| s.authenticated(id, raise, now_ns))
+        }?;
+        Some(PolicyUpdate::Budget {
+            ip: remote.peer,
+            budget,
+        })
+    }
+
+    /// A request of `client` from `remote` was refused with 429; `reset`
+    /// is how long until its quota is whole again. Returns a ban once it
+    /// has sent more than `excess` refused requests in that time: of the
+    /// client alone at its address while others there are in good
+    /// standing (or the address is spared), else of the address.
+    pub fn rate_limited(
+        &self,
+        remote: Remote,
+        client: &str,
+        reset: Duration,
+        now_ns: u64,
+    ) -> Option<PolicyUpdate> {
+        let settings = &self.settings;
+        let (id, standing_ns) = (
+            self.client_hash(client),
+            duration_ns(settings.auth_failure_window),
+        );
+        let spared = self.spared(remote.client);
+        let (target, length) = self.with_source(remote.client, now_ns, |source| {
+            match source.rate_limited(id, reset, settings.excess, standing_ns, now_ns) {
+                Excess::Tolerated => None,
+                Excess::Address if !spared => Some((
+                    address(remote),
+                    self.ban_length(&mut source.offences, reset),
+                )),
+                excess => {
+                    if excess == Excess::Address {
+                        self.counters
+                            .allowed_sources_spared
+                            .fetch_add(1, Ordering::Relaxed);
+                    }
+                    let length = self.ban_length(&mut source.client(id).offences, reset);
+                    let target = BanTarget::Client {
+                        client: client.into(),
+                        ip: remote.client,
+                    };
+                    Some((target, length))
+                }
+            }
+        })?;
+        self.ban(target, length, ban_reason::RATE_LIMIT, now_ns)
+    }
+
+    /// A credential from `remote` was refused in a way that suggests
+    /// guessing (401, not "no credential", not expired).
+    pub fn auth_failed(&self, remote: Remote, now_ns: u64) -> Option<PolicyUpdate> {
+        let settings = &self.settings;
+        let window_ns = duration_ns(settings.auth_failure_window);
+        let ban = self.with_source(remote.client, now_ns, |source| {
+            (source.auth_failed(settings.auth_failures, window_ns, now_ns))
+                .then(|| self.ban_length(&mut source.offences, settings.auth_failure_ban))
+        })?;
+        self.ban(address(remote), ban, ban_reason::AUTH_FAILURES, now_ns)
+    }
+
+    /// Counts the offence and returns the ban's length: `base` (at least
+    /// `min_ban`) doubled per earlier offence, at most `max_ban`.
+    fn ban_length(&self, offences: &mut u32, base: Duration) -> Duration {
+        *offences = offences.saturating_add(1);
+        let doubled = base
+            .max(self.settings.min_ban)
+            .saturating_mul(1u32 << (*offences - 1).min(20));
+        doubled.min(self.settings.max_ban)
+    }
+
+    fn ban(
+        &self,
+        target: BanTarget,
+        length: Duration,
+        reason: u32,
+        now_ns: u64,
+    ) -> Option<PolicyUpdate> {
+        let counters = &self.counters;
+        let ip = target.ip();
+        let kind = target.kind();
+        if !matches!(target, BanTarget::Client { .. }) && self.spared(ip) {
+            counters
+                .allowed_sources_spared
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::info!(%ip, reason, "allow-listed or trusted address not banned");
+            return None;
+        }
+        match self.settings.mode {
+            GuardMode::Off => return None,
+            GuardMode::Monitor => {
+                counters.monitored_bans.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(%ip, kind, reason, seconds = length.as_secs_f64(), "would ban (monitor mode)");
+                return None;
+            }
+            GuardMode::Enforce => {}
+        }
+        let until_ns = now_ns.saturating_add(duration_ns(length));
+        let client_hash = match &target {
+            BanTarget::Client { client, .. } => Some(self.client_hash(client)),
+            _ => None,
+        };
+        self.with_source(ip, now_ns, |source| match client_hash {
+            Some(id) => source.client(id).banned_until_ns = until_ns,
+            None => source.banned_until_ns = until_ns,
+        });
+        let counter = if reason == ban_reason::AUTH_FAILURES {
+            &counters.auth_failure_bans
+        } else {
+            &counters.rate_limit_bans
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        match &target {
+            BanTarget::Source(_) => {}
+            BanTarget::Forwarded(_) => _ = counters.forwarded_bans.fetch_add(1, Ordering::Relaxed),
+            BanTarget::Client { .. } => _ = counters.client_bans.fetch_add(1, Ordering::Relaxed),
+        }
+        let client = match &target {
+            BanTarget::Client { client, .. } => Some(client.as_ref()),
+            _ => None,
+        };
+        tracing::warn!(%ip, kind, client, reason, seconds = length.as_secs_f64(), "banning");
+        Some(PolicyUpdate::Ban {
+            target,
+            until_ns,
+            reason,
+        })
+    }
+
+    /// Returns tier budgets that went idle to the default, and forgets
+    /// addresses and clients with nothing left to remember. Run every few
+    /// seconds.
+    pub fn sweep(&self, now_ns: u64) -> Vec<PolicyUpdate> {
+        let idle_ns = duration_ns(self.settings.budget_idle);
+        // Offences are remembered for as long as the longest ban.
+        let keep_ns = duration_ns(self.settings.max_ban).max(idle_ns);
+        let mut updates = Vec::new();
+        for shard in &self.shards {
+            let mut shard = shard.lock().unwrap_or_else(|p| p.into_inner());
+            for (ip, source) in shard.iter_mut() {
+                if source.budget_tier > 0
+                    && source.last_authenticated_ns.saturating_add(idle_ns) <= now_ns
+                {
+                    source.budget_tier = 0;
+                    updates.push(PolicyUpdate::ClearBudget { ip: *ip });
+                }
+                source.forget_idle_clients(now_ns, keep_ns);
+            }
+            if shard.len() > PER_SHARD / 2 {
+                shard.retain(|_, source| !source.idle(now_ns, 0));
+            } else {
+                shard.retain(|_, source| !source.idle(now_ns, keep_ns));
+            }
+        }
+        updates
+    }
+}
+
+/// The ban of `remote`'s client address: in the kernel if it is the
+/// packet source, else in userspace.
+fn address(remote: Remote) -> BanTarget {
+    match remote.forwarded() {
+        true => BanTarget::Forwarded(remote.client),
+        false => BanTarget::Source(remote.client),
+    }
+}
+
+fn duration_ns(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
