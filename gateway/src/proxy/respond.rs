@@ -1,0 +1,123 @@
+//! The two phases every request ends with, whatever happened before:
+//! **respond** turns the outcome into the client's response and sets the
+//! gateway's own headers on it (the one place they are set), and **log**
+//! records it. Also the splice of an accepted upgrade.
+use http::{HeaderValue, Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+
+use super::{
+    context::{Refusal, RequestContext},
+    error::ProxyError,
+    forward::{self, X_REQUEST_ID},
+    identity::Identity,
+    tunnel, ClientUpgrade, Gateway, ProxyBody, Reply,
+};
+use crate::{clock::monotonic_ns, metrics::Outcome};
+
+impl Gateway {
+    /// **respond**: runs for every request. The upstream's response loses
+    /// its hop-by-hop headers (an accepted upgrade is spliced), a refusal
+    /// becomes the gateway's own answer (and tells the guard), then the
+    /// gateway's headers go on whatever is answered: `X-Request-Id`, and
+    /// the rate-limit headers once the limit phase ran. The one place
+    /// those are set.
+    pub(super) fn respond(
+        &self,
+        outcome: Result<Reply, ProxyError>,
+        ctx: &mut RequestContext<'_>,
+    ) -> Response<ProxyBody> {
+        let mut response = match outcome {
+            Ok(Reply::Upstream(response, upgrade)) => {
+                relay(response, upgrade, self.limits.tunnel_idle_timeout, ctx)
+            }
+            Ok(Reply::Local(response)) => response,
+            Err(error) => {
+                self.feedback(&error, ctx);
+                ctx.refusal = Some(Refusal::from(&error));
+                error.into_response()
+            }
+        };
+        let headers = response.headers_mut();
+        if let Some((quota, decision)) = &ctx.limit {
+            forward::set_rate_limit(headers, quota, decision);
+        }
+        if let Ok(id) = HeaderValue::from_str(&ctx.request_id) {
+            headers.insert(X_REQUEST_ID, id);
+        }
+        response
+    }
+
+    /// Kernel feedback from a refusal: refused credentials that suggest
+    /// guessing (not expired or rotated-away ones) and 429s a client
+    /// ignores get its address (or the client alone there) banned by the
+    /// guard.
+    fn feedback(&self, error: &ProxyError, ctx: &RequestContext<'_>) {
+        let (remote, now, guard) = (ctx.remote(), monotonic_ns(), &self.shared.guard);
+        let client = ctx.identity.as_ref().map(Identity::client_id);
+        let update = match (error, &ctx.limit, client) {
+            (ProxyError::RateLimited(_), Some((_, decision)), Some(client)) => {
+                guard.rate_limited(remote, client, decision.reset, now)
+            }
+            (ProxyError::InvalidCredential(reason), _, _) if reason.is_guessing() => {
+                guard.auth_failed(remote, now)
+            }
+            (ProxyError::InvalidToken(reason), _, _) if reason.is_guessing() => {
+                guard.auth_failed(remote, now)
+            }
+            _ => None,
+        };
+        self.shared.submit(update);
+    }
+
+    /// **log**: runs last for every request: metrics, and one JSON
+    /// access-log line (key id, never the key; path, never the query).
+    pub(super) fn log(&self, ctx: &RequestContext<'_>, response: &Response<ProxyBody>) {
+        let status = response.status().as_u16();
+        let refusal = ctx.refusal.as_ref();
+        self.metrics.record(&Outcome {
+            route: ctx.route.map(|route| route.index),
+            tier: ctx.tier,
+            status,
+            error: refusal.map(|r| r.code),
+            detail: refusal.and_then(|r| r.detail),
+        });
+        if let Some(line) = ctx.log_line(status) {
+            self.shared.access_log.log(&line);
+        }
+    }
+}
+
+/// The upstream's response for the client: hop-by-hop headers removed and,
+/// when the upstream agreed (101) to an upgrade the client asked for, both
+/// connections spliced once hyper hands them over (see [`tunnel`]).
+fn relay(
+    mut response: Response<Incoming>,
+    client_upgrade: Option<ClientUpgrade>,
+    idle: std::time::Duration,
+    ctx: &RequestContext<'_>,
+) -> Response<ProxyBody> {
+    let switched = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+    let accepted = forward::upgrade_protocol(response.headers());
+    forward::strip_hop_by_hop(response.headers_mut());
+    if let (true, Some(client_upgrade), Some(protocol)) = (switched, client_upgrade, accepted) {
+        forward::set_upgrade(response.headers_mut(), protocol);
+        let upstream_upgrade = hyper::upgrade::on(&mut response);
+        let peer = ctx.peer.ip().to_canonical();
+        tokio::spawn(async move {
+            let ClientUpgrade { on, permit } = client_upgrade;
+            match tokio::try_join!(on, upstream_upgrade) {
+                Ok((client, upstream)) => {
+                    let (client, upstream) = (TokioIo::new(client), TokioIo::new(upstream));
+                    match tunnel::splice(client, upstream, idle, permit).await {
+                        Ok(ended) => tracing::debug!(%peer, ?ended, "tunnel ended"),
+                        Err(error) => tracing::debug!(%peer, %error, "tunnel ended with an error"),
+                    }
+                }
+                Err(error) => tracing::debug!(%peer, %error, "upgrade failed"),
+            }
+        });
+    }
+    response.map(BodyExt::boxed)
+}
