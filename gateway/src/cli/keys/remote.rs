@@ -48,6 +48,9 @@ fn request(op: &Op) -> (Method, String, Option<Value>) {
             if let Some(external) = &spec.external_id {
                 body["api_client_id"] = json!(external);
             }
+            if let Some(issuer) = &spec.external_issuer {
+                body["api_client_issuer"] = json!(issuer);
+            }
             (Method::POST, CLIENTS.into(), Some(body))
         }
         Op::List { tier } => {
