@@ -143,6 +143,12 @@ path_prefix = "/write/"
 upstream = "app"
 auth = "jwt"
 required_scopes = ["write"]
+
+[[routes]]
+path_prefix = "/rs/"
+upstream = "app"
+auth = "jwt"
+upstream_identity = "jwt"
 "#,
             a = a.public.display(),
             b = b.public.display(),
@@ -399,4 +405,13 @@ fn a_narrowed_gateway_token_keeps_only_its_scopes() {
     let before = s.upstream.requests().len();
     assert_eq!(s.get("/write/x", &token), 403, "write was given up");
     assert_eq!(s.upstream.requests().len(), before);
+    // The upstream's token says what the narrowed token may do, no more.
+    assert_eq!(s.get("/rs/x", &token), 200);
+    let seen = s.upstream.requests().pop().unwrap();
+    let forwarded = seen
+        .header("authorization")
+        .unwrap()
+        .trim_start_matches("Bearer ");
+    let claims: Value = jsonwebtoken::dangerous::insecure_decode_claims(forwarded).unwrap();
+    assert_eq!(claims["scope"], "read gold", "{claims}");
 }

@@ -182,9 +182,13 @@ fn an_issuer_without_audiences_is_refused() {
 /// Serves one good JWKS (seed 7, kid "k"), then answers every later
 /// request with its headers and part of the body, and stalls.
 async fn stalling_jwks() -> (String, tokio::task::JoinHandle<()>) {
+    jwks_then_stall(json!({ "keys": [public_jwk(7, "k")] }).to_string()).await
+}
+
+/// Serves `good` once, then stalls every later request after its headers.
+async fn jwks_then_stall(good: String) -> (String, tokio::task::JoinHandle<()>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/jwks.json", listener.local_addr().unwrap());
-    let good = json!({ "keys": [public_jwk(7, "k")] }).to_string();
     let server = tokio::spawn(async move {
         for served in 0..8 {
             let Ok((mut stream, _)) = listener.accept().await else {
@@ -209,6 +213,23 @@ async fn stalling_jwks() -> (String, tokio::task::JoinHandle<()>) {
         }
     });
     (url, server)
+}
+
+#[tokio::test]
+async fn a_jwks_entry_we_cannot_use_costs_no_other_key() {
+    let mut encryption = serde_json::to_value(public_jwk(8, "enc")).unwrap();
+    encryption["use"] = json!("enc");
+    let set = json!({ "keys": [
+        { "kty": "EC", "crv": "P-521", "alg": "ES512", "kid": "p521", "x": "AA", "y": "AA" },
+        { "kty": "oct", "k": "c2VjcmV0", "alg": "HS256", "kid": "hmac" },
+        { "kty": "whatever", "kid": "odd" },
+        encryption,
+        public_jwk(7, "k"),
+    ]});
+    let (url, _server) = jwks_then_stall(set.to_string()).await;
+    let v = JwtVerifier::new([settings(Some(url))], vec!["gold".into()]).unwrap();
+    assert_eq!(v.issuers[0].keys.refresh().await.unwrap(), 1);
+    assert!(v.verify(&sign(&header("k"), 7), T).await.is_ok());
 }
 
 #[tokio::test]

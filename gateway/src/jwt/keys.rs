@@ -16,7 +16,7 @@ use hyper_util::{
     rt::TokioExecutor,
 };
 use jsonwebtoken::{
-    jwk::{AlgorithmParameters, EllipticCurve, Jwk, JwkSet, KeyOperations, PublicKeyUse},
+    jwk::{AlgorithmParameters, EllipticCurve, Jwk, KeyOperations, PublicKeyUse},
     Algorithm, DecodingKey,
 };
 use tokio::sync::watch;
@@ -219,6 +219,12 @@ pub struct IssuerKeys {
     on_demand: Mutex<OnDemand>,
 }
 
+/// A JWKS, its entries not yet parsed.
+#[derive(serde::Deserialize)]
+struct JwkEntries {
+    keys: Vec<serde_json::Value>,
+}
+
 #[derive(serde::Deserialize)]
 struct Discovery {
     issuer: String,
@@ -379,10 +385,16 @@ impl IssuerKeys {
                 discovery.jwks_uri
             }
         };
-        let set: JwkSet = self.fetcher.json(&jwks_url).await?;
+        // Entry by entry, so one key of a kind we do not know (an `alg` or
+        // curve jsonwebtoken cannot parse) does not cost the others.
+        let set: JwkEntries = self.fetcher.json(&jwks_url).await?;
         let mut keys = Vec::new();
-        for jwk in &set.keys {
-            match Key::from_jwk(jwk) {
+        for jwk in set
+            .keys
+            .into_iter()
+            .filter_map(|v| serde_json::from_value::<Jwk>(v).ok())
+        {
+            match Key::from_jwk(&jwk) {
                 Ok(key) => keys.push(key),
                 Err(reason) => {
                     tracing::debug!(issuer = %self.issuer, kid = ?jwk.common.key_id, %reason, "JWKS key skipped")
