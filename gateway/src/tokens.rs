@@ -433,10 +433,7 @@ mod tests {
             assert_ne!(token, first, "{tier} {scopes:?} {audience}");
             let claims: Value = jsonwebtoken::dangerous::insecure_decode_claims(&token).unwrap();
             assert_eq!(claims["aud"], audience);
-            assert!(!claims["scope"]
-                .as_str()
-                .unwrap()
-                .contains(if scopes.len() == 1 { "write" } else { "-" }));
+            assert_eq!(claims["scope"], format!("{} {tier}", scopes.join(" ")));
         }
     }
 
