@@ -7,7 +7,7 @@
 #![allow(clippy::unwrap_used, reason = "tests: a panic is the failure report")]
 use std::{
     path::{Path, PathBuf},
-    time::{SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
@@ -15,7 +15,7 @@ use gateway_tests::{
     cmd::openssl,
     fs::TempDir,
     gateway::Gateway,
-    http::{request_with_body, tiers_and_app, FakeUpstream},
+    http::{pause, request_with_body, tiers_and_app, FakeUpstream},
 };
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
@@ -381,6 +381,38 @@ fn an_external_id_names_the_client_for_its_issuer_only() {
         403
     );
     assert_eq!(s.upstream.requests().len(), before);
+    // Moved to A by the CLI: now A's svc-b is the client, and B's is not.
+    let config = s.gateway.config.display().to_string();
+    let args = [
+        "keys",
+        "update",
+        id,
+        "--external-id",
+        "svc-b",
+        "--issuer",
+        A,
+        "--config",
+        &config,
+    ];
+    let updated = s.gateway.cli(&args, &[]);
+    assert!(updated.status.success(), "{updated:?}");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let token = s.a.rs256(&rs256(), &claims(A, "svc-b", ""));
+        assert_eq!(s.get("/jwt/x", &token), 200);
+        let seen = s.upstream.requests().pop().unwrap();
+        if seen.header("x-client-id") == Some(id.as_str()) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the update was not picked up");
+        pause(Duration::from_millis(100));
+    }
+    assert_eq!(s.get("/jwt/x", &s.b.es256(&claims(B, "svc-b", ""))), 200);
+    let seen = s.upstream.requests().pop().unwrap();
+    assert_eq!(
+        seen.header("x-client-id"),
+        Some(format!("{B}#svc-b").as_str())
+    );
 }
 
 #[test]

@@ -12,6 +12,7 @@ use clap::{Args, Subcommand};
 use gateway::{
     clock::unix_now,
     config::Config,
+    jwt::principal,
     keys::{
         clients::{expires_after, revoked_json, ClientSpec, ClientView, ListQuery},
         store::ClientUpdate,
@@ -90,6 +91,12 @@ pub enum KeysCommand {
         disable: bool,
         #[arg(long)]
         enable: bool,
+        /// A new external id, as for `create`.
+        #[arg(long)]
+        external_id: Option<String>,
+        /// The issuer whose tokens `--external-id` names.
+        #[arg(long, requires = "external_id")]
+        issuer: Option<String>,
         #[command(flatten)]
         target: Target,
     },
@@ -234,6 +241,8 @@ pub fn keys_command(command: KeysCommand) -> Result<()> {
             no_expiry,
             disable,
             enable,
+            external_id,
+            issuer,
             target,
         } => {
             let expires_at = match (expires_in, no_expiry) {
@@ -247,6 +256,10 @@ pub fn keys_command(command: KeysCommand) -> Result<()> {
                 scopes,
                 expires_at,
                 disabled: (disable || enable).then_some(disable),
+                external_id: match (external_id, issuer) {
+                    (Some(id), Some(issuer)) => Some(Some(principal(&issuer, &id))),
+                    (id, _) => id.map(Some),
+                },
                 ..ClientUpdate::default()
             };
             (Op::Update(client_id, update), target)

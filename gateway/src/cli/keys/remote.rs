@@ -74,6 +74,10 @@ fn request(op: &Op) -> (Method, String, Option<Value>) {
                 ("expires_at", update.expires_at.map(|v| json!(v))),
                 ("disabled", update.disabled.map(|v| json!(v))),
                 ("is_admin", update.is_admin.map(|v| json!(v))),
+                (
+                    "api_client_id",
+                    update.external_id.as_ref().map(|v| json!(v)),
+                ),
             ];
             for (name, value) in fields {
                 if let Some(value) = value {
