@@ -95,6 +95,7 @@ issuer = "{ISSUER}"
 audiences = ["{AUDIENCE}"]
 {key_source}
 min_refresh_interval = "60s"
+allow_insecure_http = true
 
 [[upstreams]]
 name = "app"
@@ -171,7 +172,8 @@ fn valid_token_authenticates_with_the_highest_tier_in_its_scope() {
     let reply = gateway.get("/jwt/x", &[("authorization", &bearer(&token))]);
     assert_eq!(reply.status, 200, "{}", reply.body);
     let seen = &s.upstream.requests()[0];
-    assert_eq!(seen.header("x-client-id"), Some("svc-1"));
+    // A client the store does not know is namespaced by its issuer.
+    assert_eq!(seen.header("x-client-id"), Some("https://idp.test#svc-1"));
     assert_eq!(seen.header("x-client-tier"), Some("gold"));
     assert!(
         seen.header("authorization").is_none(),

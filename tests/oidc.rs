@@ -99,6 +99,7 @@ issuer = "{issuer}"
 discovery_url = "{issuer}/.well-known/openid-configuration"
 audiences = ["{AUDIENCE}"]
 client_claim = "client_id"
+allow_insecure_http = true
 
 [[upstreams]]
 name = "app"
@@ -119,7 +120,9 @@ required_scopes = ["read"]
     let reply = gateway.get("/orders", &[("authorization", &format!("Bearer {token}"))]);
     assert_eq!(reply.status, 200, "{}", reply.body);
     let seen = &upstream.requests()[0];
-    assert_eq!(seen.header("x-client-id"), Some(CLIENT));
+    // A client the store does not know is namespaced by its issuer.
+    let principal = format!("{}#{CLIENT}", idp.issuer);
+    assert_eq!(seen.header("x-client-id"), Some(principal.as_str()));
     assert_eq!(seen.header("x-client-tier"), Some("gold"));
     assert!(seen.header("authorization").is_none());
 

@@ -17,7 +17,7 @@ use std::{
 use arc_swap::ArcSwap;
 use jsonwebtoken::{
     jwk::{Jwk, JwkSet, PublicKeyUse, ThumbprintHash},
-    Algorithm, DecodingKey, EncodingKey, Header,
+    Algorithm, EncodingKey, Header,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -221,9 +221,13 @@ pub struct TokenIssuer {
     file: KeyFile,
     keys: ArcSwap<KeySet>,
     loaded: Mutex<Option<SystemTime>>,
-    /// Upstream tokens by (client, audience), reused for half their life.
-    upstream: Mutex<HashMap<(String, String), (String, i64)>>,
+    /// Upstream tokens by everything they say, reused for half their life.
+    upstream: Mutex<HashMap<UpstreamKey, (String, i64)>>,
 }
+
+/// What goes into an upstream token: client id, tier, scopes and
+/// audience. Two grants that differ in any of them never share a token.
+type UpstreamKey = (String, String, Vec<String>, String);
 
 /// What a token says about its client.
 pub struct Grant<'a> {
@@ -269,12 +273,7 @@ impl TokenIssuer {
             .load()
             .published
             .iter()
-            .filter_map(|jwk| {
-                Some(Key {
-                    kid: jwk.common.key_id.clone(),
-                    key: DecodingKey::from_jwk(jwk).ok()?,
-                })
-            })
+            .filter_map(|jwk| Key::from_jwk(jwk).ok())
             .collect()
     }
 
@@ -331,7 +330,7 @@ impl TokenIssuer {
     }
 
     /// A token naming the client to an upstream, reused while it has more
-    /// than half its life left (one signature per client and upstream per
+    /// than half its life left (one signature per grant and upstream per
     /// half-life, not per request).
     pub fn upstream_token(
         &self,
@@ -340,7 +339,12 @@ impl TokenIssuer {
         now: i64,
     ) -> Result<String, TokenKeyError> {
         let ttl = self.config.upstream_ttl.as_secs() as i64;
-        let cache_key = (grant.client_id.to_owned(), audience.to_owned());
+        let cache_key = (
+            grant.client_id.to_owned(),
+            grant.tier.to_owned(),
+            grant.scopes.to_vec(),
+            audience.to_owned(),
+        );
         let mut cache = self.upstream.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((token, minted)) = cache.get(&cache_key) {
             if now - minted < ttl / 2 {
@@ -399,6 +403,41 @@ mod tests {
         assert_eq!(claims["sub"], "cl_1");
         assert_eq!(claims["scope"], "read gold");
         assert!(!std::fs::read_to_string(&path).unwrap().contains(&token));
+    }
+
+    #[test]
+    fn upstream_tokens_are_shared_only_by_identical_grants() {
+        let (_dir, path) = temp();
+        let issuer = TokenIssuer::open(&config(), "i".into(), &path, 1_000).unwrap();
+        let (all, read) = (
+            vec!["read".to_owned(), "write".to_owned()],
+            vec!["read".to_owned()],
+        );
+        let grant = |tier, scopes| Grant {
+            client_id: "cl_1",
+            tier,
+            scopes,
+        };
+        let first = issuer
+            .upstream_token(&grant("gold", &all), "app", 1_000)
+            .unwrap();
+        let again = issuer
+            .upstream_token(&grant("gold", &all), "app", 1_001)
+            .unwrap();
+        assert_eq!(first, again, "reused within its half-life");
+        for (tier, scopes, audience) in [
+            ("gold", &read, "app"),
+            ("bronze", &all, "app"),
+            ("gold", &all, "other"),
+        ] {
+            let token = issuer
+                .upstream_token(&grant(tier, scopes), audience, 1_001)
+                .unwrap();
+            assert_ne!(token, first, "{tier} {scopes:?} {audience}");
+            let claims: Value = jsonwebtoken::dangerous::insecure_decode_claims(&token).unwrap();
+            assert_eq!(claims["aud"], audience);
+            assert_eq!(claims["scope"], format!("{} {tier}", scopes.join(" ")));
+        }
     }
 
     #[test]

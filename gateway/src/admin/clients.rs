@@ -36,8 +36,11 @@ struct CreateRequest {
     ttl: Option<Ttl>,
     #[serde(default = "yes")]
     generate_api_key: bool,
-    /// The JWT client-claim value that names this same client.
+    /// Another issuer's client claim that names this same client:
+    /// `ISSUER#CLAIM`, or the claim with `api_client_issuer` (or alone when
+    /// one issuer is configured).
     api_client_id: Option<String>,
+    api_client_issuer: Option<String>,
 }
 
 fn yes() -> bool {
@@ -138,6 +141,7 @@ impl Admin {
             self.store.as_ref(),
             self.shared.quotas.iter().map(|q| q.name.as_str()),
         )
+        .with_issuers(self.shared.jwt.external_issuers())
     }
 
     fn create(&self, call: &Call<'_>) -> Result<(Option<String>, AdminResponse), AdminError> {
@@ -154,6 +158,7 @@ impl Admin {
             ttl: request.ttl,
             with_key: request.generate_api_key,
             external_id: request.api_client_id,
+            external_issuer: request.api_client_issuer,
         };
         let view = self.lifecycle().create(spec, unix_now())?;
         self.reload()?;

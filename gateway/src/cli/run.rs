@@ -171,6 +171,12 @@ pub fn run(args: RunArgs) -> Result<()> {
         let index = Arc::new(KeyIndex::default());
         let count = index.load(store.as_ref()).context("loading API keys")?;
         tracing::info!(keys = count, store = %config.keys.store.display(), "API keys loaded");
+        if index.unscoped_external_ids() > 0 {
+            tracing::warn!(
+                clients = index.unscoped_external_ids(),
+                "external ids without an issuer map no token: set them again as ISSUER#CLAIM"
+            );
+        }
         tokio::spawn(refresh_keys(
             store.clone(),
             index.clone(),

@@ -18,9 +18,19 @@ use crate::jwt::{self, IssuerSettings};
 pub struct IssuerConfig {
     /// Must equal the token's `iss`.
     pub issuer: String,
-    /// The token's `aud` must contain one of these (not checked when empty).
+    /// The token's `aud` must contain one of these (string or array form).
+    /// Required: `["*"]` accepts any audience, with a warning at start.
     #[serde(default)]
     pub audiences: Vec<String>,
+    /// Accepted header `typ` values, case-insensitive, `application/`
+    /// optional; a token without `typ` is accepted. Empty or absent: the
+    /// default, `["at+jwt", "JWT"]`.
+    #[serde(default)]
+    pub typ: Vec<String>,
+    /// Fetch `jwks_url`/`discovery_url` (and the JWKS discovery names)
+    /// over plain `http://`: local testing only, logged at start.
+    #[serde(default)]
+    pub allow_insecure_http: bool,
     /// Exactly one key source: a PEM public key file...
     pub pem: Option<PathBuf>,
     /// ...a JWKS URL...
@@ -87,6 +97,8 @@ impl IssuerConfig {
         Self {
             issuer: issuer.to_owned(),
             audiences: vec![audience.to_owned()],
+            typ: Vec::new(),
+            allow_insecure_http: false,
             pem: None,
             jwks_url: None,
             discovery_url: None,
@@ -107,6 +119,11 @@ impl From<IssuerConfig> for IssuerSettings {
         Self {
             issuer: config.issuer,
             audiences: config.audiences,
+            typ: match config.typ.is_empty() {
+                true => jwt::preparse::default_typ(),
+                false => config.typ,
+            },
+            allow_insecure_http: config.allow_insecure_http,
             pem: config.pem,
             jwks_url: config.jwks_url,
             discovery_url: config.discovery_url,
@@ -287,9 +304,58 @@ pub(super) fn default_tiers() -> Vec<TierConfig> {
 }
 
 /// Each issuer has exactly one key source and only algorithms the verifier
-/// accepts, so a bad issuer is a config error, not a start-up failure.
+/// accepts, audiences, an issuer name without `#` (principals are
+/// `ISSUER#CLAIM`; OIDC issuers have no fragment anyway) used once, and
+/// https key URLs unless `allow_insecure_http`; so a bad issuer is a config
+/// error, not a start-up failure or a silent hole.
 pub(super) fn validate_issuers(issuers: &[IssuerConfig]) -> Result<(), ConfigError> {
     for (index, issuer) in issuers.iter().enumerate() {
+        let path = |key: &str| format!("issuers[{index}].{key}");
+        if issuer.issuer.is_empty() || issuer.issuer.contains('#') {
+            return Err(ConfigError::invalid(
+                path("issuer"),
+                "must be non-empty and contain no '#' (an issuer URL has no fragment)",
+            ));
+        }
+        if issuers[..index].iter().any(|i| i.issuer == issuer.issuer) {
+            return Err(ConfigError::invalid(
+                path("issuer"),
+                format!("{:?} is configured twice", issuer.issuer),
+            ));
+        }
+        let any = issuer.audiences.iter().any(|a| a == jwt::ANY_AUDIENCE);
+        if issuer.audiences.is_empty() || (any && issuer.audiences.len() > 1) {
+            return Err(ConfigError::invalid(
+                path("audiences"),
+                "required: the `aud` values accepted from this issuer, or [\"*\"] alone for any",
+            ));
+        }
+        if let Some(t) = issuer.typ.iter().position(|t| t.trim().is_empty()) {
+            return Err(ConfigError::invalid(
+                format!("issuers[{index}].typ[{t}]"),
+                "must not be empty",
+            ));
+        }
+        for (key, url) in [
+            ("jwks_url", &issuer.jwks_url),
+            ("discovery_url", &issuer.discovery_url),
+        ] {
+            let Some(url) = url else { continue };
+            let scheme = url
+                .split_once("://")
+                .map(|(scheme, _)| scheme.to_ascii_lowercase());
+            match scheme.as_deref() {
+                Some("https") => {}
+                Some("http") if issuer.allow_insecure_http => {}
+                Some("http") => {
+                    return Err(ConfigError::invalid(
+                        path(key),
+                        "must be https:// (set allow_insecure_http = true for local testing only)",
+                    ))
+                }
+                _ => return Err(ConfigError::invalid(path(key), "must be an https:// URL")),
+            }
+        }
         let sources = [
             issuer.pem.is_some(),
             issuer.jwks_url.is_some(),
@@ -310,9 +376,35 @@ pub(super) fn validate_issuers(issuers: &[IssuerConfig]) -> Result<(), ConfigErr
     Ok(())
 }
 
+/// The gateway's own issuer name, when given, follows the same rule as
+/// others' and is none of theirs: its tokens name stored clients by id.
+pub(super) fn validate_tokens(
+    tokens: &TokensConfig,
+    issuers: &[IssuerConfig],
+) -> Result<(), ConfigError> {
+    let Some(own) = &tokens.issuer else {
+        return Ok(());
+    };
+    if own.is_empty() || own.contains('#') {
+        return Err(ConfigError::invalid(
+            "tokens.issuer",
+            "must be non-empty and contain no '#' (an issuer URL has no fragment)",
+        ));
+    }
+    if let Some(index) = issuers.iter().position(|i| &i.issuer == own) {
+        return Err(ConfigError::invalid(
+            format!("issuers[{index}].issuer"),
+            "is the gateway's own tokens.issuer",
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::tests::error;
+
+    const LISTENER: &str = "[[listeners]]\naddress = \"127.0.0.1:1\"\n";
 
     #[test]
     fn the_token_endpoint_limit_is_on_by_default_and_checked_with_its_path() {
@@ -336,9 +428,70 @@ mod tests {
 
     #[test]
     fn hmac_algorithms_are_refused_with_their_path() {
-        let message = error(
-            "[[listeners]]\naddress = \"127.0.0.1:1\"\n[[issuers]]\nissuer = \"i\"\njwks_url = \"http://x\"\nalgorithms = [\"RS256\", \"HS256\"]\n",
-        );
+        let message = error(&format!(
+            "{LISTENER}[[issuers]]\nissuer = \"i\"\naudiences = [\"a\"]\njwks_url = \"https://x\"\nalgorithms = [\"RS256\", \"HS256\"]\n",
+        ));
         assert!(message.starts_with("issuers[0].algorithms[1]"), "{message}");
+    }
+
+    fn issuer(body: &str) -> String {
+        format!("{LISTENER}[[issuers]]\nissuer = \"https://idp\"\n{body}\n")
+    }
+
+    #[test]
+    fn audiences_are_required_and_star_stands_alone() {
+        let message = error(&issuer("jwks_url = \"https://idp/jwks\""));
+        assert!(
+            message.starts_with("issuers[0].audiences: required"),
+            "{message}"
+        );
+        let message = error(&issuer("jwks_url = \"https://idp/jwks\"\naudiences = []"));
+        assert!(message.starts_with("issuers[0].audiences"), "{message}");
+        let message = error(&issuer(
+            "jwks_url = \"https://idp/jwks\"\naudiences = [\"*\", \"api\"]",
+        ));
+        assert!(message.starts_with("issuers[0].audiences"), "{message}");
+        let any = issuer("jwks_url = \"https://idp/jwks\"\naudiences = [\"*\"]");
+        assert!(super::super::Config::parse(&any).is_ok());
+    }
+
+    #[test]
+    fn key_urls_are_https_unless_insecure_http_is_allowed() {
+        for key in ["jwks_url", "discovery_url"] {
+            let message = error(&issuer(&format!(
+                "audiences = [\"api\"]\n{key} = \"http://idp/x\""
+            )));
+            assert!(
+                message.starts_with(&format!("issuers[0].{key}: must be https://")),
+                "{message}"
+            );
+            let message = error(&issuer(&format!(
+                "audiences = [\"api\"]\n{key} = \"file:///etc/x\""
+            )));
+            assert!(
+                message.starts_with(&format!("issuers[0].{key}")),
+                "{message}"
+            );
+            let allowed = issuer(&format!(
+                "audiences = [\"api\"]\n{key} = \"http://idp/x\"\nallow_insecure_http = true"
+            ));
+            assert!(super::super::Config::parse(&allowed).is_ok());
+        }
+    }
+
+    #[test]
+    fn issuer_names_are_unique_and_have_no_fragment() {
+        let one = "[[issuers]]\nissuer = \"https://idp\"\naudiences = [\"a\"]\njwks_url = \"https://idp/j\"\n";
+        let message = error(&format!("{LISTENER}{one}{one}"));
+        assert!(message.starts_with("issuers[1].issuer"), "{message}");
+        let message = error(&format!(
+            "{LISTENER}{}",
+            one.replace("https://idp\"", "https://idp#x\"")
+        ));
+        assert!(message.starts_with("issuers[0].issuer"), "{message}");
+        let message = error(&issuer(
+            "audiences = [\"a\"]\njwks_url = \"https://idp/j\"\ntyp = [\"\"]",
+        ));
+        assert!(message.starts_with("issuers[0].typ[0]"), "{message}");
     }
 }

@@ -129,6 +129,7 @@ impl Config {
         upstreams::validate(&self.upstreams)?;
         routes::validate_targets(&self.routes, &self.upstreams)?;
         identity::validate_issuers(&self.issuers)?;
+        identity::validate_tokens(&self.tokens, &self.issuers)?;
         routes::validate_auth(&self.routes, !self.issuers.is_empty(), self.tokens.enabled)?;
         routes::validate_forwarding(&self.forwarding)?;
         self.check_ranges()

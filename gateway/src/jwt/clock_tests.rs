@@ -3,7 +3,7 @@
 //! check that read the system clock would fail these tests.
 use std::time::Duration;
 
-use jsonwebtoken::{jwk::Jwk, EncodingKey, Header};
+use jsonwebtoken::{jwk::Jwk, DecodingKey, EncodingKey, Header};
 use serde_json::json;
 
 use super::*;
@@ -27,6 +27,8 @@ fn settings() -> IssuerSettings {
     IssuerSettings {
         issuer: ISSUER.into(),
         audiences: vec!["api".into()],
+        typ: super::preparse::default_typ(),
+        allow_insecure_http: false,
         pem: None,
         jwks_url: None,
         discovery_url: None,
@@ -46,7 +48,14 @@ fn verifier() -> JwtVerifier {
     let tiers = vec!["bronze".into(), "gold".into()];
     let mut verifier = JwtVerifier::new(Vec::<IssuerSettings>::new(), tiers).unwrap();
     verifier
-        .add_static_issuer(settings(), vec![keys::Key { kid: None, key }])
+        .add_static_issuer(
+            settings(),
+            vec![keys::Key {
+                kid: None,
+                key,
+                algorithms: vec![Algorithm::EdDSA],
+            }],
+        )
         .unwrap();
     verifier
 }

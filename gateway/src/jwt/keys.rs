@@ -1,9 +1,10 @@
 //! An issuer's verification keys: from a PEM file, a JWKS URL, or OIDC
 //! discovery (which names the JWKS URL). Remote keys are refreshed
 //! periodically and on an unknown `kid`, at most once per
-//! `min_refresh_interval`.
+//! `min_refresh_interval`; no lock is held while a fetch runs, and the
+//! whole fetch (connect, headers, body) is under one timeout.
 use std::{
-    sync::Arc,
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -14,13 +15,18 @@ use hyper_util::{
     client::legacy::{connect::HttpConnector, Client},
     rt::TokioExecutor,
 };
-use jsonwebtoken::{jwk::JwkSet, DecodingKey};
+use jsonwebtoken::{
+    jwk::{AlgorithmParameters, EllipticCurve, Jwk, KeyOperations, PublicKeyUse},
+    Algorithm, DecodingKey,
+};
+use tokio::sync::watch;
 
 use super::JwtError;
 
 /// Largest JWKS or discovery document we accept.
-const MAX_DOCUMENT: usize = 1 << 20;
-const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
+pub const MAX_DOCUMENT: usize = 1 << 20;
+/// The whole of one fetch: connect, TLS, headers and body.
+pub const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub enum KeySource {
     /// Keys given, not fetched: a PEM file, or the gateway's own.
@@ -29,18 +35,106 @@ pub enum KeySource {
     Discovery(String),
 }
 
-#[derive(Clone)]
+/// A verification key and the algorithms it may verify: the JWK's `alg`
+/// when it names one, else every algorithm of its type and curve, so a
+/// token can never pick how a key is used (RFC 8725 §3.1).
+#[derive(Clone, Debug)]
 pub struct Key {
     pub kid: Option<String>,
     pub key: DecodingKey,
+    pub algorithms: Vec<Algorithm>,
+}
+
+const RSA: [Algorithm; 6] = [
+    Algorithm::RS256,
+    Algorithm::RS384,
+    Algorithm::RS512,
+    Algorithm::PS256,
+    Algorithm::PS384,
+    Algorithm::PS512,
+];
+
+impl Key {
+    /// A key from a JWKS entry; `Err` says why it cannot verify tokens:
+    /// `use` other than `sig`, `key_ops` without `verify`, a symmetric or
+    /// unknown key type, a curve no algorithm here uses, or an `alg` that
+    /// does not fit the key.
+    pub fn from_jwk(jwk: &Jwk) -> Result<Self, String> {
+        match &jwk.common.public_key_use {
+            None | Some(PublicKeyUse::Signature) => {}
+            Some(other) => return Err(format!("use is {other:?}, not sig")),
+        }
+        if let Some(ops) = &jwk.common.key_operations {
+            if !ops.contains(&KeyOperations::Verify) {
+                return Err("key_ops does not include verify".into());
+            }
+        }
+        let fits: Vec<Algorithm> = match &jwk.algorithm {
+            AlgorithmParameters::RSA(_) => RSA.to_vec(),
+            AlgorithmParameters::EllipticCurve(ec) => match ec.curve {
+                EllipticCurve::P256 => vec![Algorithm::ES256],
+                EllipticCurve::P384 => vec![Algorithm::ES384],
+                ref other => return Err(format!("EC curve {other:?} is not supported")),
+            },
+            AlgorithmParameters::OctetKeyPair(okp) => match okp.curve {
+                EllipticCurve::Ed25519 => vec![Algorithm::EdDSA],
+                ref other => return Err(format!("OKP curve {other:?} is not supported")),
+            },
+            AlgorithmParameters::OctetKey(_) => return Err("symmetric keys are refused".into()),
+            _ => return Err("unknown key type".into()),
+        };
+        let algorithms = match jwk.common.key_algorithm {
+            None => fits,
+            Some(named) => {
+                let named = Algorithm::try_from(named)
+                    .map_err(|_| format!("alg {named:?} does not sign"))?;
+                if !fits.contains(&named) {
+                    return Err(format!("alg {named:?} does not fit the key type"));
+                }
+                vec![named]
+            }
+        };
+        let key = DecodingKey::from_jwk(jwk).map_err(|e| e.to_string())?;
+        Ok(Self {
+            kid: jwk.common.key_id.clone(),
+            key,
+            algorithms,
+        })
+    }
+
+    /// A public key in PEM form (RSA, EC P-256/P-384 or Ed25519).
+    pub fn from_pem(bytes: &[u8]) -> Result<Self, String> {
+        let (key, algorithms) = if let Ok(key) = DecodingKey::from_rsa_pem(bytes) {
+            (key, RSA.to_vec())
+        } else if let Ok(key) = DecodingKey::from_ec_pem(bytes) {
+            // An uncompressed point: 65 bytes on P-256, 97 on P-384.
+            let curve = match key.try_get_as_bytes().map(<[u8]>::len) {
+                Ok(65) => Algorithm::ES256,
+                Ok(97) => Algorithm::ES384,
+                _ => return Err("an EC key on a curve other than P-256 or P-384".into()),
+            };
+            (key, vec![curve])
+        } else {
+            let key = DecodingKey::from_ed_pem(bytes).map_err(|e| e.to_string())?;
+            (key, vec![Algorithm::EdDSA])
+        };
+        Ok(Self {
+            kid: None,
+            key,
+            algorithms,
+        })
+    }
 }
 
 type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Empty<Bytes>>;
 
-/// Fetches JSON documents over HTTP(S) with a timeout and a size limit.
+/// Fetches JSON documents with one timeout over the whole exchange and a
+/// size limit; `http://` only when the issuer allows it.
 #[derive(Clone)]
 pub struct Fetcher {
     client: HttpsClient,
+    timeout: Duration,
+    allow_http: bool,
 }
 
 impl Fetcher {
@@ -53,7 +147,21 @@ impl Fetcher {
             .build();
         Ok(Self {
             client: Client::builder(TokioExecutor::new()).build(https),
+            timeout: FETCH_TIMEOUT,
+            allow_http: false,
         })
+    }
+
+    /// The same client with another timeout (tests).
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// The same client, allowed (or not) to fetch over plain HTTP.
+    pub fn allow_http(mut self, allow: bool) -> Self {
+        self.allow_http = allow;
+        self
     }
 
     pub async fn json<T: serde::de::DeserializeOwned>(&self, url: &str) -> Result<T, JwtError> {
@@ -62,20 +170,43 @@ impl Fetcher {
             message,
         };
         let uri: http::Uri = url.parse().map_err(|e| fail(format!("not a URL: {e}")))?;
-        let response = tokio::time::timeout(FETCH_TIMEOUT, self.client.get(uri))
-            .await
-            .map_err(|_| fail("timed out".into()))?
-            .map_err(|e| fail(e.to_string()))?;
-        if !response.status().is_success() {
-            return Err(fail(format!("status {}", response.status())));
+        match uri.scheme_str() {
+            Some("https") => {}
+            Some("http") if self.allow_http => {}
+            _ => {
+                return Err(fail(
+                    "only https:// (allow_insecure_http = true permits http:// for testing)".into(),
+                ))
+            }
         }
-        let body = Limited::new(response.into_body(), MAX_DOCUMENT)
-            .collect()
+        let exchange = async {
+            let response = self
+                .client
+                .get(uri)
+                .await
+                .map_err(|e| fail(e.to_string()))?;
+            if !response.status().is_success() {
+                return Err(fail(format!("status {}", response.status())));
+            }
+            Limited::new(response.into_body(), MAX_DOCUMENT)
+                .collect()
+                .await
+                .map(|body| body.to_bytes())
+                .map_err(|e| fail(e.to_string()))
+        };
+        let body = tokio::time::timeout(self.timeout, exchange)
             .await
-            .map_err(|e| fail(e.to_string()))?
-            .to_bytes();
+            .map_err(|_| fail(format!("timed out after {:?}", self.timeout)))??;
         serde_json::from_slice(&body).map_err(|e| fail(format!("invalid JSON: {e}")))
     }
+}
+
+/// Refreshes for unknown `kid`s: when the last one started, and the one
+/// under way, if any (its waiters learn whether it loaded keys).
+#[derive(Default)]
+struct OnDemand {
+    last: Option<Instant>,
+    running: Option<watch::Receiver<Option<bool>>>,
 }
 
 pub struct IssuerKeys {
@@ -84,15 +215,35 @@ pub struct IssuerKeys {
     keys: ArcSwap<Vec<Key>>,
     fetcher: Fetcher,
     min_refresh_interval: Duration,
-    /// When the last refresh for an unknown `kid` ran; the lock also makes
-    /// concurrent requests with the same new `kid` wait for one fetch.
-    last_on_demand: tokio::sync::Mutex<Option<Instant>>,
+    /// Never held across an await: a fetch runs in its own task.
+    on_demand: Mutex<OnDemand>,
+}
+
+/// A JWKS, its entries not yet parsed.
+#[derive(serde::Deserialize)]
+struct JwkEntries {
+    keys: Vec<serde_json::Value>,
 }
 
 #[derive(serde::Deserialize)]
 struct Discovery {
     issuer: String,
     jwks_uri: String,
+}
+
+/// Why no key verifies a token.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeyMiss {
+    /// No key has the token's `kid` (or there is no sole key for none).
+    Unknown,
+    /// The key named may not verify the token's `alg`.
+    WrongAlgorithm,
+}
+
+fn lock(on_demand: &Mutex<OnDemand>) -> std::sync::MutexGuard<'_, OnDemand> {
+    on_demand
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl IssuerKeys {
@@ -112,7 +263,7 @@ impl IssuerKeys {
             keys: ArcSwap::from_pointee(initial),
             fetcher,
             min_refresh_interval,
-            last_on_demand: tokio::sync::Mutex::new(None),
+            on_demand: Mutex::default(),
         }
     }
 
@@ -125,15 +276,42 @@ impl IssuerKeys {
         self.keys.store(Arc::new(keys));
     }
 
-    /// The key for `kid`; a token without `kid` matches a sole key.
-    pub fn find(&self, kid: Option<&str>) -> Option<DecodingKey> {
+    /// Whether a key has this `kid` (a token without one: whether there
+    /// is a sole key).
+    fn knows(&self, kid: Option<&str>) -> bool {
         let keys = self.keys.load();
         match kid {
-            Some(kid) => keys.iter().find(|k| k.kid.as_deref() == Some(kid)),
-            None if keys.len() == 1 => keys.first(),
-            None => None,
+            Some(kid) => keys.iter().any(|k| k.kid.as_deref() == Some(kid)),
+            None => keys.len() == 1,
         }
-        .map(|k| k.key.clone())
+    }
+
+    /// The key for `kid` that may verify `alg`; a token without `kid`
+    /// matches a sole key. Only the issuer's own keys are looked at: a
+    /// token's `jku`, `x5u`, `x5c` or `jwk` never choose one.
+    pub fn find(&self, kid: Option<&str>, alg: Algorithm) -> Result<DecodingKey, KeyMiss> {
+        let keys = self.keys.load();
+        let mut named = match kid {
+            Some(kid) => keys
+                .iter()
+                .filter(|k| k.kid.as_deref() == Some(kid))
+                .collect::<Vec<_>>(),
+            None if keys.len() == 1 => keys.iter().collect(),
+            None => Vec::new(),
+        };
+        if named.is_empty() {
+            return Err(KeyMiss::Unknown);
+        }
+        named.retain(|k| k.algorithms.contains(&alg));
+        named
+            .first()
+            .map(|k| k.key.clone())
+            .ok_or(KeyMiss::WrongAlgorithm)
+    }
+
+    /// Whether a refresh for an unknown `kid` is under way.
+    pub fn refreshing(&self) -> bool {
+        lock(&self.on_demand).running.is_some()
     }
 
     /// Re-fetches remote keys now (start-up and periodic refresh).
@@ -143,27 +321,49 @@ impl IssuerKeys {
 
     /// Re-fetches for an unknown `kid`, unless another unknown `kid` did so
     /// within `min_refresh_interval` (so forged kids cannot hammer the IdP).
-    pub async fn refresh_for_unknown_kid(&self, kid: Option<&str>) -> bool {
+    /// The fetch runs in its own task, so no lock is held across it and a
+    /// caller that goes away does not cancel it; callers arriving while it
+    /// runs wait for that one fetch, which its timeout bounds.
+    pub async fn refresh_for_unknown_kid(self: &Arc<Self>, kid: Option<&str>) -> bool {
         if !self.is_remote() {
             return false;
         }
-        let mut last = self.last_on_demand.lock().await;
-        // A request that waited on the lock may find the key already there.
-        if self.find(kid).is_some() {
-            return true;
-        }
-        if last.is_some_and(|at| at.elapsed() < self.min_refresh_interval) {
-            return false;
-        }
-        let result = self.fetch().await;
-        *last = Some(Instant::now());
-        match result {
-            Ok(_) => true,
-            Err(error) => {
-                tracing::warn!(issuer = %self.issuer, %error, "refreshing keys for an unknown kid failed");
-                false
+        let mut done = {
+            let mut state = lock(&self.on_demand);
+            // A fetch that ended just now may have brought the key.
+            if self.knows(kid) {
+                return true;
             }
-        }
+            match &state.running {
+                Some(running) => running.clone(),
+                None if state
+                    .last
+                    .is_some_and(|at| at.elapsed() < self.min_refresh_interval) =>
+                {
+                    return false
+                }
+                None => {
+                    state.last = Some(Instant::now());
+                    let (tell, done) = watch::channel(None);
+                    state.running = Some(done.clone());
+                    let keys = self.clone();
+                    tokio::spawn(async move {
+                        let result = keys.fetch().await;
+                        if let Err(error) = &result {
+                            tracing::warn!(issuer = %keys.issuer, %error, "refreshing keys for an unknown kid failed");
+                        }
+                        lock(&keys.on_demand).running = None;
+                        let _ = tell.send(Some(result.is_ok()));
+                    });
+                    done
+                }
+            }
+        };
+        let loaded = match done.wait_for(Option::is_some).await {
+            Ok(outcome) => outcome.unwrap_or(false),
+            Err(_) => false,
+        };
+        loaded && self.knows(kid)
     }
 
     async fn fetch(&self) -> Result<usize, JwtError> {
@@ -181,21 +381,26 @@ impl IssuerKeys {
                         ),
                     });
                 }
+                // Fetched under the same https-only rule as the discovery document.
                 discovery.jwks_uri
             }
         };
-        let set: JwkSet = self.fetcher.json(&jwks_url).await?;
-        let keys: Vec<Key> = set
+        // Entry by entry, so one key of a kind we do not know (an `alg` or
+        // curve jsonwebtoken cannot parse) does not cost the others.
+        let set: JwkEntries = self.fetcher.json(&jwks_url).await?;
+        let mut keys = Vec::new();
+        for jwk in set
             .keys
-            .iter()
-            .filter(|jwk| jwk.is_supported())
-            .filter_map(|jwk| {
-                Some(Key {
-                    kid: jwk.common.key_id.clone(),
-                    key: DecodingKey::from_jwk(jwk).ok()?,
-                })
-            })
-            .collect();
+            .into_iter()
+            .filter_map(|v| serde_json::from_value::<Jwk>(v).ok())
+        {
+            match Key::from_jwk(&jwk) {
+                Ok(key) => keys.push(key),
+                Err(reason) => {
+                    tracing::debug!(issuer = %self.issuer, kid = ?jwk.common.key_id, %reason, "JWKS key skipped")
+                }
+            }
+        }
         let count = keys.len();
         self.keys.store(Arc::new(keys));
         tracing::info!(issuer = %self.issuer, keys = count, "JWKS loaded");

@@ -1,32 +1,34 @@
 //! JWT verification for configured issuers.
 //!
 //! Order of checks, cheapest first: size and shape (no crypto for garbage),
-//! the verified-token cache, header (`alg` in the issuer's allowed list:
-//! never `none`, never HS*), issuer by `iss`, key by `kid` (one rate-limited
-//! JWKS refresh for an unknown `kid`), then signature, `exp`/`nbf` with
-//! leeway (against the caller's `now`, never the system clock), `iss` and
-//! `aud`.
+//! the verified-token cache, header ([`preparse`]: canonical base64url, a
+//! known `alg`, no `crit`), issuer by `iss`, `alg` in the issuer's allowed
+//! list (never `none`, never HS*), `typ`, key by `kid` among the issuer's
+//! own keys and fitting the `alg` (one rate-limited JWKS refresh for an
+//! unknown `kid`), then signature, `exp`/`nbf` with leeway (against the
+//! caller's `now`, never the system clock), `iss` and `aud` (RFC 8725).
 pub mod cache;
 #[cfg(test)]
 mod clock_tests;
+#[cfg(test)]
+mod header_tests;
 pub mod keys;
+pub mod preparse;
 mod settings;
 mod validity;
 
 use std::sync::Arc;
 
-use jsonwebtoken::{errors::ErrorKind, Algorithm, DecodingKey, Validation};
+use jsonwebtoken::{errors::ErrorKind, Algorithm, Validation};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-pub use self::settings::{default_leeway, IssuerSettings};
+pub use self::preparse::{looks_like_jwt, preparse, Preparsed, MAX_TOKEN_BYTES};
+pub use self::settings::{default_leeway, IssuerSettings, ANY_AUDIENCE};
 use self::{
     cache::TokenCache,
-    keys::{Fetcher, IssuerKeys, KeySource},
+    keys::{Fetcher, IssuerKeys, KeyMiss, KeySource},
 };
-
-/// Tokens longer than this are refused before any parsing.
-pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
 /// Cached verifications are re-checked at least this often, so a key
 /// removed from the JWKS stops working for cached tokens too.
 const MAX_CACHE_SECONDS: i64 = 300;
@@ -55,6 +57,10 @@ pub enum TokenRejection {
     WrongAudience,
     WrongIssuer,
     MissingClaim,
+    /// The header has `crit`: an extension we do not understand.
+    UnsupportedCritical,
+    /// The header's `typ` is not one the issuer accepts.
+    WrongType,
 }
 
 impl TokenRejection {
@@ -70,6 +76,8 @@ impl TokenRejection {
             TokenRejection::WrongAudience => "wrong_audience",
             TokenRejection::WrongIssuer => "wrong_issuer",
             TokenRejection::MissingClaim => "missing_claim",
+            TokenRejection::UnsupportedCritical => "unsupported_crit",
+            TokenRejection::WrongType => "wrong_type",
         }
     }
 
@@ -77,8 +85,10 @@ impl TokenRejection {
     /// which the source guard counts. Refusals that honest clients get
     /// during an issuer's key rotation or from clock skew (an unknown
     /// `kid`, `exp`, `nbf`) are not, nor are genuine tokens (the signature
-    /// held) meant for someone else (`aud`, `iss`, claims). Exhaustive on
-    /// purpose: a new reason must be classified.
+    /// held) meant for someone else (`aud`, `iss`, claims), nor tokens of a
+    /// shape an issuer may make that we do not take (`crit`, `typ`): one
+    /// misconfigured issuer must not get all its clients banned. Exhaustive
+    /// on purpose: a new reason must be classified.
     pub fn is_guessing(self) -> bool {
         match self {
             TokenRejection::Malformed
@@ -90,7 +100,9 @@ impl TokenRejection {
             | TokenRejection::NotYetValid
             | TokenRejection::WrongAudience
             | TokenRejection::WrongIssuer
-            | TokenRejection::MissingClaim => false,
+            | TokenRejection::MissingClaim
+            | TokenRejection::UnsupportedCritical
+            | TokenRejection::WrongType => false,
         }
     }
 }
@@ -99,7 +111,14 @@ impl TokenRejection {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VerifiedToken {
     pub issuer: String,
+    /// The client claim, as the token has it.
     pub client_id: String,
+    /// The client claim namespaced by issuer (`ISSUER#CLAIM`), so equal
+    /// claims from two issuers are two clients. An issuer has no `#`
+    /// (config validation), so the pair is recoverable.
+    pub principal: String,
+    /// Signed by the gateway's own issuer ([`JwtVerifier::add_static_issuer`]).
+    pub own: bool,
     pub tier: String,
     pub scopes: Vec<String>,
 }
@@ -107,7 +126,14 @@ pub struct VerifiedToken {
 struct Issuer {
     settings: IssuerSettings,
     algorithms: Vec<Algorithm>,
-    keys: IssuerKeys,
+    keys: Arc<IssuerKeys>,
+    /// The gateway's own tokens.
+    own: bool,
+}
+
+/// `ISSUER#CLAIM`: a token client's id, namespaced by its issuer.
+pub fn principal(issuer: &str, claim: &str) -> String {
+    format!("{issuer}#{claim}")
 }
 
 pub struct JwtVerifier {
@@ -134,15 +160,6 @@ pub fn parse_algorithm(name: &str) -> Result<Algorithm, String> {
     Ok(algorithm)
 }
 
-/// Cheap structural check: three base64url segments, bounded size.
-pub fn looks_like_jwt(token: &str) -> bool {
-    token.len() <= MAX_TOKEN_BYTES
-        && token.split('.').count() == 3
-        && token
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
-}
-
 fn claim_strings(value: Option<&Value>) -> Vec<String> {
     match value {
         Some(Value::String(text)) => text.split_whitespace().map(str::to_owned).collect(),
@@ -153,6 +170,21 @@ fn claim_strings(value: Option<&Value>) -> Vec<String> {
             .collect(),
         _ => Vec::new(),
     }
+}
+
+/// The issuer's accepted algorithms, and its audiences checked present:
+/// an issuer without audiences would accept tokens minted for anyone.
+fn checked(settings: &IssuerSettings) -> Result<Vec<Algorithm>, String> {
+    if settings.audiences.is_empty() {
+        return Err(format!(
+            "audiences: required (the `aud` values this gateway accepts; [\"{ANY_AUDIENCE}\"] accepts any)"
+        ));
+    }
+    settings
+        .algorithms
+        .iter()
+        .map(|a| parse_algorithm(a))
+        .collect()
 }
 
 impl JwtVerifier {
@@ -167,26 +199,18 @@ impl JwtVerifier {
         let mut verifiers = Vec::new();
         for (index, settings) in issuers.into_iter().map(S::into).enumerate() {
             let error = |message: String| JwtError::Config { index, message };
-            let algorithms = settings
-                .algorithms
-                .iter()
-                .map(|a| parse_algorithm(a))
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(error)?;
+            let algorithms = checked(&settings).map_err(error)?;
             let source = match (&settings.pem, &settings.jwks_url, &settings.discovery_url) {
                 (Some(path), None, None) => {
                     let bytes = std::fs::read(path)
                         .map_err(|e| error(format!("cannot read {}: {e}", path.display())))?;
-                    let key = DecodingKey::from_rsa_pem(&bytes)
-                        .or_else(|_| DecodingKey::from_ec_pem(&bytes))
-                        .or_else(|_| DecodingKey::from_ed_pem(&bytes))
-                        .map_err(|e| {
-                            error(format!(
-                                "{} is not a public key in PEM form: {e}",
-                                path.display()
-                            ))
-                        })?;
-                    KeySource::Static(vec![keys::Key { kid: None, key }])
+                    let key = keys::Key::from_pem(&bytes).map_err(|e| {
+                        error(format!(
+                            "{} is not a public key in PEM form: {e}",
+                            path.display()
+                        ))
+                    })?;
+                    KeySource::Static(vec![key])
                 }
                 (None, Some(url), None) => KeySource::Jwks(url.clone()),
                 (None, None, Some(url)) => KeySource::Discovery(url.clone()),
@@ -196,15 +220,23 @@ impl JwtVerifier {
                     ))
                 }
             };
+            if settings.audiences.iter().any(|a| a == ANY_AUDIENCE) {
+                tracing::warn!(issuer = %settings.issuer, "audiences = [\"*\"]: tokens this issuer minted for any audience are accepted");
+            }
+            if settings.allow_insecure_http {
+                tracing::warn!(issuer = %settings.issuer, "allow_insecure_http: keys may be fetched over plain HTTP (testing only)");
+            }
+            let fetcher = fetcher.clone().allow_http(settings.allow_insecure_http);
             verifiers.push(Arc::new(Issuer {
-                keys: IssuerKeys::new(
+                keys: Arc::new(IssuerKeys::new(
                     &settings.issuer,
                     source,
-                    fetcher.clone(),
+                    fetcher,
                     settings.min_refresh_interval,
-                ),
+                )),
                 algorithms,
                 settings,
+                own: false,
             }));
         }
         Ok(Self {
@@ -218,33 +250,41 @@ impl JwtVerifier {
         self.issuers.is_empty()
     }
 
-    /// Trusts tokens from `settings.issuer` signed by `keys` (the gateway's
-    /// own issuer; [`Self::set_keys`] follows its key rotations).
+    /// The configured issuers (not the gateway's own), by name: those an
+    /// external id may name.
+    pub fn external_issuers(&self) -> Vec<String> {
+        (self.issuers.iter())
+            .filter(|i| !i.own)
+            .map(|i| i.settings.issuer.clone())
+            .collect()
+    }
+
+    /// Trusts tokens from `settings.issuer` signed by `keys`: the gateway's
+    /// own issuer, whose tokens name stored clients by id ([`Self::set_keys`]
+    /// follows its key rotations). Checked before configured issuers, so
+    /// none of those can speak for it.
     pub fn add_static_issuer(
         &mut self,
         settings: impl Into<IssuerSettings>,
         keys: Vec<keys::Key>,
     ) -> Result<(), JwtError> {
         let settings: IssuerSettings = settings.into();
-        let algorithms = settings
-            .algorithms
-            .iter()
-            .map(|a| parse_algorithm(a))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|message| JwtError::Config {
-                index: self.issuers.len(),
-                message,
-            })?;
-        self.issuers.push(Arc::new(Issuer {
-            keys: IssuerKeys::new(
+        let algorithms = checked(&settings).map_err(|message| JwtError::Config {
+            index: self.issuers.len(),
+            message,
+        })?;
+        let issuer = Issuer {
+            keys: Arc::new(IssuerKeys::new(
                 &settings.issuer,
                 KeySource::Static(keys),
                 Fetcher::new()?,
                 settings.min_refresh_interval,
-            ),
+            )),
             algorithms,
             settings,
-        }));
+            own: true,
+        };
+        self.issuers.insert(0, Arc::new(issuer));
         Ok(())
     }
 
@@ -287,10 +327,10 @@ impl JwtVerifier {
         if let Some(hit) = self.cache.get(&digest, now) {
             return Ok(hit);
         }
-        // `alg: none` and unknown algorithms fail to parse here.
-        let header = jsonwebtoken::decode_header(token).map_err(|_| TokenRejection::Malformed)?;
-        let unverified: Value = jsonwebtoken::dangerous::insecure_decode_claims(token)
-            .map_err(|_| TokenRejection::Malformed)?;
+        let Preparsed {
+            header,
+            claims: unverified,
+        } = preparse(token)?;
         let iss = unverified
             .get("iss")
             .and_then(Value::as_str)
@@ -303,19 +343,16 @@ impl JwtVerifier {
         if !issuer.algorithms.contains(&header.alg) {
             return Err(TokenRejection::AlgorithmNotAllowed);
         }
-        let key = match issuer.keys.find(header.kid.as_deref()) {
-            Some(key) => key,
-            None if issuer
-                .keys
-                .refresh_for_unknown_kid(header.kid.as_deref())
-                .await =>
-            {
-                issuer
-                    .keys
-                    .find(header.kid.as_deref())
-                    .ok_or(TokenRejection::UnknownKey)?
+        if !preparse::typ_allowed(header.typ.as_deref(), &issuer.settings.typ) {
+            return Err(TokenRejection::WrongType);
+        }
+        let kid = header.kid.as_deref();
+        let key = match issuer.keys.find(kid, header.alg) {
+            Ok(key) => key,
+            Err(KeyMiss::Unknown) if issuer.keys.refresh_for_unknown_kid(kid).await => {
+                issuer.keys.find(kid, header.alg).map_err(miss)?
             }
-            None => return Err(TokenRejection::UnknownKey),
+            Err(other) => return Err(miss(other)),
         };
         // `exp` and `nbf` are judged against `now` by `validity`, not against
         // the system clock inside jsonwebtoken; `exp` must still be present.
@@ -325,7 +362,7 @@ impl JwtVerifier {
         validation.validate_exp = false;
         validation.validate_nbf = false;
         validation.set_issuer(&[&issuer.settings.issuer]);
-        if issuer.settings.audiences.is_empty() {
+        if issuer.settings.audiences.iter().any(|a| a == ANY_AUDIENCE) {
             validation.validate_aud = false;
             validation.set_required_spec_claims(&["exp", "iss"]);
         } else {
@@ -370,7 +407,9 @@ impl JwtVerifier {
             .unwrap_or_default();
         let verified = Arc::new(VerifiedToken {
             issuer: issuer.settings.issuer.clone(),
+            principal: principal(&issuer.settings.issuer, &client_id),
             client_id,
+            own: issuer.own,
             tier,
             scopes,
         });
@@ -382,6 +421,13 @@ impl JwtVerifier {
             now,
         );
         Ok(verified)
+    }
+}
+
+fn miss(miss: KeyMiss) -> TokenRejection {
+    match miss {
+        KeyMiss::Unknown => TokenRejection::UnknownKey,
+        KeyMiss::WrongAlgorithm => TokenRejection::AlgorithmNotAllowed,
     }
 }
 
@@ -430,17 +476,5 @@ mod tests {
             .unwrap_err()
             .contains("shared secret"));
         assert!(parse_algorithm("none").is_err());
-    }
-
-    #[test]
-    fn shape_check_rejects_garbage_before_crypto() {
-        assert!(looks_like_jwt("eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ4In0.c2ln"));
-        assert!(!looks_like_jwt("gk_abc_def"));
-        assert!(!looks_like_jwt("a.b"));
-        assert!(!looks_like_jwt("a.b.c d"));
-        assert!(!looks_like_jwt(&format!(
-            "a.b.{}",
-            "c".repeat(MAX_TOKEN_BYTES)
-        )));
     }
 }

@@ -7,8 +7,14 @@ use std::{path::PathBuf, time::Duration};
 pub struct IssuerSettings {
     /// Must equal the token's `iss`.
     pub issuer: String,
-    /// The token's `aud` must contain one of these (not checked when empty).
+    /// The token's `aud` must contain one of these; [`ANY_AUDIENCE`] alone
+    /// accepts any. Never empty (the verifier refuses an issuer without).
     pub audiences: Vec<String>,
+    /// Accepted header `typ` values (absent is accepted too); see
+    /// [`super::preparse::typ_allowed`].
+    pub typ: Vec<String>,
+    /// Fetch keys over `http://` too (local testing only).
+    pub allow_insecure_http: bool,
     /// Exactly one key source: a PEM public key file, a JWKS URL, or an
     /// OIDC discovery URL.
     pub pem: Option<PathBuf>,
@@ -28,6 +34,9 @@ pub struct IssuerSettings {
     /// Least time between refreshes triggered by unknown `kid`s.
     pub min_refresh_interval: Duration,
 }
+
+/// The `audiences` entry that accepts any `aud` (and logs a warning).
+pub const ANY_AUDIENCE: &str = "*";
 
 /// Clock skew allowed when an issuer names none.
 pub fn default_leeway() -> Duration {

@@ -49,7 +49,47 @@ pub struct ClientSpec {
     pub ttl: Option<Ttl>,
     /// Without a key, a client is known only by JWTs (`external_id`).
     pub with_key: bool,
+    /// The client claim of another issuer's tokens that names this client:
+    /// `ISSUER#CLAIM`, or the claim alone with `external_issuer` (or with
+    /// the one configured issuer); see [`external_id`].
     pub external_id: Option<String>,
+    pub external_issuer: Option<String>,
+}
+
+/// An external id as stored: `ISSUER#CLAIM`, so a token names this client
+/// only when that issuer signed it. `id` is the claim when `issuer` is
+/// given; else `ISSUER#CLAIM` itself, or the claim alone when exactly one
+/// issuer is `configured` (`None`: not known here, so not checked).
+pub fn external_id(
+    id: &str,
+    issuer: Option<&str>,
+    configured: Option<&[String]>,
+) -> Result<String, ClientError> {
+    let invalid = |message: String| Err(ClientError::Invalid(message));
+    let names = || configured.map_or(String::new(), |c| c.join(", "));
+    let (issuer, claim) = match (issuer, id.split_once('#'), configured) {
+        (Some(issuer), _, _) => (issuer, id),
+        (None, Some((issuer, claim)), _) => (issuer, claim),
+        (None, None, Some([only])) => (only.as_str(), id),
+        (None, None, _) => {
+            return invalid(format!(
+                "external id {id:?} names no issuer: give ISSUER#CLAIM or the issuer (configured issuers: {})",
+                names()
+            ))
+        }
+    };
+    if claim.is_empty() || issuer.is_empty() || issuer.contains('#') {
+        return invalid(format!(
+            "external id {id:?}: needs a claim and an issuer without '#'"
+        ));
+    }
+    if configured.is_some_and(|c| !c.iter().any(|i| i == issuer)) {
+        return invalid(format!(
+            "external id {id:?}: issuer {issuer:?} is not configured (configured issuers: {})",
+            names()
+        ));
+    }
+    Ok(crate::jwt::principal(issuer, claim))
 }
 
 /// A client as the API and the CLI show it: its fields and its keys' ids,
@@ -129,6 +169,8 @@ pub fn expires_after(seconds: u64, now: i64) -> i64 {
 pub struct Clients<'a> {
     store: &'a dyn KeyStore,
     tiers: Vec<&'a str>,
+    /// The configured JWT issuers external ids may name; `None`: unknown.
+    issuers: Option<Vec<String>>,
 }
 
 impl<'a> Clients<'a> {
@@ -137,7 +179,19 @@ impl<'a> Clients<'a> {
         Self {
             store,
             tiers: tiers.into_iter().collect(),
+            issuers: None,
         }
+    }
+
+    /// External ids must name one of these issuers (and a bare claim is
+    /// the sole one's).
+    pub fn with_issuers(mut self, issuers: impl IntoIterator<Item = String>) -> Self {
+        self.issuers = Some(issuers.into_iter().collect());
+        self
+    }
+
+    fn external_id(&self, id: &str, issuer: Option<&str>) -> Result<String, ClientError> {
+        external_id(id, issuer, self.issuers.as_deref())
     }
 
     /// A client's tier must be one the gateway can rate-limit by.
@@ -237,9 +291,13 @@ impl<'a> Clients<'a> {
         if let Some(tier) = &update.tier {
             self.check_tier(tier)?;
         }
+        let mut update = update.clone();
+        if let Some(Some(external)) = &update.external_id {
+            update.external_id = Some(Some(self.external_id(external, None)?));
+        }
         let client = self
             .store
-            .update(id, update)?
+            .update(id, &update)?
             .ok_or_else(|| ClientError::UnknownClient(id.to_owned()))?;
         self.view(client)
     }
@@ -320,13 +378,22 @@ impl<'a> Clients<'a> {
                 "a client without an API key needs api_client_id (its JWT client claim)".into(),
             ));
         }
+        let external_id = match (&spec.external_id, &spec.external_issuer) {
+            (Some(id), issuer) => Some(self.external_id(id, issuer.as_deref())?),
+            (None, Some(_)) => {
+                return Err(ClientError::Invalid(
+                    "an external issuer without an external id".into(),
+                ))
+            }
+            (None, None) => None,
+        };
         Ok(NewClient {
             name: spec.name,
             tier: spec.tier,
             scopes: spec.scopes,
             expires_at,
             is_admin: spec.is_admin,
-            external_id: spec.external_id,
+            external_id,
             no_key: !spec.with_key,
         })
     }
@@ -347,6 +414,7 @@ mod tests {
             ttl: None,
             with_key: true,
             external_id: None,
+            external_issuer: None,
         }
     }
 
@@ -435,6 +503,35 @@ mod tests {
                 .mode();
             assert_eq!(mode & 0o777, 0o600, "{file}");
         }
+    }
+
+    #[test]
+    fn external_ids_are_tied_to_an_issuer() {
+        let one = ["https://a".to_owned()];
+        let two = ["https://a".to_owned(), "https://b".to_owned()];
+        let ok = |id, issuer, configured| external_id(id, issuer, configured).unwrap();
+        assert_eq!(ok("svc", None, Some(&one[..])), "https://a#svc");
+        assert_eq!(ok("https://b#svc", None, Some(&two[..])), "https://b#svc");
+        assert_eq!(
+            ok("svc#1", Some("https://b"), Some(&two[..])),
+            "https://b#svc#1"
+        );
+        assert_eq!(ok("https://c#svc", None, None), "https://c#svc");
+        let refused = |id, issuer, configured| external_id(id, issuer, configured).is_err();
+        assert!(refused("svc", None, Some(&two[..])), "which issuer?");
+        assert!(refused("svc", None, None));
+        assert!(
+            refused("https://c#svc", None, Some(&two[..])),
+            "not configured"
+        );
+        assert!(refused("https://a#", None, Some(&one[..])));
+
+        let store = store();
+        let clients = Clients::new(&store, ["gold"]).with_issuers(one.clone());
+        let mut spec = spec("gold");
+        spec.external_id = Some("svc".into());
+        let created = clients.create(spec, 0).unwrap();
+        assert_eq!(created.client.external_id.as_deref(), Some("https://a#svc"));
     }
 
     #[test]

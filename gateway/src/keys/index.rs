@@ -110,9 +110,19 @@ impl KeyIndex {
         self.len() == 0
     }
 
-    /// The stored client a JWT's client claim maps to, if any.
+    /// The stored client a JWT's `ISSUER#CLAIM` maps to, if any.
     pub fn by_external_id(&self, external_id: &str) -> Option<Arc<Client>> {
         self.external.load().get(external_id).cloned()
+    }
+
+    /// External ids stored without an issuer (before they were tied to
+    /// one): they map no token until set again.
+    pub fn unscoped_external_ids(&self) -> usize {
+        self.external
+            .load()
+            .keys()
+            .filter(|id| !id.contains('#'))
+            .count()
     }
 
     /// Verifies a presented key at `now` (unix seconds). Returns the key id

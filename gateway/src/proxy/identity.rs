@@ -1,6 +1,10 @@
 //! Who a request is from, whichever credential proved it, and how a
 //! verified token becomes an identity: the gateway's own tokens name a
-//! stored client by id, others may name one by external id.
+//! stored client by id; another issuer's token names one only through an
+//! external id tied to that issuer (`ISSUER#CLAIM`), and is otherwise its
+//! own client, `ISSUER#CLAIM`, so no issuer can speak for another's
+//! clients or for a stored one. A token's scopes narrow, never widen,
+//! the stored client's.
 use std::sync::Arc;
 
 use super::error::ProxyError;
@@ -10,26 +14,33 @@ use crate::{
 };
 
 /// Shares what the key index or the token cache holds: nothing is copied
-/// per request.
+/// per request, except the scopes a token narrows.
 #[derive(Clone, Debug)]
 pub enum Identity {
-    /// A client in the key store (by API key, or named by a token).
+    /// A client in the key store, by API key: all its scopes.
     Stored(Arc<Client>),
+    /// A client in the key store named by a token: the scopes both the
+    /// client and the token have.
+    Delegated {
+        client: Arc<Client>,
+        scopes: Vec<String>,
+    },
     /// A token's client that the store does not know.
     Token(Arc<VerifiedToken>),
 }
 
 impl Identity {
+    /// A stored client's id, or a token client's `ISSUER#CLAIM`.
     pub fn client_id(&self) -> &str {
         match self {
-            Identity::Stored(client) => &client.id,
-            Identity::Token(token) => &token.client_id,
+            Identity::Stored(client) | Identity::Delegated { client, .. } => &client.id,
+            Identity::Token(token) => &token.principal,
         }
     }
 
     pub fn tier(&self) -> &str {
         match self {
-            Identity::Stored(client) => &client.tier,
+            Identity::Stored(client) | Identity::Delegated { client, .. } => &client.tier,
             Identity::Token(token) => &token.tier,
         }
     }
@@ -37,25 +48,26 @@ impl Identity {
     pub fn scopes(&self) -> &[String] {
         match self {
             Identity::Stored(client) => &client.scopes,
+            Identity::Delegated { scopes, .. } => scopes,
             Identity::Token(token) => &token.scopes,
         }
     }
 
     /// The identity a verified token proves. A token of the gateway's own
-    /// issuer (`own`) must name a stored client, so revoking the client
-    /// revokes its tokens; a stored client that is disabled or expired at
+    /// issuer must name a stored client by id, so revoking the client
+    /// revokes its tokens; another issuer's names one by the external id
+    /// `ISSUER#CLAIM`. A stored client that is disabled or expired at
     /// `now` (unix seconds) is refused either way.
     pub fn of_token(
         token: Arc<VerifiedToken>,
-        own: bool,
         keys: &KeyIndex,
         now: i64,
     ) -> Result<Identity, ProxyError> {
-        let stored = if own {
+        let stored = if token.own {
             let client = keys.client(&token.client_id);
             Some(client.ok_or(ProxyError::InvalidCredential(KeyRejection::Unknown))?)
         } else {
-            keys.by_external_id(&token.client_id)
+            keys.by_external_id(&token.principal)
         };
         match stored {
             Some(client) if client.disabled => {
@@ -64,8 +76,88 @@ impl Identity {
             Some(client) if client.expires_at.is_some_and(|at| at <= now) => {
                 Err(ProxyError::InvalidCredential(KeyRejection::Expired))
             }
-            Some(client) => Ok(Identity::Stored(client)),
+            Some(client) => {
+                let scopes = (client.scopes.iter())
+                    .filter(|scope| token.scopes.contains(scope))
+                    .cloned()
+                    .collect();
+                Ok(Identity::Delegated { client, scopes })
+            }
             None => Ok(Identity::Token(token)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::{store::NewClient, KeyStore, SqliteStore};
+
+    fn token(issuer: &str, claim: &str, own: bool, scopes: &[&str]) -> Arc<VerifiedToken> {
+        Arc::new(VerifiedToken {
+            issuer: issuer.into(),
+            client_id: claim.into(),
+            principal: crate::jwt::principal(issuer, claim),
+            own,
+            tier: "bronze".into(),
+            scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
+        })
+    }
+
+    /// A store with one gold client, scopes read and write, external id
+    /// `https://a#svc`; the index over it and the client's id.
+    fn index() -> (KeyIndex, String) {
+        let store = SqliteStore::open(std::path::Path::new(":memory:")).unwrap();
+        let new = NewClient {
+            name: "svc".into(),
+            tier: "gold".into(),
+            scopes: vec!["read".into(), "write".into()],
+            external_id: Some("https://a#svc".into()),
+            ..NewClient::default()
+        };
+        let (client, _) = store.create(new, 0).unwrap();
+        let index = KeyIndex::default();
+        index.load(&store).unwrap();
+        (index, client.id)
+    }
+
+    #[test]
+    fn no_issuer_speaks_for_another_or_for_a_stored_client() {
+        let (index, id) = index();
+        // The stored client's id, or its external id, from the wrong issuer.
+        for (issuer, claim) in [
+            ("https://b", id.as_str()),
+            ("https://b", "svc"),
+            ("https://a", id.as_str()),
+        ] {
+            let identity =
+                Identity::of_token(token(issuer, claim, false, &["read"]), &index, 1).unwrap();
+            assert!(matches!(identity, Identity::Token(_)), "{issuer} {claim}");
+            assert_eq!(identity.client_id(), format!("{issuer}#{claim}"));
+            assert_eq!(identity.tier(), "bronze");
+        }
+        // Same claim, two issuers: two clients.
+        let a = Identity::of_token(token("https://x", "alice", false, &[]), &index, 1).unwrap();
+        let b = Identity::of_token(token("https://y", "alice", false, &[]), &index, 1).unwrap();
+        assert_ne!(a.client_id(), b.client_id());
+        // The right issuer and claim: the stored client.
+        let mapped =
+            Identity::of_token(token("https://a", "svc", false, &["read"]), &index, 1).unwrap();
+        assert_eq!((mapped.client_id(), mapped.tier()), (id.as_str(), "gold"));
+    }
+
+    #[test]
+    fn a_token_narrows_the_stored_clients_scopes() {
+        let (index, id) = index();
+        let own = Identity::of_token(
+            token("https://gw", &id, true, &["read", "admin"]),
+            &index,
+            1,
+        )
+        .unwrap();
+        assert_eq!(own.client_id(), id);
+        assert_eq!(own.scopes(), ["read"]);
+        let unknown = Identity::of_token(token("https://gw", "cl_nobody", true, &[]), &index, 1);
+        assert!(unknown.is_err());
     }
 }

@@ -286,9 +286,7 @@ impl Gateway {
                 let verified = (self.shared.jwt.verify(token, unix_now()).await)
                     .map_err(ProxyError::InvalidToken)?;
                 ctx.issuer = Some(verified.issuer.clone());
-                let own =
-                    (self.shared.tokens.as_ref()).is_some_and(|t| t.issuer == verified.issuer);
-                Identity::of_token(verified, own, keys, unix_now())?
+                Identity::of_token(verified, keys, unix_now())?
             }
             Credential::ApiKey(key) => {
                 let (key_id, outcome) = keys.verify(&key, unix_now());

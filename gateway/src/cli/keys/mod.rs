@@ -12,6 +12,7 @@ use clap::{Args, Subcommand};
 use gateway::{
     clock::unix_now,
     config::Config,
+    jwt::principal,
     keys::{
         clients::{expires_after, revoked_json, ClientSpec, ClientView, ListQuery},
         store::ClientUpdate,
@@ -44,9 +45,14 @@ pub enum KeysCommand {
         expires_in: Option<Duration>,
         #[arg(long)]
         admin: bool,
-        /// A JWT claim value that maps tokens to this client.
+        /// Another issuer's client claim that maps its tokens to this
+        /// client: `ISSUER#CLAIM`, or the claim with `--issuer` (or alone
+        /// when the configuration has exactly one `[[issuers]]`).
         #[arg(long, conflicts_with = "count")]
         external_id: Option<String>,
+        /// The issuer whose tokens `--external-id` names.
+        #[arg(long, requires = "external_id")]
+        issuer: Option<String>,
         /// Create this many clients (named NAME-1, NAME-2, ...) in one
         /// transaction (store only).
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
@@ -85,6 +91,12 @@ pub enum KeysCommand {
         disable: bool,
         #[arg(long)]
         enable: bool,
+        /// A new external id, as for `create`.
+        #[arg(long)]
+        external_id: Option<String>,
+        /// The issuer whose tokens `--external-id` names.
+        #[arg(long, requires = "external_id")]
+        issuer: Option<String>,
         #[command(flatten)]
         target: Target,
     },
@@ -198,6 +210,7 @@ pub fn keys_command(command: KeysCommand) -> Result<()> {
             expires_in,
             admin,
             external_id,
+            issuer,
             count,
             target,
         } => {
@@ -210,6 +223,7 @@ pub fn keys_command(command: KeysCommand) -> Result<()> {
                 ttl: None,
                 with_key: true,
                 external_id,
+                external_issuer: issuer,
             };
             if count > 1 {
                 return create_many(&target, spec, count);
@@ -227,6 +241,8 @@ pub fn keys_command(command: KeysCommand) -> Result<()> {
             no_expiry,
             disable,
             enable,
+            external_id,
+            issuer,
             target,
         } => {
             let expires_at = match (expires_in, no_expiry) {
@@ -240,6 +256,10 @@ pub fn keys_command(command: KeysCommand) -> Result<()> {
                 scopes,
                 expires_at,
                 disabled: (disable || enable).then_some(disable),
+                external_id: match (external_id, issuer) {
+                    (Some(id), Some(issuer)) => Some(Some(principal(&issuer, &id))),
+                    (id, _) => id.map(Some),
+                },
                 ..ClientUpdate::default()
             };
             (Op::Update(client_id, update), target)
@@ -258,7 +278,8 @@ pub fn keys_command(command: KeysCommand) -> Result<()> {
         Some(url) => remote::answer(url, &op)?,
         None => {
             let (config, store) = open_store(&target)?;
-            op.apply(&lifecycle(&config, &store)).map_err(cli_error)?
+            op.apply(&lifecycle(&config, &store, &target))
+                .map_err(cli_error)?
         }
     };
     print_answer(&answer, shows_key, target.json)
@@ -322,7 +343,7 @@ fn create_many(target: &Target, spec: ClientSpec, count: u32) -> Result<()> {
         bail!("--count works on the store only, not through --admin-url");
     }
     let (config, store) = open_store(target)?;
-    let created = lifecycle(&config, &store)
+    let created = lifecycle(&config, &store, target)
         .create_many(spec, count, unix_now())
         .map_err(|error| match error {
             // Bulk loads have always named only the tier.
@@ -350,7 +371,7 @@ fn bootstrap(force: bool, target: &Target) -> Result<()> {
         bail!("bootstrap works on the store only: it makes the key the admin API needs");
     }
     let (config, store) = open_store(target)?;
-    let view = lifecycle(&config, &store)
+    let view = lifecycle(&config, &store, target)
         .bootstrap(force, unix_now())
         .map_err(cli_error)?;
     let id = &view.client.id;
@@ -379,7 +400,12 @@ fn open_store(target: &Target) -> Result<(Config, SqliteStore)> {
     Ok((config, store))
 }
 
-/// The lifecycle on the store file, checked against the configured tiers.
-fn lifecycle<'a>(config: &'a Config, store: &'a SqliteStore) -> Clients<'a> {
-    Clients::new(store, config.tiers.iter().map(|t| t.name.as_str()))
+/// The lifecycle on the store file, checked against the configured tiers
+/// (and, with `--config`, its issuers).
+fn lifecycle<'a>(config: &'a Config, store: &'a SqliteStore, target: &Target) -> Clients<'a> {
+    let clients = Clients::new(store, config.tiers.iter().map(|t| t.name.as_str()));
+    match target.config {
+        Some(_) => clients.with_issuers(config.issuers.iter().map(|i| i.issuer.clone())),
+        None => clients,
+    }
 }

@@ -48,6 +48,9 @@ fn request(op: &Op) -> (Method, String, Option<Value>) {
             if let Some(external) = &spec.external_id {
                 body["api_client_id"] = json!(external);
             }
+            if let Some(issuer) = &spec.external_issuer {
+                body["api_client_issuer"] = json!(issuer);
+            }
             (Method::POST, CLIENTS.into(), Some(body))
         }
         Op::List { tier } => {
@@ -71,6 +74,10 @@ fn request(op: &Op) -> (Method, String, Option<Value>) {
                 ("expires_at", update.expires_at.map(|v| json!(v))),
                 ("disabled", update.disabled.map(|v| json!(v))),
                 ("is_admin", update.is_admin.map(|v| json!(v))),
+                (
+                    "api_client_id",
+                    update.external_id.as_ref().map(|v| json!(v)),
+                ),
             ];
             for (name, value) in fields {
                 if let Some(value) = value {
