@@ -41,6 +41,12 @@ auth = "none"
 path_prefix = "/keep/"
 upstream = "app"
 forward_credential = true
+
+[[routes]]
+path_prefix = "/quiet/"
+upstream = "app"
+auth = "none"
+forward_credential = false
 "#,
         addr = upstream.addr
     )
@@ -206,6 +212,31 @@ fn scopes_credentials_kept_on_request_and_unknown_paths() {
     let reply = gateway.get("/nowhere", &[]);
     assert_eq!(reply.status, 404);
     assert_eq!(reply.json()["error"], "no_route");
+}
+
+#[test]
+fn unauthenticated_routes_forward_credentials_untouched_unless_told_not_to() {
+    let upstream = FakeUpstream::start(None);
+    let (gateway, key) = started(&upstream);
+    // An identity provider behind an `auth = "none"` route sees its
+    // clients' Basic credentials, and whatever else they send.
+    let basic = "Basic dXNlcjpwYXNz";
+    let sent = [("authorization", basic), ("x-api-key", key.as_str())];
+    assert_eq!(gateway.get("/public/token", &sent).status, 200);
+    let seen = &upstream.requests()[0];
+    assert_eq!(seen.header("authorization"), Some(basic));
+    assert_eq!(seen.header("x-api-key"), Some(key.as_str()));
+    // Told not to, the route strips them like an authenticated one.
+    assert_eq!(gateway.get("/quiet/token", &sent).status, 200);
+    let seen = &upstream.requests()[1];
+    assert_eq!(seen.header("authorization"), None);
+    assert_eq!(seen.header("x-api-key"), None);
+    // An authenticated route strips every credential place, Basic too.
+    let both = [("x-api-key", key.as_str()), ("authorization", basic)];
+    assert_eq!(gateway.get("/api/x", &both).status, 200);
+    let seen = &upstream.requests()[2];
+    assert_eq!(seen.header("authorization"), None);
+    assert_eq!(seen.header("x-api-key"), None);
 }
 
 #[test]

@@ -31,9 +31,12 @@ pub struct RouteConfig {
     pub auth: AuthPolicy,
     #[serde(default)]
     pub required_scopes: Vec<String>,
-    /// Keep the client's credential on the forwarded request.
+    /// Keep the client's credential on the forwarded request. Unset: kept
+    /// on `auth = "none"` routes (the credential is the upstream's own
+    /// business, e.g. an identity provider's Basic auth), stripped on
+    /// routes the gateway authenticates.
     #[serde(default)]
-    pub forward_credential: bool,
+    pub forward_credential: Option<bool>,
     /// How the upstream learns who the client is.
     #[serde(default)]
     pub upstream_identity: UpstreamIdentity,
