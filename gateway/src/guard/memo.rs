@@ -1,7 +1,7 @@
 //! How often a worker tells the guard about authenticated requests.
 use std::{
     collections::HashMap,
-    hash::{BuildHasher, RandomState},
+    hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState},
     net::IpAddr,
     sync::Mutex,
 };
@@ -14,9 +14,30 @@ use std::{
 /// over seconds, so a second is plenty. Bounded: a full memo starts over.
 #[derive(Debug, Default)]
 pub struct ReportMemo {
-    /// (address, hash of the client id) → (tier rank, when).
-    reported: Mutex<HashMap<(IpAddr, u64), (usize, u64)>>,
+    /// Keyed hash of (address, client id) → (tier rank, when). The key is
+    /// already a keyed hash, so the map does not hash it again.
+    reported: Mutex<HashMap<u64, (usize, u64), BuildHasherDefault<Prehashed>>>,
     hasher: RandomState,
+}
+
+/// The hasher of a map whose keys are hashes already.
+#[derive(Default)]
+struct Prehashed(u64);
+
+impl Hasher for Prehashed {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &byte in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(byte);
+        }
+    }
+
+    fn write_u64(&mut self, value: u64) {
+        self.0 = value;
+    }
 }
 
 impl ReportMemo {
@@ -26,7 +47,7 @@ impl ReportMemo {
     /// Whether client `client` of tier `rank` authenticating from `ip` at
     /// `now_ns` should be reported to the guard; if so, remembers that it was.
     pub fn due(&self, ip: IpAddr, client: &str, rank: usize, now_ns: u64) -> bool {
-        let key = (ip, self.hasher.hash_one(client));
+        let key = self.hasher.hash_one((ip, client));
         let mut reported = self.reported.lock().unwrap_or_else(|p| p.into_inner());
         match reported.get(&key) {
             Some(&(seen, at)) if seen >= rank && now_ns.saturating_sub(at) < Self::EVERY_NS => {

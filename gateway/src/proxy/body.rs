@@ -93,12 +93,14 @@ pub struct RequestBody {
     rest: Option<Incoming>,
     read: u64,
     limit: u64,
-    failure: Arc<OnceLock<BodyFailure>>,
+    /// Shared with the forward phase; only a body with something left to
+    /// read can fail.
+    failure: Option<Arc<OnceLock<BodyFailure>>>,
 }
 
 impl RequestBody {
     /// Where the reason a forwarded body was cut off will be.
-    pub fn failure(&self) -> Arc<OnceLock<BodyFailure>> {
+    pub fn failure(&self) -> Option<Arc<OnceLock<BodyFailure>>> {
         self.failure.clone()
     }
 
@@ -114,7 +116,9 @@ impl RequestBody {
 
     fn fail(&mut self, failure: BodyFailure) -> BodyFailure {
         self.rest = None;
-        let _ = self.failure.set(failure);
+        if let Some(shared) = &self.failure {
+            let _ = shared.set(failure);
+        }
         failure
     }
 }
@@ -129,13 +133,17 @@ pub async fn read_ahead(
     timeout: Duration,
 ) -> Result<Request<RequestBody>, ProxyError> {
     let (parts, incoming) = req.into_parts();
+    let rest = (!incoming.is_end_stream()).then_some(incoming);
     let mut body = RequestBody {
         ahead: VecDeque::new(),
-        rest: (!incoming.is_end_stream()).then_some(incoming),
+        failure: rest.as_ref().map(|_| Arc::default()),
+        rest,
         read: 0,
         limit,
-        failure: Arc::default(),
     };
+    if body.rest.is_none() {
+        return Ok(Request::from_parts(parts, body));
+    }
     let deadline = tokio::time::Instant::now() + timeout;
     while body.read < READ_AHEAD as u64 {
         let Some(rest) = body.rest.as_mut() else {

@@ -13,7 +13,7 @@ use crate::{
 };
 
 /// Always hop-by-hop, whether or not `Connection` lists them.
-const HOP_BY_HOP: [HeaderName; 8] = [
+static HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -27,7 +27,7 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 
 /// Forwarding headers only a trusted proxy may send; from anyone else they
 /// are dropped (`X-Forwarded-For`/`-Proto` are set from the peer instead).
-const FORWARDING: [HeaderName; 4] = [
+static FORWARDING: [HeaderName; 4] = [
     header::FORWARDED,
     HeaderName::from_static("x-forwarded-host"),
     HeaderName::from_static("x-forwarded-port"),
@@ -38,6 +38,21 @@ pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
+/// Removes the headers `doomed` picks. One pass over the names present
+/// (a handful) instead of a hashed lookup per name that might be: on the
+/// request path most of those lookups find nothing. Allocates only when
+/// something goes.
+fn remove_where(headers: &mut HeaderMap, doomed: impl Fn(&HeaderName) -> bool) {
+    let names: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| doomed(name))
+        .cloned()
+        .collect();
+    for name in names {
+        headers.remove(name);
+    }
+}
+
 /// Removes hop-by-hop headers, including those `Connection` names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let named: Vec<HeaderName> = headers
@@ -47,10 +62,9 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         .flat_map(|v| v.split(','))
         .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
         .collect();
-    for name in named.iter().chain(HOP_BY_HOP.iter()) {
-        headers.remove(name);
-    }
-    headers.remove(header::UPGRADE);
+    remove_where(headers, |name| {
+        HOP_BY_HOP.contains(name) || name == header::UPGRADE || named.contains(name)
+    });
 }
 
 /// The rate-limit headers every response of a limited route carries: the
@@ -96,18 +110,19 @@ pub fn set_rate_limit(headers: &mut HeaderMap, quota: &Quota, decision: &Decisio
 /// the other hop-by-hop headers and the request served as plain HTTP/1.1,
 /// as HAProxy does.
 pub fn upgrade_protocol(headers: &HeaderMap) -> Option<HeaderValue> {
-    let connection_upgrade = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|token| token.trim().eq_ignore_ascii_case("upgrade"));
+    // `Upgrade` first: almost no request has one.
     let mut upgrades = headers.get_all(header::UPGRADE).iter();
     let protocol = upgrades.next().filter(|_| upgrades.next().is_none())?;
     let websocket = protocol
         .as_bytes()
         .trim_ascii()
         .eq_ignore_ascii_case(b"websocket");
+    let connection_upgrade = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|token| token.trim().eq_ignore_ascii_case("upgrade"));
     (connection_upgrade && websocket).then(|| protocol.clone())
 }
 
@@ -115,16 +130,13 @@ pub fn upgrade_protocol(headers: &HeaderMap) -> Option<HeaderValue> {
 /// `-` (`X_Client_Id`, `x-client_id`): CGI, WSGI and PHP upstreams fold
 /// the two, so such a spelling would pass as the gateway's own header.
 pub fn strip_identity(headers: &mut HeaderMap, identity: &[&HeaderName]) {
-    let spoofed: Vec<HeaderName> = (headers.keys())
-        .filter(|name| {
-            let folded = name.as_str().replace('_', "-");
-            identity.iter().any(|id| id.as_str() == folded)
-        })
-        .cloned()
-        .collect();
-    for name in spoofed {
-        headers.remove(name);
-    }
+    let folds_to = |name: &str, id: &str| {
+        name.len() == id.len()
+            && (name.bytes().zip(id.bytes())).all(|(n, i)| n == i || (n == b'_' && i == b'-'))
+    };
+    remove_where(headers, |name| {
+        (identity.iter()).any(|id| folds_to(name.as_str(), id.as_str()))
+    });
 }
 
 /// Puts back the two hop-by-hop headers an upgrade needs on the next hop.
@@ -188,9 +200,7 @@ pub fn set_forwarded(
     let peer = peer.to_canonical();
     let trusted_peer = trusted.iter().any(|net| net.contains(&peer));
     if !trusted_peer {
-        for name in &FORWARDING {
-            headers.remove(name);
-        }
+        remove_where(headers, |name| FORWARDING.contains(name));
     }
     let previous = headers
         .get(&X_FORWARDED_FOR)

@@ -96,7 +96,7 @@ enum Credential<'r> {
 /// (which the tunnel keeps).
 struct ClientUpgrade {
     on: OnUpgrade,
-    permit: Option<Arc<serve::ConnectionPermit>>,
+    permit: Arc<serve::ConnectionPermit>,
 }
 
 /// What the gateway answers when no phase refused.
@@ -133,9 +133,10 @@ impl Gateway {
         req: Request<Incoming>,
         peer: std::net::SocketAddr,
         proto: &'static str,
+        permit: Arc<serve::ConnectionPermit>,
     ) -> Response<ProxyBody> {
         let mut ctx = RequestContext::new(&req, peer, proto);
-        let outcome = self.process(req, &mut ctx).await;
+        let outcome = self.process(req, &mut ctx, permit).await;
         let response = self.respond(outcome, &mut ctx);
         self.log(&ctx, &response);
         response
@@ -146,6 +147,7 @@ impl Gateway {
         &'g self,
         mut req: Request<Incoming>,
         ctx: &mut RequestContext<'g>,
+        permit: Arc<serve::ConnectionPermit>,
     ) -> Result<Reply, ProxyError> {
         self.accept(&req, ctx)?;
         self.target(&req, ctx)?;
@@ -168,7 +170,7 @@ impl Gateway {
             .is_some()
             .then(|| ClientUpgrade {
                 on: hyper::upgrade::on(&mut req),
-                permit: req.extensions().get().cloned(),
+                permit,
             });
         let req =
             body::read_ahead(req, self.limits.max_body_bytes, self.limits.request_timeout).await?;
@@ -403,12 +405,14 @@ impl Gateway {
         .await;
         let server_error = !matches!(&result, Ok(Ok(r)) if !r.status().is_server_error());
         pool.load.observe(sent.elapsed(), server_error);
+        let cut_off = body_failure
+            .as_ref()
+            .and_then(|failure| failure.get().copied());
         match result {
             Err(_elapsed) => Err(ProxyError::UpstreamTimeout),
-            Ok(Err(_)) if body_failure.get().is_some() => Err(body_failure
-                .get()
-                .copied()
-                .map_or(ProxyError::Upstream, Into::into)),
+            Ok(Err(_)) if cut_off.is_some() => {
+                Err(cut_off.map_or(ProxyError::Upstream, Into::into))
+            }
             Ok(Err(error)) if error.is_connect() => {
                 lease.eject();
                 Err(ProxyError::UpstreamConnect)

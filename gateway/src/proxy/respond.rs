@@ -110,7 +110,7 @@ fn relay(
             match tokio::try_join!(on, upstream_upgrade) {
                 Ok((client, upstream)) => {
                     let (client, upstream) = (TokioIo::new(client), TokioIo::new(upstream));
-                    match tunnel::splice(client, upstream, idle, permit).await {
+                    match tunnel::splice(client, upstream, idle, Some(permit)).await {
                         Ok(ended) => tracing::debug!(%peer, ?ended, "tunnel ended"),
                         Err(error) => tracing::debug!(%peer, %error, "tunnel ended with an error"),
                     }

@@ -93,13 +93,13 @@ impl Gateway {
         let gateway = self.clone();
         let activity = Arc::new(Activity::default());
         let seen = activity.clone();
-        let service = hyper::service::service_fn(move |mut req: hyper::Request<_>| {
+        let service = hyper::service::service_fn(move |req: hyper::Request<_>| {
             let gateway = gateway.clone();
             let busy = seen.begin();
             // For a tunnel this connection may become, which outlives it here.
-            req.extensions_mut().insert(permit.clone());
+            let permit = permit.clone();
             async move {
-                let response = gateway.handle(req, peer, proto).await;
+                let response = gateway.handle(req, peer, proto, permit).await;
                 drop(busy);
                 Ok::<_, Infallible>(response)
             }

@@ -104,6 +104,9 @@ impl UserspaceBans {
     /// How long the address `ip` stays banned, if it is.
     pub fn ban_left(&self, ip: IpAddr, now_ns: u64) -> Option<Duration> {
         let table = self.published.load();
+        if table.addresses.is_empty() {
+            return None;
+        }
         left(table.addresses.get(&ip.to_canonical())?, now_ns)
     }
 
