@@ -122,6 +122,16 @@ pub fn looks_like_jwt(token: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
+/// The header and claims, decoded and trusted for nothing: what picks the
+/// issuer and key before any crypto. Pure, so `fuzz/` drives it directly.
+pub fn decode_unverified(token: &str) -> Result<(jsonwebtoken::Header, Value), TokenRejection> {
+    // `alg: none` and unknown algorithms fail to parse here.
+    let header = jsonwebtoken::decode_header(token).map_err(|_| TokenRejection::Malformed)?;
+    let claims: Value = jsonwebtoken::dangerous::insecure_decode_claims(token)
+        .map_err(|_| TokenRejection::Malformed)?;
+    Ok((header, claims))
+}
+
 fn claim_strings(value: Option<&Value>) -> Vec<String> {
     match value {
         Some(Value::String(text)) => text.split_whitespace().map(str::to_owned).collect(),
@@ -266,10 +276,7 @@ impl JwtVerifier {
         if let Some(hit) = self.cache.get(&digest, now) {
             return Ok(hit);
         }
-        // `alg: none` and unknown algorithms fail to parse here.
-        let header = jsonwebtoken::decode_header(token).map_err(|_| TokenRejection::Malformed)?;
-        let unverified: Value = jsonwebtoken::dangerous::insecure_decode_claims(token)
-            .map_err(|_| TokenRejection::Malformed)?;
+        let (header, unverified) = decode_unverified(token)?;
         let iss = unverified
             .get("iss")
             .and_then(Value::as_str)
