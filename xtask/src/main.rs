@@ -169,6 +169,8 @@ fn run(release: bool, args: &[String]) -> Result<()> {
 fn test() -> Result<()> {
     let gateway = build(false)?;
     run_cmd(cargo(None).args(["fmt", "--all", "--", "--check"]))?;
+    // The fuzz targets are their own workspace (nightly): `--all` skips them.
+    run_cmd(cargo(None).args(["fmt", "--manifest-path", "fuzz/Cargo.toml", "--", "--check"]))?;
     run_cmd(cargo(None).args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
     run_cmd(cargo(None).arg("test").env("GATEWAY_BIN", &gateway))?;
     fuzz::run(fuzz::FuzzArgs {
