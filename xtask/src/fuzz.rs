@@ -137,11 +137,8 @@ pub fn run(args: FuzzArgs) -> Result<()> {
 /// cargo-fuzz defaults) into `target/fuzz`; returns the binaries' directory.
 fn build() -> Result<PathBuf> {
     let host = host_triple()?;
+    let xdp_object = target_dir().join("bpfel-unknown-none/release/gateway-xdp");
     let target_dir = target_dir().join("fuzz");
-    let xdp_object = target_dir
-        .parent()
-        .unwrap_or(&target_dir)
-        .join("bpfel-unknown-none/release/gateway-xdp");
     run_cmd(
         cargo(Some("nightly"))
             .args(["fuzz", "build", "--fuzz-dir", "fuzz", "--target", &host])
