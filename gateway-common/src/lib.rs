@@ -2,12 +2,16 @@
 //!
 //! Everything here is plain `#[repr(C)]` data: the kernel reads and writes it
 //! through BPF maps, `bpftool` prints it by field name (BTF), and userspace
-//! implements `aya::Pod` for it behind the `user` feature.
+//! implements `aya::Pod` for it behind the `user` feature. [`packet`] is the
+//! XDP program's packet parser, kept here so the host tests and fuzzes it.
 //!
 //! Ownership rule: userspace writes policy (`GW_BANS`, `GW_BUDGETS`,
 //! `GW_ALLOW`, `GW_PORTS`, `GW_CONFIG`); the kernel writes only `GW_STATE`
 //! and `GW_COUNTERS`. Neither side ever writes the other's maps.
-#![no_std]
+// `std` only for the host's unit tests (they build frames in `Vec`s).
+#![cfg_attr(not(test), no_std)]
+
+pub mod packet;
 
 /// Map names. They must match the statics in `gateway-ebpf` (the loader
 /// checks every one of them is present in the object it loads).

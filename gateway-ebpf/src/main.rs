@@ -1,8 +1,9 @@
 //! The gateway's XDP program: per-source bans and budgets for traffic to the
 //! protected ports, enforced before the packet costs userspace anything.
 //!
-//! Per packet: parse (Ethernet, up to two VLAN tags, IPv4 with options or
-//! IPv6 with up to four extension headers) → protected port? → banned? →
+//! Per packet: parse (`gateway_common::packet`, shared with the host's tests
+//! and fuzzer: Ethernet, up to two VLAN tags, IPv4 with options or IPv6 with
+//! up to four extension headers) → protected port? → banned? →
 //! SYN budget → packet budget → pass; a deny is overridden by the allow-list.
 //! The source's ban, budget and allow-list membership are cached in its
 //! `GW_STATE` entry and re-read only after userspace restamps
@@ -24,7 +25,9 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use gateway_common::{
-    mode, Ban, Budget, Config, Counter, SourceAddr, SourceState, DEFAULT_ALLOW_ENTRIES,
+    mode,
+    packet::{self, Packet},
+    Ban, Budget, Config, Counter, SourceAddr, SourceState, DEFAULT_ALLOW_ENTRIES,
     DEFAULT_BANS_ENTRIES, DEFAULT_BUDGETS_ENTRIES, DEFAULT_STATE_ENTRIES, PORTS_ENTRIES,
 };
 
@@ -60,15 +63,6 @@ static GW_GENERATION: Array<u64, 1> = Array::new();
 #[btf_map]
 static GW_COUNTERS: PerCpuArray<u64, COUNTERS> = PerCpuArray::new();
 
-const ETH_HDR_LEN: usize = 14;
-const ETH_P_IP: u16 = 0x0800;
-const ETH_P_IPV6: u16 = 0x86DD;
-const ETH_P_8021Q: u16 = 0x8100;
-const ETH_P_8021AD: u16 = 0x88A8;
-const IPPROTO_TCP: u8 = 6;
-const IPPROTO_UDP: u8 = 17;
-const TCP_SYN: u8 = 0x02;
-const TCP_ACK: u8 = 0x10;
 const NS_PER_SEC: u64 = 1_000_000_000;
 
 #[xdp]
@@ -77,16 +71,9 @@ pub fn gateway_xdp(ctx: XdpContext) -> u32 {
     try_gateway_xdp(&ctx).unwrap_or(xdp_action::XDP_PASS)
 }
 
-/// What the parser found in a packet addressed to some L4 port.
-struct Flow {
-    src: SourceAddr,
-    dst_port: u16,
-    is_syn: bool,
-}
-
 #[inline(always)]
 fn try_gateway_xdp(ctx: &XdpContext) -> Result<u32, ()> {
-    let flow = match parse(ctx)? {
+    let flow = match packet::parse(&XdpPacket(ctx)).map_err(|packet::Truncated| ())? {
         Some(flow) => flow,
         None => return Ok(pass(Counter::NotProtected)),
     };
@@ -222,164 +209,39 @@ fn count(counter: Counter) {
     }
 }
 
-/// Reads a `T` at a constant-ish `offset` with direct packet access
-/// (Ethernet and VLAN headers, whose offsets the verifier can follow).
-#[inline(always)]
-fn read_direct<T: Copy>(ctx: &XdpContext, offset: usize) -> Result<T, ()> {
-    let start = ctx.data();
-    if start + offset + core::mem::size_of::<T>() > ctx.data_end() {
-        return Err(());
-    }
-    // SAFETY: the bytes are inside the packet (checked above); unaligned read.
-    Ok(unsafe { core::ptr::read_unaligned((start + offset) as *const T) })
-}
+/// The packet as the kernel hands it over, read through the shared parser.
+struct XdpPacket<'a>(&'a XdpContext);
 
-/// Reads a `T` at a data-dependent `offset` (after IPv4 options or IPv6
-/// extension headers) through `bpf_xdp_load_bytes`, which bounds-checks at
-/// run time: variable packet offsets are where verifier and LLVM disagree.
-#[inline(always)]
-fn load<T: Copy>(ctx: &XdpContext, offset: usize) -> Result<T, ()> {
-    let mut value = core::mem::MaybeUninit::<T>::uninit();
-    // SAFETY: `value` is a writable buffer of exactly size_of::<T>() bytes.
-    let rc = unsafe {
-        bpf_xdp_load_bytes(
-            ctx.ctx,
-            offset as u32,
-            value.as_mut_ptr().cast(),
-            core::mem::size_of::<T>() as u32,
-        )
-    };
-    if rc < 0 {
-        return Err(());
-    }
-    // SAFETY: the helper filled every byte on success.
-    Ok(unsafe { value.assume_init() })
-}
-
-/// Finds source, destination port and SYN-ness of a TCP/UDP packet.
-/// `Ok(None)`: not TCP/UDP over IP (or a non-first fragment, which carries no
-/// ports and cannot be reassembled without the first one we do judge).
-#[inline(always)]
-fn parse(ctx: &XdpContext) -> Result<Option<Flow>, ()> {
-    // Up to two VLAN tags (802.1Q, or 802.1ad outer + 802.1Q inner), each
-    // at a fixed offset so direct access stays verifiable.
-    let mut offset = ETH_HDR_LEN;
-    let mut ethertype = u16::from_be_bytes(read_direct(ctx, 12)?);
-    if is_vlan(ethertype) {
-        ethertype = u16::from_be_bytes(read_direct(ctx, 16)?);
-        offset = ETH_HDR_LEN + 4;
-        if is_vlan(ethertype) {
-            ethertype = u16::from_be_bytes(read_direct(ctx, 20)?);
-            offset = ETH_HDR_LEN + 8;
+impl Packet for XdpPacket<'_> {
+    /// Direct packet access, bounds-checked against `data_end` so the
+    /// verifier sees the check.
+    #[inline(always)]
+    fn read_fixed<const N: usize>(&self, offset: usize) -> Option<[u8; N]> {
+        let start = self.0.data();
+        if start + offset + N > self.0.data_end() {
+            return None;
         }
+        // SAFETY: the bytes are inside the packet (checked above); unaligned read.
+        Some(unsafe { core::ptr::read_unaligned((start + offset) as *const [u8; N]) })
     }
-    let (src, proto, l4) = match ethertype {
-        ETH_P_IP => match parse_ipv4(ctx, offset)? {
-            Some(found) => found,
-            None => return Ok(None),
-        },
-        ETH_P_IPV6 => match parse_ipv6(ctx, offset)? {
-            Some(found) => found,
-            None => return Ok(None),
-        },
-        _ => return Ok(None),
-    };
-    // Ports (and for TCP, the flags byte at 13) from the L4 header.
-    let l4_head: [u8; 14] = if proto == IPPROTO_TCP {
-        read_l4(ctx, l4)?
-    } else {
-        let ports: [u8; 4] = read_l4(ctx, l4)?;
-        [
-            ports[0], ports[1], ports[2], ports[3], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-        ]
-    };
-    let dst_port = u16::from_be_bytes([l4_head[2], l4_head[3]]);
-    let is_syn = proto == IPPROTO_TCP && l4_head[13] & (TCP_SYN | TCP_ACK) == TCP_SYN;
-    Ok(Some(Flow {
-        src,
-        dst_port,
-        is_syn,
-    }))
-}
 
-/// The L4 header sits at one of a few fixed offsets in the common case (no
-/// IP options or IPv6 extension headers): read those directly, which is far
-/// cheaper than the helper call.
-#[inline(always)]
-fn read_l4<T: Copy>(ctx: &XdpContext, l4: usize) -> Result<T, ()> {
-    // Ethernet + 0, 1 or 2 VLAN tags + a 20-byte IPv4 or 40-byte IPv6 header.
-    const V4: usize = ETH_HDR_LEN + 20;
-    const V4_VLAN: usize = V4 + 4;
-    const V4_QINQ: usize = V4 + 8;
-    const V6: usize = ETH_HDR_LEN + 40;
-    const V6_VLAN: usize = V6 + 4;
-    const V6_QINQ: usize = V6 + 8;
-    match l4 {
-        V4 => read_direct(ctx, V4),
-        V4_VLAN => read_direct(ctx, V4_VLAN),
-        V4_QINQ => read_direct(ctx, V4_QINQ),
-        V6 => read_direct(ctx, V6),
-        V6_VLAN => read_direct(ctx, V6_VLAN),
-        V6_QINQ => read_direct(ctx, V6_QINQ),
-        _ => load(ctx, l4),
-    }
-}
-
-#[inline(always)]
-fn is_vlan(ethertype: u16) -> bool {
-    ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD
-}
-
-#[inline(always)]
-fn parse_ipv4(ctx: &XdpContext, offset: usize) -> Result<Option<(SourceAddr, u8, usize)>, ()> {
-    let header: [u8; 20] = read_direct(ctx, offset)?;
-    let header_len = usize::from(header[0] & 0x0f) * 4;
-    if header[0] >> 4 != 4 || header_len < 20 {
-        return Ok(None);
-    }
-    let fragment_offset = u16::from_be_bytes([header[6], header[7]]) & 0x1fff;
-    let proto = header[9];
-    if fragment_offset != 0 || (proto != IPPROTO_TCP && proto != IPPROTO_UDP) {
-        return Ok(None);
-    }
-    let src = SourceAddr::from_v4([header[12], header[13], header[14], header[15]]);
-    Ok(Some((src, proto, offset + header_len)))
-}
-
-const IPV6_HOPOPTS: u8 = 0;
-const IPV6_ROUTING: u8 = 43;
-const IPV6_FRAGMENT: u8 = 44;
-const IPV6_DSTOPTS: u8 = 60;
-const IPV6_MAX_EXT_HEADERS: usize = 4;
-
-#[inline(always)]
-fn parse_ipv6(ctx: &XdpContext, offset: usize) -> Result<Option<(SourceAddr, u8, usize)>, ()> {
-    let header: [u8; 40] = read_direct(ctx, offset)?;
-    let mut src = SourceAddr::default();
-    src.addr.copy_from_slice(&header[8..24]);
-    let mut next = header[6];
-    let mut l4 = offset + 40;
-    // Extension headers a banned source could add to slip past the parser.
-    for _ in 0..IPV6_MAX_EXT_HEADERS {
-        match next {
-            IPV6_HOPOPTS | IPV6_ROUTING | IPV6_DSTOPTS => {
-                let ext: [u8; 2] = load(ctx, l4)?;
-                next = ext[0];
-                l4 += (usize::from(ext[1]) + 1) * 8;
-            }
-            IPV6_FRAGMENT => {
-                let ext: [u8; 4] = load(ctx, l4)?;
-                if u16::from_be_bytes([ext[2], ext[3]]) & 0xfff8 != 0 {
-                    return Ok(None);
-                }
-                next = ext[0];
-                l4 += 8;
-            }
-            _ => break,
+    /// `bpf_xdp_load_bytes`, which bounds-checks at run time.
+    #[inline(always)]
+    fn load<const N: usize>(&self, offset: usize) -> Option<[u8; N]> {
+        let mut value = core::mem::MaybeUninit::<[u8; N]>::uninit();
+        // SAFETY: `value` is a writable buffer of exactly N bytes.
+        let rc = unsafe {
+            bpf_xdp_load_bytes(
+                self.0.ctx,
+                offset as u32,
+                value.as_mut_ptr().cast(),
+                N as u32,
+            )
+        };
+        if rc < 0 {
+            return None;
         }
+        // SAFETY: the helper filled every byte on success.
+        Some(unsafe { value.assume_init() })
     }
-    if next != IPPROTO_TCP && next != IPPROTO_UDP {
-        return Ok(None);
-    }
-    Ok(Some((src, next, l4)))
 }

@@ -1,9 +1,10 @@
-//! Developer entry point: `cargo xtask setup | build | run | test | bench`.
+//! Developer entry point: `cargo xtask setup | build | run | test | fuzz | bench`.
 //!
 //! `setup` installs what a fresh machine lacks (idempotent, and `build`,
 //! `run`, `test` and `bench` call it); `build` compiles the XDP object with
 //! nightly and embeds it in the stable `gateway` binary.
 mod bench;
+mod fuzz;
 mod setup;
 
 use std::{
@@ -39,8 +40,12 @@ enum Task {
         args: Vec<String>,
     },
     /// Every check CI runs: fmt, clippy, unit and end-to-end tests
-    /// (including the privileged network-namespace tests).
+    /// (including the privileged network-namespace tests), then each fuzz
+    /// target for a short bounded time.
     Test,
+    /// Runs the `fuzz/` targets (cargo-fuzz, nightly) for a bounded time
+    /// each on a scratch copy of their seed corpus; fails on any crash.
+    Fuzz(fuzz::FuzzArgs),
     /// Benchmarks that print ratios against a peer measured in the same run.
     Bench {
         #[command(subcommand)]
@@ -54,6 +59,7 @@ fn main() -> Result<()> {
         Task::Build { release } => build(release).map(drop),
         Task::Run { release, args } => run(release, &args),
         Task::Test => test(),
+        Task::Fuzz(args) => fuzz::run(args),
         Task::Bench { which } => bench::run(which),
     }
 }
@@ -163,6 +169,12 @@ fn run(release: bool, args: &[String]) -> Result<()> {
 fn test() -> Result<()> {
     let gateway = build(false)?;
     run_cmd(cargo(None).args(["fmt", "--all", "--", "--check"]))?;
+    // The fuzz targets are their own workspace (nightly): `--all` skips them.
+    run_cmd(cargo(None).args(["fmt", "--manifest-path", "fuzz/Cargo.toml", "--", "--check"]))?;
     run_cmd(cargo(None).args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
-    run_cmd(cargo(None).arg("test").env("GATEWAY_BIN", &gateway))
+    run_cmd(cargo(None).arg("test").env("GATEWAY_BIN", &gateway))?;
+    fuzz::run(fuzz::FuzzArgs {
+        seconds: fuzz::TEST_SECONDS,
+        target: None,
+    })
 }

@@ -15,6 +15,8 @@ use crate::run_cmd;
 
 /// bpf-linker release known to build against LLVM 22 here.
 const BPF_LINKER_VERSION: &str = "0.13.0";
+/// cargo-fuzz release `cargo xtask fuzz` is written against.
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
 /// Debian packages the tests and benches use, keyed by a binary they provide.
 const DEBIAN_PACKAGES: [(&str, &str); 3] = [
     ("bpftool", "bpftool"),
@@ -27,7 +29,31 @@ pub fn run() -> Result<()> {
     bpf_linker()?;
     debian_packages()?;
     test_idp()?;
+    cargo_fuzz()?;
     Ok(())
+}
+
+/// `cargo fuzz` (libFuzzer driver) for `cargo xtask fuzz`, from crates.io.
+pub fn cargo_fuzz() -> Result<()> {
+    let works = Command::new("cargo")
+        .env_remove("RUSTUP_TOOLCHAIN")
+        .args(["fuzz", "--version"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|status| status.success());
+    if works {
+        println!("setup: cargo-fuzz present");
+        return Ok(());
+    }
+    println!("setup: installing cargo-fuzz {CARGO_FUZZ_VERSION} (about 2 min)");
+    run_cmd(Command::new("cargo").env_remove("RUSTUP_TOOLCHAIN").args([
+        "install",
+        "cargo-fuzz",
+        "--locked",
+        "--version",
+        CARGO_FUZZ_VERSION,
+    ]))
 }
 
 /// The independent OpenID provider the OIDC test runs (npm, pinned by the
