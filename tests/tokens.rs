@@ -174,6 +174,14 @@ fn client_credentials_buy_a_token_the_gateway_and_jose_accept() {
         assert!(Instant::now() < deadline, "the token outlived its client");
         pause(Duration::from_millis(100));
     }
+    // Refused as revoked, not as an unknown key: a genuine token still
+    // within its lifetime is not key guessing (the guard does not count it).
+    let reply = gateway.get("/api/x", &[("authorization", &bearer)]);
+    let message = reply.json()["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(message.contains("revoked"), "{message}");
 }
 
 #[test]

@@ -25,6 +25,14 @@ pub struct SourcePermit {
     counted: Option<(Arc<SourceConnections>, IpAddr)>,
 }
 
+impl SourcePermit {
+    /// For a source the cap does not apply to (a trusted proxy or an
+    /// allow-listed network: many clients share its address).
+    pub fn uncounted() -> Self {
+        Self { counted: None }
+    }
+}
+
 impl SourceConnections {
     pub fn new(max: usize) -> Self {
         Self {

@@ -248,6 +248,24 @@ fn one_source_gets_max_connections_per_source_and_more_after_closing_some() {
     assert_eq!(again_paths, 3);
 }
 
+#[test]
+fn a_trusted_proxy_is_not_held_to_the_per_source_cap() {
+    // Many clients share a load balancer's address: capping it at 3 would
+    // lock every one of them out once 3 of its connections were open.
+    let upstream = FakeUpstream::start(None);
+    let config = open_route(upstream.addr, "max_connections_per_source = 3").replace(
+        "[limits]",
+        "[forwarding]\ntrusted_proxies = [\"127.0.0.0/8\"]\n\n[limits]",
+    );
+    let gateway = Gateway::builder(&config).start();
+    let open: Vec<TcpStream> = (0..3).map(|_| served(gateway.addr).unwrap()).collect();
+    assert!(
+        served(gateway.addr).is_some(),
+        "a 4th connection from the trusted proxy was closed"
+    );
+    drop(open);
+}
+
 /// A WebSocket upstream: answers 101, then echoes until the gateway
 /// closes; tells `closed` when it saw the end.
 fn websocket_upstream() -> (SocketAddr, Arc<Mutex<bool>>) {

@@ -66,8 +66,10 @@ pub struct Admin {
 pub(crate) enum AdminError {
     #[error("an admin key is required (Authorization: Bearer <key>)")]
     MissingCredential,
-    #[error("the key was refused ({0})")]
-    InvalidCredential(&'static str),
+    /// Kept whole for the guard; the message says only what a client may
+    /// see ([`KeyRejection::public_str`]).
+    #[error("the key was refused ({})", .0.public_str())]
+    InvalidCredential(KeyRejection),
     #[error("this key may not use the admin API")]
     NotAdmin,
     #[error("this admin key may only read")]
@@ -250,8 +252,12 @@ impl Admin {
                     Access::Write
                 };
                 let actor = self.authorize(&req, access).inspect_err(|error| {
-                    // Key guessing here counts like on the proxy.
-                    if let AdminError::InvalidCredential(_) = error {
+                    // Key guessing here counts like on the proxy (a disabled
+                    // or expired key is not guessing).
+                    if let AdminError::InvalidCredential(reason) = error {
+                        if !reason.is_guessing() {
+                            return;
+                        }
                         let remote = crate::guard::Remote::direct(peer.ip());
                         let update = self.shared.guard.auth_failed(remote, monotonic_ns());
                         self.shared.submit(update);
@@ -285,12 +291,7 @@ impl Admin {
             .and_then(|v| v.strip_prefix("Bearer "))
             .ok_or(AdminError::MissingCredential)?;
         let (_, outcome) = self.shared.keys.verify(key.trim(), unix_now());
-        let client = outcome.map_err(|reason| {
-            AdminError::InvalidCredential(match reason {
-                KeyRejection::Unknown | KeyRejection::WrongSecret => "invalid_key",
-                other => other.as_str(),
-            })
-        })?;
+        let client = outcome.map_err(AdminError::InvalidCredential)?;
         if !client.is_admin {
             return Err(AdminError::NotAdmin);
         }

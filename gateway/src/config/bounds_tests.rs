@@ -122,7 +122,7 @@ fn cases() -> Vec<(String, &'static str, &'static [&'static str])> {
         (
             section(ISSUER, "min_refresh_interval"),
             "issuers[0].min_refresh_interval",
-            &["\"-1s\"", "\"1000years\""],
+            &["\"0s\"", "\"999ms\"", "\"-1s\"", "\"1000years\""],
         ),
         (
             section(
@@ -213,7 +213,7 @@ fn the_ends_of_each_range_are_accepted() {
          max_header_bytes = 8192\nmax_connections = 1\nworkers = 1024\n\
          [tokens]\nttl = \"1s\"\nupstream_ttl = \"1day\"\n[guard]\nexcess = 0\nmax_ban = \"1year\"\n\
          [xdp]\ndefault_syn_rate = 0\ndefault_syn_burst = 1\nmax_bans = 1\n\
-         {ISSUER}leeway = \"0s\"\nmin_refresh_interval = \"0s\"\n\
+         {ISSUER}leeway = \"0s\"\nmin_refresh_interval = \"1s\"\n\
          {POOL}[upstreams.overload]\nerror_rate = 1.0\n"
     );
     let config = Config::parse(&text).unwrap();

@@ -85,10 +85,13 @@ impl IssuerConfig {
     pub(super) fn check(&self, at: &At) -> Result<(), ConfigError> {
         at.within("leeway", self.leeway, Duration::ZERO..=HOUR)?;
         at.within("refresh", self.refresh, MS..=DAY)?;
+        // Unknown-`kid` refusals are not counted as guessing (key
+        // rotation), so this interval is all that keeps random `kid`s from
+        // making the gateway hammer the identity provider.
         at.within(
             "min_refresh_interval",
             self.min_refresh_interval,
-            Duration::ZERO..=DAY,
+            SECOND..=DAY,
         )
     }
 

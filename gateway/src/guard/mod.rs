@@ -252,8 +252,9 @@ impl SourceGuard {
         self.hasher.hash_one(client)
     }
 
-    /// Never banned: allow-listed, or a trusted proxy.
-    fn spared(&self, ip: IpAddr) -> bool {
+    /// Whether `ip` is allow-listed or a trusted proxy: never banned, and
+    /// not held to the per-source connection cap (many clients share it).
+    pub fn spared(&self, ip: IpAddr) -> bool {
         let ip = ip.to_canonical();
         (self.settings.allow.iter())
             .chain(&self.settings.trusted_proxies)

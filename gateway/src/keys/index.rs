@@ -19,9 +19,21 @@ pub enum KeyRejection {
     WrongSecret,
     Disabled,
     Expired,
+    /// A genuine credential (the gateway's own token) naming a client that
+    /// was revoked since.
+    Revoked,
 }
 
 impl KeyRejection {
+    /// What a client is told: an unknown key id and a wrong secret look
+    /// the same, so probing cannot tell which key ids exist.
+    pub fn public_str(self) -> &'static str {
+        match self {
+            KeyRejection::Unknown | KeyRejection::WrongSecret => "invalid_key",
+            other => other.as_str(),
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             KeyRejection::Malformed => "malformed",
@@ -30,19 +42,21 @@ impl KeyRejection {
             KeyRejection::WrongSecret => "wrong_secret",
             KeyRejection::Disabled => "disabled",
             KeyRejection::Expired => "expired",
+            KeyRejection::Revoked => "revoked",
         }
     }
 
     /// Whether this refusal suggests someone guessing keys, which the
-    /// source guard counts. A disabled or expired key is a real key gone
-    /// stale (a client not updated yet), not a guess.
+    /// source guard counts. A disabled, expired or revoked credential is a
+    /// real one gone stale (a client not updated yet, a token still within
+    /// its lifetime), not a guess.
     pub fn is_guessing(self) -> bool {
         match self {
             KeyRejection::Malformed
             | KeyRejection::Checksum
             | KeyRejection::Unknown
             | KeyRejection::WrongSecret => true,
-            KeyRejection::Disabled | KeyRejection::Expired => false,
+            KeyRejection::Disabled | KeyRejection::Expired | KeyRejection::Revoked => false,
         }
     }
 }

@@ -9,15 +9,6 @@ use http_body_util::{BodyExt, Full};
 use super::ProxyBody;
 use crate::{jwt::TokenRejection, keys::KeyRejection, limits::Quota, path::PathError};
 
-/// What a client is told about a refused key: an unknown key id and a wrong
-/// secret look the same, so probing cannot tell which key ids exist.
-fn public_reason(reason: KeyRejection) -> &'static str {
-    match reason {
-        KeyRejection::Unknown | KeyRejection::WrongSecret => "invalid_key",
-        other => other.as_str(),
-    }
-}
-
 #[derive(Debug)]
 pub enum ProxyError {
     /// The path is not origin-form after normalisation (see [`crate::path`]).
@@ -152,7 +143,7 @@ impl ProxyError {
             }
             ProxyError::InvalidCredential(reason) => (
                 StatusCode::UNAUTHORIZED,
-                format!("the API key was refused ({})", public_reason(*reason)),
+                format!("the API key was refused ({})", reason.public_str()),
             ),
             ProxyError::InvalidToken(reason) => (
                 StatusCode::UNAUTHORIZED,

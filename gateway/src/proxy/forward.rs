@@ -61,6 +61,9 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        // Never what routes and frames the request: `Connection: host`
+        // would have the upstream answer for its default virtual host.
+        .filter(|name| !matches!(*name, header::HOST | header::CONTENT_LENGTH))
         .collect();
     remove_where(headers, |name| {
         HOP_BY_HOP.contains(name) || name == header::UPGRADE || named.contains(name)
@@ -202,14 +205,15 @@ pub fn set_forwarded(
     if !trusted_peer {
         remove_where(headers, |name| FORWARDING.contains(name));
     }
-    let previous = headers
-        .get(&X_FORWARDED_FOR)
-        .and_then(|v| v.to_str().ok())
+    // Every line a trusted proxy sent (they are one list, RFC 9110 §5.3),
+    // or the upstream would see only what the client wrote on the first.
+    let previous: Vec<&str> = (headers.get_all(&X_FORWARDED_FOR).iter())
         .filter(|_| trusted_peer)
-        .map(str::to_owned);
-    let value = match previous {
-        Some(previous) => format!("{previous}, {peer}"),
-        None => peer.to_string(),
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    let value = match previous.is_empty() {
+        false => format!("{}, {peer}", previous.join(", ")),
+        true => peer.to_string(),
     };
     if let Ok(value) = HeaderValue::from_str(&value) {
         headers.insert(X_FORWARDED_FOR, value);
@@ -235,6 +239,16 @@ mod tests {
         h.insert("x-kept", HeaderValue::from_static("1"));
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-kept"));
+        // A client cannot have the gateway drop what routes the request.
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("host, content-length"),
+        );
+        h.insert(header::HOST, HeaderValue::from_static("api.example"));
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 3);
         assert!(h.contains_key("x-kept"));
     }
 
@@ -274,6 +288,17 @@ mod tests {
             strip_credentials(&mut h, Some("api_key=d"), &KeySources::default()),
             None
         );
+    }
+
+    #[test]
+    fn every_forwarded_for_line_of_a_trusted_proxy_is_kept() {
+        let mut h = HeaderMap::new();
+        h.append(X_FORWARDED_FOR, HeaderValue::from_static("1.2.3.4"));
+        h.append(X_FORWARDED_FOR, HeaderValue::from_static("203.0.113.7"));
+        let trusted = ["10.0.0.0/8".parse().unwrap()];
+        set_forwarded(&mut h, "10.0.0.9".parse().unwrap(), &trusted, "http");
+        assert_eq!(h[X_FORWARDED_FOR], "1.2.3.4, 203.0.113.7, 10.0.0.9");
+        assert_eq!(h.get_all(X_FORWARDED_FOR).iter().count(), 1);
     }
 
     #[test]

@@ -65,7 +65,7 @@ impl Identity {
     ) -> Result<Identity, ProxyError> {
         let stored = if token.own {
             let client = keys.client(&token.client_id);
-            Some(client.ok_or(ProxyError::InvalidCredential(KeyRejection::Unknown))?)
+            Some(client.ok_or(ProxyError::InvalidCredential(KeyRejection::Revoked))?)
         } else {
             keys.by_external_id(&token.principal)
         };

@@ -44,7 +44,12 @@ impl Gateway {
                 tracing::warn!(%peer, "connection limit reached; closing the new connection");
                 continue;
             };
-            let Some(source) = self.shared.per_source.try_acquire(peer.ip()) else {
+            let source = if self.shared.guard.spared(peer.ip()) {
+                Some(crate::connections::SourcePermit::uncounted())
+            } else {
+                self.shared.per_source.try_acquire(peer.ip())
+            };
+            let Some(source) = source else {
                 tracing::debug!(%peer, "per-source connection limit reached; closing the new connection");
                 continue;
             };

@@ -23,17 +23,22 @@ pub fn client_address(headers: &HeaderMap, peer: IpAddr, trusted: &[IpNet]) -> I
     if !is_trusted(&peer) {
         return peer;
     }
-    // Several header lines are one list, in order (RFC 9110 §5.3).
-    let mut lines = Vec::new();
-    for value in headers.get_all(&X_FORWARDED_FOR) {
-        match value.to_str() {
-            Ok(line) => lines.push(line),
-            Err(_) => return peer,
-        }
-    }
+    // Several header lines are one list, in order (RFC 9110 §5.3). Read as
+    // bytes from the right: what a client wrote left of the first untrusted
+    // hop (any bytes at all) must not decide anything.
+    let lines: Vec<&[u8]> = (headers.get_all(&X_FORWARDED_FOR).iter())
+        .map(|value| value.as_bytes())
+        .collect();
     let mut client = None;
-    for hop in lines.iter().rev().flat_map(|line| line.rsplit(',')) {
-        let Some(ip) = parse_hop(hop.trim()) else {
+    for hop in lines
+        .iter()
+        .rev()
+        .flat_map(|line| line.rsplit(|&b| b == b','))
+    {
+        let Some(ip) = std::str::from_utf8(hop)
+            .ok()
+            .and_then(|hop| parse_hop(hop.trim()))
+        else {
             return peer;
         };
         client = Some(ip);
@@ -64,6 +69,17 @@ mod tests {
         }
         let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap(), "fd00::/8".parse().unwrap()];
         client_address(&headers, peer.parse().unwrap(), &trusted).to_string()
+    }
+
+    #[test]
+    fn bytes_a_client_wrote_left_of_its_address_do_not_hide_it() {
+        let mut headers = HeaderMap::new();
+        let line = HeaderValue::from_bytes(b"\xff\xfe, 203.0.113.7").unwrap();
+        headers.append(X_FORWARDED_FOR, line);
+        let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let peer = "10.0.0.1".parse().unwrap();
+        let client = client_address(&headers, peer, &trusted);
+        assert_eq!(client.to_string(), "203.0.113.7");
     }
 
     #[test]
