@@ -157,14 +157,26 @@ fn byte_reads_are_bounds_checked() {
     assert_eq!(bytes.load::<0>(3), Some([]));
 }
 
-/// Regenerates the `xdp_parser` fuzz seeds from `samples()`:
-/// `cargo test -p gateway-common -- --ignored write_fuzz_seeds`.
+/// The committed `xdp_parser` fuzz seeds are exactly `samples()`, so the
+/// fuzzer starts from every shape the parser knows. After changing the
+/// samples, `GATEWAY_WRITE_FUZZ_SEEDS=1 cargo test -p gateway-common`
+/// writes them.
 #[test]
-#[ignore = "writes fuzz/corpus/xdp_parser; run by hand after changing samples()"]
-fn write_fuzz_seeds() {
+fn fuzz_seeds_are_the_samples() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/xdp_parser");
-    std::fs::create_dir_all(&dir).expect("corpus directory");
+    let write = std::env::var_os("GATEWAY_WRITE_FUZZ_SEEDS").is_some();
     for (name, frame, _) in samples() {
-        std::fs::write(dir.join(name), frame).expect("seed file");
+        let path = dir.join(name);
+        if write {
+            std::fs::create_dir_all(&dir).expect("corpus directory");
+            std::fs::write(&path, &frame).expect("seed file");
+        }
+        let seed = std::fs::read(&path).ok();
+        assert_eq!(
+            seed.as_deref(),
+            Some(&frame[..]),
+            "{} is missing or stale: rerun with GATEWAY_WRITE_FUZZ_SEEDS=1",
+            path.display()
+        );
     }
 }
