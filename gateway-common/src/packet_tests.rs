@@ -44,7 +44,7 @@ fn parsed(frame: &[u8]) -> Result<Option<Flow>, Truncated> {
 }
 
 /// Every shape the XDP tests send, with the flow the parser must find:
-/// also the seeds of the `xdp_parser` fuzz target (see `write_fuzz_seeds`).
+/// also the seeds of the `xdp_parser` fuzz target (see `fuzz_seeds_are_the_samples`).
 fn samples() -> Vec<(&'static str, Vec<u8>, Option<Flow>)> {
     let mut out = Vec::new();
     out.push((
