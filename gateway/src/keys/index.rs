@@ -175,7 +175,10 @@ impl KeyIndex {
 
 #[cfg(test)]
 mod tests {
-    use super::super::store::{ClientUpdate, NewClient, SqliteStore};
+    use super::super::{
+        sqlite::SqliteStore,
+        store::{ClientUpdate, NewClient},
+    };
     use super::*;
 
     #[test]

@@ -3,8 +3,10 @@
 pub mod clients;
 pub mod format;
 pub mod index;
+pub mod sqlite;
 pub mod store;
 
 pub use clients::{ClientError, Clients};
 pub use index::{KeyIndex, KeyRejection};
-pub use store::{Client, KeyStore, NewClient, SqliteStore, StoreError};
+pub use sqlite::SqliteStore;
+pub use store::{Client, KeyStore, NewClient, StoreError};
