@@ -4,14 +4,16 @@
 #![allow(clippy::unwrap_used, reason = "tests: a panic is the failure report")]
 
 use std::{
-    io::{BufRead, BufReader, Read, Write},
-    net::{SocketAddr, TcpListener, TcpStream},
-    sync::{Arc, Mutex},
+    io::{Read, Write},
+    net::{SocketAddr, TcpStream},
     thread,
     time::{Duration, Instant},
 };
 
-use gateway_tests::{gateway::Gateway, http::FakeUpstream};
+use gateway_tests::{
+    gateway::Gateway,
+    http::{EchoUpgrade, FakeUpstream},
+};
 
 fn pause(duration: Duration) {
     #[allow(clippy::disallowed_methods, reason = "sync test")]
@@ -86,39 +88,6 @@ auth = "none"
     assert!(served(&b) > before, "b is back in the pool");
 }
 
-/// Answers one upgrade with 101, records the request head, then echoes.
-fn echo_upgrade_server() -> (SocketAddr, Arc<Mutex<String>>) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    let head = Arc::new(Mutex::new(String::new()));
-    let seen = head.clone();
-    thread::spawn(move || {
-        for stream in listener.incoming().take(4) {
-            let Ok(mut stream) = stream else { continue };
-            let mut reader = BufReader::new(stream.try_clone().unwrap());
-            let mut text = String::new();
-            loop {
-                let mut line = String::new();
-                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
-                    break;
-                }
-                text.push_str(&line.to_ascii_lowercase());
-            }
-            *seen.lock().unwrap() = text;
-            stream
-                .write_all(b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: Upgrade\r\n\r\n")
-                .unwrap();
-            let mut buf = [0u8; 64];
-            while let Ok(n) = reader.read(&mut buf) {
-                if n == 0 || stream.write_all(&buf[..n]).is_err() {
-                    break;
-                }
-            }
-        }
-    });
-    (addr, head)
-}
-
 fn upgrade(gateway: SocketAddr, extra: &str) -> (String, TcpStream) {
     let mut stream = TcpStream::connect(gateway).unwrap();
     stream
@@ -145,7 +114,9 @@ fn upgrade(gateway: SocketAddr, extra: &str) -> (String, TcpStream) {
 
 #[test]
 fn websocket_upgrades_are_proxied_after_authentication() {
-    let (echo, head) = echo_upgrade_server();
+    let EchoUpgrade {
+        addr: echo, head, ..
+    } = EchoUpgrade::start();
     let gateway = Gateway::builder(&format!(
         r#"
 [[upstreams]]

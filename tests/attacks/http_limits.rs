@@ -12,7 +12,7 @@ use std::{
 
 use gateway_tests::{
     gateway::Gateway,
-    http::{pause, tiers_and_app, FakeUpstream},
+    http::{pause, tiers_and_app, EchoUpgrade, FakeUpstream},
 };
 
 use super::http::raw;
@@ -266,42 +266,10 @@ fn a_trusted_proxy_is_not_held_to_the_per_source_cap() {
     drop(open);
 }
 
-/// A WebSocket upstream: answers 101, then echoes until the gateway
-/// closes; tells `closed` when it saw the end.
-fn websocket_upstream() -> (SocketAddr, Arc<Mutex<bool>>) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    let closed = Arc::new(Mutex::new(false));
-    let flag = closed.clone();
-    thread::spawn(move || {
-        let Some(Ok(mut stream)) = listener.incoming().next() else {
-            return;
-        };
-        stream
-            .set_read_timeout(Some(Duration::from_secs(30)))
-            .unwrap();
-        let mut reader = BufReader::new(stream.try_clone().unwrap());
-        let mut line = String::new();
-        while reader.read_line(&mut line).unwrap_or(0) > 0 && line != "\r\n" {
-            line.clear();
-        }
-        stream
-            .write_all(b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: Upgrade\r\n\r\n")
-            .unwrap();
-        let mut buf = [0u8; 64];
-        while let Ok(n) = reader.read(&mut buf) {
-            if n == 0 || stream.write_all(&buf[..n]).is_err() {
-                break;
-            }
-        }
-        *flag.lock().unwrap() = true;
-    });
-    (addr, closed)
-}
-
 #[test]
 fn websocket_tunnels_keep_their_connection_slot_and_close_when_idle() {
-    let (upstream, upstream_closed) = websocket_upstream();
+    let echo = EchoUpgrade::start();
+    let (upstream, upstream_closed) = (echo.addr, echo.closed);
     let gateway = Gateway::builder(&open_route(
         upstream,
         "max_connections_per_source = 1\ntunnel_idle_timeout = \"2s\"",
@@ -345,7 +313,7 @@ fn websocket_tunnels_keep_their_connection_slot_and_close_when_idle() {
         "the idle tunnel stayed open: {ended:?}"
     );
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !*upstream_closed.lock().unwrap() {
+    while !upstream_closed.load(std::sync::atomic::Ordering::SeqCst) {
         assert!(Instant::now() < deadline, "the upstream side stayed open");
         pause(Duration::from_millis(20));
     }

@@ -270,3 +270,53 @@ pub fn tiers_and_app(upstream: SocketAddr) -> String {
          [[upstreams]]\nname = \"app\"\nservers = [\"{upstream}\"]\n"
     )
 }
+
+/// A WebSocket upstream: answers each upgrade (up to 4 connections, one
+/// at a time) with 101, records the request head (lower-case), then echoes
+/// until the gateway closes or 30 s pass without a byte; `closed` turns
+/// true once a tunnel has ended.
+pub struct EchoUpgrade {
+    pub addr: SocketAddr,
+    pub head: Arc<Mutex<String>>,
+    pub closed: Arc<AtomicBool>,
+}
+
+impl EchoUpgrade {
+    pub fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (head, closed) = (
+            Arc::new(Mutex::new(String::new())),
+            Arc::new(AtomicBool::new(false)),
+        );
+        let (seen, ended) = (head.clone(), closed.clone());
+        thread::spawn(move || {
+            for stream in listener.incoming().take(4) {
+                let Ok(mut stream) = stream else { continue };
+                let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut text = String::new();
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                        break;
+                    }
+                    text.push_str(&line.to_ascii_lowercase());
+                }
+                *seen.lock().unwrap() = text;
+                let switched = b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: Upgrade\r\n\r\n";
+                if stream.write_all(switched).is_err() {
+                    continue;
+                }
+                let mut buf = [0u8; 64];
+                while let Ok(n) = reader.read(&mut buf) {
+                    if n == 0 || stream.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+                ended.store(true, Ordering::SeqCst);
+            }
+        });
+        Self { addr, head, closed }
+    }
+}
