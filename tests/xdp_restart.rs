@@ -12,7 +12,8 @@ use std::{
 };
 
 use gateway_tests::{
-    gateway::{Gateway, GatewayBuilder},
+    fs::TempDir,
+    gateway::{gateway_bin, minimal_config, Gateway, GatewayBuilder},
     netns::{
         attached_xdp_program_ids, Listener, Topology, CLIENT2_V4, CLIENT_V4, SERVER_IF, SERVER_V4,
     },
@@ -108,6 +109,7 @@ fn a_clean_restart_keeps_bans_budgets_and_the_attached_program() {
     assert_eq!(before.len(), 1, "{before:?}");
     let bans_map = map_id(&first.pin_root, "GW_BANS");
     let left_before = ban_left_ms(&first, CLIENT_V4);
+    let link_before = first.status()["link_id"].as_u64().unwrap();
 
     let done = AtomicBool::new(false);
     let (second, (looks, odd), dropped_while_stopped) = std::thread::scope(|scope| {
@@ -143,6 +145,11 @@ fn a_clean_restart_keeps_bans_budgets_and_the_attached_program() {
     let after = attached_xdp_program_ids(&topology.server, SERVER_IF);
     assert_eq!(after.len(), 1, "{after:?}");
     assert_ne!(after, before, "the program was replaced");
+    assert_eq!(
+        second.status()["link_id"].as_u64(),
+        Some(link_before),
+        "in the same link"
+    );
 
     // The maps were adopted as they are, counters included.
     assert_eq!(map_id(&second.pin_root, "GW_BANS"), bans_map);
@@ -268,4 +275,40 @@ fn a_restart_with_a_resized_map_carries_its_entries_into_a_new_one() {
         attached_xdp_program_ids(&topology.server, SERVER_IF).len(),
         1
     );
+}
+
+#[test]
+fn a_second_gateway_on_a_pin_root_in_use_is_refused() {
+    if !require_root("a_second_gateway_on_a_pin_root_in_use_is_refused") {
+        return;
+    }
+    let topology = Topology::new();
+    let _listener = Listener::start(&topology.server, PROTECTED);
+    let gateway = protecting(&topology, "", &[]).start();
+    gateway.xdp(&["ban", CLIENT_V4, "--for", "60s"]);
+    let before = attached_xdp_program_ids(&topology.server, SERVER_IF);
+    // Refused before it looks for the interface, so it may run here.
+    let dir = TempDir::new("second");
+    let second = Command::new(gateway_bin())
+        .args([
+            "run",
+            "--interface",
+            SERVER_IF,
+            "--require-xdp",
+            "--pin-root",
+        ])
+        .arg(&gateway.pin_root)
+        .arg("--config")
+        .arg(minimal_config(&dir))
+        .output()
+        .unwrap();
+    assert!(!second.status.success());
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(stderr.contains("belongs to a running gateway"), "{stderr}");
+    assert_eq!(
+        attached_xdp_program_ids(&topology.server, SERVER_IF),
+        before
+    );
+    assert!(ban_left_ms(&gateway, CLIENT_V4) > 0);
+    assert_eq!(gateway.status()["owner_running"], true);
 }
