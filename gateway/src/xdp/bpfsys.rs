@@ -245,3 +245,7 @@ pub fn copy_entries(
     }
     Ok((copied, refused))
 }
+
+#[cfg(test)]
+#[path = "bpfsys_tests.rs"]
+mod tests;
