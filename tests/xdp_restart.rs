@@ -312,3 +312,25 @@ fn a_second_gateway_on_a_pin_root_in_use_is_refused() {
     assert!(ban_left_ms(&gateway, CLIENT_V4) > 0);
     assert_eq!(gateway.status()["owner_running"], true);
 }
+
+#[test]
+fn xdp_detach_force_detaches_a_running_gateways_program() {
+    if !require_root("xdp_detach_force_detaches_a_running_gateways_program") {
+        return;
+    }
+    let topology = Topology::new();
+    let _listener = Listener::start(&topology.server, PROTECTED);
+    let mut gateway = protecting(&topology, "", &[]).start();
+    gateway.xdp(&["ban", CLIENT_V4, "--for", "60s"]);
+    let out = gateway.xdp(&["detach", "--force"]);
+    assert!(out.contains("detached XDP"), "{out}");
+    assert!(!gateway.pin_root.exists(), "pins and pin root removed");
+    assert_eq!(
+        attached_xdp_program_ids(&topology.server, SERVER_IF),
+        Vec::<u32>::new(),
+        "detached although the gateway holds its link open"
+    );
+    assert!(topology.connects(CLIENT_V4, SERVER_V4, PROTECTED, OK));
+    assert!(gateway.stop(), "the gateway still stops cleanly");
+    assert!(!gateway.pin_root.exists(), "and pins nothing again");
+}

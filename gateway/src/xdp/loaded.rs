@@ -243,6 +243,10 @@ impl Drop for Loaded {
             }
             return;
         }
+        if !root.join(map_names::CONFIG).exists() {
+            tracing::info!(root = %root.display(), "the pins were removed while running (`gateway xdp detach --force`)");
+            return;
+        }
         // The program stays attached through its pinned link; the next
         // gateway sees no owner and takes over.
         let stopped = PinnedMaps::open(&root).and_then(|mut maps| {
