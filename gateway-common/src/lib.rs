@@ -49,6 +49,10 @@ pub mod maps {
 pub const PROGRAM: &str = "gateway_xdp";
 /// File name of the pinned program under the pin root.
 pub const PROGRAM_PIN: &str = "gateway_xdp_prog";
+/// File name of the pinned XDP link under the pin root: it keeps the
+/// program attached while no gateway runs, and the next one swaps its
+/// program into it.
+pub const LINK_PIN: &str = "gateway_xdp_link";
 
 /// Default map sizes (the gateway may override them at load time).
 pub const DEFAULT_BANS_ENTRIES: u32 = 65_536;

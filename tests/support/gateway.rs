@@ -65,8 +65,9 @@ fn ensure_bpffs() {
 }
 
 /// A running `gateway run`. Dropping it stops the gateway (with XDP:
-/// SIGTERM so it detaches and unpins, then SIGKILL after 10 s, and removes
-/// any pins left; without: SIGKILL) and removes its temp dir.
+/// SIGTERM, then SIGKILL after 10 s; then it removes the pins a stopped
+/// gateway keeps, its link included, which detaches the program; without:
+/// SIGKILL) and removes its temp dir.
 pub struct Gateway {
     child: Option<Child>,
     launch: Launch,

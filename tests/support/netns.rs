@@ -241,3 +241,16 @@ pub fn attached_xdp_programs(ns: &NetNs, interface: &str) -> usize {
         .filter(|line| line.trim_start().starts_with("prog/xdp"))
         .count()
 }
+
+/// The ids of the XDP programs attached to `interface` in `ns`.
+pub fn attached_xdp_program_ids(ns: &NetNs, interface: &str) -> Vec<u32> {
+    let output = sh(
+        "ip",
+        &["-n", &ns.name, "-d", "link", "show", "dev", interface],
+    );
+    let text = String::from_utf8_lossy(&output.stdout);
+    text.lines()
+        .filter_map(|line| line.trim_start().strip_prefix("prog/xdp id "))
+        .filter_map(|rest| rest.split_whitespace().next()?.parse().ok())
+        .collect()
+}

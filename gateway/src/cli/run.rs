@@ -62,6 +62,11 @@ pub struct RunArgs {
     /// Run without the kernel path at all.
     #[arg(long, conflicts_with = "require_xdp")]
     no_xdp: bool,
+    /// Sets `xdp.detach_on_exit`: on a clean stop, detach the program and
+    /// remove its pins instead of leaving the bans enforced by the kernel
+    /// for the next gateway to adopt.
+    #[arg(long)]
+    detach_on_exit: bool,
     /// Adds to `xdp.allow`: CIDRs that are never dropped (repeatable).
     #[arg(long = "allow", value_name = "CIDR")]
     allow: Vec<IpNet>,
@@ -98,6 +103,7 @@ impl RunArgs {
             xdp.mode = mode.into();
         }
         xdp.require_xdp |= self.require_xdp;
+        xdp.detach_on_exit |= self.detach_on_exit;
         if self.no_xdp {
             xdp.enabled = false;
         }
@@ -237,7 +243,7 @@ pub fn run(args: RunArgs) -> Result<()> {
             None => println!("ready: kernel path disabled (xdp.enabled = false)"),
         }
         wait_for_shutdown().await?;
-        tracing::info!("shutting down: closing listeners, detaching XDP and removing pins");
+        tracing::info!("shutting down: closing listeners");
         let _ = stop.send(true);
         for server in servers {
             let _ = tokio::task::spawn_blocking(move || server.join()).await;

@@ -3,11 +3,11 @@
 //! gateway does not answer).
 use std::{net::IpAddr, path::PathBuf, time::Duration};
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 use clap::{Args, Subcommand};
 use gateway::{
     clock::monotonic_ns,
-    xdp::{Mode, PinnedMaps, DEFAULT_BUDGET, DEFAULT_PIN_ROOT},
+    xdp::{self, Mode, PinnedMaps, DEFAULT_BUDGET, DEFAULT_PIN_ROOT},
 };
 use gateway_common::{attach_mode, ban_reason, Budget};
 
@@ -84,6 +84,16 @@ pub enum XdpCommand {
         #[command(flatten)]
         pins: PinArgs,
     },
+    /// Detach a stopped gateway's program and remove its pins (bans,
+    /// budgets and counters go with them).
+    Detach {
+        /// Even while the gateway that owns the pins runs (it keeps
+        /// serving, without the kernel path).
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        pins: PinArgs,
+    },
     /// Set the kernel budget of one source (as the gateway does from its tier).
     Budget {
         addr: IpAddr,
@@ -149,6 +159,7 @@ pub fn xdp_command(command: XdpCommand) -> Result<()> {
             }
             Ok(())
         }
+        XdpCommand::Detach { force, pins } => detach(&pins, force),
         XdpCommand::Budget { addr, budget, pins } => {
             open(&pins)?.set_budget(addr, budget.budget())?;
             println!("budget for {addr} set");
@@ -159,6 +170,34 @@ pub fn xdp_command(command: XdpCommand) -> Result<()> {
 
 fn open(pins: &PinArgs) -> Result<PinnedMaps> {
     Ok(PinnedMaps::open(&pins.pin_root)?)
+}
+
+fn detach(pins: &PinArgs, force: bool) -> Result<()> {
+    let root = &pins.pin_root;
+    if let Ok(config) = open(pins).and_then(|maps| Ok(maps.config()?)) {
+        let pid = config.owner_pid;
+        if pid != 0 && xdp::process_alive(pid) && !force {
+            bail!(
+                "the gateway owning {} still runs (pid {pid}); stop it first, or use --force",
+                root.display()
+            );
+        }
+    }
+    if !root.exists() {
+        println!("nothing pinned at {}", root.display());
+        return Ok(());
+    }
+    let detached = xdp::remove_pins(root)?;
+    println!(
+        "{} and removed the pins under {}",
+        if detached {
+            "detached XDP"
+        } else {
+            "no program was attached"
+        },
+        root.display()
+    );
+    Ok(())
 }
 
 fn status(pins: &PinArgs, json: bool) -> Result<()> {
@@ -176,8 +215,11 @@ fn status(pins: &PinArgs, json: bool) -> Result<()> {
         .to_owned();
     let attach = attach_mode::name(config.attach_mode);
     let mode = Mode::from_kernel(config.mode);
-    let owner_running = config.owner_pid != 0
-        && std::path::Path::new(&format!("/proc/{}", config.owner_pid)).exists();
+    let owner_running = config.owner_pid != 0 && xdp::process_alive(config.owner_pid);
+    let link = xdp::pinned_link(&pins.pin_root)?;
+    let attached = link.is_some_and(|link| link.ifindex != 0);
+    // No gateway, but the pinned link keeps the program on its interface.
+    let kernel_only = attached && !owner_running;
     if json {
         let counters: serde_json::Map<String, serde_json::Value> = counters
             .named()
@@ -191,6 +233,10 @@ fn status(pins: &PinArgs, json: bool) -> Result<()> {
             "mode": mode,
             "owner_pid": config.owner_pid,
             "owner_running": owner_running,
+            "attached": attached,
+            "kernel_only": kernel_only,
+            "program_id": link.map(|link| link.prog_id),
+            "link_id": link.map(|link| link.id),
             "active_bans": active_bans,
             "default_budget": {
                 "syn_per_sec": config.default_budget.syn_per_sec,
@@ -207,15 +253,25 @@ fn status(pins: &PinArgs, json: bool) -> Result<()> {
     println!("interface:  {interface} (ifindex {})", config.ifindex);
     println!("attach:     {attach}");
     println!("mode:       {mode:?}");
-    println!(
-        "owner:      pid {} ({})",
-        config.owner_pid,
-        if owner_running {
-            "running"
-        } else {
-            "not running: stale pins"
-        }
-    );
+    let owner = match (config.owner_pid, owner_running) {
+        (0, _) => "no gateway (stopped cleanly)".to_owned(),
+        (pid, true) => format!("pid {pid} (running)"),
+        (pid, false) => format!("pid {pid} (not running: it did not stop cleanly)"),
+    };
+    println!("owner:      {owner}");
+    match link {
+        Some(link) if attached => println!(
+            "program:    id {} attached (link {}){}",
+            link.prog_id,
+            link.id,
+            if kernel_only {
+                "; no gateway runs: bans are enforced by the kernel alone"
+            } else {
+                ""
+            }
+        ),
+        _ => println!("program:    not attached"),
+    }
     println!("bans:       {active_bans} active");
     println!("counters:");
     for (name, value) in counters.named() {

@@ -34,6 +34,9 @@ pub struct XdpConfig {
     pub default_pkt_burst: u32,
     pub max_bans: u32,
     pub max_sources: u32,
+    /// Detach and unpin on a clean stop (`false`: the program stays
+    /// attached with its bans until the next gateway adopts them).
+    pub detach_on_exit: bool,
 }
 
 impl Default for XdpConfig {
@@ -53,6 +56,7 @@ impl Default for XdpConfig {
             default_pkt_burst: DEFAULT_BUDGET.pkt_burst,
             max_bans: sizes.bans,
             max_sources: sizes.state,
+            detach_on_exit: false,
         }
     }
 }
@@ -100,6 +104,7 @@ impl XdpConfig {
                 state: self.max_sources,
                 ..MapSizes::default()
             },
+            detach_on_exit: self.detach_on_exit,
         }
     }
 }

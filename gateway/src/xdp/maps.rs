@@ -150,14 +150,6 @@ impl PinnedMaps {
         Ok(ban)
     }
 
-    /// Writes a ban entry as is (used to carry bans over a restart).
-    pub fn restore_ban(&mut self, ip: IpAddr, ban: Ban) -> Result<(), MapsError> {
-        self.bans
-            .insert(source_key(ip), ban, 0)
-            .map_err(op("insert", maps::BANS))?;
-        self.publish()
-    }
-
     /// Lifts a ban at once. `Ok(false)`: there was none.
     pub fn unban(&mut self, ip: IpAddr) -> Result<bool, MapsError> {
         let removed = self.remove_ban(ip)?;
@@ -237,19 +229,50 @@ impl PinnedMaps {
         }
     }
 
-    pub fn allow(&mut self, net: &IpNet) -> Result<(), MapsError> {
-        self.allow
-            .insert(&allow_key(net), 1, 0)
-            .map_err(op("insert", maps::ALLOW))?;
+    /// Makes the allow-list exactly `nets` (an adopted map may hold CIDRs
+    /// the configuration no longer lists): adds first, then removes, so a
+    /// CIDR in both lists is never dropped for a moment.
+    pub fn set_allow_list(&mut self, nets: &[IpNet]) -> Result<(), MapsError> {
+        let wanted: Vec<_> = nets.iter().map(allow_key).collect();
+        for key in &wanted {
+            self.allow
+                .insert(key, 1, 0)
+                .map_err(op("insert", maps::ALLOW))?;
+        }
+        let present: Vec<_> = self
+            .allow
+            .keys()
+            .collect::<Result<_, _>>()
+            .map_err(op("iterate", maps::ALLOW))?;
+        for key in present {
+            let listed = wanted
+                .iter()
+                .any(|w| w.prefix_len() == key.prefix_len() && w.data() == key.data());
+            if !listed {
+                match self.allow.remove(&key) {
+                    Ok(()) | Err(MapError::KeyNotFound) => {}
+                    Err(source) => return Err(op("remove", maps::ALLOW)(source)),
+                }
+            }
+        }
         self.publish()
     }
 
-    /// Marks `ports` as protected (the map starts all-unprotected at load).
-    pub fn protect_ports(&mut self, ports: &[u16]) -> Result<(), MapsError> {
-        for &port in ports {
-            self.ports
-                .set(u32::from(port), 1, 0)
-                .map_err(op("update", maps::PORTS))?;
+    /// Makes the protected ports exactly `ports` (an adopted map may
+    /// protect ports the configuration no longer lists).
+    pub fn set_protected_ports(&mut self, ports: &[u16]) -> Result<(), MapsError> {
+        for port in 0..=u16::MAX {
+            let wanted = u8::from(ports.contains(&port));
+            let index = u32::from(port);
+            let current = self
+                .ports
+                .get(&index, 0)
+                .map_err(op("lookup", maps::PORTS))?;
+            if current != wanted {
+                self.ports
+                    .set(index, wanted, 0)
+                    .map_err(op("update", maps::PORTS))?;
+            }
         }
         Ok(())
     }

@@ -1,35 +1,41 @@
-//! The kernel path: loads the embedded XDP program, pins its maps under the
-//! pin root, attaches it (native, then skb, then a userspace-only fallback),
-//! and undoes all of that on shutdown.
+//! The kernel path: loads the embedded XDP program, pins its maps, program
+//! and link under the pin root, attaches it (native, then skb, then a
+//! userspace-only fallback). On shutdown the program stays attached with
+//! its maps, so bans hold while no gateway runs; the next gateway adopts
+//! them ([`adopt`], [`loaded`]). `detach_on_exit` removes everything.
 //!
 //! Policy flows one way: request tasks submit the guard's [`PolicyUpdate`]s through a
 //! [`PolicyHandle`]; one [`PolicyWriter`] applies them in batches to the
 //! kernel maps and [`UserspaceBans`] (only the latter when XDP is
 //! unavailable): bans the kernel cannot enforce (a forwarded client
 //! address, one client at an address) always go to userspace.
+mod adopt;
 pub mod bpffs;
+mod bpfsys;
+mod loaded;
 pub mod maps;
 pub mod policy;
 
 use std::{
     io,
-    net::IpAddr,
     path::{Path, PathBuf},
 };
 
 use aya::{
-    programs::{xdp::XdpLinkId, ProgramError, Xdp, XdpMode},
-    Ebpf, EbpfError, EbpfLoader,
+    programs::{links::LinkError, ProgramError},
+    EbpfError,
 };
-use gateway_common::{
-    attach_mode, maps as map_names, mode, Ban, Budget, Config, PROGRAM, PROGRAM_PIN,
-};
+use gateway_common::{attach_mode, mode, Budget};
 use ipnet::IpNet;
 
+pub use adopt::remove_pins;
+pub use bpfsys::LinkState;
+pub use loaded::process_alive;
 pub use maps::{Counters, MapsError, PinnedMaps};
 pub use policy::{PolicyHandle, PolicySink, PolicyWriter, Split, UserspaceBans};
 
-use crate::{clock::monotonic_ns, guard::PolicyUpdate};
+use crate::guard::PolicyUpdate;
+use loaded::Loaded;
 
 /// The XDP object built by `cargo xtask build`, embedded at compile time.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(env!("GATEWAY_XDP_OBJECT_PATH"));
@@ -108,6 +114,9 @@ pub struct XdpSettings {
     /// Budget for sources the gateway has not sized by tier.
     pub default_budget: Budget,
     pub sizes: MapSizes,
+    /// Detach and unpin on a clean stop instead of leaving the program
+    /// attached for the next gateway.
+    pub detach_on_exit: bool,
 }
 
 /// Default budget for unknown sources: generous enough for a browser or a
@@ -126,6 +135,10 @@ pub enum XdpError {
     Bpffs(#[from] bpffs::BpffsError),
     #[error("pin root {root} belongs to a running gateway (pid {pid}); stop it or choose another pin root")]
     PinRootInUse { root: PathBuf, pid: u32 },
+    #[error("cannot read the pinned {path}: {source}")]
+    Adopt { path: PathBuf, source: io::Error },
+    #[error("the pinned XDP link: {0}")]
+    Link(Box<LinkError>),
     #[error("cannot remove stale pin {path}: {source}")]
     RemoveStale { path: PathBuf, source: io::Error },
     #[error("loading the XDP program failed (it needs root, or CAP_BPF and CAP_NET_ADMIN): {0}")]
@@ -173,8 +186,8 @@ impl Attachment {
     }
 }
 
-/// The running kernel path. Dropping it detaches the program and removes
-/// its pins.
+/// The running kernel path. Dropping it leaves the program attached for the
+/// next gateway (or, with `detach_on_exit`, detaches it and removes its pins).
 pub struct KernelPath {
     loaded: Option<Loaded>,
     enforcement: Enforcement,
@@ -248,193 +261,12 @@ impl PolicySink for Box<dyn PolicySink> {
     }
 }
 
-/// A loaded program with its pins; `Drop` removes them.
-struct Loaded {
-    ebpf: Ebpf,
-    pin_root: PathBuf,
-    pinned: Vec<PathBuf>,
-    link: Option<XdpLinkId>,
-}
-
-impl Loaded {
-    fn start(settings: &XdpSettings) -> Result<(Self, Attachment), XdpError> {
-        let root = &settings.pin_root;
-        bpffs::ensure_mounted(root)?;
-        let carried_bans = take_over_stale_pins(root)?;
-
-        let sizes = settings.sizes;
-        let ebpf = EbpfLoader::new()
-            .map_max_entries(map_names::BANS, sizes.bans)
-            .map_max_entries(map_names::BUDGETS, sizes.budgets)
-            .map_max_entries(map_names::STATE, sizes.state)
-            .map_max_entries(map_names::ALLOW, sizes.allow)
-            .load(OBJECT)?;
-        let mut loaded = Loaded {
-            ebpf,
-            pin_root: root.clone(),
-            pinned: Vec::new(),
-            link: None,
-        };
-        loaded.pin_maps()?;
-        let program = loaded.program()?;
-        program.load()?;
-        let program_pin = root.join(PROGRAM_PIN);
-        program.pin(&program_pin).map_err(|source| XdpError::Pin {
-            path: program_pin.clone(),
-            source,
-        })?;
-        loaded.pinned.push(program_pin);
-
-        let mut maps = PinnedMaps::open(root)?;
-        maps.protect_ports(&settings.ports)?;
-        for net in &settings.allow {
-            maps.allow(net)?;
-        }
-        let mut config = Config {
-            mode: settings.mode.as_kernel(),
-            default_budget: settings.default_budget,
-            owner_pid: std::process::id(),
-            ..Config::default()
-        };
-        // Policy is in place before the first packet is judged.
-        maps.set_config(config)?;
-        let now = monotonic_ns();
-        for (ip, ban) in carried_bans {
-            if ban.banned_until_ns > now {
-                maps.restore_ban(ip, ban)?;
-            }
-        }
-
-        let attach = loaded.attach(&settings.interface)?;
-        config.ifindex = interface_index(&settings.interface);
-        config.attach_mode = match attach {
-            Attachment::Native => attach_mode::NATIVE,
-            Attachment::Skb => attach_mode::SKB,
-        };
-        let name = settings.interface.as_bytes();
-        let len = name.len().min(config.ifname.len() - 1);
-        config.ifname[..len].copy_from_slice(&name[..len]);
-        maps.set_config(config)?;
-        Ok((loaded, attach))
+/// The XDP link pinned under `root`, if any (its `ifindex` is 0 once the
+/// interface is gone).
+pub fn pinned_link(root: &Path) -> io::Result<Option<LinkState>> {
+    match bpfsys::obj_get(&root.join(gateway_common::LINK_PIN)) {
+        Ok(fd) => bpfsys::link_state(std::os::fd::AsFd::as_fd(&fd)),
+        Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(error) => Err(error),
     }
-
-    fn program(&mut self) -> Result<&mut Xdp, XdpError> {
-        self.ebpf
-            .program_mut(PROGRAM)
-            .ok_or_else(|| XdpError::MissingObject(format!("program {PROGRAM}")))?
-            .try_into()
-            .map_err(XdpError::from)
-    }
-
-    fn pin_maps(&mut self) -> Result<(), XdpError> {
-        for name in map_names::ALL {
-            let map = self
-                .ebpf
-                .map(name)
-                .ok_or_else(|| XdpError::MissingObject(format!("map {name}")))?;
-            let path = self.pin_root.join(name);
-            map.pin(&path).map_err(|source| XdpError::Pin {
-                path: path.clone(),
-                source,
-            })?;
-            self.pinned.push(path);
-        }
-        Ok(())
-    }
-
-    /// Native mode first (fastest), then generic skb mode.
-    fn attach(&mut self, interface: &str) -> Result<Attachment, XdpError> {
-        let program = self.program()?;
-        let native = match program.attach(interface, XdpMode::Driver) {
-            Ok(link) => {
-                self.link = Some(link);
-                return Ok(Attachment::Native);
-            }
-            Err(error) => error,
-        };
-        match program.attach(interface, XdpMode::Skb) {
-            Ok(link) => {
-                tracing::info!(interface, %native, "native XDP refused; attached in skb mode");
-                self.link = Some(link);
-                Ok(Attachment::Skb)
-            }
-            Err(skb) => Err(XdpError::Attach {
-                interface: interface.to_owned(),
-                native: Box::new(native),
-                skb: Box::new(skb),
-            }),
-        }
-    }
-}
-
-impl Drop for Loaded {
-    fn drop(&mut self) {
-        if let Some(link) = self.link.take() {
-            if let Ok(program) = self.program() {
-                if let Err(error) = program.detach(link) {
-                    tracing::warn!(%error, "detaching XDP failed");
-                }
-            }
-        }
-        for path in &self.pinned {
-            if let Err(error) = std::fs::remove_file(path) {
-                tracing::warn!(path = %path.display(), %error, "removing pin failed");
-            }
-        }
-        // Only succeeds when empty, which is what we want.
-        let _ = std::fs::remove_dir(&self.pin_root);
-    }
-}
-
-/// Pins left by a gateway that did not shut down cleanly: refuse if their
-/// owner still runs; otherwise keep their unexpired bans and remove them.
-/// (Their program is not attached any more: its link died with its process.)
-fn take_over_stale_pins(root: &Path) -> Result<Vec<(IpAddr, Ban)>, XdpError> {
-    let mut carried = Vec::new();
-    if root.join(map_names::CONFIG).exists() {
-        match PinnedMaps::open(root) {
-            Ok(old) => {
-                let pid = old.config().map(|config| config.owner_pid).unwrap_or(0);
-                if pid != 0 && pid != std::process::id() && process_alive(pid) {
-                    return Err(XdpError::PinRootInUse {
-                        root: root.to_owned(),
-                        pid,
-                    });
-                }
-                carried = old.bans().unwrap_or_default();
-                tracing::warn!(
-                    root = %root.display(),
-                    bans = carried.len(),
-                    "replacing pins left by a gateway that did not shut down cleanly"
-                );
-            }
-            Err(error) => tracing::warn!(%error, "stale pins are unreadable; replacing them"),
-        }
-    }
-    for name in map_names::ALL.iter().copied().chain([PROGRAM_PIN]) {
-        let path = root.join(name);
-        match std::fs::remove_file(&path) {
-            Ok(()) => {}
-            Err(error) if error.kind() == io::ErrorKind::NotFound => {}
-            Err(source) => return Err(XdpError::RemoveStale { path, source }),
-        }
-    }
-    Ok(carried)
-}
-
-fn process_alive(pid: u32) -> bool {
-    let Ok(pid) = libc::pid_t::try_from(pid) else {
-        return false;
-    };
-    // SAFETY: signal 0 only checks for existence and permission.
-    let rc = unsafe { libc::kill(pid, 0) };
-    rc == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
-}
-
-fn interface_index(name: &str) -> u32 {
-    let Ok(c_name) = std::ffi::CString::new(name) else {
-        return 0;
-    };
-    // SAFETY: NUL-terminated string valid for the call.
-    unsafe { libc::if_nametoindex(c_name.as_ptr()) }
 }

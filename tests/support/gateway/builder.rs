@@ -60,6 +60,8 @@ pub(super) struct Launch {
     /// `None`: `--no-xdp`.
     pub(super) xdp_ports: Option<String>,
     pub(super) pin_root: PathBuf,
+    /// XDP on this interface instead of [`SERVER_IF`].
+    pub(super) interface: Option<String>,
     args: Vec<String>,
 }
 
@@ -69,7 +71,9 @@ impl Launch {
         command.arg("run");
         match &self.xdp_ports {
             Some(ports) => command
-                .args(["--interface", SERVER_IF, "--ports", ports, "--require-xdp"])
+                .arg("--interface")
+                .arg(self.interface.as_deref().unwrap_or(SERVER_IF))
+                .args(["--ports", ports, "--require-xdp"])
                 .arg("--pin-root")
                 .arg(&self.pin_root),
             None => command.arg("--no-xdp"),
@@ -124,6 +128,7 @@ impl GatewayBuilder {
                 netns: None,
                 xdp_ports: None,
                 pin_root: PathBuf::from("/sys/fs/bpf").join(unique("gwtest")),
+                interface: None,
                 args: Vec::new(),
             },
             config,
@@ -149,6 +154,12 @@ impl GatewayBuilder {
     /// Pins under `root` instead of a fresh one (a restart after a crash).
     pub fn pin_root(mut self, root: PathBuf) -> Self {
         self.launch.pin_root = root;
+        self
+    }
+
+    /// Attaches XDP to `interface` instead of [`SERVER_IF`].
+    pub fn interface(mut self, interface: &str) -> Self {
+        self.launch.interface = Some(interface.to_owned());
         self
     }
 
