@@ -7,7 +7,11 @@
 //! kernel maps and [`UserspaceBans`] (only the latter when XDP is
 //! unavailable): bans the kernel cannot enforce (a forwarded client
 //! address, one client at an address) always go to userspace.
+//!
+//! The program's rare events (aya-log) are read by an [`EventReader`] the
+//! caller drives on its runtime; see [`events`].
 pub mod bpffs;
+pub mod events;
 pub mod maps;
 pub mod policy;
 
@@ -26,6 +30,7 @@ use gateway_common::{
 };
 use ipnet::IpNet;
 
+pub use events::{EventHub, EventReader};
 pub use maps::{Counters, MapsError, PinnedMaps};
 pub use policy::{PolicyHandle, PolicySink, PolicyWriter, Split, UserspaceBans};
 
@@ -179,17 +184,20 @@ pub struct KernelPath {
     loaded: Option<Loaded>,
     enforcement: Enforcement,
     userspace_bans: UserspaceBans,
+    events: EventHub,
 }
 
 impl KernelPath {
     /// Loads, pins and attaches; falls back to userspace-only enforcement
     /// (one warning) unless `settings.require_xdp`.
     pub fn start(settings: &XdpSettings) -> Result<Self, XdpError> {
-        match Loaded::start(settings) {
+        let events = EventHub::default();
+        match Loaded::start(settings, &events) {
             Ok((loaded, attach)) => Ok(Self {
                 loaded: Some(loaded),
                 enforcement: Enforcement::Kernel { attach },
                 userspace_bans: UserspaceBans::default(),
+                events,
             }),
             Err(error) if !settings.require_xdp => {
                 tracing::warn!(
@@ -203,6 +211,7 @@ impl KernelPath {
                         reason: error.to_string(),
                     },
                     userspace_bans: UserspaceBans::default(),
+                    events,
                 })
             }
             Err(error) => Err(error),
@@ -234,6 +243,17 @@ impl KernelPath {
     pub fn pin_root(&self) -> Option<&Path> {
         self.loaded.as_ref().map(|loaded| loaded.pin_root.as_path())
     }
+
+    /// The kernel events' hub, while the program is loaded.
+    pub fn events(&self) -> Option<EventHub> {
+        self.loaded.as_ref().map(|_| self.events.clone())
+    }
+
+    /// The reader of the program's event ring buffer, once: spawn its
+    /// [`EventReader::run`] on the control runtime, or no event is seen.
+    pub fn take_event_reader(&mut self) -> Option<EventReader> {
+        self.loaded.as_mut().and_then(|loaded| loaded.events.take())
+    }
 }
 
 impl PolicySink for Box<dyn PolicySink> {
@@ -254,10 +274,12 @@ struct Loaded {
     pin_root: PathBuf,
     pinned: Vec<PathBuf>,
     link: Option<XdpLinkId>,
+    /// Not yet handed to the caller ([`KernelPath::take_event_reader`]).
+    events: Option<EventReader>,
 }
 
 impl Loaded {
-    fn start(settings: &XdpSettings) -> Result<(Self, Attachment), XdpError> {
+    fn start(settings: &XdpSettings, events: &EventHub) -> Result<(Self, Attachment), XdpError> {
         let root = &settings.pin_root;
         bpffs::ensure_mounted(root)?;
         let carried_bans = take_over_stale_pins(root)?;
@@ -274,10 +296,24 @@ impl Loaded {
             pin_root: root.clone(),
             pinned: Vec::new(),
             link: None,
+            events: None,
         };
         loaded.pin_maps()?;
         let program = loaded.program()?;
         program.load()?;
+        // The ring buffer is the program's, not pinned: a new program
+        // starts with its own.
+        loaded.events = match aya_log::EbpfLogger::init_with_logger(
+            &mut loaded.ebpf,
+            events::Forwarder::new(events.clone()),
+        ) {
+            Ok(logger) => Some(EventReader::new(logger)),
+            Err(error) => {
+                tracing::warn!(%error, "no kernel events: the XDP program's log is unreadable");
+                None
+            }
+        };
+        let program = loaded.program()?;
         let program_pin = root.join(PROGRAM_PIN);
         program.pin(&program_pin).map_err(|source| XdpError::Pin {
             path: program_pin.clone(),

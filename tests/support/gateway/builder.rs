@@ -61,6 +61,8 @@ pub(super) struct Launch {
     pub(super) xdp_ports: Option<String>,
     pub(super) pin_root: PathBuf,
     args: Vec<String>,
+    /// Pipe stderr (the gateway's log) to [`Gateway::stderr_text`].
+    pub(super) capture_stderr: bool,
 }
 
 impl Launch {
@@ -79,7 +81,11 @@ impl Launch {
             .arg(config)
             .args(&self.args)
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
+            .stderr(if self.capture_stderr {
+                Stdio::piped()
+            } else {
+                Stdio::inherit()
+            });
         command
     }
 
@@ -125,6 +131,7 @@ impl GatewayBuilder {
                 xdp_ports: None,
                 pin_root: PathBuf::from("/sys/fs/bpf").join(unique("gwtest")),
                 args: Vec::new(),
+                capture_stderr: false,
             },
             config,
             state_dir: dir.path.join("state"),
@@ -155,6 +162,13 @@ impl GatewayBuilder {
     /// More `gateway run` arguments (`--mode monitor`, `--allow ..`).
     pub fn args(mut self, extra: &[&str]) -> Self {
         self.launch.args.extend(extra.iter().map(|a| a.to_string()));
+        self
+    }
+
+    /// Keeps the gateway's log (stderr) for [`Gateway::stderr_text`]; it
+    /// is still echoed to the test's stderr.
+    pub fn capture_stderr(mut self) -> Self {
+        self.launch.capture_stderr = true;
         self
     }
 
@@ -194,6 +208,7 @@ impl GatewayBuilder {
             state_dir: self.state_dir,
             config: self.config,
             lines: Arc::default(),
+            stderr_lines: Arc::default(),
             _dir: self.dir,
         };
         gateway.spawn();
