@@ -50,9 +50,15 @@ fn syn(src: &str, dst: &str) -> TcpFrame {
 /// XDP protecting 8080 in the server namespace, its log kept, with a
 /// read-only admin key (enough to follow events).
 fn gateway(topology: &Topology) -> (Gateway, String) {
+    gateway_with(topology, &[])
+}
+
+/// [`gateway`] with more `gateway run` arguments.
+fn gateway_with(topology: &Topology, args: &[&str]) -> (Gateway, String) {
     let builder: GatewayBuilder = Gateway::builder(TIERS)
         .in_namespace(&topology.server)
         .xdp(&PROTECTED.to_string())
+        .args(args)
         .capture_stderr();
     let key = builder.create_key_with("gold", &["--admin", "--scopes", "admin:read"]);
     (builder.start(), key)
@@ -228,6 +234,29 @@ fn a_bans_first_drop_is_logged_once_and_followed_live() {
     assert!(
         status.success(),
         "Ctrl-C is a clean exit: {status:?} {stderr}"
+    );
+}
+
+#[test]
+fn in_monitor_mode_the_first_packet_under_a_ban_is_reported_as_passed() {
+    if !require_root("in_monitor_mode_the_first_packet_under_a_ban_is_reported_as_passed") {
+        return;
+    }
+    let topology = Topology::new();
+    let (gateway, key) = gateway_with(&topology, &["--mode", "monitor"]);
+    let follower = Follower::start(&topology, &gateway, &key);
+    sentinel(&topology, &gateway, &follower, CLIENT_V4);
+    let event = follower
+        .events()
+        .into_iter()
+        .find(|e| e["source"] == CLIENT_V4)
+        .unwrap();
+    assert_eq!(event["monitor"], true, "{event}");
+    assert!(gateway.counter("monitor_would_drop_banned") >= 1);
+    assert!(
+        gateway.stderr_text().contains("(monitor mode: passed)"),
+        "{}",
+        gateway.stderr_text()
     );
 }
 
