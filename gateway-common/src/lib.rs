@@ -11,6 +11,7 @@
 // `std` only for the host's unit tests (they build frames in `Vec`s).
 #![cfg_attr(not(test), no_std)]
 
+pub mod events;
 pub mod packet;
 
 /// Map names. They must match the statics in `gateway-ebpf` (the loader
@@ -150,6 +151,9 @@ pub struct SourceState {
     /// Cached: 1 if the source is inside an allow-listed CIDR.
     pub allowlisted: u32,
     pub _pad: u32,
+    /// The ban deadline whose first drop was already logged (see
+    /// [`events::BAN_FIRST_DROP`]): one event per ban, not per packet.
+    pub ban_reported_until_ns: u64,
 }
 
 /// Enforcement modes (value of [`Config::mode`]).
@@ -254,5 +258,5 @@ mod pod {
     const _: () = assert!(core::mem::size_of::<super::Ban>() == 16);
     const _: () = assert!(core::mem::size_of::<super::Budget>() == 20);
     const _: () = assert!(core::mem::size_of::<super::Config>() == 52);
-    const _: () = assert!(core::mem::size_of::<super::SourceState>() == 72);
+    const _: () = assert!(core::mem::size_of::<super::SourceState>() == 80);
 }

@@ -20,6 +20,11 @@ pub trait Packet {
     /// bounds-checks at run time, since variable packet offsets are where
     /// the verifier and LLVM disagree.
     fn load<const N: usize>(&self, offset: usize) -> Option<[u8; N]>;
+    /// The parser stopped following an IPv6 extension-header chain longer
+    /// than [`IPV6_MAX_EXT_HEADERS`]: the kernel side logs it (rate-limited,
+    /// see `crate::events`); the host ignores it.
+    #[inline(always)]
+    fn ipv6_chain_too_long(&self) {}
 }
 
 /// The packet ended before a header the parser needed: the packet is not
@@ -186,6 +191,13 @@ fn parse_ipv6<P: Packet>(
             }
             _ => break,
         }
+    }
+    // The loop only ends on an extension header when it ran out of rounds.
+    if matches!(
+        next,
+        IPV6_HOPOPTS | IPV6_ROUTING | IPV6_FRAGMENT | IPV6_DSTOPTS
+    ) {
+        packet.ipv6_chain_too_long();
     }
     if next != IPPROTO_TCP && next != IPPROTO_UDP {
         return Ok(None);

@@ -132,6 +132,39 @@ fn more_extension_headers_than_the_bound_are_not_followed() {
     assert_eq!(parsed(&frame.build()), Ok(None));
 }
 
+/// Bytes that remember whether the parser reported an IPv6 chain it gave
+/// up on (the kernel logs that event).
+struct Watched<'a>(Bytes<'a>, std::cell::Cell<bool>);
+
+impl Packet for Watched<'_> {
+    fn read_fixed<const N: usize>(&self, offset: usize) -> Option<[u8; N]> {
+        self.0.read_fixed(offset)
+    }
+    fn load<const N: usize>(&self, offset: usize) -> Option<[u8; N]> {
+        self.0.load(offset)
+    }
+    fn ipv6_chain_too_long(&self) {
+        self.1.set(true);
+    }
+}
+
+#[test]
+fn only_a_chain_longer_than_the_bound_is_reported() {
+    let reported = |frame: &[u8]| {
+        let packet = Watched(Bytes(frame), std::cell::Cell::new(false));
+        let _ = parse(&packet);
+        packet.1.get()
+    };
+    let mut frame = syn(V6_SRC, V6_DST, 80);
+    frame.ipv6_ext = vec![Ipv6Ext::DestinationOptions; IPV6_MAX_EXT_HEADERS];
+    assert!(!reported(&frame.build()));
+    frame.ipv6_ext.push(Ipv6Ext::DestinationOptions);
+    assert!(reported(&frame.build()));
+    for (name, frame, _) in samples() {
+        assert!(!reported(&frame), "{name}");
+    }
+}
+
 #[test]
 fn every_truncation_is_truncated_and_never_a_different_flow() {
     for (name, frame, expected) in samples() {

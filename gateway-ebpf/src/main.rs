@@ -10,10 +10,12 @@
 //! `GW_GENERATION`, so a packet costs one hash lookup, not four. Everything it does not
 //! understand passes. Policy maps are written by userspace only; this program
 //! writes only `GW_STATE` and `GW_COUNTERS`. No logging on the packet path:
-//! counters say what happened.
+//! counters say what happened; only rare events (a ban's first drop, a full
+//! map, a parse given up, rate-limited) are logged, see [`events`].
 #![no_std]
 #![no_main]
 
+mod events;
 mod runtime;
 
 use aya_ebpf::btf_maps::lpm_trie::Key;
@@ -73,7 +75,8 @@ pub fn gateway_xdp(ctx: XdpContext) -> u32 {
 
 #[inline(always)]
 fn try_gateway_xdp(ctx: &XdpContext) -> Result<u32, ()> {
-    let flow = match packet::parse(&XdpPacket(ctx)).map_err(|packet::Truncated| ())? {
+    let parsed = packet::parse(&XdpPacket(ctx));
+    let flow = match parsed.map_err(|packet::Truncated| events::parse_truncated(ctx))? {
         Some(flow) => flow,
         None => return Ok(pass(Counter::NotProtected)),
     };
@@ -88,7 +91,7 @@ fn try_gateway_xdp(ctx: &XdpContext) -> Result<u32, ()> {
     // and per-second budgets do not need sub-millisecond resolution.
     // SAFETY: the helper has no preconditions.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
-    let state = source_state(&flow.src)?;
+    let state = source_state(ctx, &flow.src)?;
     // SAFETY: `state` points into this source's GW_STATE value. Another CPU
     // may update it concurrently; a torn or lost update only lets a packet
     // through or refreshes the cache once more.
@@ -122,6 +125,9 @@ fn try_gateway_xdp(ctx: &XdpContext) -> Result<u32, ()> {
     if state.allowlisted != 0 {
         return Ok(pass(Counter::Allowlisted));
     }
+    if verdict == Counter::DroppedBanned {
+        events::first_drop_after_ban(ctx, state, &flow.src, config, now);
+    }
     Ok(deny(config, verdict))
 }
 
@@ -149,14 +155,19 @@ fn refresh_policy(state: &mut SourceState, src: &SourceAddr, config: &Config, ge
 /// The source's state entry, created on first sight (its zero generation
 /// forces a policy read).
 #[inline(always)]
-fn source_state(src: &SourceAddr) -> Result<*mut SourceState, ()> {
+fn source_state(ctx: &XdpContext, src: &SourceAddr) -> Result<*mut SourceState, ()> {
     if let Some(state) = GW_STATE.get_ptr_mut(src) {
         return Ok(state);
     }
     let fresh = SourceState::default();
     // BPF_NOEXIST: if another CPU created it meanwhile, use theirs.
-    let _ = GW_STATE.insert(src, &fresh, aya_ebpf::bindings::BPF_NOEXIST.into());
-    GW_STATE.get_ptr_mut(src).ok_or(())
+    let inserted = GW_STATE.insert(src, &fresh, aya_ebpf::bindings::BPF_NOEXIST.into());
+    let state = GW_STATE.get_ptr_mut(src);
+    if state.is_none() {
+        let error = inserted.err().map_or(0, i64::from);
+        events::map_full(ctx, gateway_common::maps::STATE, error);
+    }
+    state.ok_or(())
 }
 
 /// GCRA emission interval and burst tolerance for `rate`/s with `burst`
@@ -243,5 +254,10 @@ impl Packet for XdpPacket<'_> {
         }
         // SAFETY: the helper filled every byte on success.
         Some(unsafe { value.assume_init() })
+    }
+
+    #[inline(always)]
+    fn ipv6_chain_too_long(&self) {
+        events::parse_ipv6_chain_too_long(self.0);
     }
 }

@@ -1,7 +1,9 @@
-//! The CLI's side of the admin API: one JSON request to a running gateway.
+//! The CLI's side of the admin API: one JSON request to a running gateway,
+//! or a stream it follows.
 use bytes::Bytes;
-use http::{header, Method, Request, StatusCode};
+use http::{header, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
 use hyper_util::{client::legacy::Client, rt::TokioExecutor};
 
 /// Where the admin key comes from, so it never sits in shell history.
@@ -13,7 +15,10 @@ pub enum AdminClientError {
     NoKey,
     #[error("{0:?} is not a valid admin URL")]
     Url(String),
-    #[error("cannot reach the admin API at {url}: {source}")]
+    #[error(
+        "cannot reach the admin API at {url} (is the gateway running?): {}",
+        causes(source)
+    )]
     Connect {
         url: String,
         source: hyper_util::client::legacy::Error,
@@ -32,6 +37,55 @@ pub async fn call(
     path: &str,
     body: Option<&serde_json::Value>,
 ) -> Result<serde_json::Value, AdminClientError> {
+    let response = send(base, method, path, body).await?;
+    let status = response.status();
+    let body = response.into_body().collect().await?.to_bytes();
+    let value: serde_json::Value = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
+    if !status.is_success() {
+        return Err(refused(status, &value, &body));
+    }
+    Ok(value)
+}
+
+/// `GET path` with the admin key from the environment; the body of a 2xx,
+/// to read as it comes, else the API's own error message.
+pub async fn stream(base: &str, path: &str) -> Result<Incoming, AdminClientError> {
+    let response = send(base, Method::GET, path, None).await?;
+    let status = response.status();
+    if status.is_success() {
+        return Ok(response.into_body());
+    }
+    let body = response.into_body().collect().await?.to_bytes();
+    let value: serde_json::Value = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
+    Err(refused(status, &value, &body))
+}
+
+/// An error with its causes (hyper's top-level message alone says only
+/// "client error (Connect)").
+fn causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(inner) = cause {
+        text.push_str(": ");
+        text.push_str(&inner.to_string());
+        cause = inner.source();
+    }
+    text
+}
+
+fn refused(status: StatusCode, value: &serde_json::Value, body: &[u8]) -> AdminClientError {
+    let message = value["message"]
+        .as_str()
+        .map_or_else(|| String::from_utf8_lossy(body).into_owned(), str::to_owned);
+    AdminClientError::Refused { status, message }
+}
+
+async fn send(
+    base: &str,
+    method: Method,
+    path: &str,
+    body: Option<&serde_json::Value>,
+) -> Result<Response<Incoming>, AdminClientError> {
     let key = std::env::var(ADMIN_KEY_ENV).map_err(|_| AdminClientError::NoKey)?;
     let url = format!("{}{path}", base.trim_end_matches('/'));
     let request = Request::builder()
@@ -44,22 +98,11 @@ pub async fn call(
         ))
         .map_err(|_| AdminClientError::Url(base.to_owned()))?;
     let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
-    let response = client
+    client
         .request(request)
         .await
         .map_err(|source| AdminClientError::Connect {
             url: base.to_owned(),
             source,
-        })?;
-    let status = response.status();
-    let body = response.into_body().collect().await?.to_bytes();
-    let value: serde_json::Value = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
-    if !status.is_success() {
-        let message = value["message"].as_str().map_or_else(
-            || String::from_utf8_lossy(&body).into_owned(),
-            str::to_owned,
-        );
-        return Err(AdminClientError::Refused { status, message });
-    }
-    Ok(value)
+        })
 }

@@ -87,6 +87,9 @@ pub struct Gateway {
     pub pin_root: PathBuf,
     /// Stdout lines so far (at most [`KEPT_LINES`]).
     lines: Arc<Mutex<Vec<String>>>,
+    /// With [`GatewayBuilder::capture_stderr`]: stderr lines so far, ANSI
+    /// colours removed (at most [`KEPT_LINES`]).
+    stderr_lines: Arc<Mutex<Vec<String>>>,
     _dir: TempDir,
 }
 
@@ -101,6 +104,18 @@ impl Gateway {
     fn spawn(&mut self) {
         let mut child = self.launch.spawn(&self.config);
         let stdout = child.stdout.take().unwrap();
+        if let Some(stderr) = child.stderr.take() {
+            let sink = self.stderr_lines.clone();
+            thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    eprintln!("{line}");
+                    let mut kept = sink.lock().unwrap();
+                    if kept.len() < KEPT_LINES {
+                        kept.push(strip_ansi(&line));
+                    }
+                }
+            });
+        }
         self.child = Some(child);
         let (tx, rx) = mpsc::channel();
         let sink = self.lines.clone();
@@ -253,6 +268,11 @@ impl Gateway {
         self.lines.lock().unwrap().join("\n")
     }
 
+    /// The log (stderr) so far, with [`GatewayBuilder::capture_stderr`].
+    pub fn stderr_text(&self) -> String {
+        self.stderr_lines.lock().unwrap().join("\n")
+    }
+
     /// Kills the gateway without letting it clean up (a crash).
     pub fn crash(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -280,6 +300,24 @@ impl Gateway {
         let _ = child.wait();
         false
     }
+}
+
+/// `line` without ANSI colour sequences (`ESC [ ... m`).
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c == 'm' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 impl Drop for Gateway {

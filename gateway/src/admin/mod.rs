@@ -10,19 +10,23 @@
 //!   name or tier), `GET/PATCH/DELETE /v1/management/api-clients/{id}`,
 //!   `POST .../{id}/rotate`, `GET/DELETE .../{id}/limits`: see
 //!   [`clients`].
+//! - `GET /v1/xdp/events[?replay=N]`: the XDP program's kernel events as
+//!   newline-delimited JSON, the last few first, then live (what `gateway
+//!   xdp events` follows); 409 when no XDP program is loaded. See [`events`].
 //!
-//! The `/v1/management` endpoints take an admin key (`gateway keys
+//! The `/v1/management` and `/v1/xdp` endpoints take an admin key (`gateway keys
 //! bootstrap`, or `create --admin`) in `Authorization: Bearer`. A key with
 //! the `admin:read` scope may only read; other admin keys may also change.
 //! Other keys get 403. Every change is one line in the audit log.
 pub mod audit;
 mod clients;
+pub mod events;
 
 use std::{convert::Infallible, net::SocketAddr, path::PathBuf, sync::Arc};
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use serde_json::json;
@@ -34,7 +38,7 @@ use crate::{
     keys::{Client, KeyRejection, KeyStore},
     metrics::Gauges,
     shared::Shared,
-    xdp::PinnedMaps,
+    xdp::{EventHub, PinnedMaps},
 };
 
 /// The scope that limits an admin key to reading.
@@ -48,6 +52,8 @@ const MAX_BODY: usize = 64 * 1024;
 pub const MAX_CONNECTIONS: usize = 64;
 
 type AdminResponse = Response<Full<Bytes>>;
+/// A whole answer, or the kernel events' stream.
+type AdminBody = Either<Full<Bytes>, events::EventStream>;
 
 pub struct Admin {
     pub shared: Shared,
@@ -59,6 +65,8 @@ pub struct Admin {
     pub header_timeout: std::time::Duration,
     /// [`MAX_CONNECTIONS`].
     connections: Arc<tokio::sync::Semaphore>,
+    /// The kernel events, when an XDP program is loaded.
+    events: Option<EventHub>,
 }
 
 /// Why the admin API refused a request.
@@ -167,7 +175,14 @@ impl Admin {
             pin_root,
             header_timeout: config.limits.request_timeout,
             connections: Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS)),
+            events: None,
         })
+    }
+
+    /// Serves the kernel events (`GET /v1/xdp/events`) from `events`.
+    pub fn with_events(mut self, events: Option<EventHub>) -> Self {
+        self.events = events;
+        self
     }
 
     /// Serves until the runtime stops: at most [`MAX_CONNECTIONS`] at once,
@@ -210,13 +225,15 @@ impl Admin {
         }
     }
 
-    async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> AdminResponse {
+    async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<AdminBody> {
         let path = req.uri().path().to_owned();
         let method = req.method().clone();
-        let response = self
-            .route(req, peer)
-            .await
-            .unwrap_or_else(AdminError::into_response);
+        let response = if method == Method::GET && path == events::PATH {
+            self.events(&req, peer).map(|r| r.map(Either::Right))
+        } else {
+            self.route(req, peer).await.map(|r| r.map(Either::Left))
+        };
+        let response = response.unwrap_or_else(|error| error.into_response().map(Either::Left));
         if path.starts_with("/v1/") {
             tracing::info!(%peer, %method, %path, status = response.status().as_u16(), "admin request");
         }
@@ -251,18 +268,7 @@ impl Admin {
                 } else {
                     Access::Write
                 };
-                let actor = self.authorize(&req, access).inspect_err(|error| {
-                    // Key guessing here counts like on the proxy (a disabled
-                    // or expired key is not guessing).
-                    if let AdminError::InvalidCredential(reason) = error {
-                        if !reason.is_guessing() {
-                            return;
-                        }
-                        let remote = crate::guard::Remote::direct(peer.ip());
-                        let update = self.shared.guard.auth_failed(remote, monotonic_ns());
-                        self.shared.submit(update);
-                    }
-                })?;
+                let actor = self.authorize_counted(&req, access, peer)?;
                 let body = Limited::new(req.into_body(), MAX_BODY)
                     .collect()
                     .await
@@ -281,6 +287,40 @@ impl Admin {
             }
             _ => Err(AdminError::NotFound),
         }
+    }
+
+    /// [`Admin::authorize`]; key guessing counts like on the proxy (a
+    /// disabled or expired key is not guessing).
+    fn authorize_counted(
+        &self,
+        req: &Request<Incoming>,
+        access: Access,
+        peer: SocketAddr,
+    ) -> Result<Client, AdminError> {
+        self.authorize(req, access).inspect_err(|error| {
+            if let AdminError::InvalidCredential(reason) = error {
+                if !reason.is_guessing() {
+                    return;
+                }
+                let remote = crate::guard::Remote::direct(peer.ip());
+                let update = self.shared.guard.auth_failed(remote, monotonic_ns());
+                self.shared.submit(update);
+            }
+        })
+    }
+
+    /// `GET /v1/xdp/events`: any admin key, read-only ones included.
+    fn events(
+        &self,
+        req: &Request<Incoming>,
+        peer: SocketAddr,
+    ) -> Result<Response<events::EventStream>, AdminError> {
+        self.authorize_counted(req, Access::Read, peer)?;
+        let replay = events::replay(req.uri().query())?;
+        let hub = self.events.as_ref().ok_or_else(|| {
+            AdminError::Conflict("no XDP program is loaded: there are no kernel events".into())
+        })?;
+        Ok(events::stream(hub, replay))
     }
 
     fn authorize(&self, req: &Request<Incoming>, access: Access) -> Result<Client, AdminError> {

@@ -154,11 +154,15 @@ pub fn run(args: RunArgs) -> Result<()> {
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(async {
-        let kernel = if config.xdp.enabled {
+        let mut kernel = if config.xdp.enabled {
             Some(KernelPath::start(&settings).context("starting the XDP kernel path")?)
         } else {
             None
         };
+        // Kernel events reach the log only while this reads them.
+        if let Some(reader) = kernel.as_mut().and_then(KernelPath::take_event_reader) {
+            tokio::spawn(reader.run());
+        }
         let (policy, writer) = xdp::policy::channel(4096);
         let userspace_bans = match &kernel {
             Some(kernel) => {
@@ -223,7 +227,7 @@ pub fn run(args: RunArgs) -> Result<()> {
             let admin = Admin::new(&config, shared.clone(), store.clone(), pin_root).with_context(
                 || format!("opening the audit log {}", config.admin.audit_log.display()),
             )?;
-            let admin = Arc::new(admin);
+            let admin = Arc::new(admin.with_events(kernel.as_ref().and_then(KernelPath::events)));
             tokio::spawn(admin.serve(listener));
         }
         let servers = workers::spawn(&config, &shared, listeners, workers, stopped)

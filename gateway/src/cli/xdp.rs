@@ -1,6 +1,8 @@
 //! `gateway xdp ...`: a running gateway's kernel path, read and changed
 //! through its pinned maps (no admin API needed, so it works when the
-//! gateway does not answer).
+//! gateway does not answer); only `events` asks the gateway (see [`events`]).
+mod events;
+
 use std::{net::IpAddr, path::PathBuf, time::Duration};
 
 use anyhow::{bail, Result};
@@ -102,6 +104,10 @@ pub enum XdpCommand {
         #[command(flatten)]
         pins: PinArgs,
     },
+    /// Follow the kernel's rare events live (a ban's first drop, a full
+    /// map, a parse given up), through the running gateway's admin API
+    /// (the admin key comes from GATEWAY_ADMIN_KEY); Ctrl-C stops.
+    Events(events::EventsArgs),
 }
 
 pub fn xdp_command(command: XdpCommand) -> Result<()> {
@@ -165,6 +171,7 @@ pub fn xdp_command(command: XdpCommand) -> Result<()> {
             println!("budget for {addr} set");
             Ok(())
         }
+        XdpCommand::Events(args) => events::follow(&args),
     }
 }
 

@@ -22,7 +22,7 @@ use gateway_common::{attach_mode, maps as map_names, Config, LINK_PIN, PROGRAM, 
 
 use super::{
     adopt::{self, Adoption},
-    bpfsys, Attachment, PinnedMaps, XdpError, XdpSettings, OBJECT,
+    bpfsys, Attachment, EventHub, EventReader, PinnedMaps, XdpError, XdpSettings, OBJECT,
 };
 
 /// A loaded program with its pins. Dropping it marks the pins as left by
@@ -35,10 +35,15 @@ pub(super) struct Loaded {
     /// Pins from a previous gateway were found: a failed start keeps them.
     found_pins: bool,
     attached: bool,
+    /// Not yet handed to the caller ([`super::KernelPath::take_event_reader`]).
+    pub(super) events: Option<EventReader>,
 }
 
 impl Loaded {
-    pub(super) fn start(settings: &XdpSettings) -> Result<(Self, Attachment), XdpError> {
+    pub(super) fn start(
+        settings: &XdpSettings,
+        events: &EventHub,
+    ) -> Result<(Self, Attachment), XdpError> {
         let root = &settings.pin_root;
         super::bpffs::ensure_mounted(root)?;
         let previous = previous_owner(root)?;
@@ -56,6 +61,7 @@ impl Loaded {
             detach_on_exit: settings.detach_on_exit,
             found_pins: adoption.found_pins() || previous.is_some(),
             attached: false,
+            events: None,
         };
         if adoption.found_pins() {
             tracing::info!(
@@ -68,6 +74,19 @@ impl Loaded {
 
         let program = loaded.program()?;
         program.load()?;
+        // The ring buffer is the program's, not pinned: a new program
+        // starts with its own.
+        loaded.events = match aya_log::EbpfLogger::init_with_logger(
+            &mut loaded.ebpf,
+            super::events::Forwarder::new(events.clone()),
+        ) {
+            Ok(logger) => Some(EventReader::new(logger)),
+            Err(error) => {
+                tracing::warn!(%error, "no kernel events: the XDP program's log is unreadable");
+                None
+            }
+        };
+        let program = loaded.program()?;
         let program_pin = root.join(PROGRAM_PIN);
         // The previous program stays attached (its link holds it) until the
         // link is switched over below.

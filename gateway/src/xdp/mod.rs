@@ -9,9 +9,13 @@
 //! kernel maps and [`UserspaceBans`] (only the latter when XDP is
 //! unavailable): bans the kernel cannot enforce (a forwarded client
 //! address, one client at an address) always go to userspace.
+//!
+//! The program's rare events (aya-log) are read by an [`EventReader`] the
+//! caller drives on its runtime; see [`events`].
 mod adopt;
 pub mod bpffs;
 mod bpfsys;
+pub mod events;
 mod loaded;
 pub mod maps;
 pub mod policy;
@@ -30,6 +34,7 @@ use ipnet::IpNet;
 
 pub use adopt::remove_pins;
 pub use bpfsys::LinkState;
+pub use events::{EventHub, EventReader};
 pub use loaded::process_alive;
 pub use maps::{Counters, MapsError, PinnedMaps};
 pub use policy::{PolicyHandle, PolicySink, PolicyWriter, Split, UserspaceBans};
@@ -192,17 +197,20 @@ pub struct KernelPath {
     loaded: Option<Loaded>,
     enforcement: Enforcement,
     userspace_bans: UserspaceBans,
+    events: EventHub,
 }
 
 impl KernelPath {
     /// Loads, pins and attaches; falls back to userspace-only enforcement
     /// (one warning) unless `settings.require_xdp`.
     pub fn start(settings: &XdpSettings) -> Result<Self, XdpError> {
-        match Loaded::start(settings) {
+        let events = EventHub::default();
+        match Loaded::start(settings, &events) {
             Ok((loaded, attach)) => Ok(Self {
                 loaded: Some(loaded),
                 enforcement: Enforcement::Kernel { attach },
                 userspace_bans: UserspaceBans::default(),
+                events,
             }),
             Err(error) if !settings.require_xdp => {
                 tracing::warn!(
@@ -216,6 +224,7 @@ impl KernelPath {
                         reason: error.to_string(),
                     },
                     userspace_bans: UserspaceBans::default(),
+                    events,
                 })
             }
             Err(error) => Err(error),
@@ -246,6 +255,17 @@ impl KernelPath {
 
     pub fn pin_root(&self) -> Option<&Path> {
         self.loaded.as_ref().map(|loaded| loaded.pin_root.as_path())
+    }
+
+    /// The kernel events' hub, while the program is loaded.
+    pub fn events(&self) -> Option<EventHub> {
+        self.loaded.as_ref().map(|_| self.events.clone())
+    }
+
+    /// The reader of the program's event ring buffer, once: spawn its
+    /// [`EventReader::run`] on the control runtime, or no event is seen.
+    pub fn take_event_reader(&mut self) -> Option<EventReader> {
+        self.loaded.as_mut().and_then(|loaded| loaded.events.take())
     }
 }
 

@@ -63,6 +63,8 @@ pub(super) struct Launch {
     /// XDP on this interface instead of [`SERVER_IF`].
     pub(super) interface: Option<String>,
     args: Vec<String>,
+    /// Pipe stderr (the gateway's log) to [`Gateway::stderr_text`].
+    pub(super) capture_stderr: bool,
 }
 
 impl Launch {
@@ -83,7 +85,11 @@ impl Launch {
             .arg(config)
             .args(&self.args)
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
+            .stderr(if self.capture_stderr {
+                Stdio::piped()
+            } else {
+                Stdio::inherit()
+            });
         command
     }
 
@@ -130,6 +136,7 @@ impl GatewayBuilder {
                 pin_root: PathBuf::from("/sys/fs/bpf").join(unique("gwtest")),
                 interface: None,
                 args: Vec::new(),
+                capture_stderr: false,
             },
             config,
             state_dir: dir.path.join("state"),
@@ -169,6 +176,13 @@ impl GatewayBuilder {
         self
     }
 
+    /// Keeps the gateway's log (stderr) for [`Gateway::stderr_text`]; it
+    /// is still echoed to the test's stderr.
+    pub fn capture_stderr(mut self) -> Self {
+        self.launch.capture_stderr = true;
+        self
+    }
+
     /// A new client of `tier` in the store; returns its key.
     pub fn create_key(&self, tier: &str) -> String {
         create_client(&self.config, tier, &[]).1
@@ -205,6 +219,7 @@ impl GatewayBuilder {
             state_dir: self.state_dir,
             config: self.config,
             lines: Arc::default(),
+            stderr_lines: Arc::default(),
             _dir: self.dir,
         };
         gateway.spawn();

@@ -1,0 +1,107 @@
+//! `GET /v1/xdp/events`: the kernel events ([`crate::xdp::events`]) as
+//! newline-delimited JSON, the last ones first (`?replay=N`, at most
+//! [`REPLAY`], default all of them), then live until the client leaves or
+//! the gateway stops. The ring buffer has one reader (the gateway), so this
+//! is how another process (`gateway xdp events`) follows them.
+use std::{
+    convert::Infallible,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+};
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Response};
+use hyper::body::{Body, Frame};
+use tokio::sync::{broadcast::error::RecvError, mpsc};
+
+use super::AdminError;
+use crate::xdp::events::{EventHub, EventRecord, REPLAY};
+
+/// The endpoint's path.
+pub const PATH: &str = "/v1/xdp/events";
+
+/// Lines written ahead of a slow client before the writer waits for it.
+const AHEAD: usize = 64;
+
+/// The response body: lines from the task that follows the hub; ends when
+/// that task does.
+pub struct EventStream {
+    lines: mpsc::Receiver<Bytes>,
+}
+
+impl Body for EventStream {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        self.lines
+            .poll_recv(cx)
+            .map(|line| line.map(|line| Ok(Frame::data(line))))
+    }
+}
+
+/// How many replayed events the query asks for.
+pub(super) fn replay(query: Option<&str>) -> Result<usize, AdminError> {
+    let asked = form_urlencoded::parse(query.unwrap_or_default().as_bytes())
+        .find(|(key, _)| key == "replay");
+    match asked {
+        None => Ok(REPLAY),
+        Some((_, value)) => value
+            .parse::<usize>()
+            .map(|n| n.min(REPLAY))
+            .map_err(|_| AdminError::BadRequest(format!("replay={value} is not a count"))),
+    }
+}
+
+/// Starts following `hub`: the last `replay` events, then live ones.
+pub(super) fn stream(hub: &EventHub, replay: usize) -> Response<EventStream> {
+    let (recent, mut live) = hub.follow();
+    let (tx, lines) = mpsc::channel(AHEAD);
+    tokio::spawn(async move {
+        let skip = recent.len().saturating_sub(replay);
+        for record in &recent[skip..] {
+            if tx.send(line(record)).await.is_err() {
+                return;
+            }
+        }
+        loop {
+            let next = tokio::select! {
+                // The client went away (its body was dropped).
+                () = tx.closed() => return,
+                next = live.recv() => next,
+            };
+            let line = match next {
+                Ok(record) => line(&record),
+                Err(RecvError::Lagged(missed)) => lagged(missed),
+                Err(RecvError::Closed) => return,
+            };
+            if tx.send(line).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut response = Response::new(EventStream { lines });
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/x-ndjson"),
+    );
+    response
+}
+
+fn line(record: &Arc<EventRecord>) -> Bytes {
+    let mut text = serde_json::to_string(record.as_ref()).unwrap_or_default();
+    text.push('\n');
+    Bytes::from(text)
+}
+
+/// Said to a client too slow to keep up, instead of the events it missed.
+fn lagged(missed: u64) -> Bytes {
+    Bytes::from(format!(
+        "{}\n",
+        serde_json::json!({ "event": "lagged", "missed": missed })
+    ))
+}
