@@ -21,6 +21,9 @@
 //! - An address is banned in the kernel only when it is the packet source;
 //!   one learnt from `X-Forwarded-For` is banned in userspace (its packets
 //!   come from the proxy, which must not be dropped).
+//! - When `prefix_threshold` addresses of one IPv6 /64 or IPv4 /24
+//!   (`prefix_len_v6`, `prefix_len_v4`) are banned at once, the prefix is,
+//!   and their own bans are lifted ([`escalation`]).
 //! - `[xdp] allow` networks and `trusted_proxies` are never banned (a
 //!   client there that ignores its 429s is banned alone instead); in
 //!   `monitor` mode nothing is banned, the would-be bans are only logged
@@ -28,6 +31,7 @@
 //!
 //! The guard only decides: it returns [`PolicyUpdate`]s, which the caller
 //! hands to the batched policy writer, so the request path makes no syscall.
+mod escalation;
 mod memo;
 mod state;
 #[cfg(test)]
@@ -48,6 +52,7 @@ use gateway_common::{ban_reason, Budget};
 use ipnet::IpNet;
 use serde::Deserialize;
 
+pub use self::escalation::PrefixSettings;
 pub use self::memo::ReportMemo;
 use self::state::{Excess, SourceState};
 
@@ -93,18 +98,32 @@ pub enum BanTarget {
     /// One client at one address whose other clients are in good
     /// standing: userspace refuses that client's requests from there.
     Client { client: Arc<str>, ip: IpAddr },
+    /// A prefix of packet sources (see [`escalation`]): the kernel drops it.
+    SourcePrefix(IpNet),
+    /// A prefix of forwarded client addresses: userspace refuses them.
+    ForwardedPrefix(IpNet),
 }
 
 impl BanTarget {
+    /// The address, or the prefix's network address.
     pub fn ip(&self) -> IpAddr {
         match self {
             BanTarget::Source(ip) | BanTarget::Forwarded(ip) | BanTarget::Client { ip, .. } => *ip,
+            BanTarget::SourcePrefix(net) | BanTarget::ForwardedPrefix(net) => net.network(),
+        }
+    }
+
+    /// What is banned, as a CIDR (an address as its /32 or /128).
+    pub fn net(&self) -> IpNet {
+        match self {
+            BanTarget::SourcePrefix(net) | BanTarget::ForwardedPrefix(net) => *net,
+            other => IpNet::from(other.ip()),
         }
     }
 
     /// Whether the kernel enforces it (when XDP is attached).
     pub fn in_kernel(&self) -> bool {
-        matches!(self, BanTarget::Source(_))
+        matches!(self, BanTarget::Source(_) | BanTarget::SourcePrefix(_))
     }
 
     /// The metrics' name for it.
@@ -113,6 +132,8 @@ impl BanTarget {
             BanTarget::Source(_) => "source",
             BanTarget::Forwarded(_) => "forwarded",
             BanTarget::Client { .. } => "client",
+            BanTarget::SourcePrefix(_) => "source_prefix",
+            BanTarget::ForwardedPrefix(_) => "forwarded_prefix",
         }
     }
 }
@@ -187,6 +208,8 @@ pub struct GuardSettings {
     pub trusted_proxies: Vec<IpNet>,
     /// Kernel budgets by tier, lowest tier first (as config lists them).
     pub tier_budgets: Vec<Budget>,
+    /// When banned addresses get their prefix banned.
+    pub prefix: PrefixSettings,
 }
 
 /// Counters for metrics.
@@ -200,9 +223,11 @@ pub struct GuardCounters {
     pub client_bans: AtomicU64,
     /// Bans not issued because of `monitor` mode.
     pub monitored_bans: AtomicU64,
-    /// Address bans not issued because the address is allow-listed or a
-    /// trusted proxy.
+    /// Address (or prefix) bans not issued because the address is
+    /// allow-listed or a trusted proxy (or the prefix holds one).
     pub allowed_sources_spared: AtomicU64,
+    /// Prefixes banned because too many of their addresses were.
+    pub prefix_bans: AtomicU64,
 }
 
 const SHARDS: usize = 64;
@@ -212,6 +237,7 @@ const PER_SHARD: usize = 16 * 1024;
 pub struct SourceGuard {
     settings: GuardSettings,
     shards: Vec<Mutex<HashMap<IpAddr, SourceState>>>,
+    prefixes: Mutex<escalation::Prefixes>,
     hasher: RandomState,
     pub counters: GuardCounters,
 }
@@ -221,6 +247,7 @@ impl SourceGuard {
         Self {
             settings,
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            prefixes: Mutex::default(),
             hasher: RandomState::new(),
             counters: GuardCounters::default(),
         }
@@ -395,7 +422,8 @@ impl SourceGuard {
         };
         counter.fetch_add(1, Ordering::Relaxed);
         match &target {
-            BanTarget::Source(_) => {}
+            BanTarget::Source(_) | BanTarget::SourcePrefix(_) => {}
+            BanTarget::ForwardedPrefix(_) => {}
             BanTarget::Forwarded(_) => _ = counters.forwarded_bans.fetch_add(1, Ordering::Relaxed),
             BanTarget::Client { .. } => _ = counters.client_bans.fetch_add(1, Ordering::Relaxed),
         }
@@ -436,6 +464,8 @@ impl SourceGuard {
                 shard.retain(|_, source| !source.idle(now_ns, keep_ns));
             }
         }
+        let mut prefixes = self.prefixes.lock().unwrap_or_else(|p| p.into_inner());
+        prefixes.forget_idle(now_ns);
         updates
     }
 }

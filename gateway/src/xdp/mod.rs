@@ -7,7 +7,9 @@
 //! kernel maps and [`UserspaceBans`] (only the latter when XDP is
 //! unavailable): bans the kernel cannot enforce (a forwarded client
 //! address, one client at an address) always go to userspace.
+mod bans;
 pub mod bpffs;
+pub mod full;
 pub mod maps;
 pub mod policy;
 
@@ -26,6 +28,7 @@ use gateway_common::{
 };
 use ipnet::IpNet;
 
+pub use full::{FullCounters, WhenFull, Written};
 pub use maps::{Counters, MapsError, PinnedMaps};
 pub use policy::{PolicyHandle, PolicySink, PolicyWriter, Split, UserspaceBans};
 
@@ -82,6 +85,8 @@ pub struct MapSizes {
     pub budgets: u32,
     pub state: u32,
     pub allow: u32,
+    pub prefix_bans: u32,
+    pub prefix_budgets: u32,
 }
 
 impl Default for MapSizes {
@@ -91,6 +96,8 @@ impl Default for MapSizes {
             budgets: gateway_common::DEFAULT_BUDGETS_ENTRIES,
             state: gateway_common::DEFAULT_STATE_ENTRIES,
             allow: gateway_common::DEFAULT_ALLOW_ENTRIES,
+            prefix_bans: gateway_common::DEFAULT_PREFIX_BANS_ENTRIES,
+            prefix_budgets: gateway_common::DEFAULT_PREFIX_BUDGETS_ENTRIES,
         }
     }
 }
@@ -108,6 +115,8 @@ pub struct XdpSettings {
     /// Budget for sources the gateway has not sized by tier.
     pub default_budget: Budget,
     pub sizes: MapSizes,
+    /// What a full ban map does with one more ban.
+    pub bans_full: WhenFull,
 }
 
 /// Default budget for unknown sources: generous enough for a browser or a
@@ -179,6 +188,7 @@ pub struct KernelPath {
     loaded: Option<Loaded>,
     enforcement: Enforcement,
     userspace_bans: UserspaceBans,
+    bans_full: WhenFull,
 }
 
 impl KernelPath {
@@ -190,6 +200,7 @@ impl KernelPath {
                 loaded: Some(loaded),
                 enforcement: Enforcement::Kernel { attach },
                 userspace_bans: UserspaceBans::default(),
+                bans_full: settings.bans_full,
             }),
             Err(error) if !settings.require_xdp => {
                 tracing::warn!(
@@ -203,6 +214,7 @@ impl KernelPath {
                         reason: error.to_string(),
                     },
                     userspace_bans: UserspaceBans::default(),
+                    bans_full: settings.bans_full,
                 })
             }
             Err(error) => Err(error),
@@ -224,7 +236,7 @@ impl KernelPath {
     pub fn policy_sink(&self) -> Result<Box<dyn PolicySink>, XdpError> {
         match &self.loaded {
             Some(loaded) => Ok(Box::new(Split {
-                kernel: PinnedMaps::open(&loaded.pin_root)?,
+                kernel: PinnedMaps::open(&loaded.pin_root)?.when_full(self.bans_full),
                 userspace: self.userspace_bans.clone(),
             })),
             None => Ok(Box::new(self.userspace_bans.clone())),
@@ -237,7 +249,7 @@ impl KernelPath {
 }
 
 impl PolicySink for Box<dyn PolicySink> {
-    fn apply(&mut self, update: &PolicyUpdate) -> Result<(), MapsError> {
+    fn apply(&mut self, update: &PolicyUpdate) -> Result<Written, MapsError> {
         (**self).apply(update)
     }
     fn commit(&mut self) -> Result<(), MapsError> {
@@ -268,6 +280,8 @@ impl Loaded {
             .map_max_entries(map_names::BUDGETS, sizes.budgets)
             .map_max_entries(map_names::STATE, sizes.state)
             .map_max_entries(map_names::ALLOW, sizes.allow)
+            .map_max_entries(map_names::PREFIX_BANS, sizes.prefix_bans)
+            .map_max_entries(map_names::PREFIX_BUDGETS, sizes.prefix_budgets)
             .load(OBJECT)?;
         let mut loaded = Loaded {
             ebpf,
