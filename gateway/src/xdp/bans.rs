@@ -31,10 +31,20 @@ fn inserted(map: &'static str, result: Result<(), MapError>) -> Result<Inserted,
     }
 }
 
+/// Whether a remove found nothing: aya reports ENOENT from
+/// `bpf_map_delete_elem` as a syscall error, not as `KeyNotFound`.
+fn is_absent(error: &MapError) -> bool {
+    match error {
+        MapError::KeyNotFound => true,
+        MapError::SyscallError(e) => e.io_error.raw_os_error() == Some(libc::ENOENT),
+        _ => false,
+    }
+}
+
 fn removed(map: &'static str, result: Result<(), MapError>) -> Result<bool, MapsError> {
     match result {
         Ok(()) => Ok(true),
-        Err(MapError::KeyNotFound) => Ok(false),
+        Err(error) if is_absent(&error) => Ok(false),
         Err(source) => Err(op("remove", map)(source)),
     }
 }
