@@ -345,3 +345,39 @@ fn a_full_ban_map_evicts_the_ban_closest_to_expiry_or_refuses() {
         "{sources:?}"
     );
 }
+
+/// Guesses from `source` (IPv4) until its connects fail (bounded).
+fn guess_v4_until_dropped(topology: &Topology, source: &str) -> bool {
+    (0..20).any(|i| guess(topology, source, "10.77.0.1", i).is_err())
+}
+
+#[test]
+fn the_guard_s_bans_evict_from_a_full_map_and_are_counted() {
+    if !require_root("the_guard_s_bans_evict_from_a_full_map_and_are_counted") {
+        return;
+    }
+    let topology = topology();
+    // Room for one ban: the second source's evicts the first's.
+    let (gateway, _upstream) = start(
+        &topology,
+        "auth_failures = 2\nauth_failure_ban = \"60s\"\n\n[xdp]\nmax_bans = 1",
+    );
+    assert!(guess_v4_until_dropped(&topology, CLIENT_V4));
+    assert!(guess_v4_until_dropped(&topology, CLIENT2_V4));
+    let mut sources = Vec::new();
+    for _ in 0..20 {
+        sources = bans(&gateway).iter().map(|b| b["source"].clone()).collect();
+        if sources == [serde_json::json!(CLIENT2_V4)] {
+            break;
+        }
+        pause(Duration::from_millis(100));
+    }
+    assert_eq!(sources, [serde_json::json!(CLIENT2_V4)]);
+    assert!(topology.connects(CLIENT_V4, "10.77.0.1", PORT, OK));
+    let text = metrics(&topology, &gateway);
+    assert!(
+        text.contains("gateway_xdp_bans_evicted_total{map=\"GW_BANS\"} 1"),
+        "{text}"
+    );
+    assert!(text.contains("gateway_xdp_bans_refused_total{map=\"GW_BANS\"} 0"));
+}

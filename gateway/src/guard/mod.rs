@@ -32,6 +32,8 @@
 //! The guard only decides: it returns [`PolicyUpdate`]s, which the caller
 //! hands to the batched policy writer, so the request path makes no syscall.
 mod escalation;
+#[cfg(test)]
+mod escalation_tests;
 mod memo;
 mod state;
 #[cfg(test)]
@@ -110,14 +112,6 @@ impl BanTarget {
         match self {
             BanTarget::Source(ip) | BanTarget::Forwarded(ip) | BanTarget::Client { ip, .. } => *ip,
             BanTarget::SourcePrefix(net) | BanTarget::ForwardedPrefix(net) => net.network(),
-        }
-    }
-
-    /// What is banned, as a CIDR (an address as its /32 or /128).
-    pub fn net(&self) -> IpNet {
-        match self {
-            BanTarget::SourcePrefix(net) | BanTarget::ForwardedPrefix(net) => *net,
-            other => IpNet::from(other.ip()),
         }
     }
 
@@ -231,12 +225,20 @@ pub struct GuardCounters {
 }
 
 const SHARDS: usize = 64;
-/// Addresses remembered per shard before idle ones are dropped.
+/// Addresses remembered per shard before idle ones are dropped: at most
+/// 1 Mi addresses, about 90 bytes each (more with clients, at most 8).
+#[cfg(not(test))]
 const PER_SHARD: usize = 16 * 1024;
+#[cfg(test)]
+const PER_SHARD: usize = 64;
+/// Prefixes whose new addresses found their shard full, judged together.
+const OVERFLOW: usize = 64 * 1024;
 
 pub struct SourceGuard {
     settings: GuardSettings,
     shards: Vec<Mutex<HashMap<IpAddr, SourceState>>>,
+    /// By prefix network address: see [`SourceGuard::with_source`].
+    overflow: Mutex<HashMap<IpAddr, SourceState>>,
     prefixes: Mutex<escalation::Prefixes>,
     hasher: RandomState,
     pub counters: GuardCounters,
@@ -247,6 +249,7 @@ impl SourceGuard {
         Self {
             settings,
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            overflow: Mutex::default(),
             prefixes: Mutex::default(),
             hasher: RandomState::new(),
             counters: GuardCounters::default(),
@@ -258,21 +261,41 @@ impl SourceGuard {
     }
 
     /// Runs `f` on the state of `ip`. Memory stays bounded under floods
-    /// of new addresses: a full shard drops its idle ones first, and if
-    /// it is still full the new address is judged on a blank state that
-    /// is not kept.
+    /// of new addresses: a full shard drops its idle ones first; if it is
+    /// still full, the new address is judged on the state of its prefix
+    /// (`prefix_len_v4`/`_v6`) in a table of its own, so a rotation
+    /// through a /64 costs one entry and is still counted; if that table
+    /// is full too, on a blank state that is not kept.
     fn with_source<T>(&self, ip: IpAddr, now_ns: u64, f: impl FnOnce(&mut SourceState) -> T) -> T {
+        self.with_state(ip, true, now_ns, f)
+    }
+
+    /// [`SourceGuard::with_source`]; `by_prefix: false` never falls back
+    /// to the prefix's state (to record one address's ban).
+    fn with_state<T>(
+        &self,
+        ip: IpAddr,
+        by_prefix: bool,
+        now_ns: u64,
+        f: impl FnOnce(&mut SourceState) -> T,
+    ) -> T {
         let ip = ip.to_canonical();
-        let mut shard = self.shards[(self.hasher.hash_one(ip) as usize) % SHARDS]
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if shard.len() >= PER_SHARD && !shard.contains_key(&ip) {
-            shard.retain(|_, source| !source.idle(now_ns, 0));
-            if shard.len() >= PER_SHARD {
-                return f(&mut SourceState::default());
+        let shard = &self.shards[(self.hasher.hash_one(ip) as usize) % SHARDS];
+        let prefix = self.settings.prefix.prefix_of(ip).network();
+        let tables = [(shard, ip, PER_SHARD), (&self.overflow, prefix, OVERFLOW)];
+        for (table, key, room) in tables.into_iter().take(1 + usize::from(by_prefix)) {
+            let mut table = table
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            if table.len() >= room && !table.contains_key(&key) {
+                table.retain(|_, source| !source.idle(now_ns, 0));
+                if table.len() >= room {
+                    continue;
+                }
             }
+            return f(table.entry(key).or_default());
         }
-        f(shard.entry(ip).or_default())
+        f(&mut SourceState::default())
     }
 
     fn client_hash(&self, client: &str) -> u64 {
@@ -411,7 +434,7 @@ impl SourceGuard {
             BanTarget::Client { client, .. } => Some(self.client_hash(client)),
             _ => None,
         };
-        self.with_source(ip, now_ns, |source| match client_hash {
+        self.with_state(ip, false, now_ns, |source| match client_hash {
             Some(id) => source.client(id).banned_until_ns = until_ns,
             None => source.banned_until_ns = until_ns,
         });
@@ -447,7 +470,7 @@ impl SourceGuard {
         // Offences are remembered for as long as the longest ban.
         let keep_ns = duration_ns(self.settings.max_ban).max(idle_ns);
         let mut updates = Vec::new();
-        for shard in &self.shards {
+        for shard in self.shards.iter().chain([&self.overflow]) {
             let mut shard = shard.lock().unwrap_or_else(|p| p.into_inner());
             for (ip, source) in shard.iter_mut() {
                 if source.budget_tier > 0
