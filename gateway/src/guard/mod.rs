@@ -226,7 +226,7 @@ pub struct GuardCounters {
 
 const SHARDS: usize = 64;
 /// Addresses remembered per shard before idle ones are dropped: at most
-/// 1 Mi addresses, about 90 bytes each (more with clients, at most 8).
+/// 1 Mi addresses, about 100 bytes each (more with clients, at most 8).
 #[cfg(not(test))]
 const PER_SHARD: usize = 16 * 1024;
 #[cfg(test)]
