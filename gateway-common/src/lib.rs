@@ -7,8 +7,8 @@
 //!
 //! Ownership rule: userspace writes policy (`GW_BANS`, `GW_BUDGETS`,
 //! `GW_PREFIX_BANS`, `GW_PREFIX_BUDGETS`, `GW_ALLOW`, `GW_PORTS`,
-//! `GW_CONFIG`); the kernel writes only `GW_STATE`
-//! and `GW_COUNTERS`. Neither side ever writes the other's maps.
+//! `GW_CONFIG`); the kernel writes only `GW_STATE` and `GW_COUNTERS`.
+//! Neither side ever writes the other's maps.
 // `std` only for the host's unit tests (they build frames in `Vec`s).
 #![cfg_attr(not(test), no_std)]
 
