@@ -6,8 +6,9 @@
 //! XDP program's packet parser, kept here so the host tests and fuzzes it.
 //!
 //! Ownership rule: userspace writes policy (`GW_BANS`, `GW_BUDGETS`,
-//! `GW_ALLOW`, `GW_PORTS`, `GW_CONFIG`); the kernel writes only `GW_STATE`
-//! and `GW_COUNTERS`. Neither side ever writes the other's maps.
+//! `GW_PREFIX_BANS`, `GW_PREFIX_BUDGETS`, `GW_ALLOW`, `GW_PORTS`,
+//! `GW_CONFIG`); the kernel writes only `GW_STATE` and `GW_COUNTERS`.
+//! Neither side ever writes the other's maps.
 // `std` only for the host's unit tests (they build frames in `Vec`s).
 #![cfg_attr(not(test), no_std)]
 
@@ -39,10 +40,25 @@ pub mod maps {
     pub const GENERATION: &str = "GW_GENERATION";
     /// Per-CPU `u64` counters indexed by [`crate::Counter`].
     pub const COUNTERS: &str = "GW_COUNTERS";
+    /// Bans by CIDR (LPM trie, IPv6 keys with IPv4 mapped, like `GW_ALLOW`)
+    /// → [`crate::Ban`]. Read only when a source's cached policy is stale.
+    pub const PREFIX_BANS: &str = "GW_PREFIX_BANS";
+    /// Budgets by CIDR (LPM trie, like `GW_PREFIX_BANS`) → [`crate::Budget`]:
+    /// each source inside gets it, unless it has its own in `GW_BUDGETS`.
+    pub const PREFIX_BUDGETS: &str = "GW_PREFIX_BUDGETS";
 
     /// Every map the program must define, in the order `xdp status` shows them.
-    pub const ALL: [&str; 8] = [
-        BANS, BUDGETS, STATE, ALLOW, PORTS, CONFIG, GENERATION, COUNTERS,
+    pub const ALL: [&str; 10] = [
+        BANS,
+        BUDGETS,
+        STATE,
+        ALLOW,
+        PORTS,
+        CONFIG,
+        GENERATION,
+        COUNTERS,
+        PREFIX_BANS,
+        PREFIX_BUDGETS,
     ];
 }
 
@@ -61,6 +77,8 @@ pub const DEFAULT_BUDGETS_ENTRIES: u32 = 262_144;
 pub const DEFAULT_STATE_ENTRIES: u32 = 262_144;
 pub const DEFAULT_ALLOW_ENTRIES: u32 = 1_024;
 pub const PORTS_ENTRIES: u32 = 65_536;
+pub const DEFAULT_PREFIX_BANS_ENTRIES: u32 = 16_384;
+pub const DEFAULT_PREFIX_BUDGETS_ENTRIES: u32 = 4_096;
 
 /// A source address: IPv6, with IPv4 mapped as `::ffff:a.b.c.d`, so one map
 /// serves both families.
@@ -89,6 +107,8 @@ pub mod ban_reason {
     pub const RATE_LIMIT: u32 = 1;
     /// Too many authentication failures (key or token guessing).
     pub const AUTH_FAILURES: u32 = 2;
+    /// Too many addresses of one prefix were banned: the prefix is.
+    pub const PREFIX_ESCALATION: u32 = 3;
 
     /// The one spelling of each reason, shared by `gateway xdp bans` and
     /// the metrics labels. Any other code reads as manual: userspace
@@ -97,6 +117,7 @@ pub mod ban_reason {
         match code {
             RATE_LIMIT => "rate_limit",
             AUTH_FAILURES => "auth_failures",
+            PREFIX_ESCALATION => "prefix_escalation",
             _ => "manual",
         }
     }

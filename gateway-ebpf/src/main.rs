@@ -9,7 +9,9 @@
 //! `GW_STATE` entry and re-read only after userspace restamps
 //! `GW_GENERATION`, so a packet costs one hash lookup, not four. Everything it does not
 //! understand passes. Policy maps are written by userspace only; this program
-//! writes only `GW_STATE` and `GW_COUNTERS`. No logging on the packet path:
+//! writes only `GW_STATE` and `GW_COUNTERS`. Prefix bans and budgets
+//! (`GW_PREFIX_*`, LPM tries) are read only with the rest of the cached
+//! policy, so they cost nothing per packet. No logging on the packet path:
 //! counters say what happened; only rare events (a ban's first drop, a full
 //! map, a parse given up, rate-limited) are logged, see [`events`].
 #![no_std]
@@ -30,7 +32,8 @@ use gateway_common::{
     mode,
     packet::{self, Packet},
     Ban, Budget, Config, Counter, SourceAddr, SourceState, DEFAULT_ALLOW_ENTRIES,
-    DEFAULT_BANS_ENTRIES, DEFAULT_BUDGETS_ENTRIES, DEFAULT_STATE_ENTRIES, PORTS_ENTRIES,
+    DEFAULT_BANS_ENTRIES, DEFAULT_BUDGETS_ENTRIES, DEFAULT_PREFIX_BANS_ENTRIES,
+    DEFAULT_PREFIX_BUDGETS_ENTRIES, DEFAULT_STATE_ENTRIES, PORTS_ENTRIES,
 };
 
 const MAX_BANS: usize = DEFAULT_BANS_ENTRIES as usize;
@@ -39,6 +42,8 @@ const MAX_STATE: usize = DEFAULT_STATE_ENTRIES as usize;
 const MAX_ALLOW: usize = DEFAULT_ALLOW_ENTRIES as usize;
 const MAX_PORTS: usize = PORTS_ENTRIES as usize;
 const COUNTERS: usize = Counter::COUNT as usize;
+const MAX_PREFIX_BANS: usize = DEFAULT_PREFIX_BANS_ENTRIES as usize;
+const MAX_PREFIX_BUDGETS: usize = DEFAULT_PREFIX_BUDGETS_ENTRIES as usize;
 
 /// Banned sources and until when (userspace-written; never evicted).
 #[btf_map]
@@ -64,6 +69,12 @@ static GW_GENERATION: Array<u64, 1> = Array::new();
 /// Verdict counters by reason (kernel-written).
 #[btf_map]
 static GW_COUNTERS: PerCpuArray<u64, COUNTERS> = PerCpuArray::new();
+/// Banned CIDRs and until when (userspace-written; read only in `refresh_policy`).
+#[btf_map]
+static GW_PREFIX_BANS: LpmTrie<[u8; 16], Ban, MAX_PREFIX_BANS> = LpmTrie::new();
+/// Budgets by CIDR, for sources without their own (userspace-written).
+#[btf_map]
+static GW_PREFIX_BUDGETS: LpmTrie<[u8; 16], Budget, MAX_PREFIX_BUDGETS> = LpmTrie::new();
 
 const NS_PER_SEC: u64 = 1_000_000_000;
 
@@ -133,22 +144,37 @@ fn try_gateway_xdp(ctx: &XdpContext) -> Result<u32, ()> {
 
 /// Re-reads the source's ban, budget and allow-list membership into its
 /// state entry: only when userspace has changed policy since the last read.
+/// Ban: the later of its own and its longest banned prefix's. Budget: its
+/// own, else its longest prefix's, else the default.
 #[inline(always)]
 fn refresh_policy(state: &mut SourceState, src: &SourceAddr, config: &Config, generation: u64) {
+    let key = Key::new(128, src.addr);
     // SAFETY: only userspace writes GW_BANS/GW_BUDGETS; values copied out at once.
-    state.banned_until_ns = match unsafe { GW_BANS.get(src) } {
+    let own_ban = match unsafe { GW_BANS.get(src) } {
         Some(ban) => ban.banned_until_ns,
         None => 0,
     };
+    let prefix_ban = match GW_PREFIX_BANS.get(&key) {
+        Some(ban) => ban.banned_until_ns,
+        None => 0,
+    };
+    state.banned_until_ns = if own_ban > prefix_ban {
+        own_ban
+    } else {
+        prefix_ban
+    };
     let budget = match unsafe { GW_BUDGETS.get(src) } {
         Some(budget) => *budget,
-        None => config.default_budget,
+        None => match GW_PREFIX_BUDGETS.get(&key) {
+            Some(budget) => *budget,
+            None => config.default_budget,
+        },
     };
     (state.syn_interval_ns, state.syn_tolerance_ns) =
         gcra_params(budget.syn_per_sec, budget.syn_burst);
     (state.pkt_interval_ns, state.pkt_tolerance_ns) =
         gcra_params(budget.pkt_per_sec, budget.pkt_burst);
-    state.allowlisted = u32::from(GW_ALLOW.get(&Key::new(128, src.addr)).is_some());
+    state.allowlisted = u32::from(GW_ALLOW.get(&key).is_some());
     state.policy_generation = generation;
 }
 

@@ -13,7 +13,7 @@ use std::{
 use crate::{
     guard::GuardCounters,
     histogram::{Histogram, BUCKETS_US},
-    xdp::Counters,
+    xdp::{Counters, FullCounters},
 };
 
 /// What one worker counted since start.
@@ -77,6 +77,8 @@ pub struct Gauges<'a> {
     pub bans_active: Option<usize>,
     pub kernel: Option<Counters>,
     pub policy_dropped: u64,
+    /// Bans evicted or refused because a ban map was full.
+    pub bans_full: &'a FullCounters,
     pub keys: usize,
 }
 
@@ -270,8 +272,12 @@ impl Metrics {
             "counter",
             "Sources banned by the guard, by reason.",
         );
-        use gateway_common::ban_reason;
+        use gateway_common::{ban_reason, maps};
         for (reason, counter) in [
+            (
+                ban_reason::name(ban_reason::PREFIX_ESCALATION),
+                &guard.prefix_bans,
+            ),
             (
                 ban_reason::name(ban_reason::RATE_LIMIT),
                 &guard.rate_limit_bans,
@@ -341,6 +347,29 @@ impl Metrics {
             "gateway_policy_updates_dropped_total {}",
             gauges.policy_dropped
         );
+        let full = gauges.bans_full;
+        for (name, what, bans, prefixes) in [
+            (
+                "evicted",
+                "evicted to make room",
+                &full.bans_evicted,
+                &full.prefix_bans_evicted,
+            ),
+            (
+                "refused",
+                "not written",
+                &full.bans_refused,
+                &full.prefix_bans_refused,
+            ),
+        ] {
+            let metric = format!("gateway_xdp_bans_{name}_total");
+            let help = format!("Bans {what} because the kernel's ban map was full, by map.");
+            header(out, &metric, "counter", &help);
+            for (map, n) in [(maps::BANS, bans), (maps::PREFIX_BANS, prefixes)] {
+                let n = n.load(Ordering::Relaxed);
+                let _ = writeln!(out, "{metric}{{map=\"{map}\"}} {n}");
+            }
+        }
         header(
             out,
             "gateway_api_keys",
@@ -433,6 +462,7 @@ mod tests {
             bans_active: Some(0),
             kernel: None,
             policy_dropped: 0,
+            bans_full: &FullCounters::default(),
             keys: 3,
         });
         for line in [

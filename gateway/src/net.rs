@@ -1,5 +1,5 @@
 //! Address conversions between std types and the kernel's map keys.
-use std::net::{IpAddr, Ipv6Addr};
+use std::net::{AddrParseError, IpAddr, Ipv6Addr};
 
 use aya::maps::lpm_trie::Key;
 use gateway_common::SourceAddr;
@@ -18,7 +18,8 @@ pub fn source_ip(key: &SourceAddr) -> IpAddr {
     Ipv6Addr::from(key.addr).to_canonical()
 }
 
-/// The allow-list trie key for a CIDR (IPv4 prefixes live under `::ffff:0:0/96`).
+/// The trie key for a CIDR (allow-list, prefix bans and budgets; IPv4
+/// prefixes live under `::ffff:0:0/96`).
 pub fn allow_key(net: &IpNet) -> Key<[u8; 16]> {
     match net {
         IpNet::V4(v4) => Key::new(
@@ -27,6 +28,43 @@ pub fn allow_key(net: &IpNet) -> Key<[u8; 16]> {
         ),
         IpNet::V6(v6) => Key::new(u32::from(v6.prefix_len()), v6.network().octets()),
     }
+}
+
+/// The CIDR a trie key stands for; keys under `::ffff:0:0/96` come back as IPv4.
+pub fn key_net(key: &Key<[u8; 16]>) -> IpNet {
+    let len = u8::try_from(key.prefix_len().min(128)).unwrap_or(128);
+    canonical_net(IpNet::V6(
+        ipnet::Ipv6Net::new_assert(Ipv6Addr::from(key.data()), len).trunc(),
+    ))
+}
+
+/// `net` with its host bits cleared, an IPv4-mapped IPv6 prefix of at
+/// least /96 as the IPv4 prefix it covers.
+pub fn canonical_net(net: IpNet) -> IpNet {
+    if let IpNet::V6(v6) = net {
+        if let (IpAddr::V4(v4), Some(len)) =
+            (v6.network().to_canonical(), v6.prefix_len().checked_sub(96))
+        {
+            return IpNet::V4(ipnet::Ipv4Net::new_assert(v4, len));
+        }
+    }
+    net.trunc()
+}
+
+/// An address (`203.0.113.7`, one host) or a CIDR (`2001:db8::/64`), as
+/// the CLI takes them; host bits are cleared.
+pub fn parse_net(text: &str) -> Result<IpNet, AddrParseError> {
+    let net = match text.parse::<IpNet>() {
+        Ok(net) => net,
+        Err(_) => IpNet::from(text.parse::<IpAddr>()?),
+    };
+    Ok(canonical_net(net))
+}
+
+/// Whether `net` is one address (a /32 or /128): such bans and budgets
+/// live in the exact-address maps.
+pub fn is_host(net: &IpNet) -> bool {
+    net.prefix_len() == net.max_prefix_len()
 }
 
 #[cfg(test)]
@@ -57,5 +95,23 @@ mod tests {
         assert_eq!(&key.data()[10..14], &[0xff, 0xff, 192, 168]);
         let key = allow_key(&"fd00:1::/32".parse().unwrap());
         assert_eq!(key.prefix_len(), 32);
+    }
+
+    #[test]
+    fn nets_parse_canonically_and_round_trip_through_trie_keys() {
+        for (text, shown) in [
+            ("2001:db8::5/64", "2001:db8::/64"),
+            ("203.0.113.9/24", "203.0.113.0/24"),
+            ("::ffff:203.0.113.0/120", "203.0.113.0/24"),
+            ("10.0.0.1", "10.0.0.1/32"),
+            ("fd00::1", "fd00::1/128"),
+        ] {
+            let net = parse_net(text).unwrap();
+            assert_eq!(net.to_string(), shown, "{text}");
+            assert_eq!(key_net(&allow_key(&net)), net, "{text}");
+        }
+        assert!(is_host(&parse_net("10.0.0.1").unwrap()));
+        assert!(!is_host(&parse_net("10.0.0.0/24").unwrap()));
+        assert!(parse_net("10.0.0.0/33").is_err());
     }
 }

@@ -119,9 +119,14 @@ impl Shared {
     }
 
     /// Hands a guard decision to the policy writer, which sends bans the
-    /// kernel cannot enforce to [`Shared::userspace_bans`].
+    /// kernel cannot enforce to [`Shared::userspace_bans`]; a ban may
+    /// escalate to its prefix's (see `guard::escalation`).
     pub fn submit(&self, update: Option<PolicyUpdate>) {
-        if let Some(update) = update {
+        let Some(update) = update else {
+            return;
+        };
+        let escalation = self.guard.escalate(&update, monotonic_ns());
+        for update in std::iter::once(update).chain(escalation) {
             if !self.policy.submit(update) {
                 tracing::warn!("policy queue full; update dropped");
             }

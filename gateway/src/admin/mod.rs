@@ -357,7 +357,7 @@ impl Admin {
         let now = monotonic_ns();
         // The kernel's bans and those only userspace enforces.
         let kernel_bans = maps.as_ref().map(|maps| {
-            (maps.bans().ok()).map_or(0, |bans| {
+            (maps.all_bans().ok()).map_or(0, |bans| {
                 bans.iter().filter(|(_, b)| b.banned_until_ns > now).count()
             })
         });
@@ -368,6 +368,7 @@ impl Admin {
             bans_active,
             kernel: maps.as_ref().and_then(|maps| maps.counters().ok()),
             policy_dropped: shared.policy.overflowed(),
+            bans_full: shared.policy.full_counters(),
             keys: shared.keys.len(),
         });
         let mut response = Response::new(Full::new(Bytes::from(text)));

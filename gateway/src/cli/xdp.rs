@@ -3,15 +3,17 @@
 //! gateway does not answer); only `events` asks the gateway (see [`events`]).
 mod events;
 
-use std::{net::IpAddr, path::PathBuf, time::Duration};
+use std::{path::PathBuf, time::Duration};
 
 use anyhow::{bail, Result};
 use clap::{Args, Subcommand};
 use gateway::{
     clock::monotonic_ns,
-    xdp::{self, Mode, PinnedMaps, DEFAULT_BUDGET, DEFAULT_PIN_ROOT},
+    net::{is_host, parse_net},
+    xdp::{self, Mode, PinnedMaps, WhenFull, Written, DEFAULT_BUDGET, DEFAULT_PIN_ROOT},
 };
-use gateway_common::{attach_mode, ban_reason, Budget};
+use gateway_common::{attach_mode, ban_reason, Ban, Budget};
+use ipnet::IpNet;
 
 #[derive(Args)]
 pub struct PinArgs {
@@ -57,32 +59,38 @@ pub enum XdpCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Banned sources and when their bans expire.
+    /// Banned sources and prefixes, and when their bans expire.
     Bans {
         #[command(flatten)]
         pins: PinArgs,
         #[arg(long)]
         json: bool,
     },
-    /// Sources with their own kernel budget (from their clients' tier).
+    /// Sources and prefixes with their own kernel budget (a source's from its clients' tier).
     Budgets {
         #[command(flatten)]
         pins: PinArgs,
         #[arg(long)]
         json: bool,
     },
-    /// Drop everything from ADDR in the kernel for a while.
+    /// Drop everything from ADDR (an address, or a CIDR such as
+    /// `2001:db8::/64`) in the kernel for a while.
     Ban {
-        addr: IpAddr,
+        #[arg(value_parser = parse_net)]
+        addr: IpNet,
         /// How long, e.g. `60s`, `10m`, `1h`.
         #[arg(long = "for", value_parser = humantime::parse_duration)]
         duration: Duration,
+        /// If the ban map is full, fail instead of evicting the ban closest to expiry.
+        #[arg(long)]
+        refuse_if_full: bool,
         #[command(flatten)]
         pins: PinArgs,
     },
-    /// Lift a ban at once.
+    /// Lift the ban of exactly ADDR (an address or a CIDR) at once.
     Unban {
-        addr: IpAddr,
+        #[arg(value_parser = parse_net)]
+        addr: IpNet,
         #[command(flatten)]
         pins: PinArgs,
     },
@@ -96,9 +104,11 @@ pub enum XdpCommand {
         #[command(flatten)]
         pins: PinArgs,
     },
-    /// Set the kernel budget of one source (as the gateway does from its tier).
+    /// Set the kernel budget of one source (as the gateway does from its
+    /// tier), or of every source in a CIDR without its own.
     Budget {
-        addr: IpAddr,
+        #[arg(value_parser = parse_net)]
+        addr: IpNet,
         #[command(flatten)]
         budget: BudgetArgs,
         #[command(flatten)]
@@ -115,14 +125,18 @@ pub fn xdp_command(command: XdpCommand) -> Result<()> {
         XdpCommand::Status { pins, json } => status(&pins, json),
         XdpCommand::Bans { pins, json } => list_bans(&pins, json),
         XdpCommand::Budgets { pins, json } => {
-            let mut budgets = open(&pins)?.budgets()?;
-            budgets.sort_by_key(|(ip, _)| *ip);
+            let maps = open(&pins)?;
+            let mut budgets: Vec<(IpNet, Budget)> = (maps.budgets()?.into_iter())
+                .map(|(ip, budget)| (IpNet::from(ip), budget))
+                .chain(maps.prefix_budgets()?)
+                .collect();
+            budgets.sort_by_key(|(net, _)| *net);
             if json {
                 let rows: Vec<_> = budgets
                     .iter()
-                    .map(|(ip, b)| {
+                    .map(|(net, b)| {
                         serde_json::json!({
-                            "source": ip,
+                            "source": show(net),
                             "tier": b.tier,
                             "syn_per_sec": b.syn_per_sec,
                             "syn_burst": b.syn_burst,
@@ -134,10 +148,15 @@ pub fn xdp_command(command: XdpCommand) -> Result<()> {
                 println!("{}", serde_json::Value::Array(rows));
                 return Ok(());
             }
-            for (ip, b) in budgets {
+            for (net, b) in budgets {
                 println!(
-                    "{ip:<40} tier {:<3} syn {}/s (burst {})  packets {}/s (burst {})",
-                    b.tier, b.syn_per_sec, b.syn_burst, b.pkt_per_sec, b.pkt_burst
+                    "{:<43} tier {:<3} syn {}/s (burst {})  packets {}/s (burst {})",
+                    show(&net),
+                    b.tier,
+                    b.syn_per_sec,
+                    b.syn_burst,
+                    b.pkt_per_sec,
+                    b.pkt_burst
                 );
             }
             Ok(())
@@ -145,13 +164,30 @@ pub fn xdp_command(command: XdpCommand) -> Result<()> {
         XdpCommand::Ban {
             addr,
             duration,
+            refuse_if_full,
             pins,
         } => {
             let nanos = u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX);
             let until = monotonic_ns().saturating_add(nanos);
-            let ban = open(&pins)?.ban(addr, until, ban_reason::MANUAL)?;
+            let when_full = match refuse_if_full {
+                true => WhenFull::Refuse,
+                false => WhenFull::Evict,
+            };
+            let (ban, written) =
+                (open(&pins)?.when_full(when_full)).ban(addr, until, ban_reason::MANUAL)?;
+            match written {
+                Written::Done => {}
+                Written::Evicted { map, key, .. } => {
+                    eprintln!(
+                        "{map} was full: evicted the ban of {} (closest to expiry)",
+                        show(&key)
+                    )
+                }
+                Written::Refused { map } => bail!("{map} is full: {} not banned", show(&addr)),
+            }
             println!(
-                "banned {addr} for {} (offence {})",
+                "banned {} for {} (offence {})",
+                show(&addr),
                 humantime::format_duration(duration),
                 ban.offences
             );
@@ -159,20 +195,37 @@ pub fn xdp_command(command: XdpCommand) -> Result<()> {
         }
         XdpCommand::Unban { addr, pins } => {
             if open(&pins)?.unban(addr)? {
-                println!("unbanned {addr}");
+                println!("unbanned {}", show(&addr));
             } else {
-                println!("{addr} was not banned");
+                println!("{} was not banned", show(&addr));
             }
             Ok(())
         }
         XdpCommand::Detach { force, pins } => detach(&pins, force),
         XdpCommand::Budget { addr, budget, pins } => {
             open(&pins)?.set_budget(addr, budget.budget())?;
-            println!("budget for {addr} set");
+            println!("budget for {} set", show(&addr));
             Ok(())
         }
         XdpCommand::Events(args) => events::follow(&args),
     }
+}
+
+/// An address as itself, a prefix as a CIDR.
+fn show(net: &IpNet) -> String {
+    match is_host(net) {
+        true => net.addr().to_string(),
+        false => net.to_string(),
+    }
+}
+
+/// Bans in force at `now`, soonest to expire first.
+fn active_bans(maps: &PinnedMaps, now: u64) -> Result<Vec<(IpNet, Ban)>> {
+    let mut bans: Vec<_> = (maps.all_bans()?.into_iter())
+        .filter(|(_, ban)| ban.banned_until_ns > now)
+        .collect();
+    bans.sort_by_key(|(_, ban)| ban.banned_until_ns);
+    Ok(bans)
 }
 
 fn open(pins: &PinArgs) -> Result<PinnedMaps> {
@@ -212,11 +265,7 @@ fn status(pins: &PinArgs, json: bool) -> Result<()> {
     let config = maps.config()?;
     let counters = maps.counters()?;
     let now = monotonic_ns();
-    let active_bans = maps
-        .bans()?
-        .iter()
-        .filter(|(_, ban)| ban.banned_until_ns > now)
-        .count();
+    let active_bans = active_bans(&maps, now)?.len();
     let interface = String::from_utf8_lossy(&config.ifname)
         .trim_end_matches('\0')
         .to_owned();
@@ -290,18 +339,14 @@ fn status(pins: &PinArgs, json: bool) -> Result<()> {
 fn list_bans(pins: &PinArgs, json: bool) -> Result<()> {
     let maps = open(pins)?;
     let now = monotonic_ns();
-    let mut bans: Vec<_> = maps
-        .bans()?
-        .into_iter()
-        .filter(|(_, ban)| ban.banned_until_ns > now)
-        .collect();
-    bans.sort_by_key(|(_, ban)| ban.banned_until_ns);
+    let bans = active_bans(&maps, now)?;
     if json {
         let rows: Vec<_> = bans
             .iter()
-            .map(|(ip, ban)| {
+            .map(|(net, ban)| {
                 serde_json::json!({
-                    "source": ip,
+                    "source": show(net),
+                    "prefix_len": net.prefix_len(),
                     "expires_in_ms": (ban.banned_until_ns - now) / 1_000_000,
                     "reason": ban_reason::name(ban.reason),
                     "offences": ban.offences,
@@ -314,10 +359,11 @@ fn list_bans(pins: &PinArgs, json: bool) -> Result<()> {
     if bans.is_empty() {
         println!("no active bans");
     }
-    for (ip, ban) in bans {
+    for (net, ban) in bans {
         let left = Duration::from_secs((ban.banned_until_ns - now).div_ceil(1_000_000_000));
         println!(
-            "{ip:<40} expires in {:<10} reason {:<14} offences {}",
+            "{:<43} expires in {:<10} reason {:<17} offences {}",
+            show(&net),
             humantime::format_duration(left).to_string(),
             ban_reason::name(ban.reason),
             ban.offences

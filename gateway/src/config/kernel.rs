@@ -13,8 +13,8 @@ use super::{
     listen::ListenerConfig,
     ConfigError,
 };
-use crate::guard::{GuardMode, GuardSettings};
-use crate::xdp::{MapSizes, Mode, XdpSettings, DEFAULT_BUDGET, DEFAULT_PIN_ROOT};
+use crate::guard::{GuardMode, GuardSettings, PrefixSettings};
+use crate::xdp::{MapSizes, Mode, WhenFull, XdpSettings, DEFAULT_BUDGET, DEFAULT_PIN_ROOT};
 
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -37,6 +37,10 @@ pub struct XdpConfig {
     /// Detach and unpin on a clean stop (`false`: the program stays
     /// attached with its bans until the next gateway adopts them).
     pub detach_on_exit: bool,
+    /// Entries of the prefix-ban map (`GW_PREFIX_BANS`).
+    pub max_prefix_bans: u32,
+    /// A full ban map: `evict` the ban closest to expiry, or `refuse` the new one.
+    pub bans_full: WhenFull,
 }
 
 impl Default for XdpConfig {
@@ -57,6 +61,8 @@ impl Default for XdpConfig {
             max_bans: sizes.bans,
             max_sources: sizes.state,
             detach_on_exit: false,
+            max_prefix_bans: sizes.prefix_bans,
+            bans_full: WhenFull::Evict,
         }
     }
 }
@@ -70,6 +76,7 @@ impl XdpConfig {
         at.within("default_syn_burst", self.default_syn_burst, 1..=u32::MAX)?;
         at.within("default_pkt_burst", self.default_pkt_burst, 1..=u32::MAX)?;
         at.within("max_bans", self.max_bans, Self::ENTRIES)?;
+        at.within("max_prefix_bans", self.max_prefix_bans, Self::ENTRIES)?;
         at.within("max_sources", self.max_sources, Self::ENTRIES)
     }
 
@@ -102,9 +109,11 @@ impl XdpConfig {
             sizes: MapSizes {
                 bans: self.max_bans,
                 state: self.max_sources,
+                prefix_bans: self.max_prefix_bans,
                 ..MapSizes::default()
             },
             detach_on_exit: self.detach_on_exit,
+            bans_full: self.bans_full,
         }
     }
 }
@@ -134,6 +143,11 @@ pub struct GuardConfig {
     /// last authenticated request from it.
     #[serde(with = "durations")]
     pub budget_idle: Duration,
+    /// Banned addresses of one prefix that get the prefix banned (0: never) ...
+    pub prefix_threshold: u32,
+    /// ... the prefix: an IPv4 address's /24, an IPv6 address's /64 by default.
+    pub prefix_len_v4: u8,
+    pub prefix_len_v6: u8,
 }
 
 impl Default for GuardConfig {
@@ -147,6 +161,9 @@ impl Default for GuardConfig {
             min_ban: Duration::from_secs(1),
             max_ban: Duration::from_secs(3600),
             budget_idle: Duration::from_secs(300),
+            prefix_threshold: PrefixSettings::default().threshold,
+            prefix_len_v4: PrefixSettings::default().v4_len,
+            prefix_len_v6: PrefixSettings::default().v6_len,
         }
     }
 }
@@ -159,7 +176,11 @@ impl GuardConfig {
         at.within("auth_failure_ban", self.auth_failure_ban, MS..=YEAR)?;
         at.within("min_ban", self.min_ban, MS..=YEAR)?;
         at.within("max_ban", self.max_ban, MS..=YEAR)?;
-        at.within("budget_idle", self.budget_idle, MS..=DAY)
+        at.within("budget_idle", self.budget_idle, MS..=DAY)?;
+        at.within("prefix_threshold", self.prefix_threshold, 0..=65_536)?;
+        // A prefix, not one address, and not a whole region of the Internet.
+        at.within("prefix_len_v4", u32::from(self.prefix_len_v4), 8..=31)?;
+        at.within("prefix_len_v6", u32::from(self.prefix_len_v6), 16..=127)
     }
 
     /// The guard's settings: its own section, the kernel's allow list and
@@ -200,6 +221,11 @@ impl GuardConfig {
             allow: xdp.allow.clone(),
             trusted_proxies: trusted_proxies.to_vec(),
             tier_budgets,
+            prefix: PrefixSettings {
+                threshold: self.prefix_threshold,
+                v4_len: self.prefix_len_v4,
+                v6_len: self.prefix_len_v6,
+            },
         }
     }
 }

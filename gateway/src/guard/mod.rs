@@ -21,6 +21,9 @@
 //! - An address is banned in the kernel only when it is the packet source;
 //!   one learnt from `X-Forwarded-For` is banned in userspace (its packets
 //!   come from the proxy, which must not be dropped).
+//! - When `prefix_threshold` addresses of one IPv6 /64 or IPv4 /24
+//!   (`prefix_len_v6`, `prefix_len_v4`) are banned at once, the prefix is,
+//!   and their own bans are lifted ([`escalation`]).
 //! - `[xdp] allow` networks and `trusted_proxies` are never banned (a
 //!   client there that ignores its 429s is banned alone instead); in
 //!   `monitor` mode nothing is banned, the would-be bans are only logged
@@ -28,6 +31,9 @@
 //!
 //! The guard only decides: it returns [`PolicyUpdate`]s, which the caller
 //! hands to the batched policy writer, so the request path makes no syscall.
+mod escalation;
+#[cfg(test)]
+mod escalation_tests;
 mod memo;
 mod state;
 #[cfg(test)]
@@ -48,6 +54,7 @@ use gateway_common::{ban_reason, Budget};
 use ipnet::IpNet;
 use serde::Deserialize;
 
+pub use self::escalation::PrefixSettings;
 pub use self::memo::ReportMemo;
 use self::state::{Excess, SourceState};
 
@@ -93,18 +100,24 @@ pub enum BanTarget {
     /// One client at one address whose other clients are in good
     /// standing: userspace refuses that client's requests from there.
     Client { client: Arc<str>, ip: IpAddr },
+    /// A prefix of packet sources (see [`escalation`]): the kernel drops it.
+    SourcePrefix(IpNet),
+    /// A prefix of forwarded client addresses: userspace refuses them.
+    ForwardedPrefix(IpNet),
 }
 
 impl BanTarget {
+    /// The address, or the prefix's network address.
     pub fn ip(&self) -> IpAddr {
         match self {
             BanTarget::Source(ip) | BanTarget::Forwarded(ip) | BanTarget::Client { ip, .. } => *ip,
+            BanTarget::SourcePrefix(net) | BanTarget::ForwardedPrefix(net) => net.network(),
         }
     }
 
     /// Whether the kernel enforces it (when XDP is attached).
     pub fn in_kernel(&self) -> bool {
-        matches!(self, BanTarget::Source(_))
+        matches!(self, BanTarget::Source(_) | BanTarget::SourcePrefix(_))
     }
 
     /// The metrics' name for it.
@@ -113,6 +126,8 @@ impl BanTarget {
             BanTarget::Source(_) => "source",
             BanTarget::Forwarded(_) => "forwarded",
             BanTarget::Client { .. } => "client",
+            BanTarget::SourcePrefix(_) => "source_prefix",
+            BanTarget::ForwardedPrefix(_) => "forwarded_prefix",
         }
     }
 }
@@ -187,6 +202,8 @@ pub struct GuardSettings {
     pub trusted_proxies: Vec<IpNet>,
     /// Kernel budgets by tier, lowest tier first (as config lists them).
     pub tier_budgets: Vec<Budget>,
+    /// When banned addresses get their prefix banned.
+    pub prefix: PrefixSettings,
 }
 
 /// Counters for metrics.
@@ -200,18 +217,29 @@ pub struct GuardCounters {
     pub client_bans: AtomicU64,
     /// Bans not issued because of `monitor` mode.
     pub monitored_bans: AtomicU64,
-    /// Address bans not issued because the address is allow-listed or a
-    /// trusted proxy.
+    /// Address (or prefix) bans not issued because the address is
+    /// allow-listed or a trusted proxy (or the prefix holds one).
     pub allowed_sources_spared: AtomicU64,
+    /// Prefixes banned because too many of their addresses were.
+    pub prefix_bans: AtomicU64,
 }
 
 const SHARDS: usize = 64;
-/// Addresses remembered per shard before idle ones are dropped.
+/// Addresses remembered per shard before idle ones are dropped: at most
+/// 1 Mi addresses, about 100 bytes each (more with clients, at most 8).
+#[cfg(not(test))]
 const PER_SHARD: usize = 16 * 1024;
+#[cfg(test)]
+const PER_SHARD: usize = 64;
+/// Prefixes whose new addresses found their shard full, judged together.
+const OVERFLOW: usize = 64 * 1024;
 
 pub struct SourceGuard {
     settings: GuardSettings,
     shards: Vec<Mutex<HashMap<IpAddr, SourceState>>>,
+    /// By prefix network address: see [`SourceGuard::with_source`].
+    overflow: Mutex<HashMap<IpAddr, SourceState>>,
+    prefixes: Mutex<escalation::Prefixes>,
     hasher: RandomState,
     pub counters: GuardCounters,
 }
@@ -221,6 +249,8 @@ impl SourceGuard {
         Self {
             settings,
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            overflow: Mutex::default(),
+            prefixes: Mutex::default(),
             hasher: RandomState::new(),
             counters: GuardCounters::default(),
         }
@@ -231,21 +261,41 @@ impl SourceGuard {
     }
 
     /// Runs `f` on the state of `ip`. Memory stays bounded under floods
-    /// of new addresses: a full shard drops its idle ones first, and if
-    /// it is still full the new address is judged on a blank state that
-    /// is not kept.
+    /// of new addresses: a full shard drops its idle ones first; if it is
+    /// still full, the new address is judged on the state of its prefix
+    /// (`prefix_len_v4`/`_v6`) in a table of its own, so a rotation
+    /// through a /64 costs one entry and is still counted; if that table
+    /// is full too, on a blank state that is not kept.
     fn with_source<T>(&self, ip: IpAddr, now_ns: u64, f: impl FnOnce(&mut SourceState) -> T) -> T {
+        self.with_state(ip, true, now_ns, f)
+    }
+
+    /// [`SourceGuard::with_source`]; `by_prefix: false` never falls back
+    /// to the prefix's state (to record one address's ban).
+    fn with_state<T>(
+        &self,
+        ip: IpAddr,
+        by_prefix: bool,
+        now_ns: u64,
+        f: impl FnOnce(&mut SourceState) -> T,
+    ) -> T {
         let ip = ip.to_canonical();
-        let mut shard = self.shards[(self.hasher.hash_one(ip) as usize) % SHARDS]
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if shard.len() >= PER_SHARD && !shard.contains_key(&ip) {
-            shard.retain(|_, source| !source.idle(now_ns, 0));
-            if shard.len() >= PER_SHARD {
-                return f(&mut SourceState::default());
+        let shard = &self.shards[(self.hasher.hash_one(ip) as usize) % SHARDS];
+        let prefix = self.settings.prefix.prefix_of(ip).network();
+        let tables = [(shard, ip, PER_SHARD), (&self.overflow, prefix, OVERFLOW)];
+        for (table, key, room) in tables.into_iter().take(1 + usize::from(by_prefix)) {
+            let mut table = table
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            if table.len() >= room && !table.contains_key(&key) {
+                table.retain(|_, source| !source.idle(now_ns, 0));
+                if table.len() >= room {
+                    continue;
+                }
             }
+            return f(table.entry(key).or_default());
         }
-        f(shard.entry(ip).or_default())
+        f(&mut SourceState::default())
     }
 
     fn client_hash(&self, client: &str) -> u64 {
@@ -384,7 +434,7 @@ impl SourceGuard {
             BanTarget::Client { client, .. } => Some(self.client_hash(client)),
             _ => None,
         };
-        self.with_source(ip, now_ns, |source| match client_hash {
+        self.with_state(ip, false, now_ns, |source| match client_hash {
             Some(id) => source.client(id).banned_until_ns = until_ns,
             None => source.banned_until_ns = until_ns,
         });
@@ -395,7 +445,8 @@ impl SourceGuard {
         };
         counter.fetch_add(1, Ordering::Relaxed);
         match &target {
-            BanTarget::Source(_) => {}
+            BanTarget::Source(_) | BanTarget::SourcePrefix(_) => {}
+            BanTarget::ForwardedPrefix(_) => {}
             BanTarget::Forwarded(_) => _ = counters.forwarded_bans.fetch_add(1, Ordering::Relaxed),
             BanTarget::Client { .. } => _ = counters.client_bans.fetch_add(1, Ordering::Relaxed),
         }
@@ -419,7 +470,7 @@ impl SourceGuard {
         // Offences are remembered for as long as the longest ban.
         let keep_ns = duration_ns(self.settings.max_ban).max(idle_ns);
         let mut updates = Vec::new();
-        for shard in &self.shards {
+        for shard in self.shards.iter().chain([&self.overflow]) {
             let mut shard = shard.lock().unwrap_or_else(|p| p.into_inner());
             for (ip, source) in shard.iter_mut() {
                 if source.budget_tier > 0
@@ -436,6 +487,8 @@ impl SourceGuard {
                 shard.retain(|_, source| !source.idle(now_ns, keep_ns));
             }
         }
+        let mut prefixes = self.prefixes.lock().unwrap_or_else(|p| p.into_inner());
+        prefixes.forget_idle(now_ns);
         updates
     }
 }

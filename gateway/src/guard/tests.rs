@@ -1,8 +1,8 @@
 use super::*;
 
-const SEC: u64 = 1_000_000_000;
+pub(super) const SEC: u64 = 1_000_000_000;
 
-fn settings(mode: GuardMode) -> GuardSettings {
+pub(super) fn settings(mode: GuardMode) -> GuardSettings {
     GuardSettings {
         mode,
         excess: 5,
@@ -20,14 +20,18 @@ fn settings(mode: GuardMode) -> GuardSettings {
                 ..Budget::default()
             })
             .collect(),
+        prefix: PrefixSettings {
+            threshold: 3,
+            ..PrefixSettings::default()
+        },
     }
 }
 
-fn ip(s: &str) -> IpAddr {
+pub(super) fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
 }
 
-fn direct(s: &str) -> Remote {
+pub(super) fn direct(s: &str) -> Remote {
     Remote::direct(ip(s))
 }
 
@@ -38,7 +42,7 @@ fn ban_until(update: Option<PolicyUpdate>) -> u64 {
     }
 }
 
-fn ban_target(update: Option<PolicyUpdate>) -> BanTarget {
+pub(super) fn ban_target(update: Option<PolicyUpdate>) -> BanTarget {
     match update {
         Some(PolicyUpdate::Ban { target, .. }) => target,
         other => panic!("expected a ban, got {other:?}"),

@@ -24,12 +24,14 @@ use super::{
 };
 
 /// The sizes the gateway overrides at load time, by map name.
-pub(super) fn max_entries(sizes: MapSizes) -> [(&'static str, u32); 4] {
+pub(super) fn max_entries(sizes: MapSizes) -> [(&'static str, u32); 6] {
     [
         (map_names::BANS, sizes.bans),
         (map_names::BUDGETS, sizes.budgets),
         (map_names::STATE, sizes.state),
         (map_names::ALLOW, sizes.allow),
+        (map_names::PREFIX_BANS, sizes.prefix_bans),
+        (map_names::PREFIX_BUDGETS, sizes.prefix_budgets),
     ]
 }
 

@@ -4,7 +4,6 @@
 //! [`PinnedMaps`], opened from the pin root, so there is one way to read and
 //! write kernel policy.
 use std::{
-    net::IpAddr,
     path::{Path, PathBuf},
     sync::atomic::{AtomicU64, Ordering},
 };
@@ -13,10 +12,8 @@ use aya::maps::{Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray};
 use gateway_common::{maps, Ban, Budget, Config, Counter, SourceAddr};
 use ipnet::IpNet;
 
-use crate::{
-    clock::monotonic_ns,
-    net::{allow_key, source_ip, source_key},
-};
+use super::full::{Evictor, WhenFull};
+use crate::{clock::monotonic_ns, net::allow_key};
 
 #[derive(Debug, thiserror::Error)]
 pub enum MapsError {
@@ -26,6 +23,8 @@ pub enum MapsError {
     Open { path: PathBuf, source: MapError },
     #[error("pinned map {path} is not the expected type or layout: {source}")]
     Layout { path: PathBuf, source: MapError },
+    #[error("map {map} is full")]
+    Full { map: &'static str },
     #[error("{op} on map {map} failed: {source}")]
     Op {
         op: &'static str,
@@ -53,8 +52,15 @@ impl Counters {
 
 /// Handles on every map of one loaded program, opened from its pins.
 pub struct PinnedMaps {
-    bans: HashMap<MapData, SourceAddr, Ban>,
-    budgets: HashMap<MapData, SourceAddr, Budget>,
+    pub(super) bans: HashMap<MapData, SourceAddr, Ban>,
+    pub(super) prefix_bans: LpmTrie<MapData, [u8; 16], Ban>,
+    pub(super) budgets: HashMap<MapData, SourceAddr, Budget>,
+    pub(super) prefix_budgets: LpmTrie<MapData, [u8; 16], Budget>,
+    /// What a full ban map does (`xdp.bans_full`), and each ban map's
+    /// eviction index (see [`super::full`]).
+    pub(super) when_full: WhenFull,
+    pub(super) evict_bans: Evictor,
+    pub(super) evict_prefix_bans: Evictor,
     allow: LpmTrie<MapData, [u8; 16], u8>,
     ports: Array<MapData, u8>,
     config: Array<MapData, Config>,
@@ -79,7 +85,7 @@ fn next_generation() -> u64 {
     }
 }
 
-fn op(op: &'static str, map: &'static str) -> impl FnOnce(MapError) -> MapsError {
+pub(super) fn op(op: &'static str, map: &'static str) -> impl FnOnce(MapError) -> MapsError {
     move |source| MapsError::Op { op, map, source }
 }
 
@@ -102,7 +108,12 @@ impl PinnedMaps {
     pub fn open(root: &Path) -> Result<Self, MapsError> {
         Ok(Self {
             bans: open_map(root, maps::BANS)?,
+            prefix_bans: open_map(root, maps::PREFIX_BANS)?,
             budgets: open_map(root, maps::BUDGETS)?,
+            prefix_budgets: open_map(root, maps::PREFIX_BUDGETS)?,
+            when_full: WhenFull::default(),
+            evict_bans: Evictor::default(),
+            evict_prefix_bans: Evictor::default(),
             allow: open_map(root, maps::ALLOW)?,
             ports: open_map(root, maps::PORTS)?,
             config: open_map(root, maps::CONFIG)?,
@@ -120,113 +131,10 @@ impl PinnedMaps {
             .map_err(op("update", maps::GENERATION))
     }
 
-    /// Bans `ip` until `until_ns` (monotonic), counting the offence.
-    pub fn ban(&mut self, ip: IpAddr, until_ns: u64, reason: u32) -> Result<Ban, MapsError> {
-        let ban = self.write_ban(ip, until_ns, reason)?;
-        self.publish()?;
-        Ok(ban)
-    }
-
-    pub(super) fn write_ban(
-        &mut self,
-        ip: IpAddr,
-        until_ns: u64,
-        reason: u32,
-    ) -> Result<Ban, MapsError> {
-        let key = source_key(ip);
-        let offences = self
-            .bans
-            .get(&key, 0)
-            .map(|previous| previous.offences)
-            .unwrap_or(0);
-        let ban = Ban {
-            banned_until_ns: until_ns,
-            reason,
-            offences: offences.saturating_add(1),
-        };
-        self.bans
-            .insert(key, ban, 0)
-            .map_err(op("insert", maps::BANS))?;
-        Ok(ban)
-    }
-
-    /// Lifts a ban at once. `Ok(false)`: there was none.
-    pub fn unban(&mut self, ip: IpAddr) -> Result<bool, MapsError> {
-        let removed = self.remove_ban(ip)?;
-        if removed {
-            self.publish()?;
-        }
-        Ok(removed)
-    }
-
-    pub(super) fn remove_ban(&mut self, ip: IpAddr) -> Result<bool, MapsError> {
-        match self.bans.remove(&source_key(ip)) {
-            Ok(()) => Ok(true),
-            Err(MapError::KeyNotFound) => Ok(false),
-            Err(source) => Err(op("remove", maps::BANS)(source)),
-        }
-    }
-
-    /// Every ban entry, expired ones included.
-    pub fn bans(&self) -> Result<Vec<(IpAddr, Ban)>, MapsError> {
-        self.bans
-            .iter()
-            .map(|entry| {
-                entry
-                    .map(|(key, ban)| (source_ip(&key), ban))
-                    .map_err(op("iterate", maps::BANS))
-            })
-            .collect()
-    }
-
-    /// Every per-source budget (sources without one get the default).
-    pub fn budgets(&self) -> Result<Vec<(IpAddr, Budget)>, MapsError> {
-        self.budgets
-            .iter()
-            .map(|entry| {
-                entry
-                    .map(|(key, budget)| (source_ip(&key), budget))
-                    .map_err(op("iterate", maps::BUDGETS))
-            })
-            .collect()
-    }
-
-    /// Deletes bans that ended before `now_ns`; returns how many. No publish:
-    /// cached deadlines have passed already, so caches stay valid.
-    pub fn remove_expired_bans(&mut self, now_ns: u64) -> Result<usize, MapsError> {
-        let expired: Vec<IpAddr> = self
-            .bans()?
-            .into_iter()
-            .filter(|(_, ban)| ban.banned_until_ns <= now_ns)
-            .map(|(ip, _)| ip)
-            .collect();
-        for ip in &expired {
-            self.remove_ban(*ip)?;
-        }
-        Ok(expired.len())
-    }
-
-    pub fn set_budget(&mut self, ip: IpAddr, budget: Budget) -> Result<(), MapsError> {
-        self.write_budget(ip, budget)?;
-        self.publish()
-    }
-
-    pub(super) fn write_budget(&mut self, ip: IpAddr, budget: Budget) -> Result<(), MapsError> {
-        self.budgets
-            .insert(source_key(ip), budget, 0)
-            .map_err(op("insert", maps::BUDGETS))
-    }
-
-    pub fn clear_budget(&mut self, ip: IpAddr) -> Result<(), MapsError> {
-        self.remove_budget(ip)?;
-        self.publish()
-    }
-
-    pub(super) fn remove_budget(&mut self, ip: IpAddr) -> Result<(), MapsError> {
-        match self.budgets.remove(&source_key(ip)) {
-            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
-            Err(source) => Err(op("remove", maps::BUDGETS)(source)),
-        }
+    /// What a full ban map does from now on.
+    pub fn when_full(mut self, when_full: WhenFull) -> Self {
+        self.when_full = when_full;
+        self
     }
 
     /// Makes the allow-list exactly `nets` (an adopted map may hold CIDRs

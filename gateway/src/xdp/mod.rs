@@ -13,9 +13,11 @@
 //! The program's rare events (aya-log) are read by an [`EventReader`] the
 //! caller drives on its runtime; see [`events`].
 mod adopt;
+mod bans;
 pub mod bpffs;
 mod bpfsys;
 pub mod events;
+pub mod full;
 mod loaded;
 pub mod maps;
 pub mod policy;
@@ -35,6 +37,7 @@ use ipnet::IpNet;
 pub use adopt::remove_pins;
 pub use bpfsys::LinkState;
 pub use events::{EventHub, EventReader};
+pub use full::{FullCounters, WhenFull, Written};
 pub use loaded::process_alive;
 pub use maps::{Counters, MapsError, PinnedMaps};
 pub use policy::{PolicyHandle, PolicySink, PolicyWriter, Split, UserspaceBans};
@@ -93,6 +96,8 @@ pub struct MapSizes {
     pub budgets: u32,
     pub state: u32,
     pub allow: u32,
+    pub prefix_bans: u32,
+    pub prefix_budgets: u32,
 }
 
 impl Default for MapSizes {
@@ -102,6 +107,8 @@ impl Default for MapSizes {
             budgets: gateway_common::DEFAULT_BUDGETS_ENTRIES,
             state: gateway_common::DEFAULT_STATE_ENTRIES,
             allow: gateway_common::DEFAULT_ALLOW_ENTRIES,
+            prefix_bans: gateway_common::DEFAULT_PREFIX_BANS_ENTRIES,
+            prefix_budgets: gateway_common::DEFAULT_PREFIX_BUDGETS_ENTRIES,
         }
     }
 }
@@ -122,6 +129,8 @@ pub struct XdpSettings {
     /// Detach and unpin on a clean stop instead of leaving the program
     /// attached for the next gateway.
     pub detach_on_exit: bool,
+    /// What a full ban map does with one more ban.
+    pub bans_full: WhenFull,
 }
 
 /// Default budget for unknown sources: generous enough for a browser or a
@@ -198,6 +207,7 @@ pub struct KernelPath {
     enforcement: Enforcement,
     userspace_bans: UserspaceBans,
     events: EventHub,
+    bans_full: WhenFull,
 }
 
 impl KernelPath {
@@ -211,6 +221,7 @@ impl KernelPath {
                 enforcement: Enforcement::Kernel { attach },
                 userspace_bans: UserspaceBans::default(),
                 events,
+                bans_full: settings.bans_full,
             }),
             Err(error) if !settings.require_xdp => {
                 tracing::warn!(
@@ -225,6 +236,7 @@ impl KernelPath {
                     },
                     userspace_bans: UserspaceBans::default(),
                     events,
+                    bans_full: settings.bans_full,
                 })
             }
             Err(error) => Err(error),
@@ -246,7 +258,7 @@ impl KernelPath {
     pub fn policy_sink(&self) -> Result<Box<dyn PolicySink>, XdpError> {
         match &self.loaded {
             Some(loaded) => Ok(Box::new(Split {
-                kernel: PinnedMaps::open(&loaded.pin_root)?,
+                kernel: PinnedMaps::open(&loaded.pin_root)?.when_full(self.bans_full),
                 userspace: self.userspace_bans.clone(),
             })),
             None => Ok(Box::new(self.userspace_bans.clone())),
@@ -270,7 +282,7 @@ impl KernelPath {
 }
 
 impl PolicySink for Box<dyn PolicySink> {
-    fn apply(&mut self, update: &PolicyUpdate) -> Result<(), MapsError> {
+    fn apply(&mut self, update: &PolicyUpdate) -> Result<Written, MapsError> {
         (**self).apply(update)
     }
     fn commit(&mut self) -> Result<(), MapsError> {

@@ -2,7 +2,7 @@
 //! writer task, so the request path never makes a syscall: it only does a
 //! non-blocking channel send.
 use std::{
-    collections::HashMap,
+    collections::{BTreeSet, HashMap},
     net::IpAddr,
     sync::{
         atomic::{AtomicU64, Ordering},
@@ -13,12 +13,17 @@ use std::{
 
 use arc_swap::ArcSwap;
 use gateway_common::{Ban, Budget};
+use ipnet::IpNet;
 use tokio::sync::mpsc;
 
-use super::maps::{MapsError, PinnedMaps};
+use super::{
+    full::{FullCounters, Written},
+    maps::{MapsError, PinnedMaps},
+};
 use crate::{
     clock::monotonic_ns,
     guard::{BanTarget, PolicyUpdate},
+    net::canonical_net,
 };
 
 /// Updates with the same slot overwrite each other within a batch.
@@ -35,7 +40,8 @@ fn slot(update: &PolicyUpdate) -> (BanTarget, bool) {
 /// Where the writer applies updates: the kernel's maps, or the userspace
 /// fallback when XDP is unavailable.
 pub trait PolicySink: Send {
-    fn apply(&mut self, update: &PolicyUpdate) -> Result<(), MapsError>;
+    /// Applies one update; says whether a full ban map evicted or refused.
+    fn apply(&mut self, update: &PolicyUpdate) -> Result<Written, MapsError>;
     /// Makes a batch of applied updates visible (the kernel's policy caches).
     fn commit(&mut self) -> Result<(), MapsError> {
         Ok(())
@@ -45,19 +51,25 @@ pub trait PolicySink: Send {
 }
 
 impl PolicySink for PinnedMaps {
-    fn apply(&mut self, update: &PolicyUpdate) -> Result<(), MapsError> {
+    fn apply(&mut self, update: &PolicyUpdate) -> Result<Written, MapsError> {
+        let done = |result: Result<(), MapsError>| result.map(|()| Written::Done);
         match *update {
             PolicyUpdate::Ban {
                 target: BanTarget::Source(ip),
                 until_ns,
                 reason,
-            } => self.write_ban(ip, until_ns, reason).map(drop),
+            } => Ok(self.write_ban(IpNet::from(ip), until_ns, reason)?.1),
+            PolicyUpdate::Ban {
+                target: BanTarget::SourcePrefix(net),
+                until_ns,
+                reason,
+            } => Ok(self.write_ban(net, until_ns, reason)?.1),
             // Never the kernel's: a forwarded address's packets are its
             // proxy's. [`Split`] sends these to userspace.
-            PolicyUpdate::Ban { .. } => Ok(()),
-            PolicyUpdate::Unban { ip } => self.remove_ban(ip).map(drop),
-            PolicyUpdate::Budget { ip, budget } => self.write_budget(ip, budget),
-            PolicyUpdate::ClearBudget { ip } => self.remove_budget(ip),
+            PolicyUpdate::Ban { .. } => Ok(Written::Done),
+            PolicyUpdate::Unban { ip } => done(self.remove_ban(ip).map(drop)),
+            PolicyUpdate::Budget { ip, budget } => done(self.write_budget(ip, budget)),
+            PolicyUpdate::ClearBudget { ip } => done(self.remove_budget(ip)),
         }
     }
 
@@ -87,8 +99,32 @@ pub struct UserspaceBans {
 struct BanTable {
     /// Banned addresses: packet sources, or forwarded client addresses.
     addresses: HashMap<IpAddr, Ban>,
+    /// Banned prefixes (canonical: IPv4 as IPv4), and the lengths in use,
+    /// so a lookup costs one hash probe per length, not one per prefix.
+    prefixes: HashMap<IpNet, Ban>,
+    lengths: BTreeSet<(bool, u8)>,
     /// Clients banned at one address, by address, then client id.
     clients: HashMap<IpAddr, HashMap<Arc<str>, Ban>>,
+}
+
+impl BanTable {
+    /// The latest of `ip`'s own ban and those of the prefixes covering it.
+    fn address_ban(&self, ip: IpAddr) -> Option<&Ban> {
+        let own = self.addresses.get(&ip);
+        let covering = (self.lengths.iter())
+            .filter(|(v6, _)| *v6 == ip.is_ipv6())
+            .filter_map(|(_, len)| IpNet::new(ip, *len).ok())
+            .filter_map(|net| self.prefixes.get(&net.trunc()));
+        own.into_iter()
+            .chain(covering)
+            .max_by_key(|ban| ban.banned_until_ns)
+    }
+
+    fn reindex(&mut self) {
+        self.lengths = (self.prefixes.keys())
+            .map(|net| (matches!(net, IpNet::V6(_)), net.prefix_len()))
+            .collect();
+    }
 }
 
 /// How long a ban ending at `until_ns` still lasts at `now_ns`, if at all.
@@ -104,10 +140,10 @@ impl UserspaceBans {
     /// How long the address `ip` stays banned, if it is.
     pub fn ban_left(&self, ip: IpAddr, now_ns: u64) -> Option<Duration> {
         let table = self.published.load();
-        if table.addresses.is_empty() {
+        if table.addresses.is_empty() && table.prefixes.is_empty() {
             return None;
         }
-        left(table.addresses.get(&ip.to_canonical())?, now_ns)
+        left(table.address_ban(ip.to_canonical())?, now_ns)
     }
 
     /// How long `client` stays banned at the address `ip`, if it is.
@@ -123,7 +159,8 @@ impl UserspaceBans {
     pub fn active(&self, now_ns: u64) -> usize {
         let table = self.published.load();
         let clients = table.clients.values().flat_map(HashMap::values);
-        (table.addresses.values().chain(clients))
+        (table.addresses.values().chain(table.prefixes.values()))
+            .chain(clients)
             .filter(|ban| ban.banned_until_ns > now_ns)
             .count()
     }
@@ -136,7 +173,7 @@ impl UserspaceBans {
 }
 
 impl PolicySink for UserspaceBans {
-    fn apply(&mut self, update: &PolicyUpdate) -> Result<(), MapsError> {
+    fn apply(&mut self, update: &PolicyUpdate) -> Result<Written, MapsError> {
         match update {
             PolicyUpdate::Ban {
                 target,
@@ -147,6 +184,13 @@ impl PolicySink for UserspaceBans {
                 let entry = match target {
                     BanTarget::Source(ip) | BanTarget::Forwarded(ip) => {
                         table.addresses.entry(ip.to_canonical()).or_default()
+                    }
+                    BanTarget::SourcePrefix(net) | BanTarget::ForwardedPrefix(net) => {
+                        let net = canonical_net(*net);
+                        table
+                            .lengths
+                            .insert((matches!(net, IpNet::V6(_)), net.prefix_len()));
+                        table.prefixes.entry(net).or_default()
                     }
                     BanTarget::Client { client, ip } => (table.clients)
                         .entry(ip.to_canonical())
@@ -166,7 +210,7 @@ impl PolicySink for UserspaceBans {
             // Budgets are packet-level; without XDP the request limiter covers them.
             PolicyUpdate::Budget { .. } | PolicyUpdate::ClearBudget { .. } => {}
         }
-        Ok(())
+        Ok(Written::Done)
     }
 
     fn commit(&mut self) -> Result<(), MapsError> {
@@ -183,6 +227,10 @@ impl PolicySink for UserspaceBans {
             .addresses
             .retain(|_, ban| ban.banned_until_ns > now_ns);
         let mut removed = before - table.addresses.len();
+        let before = table.prefixes.len();
+        table.prefixes.retain(|_, ban| ban.banned_until_ns > now_ns);
+        removed += before - table.prefixes.len();
+        table.reindex();
         for clients in table.clients.values_mut() {
             let before = clients.len();
             clients.retain(|_, ban| ban.banned_until_ns > now_ns);
@@ -202,7 +250,7 @@ pub struct Split<K> {
 }
 
 impl<K: PolicySink> PolicySink for Split<K> {
-    fn apply(&mut self, update: &PolicyUpdate) -> Result<(), MapsError> {
+    fn apply(&mut self, update: &PolicyUpdate) -> Result<Written, MapsError> {
         if let PolicyUpdate::Unban { .. } = update {
             self.userspace.apply(update)?;
         }
@@ -228,6 +276,7 @@ impl<K: PolicySink> PolicySink for Split<K> {
 pub struct PolicyHandle {
     tx: mpsc::Sender<PolicyUpdate>,
     overflowed: Arc<AtomicU64>,
+    full: Arc<FullCounters>,
 }
 
 impl PolicyHandle {
@@ -245,6 +294,11 @@ impl PolicyHandle {
     pub fn overflowed(&self) -> u64 {
         self.overflowed.load(Ordering::Relaxed)
     }
+
+    /// Bans the writer evicted or refused because a ban map was full.
+    pub fn full_counters(&self) -> &FullCounters {
+        &self.full
+    }
 }
 
 /// The writer side: owns the sink and applies queued updates in batches.
@@ -252,6 +306,7 @@ pub struct PolicyWriter {
     rx: mpsc::Receiver<PolicyUpdate>,
     /// Budgets last written per source, to skip rewriting unchanged ones.
     written_budgets: HashMap<IpAddr, Budget>,
+    full: Arc<FullCounters>,
 }
 
 /// Largest batch applied at once, and the bound on remembered budgets.
@@ -260,14 +315,17 @@ const REMEMBERED_BUDGETS: usize = 100_000;
 
 pub fn channel(capacity: usize) -> (PolicyHandle, PolicyWriter) {
     let (tx, rx) = mpsc::channel(capacity);
+    let full = Arc::<FullCounters>::default();
     (
         PolicyHandle {
             tx,
             overflowed: Arc::default(),
+            full: full.clone(),
         },
         PolicyWriter {
             rx,
             written_budgets: HashMap::new(),
+            full,
         },
     )
 }
@@ -322,8 +380,9 @@ impl PolicyWriter {
                 }
                 _ => {}
             }
-            if let Err(error) = sink.apply(&update) {
-                tracing::warn!(%error, ?update, "applying a policy update failed");
+            match sink.apply(&update) {
+                Ok(written) => self.full.record(&written, monotonic_ns()),
+                Err(error) => tracing::warn!(%error, ?update, "applying a policy update failed"),
             }
         }
         if let Err(error) = sink.commit() {

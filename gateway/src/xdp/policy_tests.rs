@@ -4,9 +4,9 @@ use super::*;
 struct Recorder(Vec<PolicyUpdate>);
 
 impl PolicySink for Recorder {
-    fn apply(&mut self, update: &PolicyUpdate) -> Result<(), MapsError> {
+    fn apply(&mut self, update: &PolicyUpdate) -> Result<Written, MapsError> {
         self.0.push(update.clone());
-        Ok(())
+        Ok(Written::Done)
     }
     fn remove_expired_bans(&mut self, _now_ns: u64) -> Result<usize, MapsError> {
         Ok(0)
@@ -160,4 +160,78 @@ async fn writer_applies_what_handles_submit() {
     drop(handle);
     task.await.unwrap();
     assert!(view.is_banned(ip("10.0.0.9"), monotonic_ns()));
+}
+
+#[test]
+fn userspace_bans_honour_prefix_bans_of_both_families() {
+    let mut bans = UserspaceBans::default();
+    let prefix = |net: &str| PolicyUpdate::Ban {
+        target: BanTarget::SourcePrefix(net.parse().unwrap()),
+        until_ns: 100,
+        reason: 3,
+    };
+    bans.apply(&prefix("2001:db8:0:1::/64")).unwrap();
+    bans.apply(&prefix("::ffff:203.0.113.0/120")).unwrap();
+    bans.apply(&PolicyUpdate::Ban {
+        target: BanTarget::ForwardedPrefix("198.51.100.0/24".parse().unwrap()),
+        until_ns: 80,
+        reason: 3,
+    })
+    .unwrap();
+    bans.commit().unwrap();
+    for (addr, banned) in [
+        ("2001:db8:0:1::7", true),
+        ("2001:db8:0:1:ffff::1", true),
+        ("2001:db8:0:2::7", false),
+        ("203.0.113.77", true),
+        ("::ffff:203.0.113.78", true),
+        ("203.0.114.1", false),
+        ("198.51.100.9", true),
+    ] {
+        assert_eq!(bans.is_banned(ip(addr), 50), banned, "{addr}");
+    }
+    assert_eq!(
+        bans.ban_left(ip("198.51.100.9"), 50),
+        Some(Duration::from_nanos(30))
+    );
+    assert_eq!(bans.active(50), 3);
+    assert_eq!(bans.remove_expired_bans(90).unwrap(), 1);
+    assert!(!bans.is_banned(ip("198.51.100.9"), 85));
+    assert!(bans.is_banned(ip("203.0.113.77"), 85));
+}
+
+/// A sink whose ban map is always full.
+struct Full(Written);
+
+impl PolicySink for Full {
+    fn apply(&mut self, _update: &PolicyUpdate) -> Result<Written, MapsError> {
+        Ok(self.0)
+    }
+    fn remove_expired_bans(&mut self, _now_ns: u64) -> Result<usize, MapsError> {
+        Ok(0)
+    }
+}
+
+#[test]
+fn the_writer_counts_evicted_and_refused_bans() {
+    let (handle, mut writer) = channel(16);
+    let ban = |addr: &str| PolicyUpdate::Ban {
+        target: BanTarget::Source(ip(addr)),
+        until_ns: 100,
+        reason: 0,
+    };
+    let mut refusing = Full(Written::Refused {
+        map: gateway_common::maps::BANS,
+    });
+    writer.apply_batch(&mut refusing, &mut vec![ban("10.0.0.1"), ban("10.0.0.2")]);
+    let mut evicting = Full(Written::Evicted {
+        map: gateway_common::maps::PREFIX_BANS,
+        key: "10.1.0.0/24".parse().unwrap(),
+        ban: Ban::default(),
+    });
+    writer.apply_batch(&mut evicting, &mut vec![ban("10.0.0.3")]);
+    let full = handle.full_counters();
+    assert_eq!(full.bans_refused.load(Ordering::Relaxed), 2);
+    assert_eq!(full.prefix_bans_evicted.load(Ordering::Relaxed), 1);
+    assert_eq!(full.bans_evicted.load(Ordering::Relaxed), 0);
 }
