@@ -1,16 +1,20 @@
-//! The gateway's XDP program: per-source bans and budgets for traffic to the
-//! protected ports, enforced before the packet costs userspace anything.
+//! The gateway's XDP program: per-source bans and budgets, enforced before
+//! the packet costs userspace anything.
 //!
 //! Per packet: parse (`gateway_common::packet`, shared with the host's tests
 //! and fuzzer: Ethernet, up to two VLAN tags, IPv4 with options or IPv6 with
-//! up to four extension headers) → protected port? → banned? →
-//! SYN budget → packet budget → pass; a deny is overridden by the allow-list.
+//! up to four extension headers) → the source is known: only a known,
+//! unprotected TCP/UDP port passes unjudged → TCP to a protected port,
+//! fragments and packets whose ports cannot be read are metered (banned? →
+//! SYN budget → packet budget); UDP to a protected port and other protocols
+//! are judged on the ban alone (and `xdp.udp`), never charged → pass; a deny
+//! is overridden by the allow-list.
 //! The source's ban, budget and allow-list membership are cached in its
 //! `GW_STATE` entry and re-read only after userspace restamps
-//! `GW_GENERATION`, so a packet costs one hash lookup, not four. Everything it does not
-//! understand passes. Policy maps are written by userspace only; this program
-//! writes only `GW_STATE` and `GW_COUNTERS`. No logging on the packet path:
-//! counters say what happened.
+//! `GW_GENERATION`, so a packet costs one hash lookup, not four. Frames
+//! without an IP header pass. Policy maps are written by userspace only; this
+//! program writes only `GW_STATE` and `GW_COUNTERS`. No logging on the packet
+//! path: counters say what happened.
 #![no_std]
 #![no_main]
 
@@ -26,8 +30,8 @@ use aya_ebpf::{
 };
 use gateway_common::{
     mode,
-    packet::{self, Packet},
-    Ban, Budget, Config, Counter, SourceAddr, SourceState, DEFAULT_ALLOW_ENTRIES,
+    packet::{self, Packet, L4},
+    udp, Ban, Budget, Config, Counter, SourceAddr, SourceState, DEFAULT_ALLOW_ENTRIES,
     DEFAULT_BANS_ENTRIES, DEFAULT_BUDGETS_ENTRIES, DEFAULT_STATE_ENTRIES, PORTS_ENTRIES,
 };
 
@@ -73,33 +77,40 @@ pub fn gateway_xdp(ctx: XdpContext) -> u32 {
 
 #[inline(always)]
 fn try_gateway_xdp(ctx: &XdpContext) -> Result<u32, ()> {
-    let flow = match packet::parse(&XdpPacket(ctx)).map_err(|packet::Truncated| ())? {
-        Some(flow) => flow,
-        None => return Ok(pass(Counter::NotProtected)),
+    // No IP header: no source to judge, not ours.
+    let Some(parsed) = packet::parse(&XdpPacket(ctx)) else {
+        return Ok(pass(Counter::NotProtected));
     };
-    match GW_PORTS.get(u32::from(flow.dst_port)) {
-        Some(&1) => {}
-        _ => return Ok(pass(Counter::NotProtected)),
-    }
+    // The source is known from here on: only a known, unprotected
+    // destination port lets a packet pass without judging it.
+    let metered_syn = match parsed.kind {
+        L4::Tcp if protected(parsed.dst_port) => parsed.is_syn(),
+        L4::Udp if !parsed.fragment && protected(parsed.dst_port) => {
+            return judge_unmetered(&parsed.src, UnmeteredKind::Udp);
+        }
+        L4::Tcp | L4::Udp if !parsed.fragment => return Ok(pass(Counter::NotProtected)),
+        L4::Other if !parsed.fragment => {
+            return judge_unmetered(&parsed.src, UnmeteredKind::Other);
+        }
+        L4::Truncated | L4::LongChain => gave_up(&parsed),
+        // Fragments (any, to any port): the packet budget.
+        _ => false,
+    };
     let config = GW_CONFIG.get(0).ok_or(())?;
     let generation = *GW_GENERATION.get(0).ok_or(())?;
-    // Coarse (tick-resolution) CLOCK_MONOTONIC: the precise clock costs
-    // more than the rest of the policy path on virtualised hosts, and bans
-    // and per-second budgets do not need sub-millisecond resolution.
-    // SAFETY: the helper has no preconditions.
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
-    let state = source_state(&flow.src)?;
+    let now = now_ns();
+    let state = source_state(&parsed.src)?;
     // SAFETY: `state` points into this source's GW_STATE value. Another CPU
     // may update it concurrently; a torn or lost update only lets a packet
     // through or refreshes the cache once more.
     let state = unsafe { &mut *state };
     // Generation 0: userspace has not published policy yet; never trust a cache.
     if generation == 0 || state.policy_generation != generation {
-        refresh_policy(state, &flow.src, config, generation);
+        refresh_policy(state, &parsed.src, config, generation);
     }
     let verdict = if state.banned_until_ns > now {
         Counter::DroppedBanned
-    } else if flow.is_syn
+    } else if metered_syn
         && !gcra(
             &mut state.syn_tat_ns,
             state.syn_interval_ns,
@@ -123,6 +134,80 @@ fn try_gateway_xdp(ctx: &XdpContext) -> Result<u32, ()> {
         return Ok(pass(Counter::Allowlisted));
     }
     Ok(deny(config, verdict))
+}
+
+#[inline(always)]
+fn protected(port: u16) -> bool {
+    matches!(GW_PORTS.get(u32::from(port)), Some(&1))
+}
+
+/// The one place the program gives up on a packet's ports (its L4 header
+/// is cut short or malformed, or its IPv6 chain is longer than the parser
+/// follows): it is then metered like a fragment. Returns "not a SYN".
+#[inline(always)]
+fn gave_up(_parsed: &packet::Parsed) -> bool {
+    count(Counter::ParseGaveUp);
+    false
+}
+
+/// Coarse (tick-resolution) CLOCK_MONOTONIC: the precise clock costs more
+/// than the rest of the policy path on virtualised hosts, and bans and
+/// per-second budgets do not need sub-millisecond resolution.
+#[inline(always)]
+fn now_ns() -> u64 {
+    // SAFETY: the helper has no preconditions.
+    unsafe { bpf_ktime_get_coarse_ns() }
+}
+
+/// Packets judged on their source but never charged to it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum UnmeteredKind {
+    /// UDP to a protected port: passed or dropped as `xdp.udp` says.
+    Udp,
+    /// Neither TCP nor UDP (ICMP, ESP, ...).
+    Other,
+}
+
+/// Judges a packet that is not metered: a ban drops it, and so does
+/// `xdp.udp = "drop"` for UDP; the allow-list overrides both. Reads the
+/// source's cached state when it has one and creates none, so unmetered
+/// traffic never fills `GW_STATE`.
+#[inline(always)]
+fn judge_unmetered(src: &SourceAddr, kind: UnmeteredKind) -> Result<u32, ()> {
+    let config = GW_CONFIG.get(0).ok_or(())?;
+    let now = now_ns();
+    let (banned, allowlisted) = match GW_STATE.get_ptr_mut(src) {
+        Some(state) => {
+            // SAFETY: as in `try_gateway_xdp`.
+            let state = unsafe { &mut *state };
+            let generation = *GW_GENERATION.get(0).ok_or(())?;
+            if generation == 0 || state.policy_generation != generation {
+                refresh_policy(state, src, config, generation);
+            }
+            (state.banned_until_ns > now, Some(state.allowlisted != 0))
+        }
+        // SAFETY: only userspace writes GW_BANS; the value is read at once.
+        None => match unsafe { GW_BANS.get(src) } {
+            Some(ban) => (ban.banned_until_ns > now, None),
+            None => (false, None),
+        },
+    };
+    let udp_drop = kind == UnmeteredKind::Udp && config.udp == udp::DROP;
+    let reason = if banned {
+        Counter::DroppedBanned
+    } else if udp_drop {
+        Counter::DroppedUdp
+    } else if kind == UnmeteredKind::Udp {
+        return Ok(pass(Counter::UdpPassed));
+    } else {
+        return Ok(pass(Counter::NotProtected));
+    };
+    let allowlisted =
+        allowlisted.unwrap_or_else(|| GW_ALLOW.get(&Key::new(128, src.addr)).is_some());
+    if allowlisted {
+        return Ok(pass(Counter::Allowlisted));
+    }
+    Ok(deny(config, reason))
 }
 
 /// Re-reads the source's ban, budget and allow-list membership into its

@@ -7,7 +7,7 @@ use anyhow::Result;
 use clap::{Args, Subcommand};
 use gateway::{
     clock::monotonic_ns,
-    xdp::{Mode, PinnedMaps, DEFAULT_BUDGET, DEFAULT_PIN_ROOT},
+    xdp::{Mode, PinnedMaps, UdpPolicy, DEFAULT_BUDGET, DEFAULT_PIN_ROOT},
 };
 use gateway_common::{attach_mode, ban_reason, Budget};
 
@@ -176,6 +176,7 @@ fn status(pins: &PinArgs, json: bool) -> Result<()> {
         .to_owned();
     let attach = attach_mode::name(config.attach_mode);
     let mode = Mode::from_kernel(config.mode);
+    let udp = UdpPolicy::from_kernel(config.udp);
     let owner_running = config.owner_pid != 0
         && std::path::Path::new(&format!("/proc/{}", config.owner_pid)).exists();
     if json {
@@ -189,6 +190,7 @@ fn status(pins: &PinArgs, json: bool) -> Result<()> {
             "ifindex": config.ifindex,
             "attach": attach,
             "mode": mode,
+            "udp": udp,
             "owner_pid": config.owner_pid,
             "owner_running": owner_running,
             "active_bans": active_bans,
@@ -207,6 +209,7 @@ fn status(pins: &PinArgs, json: bool) -> Result<()> {
     println!("interface:  {interface} (ifindex {})", config.ifindex);
     println!("attach:     {attach}");
     println!("mode:       {mode:?}");
+    println!("udp:        {udp:?} (UDP to protected ports, never metered)");
     println!(
         "owner:      pid {} ({})",
         config.owner_pid,

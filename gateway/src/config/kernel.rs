@@ -14,7 +14,7 @@ use super::{
     ConfigError,
 };
 use crate::guard::{GuardMode, GuardSettings};
-use crate::xdp::{MapSizes, Mode, XdpSettings, DEFAULT_BUDGET, DEFAULT_PIN_ROOT};
+use crate::xdp::{MapSizes, Mode, UdpPolicy, XdpSettings, DEFAULT_BUDGET, DEFAULT_PIN_ROOT};
 
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -34,6 +34,8 @@ pub struct XdpConfig {
     pub default_pkt_burst: u32,
     pub max_bans: u32,
     pub max_sources: u32,
+    /// UDP to a protected port: `pass` or `drop`; never charged to a source.
+    pub udp: UdpPolicy,
 }
 
 impl Default for XdpConfig {
@@ -53,6 +55,7 @@ impl Default for XdpConfig {
             default_pkt_burst: DEFAULT_BUDGET.pkt_burst,
             max_bans: sizes.bans,
             max_sources: sizes.state,
+            udp: UdpPolicy::Pass,
         }
     }
 }
@@ -100,6 +103,7 @@ impl XdpConfig {
                 state: self.max_sources,
                 ..MapSizes::default()
             },
+            udp: self.udp,
         }
     }
 }
@@ -213,5 +217,16 @@ mod tests {
         let rates: Vec<u32> = guard.tier_budgets.iter().map(|b| b.syn_per_sec).collect();
         assert_eq!(rates, [10, 20, 30]);
         assert_eq!(config.xdp_settings().ports, [8080]);
+    }
+
+    #[test]
+    fn udp_policy_defaults_to_pass_and_names_its_key_when_wrong() {
+        let base = "[[listeners]]\naddress = \"127.0.0.1:8080\"\n[xdp]\n";
+        let config = Config::parse(base).unwrap();
+        assert_eq!(config.xdp_settings().udp, crate::xdp::UdpPolicy::Pass);
+        let config = Config::parse(&format!("{base}udp = \"drop\"\n")).unwrap();
+        assert_eq!(config.xdp_settings().udp, crate::xdp::UdpPolicy::Drop);
+        let error = Config::parse(&format!("{base}udp = \"reject\"\n")).unwrap_err();
+        assert!(error.to_string().contains("xdp.udp"), "{error}");
     }
 }
