@@ -16,8 +16,11 @@
 //! program writes only `GW_STATE` and `GW_COUNTERS`. No logging on the packet
 //! path: counters say what happened.
 #![no_std]
+#![feature(asm_experimental_arch)]
 #![no_main]
 
+mod ban_cache;
+mod direct;
 mod runtime;
 
 use aya_ebpf::btf_maps::lpm_trie::Key;
@@ -99,6 +102,9 @@ fn try_gateway_xdp(ctx: &XdpContext) -> Result<u32, ()> {
     let config = GW_CONFIG.get(0).ok_or(())?;
     let generation = *GW_GENERATION.get(0).ok_or(())?;
     let now = now_ns();
+    if ban_cache::banned(&parsed.src, generation, now) {
+        return Ok(deny(config, Counter::DroppedBanned));
+    }
     let state = source_state(&parsed.src)?;
     // SAFETY: `state` points into this source's GW_STATE value. Another CPU
     // may update it concurrently; a torn or lost update only lets a packet
@@ -132,6 +138,9 @@ fn try_gateway_xdp(ctx: &XdpContext) -> Result<u32, ()> {
     // Allow-listed sources are never dropped.
     if state.allowlisted != 0 {
         return Ok(pass(Counter::Allowlisted));
+    }
+    if verdict == Counter::DroppedBanned && generation != 0 {
+        ban_cache::remember(&parsed.src, generation, state.banned_until_ns);
     }
     Ok(deny(config, verdict))
 }
@@ -306,8 +315,8 @@ impl Packet for XdpPacket<'_> {
         if start + offset + N > self.0.data_end() {
             return None;
         }
-        // SAFETY: the bytes are inside the packet (checked above); unaligned read.
-        Some(unsafe { core::ptr::read_unaligned((start + offset) as *const [u8; N]) })
+        // SAFETY: the bytes are inside the packet (checked above).
+        Some(unsafe { direct::read::<N>(start + offset) })
     }
 
     /// `bpf_xdp_load_bytes`, which bounds-checks at run time.
