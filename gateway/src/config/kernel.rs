@@ -14,7 +14,9 @@ use super::{
     ConfigError,
 };
 use crate::guard::{GuardMode, GuardSettings, PrefixSettings};
-use crate::xdp::{MapSizes, Mode, WhenFull, XdpSettings, DEFAULT_BUDGET, DEFAULT_PIN_ROOT};
+use crate::xdp::{
+    MapSizes, Mode, UdpPolicy, WhenFull, XdpSettings, DEFAULT_BUDGET, DEFAULT_PIN_ROOT,
+};
 
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -41,6 +43,8 @@ pub struct XdpConfig {
     pub max_prefix_bans: u32,
     /// A full ban map: `evict` the ban closest to expiry, or `refuse` the new one.
     pub bans_full: WhenFull,
+    /// UDP to a protected port: `pass` or `drop`; never charged to a source.
+    pub udp: UdpPolicy,
 }
 
 impl Default for XdpConfig {
@@ -63,6 +67,7 @@ impl Default for XdpConfig {
             detach_on_exit: false,
             max_prefix_bans: sizes.prefix_bans,
             bans_full: WhenFull::Evict,
+            udp: UdpPolicy::Pass,
         }
     }
 }
@@ -114,6 +119,7 @@ impl XdpConfig {
             },
             detach_on_exit: self.detach_on_exit,
             bans_full: self.bans_full,
+            udp: self.udp,
         }
     }
 }
@@ -244,5 +250,16 @@ mod tests {
         let rates: Vec<u32> = guard.tier_budgets.iter().map(|b| b.syn_per_sec).collect();
         assert_eq!(rates, [10, 20, 30]);
         assert_eq!(config.xdp_settings().ports, [8080]);
+    }
+
+    #[test]
+    fn udp_policy_defaults_to_pass_and_names_its_key_when_wrong() {
+        let base = "[[listeners]]\naddress = \"127.0.0.1:8080\"\n[xdp]\n";
+        let config = Config::parse(base).unwrap();
+        assert_eq!(config.xdp_settings().udp, crate::xdp::UdpPolicy::Pass);
+        let config = Config::parse(&format!("{base}udp = \"drop\"\n")).unwrap();
+        assert_eq!(config.xdp_settings().udp, crate::xdp::UdpPolicy::Drop);
+        let error = Config::parse(&format!("{base}udp = \"reject\"\n")).unwrap_err();
+        assert!(error.to_string().contains("xdp.udp"), "{error}");
     }
 }
