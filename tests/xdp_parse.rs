@@ -230,6 +230,33 @@ fn cut_headers_and_other_protocols_are_judged_on_their_source() {
     );
 }
 
+/// A source inside a banned prefix that never sent a metered packet has no
+/// `GW_STATE` entry: its other protocols are still judged on the prefix ban.
+#[test]
+fn other_protocols_from_a_banned_prefix_without_state_are_dropped() {
+    if !require_root("other_protocols_from_a_banned_prefix_without_state_are_dropped") {
+        return;
+    }
+    let (topology, _listeners, gateway) = setup("", &[]);
+    gateway.xdp(&["ban", "10.77.0.0/30", "--for", "60s"]);
+    let icmp = |src: &str| {
+        let mut frame = syn_to_server(&topology, src, 44000).build();
+        frame[14 + 9] = 1;
+        frame
+    };
+    let moved = deltas(
+        &topology,
+        &gateway,
+        vec![icmp(CLIENT2_V4), icmp(CLIENT2_V4)],
+        &["dropped_banned", "not_protected"],
+    );
+    assert_eq!(moved, [2, 0], "ICMP from inside a banned /30 passed");
+    assert!(
+        !has_state(&gateway, CLIENT2_V4),
+        "unmetered traffic creates no GW_STATE entry"
+    );
+}
+
 fn udp(src: &str, port: u16) -> Vec<u8> {
     let dst = if src.contains(':') {
         SERVER_V6
