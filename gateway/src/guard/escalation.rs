@@ -73,6 +73,15 @@ impl PrefixState {
             && self.members.iter().all(|(_, until)| *until <= now_ns)
     }
 
+    /// When the last of the address bans it holds ends (0: none).
+    pub fn members_until_ns(&self) -> u64 {
+        self.members
+            .iter()
+            .map(|(_, until)| *until)
+            .max()
+            .unwrap_or(0)
+    }
+
     /// The addresses it holds banned, forgotten (their bans to be lifted:
     /// the prefix's own ban covers them).
     pub fn take_members(&mut self) -> Vec<IpAddr> {

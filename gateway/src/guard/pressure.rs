@@ -5,7 +5,8 @@
 //! `prefix.auth_failures` refusals that suggest guessing from all its
 //! addresses together within `auth_failure_window` ban the prefix for
 //! `auth_failure_ban`, doubling per repeat offence of the prefix (shared
-//! with escalation), up to `max_ban`.
+//! with escalation), up to `max_ban`, and at least until the address bans
+//! it lifts would have ended.
 //!
 //! Unset, the prefix's allowance is [`PREFIX_AUTH_FAILURES_SCALE`]
 //! addresses' worth, so a NAT'd /24 or a shared /64 needs several clients
@@ -68,7 +69,9 @@ impl SourceGuard {
                 None
             } else {
                 let length = self.ban_length(&mut prefix.offences, settings.auth_failure_ban);
-                prefix.banned_until_ns = now_ns.saturating_add(duration_ns(length));
+                // It lifts the address bans it covers: not sooner than they end.
+                prefix.banned_until_ns =
+                    (now_ns.saturating_add(duration_ns(length))).max(prefix.members_until_ns());
                 Some(prefix.banned_until_ns)
             }
         };

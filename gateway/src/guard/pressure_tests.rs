@@ -160,17 +160,30 @@ fn behind_a_trusted_proxy_the_forwarded_prefix_is_banned_in_userspace() {
 fn the_prefix_ban_lifts_the_address_bans_it_covers() {
     let guard = guard();
     let t0 = 1_000 * SEC;
-    // One address guesses past its allowance (4 guesses): banned alone.
+    // One address guesses past its allowance (4 guesses): banned alone,
+    // twice, the second time for 60 s.
     let loud = in_64(0xff);
-    let ban = (0..4)
-        .find_map(|i| guard.auth_failed(loud, t0 + i))
-        .expect("the address is banned");
-    assert_eq!(guard.escalate(&ban, t0), vec![]);
-    // The rest of the /64 rotates below it; the prefix's ban lifts the address's.
-    let bans = rotate(&guard, &(1..=6).map(in_64).collect::<Vec<_>>(), t0 + SEC);
-    assert_eq!(bans.len(), 1, "{bans:?}");
+    let mut loud_until = 0;
+    for at in [t0, t0 + 31 * SEC] {
+        let ban = (0..4)
+            .find_map(|i| guard.auth_failed(loud, at + i))
+            .expect("the address is banned");
+        assert_eq!(guard.escalate(&ban, at), vec![]);
+        if let PolicyUpdate::Ban { until_ns, .. } = ban {
+            loud_until = until_ns;
+        }
+    }
+    assert_eq!(loud_until, t0 + 31 * SEC + 3 + 60 * SEC);
+    // The rest of the /64 rotates below it; the prefix's ban (30 s) lifts
+    // the address's, so it lasts as long.
+    let t1 = t0 + 32 * SEC;
+    let bans = rotate(&guard, &(1..=6).map(in_64).collect::<Vec<_>>(), t1);
+    match &bans[..] {
+        [PolicyUpdate::Ban { until_ns, .. }] => assert_eq!(*until_ns, loud_until),
+        other => panic!("one prefix ban: {other:?}"),
+    }
     assert_eq!(
-        guard.escalate(&bans[0], t0 + 2 * SEC),
+        guard.escalate(&bans[0], t1 + SEC),
         vec![PolicyUpdate::Unban {
             ip: ip("2001:db8:0:7::ff")
         }]
