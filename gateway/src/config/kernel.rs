@@ -13,7 +13,7 @@ use super::{
     listen::ListenerConfig,
     ConfigError,
 };
-use crate::guard::{GuardMode, GuardSettings, PrefixSettings};
+use crate::guard::{GuardMode, GuardSettings, PrefixSettings, PREFIX_AUTH_FAILURES_SCALE};
 use crate::xdp::{
     MapSizes, Mode, UdpPolicy, WhenFull, XdpSettings, DEFAULT_BUDGET, DEFAULT_PIN_ROOT,
 };
@@ -154,6 +154,11 @@ pub struct GuardConfig {
     /// ... the prefix: an IPv4 address's /24, an IPv6 address's /64 by default.
     pub prefix_len_v4: u8,
     pub prefix_len_v6: u8,
+    /// Refused credentials that suggest guessing a whole prefix may
+    /// present within `auth_failure_window`, however few each address
+    /// sends; one more bans the prefix for `auth_failure_ban` (0: never).
+    /// Unset: `PREFIX_AUTH_FAILURES_SCALE` × `auth_failures`.
+    pub prefix_auth_failures: Option<u32>,
 }
 
 impl Default for GuardConfig {
@@ -170,6 +175,7 @@ impl Default for GuardConfig {
             prefix_threshold: PrefixSettings::default().threshold,
             prefix_len_v4: PrefixSettings::default().v4_len,
             prefix_len_v6: PrefixSettings::default().v6_len,
+            prefix_auth_failures: None,
         }
     }
 }
@@ -186,7 +192,27 @@ impl GuardConfig {
         at.within("prefix_threshold", self.prefix_threshold, 0..=65_536)?;
         // A prefix, not one address, and not a whole region of the Internet.
         at.within("prefix_len_v4", u32::from(self.prefix_len_v4), 8..=31)?;
-        at.within("prefix_len_v6", u32::from(self.prefix_len_v6), 16..=127)
+        at.within("prefix_len_v6", u32::from(self.prefix_len_v6), 16..=127)?;
+        at.within_opt("prefix_auth_failures", self.prefix_auth_failures, 0..=COUNT)?;
+        match self.prefix_auth_failures {
+            // A prefix holds at least one address.
+            Some(n) if n != 0 && n < self.auth_failures => Err(at.invalid(
+                "prefix_auth_failures",
+                format!(
+                    "must be 0 (never) or at least auth_failures ({}), not {n}",
+                    self.auth_failures
+                ),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// `prefix_auth_failures`, or its default: several addresses' worth.
+    fn prefix_auth_failures(&self) -> u32 {
+        self.prefix_auth_failures.unwrap_or(
+            self.auth_failures
+                .saturating_mul(PREFIX_AUTH_FAILURES_SCALE),
+        )
     }
 
     /// The guard's settings: its own section, the kernel's allow list and
@@ -231,6 +257,7 @@ impl GuardConfig {
                 threshold: self.prefix_threshold,
                 v4_len: self.prefix_len_v4,
                 v6_len: self.prefix_len_v6,
+                auth_failures: self.prefix_auth_failures(),
             },
         }
     }
@@ -261,5 +288,25 @@ mod tests {
         assert_eq!(config.xdp_settings().udp, crate::xdp::UdpPolicy::Drop);
         let error = Config::parse(&format!("{base}udp = \"reject\"\n")).unwrap_err();
         assert!(error.to_string().contains("xdp.udp"), "{error}");
+    }
+
+    #[test]
+    fn an_unset_prefix_guessing_allowance_scales_with_the_address_s() {
+        let parse = |guard: &str| {
+            let text = format!("[[listeners]]\naddress = \"127.0.0.1:8080\"\n[guard]\n{guard}");
+            Config::parse(&text).map(|c| c.guard_settings().prefix.auth_failures)
+        };
+        assert_eq!(parse("").unwrap(), 100);
+        assert_eq!(parse("auth_failures = 2").unwrap(), 10);
+        assert_eq!(
+            parse("auth_failures = 2\nprefix_auth_failures = 0").unwrap(),
+            0
+        );
+        assert_eq!(parse("prefix_auth_failures = 20").unwrap(), 20);
+        let error = parse("auth_failures = 20\nprefix_auth_failures = 19").unwrap_err();
+        assert!(
+            error.to_string().contains("guard.prefix_auth_failures"),
+            "{error}"
+        );
     }
 }
