@@ -360,3 +360,27 @@ fn following_needs_a_reachable_gateway_an_admin_key_and_a_loaded_program() {
     assert!(stderr.contains("cannot reach the admin API"), "{stderr}");
     assert!(stderr.contains("is the gateway running?"), "{stderr}");
 }
+
+/// A source dropped under a prefix ban reports that ban's reason.
+#[test]
+fn a_prefix_bans_first_drop_names_its_reason() {
+    if !require_root("a_prefix_bans_first_drop_names_its_reason") {
+        return;
+    }
+    let topology = Topology::new();
+    let _listener = Listener::start(&topology.server, PROTECTED);
+    let (gateway, key) = gateway(&topology);
+    let follower = Follower::start(&topology, &gateway, &key);
+
+    gateway.xdp(&["ban", "10.77.0.0/30", "--for", "60s"]);
+    topology.send_frames(vec![syn(CLIENT_V4, SERVER_V4).build()]);
+    wait_until("the first drop's event", || {
+        follower.count("ban_first_drop", "source", CLIENT_V4) == 1
+    });
+    let event = follower
+        .events()
+        .into_iter()
+        .find(|e| e["source"] == CLIENT_V4)
+        .unwrap();
+    assert_eq!(event["reason"], "manual", "{event}");
+}
