@@ -38,10 +38,12 @@ pub mod maps {
     pub const GENERATION: &str = "GW_GENERATION";
     /// Per-CPU `u64` counters indexed by [`crate::Counter`].
     pub const COUNTERS: &str = "GW_COUNTERS";
+    /// Kernel-owned listener-wide SYN meter: one [`crate::SynFlood`] at index 0.
+    pub const SYN_FLOOD: &str = "GW_SYN_FLOOD";
 
     /// Every map the program must define, in the order `xdp status` shows them.
-    pub const ALL: [&str; 8] = [
-        BANS, BUDGETS, STATE, ALLOW, PORTS, CONFIG, GENERATION, COUNTERS,
+    pub const ALL: [&str; 9] = [
+        BANS, BUDGETS, STATE, ALLOW, PORTS, CONFIG, GENERATION, COUNTERS, SYN_FLOOD,
     ];
 }
 
@@ -146,6 +148,22 @@ pub struct SourceState {
     /// Cached: 1 if the source is inside an allow-listed CIDR.
     pub allowlisted: u32,
     pub _pad: u32,
+    /// SYN-cookie mode (see `Config::syn_cookies`) lasts until this
+    /// deadline: the source's SYNs pass uncharged for the kernel to answer
+    /// with a cookie, and only its completed handshakes are charged.
+    pub cookie_until_ns: u64,
+    /// GCRA of the SYNs offered in cookie mode (spoofable, so it only
+    /// decides how long the mode lasts, never what is charged).
+    pub offered_tat_ns: u64,
+}
+
+/// Kernel-written listener-wide SYN meter (`GW_SYN_FLOOD`): past
+/// `Config::syn_flood_rate`, every source is in SYN-cookie mode.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct SynFlood {
+    pub tat_ns: u64,
+    pub cookie_until_ns: u64,
 }
 
 /// Enforcement modes (value of [`Config::mode`]).
@@ -190,6 +208,15 @@ pub struct Config {
     pub default_budget: Budget,
     /// Interface name, NUL-padded.
     pub ifname: [u8; 16],
+    /// 1: spoof-resistant SYN budgets. A source over its SYN budget (or
+    /// every source, past `syn_flood_rate`) has its SYNs passed uncharged
+    /// to the kernel, which must answer them with SYN cookies
+    /// (`net.ipv4.tcp_syncookies = 2`); only handshakes completed with a
+    /// valid cookie are charged. 0: over-budget SYNs are dropped.
+    pub syn_cookies: u32,
+    /// Protected SYNs per second (all sources) above which every source is
+    /// in SYN-cookie mode; 0 = only per source.
+    pub syn_flood_rate: u32,
 }
 
 /// Counter indexes in `GW_COUNTERS`. Only packets to protected ports are
@@ -208,10 +235,13 @@ pub enum Counter {
     MonitorConnBudget = 6,
     MonitorPktBudget = 7,
     NotProtected = 8,
+    SynCookieSent = 9,
+    SynCookieValid = 10,
+    SynCookieInvalid = 11,
 }
 
 impl Counter {
-    pub const COUNT: u32 = 9;
+    pub const COUNT: u32 = 12;
     /// Every counter with its metric-friendly name, in index order.
     pub const ALL: [(Counter, &'static str); Self::COUNT as usize] = [
         (Counter::Passed, "passed"),
@@ -223,6 +253,13 @@ impl Counter {
         (Counter::MonitorConnBudget, "monitor_would_drop_conn_budget"),
         (Counter::MonitorPktBudget, "monitor_would_drop_pkt_budget"),
         (Counter::NotProtected, "not_protected"),
+        // SYNs in cookie mode, passed uncharged for a kernel SYN cookie.
+        (Counter::SynCookieSent, "syn_cookies_sent"),
+        // Handshakes completed with a valid cookie (then charged).
+        (Counter::SynCookieValid, "syn_cookies_valid"),
+        // ACKs in cookie mode without a valid cookie: established traffic
+        // or forged; passed, never charged.
+        (Counter::SynCookieInvalid, "syn_cookies_invalid"),
     ];
 
     /// The counter that records this drop reason in monitor mode.
@@ -246,9 +283,10 @@ mod pod {
     unsafe impl aya::Pod for super::Budget {}
     unsafe impl aya::Pod for super::SourceState {}
     unsafe impl aya::Pod for super::Config {}
+    unsafe impl aya::Pod for super::SynFlood {}
 
     const _: () = assert!(core::mem::size_of::<super::Ban>() == 16);
     const _: () = assert!(core::mem::size_of::<super::Budget>() == 20);
-    const _: () = assert!(core::mem::size_of::<super::Config>() == 52);
-    const _: () = assert!(core::mem::size_of::<super::SourceState>() == 72);
+    const _: () = assert!(core::mem::size_of::<super::Config>() == 60);
+    const _: () = assert!(core::mem::size_of::<super::SourceState>() == 88);
 }

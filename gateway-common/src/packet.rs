@@ -34,6 +34,14 @@ pub struct Flow {
     pub dst_port: u16,
     /// TCP SYN without ACK: a new connection.
     pub is_syn: bool,
+    /// Offset of the IP header from the packet start.
+    pub l3: usize,
+    /// Offset of the TCP/UDP header from the packet start.
+    pub l4: usize,
+    /// IPv6 (else IPv4).
+    pub ipv6: bool,
+    /// The TCP flags byte (0 for UDP).
+    pub tcp_flags: u8,
 }
 
 pub const ETH_HDR_LEN: usize = 14;
@@ -43,8 +51,9 @@ pub const ETH_P_8021Q: u16 = 0x8100;
 pub const ETH_P_8021AD: u16 = 0x88A8;
 pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
-const TCP_SYN: u8 = 0x02;
-const TCP_ACK: u8 = 0x10;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
+pub const TCP_ACK: u8 = 0x10;
 
 const IPV6_HOPOPTS: u8 = 0;
 const IPV6_ROUTING: u8 = 43;
@@ -69,6 +78,7 @@ pub fn parse<P: Packet>(packet: &P) -> Result<Option<Flow>, Truncated> {
             offset = ETH_HDR_LEN + 8;
         }
     }
+    let l3 = offset;
     let (src, proto, l4) = match ethertype {
         ETH_P_IP => match parse_ipv4(packet, offset)? {
             Some(found) => found,
@@ -90,11 +100,16 @@ pub fn parse<P: Packet>(packet: &P) -> Result<Option<Flow>, Truncated> {
         ]
     };
     let dst_port = u16::from_be_bytes([l4_head[2], l4_head[3]]);
-    let is_syn = proto == IPPROTO_TCP && l4_head[13] & (TCP_SYN | TCP_ACK) == TCP_SYN;
+    let tcp_flags = if proto == IPPROTO_TCP { l4_head[13] } else { 0 };
+    let is_syn = tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
     Ok(Some(Flow {
         src,
         dst_port,
         is_syn,
+        l3,
+        l4,
+        ipv6: ethertype == ETH_P_IPV6,
+        tcp_flags,
     }))
 }
 

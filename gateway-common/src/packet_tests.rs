@@ -36,11 +36,24 @@ fn flow(src: &str, dst_port: u16, is_syn: bool) -> Option<Flow> {
         src: source(src),
         dst_port,
         is_syn,
+        l3: 0,
+        l4: 0,
+        ipv6: false,
+        tcp_flags: 0,
     })
 }
 
+/// The flow without its offsets and flags (checked on their own below).
 fn parsed(frame: &[u8]) -> Result<Option<Flow>, Truncated> {
-    parse(&Bytes(frame))
+    parse(&Bytes(frame)).map(|flow| {
+        flow.map(|flow| Flow {
+            l3: 0,
+            l4: 0,
+            ipv6: false,
+            tcp_flags: 0,
+            ..flow
+        })
+    })
 }
 
 /// Every shape the XDP tests send, with the flow the parser must find:
@@ -179,4 +192,19 @@ fn fuzz_seeds_are_the_samples() {
             path.display()
         );
     }
+}
+
+/// The SYN-cookie code reads the IP and TCP headers again at these offsets.
+#[test]
+fn offsets_family_and_flags() {
+    let v4 = parse(&Bytes(&syn(V4_SRC, V4_DST, 8080).build()))
+        .unwrap()
+        .unwrap();
+    assert_eq!((v4.l3, v4.l4, v4.ipv6, v4.tcp_flags), (14, 34, false, 0x02));
+    let mut v6 = syn(V6_SRC, V6_DST, 80);
+    v6.vlans = vec![(DOT1Q, 7)];
+    v6.syn = false;
+    let v6 = parse(&Bytes(&v6.build())).unwrap().unwrap();
+    assert_eq!((v6.l3, v6.l4, v6.ipv6), (18, 58, true));
+    assert_eq!(v6.tcp_flags & 0x12, 0x10, "an ACK");
 }

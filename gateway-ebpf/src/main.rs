@@ -4,17 +4,19 @@
 //! Per packet: parse (`gateway_common::packet`, shared with the host's tests
 //! and fuzzer: Ethernet, up to two VLAN tags, IPv4 with options or IPv6 with
 //! up to four extension headers) → protected port? → banned? →
-//! SYN budget → packet budget → pass; a deny is overridden by the allow-list.
+//! SYN budget (or SYN-cookie mode, see `syncookie`) → packet budget → pass;
+//! a deny is overridden by the allow-list.
 //! The source's ban, budget and allow-list membership are cached in its
 //! `GW_STATE` entry and re-read only after userspace restamps
 //! `GW_GENERATION`, so a packet costs one hash lookup, not four. Everything it does not
 //! understand passes. Policy maps are written by userspace only; this program
-//! writes only `GW_STATE` and `GW_COUNTERS`. No logging on the packet path:
+//! writes only `GW_STATE`, `GW_SYN_FLOOD` and `GW_COUNTERS`. No logging on the packet path:
 //! counters say what happened.
 #![no_std]
 #![no_main]
 
 mod runtime;
+mod syncookie;
 
 use aya_ebpf::btf_maps::lpm_trie::Key;
 use aya_ebpf::{
@@ -99,6 +101,11 @@ fn try_gateway_xdp(ctx: &XdpContext) -> Result<u32, ()> {
     }
     let verdict = if state.banned_until_ns > now {
         Counter::DroppedBanned
+    } else if let Some(judged) = syncookie::judge(ctx, &flow, state, config, now) {
+        match judged {
+            syncookie::Judged::Pass(counter) => return Ok(pass(counter)),
+            syncookie::Judged::Deny(counter) => counter,
+        }
     } else if flow.is_syn
         && !gcra(
             &mut state.syn_tat_ns,

@@ -147,6 +147,22 @@ impl Topology {
             .unwrap();
     }
 
+    /// The server veth's MAC: frames sent to it are the server kernel's
+    /// own (broadcast frames reach XDP but not the TCP stack).
+    pub fn server_mac(&self) -> [u8; 6] {
+        let output = sh(
+            "ip",
+            &["-n", &self.server.name, "-j", "link", "show", SERVER_IF],
+        );
+        let links: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        let text = links[0]["address"].as_str().unwrap();
+        let mut mac = [0u8; 6];
+        for (byte, part) in mac.iter_mut().zip(text.split(':')) {
+            *byte = u8::from_str_radix(part, 16).unwrap();
+        }
+        mac
+    }
+
     /// A TCP connect from `source` (an address on the client side).
     pub fn connects(&self, source: &str, dest: &str, port: u16, timeout: Duration) -> bool {
         let source: IpAddr = source.parse().unwrap();

@@ -79,6 +79,14 @@ pub struct RunArgs {
     /// Overrides the default kernel budget's packet burst.
     #[arg(long)]
     pkt_burst: Option<u32>,
+    /// Sets `xdp.syn_cookies`: spoof-resistant SYN budgets (kernel SYN
+    /// cookies for sources over budget; sets net.ipv4.tcp_syncookies = 2).
+    #[arg(long)]
+    syn_cookies: bool,
+    /// Overrides `xdp.syn_flood_rate`: SYNs/s from all sources past which
+    /// every source is in SYN-cookie mode (0 = off).
+    #[arg(long)]
+    syn_flood_rate: Option<u32>,
 }
 
 impl RunArgs {
@@ -102,6 +110,10 @@ impl RunArgs {
             xdp.enabled = false;
         }
         xdp.allow.extend(self.allow.iter().cloned());
+        xdp.syn_cookies |= self.syn_cookies;
+        if let Some(rate) = self.syn_flood_rate {
+            xdp.syn_flood_rate = rate;
+        }
         for (value, target) in [
             (self.syn_rate, &mut xdp.default_syn_rate),
             (self.syn_burst, &mut xdp.default_syn_burst),

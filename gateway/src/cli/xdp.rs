@@ -199,6 +199,8 @@ fn status(pins: &PinArgs, json: bool) -> Result<()> {
                 "pkt_burst": config.default_budget.pkt_burst,
             },
             "counters": counters,
+            "syn_cookies": config.syn_cookies != 0,
+            "syn_flood_rate": config.syn_flood_rate,
         });
         println!("{value}");
         return Ok(());
@@ -217,6 +219,12 @@ fn status(pins: &PinArgs, json: bool) -> Result<()> {
         }
     );
     println!("bans:       {active_bans} active");
+    if config.syn_cookies != 0 {
+        println!(
+            "syn cookies: on (listener-wide past {} SYN/s; 0 = per source only)",
+            config.syn_flood_rate
+        );
+    }
     println!("counters:");
     for (name, value) in counters.named() {
         println!("  {name:<32} {value}");

@@ -34,6 +34,13 @@ pub struct XdpConfig {
     pub default_pkt_burst: u32,
     pub max_bans: u32,
     pub max_sources: u32,
+    /// Spoof-resistant SYN budgets: a source over its SYN budget is
+    /// answered with kernel SYN cookies and charged only for completed
+    /// handshakes (sets `net.ipv4.tcp_syncookies = 2`).
+    pub syn_cookies: bool,
+    /// Protected SYNs/s from all sources past which every source is in
+    /// SYN-cookie mode (0 = per source only; needs `syn_cookies`).
+    pub syn_flood_rate: u32,
 }
 
 impl Default for XdpConfig {
@@ -53,6 +60,8 @@ impl Default for XdpConfig {
             default_pkt_burst: DEFAULT_BUDGET.pkt_burst,
             max_bans: sizes.bans,
             max_sources: sizes.state,
+            syn_cookies: false,
+            syn_flood_rate: 0,
         }
     }
 }
@@ -66,7 +75,14 @@ impl XdpConfig {
         at.within("default_syn_burst", self.default_syn_burst, 1..=u32::MAX)?;
         at.within("default_pkt_burst", self.default_pkt_burst, 1..=u32::MAX)?;
         at.within("max_bans", self.max_bans, Self::ENTRIES)?;
-        at.within("max_sources", self.max_sources, Self::ENTRIES)
+        at.within("max_sources", self.max_sources, Self::ENTRIES)?;
+        if self.syn_flood_rate != 0 && !self.syn_cookies {
+            return Err(at.invalid(
+                "syn_flood_rate",
+                "needs syn_cookies = true (it switches every source to SYN-cookie mode)",
+            ));
+        }
+        Ok(())
     }
 
     /// The kernel's budget for a source no tier has claimed.
@@ -100,6 +116,8 @@ impl XdpConfig {
                 state: self.max_sources,
                 ..MapSizes::default()
             },
+            syn_cookies: self.syn_cookies,
+            syn_flood_rate: self.syn_flood_rate,
         }
     }
 }

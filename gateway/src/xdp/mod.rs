@@ -10,6 +10,7 @@
 pub mod bpffs;
 pub mod maps;
 pub mod policy;
+pub mod syncookies;
 
 use std::{
     io,
@@ -108,6 +109,11 @@ pub struct XdpSettings {
     /// Budget for sources the gateway has not sized by tier.
     pub default_budget: Budget,
     pub sizes: MapSizes,
+    /// Spoof-resistant SYN budgets (see [`syncookies`]).
+    pub syn_cookies: bool,
+    /// Protected SYNs/s (all sources) past which every source is in
+    /// SYN-cookie mode; 0 = per source only.
+    pub syn_flood_rate: u32,
 }
 
 /// Default budget for unknown sources: generous enough for a browser or a
@@ -141,6 +147,8 @@ pub enum XdpError {
     },
     #[error(transparent)]
     Maps(#[from] MapsError),
+    #[error(transparent)]
+    Syncookies(#[from] syncookies::SyncookiesError),
     #[error("cannot attach XDP to {interface}: native mode: {native}; skb mode: {skb}")]
     Attach {
         interface: String,
@@ -261,6 +269,15 @@ impl Loaded {
         let root = &settings.pin_root;
         bpffs::ensure_mounted(root)?;
         let carried_bans = take_over_stale_pins(root)?;
+        if settings.syn_cookies {
+            if let Some(before) = syncookies::ensure_always(Path::new(syncookies::SYSCTL))? {
+                tracing::warn!(
+                    before,
+                    "xdp.syn_cookies: set net.ipv4.tcp_syncookies = 2 in this network namespace \
+                     (the kernel answers every SYN with a cookie; see README)"
+                );
+            }
+        }
 
         let sizes = settings.sizes;
         let ebpf = EbpfLoader::new()
@@ -294,6 +311,8 @@ impl Loaded {
             mode: settings.mode.as_kernel(),
             default_budget: settings.default_budget,
             owner_pid: std::process::id(),
+            syn_cookies: u32::from(settings.syn_cookies),
+            syn_flood_rate: settings.syn_flood_rate,
             ..Config::default()
         };
         // Policy is in place before the first packet is judged.
