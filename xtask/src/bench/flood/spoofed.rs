@@ -35,7 +35,7 @@ pub(super) fn run(rounds: usize, seconds: u32) -> Result<()> {
     let mut table = String::from(
         "## Spoofed SYN flood (`cargo xtask bench flood`)\n\n\
          The flood carries the legit client's own address; the client opens a connection per request.\n\n\
-         | SYN cookies | legit conn/s alone | under flood | ratio | flood pps | counters under flood |\n|---|---|---|---|---|---|\n",
+         | SYN cookies | legit conn/s alone | under flood | ratio | flood pps | kernel counters (whole run) |\n|---|---|---|---|---|---|\n",
     );
     for (index, mode) in modes.iter().enumerate() {
         let (alone, under) = (median(&mut quiet[index]), median(&mut flooded[index]));
