@@ -192,6 +192,16 @@ pub mod attach_mode {
     }
 }
 
+/// Who answers SYNs in cookie mode (value of [`Config::syn_cookies`]).
+pub mod syn_cookies {
+    /// No cookie mode: over-budget SYNs are dropped.
+    pub const OFF: u32 = 0;
+    /// The kernel (`net.ipv4.tcp_syncookies = 2`).
+    pub const KERNEL: u32 = 1;
+    /// XDP itself (`XDP_TX`), the kernel for shapes it does not rewrite.
+    pub const XDP: u32 = 2;
+}
+
 /// Global settings, written by userspace at index 0 of `GW_CONFIG`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -208,11 +218,10 @@ pub struct Config {
     pub default_budget: Budget,
     /// Interface name, NUL-padded.
     pub ifname: [u8; 16],
-    /// 1: spoof-resistant SYN budgets. A source over its SYN budget (or
-    /// every source, past `syn_flood_rate`) has its SYNs passed uncharged
-    /// to the kernel, which must answer them with SYN cookies
-    /// (`net.ipv4.tcp_syncookies = 2`); only handshakes completed with a
-    /// valid cookie are charged. 0: over-budget SYNs are dropped.
+    /// One of [`syn_cookies`]: spoof-resistant SYN budgets. A source over
+    /// its SYN budget (or every source, past `syn_flood_rate`) has its SYNs
+    /// answered with SYN cookies, uncharged; only handshakes completed with
+    /// a valid cookie are charged. Off: over-budget SYNs are dropped.
     pub syn_cookies: u32,
     /// Protected SYNs per second (all sources) above which every source is
     /// in SYN-cookie mode; 0 = only per source.
@@ -238,10 +247,11 @@ pub enum Counter {
     SynCookieSent = 9,
     SynCookieValid = 10,
     SynCookieInvalid = 11,
+    SynCookieXdp = 12,
 }
 
 impl Counter {
-    pub const COUNT: u32 = 12;
+    pub const COUNT: u32 = 13;
     /// Every counter with its metric-friendly name, in index order.
     pub const ALL: [(Counter, &'static str); Self::COUNT as usize] = [
         (Counter::Passed, "passed"),
@@ -260,6 +270,8 @@ impl Counter {
         // ACKs in cookie mode without a valid cookie: established traffic
         // or forged; passed, never charged.
         (Counter::SynCookieInvalid, "syn_cookies_invalid"),
+        // Of `syn_cookies_sent`: answered by XDP itself (XDP_TX).
+        (Counter::SynCookieXdp, "syn_cookies_xdp"),
     ];
 
     /// The counter that records this drop reason in monitor mode.

@@ -16,6 +16,7 @@
 #![no_main]
 
 mod runtime;
+mod synack;
 mod syncookie;
 
 use aya_ebpf::btf_maps::lpm_trie::Key;
@@ -105,6 +106,10 @@ fn try_gateway_xdp(ctx: &XdpContext) -> Result<u32, ()> {
         match judged {
             syncookie::Judged::Pass(counter) => return Ok(pass(counter)),
             syncookie::Judged::Deny(counter) => counter,
+            syncookie::Judged::Tx(counter) => {
+                count(counter);
+                return Ok(xdp_action::XDP_TX);
+            }
         }
     } else if flow.is_syn
         && !gcra(

@@ -4,9 +4,9 @@
 //! a real client's SYN budget and get the client's connects dropped. Once a
 //! source is over its SYN budget (or every source is, past the listener-wide
 //! `syn_flood_rate`) it is in cookie mode for [`COOKIE_HOLD_NS`] after its
-//! last excess SYN: its SYNs pass uncharged and the kernel answers them with
-//! SYN cookies (the gateway sets `net.ipv4.tcp_syncookies = 2`), which keeps
-//! no state. Only an ACK carrying a valid cookie (checked here with
+//! last excess SYN: its SYNs are answered with SYN cookies, uncharged and
+//! statelessly, by XDP itself (`synack`) or, for shapes it does not
+//! rewrite, by the kernel (the gateway sets `net.ipv4.tcp_syncookies = 2`). Only an ACK carrying a valid cookie (checked here with
 //! `bpf_tcp_raw_check_syncookie_*`, the kernel's own secret) completes a
 //! connection, and only those are charged to the source's SYN budget; over
 //! it, the ACK is dropped and the kernel never creates the socket. Only a
@@ -26,11 +26,12 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use gateway_common::{
+    mode,
     packet::{Flow, Packet, TCP_ACK, TCP_RST, TCP_SYN},
-    Config, Counter, SourceState, SynFlood,
+    syn_cookies, Config, Counter, SourceState, SynFlood,
 };
 
-use crate::{count, gcra, gcra_params, XdpPacket, NS_PER_SEC};
+use crate::{count, gcra, gcra_params, synack, XdpPacket, NS_PER_SEC};
 
 /// Listener-wide SYN meter for `syn_flood_rate` (kernel-written).
 #[btf_map]
@@ -45,6 +46,8 @@ const TCP_LISTEN: u32 = 10;
 pub enum Judged {
     Pass(Counter),
     Deny(Counter),
+    /// Send the rewritten packet back (a cookie SYN-ACK).
+    Tx(Counter),
 }
 
 /// Cookie mode for TCP to a protected port: SYNs of a source over budget
@@ -58,7 +61,7 @@ pub fn judge(
     config: &Config,
     now: u64,
 ) -> Option<Judged> {
-    if config.syn_cookies == 0 {
+    if config.syn_cookies == syn_cookies::OFF {
         return None;
     }
     let cookie_mode = flood_mode(config, flow.is_syn, now) || state.cookie_until_ns > now;
@@ -73,7 +76,7 @@ pub fn judge(
             ) {
                 state.cookie_until_ns = now + COOKIE_HOLD_NS;
             }
-            return Some(Judged::Pass(Counter::SynCookieSent));
+            return Some(cookie_syn(ctx, flow, config));
         }
         if !over_budget(
             state.syn_tat_ns,
@@ -89,7 +92,7 @@ pub fn judge(
         state.cookie_until_ns = now + COOKIE_HOLD_NS;
         state.offered_tat_ns = state.syn_tat_ns;
         state.syn_tat_ns = now;
-        return Some(Judged::Pass(Counter::SynCookieSent));
+        return Some(cookie_syn(ctx, flow, config));
     }
     if !cookie_mode || flow.tcp_flags & (TCP_SYN | TCP_RST | TCP_ACK) != TCP_ACK {
         return None;
@@ -111,6 +114,21 @@ pub fn judge(
     } else {
         Some(Judged::Deny(Counter::DroppedConnBudget))
     }
+}
+
+/// A SYN in cookie mode: answered from XDP when it can be (see
+/// [`synack`]), else passed for the kernel's own cookie. In monitor mode
+/// the program only counts, so the kernel answers.
+#[inline(always)]
+fn cookie_syn(ctx: &XdpContext, flow: &Flow, config: &Config) -> Judged {
+    if config.syn_cookies == syn_cookies::XDP
+        && config.mode != mode::MONITOR
+        && synack::answer(ctx, flow).is_some()
+    {
+        count(Counter::SynCookieXdp);
+        return Judged::Tx(Counter::SynCookieSent);
+    }
+    Judged::Pass(Counter::SynCookieSent)
 }
 
 /// Would the SYN GCRA refuse a SYN now? (Without charging it.)

@@ -18,7 +18,9 @@ use gateway::{
     proxy::workers,
     shared::Shared,
     tokens::TokenIssuer,
-    xdp::{self, Enforcement, KernelPath, Mode, PolicyWriter, UserspaceBans},
+    xdp::{
+        self, syncookies::SynCookies, Enforcement, KernelPath, Mode, PolicyWriter, UserspaceBans,
+    },
 };
 use ipnet::IpNet;
 
@@ -79,10 +81,11 @@ pub struct RunArgs {
     /// Overrides the default kernel budget's packet burst.
     #[arg(long)]
     pkt_burst: Option<u32>,
-    /// Sets `xdp.syn_cookies`: spoof-resistant SYN budgets (kernel SYN
-    /// cookies for sources over budget; sets net.ipv4.tcp_syncookies = 2).
-    #[arg(long)]
-    syn_cookies: bool,
+    /// Overrides `xdp.syn_cookies`: spoof-resistant SYN budgets, SYN
+    /// cookies for sources over budget sent by `xdp` or the `kernel` (both
+    /// set net.ipv4.tcp_syncookies = 2), or `off`.
+    #[arg(long, value_enum)]
+    syn_cookies: Option<SynCookies>,
     /// Overrides `xdp.syn_flood_rate`: SYNs/s from all sources past which
     /// every source is in SYN-cookie mode (0 = off).
     #[arg(long)]
@@ -110,7 +113,9 @@ impl RunArgs {
             xdp.enabled = false;
         }
         xdp.allow.extend(self.allow.iter().cloned());
-        xdp.syn_cookies |= self.syn_cookies;
+        if let Some(cookies) = self.syn_cookies {
+            xdp.syn_cookies = cookies;
+        }
         if let Some(rate) = self.syn_flood_rate {
             xdp.syn_flood_rate = rate;
         }
@@ -200,6 +205,14 @@ pub fn run(args: RunArgs) -> Result<()> {
             n => n,
         };
         let (listeners, first_url) = bind_listeners(&config, workers)?;
+        let kernel_attached = kernel
+            .as_ref()
+            .is_some_and(|k| matches!(k.enforcement(), Enforcement::Kernel { .. }));
+        if kernel_attached && settings.syn_cookies == SynCookies::Xdp {
+            let own: Vec<_> = config.listeners.iter().map(|l| l.address).collect();
+            let targets = xdp::syncookies::refresh_targets(&settings.ports, &own);
+            tokio::spawn(xdp::syncookies::keep_listeners_accepting(targets));
+        }
 
         let tiers = config.tiers.iter().map(|t| t.name.clone()).collect();
         let mut jwt =

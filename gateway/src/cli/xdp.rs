@@ -9,7 +9,7 @@ use gateway::{
     clock::monotonic_ns,
     xdp::{Mode, PinnedMaps, DEFAULT_BUDGET, DEFAULT_PIN_ROOT},
 };
-use gateway_common::{attach_mode, ban_reason, Budget};
+use gateway_common::{attach_mode, ban_reason, syn_cookies, Budget};
 
 #[derive(Args)]
 pub struct PinArgs {
@@ -199,7 +199,7 @@ fn status(pins: &PinArgs, json: bool) -> Result<()> {
                 "pkt_burst": config.default_budget.pkt_burst,
             },
             "counters": counters,
-            "syn_cookies": config.syn_cookies != 0,
+            "syn_cookies": syn_cookies_name(config.syn_cookies),
             "syn_flood_rate": config.syn_flood_rate,
         });
         println!("{value}");
@@ -219,9 +219,10 @@ fn status(pins: &PinArgs, json: bool) -> Result<()> {
         }
     );
     println!("bans:       {active_bans} active");
-    if config.syn_cookies != 0 {
+    if config.syn_cookies != syn_cookies::OFF {
         println!(
-            "syn cookies: on (listener-wide past {} SYN/s; 0 = per source only)",
+            "syn cookies: {} (listener-wide past {} SYN/s; 0 = per source only)",
+            syn_cookies_name(config.syn_cookies),
             config.syn_flood_rate
         );
     }
@@ -269,4 +270,13 @@ fn list_bans(pins: &PinArgs, json: bool) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// The `xdp.syn_cookies` spelling of the kernel's value.
+fn syn_cookies_name(code: u32) -> &'static str {
+    match code {
+        syn_cookies::KERNEL => "kernel",
+        syn_cookies::XDP => "xdp",
+        _ => "off",
+    }
 }

@@ -14,7 +14,9 @@ use super::{
     ConfigError,
 };
 use crate::guard::{GuardMode, GuardSettings};
-use crate::xdp::{MapSizes, Mode, XdpSettings, DEFAULT_BUDGET, DEFAULT_PIN_ROOT};
+use crate::xdp::{
+    syncookies::SynCookies, MapSizes, Mode, XdpSettings, DEFAULT_BUDGET, DEFAULT_PIN_ROOT,
+};
 
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -35,9 +37,9 @@ pub struct XdpConfig {
     pub max_bans: u32,
     pub max_sources: u32,
     /// Spoof-resistant SYN budgets: a source over its SYN budget is
-    /// answered with kernel SYN cookies and charged only for completed
-    /// handshakes (sets `net.ipv4.tcp_syncookies = 2`).
-    pub syn_cookies: bool,
+    /// answered with SYN cookies (by XDP or the kernel) and charged only
+    /// for completed handshakes (sets `net.ipv4.tcp_syncookies = 2`).
+    pub syn_cookies: SynCookies,
     /// Protected SYNs/s from all sources past which every source is in
     /// SYN-cookie mode (0 = per source only; needs `syn_cookies`).
     pub syn_flood_rate: u32,
@@ -60,7 +62,7 @@ impl Default for XdpConfig {
             default_pkt_burst: DEFAULT_BUDGET.pkt_burst,
             max_bans: sizes.bans,
             max_sources: sizes.state,
-            syn_cookies: false,
+            syn_cookies: SynCookies::Off,
             syn_flood_rate: 0,
         }
     }
@@ -76,10 +78,10 @@ impl XdpConfig {
         at.within("default_pkt_burst", self.default_pkt_burst, 1..=u32::MAX)?;
         at.within("max_bans", self.max_bans, Self::ENTRIES)?;
         at.within("max_sources", self.max_sources, Self::ENTRIES)?;
-        if self.syn_flood_rate != 0 && !self.syn_cookies {
+        if self.syn_flood_rate != 0 && self.syn_cookies == SynCookies::Off {
             return Err(at.invalid(
                 "syn_flood_rate",
-                "needs syn_cookies = true (it switches every source to SYN-cookie mode)",
+                "needs syn_cookies = \"xdp\" or \"kernel\" (it switches every source to SYN-cookie mode)",
             ));
         }
         Ok(())

@@ -110,7 +110,7 @@ pub struct XdpSettings {
     pub default_budget: Budget,
     pub sizes: MapSizes,
     /// Spoof-resistant SYN budgets (see [`syncookies`]).
-    pub syn_cookies: bool,
+    pub syn_cookies: syncookies::SynCookies,
     /// Protected SYNs/s (all sources) past which every source is in
     /// SYN-cookie mode; 0 = per source only.
     pub syn_flood_rate: u32,
@@ -269,7 +269,7 @@ impl Loaded {
         let root = &settings.pin_root;
         bpffs::ensure_mounted(root)?;
         let carried_bans = take_over_stale_pins(root)?;
-        if settings.syn_cookies {
+        if settings.syn_cookies != syncookies::SynCookies::Off {
             if let Some(before) = syncookies::ensure_always(Path::new(syncookies::SYSCTL))? {
                 tracing::warn!(
                     before,
@@ -311,7 +311,7 @@ impl Loaded {
             mode: settings.mode.as_kernel(),
             default_budget: settings.default_budget,
             owner_pid: std::process::id(),
-            syn_cookies: u32::from(settings.syn_cookies),
+            syn_cookies: settings.syn_cookies.as_kernel(),
             syn_flood_rate: settings.syn_flood_rate,
             ..Config::default()
         };

@@ -193,9 +193,10 @@ enum Kernel {
     Off,
     /// XDP, the flood from [`FLOOD_SOURCE`], banned.
     BannedFlood,
-    /// XDP with or without `--syn-cookies`; the flood spoofs the legit
-    /// client's own address, whose clients open a connection per request.
-    Spoofed { cookies: bool },
+    /// XDP with `--syn-cookies <cookies>` (`xdp`, `kernel` or `off`); the
+    /// flood spoofs the legit client's own address, whose client opens a
+    /// connection per request.
+    Spoofed { cookies: &'static str },
 }
 
 /// Namespaces, nginx upstream and gateway (see [`Kernel`]).
@@ -234,8 +235,13 @@ fn setup(name: &'static str, kernel: Kernel) -> Result<Setup> {
             (gateway, FLOOD_SOURCE)
         }
         Kernel::Spoofed { cookies } => {
-            let args: &[&str] = if cookies { &["--syn-cookies"] } else { &[] };
-            let gateway = builder.xdp(&PORT.to_string()).args(args).start();
+            let gateway = builder
+                .xdp(&PORT.to_string())
+                .args(&["--syn-cookies", cookies])
+                .start();
+            if cookies == "xdp" {
+                peer_takes_xdp_tx(&topology)?;
+            }
             (gateway, CLIENT_V4.parse()?)
         }
     };
@@ -276,6 +282,20 @@ fn setup(name: &'static str, kernel: Kernel) -> Result<Setup> {
         key,
         new_connections: matches!(kernel, Kernel::Spoofed { .. }),
     })
+}
+
+/// A frame XDP_TX sends on a veth reaches the peer only if the peer runs
+/// NAPI, which an XDP program turns on: the client end gets the gateway's
+/// object, which with no protected port passes everything.
+fn peer_takes_xdp_tx(topology: &Topology) -> Result<()> {
+    let object = crate::target_dir().join("bpfel-unknown-none/release/gateway-xdp");
+    crate::run_cmd(
+        Command::new("ip")
+            .args(["-n", &topology.client.name, "link", "set", "dev", CLIENT_IF])
+            .args(["xdpdrv", "obj"])
+            .arg(object)
+            .args(["sec", "xdp"]),
+    )
 }
 
 /// The upstream's nginx: one worker answering "ok", its errors to stderr

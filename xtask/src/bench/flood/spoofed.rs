@@ -1,27 +1,28 @@
 //! The spoofed half of `bench flood`: SYNs carrying the legit client's own
 //! source address (rotating ports) flood the gateway's port while the
 //! client opens a new connection per request (`Connection: close`), with
-//! `--syn-cookies` and without. Without cookies the flood spends the
-//! client's SYN budget and its connects are dropped; with them the flood's
-//! SYNs are answered by kernel SYN cookies and only the client's completed
-//! handshakes are charged.
+//! `--syn-cookies xdp`, `kernel` and `off`. Without cookies the flood
+//! spends the client's SYN budget and its connects are dropped; with them
+//! the flood's SYNs are answered with SYN cookies (by XDP itself, or by
+//! the kernel) and only the client's completed handshakes are charged.
 use anyhow::Result;
 
 use super::{median, results, setup, spread, wrk, Kernel};
 
 pub(super) fn run(rounds: usize, seconds: u32) -> Result<()> {
     let modes = [
-        setup("cookies", Kernel::Spoofed { cookies: true })?,
-        setup("no cookies", Kernel::Spoofed { cookies: false })?,
+        setup("xdp", Kernel::Spoofed { cookies: "xdp" })?,
+        setup("kernel", Kernel::Spoofed { cookies: "kernel" })?,
+        setup("off", Kernel::Spoofed { cookies: "off" })?,
     ];
     println!(
         "spoofed SYN flood: the legit client's own address (gold budget: 10,000 SYN/s), rotating \
          source ports, as fast as the flood CPU sends; the client opens a connection per request; \
          {rounds} interleaved rounds"
     );
-    let mut quiet = [Vec::new(), Vec::new()];
-    let mut flooded = [Vec::new(), Vec::new()];
-    let mut flood_pps = [Vec::new(), Vec::new()];
+    let mut quiet = [Vec::new(), Vec::new(), Vec::new()];
+    let mut flooded = [Vec::new(), Vec::new(), Vec::new()];
+    let mut flood_pps = [Vec::new(), Vec::new(), Vec::new()];
     for _ in 0..rounds {
         for (index, mode) in modes.iter().enumerate() {
             quiet[index].push(wrk(mode, seconds)?.rps);
@@ -42,9 +43,10 @@ pub(super) fn run(rounds: usize, seconds: u32) -> Result<()> {
         let pps = median(&mut flood_pps[index]);
         let ratio = under / alone.max(1.0);
         let counters = format!(
-            "dropped_conn_budget {}, syn_cookies_sent {}, syn_cookies_valid {}",
+            "dropped_conn_budget {}, syn_cookies_sent {} (by XDP {}), syn_cookies_valid {}",
             mode.gateway.counter("dropped_conn_budget"),
             mode.gateway.counter("syn_cookies_sent"),
+            mode.gateway.counter("syn_cookies_xdp"),
             mode.gateway.counter("syn_cookies_valid"),
         );
         println!(
@@ -60,8 +62,9 @@ pub(super) fn run(rounds: usize, seconds: u32) -> Result<()> {
         ));
     }
     println!(
-        "note: with cookies the flood's SYNs reach the kernel, which answers each with a SYN-ACK \
-         (RPS steers them to the server CPU); without, XDP drops them, along with the client's."
+        "note: with `xdp` the SYN-ACKs leave from XDP on the flood's CPU; with `kernel` the flood's \
+         SYNs reach the TCP stack on the server CPU (RPS); with `off` XDP drops them, along with \
+         the client's."
     );
     results::record("flood-spoofed", &table)
 }
