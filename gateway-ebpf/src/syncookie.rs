@@ -118,11 +118,15 @@ pub fn judge(
 
 /// A SYN in cookie mode: answered from XDP when it can be (see
 /// [`synack`]), else passed for the kernel's own cookie. In monitor mode
-/// the program only counts, so the kernel answers.
+/// the program only counts, so the kernel answers. A SYN for a 4-tuple
+/// that still has a socket (a server-side TIME_WAIT a busy client reuses)
+/// goes to the kernel too: the final ACK would hit that socket, not the
+/// listener.
 #[inline(always)]
 fn cookie_syn(ctx: &XdpContext, flow: &Flow, config: &Config) -> Judged {
     if config.syn_cookies == syn_cookies::XDP
         && config.mode != mode::MONITOR
+        && new_connection(ctx, flow)
         && synack::answer(ctx, flow).is_some()
     {
         count(Counter::SynCookieXdp);
