@@ -37,12 +37,19 @@ struct Syn<const N: usize> {
     tcp: [u8; TCP_LEN],
 }
 
+/// A frame shape [`answer`] rewrites: no VLAN tag, IPv4 without options,
+/// IPv6 without extension headers.
+#[inline(always)]
+pub fn rewritable(flow: &Flow) -> bool {
+    let untagged_l4 = if flow.ipv6 { V6_L4 } else { V4_L4 };
+    flow.l3 == ETH_HDR_LEN && flow.l4 == untagged_l4
+}
+
 /// Rewrites the SYN into its cookie SYN-ACK: `Some(())` means send it
 /// back (`XDP_TX`); `None` leaves the SYN unchanged for the kernel.
 #[inline(always)]
 pub fn answer(ctx: &XdpContext, flow: &Flow) -> Option<()> {
-    let untagged_l4 = if flow.ipv6 { V6_L4 } else { V4_L4 };
-    if flow.l3 != ETH_HDR_LEN || flow.l4 != untagged_l4 {
+    if !rewritable(flow) {
         return None;
     }
     if flow.ipv6 {

@@ -126,6 +126,7 @@ pub fn judge(
 fn cookie_syn(ctx: &XdpContext, flow: &Flow, config: &Config) -> Judged {
     if config.syn_cookies == syn_cookies::XDP
         && config.mode != mode::MONITOR
+        && synack::rewritable(flow)
         && new_connection(ctx, flow)
         && synack::answer(ctx, flow).is_some()
     {
