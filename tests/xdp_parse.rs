@@ -80,8 +80,26 @@ fn deltas(
     };
     let before: Vec<u64> = names.iter().map(|n| read(n)).collect();
     topology.send_frames(frames);
-    sleep(Duration::from_millis(200));
-    names.iter().zip(before).map(|(n, b)| read(n) - b).collect()
+    // The frames are judged asynchronously (softirq on a loaded machine):
+    // wait until something moved and the readings hold still, bounded.
+    let moved = || -> Vec<u64> {
+        names
+            .iter()
+            .zip(&before)
+            .map(|(n, b)| read(n) - b)
+            .collect()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let mut last = moved();
+    loop {
+        sleep(Duration::from_millis(100));
+        let now = moved();
+        let settled = now == last && now.iter().any(|&d| d > 0);
+        if settled || std::time::Instant::now() > deadline {
+            return now;
+        }
+        last = now;
+    }
 }
 
 /// Whether the kernel holds a `GW_STATE` entry (metering state) for `ip`.
@@ -248,9 +266,10 @@ fn other_protocols_from_a_banned_prefix_without_state_are_dropped() {
         &topology,
         &gateway,
         vec![icmp(CLIENT2_V4), icmp(CLIENT2_V4)],
-        &["dropped_banned", "not_protected"],
+        &["dropped_banned"],
     );
-    assert_eq!(moved, [2, 0], "ICMP from inside a banned /30 passed");
+    // (`not_protected` also counts the veth's own ARP and ND frames.)
+    assert_eq!(moved, [2], "ICMP from inside a banned /30 passed");
     assert!(
         !has_state(&gateway, CLIENT2_V4),
         "unmetered traffic creates no GW_STATE entry"

@@ -46,9 +46,11 @@ pub mod maps {
     /// Budgets by CIDR (LPM trie, like `GW_PREFIX_BANS`) → [`crate::Budget`]:
     /// each source inside gets it, unless it has its own in `GW_BUDGETS`.
     pub const PREFIX_BUDGETS: &str = "GW_PREFIX_BUDGETS";
+    /// Kernel-owned listener-wide SYN meter: one [`crate::SynFlood`] at index 0.
+    pub const SYN_FLOOD: &str = "GW_SYN_FLOOD";
 
     /// Every map the program must define, in the order `xdp status` shows them.
-    pub const ALL: [&str; 10] = [
+    pub const ALL: [&str; 11] = [
         BANS,
         BUDGETS,
         STATE,
@@ -59,6 +61,7 @@ pub mod maps {
         COUNTERS,
         PREFIX_BANS,
         PREFIX_BUDGETS,
+        SYN_FLOOD,
     ];
 }
 
@@ -193,6 +196,22 @@ pub struct SourceState {
     /// The ban deadline whose first drop was already logged (see
     /// [`events::BAN_FIRST_DROP`]): one event per ban, not per packet.
     pub ban_reported_until_ns: u64,
+    /// SYN-cookie mode (see `Config::syn_cookies`) lasts until this
+    /// deadline: the source's SYNs pass uncharged for the kernel to answer
+    /// with a cookie, and only its completed handshakes are charged.
+    pub cookie_until_ns: u64,
+    /// GCRA of the SYNs offered in cookie mode (spoofable, so it only
+    /// decides how long the mode lasts, never what is charged).
+    pub offered_tat_ns: u64,
+}
+
+/// Kernel-written listener-wide SYN meter (`GW_SYN_FLOOD`): past
+/// `Config::syn_flood_rate`, every source is in SYN-cookie mode.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct SynFlood {
+    pub tat_ns: u64,
+    pub cookie_until_ns: u64,
 }
 
 /// Enforcement modes (value of [`Config::mode`]).
@@ -221,6 +240,16 @@ pub mod attach_mode {
     }
 }
 
+/// Who answers SYNs in cookie mode (value of [`Config::syn_cookies`]).
+pub mod syn_cookies {
+    /// No cookie mode: over-budget SYNs are dropped.
+    pub const OFF: u32 = 0;
+    /// The kernel (`net.ipv4.tcp_syncookies = 2`).
+    pub const KERNEL: u32 = 1;
+    /// XDP itself (`XDP_TX`), the kernel for shapes it does not rewrite.
+    pub const XDP: u32 = 2;
+}
+
 /// Global settings, written by userspace at index 0 of `GW_CONFIG`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -239,6 +268,14 @@ pub struct Config {
     pub ifname: [u8; 16],
     /// What happens to UDP to a protected port: one of [`udp`].
     pub udp: u32,
+    /// One of [`syn_cookies`]: spoof-resistant SYN budgets. A source over
+    /// its SYN budget (or every source, past `syn_flood_rate`) has its SYNs
+    /// answered with SYN cookies, uncharged; only handshakes completed with
+    /// a valid cookie are charged. Off: over-budget SYNs are dropped.
+    pub syn_cookies: u32,
+    /// Protected SYNs per second (all sources) above which every source is
+    /// in SYN-cookie mode; 0 = only per source.
+    pub syn_flood_rate: u32,
 }
 
 /// What the program does with UDP to a protected port (value of
@@ -274,10 +311,14 @@ pub enum Counter {
     /// UDP to a protected port dropped by `xdp.udp = "drop"`.
     DroppedUdp = 11,
     MonitorUdp = 12,
+    SynCookieSent = 13,
+    SynCookieValid = 14,
+    SynCookieInvalid = 15,
+    SynCookieXdp = 16,
 }
 
 impl Counter {
-    pub const COUNT: u32 = 13;
+    pub const COUNT: u32 = 17;
     /// Every counter with its metric-friendly name, in index order.
     pub const ALL: [(Counter, &'static str); Self::COUNT as usize] = [
         (Counter::Passed, "passed"),
@@ -293,6 +334,15 @@ impl Counter {
         (Counter::UdpPassed, "udp_passed"),
         (Counter::DroppedUdp, "dropped_udp"),
         (Counter::MonitorUdp, "monitor_would_drop_udp"),
+        // SYNs in cookie mode, passed uncharged for a kernel SYN cookie.
+        (Counter::SynCookieSent, "syn_cookies_sent"),
+        // Handshakes completed with a valid cookie (then charged).
+        (Counter::SynCookieValid, "syn_cookies_valid"),
+        // ACKs in cookie mode without a valid cookie: established traffic
+        // or forged; passed, never charged.
+        (Counter::SynCookieInvalid, "syn_cookies_invalid"),
+        // Of `syn_cookies_sent`: answered by XDP itself (XDP_TX).
+        (Counter::SynCookieXdp, "syn_cookies_xdp"),
     ];
 
     /// The counter that records this drop reason in monitor mode.
@@ -317,9 +367,10 @@ mod pod {
     unsafe impl aya::Pod for super::Budget {}
     unsafe impl aya::Pod for super::SourceState {}
     unsafe impl aya::Pod for super::Config {}
+    unsafe impl aya::Pod for super::SynFlood {}
 
     const _: () = assert!(core::mem::size_of::<super::Ban>() == 16);
     const _: () = assert!(core::mem::size_of::<super::Budget>() == 20);
-    const _: () = assert!(core::mem::size_of::<super::Config>() == 56);
-    const _: () = assert!(core::mem::size_of::<super::SourceState>() == 80);
+    const _: () = assert!(core::mem::size_of::<super::Config>() == 64);
+    const _: () = assert!(core::mem::size_of::<super::SourceState>() == 96);
 }

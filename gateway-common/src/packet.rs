@@ -97,6 +97,7 @@ pub const ETH_P_8021AD: u16 = 0x88A8;
 pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
 pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
 pub const TCP_ACK: u8 = 0x10;
 
 const IPV6_HOPOPTS: u8 = 0;

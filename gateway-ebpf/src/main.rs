@@ -6,18 +6,19 @@
 //! up to four extension headers) → the source is known: only a known,
 //! unprotected TCP/UDP port passes unjudged → TCP to a protected port,
 //! fragments and packets whose ports cannot be read are metered (banned? →
-//! SYN budget → packet budget); UDP to a protected port and other protocols
-//! are judged on the ban alone (and `xdp.udp`), never charged → pass; a deny
-//! is overridden by the allow-list.
+//! SYN budget, or SYN-cookie mode, see `syncookie` → packet budget); UDP to
+//! a protected port and other protocols are judged on the ban alone (and
+//! `xdp.udp`), never charged → pass; a deny is overridden by the allow-list.
 //! The source's ban, budget and allow-list membership are cached in its
 //! `GW_STATE` entry and re-read only after userspace restamps
 //! `GW_GENERATION`, so a packet costs one hash lookup, not four. Frames
 //! without an IP header pass. Policy maps are written by userspace only; this
-//! program writes only `GW_STATE` and `GW_COUNTERS`. Prefix bans and budgets
-//! (`GW_PREFIX_*`, LPM tries) are read only with the rest of the cached
-//! policy, so they cost nothing per packet. No logging on the packet path:
-//! counters say what happened; only rare events (a ban's first drop, a full
-//! map, a parse given up, rate-limited) are logged, see [`events`].
+//! program writes only `GW_STATE`, `GW_SYN_FLOOD` and `GW_COUNTERS`. Prefix
+//! bans and budgets (`GW_PREFIX_*`, LPM tries) are read only with the rest of
+//! the cached policy, so they cost nothing per packet. No logging on the
+//! packet path: counters say what happened; only rare events (a ban's first
+//! drop, a full map, a parse given up, rate-limited) are logged, see
+//! [`events`].
 #![no_std]
 #![feature(asm_experimental_arch)]
 #![no_main]
@@ -26,6 +27,8 @@ mod ban_cache;
 mod direct;
 mod events;
 mod runtime;
+mod synack;
+mod syncookie;
 
 use aya_ebpf::btf_maps::lpm_trie::Key;
 use aya_ebpf::{
@@ -129,6 +132,15 @@ fn try_gateway_xdp(ctx: &XdpContext) -> Result<u32, ()> {
     }
     let verdict = if state.banned_until_ns > now {
         Counter::DroppedBanned
+    } else if let Some(judged) = syncookie::judge(ctx, &parsed, state, config, now) {
+        match judged {
+            syncookie::Judged::Pass(counter) => return Ok(pass(counter)),
+            syncookie::Judged::Deny(counter) => counter,
+            syncookie::Judged::Tx(counter) => {
+                count(counter);
+                return Ok(xdp_action::XDP_TX);
+            }
+        }
     } else if metered_syn
         && !gcra(
             &mut state.syn_tat_ns,

@@ -18,7 +18,9 @@ use gateway::{
     proxy::workers,
     shared::Shared,
     tokens::TokenIssuer,
-    xdp::{self, Enforcement, KernelPath, Mode, PolicyWriter, UserspaceBans},
+    xdp::{
+        self, syncookies::SynCookies, Enforcement, KernelPath, Mode, PolicyWriter, UserspaceBans,
+    },
 };
 use ipnet::IpNet;
 
@@ -84,6 +86,15 @@ pub struct RunArgs {
     /// Overrides the default kernel budget's packet burst.
     #[arg(long)]
     pkt_burst: Option<u32>,
+    /// Overrides `xdp.syn_cookies`: spoof-resistant SYN budgets, SYN
+    /// cookies for sources over budget sent by `xdp` or the `kernel` (both
+    /// set net.ipv4.tcp_syncookies = 2), or `off`.
+    #[arg(long, value_enum)]
+    syn_cookies: Option<SynCookies>,
+    /// Overrides `xdp.syn_flood_rate`: SYNs/s from all sources past which
+    /// every source is in SYN-cookie mode (0 = off).
+    #[arg(long)]
+    syn_flood_rate: Option<u32>,
 }
 
 impl RunArgs {
@@ -108,6 +119,12 @@ impl RunArgs {
             xdp.enabled = false;
         }
         xdp.allow.extend(self.allow.iter().cloned());
+        if let Some(cookies) = self.syn_cookies {
+            xdp.syn_cookies = cookies;
+        }
+        if let Some(rate) = self.syn_flood_rate {
+            xdp.syn_flood_rate = rate;
+        }
         for (value, target) in [
             (self.syn_rate, &mut xdp.default_syn_rate),
             (self.syn_burst, &mut xdp.default_syn_burst),
@@ -198,6 +215,14 @@ pub fn run(args: RunArgs) -> Result<()> {
             n => n,
         };
         let (listeners, first_url) = bind_listeners(&config, workers)?;
+        let kernel_attached = kernel
+            .as_ref()
+            .is_some_and(|k| matches!(k.enforcement(), Enforcement::Kernel { .. }));
+        if kernel_attached && settings.syn_cookies == SynCookies::Xdp {
+            let own: Vec<_> = config.listeners.iter().map(|l| l.address).collect();
+            let targets = xdp::syncookies::refresh_targets(&settings.ports, &own);
+            tokio::spawn(xdp::syncookies::keep_listeners_accepting(targets));
+        }
 
         let tiers = config.tiers.iter().map(|t| t.name.clone()).collect();
         let mut jwt =

@@ -12,7 +12,7 @@ use gateway::{
     net::{is_host, parse_net},
     xdp::{self, Mode, PinnedMaps, UdpPolicy, WhenFull, Written, DEFAULT_BUDGET, DEFAULT_PIN_ROOT},
 };
-use gateway_common::{attach_mode, ban_reason, Ban, Budget};
+use gateway_common::{attach_mode, ban_reason, syn_cookies, Ban, Budget};
 use ipnet::IpNet;
 
 #[derive(Args)]
@@ -303,6 +303,8 @@ fn status(pins: &PinArgs, json: bool) -> Result<()> {
                 "pkt_burst": config.default_budget.pkt_burst,
             },
             "counters": counters,
+            "syn_cookies": syn_cookies_name(config.syn_cookies),
+            "syn_flood_rate": config.syn_flood_rate,
         });
         println!("{value}");
         return Ok(());
@@ -332,6 +334,13 @@ fn status(pins: &PinArgs, json: bool) -> Result<()> {
         _ => println!("program:    not attached"),
     }
     println!("bans:       {active_bans} active");
+    if config.syn_cookies != syn_cookies::OFF {
+        println!(
+            "syn cookies: {} (listener-wide past {} SYN/s; 0 = per source only)",
+            syn_cookies_name(config.syn_cookies),
+            config.syn_flood_rate
+        );
+    }
     println!("counters:");
     for (name, value) in counters.named() {
         println!("  {name:<32} {value}");
@@ -373,4 +382,13 @@ fn list_bans(pins: &PinArgs, json: bool) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// The `xdp.syn_cookies` spelling of the kernel's value.
+fn syn_cookies_name(code: u32) -> &'static str {
+    match code {
+        syn_cookies::KERNEL => "kernel",
+        syn_cookies::XDP => "xdp",
+        _ => "off",
+    }
 }

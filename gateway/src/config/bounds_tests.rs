@@ -103,6 +103,12 @@ fn cases() -> Vec<(String, &'static str, &'static [&'static str])> {
             &["-1", "4294967296"],
         ),
         (section("[xdp]\n", "max_bans"), "xdp.max_bans", COUNTS),
+        // A flood threshold without cookies would do nothing.
+        (
+            section("[xdp]\n", "syn_flood_rate"),
+            "xdp.syn_flood_rate",
+            &["1", "-1", "4294967296"],
+        ),
         (section("[xdp]\n", "max_sources"), "xdp.max_sources", COUNTS),
         (
             section("[xdp]\n", "max_prefix_bans"),

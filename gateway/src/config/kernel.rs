@@ -15,7 +15,8 @@ use super::{
 };
 use crate::guard::{GuardMode, GuardSettings, PrefixSettings, PREFIX_AUTH_FAILURES_SCALE};
 use crate::xdp::{
-    MapSizes, Mode, UdpPolicy, WhenFull, XdpSettings, DEFAULT_BUDGET, DEFAULT_PIN_ROOT,
+    syncookies::SynCookies, MapSizes, Mode, UdpPolicy, WhenFull, XdpSettings, DEFAULT_BUDGET,
+    DEFAULT_PIN_ROOT,
 };
 
 #[derive(Clone, Debug, Deserialize)]
@@ -45,6 +46,13 @@ pub struct XdpConfig {
     pub bans_full: WhenFull,
     /// UDP to a protected port: `pass` or `drop`; never charged to a source.
     pub udp: UdpPolicy,
+    /// Spoof-resistant SYN budgets: a source over its SYN budget is
+    /// answered with SYN cookies (by XDP or the kernel) and charged only
+    /// for completed handshakes (sets `net.ipv4.tcp_syncookies = 2`).
+    pub syn_cookies: SynCookies,
+    /// Protected SYNs/s from all sources past which every source is in
+    /// SYN-cookie mode (0 = per source only; needs `syn_cookies`).
+    pub syn_flood_rate: u32,
 }
 
 impl Default for XdpConfig {
@@ -68,6 +76,8 @@ impl Default for XdpConfig {
             max_prefix_bans: sizes.prefix_bans,
             bans_full: WhenFull::Evict,
             udp: UdpPolicy::Pass,
+            syn_cookies: SynCookies::Off,
+            syn_flood_rate: 0,
         }
     }
 }
@@ -82,7 +92,14 @@ impl XdpConfig {
         at.within("default_pkt_burst", self.default_pkt_burst, 1..=u32::MAX)?;
         at.within("max_bans", self.max_bans, Self::ENTRIES)?;
         at.within("max_prefix_bans", self.max_prefix_bans, Self::ENTRIES)?;
-        at.within("max_sources", self.max_sources, Self::ENTRIES)
+        at.within("max_sources", self.max_sources, Self::ENTRIES)?;
+        if self.syn_flood_rate != 0 && self.syn_cookies == SynCookies::Off {
+            return Err(at.invalid(
+                "syn_flood_rate",
+                "needs syn_cookies = \"xdp\" or \"kernel\" (it switches every source to SYN-cookie mode)",
+            ));
+        }
+        Ok(())
     }
 
     /// The kernel's budget for a source no tier has claimed.
@@ -120,6 +137,8 @@ impl XdpConfig {
             detach_on_exit: self.detach_on_exit,
             bans_full: self.bans_full,
             udp: self.udp,
+            syn_cookies: self.syn_cookies,
+            syn_flood_rate: self.syn_flood_rate,
         }
     }
 }

@@ -46,6 +46,16 @@ impl Loaded {
     ) -> Result<(Self, Attachment), XdpError> {
         let root = &settings.pin_root;
         super::bpffs::ensure_mounted(root)?;
+        if settings.syn_cookies != super::syncookies::SynCookies::Off {
+            let sysctl = Path::new(super::syncookies::SYSCTL);
+            if let Some(before) = super::syncookies::ensure_always(sysctl)? {
+                tracing::warn!(
+                    before,
+                    "xdp.syn_cookies: set net.ipv4.tcp_syncookies = 2 in this network namespace \
+                     (the kernel answers every SYN with a cookie; see README)"
+                );
+            }
+        }
         let previous = previous_owner(root)?;
         let adoption = Adoption::plan(root, settings.sizes)?;
 
@@ -104,6 +114,8 @@ impl Loaded {
             default_budget: settings.default_budget,
             owner_pid: std::process::id(),
             udp: settings.udp.as_kernel(),
+            syn_cookies: settings.syn_cookies.as_kernel(),
+            syn_flood_rate: settings.syn_flood_rate,
             ..Config::default()
         };
         // Policy is in place before the first packet is judged.

@@ -21,6 +21,7 @@ pub mod full;
 mod loaded;
 pub mod maps;
 pub mod policy;
+pub mod syncookies;
 
 use std::{
     io,
@@ -160,6 +161,11 @@ pub struct XdpSettings {
     pub bans_full: WhenFull,
     /// UDP to a protected port: passed or dropped, never metered.
     pub udp: UdpPolicy,
+    /// Spoof-resistant SYN budgets (see [`syncookies`]).
+    pub syn_cookies: syncookies::SynCookies,
+    /// Protected SYNs/s (all sources) past which every source is in
+    /// SYN-cookie mode; 0 = per source only.
+    pub syn_flood_rate: u32,
 }
 
 /// Default budget for unknown sources: generous enough for a browser or a
@@ -197,6 +203,8 @@ pub enum XdpError {
     },
     #[error(transparent)]
     Maps(#[from] MapsError),
+    #[error(transparent)]
+    Syncookies(#[from] syncookies::SyncookiesError),
     #[error("cannot attach XDP to {interface}: native mode: {native}; skb mode: {skb}")]
     Attach {
         interface: String,

@@ -32,13 +32,18 @@ pub enum Which {
     /// uncached vs cached.
     Auth,
     /// A legitimate client's throughput through the gateway while a banned
-    /// source floods it, with the kernel path on and off (root).
+    /// source floods it, with the kernel path on and off; then while a
+    /// spoofer floods SYNs in the client's own name, SYN cookies on and off
+    /// (root).
     Flood {
         #[arg(long, default_value_t = 3)]
         rounds: usize,
         /// Seconds per measurement.
         #[arg(long, default_value_t = 5)]
         seconds: u32,
+        /// Only the spoofed-SYN flood (SYN cookies on vs off).
+        #[arg(long)]
+        spoofed_only: bool,
     },
     /// The limiter against HAProxy stick tables and nginx limit_req: one key
     /// at 3x its limit for a window (allowed vs ideal), and one key's
@@ -82,7 +87,11 @@ pub enum Which {
 pub fn run(which: Which) -> Result<()> {
     match which {
         Which::Auth => auth::run(),
-        Which::Flood { rounds, seconds } => flood::run(rounds.max(1), seconds.max(1)),
+        Which::Flood {
+            rounds,
+            seconds,
+            spoofed_only,
+        } => flood::run(rounds.max(1), seconds.max(1), spoofed_only),
         Which::Limits { rounds, seconds } => limits::run(rounds.max(1), seconds.max(1)),
         Which::Proxy { rounds, seconds } => proxy::run(rounds.max(1), seconds.max(1)),
         Which::OpenLoop(args) => proxy::open_loop(args),

@@ -19,6 +19,7 @@
 //! hiccup is not a knee; its baseline is measured the same way, without a
 //! flood. Namespaces, veths, pins, nginx and its config are removed on drop.
 mod sender;
+mod spoofed;
 
 use std::{
     net::Ipv4Addr,
@@ -28,7 +29,7 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 use gateway_common::PROGRAM_PIN;
-use gateway_tests::{Gateway, Topology, CLIENT_IF, SERVER_IF, SERVER_V4};
+use gateway_tests::{Gateway, Topology, CLIENT_IF, CLIENT_V4, SERVER_IF, SERVER_V4};
 use tempfile::TempDir;
 
 use super::{
@@ -65,6 +66,8 @@ struct Setup {
     flood: Flood,
     /// The legit client's API key.
     key: String,
+    /// wrk sends `Connection: close`: every request is a new connection.
+    new_connections: bool,
 }
 
 /// What one wrk run saw.
@@ -73,7 +76,7 @@ struct Sample {
     p99_ms: f64,
 }
 
-pub(super) fn run(rounds: usize, seconds: u32) -> Result<()> {
+pub(super) fn run(rounds: usize, seconds: u32, spoofed_only: bool) -> Result<()> {
     if !is_root() {
         bail!("the flood bench makes network namespaces and attaches XDP: run it as root");
     }
@@ -81,7 +84,18 @@ pub(super) fn run(rounds: usize, seconds: u32) -> Result<()> {
     let gateway_bin = crate::build(true)?;
     std::env::set_var("GATEWAY_BIN", &gateway_bin);
     let _stats = BpfStats::enable()?;
-    let modes = [setup("XDP", true)?, setup("no XDP", false)?];
+    if !spoofed_only {
+        banned(rounds, seconds)?;
+    }
+    spoofed::run(rounds, seconds)
+}
+
+/// A banned source floods: XDP on vs off.
+fn banned(rounds: usize, seconds: u32) -> Result<()> {
+    let modes = [
+        setup("XDP", Kernel::BannedFlood)?,
+        setup("no XDP", Kernel::Off)?,
+    ];
     println!(
         "legit client: wrk -t1 -c16 from the client namespace ({seconds} s per run), authenticated \
          with a gold API key (gateway keys create), pinned with the gateway (1 worker) and its nginx \
@@ -172,9 +186,21 @@ pub(super) fn run(rounds: usize, seconds: u32) -> Result<()> {
     results::record("flood", &table)
 }
 
-/// Namespaces, nginx upstream and gateway; with `xdp`, the flood source is
-/// banned in the kernel.
-fn setup(name: &'static str, xdp: bool) -> Result<Setup> {
+/// The gateway's kernel path in a [`Setup`], and whose address floods.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kernel {
+    /// No XDP; the flood comes from [`FLOOD_SOURCE`].
+    Off,
+    /// XDP, the flood from [`FLOOD_SOURCE`], banned.
+    BannedFlood,
+    /// XDP with `--syn-cookies <cookies>` (`xdp`, `kernel` or `off`); the
+    /// flood spoofs the legit client's own address, whose client opens a
+    /// connection per request.
+    Spoofed { cookies: &'static str },
+}
+
+/// Namespaces, nginx upstream and gateway (see [`Kernel`]).
+fn setup(name: &'static str, kernel: Kernel) -> Result<Setup> {
     let topology = Topology::with_queues(2);
     let dir = scratch::dir("gw-flood-nginx-")?;
     let conf = dir.path().join("nginx.conf");
@@ -201,12 +227,23 @@ fn setup(name: &'static str, xdp: bool) -> Result<Setup> {
          [[routes]]\npath_prefix = \"/\"\nupstream = \"app\"\n"
     );
     let builder = Gateway::builder(&body).in_namespace(&topology.server);
-    let gateway = if xdp {
-        let gateway = builder.xdp(&PORT.to_string()).start();
-        gateway.xdp(&["ban", &FLOOD_SOURCE.to_string(), "--for", "1h"]);
-        gateway
-    } else {
-        builder.start()
+    let (gateway, flood_source) = match kernel {
+        Kernel::Off => (builder.start(), FLOOD_SOURCE),
+        Kernel::BannedFlood => {
+            let gateway = builder.xdp(&PORT.to_string()).start();
+            gateway.xdp(&["ban", &FLOOD_SOURCE.to_string(), "--for", "1h"]);
+            (gateway, FLOOD_SOURCE)
+        }
+        Kernel::Spoofed { cookies } => {
+            let gateway = builder
+                .xdp(&PORT.to_string())
+                .args(&["--syn-cookies", cookies])
+                .start();
+            if cookies == "xdp" {
+                peer_takes_xdp_tx(&topology)?;
+            }
+            (gateway, CLIENT_V4.parse()?)
+        }
     };
     // Like RSS on a NIC: what each CPU sends lands on its own receive
     // queue (XPS on the client end picks the queue by CPU), and what passes
@@ -232,7 +269,7 @@ fn setup(name: &'static str, xdp: bool) -> Result<Setup> {
                 .stdout(Stdio::null()),
         )?;
     }
-    let flood = Flood::new(&topology, FLOOD_SOURCE, PORT, FLOOD_CPU)?;
+    let flood = Flood::new(&topology, flood_source, PORT, FLOOD_CPU)?;
     let key = gateway.create_key("gold");
     wait_for_key(&topology, &key)?;
     Ok(Setup {
@@ -243,7 +280,21 @@ fn setup(name: &'static str, xdp: bool) -> Result<Setup> {
         topology,
         flood,
         key,
+        new_connections: matches!(kernel, Kernel::Spoofed { .. }),
     })
+}
+
+/// A frame XDP_TX sends on a veth reaches the peer only if the peer runs
+/// NAPI, which an XDP program turns on: the client end gets `pass-all`.
+fn peer_takes_xdp_tx(topology: &Topology) -> Result<()> {
+    let object = crate::target_dir().join("bpfel-unknown-none/release/pass-all");
+    crate::run_cmd(
+        Command::new("ip")
+            .args(["-n", &topology.client.name, "link", "set", "dev", CLIENT_IF])
+            .args(["xdpdrv", "obj"])
+            .arg(object)
+            .args(["sec", "xdp"]),
+    )
 }
 
 /// The upstream's nginx: one worker answering "ok", its errors to stderr
@@ -302,17 +353,23 @@ fn mode_stats(mode: &Setup) -> Result<Option<(u64, u64)>> {
 
 /// wrk from the client namespace against the gateway.
 fn wrk(mode: &Setup, seconds: u32) -> Result<Sample> {
-    let output = Command::new("ip")
-        .args(["netns", "exec", &mode.topology.client.name])
-        .args([
+    let mut command = Command::new("ip");
+    if mode.new_connections {
+        command.args(["netns", "exec", &mode.topology.client.name]);
+        command.args([
             "taskset",
             "-c",
             SERVER_CPU,
             "wrk",
-            "-t1",
-            "-c16",
-            "--latency",
-        ])
+            "-H",
+            "Connection: close",
+        ]);
+    } else {
+        command.args(["netns", "exec", &mode.topology.client.name]);
+        command.args(["taskset", "-c", SERVER_CPU, "wrk"]);
+    }
+    let output = command
+        .args(["-t1", "-c16", "--latency"])
         .arg(format!("-d{seconds}s"))
         .args(["-H", &format!("x-api-key: {}", mode.key)])
         .arg(format!("http://{SERVER_V4}:{PORT}/"))
