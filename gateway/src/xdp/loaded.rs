@@ -310,7 +310,7 @@ fn previous_owner(root: &Path) -> Result<Option<Previous>, XdpError> {
     let path = root.join(map_names::CONFIG);
     let read = bpfsys::obj_get(&path).and_then(|fd| {
         let shape = bpfsys::map_shape(fd.as_fd())?;
-        bpfsys::lookup(fd.as_fd(), &0u32.to_ne_bytes(), shape.value_size)
+        bpfsys::lookup(fd.as_fd(), shape, &0u32.to_ne_bytes())
     });
     let bytes = match read {
         Ok(bytes) => bytes,
