@@ -247,6 +247,13 @@ fn detach(pins: &PinArgs, force: bool) -> Result<()> {
         println!("nothing pinned at {}", root.display());
         return Ok(());
     }
+    // A gateway still starting holds the lock before it writes its pid.
+    let _lock = match xdp::bpffs::lock(root) {
+        Err(error @ xdp::bpffs::BpffsError::Locked { .. }) if !force => {
+            bail!("{error}; or use --force")
+        }
+        held => held.ok(),
+    };
     let detached = xdp::remove_pins(root)?;
     println!(
         "{} and removed the pins under {}",

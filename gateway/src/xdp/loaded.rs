@@ -7,7 +7,7 @@
 //! (`bpf_link_update`): there is never a moment with no program attached.
 use std::{
     io,
-    os::fd::AsFd,
+    os::fd::{AsFd, OwnedFd},
     path::{Path, PathBuf},
 };
 
@@ -37,6 +37,9 @@ pub(super) struct Loaded {
     attached: bool,
     /// Not yet handed to the caller ([`super::KernelPath::take_event_reader`]).
     pub(super) events: Option<EventReader>,
+    /// The pin root's lock ([`super::bpffs::lock`]); declared last, so it
+    /// is released after `drop` has left the pins as they should be.
+    _lock: OwnedFd,
 }
 
 impl Loaded {
@@ -46,6 +49,12 @@ impl Loaded {
     ) -> Result<(Self, Attachment), XdpError> {
         let root = &settings.pin_root;
         super::bpffs::ensure_mounted(root)?;
+        let lock = super::bpffs::lock(root).map_err(|locked| {
+            // A running owner is named by its pid; one still starting is not yet.
+            previous_owner(root)
+                .err()
+                .unwrap_or(XdpError::Bpffs(locked))
+        })?;
         let previous = previous_owner(root)?;
         let adoption = Adoption::plan(root, settings.sizes)?;
 
@@ -62,6 +71,7 @@ impl Loaded {
             found_pins: adoption.found_pins() || previous.is_some(),
             attached: false,
             events: None,
+            _lock: lock,
         };
         if adoption.found_pins() {
             tracing::info!(
