@@ -360,3 +360,61 @@ fn following_needs_a_reachable_gateway_an_admin_key_and_a_loaded_program() {
     assert!(stderr.contains("cannot reach the admin API"), "{stderr}");
     assert!(stderr.contains("is the gateway running?"), "{stderr}");
 }
+
+/// Sends `GET path` on a new admin connection; the status code (0: the
+/// connection was closed first) and the open connection.
+fn admin_get(admin: std::net::SocketAddr, path: &str, key: &str) -> (u16, std::net::TcpStream) {
+    use std::io::Write;
+    let mut stream = std::net::TcpStream::connect_timeout(&admin, WITHIN).unwrap();
+    stream.set_read_timeout(Some(WITHIN)).unwrap();
+    let request =
+        format!("GET {path} HTTP/1.1\r\nHost: admin\r\nAuthorization: Bearer {key}\r\n\r\n");
+    let _ = stream.write_all(request.as_bytes());
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    // The status line, one byte at a time, bounded.
+    while head.len() < 256 && !head.ends_with(b"\r\n") {
+        match stream.read(&mut byte) {
+            Ok(1) => head.push(byte[0]),
+            _ => break,
+        }
+    }
+    let status = String::from_utf8_lossy(&head)
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0);
+    (status, stream)
+}
+
+#[test]
+fn followers_are_capped_so_they_never_take_every_admin_connection() {
+    if !require_root("followers_are_capped_so_they_never_take_every_admin_connection") {
+        return;
+    }
+    let topology = Topology::new();
+    let (gateway, key) = gateway(&topology);
+    let admin = gateway.admin.unwrap();
+    let (following, refused, health) = topology.server.run(move || {
+        // The admin listener's connection limit (admin::MAX_CONNECTIONS).
+        let mut streams = Vec::new();
+        let mut refused = 0;
+        while streams.len() < 64 {
+            match admin_get(admin, "/v1/xdp/events", &key) {
+                (200, stream) => streams.push(stream),
+                (status, _) => {
+                    refused = status;
+                    break;
+                }
+            }
+        }
+        let (health, _) = admin_get(admin, "/healthz", "");
+        (streams.len(), refused, health)
+    });
+    assert!(
+        following < 64,
+        "{following} followers took every admin connection"
+    );
+    assert_eq!(refused, 503, "the follower past the limit is told why");
+    assert_eq!(health, 200, "the admin API still answers");
+}

@@ -12,7 +12,8 @@
 //!   [`clients`].
 //! - `GET /v1/xdp/events[?replay=N]`: the XDP program's kernel events as
 //!   newline-delimited JSON, the last few first, then live (what `gateway
-//!   xdp events` follows); 409 when no XDP program is loaded. See [`events`].
+//!   xdp events` follows); 409 when no XDP program is loaded, 503 past
+//!   [`events::MAX_FOLLOWERS`] streams. See [`events`].
 //!
 //! The `/v1/management` and `/v1/xdp` endpoints take an admin key (`gateway keys
 //! bootstrap`, or `create --admin`) in `Authorization: Bearer`. A key with
@@ -67,6 +68,8 @@ pub struct Admin {
     connections: Arc<tokio::sync::Semaphore>,
     /// The kernel events, when an XDP program is loaded.
     events: Option<EventHub>,
+    /// [`events::MAX_FOLLOWERS`].
+    followers: Arc<tokio::sync::Semaphore>,
 }
 
 /// Why the admin API refused a request.
@@ -92,6 +95,11 @@ pub(crate) enum AdminError {
     BadRequest(String),
     #[error("{0}")]
     Conflict(String),
+    #[error(
+        "{} clients already follow the kernel events; try again later",
+        events::MAX_FOLLOWERS
+    )]
+    TooManyFollowers,
     #[error("the key store failed: {0}")]
     Store(#[from] crate::keys::StoreError),
 }
@@ -109,6 +117,7 @@ impl AdminError {
             AdminError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             AdminError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             AdminError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            AdminError::TooManyFollowers => (StatusCode::SERVICE_UNAVAILABLE, "too_many_followers"),
             AdminError::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "store_error"),
         }
     }
@@ -176,6 +185,7 @@ impl Admin {
             header_timeout: config.limits.request_timeout,
             connections: Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS)),
             events: None,
+            followers: Arc::new(tokio::sync::Semaphore::new(events::MAX_FOLLOWERS)),
         })
     }
 
@@ -320,7 +330,12 @@ impl Admin {
         let hub = self.events.as_ref().ok_or_else(|| {
             AdminError::Conflict("no XDP program is loaded: there are no kernel events".into())
         })?;
-        Ok(events::stream(hub, replay))
+        // A stream holds its connection for as long as the client likes:
+        // a few of them must not take every admin connection.
+        let follower = (self.followers.clone())
+            .try_acquire_owned()
+            .map_err(|_| AdminError::TooManyFollowers)?;
+        Ok(events::stream(hub, replay, follower))
     }
 
     fn authorize(&self, req: &Request<Incoming>, access: Access) -> Result<Client, AdminError> {
