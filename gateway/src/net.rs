@@ -83,11 +83,19 @@ pub fn parse_net(text: &str) -> Result<IpNet, NetError> {
 /// `::/64` that holds the IPv4-mapped range the kernel keys IPv4 under).
 pub fn parse_ban_net(text: &str) -> Result<IpNet, NetError> {
     let net = parse_net(text)?;
-    let mapped_v4 = Ipv6Addr::new(0, 0, 0, 0, 0, 0xffff, 0, 0);
     match net {
-        IpNet::V4(v4) if v4.prefix_len() == 0 => Err(NetError::EveryV4(net)),
-        IpNet::V6(v6) if v6.contains(&mapped_v4) => Err(NetError::CoversV4(net)),
-        _ => Ok(net),
+        _ if !covers_every_v4(&net) => Ok(net),
+        IpNet::V4(_) => Err(NetError::EveryV4(net)),
+        IpNet::V6(_) => Err(NetError::CoversV4(net)),
+    }
+}
+
+/// Whether a ban of `net` (canonical) in the kernel drops every IPv4
+/// source: `0.0.0.0/0`, or an IPv6 prefix holding `::ffff:0:0/96`.
+pub fn covers_every_v4(net: &IpNet) -> bool {
+    match net {
+        IpNet::V4(v4) => v4.prefix_len() == 0,
+        IpNet::V6(v6) => v6.contains(&Ipv6Addr::new(0, 0, 0, 0, 0, 0xffff, 0, 0)),
     }
 }
 
