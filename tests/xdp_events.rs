@@ -418,3 +418,48 @@ fn followers_are_capped_so_they_never_take_every_admin_connection() {
     assert_eq!(refused, 503, "the follower past the limit is told why");
     assert_eq!(health, 200, "the admin API still answers");
 }
+
+#[test]
+fn a_follower_whose_key_expires_gets_no_more_events() {
+    if !require_root("a_follower_whose_key_expires_gets_no_more_events") {
+        return;
+    }
+    let topology = Topology::new();
+    let _listener = Listener::start(&topology.server, PROTECTED);
+    let builder: GatewayBuilder = Gateway::builder(TIERS)
+        .in_namespace(&topology.server)
+        .xdp(&PROTECTED.to_string());
+    let lasting = builder.create_key_with("gold", &["--admin", "--scopes", "admin:read"]);
+    // Standing in for a key revoked or disabled while its holder follows.
+    let expiring = builder.create_key_with(
+        "gold",
+        &["--admin", "--scopes", "admin:read", "--expires-in", "10s"],
+    );
+    let gateway = builder.start();
+    let witness = Follower::start(&topology, &gateway, &lasting);
+    let follower = Follower::start(&topology, &gateway, &expiring);
+    sentinel(&topology, &gateway, &witness, CLIENT2_V4);
+    wait_until("the expiring key's follower to follow", || {
+        follower.count("ban_first_drop", "source", CLIENT2_V4) == 1
+    });
+    let admin = gateway.admin.unwrap();
+    let key = expiring.clone();
+    wait_until("the key to expire", || {
+        let key = key.clone();
+        topology
+            .server
+            .run(move || admin_get(admin, "/v1/xdp/events", &key).0)
+            == 401
+    });
+    sentinel(&topology, &gateway, &witness, CLIENT_V4);
+    assert_eq!(
+        follower.count("ban_first_drop", "source", CLIENT_V4),
+        0,
+        "an expired key still follows: {:?}",
+        follower.events()
+    );
+    wait_until("the stream to say why it closed", || {
+        follower.events().iter().any(|e| e["event"] == "closed")
+    });
+    follower.wait();
+}

@@ -60,12 +60,16 @@ pub(super) fn replay(query: Option<&str>) -> Result<usize, AdminError> {
     }
 }
 
-/// Starts following `hub`: the last `replay` events, then live ones;
-/// `follower` is given back when the stream ends.
+/// Whether the client's key still admits it.
+pub(super) type Admitted = Box<dyn Fn() -> bool + Send>;
+
+/// Starts following `hub`: the last `replay` events, then live ones while
+/// `admitted` holds; `follower` is given back when the stream ends.
 pub(super) fn stream(
     hub: &EventHub,
     replay: usize,
     follower: OwnedSemaphorePermit,
+    admitted: Admitted,
 ) -> Response<EventStream> {
     let (recent, mut live) = hub.follow();
     let (tx, lines) = mpsc::channel(AHEAD);
@@ -83,6 +87,10 @@ pub(super) fn stream(
                 () = tx.closed() => return,
                 next = live.recv() => next,
             };
+            if !admitted() {
+                let _ = tx.send(refused()).await;
+                return;
+            }
             let line = match next {
                 Ok(record) => line(&record),
                 Err(RecvError::Lagged(missed)) => lagged(missed),
@@ -105,6 +113,14 @@ fn line(record: &Arc<EventRecord>) -> Bytes {
     let mut text = serde_json::to_string(record.as_ref()).unwrap_or_default();
     text.push('\n');
     Bytes::from(text)
+}
+
+/// The last line to a client whose key no longer admits it.
+fn refused() -> Bytes {
+    Bytes::from(format!(
+        "{}\n",
+        serde_json::json!({ "event": "closed", "why": "the admin key is no longer valid" })
+    ))
 }
 
 /// Said to a client too slow to keep up, instead of the events it missed.

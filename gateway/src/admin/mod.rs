@@ -36,7 +36,7 @@ use tokio::net::TcpListener;
 use crate::{
     clock::{monotonic_ns, unix_now},
     config::Config,
-    keys::{Client, KeyRejection, KeyStore},
+    keys::{Client, KeyIndex, KeyRejection, KeyStore},
     metrics::Gauges,
     shared::Shared,
     xdp::{EventHub, PinnedMaps},
@@ -149,6 +149,29 @@ fn json_response(status: StatusCode, body: &serde_json::Value) -> AdminResponse 
         HeaderValue::from_static("application/json"),
     );
     response
+}
+
+/// The key in `Authorization: Bearer`.
+fn bearer(req: &Request<Incoming>) -> Result<&str, AdminError> {
+    req.headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .ok_or(AdminError::MissingCredential)
+}
+
+/// The admin client `key` stands for, if it may have `access` now.
+fn admit(keys: &KeyIndex, key: &str, access: Access) -> Result<Client, AdminError> {
+    let (_, outcome) = keys.verify(key, unix_now());
+    let client = outcome.map_err(AdminError::InvalidCredential)?;
+    if !client.is_admin {
+        return Err(AdminError::NotAdmin);
+    }
+    if access == Access::Write && client.scopes.iter().any(|s| s == READ_ONLY_SCOPE) {
+        return Err(AdminError::ReadOnly);
+    }
+    Ok(client.as_ref().clone())
 }
 
 /// What an admin key may do.
@@ -335,25 +358,21 @@ impl Admin {
         let follower = (self.followers.clone())
             .try_acquire_owned()
             .map_err(|_| AdminError::TooManyFollowers)?;
-        Ok(events::stream(hub, replay, follower))
+        // The key is checked again before each live event: one revoked,
+        // disabled or expired since stops the stream.
+        let keys = self.shared.keys.clone();
+        let key = bearer(req)?.to_owned();
+        let still_admitted = move || admit(&keys, &key, Access::Read).is_ok();
+        Ok(events::stream(
+            hub,
+            replay,
+            follower,
+            Box::new(still_admitted),
+        ))
     }
 
     fn authorize(&self, req: &Request<Incoming>, access: Access) -> Result<Client, AdminError> {
-        let key = req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .ok_or(AdminError::MissingCredential)?;
-        let (_, outcome) = self.shared.keys.verify(key.trim(), unix_now());
-        let client = outcome.map_err(AdminError::InvalidCredential)?;
-        if !client.is_admin {
-            return Err(AdminError::NotAdmin);
-        }
-        if access == Access::Write && client.scopes.iter().any(|s| s == READ_ONLY_SCOPE) {
-            return Err(AdminError::ReadOnly);
-        }
-        Ok(client.as_ref().clone())
+        admit(&self.shared.keys, bearer(req)?, access)
     }
 
     /// Makes a store change visible to the request path now, not at the
