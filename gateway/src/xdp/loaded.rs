@@ -100,7 +100,7 @@ impl Loaded {
         let program_pin = root.join(PROGRAM_PIN);
         // The previous program stays attached (its link holds it) until the
         // link is switched over below.
-        remove_file(&program_pin)?;
+        adopt::remove_pin(&program_pin)?;
         program.pin(&program_pin).map_err(|source| XdpError::Pin {
             path: program_pin.clone(),
             source,
@@ -292,17 +292,6 @@ impl Drop for Loaded {
             ),
             Err(error) => tracing::warn!(%error, "marking the pins as stopped failed"),
         }
-    }
-}
-
-fn remove_file(path: &Path) -> Result<(), XdpError> {
-    match std::fs::remove_file(path) {
-        Ok(()) => Ok(()),
-        Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(source) => Err(XdpError::RemoveStale {
-            path: path.to_owned(),
-            source,
-        }),
     }
 }
 
