@@ -325,10 +325,9 @@ fn previous_owner(root: &Path) -> Result<Option<Previous>, XdpError> {
             .and_then(|b| <[u8; 4]>::try_from(b).ok())
             .map_or(0, u32::from_ne_bytes)
     };
-    // `Config`: mode, ifindex, attach_mode, owner_pid, ...
     let previous = Previous {
-        attach_mode: field(8),
-        owner_pid: field(12),
+        attach_mode: field(std::mem::offset_of!(Config, attach_mode)),
+        owner_pid: field(std::mem::offset_of!(Config, owner_pid)),
     };
     let pid = previous.owner_pid;
     if pid != 0 && pid != std::process::id() {
