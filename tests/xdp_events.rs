@@ -463,3 +463,27 @@ fn a_follower_whose_key_expires_gets_no_more_events() {
     });
     follower.wait();
 }
+
+/// A source dropped under a prefix ban reports that ban's reason.
+#[test]
+fn a_prefix_bans_first_drop_names_its_reason() {
+    if !require_root("a_prefix_bans_first_drop_names_its_reason") {
+        return;
+    }
+    let topology = Topology::new();
+    let _listener = Listener::start(&topology.server, PROTECTED);
+    let (gateway, key) = gateway(&topology);
+    let follower = Follower::start(&topology, &gateway, &key);
+
+    gateway.xdp(&["ban", "10.77.0.0/30", "--for", "60s"]);
+    topology.send_frames(vec![syn(CLIENT_V4, SERVER_V4).build()]);
+    wait_until("the first drop's event", || {
+        follower.count("ban_first_drop", "source", CLIENT_V4) == 1
+    });
+    let event = follower
+        .events()
+        .into_iter()
+        .find(|e| e["source"] == CLIENT_V4)
+        .unwrap();
+    assert_eq!(event["reason"], "manual", "{event}");
+}

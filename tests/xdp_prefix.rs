@@ -2,7 +2,9 @@
 //! through its /64 (several `nodad` addresses on the client veth) gets
 //! each address banned for key guessing until the guard bans the /64; a
 //! fresh address of that /64 is then dropped by the kernel while an
-//! address outside it still connects. And CIDR bans and budgets by hand
+//! address outside it still connects. An attacker that stays below the
+//! per-address threshold while rotating gets the /64 banned all the same
+//! (the guard counts guessing per prefix too). And CIDR bans and budgets by hand
 //! (`gateway xdp ban 10.77.0.0/24`, `... fd77::/64`), as `xdp bans --json`
 //! and bpftool show them.
 #![allow(clippy::unwrap_used, reason = "tests: a panic is the failure report")]
@@ -23,9 +25,9 @@ const OK: Duration = Duration::from_secs(3);
 
 /// The attacker's /64 (the topology's own), its rotating addresses, a
 /// fresh one it has not used, and networks outside it on both sides.
-/// The default `prefix_threshold` (8) of them get the /64 banned; the
-/// config keeps the defaults, so the same test runs on a gateway that
-/// predates prefix bans (and fails there).
+/// The default `prefix_threshold` (8) of them get the /64 banned (the
+/// escalation test turns per-prefix guessing counts off, which would ban
+/// the /64 first).
 const ROTATION: [&str; 9] = [
     "fd77::a1", "fd77::a2", "fd77::a3", "fd77::a4", "fd77::a5", "fd77::a6", "fd77::a7", "fd77::a8",
     "fd77::a9",
@@ -122,7 +124,8 @@ fn a_64_rotating_through_its_addresses_is_banned_as_a_prefix() {
     let topology = topology();
     let (gateway, _upstream) = start(
         &topology,
-        "auth_failures = 2\nauth_failure_window = \"60s\"\nauth_failure_ban = \"60s\"",
+        "auth_failures = 2\nauth_failure_window = \"60s\"\nauth_failure_ban = \"60s\"\n\
+         prefix_auth_failures = 0",
     );
     // Eight addresses of the /64 guess keys until each is dropped.
     for source in &ROTATION[..8] {
@@ -173,6 +176,81 @@ fn a_64_rotating_through_its_addresses_is_banned_as_a_prefix() {
     );
     assert!(
         text.contains("gateway_xdp_bans_evicted_total{map=\"GW_BANS\"} 0"),
+        "{text}"
+    );
+}
+
+/// The bans listed once `source` is among them (bounded wait: the writer
+/// applies the guard's decisions in its next batch).
+fn bans_once_listed(gateway: &Gateway, source: &str) -> Vec<serde_json::Value> {
+    let mut listed = Vec::new();
+    for _ in 0..20 {
+        listed = bans(gateway);
+        if listed.iter().any(|b| b["source"] == source) {
+            break;
+        }
+        pause(Duration::from_millis(100));
+    }
+    listed
+}
+
+#[test]
+fn a_64_guessing_below_the_address_threshold_is_banned_as_a_prefix() {
+    if !require_root("a_64_guessing_below_the_address_threshold_is_banned_as_a_prefix") {
+        return;
+    }
+    let topology = topology();
+    // Only keys a gateway without per-prefix counting knows: the /64's
+    // allowance is its default, 5 × auth_failures = 10 per window.
+    let (gateway, _upstream) = start(
+        &topology,
+        "auth_failures = 2\nauth_failure_window = \"60s\"\nauth_failure_ban = \"60s\"",
+    );
+    // Each address guesses twice (a third would ban it), nine addresses.
+    let mut statuses = Vec::new();
+    'rotation: for source in &ROTATION {
+        for i in 0..2 {
+            match guess(&topology, source, SERVER_V6, i) {
+                Ok(reply) => statuses.push(reply.status),
+                Err(_) => break 'rotation,
+            }
+        }
+    }
+    assert!(statuses.iter().all(|s| *s == 401), "{statuses:?}");
+    assert!(
+        statuses.len() > 10,
+        "the /64's allowance is served: {statuses:?}"
+    );
+    let listed = bans_once_listed(&gateway, "fd77::/64");
+    assert_eq!(
+        listed.len(),
+        1,
+        "the /64 alone (no address reached its threshold); guesses: {statuses:?}, bans: {listed:?}"
+    );
+    assert_eq!(listed[0]["source"], "fd77::/64", "{listed:?}");
+    assert_eq!(listed[0]["prefix_len"], 64);
+    assert_eq!(listed[0]["reason"], "auth_failures");
+    let left = listed[0]["expires_in_ms"].as_u64().unwrap();
+    assert!((1..=60_000).contains(&left), "{listed:?}");
+
+    // A fresh address of the /64 is dropped by the kernel at its first SYN.
+    let before = gateway.counter("dropped_banned");
+    assert!(
+        !topology.connects(FRESH, SERVER_V6, PORT, CONNECT),
+        "a fresh address of the banned /64 connected"
+    );
+    assert!(gateway.counter("dropped_banned") > before);
+    // Outside the /64, the same client side still gets its 401.
+    let reply = guess(&topology, OUTSIDE_V6, SERVER_OUTSIDE_V6, 0).unwrap();
+    assert_eq!(reply.status, 401);
+
+    let text = metrics(&topology, &gateway);
+    assert!(
+        text.contains("gateway_bans_issued_total{reason=\"auth_failures\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("gateway_bans_issued_total{reason=\"prefix_escalation\"} 0"),
         "{text}"
     );
 }

@@ -89,6 +89,24 @@ pub struct SourceAddr {
 }
 
 impl SourceAddr {
+    /// From its sixteen bytes as two native-endian words: the XDP program
+    /// builds it from two loads this way, where sixteen byte stores would
+    /// cost more than the rest of its fast path.
+    #[inline(always)]
+    pub fn from_words(words: [u64; 2]) -> Self {
+        // SAFETY: same size, and every bit pattern is valid for both types.
+        let addr = unsafe { core::mem::transmute::<[u64; 2], [u8; 16]>(words) };
+        Self { addr }
+    }
+
+    /// [`SourceAddr::from_v4`] from the address's four bytes as one
+    /// native-endian word (see [`SourceAddr::from_words`]).
+    #[inline(always)]
+    pub fn from_v4_word(v4: u32) -> Self {
+        let [a, b, c, d] = v4.to_ne_bytes();
+        Self::from_words([0, u64::from_ne_bytes([0, 0, 0xff, 0xff, a, b, c, d])])
+    }
+
     /// The IPv4-mapped form of an IPv4 address given as its four bytes.
     #[inline(always)]
     pub const fn from_v4(octets: [u8; 4]) -> Self {
@@ -219,10 +237,21 @@ pub struct Config {
     pub default_budget: Budget,
     /// Interface name, NUL-padded.
     pub ifname: [u8; 16],
+    /// What happens to UDP to a protected port: one of [`udp`].
+    pub udp: u32,
 }
 
-/// Counter indexes in `GW_COUNTERS`. Only packets to protected ports are
-/// judged; everything else is counted as `NotProtected` and passed.
+/// What the program does with UDP to a protected port (value of
+/// [`Config::udp`]). It is never charged to its source's budgets (a
+/// spoofer could spend a client's budget with it); a ban still drops it.
+pub mod udp {
+    pub const PASS: u32 = 0;
+    pub const DROP: u32 = 1;
+}
+
+/// Counter indexes in `GW_COUNTERS`. Packets to unprotected ports and
+/// frames without an IP header are counted as `NotProtected` and passed;
+/// every other packet is judged on its source.
 /// `Allowlisted` counts packets policy would have dropped but the allow-list
 /// let through.
 #[repr(u32)]
@@ -237,10 +266,18 @@ pub enum Counter {
     MonitorConnBudget = 6,
     MonitorPktBudget = 7,
     NotProtected = 8,
+    /// The parser gave up on the ports (cut or malformed L4 header, IPv6
+    /// chain longer than it follows); the packet was judged on its source.
+    ParseGaveUp = 9,
+    /// UDP to a protected port, passed without charging its source.
+    UdpPassed = 10,
+    /// UDP to a protected port dropped by `xdp.udp = "drop"`.
+    DroppedUdp = 11,
+    MonitorUdp = 12,
 }
 
 impl Counter {
-    pub const COUNT: u32 = 9;
+    pub const COUNT: u32 = 13;
     /// Every counter with its metric-friendly name, in index order.
     pub const ALL: [(Counter, &'static str); Self::COUNT as usize] = [
         (Counter::Passed, "passed"),
@@ -252,6 +289,10 @@ impl Counter {
         (Counter::MonitorConnBudget, "monitor_would_drop_conn_budget"),
         (Counter::MonitorPktBudget, "monitor_would_drop_pkt_budget"),
         (Counter::NotProtected, "not_protected"),
+        (Counter::ParseGaveUp, "parse_gave_up"),
+        (Counter::UdpPassed, "udp_passed"),
+        (Counter::DroppedUdp, "dropped_udp"),
+        (Counter::MonitorUdp, "monitor_would_drop_udp"),
     ];
 
     /// The counter that records this drop reason in monitor mode.
@@ -261,6 +302,7 @@ impl Counter {
             Counter::DroppedBanned => Counter::MonitorBanned,
             Counter::DroppedConnBudget => Counter::MonitorConnBudget,
             Counter::DroppedPktBudget => Counter::MonitorPktBudget,
+            Counter::DroppedUdp => Counter::MonitorUdp,
             other => other,
         }
     }
@@ -278,6 +320,6 @@ mod pod {
 
     const _: () = assert!(core::mem::size_of::<super::Ban>() == 16);
     const _: () = assert!(core::mem::size_of::<super::Budget>() == 20);
-    const _: () = assert!(core::mem::size_of::<super::Config>() == 52);
+    const _: () = assert!(core::mem::size_of::<super::Config>() == 56);
     const _: () = assert!(core::mem::size_of::<super::SourceState>() == 80);
 }

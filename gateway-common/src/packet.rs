@@ -5,8 +5,12 @@
 //!
 //! It understands Ethernet, up to two VLAN tags, IPv4 with options and IPv6
 //! with up to four extension headers, then reads the TCP/UDP ports (and the
-//! TCP flags). Everything stays `#[inline(always)]` and loop-bounded: the
-//! eBPF verifier must follow every path.
+//! TCP flags). Once the fixed IP header is read the source is known, and the
+//! parser always answers with it: what follows (a fragment, a cut L4 header,
+//! another protocol, a longer extension-header chain) only decides what the
+//! program knows about the ports, never whether the source is judged.
+//! Everything stays `#[inline(always)]` and loop-bounded: the eBPF verifier
+//! must follow every path.
 
 /// Bounds-checked reads of `N` bytes at `offset` from the packet start;
 /// `None` when they are not all inside the packet.
@@ -20,25 +24,69 @@ pub trait Packet {
     /// bounds-checks at run time, since variable packet offsets are where
     /// the verifier and LLVM disagree.
     fn load<const N: usize>(&self, offset: usize) -> Option<[u8; N]>;
-    /// The parser stopped following an IPv6 extension-header chain longer
-    /// than [`IPV6_MAX_EXT_HEADERS`]: the kernel side logs it (rate-limited,
-    /// see `crate::events`); the host ignores it.
-    #[inline(always)]
-    fn ipv6_chain_too_long(&self) {}
 }
 
-/// The packet ended before a header the parser needed: the packet is not
-/// ours to judge (the XDP program passes it uncounted).
+/// An IP packet: its source, where its headers are, and what the parser
+/// could learn about its transport. Plain fields, every one always set
+/// (no enum payloads): the verifier rejects copies of undefined bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Truncated;
-
-/// What the parser found in a packet addressed to some L4 port.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Flow {
+pub struct Parsed {
     pub src: crate::SourceAddr,
+    /// IPv6 (else IPv4).
+    pub ipv6: bool,
+    /// Offset of the IP header from the frame start.
+    pub l3: usize,
+    /// Offset of the L4 header (after IPv4 options or IPv6 extension
+    /// headers); meaningful for [`L4::Tcp`] and [`L4::Udp`].
+    pub l4: usize,
+    /// Part of a fragmented datagram (IPv4 MF flag or offset, or an IPv6
+    /// Fragment header), first fragment included.
+    pub fragment: bool,
+    /// The IP protocol (IPv6: the last next-header value followed).
+    pub proto: u8,
+    pub kind: L4,
+    /// TCP/UDP destination port (0 for other kinds).
     pub dst_port: u16,
+    /// TCP flags, byte 13 of the header (0 for other kinds).
+    pub tcp_flags: u8,
+    /// TCP header length from its data offset (0 for other kinds); the
+    /// bytes past the first 14 are not checked to be present.
+    pub tcp_len: usize,
+}
+
+/// What the parser learned past the IP header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum L4 {
+    /// `dst_port`, `tcp_flags` and `tcp_len` are read.
+    Tcp,
+    /// `dst_port` is read.
+    Udp,
+    /// Neither TCP nor UDP (ICMP, ESP, ...): `proto` says which.
+    Other,
+    /// A non-first fragment: no L4 header, the port cannot be known.
+    LaterFragment,
+    /// Gave up: the L4 header (or an extension header) is cut short, or
+    /// the IP header is malformed (wrong version, IHL below 5).
+    Truncated,
+    /// Gave up: more IPv6 extension headers than the parser follows
+    /// ([`IPV6_MAX_EXT_HEADERS`]).
+    LongChain,
+}
+
+impl Parsed {
     /// TCP SYN without ACK: a new connection.
-    pub is_syn: bool,
+    #[inline(always)]
+    pub fn is_syn(&self) -> bool {
+        self.kind == L4::Tcp && self.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
+    }
+
+    /// The parser could not find the ports (see [`L4::Truncated`] and
+    /// [`L4::LongChain`]).
+    #[inline(always)]
+    pub fn gave_up(&self) -> bool {
+        matches!(self.kind, L4::Truncated | L4::LongChain)
+    }
 }
 
 pub const ETH_HDR_LEN: usize = 14;
@@ -48,8 +96,8 @@ pub const ETH_P_8021Q: u16 = 0x8100;
 pub const ETH_P_8021AD: u16 = 0x88A8;
 pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
-const TCP_SYN: u8 = 0x02;
-const TCP_ACK: u8 = 0x10;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_ACK: u8 = 0x10;
 
 const IPV6_HOPOPTS: u8 = 0;
 const IPV6_ROUTING: u8 = 43;
@@ -57,67 +105,64 @@ const IPV6_FRAGMENT: u8 = 44;
 const IPV6_DSTOPTS: u8 = 60;
 pub const IPV6_MAX_EXT_HEADERS: usize = 4;
 
-/// Finds source, destination port and SYN-ness of a TCP/UDP packet.
-/// `Ok(None)`: not TCP/UDP over IP (or a non-first fragment, which carries no
-/// ports and cannot be reassembled without the first one we do judge).
+/// Finds the source of an IP packet and what follows its IP header.
+/// `None`: no IP header (another ethertype, more than two VLAN tags, or
+/// the frame ends before the fixed IPv4/IPv6 header does).
 #[inline(always)]
-pub fn parse<P: Packet>(packet: &P) -> Result<Option<Flow>, Truncated> {
+pub fn parse<P: Packet>(packet: &P) -> Option<Parsed> {
     // Up to two VLAN tags (802.1Q, or 802.1ad outer + 802.1Q inner), each
     // at a fixed offset so direct access stays verifiable.
-    let mut offset = ETH_HDR_LEN;
-    let mut ethertype = u16::from_be_bytes(read_fixed(packet, 12)?);
+    let mut l3 = ETH_HDR_LEN;
+    let mut ethertype = u16::from_be_bytes(packet.read_fixed(12)?);
     if is_vlan(ethertype) {
-        ethertype = u16::from_be_bytes(read_fixed(packet, 16)?);
-        offset = ETH_HDR_LEN + 4;
+        ethertype = u16::from_be_bytes(packet.read_fixed(16)?);
+        l3 = ETH_HDR_LEN + 4;
         if is_vlan(ethertype) {
-            ethertype = u16::from_be_bytes(read_fixed(packet, 20)?);
-            offset = ETH_HDR_LEN + 8;
+            ethertype = u16::from_be_bytes(packet.read_fixed(20)?);
+            l3 = ETH_HDR_LEN + 8;
         }
     }
-    let (src, proto, l4) = match ethertype {
-        ETH_P_IP => match parse_ipv4(packet, offset)? {
-            Some(found) => found,
-            None => return Ok(None),
-        },
-        ETH_P_IPV6 => match parse_ipv6(packet, offset)? {
-            Some(found) => found,
-            None => return Ok(None),
-        },
-        _ => return Ok(None),
+    let mut parsed = match ethertype {
+        ETH_P_IP => parse_ipv4(packet, l3)?,
+        ETH_P_IPV6 => parse_ipv6(packet, l3)?,
+        _ => return None,
     };
-    // Ports (and for TCP, the flags byte at 13) from the L4 header.
-    let l4_head: [u8; 14] = if proto == IPPROTO_TCP {
-        read_l4(packet, l4)?
-    } else {
-        let ports: [u8; 4] = read_l4(packet, l4)?;
-        [
-            ports[0], ports[1], ports[2], ports[3], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-        ]
-    };
-    let dst_port = u16::from_be_bytes([l4_head[2], l4_head[3]]);
-    let is_syn = proto == IPPROTO_TCP && l4_head[13] & (TCP_SYN | TCP_ACK) == TCP_SYN;
-    Ok(Some(Flow {
-        src,
-        dst_port,
-        is_syn,
-    }))
+    if parsed.kind == L4::Other {
+        read_ports(packet, &mut parsed);
+    }
+    Some(parsed)
 }
 
+/// Ports (and for TCP, the flags byte at 13 and the data offset at 12)
+/// from the L4 header, if it is TCP or UDP.
 #[inline(always)]
-fn read_fixed<P: Packet, const N: usize>(packet: &P, offset: usize) -> Result<[u8; N], Truncated> {
-    packet.read_fixed(offset).ok_or(Truncated)
-}
-
-#[inline(always)]
-fn load<P: Packet, const N: usize>(packet: &P, offset: usize) -> Result<[u8; N], Truncated> {
-    packet.load(offset).ok_or(Truncated)
+fn read_ports<P: Packet>(packet: &P, parsed: &mut Parsed) {
+    match parsed.proto {
+        IPPROTO_TCP => match read_l4::<P, 14>(packet, parsed.l4) {
+            Some(head) => {
+                parsed.kind = L4::Tcp;
+                parsed.dst_port = u16::from_be_bytes([head[2], head[3]]);
+                parsed.tcp_flags = head[13];
+                parsed.tcp_len = usize::from(head[12] >> 4) * 4;
+            }
+            None => parsed.kind = L4::Truncated,
+        },
+        IPPROTO_UDP => match read_l4::<P, 4>(packet, parsed.l4) {
+            Some(head) => {
+                parsed.kind = L4::Udp;
+                parsed.dst_port = u16::from_be_bytes([head[2], head[3]]);
+            }
+            None => parsed.kind = L4::Truncated,
+        },
+        _ => {}
+    }
 }
 
 /// The L4 header sits at one of a few fixed offsets in the common case (no
 /// IP options or IPv6 extension headers): read those directly, which is far
 /// cheaper than the helper call.
 #[inline(always)]
-fn read_l4<P: Packet, const N: usize>(packet: &P, l4: usize) -> Result<[u8; N], Truncated> {
+fn read_l4<P: Packet, const N: usize>(packet: &P, l4: usize) -> Option<[u8; N]> {
     // Ethernet + 0, 1 or 2 VLAN tags + a 20-byte IPv4 or 40-byte IPv6 header.
     const V4: usize = ETH_HDR_LEN + 20;
     const V4_VLAN: usize = V4 + 4;
@@ -126,13 +171,13 @@ fn read_l4<P: Packet, const N: usize>(packet: &P, l4: usize) -> Result<[u8; N], 
     const V6_VLAN: usize = V6 + 4;
     const V6_QINQ: usize = V6 + 8;
     match l4 {
-        V4 => read_fixed(packet, V4),
-        V4_VLAN => read_fixed(packet, V4_VLAN),
-        V4_QINQ => read_fixed(packet, V4_QINQ),
-        V6 => read_fixed(packet, V6),
-        V6_VLAN => read_fixed(packet, V6_VLAN),
-        V6_QINQ => read_fixed(packet, V6_QINQ),
-        _ => load(packet, l4),
+        V4 => packet.read_fixed(V4),
+        V4_VLAN => packet.read_fixed(V4_VLAN),
+        V4_QINQ => packet.read_fixed(V4_QINQ),
+        V6 => packet.read_fixed(V6),
+        V6_VLAN => packet.read_fixed(V6_VLAN),
+        V6_QINQ => packet.read_fixed(V6_QINQ),
+        _ => packet.load(l4),
     }
 }
 
@@ -141,68 +186,97 @@ fn is_vlan(ethertype: u16) -> bool {
     ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD
 }
 
-/// Source, protocol and L4 offset of a TCP/UDP IPv4 packet at `offset`.
+/// The IPv4 header at `l3`; the kind is left `Other` for the caller to
+/// read the ports unless they cannot be known.
 #[inline(always)]
-fn parse_ipv4<P: Packet>(
-    packet: &P,
-    offset: usize,
-) -> Result<Option<(crate::SourceAddr, u8, usize)>, Truncated> {
-    let header: [u8; 20] = read_fixed(packet, offset)?;
+fn parse_ipv4<P: Packet>(packet: &P, l3: usize) -> Option<Parsed> {
+    let header: [u8; 12] = packet.read_fixed(l3)?;
+    let src: [u8; 4] = packet.read_fixed(l3 + 12)?;
+    // The whole fixed header is there (its destination is not read).
+    packet.read_fixed::<4>(l3 + 16)?;
     let header_len = usize::from(header[0] & 0x0f) * 4;
-    if header[0] >> 4 != 4 || header_len < 20 {
-        return Ok(None);
-    }
-    let fragment_offset = u16::from_be_bytes([header[6], header[7]]) & 0x1fff;
-    let proto = header[9];
-    if fragment_offset != 0 || (proto != IPPROTO_TCP && proto != IPPROTO_UDP) {
-        return Ok(None);
-    }
-    let src = crate::SourceAddr::from_v4([header[12], header[13], header[14], header[15]]);
-    Ok(Some((src, proto, offset + header_len)))
+    let flags_offset = u16::from_be_bytes([header[6], header[7]]);
+    let kind = if header[0] >> 4 != 4 || header_len < 20 {
+        L4::Truncated
+    } else if flags_offset & 0x1fff != 0 {
+        L4::LaterFragment
+    } else {
+        L4::Other
+    };
+    Some(Parsed {
+        src: crate::SourceAddr::from_v4_word(u32::from_ne_bytes(src)),
+        ipv6: false,
+        l3,
+        l4: l3 + header_len,
+        // More Fragments, or a fragment offset.
+        fragment: flags_offset & 0x3fff != 0,
+        proto: header[9],
+        kind,
+        dst_port: 0,
+        tcp_flags: 0,
+        tcp_len: 0,
+    })
 }
 
-/// Source, protocol and L4 offset of a TCP/UDP IPv6 packet at `offset`,
-/// behind at most [`IPV6_MAX_EXT_HEADERS`] extension headers.
+/// The IPv6 header at `l3`, behind which at most [`IPV6_MAX_EXT_HEADERS`]
+/// extension headers are followed to the L4 header.
 #[inline(always)]
-fn parse_ipv6<P: Packet>(
-    packet: &P,
-    offset: usize,
-) -> Result<Option<(crate::SourceAddr, u8, usize)>, Truncated> {
-    let header: [u8; 40] = read_fixed(packet, offset)?;
-    let mut src = crate::SourceAddr::default();
-    src.addr.copy_from_slice(&header[8..24]);
-    let mut next = header[6];
-    let mut l4 = offset + 40;
-    // Extension headers a banned source could add to slip past the parser.
+fn parse_ipv6<P: Packet>(packet: &P, l3: usize) -> Option<Parsed> {
+    let header: [u8; 8] = packet.read_fixed(l3)?;
+    let high: [u8; 8] = packet.read_fixed(l3 + 8)?;
+    let low: [u8; 8] = packet.read_fixed(l3 + 16)?;
+    // The whole fixed header is there (its destination is not read).
+    packet.read_fixed::<16>(l3 + 24)?;
+    let mut parsed = Parsed {
+        src: crate::SourceAddr::from_words([u64::from_ne_bytes(high), u64::from_ne_bytes(low)]),
+        ipv6: true,
+        l3,
+        l4: l3 + 40,
+        fragment: false,
+        proto: header[6],
+        kind: L4::Other,
+        dst_port: 0,
+        tcp_flags: 0,
+        tcp_len: 0,
+    };
+    if header[0] >> 4 != 6 {
+        parsed.kind = L4::Truncated;
+        return Some(parsed);
+    }
+    // Extension headers a source could add to slip past the parser.
     for _ in 0..IPV6_MAX_EXT_HEADERS {
-        match next {
+        match parsed.proto {
             IPV6_HOPOPTS | IPV6_ROUTING | IPV6_DSTOPTS => {
-                let ext: [u8; 2] = load(packet, l4)?;
-                next = ext[0];
-                l4 += (usize::from(ext[1]) + 1) * 8;
+                let Some(ext) = packet.load::<2>(parsed.l4) else {
+                    parsed.kind = L4::Truncated;
+                    return Some(parsed);
+                };
+                parsed.proto = ext[0];
+                parsed.l4 += (usize::from(ext[1]) + 1) * 8;
             }
             IPV6_FRAGMENT => {
-                let ext: [u8; 4] = load(packet, l4)?;
+                let Some(ext) = packet.load::<4>(parsed.l4) else {
+                    parsed.kind = L4::Truncated;
+                    return Some(parsed);
+                };
+                parsed.fragment = true;
                 if u16::from_be_bytes([ext[2], ext[3]]) & 0xfff8 != 0 {
-                    return Ok(None);
+                    parsed.kind = L4::LaterFragment;
+                    return Some(parsed);
                 }
-                next = ext[0];
-                l4 += 8;
+                parsed.proto = ext[0];
+                parsed.l4 += 8;
             }
-            _ => break,
+            _ => return Some(parsed),
         }
     }
-    // The loop only ends on an extension header when it ran out of rounds.
     if matches!(
-        next,
-        IPV6_HOPOPTS | IPV6_ROUTING | IPV6_FRAGMENT | IPV6_DSTOPTS
+        parsed.proto,
+        IPV6_HOPOPTS | IPV6_ROUTING | IPV6_DSTOPTS | IPV6_FRAGMENT
     ) {
-        packet.ipv6_chain_too_long();
+        parsed.kind = L4::LongChain;
     }
-    if next != IPPROTO_TCP && next != IPPROTO_UDP {
-        return Ok(None);
-    }
-    Ok(Some((src, next, l4)))
+    Some(parsed)
 }
 
 /// A packet held in a byte slice: the host side of [`Packet`].

@@ -13,7 +13,9 @@ use gateway_common::{
     mode, Config, SourceAddr, SourceState,
 };
 
-use crate::GW_BANS;
+use aya_ebpf::btf_maps::lpm_trie::Key;
+
+use crate::{GW_BANS, GW_PREFIX_BANS};
 
 const LIMITED: usize = limited::COUNT as usize;
 
@@ -37,10 +39,14 @@ pub fn first_drop_after_ban(
         return;
     }
     state.ban_reported_until_ns = state.banned_until_ns;
+    // The ban in force is the later of the source's own and its prefix's.
     // SAFETY: only userspace writes GW_BANS; the value is copied out at once.
     let reason = match unsafe { GW_BANS.get(src) } {
-        Some(ban) => ban.reason,
-        None => REASON_UNKNOWN,
+        Some(ban) if ban.banned_until_ns == state.banned_until_ns => ban.reason,
+        _ => match GW_PREFIX_BANS.get(&Key::new(128, src.addr)) {
+            Some(ban) => ban.reason,
+            None => REASON_UNKNOWN,
+        },
     };
     let expires_in_ms = state.banned_until_ns.saturating_sub(now) / 1_000_000;
     let monitor = u8::from(config.mode == mode::MONITOR);

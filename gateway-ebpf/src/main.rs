@@ -1,22 +1,29 @@
-//! The gateway's XDP program: per-source bans and budgets for traffic to the
-//! protected ports, enforced before the packet costs userspace anything.
+//! The gateway's XDP program: per-source bans and budgets, enforced before
+//! the packet costs userspace anything.
 //!
 //! Per packet: parse (`gateway_common::packet`, shared with the host's tests
 //! and fuzzer: Ethernet, up to two VLAN tags, IPv4 with options or IPv6 with
-//! up to four extension headers) → protected port? → banned? →
-//! SYN budget → packet budget → pass; a deny is overridden by the allow-list.
+//! up to four extension headers) → the source is known: only a known,
+//! unprotected TCP/UDP port passes unjudged → TCP to a protected port,
+//! fragments and packets whose ports cannot be read are metered (banned? →
+//! SYN budget → packet budget); UDP to a protected port and other protocols
+//! are judged on the ban alone (and `xdp.udp`), never charged → pass; a deny
+//! is overridden by the allow-list.
 //! The source's ban, budget and allow-list membership are cached in its
 //! `GW_STATE` entry and re-read only after userspace restamps
-//! `GW_GENERATION`, so a packet costs one hash lookup, not four. Everything it does not
-//! understand passes. Policy maps are written by userspace only; this program
-//! writes only `GW_STATE` and `GW_COUNTERS`. Prefix bans and budgets
+//! `GW_GENERATION`, so a packet costs one hash lookup, not four. Frames
+//! without an IP header pass. Policy maps are written by userspace only; this
+//! program writes only `GW_STATE` and `GW_COUNTERS`. Prefix bans and budgets
 //! (`GW_PREFIX_*`, LPM tries) are read only with the rest of the cached
 //! policy, so they cost nothing per packet. No logging on the packet path:
 //! counters say what happened; only rare events (a ban's first drop, a full
 //! map, a parse given up, rate-limited) are logged, see [`events`].
 #![no_std]
+#![feature(asm_experimental_arch)]
 #![no_main]
 
+mod ban_cache;
+mod direct;
 mod events;
 mod runtime;
 
@@ -30,8 +37,8 @@ use aya_ebpf::{
 };
 use gateway_common::{
     mode,
-    packet::{self, Packet},
-    Ban, Budget, Config, Counter, SourceAddr, SourceState, DEFAULT_ALLOW_ENTRIES,
+    packet::{self, Packet, L4},
+    udp, Ban, Budget, Config, Counter, SourceAddr, SourceState, DEFAULT_ALLOW_ENTRIES,
     DEFAULT_BANS_ENTRIES, DEFAULT_BUDGETS_ENTRIES, DEFAULT_PREFIX_BANS_ENTRIES,
     DEFAULT_PREFIX_BUDGETS_ENTRIES, DEFAULT_STATE_ENTRIES, PORTS_ENTRIES,
 };
@@ -86,34 +93,43 @@ pub fn gateway_xdp(ctx: XdpContext) -> u32 {
 
 #[inline(always)]
 fn try_gateway_xdp(ctx: &XdpContext) -> Result<u32, ()> {
-    let parsed = packet::parse(&XdpPacket(ctx));
-    let flow = match parsed.map_err(|packet::Truncated| events::parse_truncated(ctx))? {
-        Some(flow) => flow,
-        None => return Ok(pass(Counter::NotProtected)),
+    // No IP header: no source to judge, not ours.
+    let Some(parsed) = packet::parse(&XdpPacket(ctx)) else {
+        return Ok(pass(Counter::NotProtected));
     };
-    match GW_PORTS.get(u32::from(flow.dst_port)) {
-        Some(&1) => {}
-        _ => return Ok(pass(Counter::NotProtected)),
-    }
+    // The source is known from here on: only a known, unprotected
+    // destination port lets a packet pass without judging it.
+    let metered_syn = match parsed.kind {
+        L4::Tcp if protected(parsed.dst_port) => parsed.is_syn(),
+        L4::Udp if !parsed.fragment && protected(parsed.dst_port) => {
+            return judge_unmetered(&parsed.src, UnmeteredKind::Udp);
+        }
+        L4::Tcp | L4::Udp if !parsed.fragment => return Ok(pass(Counter::NotProtected)),
+        L4::Other if !parsed.fragment => {
+            return judge_unmetered(&parsed.src, UnmeteredKind::Other);
+        }
+        L4::Truncated | L4::LongChain => gave_up(ctx, &parsed),
+        // Fragments (any, to any port): the packet budget.
+        _ => false,
+    };
     let config = GW_CONFIG.get(0).ok_or(())?;
     let generation = *GW_GENERATION.get(0).ok_or(())?;
-    // Coarse (tick-resolution) CLOCK_MONOTONIC: the precise clock costs
-    // more than the rest of the policy path on virtualised hosts, and bans
-    // and per-second budgets do not need sub-millisecond resolution.
-    // SAFETY: the helper has no preconditions.
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
-    let state = source_state(ctx, &flow.src)?;
+    let now = now_ns();
+    if ban_cache::banned(&parsed.src, generation, now) {
+        return Ok(deny(config, Counter::DroppedBanned));
+    }
+    let state = source_state(ctx, &parsed.src)?;
     // SAFETY: `state` points into this source's GW_STATE value. Another CPU
     // may update it concurrently; a torn or lost update only lets a packet
     // through or refreshes the cache once more.
     let state = unsafe { &mut *state };
     // Generation 0: userspace has not published policy yet; never trust a cache.
     if generation == 0 || state.policy_generation != generation {
-        refresh_policy(state, &flow.src, config, generation);
+        refresh_policy(state, &parsed.src, config, generation);
     }
     let verdict = if state.banned_until_ns > now {
         Counter::DroppedBanned
-    } else if flow.is_syn
+    } else if metered_syn
         && !gcra(
             &mut state.syn_tat_ns,
             state.syn_interval_ns,
@@ -137,9 +153,87 @@ fn try_gateway_xdp(ctx: &XdpContext) -> Result<u32, ()> {
         return Ok(pass(Counter::Allowlisted));
     }
     if verdict == Counter::DroppedBanned {
-        events::first_drop_after_ban(ctx, state, &flow.src, config, now);
+        events::first_drop_after_ban(ctx, state, &parsed.src, config, now);
+        if generation != 0 {
+            ban_cache::remember(&parsed.src, generation, state.banned_until_ns);
+        }
     }
     Ok(deny(config, verdict))
+}
+
+#[inline(always)]
+fn protected(port: u16) -> bool {
+    matches!(GW_PORTS.get(u32::from(port)), Some(&1))
+}
+
+/// The one place the program gives up on a packet's ports (its L4 header
+/// is cut short or malformed, or its IPv6 chain is longer than the parser
+/// follows): it is then metered like a fragment. Returns "not a SYN".
+#[inline(always)]
+fn gave_up(ctx: &XdpContext, parsed: &packet::Parsed) -> bool {
+    count(Counter::ParseGaveUp);
+    if parsed.kind == L4::LongChain {
+        events::parse_ipv6_chain_too_long(ctx);
+    } else {
+        events::parse_truncated(ctx);
+    }
+    false
+}
+
+/// Coarse (tick-resolution) CLOCK_MONOTONIC: the precise clock costs more
+/// than the rest of the policy path on virtualised hosts, and bans and
+/// per-second budgets do not need sub-millisecond resolution.
+#[inline(always)]
+fn now_ns() -> u64 {
+    // SAFETY: the helper has no preconditions.
+    unsafe { bpf_ktime_get_coarse_ns() }
+}
+
+/// Packets judged on their source but never charged to it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum UnmeteredKind {
+    /// UDP to a protected port: passed or dropped as `xdp.udp` says.
+    Udp,
+    /// Neither TCP nor UDP (ICMP, ESP, ...).
+    Other,
+}
+
+/// Judges a packet that is not metered: a ban drops it, and so does
+/// `xdp.udp = "drop"` for UDP; the allow-list overrides both. Reads the
+/// source's cached state when it has one and creates none, so unmetered
+/// traffic never fills `GW_STATE`.
+#[inline(always)]
+fn judge_unmetered(src: &SourceAddr, kind: UnmeteredKind) -> Result<u32, ()> {
+    let config = GW_CONFIG.get(0).ok_or(())?;
+    let now = now_ns();
+    let (banned, allowlisted) = match GW_STATE.get_ptr_mut(src) {
+        Some(state) => {
+            // SAFETY: as in `try_gateway_xdp`.
+            let state = unsafe { &mut *state };
+            let generation = *GW_GENERATION.get(0).ok_or(())?;
+            if generation == 0 || state.policy_generation != generation {
+                refresh_policy(state, src, config, generation);
+            }
+            (state.banned_until_ns > now, Some(state.allowlisted != 0))
+        }
+        None => (banned_until(src, &Key::new(128, src.addr)) > now, None),
+    };
+    let udp_drop = kind == UnmeteredKind::Udp && config.udp == udp::DROP;
+    let reason = if banned {
+        Counter::DroppedBanned
+    } else if udp_drop {
+        Counter::DroppedUdp
+    } else if kind == UnmeteredKind::Udp {
+        return Ok(pass(Counter::UdpPassed));
+    } else {
+        return Ok(pass(Counter::NotProtected));
+    };
+    let allowlisted =
+        allowlisted.unwrap_or_else(|| GW_ALLOW.get(&Key::new(128, src.addr)).is_some());
+    if allowlisted {
+        return Ok(pass(Counter::Allowlisted));
+    }
+    Ok(deny(config, reason))
 }
 
 /// Re-reads the source's ban, budget and allow-list membership into its
@@ -149,20 +243,8 @@ fn try_gateway_xdp(ctx: &XdpContext) -> Result<u32, ()> {
 #[inline(always)]
 fn refresh_policy(state: &mut SourceState, src: &SourceAddr, config: &Config, generation: u64) {
     let key = Key::new(128, src.addr);
-    // SAFETY: only userspace writes GW_BANS/GW_BUDGETS; values copied out at once.
-    let own_ban = match unsafe { GW_BANS.get(src) } {
-        Some(ban) => ban.banned_until_ns,
-        None => 0,
-    };
-    let prefix_ban = match GW_PREFIX_BANS.get(&key) {
-        Some(ban) => ban.banned_until_ns,
-        None => 0,
-    };
-    state.banned_until_ns = if own_ban > prefix_ban {
-        own_ban
-    } else {
-        prefix_ban
-    };
+    state.banned_until_ns = banned_until(src, &key);
+    // SAFETY: only userspace writes GW_BUDGETS; the value is copied out at once.
     let budget = match unsafe { GW_BUDGETS.get(src) } {
         Some(budget) => *budget,
         None => match GW_PREFIX_BUDGETS.get(&key) {
@@ -176,6 +258,26 @@ fn refresh_policy(state: &mut SourceState, src: &SourceAddr, config: &Config, ge
         gcra_params(budget.pkt_per_sec, budget.pkt_burst);
     state.allowlisted = u32::from(GW_ALLOW.get(&key).is_some());
     state.policy_generation = generation;
+}
+
+/// The later of the source's own ban deadline and its longest banned
+/// prefix's (0: not banned). `key` is the source as a /128 trie key.
+#[inline(always)]
+fn banned_until(src: &SourceAddr, key: &Key<[u8; 16]>) -> u64 {
+    // SAFETY: only userspace writes GW_BANS; the value is copied out at once.
+    let own = match unsafe { GW_BANS.get(src) } {
+        Some(ban) => ban.banned_until_ns,
+        None => 0,
+    };
+    let prefix = match GW_PREFIX_BANS.get(key) {
+        Some(ban) => ban.banned_until_ns,
+        None => 0,
+    };
+    if own > prefix {
+        own
+    } else {
+        prefix
+    }
 }
 
 /// The source's state entry, created on first sight (its zero generation
@@ -258,8 +360,8 @@ impl Packet for XdpPacket<'_> {
         if start + offset + N > self.0.data_end() {
             return None;
         }
-        // SAFETY: the bytes are inside the packet (checked above); unaligned read.
-        Some(unsafe { core::ptr::read_unaligned((start + offset) as *const [u8; N]) })
+        // SAFETY: the bytes are inside the packet (checked above).
+        Some(unsafe { direct::read::<N>(start + offset) })
     }
 
     /// `bpf_xdp_load_bytes`, which bounds-checks at run time.
@@ -280,10 +382,5 @@ impl Packet for XdpPacket<'_> {
         }
         // SAFETY: the helper filled every byte on success.
         Some(unsafe { value.assume_init() })
-    }
-
-    #[inline(always)]
-    fn ipv6_chain_too_long(&self) {
-        events::parse_ipv6_chain_too_long(self.0);
     }
 }

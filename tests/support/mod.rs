@@ -12,6 +12,7 @@
     reason = "test support: a panic is the failure report"
 )]
 
+pub mod bpf;
 pub mod cmd;
 pub mod fs;
 pub mod gateway;

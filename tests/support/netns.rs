@@ -147,6 +147,51 @@ impl Topology {
             .unwrap();
     }
 
+    /// The server veth's MAC: frames sent to it are taken by the server's
+    /// IP stack as for this host (TCP ignores broadcast-addressed ones).
+    pub fn server_mac(&self) -> [u8; 6] {
+        let output = sh(
+            "ip",
+            &["-n", &self.server.name, "-j", "link", "show", SERVER_IF],
+        );
+        let links: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        let text = links[0]["address"].as_str().unwrap().to_owned();
+        let mut mac = [0u8; 6];
+        for (byte, part) in mac.iter_mut().zip(text.split(':')) {
+            *byte = u8::from_str_radix(part, 16).unwrap();
+        }
+        mac
+    }
+
+    /// One of the server namespace's IP stack counters: `Ip:ReasmReqds`,
+    /// `Tcp:InCsumErrors` (from `/proc/net/snmp`) or `Ip6ReasmReqds` (from
+    /// `/proc/net/snmp6`): what reached the stack behind XDP.
+    pub fn server_stat(&self, name: &str) -> u64 {
+        let name = name.to_owned();
+        self.server.run(move || {
+            // thread-self: this thread's namespace, not the process's.
+            let snmp = std::fs::read_to_string("/proc/thread-self/net/snmp").unwrap();
+            let lines: Vec<&str> = snmp.lines().collect();
+            for pair in lines.chunks(2) {
+                let [names, values] = pair else { continue };
+                let (prefix, names) = names.split_once(' ').unwrap_or_default();
+                let values = values.split_whitespace().skip(1);
+                for (key, value) in names.split_whitespace().zip(values) {
+                    if format!("{prefix}{key}") == name {
+                        return value.parse().unwrap();
+                    }
+                }
+            }
+            let snmp6 = std::fs::read_to_string("/proc/thread-self/net/snmp6").unwrap();
+            snmp6
+                .lines()
+                .filter_map(|line| line.split_once(char::is_whitespace))
+                .find(|(key, _)| *key == name)
+                .map(|(_, value)| value.trim().parse().unwrap())
+                .unwrap_or_else(|| panic!("no stack counter {name}"))
+        })
+    }
+
     /// A TCP connect from `source` (an address on the client side).
     pub fn connects(&self, source: &str, dest: &str, port: u16, timeout: Duration) -> bool {
         let source: IpAddr = source.parse().unwrap();

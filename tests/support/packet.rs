@@ -11,6 +11,8 @@ pub const ETH_P_8021AD: u16 = 0x88a8;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Ipv6Ext {
     DestinationOptions,
+    /// Hop-by-hop options (8 bytes of padding); the kernel wants it first.
+    HopByHop,
     /// A first fragment (offset 0), which still carries the TCP header.
     FirstFragment,
 }
@@ -32,6 +34,8 @@ pub struct TcpFrame {
     pub ipv4_options: bool,
     pub ipv6_ext: Vec<Ipv6Ext>,
     pub syn: bool,
+    /// An 8-byte UDP header (to the same ports) instead of TCP.
+    pub udp: bool,
 }
 
 impl TcpFrame {
@@ -46,6 +50,7 @@ impl TcpFrame {
             ipv4_options: false,
             ipv6_ext: Vec::new(),
             syn: true,
+            udp: false,
         }
     }
 
@@ -57,7 +62,8 @@ impl TcpFrame {
             frame.extend_from_slice(&tpid.to_be_bytes());
             frame.extend_from_slice(&id.to_be_bytes());
         }
-        let tcp = self.tcp_header();
+        let tcp = self.l4_header();
+        let proto = if self.udp { 17u8 } else { 6 };
         match (self.src, self.dst) {
             (IpAddr::V4(src), IpAddr::V4(dst)) => {
                 frame.extend_from_slice(&0x0800u16.to_be_bytes());
@@ -72,7 +78,7 @@ impl TcpFrame {
                 frame.push(0);
                 frame.extend_from_slice(&total.to_be_bytes());
                 frame.extend_from_slice(&[0, 1, 0x40, 0]); // id 1, DF
-                frame.extend_from_slice(&[64, 6, 0, 0]); // TTL, TCP, checksum
+                frame.extend_from_slice(&[64, proto, 0, 0]); // TTL, protocol, checksum
                 frame.extend_from_slice(&src.octets());
                 frame.extend_from_slice(&dst.octets());
                 frame.extend_from_slice(options);
@@ -84,15 +90,16 @@ impl TcpFrame {
                 for header in &self.ipv6_ext {
                     next_headers.push(match header {
                         Ipv6Ext::DestinationOptions => 60u8,
+                        Ipv6Ext::HopByHop => 0,
                         Ipv6Ext::FirstFragment => 44,
                     });
                 }
-                next_headers.push(6);
+                next_headers.push(proto);
                 for (index, header) in self.ipv6_ext.iter().enumerate() {
                     let next = next_headers[index + 1];
                     match header {
                         // 8 bytes: next, length 0, PadN option of 4 bytes.
-                        Ipv6Ext::DestinationOptions => {
+                        Ipv6Ext::DestinationOptions | Ipv6Ext::HopByHop => {
                             ext.extend_from_slice(&[next, 0, 1, 4, 0, 0, 0, 0])
                         }
                         // 8 bytes: next, reserved, offset 0 + M flag, id.
@@ -116,6 +123,104 @@ impl TcpFrame {
         frame
     }
 
+    /// The TCP header, or with [`TcpFrame::udp`] an 8-byte UDP header.
+    fn l4_header(&self) -> Vec<u8> {
+        if self.udp {
+            let mut udp = vec![0u8; 8];
+            udp[0..2].copy_from_slice(&self.src_port.to_be_bytes());
+            udp[2..4].copy_from_slice(&self.dst_port.to_be_bytes());
+            udp[4..6].copy_from_slice(&8u16.to_be_bytes());
+            return udp;
+        }
+        self.tcp_header().to_vec()
+    }
+
+    /// The IPv4 frame split into two fragments (datagram id `id`): the
+    /// first carries `first` bytes (a multiple of 8) of the L4 header with
+    /// More Fragments set, the second the rest at offset `first`. The
+    /// TCP checksum is computed, since the kernel reassembles and checks it.
+    pub fn ipv4_fragments(&self, first: usize, id: u16) -> Vec<Vec<u8>> {
+        let whole = self.with_tcp_checksum();
+        let l3 = 14 + 4 * self.vlans.len();
+        let header_len = usize::from(whole[l3] & 0x0f) * 4;
+        let l4 = l3 + header_len;
+        let pieces = [
+            (&whole[l4..l4 + first], 0u16, true),
+            (&whole[l4 + first..], first as u16 / 8, false),
+        ];
+        pieces
+            .iter()
+            .map(|(payload, offset, more)| {
+                let mut frame = whole[..l4].to_vec();
+                let total = (header_len + payload.len()) as u16;
+                frame[l3 + 2..l3 + 4].copy_from_slice(&total.to_be_bytes());
+                frame[l3 + 4..l3 + 6].copy_from_slice(&id.to_be_bytes());
+                let flags = if *more { 0x2000 } else { 0 } | offset;
+                frame[l3 + 6..l3 + 8].copy_from_slice(&flags.to_be_bytes());
+                frame[l3 + 10..l3 + 12].fill(0);
+                let checksum = internet_checksum(&frame[l3..l4], 0);
+                frame[l3 + 10..l3 + 12].copy_from_slice(&checksum.to_be_bytes());
+                frame.extend_from_slice(payload);
+                frame
+            })
+            .collect()
+    }
+
+    /// The IPv6 frame split into two fragments behind a Fragment header
+    /// (after any other extension headers): the first carries `first`
+    /// bytes (a multiple of 8) of the L4 header, the second the rest.
+    pub fn ipv6_fragments(&self, first: usize, id: u32) -> Vec<Vec<u8>> {
+        let whole = self.build();
+        let l3 = 14 + 4 * self.vlans.len();
+        let ext_len: usize = self.ipv6_ext.len() * 8;
+        let l4 = l3 + 40 + ext_len;
+        let proto = if self.udp { 17u8 } else { 6 };
+        let pieces = [
+            (&whole[l4..l4 + first], 0u16, true),
+            (&whole[l4 + first..], first as u16, false),
+        ];
+        pieces
+            .iter()
+            .map(|(payload, offset, more)| {
+                let mut frame = whole[..l4].to_vec();
+                // The last next-header field before L4 now names Fragment.
+                let next_at = if self.ipv6_ext.is_empty() {
+                    l3 + 6
+                } else {
+                    l4 - 8
+                };
+                frame[next_at] = 44;
+                let field = offset | u16::from(*more);
+                frame.extend_from_slice(&[proto, 0]);
+                frame.extend_from_slice(&field.to_be_bytes());
+                frame.extend_from_slice(&id.to_be_bytes());
+                frame.extend_from_slice(payload);
+                let payload_len = (frame.len() - l3 - 40) as u16;
+                frame[l3 + 4..l3 + 6].copy_from_slice(&payload_len.to_be_bytes());
+                frame
+            })
+            .collect()
+    }
+
+    /// The built IPv4 frame with its TCP checksum filled in.
+    fn with_tcp_checksum(&self) -> Vec<u8> {
+        let mut frame = self.build();
+        let l3 = 14 + 4 * self.vlans.len();
+        let l4 = l3 + usize::from(frame[l3] & 0x0f) * 4;
+        if self.udp || frame.len() < l4 + 18 {
+            return frame;
+        }
+        let len = (frame.len() - l4) as u32;
+        let mut pseudo = 0u32;
+        for pair in frame[l3 + 12..l3 + 20].chunks(2) {
+            pseudo += u32::from(u16::from_be_bytes([pair[0], pair[1]]));
+        }
+        pseudo += 6 + len;
+        let checksum = internet_checksum(&frame[l4..], pseudo);
+        frame[l4 + 16..l4 + 18].copy_from_slice(&checksum.to_be_bytes());
+        frame
+    }
+
     fn tcp_header(&self) -> [u8; 20] {
         let mut tcp = [0u8; 20];
         tcp[0..2].copy_from_slice(&self.src_port.to_be_bytes());
@@ -126,6 +231,21 @@ impl TcpFrame {
         tcp[14..16].copy_from_slice(&64240u16.to_be_bytes());
         tcp
     }
+}
+
+/// The one's-complement sum of `bytes` (plus `initial`), as IPv4 and TCP
+/// checksums want it.
+fn internet_checksum(bytes: &[u8], initial: u32) -> u16 {
+    let mut sum = initial;
+    for pair in bytes.chunks(2) {
+        let high = pair[0];
+        let low = pair.get(1).copied().unwrap_or(0);
+        sum += u32::from(u16::from_be_bytes([high, low]));
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
 }
 
 /// Sends raw frames out of `interface` (in the calling thread's namespace).

@@ -10,7 +10,7 @@ use clap::{Args, Subcommand};
 use gateway::{
     clock::monotonic_ns,
     net::{is_host, parse_ban_net, parse_net},
-    xdp::{self, Mode, PinnedMaps, WhenFull, Written, DEFAULT_BUDGET, DEFAULT_PIN_ROOT},
+    xdp::{self, Mode, PinnedMaps, UdpPolicy, WhenFull, Written, DEFAULT_BUDGET, DEFAULT_PIN_ROOT},
 };
 use gateway_common::{attach_mode, ban_reason, Ban, Budget};
 use ipnet::IpNet;
@@ -278,6 +278,7 @@ fn status(pins: &PinArgs, json: bool) -> Result<()> {
         .to_owned();
     let attach = attach_mode::name(config.attach_mode);
     let mode = Mode::from_kernel(config.mode);
+    let udp = UdpPolicy::from_kernel(config.udp);
     let owner_running = config.owner_pid != 0 && xdp::process_alive(config.owner_pid);
     let link = xdp::pinned_link(&pins.pin_root)?;
     let attached = link.is_some_and(|link| link.ifindex != 0);
@@ -294,6 +295,7 @@ fn status(pins: &PinArgs, json: bool) -> Result<()> {
             "ifindex": config.ifindex,
             "attach": attach,
             "mode": mode,
+            "udp": udp,
             "owner_pid": config.owner_pid,
             "owner_running": owner_running,
             "attached": attached,
@@ -316,6 +318,7 @@ fn status(pins: &PinArgs, json: bool) -> Result<()> {
     println!("interface:  {interface} (ifindex {})", config.ifindex);
     println!("attach:     {attach}");
     println!("mode:       {mode:?}");
+    println!("udp:        {udp:?} (UDP to protected ports, never metered)");
     let owner = match (config.owner_pid, owner_running) {
         (0, _) => "no gateway (stopped cleanly)".to_owned(),
         (pid, true) => format!("pid {pid} (running)"),

@@ -125,6 +125,11 @@ fn cases() -> Vec<(String, &'static str, &'static [&'static str])> {
             &["0", "15", "128", "300"],
         ),
         (
+            section("[guard]\n", "prefix_auth_failures"),
+            "guard.prefix_auth_failures",
+            &["-1", "1", "19", "1000001"],
+        ),
+        (
             section("[[tiers]]\nname = \"t\"\n", "requests"),
             "tiers[0].requests",
             POSITIVE,
@@ -232,7 +237,7 @@ fn the_ends_of_each_range_are_accepted() {
         "{LISTENER}[keys]\nrefresh = \"1ms\"\n[limits]\nrequest_timeout = \"1ms\"\n\
          max_header_bytes = 8192\nmax_connections = 1\nworkers = 1024\n\
          [tokens]\nttl = \"1s\"\nupstream_ttl = \"1day\"\n[guard]\nexcess = 0\nmax_ban = \"1year\"\n\
-         prefix_threshold = 0\nprefix_len_v4 = 31\nprefix_len_v6 = 127\n\
+         prefix_threshold = 0\nprefix_len_v4 = 31\nprefix_len_v6 = 127\nprefix_auth_failures = 0\n\
          [xdp]\ndefault_syn_rate = 0\ndefault_syn_burst = 1\nmax_bans = 1\nmax_prefix_bans = 1\n\
          {ISSUER}leeway = \"0s\"\nmin_refresh_interval = \"1s\"\n\
          {POOL}[upstreams.overload]\nerror_rate = 1.0\n"

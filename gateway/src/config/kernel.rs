@@ -13,8 +13,10 @@ use super::{
     listen::ListenerConfig,
     ConfigError,
 };
-use crate::guard::{GuardMode, GuardSettings, PrefixSettings};
-use crate::xdp::{MapSizes, Mode, WhenFull, XdpSettings, DEFAULT_BUDGET, DEFAULT_PIN_ROOT};
+use crate::guard::{GuardMode, GuardSettings, PrefixSettings, PREFIX_AUTH_FAILURES_SCALE};
+use crate::xdp::{
+    MapSizes, Mode, UdpPolicy, WhenFull, XdpSettings, DEFAULT_BUDGET, DEFAULT_PIN_ROOT,
+};
 
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -41,6 +43,8 @@ pub struct XdpConfig {
     pub max_prefix_bans: u32,
     /// A full ban map: `evict` the ban closest to expiry, or `refuse` the new one.
     pub bans_full: WhenFull,
+    /// UDP to a protected port: `pass` or `drop`; never charged to a source.
+    pub udp: UdpPolicy,
 }
 
 impl Default for XdpConfig {
@@ -63,6 +67,7 @@ impl Default for XdpConfig {
             detach_on_exit: false,
             max_prefix_bans: sizes.prefix_bans,
             bans_full: WhenFull::Evict,
+            udp: UdpPolicy::Pass,
         }
     }
 }
@@ -114,6 +119,7 @@ impl XdpConfig {
             },
             detach_on_exit: self.detach_on_exit,
             bans_full: self.bans_full,
+            udp: self.udp,
         }
     }
 }
@@ -148,6 +154,11 @@ pub struct GuardConfig {
     /// ... the prefix: an IPv4 address's /24, an IPv6 address's /64 by default.
     pub prefix_len_v4: u8,
     pub prefix_len_v6: u8,
+    /// Refused credentials that suggest guessing a whole prefix may
+    /// present within `auth_failure_window`, however few each address
+    /// sends; one more bans the prefix for `auth_failure_ban` (0: never).
+    /// Unset: `PREFIX_AUTH_FAILURES_SCALE` × `auth_failures`.
+    pub prefix_auth_failures: Option<u32>,
 }
 
 impl Default for GuardConfig {
@@ -164,6 +175,7 @@ impl Default for GuardConfig {
             prefix_threshold: PrefixSettings::default().threshold,
             prefix_len_v4: PrefixSettings::default().v4_len,
             prefix_len_v6: PrefixSettings::default().v6_len,
+            prefix_auth_failures: None,
         }
     }
 }
@@ -180,7 +192,27 @@ impl GuardConfig {
         at.within("prefix_threshold", self.prefix_threshold, 0..=65_536)?;
         // A prefix, not one address, and not a whole region of the Internet.
         at.within("prefix_len_v4", u32::from(self.prefix_len_v4), 8..=31)?;
-        at.within("prefix_len_v6", u32::from(self.prefix_len_v6), 16..=127)
+        at.within("prefix_len_v6", u32::from(self.prefix_len_v6), 16..=127)?;
+        at.within_opt("prefix_auth_failures", self.prefix_auth_failures, 0..=COUNT)?;
+        match self.prefix_auth_failures {
+            // A prefix holds at least one address.
+            Some(n) if n != 0 && n < self.auth_failures => Err(at.invalid(
+                "prefix_auth_failures",
+                format!(
+                    "must be 0 (never) or at least auth_failures ({}), not {n}",
+                    self.auth_failures
+                ),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// `prefix_auth_failures`, or its default: several addresses' worth.
+    fn prefix_auth_failures(&self) -> u32 {
+        self.prefix_auth_failures.unwrap_or(
+            self.auth_failures
+                .saturating_mul(PREFIX_AUTH_FAILURES_SCALE),
+        )
     }
 
     /// The guard's settings: its own section, the kernel's allow list and
@@ -225,6 +257,7 @@ impl GuardConfig {
                 threshold: self.prefix_threshold,
                 v4_len: self.prefix_len_v4,
                 v6_len: self.prefix_len_v6,
+                auth_failures: self.prefix_auth_failures(),
             },
         }
     }
@@ -244,5 +277,36 @@ mod tests {
         let rates: Vec<u32> = guard.tier_budgets.iter().map(|b| b.syn_per_sec).collect();
         assert_eq!(rates, [10, 20, 30]);
         assert_eq!(config.xdp_settings().ports, [8080]);
+    }
+
+    #[test]
+    fn udp_policy_defaults_to_pass_and_names_its_key_when_wrong() {
+        let base = "[[listeners]]\naddress = \"127.0.0.1:8080\"\n[xdp]\n";
+        let config = Config::parse(base).unwrap();
+        assert_eq!(config.xdp_settings().udp, crate::xdp::UdpPolicy::Pass);
+        let config = Config::parse(&format!("{base}udp = \"drop\"\n")).unwrap();
+        assert_eq!(config.xdp_settings().udp, crate::xdp::UdpPolicy::Drop);
+        let error = Config::parse(&format!("{base}udp = \"reject\"\n")).unwrap_err();
+        assert!(error.to_string().contains("xdp.udp"), "{error}");
+    }
+
+    #[test]
+    fn an_unset_prefix_guessing_allowance_scales_with_the_address_s() {
+        let parse = |guard: &str| {
+            let text = format!("[[listeners]]\naddress = \"127.0.0.1:8080\"\n[guard]\n{guard}");
+            Config::parse(&text).map(|c| c.guard_settings().prefix.auth_failures)
+        };
+        assert_eq!(parse("").unwrap(), 100);
+        assert_eq!(parse("auth_failures = 2").unwrap(), 10);
+        assert_eq!(
+            parse("auth_failures = 2\nprefix_auth_failures = 0").unwrap(),
+            0
+        );
+        assert_eq!(parse("prefix_auth_failures = 20").unwrap(), 20);
+        let error = parse("auth_failures = 20\nprefix_auth_failures = 19").unwrap_err();
+        assert!(
+            error.to_string().contains("guard.prefix_auth_failures"),
+            "{error}"
+        );
     }
 }

@@ -27,6 +27,9 @@ pub struct PrefixSettings {
     pub threshold: u32,
     pub v4_len: u8,
     pub v6_len: u8,
+    /// Refusals that suggest guessing a prefix may send, all its addresses
+    /// together, within `auth_failure_window`; 0: never (see [`super::pressure`]).
+    pub auth_failures: u32,
 }
 
 impl Default for PrefixSettings {
@@ -35,6 +38,7 @@ impl Default for PrefixSettings {
             threshold: 8,
             v4_len: 24,
             v6_len: 64,
+            auth_failures: super::pressure::PREFIX_AUTH_FAILURES_SCALE * 20,
         }
     }
 }
@@ -52,17 +56,37 @@ impl PrefixSettings {
     }
 }
 
-/// One prefix: its banned addresses (each until when), its own ban.
+/// One prefix: its banned addresses (each until when), its own ban, and
+/// its guessing window (see [`super::pressure`]).
 #[derive(Clone, Debug, Default)]
 pub(super) struct PrefixState {
     members: Vec<(IpAddr, u64)>,
     pub banned_until_ns: u64,
     pub offences: u32,
+    pub auth_failures: u32,
+    pub auth_window_until_ns: u64,
 }
 
 impl PrefixState {
     fn idle(&self, now_ns: u64) -> bool {
-        self.banned_until_ns <= now_ns && self.members.iter().all(|(_, until)| *until <= now_ns)
+        self.banned_until_ns <= now_ns
+            && self.auth_window_until_ns <= now_ns
+            && self.members.iter().all(|(_, until)| *until <= now_ns)
+    }
+
+    /// When the last of the address bans it holds ends (0: none).
+    pub fn members_until_ns(&self) -> u64 {
+        self.members
+            .iter()
+            .map(|(_, until)| *until)
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// The addresses it holds banned, forgotten (their bans to be lifted:
+    /// the prefix's own ban covers them).
+    pub fn take_members(&mut self) -> Vec<IpAddr> {
+        self.members.drain(..).map(|(ip, _)| ip).collect()
     }
 
     /// `ip` is banned until `until_ns`: the covered addresses and the
@@ -86,8 +110,7 @@ impl PrefixState {
             return None;
         }
         let latest = self.members.iter().map(|(_, until)| *until).max()?;
-        let covered = self.members.drain(..).map(|(ip, _)| ip).collect();
-        Some((covered, latest))
+        Some((self.take_members(), latest))
     }
 }
 
@@ -104,7 +127,7 @@ pub(super) struct Prefixes {
 impl Prefixes {
     /// The state of `key`, made room for (idle prefixes go first); `None`
     /// if the table is still full.
-    fn get(&mut self, key: (IpNet, bool), now_ns: u64) -> Option<&mut PrefixState> {
+    pub fn get(&mut self, key: (IpNet, bool), now_ns: u64) -> Option<&mut PrefixState> {
         if !self.map.contains_key(&key) && self.map.len() >= PREFIXES {
             if now_ns.saturating_sub(self.pruned_ns) < 1_000_000_000 {
                 return None;
@@ -133,10 +156,19 @@ impl super::SourceGuard {
     /// What follows from a ban the guard issued (`update`, as returned by
     /// [`super::SourceGuard::rate_limited`] or `auth_failed`): when it
     /// makes its prefix's `threshold`, the prefix's ban and the lifting of
-    /// the address bans it covers. Feed it every ban the guard issues.
+    /// the address bans it covers; for a prefix's own ban (guessing across
+    /// it), the lifting of those it covers. Feed it every ban the guard issues.
     pub fn escalate(&self, update: &PolicyUpdate, now_ns: u64) -> Vec<PolicyUpdate> {
         let settings = &self.settings;
         let (ip, forwarded, until_ns) = match update {
+            PolicyUpdate::Ban {
+                target: BanTarget::SourcePrefix(net),
+                ..
+            } => return self.lift_covered(*net, false, now_ns),
+            PolicyUpdate::Ban {
+                target: BanTarget::ForwardedPrefix(net),
+                ..
+            } => return self.lift_covered(*net, true, now_ns),
             PolicyUpdate::Ban {
                 target: BanTarget::Source(ip),
                 until_ns,
@@ -193,8 +225,22 @@ impl super::SourceGuard {
             .collect()
     }
 
+    /// Unbans the addresses of `net` the guard holds banned, now that the
+    /// prefix is.
+    fn lift_covered(&self, net: IpNet, forwarded: bool, now_ns: u64) -> Vec<PolicyUpdate> {
+        let mut prefixes = self.prefixes.lock().unwrap_or_else(|p| p.into_inner());
+        let covered = match prefixes.get((net, forwarded), now_ns) {
+            Some(prefix) => prefix.take_members(),
+            None => Vec::new(),
+        };
+        covered
+            .into_iter()
+            .map(|ip| PolicyUpdate::Unban { ip })
+            .collect()
+    }
+
     /// Whether `net` holds (or lies inside) an allow-listed or trusted network.
-    fn overlaps_spared(&self, net: &IpNet) -> bool {
+    pub(super) fn overlaps_spared(&self, net: &IpNet) -> bool {
         let settings = &self.settings;
         let canonical = |n: &IpNet| crate::net::canonical_net(*n);
         (settings.allow.iter())

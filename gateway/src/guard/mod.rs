@@ -21,6 +21,9 @@
 //! - An address is banned in the kernel only when it is the packet source;
 //!   one learnt from `X-Forwarded-For` is banned in userspace (its packets
 //!   come from the proxy, which must not be dropped).
+//! - A prefix whose addresses together send more than
+//!   `prefix_auth_failures` such refusals within `auth_failure_window` is
+//!   banned likewise, however few each address sends ([`pressure`]).
 //! - When `prefix_threshold` addresses of one IPv6 /64 or IPv4 /24
 //!   (`prefix_len_v6`, `prefix_len_v4`) are banned at once, the prefix is,
 //!   and their own bans are lifted ([`escalation`]).
@@ -35,6 +38,9 @@ mod escalation;
 #[cfg(test)]
 mod escalation_tests;
 mod memo;
+mod pressure;
+#[cfg(test)]
+mod pressure_tests;
 mod state;
 #[cfg(test)]
 mod tests;
@@ -56,6 +62,7 @@ use serde::Deserialize;
 
 pub use self::escalation::PrefixSettings;
 pub use self::memo::ReportMemo;
+pub use self::pressure::PREFIX_AUTH_FAILURES_SCALE;
 use self::state::{Excess, SourceState};
 
 /// Where a request came from.
@@ -382,15 +389,19 @@ impl SourceGuard {
     }
 
     /// A credential from `remote` was refused in a way that suggests
-    /// guessing (401, not "no credential", not expired).
+    /// guessing (401, not "no credential", not expired): a ban of its
+    /// address, or of its prefix when the prefix as a whole is guessing.
     pub fn auth_failed(&self, remote: Remote, now_ns: u64) -> Option<PolicyUpdate> {
         let settings = &self.settings;
         let window_ns = duration_ns(settings.auth_failure_window);
         let ban = self.with_source(remote.client, now_ns, |source| {
             (source.auth_failed(settings.auth_failures, window_ns, now_ns))
                 .then(|| self.ban_length(&mut source.offences, settings.auth_failure_ban))
-        })?;
-        self.ban(address(remote), ban, ban_reason::AUTH_FAILURES, now_ns)
+        });
+        if let Some(prefix) = self.prefix_guessed(remote, now_ns) {
+            return Some(prefix);
+        }
+        self.ban(address(remote), ban?, ban_reason::AUTH_FAILURES, now_ns)
     }
 
     /// Counts the offence and returns the ban's length: `base` (at least

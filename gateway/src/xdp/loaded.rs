@@ -113,6 +113,7 @@ impl Loaded {
             mode: settings.mode.as_kernel(),
             default_budget: settings.default_budget,
             owner_pid: std::process::id(),
+            udp: settings.udp.as_kernel(),
             ..Config::default()
         };
         // Policy is in place before the first packet is judged.

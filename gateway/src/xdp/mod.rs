@@ -60,6 +60,33 @@ pub enum Mode {
     Monitor,
 }
 
+/// What the kernel does with UDP to a protected port (`xdp.udp`). Never
+/// charged to its source either way; a ban still drops it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UdpPolicy {
+    #[default]
+    Pass,
+    Drop,
+}
+
+impl UdpPolicy {
+    fn as_kernel(self) -> u32 {
+        match self {
+            UdpPolicy::Pass => gateway_common::udp::PASS,
+            UdpPolicy::Drop => gateway_common::udp::DROP,
+        }
+    }
+
+    pub fn from_kernel(value: u32) -> Self {
+        if value == gateway_common::udp::DROP {
+            UdpPolicy::Drop
+        } else {
+            UdpPolicy::Pass
+        }
+    }
+}
+
 impl From<EbpfError> for XdpError {
     fn from(error: EbpfError) -> Self {
         XdpError::Load(Box::new(error))
@@ -131,6 +158,8 @@ pub struct XdpSettings {
     pub detach_on_exit: bool,
     /// What a full ban map does with one more ban.
     pub bans_full: WhenFull,
+    /// UDP to a protected port: passed or dropped, never metered.
+    pub udp: UdpPolicy,
 }
 
 /// Default budget for unknown sources: generous enough for a browser or a
