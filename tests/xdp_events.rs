@@ -487,3 +487,44 @@ fn a_prefix_bans_first_drop_names_its_reason() {
         .unwrap();
     assert_eq!(event["reason"], "manual", "{event}");
 }
+
+/// Sources under a prefix ban are as many as an attacker rotates through
+/// (a /64 is 2^64 of them): their first drops are rate-limited in the
+/// program, or each new address would be a log line.
+#[test]
+fn first_drops_under_a_prefix_ban_are_rate_limited() {
+    if !require_root("first_drops_under_a_prefix_ban_are_rate_limited") {
+        return;
+    }
+    let topology = Topology::new();
+    let (gateway, key) = gateway(&topology);
+    let follower = Follower::start(&topology, &gateway, &key);
+    gateway.xdp(&["ban", "fd77:0:0:0:1::/80", "--for", "60s"]);
+    let started = Instant::now();
+    let rotating: Vec<Vec<u8>> = (1..=300u16)
+        .map(|i| syn(&format!("fd77::1:0:0:{i:x}"), SERVER_V6).build())
+        .collect();
+    topology.send_frames(rotating);
+    sentinel(&topology, &gateway, &follower, CLIENT_V4);
+    let elapsed = started.elapsed();
+
+    let in_prefix = follower
+        .events()
+        .iter()
+        .filter(|e| e["event"] == "ban_first_drop")
+        .filter(|e| {
+            e["source"]
+                .as_str()
+                .is_some_and(|s| s.starts_with("fd77::1:0:0:"))
+        })
+        .count();
+    // As documented for every rate-limited kind: one a second, one more per CPU racing.
+    let cpus = thread::available_parallelism().map_or(64, usize::from);
+    let bound = cpus * (usize::try_from(elapsed.as_secs()).unwrap() + 2);
+    assert!(
+        (1..=bound).contains(&in_prefix),
+        "{in_prefix} first-drop events for 300 addresses of a banned prefix in {elapsed:?} \
+         (bound {bound})"
+    );
+    assert!(gateway.counter("dropped_banned") >= 300);
+}
