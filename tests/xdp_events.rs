@@ -4,182 +4,22 @@
 #![allow(clippy::unwrap_used, reason = "tests: a panic is the failure report")]
 
 use std::{
-    io::{BufRead, BufReader, Read},
-    process::{Child, Command, ExitStatus, Stdio},
-    sync::{Arc, Mutex},
+    process::Command,
     thread,
     time::{Duration, Instant},
 };
 
 use gateway_tests::{
-    gateway::{gateway_bin, Gateway, GatewayBuilder},
+    gateway::{gateway_bin, Gateway},
     netns::{Listener, Topology, CLIENT2_V4, CLIENT_V4, CLIENT_V6, SERVER_V4, SERVER_V6},
-    packet::{Ipv6Ext, TcpFrame},
+    packet::Ipv6Ext,
     require_root,
 };
-use serde_json::Value;
 
-const PROTECTED: u16 = 8080;
-const DROPPED: Duration = Duration::from_millis(400);
-/// Every wait in this file gives up after this long.
-const WITHIN: Duration = Duration::from_secs(15);
-/// A tier for the admin key.
-const TIERS: &str = "[[tiers]]\nname = \"gold\"\nrequests = 1000\n";
+#[path = "xdp_events/follow.rs"]
+mod follow;
 
-fn pause(duration: Duration) {
-    #[allow(
-        clippy::disallowed_methods,
-        reason = "sync test, waiting on another process"
-    )]
-    thread::sleep(duration);
-}
-
-/// Polls `done` until it holds; fails with `what` after [`WITHIN`].
-fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + WITHIN;
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        pause(Duration::from_millis(20));
-    }
-}
-
-fn syn(src: &str, dst: &str) -> TcpFrame {
-    TcpFrame::syn(src.parse().unwrap(), dst.parse().unwrap(), PROTECTED)
-}
-
-/// XDP protecting 8080 in the server namespace, its log kept, with a
-/// read-only admin key (enough to follow events).
-fn gateway(topology: &Topology) -> (Gateway, String) {
-    gateway_with(topology, &[])
-}
-
-/// [`gateway`] with more `gateway run` arguments.
-fn gateway_with(topology: &Topology, args: &[&str]) -> (Gateway, String) {
-    let builder: GatewayBuilder = Gateway::builder(TIERS)
-        .in_namespace(&topology.server)
-        .xdp(&PROTECTED.to_string())
-        .args(args)
-        .capture_stderr();
-    let key = builder.create_key_with("gold", &["--admin", "--scopes", "admin:read"]);
-    (builder.start(), key)
-}
-
-/// Gateway log lines of `source`'s first drop after its ban.
-fn logged_ban_drops(gateway: &Gateway, source: &str) -> usize {
-    let needle = format!("source={source} ");
-    gateway
-        .stderr_text()
-        .lines()
-        .filter(|l| l.contains("gateway::xdp::events") && l.contains("ban_first_drop"))
-        .filter(|l| l.contains(&needle))
-        .count()
-}
-
-/// A running `gateway xdp events --json` in the gateway's namespace.
-struct Follower {
-    child: Child,
-    lines: Arc<Mutex<Vec<String>>>,
-    stderr: Arc<Mutex<String>>,
-}
-
-impl Follower {
-    fn start(topology: &Topology, gateway: &Gateway, key: &str) -> Self {
-        let url = format!("http://{}", gateway.admin.unwrap());
-        let key = key.to_owned();
-        // Spawned from a thread inside the namespace, so it runs there.
-        let mut child = topology.server.run(move || {
-            Command::new(gateway_bin())
-                .args(["xdp", "events", "--json", "--admin-url", &url])
-                .env("GATEWAY_ADMIN_KEY", key)
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap()
-        });
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let sink = lines.clone();
-        let stdout = child.stdout.take().unwrap();
-        thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                sink.lock().unwrap().push(line);
-            }
-        });
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let sink = stderr.clone();
-        let mut pipe = child.stderr.take().unwrap();
-        thread::spawn(move || {
-            let mut text = String::new();
-            let _ = pipe.read_to_string(&mut text);
-            sink.lock().unwrap().push_str(&text);
-        });
-        Self {
-            child,
-            lines,
-            stderr,
-        }
-    }
-
-    /// The events printed so far.
-    fn events(&self) -> Vec<Value> {
-        let lines = self.lines.lock().unwrap();
-        lines
-            .iter()
-            .map(|l| serde_json::from_str(l).unwrap_or_else(|_| panic!("not JSON: {l}")))
-            .collect()
-    }
-
-    fn count(&self, event: &str, field: &str, value: &str) -> usize {
-        self.events()
-            .iter()
-            .filter(|e| e["event"] == event && e[field] == value)
-            .count()
-    }
-
-    /// Waits (bounded) for it to exit; its status and stderr.
-    fn wait(mut self) -> (ExitStatus, String) {
-        let deadline = Instant::now() + WITHIN;
-        let status = loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                break status;
-            }
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                panic!("gateway xdp events did not exit");
-            }
-            pause(Duration::from_millis(20));
-        };
-        // The stderr reader finishes at the pipe's end.
-        pause(Duration::from_millis(100));
-        let stderr = self.stderr.lock().unwrap().clone();
-        (status, stderr)
-    }
-
-    /// Ctrl-C, then [`Follower::wait`].
-    fn interrupt(self) -> (ExitStatus, String) {
-        let pid = libc::pid_t::try_from(self.child.id()).unwrap();
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(pid, libc::SIGINT) };
-        self.wait()
-    }
-}
-
-impl Drop for Follower {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Bans `source` and sends it one SYN; its first-drop event is then the
-/// last the kernel logs, so every event before it has been read once it
-/// shows up.
-fn sentinel(topology: &Topology, gateway: &Gateway, follower: &Follower, source: &str) {
-    gateway.xdp(&["ban", source, "--for", "60s"]);
-    topology.send_frames(vec![syn(source, SERVER_V4).build()]);
-    wait_until("the sentinel's event", || {
-        follower.count("ban_first_drop", "source", source) == 1
-    });
-}
+use follow::*;
 
 #[test]
 fn a_bans_first_drop_is_logged_once_and_followed_live() {
@@ -383,4 +223,45 @@ fn a_prefix_bans_first_drop_names_its_reason() {
         .find(|e| e["source"] == CLIENT_V4)
         .unwrap();
     assert_eq!(event["reason"], "manual", "{event}");
+}
+
+/// Sources under a prefix ban are as many as an attacker rotates through
+/// (a /64 is 2^64 of them): their first drops are rate-limited in the
+/// program, or each new address would be a log line.
+#[test]
+fn first_drops_under_a_prefix_ban_are_rate_limited() {
+    if !require_root("first_drops_under_a_prefix_ban_are_rate_limited") {
+        return;
+    }
+    let topology = Topology::new();
+    let (gateway, key) = gateway(&topology);
+    let follower = Follower::start(&topology, &gateway, &key);
+    gateway.xdp(&["ban", "fd77:0:0:0:1::/80", "--for", "60s"]);
+    let started = Instant::now();
+    let rotating: Vec<Vec<u8>> = (1..=300u16)
+        .map(|i| syn(&format!("fd77::1:0:0:{i:x}"), SERVER_V6).build())
+        .collect();
+    topology.send_frames(rotating);
+    sentinel(&topology, &gateway, &follower, CLIENT_V4);
+    let elapsed = started.elapsed();
+
+    let in_prefix = follower
+        .events()
+        .iter()
+        .filter(|e| e["event"] == "ban_first_drop")
+        .filter(|e| {
+            e["source"]
+                .as_str()
+                .is_some_and(|s| s.starts_with("fd77::1:0:0:"))
+        })
+        .count();
+    // As documented for every rate-limited kind: one a second, one more per CPU racing.
+    let cpus = thread::available_parallelism().map_or(64, usize::from);
+    let bound = cpus * (usize::try_from(elapsed.as_secs()).unwrap() + 2);
+    assert!(
+        (1..=bound).contains(&in_prefix),
+        "{in_prefix} first-drop events for 300 addresses of a banned prefix in {elapsed:?} \
+         (bound {bound})"
+    );
+    assert!(gateway.counter("dropped_banned") >= 300);
 }

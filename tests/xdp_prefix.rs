@@ -12,7 +12,7 @@
 use std::{net::SocketAddr, process::Command, time::Duration};
 
 use gateway_tests::{
-    gateway::Gateway,
+    gateway::{gateway_bin, Gateway},
     http::{get_from, pause, request, FakeUpstream, Reply},
     netns::{Listener, Topology, CLIENT2_V4, CLIENT_IF, CLIENT_V4, CLIENT_V6, SERVER_IF},
     require_root,
@@ -458,4 +458,19 @@ fn the_guard_s_bans_evict_from_a_full_map_and_are_counted() {
         "{text}"
     );
     assert!(text.contains("gateway_xdp_bans_refused_total{map=\"GW_BANS\"} 0"));
+}
+
+#[test]
+fn a_ban_of_every_ipv4_source_is_refused_before_any_map_is_touched() {
+    // `::/64` holds `::ffff:0:0/96`, where the kernel keys IPv4 sources.
+    for cidr in ["0.0.0.0/0", "::/0", "::/64"] {
+        let out = Command::new(gateway_bin())
+            .args(["xdp", "ban", cidr, "--for", "1m", "--pin-root"])
+            .arg("/nonexistent/gwtest-pins")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{cidr}");
+        assert!(stderr.contains("every IPv4 source"), "{cidr}: {stderr}");
+    }
 }

@@ -334,3 +334,57 @@ fn xdp_detach_force_detaches_a_running_gateways_program() {
     assert!(gateway.stop(), "the gateway still stops cleanly");
     assert!(!gateway.pin_root.exists(), "and pins nothing again");
 }
+
+#[test]
+fn a_gateway_is_refused_a_pin_root_another_one_is_still_starting_on() {
+    if !require_root("a_gateway_is_refused_a_pin_root_another_one_is_still_starting_on") {
+        return;
+    }
+    // A gateway in the middle of its start has not written its pid yet:
+    // what it holds is the pin root's lock, taken here the same way.
+    let root = std::path::PathBuf::from(format!("/sys/fs/bpf/gwtest-lock-{}", std::process::id()));
+    std::fs::create_dir_all(&root).unwrap();
+    let held = std::fs::File::open(&root).unwrap();
+    // SAFETY: flock on a descriptor this test owns.
+    let rc = unsafe {
+        libc::flock(
+            std::os::fd::AsRawFd::as_raw_fd(&held),
+            libc::LOCK_EX | libc::LOCK_NB,
+        )
+    };
+    assert_eq!(rc, 0);
+    let dir = TempDir::new("starting");
+    // No such interface: were it not refused, it could attach nowhere.
+    let second = Command::new(gateway_bin())
+        .args([
+            "run",
+            "--interface",
+            "gwnone0",
+            "--require-xdp",
+            "--pin-root",
+        ])
+        .arg(&root)
+        .arg("--config")
+        .arg(minimal_config(&dir))
+        .output()
+        .unwrap();
+    let pins: Result<Vec<_>, _> =
+        std::fs::read_dir(&root).map(|dir| dir.flatten().map(|entry| entry.file_name()).collect());
+    let detach = Command::new(gateway_bin())
+        .args(["xdp", "detach", "--pin-root"])
+        .arg(&root)
+        .output()
+        .unwrap();
+    drop(held);
+    let _ = std::fs::remove_dir(&root);
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(!second.status.success());
+    assert!(stderr.contains("held by another gateway"), "{stderr}");
+    assert!(
+        pins.is_ok_and(|pins| pins.is_empty()),
+        "the refused gateway left the pin root as it found it"
+    );
+    let stderr = String::from_utf8_lossy(&detach.stderr);
+    assert!(!detach.status.success(), "detach during a start");
+    assert!(stderr.contains("held by another gateway"), "{stderr}");
+}

@@ -44,5 +44,7 @@ pub mod limited {
     pub const MAP_FULL: u32 = 0;
     pub const PARSE_TRUNCATED: u32 = 1;
     pub const PARSE_IPV6_EXT_CHAIN: u32 = 2;
-    pub const COUNT: u32 = 3;
+    /// First drops under a prefix ban: its sources are unbounded.
+    pub const PREFIX_FIRST_DROP: u32 = 3;
+    pub const COUNT: u32 = 4;
 }

@@ -26,7 +26,8 @@ static GW_EVENT_CLOCK: Array<u64, LIMITED> = Array::new();
 
 /// The first packet of a source judged under a ban, once per ban: the
 /// reported deadline is remembered in its state entry, so a new ban (a new
-/// deadline) is reported again and nothing else is.
+/// deadline) is reported again and nothing else is. Under a prefix's ban,
+/// at most one a second ([`limited::PREFIX_FIRST_DROP`]).
 #[inline(always)]
 pub fn first_drop_after_ban(
     ctx: &XdpContext,
@@ -43,6 +44,9 @@ pub fn first_drop_after_ban(
     // SAFETY: only userspace writes GW_BANS; the value is copied out at once.
     let reason = match unsafe { GW_BANS.get(src) } {
         Some(ban) if ban.banned_until_ns == state.banned_until_ns => ban.reason,
+        // A prefix holds as many sources as an attacker rotates through:
+        // their first drops share one rate limit, or each is a log line.
+        _ if !due(limited::PREFIX_FIRST_DROP) => return,
         _ => match GW_PREFIX_BANS.get(&Key::new(128, src.addr)) {
             Some(ban) => ban.reason,
             None => REASON_UNKNOWN,

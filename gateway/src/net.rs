@@ -1,5 +1,5 @@
 //! Address conversions between std types and the kernel's map keys.
-use std::net::{AddrParseError, IpAddr, Ipv6Addr};
+use std::net::{IpAddr, Ipv6Addr};
 
 use aya::maps::lpm_trie::Key;
 use gateway_common::SourceAddr;
@@ -51,14 +51,52 @@ pub fn canonical_net(net: IpNet) -> IpNet {
     net.trunc()
 }
 
+/// Why the CLI refused an address or a CIDR.
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    #[error(
+        "expected an address (203.0.113.7, 2001:db8::7) or a CIDR (203.0.113.0/24, \
+         2001:db8::/64; at most /32 or /128)"
+    )]
+    Syntax,
+    #[error("{0} would ban every IPv4 source; refusing a ban that wide")]
+    EveryV4(IpNet),
+    #[error(
+        "{0} also covers every IPv4 source (they are mapped under ::ffff:0:0/96); \
+         refusing a ban that wide"
+    )]
+    CoversV4(IpNet),
+}
+
 /// An address (`203.0.113.7`, one host) or a CIDR (`2001:db8::/64`), as
 /// the CLI takes them; host bits are cleared.
-pub fn parse_net(text: &str) -> Result<IpNet, AddrParseError> {
+pub fn parse_net(text: &str) -> Result<IpNet, NetError> {
     let net = match text.parse::<IpNet>() {
         Ok(net) => net,
-        Err(_) => IpNet::from(text.parse::<IpAddr>()?),
+        Err(_) => IpNet::from(text.parse::<IpAddr>().map_err(|_| NetError::Syntax)?),
     };
     Ok(canonical_net(net))
+}
+
+/// [`parse_net`] for a ban: not one that drops every IPv4 source, which is
+/// a typo rather than a policy (`0.0.0.0/0`, or an IPv6 prefix such as
+/// `::/64` that holds the IPv4-mapped range the kernel keys IPv4 under).
+pub fn parse_ban_net(text: &str) -> Result<IpNet, NetError> {
+    let net = parse_net(text)?;
+    match net {
+        _ if !covers_every_v4(&net) => Ok(net),
+        IpNet::V4(_) => Err(NetError::EveryV4(net)),
+        IpNet::V6(_) => Err(NetError::CoversV4(net)),
+    }
+}
+
+/// Whether a ban of `net` (canonical) in the kernel drops every IPv4
+/// source: `0.0.0.0/0`, or an IPv6 prefix holding `::ffff:0:0/96`.
+pub fn covers_every_v4(net: &IpNet) -> bool {
+    match net {
+        IpNet::V4(v4) => v4.prefix_len() == 0,
+        IpNet::V6(v6) => v6.contains(&Ipv6Addr::new(0, 0, 0, 0, 0, 0xffff, 0, 0)),
+    }
 }
 
 /// Whether `net` is one address (a /32 or /128): such bans and budgets
@@ -113,5 +151,18 @@ mod tests {
         assert!(is_host(&parse_net("10.0.0.1").unwrap()));
         assert!(!is_host(&parse_net("10.0.0.0/24").unwrap()));
         assert!(parse_net("10.0.0.0/33").is_err());
+    }
+
+    #[test]
+    fn a_ban_of_every_ipv4_source_is_refused() {
+        for text in ["0.0.0.0/0", "::/0", "::/64", "::/80", "::ffff:0:0/96"] {
+            let error = parse_ban_net(text).unwrap_err().to_string();
+            assert!(error.contains("every IPv4 source"), "{text}: {error}");
+        }
+        for text in ["0.0.0.0/1", "10.0.0.0/8", "2000::/3", "::ffff:10.0.0.0/104"] {
+            assert!(parse_ban_net(text).is_ok(), "{text}");
+        }
+        let error = parse_net("10.0.0.0/33").unwrap_err().to_string();
+        assert!(error.contains("at most /32"), "{error}");
     }
 }

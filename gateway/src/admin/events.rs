@@ -13,7 +13,7 @@ use std::{
 use bytes::Bytes;
 use http::{header, HeaderValue, Response};
 use hyper::body::{Body, Frame};
-use tokio::sync::{broadcast::error::RecvError, mpsc};
+use tokio::sync::{broadcast::error::RecvError, mpsc, OwnedSemaphorePermit};
 
 use super::AdminError;
 use crate::xdp::events::{EventHub, EventRecord, REPLAY};
@@ -23,6 +23,9 @@ pub const PATH: &str = "/v1/xdp/events";
 
 /// Lines written ahead of a slow client before the writer waits for it.
 const AHEAD: usize = 64;
+/// Streams followed at once: each holds one of the admin listener's
+/// [`super::MAX_CONNECTIONS`] for as long as its client stays.
+pub const MAX_FOLLOWERS: usize = 8;
 
 /// The response body: lines from the task that follows the hub; ends when
 /// that task does.
@@ -57,11 +60,21 @@ pub(super) fn replay(query: Option<&str>) -> Result<usize, AdminError> {
     }
 }
 
-/// Starts following `hub`: the last `replay` events, then live ones.
-pub(super) fn stream(hub: &EventHub, replay: usize) -> Response<EventStream> {
+/// Whether the client's key still admits it.
+pub(super) type Admitted = Box<dyn Fn() -> bool + Send>;
+
+/// Starts following `hub`: the last `replay` events, then live ones while
+/// `admitted` holds; `follower` is given back when the stream ends.
+pub(super) fn stream(
+    hub: &EventHub,
+    replay: usize,
+    follower: OwnedSemaphorePermit,
+    admitted: Admitted,
+) -> Response<EventStream> {
     let (recent, mut live) = hub.follow();
     let (tx, lines) = mpsc::channel(AHEAD);
     tokio::spawn(async move {
+        let _follower = follower;
         let skip = recent.len().saturating_sub(replay);
         for record in &recent[skip..] {
             if tx.send(line(record)).await.is_err() {
@@ -74,6 +87,10 @@ pub(super) fn stream(hub: &EventHub, replay: usize) -> Response<EventStream> {
                 () = tx.closed() => return,
                 next = live.recv() => next,
             };
+            if !admitted() {
+                let _ = tx.send(refused()).await;
+                return;
+            }
             let line = match next {
                 Ok(record) => line(&record),
                 Err(RecvError::Lagged(missed)) => lagged(missed),
@@ -96,6 +113,14 @@ fn line(record: &Arc<EventRecord>) -> Bytes {
     let mut text = serde_json::to_string(record.as_ref()).unwrap_or_default();
     text.push('\n');
     Bytes::from(text)
+}
+
+/// The last line to a client whose key no longer admits it.
+fn refused() -> Bytes {
+    Bytes::from(format!(
+        "{}\n",
+        serde_json::json!({ "event": "closed", "why": "the admin key is no longer valid" })
+    ))
 }
 
 /// Said to a client too slow to keep up, instead of the events it missed.

@@ -12,7 +12,8 @@
 //!   [`clients`].
 //! - `GET /v1/xdp/events[?replay=N]`: the XDP program's kernel events as
 //!   newline-delimited JSON, the last few first, then live (what `gateway
-//!   xdp events` follows); 409 when no XDP program is loaded. See [`events`].
+//!   xdp events` follows); 409 when no XDP program is loaded, 503 past
+//!   [`events::MAX_FOLLOWERS`] streams. See [`events`].
 //!
 //! The `/v1/management` and `/v1/xdp` endpoints take an admin key (`gateway keys
 //! bootstrap`, or `create --admin`) in `Authorization: Bearer`. A key with
@@ -35,7 +36,7 @@ use tokio::net::TcpListener;
 use crate::{
     clock::{monotonic_ns, unix_now},
     config::Config,
-    keys::{Client, KeyRejection, KeyStore},
+    keys::{Client, KeyIndex, KeyRejection, KeyStore},
     metrics::Gauges,
     shared::Shared,
     xdp::{EventHub, PinnedMaps},
@@ -67,6 +68,8 @@ pub struct Admin {
     connections: Arc<tokio::sync::Semaphore>,
     /// The kernel events, when an XDP program is loaded.
     events: Option<EventHub>,
+    /// [`events::MAX_FOLLOWERS`].
+    followers: Arc<tokio::sync::Semaphore>,
 }
 
 /// Why the admin API refused a request.
@@ -92,6 +95,11 @@ pub(crate) enum AdminError {
     BadRequest(String),
     #[error("{0}")]
     Conflict(String),
+    #[error(
+        "{} clients already follow the kernel events; try again later",
+        events::MAX_FOLLOWERS
+    )]
+    TooManyFollowers,
     #[error("the key store failed: {0}")]
     Store(#[from] crate::keys::StoreError),
 }
@@ -109,6 +117,7 @@ impl AdminError {
             AdminError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             AdminError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             AdminError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            AdminError::TooManyFollowers => (StatusCode::SERVICE_UNAVAILABLE, "too_many_followers"),
             AdminError::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "store_error"),
         }
     }
@@ -140,6 +149,29 @@ fn json_response(status: StatusCode, body: &serde_json::Value) -> AdminResponse 
         HeaderValue::from_static("application/json"),
     );
     response
+}
+
+/// The key in `Authorization: Bearer`.
+fn bearer(req: &Request<Incoming>) -> Result<&str, AdminError> {
+    req.headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .ok_or(AdminError::MissingCredential)
+}
+
+/// The admin client `key` stands for, if it may have `access` now.
+fn admit(keys: &KeyIndex, key: &str, access: Access) -> Result<Client, AdminError> {
+    let (_, outcome) = keys.verify(key, unix_now());
+    let client = outcome.map_err(AdminError::InvalidCredential)?;
+    if !client.is_admin {
+        return Err(AdminError::NotAdmin);
+    }
+    if access == Access::Write && client.scopes.iter().any(|s| s == READ_ONLY_SCOPE) {
+        return Err(AdminError::ReadOnly);
+    }
+    Ok(client.as_ref().clone())
 }
 
 /// What an admin key may do.
@@ -176,6 +208,7 @@ impl Admin {
             header_timeout: config.limits.request_timeout,
             connections: Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS)),
             events: None,
+            followers: Arc::new(tokio::sync::Semaphore::new(events::MAX_FOLLOWERS)),
         })
     }
 
@@ -320,25 +353,26 @@ impl Admin {
         let hub = self.events.as_ref().ok_or_else(|| {
             AdminError::Conflict("no XDP program is loaded: there are no kernel events".into())
         })?;
-        Ok(events::stream(hub, replay))
+        // A stream holds its connection for as long as the client likes:
+        // a few of them must not take every admin connection.
+        let follower = (self.followers.clone())
+            .try_acquire_owned()
+            .map_err(|_| AdminError::TooManyFollowers)?;
+        // The key is checked again before each live event: one revoked,
+        // disabled or expired since stops the stream.
+        let keys = self.shared.keys.clone();
+        let key = bearer(req)?.to_owned();
+        let still_admitted = move || admit(&keys, &key, Access::Read).is_ok();
+        Ok(events::stream(
+            hub,
+            replay,
+            follower,
+            Box::new(still_admitted),
+        ))
     }
 
     fn authorize(&self, req: &Request<Incoming>, access: Access) -> Result<Client, AdminError> {
-        let key = req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .ok_or(AdminError::MissingCredential)?;
-        let (_, outcome) = self.shared.keys.verify(key.trim(), unix_now());
-        let client = outcome.map_err(AdminError::InvalidCredential)?;
-        if !client.is_admin {
-            return Err(AdminError::NotAdmin);
-        }
-        if access == Access::Write && client.scopes.iter().any(|s| s == READ_ONLY_SCOPE) {
-            return Err(AdminError::ReadOnly);
-        }
-        Ok(client.as_ref().clone())
+        admit(&self.shared.keys, bearer(req)?, access)
     }
 
     /// Makes a store change visible to the request path now, not at the

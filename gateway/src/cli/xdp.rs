@@ -9,7 +9,7 @@ use anyhow::{bail, Result};
 use clap::{Args, Subcommand};
 use gateway::{
     clock::monotonic_ns,
-    net::{is_host, parse_net},
+    net::{is_host, parse_ban_net, parse_net},
     xdp::{self, Mode, PinnedMaps, UdpPolicy, WhenFull, Written, DEFAULT_BUDGET, DEFAULT_PIN_ROOT},
 };
 use gateway_common::{attach_mode, ban_reason, syn_cookies, Ban, Budget};
@@ -76,7 +76,7 @@ pub enum XdpCommand {
     /// Drop everything from ADDR (an address, or a CIDR such as
     /// `2001:db8::/64`) in the kernel for a while.
     Ban {
-        #[arg(value_parser = parse_net)]
+        #[arg(value_parser = parse_ban_net)]
         addr: IpNet,
         /// How long, e.g. `60s`, `10m`, `1h`.
         #[arg(long = "for", value_parser = humantime::parse_duration)]
@@ -247,6 +247,13 @@ fn detach(pins: &PinArgs, force: bool) -> Result<()> {
         println!("nothing pinned at {}", root.display());
         return Ok(());
     }
+    // A gateway still starting holds the lock before it writes its pid.
+    let _lock = match xdp::bpffs::lock(root) {
+        Err(error @ xdp::bpffs::BpffsError::Locked { .. }) if !force => {
+            bail!("{error}; or use --force")
+        }
+        held => held.ok(),
+    };
     let detached = xdp::remove_pins(root)?;
     println!(
         "{} and removed the pins under {}",

@@ -6,7 +6,8 @@
 //! `max_ban`), and lifts the address bans it covers.
 //!
 //! A prefix overlapping the allow-list or a trusted proxy is never banned
-//! (its addresses stay banned one by one). Memory is bounded: at most
+//! (its addresses stay banned one by one), nor one holding the IPv4-mapped
+//! range the kernel keys IPv4 under. Memory is bounded: at most
 //! `threshold` addresses per prefix and [`PREFIXES`] prefixes, idle ones
 //! forgotten first.
 use std::{collections::HashMap, net::IpAddr, sync::atomic::Ordering, time::Duration};
@@ -185,8 +186,9 @@ impl super::SourceGuard {
             return Vec::new();
         }
         let net = settings.prefix.prefix_of(ip);
-        // Its addresses stay banned one by one.
-        if self.overlaps_spared(&net) {
+        // Its addresses stay banned one by one; so do those of a prefix
+        // whose ban would drop every IPv4 source (`::/64`).
+        if self.overlaps_spared(&net) || crate::net::covers_every_v4(&net) {
             return Vec::new();
         }
         let (covered, length) = {

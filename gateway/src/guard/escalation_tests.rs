@@ -213,3 +213,19 @@ fn with_the_guard_full_a_rotation_is_counted_on_its_prefix() {
     let after: usize = guard.shards.iter().map(|s| s.lock().unwrap().len()).sum();
     assert!(after <= SHARDS * PER_SHARD, "bounded: {after}");
 }
+
+#[test]
+fn a_prefix_holding_the_ipv4_mapped_range_never_escalates() {
+    // `::/64` holds `::ffff:0:0/96`, where the kernel keys every IPv4
+    // source: banning it would drop all IPv4 traffic.
+    let guard = SourceGuard::new(settings(GuardMode::Enforce));
+    let t0 = 1_000 * SEC;
+    for (i, addr) in ["::a", "::b", "::c", "::d"].into_iter().enumerate() {
+        assert_eq!(
+            escalated(&guard, direct(addr), t0 + i as u64 * SEC),
+            vec![],
+            "{addr}"
+        );
+    }
+    assert_eq!(guard.counters.prefix_bans.load(Ordering::Relaxed), 0);
+}

@@ -182,7 +182,8 @@ impl Adoption {
     }
 }
 
-fn remove_pin(path: &Path) -> Result<(), XdpError> {
+/// Removes the pin at `path`, if there is one.
+pub(super) fn remove_pin(path: &Path) -> Result<(), XdpError> {
     match std::fs::remove_file(path) {
         Ok(()) => Ok(()),
         Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(()),

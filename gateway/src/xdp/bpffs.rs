@@ -6,7 +6,10 @@
 use std::{
     ffi::CString,
     io,
-    os::unix::ffi::OsStrExt,
+    os::{
+        fd::{AsRawFd, OwnedFd},
+        unix::ffi::OsStrExt,
+    },
     path::{Path, PathBuf},
 };
 
@@ -24,6 +27,34 @@ pub enum BpffsError {
     Mount { path: PathBuf, source: io::Error },
     #[error("cannot create pin directory {path}: {source}")]
     CreateDir { path: PathBuf, source: io::Error },
+    #[error("pin root {path} is held by another gateway (starting or running); stop it or choose another pin root")]
+    Locked { path: PathBuf },
+    #[error("cannot lock pin root {path}: {source}")]
+    Lock { path: PathBuf, source: io::Error },
+}
+
+/// Takes the pin root for this process: an exclusive `flock` on its
+/// directory, held as long as the returned descriptor. The owner pid in
+/// `GW_CONFIG` is only written once a start is well under way; the lock
+/// also covers that window, so two gateways starting at once (or `gateway
+/// xdp detach` during a start) cannot both act on the same pins.
+pub fn lock(pin_root: &Path) -> Result<OwnedFd, BpffsError> {
+    let failed = |source| BpffsError::Lock {
+        path: pin_root.to_owned(),
+        source,
+    };
+    let dir = std::fs::File::open(pin_root).map_err(failed)?;
+    // SAFETY: flock on a descriptor we own; no pointers.
+    if unsafe { libc::flock(dir.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let error = io::Error::last_os_error();
+        if error.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            return Err(BpffsError::Locked {
+                path: pin_root.to_owned(),
+            });
+        }
+        return Err(failed(error));
+    }
+    Ok(dir.into())
 }
 
 /// Is `path` (which must exist) on bpffs?

@@ -26,12 +26,16 @@ pub mod map_type {
     pub const PERCPU_ARRAY: u32 = 6;
     pub const LRU_HASH: u32 = 9;
     pub const LRU_PERCPU_HASH: u32 = 10;
+    pub const PERCPU_CGROUP_STORAGE: u32 = 21;
     pub const PERF_EVENT_ARRAY: u32 = 4;
     pub const RINGBUF: u32 = 27;
 
     /// Per-CPU values (one per possible CPU): not carried over a layout change.
     pub const fn per_cpu(kind: u32) -> bool {
-        matches!(kind, PERCPU_HASH | PERCPU_ARRAY | LRU_PERCPU_HASH)
+        matches!(
+            kind,
+            PERCPU_HASH | PERCPU_ARRAY | LRU_PERCPU_HASH | PERCPU_CGROUP_STORAGE
+        )
     }
 
     /// Event channels belong to the program that created them.
@@ -182,9 +186,37 @@ pub fn remove_pinned_link(path: &Path) -> io::Result<bool> {
     Ok(true)
 }
 
-/// The value at `key`, as bytes (`value_size` of them).
-pub fn lookup(fd: BorrowedFd<'_>, key: &[u8], value_size: u32) -> io::Result<Vec<u8>> {
-    let mut value = vec![0u8; value_size as usize];
+/// Largest value we read from a pinned map: ours are far smaller, and a
+/// foreign pin's claimed size must not size an allocation.
+const MAX_VALUE_SIZE: u32 = 64 * 1024;
+
+/// Whether the kernel reads and writes exactly `key_size` and `value_size`
+/// bytes for entries of a map of `shape` (a per-CPU map writes one value
+/// per possible CPU): the buffers below are sized on that.
+fn plain(shape: MapShape) -> io::Result<()> {
+    if map_type::per_cpu(shape.map_type) || shape.value_size > MAX_VALUE_SIZE {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("cannot read entries of a map shaped {shape:?}"),
+        ));
+    }
+    Ok(())
+}
+
+/// The value at `key` of the map of `shape`, as bytes (`value_size` of them).
+pub fn lookup(fd: BorrowedFd<'_>, shape: MapShape, key: &[u8]) -> io::Result<Vec<u8>> {
+    plain(shape)?;
+    if key.len() != shape.key_size as usize {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "a {}-byte key for a map of {}-byte keys",
+                key.len(),
+                shape.key_size
+            ),
+        ));
+    }
+    let mut value = vec![0u8; shape.value_size as usize];
     elem(BPF_MAP_LOOKUP_ELEM, fd, Some(key), &mut value)?;
     Ok(value)
 }
@@ -213,6 +245,11 @@ pub fn copy_entries(
     new: BorrowedFd<'_>,
     new_shape: MapShape,
 ) -> io::Result<(usize, usize)> {
+    plain(old_shape)?;
+    plain(new_shape)?;
+    if old_shape.key_size != new_shape.key_size {
+        return Err(io::Error::from(io::ErrorKind::InvalidInput));
+    }
     let key_size = old_shape.key_size as usize;
     let mut key: Option<Vec<u8>> = None;
     let mut next = vec![0u8; key_size];

@@ -54,7 +54,7 @@ fn a_grown_value_is_zero_padded_and_the_shape_reads_back() {
     put(&old, 2, &[2; 8]);
     let copied = copy_entries(old.as_fd(), old_shape, new.as_fd(), new_shape).unwrap();
     assert_eq!(copied, (2, 0));
-    let value = lookup(new.as_fd(), &2u32.to_ne_bytes(), 12).unwrap();
+    let value = lookup(new.as_fd(), new_shape, &2u32.to_ne_bytes()).unwrap();
     assert_eq!(value, [2, 2, 2, 2, 2, 2, 2, 2, 0, 0, 0, 0]);
 }
 
@@ -68,4 +68,33 @@ fn a_shrunk_map_takes_what_fits_and_counts_the_rest() {
     }
     let copied = copy_entries(old.as_fd(), old_shape, new.as_fd(), new_shape).unwrap();
     assert_eq!(copied, (2, 3));
+}
+
+#[test]
+fn a_per_cpu_map_is_not_read_into_one_value() {
+    // The kernel writes one (8-byte aligned) value per possible CPU: a
+    // buffer of `value_size` would overflow.
+    let shape = MapShape {
+        map_type: map_type::PERCPU_ARRAY,
+        key_size: 4,
+        value_size: 4,
+        max_entries: 1,
+        map_flags: 0,
+    };
+    let Some(map) = create(shape) else { return };
+    assert!(lookup(map.as_fd(), shape, &0u32.to_ne_bytes()).is_err());
+    let plain = hash(4, 1);
+    assert!(copy_entries(map.as_fd(), shape, create(plain).unwrap().as_fd(), plain).is_err());
+}
+
+#[test]
+fn a_key_shorter_than_the_map_s_is_refused() {
+    // The kernel would read `key_size` bytes past the end of ours.
+    let shape = MapShape {
+        key_size: 16,
+        ..hash(4, 1)
+    };
+    let Some(map) = create(shape) else { return };
+    let error = lookup(map.as_fd(), shape, &0u32.to_ne_bytes()).unwrap_err();
+    assert_eq!(error.kind(), io::ErrorKind::InvalidInput);
 }

@@ -7,7 +7,7 @@
 //! (`bpf_link_update`): there is never a moment with no program attached.
 use std::{
     io,
-    os::fd::AsFd,
+    os::fd::{AsFd, OwnedFd},
     path::{Path, PathBuf},
 };
 
@@ -37,6 +37,9 @@ pub(super) struct Loaded {
     attached: bool,
     /// Not yet handed to the caller ([`super::KernelPath::take_event_reader`]).
     pub(super) events: Option<EventReader>,
+    /// The pin root's lock ([`super::bpffs::lock`]); declared last, so it
+    /// is released after `drop` has left the pins as they should be.
+    _lock: OwnedFd,
 }
 
 impl Loaded {
@@ -46,6 +49,12 @@ impl Loaded {
     ) -> Result<(Self, Attachment), XdpError> {
         let root = &settings.pin_root;
         super::bpffs::ensure_mounted(root)?;
+        let lock = super::bpffs::lock(root).map_err(|locked| {
+            // A running owner is named by its pid; one still starting is not yet.
+            previous_owner(root)
+                .err()
+                .unwrap_or(XdpError::Bpffs(locked))
+        })?;
         if settings.syn_cookies != super::syncookies::SynCookies::Off {
             let sysctl = Path::new(super::syncookies::SYSCTL);
             if let Some(before) = super::syncookies::ensure_always(sysctl)? {
@@ -72,6 +81,7 @@ impl Loaded {
             found_pins: adoption.found_pins() || previous.is_some(),
             attached: false,
             events: None,
+            _lock: lock,
         };
         if adoption.found_pins() {
             tracing::info!(
@@ -100,7 +110,7 @@ impl Loaded {
         let program_pin = root.join(PROGRAM_PIN);
         // The previous program stays attached (its link holds it) until the
         // link is switched over below.
-        remove_file(&program_pin)?;
+        adopt::remove_pin(&program_pin)?;
         program.pin(&program_pin).map_err(|source| XdpError::Pin {
             path: program_pin.clone(),
             source,
@@ -298,17 +308,6 @@ impl Drop for Loaded {
     }
 }
 
-fn remove_file(path: &Path) -> Result<(), XdpError> {
-    match std::fs::remove_file(path) {
-        Ok(()) => Ok(()),
-        Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(source) => Err(XdpError::RemoveStale {
-            path: path.to_owned(),
-            source,
-        }),
-    }
-}
-
 /// What a previous gateway left in `GW_CONFIG`, read as bytes so a
 /// config that gained fields since still reads (fields are only appended).
 #[derive(Clone, Copy, Debug)]
@@ -323,7 +322,7 @@ fn previous_owner(root: &Path) -> Result<Option<Previous>, XdpError> {
     let path = root.join(map_names::CONFIG);
     let read = bpfsys::obj_get(&path).and_then(|fd| {
         let shape = bpfsys::map_shape(fd.as_fd())?;
-        bpfsys::lookup(fd.as_fd(), &0u32.to_ne_bytes(), shape.value_size)
+        bpfsys::lookup(fd.as_fd(), shape, &0u32.to_ne_bytes())
     });
     let bytes = match read {
         Ok(bytes) => bytes,
@@ -339,10 +338,9 @@ fn previous_owner(root: &Path) -> Result<Option<Previous>, XdpError> {
             .and_then(|b| <[u8; 4]>::try_from(b).ok())
             .map_or(0, u32::from_ne_bytes)
     };
-    // `Config`: mode, ifindex, attach_mode, owner_pid, ...
     let previous = Previous {
-        attach_mode: field(8),
-        owner_pid: field(12),
+        attach_mode: field(std::mem::offset_of!(Config, attach_mode)),
+        owner_pid: field(std::mem::offset_of!(Config, owner_pid)),
     };
     let pid = previous.owner_pid;
     if pid != 0 && pid != std::process::id() {
