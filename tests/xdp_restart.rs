@@ -178,12 +178,7 @@ fn detach_on_exit_removes_the_program_and_its_pins() {
     gateway.xdp(&["ban", CLIENT_V4, "--for", "60s"]);
     assert!(!topology.connects(CLIENT_V4, SERVER_V4, PROTECTED, DROPPED));
     assert!(gateway.stop(), "SIGTERM: a clean exit");
-    assert!(!gateway.pin_root.exists(), "pins and pin root removed");
-    assert_eq!(
-        attached_xdp_program_ids(&topology.server, SERVER_IF),
-        Vec::<u32>::new()
-    );
-    assert!(topology.connects(CLIENT_V4, SERVER_V4, PROTECTED, OK));
+    assert_all_removed(&topology, &gateway);
 }
 
 #[test]
@@ -212,6 +207,12 @@ fn xdp_detach_removes_a_stopped_gateways_program_but_not_a_running_ones() {
     );
     let out = gateway.xdp(&["detach"]);
     assert!(out.contains("detached XDP"), "{out}");
+    assert_all_removed(&topology, &gateway);
+}
+
+/// Nothing is left: no pins, no program on the interface, and the banned
+/// client connects again.
+fn assert_all_removed(topology: &Topology, gateway: &Gateway) {
     assert!(!gateway.pin_root.exists(), "pins and pin root removed");
     assert_eq!(
         attached_xdp_program_ids(&topology.server, SERVER_IF),
