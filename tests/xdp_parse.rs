@@ -50,6 +50,14 @@ fn setup(body: &str, extra: &[&str]) -> (Topology, [Listener; 2], Gateway) {
 
 /// A SYN to the protected port, addressed to the server's MAC so that
 /// what XDP passes is taken by the server's stack.
+/// An IPv4 frame to the server whose protocol is ICMP (a SYN's bytes behind
+/// protocol 1): neither TCP nor UDP, so never metered.
+fn icmp_to_server(topology: &Topology, src: &str) -> Vec<u8> {
+    let mut frame = syn_to_server(topology, src, 44000).build();
+    frame[14 + 9] = 1;
+    frame
+}
+
 fn syn_to_server(topology: &Topology, src: &str, src_port: u16) -> TcpFrame {
     let dst = if src.contains(':') {
         SERVER_V6
@@ -219,11 +227,7 @@ fn cut_headers_and_other_protocols_are_judged_on_their_source() {
         frame.truncate(14 + 20 + 8);
         frame
     };
-    let icmp = |src: &str| {
-        let mut frame = syn_to_server(&topology, src, 44000).build();
-        frame[14 + 9] = 1;
-        frame
-    };
+    let icmp = |src: &str| icmp_to_server(&topology, src);
     let moved = deltas(
         &topology,
         &gateway,
@@ -257,11 +261,7 @@ fn other_protocols_from_a_banned_prefix_without_state_are_dropped() {
     }
     let (topology, _listeners, gateway) = setup("", &[]);
     gateway.xdp(&["ban", "10.77.0.0/30", "--for", "60s"]);
-    let icmp = |src: &str| {
-        let mut frame = syn_to_server(&topology, src, 44000).build();
-        frame[14 + 9] = 1;
-        frame
-    };
+    let icmp = |src: &str| icmp_to_server(&topology, src);
     let moved = deltas(
         &topology,
         &gateway,
