@@ -169,9 +169,14 @@ impl PinnedMaps {
     /// Makes the protected ports exactly `ports` (an adopted map may
     /// protect ports the configuration no longer lists).
     pub fn set_protected_ports(&mut self, ports: &[u16]) -> Result<(), MapsError> {
-        for port in 0..=u16::MAX {
-            let wanted = u8::from(ports.contains(&port));
-            let index = u32::from(port);
+        // A table, not `ports.contains` per port: 65,536 ports listed would
+        // be 2^32 comparisons.
+        let mut listed = vec![false; usize::from(u16::MAX) + 1];
+        for &port in ports {
+            listed[usize::from(port)] = true;
+        }
+        for (index, &listed) in (0u32..).zip(&listed) {
+            let wanted = u8::from(listed);
             let current = self
                 .ports
                 .get(&index, 0)
