@@ -117,10 +117,11 @@ fn try_gateway_xdp(ctx: &XdpContext) -> Result<u32, ()> {
     };
     let config = GW_CONFIG.get(0).ok_or(())?;
     let generation = *GW_GENERATION.get(0).ok_or(())?;
-    let now = now_ns();
-    if ban_cache::banned(&parsed.src, generation, now) {
+    let jiffies = ban_cache::jiffies();
+    if ban_cache::banned(&parsed.src, generation, jiffies) {
         return Ok(deny(config, Counter::DroppedBanned));
     }
+    let now = now_ns();
     let state = source_state(ctx, &parsed.src)?;
     // SAFETY: `state` points into this source's GW_STATE value. Another CPU
     // may update it concurrently; a torn or lost update only lets a packet
@@ -167,7 +168,7 @@ fn try_gateway_xdp(ctx: &XdpContext) -> Result<u32, ()> {
     if verdict == Counter::DroppedBanned {
         events::first_drop_after_ban(ctx, state, &parsed.src, config, now);
         if generation != 0 {
-            ban_cache::remember(&parsed.src, generation, state.banned_until_ns);
+            ban_cache::remember(&parsed.src, generation, state.banned_until_ns, now, jiffies);
         }
     }
     Ok(deny(config, verdict))
