@@ -91,16 +91,30 @@ fn guess(topology: &Topology, source: &str, server: &str, i: usize) -> std::io::
         .run(move || get_from(source, server, "/", &[("x-api-key", &key)], CONNECT))
 }
 
-/// Guesses from `source` until its connects fail (bounded); the statuses seen.
+/// Guesses from `source` until its connects fail (bounded: 100 guesses,
+/// 5 s); the statuses seen. The ban reaches the kernel through the policy
+/// writer's next batch, which on a loaded machine can come after a burst
+/// of guesses, hence the pause between them.
 fn guess_until_dropped(topology: &Topology, source: &str) -> (Vec<u16>, bool) {
     let mut statuses = Vec::new();
-    for i in 0..20 {
+    for i in 0..100 {
         match guess(topology, source, SERVER_V6, i) {
             Ok(reply) => statuses.push(reply.status),
             Err(_) => return (statuses, true),
         }
+        writer_pause();
     }
     (statuses, false)
+}
+
+/// A pause between guesses: the guard's ban reaches the kernel in the
+/// policy writer's next batch.
+fn writer_pause() {
+    #[allow(
+        clippy::disallowed_methods,
+        reason = "sync test, waiting on the policy writer"
+    )]
+    std::thread::sleep(Duration::from_millis(50));
 }
 
 fn bans(gateway: &Gateway) -> Vec<serde_json::Value> {
@@ -424,9 +438,16 @@ fn a_full_ban_map_evicts_the_ban_closest_to_expiry_or_refuses() {
     );
 }
 
-/// Guesses from `source` (IPv4) until its connects fail (bounded).
+/// Guesses from `source` (IPv4) until its connects fail (bounded as
+/// [`guess_until_dropped`], with its pause for the policy writer).
 fn guess_v4_until_dropped(topology: &Topology, source: &str) -> bool {
-    (0..20).any(|i| guess(topology, source, "10.77.0.1", i).is_err())
+    (0..100).any(|i| {
+        let dropped = guess(topology, source, "10.77.0.1", i).is_err();
+        if !dropped {
+            writer_pause();
+        }
+        dropped
+    })
 }
 
 #[test]
