@@ -19,7 +19,7 @@ use aya_ebpf::{
     },
     programs::XdpContext,
 };
-use gateway_common::packet::{Packet, Parsed, ETH_HDR_LEN};
+use gateway_common::packet::{Packet, Parsed, ETH_HDR_LEN, TCP_RST};
 
 use crate::XdpPacket;
 
@@ -28,6 +28,7 @@ const V6_L4: usize = ETH_HDR_LEN + 40;
 /// The SYN-ACK's TCP header: 20 bytes and the MSS option.
 const TCP_LEN: usize = 24;
 const TCP_SYN_ACK: u8 = 0x12;
+const TCP_FIN: u8 = 0x01;
 const MSS_DEFAULT: u16 = 536;
 
 /// The SYN's headers as the cookie helper reads them.
@@ -38,11 +39,16 @@ struct Syn<const N: usize> {
 }
 
 /// A frame shape [`answer`] rewrites: no VLAN tag, IPv4 without options,
-/// IPv6 without extension headers.
+/// IPv6 without extension headers; not a fragment, and a SYN the kernel's
+/// listener would answer too (no RST or FIN, a valid data offset).
 #[inline(always)]
 pub fn rewritable(flow: &Parsed) -> bool {
     let untagged_l4 = if flow.ipv6 { V6_L4 } else { V4_L4 };
-    flow.l3 == ETH_HDR_LEN && flow.l4 == untagged_l4
+    flow.l3 == ETH_HDR_LEN
+        && flow.l4 == untagged_l4
+        && !flow.fragment
+        && flow.tcp_flags & (TCP_RST | TCP_FIN) == 0
+        && flow.tcp_len >= 20
 }
 
 /// Rewrites the SYN into its cookie SYN-ACK: `Some(())` means send it
