@@ -2,13 +2,14 @@
 //! "xdp"`, `XDP_TX`): only those the kernel would answer. Run through the
 //! loaded program (`BPF_PROG_TEST_RUN`) in the server's namespace, whose
 //! sockets the program looks up, with every source in cookie mode
-//! (`--syn-flood-rate 1`).
+//! (`--syn-flood-rate 1`). One SYN must never draw more than one SYN-ACK
+//! (broadcast), nor one the kernel would not send.
 #![allow(clippy::unwrap_used, reason = "tests: a panic is the failure report")]
 
 use gateway_tests::{
     bpf::TestRunner,
     gateway::Gateway,
-    netns::{Listener, Topology, CLIENT2_V4, CLIENT_V4, SERVER_V4},
+    netns::{Listener, Topology, CLIENT2_V4, CLIENT_V4, CLIENT_V6, SERVER_V4, SERVER_V6},
     packet::TcpFrame,
     require_root,
 };
@@ -23,9 +24,11 @@ const IP_FLAGS: usize = 14 + 6;
 const TCP_OFFSET: usize = 14 + 20 + 12;
 const TCP_FLAGS: usize = 14 + 20 + 13;
 
-fn syn(src: &str, port: u16, src_port: u16) -> Vec<u8> {
-    let mut frame = TcpFrame::syn(src.parse().unwrap(), SERVER_V4.parse().unwrap(), port);
+/// A SYN from `src` to `dst`, to the server's MAC `mac`.
+fn syn_to(src: &str, dst: &str, port: u16, src_port: u16, mac: [u8; 6]) -> Vec<u8> {
+    let mut frame = TcpFrame::syn(src.parse().unwrap(), dst.parse().unwrap(), port);
     frame.src_port = src_port;
+    frame.dst_mac = mac;
     frame.build()
 }
 
@@ -46,9 +49,11 @@ fn xdp_answers_only_syns_the_kernel_would_answer() {
         .start();
     let program = gateway.pin_root.join("gateway_xdp_prog");
     let before = gateway.counter("syn_cookies_xdp");
+    let mac = topology.server_mac();
     let (answered, refused) = topology.server.run(move || {
         let runner = TestRunner::open(&program).unwrap();
         let run = |frame: Vec<u8>| runner.run(&frame).unwrap();
+        let syn = |src: &str, port: u16, src_port: u16| syn_to(src, SERVER_V4, port, src_port, mac);
         // Past the listener-wide rate (burst 1), every source is in cookie
         // mode and a plain SYN to the listener is answered from XDP.
         let answered: Vec<u32> = (0..3)
@@ -71,6 +76,23 @@ fn xdp_answers_only_syns_the_kernel_would_answer() {
         let mut frame = syn(CLIENT_V4, PROTECTED, 2003);
         frame[IP_FLAGS] = 0x20;
         refused.push(("first fragment", run(frame)));
+        // Broadcast and multicast: one SYN would draw a SYN-ACK from every
+        // host that takes it (the kernel answers none of them).
+        let broadcast = syn_to(CLIENT_V4, SERVER_V4, PROTECTED, 2010, [0xff; 6]);
+        refused.push(("broadcast MAC", run(broadcast)));
+        let mut frame = syn(CLIENT_V4, PROTECTED, 2011);
+        frame[6] |= 1;
+        refused.push(("multicast source MAC", run(frame)));
+        for (name, src, dst) in [
+            ("limited broadcast", CLIENT_V4, "255.255.255.255"),
+            ("multicast destination", CLIENT_V4, "224.0.0.1"),
+            ("multicast source", "224.0.0.5", SERVER_V4),
+            ("loopback source", "127.0.0.1", SERVER_V4),
+            ("IPv6 multicast destination", CLIENT_V6, "ff02::1"),
+            ("IPv6 multicast source", "ff02::5", SERVER_V6),
+        ] {
+            refused.push((name, run(syn_to(src, dst, PROTECTED, 2012, mac))));
+        }
         // The allow-list wins: never cookie mode, the SYN goes to the stack.
         refused.push(("allow-listed", run(syn(CLIENT2_V4, PROTECTED, 2004))));
         (answered, refused)

@@ -76,6 +76,11 @@ fn answer_v4(ctx: &XdpContext) -> Option<()> {
         ip: packet.read_fixed::<20>(ETH_HDR_LEN)?,
         tcp: syn_header(&packet, V4_L4)?,
     };
+    // Multicast, broadcast, "this network" and loopback: never unicast.
+    let unicast = |first: u8| first != 0 && first != 127 && first < 224;
+    if !unicast_macs(&packet)? || !unicast(syn.ip[12]) || !unicast(syn.ip[16]) {
+        return None;
+    }
     // SAFETY: fixed-size stack copies of the headers the helper reads.
     let cookie = unsafe {
         bpf_tcp_raw_gen_syncookie_ipv4(
@@ -117,6 +122,10 @@ fn answer_v6(ctx: &XdpContext) -> Option<()> {
         ip: packet.read_fixed::<40>(ETH_HDR_LEN)?,
         tcp: syn_header(&packet, V6_L4)?,
     };
+    // ff00::/8: multicast.
+    if !unicast_macs(&packet)? || syn.ip[8] == 0xff || syn.ip[24] == 0xff {
+        return None;
+    }
     // SAFETY: fixed-size stack copies of the headers the helper reads.
     let cookie = unsafe {
         bpf_tcp_raw_gen_syncookie_ipv6(
@@ -143,6 +152,16 @@ fn answer_v6(ctx: &XdpContext) -> Option<()> {
     let tcp: &mut [u8; TCP_LEN] = (&mut frame[V6_L4..]).try_into().ok()?;
     syn_ack(tcp, cookie, pseudo);
     Some(())
+}
+
+/// Whether both MAC addresses are unicast (group bit clear). The kernel
+/// never answers a SYN sent to a broadcast or multicast address (one SYN
+/// would draw a SYN-ACK from every host that takes it), and the SYN-ACK
+/// goes back to the SYN's source MAC.
+#[inline(always)]
+fn unicast_macs(packet: &XdpPacket) -> Option<bool> {
+    let macs: [u8; 12] = packet.read_fixed(0)?;
+    Some(macs[0] & 1 == 0 && macs[6] & 1 == 0)
 }
 
 /// The SYN's TCP header with only its MSS option (if its first option is
