@@ -211,6 +211,10 @@ fn syn_ack(tcp: &mut [u8; TCP_LEN], cookie: i64, pseudo: u32) {
 /// Resizes the packet to `N` bytes (dropping a SYN's payload and options,
 /// or growing an option-less SYN by the MSS option) and returns it.
 #[inline(always)]
+#[allow(
+    clippy::mut_from_ref,
+    reason = "the packet is not borrowed from the context; nothing else references it"
+)]
 fn frame<const N: usize>(ctx: &XdpContext) -> Option<&mut [u8; N]> {
     let delta = N as i32 - (ctx.data_end() - ctx.data()) as i32;
     // SAFETY: the helper checks the new length against the buffer.
