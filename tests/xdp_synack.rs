@@ -20,7 +20,9 @@ const PROTECTED: u16 = 8080;
 const NO_LISTENER: u16 = 8081;
 const XDP_TX: u32 = 3;
 /// IPv4 SYN offsets in an untagged frame.
+const IP_LEN: usize = 14 + 2;
 const IP_FLAGS: usize = 14 + 6;
+const IP6_PAYLOAD_LEN: usize = 14 + 4;
 const TCP_OFFSET: usize = 14 + 20 + 12;
 const TCP_FLAGS: usize = 14 + 20 + 13;
 
@@ -93,6 +95,18 @@ fn xdp_answers_only_syns_the_kernel_would_answer() {
         ] {
             refused.push((name, run(syn_to(src, dst, PROTECTED, 2012, mac))));
         }
+        // An IP length short of the TCP header, or past the frame's end.
+        for (name, at, length) in [
+            ("IPv4 length short", IP_LEN, 20u16),
+            ("IPv4 length past the frame", IP_LEN, 1000),
+        ] {
+            let mut frame = syn(CLIENT_V4, PROTECTED, 2013);
+            frame[at..at + 2].copy_from_slice(&length.to_be_bytes());
+            refused.push((name, run(frame)));
+        }
+        let mut frame = syn_to(CLIENT_V6, SERVER_V6, PROTECTED, 2014, mac);
+        frame[IP6_PAYLOAD_LEN..IP6_PAYLOAD_LEN + 2].copy_from_slice(&1000u16.to_be_bytes());
+        refused.push(("IPv6 length past the frame", run(frame)));
         // The allow-list wins: never cookie mode, the SYN goes to the stack.
         refused.push(("allow-listed", run(syn(CLIENT2_V4, PROTECTED, 2004))));
         (answered, refused)

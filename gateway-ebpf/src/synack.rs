@@ -59,9 +59,9 @@ pub fn answer(ctx: &XdpContext, flow: &Parsed) -> Option<()> {
         return None;
     }
     if flow.ipv6 {
-        answer_v6(ctx)
+        answer_v6(ctx, flow.tcp_len)
     } else {
-        answer_v4(ctx)
+        answer_v4(ctx, flow.tcp_len)
     }
 }
 
@@ -70,7 +70,7 @@ pub fn answer(ctx: &XdpContext, flow: &Parsed) -> Option<()> {
 // stack; as a BPF-to-BPF call they get a frame of their own, and only
 // cookie-mode SYNs pay for the call. The reply is written in place.
 #[inline(never)]
-fn answer_v4(ctx: &XdpContext) -> Option<()> {
+fn answer_v4(ctx: &XdpContext, tcp_len: usize) -> Option<()> {
     let packet = XdpPacket(ctx);
     let mut syn = Syn {
         ip: packet.read_fixed::<20>(ETH_HDR_LEN)?,
@@ -79,6 +79,12 @@ fn answer_v4(ctx: &XdpContext) -> Option<()> {
     // Multicast, broadcast, "this network" and loopback: never unicast.
     let unicast = |first: u8| first != 0 && first != 127 && first < 224;
     if !unicast_macs(&packet)? || !unicast(syn.ip[12]) || !unicast(syn.ip[16]) {
+        return None;
+    }
+    // The IP length covers the TCP header and fits the frame (else the
+    // kernel drops the SYN).
+    let total = usize::from(u16::from_be_bytes([syn.ip[2], syn.ip[3]]));
+    if total < 20 + tcp_len || ETH_HDR_LEN + total > ctx.data_end() - ctx.data() {
         return None;
     }
     // SAFETY: fixed-size stack copies of the headers the helper reads.
@@ -116,7 +122,7 @@ fn answer_v4(ctx: &XdpContext) -> Option<()> {
 
 // Not inlined: see `answer_v4`.
 #[inline(never)]
-fn answer_v6(ctx: &XdpContext) -> Option<()> {
+fn answer_v6(ctx: &XdpContext, tcp_len: usize) -> Option<()> {
     let packet = XdpPacket(ctx);
     let mut syn = Syn {
         ip: packet.read_fixed::<40>(ETH_HDR_LEN)?,
@@ -124,6 +130,11 @@ fn answer_v6(ctx: &XdpContext) -> Option<()> {
     };
     // ff00::/8: multicast.
     if !unicast_macs(&packet)? || syn.ip[8] == 0xff || syn.ip[24] == 0xff {
+        return None;
+    }
+    // As for IPv4: the payload length covers the TCP header and fits.
+    let payload = usize::from(u16::from_be_bytes([syn.ip[4], syn.ip[5]]));
+    if payload < tcp_len || V6_L4 + payload > ctx.data_end() - ctx.data() {
         return None;
     }
     // SAFETY: fixed-size stack copies of the headers the helper reads.
