@@ -354,3 +354,25 @@ fn udp_drop_policy_drops_only_protected_ports() {
 
 #[path = "xdp_parse/property.rs"]
 mod property;
+
+/// More VLAN tags than the parser follows: the kernel strips any number of
+/// priority tags (VLAN id 0) and delivers the IP packet, so a banned
+/// source's SYN behind three of them used to pass as "no IP header" and
+/// reach TCP.
+#[test]
+fn a_banned_source_behind_more_vlan_tags_than_parsed_never_reaches_tcp() {
+    if !require_root("a_banned_source_behind_more_vlan_tags_than_parsed_never_reaches_tcp") {
+        return;
+    }
+    let (topology, _listeners, gateway) = setup("", &[]);
+    gateway.xdp(&["ban", CLIENT_V6, "--for", "60s"]);
+    let tagged = |src: &str| {
+        let mut frame = syn_to_server(&topology, src, 44000);
+        frame.vlans = vec![(0x8100, 0); 3];
+        vec![frame.build(); 3]
+    };
+    // No TCP checksum: what reaches TCP shows up as a checksum error.
+    let names = ["dropped_vlan_tags", "Tcp:InCsumErrors"];
+    let moved = deltas(&topology, &gateway, tagged(CLIENT_V6), &names);
+    assert_eq!(moved, [3, 0], "dropped, none reached TCP ({names:?})");
+}

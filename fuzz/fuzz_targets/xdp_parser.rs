@@ -2,11 +2,17 @@
 //! over a byte slice (the kernel runs the same code over the XDP context).
 #![no_main]
 
-use gateway_common::packet::{parse, Bytes, L4};
+use gateway_common::packet::{parse, too_many_vlan_tags, Bytes, L4};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let outcome = parse(&Bytes(data));
+    // The program drops what has more VLAN tags than the parser reads;
+    // never a frame the parser found an IP header in.
+    assert!(
+        outcome.is_none() || !too_many_vlan_tags(&Bytes(data)),
+        "an IP header behind a third VLAN tag"
+    );
     // Trailing bytes never change the source or where the headers are, and
     // change nothing else unless the parser had run out of bytes.
     let mut longer = data.to_vec();

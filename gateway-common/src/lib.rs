@@ -315,10 +315,14 @@ pub enum Counter {
     SynCookieValid = 14,
     SynCookieInvalid = 15,
     SynCookieXdp = 16,
+    /// More VLAN tags than the parser follows: no source to judge, and the
+    /// kernel would strip priority tags and deliver the packet; dropped.
+    DroppedVlanTags = 17,
+    MonitorVlanTags = 18,
 }
 
 impl Counter {
-    pub const COUNT: u32 = 17;
+    pub const COUNT: u32 = 19;
     /// Every counter with its metric-friendly name, in index order.
     pub const ALL: [(Counter, &'static str); Self::COUNT as usize] = [
         (Counter::Passed, "passed"),
@@ -343,6 +347,8 @@ impl Counter {
         (Counter::SynCookieInvalid, "syn_cookies_invalid"),
         // Of `syn_cookies_sent`: answered by XDP itself (XDP_TX).
         (Counter::SynCookieXdp, "syn_cookies_xdp"),
+        (Counter::DroppedVlanTags, "dropped_vlan_tags"),
+        (Counter::MonitorVlanTags, "monitor_would_drop_vlan_tags"),
     ];
 
     /// The counter that records this drop reason in monitor mode.
@@ -353,6 +359,7 @@ impl Counter {
             Counter::DroppedConnBudget => Counter::MonitorConnBudget,
             Counter::DroppedPktBudget => Counter::MonitorPktBudget,
             Counter::DroppedUdp => Counter::MonitorUdp,
+            Counter::DroppedVlanTags => Counter::MonitorVlanTags,
             other => other,
         }
     }

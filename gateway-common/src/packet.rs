@@ -182,6 +182,22 @@ fn read_l4<P: Packet, const N: usize>(packet: &P, l4: usize) -> Option<[u8; N]> 
     }
 }
 
+/// A frame [`parse`] finds no IP header in because a third VLAN tag
+/// follows the two it reads. Not "not IP": the kernel strips any number of
+/// priority tags (VLAN id 0) and delivers what is behind them.
+#[inline(always)]
+pub fn too_many_vlan_tags<P: Packet>(packet: &P) -> bool {
+    // One tag at a time, returning early: the verifier rejects the selects
+    // LLVM makes of a combined test.
+    for offset in [12, 16, 20] {
+        match packet.read_fixed(offset) {
+            Some(tag) if is_vlan(u16::from_be_bytes(tag)) => {}
+            _ => return false,
+        }
+    }
+    true
+}
+
 #[inline(always)]
 fn is_vlan(ethertype: u16) -> bool {
     ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD

@@ -238,6 +238,13 @@ fn frames_without_an_ip_header_are_not_parsed() {
     let mut three_tags = syn(V4_SRC, V4_DST, 80);
     three_tags.vlans = vec![(DOT1Q, 1), (DOT1Q, 2), (DOT1Q, 3)];
     assert_eq!(parsed(&three_tags.build()), None);
+    // ... and said so: the program drops them rather than pass them as
+    // not IP (the kernel strips priority tags and delivers the packet).
+    assert!(too_many_vlan_tags(&Bytes(&three_tags.build())));
+    assert!(!too_many_vlan_tags(&Bytes(&arp)));
+    let mut qinq = syn(V4_SRC, V4_DST, 80);
+    qinq.vlans = vec![(QINQ, 1), (DOT1Q, 2)];
+    assert!(!too_many_vlan_tags(&Bytes(&qinq.build())));
 }
 
 #[test]

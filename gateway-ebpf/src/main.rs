@@ -98,6 +98,9 @@ pub fn gateway_xdp(ctx: XdpContext) -> u32 {
 fn try_gateway_xdp(ctx: &XdpContext) -> Result<u32, ()> {
     // No IP header: no source to judge, not ours.
     let Some(parsed) = packet::parse(&XdpPacket(ctx)) else {
+        if packet::too_many_vlan_tags(&XdpPacket(ctx)) {
+            return Ok(deny(GW_CONFIG.get(0).ok_or(())?, Counter::DroppedVlanTags));
+        }
         return Ok(pass(Counter::NotProtected));
     };
     // The source is known from here on: only a known, unprotected

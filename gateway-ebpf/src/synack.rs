@@ -19,7 +19,7 @@ use aya_ebpf::{
     },
     programs::XdpContext,
 };
-use gateway_common::packet::{Packet, Parsed, ETH_HDR_LEN};
+use gateway_common::packet::{Packet, Parsed, ETH_HDR_LEN, TCP_RST};
 
 use crate::XdpPacket;
 
@@ -28,6 +28,7 @@ const V6_L4: usize = ETH_HDR_LEN + 40;
 /// The SYN-ACK's TCP header: 20 bytes and the MSS option.
 const TCP_LEN: usize = 24;
 const TCP_SYN_ACK: u8 = 0x12;
+const TCP_FIN: u8 = 0x01;
 const MSS_DEFAULT: u16 = 536;
 
 /// The SYN's headers as the cookie helper reads them.
@@ -38,11 +39,16 @@ struct Syn<const N: usize> {
 }
 
 /// A frame shape [`answer`] rewrites: no VLAN tag, IPv4 without options,
-/// IPv6 without extension headers.
+/// IPv6 without extension headers; not a fragment, and a SYN the kernel's
+/// listener would answer too (no RST or FIN, a valid data offset).
 #[inline(always)]
 pub fn rewritable(flow: &Parsed) -> bool {
     let untagged_l4 = if flow.ipv6 { V6_L4 } else { V4_L4 };
-    flow.l3 == ETH_HDR_LEN && flow.l4 == untagged_l4
+    flow.l3 == ETH_HDR_LEN
+        && flow.l4 == untagged_l4
+        && !flow.fragment
+        && flow.tcp_flags & (TCP_RST | TCP_FIN) == 0
+        && flow.tcp_len >= 20
 }
 
 /// Rewrites the SYN into its cookie SYN-ACK: `Some(())` means send it
@@ -53,9 +59,9 @@ pub fn answer(ctx: &XdpContext, flow: &Parsed) -> Option<()> {
         return None;
     }
     if flow.ipv6 {
-        answer_v6(ctx)
+        answer_v6(ctx, flow.tcp_len)
     } else {
-        answer_v4(ctx)
+        answer_v4(ctx, flow.tcp_len)
     }
 }
 
@@ -64,12 +70,23 @@ pub fn answer(ctx: &XdpContext, flow: &Parsed) -> Option<()> {
 // stack; as a BPF-to-BPF call they get a frame of their own, and only
 // cookie-mode SYNs pay for the call. The reply is written in place.
 #[inline(never)]
-fn answer_v4(ctx: &XdpContext) -> Option<()> {
+fn answer_v4(ctx: &XdpContext, tcp_len: usize) -> Option<()> {
     let packet = XdpPacket(ctx);
     let mut syn = Syn {
         ip: packet.read_fixed::<20>(ETH_HDR_LEN)?,
         tcp: syn_header(&packet, V4_L4)?,
     };
+    // Multicast, broadcast, "this network" and loopback: never unicast.
+    let unicast = |first: u8| first != 0 && first != 127 && first < 224;
+    if !unicast_macs(&packet)? || !unicast(syn.ip[12]) || !unicast(syn.ip[16]) {
+        return None;
+    }
+    // The IP length covers the TCP header and fits the frame (else the
+    // kernel drops the SYN).
+    let total = usize::from(u16::from_be_bytes([syn.ip[2], syn.ip[3]]));
+    if total < 20 + tcp_len || ETH_HDR_LEN + total > ctx.data_end() - ctx.data() {
+        return None;
+    }
     // SAFETY: fixed-size stack copies of the headers the helper reads.
     let cookie = unsafe {
         bpf_tcp_raw_gen_syncookie_ipv4(
@@ -105,12 +122,21 @@ fn answer_v4(ctx: &XdpContext) -> Option<()> {
 
 // Not inlined: see `answer_v4`.
 #[inline(never)]
-fn answer_v6(ctx: &XdpContext) -> Option<()> {
+fn answer_v6(ctx: &XdpContext, tcp_len: usize) -> Option<()> {
     let packet = XdpPacket(ctx);
     let mut syn = Syn {
         ip: packet.read_fixed::<40>(ETH_HDR_LEN)?,
         tcp: syn_header(&packet, V6_L4)?,
     };
+    // ff00::/8: multicast.
+    if !unicast_macs(&packet)? || syn.ip[8] == 0xff || syn.ip[24] == 0xff {
+        return None;
+    }
+    // As for IPv4: the payload length covers the TCP header and fits.
+    let payload = usize::from(u16::from_be_bytes([syn.ip[4], syn.ip[5]]));
+    if payload < tcp_len || V6_L4 + payload > ctx.data_end() - ctx.data() {
+        return None;
+    }
     // SAFETY: fixed-size stack copies of the headers the helper reads.
     let cookie = unsafe {
         bpf_tcp_raw_gen_syncookie_ipv6(
@@ -137,6 +163,16 @@ fn answer_v6(ctx: &XdpContext) -> Option<()> {
     let tcp: &mut [u8; TCP_LEN] = (&mut frame[V6_L4..]).try_into().ok()?;
     syn_ack(tcp, cookie, pseudo);
     Some(())
+}
+
+/// Whether both MAC addresses are unicast (group bit clear). The kernel
+/// never answers a SYN sent to a broadcast or multicast address (one SYN
+/// would draw a SYN-ACK from every host that takes it), and the SYN-ACK
+/// goes back to the SYN's source MAC.
+#[inline(always)]
+fn unicast_macs(packet: &XdpPacket) -> Option<bool> {
+    let macs: [u8; 12] = packet.read_fixed(0)?;
+    Some(macs[0] & 1 == 0 && macs[6] & 1 == 0)
 }
 
 /// The SYN's TCP header with only its MSS option (if its first option is
@@ -186,6 +222,10 @@ fn syn_ack(tcp: &mut [u8; TCP_LEN], cookie: i64, pseudo: u32) {
 /// Resizes the packet to `N` bytes (dropping a SYN's payload and options,
 /// or growing an option-less SYN by the MSS option) and returns it.
 #[inline(always)]
+#[allow(
+    clippy::mut_from_ref,
+    reason = "the packet is not borrowed from the context; nothing else references it"
+)]
 fn frame<const N: usize>(ctx: &XdpContext) -> Option<&mut [u8; N]> {
     let delta = N as i32 - (ctx.data_end() - ctx.data()) as i32;
     // SAFETY: the helper checks the new length against the buffer.

@@ -61,8 +61,9 @@ pub fn judge(
     config: &Config,
     now: u64,
 ) -> Option<Judged> {
-    // Only TCP to a protected port (fragments and cut headers never are).
-    if config.syn_cookies == syn_cookies::OFF || flow.kind != L4::Tcp {
+    // Only TCP to a protected port (later fragments and cut headers never
+    // are); never an allow-listed source, whose SYNs the stack answers.
+    if config.syn_cookies == syn_cookies::OFF || flow.kind != L4::Tcp || state.allowlisted != 0 {
         return None;
     }
     let cookie_mode = flood_mode(config, flow.is_syn(), now) || state.cookie_until_ns > now;
@@ -119,16 +120,16 @@ pub fn judge(
 
 /// A SYN in cookie mode: answered from XDP when it can be (see
 /// [`synack`]), else passed for the kernel's own cookie. In monitor mode
-/// the program only counts, so the kernel answers. A SYN for a 4-tuple
-/// that still has a socket (a server-side TIME_WAIT a busy client reuses)
-/// goes to the kernel too: the final ACK would hit that socket, not the
-/// listener.
+/// the program only counts, so the kernel answers. XDP answers only a SYN
+/// that finds a listener: with no socket the kernel resets it, and a SYN
+/// for a 4-tuple that still has one (a server-side TIME_WAIT a busy client
+/// reuses) goes to the kernel too: the final ACK would hit that socket.
 #[inline(always)]
 fn cookie_syn(ctx: &XdpContext, flow: &Parsed, config: &Config) -> Judged {
     if config.syn_cookies == syn_cookies::XDP
         && config.mode != mode::MONITOR
         && synack::rewritable(flow)
-        && new_connection(ctx, flow)
+        && socket_state(ctx, flow) == Some(TCP_LISTEN)
         && synack::answer(ctx, flow).is_some()
     {
         count(Counter::SynCookieXdp);
@@ -212,16 +213,22 @@ fn valid_cookie(ctx: &XdpContext, flow: &Parsed) -> bool {
 /// connection carry the same cookie until the server sends data).
 #[inline(always)]
 fn new_connection(ctx: &XdpContext, flow: &Parsed) -> bool {
+    match socket_state(ctx, flow) {
+        Some(state) => state == TCP_LISTEN,
+        None => true,
+    }
+}
+
+/// The state of the socket the packet's 4-tuple finds (established or
+/// `TIME_WAIT`, else a listener); `None`: none, or unreadable.
+#[inline(always)]
+fn socket_state(ctx: &XdpContext, flow: &Parsed) -> Option<u32> {
     let packet = XdpPacket(ctx);
-    let Some(ports) = packet.load::<4>(flow.l4) else {
-        return true;
-    };
+    let ports = packet.load::<4>(flow.l4)?;
     // SAFETY: an all-zero tuple is a valid (empty) tuple.
     let mut tuple: bpf_sock_tuple = unsafe { core::mem::zeroed() };
     let size = if flow.ipv6 {
-        let Some(addrs) = packet.load::<32>(flow.l3 + 8) else {
-            return true;
-        };
+        let addrs = packet.load::<32>(flow.l3 + 8)?;
         // SAFETY: writing the IPv6 member of a zeroed union.
         let v6 = unsafe { &mut tuple.__bindgen_anon_1.ipv6 };
         for i in 0..4 {
@@ -242,9 +249,7 @@ fn new_connection(ctx: &XdpContext, flow: &Parsed) -> bool {
         v6.dport = u16::from_ne_bytes([ports[2], ports[3]]);
         36
     } else {
-        let Some(addrs) = packet.load::<8>(flow.l3 + 12) else {
-            return true;
-        };
+        let addrs = packet.load::<8>(flow.l3 + 12)?;
         // SAFETY: writing the IPv4 member of a zeroed union.
         let v4 = unsafe { &mut tuple.__bindgen_anon_1.ipv4 };
         v4.saddr = u32::from_ne_bytes([addrs[0], addrs[1], addrs[2], addrs[3]]);
@@ -265,12 +270,12 @@ fn new_connection(ctx: &XdpContext, flow: &Parsed) -> bool {
         )
     };
     if sk.is_null() {
-        return true;
+        return None;
     }
     // SAFETY: non-null socket reference from the lookup; `state` is readable
     // on a sock_common.
-    let listening = unsafe { (*sk).state } == TCP_LISTEN;
+    let state = unsafe { (*sk).state };
     // SAFETY: releases the reference taken by the lookup.
     unsafe { bpf_sk_release(sk.cast()) };
-    listening
+    Some(state)
 }
