@@ -283,3 +283,65 @@ fn a_real_source_over_budget_is_still_stopped() {
     assert!(gateway.counter("dropped_conn_budget") >= 1);
     assert!(gateway.counter("syn_cookies_sent") >= 1);
 }
+
+/// One SYN each from `count` distinct spoofed sources (10.77.1.0/24 up):
+/// no source is over its own budget, so only the listener-wide meter
+/// (`xdp.syn_flood_rate`) can see the flood.
+fn one_syn_per_source(topology: &Topology, count: u16) -> Vec<Vec<u8>> {
+    let mac = topology.server_mac();
+    (0..count)
+        .map(|i| {
+            let [hi, lo] = i.to_be_bytes();
+            let source = std::net::Ipv4Addr::new(10, 77, 1 + hi, lo.max(1));
+            let mut frame = TcpFrame::syn(source.into(), SERVER_V4.parse().unwrap(), PROTECTED);
+            frame.src_port = 30_000 + i;
+            frame.dst_mac = mac;
+            frame.build()
+        })
+        .collect()
+}
+
+/// A flood spread over many sources, each within its budget, switches every
+/// source to cookie mode past `xdp.syn_flood_rate`: the flood's SYNs are
+/// answered with cookies and charged to nobody, and a real client still
+/// completes its connects (with a cookie). Without the listener-wide rate
+/// the same SYNs all pass to the listener.
+#[test]
+fn a_flood_from_many_sources_puts_every_source_in_cookie_mode() {
+    if !require_root("a_flood_from_many_sources_puts_every_source_in_cookie_mode") {
+        return;
+    }
+    const SOURCES: u16 = 2_000;
+    let cookies_for = |flood_rate: &str| {
+        let topology = Topology::new();
+        let _listener = Listener::start(&topology.server, PROTECTED);
+        peer_takes_xdp_tx(&topology);
+        let gateway = Gateway::builder("")
+            .in_namespace(&topology.server)
+            .xdp(&PROTECTED.to_string())
+            .args(&["--syn-cookies", "xdp", "--syn-flood-rate", flood_rate])
+            .start();
+        topology.send_frames(one_syn_per_source(&topology, SOURCES));
+        let accepted = (0..CONNECTS)
+            .filter(|_| accepted(&topology, CLIENT_V4, SERVER_V4))
+            .count();
+        let status = gateway.status();
+        eprintln!("flood rate {flood_rate}: counters {}", status["counters"]);
+        let counters = &status["counters"];
+        let count = |name: &str| counters[name].as_u64().unwrap();
+        assert_eq!(accepted, CONNECTS, "{status}");
+        assert_eq!(count("dropped_conn_budget"), 0, "{status}");
+        (count("syn_cookies_sent"), count("syn_cookies_valid"))
+    };
+    // 2,000 SYNs at once against 100/s (burst 100): all but about the
+    // first second's worth go the cookie path.
+    let (sent, valid) = cookies_for("100");
+    assert!(sent >= u64::from(SOURCES) - 200, "cookies sent: {sent}");
+    // The client's connects were cookie handshakes too, then charged.
+    assert!(valid >= CONNECTS as u64, "valid cookies: {valid}");
+    assert_eq!(
+        cookies_for("0"),
+        (0, 0),
+        "no listener-wide rate: no cookies"
+    );
+}
