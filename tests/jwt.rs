@@ -9,7 +9,12 @@ use std::{
 };
 
 use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
-use gateway_tests::{cmd::openssl, fs::TempDir, gateway::Gateway, http::FakeUpstream};
+use gateway_tests::{
+    cmd::{openssl, openssl_key_pair, RSA_2048},
+    fs::TempDir,
+    gateway::Gateway,
+    http::FakeUpstream,
+};
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
 
@@ -26,21 +31,8 @@ struct RsaKey {
 
 impl RsaKey {
     fn new(dir: &Path, kid: &str) -> Self {
+        let (private_pem, public_pem) = openssl_key_pair(dir, kid, RSA_2048);
         let private = format!("{kid}.key");
-        let public = format!("{kid}.pub");
-        openssl(
-            dir,
-            &[
-                "genpkey",
-                "-algorithm",
-                "RSA",
-                "-pkeyopt",
-                "rsa_keygen_bits:2048",
-                "-out",
-                &private,
-            ],
-        );
-        openssl(dir, &["pkey", "-in", &private, "-pubout", "-out", &public]);
         let modulus = openssl(dir, &["rsa", "-in", &private, "-noout", "-modulus"]);
         let hex = modulus.trim().trim_start_matches("Modulus=");
         let bytes: Vec<u8> = (0..hex.len())
@@ -48,8 +40,8 @@ impl RsaKey {
             .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
             .collect();
         Self {
-            private_pem: std::fs::read(dir.join(&private)).unwrap(),
-            public_pem: dir.join(&public),
+            private_pem,
+            public_pem,
             kid: kid.to_owned(),
             jwk: json!({
                 "kty": "RSA", "use": "sig", "alg": "RS256", "kid": kid,

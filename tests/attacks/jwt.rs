@@ -12,7 +12,7 @@ use std::{
 
 use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
 use gateway_tests::{
-    cmd::openssl,
+    cmd::{openssl_key_pair, EC_P256, RSA_2048},
     fs::TempDir,
     gateway::Gateway,
     http::{pause, request_with_body, tiers_and_app, FakeUpstream},
@@ -30,33 +30,14 @@ struct Pair {
 }
 
 impl Pair {
-    fn new(dir: &Path, name: &str, algorithm: &[&str]) -> Self {
-        let (private, public) = (format!("{name}.key"), format!("{name}.pub"));
-        let mut args = vec!["genpkey"];
-        args.extend_from_slice(algorithm);
-        args.extend_from_slice(&["-out", &private]);
-        openssl(dir, &args);
-        openssl(dir, &["pkey", "-in", &private, "-pubout", "-out", &public]);
-        Self {
-            private: std::fs::read(dir.join(&private)).unwrap(),
-            public: dir.join(&public),
-        }
-    }
-
     fn rsa(dir: &Path, name: &str) -> Self {
-        Self::new(
-            dir,
-            name,
-            &["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"],
-        )
+        let (private, public) = openssl_key_pair(dir, name, RSA_2048);
+        Self { private, public }
     }
 
     fn ec(dir: &Path, name: &str) -> Self {
-        Self::new(
-            dir,
-            name,
-            &["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"],
-        )
+        let (private, public) = openssl_key_pair(dir, name, EC_P256);
+        Self { private, public }
     }
 
     fn rs256(&self, header: &Header, claims: &Value) -> String {

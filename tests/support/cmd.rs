@@ -1,7 +1,7 @@
 //! Running commands: each panics with the command's output when it fails,
 //! so a test reads as the happy path.
 use std::{
-    path::Path,
+    path::{Path, PathBuf},
     process::{Command, Output},
 };
 
@@ -27,6 +27,27 @@ pub fn sh(program: &str, args: &[&str]) -> Output {
 }
 
 /// Runs `openssl` in `dir`; panics with its stderr if it fails. Returns stdout.
+/// `openssl genpkey` arguments for a 2048-bit RSA key.
+pub const RSA_2048: &[&str] = &["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"];
+/// `openssl genpkey` arguments for a P-256 EC key.
+pub const EC_P256: &[&str] = &["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"];
+
+/// A key pair made by openssl in `dir` as `NAME.key` and `NAME.pub`
+/// (`algorithm`: [`RSA_2048`] or [`EC_P256`]): the private PEM's bytes and
+/// the public PEM's path.
+pub fn openssl_key_pair(dir: &Path, name: &str, algorithm: &[&str]) -> (Vec<u8>, PathBuf) {
+    let (private, public) = (format!("{name}.key"), format!("{name}.pub"));
+    let mut args = vec!["genpkey"];
+    args.extend_from_slice(algorithm);
+    args.extend_from_slice(&["-out", &private]);
+    openssl(dir, &args);
+    openssl(dir, &["pkey", "-in", &private, "-pubout", "-out", &public]);
+    (
+        std::fs::read(dir.join(&private)).unwrap(),
+        dir.join(&public),
+    )
+}
+
 pub fn openssl(dir: &Path, args: &[&str]) -> String {
     let output = checked(Command::new("openssl").args(args).current_dir(dir));
     String::from_utf8(output.stdout).unwrap()
