@@ -3,6 +3,7 @@
 //! types it fills stay free of it.
 pub mod keys;
 pub mod limits;
+pub mod reload;
 pub mod run;
 pub mod tokens;
 pub mod xdp;
@@ -31,6 +32,10 @@ pub enum Command {
     Xdp(xdp::XdpCommand),
     /// Validate a configuration file; errors name the offending key path.
     CheckConfig { file: std::path::PathBuf },
+    /// Make the running gateway re-read its configuration file (like
+    /// SIGHUP), through its admin API; an invalid file is refused with
+    /// check-config's message and a non-zero exit, and nothing changes.
+    Reload(reload::ReloadArgs),
     /// Manage API clients and keys: in the store, or through a running
     /// gateway's admin API (`--admin-url`).
     #[command(subcommand)]
@@ -50,6 +55,7 @@ impl Command {
             Command::Run(args) => run::run(args),
             Command::Xdp(command) => xdp::xdp_command(command),
             Command::CheckConfig { file } => run::check_config(&file),
+            Command::Reload(args) => reload::reload(args),
             Command::Keys(command) => keys::keys_command(command),
             Command::Limits(command) => limits::limits_command(command),
             Command::Tokens(command) => tokens::tokens_command(command),

@@ -16,6 +16,7 @@ use gateway::{
     jwt::JwtVerifier,
     keys::{KeyIndex, KeyStore, SqliteStore},
     proxy::workers,
+    reload::{self, Reloader},
     shared::Shared,
     tokens::TokenIssuer,
     xdp::{
@@ -41,7 +42,7 @@ impl From<ModeArg> for Mode {
     }
 }
 
-#[derive(Args)]
+#[derive(Args, Clone)]
 pub struct RunArgs {
     /// Configuration file (TOML); without it, the embedded defaults.
     #[arg(long)]
@@ -214,7 +215,8 @@ pub fn run(args: RunArgs) -> Result<()> {
             0 => std::thread::available_parallelism().map_or(1, usize::from),
             n => n,
         };
-        let (listeners, first_url) = bind_listeners(&config, workers)?;
+        let started = bind_listeners(&config, workers)?;
+        let first_url = started.urls.first().cloned();
         let kernel_attached = kernel
             .as_ref()
             .is_some_and(|k| matches!(k.enforcement(), Enforcement::Kernel { .. }));
@@ -238,6 +240,20 @@ pub fn run(args: RunArgs) -> Result<()> {
         }
         let shared = Shared::new(&config, index, jwt, userspace_bans, policy, tokens);
         shared.spawn_health_checks();
+        // SIGHUP and `POST /v1/reload`: the same file, the same overrides.
+        let overrides = args.clone();
+        let reloader = Arc::new(Reloader::new(
+            args.config.clone(),
+            Box::new(move |config| overrides.apply(config)),
+            &config,
+            &shared,
+            started.active,
+            workers,
+            kernel
+                .as_ref()
+                .and_then(KernelPath::pin_root)
+                .map(Path::to_path_buf),
+        ));
         tokio::spawn(shared.clone().sweep_guard(Duration::from_secs(5)));
         let (stop, stopped) = tokio::sync::watch::channel(false);
         if config.admin.enabled {
@@ -252,11 +268,15 @@ pub fn run(args: RunArgs) -> Result<()> {
             let admin = Admin::new(&config, shared.clone(), store.clone(), pin_root).with_context(
                 || format!("opening the audit log {}", config.admin.audit_log.display()),
             )?;
+            let admin = admin.with_reloader(reloader.clone());
             let admin = Arc::new(admin.with_events(kernel.as_ref().and_then(KernelPath::events)));
             tokio::spawn(admin.serve(listener));
         }
-        let servers = workers::spawn(&config, &shared, listeners, workers, stopped)
-            .context("starting worker threads")?;
+        let (servers, running) =
+            workers::spawn(&config, &shared, started.listeners, workers, stopped)
+                .context("starting worker threads")?;
+        reloader.attach(running);
+        tokio::spawn(reload_on_hangup(reloader.clone())?);
         match kernel.as_ref().map(KernelPath::enforcement) {
             Some(Enforcement::Kernel { attach }) => println!(
                 "ready: XDP attached to {} in {} mode, {:?}, ports {:?}, maps pinned at {}",
@@ -282,39 +302,27 @@ pub fn run(args: RunArgs) -> Result<()> {
     })
 }
 
-/// Binds every listener (one socket per worker) and prints its address;
-/// returns them with the first one's URL (the default token issuer).
-fn bind_listeners(
-    config: &Config,
-    workers: usize,
-) -> Result<(Vec<workers::Listener>, Option<String>)> {
-    let mut listeners = Vec::new();
-    let mut first_url = None;
-    for listener in &config.listeners {
-        let tls = match &listener.tls {
-            None => None,
-            Some(tls) => {
-                let mut names = tls.names.clone();
-                if names.is_empty() {
-                    names = vec!["localhost".into(), listener.address.ip().to_string()];
-                }
-                Some(
-                    gateway::proxy::tls::acceptor(tls, &config.state_dir, &names)
-                        .with_context(|| format!("TLS for listener {}", listener.address))?,
-                )
-            }
-        };
-        let sockets = workers::bind(listener.address, workers)
-            .with_context(|| format!("cannot listen on {}", listener.address))?;
-        let scheme = if tls.is_some() { "https" } else { "http" };
-        if let Some(first) = sockets.first() {
-            let url = format!("{scheme}://{}", first.local_addr()?);
-            println!("listening: {url}");
-            first_url.get_or_insert(url);
-        }
-        listeners.push(workers::Listener { sockets, tls });
+/// Binds every listener (one socket per worker) and prints its address.
+fn bind_listeners(config: &Config, workers: usize) -> Result<reload::Started> {
+    let started = reload::bind_listeners(config, workers)?;
+    for url in &started.urls {
+        println!("listening: {url}");
     }
-    Ok((listeners, first_url))
+    Ok(started)
+}
+
+/// Reloads the configuration file on each SIGHUP (the handler is in place
+/// when this returns, so a SIGHUP no longer stops the gateway).
+fn reload_on_hangup(reloader: Arc<Reloader>) -> Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hangup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
+    Ok(async move {
+        while hangup.recv().await.is_some() {
+            tracing::info!("SIGHUP: reloading the configuration");
+            // A refusal is logged; the running configuration keeps serving.
+            let _ = tokio::task::block_in_place(|| reloader.reload_logged());
+        }
+    })
 }
 
 /// The gateway's own token issuer, trusted by its own JWT verifier.
