@@ -229,7 +229,9 @@ impl Reloader {
     /// [`Reloader::reload`], logged: what changed and each key that needs a
     /// restart, or why the file was refused.
     pub fn reload_logged(&self) -> Result<ReloadReport, ReloadError> {
+        let started = std::time::Instant::now();
         let result = self.reload();
+        let took = started.elapsed();
         match &result {
             Ok(report) => {
                 for key in &report.restart_required {
@@ -239,6 +241,7 @@ impl Reloader {
                     changed = ?report.changed,
                     added = ?report.listeners_added,
                     removed = ?report.listeners_removed,
+                    ?took,
                     "configuration reloaded"
                 );
             }
