@@ -25,7 +25,7 @@ pub struct Cli {
 #[derive(Subcommand)]
 pub enum Command {
     /// Run the gateway (proxy, admin API, token endpoint and XDP kernel
-    /// path) until SIGINT or SIGTERM.
+    /// path) until SIGINT or SIGTERM; SIGHUP reloads its configuration file.
     Run(run::RunArgs),
     /// Inspect or change the kernel path of a running gateway.
     #[command(subcommand)]

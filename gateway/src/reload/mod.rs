@@ -172,8 +172,12 @@ impl Reloader {
         let tiers = next.tiers.iter().map(|t| t.name.clone()).collect();
         let jwt =
             (running.shared.jwt.reconfigured(&next.issuers, tiers)).map_err(|e| invalid(&e))?;
-        if let Some(root) = &self.pin_root {
-            crate::xdp::reconfigure(root, &next.xdp_settings()).map_err(|error| {
+        let kernel = next.xdp_settings();
+        // Rewriting the port table is 65,536 map calls: only on a change.
+        let kernel_changed =
+            format!("{kernel:?}") != format!("{:?}", running.config.xdp_settings());
+        if let Some(root) = self.pin_root.as_ref().filter(|_| kernel_changed) {
+            crate::xdp::reconfigure(root, &kernel).map_err(|error| {
                 ReloadError::Refused(format!("writing the kernel's settings: {error}"))
             })?;
         }
