@@ -21,6 +21,7 @@ use std::{
 use gateway_tests::{
     gateway::Gateway,
     http::{get_from, pause, request, request_with_body, tiers_and_app, FakeUpstream, Reply},
+    require_root, Topology,
 };
 
 /// The test's part of the config file, rewritten for each reload.
@@ -438,4 +439,42 @@ fn gateway_reload_exits_non_zero_naming_the_key_and_warns_of_restart_keys() {
         serde_json::json!(["xdp.interface"])
     );
     assert_eq!(reply.json()["changed"], serde_json::json!([]));
+}
+
+#[test]
+fn a_reload_writes_the_kernel_budget_and_mode_and_keeps_command_line_overrides() {
+    if !require_root("a_reload_writes_the_kernel_budget_and_mode_and_keeps_command_line_overrides")
+    {
+        return;
+    }
+    let topology = Topology::new();
+    let gateway = Gateway::builder("")
+        .in_namespace(&topology.server)
+        .xdp("8080")
+        .args(&["--syn-burst", "77"])
+        .capture_stderr()
+        .start();
+    let file = ConfigFile::of(&gateway, "");
+    let before = gateway.status();
+    assert_eq!(before["mode"], "enforce");
+    assert_eq!(before["default_budget"]["syn_burst"], 77);
+
+    // The file's budget and mode apply; --syn-burst still wins; a bad
+    // value is refused and changes nothing in the kernel.
+    file.write("[xdp]\ndefault_pkt_burst = 0\n");
+    let refused = hangup(&gateway);
+    assert!(
+        refused.contains("reload refused") && refused.contains("xdp.default_pkt_burst"),
+        "{refused}"
+    );
+    assert_eq!(gateway.status()["default_budget"], before["default_budget"]);
+    file.write("[xdp]\ndefault_syn_rate = 123\ndefault_syn_burst = 500\nmode = \"monitor\"\n");
+    let outcome = hangup(&gateway);
+    assert!(outcome.contains("configuration reloaded"), "{outcome}");
+    let after = gateway.status();
+    assert_eq!(after["mode"], "monitor");
+    assert_eq!(after["default_budget"]["syn_per_sec"], 123);
+    assert_eq!(after["default_budget"]["syn_burst"], 77);
+    assert_eq!(after["owner_pid"], before["owner_pid"]);
+    assert_eq!(after["program_id"], before["program_id"]);
 }
