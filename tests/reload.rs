@@ -583,3 +583,52 @@ fn a_reload_reads_certificates_again_and_a_bad_one_keeps_the_old() {
     assert!(trusted(port, &ca_b));
     assert_eq!(upstream.requests().len(), 3);
 }
+
+#[test]
+fn a_request_in_flight_finishes_and_its_http2_connection_serves_the_new_configuration() {
+    let upstream = FakeUpstream::start(Some(Duration::from_millis(1500)));
+    let route = |prefix: &str| {
+        tiers_and_app(upstream.addr)
+            + &format!(
+                "\n[[routes]]\npath_prefix = \"{prefix}\"\nupstream = \"app\"\nauth = \"none\"\n\n\
+                 [[listeners]]\naddress = \"127.0.0.1:0\"\n[listeners.tls]\n"
+            )
+    };
+    let body = route("/slow/");
+    let builder = Gateway::builder(&body);
+    let admin_key = builder.create_key_with("gold", &["--admin"]);
+    let gateway = builder.start();
+    let file = ConfigFile::of(&gateway, &body);
+    // curl over HTTP/2 (TLS, ALPN; the self-signed certificate): /slow/x,
+    // then on the same connection /other/y, a route only the reloaded
+    // configuration has. (curl 7.88 cannot reuse an h2c connection.)
+    let base = gateway.listeners[1].clone();
+    let curl = thread::spawn(move || {
+        let output = std::process::Command::new("curl")
+            .args(["-sS", "--max-time", "20", "--http2", "--insecure"])
+            .args(["-w", "%{http_code} %{http_version} %{num_connects}\n"])
+            .args(["-o", "/dev/null", &format!("{base}/slow/x")])
+            .args(["-o", "/dev/null", &format!("{base}/other/y")])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while upstream.requests().is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the request never reached the upstream"
+        );
+        pause(Duration::from_millis(10));
+    }
+
+    // The route it took is gone while it waits for the upstream.
+    file.write(&route("/other/"));
+    let reply = reload(&gateway, &admin_key);
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(gateway.get("/slow/y", &[]).status, 404);
+    // Both answered, on one connection (the second made no new connect).
+    assert_eq!(curl.join().unwrap(), "200 2 1\n200 2 0\n");
+    let targets: Vec<String> = upstream.requests().into_iter().map(|s| s.target).collect();
+    assert_eq!(targets, ["/slow/x", "/other/y"]);
+}
