@@ -4,6 +4,7 @@
 pub mod keys;
 pub mod limits;
 pub mod run;
+pub mod takeover;
 pub mod tokens;
 pub mod xdp;
 
