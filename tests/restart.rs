@@ -113,6 +113,7 @@ fn client_loop(
             return;
         }
         let id = format!("{name}-{n}");
+        let fresh = connection.is_none();
         let mut stream = match connection.take() {
             Some(stream) => stream,
             None => match TcpStream::connect_timeout(&addr, Duration::from_secs(5)) {
@@ -135,9 +136,18 @@ fn client_loop(
                 }
             }
             Ok((status, _)) => tally.fail(&tally.failed, format!("{id}: status {status}")),
+            // Reset before a byte of answer on a new connection: it sat in
+            // the backlog of a listening socket that was closed.
+            Err(error) if fresh && error.kind() == std::io::ErrorKind::ConnectionReset => {
+                tally.fail(&tally.refused, format!("{id}: {error}"))
+            }
             Err(error) => tally.fail(&tally.failed, format!("{id}: {error}")),
         }
-        pause(Duration::from_millis(5));
+        // Kept-alive loops pace themselves; new connections come as fast
+        // as they are answered, so some always wait in an accept queue.
+        if keep_alive {
+            pause(Duration::from_millis(5));
+        }
     }
 }
 
@@ -164,6 +174,8 @@ fn a_client_loop_across_a_restart_sees_no_refused_connection_and_no_failed_reque
         ("keepalive-b", true),
         ("fresh-a", false),
         ("fresh-b", false),
+        ("fresh-c", false),
+        ("fresh-d", false),
     ]
     .into_iter()
     .map(|(name, keep_alive)| {
@@ -180,19 +192,23 @@ fn a_client_loop_across_a_restart_sees_no_refused_connection_and_no_failed_reque
     };
     served(100);
 
-    // The new gateway takes the sockets over while the old one serves.
-    let mut old = gateway.start_successor();
-    assert!(
-        gateway
-            .stderr_text()
-            .contains("took over the listening sockets"),
-        "{}",
-        gateway.stderr_text()
-    );
-    served(100);
-    let status = signal_and_wait(&mut old, libc::SIGTERM, WITHIN).expect("the old gateway exits");
-    assert!(status.success(), "the old gateway exited with {status}");
-    served(100);
+    // Twice: the second restart takes over sockets the first one inherited.
+    for _ in 0..2 {
+        // The new gateway takes the sockets over while the old one serves.
+        let mut old = gateway.start_successor();
+        assert!(
+            gateway
+                .stderr_text()
+                .contains("took over the listening sockets"),
+            "{}",
+            gateway.stderr_text()
+        );
+        served(100);
+        let status =
+            signal_and_wait(&mut old, libc::SIGTERM, WITHIN).expect("the old gateway exits");
+        assert!(status.success(), "the old gateway exited with {status}");
+        served(100);
+    }
     stop.store(true, Ordering::Relaxed);
     for handle in loops {
         handle.join().unwrap();
@@ -216,7 +232,7 @@ fn a_client_loop_across_a_restart_sees_no_refused_connection_and_no_failed_reque
         "failed: {errors:?}"
     );
     let ok = tally.ok.load(Ordering::Relaxed);
-    assert!(ok >= 300, "{ok} requests answered");
+    assert!(ok >= 500, "{ok} requests answered");
     // The upstream saw every answered request exactly once, and nothing else.
     let seen: Vec<String> = upstream
         .requests()
@@ -231,7 +247,7 @@ fn a_client_loop_across_a_restart_sees_no_refused_connection_and_no_failed_reque
     );
     let unique: BTreeSet<String> = seen.into_iter().collect();
     assert_eq!(&unique, &*tally.answered.lock().unwrap());
-    // Both processes served part of the loop.
+    // The newest process served part of the loop, not all of it.
     let new_served = gateway
         .access_log()
         .iter()
