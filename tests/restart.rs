@@ -379,3 +379,104 @@ fn a_request_past_the_drain_timeout_is_cut_and_the_gateway_exits() {
         gateway.stderr_text()
     );
 }
+
+/// Reads one HTTP/2 frame: (type, flags, stream, payload).
+fn read_frame(stream: &mut TcpStream) -> std::io::Result<(u8, u8, u32, Vec<u8>)> {
+    let mut head = [0u8; 9];
+    stream.read_exact(&mut head)?;
+    let length = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+    let id = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+    let mut payload = vec![0; length];
+    stream.read_exact(&mut payload)?;
+    Ok((head[3], head[4], id, payload))
+}
+
+const HEADERS: u8 = 0x1;
+const SETTINGS: u8 = 0x4;
+const PING: u8 = 0x6;
+const GOAWAY: u8 = 0x7;
+const ACK: u8 = 0x1;
+
+#[test]
+fn idle_connections_are_closed_by_the_drain_http2_with_goaway() {
+    let upstream = FakeUpstream::start(None);
+    let builder = Gateway::builder(&config(upstream.addr, "30s")).capture_stderr();
+    let key = builder.create_key("unhurried");
+    let mut gateway = builder.start();
+    let addr = gateway.addr;
+    // HTTP/1.1: one answered request, then idle on a kept-alive connection.
+    let mut http1 = TcpStream::connect(addr).unwrap();
+    http1.set_read_timeout(Some(WITHIN)).unwrap();
+    assert_eq!(get(&mut http1, addr, &key, "h1").unwrap(), (200, false));
+    // h2c (prior knowledge): GET / on stream 1, answered (a 404 here).
+    let mut http2 = TcpStream::connect(addr).unwrap();
+    http2.set_read_timeout(Some(WITHIN)).unwrap();
+    http2
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .unwrap();
+    http2
+        .write_all(&[0, 0, 0, SETTINGS, 0, 0, 0, 0, 0])
+        .unwrap();
+    // HEADERS, END_STREAM | END_HEADERS, stream 1: GET, http, / (HPACK static).
+    http2
+        .write_all(&[0, 0, 3, HEADERS, 0x5, 0, 0, 0, 1, 0x82, 0x86, 0x84])
+        .unwrap();
+    let answered = (0..20).any(|_| {
+        let (kind, flags, id, _) = read_frame(&mut http2).unwrap();
+        if kind == SETTINGS && flags & ACK == 0 {
+            http2
+                .write_all(&[0, 0, 0, SETTINGS, ACK, 0, 0, 0, 0])
+                .unwrap();
+        }
+        kind == HEADERS && id == 1
+    });
+    assert!(answered, "no answer on stream 1");
+
+    let mut process = gateway.take_child();
+    let pid = libc::pid_t::try_from(process.id()).unwrap();
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    // HTTP/2: GOAWAY, a PING (answered, as clients do), the final GOAWAY
+    // naming stream 1 the last processed, then the connection closes.
+    let mut goaways = Vec::new();
+    for _ in 0..20 {
+        let Ok((kind, flags, _, payload)) = read_frame(&mut http2) else {
+            break;
+        };
+        match kind {
+            GOAWAY => goaways.push(payload),
+            PING if flags & ACK == 0 => {
+                http2.write_all(&[0, 0, 8, PING, ACK, 0, 0, 0, 0]).unwrap();
+                http2.write_all(&payload).unwrap();
+            }
+            _ => {}
+        }
+    }
+    let last = goaways
+        .last()
+        .expect("a GOAWAY before the connection closes");
+    assert_eq!(last.len(), 8, "{last:?}");
+    assert_eq!(
+        u32::from_be_bytes(last[0..4].try_into().unwrap()),
+        1,
+        "last stream"
+    );
+    assert_eq!(
+        u32::from_be_bytes(last[4..8].try_into().unwrap()),
+        0,
+        "NO_ERROR"
+    );
+    // HTTP/1.1: the idle connection is closed.
+    let mut byte = [0u8; 1];
+    assert_eq!(http1.read(&mut byte).unwrap(), 0, "closed by the gateway");
+    // Nothing was left in flight: the gateway exits without waiting out
+    // drain_timeout's 30 s.
+    let status = signal_and_wait(&mut process, 0, WITHIN).expect("the drained gateway exits");
+    assert!(status.success(), "exited with {status}");
+    assert!(!gateway.stderr_text().contains("drain_timeout passed"));
+    assert_eq!(
+        upstream.requests().len(),
+        1,
+        "the upstream saw the HTTP/1.1 request"
+    );
+}
