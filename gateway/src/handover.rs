@@ -266,9 +266,27 @@ impl Offer {
                 Ok((stream, _)) => stream,
                 Err(error) => {
                     tracing::warn!(%error, "accepting a listener hand-over request failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
             };
+            // Besides the file's mode: only this user (or root) gets the sockets.
+            // SAFETY: geteuid has no preconditions.
+            let euid = unsafe { libc::geteuid() };
+            match stream.peer_cred() {
+                Ok(cred) if cred.uid() == euid || cred.uid() == 0 => {}
+                Ok(cred) => {
+                    tracing::warn!(
+                        uid = cred.uid(),
+                        "refused a listener hand-over to another user"
+                    );
+                    continue;
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "a listener hand-over request has no credentials");
+                    continue;
+                }
+            }
             let sockets = self.sockets.clone();
             // Blocking (and bounded): off the control runtime's thread.
             let read = tokio::task::spawn_blocking(move || {
