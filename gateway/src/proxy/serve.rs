@@ -138,28 +138,26 @@ impl Gateway {
         // (HTTP/2: GOAWAY), and dropped if the peer lingers as long again.
         let mut ticker = tokio::time::interval(header_timeout / 2);
         let mut closing_since: Option<Instant> = None;
-        let mut draining = *shutdown.borrow_and_update();
-        activity.set_draining(draining);
-        let mut drain_ticker = tokio::time::interval(drain::TICK);
+        let mut draining = false;
         let result = loop {
             tokio::select! {
                 result = connection.as_mut() => break Some(result),
                 _ = shutdown.changed(), if !draining => {
                     draining = true;
                     activity.set_draining(true);
-                }
-                // Draining: HTTP/2 gets GOAWAY at once (its streams finish);
-                // HTTP/1 closes once idle, or after its next response.
-                _ = drain_ticker.tick(), if draining && closing_since.is_none() => {
-                    if activity.is_http2() || activity.idle_for(monotonic_ns()) >= drain::IDLE_GRACE {
-                        connection.as_mut().graceful_shutdown();
-                        closing_since = Some(Instant::now());
-                    }
+                    ticker = tokio::time::interval(drain::TICK);
                 }
                 _ = ticker.tick() => match closing_since {
                     Some(since) if since.elapsed() >= header_timeout => break None,
                     Some(_) => {}
-                    None if activity.idle_for(monotonic_ns()) >= header_timeout => {
+                    // Draining: HTTP/2 gets GOAWAY at once (its streams
+                    // finish); HTTP/1 closes once idle for the grace, or
+                    // after its next response (`Connection: close`).
+                    None if activity.idle_for(monotonic_ns()) >= header_timeout
+                        || (draining
+                            && (activity.is_http2()
+                                || activity.idle_for(monotonic_ns()) >= drain::IDLE_GRACE)) =>
+                    {
                         connection.as_mut().graceful_shutdown();
                         closing_since = Some(Instant::now());
                     }
