@@ -171,6 +171,8 @@ pub fn run(args: RunArgs) -> Result<()> {
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(async {
+        // Before anything binds: a gateway still running here hands over its sockets.
+        let mut inherited = super::takeover::take(&config)?;
         let mut kernel = if config.xdp.enabled {
             Some(KernelPath::start(&settings).context("starting the XDP kernel path")?)
         } else {
@@ -214,7 +216,7 @@ pub fn run(args: RunArgs) -> Result<()> {
             0 => std::thread::available_parallelism().map_or(1, usize::from),
             n => n,
         };
-        let (listeners, first_url) = bind_listeners(&config, workers)?;
+        let (listeners, first_url) = bind_listeners(&config, workers, &mut inherited)?;
         let kernel_attached = kernel
             .as_ref()
             .is_some_and(|k| matches!(k.enforcement(), Enforcement::Kernel { .. }));
@@ -240,10 +242,20 @@ pub fn run(args: RunArgs) -> Result<()> {
         shared.spawn_health_checks();
         tokio::spawn(shared.clone().sweep_guard(Duration::from_secs(5)));
         let (stop, stopped) = tokio::sync::watch::channel(false);
-        if config.admin.enabled {
-            let listener = tokio::net::TcpListener::bind(config.admin.address)
-                .await
-                .with_context(|| format!("cannot listen on {} (admin)", config.admin.address))?;
+        let admin_socket = match config.admin.enabled {
+            true => Some(
+                super::takeover::admin_socket(&mut inherited, config.admin.address).with_context(
+                    || format!("cannot listen on {} (admin)", config.admin.address),
+                )?,
+            ),
+            false => None,
+        };
+        super::takeover::close_unclaimed(inherited);
+        let proxy_sockets: Vec<_> = listeners.iter().flat_map(|l| &l.sockets).collect();
+        let offer = super::takeover::offer(&config, &proxy_sockets, admin_socket.as_ref());
+        let mut admin_task = None;
+        if let Some(socket) = admin_socket {
+            let listener = tokio::net::TcpListener::from_std(socket)?;
             println!("admin: http://{}", listener.local_addr()?);
             let pin_root = kernel
                 .as_ref()
@@ -253,7 +265,7 @@ pub fn run(args: RunArgs) -> Result<()> {
                 || format!("opening the audit log {}", config.admin.audit_log.display()),
             )?;
             let admin = Arc::new(admin.with_events(kernel.as_ref().and_then(KernelPath::events)));
-            tokio::spawn(admin.serve(listener));
+            admin_task = Some(tokio::spawn(admin.serve(listener)));
         }
         let servers = workers::spawn(&config, &shared, listeners, workers, stopped)
             .context("starting worker threads")?;
@@ -271,8 +283,19 @@ pub fn run(args: RunArgs) -> Result<()> {
             }
             None => println!("ready: kernel path disabled (xdp.enabled = false)"),
         }
-        wait_for_shutdown().await?;
-        tracing::info!("shutting down: closing listeners");
+        let (release, releases) = tokio::sync::mpsc::channel(1);
+        let offering = offer.map(|offer| tokio::spawn(offer.serve(Some(release))));
+        super::takeover::until_shutdown(wait_for_shutdown(), releases, kernel.as_mut()).await?;
+        tracing::info!(
+            drain_timeout = ?config.limits.drain_timeout,
+            "shutting down: closing listeners, draining connections"
+        );
+        // Stop offering and accepting first; a gateway that took the
+        // sockets over keeps them open and accepts what is queued.
+        for task in offering.into_iter().chain(admin_task) {
+            task.abort();
+            let _ = task.await;
+        }
         let _ = stop.send(true);
         for server in servers {
             let _ = tokio::task::spawn_blocking(move || server.join()).await;
@@ -287,6 +310,7 @@ pub fn run(args: RunArgs) -> Result<()> {
 fn bind_listeners(
     config: &Config,
     workers: usize,
+    inherited: &mut gateway::handover::Inherited,
 ) -> Result<(Vec<workers::Listener>, Option<String>)> {
     let mut listeners = Vec::new();
     let mut first_url = None;
@@ -304,7 +328,7 @@ fn bind_listeners(
                 )
             }
         };
-        let sockets = workers::bind(listener.address, workers)
+        let sockets = super::takeover::proxy_sockets(inherited, listener.address, workers)
             .with_context(|| format!("cannot listen on {}", listener.address))?;
         let scheme = if tls.is_some() { "https" } else { "http" };
         if let Some(first) = sockets.first() {
@@ -386,9 +410,11 @@ fn spawn_writer(kernel: &KernelPath, writer: PolicyWriter) -> Result<()> {
 async fn wait_for_shutdown() -> Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut terminate = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+    let mut quit = signal(SignalKind::quit()).context("installing SIGQUIT handler")?;
     tokio::select! {
         result = tokio::signal::ctrl_c() => result.context("waiting for SIGINT")?,
         _ = terminate.recv() => {}
+        _ = quit.recv() => {}
     }
     Ok(())
 }

@@ -9,7 +9,7 @@ use socket2::{Domain, Socket, Type};
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
-use super::Gateway;
+use super::{drain::OpenConnections, Gateway};
 use crate::{config::Config, shared::Shared};
 
 /// One listener as every worker sees it.
@@ -81,7 +81,9 @@ fn run_worker(
             return;
         }
     };
+    let drain_timeout = gateway.limits.drain_timeout;
     runtime.block_on(async move {
+        let open = OpenConnections::default();
         let mut serving = Vec::new();
         for (socket, tls) in sockets {
             match tokio::net::TcpListener::from_std(socket) {
@@ -90,6 +92,7 @@ fn run_worker(
                         listener,
                         tls,
                         stopped.clone(),
+                        open.clone(),
                     )));
                 }
                 Err(error) => tracing::error!(%error, "a worker cannot use its listener socket"),
@@ -97,6 +100,15 @@ fn run_worker(
         }
         for task in serving {
             let _ = task.await;
+        }
+        // Stopped: the listeners are closed; connections drain.
+        let cut = open.drain(drain_timeout).await;
+        if cut > 0 {
+            tracing::warn!(
+                connections = cut,
+                ?drain_timeout,
+                "limits.drain_timeout passed: cutting the connections still open"
+            );
         }
     });
 }
