@@ -165,7 +165,7 @@ pub fn announcement(demo: &Demo, ready: &Ready, gateway: &Path) -> String {
          A demo client (tier {DEMO_TIER}: 10 requests a minute) and its API key, shown\n\
          this once (the store keeps only a hash). Paste these lines into one shell:\n\n  \
          KEY={key}\n  \
-         curl -i -H \"X-API-Key: $KEY\" {url}\n\n\
+         curl -si -H \"X-API-Key: $KEY\" {url}\n\n\
          A 200 from {upstream}, showing the identity the gateway\n\
          added. The same {LOOP} times: past the limit the gateway answers 429 itself:\n\n  \
          for i in $(seq {LOOP}); do curl -s -o /dev/null -D - -H \"X-API-Key: $KEY\" {url} \
@@ -265,7 +265,10 @@ pub fn spawn(mut command: Command) -> Result<Running> {
 pub fn run(gateway: &Path, args: &[String]) -> Result<()> {
     let own_config = (args.iter()).any(|a| a == "--config" || a.starts_with("--config="));
     let demo = match own_config {
-        true => None,
+        true => {
+            eprintln!("demo: off (your own --config): no demo upstream, no demo key");
+            None
+        }
         false => Some(prepare(gateway, &std::env::current_dir()?)?),
     };
     let mut command = Command::new(gateway);
