@@ -48,6 +48,9 @@ pub struct Demo {
     pub upstream: Option<Upstream>,
     /// The demo key, made only on a fresh store; printed once, never logged.
     pub key: Option<String>,
+    /// The demo client's id, to revoke it if the gateway never gets ready
+    /// (so the next run, on a store fresh again, shows the block).
+    client: Option<String>,
     /// The directory the gateway runs in (its default store and state dir).
     pub dir: PathBuf,
 }
@@ -69,11 +72,24 @@ pub fn prepare(gateway: &Path, dir: &Path) -> Result<Demo> {
         }
         Err(e) => return Err(e).with_context(|| format!("demo upstream on {addr}")),
     };
+    let (client, key) = demo_key(gateway, dir)?.unzip();
     Ok(Demo {
         upstream,
-        key: demo_key(gateway, dir)?,
+        key,
+        client,
         dir: dir.to_owned(),
     })
+}
+
+impl Demo {
+    /// Revokes the demo client made for a run that never got ready: its
+    /// key was never shown, and the store is fresh for the next run.
+    pub fn forget(&self, gateway: &Path) -> Result<()> {
+        if let Some(client) = &self.client {
+            keys(gateway, &self.dir, &["revoke", client])?;
+        }
+        Ok(())
+    }
 }
 
 /// `gateway keys ...` on the embedded defaults' store, in `dir`.
@@ -96,8 +112,8 @@ fn keys(gateway: &Path, dir: &Path, args: &[&str]) -> Result<serde_json::Value> 
     serde_json::from_slice(&output.stdout).context("gateway keys printed no JSON")
 }
 
-/// A new demo client's key if the store has no client yet, else `None`.
-fn demo_key(gateway: &Path, dir: &Path) -> Result<Option<String>> {
+/// A new demo client (id, key) if the store has no client yet, else `None`.
+fn demo_key(gateway: &Path, dir: &Path) -> Result<Option<(String, String)>> {
     let list = keys(gateway, dir, &["list"])?;
     if list["total"].as_u64() != Some(0) {
         return Ok(None);
@@ -107,10 +123,11 @@ fn demo_key(gateway: &Path, dir: &Path) -> Result<Option<String>> {
         dir,
         &["create", "--name", "demo", "--tier", DEMO_TIER],
     )?;
-    let key = created["api_key"]
-        .as_str()
-        .context("no api_key in keys create's answer")?;
-    Ok(Some(key.to_owned()))
+    let field = |name: &str| {
+        (created[name].as_str().map(str::to_owned))
+            .with_context(|| format!("no {name} in keys create's answer"))
+    };
+    Ok(Some((field("id")?, field("api_key")?)))
 }
 
 /// What `gateway run` said on stdout before `ready:`.
@@ -278,7 +295,15 @@ pub fn run(gateway: &Path, args: &[String]) -> Result<()> {
     } else {
         command.args(args);
     }
-    let running = spawn(command)?;
+    let running = match spawn(command) {
+        Ok(running) => running,
+        Err(error) => {
+            if let Some(demo) = &demo {
+                demo.forget(gateway)?;
+            }
+            return Err(error);
+        }
+    };
     // Ctrl-C reaches the gateway too (one process group): let it shut down
     // and print its last lines through us rather than die first.
     // SAFETY: setting a signal disposition; no handler runs.

@@ -34,6 +34,28 @@ fn ready_lines_give_the_urls_and_the_pin_root() {
     assert_eq!(ready.pin_root, Some(PathBuf::from("/sys/fs/bpf/x")));
 }
 
+#[test]
+fn a_run_that_never_got_ready_leaves_the_store_fresh() {
+    let dir = TempDir::new("demo-forget");
+    let gateway = gateway_bin();
+    let (client, _key) = demo_key(&gateway, &dir.path).unwrap().unwrap();
+    assert!(
+        demo_key(&gateway, &dir.path).unwrap().is_none(),
+        "not fresh any more"
+    );
+    let demo = Demo {
+        upstream: None,
+        key: None,
+        client: Some(client),
+        dir: dir.path.clone(),
+    };
+    demo.forget(&gateway).unwrap();
+    assert!(
+        demo_key(&gateway, &dir.path).unwrap().is_some(),
+        "fresh again"
+    );
+}
+
 /// The gateway started by the test: stopped, and its pins removed (which
 /// detaches its program), even when the test fails.
 struct Stop {
