@@ -222,6 +222,7 @@ impl Metrics {
             "Requests the gateway refused for a ban, by what is banned: source (without XDP), \
              forwarded_address, client_at_address.",
         );
+        // Each kind at zero from the start too (the names `record` uses).
         for ban in ["source", "forwarded_address", "client_at_address"] {
             banned.entry(ban).or_insert(0);
         }
