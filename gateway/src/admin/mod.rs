@@ -22,6 +22,7 @@
 pub mod audit;
 mod clients;
 pub mod events;
+mod scrape;
 
 use std::{convert::Infallible, net::SocketAddr, path::PathBuf, sync::Arc};
 
@@ -70,6 +71,10 @@ pub struct Admin {
     events: Option<EventHub>,
     /// [`events::MAX_FOLLOWERS`].
     followers: Arc<tokio::sync::Semaphore>,
+    /// `xdp.max_bans`, `xdp.max_prefix_bans`: the ban maps' sizes.
+    ban_map_capacity: (u32, u32),
+    /// The certificates the TLS listeners serve (for their expiry).
+    certificates: Vec<crate::metrics::ops::Certificate>,
 }
 
 /// Why the admin API refused a request.
@@ -209,6 +214,8 @@ impl Admin {
             connections: Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS)),
             events: None,
             followers: Arc::new(tokio::sync::Semaphore::new(events::MAX_FOLLOWERS)),
+            ban_map_capacity: (config.xdp.max_bans, config.xdp.max_prefix_bans),
+            certificates: scrape::certificates(config),
         })
     }
 
@@ -396,7 +403,7 @@ impl Admin {
             })
         });
         let bans_active = Some(kernel_bans.unwrap_or(0) + shared.userspace_bans.active(now));
-        let text = shared.metrics.render(&Gauges {
+        let mut text = shared.metrics.render(&Gauges {
             pools: shared.pool_gauges(),
             guard: &shared.guard.counters,
             bans_active,
@@ -405,6 +412,14 @@ impl Admin {
             bans_full: shared.policy.full_counters(),
             keys: shared.keys.len(),
         });
+        crate::metrics::ops::render(
+            &mut text,
+            &crate::metrics::ops::Ops {
+                policy_failed: shared.policy.failed(),
+                ban_maps: (maps.as_ref()).map(|m| scrape::ban_maps(m, self.ban_map_capacity)),
+                certificates: &self.certificates,
+            },
+        );
         let mut response = Response::new(Full::new(Bytes::from(text)));
         response.headers_mut().insert(
             header::CONTENT_TYPE,
