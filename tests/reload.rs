@@ -247,7 +247,8 @@ fn traffic_on_kept_and_new_connections_sees_no_error_through_twenty_reloads() {
     assert!(failures.is_empty(), "{failures:?}");
     let ok = ok.load(Ordering::Relaxed);
     eprintln!("{ok} requests answered through 20 reloads, half of them on new connections");
-    assert!(ok >= 2 * 10 * 21, "{ok} requests answered");
+    // At least 10 between reloads (the rounds wait for them).
+    assert!(ok >= 10 * 21, "{ok} requests answered");
     // The upstream saw every answered request, once.
     let seen = upstream.requests();
     assert_eq!(seen.len() as u64, ok);

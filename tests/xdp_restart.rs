@@ -389,3 +389,81 @@ fn a_gateway_is_refused_a_pin_root_another_one_is_still_starting_on() {
     assert!(!detach.status.success(), "detach during a start");
     assert!(stderr.contains("held by another gateway"), "{stderr}");
 }
+
+#[test]
+fn an_overlapping_restart_hands_the_kernel_path_over_and_the_ban_holds_throughout() {
+    if !require_root(
+        "an_overlapping_restart_hands_the_kernel_path_over_and_the_ban_holds_throughout",
+    ) {
+        return;
+    }
+    let topology = Topology::new();
+    let _listener = Listener::start(&topology.server, PROTECTED);
+    let mut gateway = protecting(&topology, "", &[]).capture_stderr().start();
+    gateway.xdp(&["ban", CLIENT_V4, "--for", "60s"]);
+    assert!(!topology.connects(CLIENT_V4, SERVER_V4, PROTECTED, DROPPED));
+    let before = attached_xdp_program_ids(&topology.server, SERVER_IF);
+    assert_eq!(before.len(), 1, "{before:?}");
+    let bans_map = map_id(&gateway.pin_root, "GW_BANS");
+    let link_before = gateway.status()["link_id"].as_u64().unwrap();
+    let left_before = ban_left_ms(&gateway, CLIENT_V4);
+
+    let done = AtomicBool::new(false);
+    let (mut old, (looks, odd)) = std::thread::scope(|scope| {
+        let watcher = scope.spawn(|| watch_attached(&topology, &done));
+        let done_guard = Done(&done);
+        // The new gateway starts while the old one runs: it is handed the
+        // pin root (not refused, not userspace-only) and swaps its program in.
+        let old = gateway.start_successor();
+        assert!(
+            gateway.ready_line.starts_with("ready: XDP attached"),
+            "{}",
+            gateway.ready_line
+        );
+        assert!(
+            gateway
+                .stderr_text()
+                .contains("handed off the XDP pin root"),
+            "{}",
+            gateway.stderr_text()
+        );
+        let status = gateway.status();
+        assert_eq!(status["owner_pid"], gateway.pid().unwrap(), "{status}");
+        assert_eq!(status["owner_running"], true, "{status}");
+        // Both run: the kernel drops the banned source.
+        assert!(!topology.connects(CLIENT_V4, SERVER_V4, PROTECTED, DROPPED));
+        assert!(topology.connects(CLIENT2_V4, SERVER_V4, PROTECTED, OK));
+        drop(done_guard);
+        (old, watcher.join().unwrap())
+    });
+    assert!(looks > 0);
+    assert!(
+        odd.is_empty(),
+        "exactly one program attached in each of {looks} looks: {odd:?}"
+    );
+    let status =
+        gateway_tests::gateway::signal_and_wait(&mut old, libc::SIGTERM, Duration::from_secs(20))
+            .expect("the old gateway exits");
+    assert!(status.success(), "the old gateway exited with {status}");
+
+    // The old one's exit left the new one's kernel path alone.
+    let after = attached_xdp_program_ids(&topology.server, SERVER_IF);
+    assert_eq!(after.len(), 1, "{after:?}");
+    assert_ne!(after, before, "the program was replaced");
+    let status = gateway.status();
+    assert_eq!(
+        status["link_id"].as_u64(),
+        Some(link_before),
+        "in the same link"
+    );
+    assert_eq!(status["owner_pid"], gateway.pid().unwrap(), "{status}");
+    assert_eq!(status["kernel_only"], false, "{status}");
+    assert_eq!(map_id(&gateway.pin_root, "GW_BANS"), bans_map);
+    let left_after = ban_left_ms(&gateway, CLIENT_V4);
+    assert!(
+        left_after > 0 && left_after <= left_before,
+        "the ban keeps its deadline: {left_after} ms left, {left_before} ms before"
+    );
+    assert!(!topology.connects(CLIENT_V4, SERVER_V4, PROTECTED, DROPPED));
+    assert!(topology.connects(CLIENT2_V4, SERVER_V4, PROTECTED, OK));
+}

@@ -10,6 +10,7 @@ pub mod clock;
 pub mod config;
 pub mod connections;
 pub mod guard;
+pub mod handover;
 pub mod histogram;
 pub mod jwt;
 pub mod keys;

@@ -10,6 +10,8 @@ use std::{
     sync::{atomic::Ordering, Arc, Mutex},
 };
 
+pub mod ops;
+
 use crate::{
     guard::GuardCounters,
     histogram::{Histogram, BUCKETS_US},
@@ -245,6 +247,10 @@ impl Metrics {
             "counter",
             "Requests refused with 503 because an upstream was overloaded, by tier.",
         );
+        // Every tier at zero too, so a dashboard and an alert have a series.
+        for tier in &current.tiers {
+            shed.entry(tier.clone()).or_insert(0);
+        }
         for (tier, n) in &shed {
             let _ = writeln!(out, "gateway_shed_total{{tier=\"{}\"}} {n}", escape(tier));
         }
@@ -255,6 +261,10 @@ impl Metrics {
             "Requests the gateway refused for a ban, by what is banned: source (without XDP), \
              forwarded_address, client_at_address.",
         );
+        // Each kind at zero from the start too (the names `record` uses).
+        for ban in ["source", "forwarded_address", "client_at_address"] {
+            banned.entry(ban).or_insert(0);
+        }
         for (ban, n) in &banned {
             let _ = writeln!(out, "gateway_banned_requests_total{{ban=\"{ban}\"}} {n}");
         }
@@ -508,6 +518,8 @@ mod tests {
             "gateway_requests_total{route=\"*/api\",tier=\"gold\",status=\"200\"} 2",
             "gateway_rate_limited_total{tier=\"bronze\"} 1",
             "gateway_rate_limited_total{tier=\"gold\"} 0",
+            "gateway_shed_total{tier=\"gold\"} 0",
+            "gateway_banned_requests_total{ban=\"client_at_address\"} 0",
             "gateway_auth_failures_total{reason=\"wrong_secret\"} 2",
             "gateway_auth_failures_total{reason=\"invalid_token\"} 1",
             "gateway_upstream_latency_seconds_bucket{upstream=\"app\",le=\"0.005\"} 1",

@@ -174,6 +174,42 @@ impl Gateway {
         self
     }
 
+    /// Starts a second `gateway run` on the same config and state while
+    /// this one still serves (a restart or an upgrade): the config's
+    /// `127.0.0.1:0` addresses (admin first, then the listeners in order)
+    /// are pinned to the ports in use. This then stands for the new
+    /// process; the old one is returned for the test to stop.
+    pub fn start_successor(&mut self) -> Child {
+        let mut text = std::fs::read_to_string(&self.config).unwrap();
+        let ports: Vec<String> = self
+            .admin
+            .iter()
+            .map(ToString::to_string)
+            .chain(
+                self.listeners
+                    .iter()
+                    .map(|url| url.split("://").nth(1).unwrap().to_owned()),
+            )
+            .collect();
+        for port in ports {
+            text = text.replacen("\"127.0.0.1:0\"", &format!("\"{port}\""), 1);
+        }
+        std::fs::write(&self.config, text).unwrap();
+        let old = self.child.take().expect("the gateway is running");
+        let addr = self.addr;
+        self.listeners.clear();
+        self.admin = None;
+        // The old process's output keeps going to the old buffers.
+        self.lines = Arc::new(Mutex::new(Vec::new()));
+        self.stderr_lines = Arc::new(Mutex::new(Vec::new()));
+        self.spawn();
+        assert_eq!(
+            self.addr, addr,
+            "the successor listens where the old one did"
+        );
+        old
+    }
+
     pub fn get(&self, target: &str, headers: &[(&str, &str)]) -> Reply {
         request(self.addr, "GET", target, headers)
     }
@@ -273,6 +309,11 @@ impl Gateway {
         self.stderr_lines.lock().unwrap().join("\n")
     }
 
+    /// The gateway process, for a test to signal and wait for itself.
+    pub fn take_child(&mut self) -> Child {
+        self.child.take().expect("the gateway is running")
+    }
+
     /// Kills the gateway without letting it clean up (a crash).
     pub fn crash(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -300,6 +341,28 @@ impl Gateway {
         let _ = child.wait();
         false
     }
+}
+
+/// Sends `signal` to `child` and waits up to `within` for it to exit; its
+/// exit status, or `None` if it was still running (then it is killed).
+pub fn signal_and_wait(
+    child: &mut Child,
+    signal: libc::c_int,
+    within: Duration,
+) -> Option<std::process::ExitStatus> {
+    let pid = libc::pid_t::try_from(child.id()).unwrap();
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(pid, signal) };
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        pause(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    None
 }
 
 /// `line` without ANSI colour sequences (`ESC [ ... m`).

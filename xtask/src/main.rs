@@ -4,6 +4,7 @@
 //! `run`, `test` and `bench` call it); `build` compiles the XDP object with
 //! nightly and embeds it in the stable `gateway` binary.
 mod bench;
+mod demo;
 mod fuzz;
 mod setup;
 
@@ -32,7 +33,9 @@ enum Task {
         release: bool,
     },
     /// Build, then run the gateway on its defaults (XDP on `lo`); extra
-    /// arguments go to `gateway run`.
+    /// arguments go to `gateway run`. Without `--config` it also starts a
+    /// demo upstream on the defaults' upstream address and, on a fresh key
+    /// store, makes a demo key and prints a "try it" block once.
     Run {
         #[arg(long)]
         release: bool,
@@ -156,14 +159,7 @@ fn run(release: bool, args: &[String]) -> Result<()> {
              fall back to userspace-only enforcement (run as root for the kernel path)"
         );
     }
-    let mut command = Command::new(gateway);
-    command.arg("run");
-    if args.is_empty() {
-        command.args(["--interface", "lo"]);
-    } else {
-        command.args(args);
-    }
-    run_cmd(&mut command)
+    demo::run(&gateway, args)
 }
 
 fn test() -> Result<()> {

@@ -28,6 +28,7 @@
 pub mod audit;
 mod clients;
 pub mod events;
+mod scrape;
 
 use std::{convert::Infallible, net::SocketAddr, path::PathBuf, sync::Arc};
 
@@ -77,6 +78,11 @@ pub struct Admin {
     events: Option<EventHub>,
     /// [`events::MAX_FOLLOWERS`].
     followers: Arc<tokio::sync::Semaphore>,
+    /// `xdp.max_bans`, `xdp.max_prefix_bans`: the ban maps' sizes.
+    ban_map_capacity: (u32, u32),
+    /// The certificates the TLS listeners serve (for their expiry), as of
+    /// the reload generation they were read at.
+    certificates: std::sync::Mutex<(u64, Vec<crate::metrics::ops::Certificate>)>,
     /// `POST /v1/reload`; what the workers share since the last reload.
     reloader: Option<Arc<Reloader>>,
 }
@@ -224,6 +230,8 @@ impl Admin {
             connections: Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS)),
             events: None,
             followers: Arc::new(tokio::sync::Semaphore::new(events::MAX_FOLLOWERS)),
+            ban_map_capacity: (config.xdp.max_bans, config.xdp.max_prefix_bans),
+            certificates: std::sync::Mutex::new((0, scrape::certificates(config))),
             reloader: None,
         })
     }
@@ -443,6 +451,18 @@ impl Admin {
         Ok(json_response(StatusCode::OK, &body))
     }
 
+    /// The listeners' certificates, read again after a reload.
+    fn certificates(&self) -> Vec<crate::metrics::ops::Certificate> {
+        let mut known = self.certificates.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(reloader) = &self.reloader {
+            let (generation, config) = reloader.config();
+            if generation != known.0 {
+                *known = (generation, scrape::certificates(&config));
+            }
+        }
+        known.1.clone()
+    }
+
     fn metrics_response(&self) -> AdminResponse {
         let shared = &self.current();
         let maps = self
@@ -457,7 +477,7 @@ impl Admin {
             })
         });
         let bans_active = Some(kernel_bans.unwrap_or(0) + shared.userspace_bans.active(now));
-        let text = shared.metrics.render(&Gauges {
+        let mut text = shared.metrics.render(&Gauges {
             pools: shared.pool_gauges(),
             guard: &shared.guard.counters,
             bans_active,
@@ -466,6 +486,14 @@ impl Admin {
             bans_full: shared.policy.full_counters(),
             keys: shared.keys.len(),
         });
+        crate::metrics::ops::render(
+            &mut text,
+            &crate::metrics::ops::Ops {
+                policy_failed: shared.policy.failed(),
+                ban_maps: (maps.as_ref()).map(|m| scrape::ban_maps(m, self.ban_map_capacity)),
+                certificates: &self.certificates(),
+            },
+        );
         let mut response = Response::new(Full::new(Bytes::from(text)));
         response.headers_mut().insert(
             header::CONTENT_TYPE,

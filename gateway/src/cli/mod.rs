@@ -5,6 +5,7 @@ pub mod keys;
 pub mod limits;
 pub mod reload;
 pub mod run;
+pub mod takeover;
 pub mod tokens;
 pub mod xdp;
 
@@ -25,7 +26,10 @@ pub struct Cli {
 #[derive(Subcommand)]
 pub enum Command {
     /// Run the gateway (proxy, admin API, token endpoint and XDP kernel
-    /// path) until SIGINT or SIGTERM; SIGHUP reloads its configuration file.
+    /// path) until SIGINT, SIGTERM or SIGQUIT, then drain; SIGHUP reloads
+    /// its configuration file. Started while a gateway runs on the same
+    /// state dir, it takes that one's listening sockets (and XDP pin root)
+    /// over.
     Run(run::RunArgs),
     /// Inspect or change the kernel path of a running gateway.
     #[command(subcommand)]

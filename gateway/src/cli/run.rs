@@ -172,6 +172,8 @@ pub fn run(args: RunArgs) -> Result<()> {
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(async {
+        // Before anything binds: a gateway still running here hands over its sockets.
+        let mut inherited = super::takeover::take(&config)?;
         let mut kernel = if config.xdp.enabled {
             Some(KernelPath::start(&settings).context("starting the XDP kernel path")?)
         } else {
@@ -215,7 +217,7 @@ pub fn run(args: RunArgs) -> Result<()> {
             0 => std::thread::available_parallelism().map_or(1, usize::from),
             n => n,
         };
-        let started = bind_listeners(&config, workers)?;
+        let started = bind_listeners(&config, workers, &mut inherited)?;
         let first_url = started.urls.first().cloned();
         let kernel_attached = kernel
             .as_ref()
@@ -240,6 +242,7 @@ pub fn run(args: RunArgs) -> Result<()> {
         }
         let shared = Shared::new(&config, index, jwt, userspace_bans, policy, tokens);
         shared.spawn_health_checks();
+        tokio::spawn(shared.clone().sweep_guard(Duration::from_secs(5)));
         // SIGHUP and `POST /v1/reload`: the same file, the same overrides.
         let overrides = args.clone();
         let reloader = Arc::new(Reloader::new(
@@ -254,12 +257,24 @@ pub fn run(args: RunArgs) -> Result<()> {
                 .and_then(KernelPath::pin_root)
                 .map(Path::to_path_buf),
         ));
-        tokio::spawn(shared.clone().sweep_guard(Duration::from_secs(5)));
         let (stop, stopped) = tokio::sync::watch::channel(false);
-        if config.admin.enabled {
-            let listener = tokio::net::TcpListener::bind(config.admin.address)
-                .await
-                .with_context(|| format!("cannot listen on {} (admin)", config.admin.address))?;
+        let admin_socket = match config.admin.enabled {
+            true => Some(
+                super::takeover::admin_socket(&mut inherited, config.admin.address).with_context(
+                    || format!("cannot listen on {} (admin)", config.admin.address),
+                )?,
+            ),
+            false => None,
+        };
+        super::takeover::close_unclaimed(inherited);
+        let proxy_sockets: Vec<_> = started.listeners.iter().flat_map(|l| &l.sockets).collect();
+        let offer = super::takeover::offer(&config, &proxy_sockets, admin_socket.as_ref());
+        if let Some(offer) = &offer {
+            reloader.offer(offer.offered());
+        }
+        let mut admin_task = None;
+        if let Some(socket) = admin_socket {
+            let listener = tokio::net::TcpListener::from_std(socket)?;
             println!("admin: http://{}", listener.local_addr()?);
             let pin_root = kernel
                 .as_ref()
@@ -270,7 +285,7 @@ pub fn run(args: RunArgs) -> Result<()> {
             )?;
             let admin = admin.with_reloader(reloader.clone());
             let admin = Arc::new(admin.with_events(kernel.as_ref().and_then(KernelPath::events)));
-            tokio::spawn(admin.serve(listener));
+            admin_task = Some(tokio::spawn(admin.serve(listener)));
         }
         let (servers, running) =
             workers::spawn(&config, &shared, started.listeners, workers, stopped)
@@ -291,8 +306,19 @@ pub fn run(args: RunArgs) -> Result<()> {
             }
             None => println!("ready: kernel path disabled (xdp.enabled = false)"),
         }
-        wait_for_shutdown().await?;
-        tracing::info!("shutting down: closing listeners");
+        let (release, releases) = tokio::sync::mpsc::channel(1);
+        let offering = offer.map(|offer| tokio::spawn(offer.serve(Some(release))));
+        super::takeover::until_shutdown(wait_for_shutdown(), releases, kernel.as_mut()).await?;
+        tracing::info!(
+            drain_timeout = ?config.limits.drain_timeout,
+            "shutting down: closing listeners, draining connections"
+        );
+        // Stop offering and accepting first; a gateway that took the
+        // sockets over keeps them open and accepts what is queued.
+        for task in offering.into_iter().chain(admin_task) {
+            task.abort();
+            let _ = task.await;
+        }
         let _ = stop.send(true);
         for server in servers {
             let _ = tokio::task::spawn_blocking(move || server.join()).await;
@@ -302,9 +328,16 @@ pub fn run(args: RunArgs) -> Result<()> {
     })
 }
 
-/// Binds every listener (one socket per worker) and prints its address.
-fn bind_listeners(config: &Config, workers: usize) -> Result<reload::Started> {
-    let started = reload::bind_listeners(config, workers)?;
+/// Every listener on its sockets (taken over from a running gateway, or
+/// bound: one per worker), its address printed.
+fn bind_listeners(
+    config: &Config,
+    workers: usize,
+    inherited: &mut gateway::handover::Inherited,
+) -> Result<reload::Started> {
+    let started = reload::start_listeners(config, |listener| {
+        super::takeover::proxy_sockets(inherited, listener.address, workers)
+    })?;
     for url in &started.urls {
         println!("listening: {url}");
     }
@@ -394,9 +427,11 @@ fn spawn_writer(kernel: &KernelPath, writer: PolicyWriter) -> Result<()> {
 async fn wait_for_shutdown() -> Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut terminate = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+    let mut quit = signal(SignalKind::quit()).context("installing SIGQUIT handler")?;
     tokio::select! {
         result = tokio::signal::ctrl_c() => result.context("waiting for SIGINT")?,
         _ = terminate.recv() => {}
+        _ = quit.recv() => {}
     }
     Ok(())
 }

@@ -26,6 +26,11 @@ fn cases() -> Vec<(String, &'static str, &'static [&'static str])> {
             DURATIONS,
         ),
         (
+            section("[limits]\n", "drain_timeout"),
+            "limits.drain_timeout",
+            &["\"2h\"", "\"soon\"", "-1"],
+        ),
+        (
             section("[limits]\n", "upstream_timeout"),
             "limits.upstream_timeout",
             DURATIONS,

@@ -59,6 +59,10 @@ pub struct LimitsConfig {
     /// Worker threads, each with its own listener socket (SO_REUSEPORT),
     /// event loop and upstream connections; 0 = one per CPU.
     pub workers: usize,
+    /// After SIGTERM/SIGQUIT: how long requests in flight may take to
+    /// finish before their connections are cut and the process exits.
+    #[serde(with = "durations")]
+    pub drain_timeout: Duration,
 }
 
 impl Default for LimitsConfig {
@@ -73,6 +77,7 @@ impl Default for LimitsConfig {
             max_connections_per_source: 256,
             tunnel_idle_timeout: Duration::from_secs(300),
             workers: 0,
+            drain_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -92,7 +97,9 @@ impl LimitsConfig {
             Self::HEADER_BYTES,
         )?;
         at.within("max_connections", self.max_connections, 1..=10_000_000)?;
-        at.within("workers", self.workers, 0..=1024)
+        at.within("workers", self.workers, 0..=1024)?;
+        // Zero cuts every connection at once; an hour outlives any sane deploy.
+        at.within("drain_timeout", self.drain_timeout, Duration::ZERO..=HOUR)
     }
 }
 

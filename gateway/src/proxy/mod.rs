@@ -31,6 +31,7 @@ pub use crate::path;
 
 mod body;
 mod context;
+mod drain;
 mod identity;
 mod respond;
 mod rewrite;

@@ -3,7 +3,8 @@
 //! closing connections that had nothing in flight for
 //! `limits.request_timeout` (HTTP/2 ones too, with GOAWAY first). A source
 //! with `limits.max_connections_per_source` open has its next one closed
-//! at accept.
+//! at accept. On shutdown the accept loop ends and every connection
+//! drains (see [`super::drain`]).
 use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Instant};
 
 use hyper_util::{
@@ -12,21 +13,23 @@ use hyper_util::{
 };
 use tokio::{net::TcpListener, sync::watch};
 
-use super::{workers::TlsSlot, Current, Gateway};
+use super::{drain, drain::OpenConnections, workers::TlsSlot, Current, Gateway};
 use crate::clock::monotonic_ns;
 
 impl Current {
     /// Accepts connections until `shutdown` turns true (or the task is
     /// aborted: a reload removed the listener); with `tls`, each
     /// connection is a TLS handshake first (ALPN picks h2 or HTTP/1.1),
-    /// with the certificate of the last reload. Each connection is served
-    /// by the gateway current at accept, each request by the one current
-    /// when it arrives.
+    /// with the certificate of the last reload. Connections are counted in
+    /// `open` until they close; they drain on `shutdown`. Each connection
+    /// is served by the gateway current at accept, each request by the one
+    /// current when it arrives.
     pub async fn serve(
         self: Arc<Self>,
         listener: TcpListener,
         tls: Option<TlsSlot>,
         mut shutdown: watch::Receiver<bool>,
+        open: OpenConnections,
     ) {
         loop {
             let (stream, peer) = tokio::select! {
@@ -63,9 +66,15 @@ impl Current {
             });
             let current = self.clone();
             let tls = tls.as_ref().map(|slot| slot.load_full());
+            let (open, shutdown) = (open.open(), shutdown.clone());
             tokio::spawn(async move {
+                let _open = open;
                 match tls {
-                    None => (gateway.serve_connection(current, stream, peer, "http", permit)).await,
+                    None => {
+                        gateway
+                            .serve_connection(current, stream, peer, "http", permit, shutdown)
+                            .await
+                    }
                     Some(acceptor) => {
                         let handshake = tokio::time::timeout(
                             gateway.limits.request_timeout,
@@ -73,8 +82,9 @@ impl Current {
                         );
                         match handshake.await {
                             Ok(Ok(stream)) => {
-                                let serve = gateway
-                                    .serve_connection(current, stream, peer, "https", permit);
+                                let serve = gateway.serve_connection(
+                                    current, stream, peer, "https", permit, shutdown,
+                                );
                                 serve.await
                             }
                             Ok(Err(error)) => {
@@ -97,6 +107,7 @@ impl Gateway {
         peer: SocketAddr,
         proto: &'static str,
         permit: Arc<ConnectionPermit>,
+        mut shutdown: watch::Receiver<bool>,
     ) where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
@@ -106,11 +117,12 @@ impl Gateway {
         let seen = activity.clone();
         let service = hyper::service::service_fn(move |req: hyper::Request<_>| {
             let gateway = current.load();
-            let busy = seen.begin();
+            let busy = seen.begin(req.version());
             // For a tunnel this connection may become, which outlives it here.
             let permit = permit.clone();
             async move {
-                let response = gateway.handle(req, peer, proto, permit).await;
+                let mut response = gateway.handle(req, peer, proto, permit).await;
+                busy.close_if_draining(&mut response);
                 drop(busy);
                 Ok::<_, Infallible>(response)
             }
@@ -132,13 +144,26 @@ impl Gateway {
         // (HTTP/2: GOAWAY), and dropped if the peer lingers as long again.
         let mut ticker = tokio::time::interval(header_timeout / 2);
         let mut closing_since: Option<Instant> = None;
+        let mut draining = false;
         let result = loop {
             tokio::select! {
                 result = connection.as_mut() => break Some(result),
+                _ = shutdown.changed(), if !draining => {
+                    draining = true;
+                    activity.set_draining(true);
+                    ticker = tokio::time::interval(drain::TICK);
+                }
                 _ = ticker.tick() => match closing_since {
                     Some(since) if since.elapsed() >= header_timeout => break None,
                     Some(_) => {}
-                    None if activity.idle_for(monotonic_ns()) >= header_timeout => {
+                    // Draining: HTTP/2 gets GOAWAY at once (its streams
+                    // finish); HTTP/1 closes once idle for the grace, or
+                    // after its next response (`Connection: close`).
+                    None if activity.idle_for(monotonic_ns()) >= header_timeout
+                        || (draining
+                            && (activity.is_http2()
+                                || activity.idle_for(monotonic_ns()) >= drain::IDLE_GRACE)) =>
+                    {
                         connection.as_mut().graceful_shutdown();
                         closing_since = Some(Instant::now());
                     }
@@ -161,10 +186,13 @@ pub(super) struct ConnectionPermit {
     _source: crate::connections::SourcePermit,
 }
 
-/// A connection's requests in flight and when the last one ended.
+/// A connection's requests in flight and when the last one ended; whether
+/// it speaks HTTP/2 and is draining.
 struct Activity {
     in_flight: std::sync::atomic::AtomicUsize,
     last_ns: std::sync::atomic::AtomicU64,
+    http2: std::sync::atomic::AtomicBool,
+    draining: std::sync::atomic::AtomicBool,
 }
 
 impl Default for Activity {
@@ -172,12 +200,28 @@ impl Default for Activity {
         Self {
             in_flight: Default::default(),
             last_ns: monotonic_ns().into(),
+            http2: Default::default(),
+            draining: Default::default(),
         }
     }
 }
 
 /// Counts one request in flight until dropped.
-struct Busy(Arc<Activity>);
+struct Busy(Arc<Activity>, hyper::Version);
+
+impl Busy {
+    /// While draining, an HTTP/1 response ends its connection (hyper
+    /// closes after writing a response that says `Connection: close`).
+    fn close_if_draining<B>(&self, response: &mut hyper::Response<B>) {
+        use std::sync::atomic::Ordering::Relaxed;
+        if self.1 < hyper::Version::HTTP_2 && self.0.draining.load(Relaxed) {
+            response.headers_mut().insert(
+                hyper::header::CONNECTION,
+                hyper::header::HeaderValue::from_static("close"),
+            );
+        }
+    }
+}
 
 impl Drop for Busy {
     fn drop(&mut self) {
@@ -188,10 +232,22 @@ impl Drop for Busy {
 }
 
 impl Activity {
-    fn begin(self: &Arc<Self>) -> Busy {
-        self.in_flight
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        Busy(self.clone())
+    fn begin(self: &Arc<Self>, version: hyper::Version) -> Busy {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.in_flight.fetch_add(1, Relaxed);
+        if version == hyper::Version::HTTP_2 {
+            self.http2.store(true, Relaxed);
+        }
+        Busy(self.clone(), version)
+    }
+
+    fn is_http2(&self) -> bool {
+        self.http2.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn set_draining(&self, draining: bool) {
+        self.draining
+            .store(draining, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// How long nothing has happened on the connection (zero while busy).

@@ -36,6 +36,8 @@ pub enum TlsError {
     Rustls(#[from] rustls::Error),
     #[error("client CA {path}: {message}")]
     ClientCa { path: PathBuf, message: String },
+    #[error("{path}: not an X.509 certificate: {message}")]
+    Parse { path: PathBuf, message: String },
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
@@ -70,9 +72,12 @@ fn private_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
         })
 }
 
+/// The self-signed certificate's file name in `state_dir`.
+const SELF_SIGNED_CERT: &str = "self-signed.crt";
+
 /// The self-signed pair in `dir`, made on first use and kept afterwards.
 pub fn self_signed(dir: &Path, names: &[String]) -> Result<(PathBuf, PathBuf), TlsError> {
-    let cert_path = dir.join("self-signed.crt");
+    let cert_path = dir.join(SELF_SIGNED_CERT);
     let key_path = dir.join("self-signed.key");
     let write_error = |path: &Path| {
         let path = path.to_owned();
@@ -138,4 +143,39 @@ pub fn acceptor(
         builder.with_single_cert(certificates(&cert_path)?, private_key(&key_path)?)?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// When the certificate a listener serves ends (its leaf's `notAfter`, Unix
+/// seconds): the configured one, else the self-signed one [`acceptor`] made.
+pub fn expiry(tls: &TlsConfig, state_dir: &Path) -> Result<i64, TlsError> {
+    let path = match (&tls.cert, &tls.key) {
+        (Some(cert), Some(_)) => cert.clone(),
+        _ => state_dir.join(SELF_SIGNED_CERT),
+    };
+    let leaf = certificates(&path)?.swap_remove(0);
+    let (_, cert) = x509_parser::parse_x509_certificate(&leaf).map_err(|e| TlsError::Parse {
+        path: path.clone(),
+        message: e.to_string(),
+    })?;
+    Ok(cert.validity().not_after.timestamp())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expiry_of_the_self_signed_certificate() {
+        let dir = tempfile::tempdir().unwrap();
+        self_signed(dir.path(), &["localhost".into()]).unwrap();
+        let tls = TlsConfig::default();
+        let expires = expiry(&tls, dir.path()).unwrap();
+        // rcgen's default validity runs to 4096-01-01.
+        assert_eq!(expires, 67_090_118_400);
+        std::fs::write(dir.path().join(SELF_SIGNED_CERT), "not pem").unwrap();
+        assert!(matches!(
+            expiry(&tls, dir.path()),
+            Err(TlsError::Empty { .. })
+        ));
+    }
 }

@@ -14,7 +14,7 @@ use socket2::{Domain, Socket, Type};
 use tokio::sync::{mpsc, watch};
 use tokio_rustls::TlsAcceptor;
 
-use super::{Current, Gateway};
+use super::{drain::OpenConnections, Current, Gateway};
 use crate::{config::Config, shared::Shared};
 
 /// A listener's TLS acceptor, swapped by a reload (new certificates) and
@@ -146,14 +146,15 @@ fn run_worker(
         }
     };
     runtime.block_on(async move {
+        let open = OpenConnections::default();
         let mut serving = HashMap::new();
         for command in initial {
-            apply(command, &current, &mut serving, &stopped);
+            apply(command, &current, &mut serving, &stopped, &open);
         }
         loop {
             tokio::select! {
                 command = commands.recv() => match command {
-                    Some(command) => apply(command, &current, &mut serving, &stopped),
+                    Some(command) => apply(command, &current, &mut serving, &stopped, &open),
                     // No more reloads: serve until stopped.
                     None => {
                         let _ = stopped.changed().await;
@@ -166,6 +167,17 @@ fn run_worker(
         for (_, task) in serving {
             let _ = task.await;
         }
+        // Stopped: the listeners are closed; connections drain (for as
+        // long as the configuration last reloaded says).
+        let drain_timeout = current.load().limits.drain_timeout;
+        let cut = open.drain(drain_timeout).await;
+        if cut > 0 {
+            tracing::warn!(
+                connections = cut,
+                ?drain_timeout,
+                "limits.drain_timeout passed: cutting the connections still open"
+            );
+        }
     });
 }
 
@@ -175,11 +187,12 @@ fn apply(
     current: &Arc<Current>,
     serving: &mut HashMap<usize, tokio::task::JoinHandle<()>>,
     stopped: &watch::Receiver<bool>,
+    open: &OpenConnections,
 ) {
     match command {
         Command::Serve { id, socket, tls } => match tokio::net::TcpListener::from_std(socket) {
             Ok(listener) => {
-                let task = current.clone().serve(listener, tls, stopped.clone());
+                let task = (current.clone()).serve(listener, tls, stopped.clone(), open.clone());
                 serving.insert(id, tokio::spawn(task));
             }
             Err(error) => tracing::error!(%error, "a worker cannot use its listener socket"),

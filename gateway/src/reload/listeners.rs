@@ -46,13 +46,15 @@ pub struct Active {
 }
 
 impl Active {
-    pub fn new(id: usize, config: &ListenerConfig, bound: &Bound) -> Self {
-        Self {
+    /// Tracks `bound` as listener `id`; returns what the workers serve.
+    pub fn new(id: usize, config: &ListenerConfig, bound: Bound) -> (Self, workers::Listener) {
+        let active = Self {
             id,
             config: config.clone(),
             address: bound.address,
             tls: bound.listener.tls.clone(),
-        }
+        };
+        (active, bound.listener)
     }
 }
 
@@ -82,12 +84,27 @@ pub fn bind(
     state_dir: &Path,
     workers: usize,
 ) -> Result<Bound, ListenerError> {
+    // The certificate first: a bad one binds nothing.
     let tls = acceptor(listener, state_dir)?;
-    let bind_error = |source| ListenerError::Bind {
+    let sockets = workers::bind(listener.address, workers).map_err(bind_error(listener))?;
+    wrap(listener, tls, sockets)
+}
+
+fn bind_error(listener: &ListenerConfig) -> impl Fn(std::io::Error) -> ListenerError + '_ {
+    |source| ListenerError::Bind {
         address: listener.address,
         source,
-    };
-    let sockets = workers::bind(listener.address, workers).map_err(bind_error)?;
+    }
+}
+
+/// `listener` served by `tls` on `sockets` it has (bound, or inherited
+/// from the gateway it restarts).
+pub fn wrap(
+    listener: &ListenerConfig,
+    tls: Option<TlsAcceptor>,
+    sockets: Vec<std::net::TcpListener>,
+) -> Result<Bound, ListenerError> {
+    let bind_error = bind_error(listener);
     let address = match sockets.first() {
         Some(first) => first.local_addr().map_err(bind_error)?,
         None => listener.address,

@@ -26,7 +26,8 @@ use serde::Serialize;
 
 use self::listeners::{Active, ListenerError};
 use crate::{
-    config::Config,
+    config::{Config, ListenerConfig},
+    handover::Offered,
     proxy::workers::{self, Workers},
     shared::Shared,
 };
@@ -66,6 +67,8 @@ pub struct ReloadReport {
 /// The running configuration and what a reload replaces.
 struct Running {
     config: Config,
+    /// Successful reloads so far.
+    generation: u64,
     shared: Shared,
     listeners: Vec<Active>,
     next_id: usize,
@@ -80,6 +83,8 @@ pub struct Reloader {
     /// The kernel path's maps, when XDP is attached.
     pin_root: Option<PathBuf>,
     workers: OnceLock<Workers>,
+    /// The sockets offered to a restart, kept to the listeners in force.
+    offered: OnceLock<Offered>,
     running: Mutex<Running>,
 }
 
@@ -100,8 +105,10 @@ impl Reloader {
             worker_count,
             pin_root,
             workers: OnceLock::new(),
+            offered: OnceLock::new(),
             running: Mutex::new(Running {
                 config: config.clone(),
+                generation: 0,
                 shared: shared.clone(),
                 listeners,
                 next_id,
@@ -114,9 +121,21 @@ impl Reloader {
         let _ = self.workers.set(workers);
     }
 
+    /// Keeps the listening sockets offered to a restart to the listeners
+    /// each reload leaves.
+    pub fn offer(&self, offered: Offered) {
+        let _ = self.offered.set(offered);
+    }
+
     /// What the workers share now (the admin API reads quotas and pools).
     pub fn shared(&self) -> Shared {
         self.lock().shared.clone()
+    }
+
+    /// The configuration in force and how many reloads made it.
+    pub fn config(&self) -> (u64, Config) {
+        let running = self.lock();
+        (running.generation, running.config.clone())
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Running> {
@@ -216,17 +235,31 @@ impl Reloader {
                 }
             }
         }
+        if let Some(offered) = self.offered.get() {
+            let removed: Vec<_> = (report.listeners_removed.iter())
+                .filter_map(|address| address.parse().ok())
+                .collect();
+            let added: Vec<_> = bound
+                .iter()
+                .flat_map(|(_, b)| &b.listener.sockets)
+                .collect();
+            if let Err(error) = offered.update(&removed, &added) {
+                tracing::warn!(%error, "a restart will not be able to take over the reloaded listeners");
+            }
+        }
         for (new, listener) in bound {
             let id = running.next_id;
             running.next_id += 1;
-            kept.push(Active::new(id, &next.listeners[new], &listener));
             println!("listening: {}", listener.url);
             report.listeners_added.push(listener.address.to_string());
-            workers.add(id, listener.listener);
+            let (active, sockets) = Active::new(id, &next.listeners[new], listener);
+            kept.push(active);
+            workers.add(id, sockets);
         }
         running.listeners = kept;
         running.shared = shared;
         running.config = next;
+        running.generation += 1;
         Ok(report)
     }
 
@@ -282,18 +315,29 @@ pub struct Started {
     pub urls: Vec<String>,
 }
 
-/// Binds `config`'s listeners at start, as a reload binds new ones.
-pub fn bind_listeners(config: &Config, worker_count: usize) -> Result<Started, ListenerError> {
+/// `config`'s listeners at start, on the sockets `sockets_for` gives each
+/// (inherited from a restart, or bound), as a reload tracks them.
+pub fn start_listeners(
+    config: &Config,
+    mut sockets_for: impl FnMut(&ListenerConfig) -> std::io::Result<Vec<std::net::TcpListener>>,
+) -> Result<Started, ListenerError> {
     let mut started = Started {
         listeners: Vec::new(),
         active: Vec::new(),
         urls: Vec::new(),
     };
     for (id, listener) in config.listeners.iter().enumerate() {
-        let bound = listeners::bind(listener, &config.state_dir, worker_count)?;
-        started.active.push(Active::new(id, listener, &bound));
-        started.urls.push(bound.url);
-        started.listeners.push(bound.listener);
+        // The certificate first: a bad one takes no socket.
+        let tls = listeners::acceptor(listener, &config.state_dir)?;
+        let sockets = sockets_for(listener).map_err(|source| ListenerError::Bind {
+            address: listener.address,
+            source,
+        })?;
+        let bound = listeners::wrap(listener, tls, sockets)?;
+        started.urls.push(bound.url.clone());
+        let (active, sockets) = Active::new(id, listener, bound);
+        started.active.push(active);
+        started.listeners.push(sockets);
     }
     Ok(started)
 }

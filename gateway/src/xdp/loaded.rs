@@ -37,9 +37,11 @@ pub(super) struct Loaded {
     attached: bool,
     /// Not yet handed to the caller ([`super::KernelPath::take_event_reader`]).
     pub(super) events: Option<EventReader>,
+    /// Handed to a new gateway ([`Loaded::release`]): the pins are its.
+    released: bool,
     /// The pin root's lock ([`super::bpffs::lock`]); declared last, so it
     /// is released after `drop` has left the pins as they should be.
-    _lock: OwnedFd,
+    lock: Option<OwnedFd>,
 }
 
 impl Loaded {
@@ -81,7 +83,8 @@ impl Loaded {
             found_pins: adoption.found_pins() || previous.is_some(),
             attached: false,
             events: None,
-            _lock: lock,
+            released: false,
+            lock: Some(lock),
         };
         if adoption.found_pins() {
             tracing::info!(
@@ -273,8 +276,46 @@ impl Loaded {
     }
 }
 
+impl Loaded {
+    /// Leaves the pins as a clean stop does and releases the pin root for
+    /// a new gateway to adopt while this process still runs; nothing is
+    /// removed or detached on drop after this.
+    pub(super) fn release(&mut self) {
+        self.mark_stopped();
+        self.released = true;
+        self.lock = None;
+        tracing::info!(
+            root = %self.pin_root.display(),
+            "handed the XDP pin root to the new gateway; bans this one decides from now on \
+             are enforced in userspace"
+        );
+    }
+
+    /// Clears the owner pid: the next gateway adopts without waiting.
+    fn mark_stopped(&self) {
+        let root = &self.pin_root;
+        let stopped = PinnedMaps::open(root).and_then(|mut maps| {
+            let config = maps.config()?;
+            maps.set_config(Config {
+                owner_pid: 0,
+                ..config
+            })
+        });
+        match stopped {
+            Ok(()) => tracing::info!(
+                root = %root.display(),
+                "XDP stays attached with its bans; `gateway xdp detach` removes it"
+            ),
+            Err(error) => tracing::warn!(%error, "marking the pins as stopped failed"),
+        }
+    }
+}
+
 impl Drop for Loaded {
     fn drop(&mut self) {
+        if self.released {
+            return;
+        }
         let root = self.pin_root.clone();
         if (self.detach_on_exit && self.attached) || (!self.attached && !self.found_pins) {
             match adopt::remove_pins(&root) {
@@ -291,20 +332,7 @@ impl Drop for Loaded {
         }
         // The program stays attached through its pinned link; the next
         // gateway sees no owner and takes over.
-        let stopped = PinnedMaps::open(&root).and_then(|mut maps| {
-            let config = maps.config()?;
-            maps.set_config(Config {
-                owner_pid: 0,
-                ..config
-            })
-        });
-        match stopped {
-            Ok(()) => tracing::info!(
-                root = %root.display(),
-                "XDP stays attached with its bans; `gateway xdp detach` removes it"
-            ),
-            Err(error) => tracing::warn!(%error, "marking the pins as stopped failed"),
-        }
+        self.mark_stopped();
     }
 }
 

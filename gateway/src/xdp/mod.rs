@@ -18,6 +18,7 @@ pub mod bpffs;
 mod bpfsys;
 pub mod events;
 pub mod full;
+mod handoff;
 mod loaded;
 pub mod maps;
 pub mod policy;
@@ -245,6 +246,7 @@ pub struct KernelPath {
     userspace_bans: UserspaceBans,
     events: EventHub,
     bans_full: WhenFull,
+    handed_off: handoff::HandedOff,
 }
 
 impl KernelPath {
@@ -259,6 +261,7 @@ impl KernelPath {
                 userspace_bans: UserspaceBans::default(),
                 events,
                 bans_full: settings.bans_full,
+                handed_off: Default::default(),
             }),
             Err(error) if !settings.require_xdp => {
                 tracing::warn!(
@@ -274,6 +277,7 @@ impl KernelPath {
                     userspace_bans: UserspaceBans::default(),
                     events,
                     bans_full: settings.bans_full,
+                    handed_off: Default::default(),
                 })
             }
             Err(error) => Err(error),
@@ -294,12 +298,32 @@ impl KernelPath {
     /// userspace ban table, or the userspace ban table alone.
     pub fn policy_sink(&self) -> Result<Box<dyn PolicySink>, XdpError> {
         match &self.loaded {
-            Some(loaded) => Ok(Box::new(Split {
-                kernel: PinnedMaps::open(&loaded.pin_root)?.when_full(self.bans_full),
+            Some(loaded) => Ok(Box::new(handoff::UntilHandedOff {
+                kernel: Split {
+                    kernel: PinnedMaps::open(&loaded.pin_root)?.when_full(self.bans_full),
+                    userspace: self.userspace_bans.clone(),
+                },
                 userspace: self.userspace_bans.clone(),
+                handed_off: self.handed_off.clone(),
             })),
             None => Ok(Box::new(self.userspace_bans.clone())),
         }
+    }
+
+    /// Hands the pin root to a new gateway starting on it while this one
+    /// drains (see [`handoff`]): the pins are left as a clean stop leaves
+    /// them, the lock is released, and no map is written from now on.
+    /// `false` when this gateway holds no pin root.
+    pub fn hand_off(&mut self) -> bool {
+        let Some(loaded) = self.loaded.as_mut() else {
+            return false;
+        };
+        let mut handed_off = self.handed_off.lock();
+        if !*handed_off {
+            loaded.release();
+            *handed_off = true;
+        }
+        true
     }
 
     pub fn pin_root(&self) -> Option<&Path> {

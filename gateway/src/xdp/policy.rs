@@ -277,6 +277,7 @@ pub struct PolicyHandle {
     tx: mpsc::Sender<PolicyUpdate>,
     overflowed: Arc<AtomicU64>,
     full: Arc<FullCounters>,
+    failed: Arc<AtomicU64>,
 }
 
 impl PolicyHandle {
@@ -299,6 +300,13 @@ impl PolicyHandle {
     pub fn full_counters(&self) -> &FullCounters {
         &self.full
     }
+
+    /// Writes the writer could not make (an update, a publish or a sweep
+    /// the kernel refused): each is also logged at warn, this is what an
+    /// alert watches.
+    pub fn failed(&self) -> u64 {
+        self.failed.load(Ordering::Relaxed)
+    }
 }
 
 /// The writer side: owns the sink and applies queued updates in batches.
@@ -307,6 +315,7 @@ pub struct PolicyWriter {
     /// Budgets last written per source, to skip rewriting unchanged ones.
     written_budgets: HashMap<IpAddr, Budget>,
     full: Arc<FullCounters>,
+    failed: Arc<AtomicU64>,
 }
 
 /// Largest batch applied at once, and the bound on remembered budgets.
@@ -316,16 +325,19 @@ const REMEMBERED_BUDGETS: usize = 100_000;
 pub fn channel(capacity: usize) -> (PolicyHandle, PolicyWriter) {
     let (tx, rx) = mpsc::channel(capacity);
     let full = Arc::<FullCounters>::default();
+    let failed = Arc::<AtomicU64>::default();
     (
         PolicyHandle {
             tx,
             overflowed: Arc::default(),
             full: full.clone(),
+            failed: failed.clone(),
         },
         PolicyWriter {
             rx,
             written_budgets: HashMap::new(),
             full,
+            failed,
         },
     )
 }
@@ -347,7 +359,10 @@ impl PolicyWriter {
                     match sink.remove_expired_bans(monotonic_ns()) {
                         Ok(0) => {}
                         Ok(n) => tracing::info!(expired = n, "removed expired bans"),
-                        Err(error) => tracing::warn!(%error, "sweeping expired bans failed"),
+                        Err(error) => {
+                            self.failed.fetch_add(1, Ordering::Relaxed);
+                            tracing::warn!(%error, "sweeping expired bans failed");
+                        }
                     }
                 }
             }
@@ -382,10 +397,14 @@ impl PolicyWriter {
             }
             match sink.apply(&update) {
                 Ok(written) => self.full.record(&written, monotonic_ns()),
-                Err(error) => tracing::warn!(%error, ?update, "applying a policy update failed"),
+                Err(error) => {
+                    self.failed.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(%error, ?update, "applying a policy update failed");
+                }
             }
         }
         if let Err(error) = sink.commit() {
+            self.failed.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(%error, "publishing policy updates failed");
         }
     }

@@ -81,6 +81,38 @@ fn full_queue_counts_overflow_instead_of_blocking() {
     assert_eq!(handle.overflowed(), 1);
 }
 
+/// A kernel that refuses every write: the map is full and the new ban
+/// is refused (`MapsError::Full`), and publishing fails too.
+struct Refusing;
+
+impl PolicySink for Refusing {
+    fn apply(&mut self, _update: &PolicyUpdate) -> Result<Written, MapsError> {
+        Err(MapsError::Full { map: "GW_BANS" })
+    }
+    fn commit(&mut self) -> Result<(), MapsError> {
+        Err(MapsError::Full {
+            map: "GW_GENERATION",
+        })
+    }
+    fn remove_expired_bans(&mut self, _now_ns: u64) -> Result<usize, MapsError> {
+        Ok(0)
+    }
+}
+
+#[test]
+fn failed_writes_are_counted_for_the_alert() {
+    let (handle, mut writer) = channel(16);
+    let unban = |s| PolicyUpdate::Unban { ip: ip(s) };
+    writer.apply_batch(&mut Recorder::default(), &mut vec![unban("10.0.0.1")]);
+    assert_eq!(handle.failed(), 0);
+    writer.apply_batch(
+        &mut Refusing,
+        &mut vec![unban("10.0.0.1"), unban("10.0.0.2")],
+    );
+    // Two updates refused, then the publish.
+    assert_eq!(handle.failed(), 3);
+}
+
 #[test]
 fn userspace_bans_expire_and_match_mapped_v4() {
     let mut bans = UserspaceBans::default();

@@ -1,0 +1,132 @@
+//! Gauges for what is about to go wrong rather than what happened: the
+//! kernel's ban maps filling up, policy writes the kernel refused, TLS
+//! certificates nearing their end. `packaging/prometheus/alerts.yml` alerts
+//! on each.
+use std::fmt::Write as _;
+
+use super::{escape, header};
+
+/// One kernel ban map's fill level. Expired bans count until the writer's
+/// next sweep removes them: they take room until then.
+pub struct BanMapFill {
+    pub map: &'static str,
+    pub entries: usize,
+    pub capacity: u32,
+}
+
+/// The certificate a TLS listener serves.
+#[derive(Clone)]
+pub struct Certificate {
+    /// The listener's configured address.
+    pub listener: String,
+    /// Its `notAfter`, Unix seconds.
+    pub expires_at: i64,
+}
+
+pub struct Ops<'a> {
+    /// [`crate::xdp::policy::PolicyHandle::failed`].
+    pub policy_failed: u64,
+    /// `None` without the kernel path.
+    pub ban_maps: Option<Vec<BanMapFill>>,
+    pub certificates: &'a [Certificate],
+}
+
+/// Appends the exposition of `ops` to `out`.
+pub fn render(out: &mut String, ops: &Ops<'_>) {
+    header(
+        out,
+        "gateway_policy_writes_failed_total",
+        "counter",
+        "Kernel policy writes (bans, budgets, publishes, sweeps) that failed.",
+    );
+    let _ = writeln!(
+        out,
+        "gateway_policy_writes_failed_total {}",
+        ops.policy_failed
+    );
+    if let Some(maps) = &ops.ban_maps {
+        header(
+            out,
+            "gateway_xdp_ban_map_entries",
+            "gauge",
+            "Entries in a kernel ban map (expired ones until swept), by map.",
+        );
+        for fill in maps {
+            let _ = writeln!(
+                out,
+                "gateway_xdp_ban_map_entries{{map=\"{}\"}} {}",
+                fill.map, fill.entries
+            );
+        }
+        header(
+            out,
+            "gateway_xdp_ban_map_capacity",
+            "gauge",
+            "Entries a kernel ban map holds (xdp.max_bans, xdp.max_prefix_bans), by map.",
+        );
+        for fill in maps {
+            let _ = writeln!(
+                out,
+                "gateway_xdp_ban_map_capacity{{map=\"{}\"}} {}",
+                fill.map, fill.capacity
+            );
+        }
+    }
+    header(
+        out,
+        "gateway_tls_certificate_expiry_timestamp_seconds",
+        "gauge",
+        "When the certificate a TLS listener serves expires (notAfter, Unix seconds).",
+    );
+    for cert in ops.certificates {
+        let _ = writeln!(
+            out,
+            "gateway_tls_certificate_expiry_timestamp_seconds{{listener=\"{}\"}} {}",
+            escape(&cert.listener),
+            cert.expires_at
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fill_levels_failures_and_certificates() {
+        let mut out = String::new();
+        render(
+            &mut out,
+            &Ops {
+                policy_failed: 2,
+                ban_maps: Some(vec![BanMapFill {
+                    map: "GW_BANS",
+                    entries: 3,
+                    capacity: 65536,
+                }]),
+                certificates: &[Certificate {
+                    listener: "127.0.0.1:8443".into(),
+                    expires_at: 1_900_000_000,
+                }],
+            },
+        );
+        for line in [
+            "gateway_policy_writes_failed_total 2",
+            "gateway_xdp_ban_map_entries{map=\"GW_BANS\"} 3",
+            "gateway_xdp_ban_map_capacity{map=\"GW_BANS\"} 65536",
+            "gateway_tls_certificate_expiry_timestamp_seconds{listener=\"127.0.0.1:8443\"} 1900000000",
+        ] {
+            assert!(out.contains(line), "missing {line:?} in\n{out}");
+        }
+        let mut without = String::new();
+        render(
+            &mut without,
+            &Ops {
+                policy_failed: 0,
+                ban_maps: None,
+                certificates: &[],
+            },
+        );
+        assert!(!without.contains("gateway_xdp_ban_map_entries"));
+    }
+}
