@@ -633,3 +633,51 @@ fn a_request_in_flight_finishes_and_its_http2_connection_serves_the_new_configur
     let targets: Vec<String> = upstream.requests().into_iter().map(|s| s.target).collect();
     assert_eq!(targets, ["/slow/x", "/other/y"]);
 }
+
+#[test]
+fn a_restart_after_a_reload_takes_over_the_listeners_in_force_only() {
+    let upstream = FakeUpstream::start(None);
+    let routes = tiers_and_app(upstream.addr)
+        + "\n[[routes]]\npath_prefix = \"/\"\nupstream = \"app\"\nauth = \"none\"\n";
+    let body = routes.clone() + "\n[[listeners]]\naddress = \"127.0.0.1:0\"\n";
+    let builder = Gateway::builder(&body).capture_stderr();
+    let admin_key = builder.create_key_with("gold", &["--admin"]);
+    let mut gateway = builder.start();
+    let file = ConfigFile::of(&gateway, &body);
+    let removed: SocketAddr = gateway.listeners[1]
+        .strip_prefix("http://")
+        .unwrap()
+        .parse()
+        .unwrap();
+    file.write(&(routes.clone() + "\n[[listeners]]\naddress = \"127.0.0.2:0\"\n"));
+    let reply = reload(&gateway, &admin_key);
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let added: SocketAddr = reply.json()["listeners_added"][0]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+
+    // The successor's file names the added listener's port, so it takes
+    // that socket over; the removed one is no longer offered.
+    file.write(&(routes + &format!("\n[[listeners]]\naddress = \"{added}\"\n")));
+    let mut old = gateway.start_successor();
+    let log = gateway.stderr_text();
+    assert!(log.contains("took over the listening sockets"), "{log}");
+    assert!(!log.contains("no longer a listener"), "{log}");
+    assert!(
+        gateway.listeners.contains(&format!("http://{added}")),
+        "{:?}",
+        gateway.listeners
+    );
+    let pid = libc::pid_t::try_from(old.id()).unwrap();
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while old.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "the old gateway did not exit");
+        pause(Duration::from_millis(20));
+    }
+    assert_eq!(request(added, "GET", "/after", &[]).status, 200);
+    assert!(TcpStream::connect_timeout(&removed, Duration::from_secs(1)).is_err());
+}
