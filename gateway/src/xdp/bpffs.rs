@@ -25,12 +25,20 @@ pub enum BpffsError {
          mount it yourself (`mount -t bpf bpf {path}`) or run with CAP_SYS_ADMIN"
     )]
     Mount { path: PathBuf, source: io::Error },
-    #[error("cannot create pin directory {path}: {source}")]
-    CreateDir { path: PathBuf, source: io::Error },
+    #[error("cannot create pin directory {path}: {source}{hint}")]
+    CreateDir {
+        path: PathBuf,
+        source: io::Error,
+        hint: &'static str,
+    },
     #[error("pin root {path} is held by another gateway (starting or running); stop it or choose another pin root")]
     Locked { path: PathBuf },
-    #[error("cannot lock pin root {path}: {source}")]
-    Lock { path: PathBuf, source: io::Error },
+    #[error("cannot lock pin root {path}: {source}{hint}")]
+    Lock {
+        path: PathBuf,
+        source: io::Error,
+        hint: &'static str,
+    },
 }
 
 /// Takes the pin root for this process: an exclusive `flock` on its
@@ -41,6 +49,7 @@ pub enum BpffsError {
 pub fn lock(pin_root: &Path) -> Result<OwnedFd, BpffsError> {
     let failed = |source| BpffsError::Lock {
         path: pin_root.to_owned(),
+        hint: not_ours(&source),
         source,
     };
     let dir = std::fs::File::open(pin_root).map_err(failed)?;
@@ -98,8 +107,19 @@ pub fn ensure_mounted(pin_root: &Path) -> Result<(), BpffsError> {
 fn create_dir(path: &Path) -> Result<(), BpffsError> {
     std::fs::create_dir_all(path).map_err(|source| BpffsError::CreateDir {
         path: path.to_owned(),
+        hint: not_ours(&source),
         source,
     })
+}
+
+/// Why a pin root is out of reach for a gateway run as its own user.
+fn not_ours(error: &io::Error) -> &'static str {
+    if crate::caps::is_permission(error) {
+        " (the pin root, and the way to it, must be this user's: \
+         packaging/gateway.service makes it in ExecStartPre and binds it in)"
+    } else {
+        ""
+    }
 }
 
 fn mount_bpffs(path: &Path) -> Result<(), BpffsError> {

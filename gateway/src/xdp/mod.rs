@@ -196,6 +196,13 @@ pub enum XdpError {
     MissingObject(String),
     #[error("XDP program: {0}")]
     Program(Box<ProgramError>),
+    /// The kernel refused for want of a capability, named.
+    #[error("{action} {hint}: {detail}")]
+    Capability {
+        action: &'static str,
+        hint: String,
+        detail: String,
+    },
     #[error("cannot pin {path}: {source}")]
     Pin {
         path: PathBuf,

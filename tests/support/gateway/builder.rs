@@ -65,11 +65,20 @@ pub(super) struct Launch {
     args: Vec<String>,
     /// Pipe stderr (the gateway's log) to [`Gateway::stderr_text`].
     pub(super) capture_stderr: bool,
+    /// A command that runs the gateway (`setpriv ... --`); empty: none.
+    wrapper: Vec<String>,
 }
 
 impl Launch {
     fn command(&self, config: &Path) -> Command {
-        let mut command = Command::new(gateway_bin());
+        let mut command = match self.wrapper.split_first() {
+            Some((program, args)) => {
+                let mut command = Command::new(program);
+                command.args(args).arg(gateway_bin());
+                command
+            }
+            None => Command::new(gateway_bin()),
+        };
         command.arg("run");
         match &self.xdp_ports {
             Some(ports) => command
@@ -137,6 +146,7 @@ impl GatewayBuilder {
                 interface: None,
                 args: Vec::new(),
                 capture_stderr: false,
+                wrapper: Vec::new(),
             },
             config,
             state_dir: dir.path.join("state"),
@@ -180,6 +190,13 @@ impl GatewayBuilder {
     /// is still echoed to the test's stderr.
     pub fn capture_stderr(mut self) -> Self {
         self.launch.capture_stderr = true;
+        self
+    }
+
+    /// Runs the gateway through `wrapper` (a program and its arguments
+    /// ending in `--`, e.g. `setpriv` dropping to a user and capabilities).
+    pub fn wrapper(mut self, wrapper: &[String]) -> Self {
+        self.launch.wrapper = wrapper.to_vec();
         self
     }
 
