@@ -7,8 +7,14 @@
 //! `tcp_syncookies` sysctl, and a ban from the CLI (same user, same
 //! capabilities) drops its source in the kernel. Then each capability is
 //! taken away in turn and the start fails naming it: the set is minimal.
+//! Last, the same run inside the unit's file-system view (read-only `/`,
+//! its pin root alone in `/sys/fs/bpf`), with `MemoryDenyWriteExecute`,
+//! under strace: what it did fits the unit's system call filter, address
+//! families, `PrivateDevices` and `RestrictNamespaces` (see `sandbox.rs`).
 #![allow(clippy::unwrap_used, reason = "tests: a panic is the failure report")]
 
+#[path = "systemd/sandbox.rs"]
+mod sandbox;
 #[path = "systemd/unit.rs"]
 mod unit;
 
@@ -83,7 +89,10 @@ fn the_unit_verifies_and_matches_the_packaged_config() {
         .display()
         .to_string();
     assert_eq!(unit.values("BindPaths"), std::slice::from_ref(&pin_root));
-    assert_eq!(unit.values("ReadWritePaths"), std::slice::from_ref(&pin_root));
+    assert_eq!(
+        unit.values("ReadWritePaths"),
+        std::slice::from_ref(&pin_root)
+    );
     assert!(unit.values("ExecStartPre")[0].ends_with(&format!(" {pin_root}")));
     let check = Command::new(gateway_bin())
         .arg("check-config")
@@ -159,9 +168,23 @@ fn unprivileged_user_with_the_units_capabilities_runs_the_kernel_path() {
         .run(|| fs::read_to_string("/proc/sys/net/ipv4/tcp_syncookies").unwrap());
     assert_eq!(syncookies.trim(), "2");
 
-    // A client is served on port 80, and its tier budget reaches the
-    // kernel map through the unprivileged policy writer.
+    serves_and_bans(&topology, &gateway, &upstream, &key, &pins.path, &caps);
+}
+
+/// Through `gateway` (run as the unit would): a client is served on port
+/// 80, its tier budget reaches the kernel map through the unprivileged
+/// policy writer, and a ban from the CLI, run as the service user with the
+/// same capabilities, reaches the kernel map and drops the source there.
+fn serves_and_bans(
+    topology: &Topology,
+    gateway: &Gateway,
+    upstream: &FakeUpstream,
+    key: &str,
+    pins: &Path,
+    caps: &[String],
+) {
     let server = SocketAddr::from((SERVER_V4.parse::<std::net::IpAddr>().unwrap(), PORT));
+    let key = key.to_owned();
     let reply = topology
         .client
         .run(move || {
@@ -191,10 +214,10 @@ fn unprivileged_user_with_the_units_capabilities_runs_the_kernel_path() {
     // capabilities, reaches the kernel map; the source is dropped there.
     let ban = checked(
         Command::new("setpriv")
-            .args(&unit::setpriv(&caps)[1..])
+            .args(&unit::setpriv(caps)[1..])
             .arg(gateway_bin())
             .args(["xdp", "ban", CLIENT_V4, "--for", "60s", "--pin-root"])
-            .arg(&pins.path),
+            .arg(pins),
     );
     assert!(String::from_utf8_lossy(&ban.stdout).contains("banned"));
     let bans: serde_json::Value = serde_json::from_str(&gateway.xdp(&["bans", "--json"])).unwrap();
@@ -203,6 +226,94 @@ fn unprivileged_user_with_the_units_capabilities_runs_the_kernel_path() {
     assert!(!topology.connects(CLIENT_V4, SERVER_V4, PORT, DROPPED));
     assert!(gateway.counter("dropped_banned") > before);
     assert!(topology.connects(CLIENT2_V4, SERVER_V4, PORT, OK));
+}
+
+#[test]
+fn the_units_sandbox_leaves_the_kernel_path_working() {
+    if !require_root("the_units_sandbox_leaves_the_kernel_path_working") {
+        return;
+    }
+    let unit = Unit::packaged();
+    let caps = unit.capabilities();
+    let topology = Topology::new();
+    let upstream = topology.server.run(|| FakeUpstream::start(None));
+    let pins = PinRoot::new();
+    let builder = Gateway::builder(&body(upstream.addr))
+        .in_namespace(&topology.server)
+        .xdp(&PORT.to_string())
+        .pin_root(pins.path.clone())
+        .args(&["--syn-cookies", "kernel"]);
+    let state = builder.config.parent().unwrap().to_owned();
+    let log = state.join("strace.log");
+    let mut wrapper = sandbox::wrapper(&pins.path, &state, &log);
+    wrapper.extend(unit::setpriv(&caps));
+    assert_eq!(unit.values("MemoryDenyWriteExecute"), ["yes"]);
+    let key = builder.create_key("gold");
+    unit::give_to_user(&state);
+    let mut gateway = builder.wrapper(&wrapper).deny_write_execute().start();
+    assert!(
+        gateway.ready_line.contains(&format!(
+            "XDP attached to veth-srv in native mode, Enforce, ports [{PORT}], maps pinned at {}",
+            sandbox::SERVICE_PIN_ROOT
+        )),
+        "{}",
+        gateway.ready_line
+    );
+    serves_and_bans(&topology, &gateway, &upstream, &key, &pins.path, &caps);
+    let admin = gateway.admin.unwrap();
+    let metrics = topology
+        .server
+        .run(move || gateway_tests::http::request(admin, "GET", "/metrics", &[]));
+    assert_eq!(metrics.status, 200);
+
+    // Stop the traced gateway (strace's child) so the trace is complete.
+    let tracer = gateway.pid().unwrap();
+    let children = fs::read_to_string(format!("/proc/{tracer}/task/{tracer}/children")).unwrap();
+    let traced: i32 = children.split_whitespace().next().unwrap().parse().unwrap();
+    // SAFETY: signalling a process this test started.
+    unsafe { libc::kill(traced, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Path::new(&format!("/proc/{traced}")).exists() && Instant::now() < deadline {
+        pause(Duration::from_millis(50));
+    }
+    assert!(gateway.stop(), "the traced gateway did not stop cleanly");
+    let trace = sandbox::Trace::parse(&fs::read_to_string(&log).unwrap(), &gateway_bin());
+
+    let families: BTreeSet<String> = unit.values("RestrictAddressFamilies").into_iter().collect();
+    let used = trace.socket_families();
+    assert!(
+        used.is_subset(&families),
+        "sockets {used:?}, unit allows {families:?}"
+    );
+    let devices = trace.device_opens();
+    let private = [
+        "/dev/null",
+        "/dev/zero",
+        "/dev/full",
+        "/dev/random",
+        "/dev/urandom",
+    ];
+    assert!(
+        devices.iter().all(|d| private.contains(&d.as_str())),
+        "PrivateDevices= hides {devices:?}"
+    );
+    assert_eq!(trace.namespace_calls(), Vec::<String>::new());
+    assert_eq!(unit.values("RestrictNamespaces"), ["yes"]);
+
+    let Some(groups) = sandbox::syscall_groups() else {
+        eprintln!("SKIPPED SystemCallFilter= check (systemd-analyze not installed)");
+        return;
+    };
+    let allowed = sandbox::allowed(&unit.values("SystemCallFilter"), &groups);
+    // `bpf` is in @privileged, not @system-service: the unit names it.
+    assert!(!sandbox::allowed(&["@system-service".to_owned()], &groups).contains("bpf"));
+    assert!(trace.syscalls().contains("bpf"));
+    let refused: Vec<String> = trace.syscalls().difference(&allowed).cloned().collect();
+    assert!(
+        refused.is_empty(),
+        "SystemCallFilter= would refuse {refused:?} (used: {:?})",
+        trace.syscalls()
+    );
 }
 
 /// `gateway run` with `caps`, as the unit would start it, in the server

@@ -67,6 +67,8 @@ pub(super) struct Launch {
     pub(super) capture_stderr: bool,
     /// A command that runs the gateway (`setpriv ... --`); empty: none.
     wrapper: Vec<String>,
+    /// `PR_SET_MDWE` before exec, as systemd's `MemoryDenyWriteExecute=`.
+    deny_write_execute: bool,
 }
 
 impl Launch {
@@ -104,6 +106,18 @@ impl Launch {
 
     pub(super) fn spawn(&self, config: &Path) -> Child {
         let mut command = self.command(config);
+        if self.deny_write_execute {
+            // SAFETY: prctl is async-signal-safe; no pointers.
+            unsafe {
+                command.pre_exec(|| {
+                    let flags = libc::PR_MDWE_REFUSE_EXEC_GAIN as libc::c_ulong;
+                    if libc::prctl(libc::PR_SET_MDWE, flags, 0, 0, 0) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
         let Some(path) = &self.netns else {
             return command.spawn().unwrap();
         };
@@ -147,6 +161,7 @@ impl GatewayBuilder {
                 args: Vec::new(),
                 capture_stderr: false,
                 wrapper: Vec::new(),
+                deny_write_execute: false,
             },
             config,
             state_dir: dir.path.join("state"),
@@ -197,6 +212,14 @@ impl GatewayBuilder {
     /// ending in `--`, e.g. `setpriv` dropping to a user and capabilities).
     pub fn wrapper(mut self, wrapper: &[String]) -> Self {
         self.launch.wrapper = wrapper.to_vec();
+        self
+    }
+
+    /// No memory may become writable and executable for the gateway and
+    /// what it runs (`PR_SET_MDWE`, inherited across fork and exec), as
+    /// systemd's `MemoryDenyWriteExecute=yes` sets it.
+    pub fn deny_write_execute(mut self) -> Self {
+        self.launch.deny_write_execute = true;
         self
     }
 
