@@ -169,6 +169,21 @@ fn unprivileged_user_with_the_units_capabilities_runs_the_kernel_path() {
     assert_eq!(syncookies.trim(), "2");
 
     serves_and_bans(&topology, &gateway, &upstream, &key, &pins.path, &caps);
+
+    // Killed and started again (Restart=on-failure), the same user with the
+    // same capabilities adopts its pins: the ban holds, the link is reused.
+    let link = gateway.status()["link_id"].clone();
+    assert!(link.is_u64(), "no pinned link: {link}");
+    let gateway = gateway.restart();
+    assert!(
+        gateway.ready_line.contains("native mode"),
+        "{}",
+        gateway.ready_line
+    );
+    assert_eq!(gateway.status()["link_id"], link);
+    let bans: serde_json::Value = serde_json::from_str(&gateway.xdp(&["bans", "--json"])).unwrap();
+    assert_eq!(bans[0]["source"], CLIENT_V4, "{bans}");
+    assert!(!topology.connects(CLIENT_V4, SERVER_V4, PORT, DROPPED));
 }
 
 /// Through `gateway` (run as the unit would): a client is served on port
@@ -246,6 +261,7 @@ fn the_units_sandbox_leaves_the_kernel_path_working() {
     let state = builder.config.parent().unwrap().to_owned();
     let log = state.join("strace.log");
     let mut wrapper = sandbox::wrapper(&pins.path, &state, &log);
+    wrapper.extend(unit.prlimit());
     wrapper.extend(unit::setpriv(&caps));
     assert_eq!(unit.values("MemoryDenyWriteExecute"), ["yes"]);
     let key = builder.create_key("gold");

@@ -76,6 +76,28 @@ impl Unit {
         ambient
     }
 
+    /// `prlimit` and its arguments (ending in `--`) that set the unit's
+    /// `LimitNOFILE=`, as far as this process's hard limit allows (systemd
+    /// raises it with CAP_SYS_RESOURCE, which a container's root may lack).
+    pub fn prlimit(&self) -> Vec<String> {
+        let mut args = vec!["prlimit".to_owned()];
+        for value in self.values("LimitNOFILE") {
+            let mut limit = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            // SAFETY: getrlimit writes the struct it is given.
+            assert_eq!(
+                unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) },
+                0
+            );
+            let value = value.parse::<u64>().unwrap().min(limit.rlim_max);
+            args.push(format!("--nofile={value}:{value}"));
+        }
+        args.push("--".to_owned());
+        args
+    }
+
     /// `--config`'s argument in ExecStart.
     pub fn config_path(&self) -> PathBuf {
         let exec = &self.values("ExecStart")[0];
