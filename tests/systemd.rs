@@ -335,6 +335,16 @@ fn the_units_sandbox_leaves_the_kernel_path_working() {
 /// `gateway run` with `caps`, as the unit would start it, in the server
 /// namespace; it must fail to start within 30 s. Its output.
 fn failed_start(topology: &Topology, caps: &[String], extra: &[&str]) -> Output {
+    failed_start_in(topology, None, caps, extra)
+}
+
+/// [`failed_start`], wrapped by `view(pin root)` (a mount namespace).
+fn failed_start_in(
+    topology: &Topology,
+    view: Option<fn(&Path) -> Vec<String>>,
+    caps: &[String],
+    extra: &[&str],
+) -> Output {
     let dir = gateway_tests::fs::TempDir::new("systemd");
     let upstream: SocketAddr = "127.0.0.1:9".parse().unwrap();
     let config = dir.write(
@@ -348,9 +358,11 @@ fn failed_start(topology: &Topology, caps: &[String], extra: &[&str]) -> Output 
     );
     unit::give_to_user(&dir.path);
     let pins = PinRoot::new();
-    let mut command = Command::new("setpriv");
+    let mut wrapper = view.map(|view| view(&pins.path)).unwrap_or_default();
+    wrapper.extend(unit::setpriv(caps));
+    let mut command = Command::new(&wrapper[0]);
     command
-        .args(&unit::setpriv(caps)[1..])
+        .args(&wrapper[1..])
         .arg(gateway_bin())
         .arg("run")
         .arg("--config")
@@ -409,4 +421,23 @@ fn each_capability_of_the_unit_is_needed() {
         );
     }
     assert!(missing.is_empty(), "no case leaves out {missing:?}");
+}
+
+#[test]
+fn a_pin_root_behind_systemds_bpffs_mount_is_named() {
+    if !require_root("a_pin_root_behind_systemds_bpffs_mount_is_named") {
+        return;
+    }
+    // /sys/fs/bpf as systemd mounts it (0700 root), without the unit's
+    // TemporaryFileSystem= + BindPaths=: bpffs is there, only unreachable.
+    let topology = Topology::new();
+    let caps = Unit::packaged().capabilities();
+    let output = failed_start_in(&topology, Some(sandbox::systemd_bpffs), &caps, &[]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(
+            "cannot reach the pin root /sys/fs/bpf/gateway: /sys/fs/bpf is not searchable"
+        ) && stderr.contains("TemporaryFileSystem=/sys/fs/bpf"),
+        "{stderr}"
+    );
 }

@@ -61,6 +61,32 @@ pub fn wrapper(host_pins: &Path, state: &Path, log: &Path) -> Vec<String> {
     .collect()
 }
 
+/// Run by `unshare -m`: a fresh bpffs at `/sys/fs/bpf` mounted as systemd
+/// mounts it (0700 root) holding the pin root (the user's), then the rest
+/// of its arguments with the host pin root replaced by that one. `$1`: the
+/// host pin root.
+const SYSTEMD_BPFFS: &str = r#"set -eu
+host_pins=$1; shift
+mount -t bpf -o mode=0700 bpf /sys/fs/bpf
+install -d -o 65534 -g 65534 -m 0700 /sys/fs/bpf/gateway
+for arg; do
+  shift
+  if [ "$arg" = "$host_pins" ]; then arg=/sys/fs/bpf/gateway; fi
+  set -- "$@" "$arg"
+done
+exec "$@"
+"#;
+
+/// The wrapper for [`SYSTEMD_BPFFS`].
+pub fn systemd_bpffs(host_pins: &Path) -> Vec<String> {
+    ["unshare", "--mount", "--propagation", "private", "--"]
+        .iter()
+        .chain(&["sh", "-c", SYSTEMD_BPFFS, "sh"])
+        .map(|s| s.to_string())
+        .chain([host_pins.display().to_string()])
+        .collect()
+}
+
 /// `systemd-analyze syscall-filter`'s groups, `@name` → members (system
 /// calls and groups); `None` without systemd.
 pub fn syscall_groups() -> Option<BTreeMap<String, Vec<String>>> {

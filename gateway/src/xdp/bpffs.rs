@@ -21,6 +21,17 @@ pub enum BpffsError {
     #[error("cannot inspect {path}: {source}")]
     Stat { path: PathBuf, source: io::Error },
     #[error(
+        "cannot reach the pin root {pin_root}: {path} is not searchable by this user \
+         ({source}); systemd mounts /sys/fs/bpf 0700 root: run as packaging/gateway.service \
+         does (TemporaryFileSystem=/sys/fs/bpf, BindPaths= the pin root), or pick a pin \
+         root this user can reach"
+    )]
+    Unreachable {
+        pin_root: PathBuf,
+        path: PathBuf,
+        source: io::Error,
+    },
+    #[error(
         "{path} is not on a BPF filesystem and mounting one there failed ({source}); \
          mount it yourself (`mount -t bpf bpf {path}`) or run with CAP_SYS_ADMIN"
     )]
@@ -88,10 +99,7 @@ pub fn is_bpffs(path: &Path) -> Result<bool, BpffsError> {
 /// Ensures `pin_root` exists on bpffs, mounting bpffs at `/sys/fs/bpf` (for
 /// roots below it) or at `pin_root` itself when needed.
 pub fn ensure_mounted(pin_root: &Path) -> Result<(), BpffsError> {
-    let existing = pin_root
-        .ancestors()
-        .find(|p| p.exists())
-        .unwrap_or(Path::new("/"));
+    let existing = nearest_existing(pin_root)?;
     if !is_bpffs(existing)? {
         let mount_point = if pin_root.starts_with(STANDARD_MOUNT) {
             PathBuf::from(STANDARD_MOUNT)
@@ -102,6 +110,28 @@ pub fn ensure_mounted(pin_root: &Path) -> Result<(), BpffsError> {
         mount_bpffs(&mount_point)?;
     }
     create_dir(pin_root)
+}
+
+/// The pin root or its nearest existing ancestor. A directory on the way
+/// that this user may not search (bpffs mounted 0700 root) is named as
+/// such, not mistaken for a missing bpffs.
+fn nearest_existing(pin_root: &Path) -> Result<&Path, BpffsError> {
+    for path in pin_root.ancestors() {
+        match path.try_exists() {
+            Ok(true) => return Ok(path),
+            Ok(false) => {}
+            Err(source) if crate::caps::is_permission(&source) => {
+                let parent = path.parent().unwrap_or(path);
+                return Err(BpffsError::Unreachable {
+                    pin_root: pin_root.to_owned(),
+                    path: parent.to_owned(),
+                    source,
+                });
+            }
+            Err(_) => {}
+        }
+    }
+    Ok(Path::new("/"))
 }
 
 fn create_dir(path: &Path) -> Result<(), BpffsError> {
