@@ -324,6 +324,37 @@ fn the_units_sandbox_leaves_the_kernel_path_working() {
     // `bpf` is in @privileged, not @system-service: the unit names it.
     assert!(!sandbox::allowed(&["@system-service".to_owned()], &groups).contains("bpf"));
     assert!(trace.syscalls().contains("bpf"));
+    // What the other settings refuse by system call, none of it used.
+    for setting in [
+        "ProtectClock",
+        "ProtectKernelModules",
+        "ProtectKernelLogs",
+        "ProtectHostname",
+        "LockPersonality",
+        "RestrictRealtime",
+    ] {
+        assert_eq!(unit.values(setting), ["yes"], "{setting}");
+    }
+    let mut refused_elsewhere = sandbox::allowed(&["@clock".into(), "@module".into()], &groups);
+    refused_elsewhere.extend(
+        [
+            "syslog",
+            "sethostname",
+            "setdomainname",
+            "personality",
+            "sched_setscheduler",
+        ]
+        .map(str::to_owned),
+    );
+    let used: Vec<String> = trace
+        .syscalls()
+        .intersection(&refused_elsewhere)
+        .cloned()
+        .collect();
+    assert!(
+        used.is_empty(),
+        "refused by the unit's Protect*/Restrict*: {used:?}"
+    );
     let refused: Vec<String> = trace.syscalls().difference(&allowed).cloned().collect();
     assert!(
         refused.is_empty(),
