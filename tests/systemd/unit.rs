@@ -127,7 +127,9 @@ impl Unit {
         {
             Ok(output) => output,
             Err(error) => {
-                eprintln!("SKIPPED systemd-analyze verify (systemd not installed: {error})");
+                skipped(&format!(
+                    "systemd-analyze verify (systemd not installed: {error})"
+                ));
                 return;
             }
         };
@@ -263,4 +265,12 @@ pub fn run_in(ns: &NetNs, mut command: Command, within: Duration) -> Output {
         stdout: fs::read(&out).unwrap(),
         stderr: fs::read(&err).unwrap(),
     }
+}
+
+/// One `SKIPPED ...` line straight to stderr, past libtest's capture (which
+/// takes only `print!`/`eprint!`), as `require_root` reports its skips.
+pub fn skipped(what: &str) {
+    use std::io::Write;
+    let line = format!("SKIPPED systemd::{what}\n");
+    let _ = std::io::stderr().lock().write_all(line.as_bytes());
 }
