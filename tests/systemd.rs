@@ -313,6 +313,15 @@ fn the_units_sandbox_leaves_the_kernel_path_working() {
         devices.iter().all(|d| private.contains(&d.as_str())),
         "PrivateDevices= hides {devices:?}"
     );
+    // PrivateTmp=: nothing in /tmp or /var/tmp but the state dir (which
+    // is /var/lib/gateway in the unit).
+    let temporary: Vec<String> = trace
+        .opened()
+        .into_iter()
+        .filter(|path| path.starts_with("/tmp/") || path.starts_with("/var/tmp/"))
+        .filter(|path| !Path::new(path).starts_with(&state))
+        .collect();
+    assert!(temporary.is_empty(), "PrivateTmp= hides {temporary:?}");
     assert_eq!(trace.namespace_calls(), Vec::<String>::new());
     assert_eq!(unit.values("RestrictNamespaces"), ["yes"]);
 

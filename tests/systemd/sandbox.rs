@@ -36,6 +36,8 @@ for arg; do
   if [ "$arg" = "$host_pins" ]; then arg=/sys/fs/bpf/gateway; fi
   set -- "$@" "$arg"
 done
+# UMask=0077
+umask 0077
 exec "$@"
 "#;
 
@@ -176,14 +178,21 @@ impl Trace {
             .collect()
     }
 
-    /// Every `/dev/...` path opened.
-    pub fn device_opens(&self) -> BTreeSet<String> {
+    /// Every path opened (`open`, `openat`).
+    pub fn opened(&self) -> BTreeSet<String> {
         self.calls
             .iter()
             .filter(|(name, _)| name.starts_with("open"))
             .filter_map(|(_, args)| args.split('"').nth(1))
-            .filter(|path| path.starts_with("/dev/"))
             .map(str::to_owned)
+            .collect()
+    }
+
+    /// Every `/dev/...` path opened.
+    pub fn device_opens(&self) -> BTreeSet<String> {
+        self.opened()
+            .into_iter()
+            .filter(|path| path.starts_with("/dev/"))
             .collect()
     }
 
