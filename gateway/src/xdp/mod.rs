@@ -190,7 +190,9 @@ pub enum XdpError {
     Link(Box<LinkError>),
     #[error("cannot remove stale pin {path}: {source}")]
     RemoveStale { path: PathBuf, source: io::Error },
-    #[error("loading the XDP program failed (it needs root, or CAP_BPF and CAP_NET_ADMIN): {0}")]
+    #[error(
+        "loading the XDP program failed (it needs root, or CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN): {0}"
+    )]
     Load(Box<EbpfError>),
     #[error("the embedded XDP object has no {0}: the gateway and gateway-ebpf were built from different sources")]
     MissingObject(String),
