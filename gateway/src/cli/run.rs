@@ -329,7 +329,13 @@ fn bind_listeners(
             }
         };
         let sockets = super::takeover::proxy_sockets(inherited, listener.address, workers)
-            .with_context(|| format!("cannot listen on {}", listener.address))?;
+            .map_err(|error| {
+                let hint = gateway::caps::bind_hint(listener.address, &error)
+                    .map(|hint| format!(": {hint}"))
+                    .unwrap_or_default();
+                anyhow::Error::new(error)
+                    .context(format!("cannot listen on {}{hint}", listener.address))
+            })?;
         let scheme = if tls.is_some() { "https" } else { "http" };
         if let Some(first) = sockets.first() {
             let url = format!("{scheme}://{}", first.local_addr()?);
