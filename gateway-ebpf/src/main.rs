@@ -11,7 +11,9 @@
 //! `xdp.udp`), never charged → pass; a deny is overridden by the allow-list.
 //! The source's ban, budget and allow-list membership are cached in its
 //! `GW_STATE` entry and re-read only after userspace restamps
-//! `GW_GENERATION`, so a packet costs one hash lookup, not four. Frames
+//! `GW_GENERATION`, so a packet costs one hash lookup, not four; and a
+//! plain TCP frame from a source this CPU judged lately (banned, or holding
+//! a lease of its budget's tokens) costs none, see [`hot`]. Frames
 //! without an IP header pass. Policy maps are written by userspace only; this
 //! program writes only `GW_STATE`, `GW_SYN_FLOOD` and `GW_COUNTERS`. Prefix
 //! bans and budgets (`GW_PREFIX_*`, LPM tries) are read only with the rest of
@@ -23,16 +25,16 @@
 #![feature(asm_experimental_arch)]
 #![no_main]
 
-mod ban_cache;
 mod direct;
 mod events;
+mod hot;
 mod runtime;
 mod synack;
 mod syncookie;
 
 use aya_ebpf::btf_maps::lpm_trie::Key;
 use aya_ebpf::{
-    bindings::xdp_action,
+    bindings::{xdp_action, xdp_md},
     btf_maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
     helpers::{bpf_ktime_get_coarse_ns, bpf_xdp_load_bytes},
     macros::{btf_map, xdp},
@@ -90,8 +92,36 @@ const NS_PER_SEC: u64 = 1_000_000_000;
 
 #[xdp]
 pub fn gateway_xdp(ctx: XdpContext) -> u32 {
+    match fast_path(&ctx) {
+        Some(verdict) => verdict,
+        None => full_path(ctx.ctx),
+    }
+}
+
+/// The common case in straight-line code with few live values: a plain
+/// TCP frame (`packet::parse_plain_tcp`, the same answer as the full
+/// parse) to an unprotected port, or from a source this CPU's cache judges
+/// (see [`hot`]). `None`: the full path decides.
+#[inline(always)]
+fn fast_path(ctx: &XdpContext) -> Option<u32> {
+    let parsed = packet::parse_plain_tcp(&XdpPacket(ctx))?;
+    if !protected(parsed.dst_port) {
+        return Some(pass(Counter::NotProtected));
+    }
+    let generation = *GW_GENERATION.get(0)?;
+    match hot::serve(&parsed.src, generation, hot::jiffies(), parsed.is_syn()) {
+        hot::Hit::Pass => Some(pass(Counter::Passed)),
+        hot::Hit::Banned => Some(deny(GW_CONFIG.get(0)?, Counter::DroppedBanned)),
+        hot::Hit::Miss => None,
+    }
+}
+
+/// Every other packet, out of line (a BPF subprogram), so the fast path
+/// keeps its few values in registers. It parses again from the start.
+#[inline(never)]
+fn full_path(ctx: *mut xdp_md) -> u32 {
     // A packet we cannot read is not ours to judge.
-    try_gateway_xdp(&ctx).unwrap_or(xdp_action::XDP_PASS)
+    try_gateway_xdp(&XdpContext::new(ctx)).unwrap_or(xdp_action::XDP_PASS)
 }
 
 #[inline(always)]
@@ -118,12 +148,24 @@ fn try_gateway_xdp(ctx: &XdpContext) -> Result<u32, ()> {
         // Fragments (any, to any port): the packet budget.
         _ => false,
     };
-    let config = GW_CONFIG.get(0).ok_or(())?;
+    judge_metered(ctx, &parsed, metered_syn)
+}
+
+/// Judges a packet charged to its source (`metered_syn`: a SYN to a
+/// protected port): this CPU's hot-source cache first (see [`hot`]), else
+/// its `GW_STATE` entry.
+#[inline(always)]
+fn judge_metered(ctx: &XdpContext, parsed: &packet::Parsed, metered_syn: bool) -> Result<u32, ()> {
     let generation = *GW_GENERATION.get(0).ok_or(())?;
-    let jiffies = ban_cache::jiffies();
-    if ban_cache::banned(&parsed.src, generation, jiffies) {
-        return Ok(deny(config, Counter::DroppedBanned));
+    let jiffies = hot::jiffies();
+    match hot::serve(&parsed.src, generation, jiffies, metered_syn) {
+        hot::Hit::Pass => return Ok(pass(Counter::Passed)),
+        hot::Hit::Banned => {
+            return Ok(deny(GW_CONFIG.get(0).ok_or(())?, Counter::DroppedBanned));
+        }
+        hot::Hit::Miss => {}
     }
+    let config = GW_CONFIG.get(0).ok_or(())?;
     let now = now_ns();
     let state = source_state(ctx, &parsed.src)?;
     // SAFETY: `state` points into this source's GW_STATE value. Another CPU
@@ -136,7 +178,9 @@ fn try_gateway_xdp(ctx: &XdpContext) -> Result<u32, ()> {
     }
     let verdict = if state.banned_until_ns > now {
         Counter::DroppedBanned
-    } else if let Some(judged) = syncookie::judge(ctx, &parsed, state, config, now) {
+    } else if let Some(judged) = syncookie::judge(ctx, parsed, state, config, now) {
+        // Cookie mode: this CPU's lease, if any, must not pass its ACKs.
+        hot::forget(&parsed.src);
         match judged {
             syncookie::Judged::Pass(counter) => return Ok(pass(counter)),
             syncookie::Judged::Deny(counter) => counter,
@@ -162,6 +206,17 @@ fn try_gateway_xdp(ctx: &XdpContext) -> Result<u32, ()> {
     ) {
         Counter::DroppedPktBudget
     } else {
+        if generation != 0 {
+            lease(
+                state,
+                &parsed.src,
+                config,
+                generation,
+                metered_syn,
+                now,
+                jiffies,
+            );
+        }
         return Ok(pass(Counter::Passed));
     };
     // Allow-listed sources are never dropped.
@@ -171,10 +226,58 @@ fn try_gateway_xdp(ctx: &XdpContext) -> Result<u32, ()> {
     if verdict == Counter::DroppedBanned {
         events::first_drop_after_ban(ctx, state, &parsed.src, config, now);
         if generation != 0 {
-            ban_cache::remember(&parsed.src, generation, state.banned_until_ns, now, jiffies);
+            hot::ban(&parsed.src, generation, state.banned_until_ns, now, jiffies);
         }
     }
     Ok(deny(config, verdict))
+}
+
+/// After the buckets admitted a packet: tops up this CPU's token lease for
+/// the source (see [`hot`]), carrying over what its last lease left under
+/// the same generation; SYN tokens only for a SYN. Outside what
+/// `syncookie::leasable` allows, or with nothing to lease, the slot is
+/// cleared.
+#[inline(always)]
+fn lease(
+    state: &mut SourceState,
+    src: &SourceAddr,
+    config: &Config,
+    generation: u64,
+    syn: bool,
+    now: u64,
+    jiffies: u64,
+) {
+    let (syn_ok, pkt_ok) = syncookie::leasable(config, state, now);
+    if !pkt_ok {
+        hot::forget(src);
+        return;
+    }
+    let (syn_left, pkt_left) = hot::carried(src, generation);
+    let syn_left = if !syn_ok {
+        0
+    } else if syn {
+        hot::top_up(
+            syn_left,
+            &mut state.syn_tat_ns,
+            state.syn_interval_ns,
+            state.syn_tolerance_ns,
+            now,
+        )
+    } else {
+        syn_left
+    };
+    let pkt_left = hot::top_up(
+        pkt_left,
+        &mut state.pkt_tat_ns,
+        state.pkt_interval_ns,
+        state.pkt_tolerance_ns,
+        now,
+    );
+    if pkt_left == 0 {
+        hot::forget(src);
+        return;
+    }
+    hot::lease(src, generation, jiffies, syn_left, pkt_left);
 }
 
 #[inline(always)]
@@ -305,7 +408,7 @@ fn source_state(ctx: &XdpContext, src: &SourceAddr) -> Result<*mut SourceState, 
     }
     let fresh = SourceState::default();
     // BPF_NOEXIST: if another CPU created it meanwhile, use theirs.
-    let inserted = GW_STATE.insert(src, &fresh, aya_ebpf::bindings::BPF_NOEXIST.into());
+    let inserted = GW_STATE.insert(src, fresh, aya_ebpf::bindings::BPF_NOEXIST.into());
     let state = GW_STATE.get_ptr_mut(src);
     if state.is_none() {
         let error = inserted.err().map_or(0, i64::from);
