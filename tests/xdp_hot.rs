@@ -9,7 +9,7 @@
 use std::process::Command;
 
 use gateway_tests::{
-    bpf::TestRunner,
+    bpf::{PinnedMap, TestRunner},
     gateway::Gateway,
     netns::{Topology, CLIENT2_V4, CLIENT_V4, SERVER_V4},
     packet::TcpFrame,
@@ -100,6 +100,56 @@ fn leased_on_cpu0(gateway: &Gateway, src: &str) -> Option<(u64, u64)> {
     })
 }
 
+/// The IPv4-mapped key of `src` in the source-keyed maps.
+fn key(src: &str) -> [u8; 16] {
+    let octets: std::net::Ipv4Addr = src.parse().unwrap();
+    let mut key = [0u8; 16];
+    key[10..12].copy_from_slice(&[0xff, 0xff]);
+    key[12..].copy_from_slice(&octets.octets());
+    key
+}
+
+/// Writes `value` under `src` in the policy map `map` and restamps
+/// `GW_GENERATION`, as the gateway's policy writer does, straight through
+/// the syscall: within the lease's 1-2 tick life, where the CLI (a
+/// process) would let it expire first and prove nothing.
+fn write_policy(gateway: &Gateway, map: &str, src: &str, value: &[u8]) {
+    let map = PinnedMap::open(&gateway.pin_root.join(map)).unwrap();
+    let generation = PinnedMap::open(&gateway.pin_root.join("GW_GENERATION")).unwrap();
+    map.set(&key(src), value).unwrap();
+    let stamp = u64::from_ne_bytes(generation.get::<8>(&0u32.to_ne_bytes()).unwrap());
+    generation
+        .set(&0u32.to_ne_bytes(), &(stamp + 1).to_ne_bytes())
+        .unwrap();
+}
+
+/// CLOCK_MONOTONIC in ns, the clock bans are written in.
+fn monotonic_ns() -> u64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `now` is a valid timespec to write.
+    assert_eq!(
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) },
+        0
+    );
+    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
+}
+
+/// Lets the lease taken so far expire (its deadline is 1-2 ticks, at most
+/// 20 ms at HZ = 100), then renews it with one SYN, which takes a new one
+/// good for at least a tick: the policy write and the next SYN that follow
+/// at once meet a live lease.
+fn renew_lease(runner: &TestRunner, frame: &[u8]) {
+    #[allow(
+        clippy::disallowed_methods,
+        reason = "sync test, waiting on a kernel tick"
+    )]
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    assert_eq!(run(runner, frame, 1), vec![XDP_PASS]);
+}
+
 /// Runs `frame` through the program `times` times; the verdicts.
 fn run(runner: &TestRunner, frame: &[u8], times: usize) -> Vec<u32> {
     (0..times).map(|_| runner.run(frame).unwrap()).collect()
@@ -130,14 +180,19 @@ fn a_source_with_a_lease_is_dropped_on_its_next_packet_once_banned() {
     let (syn_left, pkt_left) = leased_on_cpu0(&gateway, CLIENT2_V4).expect("a lease on CPU 0");
     assert!(syn_left > 0 && pkt_left > 0, "{syn_left} {pkt_left}");
 
-    gateway.xdp(&["ban", CLIENT2_V4, "--for", "1h"]);
     let names = ["passed", "dropped_banned"];
     let before = counters(&gateway, &names);
+    // A fresh lease, then the ban (a `Ban`: until, reason, offences), then
+    // the next SYN.
+    renew_lease(&runner, &frame);
+    let mut ban = (monotonic_ns() + 3_600_000_000_000).to_ne_bytes().to_vec();
+    ban.extend([0u8; 8]);
+    write_policy(&gateway, "GW_BANS", CLIENT2_V4, &ban);
     assert_eq!(run(&runner, &frame, 1), vec![XDP_DROP]);
     let after = counters(&gateway, &names);
     assert_eq!(
         (after[0] - before[0], after[1] - before[1]),
-        (0, 1),
+        (1, 1),
         "passed, dropped_banned"
     );
     assert_eq!(leased_on_cpu0(&gateway, CLIENT2_V4), None);
@@ -165,25 +220,24 @@ fn a_source_with_a_lease_is_limited_on_its_next_packet_once_its_budget_is_lowere
     let (syn_left, _) = leased_on_cpu0(&gateway, CLIENT_V4).expect("a lease on CPU 0");
     assert!(syn_left >= 5, "{syn_left} SYN tokens leased");
 
-    // One SYN a second, no burst: of five SYNs at once, at most the first
-    // passes (the bucket may have refilled since), never the leased tokens.
-    gateway.xdp(&[
-        "budget",
-        CLIENT_V4,
-        "--syn-rate",
-        "1",
-        "--syn-burst",
-        "1",
-        "--pkt-rate",
-        "0",
-    ]);
+    // One SYN a second, no burst, packets unlimited (a `Budget`: SYN rate
+    // and burst, packet rate and burst, tier): of five SYNs at once, at
+    // most the first passes (the bucket may have refilled), never the
+    // leased tokens. Written right after a SYN that refreshed the lease.
     let names = ["passed", "dropped_conn_budget"];
     let before = counters(&gateway, &names);
+    renew_lease(&runner, &frame);
+    let budget: Vec<u8> = [1u32, 1, 0, 1, 0]
+        .iter()
+        .flat_map(|v| v.to_ne_bytes())
+        .collect();
+    write_policy(&gateway, "GW_BUDGETS", CLIENT_V4, &budget);
     let verdicts = run(&runner, &frame, 5);
     let after = counters(&gateway, &names);
     let (passed, limited) = (after[0] - before[0], after[1] - before[1]);
+    // One of them the SYN that renewed the lease.
     assert!(
-        passed <= 1 && passed + limited == 5,
+        passed <= 2 && passed + limited == 6,
         "{verdicts:?}: passed {passed}, limited {limited}"
     );
     assert_eq!(verdicts[1..], [XDP_DROP; 4]);

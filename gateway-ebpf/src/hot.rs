@@ -27,7 +27,9 @@
 //!   every SYN and ACK it would see without the cache, less at most `k - 1`
 //!   per CPU until the lease runs out or [`LEASE_JIFFIES`] pass.
 use aya_ebpf::{btf_maps::PerCpuArray, helpers::generated::bpf_jiffies64, macros::btf_map};
-use gateway_common::SourceAddr;
+use gateway_common::{Config, SourceAddr, SourceState};
+
+use crate::syncookie;
 
 const SLOTS: u32 = 256;
 /// The longest tick Linux has (HZ = 100).
@@ -131,7 +133,7 @@ pub fn serve(src: &SourceAddr, generation: u64, jiffies: u64, syn: bool) -> Hit 
 /// This CPU's slot for `src`, if it holds `src`'s lease for `generation`:
 /// the tokens left in it (SYN, packet), carried into the next lease.
 #[inline(always)]
-pub fn carried(src: &SourceAddr, generation: u64) -> (u32, u32) {
+fn carried(src: &SourceAddr, generation: u64) -> (u32, u32) {
     let words = words(src);
     match GW_HOT.get(index(&words)) {
         Some(slot) if slot.src == words && slot.generation == generation && slot.banned == 0 => {
@@ -147,7 +149,7 @@ pub fn carried(src: &SourceAddr, generation: u64) -> (u32, u32) {
 /// rate refills in [`LEASE_RATE_DIVISOR`]ths of a second, and at least 1
 /// (exact): so bursts under 32 and rates under 512/s stay exact.
 #[inline(always)]
-pub fn extra_tokens(interval: u64, tolerance: u64) -> u32 {
+fn extra_tokens(interval: u64, tolerance: u64) -> u32 {
     if interval == 0 {
         return 0;
     }
@@ -169,7 +171,7 @@ pub fn extra_tokens(interval: u64, tolerance: u64) -> u32 {
 /// it admitted a packet at `now` (see [`extra_tokens`], [`take`]);
 /// unlimited: [`UNLIMITED`].
 #[inline(always)]
-pub fn top_up(left: u32, tat: &mut u64, interval: u64, tolerance: u64, now: u64) -> u32 {
+fn top_up(left: u32, tat: &mut u64, interval: u64, tolerance: u64, now: u64) -> u32 {
     if interval == 0 {
         return UNLIMITED;
     }
@@ -200,10 +202,58 @@ fn take(tat: &mut u64, interval: u64, tolerance: u64, now: u64, want: u32) -> u3
     taken
 }
 
+/// After the buckets admitted a packet: tops up this CPU's token lease for
+/// the source, carrying over what its last lease left under
+/// the same generation; SYN tokens only for a SYN. Outside what
+/// `syncookie::leasable` allows, or with nothing to lease, the slot is
+/// cleared.
+#[inline(always)]
+pub fn renew(
+    state: &mut SourceState,
+    src: &SourceAddr,
+    config: &Config,
+    generation: u64,
+    syn: bool,
+    now: u64,
+    jiffies: u64,
+) {
+    let (syn_ok, pkt_ok) = syncookie::leasable(config, state, now);
+    if !pkt_ok {
+        forget(src);
+        return;
+    }
+    let (syn_left, pkt_left) = carried(src, generation);
+    let syn_left = if !syn_ok {
+        0
+    } else if syn {
+        top_up(
+            syn_left,
+            &mut state.syn_tat_ns,
+            state.syn_interval_ns,
+            state.syn_tolerance_ns,
+            now,
+        )
+    } else {
+        syn_left
+    };
+    let pkt_left = top_up(
+        pkt_left,
+        &mut state.pkt_tat_ns,
+        state.pkt_interval_ns,
+        state.pkt_tolerance_ns,
+        now,
+    );
+    if pkt_left == 0 {
+        forget(src);
+        return;
+    }
+    lease(src, generation, jiffies, syn_left, pkt_left);
+}
+
 /// Stores a lease of `syn_left` and `packet_left` tokens for `src` under
 /// `generation` (nonzero), taken at jiffy `jiffies`.
 #[inline(always)]
-pub fn lease(src: &SourceAddr, generation: u64, jiffies: u64, syn_left: u32, pkt_left: u32) {
+fn lease(src: &SourceAddr, generation: u64, jiffies: u64, syn_left: u32, pkt_left: u32) {
     store(
         src,
         Slot {

@@ -207,7 +207,7 @@ fn judge_metered(ctx: &XdpContext, parsed: &packet::Parsed, metered_syn: bool) -
         Counter::DroppedPktBudget
     } else {
         if generation != 0 {
-            lease(
+            hot::renew(
                 state,
                 &parsed.src,
                 config,
@@ -230,54 +230,6 @@ fn judge_metered(ctx: &XdpContext, parsed: &packet::Parsed, metered_syn: bool) -
         }
     }
     Ok(deny(config, verdict))
-}
-
-/// After the buckets admitted a packet: tops up this CPU's token lease for
-/// the source (see [`hot`]), carrying over what its last lease left under
-/// the same generation; SYN tokens only for a SYN. Outside what
-/// `syncookie::leasable` allows, or with nothing to lease, the slot is
-/// cleared.
-#[inline(always)]
-fn lease(
-    state: &mut SourceState,
-    src: &SourceAddr,
-    config: &Config,
-    generation: u64,
-    syn: bool,
-    now: u64,
-    jiffies: u64,
-) {
-    let (syn_ok, pkt_ok) = syncookie::leasable(config, state, now);
-    if !pkt_ok {
-        hot::forget(src);
-        return;
-    }
-    let (syn_left, pkt_left) = hot::carried(src, generation);
-    let syn_left = if !syn_ok {
-        0
-    } else if syn {
-        hot::top_up(
-            syn_left,
-            &mut state.syn_tat_ns,
-            state.syn_interval_ns,
-            state.syn_tolerance_ns,
-            now,
-        )
-    } else {
-        syn_left
-    };
-    let pkt_left = hot::top_up(
-        pkt_left,
-        &mut state.pkt_tat_ns,
-        state.pkt_interval_ns,
-        state.pkt_tolerance_ns,
-        now,
-    );
-    if pkt_left == 0 {
-        hot::forget(src);
-        return;
-    }
-    hot::lease(src, generation, jiffies, syn_left, pkt_left);
 }
 
 #[inline(always)]
