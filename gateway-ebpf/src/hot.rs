@@ -17,15 +17,17 @@
 //!   the source's shared GCRA buckets in `GW_STATE` (see [`take`]) and
 //!   spends locally. The buckets hand out only what they would admit at
 //!   that instant, so the cache never admits more than they handed out;
-//!   but a CPU may spend its tokens after the buckets ran dry on another,
-//!   so over any window a source gets at most `(CPUs - 1) × k` packets
-//!   (and SYNs) more than the exact GCRA, `k` the lease size
-//!   ([`extra_tokens`]: at most 64, and 1, exact, for bursts under 32 or
-//!   rates under 512/s). A lease is taken
-//!   only outside SYN-cookie mode (see `syncookie::leasable`), and SYN
-//!   tokens only without a listener-wide flood meter, so cookie mode sees
-//!   every SYN and ACK it would see without the cache, less at most `k - 1`
-//!   per CPU until the lease runs out or [`LEASE_JIFFIES`] pass.
+//!   but a CPU holds up to `k - 1` tokens (carried over from lease to
+//!   lease while the generation holds) and may spend them after the
+//!   buckets ran dry or refilled, so over any window a source gets at most
+//!   `CPUs × (k - 1)` packets (and SYNs) more than the exact GCRA, `k` the
+//!   lease size ([`extra_tokens`]: at most 64, and 1, exact, for bursts
+//!   under 32 or rates under 512/s). A lease is taken only outside
+//!   SYN-cookie mode (see `syncookie::leasable`), and SYN tokens only
+//!   without a listener-wide flood meter, so cookie mode sees every SYN and
+//!   ACK it would see without the cache, less at most `k - 1` per other
+//!   CPU (the one entering the mode drops its lease) until those leases
+//!   run out or expire ([`LEASE_JIFFIES`]).
 use aya_ebpf::{btf_maps::PerCpuArray, helpers::generated::bpf_jiffies64, macros::btf_map};
 use gateway_common::{Config, SourceAddr, SourceState};
 
