@@ -93,31 +93,61 @@ const NS_PER_SEC: u64 = 1_000_000_000;
 #[xdp]
 pub fn gateway_xdp(ctx: XdpContext) -> u32 {
     match fast_path(&ctx) {
-        Some(verdict) => verdict,
-        None => full_path(ctx.ctx),
+        Fast::Verdict(verdict) => verdict,
+        Fast::Miss => plain_path(ctx.ctx),
+        Fast::NotPlain => full_path(ctx.ctx),
     }
+}
+
+/// What the fast path found.
+enum Fast {
+    Verdict(u32),
+    /// A plain TCP frame to a protected port the cache could not judge.
+    Miss,
+    /// Any other frame.
+    NotPlain,
 }
 
 /// The common case in straight-line code with few live values: a plain
 /// TCP frame (`packet::parse_plain_tcp`, the same answer as the full
 /// parse) to an unprotected port, or from a source this CPU's cache judges
-/// (see [`hot`]). `None`: the full path decides.
+/// (see [`hot`]).
 #[inline(always)]
-fn fast_path(ctx: &XdpContext) -> Option<u32> {
-    let parsed = packet::parse_plain_tcp(&XdpPacket(ctx))?;
+fn fast_path(ctx: &XdpContext) -> Fast {
+    let Some(parsed) = packet::parse_plain_tcp(&XdpPacket(ctx)) else {
+        return Fast::NotPlain;
+    };
     if !protected(parsed.dst_port) {
-        return Some(pass(Counter::NotProtected));
+        return Fast::Verdict(pass(Counter::NotProtected));
     }
-    let generation = *GW_GENERATION.get(0)?;
-    match hot::serve(&parsed.src, generation, hot::jiffies(), parsed.is_syn()) {
-        hot::Hit::Pass => Some(pass(Counter::Passed)),
-        hot::Hit::Banned => Some(deny(GW_CONFIG.get(0)?, Counter::DroppedBanned)),
-        hot::Hit::Miss => None,
+    let Some(generation) = GW_GENERATION.get(0) else {
+        return Fast::Miss;
+    };
+    match hot::serve(&parsed.src, *generation, hot::jiffies(), parsed.is_syn()) {
+        hot::Hit::Pass => Fast::Verdict(pass(Counter::Passed)),
+        hot::Hit::Banned => match GW_CONFIG.get(0) {
+            Some(config) => Fast::Verdict(deny(config, Counter::DroppedBanned)),
+            None => Fast::Miss,
+        },
+        hot::Hit::Miss => Fast::Miss,
     }
 }
 
-/// Every other packet, out of line (a BPF subprogram), so the fast path
-/// keeps its few values in registers. It parses again from the start.
+/// A plain TCP frame to a protected port the cache missed, out of line (a
+/// BPF subprogram) so the fast path keeps its few values in registers; it
+/// parses the frame again, which costs little for this shape.
+#[inline(never)]
+fn plain_path(ctx: *mut xdp_md) -> u32 {
+    let ctx = XdpContext::new(ctx);
+    let verdict = match packet::parse_plain_tcp(&XdpPacket(&ctx)) {
+        Some(parsed) => judge_metered(&ctx, &parsed, parsed.is_syn()),
+        None => Err(()),
+    };
+    // A packet we cannot read is not ours to judge.
+    verdict.unwrap_or(xdp_action::XDP_PASS)
+}
+
+/// Every other frame, out of line like [`plain_path`]: the full parse.
 #[inline(never)]
 fn full_path(ctx: *mut xdp_md) -> u32 {
     // A packet we cannot read is not ours to judge.
