@@ -2,11 +2,15 @@
 //! over a byte slice (the kernel runs the same code over the XDP context).
 #![no_main]
 
-use gateway_common::packet::{parse, too_many_vlan_tags, Bytes, L4};
+use gateway_common::packet::{parse, parse_plain_tcp, too_many_vlan_tags, Bytes, L4};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let outcome = parse(&Bytes(data));
+    // The XDP program's straight-line parse of the common shape agrees.
+    if let Some(plain) = parse_plain_tcp(&Bytes(data)) {
+        assert_eq!(Some(plain), outcome, "the plain-TCP parse disagrees");
+    }
     // The program drops what has more VLAN tags than the parser reads;
     // never a frame the parser found an IP header in.
     assert!(

@@ -134,6 +134,69 @@ pub fn parse<P: Packet>(packet: &P) -> Option<Parsed> {
     Some(parsed)
 }
 
+/// The common shape in straight-line code: Ethernet without VLAN tags,
+/// then IPv4 without options and not a fragment, or IPv6 without extension
+/// headers, then at least 14 bytes of TCP. For those frames it answers
+/// exactly what [`parse`] does (the host tests and the `xdp_parser` fuzz
+/// target check it) at a fraction of the cost: one bounds check and a few
+/// word loads, no branches on offsets. `None`: any other shape, for
+/// [`parse`] to read.
+#[inline(always)]
+pub fn parse_plain_tcp<P: Packet>(packet: &P) -> Option<Parsed> {
+    // From the ethertype to the TCP flags: 2 + 20 + 14 bytes for IPv4.
+    const V4_LEN: usize = 36;
+    // 2 + 40 + 14 for IPv6.
+    const V6_LEN: usize = 56;
+    let head: [u8; V4_LEN] = packet.read_fixed(12)?;
+    let (ipv6, src, tcp) = match u16::from_be_bytes([head[0], head[1]]) {
+        ETH_P_IP => {
+            // Version 4, IHL 5; neither More Fragments nor an offset; TCP.
+            if head[2] != 0x45 || head[8] & 0x3f != 0 || head[9] != 0 || head[11] != IPPROTO_TCP {
+                return None;
+            }
+            let src = crate::SourceAddr::from_v4_word(u32::from_ne_bytes([
+                head[14], head[15], head[16], head[17],
+            ]));
+            (false, src, [head[24], head[25], head[34], head[35]])
+        }
+        ETH_P_IPV6 => {
+            let head: [u8; V6_LEN] = packet.read_fixed(12)?;
+            if head[2] >> 4 != 6 || head[8] != IPPROTO_TCP {
+                return None;
+            }
+            let word = |at: usize| {
+                u64::from_ne_bytes([
+                    head[at],
+                    head[at + 1],
+                    head[at + 2],
+                    head[at + 3],
+                    head[at + 4],
+                    head[at + 5],
+                    head[at + 6],
+                    head[at + 7],
+                ])
+            };
+            let src = crate::SourceAddr::from_words([word(10), word(18)]);
+            (true, src, [head[44], head[45], head[54], head[55]])
+        }
+        _ => return None,
+    };
+    let [port_high, port_low, offset, flags] = tcp;
+    let l3 = ETH_HDR_LEN;
+    Some(Parsed {
+        src,
+        ipv6,
+        l3,
+        l4: l3 + if ipv6 { 40 } else { 20 },
+        fragment: false,
+        proto: IPPROTO_TCP,
+        kind: L4::Tcp,
+        dst_port: u16::from_be_bytes([port_high, port_low]),
+        tcp_flags: flags,
+        tcp_len: usize::from(offset >> 4) * 4,
+    })
+}
+
 /// Ports (and for TCP, the flags byte at 13 and the data offset at 12)
 /// from the L4 header, if it is TCP or UDP.
 #[inline(always)]

@@ -11,7 +11,9 @@
 //! `xdp.udp`), never charged → pass; a deny is overridden by the allow-list.
 //! The source's ban, budget and allow-list membership are cached in its
 //! `GW_STATE` entry and re-read only after userspace restamps
-//! `GW_GENERATION`, so a packet costs one hash lookup, not four. Frames
+//! `GW_GENERATION`, so a packet costs one hash lookup, not four; and a
+//! plain TCP frame from a source this CPU judged lately (banned, or holding
+//! a lease of its budget's tokens) costs none, see [`hot`]. Frames
 //! without an IP header pass. Policy maps are written by userspace only; this
 //! program writes only `GW_STATE`, `GW_SYN_FLOOD` and `GW_COUNTERS`. Prefix
 //! bans and budgets (`GW_PREFIX_*`, LPM tries) are read only with the rest of
@@ -23,16 +25,16 @@
 #![feature(asm_experimental_arch)]
 #![no_main]
 
-mod ban_cache;
 mod direct;
 mod events;
+mod hot;
 mod runtime;
 mod synack;
 mod syncookie;
 
 use aya_ebpf::btf_maps::lpm_trie::Key;
 use aya_ebpf::{
-    bindings::xdp_action,
+    bindings::{xdp_action, xdp_md},
     btf_maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
     helpers::{bpf_ktime_get_coarse_ns, bpf_xdp_load_bytes},
     macros::{btf_map, xdp},
@@ -90,8 +92,66 @@ const NS_PER_SEC: u64 = 1_000_000_000;
 
 #[xdp]
 pub fn gateway_xdp(ctx: XdpContext) -> u32 {
+    match fast_path(&ctx) {
+        Fast::Verdict(verdict) => verdict,
+        Fast::Miss => plain_path(ctx.ctx),
+        Fast::NotPlain => full_path(ctx.ctx),
+    }
+}
+
+/// What the fast path found.
+enum Fast {
+    Verdict(u32),
+    /// A plain TCP frame to a protected port the cache could not judge.
+    Miss,
+    /// Any other frame.
+    NotPlain,
+}
+
+/// The common case in straight-line code with few live values: a plain
+/// TCP frame (`packet::parse_plain_tcp`, the same answer as the full
+/// parse) to an unprotected port, or from a source this CPU's cache judges
+/// (see [`hot`]).
+#[inline(always)]
+fn fast_path(ctx: &XdpContext) -> Fast {
+    let Some(parsed) = packet::parse_plain_tcp(&XdpPacket(ctx)) else {
+        return Fast::NotPlain;
+    };
+    if !protected(parsed.dst_port) {
+        return Fast::Verdict(pass(Counter::NotProtected));
+    }
+    let Some(generation) = GW_GENERATION.get(0) else {
+        return Fast::Miss;
+    };
+    match hot::serve(&parsed.src, *generation, hot::jiffies(), parsed.is_syn()) {
+        hot::Hit::Pass => Fast::Verdict(pass(Counter::Passed)),
+        hot::Hit::Banned => match GW_CONFIG.get(0) {
+            Some(config) => Fast::Verdict(deny(config, Counter::DroppedBanned)),
+            None => Fast::Miss,
+        },
+        hot::Hit::Miss => Fast::Miss,
+    }
+}
+
+/// A plain TCP frame to a protected port the cache missed, out of line (a
+/// BPF subprogram) so the fast path keeps its few values in registers; it
+/// parses the frame again, which costs little for this shape.
+#[inline(never)]
+fn plain_path(ctx: *mut xdp_md) -> u32 {
+    let ctx = XdpContext::new(ctx);
+    let verdict = match packet::parse_plain_tcp(&XdpPacket(&ctx)) {
+        Some(parsed) => judge_metered(&ctx, &parsed, parsed.is_syn()),
+        None => Err(()),
+    };
     // A packet we cannot read is not ours to judge.
-    try_gateway_xdp(&ctx).unwrap_or(xdp_action::XDP_PASS)
+    verdict.unwrap_or(xdp_action::XDP_PASS)
+}
+
+/// Every other frame, out of line like [`plain_path`]: the full parse.
+#[inline(never)]
+fn full_path(ctx: *mut xdp_md) -> u32 {
+    // A packet we cannot read is not ours to judge.
+    try_gateway_xdp(&XdpContext::new(ctx)).unwrap_or(xdp_action::XDP_PASS)
 }
 
 #[inline(always)]
@@ -118,12 +178,24 @@ fn try_gateway_xdp(ctx: &XdpContext) -> Result<u32, ()> {
         // Fragments (any, to any port): the packet budget.
         _ => false,
     };
-    let config = GW_CONFIG.get(0).ok_or(())?;
+    judge_metered(ctx, &parsed, metered_syn)
+}
+
+/// Judges a packet charged to its source (`metered_syn`: a SYN to a
+/// protected port): this CPU's hot-source cache first (see [`hot`]), else
+/// its `GW_STATE` entry.
+#[inline(always)]
+fn judge_metered(ctx: &XdpContext, parsed: &packet::Parsed, metered_syn: bool) -> Result<u32, ()> {
     let generation = *GW_GENERATION.get(0).ok_or(())?;
-    let jiffies = ban_cache::jiffies();
-    if ban_cache::banned(&parsed.src, generation, jiffies) {
-        return Ok(deny(config, Counter::DroppedBanned));
+    let jiffies = hot::jiffies();
+    match hot::serve(&parsed.src, generation, jiffies, metered_syn) {
+        hot::Hit::Pass => return Ok(pass(Counter::Passed)),
+        hot::Hit::Banned => {
+            return Ok(deny(GW_CONFIG.get(0).ok_or(())?, Counter::DroppedBanned));
+        }
+        hot::Hit::Miss => {}
     }
+    let config = GW_CONFIG.get(0).ok_or(())?;
     let now = now_ns();
     let state = source_state(ctx, &parsed.src)?;
     // SAFETY: `state` points into this source's GW_STATE value. Another CPU
@@ -136,7 +208,9 @@ fn try_gateway_xdp(ctx: &XdpContext) -> Result<u32, ()> {
     }
     let verdict = if state.banned_until_ns > now {
         Counter::DroppedBanned
-    } else if let Some(judged) = syncookie::judge(ctx, &parsed, state, config, now) {
+    } else if let Some(judged) = syncookie::judge(ctx, parsed, state, config, now) {
+        // Cookie mode: this CPU's lease, if any, must not pass its ACKs.
+        hot::forget(&parsed.src);
         match judged {
             syncookie::Judged::Pass(counter) => return Ok(pass(counter)),
             syncookie::Judged::Deny(counter) => counter,
@@ -162,6 +236,17 @@ fn try_gateway_xdp(ctx: &XdpContext) -> Result<u32, ()> {
     ) {
         Counter::DroppedPktBudget
     } else {
+        if generation != 0 {
+            hot::renew(
+                state,
+                &parsed.src,
+                config,
+                generation,
+                metered_syn,
+                now,
+                jiffies,
+            );
+        }
         return Ok(pass(Counter::Passed));
     };
     // Allow-listed sources are never dropped.
@@ -171,7 +256,7 @@ fn try_gateway_xdp(ctx: &XdpContext) -> Result<u32, ()> {
     if verdict == Counter::DroppedBanned {
         events::first_drop_after_ban(ctx, state, &parsed.src, config, now);
         if generation != 0 {
-            ban_cache::remember(&parsed.src, generation, state.banned_until_ns, now, jiffies);
+            hot::ban(&parsed.src, generation, state.banned_until_ns, now, jiffies);
         }
     }
     Ok(deny(config, verdict))
@@ -305,7 +390,7 @@ fn source_state(ctx: &XdpContext, src: &SourceAddr) -> Result<*mut SourceState, 
     }
     let fresh = SourceState::default();
     // BPF_NOEXIST: if another CPU created it meanwhile, use theirs.
-    let inserted = GW_STATE.insert(src, &fresh, aya_ebpf::bindings::BPF_NOEXIST.into());
+    let inserted = GW_STATE.insert(src, fresh, aya_ebpf::bindings::BPF_NOEXIST.into());
     let state = GW_STATE.get_ptr_mut(src);
     if state.is_none() {
         let error = inserted.err().map_or(0, i64::from);

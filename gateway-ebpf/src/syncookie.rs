@@ -118,6 +118,28 @@ pub fn judge(
     }
 }
 
+/// Whether this CPU may lease tokens for the source now (see `hot`): (SYN
+/// tokens, packet tokens). Never in cookie mode, whose SYNs and ACKs must
+/// all be seen here; SYN tokens never while the listener-wide meter counts
+/// every SYN. Allow-listed sources are never in cookie mode nor metered.
+#[inline(always)]
+pub fn leasable(config: &Config, state: &SourceState, now: u64) -> (bool, bool) {
+    if config.syn_cookies == syn_cookies::OFF || state.allowlisted != 0 {
+        return (true, true);
+    }
+    if state.cookie_until_ns > now {
+        return (false, false);
+    }
+    if config.syn_flood_rate == 0 {
+        return (true, true);
+    }
+    let flood_off = match GW_SYN_FLOOD.get(0) {
+        Some(flood) => flood.cookie_until_ns <= now,
+        None => false,
+    };
+    (false, flood_off)
+}
+
 /// A SYN in cookie mode: answered from XDP when it can be (see
 /// [`synack`]), else passed for the kernel's own cookie. In monitor mode
 /// the program only counts, so the kernel answers. XDP answers only a SYN

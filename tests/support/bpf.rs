@@ -94,3 +94,52 @@ impl TestRunner {
         Ok(attr.retval)
     }
 }
+
+const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
+const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
+
+/// The leading fields of `union bpf_attr` for map element commands.
+#[repr(C)]
+#[derive(Default)]
+struct MapElem {
+    map_fd: u32,
+    _pad: u32,
+    key: u64,
+    value: u64,
+    flags: u64,
+}
+
+/// A pinned map opened for element reads and writes straight through the
+/// syscall: microseconds, where the CLI costs a process (a test racing a
+/// kernel deadline needs the write and the next packet close together).
+pub struct PinnedMap(OwnedFd);
+
+impl PinnedMap {
+    pub fn open(pin: &Path) -> io::Result<Self> {
+        Ok(Self(TestRunner::open(pin)?.0))
+    }
+
+    /// The value under `key`, `N` bytes.
+    pub fn get<const N: usize>(&self, key: &[u8]) -> io::Result<[u8; N]> {
+        let mut value = [0u8; N];
+        let mut attr = MapElem {
+            map_fd: self.0.as_raw_fd() as u32,
+            key: key.as_ptr() as u64,
+            value: value.as_mut_ptr() as u64,
+            ..MapElem::default()
+        };
+        bpf(BPF_MAP_LOOKUP_ELEM, &mut attr)?;
+        Ok(value)
+    }
+
+    /// Creates or replaces the value under `key`.
+    pub fn set(&self, key: &[u8], value: &[u8]) -> io::Result<()> {
+        let mut attr = MapElem {
+            map_fd: self.0.as_raw_fd() as u32,
+            key: key.as_ptr() as u64,
+            value: value.as_ptr() as u64,
+            ..MapElem::default()
+        };
+        bpf(BPF_MAP_UPDATE_ELEM, &mut attr).map(drop)
+    }
+}

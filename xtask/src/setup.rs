@@ -18,10 +18,14 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 /// cargo-fuzz release `cargo xtask fuzz` is written against.
 const CARGO_FUZZ_VERSION: &str = "0.13.2";
 /// Debian packages the tests and benches use, keyed by a binary they provide.
-const DEBIAN_PACKAGES: [(&str, &str); 3] = [
+const DEBIAN_PACKAGES: [(&str, &str); 5] = [
     ("bpftool", "bpftool"),
     ("ip", "iproute2"),
     ("ethtool", "ethtool"),
+    // tests/systemd.rs traces the gateway in the unit's sandbox.
+    ("strace", "strace"),
+    // The first-run demo's try-it lines and tests/tls.rs.
+    ("curl", "curl"),
 ];
 
 pub fn run() -> Result<()> {
@@ -234,7 +238,7 @@ fn debian_packages() -> Result<()> {
         .map(|(_, package)| *package)
         .collect();
     if missing.is_empty() {
-        println!("setup: bpftool, iproute2 and ethtool present");
+        println!("setup: bpftool, iproute2, ethtool and strace present");
         return Ok(());
     }
     if !is_root() {

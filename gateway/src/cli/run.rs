@@ -337,6 +337,16 @@ fn bind_listeners(
 ) -> Result<reload::Started> {
     let started = reload::start_listeners(config, |listener| {
         super::takeover::proxy_sockets(inherited, listener.address, workers)
+    })
+    .map_err(|error| match error {
+        // Ports below 1024 without the capability: say so.
+        reload::listeners::ListenerError::Bind { address, source } => {
+            let hint = gateway::caps::bind_hint(address, &source)
+                .map(|hint| format!(": {hint}"))
+                .unwrap_or_default();
+            anyhow::Error::new(source).context(format!("cannot listen on {address}{hint}"))
+        }
+        error @ reload::listeners::ListenerError::Tls { .. } => anyhow::Error::new(error),
     })?;
     for url in &started.urls {
         println!("listening: {url}");

@@ -299,6 +299,20 @@ mod tests {
     }
 
     #[test]
+    fn a_full_ban_maps_policy_and_size_reach_the_kernel_settings() {
+        let base = "[[listeners]]\naddress = \"127.0.0.1:8080\"\n[xdp]\n";
+        let config =
+            Config::parse(&format!("{base}max_bans = 3\nbans_full = \"refuse\"\n")).unwrap();
+        let settings = config.xdp_settings();
+        assert_eq!(settings.sizes.bans, 3);
+        assert_eq!(settings.bans_full, crate::xdp::WhenFull::Refuse);
+        let error = Config::parse(&format!("{base}bans_full = \"drop\"\n")).unwrap_err();
+        assert!(error.to_string().contains("bans_full"), "{error}");
+        let error = Config::parse(&format!("{base}max_prefix_bans = 0\n")).unwrap_err();
+        assert!(error.to_string().contains("xdp.max_prefix_bans"), "{error}");
+    }
+
+    #[test]
     fn udp_policy_defaults_to_pass_and_names_its_key_when_wrong() {
         let base = "[[listeners]]\naddress = \"127.0.0.1:8080\"\n[xdp]\n";
         let config = Config::parse(base).unwrap();

@@ -21,16 +21,35 @@ pub enum BpffsError {
     #[error("cannot inspect {path}: {source}")]
     Stat { path: PathBuf, source: io::Error },
     #[error(
+        "cannot reach the pin root {pin_root}: {path} is not searchable by this user \
+         ({source}); systemd mounts /sys/fs/bpf 0700 root: run as packaging/gateway.service \
+         does (TemporaryFileSystem=/sys/fs/bpf, BindPaths= the pin root), or pick a pin \
+         root this user can reach"
+    )]
+    Unreachable {
+        pin_root: PathBuf,
+        path: PathBuf,
+        source: io::Error,
+    },
+    #[error(
         "{path} is not on a BPF filesystem and mounting one there failed ({source}); \
          mount it yourself (`mount -t bpf bpf {path}`) or run with CAP_SYS_ADMIN"
     )]
     Mount { path: PathBuf, source: io::Error },
-    #[error("cannot create pin directory {path}: {source}")]
-    CreateDir { path: PathBuf, source: io::Error },
+    #[error("cannot create pin directory {path}: {source}{hint}")]
+    CreateDir {
+        path: PathBuf,
+        source: io::Error,
+        hint: &'static str,
+    },
     #[error("pin root {path} is held by another gateway (starting or running); stop it or choose another pin root")]
     Locked { path: PathBuf },
-    #[error("cannot lock pin root {path}: {source}")]
-    Lock { path: PathBuf, source: io::Error },
+    #[error("cannot lock pin root {path}: {source}{hint}")]
+    Lock {
+        path: PathBuf,
+        source: io::Error,
+        hint: &'static str,
+    },
 }
 
 /// Takes the pin root for this process: an exclusive `flock` on its
@@ -41,6 +60,7 @@ pub enum BpffsError {
 pub fn lock(pin_root: &Path) -> Result<OwnedFd, BpffsError> {
     let failed = |source| BpffsError::Lock {
         path: pin_root.to_owned(),
+        hint: not_ours(&source),
         source,
     };
     let dir = std::fs::File::open(pin_root).map_err(failed)?;
@@ -79,10 +99,7 @@ pub fn is_bpffs(path: &Path) -> Result<bool, BpffsError> {
 /// Ensures `pin_root` exists on bpffs, mounting bpffs at `/sys/fs/bpf` (for
 /// roots below it) or at `pin_root` itself when needed.
 pub fn ensure_mounted(pin_root: &Path) -> Result<(), BpffsError> {
-    let existing = pin_root
-        .ancestors()
-        .find(|p| p.exists())
-        .unwrap_or(Path::new("/"));
+    let existing = nearest_existing(pin_root)?;
     if !is_bpffs(existing)? {
         let mount_point = if pin_root.starts_with(STANDARD_MOUNT) {
             PathBuf::from(STANDARD_MOUNT)
@@ -95,11 +112,44 @@ pub fn ensure_mounted(pin_root: &Path) -> Result<(), BpffsError> {
     create_dir(pin_root)
 }
 
+/// The pin root or its nearest existing ancestor. A directory on the way
+/// that this user may not search (bpffs mounted 0700 root) is named as
+/// such, not mistaken for a missing bpffs.
+fn nearest_existing(pin_root: &Path) -> Result<&Path, BpffsError> {
+    for path in pin_root.ancestors() {
+        match path.try_exists() {
+            Ok(true) => return Ok(path),
+            Ok(false) => {}
+            Err(source) if crate::caps::is_permission(&source) => {
+                let parent = path.parent().unwrap_or(path);
+                return Err(BpffsError::Unreachable {
+                    pin_root: pin_root.to_owned(),
+                    path: parent.to_owned(),
+                    source,
+                });
+            }
+            Err(_) => {}
+        }
+    }
+    Ok(Path::new("/"))
+}
+
 fn create_dir(path: &Path) -> Result<(), BpffsError> {
     std::fs::create_dir_all(path).map_err(|source| BpffsError::CreateDir {
         path: path.to_owned(),
+        hint: not_ours(&source),
         source,
     })
+}
+
+/// Why a pin root is out of reach for a gateway run as its own user.
+fn not_ours(error: &io::Error) -> &'static str {
+    if crate::caps::is_permission(error) {
+        " (the pin root, and the way to it, must be this user's: \
+         packaging/gateway.service makes it in ExecStartPre and binds it in)"
+    } else {
+        ""
+    }
 }
 
 fn mount_bpffs(path: &Path) -> Result<(), BpffsError> {

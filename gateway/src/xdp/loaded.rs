@@ -75,7 +75,7 @@ impl Loaded {
             loader.map_max_entries(name, size);
         }
         adoption.configure(root, &mut loader);
-        let ebpf = loader.load(OBJECT)?;
+        let ebpf = loader.load(OBJECT).map_err(load_refused)?;
         let mut loaded = Loaded {
             ebpf,
             pin_root: root.clone(),
@@ -96,7 +96,7 @@ impl Loaded {
         adoption.carry(root);
 
         let program = loaded.program()?;
-        program.load()?;
+        program.load().map_err(verifier_refused)?;
         // The ring buffer is the program's, not pinned: a new program
         // starts with its own.
         loaded.events = match aya_log::EbpfLogger::init_with_logger(
@@ -403,4 +403,48 @@ fn interface_index(name: &str) -> u32 {
     };
     // SAFETY: NUL-terminated string valid for the call.
     unsafe { libc::if_nametoindex(c_name.as_ptr()) }
+}
+
+/// Every map, BTF and program load needs CAP_BPF: without it, say so
+/// rather than "failed to create map".
+fn load_refused(error: aya::EbpfError) -> XdpError {
+    let missing = crate::caps::missing(&[crate::caps::BPF]);
+    if missing.is_empty() {
+        return XdpError::from(error);
+    }
+    XdpError::Capability {
+        action: "creating the BPF maps",
+        hint: crate::caps::needs(&missing),
+        detail: error.to_string(),
+    }
+}
+
+/// An XDP program loads only with CAP_NET_ADMIN (its program type) and
+/// CAP_PERFMON (without it the verifier refuses its pointer arithmetic:
+/// "prohibited for !root"); name the one missing, with the verifier's
+/// reason instead of its whole log.
+fn verifier_refused(error: aya::programs::ProgramError) -> XdpError {
+    use crate::caps::{BPF, NET_ADMIN, PERFMON};
+    let aya::programs::ProgramError::LoadError {
+        io_error,
+        verifier_log,
+    } = &error
+    else {
+        return XdpError::from(error);
+    };
+    let Some(hint) = crate::caps::hint(io_error, &[BPF, NET_ADMIN, PERFMON]) else {
+        return XdpError::from(error);
+    };
+    let log = verifier_log.to_string();
+    let reason = log
+        .lines()
+        .map(str::trim)
+        .find(|line| line.contains("!root"))
+        .map(|line| format!(" (verifier: {line})"))
+        .unwrap_or_default();
+    XdpError::Capability {
+        action: "loading the XDP program",
+        hint,
+        detail: format!("BPF_PROG_LOAD: {io_error}{reason}"),
+    }
 }

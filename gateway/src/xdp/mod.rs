@@ -191,12 +191,21 @@ pub enum XdpError {
     Link(Box<LinkError>),
     #[error("cannot remove stale pin {path}: {source}")]
     RemoveStale { path: PathBuf, source: io::Error },
-    #[error("loading the XDP program failed (it needs root, or CAP_BPF and CAP_NET_ADMIN): {0}")]
+    #[error(
+        "loading the XDP program failed (it needs root, or CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN): {0}"
+    )]
     Load(Box<EbpfError>),
     #[error("the embedded XDP object has no {0}: the gateway and gateway-ebpf were built from different sources")]
     MissingObject(String),
     #[error("XDP program: {0}")]
     Program(Box<ProgramError>),
+    /// The kernel refused for want of a capability, named.
+    #[error("{action} {hint}: {detail}")]
+    Capability {
+        action: &'static str,
+        hint: String,
+        detail: String,
+    },
     #[error("cannot pin {path}: {source}")]
     Pin {
         path: PathBuf,

@@ -44,11 +44,14 @@ const ALWAYS: &str = "2";
 
 #[derive(Debug, thiserror::Error)]
 #[error(
-    "xdp.syn_cookies needs net.ipv4.tcp_syncookies = 2 and it could not be set ({path}): {source}"
+    "xdp.syn_cookies needs net.ipv4.tcp_syncookies = 2 and it could not be set ({path}): \
+     {source}{hint}"
 )]
 pub struct SyncookiesError {
     path: String,
     source: io::Error,
+    /// "; writing it needs CAP_NET_ADMIN, ..." when that is why.
+    hint: String,
 }
 
 /// How often [`keep_listeners_accepting`] refreshes: well inside the
@@ -106,8 +109,11 @@ pub async fn keep_listeners_accepting(targets: Vec<SocketAddr>) {
 /// Sets `tcp_syncookies` to 2 unless it already is; returns the value it
 /// replaced (for the log), `None` when nothing changed.
 pub fn ensure_always(sysctl: &Path) -> Result<Option<String>, SyncookiesError> {
-    let error = |source| SyncookiesError {
+    let error = |source: io::Error| SyncookiesError {
         path: sysctl.display().to_string(),
+        hint: crate::caps::hint(&source, &[crate::caps::NET_ADMIN])
+            .map(|hint| format!("; writing it {hint}"))
+            .unwrap_or_default(),
         source,
     };
     let before = fs::read_to_string(sysctl).map_err(error)?;

@@ -65,11 +65,22 @@ pub(super) struct Launch {
     args: Vec<String>,
     /// Pipe stderr (the gateway's log) to [`Gateway::stderr_text`].
     pub(super) capture_stderr: bool,
+    /// A command that runs the gateway (`setpriv ... --`); empty: none.
+    wrapper: Vec<String>,
+    /// `PR_SET_MDWE` before exec, as systemd's `MemoryDenyWriteExecute=`.
+    deny_write_execute: bool,
 }
 
 impl Launch {
     fn command(&self, config: &Path) -> Command {
-        let mut command = Command::new(gateway_bin());
+        let mut command = match self.wrapper.split_first() {
+            Some((program, args)) => {
+                let mut command = Command::new(program);
+                command.args(args).arg(gateway_bin());
+                command
+            }
+            None => Command::new(gateway_bin()),
+        };
         command.arg("run");
         match &self.xdp_ports {
             Some(ports) => command
@@ -95,6 +106,18 @@ impl Launch {
 
     pub(super) fn spawn(&self, config: &Path) -> Child {
         let mut command = self.command(config);
+        if self.deny_write_execute {
+            // SAFETY: prctl is async-signal-safe; no pointers.
+            unsafe {
+                command.pre_exec(|| {
+                    let flags = libc::PR_MDWE_REFUSE_EXEC_GAIN as libc::c_ulong;
+                    if libc::prctl(libc::PR_SET_MDWE, flags, 0, 0, 0) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
         let Some(path) = &self.netns else {
             return command.spawn().unwrap();
         };
@@ -137,6 +160,8 @@ impl GatewayBuilder {
                 interface: None,
                 args: Vec::new(),
                 capture_stderr: false,
+                wrapper: Vec::new(),
+                deny_write_execute: false,
             },
             config,
             state_dir: dir.path.join("state"),
@@ -180,6 +205,21 @@ impl GatewayBuilder {
     /// is still echoed to the test's stderr.
     pub fn capture_stderr(mut self) -> Self {
         self.launch.capture_stderr = true;
+        self
+    }
+
+    /// Runs the gateway through `wrapper` (a program and its arguments
+    /// ending in `--`, e.g. `setpriv` dropping to a user and capabilities).
+    pub fn wrapper(mut self, wrapper: &[String]) -> Self {
+        self.launch.wrapper = wrapper.to_vec();
+        self
+    }
+
+    /// No memory may become writable and executable for the gateway and
+    /// what it runs (`PR_SET_MDWE`, inherited across fork and exec), as
+    /// systemd's `MemoryDenyWriteExecute=yes` sets it.
+    pub fn deny_write_execute(mut self) -> Self {
+        self.launch.deny_write_execute = true;
         self
     }
 
