@@ -454,11 +454,10 @@ impl Admin {
     /// The listeners' certificates, read again after a reload.
     fn certificates(&self) -> Vec<crate::metrics::ops::Certificate> {
         let mut known = self.certificates.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(reloader) = &self.reloader {
+        let reloaded = (self.reloader.as_ref()).filter(|r| r.generation() != known.0);
+        if let Some(reloader) = reloaded {
             let (generation, config) = reloader.config();
-            if generation != known.0 {
-                *known = (generation, scrape::certificates(&config));
-            }
+            *known = (generation, scrape::certificates(&config));
         }
         known.1.clone()
     }

@@ -132,6 +132,11 @@ impl Reloader {
         self.lock().shared.clone()
     }
 
+    /// How many reloads made the configuration in force.
+    pub fn generation(&self) -> u64 {
+        self.lock().generation
+    }
+
     /// The configuration in force and how many reloads made it.
     pub fn config(&self) -> (u64, Config) {
         let running = self.lock();
