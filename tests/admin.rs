@@ -293,6 +293,10 @@ fn the_client_lifecycle_through_the_api_matches_its_openapi_document() {
         401
     );
     assert_eq!(api.call("GET", &one, ONE, None).0, 404);
+    // Reloading the unchanged file (tests/reload.rs covers the rest).
+    let reload = "/v1/reload";
+    assert_eq!(api.call("POST", reload, reload, None).0, 200);
+    assert_eq!(api.call_as(&reader, "POST", reload, reload, None).0, 403);
     assert_eq!(api.spec.unexercised(), Vec::<String>::new());
 
     // The audit log: every change, who made it, never a key.

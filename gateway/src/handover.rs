@@ -212,7 +212,36 @@ pub struct Offer {
     /// The socket file's inode: only ours is removed on drop.
     inode: u64,
     listener: tokio::net::UnixListener,
-    sockets: Arc<[(Kind, SocketAddr, OwnedFd)]>,
+    /// Swapped by a configuration reload (see [`Offered`]).
+    sockets: Arc<arc_swap::ArcSwap<Vec<(Kind, SocketAddr, OwnedFd)>>>,
+}
+
+/// What an [`Offer`] hands over, as a configuration reload changes it
+/// (listeners added or removed). Weak: once the offer is dropped (the
+/// gateway stops), its copies close and this changes nothing.
+pub struct Offered(std::sync::Weak<arc_swap::ArcSwap<Vec<(Kind, SocketAddr, OwnedFd)>>>);
+
+impl Offered {
+    /// Stops offering the proxy sockets bound to `removed` (their copies
+    /// close, so nothing keeps a removed listener's port open) and offers
+    /// copies of `added`.
+    pub fn update(&self, removed: &[SocketAddr], added: &[&TcpListener]) -> io::Result<()> {
+        let Some(offered) = self.0.upgrade() else {
+            return Ok(());
+        };
+        let mut next = Vec::new();
+        for (kind, address, fd) in offered.load().iter() {
+            if *kind != Kind::Proxy || !removed.contains(address) {
+                next.push((*kind, *address, fd.try_clone()?));
+            }
+        }
+        for socket in added {
+            let copy = OwnedFd::from(socket.try_clone()?);
+            next.push((Kind::Proxy, socket.local_addr()?, copy));
+        }
+        offered.store(Arc::new(next));
+        Ok(())
+    }
 }
 
 impl Offer {
@@ -254,8 +283,13 @@ impl Offer {
             path,
             inode,
             listener,
-            sockets: copies.into(),
+            sockets: Arc::new(arc_swap::ArcSwap::from_pointee(copies)),
         })
+    }
+
+    /// What it offers, for a reload to change.
+    pub fn offered(&self) -> Offered {
+        Offered(Arc::downgrade(&self.sockets))
     }
 
     /// Answers every gateway that asks, until dropped (or aborted); asks
@@ -287,7 +321,7 @@ impl Offer {
                     continue;
                 }
             }
-            let sockets = self.sockets.clone();
+            let sockets = self.sockets.load_full();
             // Blocking (and bounded): off the control runtime's thread.
             let read = tokio::task::spawn_blocking(move || {
                 let stream = stream.into_std()?;
@@ -323,7 +357,7 @@ impl Offer {
             match answered {
                 Ok(pid) => tracing::info!(
                     pid,
-                    sockets = self.sockets.len(),
+                    sockets = self.sockets.load().len(),
                     "handed the listening sockets to a new gateway; stop this one \
                      (SIGTERM) to let it take over"
                 ),

@@ -21,6 +21,7 @@ pub mod net;
 pub mod path;
 pub mod private_files;
 pub mod proxy;
+pub mod reload;
 pub mod shared;
 pub mod tokens;
 pub mod upstream;

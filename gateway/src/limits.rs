@@ -10,6 +10,12 @@
 //! [`RateLimiter`] is the seam for a shared limiter (Redis, for fleets);
 //! [`LocalLimiter`] is sharded so cores do not serialise on one lock, and
 //! forgets idle keys (a key at rest needs no state) to stay bounded.
+//!
+//! A key's state outlives a configuration reload: under an unchanged quota
+//! it is used as it is; under a changed one (the tier's limit was
+//! reloaded, or the client moved tiers) the requests it had spent are
+//! carried over at the new rate, so a raised limit lets a throttled client
+//! through and a lowered one is in force at once.
 use std::{
     collections::HashMap,
     hash::{BuildHasher, RandomState},
@@ -78,8 +84,7 @@ pub trait RateLimiter: Send + Sync {
 const SHARDS: usize = 64;
 
 pub struct LocalLimiter {
-    /// key → theoretical arrival time: when its quota is whole again.
-    shards: Vec<Mutex<HashMap<LimitKey, u64>>>,
+    shards: Vec<Mutex<HashMap<LimitKey, Cell>>>,
     hasher: RandomState,
     per_shard: usize,
 }
@@ -94,10 +99,31 @@ impl LocalLimiter {
         }
     }
 
-    fn shard(&self, key: &LimitKey) -> std::sync::MutexGuard<'_, HashMap<LimitKey, u64>> {
+    fn shard(&self, key: &LimitKey) -> std::sync::MutexGuard<'_, HashMap<LimitKey, Cell>> {
         self.shards[(self.hasher.hash_one(key) as usize) % SHARDS]
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// One key's state.
+#[derive(Clone, Copy)]
+struct Cell {
+    /// Theoretical arrival time: when its quota is whole again.
+    tat: u64,
+    /// The quota's interval when `tat` was set.
+    interval_ns: u64,
+}
+
+impl Cell {
+    /// The arrival time under `quota`: the same spent requests, at its rate.
+    fn tat(self, quota: &Quota, now: u64) -> u64 {
+        if self.interval_ns == quota.interval_ns || self.tat <= now {
+            return self.tat;
+        }
+        let used = u128::from(self.tat - now) * u128::from(quota.interval_ns)
+            / u128::from(self.interval_ns.max(1));
+        now.saturating_add(u64::try_from(used).unwrap_or(u64::MAX))
     }
 }
 
@@ -125,10 +151,13 @@ impl RateLimiter for LocalLimiter {
     fn check(&self, key: &LimitKey, quota: &Quota, cost: u32, now_ns: u64) -> Decision {
         let mut shard = self.shard(key);
         // A known key is updated in place: no clone of it per request.
-        if let Some(tat) = shard.get_mut(key) {
-            let (decision, update) = decide(*tat, quota, cost, now_ns);
+        if let Some(cell) = shard.get_mut(key) {
+            let (decision, update) = decide(cell.tat(quota, now_ns), quota, cost, now_ns);
             if let Some(new_tat) = update {
-                *tat = new_tat;
+                *cell = Cell {
+                    tat: new_tat,
+                    interval_ns: quota.interval_ns,
+                };
             }
             return decision;
         }
@@ -136,15 +165,20 @@ impl RateLimiter for LocalLimiter {
         if let Some(new_tat) = update {
             if shard.len() >= self.per_shard {
                 // Keys whose quota is whole again carry no information.
-                shard.retain(|_, tat| *tat > now_ns);
+                shard.retain(|_, cell| cell.tat > now_ns);
             }
-            shard.insert(key.clone(), new_tat);
+            let cell = Cell {
+                tat: new_tat,
+                interval_ns: quota.interval_ns,
+            };
+            shard.insert(key.clone(), cell);
         }
         decision
     }
 
     fn peek(&self, key: &LimitKey, quota: &Quota, now_ns: u64) -> Decision {
-        let tat = self.shard(key).get(key).copied().unwrap_or(0);
+        let cell = self.shard(key).get(key).copied();
+        let tat = cell.map_or(0, |cell| cell.tat(quota, now_ns));
         let (mut decision, _) = decide(tat, quota, 0, now_ns);
         decision.allowed = decision.remaining > 0;
         decision
@@ -232,6 +266,30 @@ mod tests {
         assert_eq!(limiter.peek(&key(), &quota, t0).remaining, 7);
         limiter.reset(&key());
         assert_eq!(limiter.peek(&key(), &quota, t0).remaining, 10);
+    }
+
+    #[test]
+    fn a_changed_quota_carries_the_spent_requests_over() {
+        let limiter = LocalLimiter::new(1024);
+        let strict = Quota::new("t", 3, Duration::from_secs(60), 3);
+        let t0 = 1_000 * SEC;
+        let spent = (0..5)
+            .filter(|_| limiter.check(&key(), &strict, 1, t0).allowed)
+            .count();
+        assert_eq!(spent, 3);
+        // Raised: 3 spent of 10, so 7 more now.
+        let raised = Quota::new("t", 10, Duration::from_secs(60), 10);
+        let more = (0..20)
+            .filter(|_| limiter.check(&key(), &raised, 1, t0).allowed)
+            .count();
+        assert_eq!(more, 7);
+        // Lowered again: 10 spent of 3, refused.
+        assert!(!limiter.check(&key(), &strict, 1, t0).allowed);
+        assert_eq!(limiter.peek(&key(), &raised, t0).remaining, 0);
+        // Unchanged: the state is used as it is.
+        let other = LimitKey::Client("other".into());
+        assert!(limiter.check(&other, &raised, 9, t0).allowed);
+        assert_eq!(limiter.peek(&other, &raised, t0).remaining, 1);
     }
 
     #[test]

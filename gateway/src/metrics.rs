@@ -93,28 +93,27 @@ pub struct PoolGauge<'a> {
 }
 
 pub struct Metrics {
-    routes: Vec<String>,
-    tiers: Vec<String>,
-    workers: Mutex<Vec<Arc<Mutex<Counts>>>>,
+    /// The names the next recorders' indices mean.
+    labels: Mutex<Arc<Labels>>,
+    /// Every recorder's counts with the names they were counted under, so
+    /// a reload that reorders routes or tiers keeps each count's labels.
+    workers: Mutex<Vec<Counted>>,
 }
 
-impl Metrics {
-    pub fn new(routes: Vec<String>, tiers: Vec<String>) -> Self {
-        Self {
-            routes,
-            tiers,
-            workers: Mutex::default(),
-        }
-    }
+/// One recorder's counts and the names its indices mean.
+type Counted = (Arc<Labels>, Arc<Mutex<Counts>>);
 
-    /// A recorder for one worker.
-    pub fn recorder(&self) -> Recorder {
-        let counts = Arc::new(Mutex::new(Counts::default()));
-        self.workers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(counts.clone());
-        Recorder(counts)
+/// Route and tier names by index, as one configuration has them.
+struct Labels {
+    routes: Vec<String>,
+    tiers: Vec<String>,
+}
+
+impl Labels {
+    fn route(&self, index: Option<usize>) -> &str {
+        index
+            .and_then(|i| self.routes.get(i))
+            .map_or("none", String::as_str)
     }
 
     fn tier(&self, index: usize) -> &str {
@@ -123,28 +122,72 @@ impl Metrics {
             n => self.tiers.get(n - 1).map_or("unknown", String::as_str),
         }
     }
+}
+
+impl Metrics {
+    pub fn new(routes: Vec<String>, tiers: Vec<String>) -> Self {
+        Self {
+            labels: Mutex::new(Arc::new(Labels { routes, tiers })),
+            workers: Mutex::default(),
+        }
+    }
+
+    /// The routes and tiers of a reloaded configuration, for recorders made
+    /// from now on; what was counted keeps its names.
+    pub fn relabel(&self, routes: Vec<String>, tiers: Vec<String>) {
+        *self.labels.lock().unwrap_or_else(|p| p.into_inner()) = Arc::new(Labels { routes, tiers });
+    }
+
+    /// A recorder for one worker.
+    pub fn recorder(&self) -> Recorder {
+        let labels = self
+            .labels
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let counts = Arc::new(Mutex::new(Counts::default()));
+        self.workers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((labels, counts.clone()));
+        Recorder(counts)
+    }
 
     /// The Prometheus text exposition.
     pub fn render(&self, gauges: &Gauges<'_>) -> String {
-        let mut requests: BTreeMap<(Option<usize>, usize, u16), u64> = BTreeMap::new();
+        let mut requests: BTreeMap<(String, String, u16), u64> = BTreeMap::new();
         let mut auth: BTreeMap<&'static str, u64> = BTreeMap::new();
-        let mut shed: BTreeMap<usize, u64> = BTreeMap::new();
+        let mut shed: BTreeMap<String, u64> = BTreeMap::new();
         let mut banned: BTreeMap<&'static str, u64> = BTreeMap::new();
-        for worker in self
+        let current = self
+            .labels
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        // Every tier has a rate-limited line, 0 included.
+        let mut tiers: Vec<String> = (0..=current.tiers.len())
+            .map(|i| current.tier(i).to_owned())
+            .collect();
+        for (labels, worker) in self
             .workers
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .iter()
         {
             let counts = worker.lock().unwrap_or_else(|p| p.into_inner());
-            for (key, n) in &counts.requests {
-                *requests.entry(*key).or_default() += n;
+            for ((route, tier, status), n) in &counts.requests {
+                let key = (
+                    labels.route(*route).to_owned(),
+                    labels.tier(*tier).to_owned(),
+                    *status,
+                );
+                *requests.entry(key).or_default() += n;
             }
             for (key, n) in &counts.auth_failures {
                 *auth.entry(key).or_default() += n;
             }
-            for (key, n) in &counts.shed {
-                *shed.entry(*key).or_default() += n;
+            for (tier, n) in &counts.shed {
+                *shed.entry(labels.tier(*tier).to_owned()).or_default() += n;
             }
             for (key, n) in &counts.banned {
                 *banned.entry(key).or_default() += n;
@@ -158,14 +201,14 @@ impl Metrics {
             "Requests answered, by route, tier and status.",
         );
         for ((route, tier, status), n) in &requests {
-            let route = route
-                .and_then(|i| self.routes.get(i))
-                .map_or("none", String::as_str);
+            if !tiers.contains(tier) {
+                tiers.push(tier.clone());
+            }
             let _ = writeln!(
                 out,
                 "gateway_requests_total{{route=\"{}\",tier=\"{}\",status=\"{status}\"}} {n}",
                 escape(route),
-                escape(self.tier(*tier))
+                escape(tier)
             );
         }
         header(
@@ -174,16 +217,16 @@ impl Metrics {
             "counter",
             "Requests refused with 429, by tier.",
         );
-        for index in 0..=self.tiers.len() {
+        for tier in &tiers {
             let n: u64 = requests
                 .iter()
-                .filter(|((_, tier, status), _)| *tier == index && *status == 429)
+                .filter(|((_, t, status), _)| t == tier && *status == 429)
                 .map(|(_, n)| n)
                 .sum();
             let _ = writeln!(
                 out,
                 "gateway_rate_limited_total{{tier=\"{}\"}} {n}",
-                escape(self.tier(index))
+                escape(tier)
             );
         }
         header(
@@ -205,15 +248,11 @@ impl Metrics {
             "Requests refused with 503 because an upstream was overloaded, by tier.",
         );
         // Every tier at zero too, so a dashboard and an alert have a series.
-        for tier in 1..=self.tiers.len() {
-            shed.entry(tier).or_insert(0);
+        for tier in &current.tiers {
+            shed.entry(tier.clone()).or_insert(0);
         }
         for (tier, n) in &shed {
-            let _ = writeln!(
-                out,
-                "gateway_shed_total{{tier=\"{}\"}} {n}",
-                escape(self.tier(*tier))
-            );
+            let _ = writeln!(out, "gateway_shed_total{{tier=\"{}\"}} {n}", escape(tier));
         }
         header(
             &mut out,

@@ -103,6 +103,50 @@ impl Shared {
         }
     }
 
+    /// What a reloaded `config` shares: new routes' and tiers' metric
+    /// labels, quotas, guard thresholds and `jwt`; a pool whose upstream is
+    /// unchanged is the same pool (its health and load carry over), and
+    /// the limiter, keys, bans, connection counts and metrics are kept.
+    /// Start the new pools' checks with [`Shared::spawn_health_checks`]
+    /// (pools already checked are skipped).
+    pub fn reconfigured(&self, config: &Config, jwt: Arc<JwtVerifier>) -> Self {
+        // The overload checks judge as many tiers as there were.
+        let same_tiers = config.tiers.len() == self.quotas.len();
+        let pools = (config.upstreams.iter())
+            .map(|upstream| {
+                let same = (self.pools.get(&upstream.name))
+                    .filter(|pool| same_tiers && pool.configured_as(upstream));
+                let pool = same
+                    .cloned()
+                    .unwrap_or_else(|| Arc::new(Pool::new(upstream)));
+                (upstream.name.clone(), pool)
+            })
+            .collect();
+        self.guard.set_settings(config.guard_settings());
+        self.metrics.relabel(
+            config.routes.iter().map(|route| route.name()).collect(),
+            config.tiers.iter().map(|t| t.name.clone()).collect(),
+        );
+        let token_limit = config.tokens.limit_quota().map(|quota| {
+            let same = (self.token_limit.as_ref())
+                .filter(|limit| limit.quota == quota && limit.by == config.tokens.limit_by);
+            same.cloned().unwrap_or_else(|| {
+                Arc::new(TokenLimit {
+                    quota,
+                    by: config.tokens.limit_by.clone(),
+                    limiter: LocalLimiter::new(65_536),
+                })
+            })
+        });
+        Self {
+            jwt,
+            pools: Arc::new(pools),
+            quotas: Arc::new(config.tiers.iter().map(TierConfig::quota).collect()),
+            token_limit,
+            ..self.clone()
+        }
+    }
+
     /// A tier's position (0 = lowest) and quota; unknown names get the first.
     pub fn tier(&self, name: &str) -> (usize, &Quota) {
         self.quotas
@@ -144,9 +188,10 @@ impl Shared {
         }
     }
 
-    /// Starts the pools' active health checks (on the calling runtime).
+    /// Starts the pools' active health checks (on the calling runtime),
+    /// once per pool.
     pub fn spawn_health_checks(&self) {
-        for pool in self.pools.values() {
+        for pool in self.pools.values().filter(|pool| pool.start_checks()) {
             pool.spawn_health_checks();
             pool.spawn_overload_checks(self.quotas.len());
         }

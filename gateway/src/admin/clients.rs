@@ -137,11 +137,12 @@ impl Admin {
 
     /// The lifecycle on this gateway's store and tiers.
     fn lifecycle(&self) -> Clients<'_> {
+        let shared = self.current();
         Clients::new(
             self.store.as_ref(),
-            self.shared.quotas.iter().map(|q| q.name.as_str()),
+            shared.quotas.iter().map(|q| q.name.as_str()),
         )
-        .with_issuers(self.shared.jwt.external_issuers())
+        .with_issuers(shared.jwt.external_issuers())
     }
 
     fn create(&self, call: &Call<'_>) -> Result<(Option<String>, AdminResponse), AdminError> {
@@ -244,7 +245,8 @@ impl Admin {
     /// A client's limit state; with `reset`, made whole first.
     fn limits(&self, id: &str, reset: bool) -> Result<AdminResponse, AdminError> {
         let client = self.lifecycle().find(id)?;
-        let (_, quota) = self.shared.tier(&client.tier);
+        let shared = self.current();
+        let (_, quota) = shared.tier(&client.tier);
         let key = LimitKey::Client(client.id.clone());
         if reset {
             self.shared.limiter.reset(&key);

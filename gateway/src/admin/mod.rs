@@ -15,7 +15,13 @@
 //!   xdp events` follows); 409 when no XDP program is loaded, 503 past
 //!   [`events::MAX_FOLLOWERS`] streams. See [`events`].
 //!
-//! The `/v1/management` and `/v1/xdp` endpoints take an admin key (`gateway keys
+//! - `POST /v1/reload`: re-reads the configuration file the gateway was
+//!   started with and applies it (see [`crate::reload`]); 200 with what
+//!   changed (and the keys that need a restart), 422 with `check-config`'s
+//!   message for an invalid file (nothing changes), 409 when there is no
+//!   file (started without `--config`) or the reload could not be applied.
+//!
+//! The `/v1/management`, `/v1/xdp` and `/v1/reload` endpoints take an admin key (`gateway keys
 //! bootstrap`, or `create --admin`) in `Authorization: Bearer`. A key with
 //! the `admin:read` scope may only read; other admin keys may also change.
 //! Other keys get 403. Every change is one line in the audit log.
@@ -39,6 +45,7 @@ use crate::{
     config::Config,
     keys::{Client, KeyIndex, KeyRejection, KeyStore},
     metrics::Gauges,
+    reload::{ReloadError, Reloader},
     shared::Shared,
     xdp::{EventHub, PinnedMaps},
 };
@@ -73,8 +80,11 @@ pub struct Admin {
     followers: Arc<tokio::sync::Semaphore>,
     /// `xdp.max_bans`, `xdp.max_prefix_bans`: the ban maps' sizes.
     ban_map_capacity: (u32, u32),
-    /// The certificates the TLS listeners serve (for their expiry).
-    certificates: Vec<crate::metrics::ops::Certificate>,
+    /// The certificates the TLS listeners serve (for their expiry), as of
+    /// the reload generation they were read at.
+    certificates: std::sync::Mutex<(u64, Vec<crate::metrics::ops::Certificate>)>,
+    /// `POST /v1/reload`; what the workers share since the last reload.
+    reloader: Option<Arc<Reloader>>,
 }
 
 /// Why the admin API refused a request.
@@ -107,6 +117,8 @@ pub(crate) enum AdminError {
     TooManyFollowers,
     #[error("the key store failed: {0}")]
     Store(#[from] crate::keys::StoreError),
+    #[error("{0}")]
+    Reload(#[from] ReloadError),
 }
 
 impl AdminError {
@@ -124,6 +136,10 @@ impl AdminError {
             AdminError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             AdminError::TooManyFollowers => (StatusCode::SERVICE_UNAVAILABLE, "too_many_followers"),
             AdminError::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "store_error"),
+            AdminError::Reload(ReloadError::Invalid(_)) => {
+                (StatusCode::UNPROCESSABLE_ENTITY, "invalid_config")
+            }
+            AdminError::Reload(_) => (StatusCode::CONFLICT, "reload_refused"),
         }
     }
 
@@ -215,8 +231,22 @@ impl Admin {
             events: None,
             followers: Arc::new(tokio::sync::Semaphore::new(events::MAX_FOLLOWERS)),
             ban_map_capacity: (config.xdp.max_bans, config.xdp.max_prefix_bans),
-            certificates: scrape::certificates(config),
+            certificates: std::sync::Mutex::new((0, scrape::certificates(config))),
+            reloader: None,
         })
+    }
+
+    /// Answers `POST /v1/reload` with `reloader`, and reads tiers and
+    /// pools from what it last applied.
+    pub fn with_reloader(mut self, reloader: Arc<Reloader>) -> Self {
+        self.reloader = Some(reloader);
+        self
+    }
+
+    /// What the workers share now (tiers, issuers and pools change with a
+    /// reload; keys, limiter and guard are the same objects throughout).
+    fn current(&self) -> Shared {
+        (self.reloader.as_ref()).map_or_else(|| self.shared.clone(), |r| r.shared())
     }
 
     /// Serves the kernel events (`GET /v1/xdp/events`) from `events`.
@@ -301,6 +331,15 @@ impl Admin {
                     HeaderValue::from_static("application/json"),
                 );
                 Ok(response)
+            }
+            (_, ["v1", "reload"]) => {
+                let actor = self.authorize_counted(&req, Access::Write, peer)?;
+                if method != Method::POST {
+                    return Err(AdminError::MethodNotAllowed);
+                }
+                // Files, sockets and the kernel's maps block; this runtime
+                // has other threads for the rest.
+                tokio::task::block_in_place(|| self.reload_config(&actor, peer))
             }
             (_, ["v1", "management", "api-clients", rest @ ..]) => {
                 let access = if method == Method::GET {
@@ -389,8 +428,42 @@ impl Admin {
         Ok(())
     }
 
+    /// `POST /v1/reload`, audited.
+    fn reload_config(&self, actor: &Client, peer: SocketAddr) -> Result<AdminResponse, AdminError> {
+        let result = match &self.reloader {
+            Some(reloader) => reloader.reload_logged().map_err(AdminError::from),
+            None => Err(AdminError::Conflict("this gateway cannot reload".into())),
+        };
+        let status = match &result {
+            Ok(_) => StatusCode::OK,
+            Err(error) => error.status().0,
+        };
+        self.audit.record(&audit::AuditEntry {
+            ts: unix_now(),
+            actor: &actor.id,
+            action: "reload",
+            client_id: None,
+            peer,
+            status: status.as_u16(),
+        });
+        let mut body = serde_json::to_value(result?).unwrap_or_default();
+        body["status"] = json!("reloaded");
+        Ok(json_response(StatusCode::OK, &body))
+    }
+
+    /// The listeners' certificates, read again after a reload.
+    fn certificates(&self) -> Vec<crate::metrics::ops::Certificate> {
+        let mut known = self.certificates.lock().unwrap_or_else(|p| p.into_inner());
+        let reloaded = (self.reloader.as_ref()).filter(|r| r.generation() != known.0);
+        if let Some(reloader) = reloaded {
+            let (generation, config) = reloader.config();
+            *known = (generation, scrape::certificates(&config));
+        }
+        known.1.clone()
+    }
+
     fn metrics_response(&self) -> AdminResponse {
-        let shared = &self.shared;
+        let shared = &self.current();
         let maps = self
             .pin_root
             .as_deref()
@@ -417,7 +490,7 @@ impl Admin {
             &crate::metrics::ops::Ops {
                 policy_failed: shared.policy.failed(),
                 ban_maps: (maps.as_ref()).map(|m| scrape::ban_maps(m, self.ban_map_capacity)),
-                certificates: &self.certificates,
+                certificates: &self.certificates(),
             },
         );
         let mut response = Response::new(Full::new(Bytes::from(text)));

@@ -3,6 +3,7 @@
 //! types it fills stay free of it.
 pub mod keys;
 pub mod limits;
+pub mod reload;
 pub mod run;
 pub mod takeover;
 pub mod tokens;
@@ -25,15 +26,20 @@ pub struct Cli {
 #[derive(Subcommand)]
 pub enum Command {
     /// Run the gateway (proxy, admin API, token endpoint and XDP kernel
-    /// path) until SIGINT, SIGTERM or SIGQUIT, then drain. Started while a
-    /// gateway runs on the same state dir, it takes that one's listening
-    /// sockets (and XDP pin root) over.
+    /// path) until SIGINT, SIGTERM or SIGQUIT, then drain; SIGHUP reloads
+    /// its configuration file. Started while a gateway runs on the same
+    /// state dir, it takes that one's listening sockets (and XDP pin root)
+    /// over.
     Run(run::RunArgs),
     /// Inspect or change the kernel path of a running gateway.
     #[command(subcommand)]
     Xdp(xdp::XdpCommand),
     /// Validate a configuration file; errors name the offending key path.
     CheckConfig { file: std::path::PathBuf },
+    /// Make the running gateway re-read its configuration file (like
+    /// SIGHUP), through its admin API; an invalid file is refused with
+    /// check-config's message and a non-zero exit, and nothing changes.
+    Reload(reload::ReloadArgs),
     /// Manage API clients and keys: in the store, or through a running
     /// gateway's admin API (`--admin-url`).
     #[command(subcommand)]
@@ -53,6 +59,7 @@ impl Command {
             Command::Run(args) => run::run(args),
             Command::Xdp(command) => xdp::xdp_command(command),
             Command::CheckConfig { file } => run::check_config(&file),
+            Command::Reload(args) => reload::reload(args),
             Command::Keys(command) => keys::keys_command(command),
             Command::Limits(command) => limits::limits_command(command),
             Command::Tokens(command) => tokens::tokens_command(command),

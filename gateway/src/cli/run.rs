@@ -16,6 +16,7 @@ use gateway::{
     jwt::JwtVerifier,
     keys::{KeyIndex, KeyStore, SqliteStore},
     proxy::workers,
+    reload::{self, Reloader},
     shared::Shared,
     tokens::TokenIssuer,
     xdp::{
@@ -41,7 +42,7 @@ impl From<ModeArg> for Mode {
     }
 }
 
-#[derive(Args)]
+#[derive(Args, Clone)]
 pub struct RunArgs {
     /// Configuration file (TOML); without it, the embedded defaults.
     #[arg(long)]
@@ -216,7 +217,8 @@ pub fn run(args: RunArgs) -> Result<()> {
             0 => std::thread::available_parallelism().map_or(1, usize::from),
             n => n,
         };
-        let (listeners, first_url) = bind_listeners(&config, workers, &mut inherited)?;
+        let started = bind_listeners(&config, workers, &mut inherited)?;
+        let first_url = started.urls.first().cloned();
         let kernel_attached = kernel
             .as_ref()
             .is_some_and(|k| matches!(k.enforcement(), Enforcement::Kernel { .. }));
@@ -241,6 +243,20 @@ pub fn run(args: RunArgs) -> Result<()> {
         let shared = Shared::new(&config, index, jwt, userspace_bans, policy, tokens);
         shared.spawn_health_checks();
         tokio::spawn(shared.clone().sweep_guard(Duration::from_secs(5)));
+        // SIGHUP and `POST /v1/reload`: the same file, the same overrides.
+        let overrides = args.clone();
+        let reloader = Arc::new(Reloader::new(
+            args.config.clone(),
+            Box::new(move |config| overrides.apply(config)),
+            &config,
+            &shared,
+            started.active,
+            workers,
+            kernel
+                .as_ref()
+                .and_then(KernelPath::pin_root)
+                .map(Path::to_path_buf),
+        ));
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let admin_socket = match config.admin.enabled {
             true => Some(
@@ -251,8 +267,11 @@ pub fn run(args: RunArgs) -> Result<()> {
             false => None,
         };
         super::takeover::close_unclaimed(inherited);
-        let proxy_sockets: Vec<_> = listeners.iter().flat_map(|l| &l.sockets).collect();
+        let proxy_sockets: Vec<_> = started.listeners.iter().flat_map(|l| &l.sockets).collect();
         let offer = super::takeover::offer(&config, &proxy_sockets, admin_socket.as_ref());
+        if let Some(offer) = &offer {
+            reloader.offer(offer.offered());
+        }
         let mut admin_task = None;
         if let Some(socket) = admin_socket {
             let listener = tokio::net::TcpListener::from_std(socket)?;
@@ -264,11 +283,15 @@ pub fn run(args: RunArgs) -> Result<()> {
             let admin = Admin::new(&config, shared.clone(), store.clone(), pin_root).with_context(
                 || format!("opening the audit log {}", config.admin.audit_log.display()),
             )?;
+            let admin = admin.with_reloader(reloader.clone());
             let admin = Arc::new(admin.with_events(kernel.as_ref().and_then(KernelPath::events)));
             admin_task = Some(tokio::spawn(admin.serve(listener)));
         }
-        let servers = workers::spawn(&config, &shared, listeners, workers, stopped)
-            .context("starting worker threads")?;
+        let (servers, running) =
+            workers::spawn(&config, &shared, started.listeners, workers, stopped)
+                .context("starting worker threads")?;
+        reloader.attach(running);
+        tokio::spawn(reload_on_hangup(reloader.clone())?);
         match kernel.as_ref().map(KernelPath::enforcement) {
             Some(Enforcement::Kernel { attach }) => println!(
                 "ready: XDP attached to {} in {} mode, {:?}, ports {:?}, maps pinned at {}",
@@ -305,46 +328,44 @@ pub fn run(args: RunArgs) -> Result<()> {
     })
 }
 
-/// Binds every listener (one socket per worker) and prints its address;
-/// returns them with the first one's URL (the default token issuer).
+/// Every listener on its sockets (taken over from a running gateway, or
+/// bound: one per worker), its address printed.
 fn bind_listeners(
     config: &Config,
     workers: usize,
     inherited: &mut gateway::handover::Inherited,
-) -> Result<(Vec<workers::Listener>, Option<String>)> {
-    let mut listeners = Vec::new();
-    let mut first_url = None;
-    for listener in &config.listeners {
-        let tls = match &listener.tls {
-            None => None,
-            Some(tls) => {
-                let mut names = tls.names.clone();
-                if names.is_empty() {
-                    names = vec!["localhost".into(), listener.address.ip().to_string()];
-                }
-                Some(
-                    gateway::proxy::tls::acceptor(tls, &config.state_dir, &names)
-                        .with_context(|| format!("TLS for listener {}", listener.address))?,
-                )
-            }
-        };
-        let sockets = super::takeover::proxy_sockets(inherited, listener.address, workers)
-            .map_err(|error| {
-                let hint = gateway::caps::bind_hint(listener.address, &error)
-                    .map(|hint| format!(": {hint}"))
-                    .unwrap_or_default();
-                anyhow::Error::new(error)
-                    .context(format!("cannot listen on {}{hint}", listener.address))
-            })?;
-        let scheme = if tls.is_some() { "https" } else { "http" };
-        if let Some(first) = sockets.first() {
-            let url = format!("{scheme}://{}", first.local_addr()?);
-            println!("listening: {url}");
-            first_url.get_or_insert(url);
+) -> Result<reload::Started> {
+    let started = reload::start_listeners(config, |listener| {
+        super::takeover::proxy_sockets(inherited, listener.address, workers)
+    })
+    .map_err(|error| match error {
+        // Ports below 1024 without the capability: say so.
+        reload::listeners::ListenerError::Bind { address, source } => {
+            let hint = gateway::caps::bind_hint(address, &source)
+                .map(|hint| format!(": {hint}"))
+                .unwrap_or_default();
+            anyhow::Error::new(source).context(format!("cannot listen on {address}{hint}"))
         }
-        listeners.push(workers::Listener { sockets, tls });
+        error @ reload::listeners::ListenerError::Tls { .. } => anyhow::Error::new(error),
+    })?;
+    for url in &started.urls {
+        println!("listening: {url}");
     }
-    Ok((listeners, first_url))
+    Ok(started)
+}
+
+/// Reloads the configuration file on each SIGHUP (the handler is in place
+/// when this returns, so a SIGHUP no longer stops the gateway).
+fn reload_on_hangup(reloader: Arc<Reloader>) -> Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hangup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
+    Ok(async move {
+        while hangup.recv().await.is_some() {
+            tracing::info!("SIGHUP: reloading the configuration");
+            // A refusal is logged; the running configuration keeps serving.
+            let _ = tokio::task::block_in_place(|| reloader.reload_logged());
+        }
+    })
 }
 
 /// The gateway's own token issuer, trusted by its own JWT verifier.

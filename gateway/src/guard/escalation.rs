@@ -159,7 +159,7 @@ impl super::SourceGuard {
     /// the address bans it covers; for a prefix's own ban (guessing across
     /// it), the lifting of those it covers. Feed it every ban the guard issues.
     pub fn escalate(&self, update: &PolicyUpdate, now_ns: u64) -> Vec<PolicyUpdate> {
-        let settings = &self.settings;
+        let settings = self.settings.load();
         let (ip, forwarded, until_ns) = match update {
             PolicyUpdate::Ban {
                 target: BanTarget::SourcePrefix(net),
@@ -241,7 +241,7 @@ impl super::SourceGuard {
 
     /// Whether `net` holds (or lies inside) an allow-listed or trusted network.
     pub(super) fn overlaps_spared(&self, net: &IpNet) -> bool {
-        let settings = &self.settings;
+        let settings = self.settings.load();
         let canonical = |n: &IpNet| crate::net::canonical_net(*n);
         (settings.allow.iter())
             .chain(&settings.trusted_proxies)

@@ -242,7 +242,8 @@ const PER_SHARD: usize = 64;
 const OVERFLOW: usize = 64 * 1024;
 
 pub struct SourceGuard {
-    settings: GuardSettings,
+    /// Swapped whole by a configuration reload; the state stays.
+    settings: arc_swap::ArcSwap<GuardSettings>,
     shards: Vec<Mutex<HashMap<IpAddr, SourceState>>>,
     /// By prefix network address: see [`SourceGuard::with_source`].
     overflow: Mutex<HashMap<IpAddr, SourceState>>,
@@ -254,7 +255,7 @@ pub struct SourceGuard {
 impl SourceGuard {
     pub fn new(settings: GuardSettings) -> Self {
         Self {
-            settings,
+            settings: arc_swap::ArcSwap::from_pointee(settings),
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             overflow: Mutex::default(),
             prefixes: Mutex::default(),
@@ -263,8 +264,14 @@ impl SourceGuard {
         }
     }
 
-    pub fn settings(&self) -> &GuardSettings {
-        &self.settings
+    pub fn settings(&self) -> Arc<GuardSettings> {
+        self.settings.load_full()
+    }
+
+    /// New thresholds (a configuration reload); what the guard knows of
+    /// sources is kept.
+    pub fn set_settings(&self, settings: GuardSettings) {
+        self.settings.store(Arc::new(settings));
     }
 
     /// Runs `f` on the state of `ip`. Memory stays bounded under floods
@@ -288,7 +295,7 @@ impl SourceGuard {
     ) -> T {
         let ip = ip.to_canonical();
         let shard = &self.shards[(self.hasher.hash_one(ip) as usize) % SHARDS];
-        let prefix = self.settings.prefix.prefix_of(ip).network();
+        let prefix = self.settings.load().prefix.prefix_of(ip).network();
         let tables = [(shard, ip, PER_SHARD), (&self.overflow, prefix, OVERFLOW)];
         for (table, key, room) in tables.into_iter().take(1 + usize::from(by_prefix)) {
             let mut table = table
@@ -313,8 +320,9 @@ impl SourceGuard {
     /// not held to the per-source connection cap (many clients share it).
     pub fn spared(&self, ip: IpAddr) -> bool {
         let ip = ip.to_canonical();
-        (self.settings.allow.iter())
-            .chain(&self.settings.trusted_proxies)
+        let settings = self.settings.load();
+        (settings.allow.iter())
+            .chain(&settings.trusted_proxies)
             .any(|net| net.contains(&ip))
     }
 
@@ -330,7 +338,7 @@ impl SourceGuard {
         now_ns: u64,
     ) -> Option<PolicyUpdate> {
         let id = Some(self.client_hash(client));
-        let raise = (self.settings.tier_budgets.get(rank)).map(|b| (rank as u32 + 1, *b));
+        let raise = (self.settings.load().tier_budgets.get(rank)).map(|b| (rank as u32 + 1, *b));
         let budget = if remote.forwarded() {
             self.with_source(remote.client, now_ns, |s| s.authenticated(id, None, now_ns));
             self.with_source(remote.peer, now_ns, |s| {
@@ -357,7 +365,7 @@ impl SourceGuard {
         reset: Duration,
         now_ns: u64,
     ) -> Option<PolicyUpdate> {
-        let settings = &self.settings;
+        let settings = self.settings.load();
         let (id, standing_ns) = (
             self.client_hash(client),
             duration_ns(settings.auth_failure_window),
@@ -392,7 +400,7 @@ impl SourceGuard {
     /// guessing (401, not "no credential", not expired): a ban of its
     /// address, or of its prefix when the prefix as a whole is guessing.
     pub fn auth_failed(&self, remote: Remote, now_ns: u64) -> Option<PolicyUpdate> {
-        let settings = &self.settings;
+        let settings = self.settings.load();
         let window_ns = duration_ns(settings.auth_failure_window);
         let ban = self.with_source(remote.client, now_ns, |source| {
             (source.auth_failed(settings.auth_failures, window_ns, now_ns))
@@ -409,9 +417,9 @@ impl SourceGuard {
     fn ban_length(&self, offences: &mut u32, base: Duration) -> Duration {
         *offences = offences.saturating_add(1);
         let doubled = base
-            .max(self.settings.min_ban)
+            .max(self.settings.load().min_ban)
             .saturating_mul(1u32 << (*offences - 1).min(20));
-        doubled.min(self.settings.max_ban)
+        doubled.min(self.settings.load().max_ban)
     }
 
     fn ban(
@@ -431,7 +439,7 @@ impl SourceGuard {
             tracing::info!(%ip, reason, "allow-listed or trusted address not banned");
             return None;
         }
-        match self.settings.mode {
+        match self.settings.load().mode {
             GuardMode::Off => return None,
             GuardMode::Monitor => {
                 counters.monitored_bans.fetch_add(1, Ordering::Relaxed);
@@ -477,9 +485,9 @@ impl SourceGuard {
     /// addresses and clients with nothing left to remember. Run every few
     /// seconds.
     pub fn sweep(&self, now_ns: u64) -> Vec<PolicyUpdate> {
-        let idle_ns = duration_ns(self.settings.budget_idle);
+        let idle_ns = duration_ns(self.settings.load().budget_idle);
         // Offences are remembered for as long as the longest ban.
-        let keep_ns = duration_ns(self.settings.max_ban).max(idle_ns);
+        let keep_ns = duration_ns(self.settings.load().max_ban).max(idle_ns);
         let mut updates = Vec::new();
         for shard in self.shards.iter().chain([&self.overflow]) {
             let mut shard = shard.lock().unwrap_or_else(|p| p.into_inner());

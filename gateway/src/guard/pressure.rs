@@ -47,7 +47,7 @@ impl SourceGuard {
     /// client address's prefix; returns the prefix's ban when the prefix
     /// as a whole is over its allowance.
     pub(super) fn prefix_guessed(&self, remote: Remote, now_ns: u64) -> Option<PolicyUpdate> {
-        let settings = &self.settings;
+        let settings = self.settings.load();
         let allowance = settings.prefix.auth_failures;
         if allowance == 0 || settings.mode == GuardMode::Off {
             return None;

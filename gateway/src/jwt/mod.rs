@@ -14,6 +14,7 @@ mod clock_tests;
 mod header_tests;
 pub mod keys;
 pub mod preparse;
+mod reconfigure;
 mod settings;
 mod validity;
 
@@ -129,6 +130,8 @@ struct Issuer {
     keys: Arc<IssuerKeys>,
     /// The gateway's own tokens.
     own: bool,
+    /// Whether its key refresh task runs ([`JwtVerifier::spawn_refresh`]).
+    refreshing: std::sync::atomic::AtomicBool,
 }
 
 /// `ISSUER#CLAIM`: a token client's id, namespaced by its issuer.
@@ -237,6 +240,7 @@ impl JwtVerifier {
                 algorithms,
                 settings,
                 own: false,
+                refreshing: Default::default(),
             }));
         }
         Ok(Self {
@@ -283,6 +287,7 @@ impl JwtVerifier {
             algorithms,
             settings,
             own: true,
+            refreshing: Default::default(),
         };
         self.issuers.insert(0, Arc::new(issuer));
         Ok(())
@@ -295,17 +300,21 @@ impl JwtVerifier {
         }
     }
 
-    /// Loads remote keys now and keeps refreshing them in the background.
+    /// Loads remote keys now and keeps refreshing them in the background,
+    /// until the issuer is dropped (a reload removed it); once per issuer.
     pub fn spawn_refresh(&self) {
+        use std::sync::atomic::Ordering::Relaxed;
         for issuer in &self.issuers {
-            if !issuer.keys.is_remote() {
+            if !issuer.keys.is_remote() || issuer.refreshing.swap(true, Relaxed) {
                 continue;
             }
-            let issuer = issuer.clone();
+            let weak = Arc::downgrade(issuer);
+            let every = issuer.settings.refresh;
             tokio::spawn(async move {
-                let mut ticker = tokio::time::interval(issuer.settings.refresh);
+                let mut ticker = tokio::time::interval(every);
                 loop {
                     ticker.tick().await;
+                    let Some(issuer) = weak.upgrade() else { return };
                     if let Err(error) = issuer.keys.refresh().await {
                         tracing::warn!(issuer = %issuer.settings.issuer, %error, "refreshing keys failed");
                     }

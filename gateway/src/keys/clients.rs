@@ -168,17 +168,17 @@ pub fn expires_after(seconds: u64, now: i64) -> i64 {
 /// The lifecycle on one store, checked against the configured tiers.
 pub struct Clients<'a> {
     store: &'a dyn KeyStore,
-    tiers: Vec<&'a str>,
+    tiers: Vec<String>,
     /// The configured JWT issuers external ids may name; `None`: unknown.
     issuers: Option<Vec<String>>,
 }
 
 impl<'a> Clients<'a> {
     /// `tiers`: the configured tier names, in configuration order.
-    pub fn new(store: &'a dyn KeyStore, tiers: impl IntoIterator<Item = &'a str>) -> Self {
+    pub fn new<'t>(store: &'a dyn KeyStore, tiers: impl IntoIterator<Item = &'t str>) -> Self {
         Self {
             store,
-            tiers: tiers.into_iter().collect(),
+            tiers: tiers.into_iter().map(str::to_owned).collect(),
             issuers: None,
         }
     }
@@ -196,12 +196,12 @@ impl<'a> Clients<'a> {
 
     /// A client's tier must be one the gateway can rate-limit by.
     pub fn check_tier(&self, tier: &str) -> Result<(), ClientError> {
-        if self.tiers.contains(&tier) {
+        if self.tiers.iter().any(|t| t == tier) {
             return Ok(());
         }
         Err(ClientError::UnknownTier {
             tier: tier.to_owned(),
-            configured: self.tiers.iter().map(|t| (*t).to_owned()).collect(),
+            configured: self.tiers.clone(),
         })
     }
 
@@ -237,7 +237,7 @@ impl<'a> Clients<'a> {
     pub fn bootstrap(&self, force: bool, now: i64) -> Result<ClientView, ClientError> {
         let new = NewClient {
             name: "admin".into(),
-            tier: self.tiers.last().copied().unwrap_or("gold").to_owned(),
+            tier: self.tiers.last().map_or("gold", String::as_str).to_owned(),
             is_admin: true,
             ..NewClient::default()
         };

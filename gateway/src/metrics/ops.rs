@@ -15,6 +15,7 @@ pub struct BanMapFill {
 }
 
 /// The certificate a TLS listener serves.
+#[derive(Clone)]
 pub struct Certificate {
     /// The listener's configured address.
     pub listener: String,

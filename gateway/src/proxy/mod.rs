@@ -70,6 +70,30 @@ use crate::{
 
 pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
 
+/// A worker's gateway as of the last configuration reload, swapped whole:
+/// a connection loads it at accept and each request loads it again, so
+/// requests see the new routes, limits and issuers at once while those in
+/// flight finish on the one they started with. One atomic load per
+/// request (`arc-swap`: no lock, no contention between workers).
+pub struct Current(arc_swap::ArcSwap<Gateway>);
+
+impl Current {
+    pub fn new(gateway: Gateway) -> Self {
+        Self(arc_swap::ArcSwap::from_pointee(gateway))
+    }
+
+    pub fn load(&self) -> Arc<Gateway> {
+        self.0.load_full()
+    }
+
+    /// The worker's gateway under a reloaded configuration (see
+    /// [`Gateway::reconfigured`]).
+    pub fn reconfigure(&self, config: &Config, shared: &Shared) {
+        let next = self.load().reconfigured(config, shared);
+        self.0.store(Arc::new(next));
+    }
+}
+
 /// One per worker thread, with its own upstream connections, so a request
 /// and its upstream exchange stay on one thread.
 pub struct Gateway {
@@ -126,6 +150,16 @@ impl Gateway {
             metrics: shared.metrics.recorder(),
             reported: ReportMemo::default(),
         }
+    }
+
+    /// This worker's gateway under a reloaded configuration; its upstream
+    /// connections are kept unless `limits.connect_timeout` changed.
+    pub fn reconfigured(&self, config: &Config, shared: &Shared) -> Self {
+        let mut gateway = Self::new(config, shared);
+        if config.limits.connect_timeout == self.limits.connect_timeout {
+            gateway.client = self.client.clone();
+        }
+        gateway
     }
 
     /// One request, through every phase.

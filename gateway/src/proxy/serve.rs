@@ -12,20 +12,22 @@ use hyper_util::{
     server::conn::auto,
 };
 use tokio::{net::TcpListener, sync::watch};
-use tokio_rustls::TlsAcceptor;
 
-use super::{drain, drain::OpenConnections, Gateway};
+use super::{drain, drain::OpenConnections, workers::TlsSlot, Current, Gateway};
 use crate::clock::monotonic_ns;
 
-impl Gateway {
-    /// Accepts connections until `shutdown` turns true; with `tls`, each
-    /// connection is a TLS handshake first (ALPN picks h2 or HTTP/1.1).
-    /// Connections are counted in `open` until they close; they drain on
-    /// `shutdown`.
+impl Current {
+    /// Accepts connections until `shutdown` turns true (or the task is
+    /// aborted: a reload removed the listener); with `tls`, each
+    /// connection is a TLS handshake first (ALPN picks h2 or HTTP/1.1),
+    /// with the certificate of the last reload. Connections are counted in
+    /// `open` until they close; they drain on `shutdown`. Each connection
+    /// is served by the gateway current at accept, each request by the one
+    /// current when it arrives.
     pub async fn serve(
         self: Arc<Self>,
         listener: TcpListener,
-        tls: Option<TlsAcceptor>,
+        tls: Option<TlsSlot>,
         mut shutdown: watch::Receiver<bool>,
         open: OpenConnections,
     ) {
@@ -41,17 +43,18 @@ impl Gateway {
                 _ = shutdown.changed() => return,
             };
             // Phase: accept (per connection).
-            if self.is_banned(peer.ip()) {
+            let gateway = self.load();
+            if gateway.is_banned(peer.ip()) {
                 continue;
             }
-            let Ok(all) = self.shared.connections.clone().try_acquire_owned() else {
+            let Ok(all) = gateway.shared.connections.clone().try_acquire_owned() else {
                 tracing::warn!(%peer, "connection limit reached; closing the new connection");
                 continue;
             };
-            let source = if self.shared.guard.spared(peer.ip()) {
+            let source = if gateway.shared.guard.spared(peer.ip()) {
                 Some(crate::connections::SourcePermit::uncounted())
             } else {
-                self.shared.per_source.try_acquire(peer.ip())
+                gateway.shared.per_source.try_acquire(peer.ip())
             };
             let Some(source) = source else {
                 tracing::debug!(%peer, "per-source connection limit reached; closing the new connection");
@@ -61,15 +64,15 @@ impl Gateway {
                 _all: all,
                 _source: source,
             });
-            let gateway = self.clone();
-            let tls = tls.clone();
+            let current = self.clone();
+            let tls = tls.as_ref().map(|slot| slot.load_full());
             let (open, shutdown) = (open.open(), shutdown.clone());
             tokio::spawn(async move {
                 let _open = open;
                 match tls {
                     None => {
                         gateway
-                            .serve_connection(stream, peer, "http", permit, shutdown)
+                            .serve_connection(current, stream, peer, "http", permit, shutdown)
                             .await
                     }
                     Some(acceptor) => {
@@ -79,9 +82,10 @@ impl Gateway {
                         );
                         match handshake.await {
                             Ok(Ok(stream)) => {
-                                gateway
-                                    .serve_connection(stream, peer, "https", permit, shutdown)
-                                    .await
+                                let serve = gateway.serve_connection(
+                                    current, stream, peer, "https", permit, shutdown,
+                                );
+                                serve.await
                             }
                             Ok(Err(error)) => {
                                 tracing::debug!(%peer, %error, "TLS handshake failed")
@@ -93,9 +97,12 @@ impl Gateway {
             });
         }
     }
+}
 
+impl Gateway {
     async fn serve_connection<I>(
         self: Arc<Self>,
+        current: Arc<Current>,
         io: I,
         peer: SocketAddr,
         proto: &'static str,
@@ -106,11 +113,10 @@ impl Gateway {
     {
         let header_timeout = self.limits.request_timeout;
         let max_buf = self.limits.max_header_bytes.max(8192);
-        let gateway = self.clone();
         let activity = Arc::new(Activity::default());
         let seen = activity.clone();
         let service = hyper::service::service_fn(move |req: hyper::Request<_>| {
-            let gateway = gateway.clone();
+            let gateway = current.load();
             let busy = seen.begin(req.version());
             // For a tunnel this connection may become, which outlives it here.
             let permit = permit.clone();

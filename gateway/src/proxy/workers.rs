@@ -3,19 +3,73 @@
 //! spreads connections) and its own upstream connections, so a request
 //! and its upstream exchange never cross threads. Background work (key and
 //! JWKS refresh, health checks, kernel policy) runs elsewhere.
-use std::{io, net::SocketAddr, sync::Arc, thread::JoinHandle};
+//!
+//! A configuration reload reaches workers through [`Workers`]: a new
+//! gateway for each (see [`Current`]), listeners added (every worker gets
+//! its socket) or removed (every worker stops accepting on it; its open
+//! connections go on).
+use std::{collections::HashMap, io, net::SocketAddr, sync::Arc, thread::JoinHandle};
 
 use socket2::{Domain, Socket, Type};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio_rustls::TlsAcceptor;
 
-use super::{drain::OpenConnections, Gateway};
+use super::{drain::OpenConnections, Current, Gateway};
 use crate::{config::Config, shared::Shared};
+
+/// A listener's TLS acceptor, swapped by a reload (new certificates) and
+/// loaded per connection.
+pub type TlsSlot = Arc<arc_swap::ArcSwap<TlsAcceptor>>;
 
 /// One listener as every worker sees it.
 pub struct Listener {
     pub sockets: Vec<std::net::TcpListener>,
-    pub tls: Option<TlsAcceptor>,
+    pub tls: Option<TlsSlot>,
+}
+
+/// What a reload asks of a worker.
+enum Command {
+    /// Accept on `socket` as listener `id`.
+    Serve {
+        id: usize,
+        socket: std::net::TcpListener,
+        tls: Option<TlsSlot>,
+    },
+    /// Stop accepting on listener `id`.
+    Stop { id: usize },
+}
+
+/// The running workers, as a reload changes them.
+pub struct Workers {
+    currents: Vec<Arc<Current>>,
+    commands: Vec<mpsc::UnboundedSender<Command>>,
+}
+
+impl Workers {
+    /// Every worker serves new connections and requests with a gateway
+    /// built from `config` and `shared`.
+    pub fn reconfigure(&self, config: &Config, shared: &Shared) {
+        for current in &self.currents {
+            current.reconfigure(config, shared);
+        }
+    }
+
+    /// Every worker accepts on its socket of `listener` (bound with one
+    /// socket per worker), as listener `id`.
+    pub fn add(&self, id: usize, listener: Listener) {
+        for (socket, commands) in listener.sockets.into_iter().zip(&self.commands) {
+            let tls = listener.tls.clone();
+            let _ = commands.send(Command::Serve { id, socket, tls });
+        }
+    }
+
+    /// Every worker stops accepting on listener `id`; its connections
+    /// finish as they would.
+    pub fn remove(&self, id: usize) {
+        for commands in &self.commands {
+            let _ = commands.send(Command::Stop { id });
+        }
+    }
 }
 
 /// Binds `count` sockets to `address` with SO_REUSEPORT; with port 0 the
@@ -38,38 +92,48 @@ pub fn bind(address: SocketAddr, count: usize) -> io::Result<Vec<std::net::TcpLi
     Ok(sockets)
 }
 
-/// Starts `workers` threads serving `listeners` until `stopped` turns true.
+/// Starts `workers` threads serving `listeners` until `stopped` turns
+/// true; listener ids are their positions in `listeners`.
 pub fn spawn(
     config: &Config,
     shared: &Shared,
     listeners: Vec<Listener>,
     workers: usize,
     stopped: watch::Receiver<bool>,
-) -> io::Result<Vec<JoinHandle<()>>> {
-    let mut per_worker: Vec<Vec<(std::net::TcpListener, Option<TlsAcceptor>)>> =
-        (0..workers).map(|_| Vec::new()).collect();
-    for listener in listeners {
+) -> io::Result<(Vec<JoinHandle<()>>, Workers)> {
+    let mut per_worker: Vec<Vec<Command>> = (0..workers).map(|_| Vec::new()).collect();
+    for (id, listener) in listeners.into_iter().enumerate() {
         for (worker, socket) in listener.sockets.into_iter().enumerate() {
-            per_worker[worker % workers].push((socket, listener.tls.clone()));
+            let tls = listener.tls.clone();
+            per_worker[worker % workers].push(Command::Serve { id, socket, tls });
         }
     }
-    per_worker
+    let mut running = Workers {
+        currents: Vec::new(),
+        commands: Vec::new(),
+    };
+    let handles = per_worker
         .into_iter()
         .enumerate()
-        .map(|(index, sockets)| {
-            let gateway = Arc::new(Gateway::new(config, shared));
+        .map(|(index, initial)| {
+            let current = Arc::new(Current::new(Gateway::new(config, shared)));
+            let (commands, received) = mpsc::unbounded_channel();
+            running.currents.push(current.clone());
+            running.commands.push(commands);
             let stopped = stopped.clone();
             std::thread::Builder::new()
                 .name(format!("worker-{index}"))
-                .spawn(move || run_worker(gateway, sockets, stopped))
+                .spawn(move || run_worker(current, initial, received, stopped))
         })
-        .collect()
+        .collect::<io::Result<_>>()?;
+    Ok((handles, running))
 }
 
 fn run_worker(
-    gateway: Arc<Gateway>,
-    sockets: Vec<(std::net::TcpListener, Option<TlsAcceptor>)>,
-    stopped: watch::Receiver<bool>,
+    current: Arc<Current>,
+    initial: Vec<Command>,
+    mut commands: mpsc::UnboundedReceiver<Command>,
+    mut stopped: watch::Receiver<bool>,
 ) {
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -81,27 +145,31 @@ fn run_worker(
             return;
         }
     };
-    let drain_timeout = gateway.limits.drain_timeout;
     runtime.block_on(async move {
         let open = OpenConnections::default();
-        let mut serving = Vec::new();
-        for (socket, tls) in sockets {
-            match tokio::net::TcpListener::from_std(socket) {
-                Ok(listener) => {
-                    serving.push(tokio::spawn(gateway.clone().serve(
-                        listener,
-                        tls,
-                        stopped.clone(),
-                        open.clone(),
-                    )));
-                }
-                Err(error) => tracing::error!(%error, "a worker cannot use its listener socket"),
+        let mut serving = HashMap::new();
+        for command in initial {
+            apply(command, &current, &mut serving, &stopped, &open);
+        }
+        loop {
+            tokio::select! {
+                command = commands.recv() => match command {
+                    Some(command) => apply(command, &current, &mut serving, &stopped, &open),
+                    // No more reloads: serve until stopped.
+                    None => {
+                        let _ = stopped.changed().await;
+                        break;
+                    }
+                },
+                _ = stopped.changed() => break,
             }
         }
-        for task in serving {
+        for (_, task) in serving {
             let _ = task.await;
         }
-        // Stopped: the listeners are closed; connections drain.
+        // Stopped: the listeners are closed; connections drain (for as
+        // long as the configuration last reloaded says).
+        let drain_timeout = current.load().limits.drain_timeout;
         let cut = open.drain(drain_timeout).await;
         if cut > 0 {
             tracing::warn!(
@@ -111,4 +179,29 @@ fn run_worker(
             );
         }
     });
+}
+
+/// Starts or stops accepting on one listener (in this worker).
+fn apply(
+    command: Command,
+    current: &Arc<Current>,
+    serving: &mut HashMap<usize, tokio::task::JoinHandle<()>>,
+    stopped: &watch::Receiver<bool>,
+    open: &OpenConnections,
+) {
+    match command {
+        Command::Serve { id, socket, tls } => match tokio::net::TcpListener::from_std(socket) {
+            Ok(listener) => {
+                let task = (current.clone()).serve(listener, tls, stopped.clone(), open.clone());
+                serving.insert(id, tokio::spawn(task));
+            }
+            Err(error) => tracing::error!(%error, "a worker cannot use its listener socket"),
+        },
+        // Dropping its socket: new connections are refused, open ones go on.
+        Command::Stop { id } => {
+            if let Some(task) = serving.remove(&id) {
+                task.abort();
+            }
+        }
+    }
 }

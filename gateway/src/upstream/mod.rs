@@ -53,6 +53,10 @@ pub struct Pool {
     health_check: Option<HealthCheckConfig>,
     /// In-flight requests, latency and errors: what load shedding reads.
     pub load: Load,
+    /// Its configuration as written (`Debug`), which a reload compares.
+    configured: String,
+    /// Whether its checks run ([`Pool::start_checks`]).
+    checks_started: AtomicBool,
 }
 
 /// A chosen server; counts as in flight until dropped.
@@ -93,38 +97,56 @@ impl Pool {
             next: AtomicUsize::new(0),
             health_check: config.health_check.clone(),
             load: Load::new(config.overload.clone()),
+            configured: format!("{config:?}"),
+            checks_started: AtomicBool::new(false),
         }
     }
 
-    /// Judges the latency and error signals each interval, if configured.
+    /// Whether `config` is what this pool was built from.
+    pub fn configured_as(&self, config: &UpstreamConfig) -> bool {
+        self.configured == format!("{config:?}")
+    }
+
+    /// True once: whether the caller should start this pool's checks.
+    pub fn start_checks(&self) -> bool {
+        !self.checks_started.swap(true, Ordering::Relaxed)
+    }
+
+    /// Judges the latency and error signals each interval, if configured;
+    /// until the pool is dropped (a reload removed or replaced it).
     pub fn spawn_overload_checks(self: &Arc<Self>, tiers: usize) {
-        let pool = self.clone();
-        if !pool.load.judges_rates() {
+        if !self.load.judges_rates() {
             return;
         }
+        let weak = Arc::downgrade(self);
+        let interval = self.load.interval();
         tokio::spawn(async move {
-            let mut ticker = tokio::time::interval(pool.load.interval());
+            let mut ticker = tokio::time::interval(interval);
             loop {
                 ticker.tick().await;
+                let Some(pool) = weak.upgrade() else { return };
                 pool.load.evaluate(tiers);
             }
         });
     }
 
-    /// Probes every server each interval; runs until the runtime stops.
+    /// Probes every server each interval; runs until the runtime stops or
+    /// the pool is dropped (a reload removed or replaced it).
     pub fn spawn_health_checks(self: &Arc<Self>) {
         let Some(check) = self.health_check.clone() else {
             return;
         };
-        let pool = self.clone();
+        let weak = Arc::downgrade(self);
         tokio::spawn(async move {
             let client: Client<HttpConnector, Empty<Bytes>> =
                 Client::builder(TokioExecutor::new()).build(HttpConnector::new());
-            let mut failures = vec![0u32; pool.servers.len()];
-            let mut successes = vec![0u32; pool.servers.len()];
+            let servers = weak.upgrade().map_or(0, |pool| pool.servers.len());
+            let mut failures = vec![0u32; servers];
+            let mut successes = vec![0u32; servers];
             let mut ticker = tokio::time::interval(check.interval);
             loop {
                 ticker.tick().await;
+                let Some(pool) = weak.upgrade() else { return };
                 for (index, server) in pool.servers.iter().enumerate() {
                     let ok = probe(&client, server.addr, &check).await;
                     let (hits, misses) = if ok {

@@ -363,6 +363,24 @@ impl PolicySink for Box<dyn PolicySink> {
     }
 }
 
+/// A configuration reload's kernel settings, written to the running
+/// program's maps under `root`: protected ports, the allow-list, mode, the
+/// default budget, UDP and the SYN flood rate. The rest (interface, pin
+/// root, map sizes, SYN cookies) is fixed until a restart.
+pub fn reconfigure(root: &Path, settings: &XdpSettings) -> Result<(), MapsError> {
+    let mut maps = PinnedMaps::open(root)?;
+    maps.set_protected_ports(&settings.ports)?;
+    maps.set_allow_list(&settings.allow)?;
+    let running = maps.config()?;
+    maps.set_config(gateway_common::Config {
+        mode: settings.mode.as_kernel(),
+        default_budget: settings.default_budget,
+        udp: settings.udp.as_kernel(),
+        syn_flood_rate: settings.syn_flood_rate,
+        ..running
+    })
+}
+
 /// The XDP link pinned under `root`, if any (its `ifindex` is 0 once the
 /// interface is gone).
 pub fn pinned_link(root: &Path) -> io::Result<Option<LinkState>> {
