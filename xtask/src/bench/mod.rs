@@ -3,7 +3,7 @@
 //! machines are shared and noisy, so nothing here asserts a timing.
 //!
 //! This module only names the benchmarks and runs the one asked for. Each
-//! benchmark (`auth`, `flood`, `limits`, `proxy`, `xdp`) uses the shared
+//! benchmark (`auth`, `flood`, `limits`, `proxy` with `h2`, `xdp`) uses the shared
 //! modules below and no other benchmark; the shared modules use no
 //! benchmark.
 mod auth;
@@ -56,6 +56,15 @@ pub enum Which {
         #[arg(long, default_value_t = 6)]
         seconds: u32,
     },
+    /// HTTP/2 over TLS (h2load, many streams per connection) through the
+    /// gateway against HAProxy doing the same work as in `proxy`.
+    H2 {
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// Seconds per proxy per round.
+        #[arg(long, default_value_t = 5)]
+        seconds: u32,
+    },
     /// The proxy against HAProxy and nginx doing the equivalent work:
     /// API-key authenticated GETs with 10,000 rotating keys, same upstream;
     /// throughput and CPU per request (HTTP and TLS), open-loop latency.
@@ -93,6 +102,7 @@ pub fn run(which: Which) -> Result<()> {
             spoofed_only,
         } => flood::run(rounds.max(1), seconds.max(1), spoofed_only),
         Which::Limits { rounds, seconds } => limits::run(rounds.max(1), seconds.max(1)),
+        Which::H2 { rounds, seconds } => proxy::h2(rounds.max(1), seconds.max(1)),
         Which::Proxy { rounds, seconds } => proxy::run(rounds.max(1), seconds.max(1)),
         Which::OpenLoop(args) => proxy::open_loop(args),
         Which::Xdp {

@@ -120,6 +120,8 @@ pub(crate) fn ensure_packages() -> Result<()> {
     let missing: Vec<&str> = [
         ("haproxy", "haproxy"),
         ("wrk", "wrk"),
+        // bench h2's load generator.
+        ("h2load", "nghttp2-client"),
         ("nginx", "nginx-light"),
         ("openssl", "openssl"),
         ("curl", "curl"),

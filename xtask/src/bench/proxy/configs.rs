@@ -40,12 +40,12 @@ pub(super) fn upstream(dir: &Path, port: u16) -> String {
 }
 
 /// The gateway: keys from its store, XDP and admin off (this measures the
-/// proxy), one tier whose limit is `PER_KEY_RATE`.
+/// proxy), one tier whose limit is `per_key` requests/s (bursts of as many).
 pub(super) fn gateway(
     dir: &Path,
     listen: Listen,
     upstream: u16,
-    rate_limit: bool,
+    (rate_limit, per_key): (bool, u32),
     workers: usize,
 ) -> String {
     let tls = listen.tls_port.map_or(String::new(), |port| {
@@ -59,21 +59,32 @@ pub(super) fn gateway(
          [xdp]\nenabled = false\n[admin]\nenabled = false\n\
          [keys]\nstore = \"{dir}/keys.db\"\n\
          [limits]\nworkers = {workers}\n\
-         [[tiers]]\nname = \"gold\"\nrequests = {per_minute}\nwindow = \"60s\"\nburst = {PER_KEY_RATE}\n\
+         [[tiers]]\nname = \"gold\"\nrequests = {per_minute}\nwindow = \"60s\"\nburst = {per_key}\n\
          [[listeners]]\naddress = \"127.0.0.1:{port}\"\n{tls}\
          [[upstreams]]\nname = \"app\"\nservers = [\"127.0.0.1:{upstream}\"]\n\
          [[routes]]\npath_prefix = \"/\"\nupstream = \"app\"\nauth = \"api_key\"\nrate_limit = {rate_limit}\n",
         dir = dir.display(),
         port = listen.port,
-        per_minute = PER_KEY_RATE * 60,
+        per_minute = u64::from(per_key) * 60,
     )
 }
 
 /// HAProxy: SHA-256 of the key looked up in the map, per-client request
-/// rate in a stick table, pooled keep-alive connections to the upstream.
-pub(super) fn haproxy(files: &Files, listen: Listen, upstream: u16, workers: usize) -> String {
+/// rate (at most `per_key` a second) in a stick table, pooled keep-alive
+/// connections to the upstream. Its TLS listener offers h2 and HTTP/1.1 by
+/// ALPN, as the gateway's does.
+pub(super) fn haproxy(
+    files: &Files,
+    listen: Listen,
+    upstream: u16,
+    workers: usize,
+    per_key: u32,
+) -> String {
     let tls = listen.tls_port.map_or(String::new(), |port| {
-        format!("  bind 127.0.0.1:{port} ssl crt {}\n", files.pem.display())
+        format!(
+            "  bind 127.0.0.1:{port} ssl crt {} alpn h2,http/1.1\n",
+            files.pem.display()
+        )
     });
     format!(
         "global\n  maxconn 4096\n  nbthread {workers}\n\
@@ -83,7 +94,7 @@ pub(super) fn haproxy(files: &Files, listen: Listen, upstream: u16, workers: usi
          \x20 http-request set-var(txn.client) req.hdr(x-api-key),sha2(256),hex,map({map})\n\
          \x20 http-request deny deny_status 401 unless {{ var(txn.client) -m found }}\n\
          \x20 http-request track-sc0 var(txn.client)\n\
-         \x20 http-request deny deny_status 429 if {{ sc_http_req_rate(0) gt {PER_KEY_RATE} }}\n\
+         \x20 http-request deny deny_status 429 if {{ sc_http_req_rate(0) gt {per_key} }}\n\
          \x20 http-request set-header x-client-id %[var(txn.client)]\n\
          \x20 http-request del-header x-api-key\n\
          \x20 default_backend be\n\

@@ -12,9 +12,11 @@
 //! 3: workload 1 over TLS. The peers' configurations are in `configs`,
 //! bringing them up in `peers`, the load in `closedloop` (wrk) and
 //! `openloop`, the figures in `report`; CPU pinning and process plumbing
-//! are the benches' shared `procs`.
+//! are the benches' shared `procs`. `h2` is `bench h2`: the same work over
+//! HTTP/2 and TLS against HAProxy, on the same configurations and setup.
 mod closedloop;
 mod configs;
+mod h2;
 mod openloop;
 mod peers;
 mod report;
@@ -24,6 +26,7 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 
+pub(crate) use h2::run as h2;
 pub(crate) use openloop::{main as open_loop, Args as OpenLoopArgs};
 
 use self::{

@@ -9,7 +9,7 @@ use std::{
 
 use anyhow::{ensure, Context, Result};
 
-use super::configs::{self, Files, Listen};
+use super::configs::{self, Files, Listen, PER_KEY_RATE};
 use crate::bench::{
     keys, nginx,
     procs::{free_port, wait_for_port, CpuPlan, Running},
@@ -69,13 +69,25 @@ impl Setup {
             })
         };
         let gateway_listen = listen()?;
-        let gateway_text = configs::gateway(dir, gateway_listen, upstream_port, true, workers);
+        let gateway_text = configs::gateway(
+            dir,
+            gateway_listen,
+            upstream_port,
+            (true, PER_KEY_RATE),
+            workers,
+        );
         let gateway_conf = write("gateway.toml", gateway_text)?;
         let unlimited_listen = Listen {
             port: free_port()?,
             tls_port: None,
         };
-        let unlimited_text = configs::gateway(dir, unlimited_listen, upstream_port, false, workers);
+        let unlimited_text = configs::gateway(
+            dir,
+            unlimited_listen,
+            upstream_port,
+            (false, PER_KEY_RATE),
+            workers,
+        );
         let unlimited_conf = write("unlimited.toml", unlimited_text)?;
         let keys = create_keys(gateway_bin, &gateway_conf)?;
 
@@ -114,7 +126,8 @@ impl Setup {
         let unlimited = gateway(&unlimited_conf, unlimited_listen, "gateway, no limiter")?;
 
         let haproxy_listen = listen()?;
-        let haproxy_text = configs::haproxy(&files, haproxy_listen, upstream_port, workers);
+        let haproxy_text =
+            configs::haproxy(&files, haproxy_listen, upstream_port, workers, PER_KEY_RATE);
         let haproxy_conf = write("haproxy.cfg", haproxy_text)?;
         let mut command = cpus.proxy_command("haproxy");
         command.arg("-f").arg(&haproxy_conf).arg("-db");
@@ -170,13 +183,13 @@ impl Setup {
 }
 
 /// nginx in the foreground with `config`, up when `port` answers.
-fn start_nginx(mut command: Command, config: &Path, port: u16) -> Result<Running> {
+pub(super) fn start_nginx(mut command: Command, config: &Path, port: u16) -> Result<Running> {
     nginx::foreground(&mut command, config);
     Running::listening(command, port)
 }
 
 /// `KEYS` gold keys: `(key, client id)` each.
-fn create_keys(gateway_bin: &Path, config: &Path) -> Result<Vec<(String, String)>> {
+pub(super) fn create_keys(gateway_bin: &Path, config: &Path) -> Result<Vec<(String, String)>> {
     let created = keys::create(gateway_bin, config, "bench", "gold", KEYS as usize)?;
     Ok(created
         .into_iter()
@@ -184,7 +197,7 @@ fn create_keys(gateway_bin: &Path, config: &Path) -> Result<Vec<(String, String)
         .collect())
 }
 
-fn write_key_files(files: &Files, keys: &[(String, String)]) -> Result<()> {
+pub(super) fn write_key_files(files: &Files, keys: &[(String, String)]) -> Result<()> {
     use std::fmt::Write as _;
     let mut sha = String::new();
     let mut raw = String::new();
@@ -199,7 +212,7 @@ fn write_key_files(files: &Files, keys: &[(String, String)]) -> Result<()> {
 
 /// One self-signed ECDSA P-256 certificate for both peers (the gateway
 /// makes its own, of the same kind).
-fn make_certificate(files: &Files) -> Result<()> {
+pub(super) fn make_certificate(files: &Files) -> Result<()> {
     crate::run_cmd(
         Command::new("openssl")
             .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
@@ -219,15 +232,14 @@ fn make_certificate(files: &Files) -> Result<()> {
 
 /// `(status, body)` of a GET with `x-api-key`, over HTTP/1.1 like wrk.
 fn curl(url: &str, key: &str) -> Result<(u16, String)> {
+    curl_over("--http1.1", url, key)
+}
+
+/// `(status, body)` of a GET with `x-api-key`, over the HTTP version curl's
+/// `version` flag asks for (`--http2-prior-knowledge` fails otherwise).
+pub(super) fn curl_over(version: &str, url: &str, key: &str) -> Result<(u16, String)> {
     let output = Command::new("curl")
-        .args([
-            "-sk",
-            "--http1.1",
-            "--max-time",
-            "5",
-            "-w",
-            "\n%{http_code}",
-        ])
+        .args(["-sk", version, "--max-time", "5", "-w", "\n%{http_code}"])
         .args(["-H", &format!("x-api-key: {key}"), url])
         .output()
         .context("running curl")?;
