@@ -286,7 +286,7 @@ fn setup(name: &'static str, kernel: Kernel) -> Result<Setup> {
 
 /// A frame XDP_TX sends on a veth reaches the peer only if the peer runs
 /// NAPI, which an XDP program turns on: the client end gets `pass-all`.
-fn peer_takes_xdp_tx(topology: &Topology) -> Result<()> {
+pub(super) fn peer_takes_xdp_tx(topology: &Topology) -> Result<()> {
     let object = crate::target_dir().join("bpfel-unknown-none/release/pass-all");
     crate::run_cmd(
         Command::new("ip")
