@@ -152,10 +152,39 @@ fn a_jwk_verifies_only_what_its_use_alg_and_type_allow() {
     let symmetric: Jwk =
         serde_json::from_value(json!({ "kty": "oct", "k": "c2VjcmV0", "alg": "HS256" })).unwrap();
     assert!(Key::from_jwk(&symmetric).is_err());
-    let rsa: Jwk =
-        serde_json::from_value(json!({ "kty": "RSA", "n": "AQAB", "e": "AQAB", "alg": "RS256" }))
-            .unwrap();
-    assert_eq!(Key::from_jwk(&rsa).unwrap().algorithms, [Algorithm::RS256]);
+    let rsa = |modulus: &[u8]| -> Jwk {
+        let n = URL_SAFE_NO_PAD.encode(modulus);
+        serde_json::from_value(json!({ "kty": "RSA", "n": n, "e": "AQAB", "alg": "RS256" }))
+            .unwrap()
+    };
+    assert_eq!(
+        Key::from_jwk(&rsa(&[0xc5; 256])).unwrap().algorithms,
+        [Algorithm::RS256]
+    );
+}
+
+/// RSA keys the verifier would refuse (under 2048 or over 8192 bits) are
+/// refused when loaded, not judged at each token as forged signatures.
+#[test]
+fn rsa_keys_outside_2048_to_8192_bits_are_refused_when_loaded() {
+    let rsa = |modulus: &[u8]| -> Jwk {
+        let n = URL_SAFE_NO_PAD.encode(modulus);
+        serde_json::from_value(json!({ "kty": "RSA", "n": n, "e": "AQAB" })).unwrap()
+    };
+    let mut leading_zeros = vec![0u8; 3];
+    leading_zeros.extend([0x01; 256]); // 2041 bits, whatever the zeros
+    for (modulus, bits) in [
+        (vec![0x01, 0x00, 0x01], 17),
+        (vec![0xff; 128], 1024),
+        (leading_zeros, 2041),
+        (vec![0x01; 1025], 8193),
+    ] {
+        let error = Key::from_jwk(&rsa(&modulus)).unwrap_err();
+        assert!(error.contains(&format!("{bits} bits")), "{error}");
+    }
+    for modulus in [vec![0x80; 256], vec![0xff; 1024]] {
+        assert!(Key::from_jwk(&rsa(&modulus)).is_ok());
+    }
 }
 
 #[tokio::test]
@@ -277,4 +306,31 @@ async fn a_stalled_refresh_holds_up_no_known_kid() {
             .unwrap_err(),
         TokenRejection::UnknownKey
     );
+}
+
+/// Public keys made by `openssl genpkey ... | openssl pkey -pubout`.
+const RSA_1024_PUBLIC: &str = "-----BEGIN PUBLIC KEY-----
+MIGfMA0GCSqGSIb3DQEBAQUAA4GNADCBiQKBgQCiV1vKIfrNnGvct5XVM8+sjk1W
+F9V82GXIVNW/aTwexHX2Zalex554TEQ0UyjcwElsC0G2VFjPseWwH4MR9omLu4Vl
+IVOL0hitBIOwpwYW7bNCsgbLwVj3A1lfzZ3sImxBkFwnKrFzSeOXdSHH1LGdSqDT
+Eji2QC9mdxf2FpsIFwIDAQAB
+-----END PUBLIC KEY-----
+";
+const RSA_2048_PUBLIC: &str = "-----BEGIN PUBLIC KEY-----
+MIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEAzY7plkyoPiL+AefOfbCx
+6DpUs2m+BA4L4km11tWwFHDplymIf18+ihXK3Y1Eojl7eEIUxZ+bQ7GcR55OPQS6
+CFfkRo+La64h53C5UVuZOebZiaGnfrsqeg9WQisnJjB8LTCW/nZ9uJy5MBBR45ei
+uXE75FGYsHgq53t9gGSxD0VFdqnC+U7EowQETLw19/DZHYiet/GhG68hNxQoB1hl
+r6h1Rx0EE/T6m55xuhKyXN4eyodbIPFJUWoJu3p6awwnZ/zkZeyfJBtvw3TQklxO
+i3uXLP+Uq3oJwjFQKPinqFfvSO6GzP7FFaPZGkBdGD8TERE5zyy90DFH2xSPNigB
+qQIDAQAB
+-----END PUBLIC KEY-----
+";
+
+#[test]
+fn a_pem_rsa_key_under_2048_bits_is_refused() {
+    let error = Key::from_pem(RSA_1024_PUBLIC.as_bytes()).unwrap_err();
+    assert!(error.contains("1024 bits"), "{error}");
+    let key = Key::from_pem(RSA_2048_PUBLIC.as_bytes()).unwrap();
+    assert_eq!(key.algorithms[0], Algorithm::RS256);
 }

@@ -9,6 +9,8 @@ use std::{
 };
 
 use arc_swap::ArcSwap;
+use aws_lc_rs::signature::RsaParameters;
+use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Limited};
 use hyper_util::{
@@ -54,6 +56,36 @@ const RSA: [Algorithm; 6] = [
     Algorithm::PS512,
 ];
 
+/// RSA moduli the verifier accepts (aws-lc's `RSA_*_2048_8192_*`): a key
+/// outside is refused when it is loaded, so its tokens are never judged
+/// forged (`bad_signature` counts as guessing) for a key we would not use.
+const RSA_BITS: std::ops::RangeInclusive<u32> = 2048..=8192;
+
+fn rsa_size(bits: u32) -> Result<(), String> {
+    if RSA_BITS.contains(&bits) {
+        return Ok(());
+    }
+    Err(format!(
+        "an RSA key of {bits} bits ({} to {} are accepted)",
+        RSA_BITS.start(),
+        RSA_BITS.end()
+    ))
+}
+
+/// Bits in a big-endian modulus (a JWK's `n`, base64url).
+fn modulus_bits(n: &str) -> Result<u32, String> {
+    let bytes = URL_SAFE_NO_PAD
+        .decode(n)
+        .map_err(|_| "n is not base64url".to_owned())?;
+    let Some(first) = bytes.iter().position(|&b| b != 0) else {
+        return Ok(0);
+    };
+    let significant = u32::try_from(bytes.len() - first).unwrap_or(u32::MAX);
+    Ok(significant
+        .saturating_mul(8)
+        .saturating_sub(bytes[first].leading_zeros()))
+}
+
 impl Key {
     /// A key from a JWKS entry; `Err` says why it cannot verify tokens:
     /// `use` other than `sig`, `key_ops` without `verify`, a symmetric or
@@ -70,7 +102,10 @@ impl Key {
             }
         }
         let fits: Vec<Algorithm> = match &jwk.algorithm {
-            AlgorithmParameters::RSA(_) => RSA.to_vec(),
+            AlgorithmParameters::RSA(rsa) => {
+                rsa_size(modulus_bits(&rsa.n)?)?;
+                RSA.to_vec()
+            }
             AlgorithmParameters::EllipticCurve(ec) => match ec.curve {
                 EllipticCurve::P256 => vec![Algorithm::ES256],
                 EllipticCurve::P384 => vec![Algorithm::ES384],
@@ -105,6 +140,12 @@ impl Key {
     /// A public key in PEM form (RSA, EC P-256/P-384 or Ed25519).
     pub fn from_pem(bytes: &[u8]) -> Result<Self, String> {
         let (key, algorithms) = if let Ok(key) = DecodingKey::from_rsa_pem(bytes) {
+            let bits = key
+                .try_get_as_bytes()
+                .ok()
+                .and_then(|der| RsaParameters::public_modulus_len(der).ok())
+                .ok_or("an RSA key that is not a public key")?;
+            rsa_size(bits)?;
             (key, RSA.to_vec())
         } else if let Ok(key) = DecodingKey::from_ec_pem(bytes) {
             // An uncompressed point: 65 bytes on P-256, 97 on P-384.

@@ -55,14 +55,20 @@ fn random_base62(len: usize) -> Result<String, KeyFormatError> {
     Ok(out)
 }
 
-pub(crate) fn check_digits(body: &str) -> String {
+/// The check digits of `body`, on the stack: parsing a presented key
+/// allocates nothing.
+fn check_bytes(body: &str) -> [u8; CHECK_LEN] {
     let mut value = crc32fast::hash(body.as_bytes());
     let mut digits = [b'0'; CHECK_LEN];
     for digit in digits.iter_mut().rev() {
         *digit = ALPHABET[(value % 62) as usize];
         value /= 62;
     }
-    digits.iter().map(|&b| char::from(b)).collect()
+    digits
+}
+
+pub(crate) fn check_digits(body: &str) -> String {
+    check_bytes(body).iter().map(|&b| char::from(b)).collect()
 }
 
 pub fn hash_secret(secret: &str) -> [u8; 32] {
@@ -82,20 +88,31 @@ pub fn generate() -> Result<NewKey, KeyFormatError> {
     })
 }
 
+/// Whether every byte is base62 (an ASCII letter or digit). No early
+/// exit, so the loop vectorises: it runs on every presented key.
+fn all_base62(bytes: &[u8]) -> bool {
+    bytes.iter().fold(true, |ok, &b| {
+        ok & (b.is_ascii_digit() | ((b | 0x20).wrapping_sub(b'a') < 26))
+    })
+}
+
 /// Checks shape and checksum; no store lookup.
 pub fn parse(text: &str) -> Result<ParsedKey<'_>, KeyFormatError> {
-    if text.len() != KEY_LEN || !text.is_ascii() {
+    let bytes = text.as_bytes();
+    let separator = PREFIX.len() + ID_LEN;
+    if bytes.len() != KEY_LEN
+        || !bytes.starts_with(PREFIX.as_bytes())
+        || bytes[separator] != b'_'
+        || !all_base62(&bytes[PREFIX.len()..separator])
+        || !all_base62(&bytes[separator + 1..])
+    {
         return Err(KeyFormatError::Malformed);
     }
-    let rest = text.strip_prefix(PREFIX).ok_or(KeyFormatError::Malformed)?;
+    // All ASCII from here on, so every split below is on a char boundary.
+    let rest = text.get(PREFIX.len()..).ok_or(KeyFormatError::Malformed)?;
     let (id, rest) = rest.split_at(ID_LEN);
-    let rest = rest.strip_prefix('_').ok_or(KeyFormatError::Malformed)?;
-    let (secret, check) = rest.split_at(SECRET_LEN);
-    let base62 = |s: &str| s.bytes().all(|b| b.is_ascii_alphanumeric());
-    if !base62(id) || !base62(secret) || !base62(check) {
-        return Err(KeyFormatError::Malformed);
-    }
-    if check_digits(&text[..text.len() - CHECK_LEN]) != check {
+    let (secret, check) = rest[1..].split_at(SECRET_LEN);
+    if check_bytes(&text[..text.len() - CHECK_LEN]) != check.as_bytes() {
         return Err(KeyFormatError::Checksum);
     }
     Ok(ParsedKey { id, secret })
@@ -131,5 +148,25 @@ mod tests {
         for text in ["", "gk_", "Bearer x", &"a".repeat(KEY_LEN), "gk_é"] {
             assert_eq!(parse(text).err(), Some(KeyFormatError::Malformed), "{text}");
         }
+        // A valid key with one character swapped for each non-base62 byte
+        // that borders the ranges (and one multi-byte char, same length).
+        let key = generate().unwrap().text;
+        for at in [PREFIX.len(), PREFIX.len() + ID_LEN + 1, KEY_LEN - 1] {
+            for bad in ["/", ":", "@", "[", "`", "{", "_", "-", "\u{7f}", " "] {
+                let mut text = key.clone();
+                text.replace_range(at..at + 1, bad);
+                assert_eq!(
+                    parse(&text).err(),
+                    Some(KeyFormatError::Malformed),
+                    "{text}"
+                );
+            }
+        }
+        let mut text = key.clone();
+        text.replace_range(PREFIX.len() + ID_LEN..PREFIX.len() + ID_LEN + 1, "a");
+        assert_eq!(parse(&text).err(), Some(KeyFormatError::Malformed));
+        let mut text = key.clone();
+        text.replace_range(PREFIX.len()..PREFIX.len() + 2, "é");
+        assert_eq!(parse(&text).err(), Some(KeyFormatError::Malformed));
     }
 }
