@@ -12,9 +12,11 @@
 //! 3: workload 1 over TLS. The peers' configurations are in `configs`,
 //! bringing them up in `peers`, the load in `closedloop` (wrk) and
 //! `openloop`, the figures in `report`; CPU pinning and process plumbing
-//! are the benches' shared `procs`.
+//! are the benches' shared `procs`. `conns` (`cargo xtask bench conns`)
+//! brings up the same peers to measure memory per open connection.
 mod closedloop;
 mod configs;
+mod conns;
 mod openloop;
 mod peers;
 mod report;
@@ -24,6 +26,7 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 
+pub(crate) use conns::run as conns;
 pub(crate) use openloop::{main as open_loop, Args as OpenLoopArgs};
 
 use self::{
