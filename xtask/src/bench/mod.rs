@@ -45,7 +45,7 @@ pub enum Which {
         #[arg(long)]
         spoofed_only: bool,
     },
-    /// Memory per open client connection against HAProxy and nginx (set up
+    /// Memory per open client connection against HAProxy (set up
     /// as for `proxy`): connections waiting for their request head, then
     /// idle keep-alive after one request.
     Conns {
