@@ -75,23 +75,12 @@ impl Current {
                             .serve_connection(current, stream, peer, "http", permit, shutdown)
                             .await
                     }
+                    // Boxed: the handshake and the TLS connection's state
+                    // would otherwise size every plain connection's task too.
                     Some(acceptor) => {
-                        let handshake = tokio::time::timeout(
-                            gateway.limits.request_timeout,
-                            acceptor.accept(stream),
-                        );
-                        match handshake.await {
-                            Ok(Ok(stream)) => {
-                                let serve = gateway.serve_connection(
-                                    current, stream, peer, "https", permit, shutdown,
-                                );
-                                serve.await
-                            }
-                            Ok(Err(error)) => {
-                                tracing::debug!(%peer, %error, "TLS handshake failed")
-                            }
-                            Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-                        }
+                        let serve =
+                            gateway.serve_tls(current, acceptor, stream, peer, permit, shutdown);
+                        Box::pin(serve).await
                     }
                 }
             });
@@ -100,6 +89,27 @@ impl Current {
 }
 
 impl Gateway {
+    /// A TLS handshake within `limits.request_timeout`, then the connection.
+    async fn serve_tls(
+        self: Arc<Self>,
+        current: Arc<Current>,
+        acceptor: Arc<tokio_rustls::TlsAcceptor>,
+        stream: tokio::net::TcpStream,
+        peer: SocketAddr,
+        permit: Arc<ConnectionPermit>,
+        shutdown: watch::Receiver<bool>,
+    ) {
+        let handshake = tokio::time::timeout(self.limits.request_timeout, acceptor.accept(stream));
+        match handshake.await {
+            Ok(Ok(stream)) => {
+                self.serve_connection(current, stream, peer, "https", permit, shutdown)
+                    .await
+            }
+            Ok(Err(error)) => tracing::debug!(%peer, %error, "TLS handshake failed"),
+            Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+        }
+    }
+
     async fn serve_connection<I>(
         self: Arc<Self>,
         current: Arc<Current>,
@@ -120,12 +130,15 @@ impl Gateway {
             let busy = seen.begin(req.version());
             // For a tunnel this connection may become, which outlives it here.
             let permit = permit.clone();
-            async move {
+            // Boxed: hyper keeps a slot of the service future's size per
+            // connection for its whole life; the request pipeline's state is
+            // kilobytes, held this way only while a request is in flight.
+            Box::pin(async move {
                 let mut response = gateway.handle(req, peer, proto, permit).await;
                 busy.close_if_draining(&mut response);
                 drop(busy);
                 Ok::<_, Infallible>(response)
-            }
+            })
         });
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder

@@ -3,7 +3,7 @@
 //! machines are shared and noisy, so nothing here asserts a timing.
 //!
 //! This module only names the benchmarks and runs the one asked for. Each
-//! benchmark (`auth`, `flood`, `limits`, `proxy` with `h2`, `xdp`) uses the shared
+//! benchmark (`auth`, `flood`, `limits`, `proxy` with `h2` and `conns`, `xdp`) uses the shared
 //! modules below and no other benchmark; the shared modules use no
 //! benchmark.
 mod auth;
@@ -44,6 +44,14 @@ pub enum Which {
         /// Only the spoofed-SYN flood (SYN cookies on vs off).
         #[arg(long)]
         spoofed_only: bool,
+    },
+    /// Memory per open client connection against HAProxy (set up
+    /// as for `proxy`): connections waiting for their request head, then
+    /// idle keep-alive after one request.
+    Conns {
+        /// Connections per proxy (100 to 4,000).
+        #[arg(long, default_value_t = 4000)]
+        connections: usize,
     },
     /// The limiter against HAProxy stick tables and nginx limit_req: one key
     /// at 3x its limit for a window (allowed vs ideal), and one key's
@@ -101,6 +109,7 @@ pub fn run(which: Which) -> Result<()> {
             seconds,
             spoofed_only,
         } => flood::run(rounds.max(1), seconds.max(1), spoofed_only),
+        Which::Conns { connections } => proxy::conns(connections),
         Which::Limits { rounds, seconds } => limits::run(rounds.max(1), seconds.max(1)),
         Which::H2 { rounds, seconds } => proxy::h2(rounds.max(1), seconds.max(1)),
         Which::Proxy { rounds, seconds } => proxy::run(rounds.max(1), seconds.max(1)),

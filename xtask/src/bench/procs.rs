@@ -2,7 +2,8 @@
 //! HAProxy, nginx, upstreams, load generators) started quietly or until
 //! they listen, and stopped on drop; ports; the Debian packages; CPU
 //! pinning (which CPUs the proxies and the load generators get, a thread
-//! pinned to one CPU); and the CPU time a process tree has used.
+//! pinned to one CPU); and the CPU time and resident memory of a process
+//! tree.
 use std::{
     io::Read as _,
     net::TcpListener,
@@ -257,20 +258,11 @@ pub(crate) fn tree_cpu_seconds(root: u32) -> Result<f64> {
             }
         }
     }
-    let mut tree = vec![root];
-    let mut grew = true;
-    while grew {
-        grew = false;
-        for &(pid, ppid, _) in &processes {
-            if tree.contains(&ppid) && !tree.contains(&pid) {
-                tree.push(pid);
-                grew = true;
-            }
-        }
-    }
-    if !processes.iter().any(|&(pid, ..)| pid == root) {
-        bail!("process {root} is gone");
-    }
+    let links: Vec<(u32, u32)> = processes
+        .iter()
+        .map(|&(pid, ppid, _)| (pid, ppid))
+        .collect();
+    let tree = tree_of(root, &links)?;
     let ticks: f64 = processes
         .iter()
         .filter(|(pid, ..)| tree.contains(pid))
@@ -279,6 +271,60 @@ pub(crate) fn tree_cpu_seconds(root: u32) -> Result<f64> {
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
     Ok(ticks / hz)
+}
+
+/// `root` and its descendants among `(pid, ppid)` links.
+fn tree_of(root: u32, links: &[(u32, u32)]) -> Result<Vec<u32>> {
+    if !links.iter().any(|&(pid, _)| pid == root) {
+        bail!("process {root} is gone");
+    }
+    let mut tree = vec![root];
+    let mut grew = true;
+    while grew {
+        grew = false;
+        for &(pid, ppid) in links {
+            if tree.contains(&ppid) && !tree.contains(&pid) {
+                tree.push(pid);
+                grew = true;
+            }
+        }
+    }
+    Ok(tree)
+}
+
+/// Resident memory (VmRSS) of `root` and all its descendants, in bytes.
+pub(crate) fn tree_rss_bytes(root: u32) -> Result<u64> {
+    let mut links = Vec::new();
+    let mut rss = Vec::new();
+    for entry in std::fs::read_dir("/proc").context("reading /proc")? {
+        let Some(pid) = entry?.file_name().to_str().and_then(|n| n.parse().ok()) else {
+            continue;
+        };
+        // A process may exit between the listing and the read.
+        let (Ok(stat), Ok(status)) = (
+            std::fs::read_to_string(format!("/proc/{pid}/stat")),
+            std::fs::read_to_string(format!("/proc/{pid}/status")),
+        ) else {
+            continue;
+        };
+        if let Some((ppid, _)) = parse_stat(&stat) {
+            links.push((pid, ppid));
+            rss.push((pid, parse_rss_kib(&status).unwrap_or(0)));
+        }
+    }
+    let tree = tree_of(root, &links)?;
+    let kib: u64 = rss
+        .iter()
+        .filter(|(pid, _)| tree.contains(pid))
+        .map(|&(_, kib)| kib)
+        .sum();
+    Ok(kib * 1024)
+}
+
+/// The `VmRSS:` line of `/proc/PID/status`, in KiB.
+fn parse_rss_kib(status: &str) -> Option<u64> {
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// `(ppid, utime + stime in ticks)` from a `/proc/PID/stat` line.
@@ -334,6 +380,13 @@ mod tests {
             after > before,
             "{before} s then {after} s after burning 100 ms"
         );
+    }
+
+    #[test]
+    fn this_process_has_resident_memory() {
+        assert!(tree_rss_bytes(std::process::id()).unwrap() > 0);
+        assert_eq!(parse_rss_kib("Name:\tx\nVmRSS:\t  1234 kB\n"), Some(1234));
+        assert!(tree_rss_bytes(u32::MAX).is_err());
     }
 
     #[test]

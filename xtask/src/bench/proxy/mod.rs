@@ -14,8 +14,11 @@
 //! `openloop`, the figures in `report`; CPU pinning and process plumbing
 //! are the benches' shared `procs`. `h2` is `bench h2`: the same work over
 //! HTTP/2 and TLS against HAProxy, on the same configurations and setup.
+//! `conns` (`cargo xtask bench conns`) brings up the same peers to measure
+//! memory per open connection.
 mod closedloop;
 mod configs;
+mod conns;
 mod h2;
 mod openloop;
 mod peers;
@@ -26,6 +29,7 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 
+pub(crate) use conns::run as conns;
 pub(crate) use h2::run as h2;
 pub(crate) use openloop::{main as open_loop, Args as OpenLoopArgs};
 
