@@ -91,6 +91,17 @@ pub fn rate_limited_body(quota: &Quota) -> Bytes {
     Bytes::from(body.to_string())
 }
 
+impl Blame {
+    /// As serde writes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Blame::Client => "client",
+            Blame::Upstream => "upstream",
+            Blame::Internal => "internal",
+        }
+    }
+}
+
 impl ProxyError {
     /// Stable machine-readable code (also the access log's `error`).
     pub fn code(&self) -> &'static str {

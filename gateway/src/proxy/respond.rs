@@ -83,9 +83,7 @@ impl Gateway {
             error: refusal.map(|r| r.code),
             detail: refusal.and_then(|r| r.detail),
         });
-        if let Some(line) = ctx.log_line(status) {
-            self.shared.access_log.log(&line);
-        }
+        (self.shared.access_log).log_with(|out| ctx.write_log_line(status, out));
     }
 }
 
