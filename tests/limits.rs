@@ -83,6 +83,58 @@ fn over_quota_is_429_with_headers_and_refusals_cost_nothing() {
     assert_eq!(gold, (200, Some("1000".to_owned())));
 }
 
+/// The whole 429 a client over quota sees, pinned: the over-limit path is
+/// built from per-tier parts made once (`proxy/tier_reply.rs`), and must
+/// answer exactly what it answered when it built every part per request.
+#[test]
+fn the_429_answer_is_exactly_this() {
+    let upstream = FakeUpstream::start(None);
+    let gateway = Gateway::builder(&config(&upstream));
+    let key = gateway.create_key("bronze");
+    let gateway = gateway.start();
+    let headers = [("x-api-key", key.as_str()), ("x-request-id", "pin-429")];
+    for _ in 0..3 {
+        assert_eq!(gateway.get("/api/a", &headers).status, 200);
+    }
+    let refused = gateway.get("/api/a", &headers);
+    assert_eq!(refused.status, 429);
+    let body = r#"{"error":"rate_limited","message":"over the bronze tier's limit of 3 requests per 60 s"}"#;
+    assert_eq!(refused.body, body);
+    let names: Vec<&str> = refused.headers.keys().map(String::as_str).collect();
+    assert_eq!(
+        names,
+        [
+            "content-length",
+            "content-type",
+            "date",
+            "ratelimit",
+            "ratelimit-policy",
+            "retry-after",
+            "x-ratelimit-limit",
+            "x-ratelimit-remaining",
+            "x-ratelimit-reset",
+            "x-request-id",
+        ]
+    );
+    let reset = refused.header("x-ratelimit-reset").unwrap();
+    assert!(["59", "60"].contains(&reset), "reset {reset}");
+    let retry: u64 = refused.header("retry-after").unwrap().parse().unwrap();
+    assert!((1..=20).contains(&retry), "retry-after {retry}");
+    let ratelimit = format!("\"bronze\";r=0;t={reset}");
+    for (name, value) in [
+        ("content-length", body.len().to_string().as_str()),
+        ("content-type", "application/json"),
+        ("ratelimit", &ratelimit),
+        ("ratelimit-policy", "\"bronze\";q=3;w=60"),
+        ("x-ratelimit-limit", "3"),
+        ("x-ratelimit-remaining", "0"),
+        ("x-request-id", "pin-429"),
+    ] {
+        assert_eq!(refused.header(name), Some(value), "{name}");
+    }
+    assert_eq!(upstream.requests().len(), 3, "the 429 reached no upstream");
+}
+
 #[test]
 fn per_source_limits_are_shared_by_clients_at_that_source() {
     let upstream = FakeUpstream::start(None);

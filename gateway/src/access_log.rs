@@ -40,19 +40,27 @@ impl AccessLogger {
         logger
     }
 
-    /// Appends one line (without its newline).
-    pub fn log(&self, line: &[u8]) {
+    /// Appends the line `write` writes (without its newline) straight into
+    /// the buffer: no line of its own to allocate and copy.
+    pub fn log_with(&self, write: impl FnOnce(&mut Vec<u8>)) {
         let mut buffer = self
             .buffer
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if buffer.len() + line.len() >= MAX_BUFFERED {
+        let start = buffer.len();
+        write(&mut buffer);
+        if buffer.len() >= MAX_BUFFERED {
+            buffer.truncate(start);
             drop(buffer);
             self.dropped.fetch_add(1, Ordering::Relaxed);
             return;
         }
-        buffer.extend_from_slice(line);
         buffer.push(b'\n');
+    }
+
+    /// Appends one line (without its newline).
+    pub fn log(&self, line: &[u8]) {
+        self.log_with(|out| out.extend_from_slice(line));
     }
 
     fn write_forever(&self) {

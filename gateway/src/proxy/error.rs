@@ -6,7 +6,9 @@ use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 
-use super::ProxyBody;
+use std::sync::Arc;
+
+use super::{tier_reply::TierReply, ProxyBody};
 use crate::{jwt::TokenRejection, keys::KeyRejection, limits::Quota, path::PathError};
 
 #[derive(Debug)]
@@ -23,7 +25,8 @@ pub enum ProxyError {
     MissingScope(String),
     /// Over quota (the limiter's answer is in the request context, whose
     /// respond phase sets the rate-limit headers).
-    RateLimited(Box<Quota>),
+    /// Its body and fixed headers were built once, for the tier.
+    RateLimited(Arc<TierReply>),
     NoHealthyUpstream,
     UpstreamConnect,
     UpstreamTimeout,
@@ -58,17 +61,45 @@ pub enum Blame {
 
 /// A small JSON answer from the gateway itself.
 pub fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<ProxyBody> {
-    let mut response = Response::new(
-        Full::new(Bytes::from(body.to_string()))
-            .map_err(|never| match never {})
-            .boxed(),
-    );
+    json_bytes_response(status, Bytes::from(body.to_string()))
+}
+
+/// [`json_response`] with a body already serialised.
+fn json_bytes_response(status: StatusCode, body: Bytes) -> Response<ProxyBody> {
+    let mut response = Response::new(Full::new(body).map_err(|never| match never {}).boxed());
     *response.status_mut() = status;
     response.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
     response
+}
+
+fn rate_limited_message(quota: &Quota) -> String {
+    format!(
+        "over the {} tier's limit of {} requests per {} s",
+        quota.name,
+        quota.requests,
+        quota.window.as_secs()
+    )
+}
+
+/// The 429 body for `quota`, as every other refusal's is built.
+pub fn rate_limited_body(quota: &Quota) -> Bytes {
+    let body =
+        serde_json::json!({ "error": "rate_limited", "message": rate_limited_message(quota) });
+    Bytes::from(body.to_string())
+}
+
+impl Blame {
+    /// As serde writes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Blame::Client => "client",
+            Blame::Upstream => "upstream",
+            Blame::Internal => "internal",
+        }
+    }
 }
 
 impl ProxyError {
@@ -153,14 +184,9 @@ impl ProxyError {
                 StatusCode::FORBIDDEN,
                 format!("the client lacks the scope {scope:?} this route requires"),
             ),
-            ProxyError::RateLimited(limit) => (
+            ProxyError::RateLimited(tier) => (
                 StatusCode::TOO_MANY_REQUESTS,
-                format!(
-                    "over the {} tier's limit of {} requests per {} s",
-                    limit.name,
-                    limit.requests,
-                    limit.window.as_secs()
-                ),
+                rate_limited_message(&tier.quota),
             ),
             ProxyError::NoHealthyUpstream => (
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -205,10 +231,21 @@ impl ProxyError {
         }
     }
 
+    fn body(&self, message: &str) -> serde_json::Value {
+        serde_json::json!({ "error": self.code(), "message": message })
+    }
+
     pub fn into_response(self) -> Response<ProxyBody> {
-        let (status, message) = self.status_and_message();
-        let body = serde_json::json!({ "error": self.code(), "message": message });
-        let mut response = json_response(status, &body);
+        let mut response = match &self {
+            // Built once per tier (see `tier_reply`): the path a flood takes.
+            ProxyError::RateLimited(tier) => {
+                json_bytes_response(StatusCode::TOO_MANY_REQUESTS, tier.refused.clone())
+            }
+            _ => {
+                let (status, message) = self.status_and_message();
+                json_response(status, &self.body(&message))
+            }
+        };
         let headers = response.headers_mut();
         match self {
             ProxyError::MissingCredential => {

@@ -6,11 +6,8 @@ use std::net::IpAddr;
 use http::{header, HeaderMap, HeaderName, HeaderValue};
 use ipnet::IpNet;
 
-use super::credentials::query_value;
-use crate::{
-    config::KeySources,
-    limits::{Decision, Quota},
-};
+use super::{credentials::query_value, tier_reply::TierReply};
+use crate::{config::KeySources, limits::Decision};
 
 /// Always hop-by-hop, whether or not `Connection` lists them.
 static HOP_BY_HOP: [HeaderName; 8] = [
@@ -73,37 +70,73 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// The rate-limit headers every response of a limited route carries: the
 /// IETF draft's `RateLimit-Policy` and `RateLimit`, and the widespread
 /// `X-RateLimit-*`; `Retry-After` on refusals.
-pub fn set_rate_limit(headers: &mut HeaderMap, quota: &Quota, decision: &Decision) {
+pub fn set_rate_limit(headers: &mut HeaderMap, tier: &TierReply, decision: &Decision) {
     let seconds = |d: std::time::Duration| d.as_secs() + u64::from(d.subsec_nanos() > 0);
     let reset = seconds(decision.reset);
-    let values = [
-        (
-            "ratelimit-policy",
-            format!(
-                "\"{}\";q={};w={}",
-                quota.name,
-                quota.requests,
-                quota.window.as_secs()
-            ),
-        ),
-        (
-            "ratelimit",
-            format!("\"{}\";r={};t={reset}", quota.name, decision.remaining),
-        ),
-        ("x-ratelimit-limit", quota.requests.to_string()),
-        ("x-ratelimit-remaining", decision.remaining.to_string()),
-        ("x-ratelimit-reset", reset.to_string()),
-    ];
-    for (name, value) in values {
-        if let Ok(value) = HeaderValue::from_str(&value) {
-            headers.insert(HeaderName::from_static(name), value);
-        }
+    headers.reserve(6);
+    if let Some(policy) = &tier.policy {
+        headers.insert(RATELIMIT_POLICY, policy.clone());
     }
+    // `"name";r=R;t=T` in a buffer on the stack: one copy into the value.
+    let mut buffer = [0u8; 256];
+    let mut len = 0;
+    let (mut remaining, mut reset_text) = (itoa::Buffer::new(), itoa::Buffer::new());
+    let remaining = remaining.format(decision.remaining);
+    let reset_text = reset_text.format(reset);
+    for part in [
+        &tier.prefix[..],
+        remaining.as_bytes(),
+        b";t=",
+        reset_text.as_bytes(),
+    ] {
+        if let Some(slot) = buffer.get_mut(len..len + part.len()) {
+            slot.copy_from_slice(part);
+        }
+        len += part.len();
+    }
+    let ratelimit = match buffer.get(..len) {
+        Some(text) => HeaderValue::from_bytes(text).ok(),
+        None => {
+            let mut text = tier.prefix.clone();
+            text.extend_from_slice(format!("{remaining};t={reset_text}").as_bytes());
+            HeaderValue::from_bytes(&text).ok()
+        }
+    };
+    if let Some(value) = ratelimit {
+        headers.insert(RATELIMIT, value);
+    }
+    headers.insert(X_RATELIMIT_LIMIT, tier.limit.clone());
+    headers.insert(
+        X_RATELIMIT_REMAINING,
+        small_number(u64::from(decision.remaining)),
+    );
+    headers.insert(X_RATELIMIT_RESET, small_number(reset));
     if !decision.allowed {
         headers.insert(
             header::RETRY_AFTER,
-            HeaderValue::from(seconds(decision.retry_after).max(1)),
+            small_number(seconds(decision.retry_after).max(1)),
         );
+    }
+}
+
+const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+const X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
+const X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
+const X_RATELIMIT_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
+
+/// Values below this are built once and shared (a clone is a reference
+/// count), not formatted per response: remaining counts and seconds to
+/// reset or retry are almost always small.
+const SMALL: u64 = 1024;
+
+/// `n` as a header value.
+fn small_number(n: u64) -> HeaderValue {
+    static TABLE: std::sync::LazyLock<Vec<HeaderValue>> =
+        std::sync::LazyLock::new(|| (0..SMALL).map(HeaderValue::from).collect());
+    match TABLE.get(n as usize) {
+        Some(value) => value.clone(),
+        None => HeaderValue::from(n),
     }
 }
 

@@ -37,6 +37,7 @@ mod respond;
 mod rewrite;
 mod serve;
 mod source;
+mod tier_reply;
 mod tunnel;
 
 use std::{borrow::Cow, net::IpAddr, sync::Arc, time::Instant};
@@ -57,6 +58,7 @@ use self::{
     identity::Identity,
     rewrite::{Origin, Rewriter},
     route::{Route, RouteTable},
+    tier_reply::TierReplies,
 };
 use crate::{
     clock::{monotonic_ns, unix_now},
@@ -109,6 +111,8 @@ pub struct Gateway {
     metrics: Recorder,
     /// Which sources this worker told the guard about lately.
     reported: ReportMemo,
+    /// Each tier's rate-limit answer parts, built once.
+    tier_replies: TierReplies,
 }
 
 /// The credential phase's find, borrowed from the request.
@@ -149,6 +153,7 @@ impl Gateway {
             client,
             metrics: shared.metrics.recorder(),
             reported: ReportMemo::default(),
+            tier_replies: TierReplies::new(&shared.quotas),
         }
     }
 
@@ -397,7 +402,7 @@ impl Gateway {
         ctx.limit = Some((quota, decision));
         match allowed {
             true => Ok(()),
-            false => Err(ProxyError::RateLimited(Box::new(quota.clone()))),
+            false => Err(ProxyError::RateLimited(self.tier_replies.get(quota))),
         }
     }
 

@@ -263,7 +263,9 @@ fn limit<'g>(
     ctx.limit = Some((quota, decision));
     match allowed {
         true => Ok(()),
-        false => Err(ProxyError::RateLimited(Box::new(quota.clone()))),
+        false => Err(ProxyError::RateLimited(std::sync::Arc::new(
+            super::tier_reply::TierReply::new(quota),
+        ))),
     }
 }
 

@@ -41,7 +41,7 @@ impl Gateway {
         };
         let headers = response.headers_mut();
         if let Some((quota, decision)) = &ctx.limit {
-            forward::set_rate_limit(headers, quota, decision);
+            forward::set_rate_limit(headers, &self.tier_replies.get(quota), decision);
         }
         if let Ok(id) = HeaderValue::from_str(&ctx.request_id) {
             headers.insert(X_REQUEST_ID, id);
@@ -83,9 +83,7 @@ impl Gateway {
             error: refusal.map(|r| r.code),
             detail: refusal.and_then(|r| r.detail),
         });
-        if let Some(line) = ctx.log_line(status) {
-            self.shared.access_log.log(&line);
-        }
+        (self.shared.access_log).log_with(|out| ctx.write_log_line(status, out));
     }
 }
 
