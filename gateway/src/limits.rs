@@ -207,7 +207,7 @@ impl RateLimiter for LocalLimiter {
                 busiest.push((id.clone(), cell.tat));
             }
             // Bounded: keep the top `n` after each shard.
-            busiest.sort_unstable_by(|a, b| b.1.cmp(&a.1));
+            busiest.sort_unstable_by_key(|(_, tat)| std::cmp::Reverse(*tat));
             busiest.truncate(n);
         }
         busiest

@@ -57,7 +57,7 @@ impl Admin {
             let mut kernel: Vec<_> = (kernel.into_iter())
                 .filter(|(_, b)| b.banned_until_ns > now)
                 .collect();
-            kernel.sort_unstable_by(|a, b| b.1.banned_until_ns.cmp(&a.1.banned_until_ns));
+            kernel.sort_unstable_by_key(|(_, b)| std::cmp::Reverse(b.banned_until_ns));
             kernel.truncate(MAX_BANS.saturating_sub(bans.len()));
             bans.extend((kernel.into_iter()).map(|(net, b)| ban(net.to_string(), b, "kernel")));
         }

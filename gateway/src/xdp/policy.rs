@@ -176,7 +176,7 @@ impl UserspaceBans {
             .chain(clients)
             .filter(|(_, ban)| ban.banned_until_ns > now_ns)
             .collect();
-        bans.sort_unstable_by(|a, b| b.1.banned_until_ns.cmp(&a.1.banned_until_ns));
+        bans.sort_unstable_by_key(|(_, ban)| std::cmp::Reverse(ban.banned_until_ns));
         bans.truncate(n);
         bans
     }
