@@ -48,7 +48,7 @@ pub fn top(args: TopArgs) -> Result<()> {
     };
     if args.once {
         let first = fetch()?;
-        runtime.block_on(tokio::time::sleep(REFRESH));
+        runtime.block_on(async { tokio::time::sleep(REFRESH).await });
         let view = view::view(Some(&first), &fetch()?);
         if args.json {
             println!("{}", serde_json::to_string_pretty(&view)?);
