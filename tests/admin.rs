@@ -297,6 +297,10 @@ fn the_client_lifecycle_through_the_api_matches_its_openapi_document() {
     let reload = "/v1/reload";
     assert_eq!(api.call("POST", reload, reload, None).0, 200);
     assert_eq!(api.call_as(&reader, "POST", reload, reload, None).0, 403);
+    // The `gateway top` snapshot (tests/top.rs covers what is in it).
+    let (status, top) = api.call_as(&reader, "GET", "/v1/top", "/v1/top", None);
+    assert_eq!(status, 200, "{top}");
+    assert!(top["now_ns"].as_u64() > Some(0), "{top}");
     assert_eq!(api.spec.unexercised(), Vec::<String>::new());
 
     // The audit log: every change, who made it, never a key.

@@ -79,6 +79,13 @@ pub trait RateLimiter: Send + Sync {
     fn peek(&self, key: &LimitKey, quota: &Quota, now_ns: u64) -> Decision;
     /// Forgets `key`: its quota is whole again.
     fn reset(&self, key: &LimitKey);
+    /// Up to `n` clients (their own quota, `LimitKey::Client`) with the
+    /// most quota in use at `now_ns`, busiest first, with their theoretical
+    /// arrival time (ns): what `GET /v1/top` shows. A limiter that cannot
+    /// list its keys answers none.
+    fn busiest(&self, _n: usize, _now_ns: u64) -> Vec<(String, u64)> {
+        Vec::new()
+    }
 }
 
 const SHARDS: usize = 64;
@@ -187,6 +194,24 @@ impl RateLimiter for LocalLimiter {
     fn reset(&self, key: &LimitKey) {
         self.shard(key).remove(key);
     }
+
+    fn busiest(&self, n: usize, now_ns: u64) -> Vec<(String, u64)> {
+        let mut busiest: Vec<(String, u64)> = Vec::new();
+        for shard in &self.shards {
+            let shard = shard.lock().unwrap_or_else(|p| p.into_inner());
+            for (key, cell) in shard.iter() {
+                let LimitKey::Client(id) = key else { continue };
+                if cell.tat <= now_ns {
+                    continue;
+                }
+                busiest.push((id.clone(), cell.tat));
+            }
+            // Bounded: keep the top `n` after each shard.
+            busiest.sort_unstable_by_key(|(_, tat)| std::cmp::Reverse(*tat));
+            busiest.truncate(n);
+        }
+        busiest
+    }
 }
 
 #[cfg(test)]
@@ -194,6 +219,24 @@ mod tests {
     use super::*;
 
     const SEC: u64 = 1_000_000_000;
+
+    #[test]
+    fn busiest_lists_clients_by_quota_in_use() {
+        let limiter = LocalLimiter::new(100);
+        let quota = bronze();
+        let client = |id: &str| LimitKey::Client(id.to_owned());
+        for _ in 0..3 {
+            limiter.check(&client("a"), &quota, 1, SEC);
+        }
+        limiter.check(&client("b"), &quota, 1, SEC);
+        limiter.check(&LimitKey::Source([127, 0, 0, 1].into()), &quota, 5, SEC);
+        let busiest = limiter.busiest(10, SEC);
+        let ids: Vec<&str> = busiest.iter().map(|(id, _)| id.as_str()).collect();
+        assert_eq!(ids, ["a", "b"]);
+        assert_eq!(limiter.busiest(1, SEC).len(), 1);
+        // Long after, nothing is in use.
+        assert!(limiter.busiest(10, 3600 * SEC).is_empty());
+    }
 
     fn bronze() -> Quota {
         Quota::new("bronze", 10, Duration::from_secs(60), 10)

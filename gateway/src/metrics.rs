@@ -153,9 +153,32 @@ impl Metrics {
         Recorder(counts)
     }
 
+    /// Requests answered so far by (route, tier, status), every worker's
+    /// counts under the names they were counted with.
+    pub fn requests(&self) -> BTreeMap<(String, String, u16), u64> {
+        let mut requests: BTreeMap<(String, String, u16), u64> = BTreeMap::new();
+        for (labels, worker) in self
+            .workers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
+            let counts = worker.lock().unwrap_or_else(|p| p.into_inner());
+            for ((route, tier, status), n) in &counts.requests {
+                let key = (
+                    labels.route(*route).to_owned(),
+                    labels.tier(*tier).to_owned(),
+                    *status,
+                );
+                *requests.entry(key).or_default() += n;
+            }
+        }
+        requests
+    }
+
     /// The Prometheus text exposition.
     pub fn render(&self, gauges: &Gauges<'_>) -> String {
-        let mut requests: BTreeMap<(String, String, u16), u64> = BTreeMap::new();
+        let requests = self.requests();
         let mut auth: BTreeMap<&'static str, u64> = BTreeMap::new();
         let mut shed: BTreeMap<String, u64> = BTreeMap::new();
         let mut banned: BTreeMap<&'static str, u64> = BTreeMap::new();
@@ -175,14 +198,6 @@ impl Metrics {
             .iter()
         {
             let counts = worker.lock().unwrap_or_else(|p| p.into_inner());
-            for ((route, tier, status), n) in &counts.requests {
-                let key = (
-                    labels.route(*route).to_owned(),
-                    labels.tier(*tier).to_owned(),
-                    *status,
-                );
-                *requests.entry(key).or_default() += n;
-            }
             for (key, n) in &counts.auth_failures {
                 *auth.entry(key).or_default() += n;
             }

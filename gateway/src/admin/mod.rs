@@ -21,7 +21,12 @@
 //!   message for an invalid file (nothing changes), 409 when there is no
 //!   file (started without `--config`) or the reload could not be applied.
 //!
-//! The `/v1/management`, `/v1/xdp` and `/v1/reload` endpoints take an admin key (`gateway keys
+//! - `GET /v1/top`: one snapshot for `gateway top` (requests by route,
+//!   tier and status; the busiest clients with their remaining quota; bans
+//!   in force with reason and time left; XDP counters; upstream health),
+//!   bounded in size. See [`top`].
+//!
+//! The `/v1/management`, `/v1/xdp`, `/v1/top` and `/v1/reload` endpoints take an admin key (`gateway keys
 //! bootstrap`, or `create --admin`) in `Authorization: Bearer`. A key with
 //! the `admin:read` scope may only read; other admin keys may also change.
 //! Other keys get 403. Every change is one line in the audit log.
@@ -29,6 +34,7 @@ pub mod audit;
 mod clients;
 pub mod events;
 mod scrape;
+mod top;
 
 use std::{convert::Infallible, net::SocketAddr, path::PathBuf, sync::Arc};
 
@@ -331,6 +337,15 @@ impl Admin {
                     HeaderValue::from_static("application/json"),
                 );
                 Ok(response)
+            }
+            (_, ["v1", "top"]) => {
+                self.authorize_counted(&req, Access::Read, peer)?;
+                if method != Method::GET {
+                    return Err(AdminError::MethodNotAllowed);
+                }
+                // The pinned maps' reads are system calls.
+                let snapshot = tokio::task::block_in_place(|| self.top());
+                Ok(json_response(StatusCode::OK, &snapshot))
             }
             (_, ["v1", "reload"]) => {
                 let actor = self.authorize_counted(&req, Access::Write, peer)?;

@@ -7,6 +7,7 @@ pub mod reload;
 pub mod run;
 pub mod takeover;
 pub mod tokens;
+pub mod top;
 pub mod xdp;
 
 use anyhow::{Context, Result};
@@ -48,6 +49,10 @@ pub enum Command {
     /// admin key comes from GATEWAY_ADMIN_KEY).
     #[command(subcommand)]
     Limits(limits::LimitsCommand),
+    /// A live view of a running gateway (admin API, refreshed every
+    /// second): requests/s and error rates by route and tier, the busiest
+    /// clients, bans, XDP packets by verdict, upstream health. `q` quits.
+    Top(top::TopArgs),
     /// The token endpoint's signing keys.
     #[command(subcommand)]
     Tokens(tokens::TokensCommand),
@@ -63,6 +68,7 @@ impl Command {
             Command::Keys(command) => keys::keys_command(command),
             Command::Limits(command) => limits::limits_command(command),
             Command::Tokens(command) => tokens::tokens_command(command),
+            Command::Top(args) => top::top(args),
         }
     }
 }

@@ -102,6 +102,12 @@ impl Pool {
         }
     }
 
+    /// Servers usable now, of all the pool's servers.
+    pub fn usable(&self, now_ns: u64) -> (usize, usize) {
+        let usable = self.servers.iter().filter(|s| s.usable(now_ns)).count();
+        (usable, self.servers.len())
+    }
+
     /// Whether `config` is what this pool was built from.
     pub fn configured_as(&self, config: &UpstreamConfig) -> bool {
         self.configured == format!("{config:?}")

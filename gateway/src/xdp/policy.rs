@@ -155,6 +155,32 @@ impl UserspaceBans {
         left(table.clients.get(&ip.to_canonical())?.get(client)?, now_ns)
     }
 
+    /// Up to `n` bans in force at `now_ns`, the longest-lasting first: the
+    /// banned address, prefix, or `client@address`.
+    pub fn list(&self, n: usize, now_ns: u64) -> Vec<(String, Ban)> {
+        let table = self.published.load();
+        let nets = (table
+            .addresses
+            .iter()
+            .map(|(ip, ban)| (ip.to_string(), *ban)))
+        .chain(
+            table
+                .prefixes
+                .iter()
+                .map(|(net, ban)| (net.to_string(), *ban)),
+        );
+        let clients = table.clients.iter().flat_map(|(ip, clients)| {
+            (clients.iter()).map(move |(client, ban)| (format!("{client}@{ip}"), *ban))
+        });
+        let mut bans: Vec<(String, Ban)> = nets
+            .chain(clients)
+            .filter(|(_, ban)| ban.banned_until_ns > now_ns)
+            .collect();
+        bans.sort_unstable_by_key(|(_, ban)| std::cmp::Reverse(ban.banned_until_ns));
+        bans.truncate(n);
+        bans
+    }
+
     /// Bans in force at `now_ns`.
     pub fn active(&self, now_ns: u64) -> usize {
         let table = self.published.load();
