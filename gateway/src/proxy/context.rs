@@ -13,6 +13,7 @@ use super::{
     forward::X_REQUEST_ID,
     identity::Identity,
     route::Route,
+    trace::Trace,
 };
 use crate::{
     clock::unix_now,
@@ -25,6 +26,9 @@ pub(super) struct RequestContext<'g> {
     /// Unix seconds when the request arrived.
     pub ts: u64,
     pub request_id: String,
+    /// Accept phase: the W3C trace, continued or started (every request
+    /// has one, refused or not).
+    pub trace: Trace,
     /// The TCP peer.
     pub peer: SocketAddr,
     /// Accept phase: the address the request is judged by (guard, source
@@ -81,6 +85,7 @@ impl<'g> RequestContext<'g> {
             started: Instant::now(),
             ts: unix_now() as u64,
             request_id: request_id(req.headers()),
+            trace: Trace::of(req.headers()),
             peer,
             client_ip: peer.ip().to_canonical(),
             proto,
@@ -105,9 +110,11 @@ impl<'g> RequestContext<'g> {
     /// The access-log line for this request, answered with `status`.
     pub fn log_line(&self, status: u16) -> Option<Vec<u8>> {
         let refusal = self.refusal.as_ref();
+        let trace_id = self.trace.trace_id_hex();
         let line = AccessLog {
             ts: self.ts,
             request_id: &self.request_id,
+            trace_id: std::str::from_utf8(&trace_id).unwrap_or_default(),
             peer: self.peer.ip().to_canonical(),
             client_ip: self.client_ip,
             method: self.method.as_str(),
@@ -133,6 +140,8 @@ impl<'g> RequestContext<'g> {
 struct AccessLog<'a> {
     ts: u64,
     request_id: &'a str,
+    /// The W3C trace id the upstream saw (32 lowercase hex digits).
+    trace_id: &'a str,
     peer: IpAddr,
     /// The client address (differs from `peer` behind a trusted proxy).
     client_ip: IpAddr,
@@ -188,6 +197,7 @@ mod tests {
         ctx.refusal = Some(Refusal::from(&ProxyError::MissingCredential));
         let line: serde_json::Value = serde_json::from_slice(&ctx.log_line(401).unwrap()).unwrap();
         assert_eq!(line["request_id"], "abc");
+        assert_eq!(line["trace_id"].as_str().unwrap().len(), 32);
         assert_eq!(line["peer"], "10.0.0.1");
         assert_eq!(line["client_ip"], "10.0.0.1");
         assert_eq!(line["path"], "/api/x");
