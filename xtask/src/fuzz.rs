@@ -40,7 +40,7 @@ struct Target {
     live_seeds: &'static [&'static str],
 }
 
-const TARGETS: [Target; 5] = [
+const TARGETS: [Target; 6] = [
     Target {
         name: "api_key",
         max_len: 256,
@@ -66,6 +66,12 @@ const TARGETS: [Target; 5] = [
         name: "xdp_parser",
         // Past the farthest L4 offset four maximal IPv6 extension headers reach.
         max_len: 9 * 1024,
+        live_seeds: &[],
+    },
+    Target {
+        name: "traceparent",
+        // Past version 00's 55 bytes, for later versions' extra fields.
+        max_len: 256,
         live_seeds: &[],
     },
 ];

@@ -13,6 +13,7 @@ use super::{
     forward::X_REQUEST_ID,
     identity::Identity,
     route::Route,
+    trace::Trace,
 };
 use crate::{
     clock::unix_now,
@@ -25,6 +26,9 @@ pub(super) struct RequestContext<'g> {
     /// Unix seconds when the request arrived.
     pub ts: u64,
     pub request_id: String,
+    /// Accept phase: the W3C trace, continued or started (every request
+    /// has one, refused or not).
+    pub trace: Trace,
     /// The TCP peer.
     pub peer: SocketAddr,
     /// Accept phase: the address the request is judged by (guard, source
@@ -81,6 +85,7 @@ impl<'g> RequestContext<'g> {
             started: Instant::now(),
             ts: unix_now() as u64,
             request_id: request_id(req.headers()),
+            trace: Trace::of(req.headers()),
             peer,
             client_ip: peer.ip().to_canonical(),
             proto,
@@ -121,7 +126,9 @@ impl<'g> RequestContext<'g> {
         out.extend_from_slice(n.format(self.ts).as_bytes());
         out.extend_from_slice(b",\"request_id\":");
         json_str(out, &self.request_id);
-        out.extend_from_slice(b",\"peer\":");
+        out.extend_from_slice(b",\"trace_id\":\"");
+        out.extend_from_slice(&self.trace.trace_id_hex());
+        out.extend_from_slice(b"\",\"peer\":");
         json_display(out, self.peer.ip().to_canonical());
         out.extend_from_slice(b",\"client_ip\":");
         json_display(out, self.client_ip);
@@ -195,6 +202,8 @@ fn json_display(out: &mut Vec<u8>, value: impl std::fmt::Display) {
 struct AccessLog<'a> {
     ts: u64,
     request_id: &'a str,
+    /// The W3C trace id the upstream saw (32 lowercase hex digits).
+    trace_id: &'a str,
     peer: IpAddr,
     /// The client address (differs from `peer` behind a trusted proxy).
     client_ip: IpAddr,
@@ -261,6 +270,7 @@ mod tests {
         ctx.refusal = Some(Refusal::from(&ProxyError::MissingCredential));
         let line: serde_json::Value = serde_json::from_slice(&ctx.log_line(401).unwrap()).unwrap();
         assert_eq!(line["request_id"], "abc");
+        assert_eq!(line["trace_id"].as_str().unwrap().len(), 32);
         assert_eq!(line["peer"], "10.0.0.1");
         assert_eq!(line["client_ip"], "10.0.0.1");
         assert_eq!(line["path"], "/api/x");
@@ -291,9 +301,11 @@ mod tests {
             let line = ctx.log_line(429).unwrap();
             let parsed: serde_json::Value = serde_json::from_slice(&line).unwrap();
             let refusal = ctx.refusal.as_ref();
+            let trace_id = ctx.trace.trace_id_hex();
             let expected = AccessLog {
                 ts: ctx.ts,
                 request_id: &ctx.request_id,
+                trace_id: std::str::from_utf8(&trace_id).unwrap(),
                 peer: ctx.peer.ip().to_canonical(),
                 client_ip: ctx.client_ip,
                 method: ctx.method.as_str(),

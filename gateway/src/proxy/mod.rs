@@ -24,6 +24,7 @@ pub mod forward;
 pub mod oauth;
 pub mod route;
 pub mod tls;
+pub mod trace;
 pub mod workers;
 
 /// The request-path policy (a leaf module, shared with the configuration).
@@ -428,6 +429,7 @@ impl Gateway {
             peer: ctx.peer,
             proto: ctx.proto,
             request_id: &ctx.request_id,
+            trace: &ctx.trace,
             identity: ctx.identity.as_ref(),
         };
         let tokens = self.shared.tokens.as_deref();

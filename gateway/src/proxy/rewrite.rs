@@ -1,12 +1,15 @@
 //! The request as the upstream gets it: hop-by-hop headers and (unless the
 //! route keeps them) credentials gone, identity from the gateway only,
-//! request id and `X-Forwarded-*` set, the URI pointed at the chosen server
+//! request id, trace context and `X-Forwarded-*` set, the URI pointed at the chosen server
 //! with the normalised (and maybe rewritten) path and the client's query.
 use std::net::SocketAddr;
 
 use http::{header, HeaderName, HeaderValue, Request, Uri, Version};
 
-use super::{error::ProxyError, forward, forward::X_REQUEST_ID, identity::Identity, route::Route};
+use super::{
+    error::ProxyError, forward, forward::X_REQUEST_ID, identity::Identity, route::Route,
+    trace::Trace,
+};
 use crate::{
     clock::unix_now,
     config::{Config, UpstreamIdentity},
@@ -28,6 +31,8 @@ pub(super) struct Origin<'a> {
     /// What the listener speaks, for `X-Forwarded-Proto`.
     pub proto: &'static str,
     pub request_id: &'a str,
+    /// The request's trace (see [`super::trace`]).
+    pub trace: &'a Trace,
     pub identity: Option<&'a Identity>,
 }
 
@@ -99,6 +104,7 @@ impl Rewriter {
         if let Ok(id) = HeaderValue::from_str(origin.request_id) {
             headers.insert(X_REQUEST_ID, id);
         }
+        origin.trace.set_headers(headers);
         forward::set_forwarded(
             headers,
             origin.peer.ip(),
