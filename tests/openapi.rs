@@ -183,6 +183,8 @@ fn schemathesis_finds_no_disagreement_between_document_and_api() {
         .args(["--suppress-health-check", "all", "--no-color"])
         .arg("--report-dir")
         .arg(&report)
+        // Its cache (`.schemathesis/`) goes in the test's directory.
+        .current_dir(gateway.config.parent().unwrap())
         .stdin(Stdio::null())
         .spawn()
         .unwrap();
