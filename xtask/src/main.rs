@@ -43,8 +43,9 @@ enum Task {
         args: Vec<String>,
     },
     /// Every check CI runs: fmt, clippy, unit and end-to-end tests
-    /// (including the privileged network-namespace tests), then each fuzz
-    /// target for a short bounded time.
+    /// (including the privileged network-namespace tests and schemathesis
+    /// against the admin API's OpenAPI document), then each fuzz target for
+    /// a short bounded time.
     Test,
     /// Runs the `fuzz/` targets (cargo-fuzz, nightly) for a bounded time
     /// each on a scratch copy of their seed corpus; fails on any crash.
@@ -168,7 +169,13 @@ fn test() -> Result<()> {
     // The fuzz targets are their own workspace (nightly): `--all` skips them.
     run_cmd(cargo(None).args(["fmt", "--manifest-path", "fuzz/Cargo.toml", "--", "--check"]))?;
     run_cmd(cargo(None).args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
-    run_cmd(cargo(None).arg("test").env("GATEWAY_BIN", &gateway))?;
+    run_cmd(
+        cargo(None)
+            .arg("test")
+            .env("GATEWAY_BIN", &gateway)
+            // tests/openapi.rs drives it against a running gateway.
+            .env("GATEWAY_SCHEMATHESIS", setup::schemathesis()?),
+    )?;
     fuzz::run(fuzz::FuzzArgs {
         seconds: fuzz::TEST_SECONDS,
         target: None,

@@ -17,6 +17,8 @@ use crate::run_cmd;
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// cargo-fuzz release `cargo xtask fuzz` is written against.
 const CARGO_FUZZ_VERSION: &str = "0.13.2";
+/// schemathesis release tests/openapi.rs drives against the admin API.
+const SCHEMATHESIS_VERSION: &str = "4.32.5";
 /// Debian packages the tests and benches use, keyed by a binary they provide.
 const DEBIAN_PACKAGES: [(&str, &str); 5] = [
     ("bpftool", "bpftool"),
@@ -34,7 +36,41 @@ pub fn run() -> Result<()> {
     debian_packages()?;
     test_idp()?;
     cargo_fuzz()?;
+    schemathesis()?;
     Ok(())
+}
+
+/// schemathesis (PyPI, pinned) in a venv under `target/`, for the OpenAPI
+/// contract test; returns its executable. A venv keeps it off the system's
+/// Python (Debian's is externally managed).
+pub fn schemathesis() -> Result<PathBuf> {
+    let venv = crate::target_dir().join("schemathesis-venv");
+    let bin = venv.join("bin/schemathesis");
+    let version = Command::new(&bin).arg("--version").output();
+    if version.is_ok_and(|out| String::from_utf8_lossy(&out.stdout).contains(SCHEMATHESIS_VERSION))
+    {
+        println!("setup: schemathesis {SCHEMATHESIS_VERSION} present");
+        return Ok(bin);
+    }
+    println!(
+        "setup: installing schemathesis {SCHEMATHESIS_VERSION} into {}",
+        venv.display()
+    );
+    let make_venv = || run_cmd(Command::new("python3").args(["-m", "venv"]).arg(&venv));
+    if make_venv().is_err() {
+        // Debian ships venv's pip bootstrap separately.
+        if !is_root() {
+            bail!("python3 -m venv failed: install python3-venv (as root) and run setup again");
+        }
+        apt_install(&["python3-venv"])?;
+        make_venv()?;
+    }
+    run_cmd(
+        Command::new(venv.join("bin/pip"))
+            .args(["install", "--quiet", "--disable-pip-version-check"])
+            .arg(format!("schemathesis=={SCHEMATHESIS_VERSION}")),
+    )?;
+    Ok(bin)
 }
 
 /// `cargo fuzz` (libFuzzer driver) for `cargo xtask fuzz`, from crates.io.

@@ -76,6 +76,16 @@ fn some<'de, T: Deserialize<'de>, D: serde::Deserializer<'de>>(
     Option::<T>::deserialize(deserializer).map(Some)
 }
 
+/// A name must say something (the document's `pattern: \S`).
+fn blank_name(name: Option<&str>) -> Result<(), AdminError> {
+    match name {
+        Some(name) if name.trim().is_empty() => {
+            Err(AdminError::BadRequest("name must not be empty".into()))
+        }
+        _ => Ok(()),
+    }
+}
+
 fn parse<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, AdminError> {
     let body = if body.is_empty() { b"{}" } else { body };
     serde_json::from_slice(body).map_err(|e| AdminError::BadRequest(format!("invalid body: {e}")))
@@ -117,7 +127,10 @@ impl Admin {
             (&Method::DELETE, [id, "limits"]) => {
                 ("limits.reset", Some(id.to_string()), self.limits(id, true))
             }
-            (_, [] | [_] | [_, "rotate" | "limits"]) => return Err(AdminError::MethodNotAllowed),
+            (_, []) => return Err(AdminError::MethodNotAllowed("GET, POST")),
+            (_, [_]) => return Err(AdminError::MethodNotAllowed("GET, PATCH, DELETE")),
+            (_, [_, "rotate"]) => return Err(AdminError::MethodNotAllowed("POST")),
+            (_, [_, "limits"]) => return Err(AdminError::MethodNotAllowed("GET, DELETE")),
             _ => return Err(AdminError::NotFound),
         };
         let status = match &result {
@@ -147,9 +160,7 @@ impl Admin {
 
     fn create(&self, call: &Call<'_>) -> Result<(Option<String>, AdminResponse), AdminError> {
         let request: CreateRequest = parse(&call.body)?;
-        if request.name.trim().is_empty() {
-            return Err(AdminError::BadRequest("name must not be empty".into()));
-        }
+        blank_name(Some(&request.name))?;
         let spec = ClientSpec {
             name: request.name,
             tier: request.tier,
@@ -181,7 +192,14 @@ impl Admin {
                     .map_err(|_| AdminError::BadRequest(format!("{key} must be a number")))
             };
             match key.as_ref() {
-                "limit" => list.limit = Some(number(&value)?.clamp(1, MAX_PAGE)),
+                "limit" => match number(&value)? {
+                    limit @ 1..=MAX_PAGE => list.limit = Some(limit),
+                    _ => {
+                        return Err(AdminError::BadRequest(format!(
+                            "limit must be between 1 and {MAX_PAGE}"
+                        )))
+                    }
+                },
                 "offset" => list.offset = number(&value)?,
                 "name" => list.name = Some(value.into_owned()),
                 "tier" => list.tier = Some(value.into_owned()),
@@ -212,6 +230,7 @@ impl Admin {
 
     fn update(&self, id: &str, call: &Call<'_>) -> Result<AdminResponse, AdminError> {
         let request: UpdateRequest = parse(&call.body)?;
+        blank_name(request.name.as_deref())?;
         let update = ClientUpdate {
             name: request.name,
             tier: request.tier,

@@ -34,6 +34,7 @@ pub mod audit;
 mod clients;
 pub mod events;
 mod scrape;
+mod spec;
 mod top;
 
 use std::{convert::Infallible, net::SocketAddr, path::PathBuf, sync::Arc};
@@ -58,8 +59,7 @@ use crate::{
 
 /// The scope that limits an admin key to reading.
 pub const READ_ONLY_SCOPE: &str = "admin:read";
-/// The OpenAPI document served at `/v1/management/openapi.json`.
-pub const OPENAPI: &str = include_str!("openapi.json");
+pub use spec::OPENAPI;
 /// Largest request body the admin API reads.
 const MAX_BODY: usize = 64 * 1024;
 /// Open admin connections; more are closed at accept. Operators and
@@ -110,8 +110,9 @@ pub(crate) enum AdminError {
     UnknownClient(String),
     #[error("no such endpoint")]
     NotFound,
+    /// With the methods the resource has, for `Allow` (RFC 9110 15.5.6).
     #[error("method not allowed here")]
-    MethodNotAllowed,
+    MethodNotAllowed(&'static str),
     #[error("{0}")]
     BadRequest(String),
     #[error("{0}")]
@@ -137,7 +138,9 @@ impl AdminError {
             AdminError::UnknownClient(_) | AdminError::NotFound => {
                 (StatusCode::NOT_FOUND, "not_found")
             }
-            AdminError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+            AdminError::MethodNotAllowed(_) => {
+                (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed")
+            }
             AdminError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             AdminError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             AdminError::TooManyFollowers => (StatusCode::SERVICE_UNAVAILABLE, "too_many_followers"),
@@ -151,6 +154,10 @@ impl AdminError {
 
     fn into_response(self) -> AdminResponse {
         let (status, code) = self.status();
+        let allow = match &self {
+            AdminError::MethodNotAllowed(allow) => Some(*allow),
+            _ => None,
+        };
         if status == StatusCode::INTERNAL_SERVER_ERROR {
             tracing::error!(error = %self, "admin request failed");
         }
@@ -163,6 +170,9 @@ impl AdminError {
                 header::WWW_AUTHENTICATE,
                 HeaderValue::from_static("Bearer realm=\"gateway-admin\""),
             );
+        }
+        if let Some(allow) = allow {
+            (response.headers_mut()).insert(header::ALLOW, HeaderValue::from_static(allow));
         }
         response
     }
@@ -331,12 +341,9 @@ impl Admin {
             }
             (&Method::GET, ["metrics"]) => Ok(self.metrics_response()),
             (&Method::GET, ["v1", "management", "openapi.json"]) => {
-                let mut response = Response::new(Full::new(Bytes::from_static(OPENAPI.as_bytes())));
-                response.headers_mut().insert(
-                    header::CONTENT_TYPE,
-                    HeaderValue::from_static("application/json"),
-                );
-                Ok(response)
+                let shared = self.current();
+                let doc = spec::document(shared.quotas.iter().map(|q| q.name.as_str()));
+                Ok(json_response(StatusCode::OK, &doc))
             }
             (_, ["v1", "top"]) => {
                 self.authorize_counted(&req, Access::Read, peer)?;
@@ -350,7 +357,7 @@ impl Admin {
             (_, ["v1", "reload"]) => {
                 let actor = self.authorize_counted(&req, Access::Write, peer)?;
                 if method != Method::POST {
-                    return Err(AdminError::MethodNotAllowed);
+                    return Err(AdminError::MethodNotAllowed("POST"));
                 }
                 // Files, sockets and the kernel's maps block; this runtime
                 // has other threads for the rest.
