@@ -348,7 +348,7 @@ impl Admin {
             (_, ["v1", "top"]) => {
                 self.authorize_counted(&req, Access::Read, peer)?;
                 if method != Method::GET {
-                    return Err(AdminError::MethodNotAllowed);
+                    return Err(AdminError::MethodNotAllowed("GET"));
                 }
                 // The pinned maps' reads are system calls.
                 let snapshot = tokio::task::block_in_place(|| self.top());
