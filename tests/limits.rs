@@ -104,6 +104,8 @@ fn the_429_answer_is_exactly_this() {
     assert_eq!(
         names,
         [
+            // hyper's answer to the harness's `Connection: close`.
+            "connection",
             "content-length",
             "content-type",
             "date",
