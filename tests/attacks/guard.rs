@@ -330,7 +330,11 @@ fn a_burst_of_expired_or_not_yet_valid_tokens_bans_nobody_but_forged_ones_do() {
         forged.push_str("AAAA");
         jwt(forger, &forged)
     });
-    assert!(statuses.iter().all(|s| *s == 401), "{statuses:?}");
+    // Refused at accept, or (when the ban lands between accept and the
+    // request) answered 403 by the userspace ban check.
+    let (last, guessed) = statuses.split_last().expect("no forged token was answered");
+    assert!(guessed.iter().all(|s| *s == 401), "{statuses:?}");
+    assert!([401, 403].contains(last), "{statuses:?}");
     let deadline = Instant::now() + Duration::from_secs(5);
     while jwt(forger, &fresh).is_some() {
         assert!(Instant::now() < deadline, "the forger was never banned");
