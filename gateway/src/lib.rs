@@ -10,6 +10,7 @@ pub mod caps;
 pub mod clock;
 pub mod config;
 pub mod connections;
+pub mod fleet;
 pub mod guard;
 pub mod handover;
 pub mod histogram;

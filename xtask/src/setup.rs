@@ -20,7 +20,7 @@ const CARGO_FUZZ_VERSION: &str = "0.13.2";
 /// schemathesis release tests/openapi.rs drives against the admin API.
 const SCHEMATHESIS_VERSION: &str = "4.32.5";
 /// Debian packages the tests and benches use, keyed by a binary they provide.
-const DEBIAN_PACKAGES: [(&str, &str); 5] = [
+const DEBIAN_PACKAGES: [(&str, &str); 7] = [
     ("bpftool", "bpftool"),
     ("ip", "iproute2"),
     ("ethtool", "ethtool"),
@@ -28,6 +28,9 @@ const DEBIAN_PACKAGES: [(&str, &str); 5] = [
     ("strace", "strace"),
     // The first-run demo's try-it lines and tests/tls.rs.
     ("curl", "curl"),
+    // Fleet tests start their own servers on unix sockets.
+    ("redis-server", "redis-server"),
+    ("pg_ctlcluster", "postgresql"),
 ];
 
 pub fn run() -> Result<()> {
@@ -274,7 +277,7 @@ fn debian_packages() -> Result<()> {
         .map(|(_, package)| *package)
         .collect();
     if missing.is_empty() {
-        println!("setup: bpftool, iproute2, ethtool and strace present");
+        println!("setup: the Debian packages the tests use are present");
         return Ok(());
     }
     if !is_root() {

@@ -5,6 +5,7 @@
 //! checks live in its own module and are re-exported here.
 mod bounds;
 mod durations;
+mod fleet;
 mod identity;
 mod kernel;
 mod listen;
@@ -16,6 +17,7 @@ use std::path::PathBuf;
 use serde::Deserialize;
 
 use self::bounds::At;
+pub use self::fleet::RedisConfig;
 pub use self::identity::{IssuerConfig, KeysConfig, TierConfig, TokensConfig};
 pub use self::kernel::{GuardConfig, XdpConfig};
 pub use self::listen::{AdminConfig, LimitsConfig, ListenerConfig, TlsConfig};
@@ -82,6 +84,9 @@ pub struct Config {
     /// Trusted JWT issuers.
     #[serde(default)]
     pub issuers: Vec<IssuerConfig>,
+    /// The Redis server a fleet of gateways shares.
+    #[serde(default)]
+    pub redis: RedisConfig,
 }
 
 fn default_state_dir() -> PathBuf {
@@ -132,6 +137,7 @@ impl Config {
         identity::validate_tokens(&self.tokens, &self.issuers)?;
         routes::validate_auth(&self.routes, !self.issuers.is_empty(), self.tokens.enabled)?;
         routes::validate_forwarding(&self.forwarding)?;
+        self.redis.validate()?;
         self.check_ranges()
     }
 

@@ -1,0 +1,41 @@
+//! `[redis]`: the Redis server a fleet of gateways shares (limits, bans).
+use serde::Deserialize;
+
+use super::ConfigError;
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisConfig {
+    /// `redis://host:port/db` or `redis+unix:///path`;
+    /// unset: this gateway shares nothing through Redis.
+    #[serde(default)]
+    pub url: Option<String>,
+}
+
+impl RedisConfig {
+    pub(super) fn validate(&self) -> Result<(), ConfigError> {
+        let Some(url) = &self.url else {
+            return Ok(());
+        };
+        crate::fleet::redis::parse_url(url)
+            .map(drop)
+            .map_err(|e| ConfigError::invalid("redis.url", e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{tests::error, Config};
+
+    const LISTENER: &str = "[[listeners]]\naddress = \"127.0.0.1:1\"\n";
+
+    #[test]
+    fn a_bad_redis_url_names_its_key() {
+        let message = error(&format!("{LISTENER}[redis]\nurl = \"http://localhost\"\n"));
+        assert!(message.starts_with("redis.url"), "{message}");
+        let config = Config::parse(&format!(
+            "{LISTENER}[redis]\nurl = \"redis+unix:///run/r.sock\"\n"
+        ));
+        assert!(config.is_ok(), "{:?}", config.err());
+    }
+}

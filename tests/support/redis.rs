@@ -1,0 +1,109 @@
+//! A throwaway Redis server for fleet tests: Debian's `redis-server` on a
+//! unix socket in a temp dir (reachable from any network namespace, no
+//! port to collide on), nothing persisted, killed on drop.
+use std::{
+    io::{Read, Write},
+    os::unix::net::UnixStream,
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use super::{fs::TempDir, REQUIRE_PRIVILEGED};
+
+pub struct Redis {
+    child: Child,
+    socket: PathBuf,
+    _dir: TempDir,
+}
+
+impl Redis {
+    /// Starts a server, or `None` (with a visible `SKIPPED` line) when
+    /// `redis-server` is not installed and [`REQUIRE_PRIVILEGED`] is unset;
+    /// `cargo xtask setup` installs it.
+    pub fn start(test: &str) -> Option<Self> {
+        let Some(binary) = ["/usr/bin/redis-server", "/usr/local/bin/redis-server"]
+            .into_iter()
+            .map(PathBuf::from)
+            .find(|p| p.is_file())
+        else {
+            if std::env::var_os(REQUIRE_PRIVILEGED).is_some_and(|v| !v.is_empty() && v != "0") {
+                panic!("{test} needs redis-server (cargo xtask setup installs it)");
+            }
+            eprintln!("SKIPPED {test} (redis-server is not installed: run cargo xtask setup)");
+            return None;
+        };
+        let dir = TempDir::new("redis");
+        let socket = dir.path().join("redis.sock");
+        let child = Command::new(binary)
+            .args(["--port", "0", "--save", "", "--appendonly", "no"])
+            .arg("--unixsocket")
+            .arg(&socket)
+            .args(["--unixsocketperm", "700", "--dir"])
+            .arg(dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start redis-server: {e}"));
+        let redis = Redis {
+            child,
+            socket,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while redis.try_command(&["PING"]).as_deref() != Some("+PONG") {
+            assert!(
+                Instant::now() < deadline,
+                "redis-server did not answer PING"
+            );
+            #[allow(clippy::disallowed_methods, reason = "plain thread, not async")]
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Some(redis)
+    }
+
+    /// The URL a gateway's `[redis] url` takes.
+    pub fn url(&self) -> String {
+        format!("redis+unix://{}", self.socket.display())
+    }
+
+    pub fn socket(&self) -> &std::path::Path {
+        &self.socket
+    }
+
+    /// Runs one command (RESP, arguments as bulk strings); the reply's
+    /// raw text (e.g. `+OK`, `:3`, `$5\r\nhello`), for asserting on what
+    /// Redis holds.
+    pub fn command(&self, args: &[&str]) -> String {
+        self.try_command(args)
+            .unwrap_or_else(|| panic!("redis command {args:?} failed"))
+    }
+
+    fn try_command(&self, args: &[&str]) -> Option<String> {
+        let mut stream = UnixStream::connect(&self.socket).ok()?;
+        stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        let mut request = format!("*{}\r\n", args.len());
+        for arg in args {
+            request.push_str(&format!("${}\r\n{arg}\r\n", arg.len()));
+        }
+        stream.write_all(request.as_bytes()).ok()?;
+        stream.shutdown(std::net::Shutdown::Write).ok()?;
+        let mut reply = String::new();
+        stream.read_to_string(&mut reply).ok()?;
+        Some(reply.trim_end().to_owned())
+    }
+
+    /// Stops the server (as an outage would); [`Redis::start`]'s socket
+    /// path is gone after this.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
