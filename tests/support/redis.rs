@@ -4,7 +4,7 @@
 use std::{
     io::{Read, Write},
     os::unix::net::UnixStream,
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
@@ -12,6 +12,7 @@ use std::{
 use super::{fs::TempDir, REQUIRE_PRIVILEGED};
 
 pub struct Redis {
+    binary: PathBuf,
     child: Child,
     socket: PathBuf,
     _dir: TempDir,
@@ -35,31 +36,14 @@ impl Redis {
         };
         let dir = TempDir::new("redis");
         let socket = dir.path().join("redis.sock");
-        let child = Command::new(binary)
-            .args(["--port", "0", "--save", "", "--appendonly", "no"])
-            .arg("--unixsocket")
-            .arg(&socket)
-            .args(["--unixsocketperm", "700", "--dir"])
-            .arg(dir.path())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start redis-server: {e}"));
+        let child = spawn(&binary, dir.path());
         let redis = Redis {
+            binary,
             child,
             socket,
             _dir: dir,
         };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while redis.try_command(&["PING"]).as_deref() != Some("+PONG") {
-            assert!(
-                Instant::now() < deadline,
-                "redis-server did not answer PING"
-            );
-            #[allow(clippy::disallowed_methods, reason = "plain thread, not async")]
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        redis.wait_ready();
         Some(redis)
     }
 
@@ -68,7 +52,7 @@ impl Redis {
         format!("redis+unix://{}", self.socket.display())
     }
 
-    pub fn socket(&self) -> &std::path::Path {
+    pub fn socket(&self) -> &Path {
         &self.socket
     }
 
@@ -100,6 +84,42 @@ impl Redis {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+
+    /// A new, empty server on the same socket (after [`Redis::kill`]): an
+    /// outage that ends, with what Redis held lost.
+    pub fn restart(&mut self) {
+        self.kill();
+        let dir = self.socket.parent().unwrap().to_owned();
+        self.child = spawn(&self.binary, &dir);
+        self.wait_ready();
+    }
+
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.try_command(&["PING"]).as_deref() != Some("+PONG") {
+            assert!(
+                Instant::now() < deadline,
+                "redis-server did not answer PING"
+            );
+            #[allow(clippy::disallowed_methods, reason = "plain thread, not async")]
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// `redis-server` on `dir/redis.sock` only, persisting nothing.
+fn spawn(binary: &Path, dir: &Path) -> Child {
+    Command::new(binary)
+        .args(["--port", "0", "--save", "", "--appendonly", "no"])
+        .arg("--unixsocket")
+        .arg(dir.join("redis.sock"))
+        .args(["--unixsocketperm", "700", "--dir"])
+        .arg(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start redis-server: {e}"))
 }
 
 impl Drop for Redis {

@@ -515,6 +515,9 @@ impl Admin {
                 certificates: &self.certificates(),
             },
         );
+        if let Some(fleet) = shared.policy.fleet() {
+            fleet.render_metrics(&mut text);
+        }
         let mut response = Response::new(Full::new(Bytes::from(text)));
         response.headers_mut().insert(
             header::CONTENT_TYPE,

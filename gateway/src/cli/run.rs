@@ -195,6 +195,15 @@ pub fn run(args: RunArgs) -> Result<()> {
                 bans
             }
         };
+        // Fleet mode: this node's bans and budgets reach every node's kernel.
+        let policy = match &config.redis.url {
+            Some(url) => {
+                let node = gateway::fleet::node_id();
+                tracing::info!(node, redis = %gateway::fleet::redis::redacted(url), "sharing bans with the fleet");
+                gateway::fleet::bans::start(url, node, config.xdp.allow.clone(), policy)
+            }
+            None => policy,
+        };
 
         let store: Arc<dyn KeyStore> =
             Arc::new(SqliteStore::open(&config.keys.store).context("opening the key store")?);

@@ -5,10 +5,11 @@ mod events;
 
 use std::{path::PathBuf, time::Duration};
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use gateway::{
     clock::monotonic_ns,
+    guard::{BanTarget, PolicyUpdate},
     net::{is_host, parse_ban_net, parse_net},
     xdp::{self, Mode, PinnedMaps, UdpPolicy, WhenFull, Written, DEFAULT_BUDGET, DEFAULT_PIN_ROOT},
 };
@@ -20,6 +21,15 @@ pub struct PinArgs {
     /// Where the program's maps are pinned (on bpffs; mounted if absent).
     #[arg(long, default_value = DEFAULT_PIN_ROOT)]
     pin_root: PathBuf,
+}
+
+#[derive(Args, Clone)]
+pub struct FleetArgs {
+    /// Also tell every gateway of the fleet sharing this Redis (the
+    /// `[redis] url` of their configuration), so each applies it to its own
+    /// kernel.
+    #[arg(long, value_name = "URL")]
+    redis: Option<String>,
 }
 
 #[derive(Args, Clone, Copy)]
@@ -86,6 +96,8 @@ pub enum XdpCommand {
         refuse_if_full: bool,
         #[command(flatten)]
         pins: PinArgs,
+        #[command(flatten)]
+        fleet: FleetArgs,
     },
     /// Lift the ban of exactly ADDR (an address or a CIDR) at once.
     Unban {
@@ -93,6 +105,8 @@ pub enum XdpCommand {
         addr: IpNet,
         #[command(flatten)]
         pins: PinArgs,
+        #[command(flatten)]
+        fleet: FleetArgs,
     },
     /// Detach a stopped gateway's program and remove its pins (bans,
     /// budgets and counters go with them).
@@ -166,6 +180,7 @@ pub fn xdp_command(command: XdpCommand) -> Result<()> {
             duration,
             refuse_if_full,
             pins,
+            fleet,
         } => {
             let nanos = u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX);
             let until = monotonic_ns().saturating_add(nanos);
@@ -191,15 +206,30 @@ pub fn xdp_command(command: XdpCommand) -> Result<()> {
                 humantime::format_duration(duration),
                 ban.offences
             );
-            Ok(())
+            let target = match is_host(&addr) {
+                true => BanTarget::Source(addr.addr()),
+                false => BanTarget::SourcePrefix(addr),
+            };
+            let update = PolicyUpdate::Ban {
+                target,
+                until_ns: until,
+                reason: ban_reason::MANUAL,
+            };
+            tell_fleet(&fleet, &update)
         }
-        XdpCommand::Unban { addr, pins } => {
+        XdpCommand::Unban { addr, pins, fleet } => {
             if open(&pins)?.unban(addr)? {
                 println!("unbanned {}", show(&addr));
             } else {
                 println!("{} was not banned", show(&addr));
             }
-            Ok(())
+            match is_host(&addr) {
+                true => tell_fleet(&fleet, &PolicyUpdate::Unban { ip: addr.addr() }),
+                false if fleet.redis.is_some() => {
+                    bail!("only an address's ban can be lifted across the fleet, not a CIDR's")
+                }
+                false => Ok(()),
+            }
         }
         XdpCommand::Detach { force, pins } => detach(&pins, force),
         XdpCommand::Budget { addr, budget, pins } => {
@@ -209,6 +239,23 @@ pub fn xdp_command(command: XdpCommand) -> Result<()> {
         }
         XdpCommand::Events(args) => events::follow(&args),
     }
+}
+
+/// Publishes `update` to the fleet's Redis, when `--redis` is given.
+fn tell_fleet(fleet: &FleetArgs, update: &PolicyUpdate) -> Result<()> {
+    let Some(url) = &fleet.redis else {
+        return Ok(());
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let node = format!("cli-{}", gateway::fleet::node_id());
+    runtime
+        .block_on(gateway::fleet::bans::publish_once(url, &node, update))
+        .context("telling the fleet")?;
+    println!("told the fleet ({})", gateway::fleet::redis::redacted(url));
+    Ok(())
 }
 
 /// An address as itself, a prefix as a CIDR.

@@ -1,6 +1,12 @@
 //! Fleet mode: several gateways acting as one through existing engines
 //! (Redis for what is fast and shared), never a home-made cluster protocol.
+//! [`bans`] carries every node's bans and tier budgets to every other
+//! node's kernel.
+pub mod bans;
 pub mod redis;
+pub mod wire;
+#[cfg(test)]
+mod wire_tests;
 
 /// This process's identity among the fleet's nodes: what it publishes is
 /// tagged with it so it can skip its own entries. Random per start, so a

@@ -14,6 +14,8 @@ pub enum RedisError {
         url: String,
         source: redis::RedisError,
     },
+    #[error("redis: {0}")]
+    Command(#[from] redis::RedisError),
 }
 
 /// Parses `url` without connecting; the URL's password is never echoed.

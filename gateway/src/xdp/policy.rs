@@ -297,6 +297,14 @@ impl<K: PolicySink> PolicySink for Split<K> {
     }
 }
 
+/// A second destination for this node's own updates (the fleet's
+/// outbox): offered each update without waiting.
+pub trait Tee: Send + Sync {
+    fn offer(&self, update: &PolicyUpdate);
+    /// Appends its metrics' exposition to `out`.
+    fn render_metrics(&self, out: &mut String);
+}
+
 /// The cheap, cloneable side that request tasks hold.
 #[derive(Clone)]
 pub struct PolicyHandle {
@@ -304,17 +312,44 @@ pub struct PolicyHandle {
     overflowed: Arc<AtomicU64>,
     full: Arc<FullCounters>,
     failed: Arc<AtomicU64>,
+    /// In fleet mode, where this node's own updates also go to be
+    /// published to the other nodes.
+    fleet: Option<Arc<dyn Tee>>,
 }
 
 impl PolicyHandle {
     /// Queues an update without waiting. `false` (and a counted overflow)
     /// when the writer is behind: the request path must never stall on it.
     pub fn submit(&self, update: PolicyUpdate) -> bool {
+        if let Some(fleet) = &self.fleet {
+            fleet.offer(&update);
+        }
         let queued = self.tx.try_send(update).is_ok();
         if !queued {
             self.overflowed.fetch_add(1, Ordering::Relaxed);
         }
         queued
+    }
+
+    /// This handle, with every update it submits also published to the
+    /// fleet through `outbox`.
+    pub fn publishing_to(mut self, outbox: Arc<dyn Tee>) -> Self {
+        self.fleet = Some(outbox);
+        self
+    }
+
+    /// This handle without the fleet: what the fleet's own updates are
+    /// applied through, so they are never published back.
+    pub fn local(&self) -> Self {
+        Self {
+            fleet: None,
+            ..self.clone()
+        }
+    }
+
+    /// Where updates are also published, in fleet mode.
+    pub fn fleet(&self) -> Option<&dyn Tee> {
+        self.fleet.as_deref()
     }
 
     /// Updates dropped because the queue was full.
@@ -358,6 +393,7 @@ pub fn channel(capacity: usize) -> (PolicyHandle, PolicyWriter) {
             overflowed: Arc::default(),
             full: full.clone(),
             failed: failed.clone(),
+            fleet: None,
         },
         PolicyWriter {
             rx,
