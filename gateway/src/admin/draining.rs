@@ -55,3 +55,32 @@ pub(super) fn retry_elsewhere(response: &mut AdminResponse) {
     headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
     headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
 }
+
+#[cfg(test)]
+mod tests {
+    use http_body_util::BodyExt;
+
+    use super::*;
+    use crate::reload::{Drain, ReloadError};
+
+    #[tokio::test]
+    async fn a_change_refused_while_draining_is_a_503_to_retry_on_a_new_connection() {
+        for error in [
+            AdminError::Draining(Drain::HandedOff),
+            AdminError::Reload(ReloadError::Draining(Drain::ShuttingDown)),
+        ] {
+            let response = error.into_response();
+            assert_eq!(response.status(), http::StatusCode::SERVICE_UNAVAILABLE);
+            let headers = response.headers();
+            assert_eq!(headers[header::RETRY_AFTER], "1");
+            assert_eq!(headers[header::CONNECTION], "close");
+            let body = response.into_body().collect().await.unwrap().to_bytes();
+            let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            assert_eq!(body["error"], CODE);
+            assert!(
+                body["message"].as_str().unwrap().contains("draining"),
+                "{body}"
+            );
+        }
+    }
+}
