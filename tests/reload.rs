@@ -3,7 +3,9 @@
 //! error through 20 reloads, half of them invalid; a changed tier limit is
 //! in force at once while an unchanged tier keeps its limiter state;
 //! listeners are added and removed; invalid files are refused naming the
-//! key path, and the CLI exits non-zero on them.
+//! key path, and the CLI exits non-zero on them; a refused reload leaves
+//! the kernel's maps as they were, and a gateway draining after a restart
+//! refuses reloads.
 #![allow(clippy::unwrap_used, reason = "tests: a panic is the failure report")]
 
 #[path = "reload/support.rs"]
@@ -14,6 +16,12 @@ mod listeners;
 
 #[path = "reload/files.rs"]
 mod files;
+
+#[path = "reload/kernel.rs"]
+mod kernel;
+
+#[path = "reload/draining.rs"]
+mod draining;
 
 use std::{
     sync::{

@@ -3,7 +3,7 @@
 use std::{
     io::{BufRead, BufReader, Read, Write},
     net::{SocketAddr, TcpStream},
-    path::PathBuf,
+    path::{Path, PathBuf},
     time::{Duration, Instant},
 };
 
@@ -44,23 +44,24 @@ pub fn reload(gateway: &Gateway, key: &str) -> Reply {
 /// Sends SIGHUP and waits (at most 10 s) until the log shows its outcome:
 /// one more "configuration reloaded" or "reload refused" line.
 pub fn hangup(gateway: &Gateway) -> String {
-    let outcomes = |text: &str| {
-        text.lines()
-            .filter(|l| l.contains("configuration reloaded") || l.contains("reload refused"))
-            .count()
-    };
-    let before = outcomes(&gateway.stderr_text());
-    let pid = libc::pid_t::try_from(gateway.pid().unwrap()).unwrap();
+    hangup_process(gateway.pid().unwrap(), || gateway.stderr_text())
+}
+
+/// [`hangup`] for the process `pid` whose log `log` reads (an old
+/// gateway after a restart).
+pub fn hangup_process(pid: u32, log: impl Fn() -> String) -> String {
+    let is_outcome =
+        |l: &&str| l.contains("configuration reloaded") || l.contains("reload refused");
+    let outcomes = |text: &str| text.lines().filter(is_outcome).count();
+    let before = outcomes(&log());
+    let pid = libc::pid_t::try_from(pid).unwrap();
     // SAFETY: signalling our own child.
     unsafe { libc::kill(pid, libc::SIGHUP) };
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let text = gateway.stderr_text();
+        let text = log();
         if outcomes(&text) > before {
-            let last = text
-                .lines()
-                .rev()
-                .find(|l| l.contains("configuration reloaded") || l.contains("reload refused"));
+            let last = text.lines().rev().find(is_outcome);
             return last.unwrap_or_default().to_owned();
         }
         assert!(
@@ -69,6 +70,28 @@ pub fn hangup(gateway: &Gateway) -> String {
         );
         pause(Duration::from_millis(20));
     }
+}
+
+/// The maps a reload writes (protected ports, allow-list, config), as
+/// `bpftool` dumps them from the pins under `root`: bytes, to compare.
+pub fn policy_maps(root: &Path) -> serde_json::Value {
+    let dump = |map: &str| {
+        let output = std::process::Command::new("bpftool")
+            .args(["-j", "map", "dump", "pinned"])
+            .arg(root.join(map))
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "bpftool map dump {map}: {output:?}"
+        );
+        serde_json::from_slice::<serde_json::Value>(&output.stdout).unwrap()
+    };
+    serde_json::json!({
+        "GW_PORTS": dump("GW_PORTS"),
+        "GW_ALLOW": dump("GW_ALLOW"),
+        "GW_CONFIG": dump("GW_CONFIG"),
+    })
 }
 
 /// An HTTP/1.1 connection kept open for many requests.

@@ -309,6 +309,13 @@ impl Gateway {
         self.stderr_lines.lock().unwrap().join("\n")
     }
 
+    /// This process's log (stderr, with [`GatewayBuilder::capture_stderr`]),
+    /// still readable after [`Gateway::start_successor`] makes this stand
+    /// for the new process.
+    pub fn stderr_log(&self) -> StderrLog {
+        StderrLog(self.stderr_lines.clone())
+    }
+
     /// The gateway process, for a test to signal and wait for itself.
     pub fn take_child(&mut self) -> Child {
         self.child.take().expect("the gateway is running")
@@ -340,6 +347,15 @@ impl Gateway {
         let _ = child.kill();
         let _ = child.wait();
         false
+    }
+}
+
+/// One process's log lines (see [`Gateway::stderr_log`]).
+pub struct StderrLog(Arc<Mutex<Vec<String>>>);
+
+impl StderrLog {
+    pub fn text(&self) -> String {
+        self.0.lock().unwrap().join("\n")
     }
 }
 

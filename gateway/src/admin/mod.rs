@@ -26,12 +26,18 @@
 //!   in force with reason and time left; XDP counters; upstream health),
 //!   bounded in size. See [`top`].
 //!
+//! While the gateway drains (it handed its kernel path to a gateway that
+//! took over from it, or it is shutting down) every change (`POST
+//! /v1/reload`, management writes) is answered 503 `draining` with
+//! `Retry-After` and `Connection: close`: see [`draining`].
+//!
 //! The `/v1/management`, `/v1/xdp`, `/v1/top` and `/v1/reload` endpoints take an admin key (`gateway keys
 //! bootstrap`, or `create --admin`) in `Authorization: Bearer`. A key with
 //! the `admin:read` scope may only read; other admin keys may also change.
 //! Other keys get 403. Every change is one line in the audit log.
 pub mod audit;
 mod clients;
+mod draining;
 pub mod events;
 mod scrape;
 mod spec;
@@ -52,7 +58,7 @@ use crate::{
     config::Config,
     keys::{Client, KeyIndex, KeyRejection, KeyStore},
     metrics::Gauges,
-    reload::{ReloadError, Reloader},
+    reload::{Drain, ReloadError, Reloader},
     shared::Shared,
     xdp::{EventHub, PinnedMaps},
 };
@@ -126,6 +132,8 @@ pub(crate) enum AdminError {
     Store(#[from] crate::keys::StoreError),
     #[error("{0}")]
     Reload(#[from] ReloadError),
+    #[error("this gateway is draining ({0}); retry: a new connection reaches the one in charge")]
+    Draining(Drain),
 }
 
 impl AdminError {
@@ -147,6 +155,9 @@ impl AdminError {
             AdminError::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "store_error"),
             AdminError::Reload(ReloadError::Invalid(_)) => {
                 (StatusCode::UNPROCESSABLE_ENTITY, "invalid_config")
+            }
+            AdminError::Draining(_) | AdminError::Reload(ReloadError::Draining(_)) => {
+                (StatusCode::SERVICE_UNAVAILABLE, draining::CODE)
             }
             AdminError::Reload(_) => (StatusCode::CONFLICT, "reload_refused"),
         }
@@ -173,6 +184,9 @@ impl AdminError {
         }
         if let Some(allow) = allow {
             (response.headers_mut()).insert(header::ALLOW, HeaderValue::from_static(allow));
+        }
+        if code == draining::CODE {
+            draining::retry_elsewhere(&mut response);
         }
         response
     }
@@ -273,9 +287,16 @@ impl Admin {
 
     /// Serves until the runtime stops: at most [`MAX_CONNECTIONS`] at once,
     /// each with `limits.request_timeout` to send a request's headers.
+    /// Stops accepting once the kernel path is handed off (see [`draining`]).
     pub async fn serve(self: Arc<Self>, listener: TcpListener) {
+        let handed_off = draining::until_handed_off(self.reloader.clone());
+        tokio::pin!(handed_off);
         loop {
-            let (stream, peer) = match listener.accept().await {
+            let accepted = tokio::select! {
+                accepted = listener.accept() => accepted,
+                () = &mut handed_off => return draining::stop_accepting(&listener),
+            };
+            let (stream, peer) = match accepted {
                 Ok(accepted) => accepted,
                 Err(error) => {
                     tracing::warn!(%error, "admin accept failed");
@@ -440,7 +461,11 @@ impl Admin {
     }
 
     fn authorize(&self, req: &Request<Incoming>, access: Access) -> Result<Client, AdminError> {
-        admit(&self.shared.keys, bearer(req)?, access)
+        let client = admit(&self.shared.keys, bearer(req)?, access)?;
+        if access == Access::Write {
+            draining::refuse_changes(self.reloader.as_deref())?;
+        }
+        Ok(client)
     }
 
     /// Makes a store change visible to the request path now, not at the

@@ -1,10 +1,12 @@
 //! `gateway reload`: asks the running gateway (its admin API) to re-read
 //! its configuration file, like SIGHUP, and prints what changed, or why
 //! the file was refused (then exits non-zero; nothing changed).
+use std::time::Duration;
+
 use anyhow::Result;
 use clap::Args;
-use gateway::admin_client;
-use http::Method;
+use gateway::admin_client::{self, AdminClientError};
+use http::{Method, StatusCode};
 
 use super::block_on;
 
@@ -19,13 +21,31 @@ pub struct ReloadArgs {
     json: bool,
 }
 
+/// Tries of a reload a draining gateway answers 503: during a restart's
+/// overlap the old one may still hold the connection; a new one reaches
+/// the gateway that took over.
+const ATTEMPTS: u32 = 5;
+const RETRY_AFTER: Duration = Duration::from_millis(200);
+
 pub fn reload(args: ReloadArgs) -> Result<()> {
-    let report = block_on(admin_client::call(
-        &args.admin_url,
-        Method::POST,
-        "/v1/reload",
-        None,
-    ))??;
+    let report = block_on(async {
+        let mut attempt = 1;
+        loop {
+            let answer =
+                admin_client::call(&args.admin_url, Method::POST, "/v1/reload", None).await;
+            match answer {
+                Err(AdminClientError::Refused {
+                    status: StatusCode::SERVICE_UNAVAILABLE,
+                    message,
+                }) if attempt < ATTEMPTS => {
+                    eprintln!("{message}; retrying");
+                    tokio::time::sleep(RETRY_AFTER).await;
+                    attempt += 1;
+                }
+                answer => return answer,
+            }
+        }
+    })??;
     if args.json {
         println!("{report}");
         return Ok(());

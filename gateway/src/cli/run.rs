@@ -261,10 +261,7 @@ pub fn run(args: RunArgs) -> Result<()> {
             &shared,
             started.active,
             workers,
-            kernel
-                .as_ref()
-                .and_then(KernelPath::pin_root)
-                .map(Path::to_path_buf),
+            kernel.as_ref().and_then(KernelPath::writes),
         ));
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let admin_socket = match config.admin.enabled {
@@ -318,6 +315,8 @@ pub fn run(args: RunArgs) -> Result<()> {
         let (release, releases) = tokio::sync::mpsc::channel(1);
         let offering = offer.map(|offer| tokio::spawn(offer.serve(Some(release))));
         super::takeover::until_shutdown(wait_for_shutdown(), releases, kernel.as_mut()).await?;
+        // A draining gateway refuses reloads (a SIGHUP could add listeners).
+        reloader.shutting_down();
         tracing::info!(
             drain_timeout = ?config.limits.drain_timeout,
             "shutting down: closing listeners, draining connections"

@@ -93,6 +93,17 @@ impl XdpConfig {
         at.within("max_bans", self.max_bans, Self::ENTRIES)?;
         at.within("max_prefix_bans", self.max_prefix_bans, Self::ENTRIES)?;
         at.within("max_sources", self.max_sources, Self::ENTRIES)?;
+        // Refused here, not half-written by a reload that fills the trie.
+        let capacity = MapSizes::default().allow as usize;
+        if self.allow.len() > capacity {
+            return Err(at.invalid(
+                "allow",
+                format!(
+                    "lists {} networks; the kernel's allow-list holds at most {capacity}",
+                    self.allow.len()
+                ),
+            ));
+        }
         if self.syn_flood_rate != 0 && self.syn_cookies == SynCookies::Off {
             return Err(at.invalid(
                 "syn_flood_rate",
@@ -310,6 +321,27 @@ mod tests {
         assert!(error.to_string().contains("bans_full"), "{error}");
         let error = Config::parse(&format!("{base}max_prefix_bans = 0\n")).unwrap_err();
         assert!(error.to_string().contains("xdp.max_prefix_bans"), "{error}");
+    }
+
+    #[test]
+    fn an_allow_list_longer_than_the_kernel_trie_is_refused_naming_its_key() {
+        let allow = |n: usize| {
+            let nets: Vec<String> = (0..n)
+                .map(|i| format!("\"10.{}.{}.0/24\"", i / 256, i % 256))
+                .collect();
+            let text = format!(
+                "[[listeners]]\naddress = \"127.0.0.1:8080\"\n[xdp]\nallow = [{}]\n",
+                nets.join(", ")
+            );
+            Config::parse(&text)
+        };
+        let capacity = gateway_common::DEFAULT_ALLOW_ENTRIES as usize;
+        assert_eq!(allow(capacity).unwrap().xdp.allow.len(), capacity);
+        let error = allow(capacity + 1).unwrap_err().to_string();
+        assert!(
+            error.contains("xdp.allow") && error.contains("at most 1024"),
+            "{error}"
+        );
     }
 
     #[test]

@@ -14,12 +14,19 @@
 //! Keys read only at start ([`restart`]) keep their running values; the
 //! rest is applied and the answer names each of them: a restart applies
 //! them.
+//!
+//! A draining gateway refuses reloads ([`Drain`]): once it has handed its
+//! kernel path to a gateway that took over from it, the kernel's maps hold
+//! that one's policy, and during a shutdown there is nothing to reload.
 pub mod listeners;
 mod restart;
 
 use std::{
     path::PathBuf,
-    sync::{Mutex, OnceLock},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Mutex, OnceLock,
+    },
 };
 
 use serde::Serialize;
@@ -30,6 +37,7 @@ use crate::{
     handover::Offered,
     proxy::workers::{self, Workers},
     shared::Shared,
+    xdp::{KernelWrites, ReconfigureError},
 };
 
 /// The command line's overrides, applied to every configuration read.
@@ -48,6 +56,20 @@ pub enum ReloadError {
     Refused(String),
     #[error("the gateway is still starting; reload again once it is ready")]
     Starting,
+    #[error("this gateway is draining: {0}")]
+    Draining(Drain),
+}
+
+/// Why a gateway refuses reloads (and admin writes) while it drains.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Drain {
+    #[error(
+        "it handed its kernel path to the gateway that took over from it, which now owns the \
+         kernel's maps and answers on the same admin address: reload that one"
+    )]
+    HandedOff,
+    #[error("it is shutting down")]
+    ShuttingDown,
 }
 
 /// What a reload changed.
@@ -81,7 +103,9 @@ pub struct Reloader {
     /// Worker threads (each binds its own socket of a new listener).
     worker_count: usize,
     /// The kernel path's maps, when XDP is attached.
-    pin_root: Option<PathBuf>,
+    kernel: Option<KernelWrites>,
+    /// Set when the gateway starts shutting down.
+    shutting_down: AtomicBool,
     workers: OnceLock<Workers>,
     /// The sockets offered to a restart, kept to the listeners in force.
     offered: OnceLock<Offered>,
@@ -96,14 +120,15 @@ impl Reloader {
         shared: &Shared,
         listeners: Vec<Active>,
         worker_count: usize,
-        pin_root: Option<PathBuf>,
+        kernel: Option<KernelWrites>,
     ) -> Self {
         let next_id = listeners.len();
         Self {
             file,
             overrides,
             worker_count,
-            pin_root,
+            kernel,
+            shutting_down: AtomicBool::new(false),
             workers: OnceLock::new(),
             offered: OnceLock::new(),
             running: Mutex::new(Running {
@@ -143,6 +168,30 @@ impl Reloader {
         (running.generation, running.config.clone())
     }
 
+    /// Why this gateway refuses reloads now, if it does.
+    pub fn draining(&self) -> Option<Drain> {
+        if self.kernel.as_ref().is_some_and(KernelWrites::handed_off) {
+            Some(Drain::HandedOff)
+        } else if self.shutting_down.load(Ordering::Relaxed) {
+            Some(Drain::ShuttingDown)
+        } else {
+            None
+        }
+    }
+
+    /// Returns once the kernel path is handed off (never without one).
+    pub async fn until_handed_off(&self) {
+        match &self.kernel {
+            Some(kernel) => kernel.until_handed_off().await,
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Refuses reloads from now on: the gateway is shutting down.
+    pub fn shutting_down(&self) {
+        self.shutting_down.store(true, Ordering::Relaxed);
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Running> {
         self.running.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -150,6 +199,9 @@ impl Reloader {
     /// Re-reads the file and applies it, or refuses it and changes nothing.
     /// One at a time; blocks (files, sockets, the kernel's maps).
     pub fn reload(&self) -> Result<ReloadReport, ReloadError> {
+        if let Some(drain) = self.draining() {
+            return Err(ReloadError::Draining(drain));
+        }
         let file = self.file.clone().ok_or(ReloadError::NoFile)?;
         let workers = self.workers.get().ok_or(ReloadError::Starting)?;
         let mut running = self.lock();
@@ -200,9 +252,11 @@ impl Reloader {
         // Rewriting the port table is 65,536 map calls: only on a change.
         let kernel_changed =
             format!("{kernel:?}") != format!("{:?}", running.config.xdp_settings());
-        if let Some(root) = self.pin_root.as_ref().filter(|_| kernel_changed) {
-            crate::xdp::reconfigure(root, &kernel).map_err(|error| {
-                ReloadError::Refused(format!("writing the kernel's settings: {error}"))
+        if let Some(writes) = self.kernel.as_ref().filter(|_| kernel_changed) {
+            // All or nothing; refused if handed off since the check above.
+            writes.reconfigure(&kernel).map_err(|error| match error {
+                ReconfigureError::HandedOff => ReloadError::Draining(Drain::HandedOff),
+                error => ReloadError::Refused(format!("writing the kernel's settings: {error}")),
             })?;
         }
 

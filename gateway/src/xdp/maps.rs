@@ -8,11 +8,16 @@ use std::{
     sync::atomic::{AtomicU64, Ordering},
 };
 
-use aya::maps::{Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray};
+use aya::maps::{
+    lpm_trie::Key, Array, HashMap, IterableMap, LpmTrie, Map, MapData, MapError, PerCpuArray,
+};
 use gateway_common::{maps, Ban, Budget, Config, Counter, SourceAddr};
 use ipnet::IpNet;
 
-use super::full::{Evictor, WhenFull};
+use super::{
+    full::{Evictor, WhenFull},
+    reconfigure::{allow_swap, entry, port_table, AllowKey},
+};
 use crate::{clock::monotonic_ns, net::allow_key};
 
 #[derive(Debug, thiserror::Error)]
@@ -25,6 +30,12 @@ pub enum MapsError {
     Layout { path: PathBuf, source: MapError },
     #[error("map {map} is full")]
     Full { map: &'static str },
+    #[error("map {map} holds at most {capacity} entries; {wanted} were asked for")]
+    TooMany {
+        map: &'static str,
+        wanted: usize,
+        capacity: usize,
+    },
     #[error("{op} on map {map} failed: {source}")]
     Op {
         op: &'static str,
@@ -138,50 +149,73 @@ impl PinnedMaps {
     }
 
     /// Makes the allow-list exactly `nets` (an adopted map may hold CIDRs
-    /// the configuration no longer lists): adds first, then removes, so a
-    /// CIDR in both lists is never dropped for a moment.
+    /// the configuration no longer lists); see [`Self::set_allow_keys`].
     pub fn set_allow_list(&mut self, nets: &[IpNet]) -> Result<(), MapsError> {
-        let wanted: Vec<_> = nets.iter().map(allow_key).collect();
-        for key in &wanted {
+        let wanted: Vec<_> = nets.iter().map(|net| entry(&allow_key(net))).collect();
+        self.set_allow_keys(&wanted)
+    }
+
+    /// The allow-list's entries as they are now.
+    pub(super) fn allow_keys(&self) -> Result<Vec<AllowKey>, MapsError> {
+        (self.allow.keys())
+            .map(|key| key.map(|key| entry(&key)))
+            .collect::<Result<_, _>>()
+            .map_err(op("iterate", maps::ALLOW))
+    }
+
+    /// Entries the allow-list's trie holds at most.
+    pub(super) fn allow_capacity(&self) -> Result<usize, MapsError> {
+        let info = IterableMap::map(&self.allow)
+            .info()
+            .map_err(op("info", maps::ALLOW))?;
+        Ok(usize::try_from(info.max_entries()).unwrap_or(usize::MAX))
+    }
+
+    /// Makes the allow-list exactly `wanted`: adds first, then removes, so
+    /// a CIDR in both lists is never dropped for a moment; stale entries go
+    /// first only as far as the trie needs room (see [`allow_swap`]).
+    pub(super) fn set_allow_keys(&mut self, wanted: &[AllowKey]) -> Result<(), MapsError> {
+        let swap = allow_swap(&self.allow_keys()?, wanted, self.allow_capacity()?)?;
+        for key in &swap.make_room {
+            self.remove_allowed(key)?;
+        }
+        for &(prefix_len, data) in &swap.insert {
             self.allow
-                .insert(key, 1, 0)
+                .insert(&Key::new(prefix_len, data), 1, 0)
                 .map_err(op("insert", maps::ALLOW))?;
         }
-        let present: Vec<_> = self
-            .allow
-            .keys()
-            .collect::<Result<_, _>>()
-            .map_err(op("iterate", maps::ALLOW))?;
-        for key in present {
-            let listed = wanted
-                .iter()
-                .any(|w| w.prefix_len() == key.prefix_len() && w.data() == key.data());
-            if !listed {
-                match self.allow.remove(&key) {
-                    Ok(()) | Err(MapError::KeyNotFound) => {}
-                    Err(source) => return Err(op("remove", maps::ALLOW)(source)),
-                }
-            }
+        for key in &swap.stale {
+            self.remove_allowed(key)?;
         }
         self.publish()
+    }
+
+    fn remove_allowed(&mut self, &(prefix_len, data): &AllowKey) -> Result<(), MapsError> {
+        match self.allow.remove(&Key::new(prefix_len, data)) {
+            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Err(source) => Err(op("remove", maps::ALLOW)(source)),
+        }
     }
 
     /// Makes the protected ports exactly `ports` (an adopted map may
     /// protect ports the configuration no longer lists).
     pub fn set_protected_ports(&mut self, ports: &[u16]) -> Result<(), MapsError> {
-        // A table, not `ports.contains` per port: 65,536 ports listed would
-        // be 2^32 comparisons.
-        let mut listed = vec![false; usize::from(u16::MAX) + 1];
-        for &port in ports {
-            listed[usize::from(port)] = true;
-        }
-        for (index, &listed) in (0u32..).zip(&listed) {
-            let wanted = u8::from(listed);
-            let current = self
-                .ports
-                .get(&index, 0)
-                .map_err(op("lookup", maps::PORTS))?;
-            if current != wanted {
+        let current = self.port_table()?;
+        self.write_ports(&current, &port_table(ports))
+    }
+
+    /// The port map as it is: one byte per port, 1 = protected.
+    pub(super) fn port_table(&self) -> Result<Vec<u8>, MapsError> {
+        (0..=u32::from(u16::MAX))
+            .map(|index| self.ports.get(&index, 0))
+            .collect::<Result<_, _>>()
+            .map_err(op("lookup", maps::PORTS))
+    }
+
+    /// Writes the ports where `to` differs from `from` (what the map holds).
+    pub(super) fn write_ports(&mut self, from: &[u8], to: &[u8]) -> Result<(), MapsError> {
+        for ((index, &was), &wanted) in (0u32..).zip(from).zip(to) {
+            if was != wanted {
                 self.ports
                     .set(index, wanted, 0)
                     .map_err(op("update", maps::PORTS))?;

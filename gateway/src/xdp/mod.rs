@@ -22,6 +22,7 @@ mod handoff;
 mod loaded;
 pub mod maps;
 pub mod policy;
+mod reconfigure;
 pub mod syncookies;
 
 use std::{
@@ -43,6 +44,7 @@ pub use full::{FullCounters, WhenFull, Written};
 pub use loaded::process_alive;
 pub use maps::{Counters, MapsError, PinnedMaps};
 pub use policy::{PolicyHandle, PolicySink, PolicyWriter, Split, UserspaceBans};
+pub use reconfigure::{KernelWrites, ReconfigureError};
 
 use crate::guard::PolicyUpdate;
 use loaded::Loaded;
@@ -256,6 +258,9 @@ pub struct KernelPath {
     events: EventHub,
     bans_full: WhenFull,
     handed_off: handoff::HandedOff,
+    /// Tells [`KernelWrites::until_handed_off`] (the admin listener stops
+    /// accepting then).
+    handed_off_notice: tokio::sync::watch::Sender<bool>,
 }
 
 impl KernelPath {
@@ -271,6 +276,7 @@ impl KernelPath {
                 events,
                 bans_full: settings.bans_full,
                 handed_off: Default::default(),
+                handed_off_notice: tokio::sync::watch::Sender::new(false),
             }),
             Err(error) if !settings.require_xdp => {
                 tracing::warn!(
@@ -287,6 +293,7 @@ impl KernelPath {
                     events,
                     bans_full: settings.bans_full,
                     handed_off: Default::default(),
+                    handed_off_notice: tokio::sync::watch::Sender::new(false),
                 })
             }
             Err(error) => Err(error),
@@ -331,8 +338,21 @@ impl KernelPath {
         if !*handed_off {
             loaded.release();
             *handed_off = true;
+            self.handed_off_notice.send_replace(true);
         }
         true
+    }
+
+    /// What a reload writes the kernel's settings with, while XDP is
+    /// attached: refused once the pin root is handed off.
+    pub fn writes(&self) -> Option<KernelWrites> {
+        self.loaded.as_ref().map(|loaded| {
+            KernelWrites::new(
+                loaded.pin_root.clone(),
+                self.handed_off.clone(),
+                self.handed_off_notice.subscribe(),
+            )
+        })
     }
 
     pub fn pin_root(&self) -> Option<&Path> {
@@ -361,24 +381,6 @@ impl PolicySink for Box<dyn PolicySink> {
     fn remove_expired_bans(&mut self, now_ns: u64) -> Result<usize, MapsError> {
         (**self).remove_expired_bans(now_ns)
     }
-}
-
-/// A configuration reload's kernel settings, written to the running
-/// program's maps under `root`: protected ports, the allow-list, mode, the
-/// default budget, UDP and the SYN flood rate. The rest (interface, pin
-/// root, map sizes, SYN cookies) is fixed until a restart.
-pub fn reconfigure(root: &Path, settings: &XdpSettings) -> Result<(), MapsError> {
-    let mut maps = PinnedMaps::open(root)?;
-    maps.set_protected_ports(&settings.ports)?;
-    maps.set_allow_list(&settings.allow)?;
-    let running = maps.config()?;
-    maps.set_config(gateway_common::Config {
-        mode: settings.mode.as_kernel(),
-        default_budget: settings.default_budget,
-        udp: settings.udp.as_kernel(),
-        syn_flood_rate: settings.syn_flood_rate,
-        ..running
-    })
 }
 
 /// The XDP link pinned under `root`, if any (its `ifindex` is 0 once the
