@@ -30,6 +30,7 @@ use crate::{
     handover::Offered,
     proxy::workers::{self, Workers},
     shared::Shared,
+    xdp::syncookies::CookieTargets,
 };
 
 /// The command line's overrides, applied to every configuration read.
@@ -85,6 +86,8 @@ pub struct Reloader {
     workers: OnceLock<Workers>,
     /// The sockets offered to a restart, kept to the listeners in force.
     offered: OnceLock<Offered>,
+    /// With `xdp.syn_cookies = "xdp"`: the listeners kept accepting cookies.
+    cookie_targets: OnceLock<CookieTargets>,
     running: Mutex<Running>,
 }
 
@@ -106,6 +109,7 @@ impl Reloader {
             pin_root,
             workers: OnceLock::new(),
             offered: OnceLock::new(),
+            cookie_targets: OnceLock::new(),
             running: Mutex::new(Running {
                 config: config.clone(),
                 generation: 0,
@@ -125,6 +129,12 @@ impl Reloader {
     /// each reload leaves.
     pub fn offer(&self, offered: Offered) {
         let _ = self.offered.set(offered);
+    }
+
+    /// Keeps the listeners kept accepting SYN cookies to those each
+    /// reload leaves.
+    pub fn keep_accepting(&self, targets: CookieTargets) {
+        let _ = self.cookie_targets.set(targets);
     }
 
     /// What the workers share now (the admin API reads quotas and pools).
@@ -262,6 +272,10 @@ impl Reloader {
             workers.add(id, sockets);
         }
         running.listeners = kept;
+        if let Some(targets) = self.cookie_targets.get() {
+            let listeners: Vec<_> = running.listeners.iter().map(|l| l.address).collect();
+            targets.update(&next.xdp_settings().ports, &listeners);
+        }
         running.shared = shared;
         running.config = next;
         running.generation += 1;
