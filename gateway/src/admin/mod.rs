@@ -49,6 +49,9 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use serde_json::json;
 use tokio::net::TcpListener;
 
+use self::auth::{admit, bearer, Access};
+use self::error::json_response;
+pub(crate) use self::error::AdminError;
 use crate::{
     clock::unix_now,
     config::Config,
@@ -61,10 +64,6 @@ use crate::{
 /// The scope that limits an admin key to reading.
 pub const READ_ONLY_SCOPE: &str = "admin:read";
 pub use spec::OPENAPI;
-
-use self::auth::{admit, bearer, Access};
-use self::error::json_response;
-pub(crate) use self::error::AdminError;
 /// Largest request body the admin API reads.
 const MAX_BODY: usize = 64 * 1024;
 /// Open admin connections; more are closed at accept. Operators and
