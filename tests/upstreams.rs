@@ -1,6 +1,7 @@
 //! Upstream behaviour end to end: active health checks take a failing
 //! server out of its pool and bring it back; WebSocket upgrades are proxied
-//! after authentication.
+//! after authentication, and an open tunnel holds a drain (SIGTERM) until
+//! it closes or `limits.drain_timeout` passes.
 #![allow(clippy::unwrap_used, reason = "tests: a panic is the failure report")]
 
 use std::{
@@ -11,7 +12,7 @@ use std::{
 };
 
 use gateway_tests::{
-    gateway::Gateway,
+    gateway::{signal_and_wait, Gateway},
     http::{EchoUpgrade, FakeUpstream},
 };
 
@@ -150,4 +151,88 @@ auth = "api_key"
         !seen.contains(&key.to_ascii_lowercase()),
         "the key reached the upstream"
     );
+}
+
+/// Bounds every wait of the drain tests.
+const WITHIN: Duration = Duration::from_secs(20);
+
+/// A gateway that proxies `/ws/` to an echoing WebSocket upstream without
+/// credentials, draining for `drain`, and a tunnel open through it that
+/// has echoed once.
+fn open_tunnel(drain: &str) -> (Gateway, TcpStream) {
+    let EchoUpgrade { addr: server, .. } = EchoUpgrade::start();
+    let gateway = Gateway::builder(&format!(
+        "[[upstreams]]\nname = \"ws\"\nservers = [\"{server}\"]\n\n\
+         [[routes]]\npath_prefix = \"/ws/\"\nupstream = \"ws\"\nauth = \"none\"\n\n\
+         [limits]\ndrain_timeout = \"{drain}\"\n"
+    ))
+    .capture_stderr()
+    .start();
+    let (accepted, mut stream) = upgrade(gateway.addr, "");
+    assert!(accepted.starts_with("HTTP/1.1 101"), "{accepted}");
+    stream.set_read_timeout(Some(WITHIN)).unwrap();
+    echo(&mut stream, b"before the drain").unwrap();
+    (gateway, stream)
+}
+
+/// Writes `bytes` into the tunnel and reads them back.
+fn echo(stream: &mut TcpStream, bytes: &[u8]) -> std::io::Result<()> {
+    stream.write_all(bytes)?;
+    let mut echoed = vec![0; bytes.len()];
+    stream.read_exact(&mut echoed)?;
+    assert_eq!(echoed, bytes);
+    Ok(())
+}
+
+/// SIGTERM to the gateway; returns once its listener refuses connections
+/// (it stopped accepting: the drain has begun).
+fn terminate(gateway: &mut Gateway) -> std::process::Child {
+    let process = gateway.take_child();
+    let pid = libc::pid_t::try_from(process.id()).unwrap();
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let deadline = Instant::now() + WITHIN;
+    while TcpStream::connect_timeout(&gateway.addr, Duration::from_secs(1)).is_ok() {
+        assert!(Instant::now() < deadline, "the listener still accepts");
+        pause(Duration::from_millis(20));
+    }
+    process
+}
+
+#[test]
+fn an_open_websocket_tunnel_holds_the_drain_until_it_closes() {
+    let (mut gateway, mut stream) = open_tunnel("30s");
+    let mut process = terminate(&mut gateway);
+    // Draining: the tunnel still carries bytes both ways, and the gateway
+    // waits for it.
+    for round in 0..3 {
+        echo(&mut stream, format!("during the drain {round}").as_bytes())
+            .expect("the tunnel is cut during the drain");
+        pause(Duration::from_millis(200));
+    }
+    assert!(
+        process.try_wait().unwrap().is_none(),
+        "the gateway exited under an open tunnel"
+    );
+    // The client closes: the tunnel ends, the drain with it.
+    drop(stream);
+    let status = signal_and_wait(&mut process, 0, WITHIN).expect("the drained gateway exits");
+    assert!(status.success(), "exited with {status}");
+    let log = gateway.stderr_text();
+    assert!(!log.contains("drain_timeout passed"), "{log}");
+}
+
+#[test]
+fn an_open_websocket_tunnel_is_cut_at_the_drain_deadline() {
+    let (mut gateway, mut stream) = open_tunnel("2s");
+    let mut process = terminate(&mut gateway);
+    echo(&mut stream, b"during the drain").expect("the tunnel is cut during the drain");
+    let status =
+        signal_and_wait(&mut process, 0, WITHIN).expect("the gateway exits at its deadline");
+    assert!(status.success(), "exited with {status}");
+    // Cut: the client sees its connection end.
+    let mut byte = [0u8; 1];
+    assert!(matches!(stream.read(&mut byte), Ok(0) | Err(_)));
+    let log = gateway.stderr_text();
+    assert!(log.contains("drain_timeout passed"), "{log}");
 }

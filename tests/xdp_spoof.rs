@@ -18,6 +18,7 @@ use std::{
 
 use gateway_tests::{
     gateway::{gateway_bin, Gateway},
+    http::pause,
     netns::{Listener, Topology, CLIENT_IF, CLIENT_V4, CLIENT_V6, SERVER_V4, SERVER_V6},
     packet::{RawSender, TcpFrame},
     require_root,
@@ -344,4 +345,50 @@ fn a_flood_from_many_sources_puts_every_source_in_cookie_mode() {
         (0, 0),
         "no listener-wide rate: no cookies"
     );
+}
+
+/// With `xdp.syn_cookies = "xdp"` the gateway connects to each protected
+/// listener so that it keeps accepting XDP's cookies (a kernel stamp, set
+/// when the listener itself sends a cookie). A listener a reload adds is
+/// one of them at once: the reload is followed by the listener's own SYN
+/// cookie (`TcpExt:SyncookiesSent`; `tcp_syncookies = 2` answers every
+/// SYN with one), with no connect from the test in between.
+#[test]
+fn a_listener_added_by_a_reload_is_kept_accepting_xdp_cookies() {
+    if !require_root("a_listener_added_by_a_reload_is_kept_accepting_xdp_cookies") {
+        return;
+    }
+    const ADDED: u16 = 8090;
+    let topology = Topology::new();
+    let gateway = Gateway::builder("")
+        .in_namespace(&topology.server)
+        .xdp(&ADDED.to_string())
+        .args(&["--syn-cookies", "xdp"])
+        .capture_stderr()
+        .start();
+    let reloaded = |log: &str| log.matches("configuration reloaded").count();
+    assert_eq!(reloaded(&gateway.stderr_text()), 0);
+    let config = std::fs::read_to_string(&gateway.config).unwrap();
+    let added = format!("\n[[listeners]]\naddress = \"{SERVER_V4}:{ADDED}\"\n");
+    std::fs::write(&gateway.config, config + &added).unwrap();
+    let before = topology.server_stat("TcpExt:SyncookiesSent");
+    let pid = libc::pid_t::try_from(gateway.pid().unwrap()).unwrap();
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(pid, libc::SIGHUP) };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while reloaded(&gateway.stderr_text()) == 0 {
+        assert!(Instant::now() < deadline, "{}", gateway.stderr_text());
+        pause(Duration::from_millis(20));
+    }
+    let log = gateway.stderr_text();
+    assert!(log.contains(&format!("{SERVER_V4}:{ADDED}")), "{log}");
+    // The refresh comes every 30 s otherwise: 10 s tells them apart.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while topology.server_stat("TcpExt:SyncookiesSent") == before {
+        assert!(
+            Instant::now() < deadline,
+            "the added listener sent no SYN cookie after the reload"
+        );
+        pause(Duration::from_millis(50));
+    }
 }

@@ -1,76 +1,25 @@
 //! Prometheus metrics, served as text by the admin listener's `/metrics`.
 //!
-//! Request counts live per worker (an uncontended lock each: the worker
-//! records, a scrape sums), gauges and kernel counters are read at scrape
-//! time. Labels are bounded by configuration: route, tier, status, reason,
+//! Request counts live per worker (see [`recorders`]), gauges and kernel
+//! counters are read at scrape time. Labels are bounded by configuration: route, tier, status, reason,
 //! upstream; never a client id or an address.
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::BTreeMap,
     fmt::Write as _,
     sync::{atomic::Ordering, Arc, Mutex},
 };
 
 pub mod ops;
+mod recorders;
+
+use recorders::{Labels, Named, Recorders, Registry};
+pub use recorders::{Outcome, Recorder};
 
 use crate::{
     guard::GuardCounters,
     histogram::{Histogram, BUCKETS_US},
     xdp::{Counters, FullCounters},
 };
-
-/// What one worker counted since start.
-#[derive(Debug, Default)]
-struct Counts {
-    /// (route, tier rank + 1 or 0 for none, status) → requests.
-    requests: HashMap<(Option<usize>, usize, u16), u64>,
-    /// Refused or missing credentials by reason.
-    auth_failures: HashMap<&'static str, u64>,
-    /// Requests shed for overload, by tier rank + 1.
-    shed: HashMap<usize, u64>,
-    /// Requests refused by a ban the gateway enforces, by what is banned.
-    banned: HashMap<&'static str, u64>,
-}
-
-/// One request's labels, as the access log knows them.
-/// Error codes and reasons are the gateway's own `&'static str`s, so they
-/// are bounded label values.
-pub struct Outcome {
-    pub route: Option<usize>,
-    pub tier: Option<usize>,
-    pub status: u16,
-    pub error: Option<&'static str>,
-    pub detail: Option<&'static str>,
-}
-
-/// A worker's handle: records without touching other workers' state.
-pub struct Recorder(Arc<Mutex<Counts>>);
-
-impl Recorder {
-    pub fn record(&self, outcome: &Outcome) {
-        let mut counts = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        let tier = outcome.tier.map_or(0, |rank| rank + 1);
-        *counts
-            .requests
-            .entry((outcome.route, tier, outcome.status))
-            .or_default() += 1;
-        match outcome.error {
-            // `invalid_client`: a refused secret at the token endpoint.
-            Some(
-                code @ ("missing_credential" | "invalid_credential" | "invalid_token"
-                | "invalid_client"),
-            ) => {
-                let reason = outcome.detail.unwrap_or(code);
-                *counts.auth_failures.entry(reason).or_default() += 1;
-            }
-            Some("overloaded") => *counts.shed.entry(tier).or_default() += 1,
-            Some("banned") => {
-                let ban = outcome.detail.unwrap_or("source");
-                *counts.banned.entry(ban).or_default() += 1;
-            }
-            _ => {}
-        }
-    }
-}
 
 /// Everything read at scrape time rather than counted per request.
 pub struct Gauges<'a> {
@@ -95,40 +44,17 @@ pub struct PoolGauge<'a> {
 pub struct Metrics {
     /// The names the next recorders' indices mean.
     labels: Mutex<Arc<Labels>>,
-    /// Every recorder's counts with the names they were counted under, so
-    /// a reload that reorders routes or tiers keeps each count's labels.
-    workers: Mutex<Vec<Counted>>,
-}
-
-/// One recorder's counts and the names its indices mean.
-type Counted = (Arc<Labels>, Arc<Mutex<Counts>>);
-
-/// Route and tier names by index, as one configuration has them.
-struct Labels {
-    routes: Vec<String>,
-    tiers: Vec<String>,
-}
-
-impl Labels {
-    fn route(&self, index: Option<usize>) -> &str {
-        index
-            .and_then(|i| self.routes.get(i))
-            .map_or("none", String::as_str)
-    }
-
-    fn tier(&self, index: usize) -> &str {
-        match index {
-            0 => "none",
-            n => self.tiers.get(n - 1).map_or("unknown", String::as_str),
-        }
-    }
+    /// Every live recorder's counts with the names they are counted
+    /// under (so a reload that reorders routes or tiers keeps each
+    /// count's labels), and what dropped recorders counted.
+    recorders: Registry,
 }
 
 impl Metrics {
     pub fn new(routes: Vec<String>, tiers: Vec<String>) -> Self {
         Self {
             labels: Mutex::new(Arc::new(Labels { routes, tiers })),
-            workers: Mutex::default(),
+            recorders: Registry::default(),
         }
     }
 
@@ -138,50 +64,36 @@ impl Metrics {
         *self.labels.lock().unwrap_or_else(|p| p.into_inner()) = Arc::new(Labels { routes, tiers });
     }
 
-    /// A recorder for one worker.
+    /// A recorder for one worker's gateway; its counts join the totals
+    /// when it is dropped.
     pub fn recorder(&self) -> Recorder {
         let labels = self
             .labels
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
-        let counts = Arc::new(Mutex::new(Counts::default()));
-        self.workers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push((labels, counts.clone()));
-        Recorder(counts)
+        Recorders::recorder(&self.recorders, labels)
+    }
+
+    /// How many recorders are live (one per worker gateway in use).
+    pub fn recorders(&self) -> usize {
+        Recorders::live(&self.recorders)
     }
 
     /// Requests answered so far by (route, tier, status), every worker's
     /// counts under the names they were counted with.
     pub fn requests(&self) -> BTreeMap<(String, String, u16), u64> {
-        let mut requests: BTreeMap<(String, String, u16), u64> = BTreeMap::new();
-        for (labels, worker) in self
-            .workers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-        {
-            let counts = worker.lock().unwrap_or_else(|p| p.into_inner());
-            for ((route, tier, status), n) in &counts.requests {
-                let key = (
-                    labels.route(*route).to_owned(),
-                    labels.tier(*tier).to_owned(),
-                    *status,
-                );
-                *requests.entry(key).or_default() += n;
-            }
-        }
-        requests
+        Recorders::named(&self.recorders).requests
     }
 
     /// The Prometheus text exposition.
     pub fn render(&self, gauges: &Gauges<'_>) -> String {
-        let requests = self.requests();
-        let mut auth: BTreeMap<&'static str, u64> = BTreeMap::new();
-        let mut shed: BTreeMap<String, u64> = BTreeMap::new();
-        let mut banned: BTreeMap<&'static str, u64> = BTreeMap::new();
+        let Named {
+            requests,
+            auth_failures: auth,
+            mut shed,
+            mut banned,
+        } = Recorders::named(&self.recorders);
         let current = self
             .labels
             .lock()
@@ -191,23 +103,6 @@ impl Metrics {
         let mut tiers: Vec<String> = (0..=current.tiers.len())
             .map(|i| current.tier(i).to_owned())
             .collect();
-        for (labels, worker) in self
-            .workers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-        {
-            let counts = worker.lock().unwrap_or_else(|p| p.into_inner());
-            for (key, n) in &counts.auth_failures {
-                *auth.entry(key).or_default() += n;
-            }
-            for (tier, n) in &counts.shed {
-                *shed.entry(labels.tier(*tier).to_owned()).or_default() += n;
-            }
-            for (key, n) in &counts.banned {
-                *banned.entry(key).or_default() += n;
-            }
-        }
         let mut out = String::new();
         header(
             &mut out,
@@ -543,5 +438,38 @@ mod tests {
         ] {
             assert!(text.contains(line), "missing {line:?} in\n{text}");
         }
+    }
+
+    /// Each reload gives every worker a new gateway and recorder: the old
+    /// ones are dropped and their counts kept, under their names.
+    #[test]
+    fn reloads_do_not_pile_up_recorders_and_keep_the_counts() {
+        let metrics = Metrics::new(vec!["a".into()], vec!["gold".into()]);
+        let ok = |route| Outcome {
+            route: Some(route),
+            tier: Some(0),
+            status: 200,
+            error: None,
+            detail: None,
+        };
+        let mut workers = vec![metrics.recorder(), metrics.recorder()];
+        workers[0].record(&ok(0));
+        let after_start = metrics.recorders();
+        for reload in 0..50 {
+            // Route "a" moves to index 1 under the new names.
+            metrics.relabel(
+                vec![format!("new{reload}"), "a".into()],
+                vec!["gold".into()],
+            );
+            workers = workers.iter().map(|_| metrics.recorder()).collect();
+            workers[1].record(&ok(1));
+        }
+        assert_eq!(metrics.recorders(), after_start);
+        assert_eq!(metrics.recorders(), 2);
+        let requests = metrics.requests();
+        assert_eq!(requests[&("a".into(), "gold".into(), 200)], 51);
+        drop(workers);
+        assert_eq!(metrics.recorders(), 0);
+        assert_eq!(metrics.requests()[&("a".into(), "gold".into(), 200)], 51);
     }
 }

@@ -164,21 +164,25 @@ impl Topology {
     }
 
     /// One of the server namespace's IP stack counters: `Ip:ReasmReqds`,
-    /// `Tcp:InCsumErrors` (from `/proc/net/snmp`) or `Ip6ReasmReqds` (from
+    /// `Tcp:InCsumErrors` (from `/proc/net/snmp`), `TcpExt:SyncookiesSent`
+    /// (from `/proc/net/netstat`) or `Ip6ReasmReqds` (from
     /// `/proc/net/snmp6`): what reached the stack behind XDP.
     pub fn server_stat(&self, name: &str) -> u64 {
         let name = name.to_owned();
         self.server.run(move || {
             // thread-self: this thread's namespace, not the process's.
-            let snmp = std::fs::read_to_string("/proc/thread-self/net/snmp").unwrap();
-            let lines: Vec<&str> = snmp.lines().collect();
-            for pair in lines.chunks(2) {
-                let [names, values] = pair else { continue };
-                let (prefix, names) = names.split_once(' ').unwrap_or_default();
-                let values = values.split_whitespace().skip(1);
-                for (key, value) in names.split_whitespace().zip(values) {
-                    if format!("{prefix}{key}") == name {
-                        return value.parse().unwrap();
+            for file in ["snmp", "netstat"] {
+                let path = format!("/proc/thread-self/net/{file}");
+                let snmp = std::fs::read_to_string(path).unwrap();
+                let lines: Vec<&str> = snmp.lines().collect();
+                for pair in lines.chunks(2) {
+                    let [names, values] = pair else { continue };
+                    let (prefix, names) = names.split_once(' ').unwrap_or_default();
+                    let values = values.split_whitespace().skip(1);
+                    for (key, value) in names.split_whitespace().zip(values) {
+                        if format!("{prefix}{key}") == name {
+                            return value.parse().unwrap();
+                        }
                     }
                 }
             }

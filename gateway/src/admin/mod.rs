@@ -36,8 +36,10 @@
 //! the `admin:read` scope may only read; other admin keys may also change.
 //! Other keys get 403. Every change is one line in the audit log.
 pub mod audit;
+mod auth;
 mod clients;
 mod draining;
+mod error;
 pub mod events;
 mod scrape;
 mod spec;
@@ -46,21 +48,23 @@ mod top;
 use std::{convert::Infallible, net::SocketAddr, path::PathBuf, sync::Arc};
 
 use bytes::Bytes;
-use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use serde_json::json;
 use tokio::net::TcpListener;
 
+use self::auth::{admit, bearer, Access};
+use self::error::json_response;
+pub(crate) use self::error::AdminError;
 use crate::{
-    clock::{monotonic_ns, unix_now},
+    clock::unix_now,
     config::Config,
-    keys::{Client, KeyIndex, KeyRejection, KeyStore},
-    metrics::Gauges,
-    reload::{Drain, ReloadError, Reloader},
+    keys::{Client, KeyStore},
+    reload::Reloader,
     shared::Shared,
-    xdp::{EventHub, PinnedMaps},
+    xdp::EventHub,
 };
 
 /// The scope that limits an admin key to reading.
@@ -92,144 +96,13 @@ pub struct Admin {
     followers: Arc<tokio::sync::Semaphore>,
     /// `xdp.max_bans`, `xdp.max_prefix_bans`: the ban maps' sizes.
     ban_map_capacity: (u32, u32),
+    /// The last walk of the ban maps, which scrapes share.
+    ban_walks: scrape::WalkCache,
     /// The certificates the TLS listeners serve (for their expiry), as of
     /// the reload generation they were read at.
     certificates: std::sync::Mutex<(u64, Vec<crate::metrics::ops::Certificate>)>,
     /// `POST /v1/reload`; what the workers share since the last reload.
     reloader: Option<Arc<Reloader>>,
-}
-
-/// Why the admin API refused a request.
-#[derive(Debug, thiserror::Error)]
-pub(crate) enum AdminError {
-    #[error("an admin key is required (Authorization: Bearer <key>)")]
-    MissingCredential,
-    /// Kept whole for the guard; the message says only what a client may
-    /// see ([`KeyRejection::public_str`]).
-    #[error("the key was refused ({})", .0.public_str())]
-    InvalidCredential(KeyRejection),
-    #[error("this key may not use the admin API")]
-    NotAdmin,
-    #[error("this admin key may only read")]
-    ReadOnly,
-    #[error("no client {0:?}")]
-    UnknownClient(String),
-    #[error("no such endpoint")]
-    NotFound,
-    /// With the methods the resource has, for `Allow` (RFC 9110 15.5.6).
-    #[error("method not allowed here")]
-    MethodNotAllowed(&'static str),
-    #[error("{0}")]
-    BadRequest(String),
-    #[error("{0}")]
-    Conflict(String),
-    #[error(
-        "{} clients already follow the kernel events; try again later",
-        events::MAX_FOLLOWERS
-    )]
-    TooManyFollowers,
-    #[error("the key store failed: {0}")]
-    Store(#[from] crate::keys::StoreError),
-    #[error("{0}")]
-    Reload(#[from] ReloadError),
-    #[error("this gateway is draining ({0}); retry: a new connection reaches the one in charge")]
-    Draining(Drain),
-}
-
-impl AdminError {
-    fn status(&self) -> (StatusCode, &'static str) {
-        match self {
-            AdminError::MissingCredential => (StatusCode::UNAUTHORIZED, "missing_credential"),
-            AdminError::InvalidCredential(_) => (StatusCode::UNAUTHORIZED, "invalid_credential"),
-            AdminError::NotAdmin => (StatusCode::FORBIDDEN, "not_admin"),
-            AdminError::ReadOnly => (StatusCode::FORBIDDEN, "read_only"),
-            AdminError::UnknownClient(_) | AdminError::NotFound => {
-                (StatusCode::NOT_FOUND, "not_found")
-            }
-            AdminError::MethodNotAllowed(_) => {
-                (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed")
-            }
-            AdminError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
-            AdminError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
-            AdminError::TooManyFollowers => (StatusCode::SERVICE_UNAVAILABLE, "too_many_followers"),
-            AdminError::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "store_error"),
-            AdminError::Reload(ReloadError::Invalid(_)) => {
-                (StatusCode::UNPROCESSABLE_ENTITY, "invalid_config")
-            }
-            AdminError::Draining(_) | AdminError::Reload(ReloadError::Draining(_)) => {
-                (StatusCode::SERVICE_UNAVAILABLE, draining::CODE)
-            }
-            AdminError::Reload(_) => (StatusCode::CONFLICT, "reload_refused"),
-        }
-    }
-
-    fn into_response(self) -> AdminResponse {
-        let (status, code) = self.status();
-        let allow = match &self {
-            AdminError::MethodNotAllowed(allow) => Some(*allow),
-            _ => None,
-        };
-        if status == StatusCode::INTERNAL_SERVER_ERROR {
-            tracing::error!(error = %self, "admin request failed");
-        }
-        let mut response = json_response(
-            status,
-            &json!({ "error": code, "message": self.to_string() }),
-        );
-        if status == StatusCode::UNAUTHORIZED {
-            response.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                HeaderValue::from_static("Bearer realm=\"gateway-admin\""),
-            );
-        }
-        if let Some(allow) = allow {
-            (response.headers_mut()).insert(header::ALLOW, HeaderValue::from_static(allow));
-        }
-        if code == draining::CODE {
-            draining::retry_elsewhere(&mut response);
-        }
-        response
-    }
-}
-
-fn json_response(status: StatusCode, body: &serde_json::Value) -> AdminResponse {
-    let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    response
-}
-
-/// The key in `Authorization: Bearer`.
-fn bearer(req: &Request<Incoming>) -> Result<&str, AdminError> {
-    req.headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
-        .ok_or(AdminError::MissingCredential)
-}
-
-/// The admin client `key` stands for, if it may have `access` now.
-fn admit(keys: &KeyIndex, key: &str, access: Access) -> Result<Client, AdminError> {
-    let (_, outcome) = keys.verify(key, unix_now());
-    let client = outcome.map_err(AdminError::InvalidCredential)?;
-    if !client.is_admin {
-        return Err(AdminError::NotAdmin);
-    }
-    if access == Access::Write && client.scopes.iter().any(|s| s == READ_ONLY_SCOPE) {
-        return Err(AdminError::ReadOnly);
-    }
-    Ok(client.as_ref().clone())
-}
-
-/// What an admin key may do.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Access {
-    Read,
-    Write,
 }
 
 /// One management request, as the handlers see it.
@@ -261,6 +134,7 @@ impl Admin {
             events: None,
             followers: Arc::new(tokio::sync::Semaphore::new(events::MAX_FOLLOWERS)),
             ban_map_capacity: (config.xdp.max_bans, config.xdp.max_prefix_bans),
+            ban_walks: scrape::WalkCache::default(),
             certificates: std::sync::Mutex::new((0, scrape::certificates(config))),
             reloader: None,
         })
@@ -411,26 +285,6 @@ impl Admin {
         }
     }
 
-    /// [`Admin::authorize`]; key guessing counts like on the proxy (a
-    /// disabled or expired key is not guessing).
-    fn authorize_counted(
-        &self,
-        req: &Request<Incoming>,
-        access: Access,
-        peer: SocketAddr,
-    ) -> Result<Client, AdminError> {
-        self.authorize(req, access).inspect_err(|error| {
-            if let AdminError::InvalidCredential(reason) = error {
-                if !reason.is_guessing() {
-                    return;
-                }
-                let remote = crate::guard::Remote::direct(peer.ip());
-                let update = self.shared.guard.auth_failed(remote, monotonic_ns());
-                self.shared.submit(update);
-            }
-        })
-    }
-
     /// `GET /v1/xdp/events`: any admin key, read-only ones included.
     fn events(
         &self,
@@ -458,14 +312,6 @@ impl Admin {
             follower,
             Box::new(still_admitted),
         ))
-    }
-
-    fn authorize(&self, req: &Request<Incoming>, access: Access) -> Result<Client, AdminError> {
-        let client = admit(&self.shared.keys, bearer(req)?, access)?;
-        if access == Access::Write {
-            draining::refuse_changes(self.reloader.as_deref())?;
-        }
-        Ok(client)
     }
 
     /// Makes a store change visible to the request path now, not at the
@@ -496,58 +342,5 @@ impl Admin {
         let mut body = serde_json::to_value(result?).unwrap_or_default();
         body["status"] = json!("reloaded");
         Ok(json_response(StatusCode::OK, &body))
-    }
-
-    /// The listeners' certificates, read again after a reload.
-    fn certificates(&self) -> Vec<crate::metrics::ops::Certificate> {
-        let mut known = self.certificates.lock().unwrap_or_else(|p| p.into_inner());
-        let reloaded = (self.reloader.as_ref()).filter(|r| r.generation() != known.0);
-        if let Some(reloader) = reloaded {
-            let (generation, config) = reloader.config();
-            *known = (generation, scrape::certificates(&config));
-        }
-        known.1.clone()
-    }
-
-    fn metrics_response(&self) -> AdminResponse {
-        let shared = &self.current();
-        let maps = self
-            .pin_root
-            .as_deref()
-            .and_then(|root| PinnedMaps::open(root).ok());
-        let now = monotonic_ns();
-        // The kernel's bans and those only userspace enforces.
-        let kernel_bans = maps.as_ref().map(|maps| {
-            (maps.all_bans().ok()).map_or(0, |bans| {
-                bans.iter().filter(|(_, b)| b.banned_until_ns > now).count()
-            })
-        });
-        let bans_active = Some(kernel_bans.unwrap_or(0) + shared.userspace_bans.active(now));
-        let mut text = shared.metrics.render(&Gauges {
-            pools: shared.pool_gauges(),
-            guard: &shared.guard.counters,
-            bans_active,
-            kernel: maps.as_ref().and_then(|maps| maps.counters().ok()),
-            policy_dropped: shared.policy.overflowed(),
-            bans_full: shared.policy.full_counters(),
-            keys: shared.keys.len(),
-        });
-        crate::metrics::ops::render(
-            &mut text,
-            &crate::metrics::ops::Ops {
-                policy_failed: shared.policy.failed(),
-                ban_maps: (maps.as_ref()).map(|m| scrape::ban_maps(m, self.ban_map_capacity)),
-                certificates: &self.certificates(),
-            },
-        );
-        if let Some(fleet) = shared.policy.fleet() {
-            fleet.render_metrics(&mut text);
-        }
-        let mut response = Response::new(Full::new(Bytes::from(text)));
-        response.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; version=0.0.4"),
-        );
-        response
     }
 }

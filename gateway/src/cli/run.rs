@@ -231,11 +231,11 @@ pub fn run(args: RunArgs) -> Result<()> {
         let kernel_attached = kernel
             .as_ref()
             .is_some_and(|k| matches!(k.enforcement(), Enforcement::Kernel { .. }));
-        if kernel_attached && settings.syn_cookies == SynCookies::Xdp {
-            let own: Vec<_> = config.listeners.iter().map(|l| l.address).collect();
-            let targets = xdp::syncookies::refresh_targets(&settings.ports, &own);
-            tokio::spawn(xdp::syncookies::keep_listeners_accepting(targets));
-        }
+        let cookie_targets =
+            (kernel_attached && settings.syn_cookies == SynCookies::Xdp).then(|| {
+                let own: Vec<_> = started.active.iter().map(|l| l.address).collect();
+                xdp::syncookies::CookieTargets::spawn(&settings.ports, &own)
+            });
 
         let tiers = config.tiers.iter().map(|t| t.name.clone()).collect();
         let mut jwt =
@@ -263,6 +263,9 @@ pub fn run(args: RunArgs) -> Result<()> {
             workers,
             kernel.as_ref().and_then(KernelPath::writes),
         ));
+        if let Some(targets) = cookie_targets {
+            reloader.keep_accepting(targets);
+        }
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let admin_socket = match config.admin.enabled {
             true => Some(

@@ -38,9 +38,11 @@ mod escalation;
 #[cfg(test)]
 mod escalation_tests;
 mod memo;
+mod policy;
 mod pressure;
 #[cfg(test)]
 mod pressure_tests;
+mod settings;
 mod state;
 #[cfg(test)]
 mod tests;
@@ -49,187 +51,18 @@ use std::{
     collections::HashMap,
     hash::{BuildHasher, RandomState},
     net::IpAddr,
-    sync::{
-        atomic::{AtomicU64, Ordering},
-        Arc, Mutex,
-    },
+    sync::{atomic::Ordering, Arc, Mutex},
     time::Duration,
 };
 
-use gateway_common::{ban_reason, Budget};
-use ipnet::IpNet;
-use serde::Deserialize;
+use gateway_common::ban_reason;
 
 pub use self::escalation::PrefixSettings;
 pub use self::memo::ReportMemo;
+pub use self::policy::{BanTarget, PolicyUpdate, Remote};
 pub use self::pressure::PREFIX_AUTH_FAILURES_SCALE;
+pub use self::settings::{GuardCounters, GuardMode, GuardSettings};
 use self::state::{Excess, SourceState};
-
-/// Where a request came from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Remote {
-    /// The TCP peer: where its packets come from (canonical).
-    pub peer: IpAddr,
-    /// The address the request is judged by (canonical): the peer, or the
-    /// client a trusted proxy's `X-Forwarded-For` names.
-    pub client: IpAddr,
-}
-
-impl Remote {
-    pub fn new(peer: IpAddr, client: IpAddr) -> Self {
-        Self {
-            peer: peer.to_canonical(),
-            client: client.to_canonical(),
-        }
-    }
-
-    /// A client connected directly.
-    pub fn direct(peer: IpAddr) -> Self {
-        Self::new(peer, peer)
-    }
-
-    /// Whether the client address came from `X-Forwarded-For`, so the
-    /// kernel cannot drop its packets (they are the proxy's).
-    pub fn forwarded(&self) -> bool {
-        self.peer != self.client
-    }
-}
-
-/// Whom a ban is for, which decides who enforces it.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub enum BanTarget {
-    /// A packet source: the kernel drops it (userspace refuses its
-    /// connections when XDP is unavailable).
-    Source(IpAddr),
-    /// A client address learnt from a trusted proxy's `X-Forwarded-For`:
-    /// userspace refuses its requests; the proxy is never dropped.
-    Forwarded(IpAddr),
-    /// One client at one address whose other clients are in good
-    /// standing: userspace refuses that client's requests from there.
-    Client { client: Arc<str>, ip: IpAddr },
-    /// A prefix of packet sources (see [`escalation`]): the kernel drops it.
-    SourcePrefix(IpNet),
-    /// A prefix of forwarded client addresses: userspace refuses them.
-    ForwardedPrefix(IpNet),
-}
-
-impl BanTarget {
-    /// The address, or the prefix's network address.
-    pub fn ip(&self) -> IpAddr {
-        match self {
-            BanTarget::Source(ip) | BanTarget::Forwarded(ip) | BanTarget::Client { ip, .. } => *ip,
-            BanTarget::SourcePrefix(net) | BanTarget::ForwardedPrefix(net) => net.network(),
-        }
-    }
-
-    /// Whether the kernel enforces it (when XDP is attached).
-    pub fn in_kernel(&self) -> bool {
-        matches!(self, BanTarget::Source(_) | BanTarget::SourcePrefix(_))
-    }
-
-    /// The metrics' name for it.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            BanTarget::Source(_) => "source",
-            BanTarget::Forwarded(_) => "forwarded",
-            BanTarget::Client { .. } => "client",
-            BanTarget::SourcePrefix(_) => "source_prefix",
-            BanTarget::ForwardedPrefix(_) => "forwarded_prefix",
-        }
-    }
-}
-
-/// One change to policy: what the guard decides and the policy writer
-/// (`xdp::policy`) applies, to the kernel's maps or to the userspace bans.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum PolicyUpdate {
-    Ban {
-        target: BanTarget,
-        until_ns: u64,
-        reason: u32,
-    },
-    /// Lifts an address's ban (source or forwarded).
-    Unban {
-        ip: IpAddr,
-    },
-    Budget {
-        ip: IpAddr,
-        budget: Budget,
-    },
-    /// Back to the default budget.
-    ClearBudget {
-        ip: IpAddr,
-    },
-}
-
-impl PolicyUpdate {
-    /// Whether the kernel applies it when XDP is attached; the rest only
-    /// userspace can enforce.
-    pub fn in_kernel(&self) -> bool {
-        match self {
-            PolicyUpdate::Ban { target, .. } => target.in_kernel(),
-            _ => true,
-        }
-    }
-}
-
-/// Whether the guard bans.
-#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum GuardMode {
-    /// Bans are issued.
-    #[default]
-    Enforce,
-    /// Would-be bans are logged and counted; nothing is banned.
-    Monitor,
-    /// No bans at all (tier budgets still follow clients).
-    Off,
-}
-
-/// The guard's thresholds (config `[guard]`).
-#[derive(Clone, Debug)]
-pub struct GuardSettings {
-    pub mode: GuardMode,
-    /// Requests refused with 429 that a client may still send before its
-    /// window frees up; one more is a ban.
-    pub excess: u32,
-    pub auth_failures: u32,
-    /// Also how recently another client must have been served for a
-    /// source to be in good standing.
-    pub auth_failure_window: Duration,
-    pub auth_failure_ban: Duration,
-    /// Shortest and longest ban.
-    pub min_ban: Duration,
-    pub max_ban: Duration,
-    /// How long a tier budget outlives the last authenticated request.
-    pub budget_idle: Duration,
-    /// Never banned (the kernel's allow-list, too).
-    pub allow: Vec<IpNet>,
-    /// Never banned either: `forwarding.trusted_proxies`.
-    pub trusted_proxies: Vec<IpNet>,
-    /// Kernel budgets by tier, lowest tier first (as config lists them).
-    pub tier_budgets: Vec<Budget>,
-    /// When banned addresses get their prefix banned.
-    pub prefix: PrefixSettings,
-}
-
-/// Counters for metrics.
-#[derive(Debug, Default)]
-pub struct GuardCounters {
-    pub rate_limit_bans: AtomicU64,
-    pub auth_failure_bans: AtomicU64,
-    /// Of those, bans only userspace enforces: of a forwarded address, of
-    /// one client at an address.
-    pub forwarded_bans: AtomicU64,
-    pub client_bans: AtomicU64,
-    /// Bans not issued because of `monitor` mode.
-    pub monitored_bans: AtomicU64,
-    /// Address (or prefix) bans not issued because the address is
-    /// allow-listed or a trusted proxy (or the prefix holds one).
-    pub allowed_sources_spared: AtomicU64,
-    /// Prefixes banned because too many of their addresses were.
-    pub prefix_bans: AtomicU64,
-}
 
 const SHARDS: usize = 64;
 /// Addresses remembered per shard before idle ones are dropped: at most

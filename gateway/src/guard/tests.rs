@@ -1,3 +1,5 @@
+use gateway_common::Budget;
+
 use super::*;
 
 pub(super) const SEC: u64 = 1_000_000_000;

@@ -52,6 +52,41 @@ impl<T> TokenCache<T> {
         }
         shard.insert(key, Entry { value, until });
     }
+
+    /// A copy holding only the entries whose value `keep` accepts (a
+    /// reload keeps unchanged issuers' verified tokens). A copy, not a
+    /// filter in place: the old verifier may still insert entries that
+    /// the new one must not serve.
+    pub fn retained(&self, keep: impl Fn(&T) -> bool) -> Self {
+        let shards = (self.shards.iter())
+            .map(|shard| {
+                let shard = shard.lock().unwrap_or_else(|p| p.into_inner());
+                let kept =
+                    (shard.iter())
+                        .filter(|(_, entry)| keep(&entry.value))
+                        .map(|(key, entry)| {
+                            let entry = Entry {
+                                value: entry.value.clone(),
+                                until: entry.until,
+                            };
+                            (*key, entry)
+                        });
+                Mutex::new(kept.collect())
+            })
+            .collect();
+        Self {
+            shards,
+            per_shard: self.per_shard,
+        }
+    }
+
+    /// Entries held, expired ones included.
+    #[cfg(test)]
+    pub(super) fn entries(&self) -> usize {
+        (self.shards.iter())
+            .map(|shard| shard.lock().unwrap_or_else(|p| p.into_inner()).len())
+            .sum()
+    }
 }
 
 #[cfg(test)]

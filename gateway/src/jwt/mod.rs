@@ -15,6 +15,8 @@ mod header_tests;
 pub mod keys;
 pub mod preparse;
 mod reconfigure;
+#[cfg(test)]
+mod reload_tests;
 mod settings;
 mod validity;
 

@@ -1,7 +1,9 @@
 //! A configuration reload's verifier: built from the new issuers, but an
 //! unchanged remote issuer is the same one (its fetched keys and refresh
 //! task carry over, so its tokens never fail while keys are fetched
-//! again), and the gateway's own issuer stays.
+//! again), and the gateway's own issuer stays. Verified tokens of the
+//! issuers that carry over stay cached (when the tiers a token maps to are
+//! the same); a changed or removed issuer's are dropped.
 use std::sync::Arc;
 
 use super::{IssuerSettings, JwtError, JwtVerifier};
@@ -25,10 +27,25 @@ impl JwtVerifier {
                 .find(|old| !old.own && old.keys.is_remote() && old.settings == new.settings);
             same.cloned().unwrap_or(new)
         });
+        let issuers = own.chain(configured).collect::<Vec<Arc<_>>>();
+        // A cached token's tier was picked among the tiers of its time.
+        let cache = match fresh.tiers == self.tiers {
+            true => {
+                let carried: Vec<(&str, bool)> = (issuers.iter())
+                    .filter(|new| self.issuers.iter().any(|old| Arc::ptr_eq(old, new)))
+                    .map(|issuer| (issuer.settings.issuer.as_str(), issuer.own))
+                    .collect();
+                let carried_over = |token: &super::VerifiedToken| {
+                    carried.contains(&(token.issuer.as_str(), token.own))
+                };
+                self.cache.retained(carried_over)
+            }
+            false => TokenCache::new(super::CACHE_CAPACITY),
+        };
         Ok(Self {
-            issuers: own.chain(configured).collect::<Vec<Arc<_>>>(),
+            issuers,
             tiers: fresh.tiers,
-            cache: TokenCache::new(super::CACHE_CAPACITY),
+            cache,
         })
     }
 }

@@ -8,6 +8,7 @@ use super::{escape, header};
 
 /// One kernel ban map's fill level. Expired bans count until the writer's
 /// next sweep removes them: they take room until then.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BanMapFill {
     pub map: &'static str,
     pub entries: usize,

@@ -1,6 +1,8 @@
 //! Draining on shutdown: a worker stops accepting, lets its connections
 //! finish what is in flight, and waits for them up to
-//! `limits.drain_timeout`.
+//! `limits.drain_timeout`. A connection that became a WebSocket tunnel
+//! counts until the tunnel ends (its [`Open`] lives in the connection's
+//! permit, which the tunnel holds).
 use std::{
     sync::{
         atomic::{AtomicUsize, Ordering},
@@ -20,7 +22,7 @@ pub(super) const IDLE_GRACE: Duration = Duration::from_secs(1);
 /// How often a draining connection checks whether it may close.
 pub(super) const TICK: Duration = Duration::from_millis(50);
 
-/// A worker's open connections.
+/// A worker's open connections, tunnels included.
 #[derive(Clone, Default)]
 pub struct OpenConnections(Arc<Inner>);
 

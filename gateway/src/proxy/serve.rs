@@ -3,8 +3,8 @@
 //! closing connections that had nothing in flight for
 //! `limits.request_timeout` (HTTP/2 ones too, with GOAWAY first). A source
 //! with `limits.max_connections_per_source` open has its next one closed
-//! at accept. On shutdown the accept loop ends and every connection
-//! drains (see [`super::drain`]).
+//! at accept. On shutdown the accept loop ends and every connection (and
+//! WebSocket tunnel) drains (see [`super::drain`]).
 use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Instant};
 
 use hyper_util::{
@@ -60,15 +60,17 @@ impl Current {
                 tracing::debug!(%peer, "per-source connection limit reached; closing the new connection");
                 continue;
             };
+            // Counted open (for the drain) with the permit: as long as the
+            // connection or the tunnel it becomes lives.
             let permit = Arc::new(ConnectionPermit {
                 _all: all,
                 _source: source,
+                _open: open.open(),
             });
             let current = self.clone();
             let tls = tls.as_ref().map(|slot| slot.load_full());
-            let (open, shutdown) = (open.open(), shutdown.clone());
+            let shutdown = shutdown.clone();
             tokio::spawn(async move {
-                let _open = open;
                 match tls {
                     None => {
                         gateway
@@ -191,12 +193,14 @@ impl Gateway {
 }
 
 /// What an open client connection holds: its slot in
-/// `limits.max_connections` and in its source's count. Shared (`Arc`) with
-/// the WebSocket tunnel the connection may become, so the slots stay taken
-/// as long as the tunnel lives.
+/// `limits.max_connections` and in its source's count, and its count in
+/// the worker's open connections (a drain waits for it). Shared (`Arc`)
+/// with the WebSocket tunnel the connection may become, so the slots stay
+/// taken, and a drain waits, as long as the tunnel lives.
 pub(super) struct ConnectionPermit {
     _all: tokio::sync::OwnedSemaphorePermit,
     _source: crate::connections::SourcePermit,
+    _open: drain::Open,
 }
 
 /// A connection's requests in flight and when the last one ended; whether

@@ -37,7 +37,7 @@ use crate::{
     handover::Offered,
     proxy::workers::{self, Workers},
     shared::Shared,
-    xdp::{KernelWrites, ReconfigureError},
+    xdp::{syncookies::CookieTargets, KernelWrites, ReconfigureError},
 };
 
 /// The command line's overrides, applied to every configuration read.
@@ -109,6 +109,8 @@ pub struct Reloader {
     workers: OnceLock<Workers>,
     /// The sockets offered to a restart, kept to the listeners in force.
     offered: OnceLock<Offered>,
+    /// With `xdp.syn_cookies = "xdp"`: the listeners kept accepting cookies.
+    cookie_targets: OnceLock<CookieTargets>,
     running: Mutex<Running>,
 }
 
@@ -131,6 +133,7 @@ impl Reloader {
             shutting_down: AtomicBool::new(false),
             workers: OnceLock::new(),
             offered: OnceLock::new(),
+            cookie_targets: OnceLock::new(),
             running: Mutex::new(Running {
                 config: config.clone(),
                 generation: 0,
@@ -150,6 +153,12 @@ impl Reloader {
     /// each reload leaves.
     pub fn offer(&self, offered: Offered) {
         let _ = self.offered.set(offered);
+    }
+
+    /// Keeps the listeners kept accepting SYN cookies to those each
+    /// reload leaves.
+    pub fn keep_accepting(&self, targets: CookieTargets) {
+        let _ = self.cookie_targets.set(targets);
     }
 
     /// What the workers share now (the admin API reads quotas and pools).
@@ -316,6 +325,10 @@ impl Reloader {
             workers.add(id, sockets);
         }
         running.listeners = kept;
+        if let Some(targets) = self.cookie_targets.get() {
+            let listeners: Vec<_> = running.listeners.iter().map(|l| l.address).collect();
+            targets.update(&next.xdp_settings().ports, &listeners);
+        }
         running.shared = shared;
         running.config = next;
         running.generation += 1;

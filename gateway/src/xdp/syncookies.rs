@@ -7,10 +7,12 @@ use std::{
     fs, io,
     net::{Ipv4Addr, Ipv6Addr, SocketAddr},
     path::Path,
+    sync::Arc,
     time::Duration,
 };
 
 use gateway_common::syn_cookies;
+use tokio::sync::watch;
 
 /// `xdp.syn_cookies`: who answers the SYNs of a source in cookie mode.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, clap::ValueEnum)]
@@ -92,9 +94,12 @@ pub fn refresh_targets(ports: &[u16], listeners: &[SocketAddr]) -> Vec<SocketAdd
 /// two minutes (`tcp_synq_no_recent_overflow`). A connect to it does that
 /// (`tcp_syncookies = 2` answers every SYN with one), every [`REFRESH`],
 /// for as long as the gateway runs; no packet from outside decides it.
-pub async fn keep_listeners_accepting(targets: Vec<SocketAddr>) {
+/// `targets` follows reloads ([`CookieTargets::update`]): a listener new
+/// among them is connected to at once.
+pub async fn keep_listeners_accepting(mut targets: watch::Receiver<Vec<SocketAddr>>) {
     loop {
-        for target in &targets {
+        let now = targets.borrow_and_update().clone();
+        for target in &now {
             // Refused or unreachable (nothing listens there): nothing to keep.
             let _ = tokio::time::timeout(
                 Duration::from_secs(1),
@@ -102,7 +107,45 @@ pub async fn keep_listeners_accepting(targets: Vec<SocketAddr>) {
             )
             .await;
         }
-        tokio::time::sleep(REFRESH).await;
+        tokio::select! {
+            _ = tokio::time::sleep(REFRESH) => {}
+            changed = targets.changed() => {
+                // No more updates (shutting down): the same ones, as before.
+                if changed.is_err() {
+                    tokio::time::sleep(REFRESH).await;
+                }
+            }
+        }
+    }
+}
+
+/// The listeners [`keep_listeners_accepting`] keeps accepting, as a reload
+/// changes them (listeners added or removed, protected ports changed).
+#[derive(Clone)]
+pub struct CookieTargets(Arc<watch::Sender<Vec<SocketAddr>>>);
+
+impl CookieTargets {
+    /// Keeps `listeners` on the protected `ports` accepting (see
+    /// [`refresh_targets`]), from now on.
+    pub fn spawn(ports: &[u16], listeners: &[SocketAddr]) -> Self {
+        let (targets, receiver) = watch::channel(refresh_targets(ports, listeners));
+        tokio::spawn(keep_listeners_accepting(receiver));
+        Self(Arc::new(targets))
+    }
+
+    /// The listeners and ports of a reloaded configuration.
+    pub fn update(&self, ports: &[u16], listeners: &[SocketAddr]) {
+        let targets = refresh_targets(ports, listeners);
+        self.0.send_if_modified(|current| {
+            let changed = *current != targets;
+            *current = targets;
+            changed
+        });
+    }
+
+    /// Where the task connects now.
+    pub fn current(&self) -> Vec<SocketAddr> {
+        self.0.borrow().clone()
     }
 }
 
@@ -148,6 +191,34 @@ mod tests {
         .map(|a| a.parse().unwrap())
         .collect();
         assert_eq!(targets, expected);
+    }
+
+    #[tokio::test]
+    async fn a_reload_changes_what_is_kept_accepting_at_once() {
+        // Something listening, to see the task's connects arrive.
+        let added = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = added.local_addr().unwrap();
+        let targets = CookieTargets::spawn(&[address.port()], &[]);
+        let loopback = |port: u16| -> Vec<SocketAddr> {
+            vec![
+                (Ipv4Addr::LOCALHOST, port).into(),
+                (Ipv6Addr::LOCALHOST, port).into(),
+            ]
+        };
+        assert_eq!(targets.current(), loopback(address.port()));
+        // The first round connects at start (loopback reaches `added`)...
+        let first = tokio::time::timeout(Duration::from_secs(10), added.accept()).await;
+        assert!(first.is_ok(), "no connect at start");
+        // ...and the next only after REFRESH, unless a reload changes the
+        // targets: then at once.
+        targets.update(&[address.port(), 1], &[address]);
+        assert_eq!(targets.current()[0], address);
+        assert_eq!(targets.current()[1..], loopback(1));
+        let again = tokio::time::timeout(Duration::from_secs(10), added.accept()).await;
+        assert!(again.is_ok(), "the reloaded listener was not connected to");
+        // Removed: no longer a target.
+        targets.update(&[1], &[]);
+        assert_eq!(targets.current(), loopback(1));
     }
 
     #[test]

@@ -51,7 +51,7 @@ pub fn top(args: TopArgs) -> Result<()> {
         runtime.block_on(async { tokio::time::sleep(REFRESH).await });
         let view = view::view(Some(&first), &fetch()?);
         if args.json {
-            println!("{}", serde_json::to_string_pretty(&view)?);
+            println!("{}", screen::json(&view)?);
         } else {
             for line in screen::lines(&view, &args.admin_url) {
                 println!("{line}");
@@ -77,7 +77,8 @@ pub fn top(args: TopArgs) -> Result<()> {
             }
             Err(error) => {
                 let mut lines = lines;
-                lines.push(format!("error: {error:#}"));
+                // The admin API's answer may quote what a client sent.
+                lines.push(format!("error: {}", screen::visible(&format!("{error:#}"))));
                 lines
             }
         };

@@ -1,7 +1,12 @@
 //! Drawing a [`View`] as text, and the terminal it is drawn on: raw mode
 //! and the alternate screen while `gateway top` runs, restored on `q`,
 //! Ctrl-C, an error or a panic alike (the guard's `Drop`).
+//!
+//! Every string from the gateway is drawn through [`visible`]: a client id
+//! is whatever a token's claim says, and control characters in it (ESC
+//! sequences, bidi overrides) must not reach the operator's terminal.
 use std::{
+    borrow::Cow,
     io::{Stdout, Write},
     time::Instant,
 };
@@ -16,10 +21,68 @@ use crossterm::{
 
 use super::view::View;
 
+/// Whether `c` would act on a terminal rather than show: C0 and C1
+/// controls (ESC, CSI, BEL, ...), DEL, and the invisible formatting
+/// characters that reorder or hide text (bidi embeddings, overrides and
+/// isolates, zero-width marks).
+fn acts(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{061c}' | '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{feff}'
+        )
+}
+
+/// `text` with every character that would act on a terminal written as a
+/// visible escape (`\u{1b}`).
+pub fn visible(text: &str) -> Cow<'_, str> {
+    if !text.chars().any(acts) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        match acts(c) {
+            true => out.push_str(&format!("\\u{{{:x}}}", u32::from(c))),
+            false => out.push(c),
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// `--once --json`'s text, with the characters [`visible`] escapes written
+/// as JSON `\uXXXX` escapes: the same data for a script, nothing for a
+/// terminal to act on. (serde_json escapes only C0 controls itself.)
+pub fn json(view: &View) -> serde_json::Result<String> {
+    let text = serde_json::to_string_pretty(view)?;
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        // Outside strings JSON has only ASCII punctuation and whitespace
+        // (`\n`, which serde_json wrote, so it is not escaped again).
+        if acts(c) && c != '\n' {
+            let mut units = [0u16; 2];
+            for unit in c.encode_utf16(&mut units) {
+                out.push_str(&format!("\\u{unit:04x}"));
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    Ok(out)
+}
+
+/// A JSON value from the gateway as drawn text.
+fn shown(value: &serde_json::Value) -> Cow<'_, str> {
+    match value {
+        serde_json::Value::String(text) => visible(text),
+        other => Cow::Owned(visible(&other.to_string()).into_owned()),
+    }
+}
+
 /// The view as lines of text: the same for the screen and `--once`.
 pub fn lines(view: &View, admin_url: &str) -> Vec<String> {
     let mut out = vec![format!(
-        "gateway top — {admin_url} — every {:.1}s — q to quit",
+        "gateway top — {} — every {:.1}s — q to quit",
+        visible(admin_url),
         super::REFRESH.as_secs_f64()
     )];
     out.push(String::new());
@@ -30,8 +93,8 @@ pub fn lines(view: &View, admin_url: &str) -> Vec<String> {
     for r in &view.routes {
         out.push(format!(
             "{:<24} {:<12} {:>10} {:>9.1} {:>6.1}% {:>6.1}%",
-            r.route,
-            r.tier,
+            visible(&r.route),
+            visible(&r.tier),
             r.requests,
             r.per_sec,
             r.client_error_rate * 100.0,
@@ -46,8 +109,8 @@ pub fn lines(view: &View, admin_url: &str) -> Vec<String> {
     for c in &view.clients {
         out.push(format!(
             "{:<36} {:<12} {:>9.1} {:>16}",
-            c.id,
-            c.tier,
+            visible(&c.id),
+            visible(&c.tier),
             c.per_sec,
             format!("{}/{}", c.remaining, c.limit)
         ));
@@ -60,10 +123,10 @@ pub fn lines(view: &View, admin_url: &str) -> Vec<String> {
     for b in &view.bans {
         out.push(format!(
             "{:<40} {:<18} {:>9.0}s {:>10}",
-            b["target"].as_str().unwrap_or("?"),
-            b["reason"].as_str().unwrap_or("?"),
+            visible(b["target"].as_str().unwrap_or("?")),
+            visible(b["reason"].as_str().unwrap_or("?")),
             b["seconds_left"].as_f64().unwrap_or(0.0),
-            b["enforced_in"].as_str().unwrap_or("?"),
+            visible(b["enforced_in"].as_str().unwrap_or("?")),
         ));
     }
     out.push(String::new());
@@ -77,7 +140,9 @@ pub fn lines(view: &View, admin_url: &str) -> Vec<String> {
             for x in rows {
                 out.push(format!(
                     "{:<28} {:>14} {:>10.1}",
-                    x.verdict, x.packets, x.per_sec
+                    visible(&x.verdict),
+                    x.packets,
+                    x.per_sec
                 ));
             }
         }
@@ -90,9 +155,9 @@ pub fn lines(view: &View, admin_url: &str) -> Vec<String> {
     for u in &view.upstreams {
         out.push(format!(
             "{:<24} {:>10} {:>12}",
-            u["name"].as_str().unwrap_or("?"),
-            format!("{}/{}", u["usable"], u["servers"]),
-            u["shed_tiers"]
+            visible(u["name"].as_str().unwrap_or("?")),
+            format!("{}/{}", shown(&u["usable"]), shown(&u["servers"])),
+            shown(&u["shed_tiers"])
         ));
     }
     out
@@ -155,5 +220,71 @@ impl Drop for Terminal {
     fn drop(&mut self) {
         let _ = execute!(self.out, cursor::Show, terminal::LeaveAlternateScreen);
         let _ = terminal::disable_raw_mode();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::top::view::{ClientRow, RouteRow};
+
+    /// A token's client claim that would clear the screen, set the window
+    /// title, ring the bell, send CSI as one C1 character and reverse the
+    /// rest of the line.
+    const HOSTILE: &str = "evil\u{1b}[2J\u{1b}]0;owned\u{7}\u{9b}31m\u{202e}txt.exe";
+
+    fn acting(text: &str) -> Vec<char> {
+        text.chars().filter(|c| acts(*c)).collect()
+    }
+
+    fn view() -> View {
+        View {
+            interval_seconds: 1.0,
+            routes: vec![RouteRow {
+                route: format!("/r{HOSTILE}"),
+                tier: HOSTILE.into(),
+                requests: 1,
+                per_sec: 1.0,
+                client_error_rate: 0.0,
+                server_error_rate: 0.0,
+            }],
+            clients: vec![ClientRow {
+                id: HOSTILE.into(),
+                tier: "gold".into(),
+                per_sec: 2.0,
+                remaining: 3,
+                limit: 4,
+            }],
+            bans: vec![serde_json::json!({
+                "target": HOSTILE, "reason": HOSTILE, "seconds_left": 5.0, "enforced_in": HOSTILE
+            })],
+            xdp: None,
+            upstreams: vec![serde_json::json!({
+                "name": HOSTILE, "usable": HOSTILE, "servers": 1, "shed_tiers": [HOSTILE]
+            })],
+        }
+    }
+
+    #[test]
+    fn nothing_from_the_gateway_reaches_the_terminal_as_a_control() {
+        let lines = lines(&view(), "http://127.0.0.1:9901");
+        for line in &lines {
+            assert_eq!(acting(line), Vec::<char>::new(), "{line:?}");
+        }
+        let client = lines.iter().find(|l| l.starts_with("evil")).unwrap();
+        assert!(
+            client.starts_with(r"evil\u{1b}[2J\u{1b}]0;owned\u{7}\u{9b}31m\u{202e}txt.exe"),
+            "{client:?}"
+        );
+        assert_eq!(visible("plain id-1 ünïcode"), "plain id-1 ünïcode");
+    }
+
+    #[test]
+    fn the_json_snapshot_has_the_same_data_and_no_control() {
+        let text = json(&view()).unwrap();
+        assert_eq!(acting(&text).iter().filter(|c| **c != '\n').count(), 0);
+        assert!(text.contains(r#""id": "evil\u001b[2J\u001b]0;owned\u0007\u009b31m\u202etxt.exe""#));
+        let back: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(back["clients"][0]["id"], HOSTILE);
     }
 }

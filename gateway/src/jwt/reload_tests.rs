@@ -1,0 +1,107 @@
+//! A reload's verifier keeps the verified tokens of issuers that carry
+//! over, and only theirs.
+use std::time::Duration;
+
+use jsonwebtoken::{jwk::Jwk, EncodingKey, Header};
+use serde_json::json;
+
+use super::{keys::Key, *};
+
+const T: i64 = 1_000_000_000;
+
+/// PKCS#8 v1 prefix of an Ed25519 private key; the seed follows.
+const ED25519_PKCS8_PREFIX: [u8; 16] = [
+    0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20,
+];
+
+fn signing_key(seed: u8) -> EncodingKey {
+    let mut der = ED25519_PKCS8_PREFIX.to_vec();
+    der.extend_from_slice(&[seed; 32]);
+    EncodingKey::from_ed_der(&der)
+}
+
+fn key(seed: u8) -> Key {
+    let mut jwk = Jwk::from_encoding_key(&signing_key(seed), Algorithm::EdDSA).unwrap();
+    jwk.common.key_id = Some("k".into());
+    Key::from_jwk(&jwk).unwrap()
+}
+
+/// A remote issuer (its keys are set by the test: nothing is fetched).
+fn remote(issuer: &str) -> IssuerSettings {
+    IssuerSettings {
+        issuer: issuer.into(),
+        audiences: vec!["api".into()],
+        typ: preparse::default_typ(),
+        allow_insecure_http: true,
+        pem: None,
+        jwks_url: Some(format!("http://127.0.0.1:9/{issuer}")),
+        discovery_url: None,
+        algorithms: vec!["EdDSA".into()],
+        leeway: Duration::from_secs(30),
+        client_claim: "sub".into(),
+        tier_claim: "scope".into(),
+        refresh: Duration::from_secs(600),
+        min_refresh_interval: Duration::from_secs(30),
+    }
+}
+
+fn token(issuer: &str) -> String {
+    let mut header = Header::new(Algorithm::EdDSA);
+    header.kid = Some("k".into());
+    let claims =
+        json!({ "iss": issuer, "aud": "api", "sub": "svc", "scope": "gold", "exp": T + 300 });
+    jsonwebtoken::encode(&header, &claims, &signing_key(7)).unwrap()
+}
+
+fn tiers() -> Vec<String> {
+    vec!["bronze".into(), "gold".into()]
+}
+
+/// Issuers `a` and `b` with key 7, each with one token verified (cached).
+async fn verified() -> JwtVerifier {
+    let verifier = JwtVerifier::new([remote("a"), remote("b")], tiers()).unwrap();
+    verifier.set_keys("a", vec![key(7)]);
+    verifier.set_keys("b", vec![key(7)]);
+    for issuer in ["a", "b"] {
+        assert_eq!(
+            verifier.verify(&token(issuer), T).await.unwrap().tier,
+            "gold"
+        );
+    }
+    assert_eq!(verifier.cache.entries(), 2);
+    verifier
+}
+
+#[tokio::test]
+async fn an_unchanged_issuers_verified_tokens_stay_cached_across_a_reload() {
+    let old = verified().await;
+    let mut changed = remote("b");
+    changed.leeway = Duration::from_secs(5);
+    let new = old.reconfigured([remote("a"), changed], tiers()).unwrap();
+    // `b` changed: its token is gone; `a`'s stays.
+    assert_eq!(new.cache.entries(), 1);
+    // Served from the cache: `a`'s key changed since (the same issuer, so
+    // the old verifier's too), and a fresh check would refuse the token.
+    new.set_keys("a", vec![key(8)]);
+    assert_eq!(new.verify(&token("a"), T).await.unwrap().client_id, "svc");
+    let fresh = JwtVerifier::new([remote("a")], tiers()).unwrap();
+    fresh.set_keys("a", vec![key(8)]);
+    assert_eq!(
+        fresh.verify(&token("a"), T).await.unwrap_err(),
+        TokenRejection::BadSignature
+    );
+}
+
+#[tokio::test]
+async fn a_removed_issuer_or_changed_tiers_drop_the_cached_tokens() {
+    let old = verified().await;
+    let removed = old.reconfigured([remote("a")], tiers()).unwrap();
+    assert_eq!(removed.cache.entries(), 1);
+    let retiered = (old.reconfigured([remote("a"), remote("b")], vec!["gold".into()])).unwrap();
+    assert_eq!(retiered.cache.entries(), 0);
+    // Unchanged: both stay.
+    let same = old
+        .reconfigured([remote("a"), remote("b")], tiers())
+        .unwrap();
+    assert_eq!(same.cache.entries(), 2);
+}
