@@ -8,7 +8,7 @@ use std::{
     sync::atomic::{AtomicU64, Ordering},
 };
 
-use aya::maps::{Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray};
+use aya::maps::{lpm_trie::Key, Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray};
 use gateway_common::{maps, Ban, Budget, Config, Counter, SourceAddr};
 use ipnet::IpNet;
 
@@ -31,6 +31,13 @@ pub enum MapsError {
         map: &'static str,
         source: MapError,
     },
+}
+
+/// See [`PinnedMaps::own_settings`].
+pub(super) struct OwnSettings {
+    pub(super) config: Config,
+    ports: Vec<u16>,
+    allow: Vec<Key<[u8; 16]>>,
 }
 
 /// Counter totals summed over CPUs, indexed like [`Counter`].
@@ -142,7 +149,11 @@ impl PinnedMaps {
     /// CIDR in both lists is never dropped for a moment.
     pub fn set_allow_list(&mut self, nets: &[IpNet]) -> Result<(), MapsError> {
         let wanted: Vec<_> = nets.iter().map(allow_key).collect();
-        for key in &wanted {
+        self.set_allow_keys(&wanted)
+    }
+
+    fn set_allow_keys(&mut self, wanted: &[Key<[u8; 16]>]) -> Result<(), MapsError> {
+        for key in wanted {
             self.allow
                 .insert(key, 1, 0)
                 .map_err(op("insert", maps::ALLOW))?;
@@ -188,6 +199,41 @@ impl PinnedMaps {
             }
         }
         Ok(())
+    }
+
+    /// What this gateway's configuration wrote here besides policy: kept
+    /// when it lends the pin root, written back when it takes it back.
+    pub(super) fn own_settings(&self) -> Result<OwnSettings, MapsError> {
+        let mut ports = Vec::new();
+        for port in 0..=u16::MAX {
+            let listed = self
+                .ports
+                .get(&u32::from(port), 0)
+                .map_err(op("lookup", maps::PORTS))?;
+            if listed != 0 {
+                ports.push(port);
+            }
+        }
+        let allow = self
+            .allow
+            .keys()
+            .collect::<Result<_, _>>()
+            .map_err(op("iterate", maps::ALLOW))?;
+        Ok(OwnSettings {
+            config: self.config()?,
+            ports,
+            allow,
+        })
+    }
+
+    /// Writes `kept` back, owned by `owner_pid`.
+    pub(super) fn restore(&mut self, kept: &OwnSettings, owner_pid: u32) -> Result<(), MapsError> {
+        self.set_protected_ports(&kept.ports)?;
+        self.set_allow_keys(&kept.allow)?;
+        self.set_config(Config {
+            owner_pid,
+            ..kept.config
+        })
     }
 
     pub fn config(&self) -> Result<Config, MapsError> {
