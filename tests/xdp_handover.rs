@@ -7,7 +7,7 @@
 //! written into the kernel's maps, not kept in userspace.
 #![allow(clippy::unwrap_used, reason = "tests: a panic is the failure report")]
 
-use std::{net::SocketAddr, time::Duration};
+use std::{net::SocketAddr, path::Path, process::Command, time::Duration};
 
 use gateway_tests::{
     gateway::Gateway,
@@ -22,10 +22,10 @@ const DROPPED: Duration = Duration::from_millis(700);
 
 /// A gateway proxying on `0.0.0.0:PORT` in the server namespace, XDP on
 /// its veth, banning a source after two failed key guesses.
-fn start(topology: &Topology) -> (Gateway, FakeUpstream) {
+fn start(topology: &Topology, extra: &str) -> (Gateway, FakeUpstream) {
     let upstream = topology.server.run(|| FakeUpstream::start(None));
     let body = format!(
-        "[[listeners]]\naddress = \"0.0.0.0:{PORT}\"\n\n\
+        "{extra}\n[[listeners]]\naddress = \"0.0.0.0:{PORT}\"\n\n\
          [guard]\nauth_failures = 2\nauth_failure_window = \"60s\"\n\
          auth_failure_ban = \"60s\"\nprefix_auth_failures = 0\n\n\
          [[upstreams]]\nname = \"app\"\nservers = [\"{}\"]\n\n\
@@ -134,7 +134,7 @@ fn a_new_gateway_with_a_certificate_it_cannot_load_leaves_the_old_one_its_kernel
         return;
     }
     let topology = Topology::new();
-    let (gateway, _upstream) = start(&topology);
+    let (gateway, _upstream) = start(&topology, "");
     gateway.xdp(&["ban", CLIENT_V4, "--for", "60s"]);
     assert!(!topology.connects(CLIENT_V4, SERVER_V4, PORT, DROPPED));
 
@@ -163,7 +163,7 @@ fn a_new_gateway_whose_xdp_attach_fails_leaves_the_old_one_its_kernel_path() {
         return;
     }
     let topology = Topology::new();
-    let (gateway, _upstream) = start(&topology);
+    let (gateway, _upstream) = start(&topology, "");
     gateway.xdp(&["ban", CLIENT_V4, "--for", "60s"]);
     assert!(!topology.connects(CLIENT_V4, SERVER_V4, PORT, DROPPED));
     let before = attached_xdp_program_ids(&topology.server, SERVER_IF);
@@ -185,5 +185,44 @@ fn a_new_gateway_whose_xdp_attach_fails_leaves_the_old_one_its_kernel_path() {
         gateway.stderr_text().contains("took the XDP pin root back"),
         "{}",
         gateway.stderr_text()
+    );
+}
+
+/// The kernel id of the map pinned at `root/name`.
+fn map_id(root: &Path, name: &str) -> u64 {
+    let output = Command::new("bpftool")
+        .args(["-j", "map", "show", "pinned"])
+        .arg(root.join(name))
+        .output()
+        .unwrap();
+    let value: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    value["id"].as_u64().unwrap()
+}
+
+#[test]
+fn a_failed_new_gateway_that_resized_a_map_leaves_the_old_ones_map_pinned() {
+    if !require_root("a_failed_new_gateway_that_resized_a_map_leaves_the_old_ones_map_pinned") {
+        return;
+    }
+    let topology = Topology::new();
+    let (gateway, _upstream) = start(&topology, "[xdp]\nmax_bans = 1000\n");
+    gateway.xdp(&["ban", CLIENT_V4, "--for", "60s"]);
+    let bans_map = map_id(&gateway.pin_root, "GW_BANS");
+
+    // Another size: it pins a fresh GW_BANS (the old entries carried over),
+    // then its attach fails.
+    let failed = gateway.failed_successor(
+        |config| config.replace("max_bans = 1000", "max_bans = 2000"),
+        Some("gwnone0"),
+    );
+    assert!(!failed.status.success());
+    let stderr = String::from_utf8_lossy(&failed.stderr);
+    assert!(stderr.contains("recreating it"), "{stderr}");
+
+    still_enforced_in_the_kernel(&topology, &gateway);
+    assert_eq!(
+        map_id(&gateway.pin_root, "GW_BANS"),
+        bans_map,
+        "the old gateway's map, which its program reads, is pinned again"
     );
 }

@@ -38,7 +38,7 @@ pub struct Inherited {
 pub struct Predecessor {
     pub pid: u32,
     path: PathBuf,
-    stream: UnixStream,
+    pub(super) stream: UnixStream,
     /// A gateway from before the two-phase hand-over: no steps.
     legacy: bool,
 }
@@ -128,6 +128,14 @@ impl Predecessor {
             return Ok(true);
         }
         match self.step(Step::Lend) {
+            // It gave up waiting for this one (a refusal says why).
+            Ok(Some(Reply {
+                ok: false,
+                reason: Some(reason),
+            })) => Err(HandoverError::Refused {
+                pid: self.pid,
+                reason,
+            }),
             Ok(Some(reply)) => Ok(reply.ok),
             Ok(None) => Ok(false),
             Err(source) => Err(HandoverError::Exchange {

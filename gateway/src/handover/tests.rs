@@ -209,3 +209,22 @@ fn a_new_gateway_not_ready_in_time_is_refused_and_the_pin_root_taken_back() {
     assert!(refused.contains("not ready within"), "{refused}");
     assert!(recorded.try_recv().is_err(), "nothing handed off");
 }
+
+#[test]
+fn a_new_gateway_asking_for_the_pin_root_too_late_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_runtime, _proxy, recorded) = offering(dir.path(), Duration::from_millis(200));
+    let (_inherited, mut predecessor) = taking(dir.path());
+    // Its certificates and binds took longer than the old one's
+    // handover_timeout: the refusal is waiting when it asks.
+    let mut waiting = libc::pollfd {
+        fd: std::os::fd::AsRawFd::as_raw_fd(&predecessor.stream),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd.
+    assert_eq!(unsafe { libc::poll(&mut waiting, 1, 20_000) }, 1);
+    let refused = predecessor.lend().unwrap_err().to_string();
+    assert!(refused.contains("not ready within"), "{refused}");
+    assert!(recorded.try_recv().is_err(), "nothing lent");
+}
