@@ -174,12 +174,9 @@ impl Gateway {
         self
     }
 
-    /// Starts a second `gateway run` on the same config and state while
-    /// this one still serves (a restart or an upgrade): the config's
-    /// `127.0.0.1:0` addresses (admin first, then the listeners in order)
-    /// are pinned to the ports in use. This then stands for the new
-    /// process; the old one is returned for the test to stop.
-    pub fn start_successor(&mut self) -> Child {
+    /// This gateway's config with its `127.0.0.1:0` addresses (admin
+    /// first, then the listeners in order) pinned to the ports in use.
+    fn successor_config(&self) -> String {
         let mut text = std::fs::read_to_string(&self.config).unwrap();
         let ports: Vec<String> = self
             .admin
@@ -194,6 +191,50 @@ impl Gateway {
         for port in ports {
             text = text.replacen("\"127.0.0.1:0\"", &format!("\"{port}\""), 1);
         }
+        text
+    }
+
+    /// Runs a second `gateway run` as [`Gateway::start_successor`] does,
+    /// on that config as `edit` changes it (in a file of its own) and on
+    /// `interface` if given, expecting it to fail after taking the sockets
+    /// over; waits (at most 60 s, then kills it) for it to exit. This
+    /// still stands for the running gateway.
+    pub fn failed_successor(
+        &self,
+        edit: impl FnOnce(String) -> String,
+        interface: Option<&str>,
+    ) -> Output {
+        let config = self
+            ._dir
+            .write("successor.toml", &edit(self.successor_config()));
+        let mut launch = self.launch.clone();
+        launch.capture_stderr = true;
+        if let Some(interface) = interface {
+            launch.interface = Some(interface.to_owned());
+        }
+        let child = launch.spawn(&config);
+        let pid = libc::pid_t::try_from(child.id()).unwrap();
+        let (tx, rx) = mpsc::channel();
+        thread::spawn(move || {
+            let _ = tx.send(child.wait_with_output());
+        });
+        match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(output) => output.unwrap(),
+            Err(_) => {
+                // SAFETY: killing our own child, still running.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+                panic!("the failing successor did not exit within 60 s");
+            }
+        }
+    }
+
+    /// Starts a second `gateway run` on the same config and state while
+    /// this one still serves (a restart or an upgrade): the config's
+    /// `127.0.0.1:0` addresses (admin first, then the listeners in order)
+    /// are pinned to the ports in use. This then stands for the new
+    /// process; the old one is returned for the test to stop.
+    pub fn start_successor(&mut self) -> Child {
+        let text = self.successor_config();
         std::fs::write(&self.config, text).unwrap();
         let old = self.child.take().expect("the gateway is running");
         let addr = self.addr;

@@ -173,12 +173,22 @@ pub fn run(args: RunArgs) -> Result<()> {
         .context("starting the async runtime")?;
     runtime.block_on(async {
         // Before anything binds: a gateway still running here hands over its sockets.
-        let mut inherited = super::takeover::take(&config)?;
+        let (mut inherited, mut predecessor) = super::takeover::take(&config)?;
+        let workers = match config.limits.workers {
+            0 => std::thread::available_parallelism().map_or(1, usize::from),
+            n => n,
+        };
+        // Before its kernel path is borrowed: a bad certificate fails here.
+        let started = bind_listeners(&config, workers, &mut inherited)?;
+        let lent = super::takeover::borrow_pin_root(&config, &mut predecessor)?;
         let mut kernel = if config.xdp.enabled {
             Some(KernelPath::start(&settings).context("starting the XDP kernel path")?)
         } else {
             None
         };
+        if lent {
+            kernel.iter_mut().for_each(KernelPath::on_loan);
+        }
         // Kernel events reach the log only while this reads them.
         if let Some(reader) = kernel.as_mut().and_then(KernelPath::take_event_reader) {
             tokio::spawn(reader.run());
@@ -222,11 +232,6 @@ pub fn run(args: RunArgs) -> Result<()> {
             config.keys.refresh,
         ));
 
-        let workers = match config.limits.workers {
-            0 => std::thread::available_parallelism().map_or(1, usize::from),
-            n => n,
-        };
-        let started = bind_listeners(&config, workers, &mut inherited)?;
         let first_url = started.urls.first().cloned();
         let kernel_attached = kernel
             .as_ref()
@@ -301,6 +306,8 @@ pub fn run(args: RunArgs) -> Result<()> {
                 .context("starting worker threads")?;
         reloader.attach(running);
         tokio::spawn(reload_on_hangup(reloader.clone())?);
+        // Serving: the running gateway hands its kernel path off (or refuses).
+        super::takeover::ready(predecessor, lent, kernel.as_mut(), offer.as_ref())?;
         match kernel.as_ref().map(KernelPath::enforcement) {
             Some(Enforcement::Kernel { attach }) => println!(
                 "ready: XDP attached to {} in {} mode, {:?}, ports {:?}, maps pinned at {}",

@@ -4,47 +4,111 @@
 use std::{
     future::Future,
     net::{SocketAddr, TcpListener},
+    time::Duration,
 };
 
 use anyhow::{Context, Result};
 use gateway::{
     config::Config,
-    handover::{Inherited, Kind, Offer, Release, Request},
+    handover::{Confirmed, Inherited, KernelAsk, KernelStep, Kind, Offer, Predecessor, Request},
     proxy::workers,
     xdp::KernelPath,
 };
 use tokio::sync::mpsc;
 
-/// The running gateway's sockets, or none when no gateway offers them.
-pub fn take(config: &Config) -> Result<Inherited> {
+/// The running gateway's sockets, or none when no gateway offers them,
+/// and the gateway itself, still on the line until this one is ready.
+pub fn take(config: &Config) -> Result<(Inherited, Option<Predecessor>)> {
     let request = Request {
         pid: std::process::id(),
         pin_root: config.xdp.enabled.then(|| config.xdp.pin_root.clone()),
     };
-    let inherited = Inherited::take(&config.state_dir, &request)
+    let mut inherited = Inherited::take(&config.state_dir, &request)
         .context("taking over from the running gateway")?;
-    let Some(pid) = inherited.from_pid else {
-        return Ok(inherited);
+    let predecessor = inherited.predecessor();
+    if let Some(pid) = inherited.from_pid {
+        tracing::info!(
+            pid,
+            "took over the listening sockets of the running gateway; both serve until it is \
+             stopped (SIGTERM), which then drains"
+        );
+    }
+    Ok((inherited, predecessor))
+}
+
+/// Borrows the XDP pin root from the running gateway, just before this
+/// one starts its kernel path: whether it lent it. It keeps writing its
+/// bans there until this one is [`ready`], and takes it back if this one
+/// fails first.
+pub fn borrow_pin_root(config: &Config, predecessor: &mut Option<Predecessor>) -> Result<bool> {
+    let Some(predecessor) = predecessor.as_mut().filter(|_| config.xdp.enabled) else {
+        return Ok(false);
     };
-    tracing::info!(
-        pid,
-        "took over the listening sockets of the running gateway; both serve until it is \
-         stopped (SIGTERM), which then drains"
-    );
-    match (&request.pin_root, inherited.pin_root_released) {
-        (Some(root), true) => tracing::info!(
-            pid,
-            root = %root.display(),
-            "the running gateway handed off the XDP pin root: adopting its maps and bans"
+    let root = config.xdp.pin_root.display();
+    let lent = predecessor
+        .lend()
+        .context("borrowing the XDP pin root from the running gateway")?;
+    match lent {
+        true => tracing::info!(
+            pid = predecessor.pid,
+            root = %root,
+            "the running gateway lent its XDP pin root: adopting its maps and bans"
         ),
-        (Some(root), false) => tracing::warn!(
-            pid,
-            root = %root.display(),
+        false => tracing::warn!(
+            pid = predecessor.pid,
+            root = %root,
             "the running gateway kept the XDP pin root (it runs without XDP or on another root)"
         ),
-        (None, _) => {}
     }
-    Ok(inherited)
+    Ok(lent)
+}
+
+/// Tells the running gateway this one serves: it hands off the lent pin
+/// root, or refuses when it gave up waiting (`limits.handover_timeout`),
+/// having taken it back; this one must then stop. Then offers this one's
+/// sockets to the next (not before: a start that fails leaves the running
+/// gateway's offer in place).
+pub fn ready(
+    predecessor: Option<Predecessor>,
+    lent: bool,
+    kernel: Option<&mut KernelPath>,
+    offer: Option<&Offer>,
+) -> Result<()> {
+    confirm(predecessor, lent, kernel)?;
+    if let Some(Err(error)) = offer.map(Offer::publish) {
+        tracing::warn!(%error, "a restart will not be able to take over the listening sockets");
+    }
+    Ok(())
+}
+
+fn confirm(
+    predecessor: Option<Predecessor>,
+    lent: bool,
+    kernel: Option<&mut KernelPath>,
+) -> Result<()> {
+    let Some(predecessor) = predecessor else {
+        return Ok(());
+    };
+    let pid = predecessor.pid;
+    let adopted = lent && kernel.as_deref().is_some_and(|k| k.pin_root().is_some());
+    let confirmed = predecessor
+        .ready(adopted)
+        .context("the running gateway keeps serving; this one stops")?;
+    if let Some(kernel) = kernel {
+        kernel.confirm();
+    }
+    match (confirmed, adopted) {
+        (Confirmed::Yes, true) => tracing::info!(
+            pid,
+            "the running gateway handed off the XDP pin root: its maps and bans are this one's"
+        ),
+        (Confirmed::Yes, false) => {}
+        (Confirmed::Gone, _) => tracing::warn!(
+            pid,
+            "the running gateway stopped before confirming the hand-over: this one goes on alone"
+        ),
+    }
+    Ok(())
 }
 
 /// `count` sockets for a proxy listener: the inherited ones on `address`,
@@ -100,7 +164,7 @@ pub fn offer(
         .chain(admin.map(|socket| (Kind::Admin, socket)))
         .collect();
     match Offer::bind(&config.state_dir, sockets) {
-        Ok(offer) => Some(offer),
+        Ok(offer) => Some(offer.ready_within(config.limits.handover_timeout)),
         Err(error) => {
             tracing::warn!(%error, "a restart will not be able to take over the listening sockets");
             None
@@ -108,29 +172,53 @@ pub fn offer(
     }
 }
 
-/// Waits for `shutdown`, meanwhile handing the kernel path off to a new
-/// gateway on the same pin root that asks for it (see [`Offer::serve`]).
+/// How often a lent pin root's lock is tried while the new gateway that
+/// borrowed it finishes going away.
+const TAKE_BACK_RETRY: Duration = Duration::from_millis(200);
+
+/// Waits for `shutdown`, meanwhile lending, handing off and taking back the
+/// kernel path as a new gateway on the same pin root goes through its
+/// start (see [`Offer::serve`]).
 pub async fn until_shutdown(
     shutdown: impl Future<Output = Result<()>>,
-    mut releases: mpsc::Receiver<Release>,
+    mut asks: mpsc::Receiver<KernelAsk>,
     mut kernel: Option<&mut KernelPath>,
 ) -> Result<()> {
     tokio::pin!(shutdown);
+    let mut retry = tokio::time::interval(TAKE_BACK_RETRY);
+    let mut taking_back = false;
     loop {
         tokio::select! {
             result = &mut shutdown => return result,
-            Some(release) = releases.recv() => {
-                let ours = kernel.as_deref().and_then(KernelPath::pin_root)
-                    == release.request.pin_root.as_deref();
-                let handed = ours && kernel.as_deref_mut().is_some_and(KernelPath::hand_off);
-                if !handed {
-                    tracing::info!(
-                        pid = release.request.pid,
-                        "a new gateway asked for an XDP pin root this one does not hold"
-                    );
-                }
-                let _ = release.done.send(handed);
+            Some(ask) = asks.recv() => {
+                let done = match (ask.step, kernel.as_deref_mut()) {
+                    (KernelStep::Lend { pid, pin_root }, Some(kernel)) => {
+                        kernel.pin_root() == Some(pin_root.as_path()) && kernel.lend(pid)
+                    }
+                    (KernelStep::HandOff, Some(kernel)) => kernel.hand_off(),
+                    (KernelStep::TakeBack, Some(kernel)) => {
+                        taking_back = !take_back(kernel);
+                        !taking_back
+                    }
+                    (_, None) => false,
+                };
+                let _ = ask.done.send(done);
             }
+            _ = retry.tick(), if taking_back => {
+                taking_back = kernel.as_deref_mut().is_some_and(|kernel| !take_back(kernel));
+            }
+        }
+    }
+}
+
+/// One try at taking a lent pin root back: whether that is over (done,
+/// or failed: logged).
+fn take_back(kernel: &mut KernelPath) -> bool {
+    match kernel.take_back() {
+        Ok(done) => done,
+        Err(error) => {
+            tracing::warn!(%error, "taking the XDP pin root back failed");
+            true
         }
     }
 }

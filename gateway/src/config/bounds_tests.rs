@@ -31,6 +31,11 @@ fn cases() -> Vec<(String, &'static str, &'static [&'static str])> {
             &["\"2h\"", "\"soon\"", "-1"],
         ),
         (
+            section("[limits]\n", "handover_timeout"),
+            "limits.handover_timeout",
+            &["\"0s\"", "\"2h\"", "\"soon\""],
+        ),
+        (
             section("[limits]\n", "upstream_timeout"),
             "limits.upstream_timeout",
             DURATIONS,

@@ -63,6 +63,11 @@ pub struct LimitsConfig {
     /// finish before their connections are cut and the process exits.
     #[serde(with = "durations")]
     pub drain_timeout: Duration,
+    /// On a restart: how long a new gateway that took this one's sockets
+    /// has to say it serves before this one takes its XDP pin root back
+    /// and refuses it.
+    #[serde(with = "durations")]
+    pub handover_timeout: Duration,
 }
 
 impl Default for LimitsConfig {
@@ -78,6 +83,7 @@ impl Default for LimitsConfig {
             tunnel_idle_timeout: Duration::from_secs(300),
             workers: 0,
             drain_timeout: Duration::from_secs(30),
+            handover_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -99,7 +105,13 @@ impl LimitsConfig {
         at.within("max_connections", self.max_connections, 1..=10_000_000)?;
         at.within("workers", self.workers, 0..=1024)?;
         // Zero cuts every connection at once; an hour outlives any sane deploy.
-        at.within("drain_timeout", self.drain_timeout, Duration::ZERO..=HOUR)
+        at.within("drain_timeout", self.drain_timeout, Duration::ZERO..=HOUR)?;
+        // A second leaves no new gateway time to load XDP; an hour, any.
+        at.within(
+            "handover_timeout",
+            self.handover_timeout,
+            Duration::from_secs(1)..=HOUR,
+        )
     }
 }
 

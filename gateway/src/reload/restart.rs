@@ -28,6 +28,8 @@ pub fn keep_running(running: &Config, next: &mut Config) -> Vec<String> {
         limits.workers,
         limits.max_connections,
         limits.max_connections_per_source,
+        // Read by the listener hand-over's offer, made once.
+        limits.handover_timeout,
         // The program, its pins and its maps' sizes are set at load.
         xdp.enabled,
         xdp.interface,

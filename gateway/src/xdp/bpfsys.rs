@@ -15,6 +15,7 @@ use std::{
 const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
 const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
 const BPF_MAP_GET_NEXT_KEY: libc::c_long = 4;
+const BPF_OBJ_PIN: libc::c_long = 6;
 const BPF_OBJ_GET: libc::c_long = 7;
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 const BPF_LINK_DETACH: libc::c_long = 34;
@@ -128,6 +129,24 @@ pub fn obj_get(path: &Path) -> io::Result<OwnedFd> {
     let fd = i32::try_from(fd).map_err(|_| io::Error::from(io::ErrorKind::InvalidData))?;
     // SAFETY: BPF_OBJ_GET returned a new descriptor that we own.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Pins the object `fd` (a map, program or link) at `path`.
+pub fn obj_pin(fd: BorrowedFd<'_>, path: &Path) -> io::Result<()> {
+    let c_path = CString::new(path.as_os_str().as_bytes())
+        .map_err(|error| io::Error::new(io::ErrorKind::InvalidInput, error))?;
+    let mut attr = ObjGetAttr {
+        pathname: c_path.as_ptr() as u64,
+        bpf_fd: raw(fd),
+        file_flags: 0,
+    };
+    sys_bpf(BPF_OBJ_PIN, &mut attr).map(drop)
+}
+
+/// The kernel id of a map, program or link (each info struct starts with
+/// its type, then its id).
+pub fn object_id(fd: BorrowedFd<'_>) -> io::Result<u32> {
+    Ok(info::<16>(fd)?[1])
 }
 
 fn info<const N: usize>(fd: BorrowedFd<'_>) -> io::Result<[u32; N]> {

@@ -31,6 +31,9 @@ use super::{
 pub(super) struct Loaded {
     ebpf: Ebpf,
     pub(super) pin_root: PathBuf,
+    /// The interface it guards (attached again when a lent pin root is
+    /// taken back).
+    pub(super) interface: String,
     detach_on_exit: bool,
     /// Pins from a previous gateway were found: a failed start keeps them.
     found_pins: bool,
@@ -38,10 +41,16 @@ pub(super) struct Loaded {
     /// Not yet handed to the caller ([`super::KernelPath::take_event_reader`]).
     pub(super) events: Option<EventReader>,
     /// Handed to a new gateway ([`Loaded::release`]): the pins are its.
-    released: bool,
+    pub(super) released: bool,
+    /// Lent to a new gateway still starting (see [`super::handoff`]):
+    /// what to write back if it is taken back.
+    pub(super) lent: Option<super::handoff::Lent>,
+    /// Started on a pin root the running gateway lent: until the hand-off
+    /// is confirmed, a stop leaves the pins for it to take back.
+    pub(super) on_loan: bool,
     /// The pin root's lock ([`super::bpffs::lock`]); declared last, so it
     /// is released after `drop` has left the pins as they should be.
-    lock: Option<OwnedFd>,
+    pub(super) lock: Option<OwnedFd>,
 }
 
 impl Loaded {
@@ -79,11 +88,14 @@ impl Loaded {
         let mut loaded = Loaded {
             ebpf,
             pin_root: root.clone(),
+            interface: settings.interface.clone(),
             detach_on_exit: settings.detach_on_exit,
             found_pins: adoption.found_pins() || previous.is_some(),
             attached: false,
             events: None,
             released: false,
+            lent: None,
+            on_loan: false,
             lock: Some(lock),
         };
         if adoption.found_pins() {
@@ -148,7 +160,7 @@ impl Loaded {
         Ok((loaded, attach))
     }
 
-    fn program(&mut self) -> Result<&mut Xdp, XdpError> {
+    pub(super) fn program(&mut self) -> Result<&mut Xdp, XdpError> {
         self.ebpf
             .program_mut(PROGRAM)
             .ok_or_else(|| XdpError::MissingObject(format!("program {PROGRAM}")))?
@@ -158,7 +170,7 @@ impl Loaded {
 
     /// Swaps the program into the pinned link when it guards the same
     /// interface; otherwise attaches afresh and pins the new link.
-    fn attach(
+    pub(super) fn attach(
         &mut self,
         interface: &str,
         previous: Option<Previous>,
@@ -277,13 +289,11 @@ impl Loaded {
 }
 
 impl Loaded {
-    /// Leaves the pins as a clean stop does and releases the pin root for
-    /// a new gateway to adopt while this process still runs; nothing is
-    /// removed or detached on drop after this.
+    /// Hands a lent pin root over for good: the new gateway owns the pins
+    /// now; nothing is written, removed or detached on drop after this.
     pub(super) fn release(&mut self) {
-        self.mark_stopped();
+        self.lent = None;
         self.released = true;
-        self.lock = None;
         tracing::info!(
             root = %self.pin_root.display(),
             "handed the XDP pin root to the new gateway; bans this one decides from now on \
@@ -313,7 +323,8 @@ impl Loaded {
 
 impl Drop for Loaded {
     fn drop(&mut self) {
-        if self.released {
+        // The pins are another gateway's now, or for the lender to take back.
+        if self.released || self.lent.is_some() || self.on_loan {
             return;
         }
         let root = self.pin_root.clone();
@@ -339,9 +350,9 @@ impl Drop for Loaded {
 /// What a previous gateway left in `GW_CONFIG`, read as bytes so a
 /// config that gained fields since still reads (fields are only appended).
 #[derive(Clone, Copy, Debug)]
-struct Previous {
-    owner_pid: u32,
-    attach_mode: u32,
+pub(super) struct Previous {
+    pub(super) owner_pid: u32,
+    pub(super) attach_mode: u32,
 }
 
 /// Refuses while the previous owner still runs; warns when it did not

@@ -44,6 +44,13 @@ pub enum MapsError {
     },
 }
 
+/// See [`PinnedMaps::own_settings`].
+pub(super) struct OwnSettings {
+    pub(super) config: Config,
+    ports: Vec<u16>,
+    allow: Vec<AllowKey>,
+}
+
 /// Counter totals summed over CPUs, indexed like [`Counter`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Counters(pub [u64; Counter::COUNT as usize]);
@@ -222,6 +229,37 @@ impl PinnedMaps {
             }
         }
         Ok(())
+    }
+
+    /// What this gateway's configuration wrote here besides policy: kept
+    /// when it lends the pin root, written back when it takes it back.
+    pub(super) fn own_settings(&self) -> Result<OwnSettings, MapsError> {
+        let mut ports = Vec::new();
+        for port in 0..=u16::MAX {
+            let listed = self
+                .ports
+                .get(&u32::from(port), 0)
+                .map_err(op("lookup", maps::PORTS))?;
+            if listed != 0 {
+                ports.push(port);
+            }
+        }
+        let allow = self.allow_keys()?;
+        Ok(OwnSettings {
+            config: self.config()?,
+            ports,
+            allow,
+        })
+    }
+
+    /// Writes `kept` back, owned by `owner_pid`.
+    pub(super) fn restore(&mut self, kept: &OwnSettings, owner_pid: u32) -> Result<(), MapsError> {
+        self.set_protected_ports(&kept.ports)?;
+        self.set_allow_keys(&kept.allow)?;
+        self.set_config(Config {
+            owner_pid,
+            ..kept.config
+        })
     }
 
     pub fn config(&self) -> Result<Config, MapsError> {

@@ -326,12 +326,28 @@ impl KernelPath {
         }
     }
 
-    /// Hands the pin root to a new gateway starting on it while this one
-    /// drains (see [`handoff`]): the pins are left as a clean stop leaves
-    /// them, the lock is released, and no map is written from now on.
-    /// `false` when this gateway holds no pin root.
-    pub fn hand_off(&mut self) -> bool {
+    /// Lends the pin root to the gateway `pid` starting on it while this
+    /// one serves (see [`handoff`]): this one keeps writing its policy
+    /// there until [`KernelPath::hand_off`] or [`KernelPath::take_back`].
+    /// `false` when this gateway holds no pin root or lending failed.
+    pub fn lend(&mut self, pid: u32) -> bool {
         let Some(loaded) = self.loaded.as_mut() else {
+            return false;
+        };
+        let _writes = self.handed_off.lock();
+        match loaded.lend(pid) {
+            Ok(()) => true,
+            Err(error) => {
+                tracing::warn!(%error, "lending the XDP pin root failed: this one keeps it");
+                false
+            }
+        }
+    }
+
+    /// Hands the lent pin root off for good: no map is written from now
+    /// on. `false` when nothing was lent.
+    pub fn hand_off(&mut self) -> bool {
+        let Some(loaded) = self.loaded.as_mut().filter(|l| l.lent.is_some()) else {
             return false;
         };
         let mut handed_off = self.handed_off.lock();
@@ -353,6 +369,30 @@ impl KernelPath {
                 self.handed_off_notice.subscribe(),
             )
         })
+    }
+
+    /// Takes a lent pin root back (the borrower went away or ran out of
+    /// time); `Ok(false)` while the borrower still holds it: try again.
+    pub fn take_back(&mut self) -> Result<bool, XdpError> {
+        match self.loaded.as_mut() {
+            Some(loaded) => loaded.take_back(),
+            None => Ok(true),
+        }
+    }
+
+    /// This one started on a pin root the running gateway lent: until
+    /// [`KernelPath::confirm`], stopping leaves the pins for it to take back.
+    pub fn on_loan(&mut self) {
+        if let Some(loaded) = self.loaded.as_mut() {
+            loaded.on_loan = true;
+        }
+    }
+
+    /// The lender handed the pin root off: it is this one's.
+    pub fn confirm(&mut self) {
+        if let Some(loaded) = self.loaded.as_mut() {
+            loaded.on_loan = false;
+        }
     }
 
     pub fn pin_root(&self) -> Option<&Path> {
