@@ -35,24 +35,32 @@ impl Redis {
         };
         let dir = TempDir::new("redis");
         let socket = dir.path().join("redis.sock");
-        let child = Command::new(binary)
-            .args(["--port", "0", "--save", "", "--appendonly", "no"])
-            .arg("--unixsocket")
-            .arg(&socket)
-            .args(["--unixsocketperm", "700", "--dir"])
-            .arg(dir.path())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start redis-server: {e}"));
+        let child = spawn(&binary, &socket, dir.path());
         let redis = Redis {
             child,
             socket,
             _dir: dir,
         };
+        redis.wait_ready();
+        Some(redis)
+    }
+
+    /// A new, empty server on the same socket path (after [`Redis::kill`]):
+    /// Redis coming back after an outage.
+    pub fn restart(&mut self) {
+        self.kill();
+        let binary = ["/usr/bin/redis-server", "/usr/local/bin/redis-server"]
+            .into_iter()
+            .map(PathBuf::from)
+            .find(|p| p.is_file())
+            .expect("redis-server is installed");
+        self.child = spawn(&binary, &self.socket, self._dir.path());
+        self.wait_ready();
+    }
+
+    fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(10);
-        while redis.try_command(&["PING"]).as_deref() != Some("+PONG") {
+        while self.try_command(&["PING"]).as_deref() != Some("+PONG") {
             assert!(
                 Instant::now() < deadline,
                 "redis-server did not answer PING"
@@ -60,7 +68,6 @@ impl Redis {
             #[allow(clippy::disallowed_methods, reason = "plain thread, not async")]
             std::thread::sleep(Duration::from_millis(20));
         }
-        Some(redis)
     }
 
     /// The URL a gateway's `[redis] url` takes.
@@ -100,6 +107,20 @@ impl Redis {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+fn spawn(binary: &std::path::Path, socket: &std::path::Path, dir: &std::path::Path) -> Child {
+    Command::new(binary)
+        .args(["--port", "0", "--save", "", "--appendonly", "no"])
+        .arg("--unixsocket")
+        .arg(socket)
+        .args(["--unixsocketperm", "700", "--dir"])
+        .arg(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start redis-server: {e}"))
 }
 
 impl Drop for Redis {

@@ -515,6 +515,7 @@ impl Admin {
                 certificates: &self.certificates(),
             },
         );
+        crate::metrics::ops::render_limits(&mut text, shared.limiter.backend());
         let mut response = Response::new(Full::new(Bytes::from(text)));
         response.headers_mut().insert(
             header::CONTENT_TYPE,

@@ -63,6 +63,24 @@ pub struct LimitsConfig {
     /// finish before their connections are cut and the process exits.
     #[serde(with = "durations")]
     pub drain_timeout: Duration,
+    /// Where tier quotas are kept: this process, or shared by a fleet in
+    /// `[redis]` (see `fleet::limits`).
+    pub backend: LimitsBackend,
+    /// `backend = "redis"`: tokens a node takes from Redis at a time per
+    /// client (L in the README's error bound); 0 = a tenth of the burst.
+    pub lease: u32,
+    /// `backend = "redis"`: nodes in the fleet, for the local fallback at
+    /// quota / nodes while Redis is unreachable; 0 = counted from the
+    /// nodes' heartbeats in Redis.
+    pub nodes: u32,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LimitsBackend {
+    #[default]
+    Local,
+    Redis,
 }
 
 impl Default for LimitsConfig {
@@ -78,6 +96,9 @@ impl Default for LimitsConfig {
             tunnel_idle_timeout: Duration::from_secs(300),
             workers: 0,
             drain_timeout: Duration::from_secs(30),
+            backend: LimitsBackend::Local,
+            lease: 0,
+            nodes: 0,
         }
     }
 }
@@ -98,6 +119,8 @@ impl LimitsConfig {
         )?;
         at.within("max_connections", self.max_connections, 1..=10_000_000)?;
         at.within("workers", self.workers, 0..=1024)?;
+        at.within("lease", self.lease, 0..=1_000_000)?;
+        at.within("nodes", self.nodes, 0..=100_000)?;
         // Zero cuts every connection at once; an hour outlives any sane deploy.
         at.within("drain_timeout", self.drain_timeout, Duration::ZERO..=HOUR)
     }

@@ -1,5 +1,6 @@
 //! Fleet mode: several gateways acting as one through existing engines
 //! (Redis for what is fast and shared), never a home-made cluster protocol.
+pub mod limits;
 pub mod redis;
 
 /// This process's identity among the fleet's nodes: what it publishes is
