@@ -47,6 +47,11 @@ impl Quota {
         }
     }
 
+    /// Between two requests at the steady rate.
+    pub fn interval(&self) -> Duration {
+        Duration::from_nanos(self.interval_ns)
+    }
+
     fn capacity_ns(&self) -> u64 {
         self.interval_ns.saturating_mul(u64::from(self.burst))
     }
@@ -86,6 +91,23 @@ pub trait RateLimiter: Send + Sync {
     fn busiest(&self, _n: usize, _now_ns: u64) -> Vec<(String, u64)> {
         Vec::new()
     }
+    /// A shared limiter's state for `/metrics`; a local one has none.
+    fn backend(&self) -> Option<BackendStatus> {
+        None
+    }
+}
+
+/// How a shared limiter stands (see `fleet::limits`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BackendStatus {
+    /// Limiting locally at quota / nodes: the shared store is unreachable.
+    pub fallback: bool,
+    /// Times it switched to the local fallback since start.
+    pub fallbacks: u64,
+    /// Nodes the fallback divides quotas by.
+    pub nodes: u32,
+    /// Calls made to the shared store (refills, heartbeats, probes).
+    pub calls: u64,
 }
 
 const SHARDS: usize = 64;

@@ -72,6 +72,7 @@ impl Admin {
                 certificates: &self.certificates(),
             },
         );
+        crate::metrics::ops::render_limits(&mut text, shared.limiter.backend());
         if let Some(fleet) = shared.policy.fleet() {
             fleet.render_metrics(&mut text);
         }

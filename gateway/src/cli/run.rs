@@ -12,7 +12,7 @@ use clap::Args;
 use gateway::{
     admin::Admin,
     clock::unix_now,
-    config::{Config, IssuerConfig},
+    config::{Config, IssuerConfig, LimitsBackend},
     jwt::JwtVerifier,
     keys::{KeyIndex, KeyStore, SqliteStore},
     proxy::workers,
@@ -254,7 +254,15 @@ pub fn run(args: RunArgs) -> Result<()> {
         if let Some(tokens) = &tokens {
             tokio::spawn(follow_token_keys(tokens.clone(), jwt.clone()));
         }
-        let shared = Shared::new(&config, index, jwt, userspace_bans, policy, tokens);
+        let mut shared = Shared::new(&config, index, jwt, userspace_bans, policy, tokens);
+        if let (LimitsBackend::Redis, Some(url)) = (config.limits.backend, &config.redis.url) {
+            shared.limiter =
+                gateway::fleet::limits::sync::start(gateway::fleet::limits::Settings {
+                    url: url.clone(),
+                    lease: config.limits.lease,
+                    nodes: config.limits.nodes,
+                });
+        }
         shared.spawn_health_checks();
         tokio::spawn(shared.clone().sweep_guard(Duration::from_secs(5)));
         // SIGHUP and `POST /v1/reload`: the same file, the same overrides.

@@ -23,6 +23,20 @@ impl RedisConfig {
     }
 }
 
+/// A shared limiter needs the Redis server it shares.
+pub(super) fn validate_backend(
+    limits: &super::LimitsConfig,
+    redis: &RedisConfig,
+) -> Result<(), ConfigError> {
+    if limits.backend == super::LimitsBackend::Redis && redis.url.is_none() {
+        return Err(ConfigError::invalid(
+            "limits.backend",
+            "\"redis\" needs [redis] url",
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::{tests::error, Config};
@@ -35,6 +49,20 @@ mod tests {
         assert!(message.starts_with("redis.url"), "{message}");
         let config = Config::parse(&format!(
             "{LISTENER}[redis]\nurl = \"redis+unix:///run/r.sock\"\n"
+        ));
+        assert!(config.is_ok(), "{:?}", config.err());
+    }
+
+    #[test]
+    fn a_redis_backend_needs_a_redis_url() {
+        let message = error(&format!("{LISTENER}[limits]\nbackend = \"redis\"\n"));
+        assert!(message.starts_with("limits.backend"), "{message}");
+        assert!(message.contains("[redis] url"), "{message}");
+        let message = error(&format!("{LISTENER}[limits]\nbackend = \"memcached\"\n"));
+        assert!(message.starts_with("limits"), "{message}");
+        let config = Config::parse(&format!(
+            "{LISTENER}[limits]\nbackend = \"redis\"\nlease = 4\nnodes = 3\n\
+             [redis]\nurl = \"redis+unix:///run/r.sock\"\n"
         ));
         assert!(config.is_ok(), "{:?}", config.err());
     }

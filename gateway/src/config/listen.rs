@@ -68,6 +68,24 @@ pub struct LimitsConfig {
     /// and refuses it.
     #[serde(with = "durations")]
     pub handover_timeout: Duration,
+    /// Where tier quotas are kept: this process, or shared by a fleet in
+    /// `[redis]` (see `fleet::limits`).
+    pub backend: LimitsBackend,
+    /// `backend = "redis"`: tokens a node takes from Redis at a time per
+    /// client (L in the README's error bound); 0 = a tenth of the burst.
+    pub lease: u32,
+    /// `backend = "redis"`: nodes in the fleet, for the local fallback at
+    /// quota / nodes while Redis is unreachable; 0 = counted from the
+    /// nodes' heartbeats in Redis.
+    pub nodes: u32,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LimitsBackend {
+    #[default]
+    Local,
+    Redis,
 }
 
 impl Default for LimitsConfig {
@@ -84,6 +102,9 @@ impl Default for LimitsConfig {
             workers: 0,
             drain_timeout: Duration::from_secs(30),
             handover_timeout: Duration::from_secs(30),
+            backend: LimitsBackend::Local,
+            lease: 0,
+            nodes: 0,
         }
     }
 }
@@ -104,6 +125,8 @@ impl LimitsConfig {
         )?;
         at.within("max_connections", self.max_connections, 1..=10_000_000)?;
         at.within("workers", self.workers, 0..=1024)?;
+        at.within("lease", self.lease, 0..=1_000_000)?;
+        at.within("nodes", self.nodes, 0..=100_000)?;
         // Zero cuts every connection at once; an hour outlives any sane deploy.
         at.within("drain_timeout", self.drain_timeout, Duration::ZERO..=HOUR)?;
         // A second leaves no new gateway time to load XDP; an hour, any.

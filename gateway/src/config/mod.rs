@@ -20,7 +20,7 @@ use self::bounds::At;
 pub use self::fleet::RedisConfig;
 pub use self::identity::{IssuerConfig, KeysConfig, TierConfig, TokensConfig};
 pub use self::kernel::{GuardConfig, XdpConfig};
-pub use self::listen::{AdminConfig, LimitsConfig, ListenerConfig, TlsConfig};
+pub use self::listen::{AdminConfig, LimitsBackend, LimitsConfig, ListenerConfig, TlsConfig};
 pub use self::routes::{
     AuthPolicy, ForwardingConfig, KeySources, LimitBy, RouteConfig, UpstreamIdentity,
 };
@@ -138,6 +138,7 @@ impl Config {
         routes::validate_auth(&self.routes, !self.issuers.is_empty(), self.tokens.enabled)?;
         routes::validate_forwarding(&self.forwarding)?;
         self.redis.validate()?;
+        fleet::validate_backend(&self.limits, &self.redis)?;
         self.check_ranges()
     }
 

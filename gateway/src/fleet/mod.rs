@@ -1,8 +1,9 @@
 //! Fleet mode: several gateways acting as one through existing engines
 //! (Redis for what is fast and shared), never a home-made cluster protocol.
 //! [`bans`] carries every node's bans and tier budgets to every other
-//! node's kernel.
+//! node's kernel; [`limits`] shares tier quotas with a stated error bound.
 pub mod bans;
+pub mod limits;
 pub mod redis;
 pub mod wire;
 #[cfg(test)]

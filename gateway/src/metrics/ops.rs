@@ -89,9 +89,82 @@ pub fn render(out: &mut String, ops: &Ops<'_>) {
     }
 }
 
+/// The rate limiter's backend: `gateway_limits_backend_fallback` is 0
+/// for a local limiter (nothing to fall back from); a shared one adds its
+/// fallbacks, the nodes it divides by and its calls to Redis.
+pub fn render_limits(out: &mut String, status: Option<crate::limits::BackendStatus>) {
+    header(
+        out,
+        "gateway_limits_backend_fallback",
+        "gauge",
+        "1 while the shared limiter's Redis is unreachable and this node limits locally at quota / nodes.",
+    );
+    let fallback = status.is_some_and(|s| s.fallback);
+    let _ = writeln!(
+        out,
+        "gateway_limits_backend_fallback {}",
+        u8::from(fallback)
+    );
+    let Some(status) = status else {
+        return;
+    };
+    header(
+        out,
+        "gateway_limits_backend_fallbacks_total",
+        "counter",
+        "Times the shared limiter switched to the local fallback.",
+    );
+    let _ = writeln!(
+        out,
+        "gateway_limits_backend_fallbacks_total {}",
+        status.fallbacks
+    );
+    header(
+        out,
+        "gateway_limits_fleet_nodes",
+        "gauge",
+        "Nodes the local fallback divides quotas by (heartbeats in Redis or limits.nodes).",
+    );
+    let _ = writeln!(out, "gateway_limits_fleet_nodes {}", status.nodes);
+    header(
+        out,
+        "gateway_limits_redis_calls_total",
+        "counter",
+        "Calls the shared limiter made to Redis (batched refills, heartbeats, probes).",
+    );
+    let _ = writeln!(out, "gateway_limits_redis_calls_total {}", status.calls);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_local_limiter_never_falls_back_and_a_shared_one_says_so() {
+        let mut local = String::new();
+        render_limits(&mut local, None);
+        assert!(
+            local.contains("gateway_limits_backend_fallback 0"),
+            "{local}"
+        );
+        assert!(!local.contains("gateway_limits_fleet_nodes"), "{local}");
+        let mut shared = String::new();
+        let status = crate::limits::BackendStatus {
+            fallback: true,
+            fallbacks: 2,
+            nodes: 3,
+            calls: 40,
+        };
+        render_limits(&mut shared, Some(status));
+        for line in [
+            "gateway_limits_backend_fallback 1",
+            "gateway_limits_backend_fallbacks_total 2",
+            "gateway_limits_fleet_nodes 3",
+            "gateway_limits_redis_calls_total 40",
+        ] {
+            assert!(shared.contains(line), "missing {line:?} in\n{shared}");
+        }
+    }
 
     #[test]
     fn fill_levels_failures_and_certificates() {
