@@ -144,6 +144,9 @@ impl AdminError {
             AdminError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             AdminError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             AdminError::TooManyFollowers => (StatusCode::SERVICE_UNAVAILABLE, "too_many_followers"),
+            AdminError::Store(error) if error.is_unavailable() => {
+                (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable")
+            }
             AdminError::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "store_error"),
             AdminError::Reload(ReloadError::Invalid(_)) => {
                 (StatusCode::UNPROCESSABLE_ENTITY, "invalid_config")
@@ -170,6 +173,10 @@ impl AdminError {
                 header::WWW_AUTHENTICATE,
                 HeaderValue::from_static("Bearer realm=\"gateway-admin\""),
             );
+        }
+        if code == "store_unavailable" {
+            tracing::warn!(error = %self, "admin request refused: the key store is out of reach");
+            (response.headers_mut()).insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
         }
         if let Some(allow) = allow {
             (response.headers_mut()).insert(header::ALLOW, HeaderValue::from_static(allow));
@@ -383,8 +390,7 @@ impl Admin {
                     actor: &actor,
                     peer,
                 };
-                // SQLite calls block; this runtime has other threads for the rest.
-                tokio::task::block_in_place(|| self.clients(&call))
+                self.clients(&call).await
             }
             _ => Err(AdminError::NotFound),
         }
@@ -443,10 +449,13 @@ impl Admin {
         admit(&self.shared.keys, bearer(req)?, access)
     }
 
-    /// Makes a store change visible to the request path now, not at the
-    /// next refresh.
-    fn reload(&self) -> Result<(), AdminError> {
-        self.shared.keys.load(self.store.as_ref())?;
+    /// Makes a change to client `id` visible to the request path now,
+    /// not at the next refresh.
+    async fn refresh(&self, id: &str) -> Result<(), AdminError> {
+        self.shared
+            .keys
+            .refresh_client(self.store.as_ref(), id)
+            .await?;
         Ok(())
     }
 
