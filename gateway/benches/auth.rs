@@ -13,7 +13,7 @@ use std::{hint::black_box, sync::Arc, time::Instant};
 use gateway::{
     config::Config,
     jwt::JwtVerifier,
-    keys::{KeyIndex, KeyStore, NewClient, SqliteStore},
+    keys::{KeyIndex, NewClient, SqliteStore},
     limits::{LimitKey, LocalLimiter, Quota, RateLimiter},
 };
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
@@ -56,7 +56,7 @@ fn run(dir: &std::path::Path) -> Result<(), Box<dyn std::error::Error>> {
         .map(|(_, key)| key)
         .collect();
     let index = KeyIndex::default();
-    index.load(&store)?;
+    index.replace(store.clients()?, store.keys()?);
     let now = unix_now();
 
     // JWTs: an ES256 issuer (P-256) and an RS256 issuer (RSA-2048, as

@@ -2,8 +2,8 @@
 //! harness ([`gateway::Gateway`]), on loopback or inside network namespaces
 //! joined by veth ([`netns`], RAII: removed even when a test fails), fake
 //! upstreams and a small HTTP client ([`http`]), hand-built frames
-//! ([`packet`]), temp dirs ([`fs`]), commands ([`cmd`]) and a throwaway
-//! Redis server ([`redis`]).
+//! ([`packet`]), temp dirs ([`fs`]), commands ([`cmd`]) and throwaway
+//! Redis ([`redis`]) and PostgreSQL ([`postgres`]) servers.
 //!
 //! Addresses live only on loopback or inside the namespaces a test
 //! creates; listeners bind port 0. Every name carries the test process id
@@ -21,6 +21,7 @@ pub mod http;
 pub mod netns;
 pub mod openapi;
 pub mod packet;
+pub mod postgres;
 pub mod redis;
 
 use std::{

@@ -1,8 +1,9 @@
 //! `/v1/management/api-clients`: create, list, read, change, delete and
 //! rotate API clients, and read or reset their limit state. A key is shown
 //! once, in the create or rotate answer. Every change reloads the
-//! in-memory index before answering, so it is in force when the caller
-//! hears back.
+//! in-memory index before answering (that client only), so it is in
+//! force when the caller hears back; other gateways on a shared store
+//! hear of it from the store. A store out of reach is 503.
 use http::{Method, StatusCode};
 use serde::Deserialize;
 use serde_json::json;
@@ -109,24 +110,26 @@ impl From<ClientError> for AdminError {
 }
 
 impl Admin {
-    pub(super) fn clients(&self, call: &Call<'_>) -> Result<AdminResponse, AdminError> {
+    pub(super) async fn clients(&self, call: &Call<'_>) -> Result<AdminResponse, AdminError> {
         let (action, client_id, result) = match (call.method, call.rest) {
-            (&Method::GET, []) => return self.list(call.query),
-            (&Method::GET, [id]) => return self.show(id),
-            (&Method::GET, [id, "limits"]) => return self.limits(id, false),
+            (&Method::GET, []) => return self.list(call.query).await,
+            (&Method::GET, [id]) => return self.show(id).await,
+            (&Method::GET, [id, "limits"]) => return self.limits(id, false).await,
             (&Method::POST, []) => {
-                let result = self.create(call);
+                let result = self.create(call).await;
                 let id = result.as_ref().ok().and_then(|(id, _)| id.clone());
                 ("create", id, result.map(|(_, r)| r))
             }
-            (&Method::PATCH, [id]) => ("update", Some(id.to_string()), self.update(id, call)),
-            (&Method::DELETE, [id]) => ("delete", Some(id.to_string()), self.delete(id)),
+            (&Method::PATCH, [id]) => ("update", Some(id.to_string()), self.update(id, call).await),
+            (&Method::DELETE, [id]) => ("delete", Some(id.to_string()), self.delete(id).await),
             (&Method::POST, [id, "rotate"]) => {
-                ("rotate", Some(id.to_string()), self.rotate(id, call))
+                ("rotate", Some(id.to_string()), self.rotate(id, call).await)
             }
-            (&Method::DELETE, [id, "limits"]) => {
-                ("limits.reset", Some(id.to_string()), self.limits(id, true))
-            }
+            (&Method::DELETE, [id, "limits"]) => (
+                "limits.reset",
+                Some(id.to_string()),
+                self.limits(id, true).await,
+            ),
             (_, []) => return Err(AdminError::MethodNotAllowed("GET, POST")),
             (_, [_]) => return Err(AdminError::MethodNotAllowed("GET, PATCH, DELETE")),
             (_, [_, "rotate"]) => return Err(AdminError::MethodNotAllowed("POST")),
@@ -158,7 +161,7 @@ impl Admin {
         .with_issuers(shared.jwt.external_issuers())
     }
 
-    fn create(&self, call: &Call<'_>) -> Result<(Option<String>, AdminResponse), AdminError> {
+    async fn create(&self, call: &Call<'_>) -> Result<(Option<String>, AdminResponse), AdminError> {
         let request: CreateRequest = parse(&call.body)?;
         blank_name(Some(&request.name))?;
         let spec = ClientSpec {
@@ -172,8 +175,8 @@ impl Admin {
             external_id: request.api_client_id,
             external_issuer: request.api_client_issuer,
         };
-        let view = self.lifecycle().create(spec, unix_now())?;
-        self.reload()?;
+        let view = self.lifecycle().create(spec, unix_now()).await?;
+        self.refresh(&view.client.id).await?;
         let body = view.to_json();
         Ok((
             Some(view.client.id),
@@ -181,7 +184,7 @@ impl Admin {
         ))
     }
 
-    fn list(&self, query: Option<&str>) -> Result<AdminResponse, AdminError> {
+    async fn list(&self, query: Option<&str>) -> Result<AdminResponse, AdminError> {
         let mut list = ListQuery {
             limit: Some(DEFAULT_PAGE),
             ..ListQuery::default()
@@ -210,7 +213,7 @@ impl Admin {
                 }
             }
         }
-        let page = self.lifecycle().list(&list)?;
+        let page = self.lifecycle().list(&list).await?;
         let items: Vec<_> = page.items.iter().map(|c| c.to_json()).collect();
         Ok(json_response(
             StatusCode::OK,
@@ -223,12 +226,12 @@ impl Admin {
         ))
     }
 
-    fn show(&self, id: &str) -> Result<AdminResponse, AdminError> {
-        let view = self.lifecycle().show(id)?;
+    async fn show(&self, id: &str) -> Result<AdminResponse, AdminError> {
+        let view = self.lifecycle().show(id).await?;
         Ok(json_response(StatusCode::OK, &view.to_json()))
     }
 
-    fn update(&self, id: &str, call: &Call<'_>) -> Result<AdminResponse, AdminError> {
+    async fn update(&self, id: &str, call: &Call<'_>) -> Result<AdminResponse, AdminError> {
         let request: UpdateRequest = parse(&call.body)?;
         blank_name(request.name.as_deref())?;
         let update = ClientUpdate {
@@ -240,30 +243,31 @@ impl Admin {
             is_admin: request.is_admin,
             external_id: request.api_client_id,
         };
-        let view = self.lifecycle().update(id, &update)?;
-        self.reload()?;
+        let view = self.lifecycle().update(id, &update).await?;
+        self.refresh(id).await?;
         Ok(json_response(StatusCode::OK, &view.to_json()))
     }
 
-    fn delete(&self, id: &str) -> Result<AdminResponse, AdminError> {
-        self.lifecycle().revoke(id)?;
-        self.reload()?;
+    async fn delete(&self, id: &str) -> Result<AdminResponse, AdminError> {
+        self.lifecycle().revoke(id).await?;
+        self.refresh(id).await?;
         self.shared.limiter.reset(&LimitKey::Client(id.to_owned()));
         Ok(json_response(StatusCode::OK, &revoked_json(id)))
     }
 
-    fn rotate(&self, id: &str, call: &Call<'_>) -> Result<AdminResponse, AdminError> {
+    async fn rotate(&self, id: &str, call: &Call<'_>) -> Result<AdminResponse, AdminError> {
         let request: RotateRequest = parse(&call.body)?;
         let view = self
             .lifecycle()
-            .rotate(id, request.grace_seconds, unix_now())?;
-        self.reload()?;
+            .rotate(id, request.grace_seconds, unix_now())
+            .await?;
+        self.refresh(id).await?;
         Ok(json_response(StatusCode::OK, &view.to_json()))
     }
 
     /// A client's limit state; with `reset`, made whole first.
-    fn limits(&self, id: &str, reset: bool) -> Result<AdminResponse, AdminError> {
-        let client = self.lifecycle().find(id)?;
+    async fn limits(&self, id: &str, reset: bool) -> Result<AdminResponse, AdminError> {
+        let client = self.lifecycle().find(id).await?;
         let shared = self.current();
         let (_, quota) = shared.tier(&client.tier);
         let key = LimitKey::Client(client.id.clone());

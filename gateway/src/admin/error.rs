@@ -64,6 +64,9 @@ impl AdminError {
             AdminError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             AdminError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             AdminError::TooManyFollowers => (StatusCode::SERVICE_UNAVAILABLE, "too_many_followers"),
+            AdminError::Store(error) if error.is_unavailable() => {
+                (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable")
+            }
             AdminError::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "store_error"),
             AdminError::Reload(ReloadError::Invalid(_)) => {
                 (StatusCode::UNPROCESSABLE_ENTITY, "invalid_config")
@@ -93,6 +96,10 @@ impl AdminError {
                 header::WWW_AUTHENTICATE,
                 HeaderValue::from_static("Bearer realm=\"gateway-admin\""),
             );
+        }
+        if code == "store_unavailable" {
+            tracing::warn!(error = %self, "admin request refused: the key store is out of reach");
+            (response.headers_mut()).insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
         }
         if let Some(allow) = allow {
             (response.headers_mut()).insert(header::ALLOW, HeaderValue::from_static(allow));

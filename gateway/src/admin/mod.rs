@@ -278,8 +278,7 @@ impl Admin {
                     actor: &actor,
                     peer,
                 };
-                // SQLite calls block; this runtime has other threads for the rest.
-                tokio::task::block_in_place(|| self.clients(&call))
+                self.clients(&call).await
             }
             _ => Err(AdminError::NotFound),
         }
@@ -314,10 +313,13 @@ impl Admin {
         ))
     }
 
-    /// Makes a store change visible to the request path now, not at the
-    /// next refresh.
-    fn reload(&self) -> Result<(), AdminError> {
-        self.shared.keys.load(self.store.as_ref())?;
+    /// Makes a change to client `id` visible to the request path now,
+    /// not at the next refresh.
+    async fn refresh(&self, id: &str) -> Result<(), AdminError> {
+        self.shared
+            .keys
+            .refresh_client(self.store.as_ref(), id)
+            .await?;
         Ok(())
     }
 

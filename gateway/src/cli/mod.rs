@@ -5,6 +5,7 @@ pub mod keys;
 pub mod limits;
 pub mod reload;
 pub mod run;
+pub mod store;
 pub mod takeover;
 pub mod tokens;
 pub mod top;
@@ -56,6 +57,10 @@ pub enum Command {
     /// The token endpoint's signing keys.
     #[command(subcommand)]
     Tokens(tokens::TokensCommand),
+    /// The shared key store (PostgreSQL): schema migrations, and copying
+    /// a SQLite store into it.
+    #[command(subcommand)]
+    Store(store::StoreCommand),
 }
 
 impl Command {
@@ -69,6 +74,7 @@ impl Command {
             Command::Limits(command) => limits::limits_command(command),
             Command::Tokens(command) => tokens::tokens_command(command),
             Command::Top(args) => top::top(args),
+            Command::Store(command) => store::store_command(command),
         }
     }
 }

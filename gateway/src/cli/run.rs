@@ -14,7 +14,7 @@ use gateway::{
     clock::unix_now,
     config::{Config, IssuerConfig, LimitsBackend},
     jwt::JwtVerifier,
-    keys::{KeyIndex, KeyStore, SqliteStore},
+    keys::{postgres::follow, KeyIndex, KeyStore, PgStore, SqliteStore},
     proxy::workers,
     reload::{self, Reloader},
     shared::Shared,
@@ -215,22 +215,55 @@ pub fn run(args: RunArgs) -> Result<()> {
             None => policy,
         };
 
-        let store: Arc<dyn KeyStore> =
-            Arc::new(SqliteStore::open(&config.keys.store).context("opening the key store")?);
+        // The shared store when configured (reachable, schema current), or
+        // this gateway's own SQLite file.
+        let (store, shared_store): (Arc<dyn KeyStore>, Option<Arc<PgStore>>) = match &config
+            .store
+            .url
+        {
+            Some(url) => {
+                let shared = Arc::new(super::store::open_shared(&config, url).await?);
+                (shared.clone(), Some(shared))
+            }
+            None => (
+                Arc::new(SqliteStore::open(&config.keys.store).context("opening the key store")?),
+                None,
+            ),
+        };
         let index = Arc::new(KeyIndex::default());
-        let count = index.load(store.as_ref()).context("loading API keys")?;
-        tracing::info!(keys = count, store = %config.keys.store.display(), "API keys loaded");
+        let count = index
+            .load(store.as_ref())
+            .await
+            .context("loading API keys")?;
+        let shown = (config.store.url.as_deref()).map_or_else(
+            || config.keys.store.display().to_string(),
+            gateway::keys::postgres::redacted,
+        );
+        tracing::info!(keys = count, store = %shown, "API keys loaded");
         if index.unscoped_external_ids() > 0 {
             tracing::warn!(
                 clients = index.unscoped_external_ids(),
                 "external ids without an issuer map no token: set them again as ISSUER#CLAIM"
             );
         }
-        tokio::spawn(refresh_keys(
-            store.clone(),
-            index.clone(),
-            config.keys.refresh,
-        ));
+        let contact = Arc::new(follow::Contact::default());
+        if let (Some(_), Some(max)) = (&shared_store, config.store.max_staleness) {
+            tokio::spawn(follow::watch_staleness(index.clone(), contact.clone(), max));
+        }
+        match shared_store {
+            // Every change on any node, as it commits.
+            Some(shared) => tokio::spawn(follow::follow(
+                shared,
+                index.clone(),
+                config.keys.refresh,
+                contact.clone(),
+            )),
+            None => tokio::spawn(refresh_keys(
+                store.clone(),
+                index.clone(),
+                config.keys.refresh,
+            )),
+        };
 
         let first_url = started.urls.first().cloned();
         let kernel_attached = kernel
@@ -430,11 +463,11 @@ async fn follow_token_keys(tokens: Arc<TokenIssuer>, jwt: Arc<JwtVerifier>) {
 
 /// Picks up keys another process (the CLI) wrote to the store.
 async fn refresh_keys(store: Arc<dyn KeyStore>, index: Arc<KeyIndex>, every: Duration) {
-    let mut seen = store.version().ok();
+    let mut seen = store.version().await.ok();
     let mut ticker = tokio::time::interval(every);
     loop {
         ticker.tick().await;
-        let version = match store.version() {
+        let version = match store.version().await {
             Ok(version) => version,
             Err(error) => {
                 tracing::warn!(%error, "checking the key store failed");
@@ -444,7 +477,7 @@ async fn refresh_keys(store: Arc<dyn KeyStore>, index: Arc<KeyIndex>, every: Dur
         if seen == Some(version) {
             continue;
         }
-        match index.load(store.as_ref()) {
+        match index.load(store.as_ref()).await {
             Ok(count) => {
                 seen = Some(version);
                 tracing::info!(keys = count, "API keys reloaded");

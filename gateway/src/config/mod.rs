@@ -10,6 +10,7 @@ mod identity;
 mod kernel;
 mod listen;
 mod routes;
+mod store;
 mod upstreams;
 
 use std::path::PathBuf;
@@ -24,6 +25,7 @@ pub use self::listen::{AdminConfig, LimitsBackend, LimitsConfig, ListenerConfig,
 pub use self::routes::{
     AuthPolicy, ForwardingConfig, KeySources, LimitBy, RouteConfig, UpstreamIdentity,
 };
+pub use self::store::StoreConfig;
 pub use self::upstreams::{Balance, HealthCheckConfig, OverloadConfig, UpstreamConfig};
 use crate::guard::GuardSettings;
 use crate::xdp::XdpSettings;
@@ -87,6 +89,12 @@ pub struct Config {
     /// The Redis server a fleet of gateways shares.
     #[serde(default)]
     pub redis: RedisConfig,
+    /// The clients and keys a fleet of gateways shares (PostgreSQL).
+    #[serde(default)]
+    pub store: StoreConfig,
+    /// Whether the file set `[keys] store` (exclusive with `store.url`).
+    #[serde(skip)]
+    pub keys_store_set: bool,
 }
 
 fn default_state_dir() -> PathBuf {
@@ -105,6 +113,7 @@ impl Config {
         if config.tiers.is_empty() {
             config.tiers = identity::default_tiers();
         }
+        config.keys_store_set = store::keys_store_set(text);
         config.validate()?;
         if config.admin.audit_log.is_relative() {
             config.admin.audit_log = config.state_dir.join(&config.admin.audit_log);
@@ -147,6 +156,7 @@ impl Config {
     fn check_ranges(&self) -> Result<(), ConfigError> {
         self.xdp.check(&At::new("xdp"))?;
         self.keys.check(&At::new("keys"))?;
+        self.store.check(&At::new("store"), self.keys_store_set)?;
         self.limits.check(&At::new("limits"))?;
         self.guard.check(&At::new("guard"))?;
         self.tokens.check(&At::new("tokens"))?;

@@ -206,17 +206,17 @@ impl<'a> Clients<'a> {
     }
 
     /// A new client with one key (unless `spec.with_key` is false).
-    pub fn create(&self, spec: ClientSpec, now: i64) -> Result<ClientView, ClientError> {
+    pub async fn create(&self, spec: ClientSpec, now: i64) -> Result<ClientView, ClientError> {
         let new = self.new_client(spec, now)?;
-        let (client, key) = self.store.create(new, now)?;
-        let mut view = self.view(client)?;
+        let (client, key) = self.store.create(new, now).await?;
+        let mut view = self.view(client).await?;
         view.api_key = (!key.is_empty()).then_some(key);
         Ok(view)
     }
 
     /// `count` clients named `NAME-1` ... `NAME-count`, all or none; with
     /// their keys, shown once.
-    pub fn create_many(
+    pub async fn create_many(
         &self,
         spec: ClientSpec,
         count: u32,
@@ -229,12 +229,12 @@ impl<'a> Clients<'a> {
                 ..new.clone()
             })
             .collect();
-        Ok(self.store.create_many(batch, now)?)
+        Ok(self.store.create_many(batch, now).await?)
     }
 
     /// The first admin client, in the highest configured tier; refused
     /// when an admin client exists, unless `force`.
-    pub fn bootstrap(&self, force: bool, now: i64) -> Result<ClientView, ClientError> {
+    pub async fn bootstrap(&self, force: bool, now: i64) -> Result<ClientView, ClientError> {
         let new = NewClient {
             name: "admin".into(),
             tier: self.tiers.last().map_or("gold", String::as_str).to_owned(),
@@ -243,21 +243,23 @@ impl<'a> Clients<'a> {
         };
         // Checked and created in one transaction: concurrent runs make one admin.
         let (client, key) = if force {
-            self.store.create(new, now)?
+            self.store.create(new, now).await?
         } else {
             self.store
-                .create_first_admin(new, now)?
+                .create_first_admin(new, now)
+                .await?
                 .ok_or(ClientError::AdminExists)?
         };
-        let mut view = self.view(client)?;
+        let mut view = self.view(client).await?;
         view.api_key = Some(key);
         Ok(view)
     }
 
-    pub fn list(&self, query: &ListQuery) -> Result<ClientPage, ClientError> {
+    pub async fn list(&self, query: &ListQuery) -> Result<ClientPage, ClientError> {
         let matching: Vec<Client> = self
             .store
-            .clients()?
+            .clients()
+            .await?
             .into_iter()
             .filter(|c| {
                 query
@@ -268,26 +270,28 @@ impl<'a> Clients<'a> {
             .filter(|c| query.tier.as_ref().is_none_or(|t| &c.tier == t))
             .collect();
         let total = matching.len();
-        let items = matching
-            .into_iter()
+        let mut items = Vec::new();
+        let page = (matching.into_iter())
             .skip(query.offset)
-            .take(query.limit.unwrap_or(usize::MAX))
-            .map(|c| self.view(c))
-            .collect::<Result<_, _>>()?;
+            .take(query.limit.unwrap_or(usize::MAX));
+        for client in page {
+            items.push(self.view(client).await?);
+        }
         Ok(ClientPage { total, items })
     }
 
-    pub fn find(&self, id: &str) -> Result<Client, ClientError> {
+    pub async fn find(&self, id: &str) -> Result<Client, ClientError> {
         self.store
-            .client(id)?
+            .client(id)
+            .await?
             .ok_or_else(|| ClientError::UnknownClient(id.to_owned()))
     }
 
-    pub fn show(&self, id: &str) -> Result<ClientView, ClientError> {
-        self.view(self.find(id)?)
+    pub async fn show(&self, id: &str) -> Result<ClientView, ClientError> {
+        self.view(self.find(id).await?).await
     }
 
-    pub fn update(&self, id: &str, update: &ClientUpdate) -> Result<ClientView, ClientError> {
+    pub async fn update(&self, id: &str, update: &ClientUpdate) -> Result<ClientView, ClientError> {
         if let Some(tier) = &update.tier {
             self.check_tier(tier)?;
         }
@@ -297,14 +301,15 @@ impl<'a> Clients<'a> {
         }
         let client = self
             .store
-            .update(id, &update)?
+            .update(id, &update)
+            .await?
             .ok_or_else(|| ClientError::UnknownClient(id.to_owned()))?;
-        self.view(client)
+        self.view(client).await
     }
 
     /// Deletes the client and all its keys.
-    pub fn revoke(&self, id: &str) -> Result<(), ClientError> {
-        if !self.store.delete(id)? {
+    pub async fn revoke(&self, id: &str) -> Result<(), ClientError> {
+        if !self.store.delete(id).await? {
             return Err(ClientError::UnknownClient(id.to_owned()));
         }
         Ok(())
@@ -312,7 +317,7 @@ impl<'a> Clients<'a> {
 
     /// A new key (shown once); the client's current keys keep working for
     /// `grace_seconds`.
-    pub fn rotate(
+    pub async fn rotate(
         &self,
         id: &str,
         grace_seconds: i64,
@@ -323,19 +328,21 @@ impl<'a> Clients<'a> {
         }
         let key = self
             .store
-            .rotate(id, grace_seconds, now)?
+            .rotate(id, grace_seconds, now)
+            .await?
             .ok_or_else(|| ClientError::UnknownClient(id.to_owned()))?;
-        let mut view = self.show(id)?;
+        let mut view = self.show(id).await?;
         view.api_key = Some(key);
         view.previous_keys_expire_at = Some(now.saturating_add(grace_seconds));
         Ok(view)
     }
 
     /// The client with its keys' ids.
-    pub fn view(&self, client: Client) -> Result<ClientView, ClientError> {
+    pub async fn view(&self, client: Client) -> Result<ClientView, ClientError> {
         let keys = self
             .store
-            .client_keys(&client.id)?
+            .client_keys(&client.id)
+            .await?
             .into_iter()
             .map(|k| KeyView {
                 key_id: k.key_id,

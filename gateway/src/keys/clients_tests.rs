@@ -19,31 +19,31 @@ fn store() -> SqliteStore {
     SqliteStore::open(std::path::Path::new(":memory:")).unwrap()
 }
 
-#[test]
-fn unknown_tier_names_the_configured_ones() {
+#[tokio::test]
+async fn unknown_tier_names_the_configured_ones() {
     let store = store();
     let clients = Clients::new(&store, ["bronze", "gold"]);
-    let error = clients.create(spec("silver"), 0).err().unwrap();
+    let error = clients.create(spec("silver"), 0).await.err().unwrap();
     assert_eq!(
         error.to_string(),
         "unknown tier \"silver\"; configured tiers: bronze, gold"
     );
 }
 
-#[test]
-fn lifecycle_shows_keys_once() {
+#[tokio::test]
+async fn lifecycle_shows_keys_once() {
     let store = store();
     let clients = Clients::new(&store, ["bronze", "gold"]);
     let mut with_ttl = spec("gold");
     with_ttl.ttl = Some(Ttl::Text("1h".into()));
-    let created = clients.create(with_ttl, 100).unwrap();
+    let created = clients.create(with_ttl, 100).await.unwrap();
     let id = created.client.id.clone();
     assert!(created.api_key.is_some());
     assert_eq!(created.client.expires_at, Some(3700));
-    let shown = clients.show(&id).unwrap().to_json();
+    let shown = clients.show(&id).await.unwrap().to_json();
     assert!(shown.get("api_key").is_none());
     assert_eq!(shown["keys"].as_array().unwrap().len(), 1);
-    let rotated = clients.rotate(&id, 60, 200).unwrap().to_json();
+    let rotated = clients.rotate(&id, 60, 200).await.unwrap().to_json();
     assert_eq!(rotated["previous_keys_expire_at"], 260);
     assert!(rotated["api_key"].is_string());
     let page = clients
@@ -51,11 +51,12 @@ fn lifecycle_shows_keys_once() {
             tier: Some("gold".into()),
             ..ListQuery::default()
         })
+        .await
         .unwrap();
     assert_eq!(page.total, 1);
-    clients.revoke(&id).unwrap();
+    clients.revoke(&id).await.unwrap();
     assert!(matches!(
-        clients.revoke(&id),
+        clients.revoke(&id).await,
         Err(ClientError::UnknownClient(_))
     ));
 }
@@ -74,7 +75,10 @@ fn racing_bootstraps_make_one_admin_in_a_private_store() {
                 scope.spawn(|| {
                     let store = SqliteStore::open(&path).unwrap();
                     start.wait();
-                    match Clients::new(&store, ["gold"]).bootstrap(false, 0) {
+                    let runtime = tokio::runtime::Builder::new_current_thread()
+                        .build()
+                        .unwrap();
+                    match runtime.block_on(Clients::new(&store, ["gold"]).bootstrap(false, 0)) {
                         Ok(_) => true,
                         Err(ClientError::AdminExists) => false,
                         Err(other) => panic!("{other}"),
@@ -102,8 +106,8 @@ fn racing_bootstraps_make_one_admin_in_a_private_store() {
     }
 }
 
-#[test]
-fn external_ids_are_tied_to_an_issuer() {
+#[tokio::test]
+async fn external_ids_are_tied_to_an_issuer() {
     let one = ["https://a".to_owned()];
     let two = ["https://a".to_owned(), "https://b".to_owned()];
     let ok = |id, issuer, configured| external_id(id, issuer, configured).unwrap();
@@ -127,17 +131,17 @@ fn external_ids_are_tied_to_an_issuer() {
     let clients = Clients::new(&store, ["gold"]).with_issuers(one.clone());
     let mut spec = spec("gold");
     spec.external_id = Some("svc".into());
-    let created = clients.create(spec, 0).unwrap();
+    let created = clients.create(spec, 0).await.unwrap();
     assert_eq!(created.client.external_id.as_deref(), Some("https://a#svc"));
 }
 
-#[test]
-fn contradictory_expiry_is_refused() {
+#[tokio::test]
+async fn contradictory_expiry_is_refused() {
     let store = store();
     let clients = Clients::new(&store, ["gold"]);
     let mut both = spec("gold");
     (both.expires_at, both.ttl) = (Some(10), Some(Ttl::Seconds(10)));
     let refused = |r: Result<ClientView, _>| matches!(r, Err(ClientError::Invalid(_)));
-    assert!(refused(clients.create(both, 0)));
-    assert!(refused(clients.rotate("x", -1, 0)));
+    assert!(refused(clients.create(both, 0).await));
+    assert!(refused(clients.rotate("x", -1, 0).await));
 }

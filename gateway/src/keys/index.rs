@@ -11,7 +11,7 @@ use subtle::ConstantTimeEq;
 
 use super::{
     format::{self, KeyFormatError},
-    store::{Client, KeyStore, StoreError},
+    store::{Client, KeyStore, StoreError, StoredKey},
 };
 
 /// Why a presented key was refused (for metrics and logs; never the key).
@@ -113,6 +113,7 @@ type IdMap = HashMap<KeyId, Entry, IdHashing>;
 /// What verifying a key needs, in one place: the client's `disabled` and
 /// expiry are copied here (the index is rebuilt whenever the store
 /// changes), so a verification touches the client only to hand it out.
+#[derive(Clone)]
 struct Entry {
     secret_hash: [u8; 32],
     /// The earlier of the key's end of grace (a rotated-out key) and the
@@ -129,36 +130,51 @@ pub struct KeyIndex {
     external: ArcSwap<HashMap<String, Arc<Client>>>,
     /// Clients by id, for the admin API.
     clients: ArcSwap<HashMap<String, Arc<Client>>>,
+    /// Set while a shared store has been out of reach longer than
+    /// `store.max_staleness`: keys are then refused (503), not checked
+    /// against what may be stale.
+    stale: std::sync::atomic::AtomicBool,
+    /// One rebuild at a time (a full load, a client's refresh), so two
+    /// copy-and-swap updates never lose each other's change.
+    writer: std::sync::Mutex<()>,
+}
+
+/// A key's entry: the earlier of its own end and its client's.
+fn entry(key: &StoredKey, client: &Arc<Client>) -> Option<(KeyId, Entry)> {
+    let expires_at = match (key.expires_at, client.expires_at) {
+        (Some(key), Some(client)) => Some(key.min(client)),
+        (key, client) => key.or(client),
+    };
+    Some((
+        KeyId::try_from(key.key_id.as_bytes()).ok()?,
+        Entry {
+            secret_hash: key.secret_hash,
+            expires_at,
+            disabled: client.disabled,
+            client: client.clone(),
+        },
+    ))
 }
 
 impl KeyIndex {
     /// Rebuilds the index from the store and swaps it in.
-    pub fn load(&self, store: &dyn KeyStore) -> Result<usize, StoreError> {
-        let clients: HashMap<String, Arc<Client>> = store
-            .clients()?
+    pub async fn load(&self, store: &dyn KeyStore) -> Result<usize, StoreError> {
+        let clients = store.clients().await?;
+        let keys = store.keys().await?;
+        Ok(self.replace(clients, keys))
+    }
+
+    /// Swaps in an index of exactly these clients and keys.
+    pub fn replace(&self, clients: Vec<Client>, keys: Vec<StoredKey>) -> usize {
+        let _writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let clients: HashMap<String, Arc<Client>> = clients
             .into_iter()
             .map(|client| (client.id.clone(), Arc::new(client)))
             .collect();
         // A stored id not of the key format could never be presented: skipped.
-        let entries: IdMap = store
-            .keys()?
-            .into_iter()
-            .filter_map(|key| {
-                let client = clients.get(&key.client_id)?.clone();
-                let expires_at = match (key.expires_at, client.expires_at) {
-                    (Some(key), Some(client)) => Some(key.min(client)),
-                    (key, client) => key.or(client),
-                };
-                Some((
-                    KeyId::try_from(key.key_id.as_bytes()).ok()?,
-                    Entry {
-                        secret_hash: key.secret_hash,
-                        expires_at,
-                        disabled: client.disabled,
-                        client,
-                    },
-                ))
-            })
+        let entries: IdMap = keys
+            .iter()
+            .filter_map(|key| entry(key, clients.get(&key.client_id)?))
             .collect();
         let external: HashMap<String, Arc<Client>> = clients
             .values()
@@ -168,7 +184,57 @@ impl KeyIndex {
         self.entries.store(Arc::new(entries));
         self.external.store(Arc::new(external));
         self.clients.store(Arc::new(clients));
-        Ok(count)
+        count
+    }
+
+    /// Reads one client and its keys from the store and puts them in
+    /// place of what the index held for it (gone if the client is gone).
+    pub async fn refresh_client(&self, store: &dyn KeyStore, id: &str) -> Result<(), StoreError> {
+        let client = store.client(id).await?;
+        let keys = match client {
+            Some(_) => store.client_keys(id).await?,
+            None => Vec::new(),
+        };
+        self.apply_client(id, client, &keys);
+        Ok(())
+    }
+
+    /// Replaces client `id` (and its keys) in the index; `None` removes it.
+    /// The maps are copied and swapped: readers never wait.
+    pub fn apply_client(&self, id: &str, client: Option<Client>, keys: &[StoredKey]) {
+        let _writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let client = client.map(Arc::new);
+        let mut entries: IdMap = IdMap::clone(&self.entries.load());
+        entries.retain(|_, entry| entry.client.id != id);
+        if let Some(client) = &client {
+            entries.extend(
+                keys.iter()
+                    .filter(|key| key.client_id == id)
+                    .filter_map(|key| entry(key, client)),
+            );
+        }
+        let mut external = HashMap::clone(&self.external.load());
+        external.retain(|_, c| c.id != id);
+        let mut clients = HashMap::clone(&self.clients.load());
+        clients.remove(id);
+        if let Some(client) = client {
+            if let Some(external_id) = &client.external_id {
+                external.insert(external_id.clone(), client.clone());
+            }
+            clients.insert(id.to_owned(), client);
+        }
+        self.entries.store(Arc::new(entries));
+        self.external.store(Arc::new(external));
+        self.clients.store(Arc::new(clients));
+    }
+
+    pub fn is_stale(&self) -> bool {
+        self.stale.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub fn set_stale(&self, stale: bool) {
+        self.stale
+            .store(stale, std::sync::atomic::Ordering::Relaxed);
     }
 
     pub fn client(&self, id: &str) -> Option<Arc<Client>> {
@@ -250,6 +316,11 @@ mod tests {
         assert!(!Disabled.is_guessing() && !Expired.is_guessing());
     }
 
+    /// The index of everything `store` holds.
+    fn load(index: &KeyIndex, store: &SqliteStore) -> usize {
+        index.replace(store.clients().unwrap(), store.keys().unwrap())
+    }
+
     fn store() -> (tempfile::TempDir, SqliteStore) {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(&dir.path().join("keys.db")).unwrap();
@@ -271,7 +342,7 @@ mod tests {
         let (_dir, store) = store();
         let (created, key) = store.create(client("a", None), 100).unwrap();
         let index = KeyIndex::default();
-        assert_eq!(index.load(&store).unwrap(), 1);
+        assert_eq!(load(&index, &store), 1);
         let (id, outcome) = index.verify(&key, 200);
         assert_eq!(outcome.unwrap().id, created.id);
         assert_eq!(created.id, format!("cl_{}", id.unwrap()));
@@ -301,7 +372,7 @@ mod tests {
         let (created, old) = store.create(client("a", None), 100).unwrap();
         let new = store.rotate(&created.id, 60, 1_000).unwrap().unwrap();
         let index = KeyIndex::default();
-        assert_eq!(index.load(&store).unwrap(), 2);
+        assert_eq!(load(&index, &store), 2);
         assert!(index.verify(&old, 1_059).1.is_ok(), "old key within grace");
         assert_eq!(
             index.verify(&old, 1_060).1.unwrap_err(),
@@ -310,7 +381,7 @@ mod tests {
         assert!(index.verify(&new, 5_000).1.is_ok());
         // Rotating again with no grace ends every earlier key at once.
         let newest = store.rotate(&created.id, 0, 1_010).unwrap().unwrap();
-        index.load(&store).unwrap();
+        load(&index, &store);
         assert!(index.verify(&new, 1_010).1.is_err());
         assert!(index.verify(&newest, 1_010).1.is_ok());
         assert_eq!(store.rotate("cl_nobody", 0, 1).unwrap(), None);
@@ -325,12 +396,12 @@ mod tests {
             (updated.tier.as_str(), updated.expires_at),
             ("silver", Some(9_999))
         );
-        index.load(&store).unwrap();
+        load(&index, &store);
         assert_eq!(index.verify(&newest, 1_010).1.unwrap().tier, "silver");
 
         assert!(store.delete(&created.id).unwrap());
         assert!(!store.delete(&created.id).unwrap());
-        index.load(&store).unwrap();
+        load(&index, &store);
         assert_eq!(
             index.verify(&newest, 1_010).1.unwrap_err(),
             KeyRejection::Unknown
@@ -343,7 +414,7 @@ mod tests {
         let (_dir, store) = store();
         let (_, key) = store.create(client("old", Some(150)), 100).unwrap();
         let index = KeyIndex::default();
-        index.load(&store).unwrap();
+        load(&index, &store);
         assert!(index.verify(&key, 149).1.is_ok());
         assert_eq!(index.verify(&key, 150).1.err(), Some(KeyRejection::Expired));
     }
@@ -357,7 +428,7 @@ mod tests {
         let (created, old) = store.create(client("a", Some(2_000)), 100).unwrap();
         let new = store.rotate(&created.id, 500, 1_000).unwrap().unwrap();
         let index = KeyIndex::default();
-        index.load(&store).unwrap();
+        load(&index, &store);
         assert!(index.verify(&old, 1_499).1.is_ok());
         assert_eq!(
             index.verify(&old, 1_500).1.err(),
@@ -374,7 +445,7 @@ mod tests {
             ..ClientUpdate::default()
         };
         store.update(&created.id, &disable).unwrap().unwrap();
-        index.load(&store).unwrap();
+        load(&index, &store);
         assert_eq!(
             index.verify(&new, 1_000).1.err(),
             Some(KeyRejection::Disabled)
@@ -398,5 +469,37 @@ mod tests {
         for file in [bytes, wal] {
             assert!(!file.windows(secret.len()).any(|w| w == secret.as_bytes()));
         }
+    }
+
+    /// A per-client refresh changes that client only: its keys follow the
+    /// store, every other client's keys are untouched.
+    #[test]
+    fn a_client_refresh_replaces_that_client_alone() {
+        let (_dir, store) = store();
+        let (a, key_a) = store.create(client("a", None), 1).unwrap();
+        let (b, key_b) = store.create(client("b", None), 1).unwrap();
+        let index = KeyIndex::default();
+        assert_eq!(load(&index, &store), 2);
+        let disable = ClientUpdate {
+            disabled: Some(true),
+            ..ClientUpdate::default()
+        };
+        let disabled = store.update(&a.id, &disable).unwrap();
+        index.apply_client(&a.id, disabled, &store.client_keys(&a.id).unwrap());
+        assert_eq!(
+            index.verify(&key_a, 2).1.err(),
+            Some(KeyRejection::Disabled)
+        );
+        assert!(index.verify(&key_b, 2).1.is_ok());
+        let new = store.rotate(&b.id, 0, 3).unwrap().unwrap();
+        let keys = store.client_keys(&b.id).unwrap();
+        index.apply_client(&b.id, store.client(&b.id).unwrap(), &keys);
+        assert!(index.verify(&new, 3).1.is_ok());
+        // Rotated without grace: the old key is gone from the store and the index.
+        assert_eq!(index.verify(&key_b, 3).1.err(), Some(KeyRejection::Unknown));
+        index.apply_client(&a.id, None, &[]);
+        assert_eq!(index.verify(&key_a, 3).1.err(), Some(KeyRejection::Unknown));
+        assert!(index.client(&a.id).is_none() && index.client(&b.id).is_some());
+        assert_eq!(index.len(), 1, "only b's new key is left");
     }
 }

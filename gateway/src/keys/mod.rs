@@ -1,12 +1,16 @@
-//! API keys: their format, the embedded store, the client lifecycle on it,
-//! and the in-memory index the request path verifies against.
+//! API keys: their format, the stores (embedded SQLite, shared
+//! PostgreSQL), the client lifecycle on them, and the in-memory index the
+//! request path verifies against.
 pub mod clients;
+pub mod copy;
 pub mod format;
 pub mod index;
+pub mod postgres;
 pub mod sqlite;
 pub mod store;
 
 pub use clients::{ClientError, Clients};
 pub use index::{KeyIndex, KeyRejection};
+pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 pub use store::{Client, KeyStore, NewClient, StoreError};

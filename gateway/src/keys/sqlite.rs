@@ -7,7 +7,7 @@ use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBe
 
 use super::{
     format,
-    store::{Client, ClientUpdate, KeyStore, NewClient, StoreError, StoredKey},
+    store::{BackendError, Client, ClientUpdate, KeyStore, NewClient, StoreError, StoredKey},
 };
 use crate::private_files;
 
@@ -38,9 +38,9 @@ CREATE TABLE IF NOT EXISTS api_keys (
 impl SqliteStore {
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         make_private(path)?;
-        let open_error = |source| StoreError::Open {
+        let open_error = |source: rusqlite::Error| StoreError::Open {
             path: path.display().to_string(),
-            source,
+            source: BackendError::new(source),
         };
         let mut conn = Connection::open(path).map_err(open_error)?;
         // First, so that concurrent openers of a new store wait for each
@@ -105,6 +105,22 @@ fn insert_key(
         "INSERT INTO api_keys (key_id, client_id, secret_hash, created_at) VALUES (?1, ?2, ?3, ?4)",
         params![key.id, client_id, key.secret_hash.as_slice(), now],
     )
+}
+
+fn key_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredKey> {
+    let hash: Vec<u8> = row.get(2)?;
+    let mut secret_hash = [0u8; 32];
+    // A hash of the wrong length matches nothing (all zero).
+    if hash.len() == 32 {
+        secret_hash.copy_from_slice(&hash);
+    }
+    Ok(StoredKey {
+        key_id: row.get(0)?,
+        client_id: row.get(1)?,
+        secret_hash,
+        expires_at: row.get(3)?,
+        created_at: row.get(4)?,
+    })
 }
 
 fn client_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Client> {
@@ -202,8 +218,10 @@ impl SqliteStore {
     }
 }
 
-impl KeyStore for SqliteStore {
-    fn create_many(
+/// The store's operations, synchronous: local file I/O. The async
+/// [`KeyStore`] methods run these.
+impl SqliteStore {
+    pub fn create_many(
         &self,
         new: Vec<NewClient>,
         now: i64,
@@ -211,7 +229,7 @@ impl KeyStore for SqliteStore {
         Ok(self.insert(new, now, false)?.unwrap_or_default())
     }
 
-    fn create_first_admin(
+    pub fn create_first_admin(
         &self,
         new: NewClient,
         now: i64,
@@ -219,7 +237,7 @@ impl KeyStore for SqliteStore {
         Ok(self.insert(vec![new], now, true)?.and_then(|mut c| c.pop()))
     }
 
-    fn clients(&self) -> Result<Vec<Client>, StoreError> {
+    pub fn clients(&self) -> Result<Vec<Client>, StoreError> {
         let conn = self.conn();
         let mut statement = conn.prepare(
             "SELECT id, name, tier, scopes, expires_at, disabled, is_admin, external_id, created_at
@@ -231,33 +249,19 @@ impl KeyStore for SqliteStore {
         Ok(clients)
     }
 
-    fn keys(&self) -> Result<Vec<StoredKey>, StoreError> {
+    pub fn keys(&self) -> Result<Vec<StoredKey>, StoreError> {
         let conn = self.conn();
         let mut statement = conn.prepare(
             "SELECT key_id, client_id, secret_hash, expires_at, created_at FROM api_keys
              ORDER BY created_at, key_id",
         )?;
         let keys = statement
-            .query_map([], |row| {
-                let hash: Vec<u8> = row.get(2)?;
-                let mut secret_hash = [0u8; 32];
-                // A hash of the wrong length matches nothing (all zero).
-                if hash.len() == 32 {
-                    secret_hash.copy_from_slice(&hash);
-                }
-                Ok(StoredKey {
-                    key_id: row.get(0)?,
-                    client_id: row.get(1)?,
-                    secret_hash,
-                    expires_at: row.get(3)?,
-                    created_at: row.get(4)?,
-                })
-            })?
+            .query_map([], key_from_row)?
             .collect::<Result<_, _>>()?;
         Ok(keys)
     }
 
-    fn client(&self, client_id: &str) -> Result<Option<Client>, StoreError> {
+    pub fn client(&self, client_id: &str) -> Result<Option<Client>, StoreError> {
         Ok(self
             .conn()
             .query_row(
@@ -269,7 +273,11 @@ impl KeyStore for SqliteStore {
             .optional()?)
     }
 
-    fn update(&self, client_id: &str, update: &ClientUpdate) -> Result<Option<Client>, StoreError> {
+    pub fn update(
+        &self,
+        client_id: &str,
+        update: &ClientUpdate,
+    ) -> Result<Option<Client>, StoreError> {
         let mut conn = self.conn();
         let tx = immediate(&mut conn)?;
         let Some(mut client) = tx
@@ -283,22 +291,7 @@ impl KeyStore for SqliteStore {
         else {
             return Ok(None);
         };
-        let ClientUpdate {
-            name,
-            tier,
-            scopes,
-            expires_at,
-            disabled,
-            is_admin,
-            external_id,
-        } = update.clone();
-        client.name = name.unwrap_or(client.name);
-        client.tier = tier.unwrap_or(client.tier);
-        client.scopes = scopes.unwrap_or(client.scopes);
-        client.expires_at = expires_at.unwrap_or(client.expires_at);
-        client.disabled = disabled.unwrap_or(client.disabled);
-        client.is_admin = is_admin.unwrap_or(client.is_admin);
-        client.external_id = external_id.unwrap_or(client.external_id);
+        client = update.apply(client);
         let result = tx.execute(
             "UPDATE api_clients SET name = ?2, tier = ?3, scopes = ?4, expires_at = ?5,
                  disabled = ?6, is_admin = ?7, external_id = ?8
@@ -330,7 +323,7 @@ impl KeyStore for SqliteStore {
         }
     }
 
-    fn delete(&self, client_id: &str) -> Result<bool, StoreError> {
+    pub fn delete(&self, client_id: &str) -> Result<bool, StoreError> {
         let mut conn = self.conn();
         let tx = immediate(&mut conn)?;
         tx.execute("DELETE FROM api_keys WHERE client_id = ?1", [client_id])?;
@@ -339,7 +332,7 @@ impl KeyStore for SqliteStore {
         Ok(deleted == 1)
     }
 
-    fn rotate(
+    pub fn rotate(
         &self,
         client_id: &str,
         grace_seconds: i64,
@@ -375,9 +368,103 @@ impl KeyStore for SqliteStore {
         Ok(Some(key.text))
     }
 
-    fn version(&self) -> Result<i64, StoreError> {
+    pub fn version(&self) -> Result<i64, StoreError> {
         Ok(self
             .conn()
             .query_row("PRAGMA data_version", [], |row| row.get(0))?)
+    }
+}
+
+impl SqliteStore {
+    /// Creates one client with one key.
+    pub fn create(&self, new: NewClient, now: i64) -> Result<(Client, String), StoreError> {
+        self.create_many(vec![new], now)?
+            .pop()
+            .ok_or_else(|| StoreError::backend("the store created no client"))
+    }
+
+    pub fn client_keys(&self, client_id: &str) -> Result<Vec<StoredKey>, StoreError> {
+        let conn = self.conn();
+        let mut statement = conn.prepare(
+            "SELECT key_id, client_id, secret_hash, expires_at, created_at FROM api_keys
+             WHERE client_id = ?1 ORDER BY created_at, key_id",
+        )?;
+        let keys = statement
+            .query_map([client_id], key_from_row)?
+            .collect::<Result<_, _>>()?;
+        Ok(keys)
+    }
+}
+
+/// Local file I/O on the caller's thread; on a multi-threaded runtime the
+/// runtime first moves its other work elsewhere (as the admin API always
+/// did for this store).
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current() {
+        Ok(handle) if handle.runtime_flavor() == RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
+    }
+}
+
+#[async_trait::async_trait]
+impl KeyStore for SqliteStore {
+    async fn create_many(
+        &self,
+        new: Vec<NewClient>,
+        now: i64,
+    ) -> Result<Vec<(Client, String)>, StoreError> {
+        blocking(|| SqliteStore::create_many(self, new, now))
+    }
+
+    async fn create_first_admin(
+        &self,
+        new: NewClient,
+        now: i64,
+    ) -> Result<Option<(Client, String)>, StoreError> {
+        blocking(|| SqliteStore::create_first_admin(self, new, now))
+    }
+
+    async fn clients(&self) -> Result<Vec<Client>, StoreError> {
+        blocking(|| SqliteStore::clients(self))
+    }
+
+    async fn keys(&self) -> Result<Vec<StoredKey>, StoreError> {
+        blocking(|| SqliteStore::keys(self))
+    }
+
+    async fn version(&self) -> Result<i64, StoreError> {
+        blocking(|| SqliteStore::version(self))
+    }
+
+    async fn client(&self, client_id: &str) -> Result<Option<Client>, StoreError> {
+        blocking(|| SqliteStore::client(self, client_id))
+    }
+
+    async fn update(
+        &self,
+        client_id: &str,
+        update: &ClientUpdate,
+    ) -> Result<Option<Client>, StoreError> {
+        blocking(|| SqliteStore::update(self, client_id, update))
+    }
+
+    async fn delete(&self, client_id: &str) -> Result<bool, StoreError> {
+        blocking(|| SqliteStore::delete(self, client_id))
+    }
+
+    async fn rotate(
+        &self,
+        client_id: &str,
+        grace_seconds: i64,
+        now: i64,
+    ) -> Result<Option<String>, StoreError> {
+        blocking(|| SqliteStore::rotate(self, client_id, grace_seconds, now))
+    }
+
+    async fn client_keys(&self, client_id: &str) -> Result<Vec<StoredKey>, StoreError> {
+        blocking(|| SqliteStore::client_keys(self, client_id))
     }
 }

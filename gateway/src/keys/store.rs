@@ -1,23 +1,52 @@
 //! What a key store is: the clients and key records it keeps, and the
-//! [`KeyStore`] trait, so a shared store can replace the embedded one
-//! ([`super::sqlite`]) without touching the request path, which reads
-//! [`super::KeyIndex`]. Only key ids and secret hashes are stored.
+//! [`KeyStore`] trait, so the shared store ([`super::postgres`]) and the
+//! embedded one ([`super::sqlite`]) are interchangeable behind it without
+//! touching the request path, which reads [`super::KeyIndex`]. Only key
+//! ids and secret hashes are stored. Async, so a store on the network
+//! never blocks a runtime thread.
 use super::format::KeyFormatError;
+
+/// A backend's own error, kept opaque so the store's errors do not name
+/// the driver of either backend.
+#[derive(Debug)]
+pub struct BackendError(Box<dyn std::error::Error + Send + Sync>);
+
+impl BackendError {
+    pub fn new(error: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        Self(error.into())
+    }
+}
+
+impl std::fmt::Display for BackendError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for BackendError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("key store {path}: {source}")]
-    Open {
-        path: String,
-        source: rusqlite::Error,
-    },
+    Open { path: String, source: BackendError },
     #[error("key store {path}: {source}")]
     File {
         path: String,
         source: std::io::Error,
     },
     #[error("key store: {0}")]
-    Sql(#[from] rusqlite::Error),
+    Backend(BackendError),
+    /// The store cannot be reached now (a shared store's network or
+    /// server); a later try may work.
+    #[error("key store unavailable: {0}")]
+    Unavailable(BackendError),
+    /// The shared store's schema is not the one this gateway runs on.
+    #[error("key store schema: {0}")]
+    Schema(String),
     #[error(transparent)]
     Key(#[from] KeyFormatError),
     #[error("external id {0:?} already belongs to another client")]
@@ -28,6 +57,21 @@ impl StoreError {
     /// Whether the caller asked for something impossible (vs. a store failure).
     pub fn is_conflict(&self) -> bool {
         matches!(self, StoreError::DuplicateExternalId(_))
+    }
+
+    /// Whether the store is out of reach (503, try again) rather than broken.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, StoreError::Unavailable(_))
+    }
+
+    pub(super) fn backend(message: impl Into<String>) -> Self {
+        StoreError::Backend(BackendError::new(message.into()))
+    }
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(error: rusqlite::Error) -> Self {
+        StoreError::Backend(BackendError::new(error))
     }
 }
 
@@ -74,8 +118,23 @@ pub struct ClientUpdate {
     pub external_id: Option<Option<String>>,
 }
 
+impl ClientUpdate {
+    /// `client` with these changes.
+    pub fn apply(&self, mut client: Client) -> Client {
+        let update = self.clone();
+        client.name = update.name.unwrap_or(client.name);
+        client.tier = update.tier.unwrap_or(client.tier);
+        client.scopes = update.scopes.unwrap_or(client.scopes);
+        client.expires_at = update.expires_at.unwrap_or(client.expires_at);
+        client.disabled = update.disabled.unwrap_or(client.disabled);
+        client.is_admin = update.is_admin.unwrap_or(client.is_admin);
+        client.external_id = update.external_id.unwrap_or(client.external_id);
+        client
+    }
+}
+
 /// A key as stored: never the key itself.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StoredKey {
     pub key_id: String,
     pub client_id: String,
@@ -85,61 +144,66 @@ pub struct StoredKey {
     pub created_at: i64,
 }
 
+#[async_trait::async_trait]
 pub trait KeyStore: Send + Sync {
     /// Creates clients with one key each, all or none; returns the key
     /// texts, shown once.
-    fn create_many(
+    async fn create_many(
         &self,
         new: Vec<NewClient>,
         now: i64,
     ) -> Result<Vec<(Client, String)>, StoreError>;
 
     /// Creates one client with one key.
-    fn create(&self, new: NewClient, now: i64) -> Result<(Client, String), StoreError> {
-        self.create_many(vec![new], now)?
+    async fn create(&self, new: NewClient, now: i64) -> Result<(Client, String), StoreError> {
+        self.create_many(vec![new], now)
+            .await?
             .pop()
-            .ok_or_else(|| StoreError::Sql(rusqlite::Error::QueryReturnedNoRows))
+            .ok_or_else(|| StoreError::backend("the store created no client"))
     }
 
     /// Creates `new` unless an admin client exists, atomically: of two
     /// concurrent calls on an empty store exactly one creates. `Ok(None)`:
     /// an admin client exists.
-    fn create_first_admin(
+    async fn create_first_admin(
         &self,
         new: NewClient,
         now: i64,
     ) -> Result<Option<(Client, String)>, StoreError>;
-    fn clients(&self) -> Result<Vec<Client>, StoreError>;
-    fn keys(&self) -> Result<Vec<StoredKey>, StoreError>;
-    /// Changes whenever another process commits to the store.
-    fn version(&self) -> Result<i64, StoreError>;
-    /// `Ok(false)`: no such client.
-    fn set_disabled(&self, client_id: &str, disabled: bool) -> Result<bool, StoreError> {
-        let update = ClientUpdate {
-            disabled: Some(disabled),
-            ..ClientUpdate::default()
-        };
-        Ok(self.update(client_id, &update)?.is_some())
-    }
-    fn client(&self, client_id: &str) -> Result<Option<Client>, StoreError>;
+    async fn clients(&self) -> Result<Vec<Client>, StoreError>;
+    async fn keys(&self) -> Result<Vec<StoredKey>, StoreError>;
+    /// Changes whenever anyone (another process, another node) commits.
+    async fn version(&self) -> Result<i64, StoreError>;
+    async fn client(&self, client_id: &str) -> Result<Option<Client>, StoreError>;
     /// `Ok(None)`: no such client.
-    fn update(&self, client_id: &str, update: &ClientUpdate) -> Result<Option<Client>, StoreError>;
+    async fn update(
+        &self,
+        client_id: &str,
+        update: &ClientUpdate,
+    ) -> Result<Option<Client>, StoreError>;
     /// Deletes the client and its keys; `Ok(false)`: no such client.
-    fn delete(&self, client_id: &str) -> Result<bool, StoreError>;
+    async fn delete(&self, client_id: &str) -> Result<bool, StoreError>;
     /// A new key for the client; its current keys stop working at
     /// `now + grace_seconds` (at once for 0). `Ok(None)`: no such client.
-    fn rotate(
+    async fn rotate(
         &self,
         client_id: &str,
         grace_seconds: i64,
         now: i64,
     ) -> Result<Option<String>, StoreError>;
     /// The client's keys (ids and expiry, never secrets).
-    fn client_keys(&self, client_id: &str) -> Result<Vec<StoredKey>, StoreError> {
+    async fn client_keys(&self, client_id: &str) -> Result<Vec<StoredKey>, StoreError> {
         Ok(self
-            .keys()?
+            .keys()
+            .await?
             .into_iter()
             .filter(|key| key.client_id == client_id)
             .collect())
+    }
+    /// Takes clients and key records as they are (`gateway store copy`),
+    /// all or none, into a store holding no clients.
+    async fn import(&self, clients: &[Client], keys: &[StoredKey]) -> Result<(), StoreError> {
+        let _ = (clients, keys);
+        Err(StoreError::backend("this store cannot import"))
     }
 }

@@ -47,6 +47,9 @@ pub enum ProxyError {
     BodyTooLarge,
     /// The body did not arrive within `limits.request_timeout`.
     BodyTimeout,
+    /// The shared key store has been out of reach longer than
+    /// `store.max_staleness`: keys are not checked against stale data.
+    KeyStoreStale,
 }
 
 /// Who caused a failure, for logs: the client, the upstream, or us.
@@ -126,6 +129,7 @@ impl ProxyError {
             ProxyError::MalformedRequest(_) => "bad_request",
             ProxyError::BodyTooLarge => "body_too_large",
             ProxyError::BodyTimeout => "request_timeout",
+            ProxyError::KeyStoreStale => "key_store_unavailable",
         }
     }
 
@@ -150,7 +154,7 @@ impl ProxyError {
             | ProxyError::UpstreamTimeout
             | ProxyError::Upstream
             | ProxyError::Overloaded(_) => Blame::Upstream,
-            ProxyError::Internal => Blame::Internal,
+            ProxyError::Internal | ProxyError::KeyStoreStale => Blame::Internal,
             _ => Blame::Client,
         }
     }
@@ -228,6 +232,10 @@ impl ProxyError {
                 StatusCode::REQUEST_TIMEOUT,
                 "the request body did not arrive in time".into(),
             ),
+            ProxyError::KeyStoreStale => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the gateway has lost its key store for too long to check API keys".into(),
+            ),
         }
     }
 
@@ -278,6 +286,9 @@ impl ProxyError {
                     header::RETRY_AFTER,
                     HeaderValue::from(retry.as_secs().max(1)),
                 );
+            }
+            ProxyError::KeyStoreStale => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
             }
             _ => {}
         }

@@ -91,7 +91,7 @@ impl Identity {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::keys::{store::NewClient, KeyStore, SqliteStore};
+    use crate::keys::{store::NewClient, SqliteStore};
 
     fn token(issuer: &str, claim: &str, own: bool, scopes: &[&str]) -> Arc<VerifiedToken> {
         Arc::new(VerifiedToken {
@@ -117,7 +117,7 @@ mod tests {
         };
         let (client, _) = store.create(new, 0).unwrap();
         let index = KeyIndex::default();
-        index.load(&store).unwrap();
+        index.replace(store.clients().unwrap(), store.keys().unwrap());
         (index, client.id)
     }
 

@@ -331,6 +331,7 @@ impl Gateway {
                 ctx.issuer = Some(verified.issuer.clone());
                 Identity::of_token(verified, keys, unix_now())?
             }
+            Credential::ApiKey(_) if keys.is_stale() => return Err(ProxyError::KeyStoreStale),
             Credential::ApiKey(key) => {
                 let (key_id, outcome) = keys.verify(&key, unix_now());
                 ctx.key_id = key_id;

@@ -223,6 +223,21 @@ impl GatewayBuilder {
         self
     }
 
+    /// Keeps clients and keys in the shared store at `url` (`[store]
+    /// url`) instead of the base config's SQLite file (the two exclude
+    /// each other).
+    pub fn shared_store(self, url: &str) -> Self {
+        let text = std::fs::read_to_string(&self.config).unwrap();
+        let sqlite = format!("store = \"{}\"\n", self.dir.path.join("keys.db").display());
+        assert!(
+            text.contains(&sqlite),
+            "the base config names its SQLite store"
+        );
+        let text = text.replacen(&sqlite, "", 1);
+        std::fs::write(&self.config, format!("{text}\n[store]\nurl = \"{url}\"\n")).unwrap();
+        self
+    }
+
     /// A new client of `tier` in the store; returns its key.
     pub fn create_key(&self, tier: &str) -> String {
         create_client(&self.config, tier, &[]).1

@@ -16,7 +16,7 @@ use gateway::{
     keys::{
         clients::{expires_after, revoked_json, ClientSpec, ClientView, ListQuery},
         store::ClientUpdate,
-        ClientError, Clients, SqliteStore,
+        ClientError, Clients, KeyStore,
     },
 };
 use serde_json::{json, Value};
@@ -135,7 +135,8 @@ pub struct Target {
     /// Read the store path (and tier names) from this configuration.
     #[arg(long)]
     config: Option<PathBuf>,
-    /// The store file itself (overrides the configuration's `keys.store`).
+    /// A SQLite store file (overrides the configuration's `keys.store`
+    /// and `store.url`).
     #[arg(long)]
     store: Option<PathBuf>,
     /// Act through this running gateway's admin API instead of the store.
@@ -158,28 +159,28 @@ enum Op {
 
 impl Op {
     /// Does it on the store.
-    fn apply(self, clients: &Clients<'_>) -> Result<Value, ClientError> {
+    async fn apply(self, clients: &Clients<'_>) -> Result<Value, ClientError> {
         let now = unix_now();
         Ok(match self {
-            Op::Create(spec) => clients.create(spec, now)?.to_json(),
+            Op::Create(spec) => clients.create(spec, now).await?.to_json(),
             Op::List { tier } => {
                 let query = ListQuery {
                     tier,
                     ..ListQuery::default()
                 };
-                let page = clients.list(&query)?;
+                let page = clients.list(&query).await?;
                 let items: Vec<Value> = page.items.iter().map(ClientView::to_json).collect();
                 json!({ "total": page.total, "items": items })
             }
-            Op::Show(id) => clients.show(&id)?.to_json(),
-            Op::Update(id, update) => clients.update(&id, &update)?.to_json(),
+            Op::Show(id) => clients.show(&id).await?.to_json(),
+            Op::Update(id, update) => clients.update(&id, &update).await?.to_json(),
             Op::Revoke(id) => {
-                clients.revoke(&id)?;
+                clients.revoke(&id).await?;
                 revoked_json(&id)
             }
             Op::Rotate(id, grace) => {
                 let grace = i64::try_from(grace).unwrap_or(i64::MAX);
-                clients.rotate(&id, grace, now)?.to_json()
+                clients.rotate(&id, grace, now).await?.to_json()
             }
         })
     }
@@ -276,11 +277,12 @@ pub fn keys_command(command: KeysCommand) -> Result<()> {
     let shows_key = matches!(op, Op::Create(_) | Op::Rotate(..));
     let answer = match &target.admin_url {
         Some(url) => remote::answer(url, &op)?,
-        None => {
-            let (config, store) = open_store(&target)?;
-            op.apply(&lifecycle(&config, &store, &target))
-                .map_err(cli_error)?
-        }
+        None => super::block_on(async {
+            let (config, store) = open_store(&target).await?;
+            op.apply(&lifecycle(&config, store.as_ref(), &target))
+                .await
+                .map_err(cli_error)
+        })??,
     };
     print_answer(&answer, shows_key, target.json)
 }
@@ -342,14 +344,17 @@ fn create_many(target: &Target, spec: ClientSpec, count: u32) -> Result<()> {
     if target.admin_url.is_some() {
         bail!("--count works on the store only, not through --admin-url");
     }
-    let (config, store) = open_store(target)?;
-    let created = lifecycle(&config, &store, target)
-        .create_many(spec, count, unix_now())
-        .map_err(|error| match error {
-            // Bulk loads have always named only the tier.
-            ClientError::UnknownTier { tier, .. } => anyhow!("unknown tier {tier:?}"),
-            other => cli_error(other),
-        })?;
+    let created = super::block_on(async {
+        let (config, store) = open_store(target).await?;
+        lifecycle(&config, store.as_ref(), target)
+            .create_many(spec, count, unix_now())
+            .await
+            .map_err(|error| match error {
+                // Bulk loads have always named only the tier.
+                ClientError::UnknownTier { tier, .. } => anyhow!("unknown tier {tier:?}"),
+                other => cli_error(other),
+            })
+    })??;
     let mut out = std::io::stdout().lock();
     for (client, key) in created {
         if target.json {
@@ -370,10 +375,13 @@ fn bootstrap(force: bool, target: &Target) -> Result<()> {
     if target.admin_url.is_some() {
         bail!("bootstrap works on the store only: it makes the key the admin API needs");
     }
-    let (config, store) = open_store(target)?;
-    let view = lifecycle(&config, &store, target)
-        .bootstrap(force, unix_now())
-        .map_err(cli_error)?;
+    let view = super::block_on(async {
+        let (config, store) = open_store(target).await?;
+        lifecycle(&config, store.as_ref(), target)
+            .bootstrap(force, unix_now())
+            .await
+            .map_err(cli_error)
+    })??;
     let id = &view.client.id;
     let key = view.api_key.as_deref().unwrap_or_default();
     let mut out = std::io::stdout().lock();
@@ -390,19 +398,16 @@ fn bootstrap(force: bool, target: &Target) -> Result<()> {
     Ok(())
 }
 
-fn open_store(target: &Target) -> Result<(Config, SqliteStore)> {
+/// The configured store (`--store`: that SQLite file instead).
+async fn open_store(target: &Target) -> Result<(Config, Box<dyn KeyStore>)> {
     let config = Config::load(target.config.as_deref()).context("loading the configuration")?;
-    let path = target
-        .store
-        .clone()
-        .unwrap_or_else(|| config.keys.store.clone());
-    let store = SqliteStore::open(&path).context("opening the key store")?;
+    let store = crate::cli::store::open(&config, target.store.as_deref()).await?;
     Ok((config, store))
 }
 
-/// The lifecycle on the store file, checked against the configured tiers
+/// The lifecycle on the store, checked against the configured tiers
 /// (and, with `--config`, its issuers).
-fn lifecycle<'a>(config: &'a Config, store: &'a SqliteStore, target: &Target) -> Clients<'a> {
+fn lifecycle<'a>(config: &'a Config, store: &'a dyn KeyStore, target: &Target) -> Clients<'a> {
     let clients = Clients::new(store, config.tiers.iter().map(|t| t.name.as_str()));
     match target.config {
         Some(_) => clients.with_issuers(config.issuers.iter().map(|i| i.issuer.clone())),

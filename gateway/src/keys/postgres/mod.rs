@@ -1,0 +1,291 @@
+//! The shared key store: PostgreSQL, for a fleet of gateways. Every change
+//! is one transaction that also bumps the `store_version` row and
+//! `NOTIFY`s [`CHANNEL`] with the client's id, so every node hears of it
+//! as it commits ([`follow`]) and a missed notification still shows as a
+//! new version. Writes take one advisory lock: read-modify-writes (first
+//! admin, external ids) are atomic fleet-wide, as SQLite's IMMEDIATE
+//! transactions are on one host.
+pub mod follow;
+mod rows;
+pub mod schema;
+
+use std::{sync::Arc, time::Duration};
+
+use deadpool_postgres::{
+    Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime, Transaction,
+};
+use tokio_postgres::Socket;
+use tokio_postgres_rustls::MakeRustlsConnect;
+
+use super::store::{BackendError, StoreError};
+
+/// The notification channel; the payload is the changed client's id
+/// (empty: anything may have changed).
+pub const CHANNEL: &str = "gateway_keys";
+/// Serialises writes across the fleet (`pg_advisory_xact_lock`).
+const WRITE_LOCK: i64 = 0x6761_7465_6b65_7973;
+/// Serialises `gateway store migrate` runs.
+const MIGRATE_LOCK: i64 = 0x6761_7465_6d69_6772;
+/// How long a caller waits for a connection before the store counts as
+/// unavailable.
+const WAIT: Duration = Duration::from_secs(2);
+
+pub struct PgStore {
+    pool: Pool,
+    config: tokio_postgres::Config,
+    tls: MakeRustlsConnect,
+}
+
+/// A connection of the pool (or the notification connection's client).
+pub(crate) type Connection = tokio_postgres::Connection<
+    Socket,
+    <MakeRustlsConnect as tokio_postgres::tls::MakeTlsConnect<Socket>>::Stream,
+>;
+
+/// Whether `url` names a PostgreSQL server, by its scheme.
+pub fn is_postgres_url(url: &str) -> bool {
+    url.starts_with("postgres://") || url.starts_with("postgresql://")
+}
+
+/// Parses `url` without connecting. The message never holds the password.
+pub fn parse_url(url: &str) -> Result<tokio_postgres::Config, String> {
+    let shown = redacted(url);
+    if !is_postgres_url(url) {
+        return Err(format!(
+            "{shown}: use postgres://user[:password]@host[:port]/database (or \
+             postgresql:///database?host=/socket/dir)"
+        ));
+    }
+    let mut config: tokio_postgres::Config = url
+        .parse()
+        .map_err(|e: tokio_postgres::Error| format!("{shown}: {}", scrub(&e.to_string(), url)))?;
+    if config.get_hosts().is_empty() {
+        return Err(format!("{shown}: names no host (or host=/socket/dir)"));
+    }
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(WAIT);
+    }
+    if config.get_application_name().is_none() {
+        config.application_name("gateway");
+    }
+    Ok(config)
+}
+
+/// `url` with its password (user info or `password=`) replaced, for
+/// messages and logs.
+pub fn redacted(url: &str) -> String {
+    let mut shown = url.to_owned();
+    for password in passwords(url) {
+        shown = shown.replace(&password, "***");
+    }
+    shown
+}
+
+/// `text` without any password `url` holds.
+fn scrub(text: &str, url: &str) -> String {
+    let mut text = text.to_owned();
+    for password in passwords(url) {
+        text = text.replace(&password, "***");
+    }
+    text
+}
+
+fn passwords(url: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    if let Some((_, rest)) = url.split_once("://") {
+        let authority = rest.split(['/', '?']).next().unwrap_or_default();
+        if let Some((userinfo, _)) = authority.rsplit_once('@') {
+            if let Some((_, password)) = userinfo.split_once(':') {
+                found.push(password.to_owned());
+            }
+        }
+    }
+    for pair in url.split(['?', '&', ' ']) {
+        if let Some(password) = pair.strip_prefix("password=") {
+            found.push(password.to_owned());
+        }
+    }
+    found.retain(|p| !p.is_empty());
+    found
+}
+
+/// A driver error: one from the server about the statement is the
+/// store's; anything else (a closed or failed connection) means the
+/// store is out of reach.
+pub(crate) fn pg(error: tokio_postgres::Error) -> StoreError {
+    if error.as_db_error().is_some() {
+        StoreError::Backend(BackendError::new(error))
+    } else {
+        StoreError::Unavailable(BackendError::new(error))
+    }
+}
+
+/// TLS by rustls on ring, the provider the rest of the gateway uses
+/// (no process-wide default is installed), trusting the web PKI roots;
+/// used when the URL's `sslmode` asks for it.
+fn tls() -> Result<MakeRustlsConnect, StoreError> {
+    let roots = rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| StoreError::Backend(BackendError::new(e)))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(MakeRustlsConnect::new(config))
+}
+
+impl PgStore {
+    /// A pool on `url`; connects on first use, not here.
+    pub fn open(url: &str, pool_size: usize) -> Result<Self, StoreError> {
+        let shown = redacted(url);
+        let config = parse_url(url).map_err(StoreError::backend)?;
+        let tls = tls()?;
+        let manager = Manager::from_config(
+            config.clone(),
+            tls.clone(),
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(pool_size.max(1))
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(WAIT))
+            .create_timeout(Some(WAIT))
+            .recycle_timeout(Some(WAIT))
+            .build()
+            .map_err(|e| StoreError::Open {
+                path: shown,
+                source: BackendError::new(e.to_string()),
+            })?;
+        Ok(Self { pool, config, tls })
+    }
+
+    pub(crate) async fn conn(&self) -> Result<Object, StoreError> {
+        self.pool
+            .get()
+            .await
+            .map_err(|e| StoreError::Unavailable(BackendError::new(e.to_string())))
+    }
+
+    /// A connection of its own, outside the pool (for `LISTEN`); the
+    /// caller drives the returned connection.
+    pub(crate) async fn dedicated(
+        &self,
+    ) -> Result<(tokio_postgres::Client, Connection), StoreError> {
+        let connect = self.config.connect(self.tls.clone());
+        match tokio::time::timeout(WAIT, connect).await {
+            Ok(connected) => connected.map_err(pg),
+            Err(_) => Err(StoreError::Unavailable(BackendError::new(
+                "connecting timed out",
+            ))),
+        }
+    }
+
+    /// The applied schema version (0: none).
+    pub async fn schema_version(&self) -> Result<i32, StoreError> {
+        let conn = self.conn().await?;
+        schema_version(&**conn).await
+    }
+
+    /// Refuses a schema this gateway was not built for.
+    pub async fn check_schema(&self) -> Result<(), StoreError> {
+        schema::check(self.schema_version().await?, schema::MIGRATIONS)
+    }
+
+    /// Applies the missing migrations in one transaction; returns the
+    /// versions before and after.
+    pub async fn migrate(&self) -> Result<(i32, i32), StoreError> {
+        let mut conn = self.conn().await?;
+        let tx = conn.transaction().await.map_err(pg)?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATE_LOCK])
+            .await
+            .map_err(pg)?;
+        tx.batch_execute(&format!(
+            "CREATE TABLE IF NOT EXISTS {} (
+                 version    INTEGER PRIMARY KEY,
+                 name       TEXT NOT NULL,
+                 applied_at TIMESTAMPTZ NOT NULL DEFAULT now()
+             )",
+            schema::TABLE
+        ))
+        .await
+        .map_err(pg)?;
+        let before = schema_version(&*tx).await?;
+        let mut after = before;
+        for migration in schema::plan(before, schema::MIGRATIONS)? {
+            tx.batch_execute(migration.sql).await.map_err(pg)?;
+            let insert = format!(
+                "INSERT INTO {} (version, name) VALUES ($1, $2)",
+                schema::TABLE
+            );
+            tx.execute(&insert, &[&migration.version, &migration.name])
+                .await
+                .map_err(pg)?;
+            after = migration.version;
+        }
+        tx.commit().await.map_err(pg)?;
+        Ok((before, after))
+    }
+}
+
+async fn schema_version(conn: &impl tokio_postgres::GenericClient) -> Result<i32, StoreError> {
+    let exists: Option<String> = conn
+        .query_one("SELECT to_regclass($1)::text", &[&schema::TABLE])
+        .await
+        .map_err(pg)?
+        .get(0);
+    if exists.is_none() {
+        return Ok(0);
+    }
+    let query = format!("SELECT COALESCE(MAX(version), 0) FROM {}", schema::TABLE);
+    Ok(conn.query_one(&query, &[]).await.map_err(pg)?.get(0))
+}
+
+/// Starts a write: one at a time fleet-wide.
+async fn begin_write(conn: &mut Object) -> Result<Transaction<'_>, StoreError> {
+    let tx = conn.transaction().await.map_err(pg)?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&WRITE_LOCK])
+        .await
+        .map_err(pg)?;
+    Ok(tx)
+}
+
+/// Records a change in `tx`: the version row moves and every node is
+/// told which client changed, both only if `tx` commits.
+async fn changed(tx: &Transaction<'_>, client_id: &str) -> Result<(), StoreError> {
+    tx.execute(
+        "WITH bumped AS (UPDATE store_version SET version = version + 1 WHERE id = 1 RETURNING 1)
+         SELECT pg_notify($1, $2) FROM bumped",
+        &[&CHANNEL, &client_id],
+    )
+    .await
+    .map_err(pg)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_checked_and_passwords_never_shown() {
+        assert!(parse_url("postgres://gw:pw@127.0.0.1:5432/keys").is_ok());
+        assert!(parse_url("postgresql:///keys?host=/run/postgresql").is_ok());
+        for bad in [
+            "mysql://gw:hunter2@db/keys",
+            "postgres://gw:hunter2@db:notaport/keys",
+            "postgresql:///keys?password=hunter2&sslmode=sometimes",
+        ] {
+            let message = parse_url(bad).unwrap_err();
+            assert!(!message.contains("hunter2"), "{message}");
+            assert!(message.contains("***"), "{message}");
+        }
+        assert_eq!(
+            redacted("postgres://gw:s3cret@db/keys"),
+            "postgres://gw:***@db/keys"
+        );
+    }
+}
