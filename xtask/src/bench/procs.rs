@@ -194,17 +194,11 @@ impl CpuPlan {
     }
 
     pub(crate) fn proxy_command(&self, program: &str) -> Command {
-        command_on(
-            self.pinned.then_some(&self.proxies[..]).unwrap_or(&[]),
-            program,
-        )
+        command_on(if self.pinned { &self.proxies } else { &[] }, program)
     }
 
     pub(crate) fn load_command(&self, program: &str) -> Command {
-        command_on(
-            self.pinned.then_some(&self.load[..]).unwrap_or(&[]),
-            program,
-        )
+        command_on(if self.pinned { &self.load } else { &[] }, program)
     }
 
     pub(crate) fn describe(&self) -> String {
