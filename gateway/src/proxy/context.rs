@@ -6,9 +6,10 @@ use std::{
     time::Instant,
 };
 
-use http::{Method, Request};
+use http::{HeaderValue, Method, Request};
 
 use super::{
+    addr_text::AddrText,
     error::{Blame, ProxyError},
     forward::X_REQUEST_ID,
     identity::Identity,
@@ -25,7 +26,9 @@ pub(super) struct RequestContext<'g> {
     pub started: Instant,
     /// Unix seconds when the request arrived.
     pub ts: u64,
-    pub request_id: String,
+    /// The client's sane `X-Request-Id` (shared, not copied) or a fresh
+    /// one: set on the upstream request and the response as is.
+    pub request_id: HeaderValue,
     /// Accept phase: the W3C trace, continued or started (every request
     /// has one, refused or not).
     pub trace: Trace,
@@ -102,6 +105,11 @@ impl<'g> RequestContext<'g> {
         }
     }
 
+    /// The request id as text (always ASCII: checked or generated).
+    pub fn request_id(&self) -> &str {
+        self.request_id.to_str().unwrap_or_default()
+    }
+
     /// The peer and the client address, as the guard judges them.
     pub fn remote(&self) -> Remote {
         Remote::new(self.peer.ip(), self.client_ip)
@@ -125,13 +133,13 @@ impl<'g> RequestContext<'g> {
         out.extend_from_slice(b"{\"ts\":");
         out.extend_from_slice(n.format(self.ts).as_bytes());
         out.extend_from_slice(b",\"request_id\":");
-        json_str(out, &self.request_id);
+        json_str(out, self.request_id());
         out.extend_from_slice(b",\"trace_id\":\"");
         out.extend_from_slice(&self.trace.trace_id_hex());
         out.extend_from_slice(b"\",\"peer\":");
-        json_display(out, self.peer.ip().to_canonical());
+        json_text(out, AddrText::ip(self.peer.ip().to_canonical()));
         out.extend_from_slice(b",\"client_ip\":");
-        json_display(out, self.client_ip);
+        json_text(out, AddrText::ip(self.client_ip));
         out.extend_from_slice(b",\"method\":");
         json_str(out, self.method.as_str());
         out.extend_from_slice(b",\"path\":");
@@ -150,7 +158,7 @@ impl<'g> RequestContext<'g> {
         out.extend_from_slice(n.format(status).as_bytes());
         out.extend_from_slice(b",\"upstream\":");
         match self.upstream {
-            Some(upstream) => json_display(out, upstream),
+            Some(upstream) => json_text(out, AddrText::socket(upstream)),
             None => out.extend_from_slice(b"null"),
         }
         out.extend_from_slice(b",\"latency_ms\":");
@@ -188,10 +196,9 @@ fn json_opt_str(out: &mut Vec<u8>, s: Option<&str>) {
 }
 
 /// An address as a JSON string (its text never needs escaping).
-fn json_display(out: &mut Vec<u8>, value: impl std::fmt::Display) {
-    use std::io::Write;
+fn json_text(out: &mut Vec<u8>, text: AddrText) {
     out.push(b'"');
-    let _ = write!(out, "{value}");
+    out.extend_from_slice(text.as_bytes());
     out.push(b'"');
 }
 
@@ -227,10 +234,11 @@ const HEX: &[u8; 16] = b"0123456789abcdef";
 
 /// The client's `X-Request-Id` if it is sane, else a fresh one: a random
 /// per-process prefix and a counter, unique without a syscall per request.
-fn request_id(headers: &http::HeaderMap) -> String {
-    if let Some(id) = headers.get(&X_REQUEST_ID).and_then(|v| v.to_str().ok()) {
-        if !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_graphic()) {
-            return id.to_owned();
+fn request_id(headers: &http::HeaderMap) -> HeaderValue {
+    if let Some(id) = headers.get(&X_REQUEST_ID) {
+        let bytes = id.as_bytes();
+        if !bytes.is_empty() && bytes.len() <= 128 && bytes.iter().all(u8::is_ascii_graphic) {
+            return id.clone();
         }
     }
     static PREFIX: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
@@ -244,15 +252,12 @@ fn request_id(headers: &http::HeaderMap) -> String {
     });
     let count = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     // 32 lowercase hex digits, without `fmt`.
-    let digits = |n: u64| {
-        (0..16)
-            .rev()
-            .map(move |i| HEX[((n >> (i * 4)) & 0xf) as usize])
-    };
-    digits(prefix)
-        .chain(digits(count))
-        .map(char::from)
-        .collect()
+    let mut text = [0u8; 32];
+    for (i, slot) in text.iter_mut().enumerate() {
+        let n = if i < 16 { prefix } else { count };
+        *slot = HEX[((n >> ((15 - i % 16) * 4)) & 0xf) as usize];
+    }
+    HeaderValue::from_bytes(&text).unwrap_or(HeaderValue::from_static("-"))
 }
 
 #[cfg(test)]
@@ -304,7 +309,7 @@ mod tests {
             let trace_id = ctx.trace.trace_id_hex();
             let expected = AccessLog {
                 ts: ctx.ts,
-                request_id: &ctx.request_id,
+                request_id: ctx.request_id(),
                 trace_id: std::str::from_utf8(&trace_id).unwrap(),
                 peer: ctx.peer.ip().to_canonical(),
                 client_ip: ctx.client_ip,
@@ -346,7 +351,7 @@ mod tests {
             .body(())
             .unwrap();
         let ctx = RequestContext::new(&req, "127.0.0.1:1".parse().unwrap(), "http");
-        assert_eq!(ctx.request_id.len(), 32);
-        assert!(ctx.request_id.bytes().all(|b| b.is_ascii_hexdigit()));
+        assert_eq!(ctx.request_id().len(), 32);
+        assert!(ctx.request_id().bytes().all(|b| b.is_ascii_hexdigit()));
     }
 }

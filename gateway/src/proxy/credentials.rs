@@ -1,6 +1,6 @@
 //! Finding the API key in a request, in the brief's precedence: headers (in
 //! configured order), then the query parameter, then the cookie.
-use http::{header, HeaderMap, HeaderValue};
+use http::{header, HeaderMap, HeaderName, HeaderValue};
 
 use crate::config::KeySources;
 
@@ -9,21 +9,22 @@ const MAX_CREDENTIAL: usize = 512;
 
 /// Where a credential was found (logged; the value never is).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Location {
-    Header(String),
-    Query(String),
-    Cookie(String),
+pub enum Location<'s> {
+    Header(&'s str),
+    Query(&'s str),
+    Cookie(&'s str),
 }
 
+/// Borrowed from the request and the route: finding a key copies nothing.
 #[derive(Debug, PartialEq, Eq)]
-pub struct Credential {
-    pub value: String,
-    pub location: Location,
+pub struct Credential<'r> {
+    pub value: &'r str,
+    pub location: Location<'r>,
 }
 
 /// `Bearer <key>` or `apk <key>` (scheme case-insensitive); other headers
 /// may also carry the bare key.
-fn from_header(name: &str, value: &HeaderValue) -> Option<String> {
+fn from_header<'v>(name: &str, value: &'v HeaderValue) -> Option<&'v str> {
     let text = value.to_str().ok()?.trim();
     if text.is_empty() || text.len() > MAX_CREDENTIAL {
         return None;
@@ -33,11 +34,11 @@ fn from_header(name: &str, value: &HeaderValue) -> Option<String> {
             .then(|| rest.trim())
     });
     match scheme_value {
-        Some(value) if !value.is_empty() => Some(value.to_owned()),
+        Some(value) if !value.is_empty() => Some(value),
         Some(_) => None,
         // Authorization always names a scheme; other headers may not.
         None if name.eq_ignore_ascii_case(header::AUTHORIZATION.as_str()) => None,
-        None => Some(text.to_owned()),
+        None => Some(text),
     }
 }
 
@@ -59,7 +60,7 @@ pub fn query_value<'a>(query: &'a str, name: &str) -> Option<&'a str> {
         .map(|(_, value)| value)
 }
 
-fn cookie_value(headers: &HeaderMap, name: &str) -> Option<String> {
+fn cookie_value<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
     headers
         .get_all(header::COOKIE)
         .iter()
@@ -67,22 +68,29 @@ fn cookie_value(headers: &HeaderMap, name: &str) -> Option<String> {
         .flat_map(|v| v.split(';'))
         .filter_map(|pair| pair.trim().split_once('='))
         .find(|(key, _)| *key == name)
-        .map(|(_, value)| value.to_owned())
+        .map(|(_, value)| value)
 }
 
-pub fn extract(
-    headers: &HeaderMap,
-    query: Option<&str>,
-    sources: &KeySources,
-) -> Option<Credential> {
-    for name in &sources.headers {
-        if let Some(value) = headers
-            .get(name.as_str())
-            .and_then(|v| from_header(name, v))
-        {
+/// The header names of `sources` (a name that is none matches nothing).
+pub fn header_names(sources: &KeySources) -> Vec<HeaderName> {
+    (sources.headers.iter())
+        .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
+        .collect()
+}
+
+/// The credential in a request: `key_headers` are `sources.headers` as
+/// [`header_names`] parses them.
+pub fn extract<'r>(
+    headers: &'r HeaderMap,
+    query: Option<&'r str>,
+    sources: &'r KeySources,
+    key_headers: &'r [HeaderName],
+) -> Option<Credential<'r>> {
+    for name in key_headers {
+        if let Some(value) = (headers.get(name)).and_then(|v| from_header(name.as_str(), v)) {
             return Some(Credential {
                 value,
-                location: Location::Header(name.clone()),
+                location: Location::Header(name.as_str()),
             });
         }
     }
@@ -91,8 +99,8 @@ pub fn extract(
             query_value(query, name).filter(|v| !v.is_empty() && v.len() <= MAX_CREDENTIAL)
         {
             return Some(Credential {
-                value: value.to_owned(),
-                location: Location::Query(name.clone()),
+                value,
+                location: Location::Query(name),
             });
         }
     }
@@ -102,7 +110,7 @@ pub fn extract(
         {
             return Some(Credential {
                 value,
-                location: Location::Cookie(name.clone()),
+                location: Location::Cookie(name),
             });
         }
     }
@@ -124,13 +132,21 @@ mod tests {
         map
     }
 
-    fn found(h: &[(&str, &str)], query: Option<&str>) -> Option<(String, Location)> {
-        extract(&headers(h), query, &KeySources::default()).map(|c| (c.value, c.location))
+    fn found(h: &[(&str, &str)], query: Option<&str>) -> Option<(String, Location<'static>)> {
+        let sources = KeySources::default();
+        let location = |l: Location<'_>| match l {
+            Location::Header(n) => Location::Header(n.to_owned().leak()),
+            Location::Query(n) => Location::Query(n.to_owned().leak()),
+            Location::Cookie(n) => Location::Cookie(n.to_owned().leak()),
+        };
+        let names = header_names(&sources);
+        extract(&headers(h), query, &sources, &names)
+            .map(|c| (c.value.to_owned(), location(c.location)))
     }
 
     #[test]
     fn header_forms() {
-        let auth = Location::Header("authorization".into());
+        let auth = Location::Header("authorization");
         assert_eq!(
             found(&[("authorization", "Bearer k1")], None),
             Some(("k1".into(), auth.clone()))
@@ -141,11 +157,11 @@ mod tests {
         );
         assert_eq!(
             found(&[("api-key", "Bearer k3")], None),
-            Some(("k3".into(), Location::Header("api-key".into())))
+            Some(("k3".into(), Location::Header("api-key")))
         );
         assert_eq!(
             found(&[("x-api-key", "k4")], None),
-            Some(("k4".into(), Location::Header("x-api-key".into())))
+            Some(("k4".into(), Location::Header("x-api-key")))
         );
         // Basic auth is not ours: fall through to the next source.
         assert_eq!(
@@ -157,10 +173,7 @@ mod tests {
     #[test]
     fn precedence_is_header_then_query_then_cookie() {
         let cookie = [("cookie", "a=1; api_key=c1")];
-        assert_eq!(
-            found(&cookie, None).unwrap().1,
-            Location::Cookie("api_key".into())
-        );
+        assert_eq!(found(&cookie, None).unwrap().1, Location::Cookie("api_key"));
         assert_eq!(found(&cookie, Some("x=1&api_key=q1")).unwrap().0, "q1");
         let all = [("cookie", "api_key=c1"), ("x-api-key", "h1")];
         assert_eq!(found(&all, Some("api_key=q1")).unwrap().0, "h1");

@@ -67,10 +67,15 @@ pub fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<P
     json_bytes_response(status, Bytes::from(body.to_string()))
 }
 
+/// Headers a gateway answer may get: its own few, the request id and the
+/// rate-limit headers (room for all at once: the map never regrows).
+const ANSWER_HEADERS: usize = 12;
+
 /// [`json_response`] with a body already serialised.
 fn json_bytes_response(status: StatusCode, body: Bytes) -> Response<ProxyBody> {
     let mut response = Response::new(Full::new(body).map_err(|never| match never {}).boxed());
     *response.status_mut() = status;
+    *response.headers_mut() = http::HeaderMap::with_capacity(ANSWER_HEADERS);
     response.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),

@@ -6,10 +6,12 @@ use std::net::IpAddr;
 use http::{header, HeaderMap, HeaderName, HeaderValue};
 use ipnet::IpNet;
 
-use super::{credentials::query_value, tier_reply::TierReply};
+use super::{addr_text::AddrText, credentials::query_value, tier_reply::TierReply};
 use crate::{config::KeySources, limits::Decision};
 
-/// Always hop-by-hop, whether or not `Connection` lists them.
+/// Always hop-by-hop, whether or not `Connection` lists them (matched as
+/// [`ALWAYS`]'s text).
+#[cfg(test)]
 static HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
@@ -50,20 +52,49 @@ fn remove_where(headers: &mut HeaderMap, doomed: impl Fn(&HeaderName) -> bool) {
     }
 }
 
-/// Removes hop-by-hop headers, including those `Connection` names.
+/// `HOP_BY_HOP` and `Upgrade`, as text: one match on the name, no hashing.
+const ALWAYS: [&str; 9] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "http2-settings",
+    "upgrade",
+];
+
+/// `name` as a header map holds it (lowercase).
+fn always_hop_by_hop(name: &str) -> bool {
+    ALWAYS.contains(&name)
+}
+
+/// Removes hop-by-hop headers, including those `Connection` names. Most
+/// messages carry none but `Connection` itself: one pass over the names
+/// present decides, and tokens that are no header to remove (`close`,
+/// `keep-alive`) are not made into names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    if !headers.keys().any(|name| always_hop_by_hop(name.as_str())) {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .map(str::trim)
+        .filter(|token| {
+            !token.eq_ignore_ascii_case("close")
+                && !ALWAYS.iter().any(|hop| hop.eq_ignore_ascii_case(token))
+        })
+        .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
         // Never what routes and frames the request: `Connection: host`
         // would have the upstream answer for its default virtual host.
         .filter(|name| !matches!(*name, header::HOST | header::CONTENT_LENGTH))
         .collect();
     remove_where(headers, |name| {
-        HOP_BY_HOP.contains(name) || name == header::UPGRADE || named.contains(name)
+        always_hop_by_hop(name.as_str()) || named.contains(name)
     });
 }
 
@@ -187,9 +218,10 @@ pub fn strip_credentials(
     headers: &mut HeaderMap,
     query: Option<&str>,
     sources: &KeySources,
+    key_headers: &[HeaderName],
 ) -> Option<String> {
-    for name in &sources.headers {
-        headers.remove(name.as_str());
+    for name in key_headers {
+        headers.remove(name);
     }
     if let Some(cookie_name) = &sources.cookie {
         let kept: Vec<String> = headers
@@ -244,11 +276,12 @@ pub fn set_forwarded(
         .filter(|_| trusted_peer)
         .filter_map(|v| v.to_str().ok())
         .collect();
+    let text = AddrText::ip(peer);
     let value = match previous.is_empty() {
-        false => format!("{}, {peer}", previous.join(", ")),
-        true => peer.to_string(),
+        false => HeaderValue::from_str(&format!("{}, {}", previous.join(", "), text.as_str())),
+        true => HeaderValue::from_bytes(text.as_bytes()),
     };
-    if let Ok(value) = HeaderValue::from_str(&value) {
+    if let Ok(value) = value {
         headers.insert(X_FORWARDED_FOR, value);
     }
     if !(trusted_peer && headers.contains_key(&X_FORWARDED_PROTO)) {
@@ -273,6 +306,11 @@ mod tests {
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key("x-kept"));
+        // The text list is the names' list.
+        assert!(HOP_BY_HOP
+            .iter()
+            .all(|name| always_hop_by_hop(name.as_str())));
+        assert!(always_hop_by_hop(header::UPGRADE.as_str()));
         // A client cannot have the gateway drop what routes the request.
         h.insert(
             header::CONNECTION,
@@ -313,12 +351,14 @@ mod tests {
             header::COOKIE,
             HeaderValue::from_static("theme=dark; api_key=c"),
         );
-        let query = strip_credentials(&mut h, Some("a=1&api_key=d&b=2"), &KeySources::default());
+        let sources = KeySources::default();
+        let names = super::super::credentials::header_names(&sources);
+        let query = strip_credentials(&mut h, Some("a=1&api_key=d&b=2"), &sources, &names);
         assert_eq!(query.as_deref(), Some("a=1&b=2"));
         assert!(!h.contains_key(header::AUTHORIZATION) && !h.contains_key("x-api-key"));
         assert_eq!(h[header::COOKIE], "theme=dark");
         assert_eq!(
-            strip_credentials(&mut h, Some("api_key=d"), &KeySources::default()),
+            strip_credentials(&mut h, Some("api_key=d"), &sources, &names),
             None
         );
     }

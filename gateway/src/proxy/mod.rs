@@ -30,6 +30,7 @@ pub mod workers;
 /// The request-path policy (a leaf module, shared with the configuration).
 pub use crate::path;
 
+mod addr_text;
 mod body;
 mod context;
 mod drain;
@@ -119,7 +120,7 @@ pub struct Gateway {
 /// The credential phase's find, borrowed from the request.
 enum Credential<'r> {
     Jwt(&'r str),
-    ApiKey(String),
+    ApiKey(&'r str),
 }
 
 /// The client's side of a WebSocket upgrade, with its connection's permit
@@ -154,7 +155,7 @@ impl Gateway {
             client,
             metrics: shared.metrics.recorder(),
             reported: ReportMemo::default(),
-            tier_replies: TierReplies::new(&shared.quotas),
+            tier_replies: TierReplies::new(shared),
         }
     }
 
@@ -194,7 +195,8 @@ impl Gateway {
         self.target(&req, ctx)?;
         if let Some(tokens) = &self.shared.tokens {
             if oauth::handles(&ctx.path) {
-                let response = oauth::handle(&self.shared, tokens, req, ctx).await?;
+                let replies = &self.tier_replies;
+                let response = oauth::handle(&self.shared, tokens, replies, req, ctx).await?;
                 return Ok(Reply::Local(response));
             }
         }
@@ -294,7 +296,7 @@ impl Gateway {
     fn credential<'r>(
         &self,
         req: &'r Request<Incoming>,
-        route: &Route,
+        route: &'r Route,
     ) -> Result<Option<Credential<'r>>, ProxyError> {
         let (jwt, key) = match route.auth {
             AuthPolicy::None => return Ok(None),
@@ -309,7 +311,10 @@ impl Gateway {
             return Ok(Some(Credential::Jwt(token)));
         }
         let found = key
-            .then(|| credentials::extract(req.headers(), req.uri().query(), &route.key_sources))
+            .then(|| {
+                let (sources, names) = (&route.key_sources, &route.key_headers);
+                credentials::extract(req.headers(), req.uri().query(), sources, names)
+            })
             .flatten();
         let found = found.ok_or(ProxyError::MissingCredential)?;
         Ok(Some(Credential::ApiKey(found.value)))
@@ -333,7 +338,7 @@ impl Gateway {
             }
             Credential::ApiKey(_) if keys.is_stale() => return Err(ProxyError::KeyStoreStale),
             Credential::ApiKey(key) => {
-                let (key_id, outcome) = keys.verify(&key, unix_now());
+                let (key_id, outcome) = keys.verify(key, unix_now());
                 ctx.key_id = key_id;
                 Identity::Stored(outcome.map_err(ProxyError::InvalidCredential)?)
             }

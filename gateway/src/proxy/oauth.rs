@@ -22,6 +22,7 @@ use super::{
     context::{Refusal, RequestContext},
     error::ProxyError,
     identity::Identity,
+    tier_reply::TierReplies,
     ProxyBody,
 };
 use crate::{
@@ -81,6 +82,7 @@ fn refuse(
 pub(super) async fn handle<'g>(
     shared: &'g Shared,
     tokens: &TokenIssuer,
+    replies: &TierReplies,
     req: Request<Incoming>,
     ctx: &mut RequestContext<'g>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
@@ -88,7 +90,7 @@ pub(super) async fn handle<'g>(
     match (req.method(), ctx.path.as_str()) {
         (&Method::GET, JWKS_PATH) => Ok(json_response(StatusCode::OK, &tokens.jwks())),
         (&Method::GET, DISCOVERY_PATH) => Ok(json_response(StatusCode::OK, &tokens.discovery())),
-        (&Method::POST, TOKEN_PATH) => token(shared, tokens, req, ctx).await,
+        (&Method::POST, TOKEN_PATH) => token(shared, tokens, replies, req, ctx).await,
         _ => Ok(refuse(
             ctx,
             StatusCode::METHOD_NOT_ALLOWED,
@@ -101,6 +103,7 @@ pub(super) async fn handle<'g>(
 async fn token<'g>(
     shared: &'g Shared,
     tokens: &TokenIssuer,
+    replies: &TierReplies,
     req: Request<Incoming>,
     ctx: &mut RequestContext<'g>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
@@ -189,7 +192,7 @@ async fn token<'g>(
             asked.into_iter().filter(|s| *s != client.tier).collect()
         }
     };
-    limit(shared, &client.id, ctx)?;
+    limit(shared, replies, &client.id, ctx)?;
     let ttl = tokens.config.ttl.as_secs() as i64;
     let grant = Grant {
         client_id: &client.id,
@@ -226,9 +229,11 @@ async fn token<'g>(
 /// The token endpoint's own limit, after every other check: each bucket
 /// `[tokens] limit_by` names must allow the request. They are looked at
 /// before any is counted, so a refusal spends nothing; the refusing (or
-/// else the tightest) answer is what the rate-limit headers report.
+/// else the tightest) answer is what the rate-limit headers report. The
+/// 429's parts are the worker's, built once (see [`TierReplies`]).
 fn limit<'g>(
     shared: &'g Shared,
+    replies: &TierReplies,
     client: &str,
     ctx: &mut RequestContext<'g>,
 ) -> Result<(), ProxyError> {
@@ -263,9 +268,7 @@ fn limit<'g>(
     ctx.limit = Some((quota, decision));
     match allowed {
         true => Ok(()),
-        false => Err(ProxyError::RateLimited(std::sync::Arc::new(
-            super::tier_reply::TierReply::new(quota),
-        ))),
+        false => Err(ProxyError::RateLimited(replies.get(quota))),
     }
 }
 

@@ -2,7 +2,7 @@
 //! **respond** turns the outcome into the client's response and sets the
 //! gateway's own headers on it (the one place they are set), and **log**
 //! records it. Also the splice of an accepted upgrade.
-use http::{HeaderValue, Response, StatusCode};
+use http::{Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
@@ -43,9 +43,7 @@ impl Gateway {
         if let Some((quota, decision)) = &ctx.limit {
             forward::set_rate_limit(headers, &self.tier_replies.get(quota), decision);
         }
-        if let Ok(id) = HeaderValue::from_str(&ctx.request_id) {
-            headers.insert(X_REQUEST_ID, id);
-        }
+        headers.insert(X_REQUEST_ID, ctx.request_id.clone());
         response
     }
 

@@ -7,8 +7,8 @@ use std::net::SocketAddr;
 use http::{header, HeaderName, HeaderValue, Request, Uri, Version};
 
 use super::{
-    error::ProxyError, forward, forward::X_REQUEST_ID, identity::Identity, route::Route,
-    trace::Trace,
+    addr_text::AddrText, error::ProxyError, forward, forward::X_REQUEST_ID, identity::Identity,
+    route::Route, trace::Trace,
 };
 use crate::{
     clock::unix_now,
@@ -30,7 +30,7 @@ pub(super) struct Origin<'a> {
     pub peer: SocketAddr,
     /// What the listener speaks, for `X-Forwarded-Proto`.
     pub proto: &'static str,
-    pub request_id: &'a str,
+    pub request_id: &'a HeaderValue,
     /// The request's trace (see [`super::trace`]).
     pub trace: &'a Trace,
     pub identity: Option<&'a Identity>,
@@ -67,7 +67,8 @@ impl Rewriter {
         } else {
             // A bearer JWT travels in Authorization whatever the key sources say.
             headers.remove(header::AUTHORIZATION);
-            forward::strip_credentials(headers, parts.uri.query(), &route.key_sources)
+            let (sources, names) = (&route.key_sources, &route.key_headers);
+            forward::strip_credentials(headers, parts.uri.query(), sources, names)
         };
         // Identity headers come from us only, never from the client (nor
         // spelt with `_`, which some upstream frameworks read as `-`).
@@ -101,9 +102,7 @@ impl Rewriter {
             }
             (None, _, _) => {}
         }
-        if let Ok(id) = HeaderValue::from_str(origin.request_id) {
-            headers.insert(X_REQUEST_ID, id);
-        }
+        headers.insert(X_REQUEST_ID, origin.request_id.clone());
         origin.trace.set_headers(headers);
         forward::set_forwarded(
             headers,
@@ -128,7 +127,7 @@ impl Rewriter {
         };
         parts.uri = Uri::builder()
             .scheme("http")
-            .authority(server.to_string())
+            .authority(AddrText::socket(server).as_str())
             .path_and_query(path_and_query)
             .build()
             .map_err(|_| ProxyError::Upstream)?;

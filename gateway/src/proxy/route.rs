@@ -20,6 +20,9 @@ pub struct Route {
     pub forward_credential: bool,
     pub upstream_identity: UpstreamIdentity,
     pub key_sources: KeySources,
+    /// `key_sources.headers` as header names, parsed once (a lookup by
+    /// text parses and hashes the name on every request).
+    pub key_headers: Vec<http::HeaderName>,
     pub rate_limit: bool,
     pub limit_by: LimitBy,
     pub cost: u32,
@@ -53,6 +56,7 @@ impl RouteTable {
                 forward_credential: (c.forward_credential).unwrap_or(c.auth == AuthPolicy::None),
                 upstream_identity: c.upstream_identity,
                 key_sources: c.key_sources.clone(),
+                key_headers: super::credentials::header_names(&c.key_sources),
                 rate_limit: c.rate_limit,
                 limit_by: c.limit_by,
                 cost: c.cost,

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use http::HeaderValue;
 
 use super::error;
-use crate::limits::Quota;
+use crate::{limits::Quota, shared::Shared};
 
 /// One tier's (or the token endpoint's) fixed rate-limit answer parts.
 #[derive(Debug)]
@@ -43,21 +43,65 @@ impl TierReply {
     }
 }
 
-/// Every tier's [`TierReply`], found by quota.
+/// Every tier's [`TierReply`] and the token endpoint's, found by quota:
+/// first by the address of the quota it was built from (the worker's
+/// gateway holds `shared`, so those stay put), else by value.
 #[derive(Debug, Default)]
-pub struct TierReplies(Vec<Arc<TierReply>>);
+pub struct TierReplies(Vec<(usize, Arc<TierReply>)>);
 
 impl TierReplies {
-    pub fn new(quotas: &[Quota]) -> Self {
-        Self(quotas.iter().map(|q| Arc::new(TierReply::new(q))).collect())
+    /// The tiers' and the token endpoint's quotas of `shared`.
+    pub fn new(shared: &Shared) -> Self {
+        let token = shared.token_limit.as_ref().map(|limit| &limit.quota);
+        Self::of(shared.quotas.iter().chain(token))
     }
 
-    /// The reply parts for `quota`: a tier's are shared; any other quota's
-    /// (the token endpoint's) are built on the spot.
+    fn of<'q>(quotas: impl Iterator<Item = &'q Quota>) -> Self {
+        let replies = quotas.map(|q| (address(q), Arc::new(TierReply::new(q))));
+        Self(replies.collect())
+    }
+
+    /// The reply parts for `quota`: the same quota (by address, else by
+    /// value) is found among those built; any other quota's are built on
+    /// the spot.
     pub fn get(&self, quota: &Quota) -> Arc<TierReply> {
-        match self.0.iter().find(|reply| reply.quota == *quota) {
-            Some(reply) => reply.clone(),
+        let same =
+            |(at, reply): &&(usize, Arc<TierReply>)| *at == address(quota) || reply.quota == *quota;
+        match self.0.iter().find(same) {
+            Some((_, reply)) => reply.clone(),
             None => Arc::new(TierReply::new(quota)),
         }
+    }
+}
+
+fn address(quota: &Quota) -> usize {
+    quota as *const Quota as usize
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    /// A tier's and the token endpoint's 429 parts are built once: every
+    /// refusal shares them.
+    #[test]
+    fn replies_are_built_once_and_shared() {
+        let tiers = [
+            Quota::new("free", 10, Duration::from_secs(60), 10),
+            Quota::new("gold", 100, Duration::from_secs(1), 100),
+        ];
+        let token = Quota::new("token", 5, Duration::from_secs(60), 5);
+        let replies = TierReplies::of(tiers.iter().chain([&token]));
+        for quota in tiers.iter().chain([&token]) {
+            let (first, again) = (replies.get(quota), replies.get(quota));
+            assert!(Arc::ptr_eq(&first, &again));
+            assert_eq!(first.quota, *quota);
+        }
+        // The same quota elsewhere (another copy) finds the same parts.
+        let copy = token.clone();
+        assert!(Arc::ptr_eq(&replies.get(&copy), &replies.get(&token)));
+        assert_eq!(&replies.get(&tiers[1]).limit, "100");
     }
 }

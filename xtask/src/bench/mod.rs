@@ -82,6 +82,11 @@ pub enum Which {
         /// Seconds per proxy per round.
         #[arg(long, default_value_t = 5)]
         seconds: u32,
+        /// Pin nothing: proxies (a worker per CPU), load generators and
+        /// the upstream share every CPU, as on a small VM (its own section
+        /// of bench/RESULTS.md).
+        #[arg(long)]
+        unpinned: bool,
     },
     /// Internal: the open-loop load generator `bench proxy` runs.
     #[command(hide = true)]
@@ -112,7 +117,11 @@ pub fn run(which: Which) -> Result<()> {
         Which::Conns { connections } => proxy::conns(connections),
         Which::Limits { rounds, seconds } => limits::run(rounds.max(1), seconds.max(1)),
         Which::H2 { rounds, seconds } => proxy::h2(rounds.max(1), seconds.max(1)),
-        Which::Proxy { rounds, seconds } => proxy::run(rounds.max(1), seconds.max(1)),
+        Which::Proxy {
+            rounds,
+            seconds,
+            unpinned,
+        } => proxy::run(rounds.max(1), seconds.max(1), unpinned),
         Which::OpenLoop(args) => proxy::open_loop(args),
         Which::Xdp {
             repeat,

@@ -144,10 +144,13 @@ pub(crate) fn ensure_packages() -> Result<()> {
 
 /// Which CPUs the proxies get and which the load generators (and the shared
 /// upstream) get: disjoint halves of the CPUs this process may use, so a
-/// proxy never competes with the load it is measured under.
+/// proxy never competes with the load it is measured under; or, unpinned,
+/// all of them for everyone, as on a small VM.
 pub(crate) struct CpuPlan {
     proxies: Vec<usize>,
     load: Vec<usize>,
+    /// Whether commands run under `taskset` on their half.
+    pinned: bool,
 }
 
 impl CpuPlan {
@@ -157,12 +160,26 @@ impl CpuPlan {
             return Self {
                 proxies: Vec::new(),
                 load: Vec::new(),
+                pinned: false,
             };
         }
         let (load, proxies) = allowed.split_at(allowed.len() / 2);
         Self {
             proxies: proxies.to_vec(),
             load: load.to_vec(),
+            pinned: true,
+        }
+    }
+
+    /// Nothing pinned: the proxies (a worker per CPU), the load generators
+    /// and the upstream all share every CPU this process may use, so the
+    /// proxy competes with its own load as it would on a small VM.
+    pub(crate) fn unpinned() -> Self {
+        let allowed = allowed_cpus();
+        Self {
+            proxies: allowed.clone(),
+            load: allowed,
+            pinned: false,
         }
     }
 
@@ -177,16 +194,24 @@ impl CpuPlan {
     }
 
     pub(crate) fn proxy_command(&self, program: &str) -> Command {
-        command_on(&self.proxies, program)
+        command_on(if self.pinned { &self.proxies } else { &[] }, program)
     }
 
     pub(crate) fn load_command(&self, program: &str) -> Command {
-        command_on(&self.load, program)
+        command_on(if self.pinned { &self.load } else { &[] }, program)
     }
 
     pub(crate) fn describe(&self) -> String {
-        if self.proxies.is_empty() {
+        if self.proxies.len() < 2 && !self.pinned {
             return "one CPU: proxies, upstream and load generators share it (not pinned)".into();
+        }
+        if !self.pinned {
+            return format!(
+                "not pinned: the proxies ({} worker(s) each), the load generators and the upstream \
+                 nginx share CPUs {}, as on a small VM",
+                self.workers(),
+                list(&self.proxies)
+            );
         }
         format!(
             "proxies pinned to CPU {} ({} worker(s) each); load generators and the upstream nginx pinned to CPU {} (taskset)",

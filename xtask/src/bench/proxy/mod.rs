@@ -48,19 +48,47 @@ const LATENCY_FRACTION: f64 = 0.5;
 /// Keep-alive connections of the open-loop generator.
 const LATENCY_CONNECTIONS: usize = 32;
 
-pub(super) fn run(rounds: usize, seconds: u32) -> Result<()> {
+/// `unpinned`: everything shares every CPU (see [`CpuPlan::unpinned`]),
+/// recorded in its own section.
+pub(super) fn run(rounds: usize, seconds: u32, unpinned: bool) -> Result<()> {
     ensure_packages()?;
     let gateway_bin = crate::build(true)?;
     // The open-loop generator runs from a release build of this program.
     crate::run_cmd(crate::cargo(None).args(["build", "--release", "--package", "xtask"]))?;
     let dir = scratch::dir("gateway-bench-proxy-")?;
-    bench(&gateway_bin, dir.path(), rounds, seconds)
+    let (cpus, section) = match unpinned {
+        false => (CpuPlan::new(), Section::PINNED),
+        true => (CpuPlan::unpinned(), Section::UNPINNED),
+    };
+    bench(&gateway_bin, dir.path(), (rounds, seconds), &cpus, section)
 }
 
-fn bench(gateway_bin: &Path, dir: &Path, rounds: usize, seconds: u32) -> Result<()> {
+/// Where a run's figures go in `bench/RESULTS.md`.
+struct Section {
+    name: &'static str,
+    title: &'static str,
+}
+
+impl Section {
+    const PINNED: Self = Self {
+        name: "proxy",
+        title: "Proxy (`cargo xtask bench proxy`)",
+    };
+    const UNPINNED: Self = Self {
+        name: "proxy-unpinned",
+        title: "Proxy, unpinned (`cargo xtask bench proxy --unpinned`)",
+    };
+}
+
+fn bench(
+    gateway_bin: &Path,
+    dir: &Path,
+    (rounds, seconds): (usize, u32),
+    cpus: &CpuPlan,
+    section: Section,
+) -> Result<()> {
     let load_before = load_average();
-    let cpus = CpuPlan::new();
-    let setup = Setup::start(gateway_bin, dir, &cpus)?;
+    let setup = Setup::start(gateway_bin, dir, cpus)?;
     let script = closedloop::script(dir, &setup.keys_file)?;
     let intro = format!(
         "Authenticated GET, {KEYS} rotating keys; {rounds} interleaved round(s) of {seconds} s \
@@ -77,7 +105,7 @@ fn bench(gateway_bin: &Path, dir: &Path, rounds: usize, seconds: u32) -> Result<
     println!("warm-up: 1 s per proxy and listener, not counted");
     for proxy in &all {
         for url in [proxy.url(false), proxy.url(true)].into_iter().flatten() {
-            closedloop::run(&cpus, &url, &script, 1, proxy.pid())?;
+            closedloop::run(cpus, &url, &script, 1, proxy.pid())?;
         }
     }
 
@@ -92,7 +120,7 @@ fn bench(gateway_bin: &Path, dir: &Path, rounds: usize, seconds: u32) -> Result<
             line += &format!(" | {}", proxy.name);
             for (tls, rps, cpu) in [(false, &RPS, &CPU), (true, &TLS_RPS, &TLS_CPU)] {
                 let Some(url) = proxy.url(tls) else { continue };
-                let sample = closedloop::run(&cpus, &url, &script, seconds, proxy.pid())?;
+                let sample = closedloop::run(cpus, &url, &script, seconds, proxy.pid())?;
                 report.add(rps, proxy.name, sample.rps);
                 report.add(cpu, proxy.name, sample.cpu_us_per_request);
                 line += &format!(" {:.0} {:.1}", sample.rps, sample.cpu_us_per_request);
@@ -113,7 +141,7 @@ fn bench(gateway_bin: &Path, dir: &Path, rounds: usize, seconds: u32) -> Result<
     let generator = crate::target_dir().join("release/xtask");
     let generator = generator.to_str().context("target path is not UTF-8")?;
     latency(
-        &cpus,
+        cpus,
         &setup,
         generator,
         rate,
@@ -132,7 +160,10 @@ fn bench(gateway_bin: &Path, dir: &Path, rounds: usize, seconds: u32) -> Result<
     for note in &notes {
         println!("note: {note}");
     }
-    results::record("proxy", &report.markdown(&intro, &notes))
+    results::record(
+        section.name,
+        &report.markdown(section.title, &intro, &notes),
+    )
 }
 
 /// Workload 2: open-loop latency at `rate` requests/s against each peer.

@@ -13,15 +13,15 @@ pub(super) const PEERS: [&str; 2] = ["haproxy", "nginx"];
 pub(super) const UNLIMITED: &str = "gateway, no limiter";
 const LIMITER_TARGET: f64 = 0.95;
 
-/// What a ratio gateway/peer should be.
+/// What a ratio gateway/peer should be (issue 14's targets).
 #[derive(Clone, Copy, PartialEq)]
 pub(super) enum Target {
-    /// No target (latency: lower is better, shown for comparison).
+    /// No target (shown for comparison).
     None,
-    /// At least 1.0 against every peer.
-    AtLeastOne,
-    /// At most 1.0 against HAProxy.
-    AtMostHaproxy,
+    /// Throughput: at least this much of HAProxy's and of nginx's.
+    AtLeast { haproxy: f64, nginx: f64 },
+    /// CPU per request, latency: at most this much of HAProxy's.
+    AtMostHaproxy(f64),
 }
 
 pub(super) struct Metric {
@@ -33,15 +33,20 @@ pub(super) struct Metric {
 const HTTP: &str = "1. max throughput, HTTP";
 const LATENCY: &str = "2. latency at a fixed rate";
 const TLS: &str = "3. max throughput, TLS";
-pub(super) const RPS: Metric = metric(HTTP, "req/s", Target::AtLeastOne);
-pub(super) const CPU: Metric = metric(HTTP, "CPU us/req", Target::AtMostHaproxy);
-pub(super) const TLS_RPS: Metric = metric(TLS, "req/s", Target::AtLeastOne);
-pub(super) const TLS_CPU: Metric = metric(TLS, "CPU us/req", Target::AtMostHaproxy);
+const THROUGHPUT: Target = Target::AtLeast {
+    haproxy: 1.1,
+    nginx: 1.0,
+};
+const CPU_TARGET: Target = Target::AtMostHaproxy(0.9);
+pub(super) const RPS: Metric = metric(HTTP, "req/s", THROUGHPUT);
+pub(super) const CPU: Metric = metric(HTTP, "CPU us/req", CPU_TARGET);
+pub(super) const TLS_RPS: Metric = metric(TLS, "req/s", THROUGHPUT);
+pub(super) const TLS_CPU: Metric = metric(TLS, "CPU us/req", CPU_TARGET);
 /// One per `openloop::QUANTILES` entry.
 pub(super) const PERCENTILES: [Metric; 3] = [
     metric(LATENCY, "p50 us", Target::None),
-    metric(LATENCY, "p99 us", Target::None),
-    metric(LATENCY, "p99.9 us", Target::None),
+    metric(LATENCY, "p99 us", Target::AtMostHaproxy(1.2)),
+    metric(LATENCY, "p99.9 us", Target::AtMostHaproxy(1.5)),
 ];
 
 const fn metric(workload: &'static str, name: &'static str, target: Target) -> Metric {
@@ -163,9 +168,9 @@ impl Report {
 
     /// The section of `bench/RESULTS.md`: heading, `intro`, the table, the
     /// limiter overhead and `notes`.
-    pub(super) fn markdown(&self, intro: &str, notes: &[String]) -> String {
+    pub(super) fn markdown(&self, title: &str, intro: &str, notes: &[String]) -> String {
         let mut out = format!(
-            "## Proxy (`cargo xtask bench proxy`)\n\n{intro}\n\n\
+            "## {title}\n\n{intro}\n\n\
              | workload | metric | gateway | haproxy | nginx | gateway/haproxy | gateway/nginx |\n\
              |---|---|---|---|---|---|---|\n"
         );
@@ -217,9 +222,12 @@ fn verdict(met: bool) -> &'static str {
 fn ratio(ours: f64, theirs: f64, target: Target, peer: &str) -> String {
     let r = ours / theirs;
     match target {
-        Target::AtLeastOne => format!("{r:.2}x (>= 1.00: {})", verdict(r >= 1.0)),
-        Target::AtMostHaproxy if peer == PEERS[0] => {
-            format!("{r:.2}x (<= 1.00: {})", verdict(r <= 1.0))
+        Target::AtLeast { haproxy, nginx } => {
+            let at_least = if peer == PEERS[0] { haproxy } else { nginx };
+            format!("{r:.2}x (>= {at_least:.2}: {})", verdict(r >= at_least))
+        }
+        Target::AtMostHaproxy(at_most) if peer == PEERS[0] => {
+            format!("{r:.2}x (<= {at_most:.2}: {})", verdict(r <= at_most))
         }
         _ => format!("{r:.2}x"),
     }
@@ -245,10 +253,14 @@ mod tests {
         assert_eq!(report.median(&RPS, GATEWAY), 200.0);
         assert_eq!(report.limiter_ratio(), 1.0);
         assert_eq!(report.noise().len(), 1);
-        let table = report.markdown("intro", &[]);
+        let table = report.markdown("Proxy", "intro", &[]);
         assert!(
-            table.contains("| 200 | 100 | 400 | 2.00x (>= 1.00: met) | 0.50x (>= 1.00: NOT met) |")
+            table.contains("| 200 | 100 | 400 | 2.00x (>= 1.10: met) | 0.50x (>= 1.00: NOT met) |")
         );
-        assert_eq!(ratio(2.0, 1.0, Target::AtMostHaproxy, "nginx"), "2.00x");
+        assert_eq!(ratio(2.0, 1.0, CPU_TARGET, "nginx"), "2.00x");
+        assert_eq!(
+            ratio(0.9, 1.0, CPU_TARGET, "haproxy"),
+            "0.90x (<= 0.90: met)"
+        );
     }
 }
