@@ -40,7 +40,7 @@ struct Target {
     live_seeds: &'static [&'static str],
 }
 
-const TARGETS: [Target; 6] = [
+const TARGETS: [Target; 7] = [
     Target {
         name: "api_key",
         max_len: 256,
@@ -66,6 +66,12 @@ const TARGETS: [Target; 6] = [
         name: "xdp_parser",
         // Past the farthest L4 offset four maximal IPv6 extension headers reach.
         max_len: 9 * 1024,
+        live_seeds: &[],
+    },
+    Target {
+        name: "fleet_entry",
+        // Past the parser's own 2 KiB bound.
+        max_len: 4096,
         live_seeds: &[],
     },
     Target {

@@ -105,8 +105,15 @@ pub(super) fn haproxy(
 }
 
 /// nginx: the raw keys in a `map` (no SHA-256 without extra modules),
-/// `limit_req` per client, an `upstream` with a keep-alive pool.
-pub(super) fn nginx(files: &Files, listen: Listen, upstream: u16, workers: usize) -> String {
+/// `limit_req` per client (at most `per_key` a second), an `upstream` with
+/// a keep-alive pool.
+pub(super) fn nginx(
+    files: &Files,
+    listen: Listen,
+    upstream: u16,
+    workers: usize,
+    per_key: u32,
+) -> String {
     let tls = listen.tls_port.map_or(String::new(), |port| {
         format!(
             "  listen 127.0.0.1:{port} ssl;\n  ssl_protocols TLSv1.2 TLSv1.3;\n  \
@@ -118,12 +125,12 @@ pub(super) fn nginx(files: &Files, listen: Listen, upstream: u16, workers: usize
     Nginx::new(files.dir, "nginx-peer", workers).config(&format!(
         "map_hash_max_size 65536;\nmap_hash_bucket_size 256;\n\
          map $http_x_api_key $client_id {{ default \"\"; include {map}; }}\n\
-         limit_req_zone $client_id zone=perkey:10m rate={PER_KEY_RATE}r/s;\n\
+         limit_req_zone $client_id zone=perkey:10m rate={per_key}r/s;\n\
          limit_req_status 429;\n{pool}\
          server {{\n  listen 127.0.0.1:{port};\n{tls}\
          \x20 location / {{\n\
          \x20   if ($client_id = \"\") {{ return 401; }}\n\
-         \x20   limit_req zone=perkey burst={PER_KEY_RATE} nodelay;\n\
+         \x20   limit_req zone=perkey burst={per_key} nodelay;\n\
          \x20   proxy_http_version 1.1;\n\
          \x20   proxy_set_header Connection \"\";\n\
          \x20   proxy_set_header X-Client-Id $client_id;\n\
@@ -178,7 +185,7 @@ mod tests {
                 )
             });
             nginx::assert_same_directives(
-                &nginx(&files, listen, upstream_port, workers),
+                &nginx(&files, listen, upstream_port, workers, PER_KEY_RATE),
                 &format!(
                     "worker_processes {workers};\npid {d}/nginx-peer.pid;\nerror_log {d}/nginx-peer.err;\n\
                      events {{ worker_connections 4096; }}\n\

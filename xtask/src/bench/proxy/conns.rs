@@ -48,7 +48,12 @@ pub(crate) fn run(connections: usize) -> Result<()> {
     let gateway_bin = crate::build(true)?;
     let dir = scratch::dir("gateway-bench-conns-")?;
     let cpus = CpuPlan::new();
-    let setup = Setup::start(&gateway_bin, dir.path(), &cpus)?;
+    let setup = Setup::start(
+        &gateway_bin,
+        dir.path(),
+        &cpus,
+        super::configs::PER_KEY_RATE,
+    )?;
     let intro = format!(
         "Memory per open client connection: {connections} connections per proxy, one proxy at a time, \
          {KEYS} keys loaded. {}.",

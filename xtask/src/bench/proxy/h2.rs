@@ -13,12 +13,9 @@ use std::{fmt::Write as _, path::Path, process::Stdio};
 
 use anyhow::{bail, ensure, Context, Result};
 
-use super::{
-    configs::{self, Files, Listen},
-    peers::{self, KEYS},
-};
+use super::peers::{self, Proxy, Setup, KEYS};
 use crate::bench::{
-    procs::{ensure_packages, free_port, tree_cpu_seconds, wait_for_port, CpuPlan, Running},
+    procs::{ensure_packages, tree_cpu_seconds, CpuPlan},
     results, scratch,
     stats::{median, spread, spread_ratio, NOISY},
 };
@@ -40,26 +37,9 @@ pub(crate) fn run(rounds: usize, seconds: u32) -> Result<()> {
     bench(&gateway_bin, dir.path(), rounds, seconds)
 }
 
-/// A proxy under test: its process and its TLS port.
-struct Proxy {
-    name: &'static str,
-    process: Running,
-    port: u16,
-}
-
-impl Proxy {
-    fn url(&self) -> String {
-        format!("https://127.0.0.1:{}/bench", self.port)
-    }
-}
-
-/// Everything running for the bench; dropping it stops it all.
-struct Setup {
-    /// The gateway, then HAProxy.
-    proxies: Vec<Proxy>,
-    /// Keys, and the client id each maps to.
-    keys: Vec<(String, String)>,
-    _upstream: Running,
+/// The compared proxies of `bench proxy`'s setup: the gateway, then HAProxy.
+fn compared(setup: &Setup) -> &[Proxy] {
+    &setup.peers[..setup.peers.len().min(2)]
 }
 
 /// One h2load run's figures.
@@ -71,7 +51,7 @@ struct Sample {
 fn bench(gateway_bin: &Path, dir: &Path, rounds: usize, seconds: u32) -> Result<()> {
     let cpus = CpuPlan::new();
     let setup = start(gateway_bin, dir, &cpus)?;
-    let (proxies, keys) = (&setup.proxies, &setup.keys);
+    let (proxies, keys) = (compared(&setup), &setup.keys);
     let intro = format!(
         "Authenticated GET over HTTP/2 and TLS: h2load -c{CLIENTS} -m{STREAMS} ({CLIENTS} connections, \
          {STREAMS} concurrent streams each), one key of {KEYS} per round; {rounds} interleaved round(s) \
@@ -100,7 +80,8 @@ fn bench(gateway_bin: &Path, dir: &Path, rounds: usize, seconds: u32) -> Result<
         }
         println!("{line}");
     }
-    let notes = notes(&proxies[1], &[&rps, &cpu]);
+    let haproxy = proxies.get(1).context("no HAProxy")?;
+    let notes = notes(haproxy, &[&rps, &cpu]);
     let table = table(&mut rps, &mut cpu);
     println!("{table}");
     for note in &notes {
@@ -114,77 +95,13 @@ fn bench(gateway_bin: &Path, dir: &Path, rounds: usize, seconds: u32) -> Result<
     results::record("h2", &markdown)
 }
 
-/// The shared upstream, the gateway and HAProxy (TLS listeners offering h2),
-/// each checked to answer h2 as the other does.
+/// `bench proxy`'s setup with this bench's per-key rate; the gateway's
+/// and HAProxy's TLS listeners checked to speak h2.
 fn start(gateway_bin: &Path, dir: &Path, cpus: &CpuPlan) -> Result<Setup> {
-    let write = |name: &str, text: String| -> Result<std::path::PathBuf> {
-        let path = dir.join(name);
-        std::fs::write(&path, text)?;
-        Ok(path)
-    };
-    let upstream_port = free_port()?;
-    let upstream_conf = write("upstream.conf", configs::upstream(dir, upstream_port))?;
-    let upstream = peers::start_nginx(cpus.load_command("nginx"), &upstream_conf, upstream_port)?;
-    let workers = cpus.workers();
-    // Each proxy's plain listener is only there because the configurations
-    // want one; h2load uses the TLS one.
-    let listen = || -> Result<Listen> {
-        Ok(Listen {
-            port: free_port()?,
-            tls_port: Some(free_port()?),
-        })
-    };
-    let gateway_listen = listen()?;
-    let gateway_text = configs::gateway(
-        dir,
-        gateway_listen,
-        upstream_port,
-        (true, PER_KEY_RATE),
-        workers,
-    );
-    let gateway_conf = write("gateway.toml", gateway_text)?;
-    let keys = peers::create_keys(gateway_bin, &gateway_conf)?;
-    let files = Files {
-        dir,
-        sha_map: &dir.join("keys.sha.map"),
-        raw_map: &dir.join("keys.nginx.map"),
-        cert: &dir.join("peer.crt"),
-        key: &dir.join("peer.key"),
-        pem: &dir.join("peer.pem"),
-    };
-    peers::write_key_files(&files, &keys)?;
-    peers::make_certificate(&files)?;
-
-    let mut command =
-        cpus.proxy_command(gateway_bin.to_str().context("gateway path is not UTF-8")?);
-    // Access log to stdout (discarded); rustls's warnings about IP-address
-    // SNI on stderr, discarded too.
-    command.args(["run", "--config"]).arg(&gateway_conf);
-    command.stderr(Stdio::null());
-    let gateway = Running::listening(command, gateway_listen.port)?;
-    let haproxy_listen = listen()?;
-    let haproxy_text =
-        configs::haproxy(&files, haproxy_listen, upstream_port, workers, PER_KEY_RATE);
-    let haproxy_conf = write("haproxy.cfg", haproxy_text)?;
-    let mut command = cpus.proxy_command("haproxy");
-    command.arg("-f").arg(&haproxy_conf).arg("-db");
-    let haproxy = Running::listening(command, haproxy_listen.port)?;
-    let mut proxies = Vec::new();
-    for (name, process, listen) in [
-        ("gateway", gateway, gateway_listen),
-        ("haproxy", haproxy, haproxy_listen),
-    ] {
-        let port = listen.tls_port.context("no TLS port")?;
-        wait_for_port(port)?;
-        proxies.push(Proxy {
-            name,
-            process,
-            port,
-        });
-    }
-    let (key, client) = keys.first().context("no keys")?;
-    for proxy in &proxies {
-        let url = proxy.url();
+    let setup = Setup::start(gateway_bin, dir, cpus, PER_KEY_RATE)?;
+    let (key, client) = setup.keys.first().context("no keys")?;
+    for proxy in compared(&setup) {
+        let url = tls_url(proxy)?;
         let (status, body) = peers::curl_over("--http2", &url, key)?;
         let expected = format!("ok id={client} key=");
         ensure!(
@@ -199,17 +116,21 @@ fn start(gateway_bin: &Path, dir: &Path, cpus: &CpuPlan) -> Result<Setup> {
             proxy.name
         );
     }
-    Ok(Setup {
-        proxies,
-        keys,
-        _upstream: upstream,
-    })
+    Ok(setup)
+}
+
+/// The URL of `/bench` on `proxy`'s TLS listener.
+fn tls_url(proxy: &Proxy) -> Result<String> {
+    proxy
+        .url(true)
+        .with_context(|| format!("{} has no TLS listener", proxy.name))
 }
 
 /// One h2load run of `seconds` against `proxy` with `key` on every stream,
 /// charging the CPU time of its process tree to the requests that succeeded.
 fn h2load(cpus: &CpuPlan, proxy: &Proxy, key: &str, seconds: u32) -> Result<Sample> {
-    let before = tree_cpu_seconds(proxy.process.pid())?;
+    let url = tls_url(proxy)?;
+    let before = tree_cpu_seconds(proxy.pid())?;
     let output = cpus
         .load_command("h2load")
         .arg(format!("-t{}", cpus.load_threads()))
@@ -217,10 +138,10 @@ fn h2load(cpus: &CpuPlan, proxy: &Proxy, key: &str, seconds: u32) -> Result<Samp
         .arg(format!("-m{STREAMS}"))
         .arg(format!("-D{seconds}"))
         .args(["-H", &format!("x-api-key: {key}")])
-        .arg(proxy.url())
+        .arg(url)
         .output()
         .context("running h2load")?;
-    let cpu = tree_cpu_seconds(proxy.process.pid())? - before;
+    let cpu = tree_cpu_seconds(proxy.pid())? - before;
     let text = String::from_utf8_lossy(&output.stdout);
     if !output.status.success() {
         bail!(
@@ -332,7 +253,7 @@ fn notes(haproxy: &Proxy, series: &[&Vec<Vec<f64>>]) -> Vec<String> {
         format!(
             "TLS: an ECDSA P-256 certificate each (the gateway its own, HAProxy one made with openssl), \
              ALPN h2 checked on every run; HAProxy negotiates {}.",
-            tls_parameters(haproxy.port)
+            tls_parameters(haproxy)
         ),
         "CPU per request: utime + stime of the proxy's process from /proc over each h2load run, divided \
          by the requests h2load counted as succeeded."
@@ -352,8 +273,12 @@ fn notes(haproxy: &Proxy, series: &[&Vec<Vec<f64>>]) -> Vec<String> {
     notes
 }
 
-/// The TLS version and cipher suite `openssl s_client` negotiates.
-fn tls_parameters(port: u16) -> String {
+/// The TLS version and cipher suite `openssl s_client` negotiates with
+/// `proxy` when it offers h2.
+fn tls_parameters(proxy: &Proxy) -> String {
+    let Some(port) = proxy.listen.tls_port else {
+        return "? (no TLS listener)".into();
+    };
     let output = std::process::Command::new("timeout")
         .args([
             "5", "openssl", "s_client", "-brief", "-alpn", "h2", "-connect",

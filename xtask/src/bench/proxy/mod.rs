@@ -88,7 +88,7 @@ fn bench(
     section: Section,
 ) -> Result<()> {
     let load_before = load_average();
-    let setup = Setup::start(gateway_bin, dir, cpus)?;
+    let setup = Setup::start(gateway_bin, dir, cpus, PER_KEY_RATE)?;
     let script = closedloop::script(dir, &setup.keys_file)?;
     let intro = format!(
         "Authenticated GET, {KEYS} rotating keys; {rounds} interleaved round(s) of {seconds} s \

@@ -9,7 +9,7 @@ use std::{
 
 use anyhow::{ensure, Context, Result};
 
-use super::configs::{self, Files, Listen, PER_KEY_RATE};
+use super::configs::{self, Files, Listen};
 use crate::bench::{
     keys, nginx,
     procs::{free_port, wait_for_port, CpuPlan, Running},
@@ -51,7 +51,14 @@ pub(super) struct Setup {
 }
 
 impl Setup {
-    pub(super) fn start(gateway_bin: &Path, dir: &Path, cpus: &CpuPlan) -> Result<Self> {
+    /// Every proxy with a per-key limit of `per_key` requests/s (bursts of
+    /// as many).
+    pub(super) fn start(
+        gateway_bin: &Path,
+        dir: &Path,
+        cpus: &CpuPlan,
+        per_key: u32,
+    ) -> Result<Self> {
         let write = |name: &str, text: String| -> Result<PathBuf> {
             let path = dir.join(name);
             std::fs::write(&path, text)?;
@@ -69,13 +76,8 @@ impl Setup {
             })
         };
         let gateway_listen = listen()?;
-        let gateway_text = configs::gateway(
-            dir,
-            gateway_listen,
-            upstream_port,
-            (true, PER_KEY_RATE),
-            workers,
-        );
+        let gateway_text =
+            configs::gateway(dir, gateway_listen, upstream_port, (true, per_key), workers);
         let gateway_conf = write("gateway.toml", gateway_text)?;
         let unlimited_listen = Listen {
             port: free_port()?,
@@ -85,7 +87,7 @@ impl Setup {
             dir,
             unlimited_listen,
             upstream_port,
-            (false, PER_KEY_RATE),
+            (false, per_key),
             workers,
         );
         let unlimited_conf = write("unlimited.toml", unlimited_text)?;
@@ -127,7 +129,7 @@ impl Setup {
 
         let haproxy_listen = listen()?;
         let haproxy_text =
-            configs::haproxy(&files, haproxy_listen, upstream_port, workers, PER_KEY_RATE);
+            configs::haproxy(&files, haproxy_listen, upstream_port, workers, per_key);
         let haproxy_conf = write("haproxy.cfg", haproxy_text)?;
         let mut command = cpus.proxy_command("haproxy");
         command.arg("-f").arg(&haproxy_conf).arg("-db");
@@ -138,7 +140,7 @@ impl Setup {
         };
 
         let nginx_listen = listen()?;
-        let nginx_text = configs::nginx(&files, nginx_listen, upstream_port, workers);
+        let nginx_text = configs::nginx(&files, nginx_listen, upstream_port, workers, per_key);
         let nginx_conf = write("nginx-peer.conf", nginx_text)?;
         let nginx = Proxy {
             name: "nginx",
