@@ -147,6 +147,8 @@ fn a_guard_ban_reaches_every_other_nodes_kernel_but_not_an_allowed_one() {
     let c = Node::start(&redis, &format!("allow = [\"{CLIENT_V4}/32\"]"));
     let b_key = b.gateway.create_key("gold");
     let c_key = c.gateway.create_key("gold");
+    // The nodes see a new key at their next store poll (`keys.refresh`, 1 s).
+    gateway_tests::http::pause(Duration::from_millis(1500));
     assert_eq!(b.get(CLIENT_V4, &b_key).unwrap().status, 200);
 
     a.guess_until_banned(CLIENT_V4);
