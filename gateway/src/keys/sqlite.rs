@@ -169,17 +169,8 @@ impl SqliteStore {
         let mut created = Vec::with_capacity(new.len());
         for new in new {
             let key = format::generate()?;
-            let client = Client {
-                id: format!("cl_{}", key.id),
-                name: new.name,
-                tier: new.tier,
-                scopes: new.scopes,
-                expires_at: new.expires_at,
-                disabled: false,
-                is_admin: new.is_admin,
-                external_id: new.external_id,
-                created_at: now,
-            };
+            let no_key = new.no_key;
+            let client = new.into_client(&key.id, now);
             if let Some(external) = &client.external_id {
                 let taken: Option<String> = tx
                     .query_row(
@@ -206,7 +197,7 @@ impl SqliteStore {
                     now
                 ],
             )?;
-            if new.no_key {
+            if no_key {
                 created.push((client, String::new()));
                 continue;
             }

@@ -104,6 +104,23 @@ pub struct NewClient {
     pub no_key: bool,
 }
 
+impl NewClient {
+    /// The client `self` describes, named after its first key's id.
+    pub fn into_client(self, key_id: &str, now: i64) -> Client {
+        Client {
+            id: format!("cl_{key_id}"),
+            name: self.name,
+            tier: self.tier,
+            scopes: self.scopes,
+            expires_at: self.expires_at,
+            disabled: false,
+            is_admin: self.is_admin,
+            external_id: self.external_id,
+            created_at: now,
+        }
+    }
+}
+
 /// Changes to a client; `None` leaves a field as it is.
 #[derive(Clone, Debug, Default)]
 pub struct ClientUpdate {

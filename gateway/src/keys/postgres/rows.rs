@@ -139,20 +139,11 @@ impl PgStore {
         let mut created = Vec::with_capacity(new.len());
         for new in new {
             let key = format::generate()?;
-            let client = Client {
-                id: format!("cl_{}", key.id),
-                name: new.name,
-                tier: new.tier,
-                scopes: new.scopes,
-                expires_at: new.expires_at,
-                disabled: false,
-                is_admin: new.is_admin,
-                external_id: new.external_id,
-                created_at: now,
-            };
+            let no_key = new.no_key;
+            let client = new.into_client(&key.id, now);
             insert_client(&*tx, &client).await?;
             changed(&tx, &client.id).await?;
-            if new.no_key {
+            if no_key {
                 created.push((client, String::new()));
                 continue;
             }
