@@ -12,13 +12,30 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let json = entry.to_json();
-    assert_eq!(Entry::parse(json.as_bytes()).ok().as_ref(), Some(&entry), "{json}");
+    assert_eq!(
+        Entry::parse(json.as_bytes()).ok().as_ref(),
+        Some(&entry),
+        "{json}"
+    );
     for clocks in [
-        Clocks { wall_ms: 0, mono_ns: 0 },
-        Clocks { wall_ms: 1_800_000_000_000, mono_ns: 5_000_000_000 },
-        Clocks { wall_ms: u64::MAX, mono_ns: u64::MAX },
+        Clocks {
+            wall_ms: 0,
+            mono_ns: 0,
+        },
+        Clocks {
+            wall_ms: 1_800_000_000_000,
+            mono_ns: 5_000_000_000,
+        },
+        Clocks {
+            wall_ms: u64::MAX,
+            mono_ns: u64::MAX,
+        },
     ] {
         let _ = entry.to_update(clocks);
     }
-    let _ = (entry.slot(), entry.removes(), entry.allowed_by(&["10.0.0.0/8".parse().unwrap()]));
+    let _ = (
+        entry.slot(),
+        entry.removes(),
+        entry.allowed_by(&["10.0.0.0/8".parse().unwrap()]),
+    );
 });
