@@ -44,7 +44,7 @@ const PENDING: usize = 10_000;
 /// Entries read or published per call.
 const BATCH: usize = 256;
 /// A follower's blocking read waits at most this long for new entries.
-const BLOCK: Duration = Duration::from_millis(1000);
+const BLOCK: Duration = Duration::from_millis(500);
 /// Expired entries are removed from the active set this often.
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
 
@@ -140,6 +140,7 @@ pub fn start(url: &str, node: &str, allow: Vec<IpNet>, policy: PolicyHandle) -> 
                 policy,
                 counters,
                 last_id: None,
+                following: false,
             };
             follower.run().await;
         }
@@ -200,7 +201,7 @@ fn publish_pipeline(node: &str, entries: &[Entry]) -> redis::Pipeline {
             .arg(&json)
             .ignore();
         if let Some(slot) = entry.slot() {
-            pipe.hset(ACTIVE, slot, &json).ignore();
+            pipe.hset(ACTIVE, slot, active_value(node, &json)).ignore();
         }
         for slot in entry.removes() {
             pipe.hdel(ACTIVE, slot).ignore();
@@ -221,8 +222,11 @@ impl Publisher {
     async fn run(mut self, mut rx: mpsc::Receiver<(Clocks, PolicyUpdate)>) {
         let mut batch = Vec::with_capacity(BATCH);
         let mut retry = tokio::time::interval(Duration::from_secs(1));
+        // After a failure, updates only queue until the next retry tick:
+        // one failed call per second while Redis is away, not per update.
+        let mut failing = false;
         loop {
-            tokio::select! {
+            let tick = tokio::select! {
                 received = rx.recv_many(&mut batch, BATCH) => {
                     if received == 0 {
                         return;
@@ -230,10 +234,13 @@ impl Publisher {
                     for (at, update) in batch.drain(..) {
                         self.keep(Entry::from_update(&update, at));
                     }
+                    false
                 }
-                _ = retry.tick() => {}
+                _ = retry.tick() => true,
+            };
+            if tick || !failing {
+                failing = !self.flush(failing).await;
             }
-            self.flush().await;
         }
     }
 
@@ -247,8 +254,9 @@ impl Publisher {
         self.pending.push_back(entry);
     }
 
-    /// Sends what is pending, a batch at a time, until Redis refuses.
-    async fn flush(&mut self) {
+    /// Sends what is pending, a batch at a time; `false` when Redis
+    /// refused (logged unless it was `failing` already).
+    async fn flush(&mut self, failing: bool) -> bool {
         while !self.pending.is_empty() {
             let now = Clocks::now().wall_ms;
             // An entry that ended while it waited tells nobody anything.
@@ -266,11 +274,14 @@ impl Publisher {
                 }
                 Err(error) => {
                     self.counters.redis_errors.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(%error, pending = self.pending.len(), "publishing bans to the fleet failed; retrying");
-                    return;
+                    if !failing {
+                        tracing::warn!(%error, pending = self.pending.len(), "publishing bans to the fleet failed; retrying every second");
+                    }
+                    return false;
                 }
             }
         }
+        true
     }
 }
 
@@ -281,8 +292,12 @@ struct Follower {
     /// Applies without publishing back.
     policy: PolicyHandle,
     counters: Arc<FleetCounters>,
-    /// The last stream id applied; `None` until caught up.
+    /// The last stream id applied; kept across a lost connection, so a
+    /// reconnect resumes from it when the stream still holds what came
+    /// after (unbans included).
     last_id: Option<String>,
+    /// Whether `last_id` is where the stream is being followed from.
+    following: bool,
 }
 
 impl Follower {
@@ -290,15 +305,15 @@ impl Follower {
         let mut pruned = tokio::time::Instant::now();
         let mut backoff = Duration::from_millis(100);
         loop {
-            let step = match &self.last_id {
-                None => self.catch_up().await,
-                Some(_) => self.follow().await,
+            let step = match self.following {
+                false => self.resume().await,
+                true => self.follow().await,
             };
             match step {
                 Ok(()) => backoff = Duration::from_millis(100),
                 Err(error) => {
-                    if self.last_id.take().is_some() {
-                        tracing::warn!(%error, "lost the fleet's ban stream; catching up when Redis is back");
+                    if std::mem::replace(&mut self.following, false) {
+                        tracing::warn!(%error, "lost the fleet's ban stream; resuming when Redis is back");
                     }
                     self.counters.following.store(0, Ordering::Relaxed);
                     self.counters.redis_errors.fetch_add(1, Ordering::Relaxed);
@@ -316,6 +331,32 @@ impl Follower {
         }
     }
 
+    /// After a start or a lost connection: follows on from the last id
+    /// applied when the stream still holds everything after it, else
+    /// applies every active entry and follows from the newest id.
+    async fn resume(&mut self) -> redis::RedisResult<()> {
+        if let Some(last) = self.last_id.as_deref() {
+            let oldest: Value = redis::cmd("XRANGE")
+                .arg(STREAM)
+                .arg("-")
+                .arg("+")
+                .arg("COUNT")
+                .arg(1)
+                .query_async(&mut self.conn)
+                .await?;
+            // Nothing was trimmed past us (an empty stream: Redis lost it
+            // all, and its new ids are later than ours).
+            let kept = first_id(&oldest).is_none_or(|oldest| !later(&oldest, last));
+            if kept {
+                tracing::info!(from = last, "following the fleet's bans again");
+                self.following = true;
+                self.counters.following.store(1, Ordering::Relaxed);
+                return Ok(());
+            }
+        }
+        self.catch_up().await
+    }
+
     /// Applies every active entry, then follows from the id seen before.
     async fn catch_up(&mut self) -> redis::RedisResult<()> {
         let newest: Value = redis::cmd("XREVRANGE")
@@ -327,17 +368,19 @@ impl Follower {
             .query_async(&mut self.conn)
             .await?;
         let last_id = first_id(&newest).unwrap_or_else(|| "0-0".to_owned());
-        let active: HashMap<String, Vec<u8>> = redis::cmd("HGETALL")
+        let active: HashMap<Vec<u8>, Vec<u8>> = redis::cmd("HGETALL")
             .arg(ACTIVE)
             .query_async(&mut self.conn)
             .await?;
         let now = Clocks::now();
-        let applied = active
-            .iter()
-            .filter(|(_, json)| self.apply(json, None, now))
-            .count();
+        let mut applied = 0;
+        for value in active.values() {
+            let (node, json) = split_active(value);
+            applied += usize::from(self.apply(json, node, now).await);
+        }
         tracing::info!(applied, "caught up with the fleet's bans");
         self.last_id = Some(last_id);
+        self.following = true;
         self.counters.following.store(1, Ordering::Relaxed);
         Ok(())
     }
@@ -359,20 +402,19 @@ impl Follower {
         for (id, fields) in stream_entries(&reply) {
             let node = field(&fields, "node");
             let entry = field(&fields, "entry").unwrap_or_default();
-            self.apply(entry, node, now);
+            self.apply(entry, node, now).await;
             self.last_id = Some(id);
         }
         Ok(())
     }
 
-    /// Applies one entry unless it is this node's own, invalid, expired or
-    /// covered by the allow-list; whether it was applied. `node` is the
-    /// stream's field (the active set's entries carry none: after a
-    /// restart this node is a new node, and its old entries apply again).
-    fn apply(&self, json: &[u8], node: Option<&[u8]>, now: Clocks) -> bool {
-        if node == Some(self.node.as_bytes()) {
-            return false;
-        }
+    /// Applies one entry unless it is invalid, expired, covered by the
+    /// allow-list, or a ban or budget this node published itself (its
+    /// own unbans and budget resets apply again, which changes nothing
+    /// and wins over an own ban replayed from the active set); whether it
+    /// was applied. Waits for room in the writer's queue: a background
+    /// task, it must not drop what the fleet decided.
+    async fn apply(&self, json: &[u8], node: Option<&[u8]>, now: Clocks) -> bool {
         let entry = match Entry::parse(json) {
             Ok(entry) => entry,
             Err(error) => {
@@ -381,6 +423,9 @@ impl Follower {
                 return false;
             }
         };
+        if node == Some(self.node.as_bytes()) && entry.slot().is_some() {
+            return false;
+        }
         if entry.allowed_by(&self.allow) {
             self.counters
                 .skipped_allowed
@@ -390,33 +435,63 @@ impl Follower {
         let Some(update) = entry.to_update(now) else {
             return false;
         };
-        self.policy.submit(update);
-        self.counters.applied.fetch_add(1, Ordering::Relaxed);
-        true
+        let applied = self.policy.submit_wait(update).await;
+        if applied {
+            self.counters.applied.fetch_add(1, Ordering::Relaxed);
+        }
+        applied
     }
 
-    /// Removes ended entries from the active set.
+    /// Removes ended entries from the active set, each only if it is
+    /// still the one read (a ban renewed meanwhile stays).
     async fn prune(&mut self) -> redis::RedisResult<()> {
-        let active: HashMap<String, Vec<u8>> = redis::cmd("HGETALL")
+        let active: HashMap<Vec<u8>, Vec<u8>> = redis::cmd("HGETALL")
             .arg(ACTIVE)
             .query_async(&mut self.conn)
             .await?;
         let now = Clocks::now().wall_ms;
-        let ended: Vec<&String> = (active.iter())
-            .filter(|(_, json)| {
-                Entry::parse(json).map_or(true, |e| e.until_ms().is_some_and(|u| u <= now))
-            })
-            .map(|(slot, _)| slot)
-            .collect();
-        if !ended.is_empty() {
-            redis::cmd("HDEL")
-                .arg(ACTIVE)
-                .arg(ended)
-                .query_async::<()>(&mut self.conn)
-                .await?;
+        let script = redis::Script::new(COMPARE_AND_DELETE);
+        for (slot, value) in &active {
+            let (_, json) = split_active(value);
+            let ended = Entry::parse(json).map_or(true, |e| e.until_ms().is_some_and(|u| u <= now));
+            if ended {
+                script
+                    .key(ACTIVE)
+                    .arg(slot.as_slice())
+                    .arg(value.as_slice())
+                    .invoke_async::<()>(&mut self.conn)
+                    .await?;
+            }
         }
         Ok(())
     }
+}
+
+/// `HDEL key field` only while the field still holds the value read.
+const COMPARE_AND_DELETE: &str = "if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then \
+     return redis.call('HDEL', KEYS[1], ARGV[1]) end return 0";
+
+/// An active-set value: the publishing node, a newline, the entry.
+fn active_value(node: &str, json: &str) -> String {
+    format!("{node}\n{json}")
+}
+
+/// The node and the entry of an active-set value (`None` node: written
+/// without one).
+fn split_active(value: &[u8]) -> (Option<&[u8]>, &[u8]) {
+    match value.iter().position(|&b| b == b'\n') {
+        Some(at) => (value.get(..at), value.get(at + 1..).unwrap_or_default()),
+        None => (None, value),
+    }
+}
+
+/// Whether stream id `a` is later than `b` (`ms-seq`, compared as numbers).
+fn later(a: &str, b: &str) -> bool {
+    let parse = |id: &str| -> (u64, u64) {
+        let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
+        (ms.parse().unwrap_or(0), seq.parse().unwrap_or(0))
+    };
+    parse(a) > parse(b)
 }
 
 /// The id of the first entry of an `XREVRANGE`/`XRANGE` reply.
@@ -484,5 +559,28 @@ fn text(value: &Value) -> Option<&str> {
         Value::BulkString(bytes) => std::str::from_utf8(bytes).ok(),
         Value::SimpleString(text) => Some(text),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_ids_compare_as_numbers() {
+        assert!(later("1700000000001-0", "1700000000000-9"));
+        assert!(later("10-0", "9-0"), "not as text");
+        assert!(later("5-10", "5-9"));
+        assert!(!later("5-9", "5-9"));
+    }
+
+    #[test]
+    fn active_values_carry_their_node() {
+        let value = active_value("node-a", r#"{"op":"unban","ip":"10.0.0.1"}"#);
+        let (node, json) = split_active(value.as_bytes());
+        assert_eq!(node, Some(&b"node-a"[..]));
+        assert!(Entry::parse(json).is_ok());
+        // A value written without a node (or by anyone else) is all entry.
+        assert_eq!(split_active(b"{}"), (None, &b"{}"[..]));
     }
 }

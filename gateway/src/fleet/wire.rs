@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     guard::{BanTarget, PolicyUpdate},
-    net::canonical_net,
+    net::{canonical_net, covers_every_v4},
 };
 
 /// Longest entry accepted from the stream, in bytes.
@@ -253,16 +253,17 @@ impl Entry {
             return Err(WireError::TooLong(text.len()));
         }
         let entry: Entry = serde_json::from_slice(text).map_err(WireError::Json)?;
-        if let Entry::Ban {
-            target: Target::Client { client, .. },
-            ..
-        } = &entry
-        {
-            if client.is_empty() || client.len() > MAX_CLIENT {
-                return Err(WireError::Client);
-            }
+        match &entry {
+            Entry::Ban {
+                target: Target::Client { client, .. },
+                ..
+            } if client.is_empty() || client.len() > MAX_CLIENT => Err(WireError::Client),
+            Entry::Ban {
+                target: Target::Source { net } | Target::Forwarded { net },
+                ..
+            } if covers_every_v4(&canonical_net(*net)) => Err(WireError::EveryV4(*net)),
+            _ => Ok(entry),
         }
-        Ok(entry)
     }
 }
 
@@ -274,6 +275,9 @@ pub enum WireError {
     Json(serde_json::Error),
     #[error("a client ban's client id must be 1 to {MAX_CLIENT} bytes")]
     Client,
+    /// What `gateway xdp ban` refuses too: a typo, not a policy.
+    #[error("a ban of {0} would drop every IPv4 source")]
+    EveryV4(IpNet),
 }
 
 fn host(ip: IpAddr) -> IpNet {

@@ -3,7 +3,7 @@ use std::{net::IpAddr, sync::Arc};
 use gateway_common::Budget;
 use ipnet::IpNet;
 
-use super::wire::{Clocks, Entry, Target, BUDGET_TTL_MS};
+use super::wire::{Clocks, Entry, Target, WireError, BUDGET_TTL_MS};
 use crate::guard::{BanTarget, PolicyUpdate};
 
 /// Node A at wall 1,000,000 ms, monotonic 5 s; node B's monotonic clock
@@ -160,7 +160,30 @@ fn hostile_entries_are_refused_or_clamped() {
         r#"{{"op":"ban","target":{{"kind":"client","ip":"10.0.0.1","client":"{}"}},"until_ms":1,"reason":0}}"#,
         "x".repeat(5000)
     );
-    assert!(Entry::parse(long.as_bytes()).is_err());
+    assert!(matches!(
+        Entry::parse(long.as_bytes()),
+        Err(WireError::TooLong(_))
+    ));
+    let client = format!(
+        r#"{{"op":"ban","target":{{"kind":"client","ip":"10.0.0.1","client":"{}"}},"until_ms":1,"reason":0}}"#,
+        "x".repeat(300)
+    );
+    assert!(matches!(
+        Entry::parse(client.as_bytes()),
+        Err(WireError::Client)
+    ));
+    // Bans that would drop every IPv4 source, however spelt.
+    for net in ["0.0.0.0/0", "::/0", "::ffff:0:0/96", "::/64"] {
+        for kind in ["source", "forwarded"] {
+            let text = format!(
+                r#"{{"op":"ban","target":{{"kind":"{kind}","net":"{net}"}},"until_ms":1,"reason":0}}"#
+            );
+            assert!(
+                matches!(Entry::parse(text.as_bytes()), Err(WireError::EveryV4(_))),
+                "{text}"
+            );
+        }
+    }
     // A deadline in the far future is clamped to about a year.
     let forever = Entry::Ban {
         target: Target::Source {

@@ -321,14 +321,24 @@ impl PolicyHandle {
     /// Queues an update without waiting. `false` (and a counted overflow)
     /// when the writer is behind: the request path must never stall on it.
     pub fn submit(&self, update: PolicyUpdate) -> bool {
-        if let Some(fleet) = &self.fleet {
-            fleet.offer(&update);
-        }
+        // The fleet hears only what this node applies itself.
+        let offered = self.fleet.as_ref().map(|fleet| (fleet, update.clone()));
         let queued = self.tx.try_send(update).is_ok();
-        if !queued {
-            self.overflowed.fetch_add(1, Ordering::Relaxed);
+        match (queued, offered) {
+            (true, Some((fleet, update))) => fleet.offer(&update),
+            (true, None) => {}
+            (false, _) => {
+                self.overflowed.fetch_add(1, Ordering::Relaxed);
+            }
         }
         queued
+    }
+
+    /// Queues an update, waiting for room: for a background task that
+    /// must not drop one (the fleet's follower). Never published to the
+    /// fleet. `false`: the writer has stopped.
+    pub async fn submit_wait(&self, update: PolicyUpdate) -> bool {
+        self.tx.send(update).await.is_ok()
     }
 
     /// This handle, with every update it submits also published to the
