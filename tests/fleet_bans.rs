@@ -251,3 +251,65 @@ fn bans_issued_while_redis_is_away_arrive_when_it_is_back() {
     assert!(!b.topology.connects(CLIENT_V4, SERVER_V4, PORT, CONNECT));
     assert!(a.metric("gateway_fleet_redis_errors_total") > 0);
 }
+
+#[test]
+fn hostile_stream_entries_are_ignored_and_the_node_keeps_serving() {
+    if !require_root("hostile_stream_entries_are_ignored_and_the_node_keeps_serving") {
+        return;
+    }
+    let Some(redis) = Redis::start("fleet_bans") else {
+        return;
+    };
+    let b = Node::start(&redis, "");
+    let key = b.gateway.create_key("gold");
+    gateway_tests::http::pause(Duration::from_millis(1500));
+    // Anyone who can write to the Redis: a ban of every IPv4 source (as
+    // a source and as an IPv6 prefix holding the mapped range), garbage,
+    // an oversized client id; then one valid ban.
+    let far = "99999999999999";
+    let hostile = [
+        format!(
+            r#"{{"op":"ban","target":{{"kind":"source","net":"0.0.0.0/0"}},"until_ms":{far},"reason":0}}"#
+        ),
+        format!(
+            r#"{{"op":"ban","target":{{"kind":"source","net":"::/64"}},"until_ms":{far},"reason":0}}"#
+        ),
+        "not json at all".to_owned(),
+        format!(
+            r#"{{"op":"ban","target":{{"kind":"client","ip":"{CLIENT2_V4}","client":"{}"}},"until_ms":{far},"reason":0}}"#,
+            "x".repeat(300)
+        ),
+    ];
+    for entry in &hostile {
+        redis.command(&[
+            "XADD",
+            "gateway:fleet:policy",
+            "*",
+            "node",
+            "evil",
+            "entry",
+            entry,
+        ]);
+    }
+    let valid = format!(
+        r#"{{"op":"ban","target":{{"kind":"source","net":"{CLIENT_V4}/32"}},"until_ms":{far},"reason":0}}"#
+    );
+    redis.command(&[
+        "XADD",
+        "gateway:fleet:policy",
+        "*",
+        "node",
+        "evil",
+        "entry",
+        &valid,
+    ]);
+
+    let (left, _, _) = b.wait_for_ban(CLIENT_V4);
+    // The far deadline is clamped to about a year.
+    assert!(left <= 366 * 24 * 3600 * 1000, "{left}");
+    assert!(b.metric("gateway_fleet_policy_invalid_total") >= 4);
+    let bans: serde_json::Value =
+        serde_json::from_str(&b.gateway.xdp(&["bans", "--json"])).unwrap();
+    assert_eq!(bans.as_array().unwrap().len(), 1, "{bans}");
+    assert_eq!(b.get(CLIENT2_V4, &key).unwrap().status, 200);
+}

@@ -74,8 +74,8 @@ pub struct Outbox {
 
 impl Tee for Outbox {
     /// Queues `update` for the fleet without waiting.
-    fn offer(&self, update: &PolicyUpdate) {
-        if self.tx.try_send((Clocks::now(), update.clone())).is_err() {
+    fn offer(&self, update: PolicyUpdate) {
+        if self.tx.try_send((Clocks::now(), update)).is_err() {
             self.counters
                 .publish_dropped
                 .fetch_add(1, Ordering::Relaxed);

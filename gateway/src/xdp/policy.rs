@@ -300,7 +300,7 @@ impl<K: PolicySink> PolicySink for Split<K> {
 /// A second destination for this node's own updates (the fleet's
 /// outbox): offered each update without waiting.
 pub trait Tee: Send + Sync {
-    fn offer(&self, update: &PolicyUpdate);
+    fn offer(&self, update: PolicyUpdate);
     /// Appends its metrics' exposition to `out`.
     fn render_metrics(&self, out: &mut String);
 }
@@ -325,7 +325,7 @@ impl PolicyHandle {
         let offered = self.fleet.as_ref().map(|fleet| (fleet, update.clone()));
         let queued = self.tx.try_send(update).is_ok();
         match (queued, offered) {
-            (true, Some((fleet, update))) => fleet.offer(&update),
+            (true, Some((fleet, update))) => fleet.offer(update),
             (true, None) => {}
             (false, _) => {
                 self.overflowed.fetch_add(1, Ordering::Relaxed);
