@@ -44,6 +44,20 @@ const PRUNE: &str = "local due = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', AR
      for _, slot in ipairs(due) do redis.call('HDEL', KEYS[1], slot) redis.call('ZREM', KEYS[2], slot) end \
      return #due";
 
+/// Whether an entry from `node` was written to this node's maps already:
+/// this process (`own`) published it, or another writer of the same maps
+/// (`identity`) did: the CLI beside it, this node before a restart.
+fn written_here(node: Option<&[u8]>, own: &str, identity: Option<&str>) -> bool {
+    let Some(node) = node else {
+        return false;
+    };
+    if node == own.as_bytes() {
+        return true;
+    }
+    let maps = node.rsplit(|&b| b == b'@').next();
+    node.contains(&b'@') && identity.is_some_and(|identity| maps == Some(identity.as_bytes()))
+}
+
 pub(super) struct Follower {
     pub(super) conn: ConnectionManager,
     /// What this node publishes as: its id and its maps' identity.
@@ -261,21 +275,6 @@ impl Follower {
         Ok(())
     }
 
-    /// Whether an entry from `node` was written to this node's maps
-    /// already: this process published it, or another writer of the same
-    /// maps did (the CLI beside it, this node before a restart).
-    fn own(&self, node: Option<&[u8]>) -> bool {
-        let Some(node) = node else {
-            return false;
-        };
-        if node == self.node.as_bytes() {
-            return true;
-        }
-        let maps = node.rsplit(|&b| b == b'@').next();
-        node.contains(&b'@')
-            && (self.identity.as_deref()).is_some_and(|own| maps == Some(own.as_bytes()))
-    }
-
     /// Applies one entry unless it is invalid, expired, covered by the
     /// allow-list, or a ban or budget already written to this node's
     /// maps (unbans and budget resets always apply: that changes nothing
@@ -291,7 +290,7 @@ impl Follower {
                 return false;
             }
         };
-        if entry.slot().is_some() && self.own(node) {
+        if entry.slot().is_some() && written_here(node, &self.node, self.identity.as_deref()) {
             self.counters.skipped_own.fetch_add(1, Ordering::Relaxed);
             return false;
         }
@@ -363,5 +362,27 @@ impl Follower {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::written_here;
+
+    #[test]
+    fn entries_written_to_these_maps_are_told_apart() {
+        let own = "gw1-10-0000abcd@boot:7";
+        let here = Some("boot:7");
+        assert!(written_here(Some(own.as_bytes()), own, here));
+        // The CLI beside it, or this node before a restart: same maps.
+        assert!(written_here(Some(b"cli-gw1-99-1234@boot:7"), own, here));
+        // Another node, other maps, or the same map id after a reboot.
+        assert!(!written_here(Some(b"gw2-11-0000beef@boot:8"), own, here));
+        assert!(!written_here(Some(b"gw2-11-0000beef@other:7"), own, here));
+        // Without a node, or without maps here, only this process's own.
+        assert!(!written_here(None, own, here));
+        assert!(!written_here(Some(b"boot:7"), own, here));
+        assert!(!written_here(Some(b"cli-x@boot:7"), "gw1", None));
+        assert!(written_here(Some(b"gw1"), "gw1", None));
     }
 }
