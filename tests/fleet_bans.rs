@@ -5,7 +5,12 @@
 //! starts later catches up; an unban travels too; a node whose allow-list
 //! covers the address does not apply it; a node's own entries are not
 //! applied twice; bans issued while Redis is away arrive once it is back.
+//! `catch_up.rs`: what a stopped node missed, prefix unbans, budgets'
+//! deadlines, the active set read a page at a time.
 #![allow(clippy::unwrap_used, reason = "tests: a panic is the failure report")]
+
+#[path = "fleet_bans/catch_up.rs"]
+mod catch_up;
 
 use std::{
     net::SocketAddr,
@@ -110,6 +115,46 @@ upstream = "app"
             assert!(Instant::now() < deadline, "{source}'s ban never arrived");
             gateway_tests::http::pause(Duration::from_millis(50));
         }
+    }
+
+    /// The same gateway again, on its config, state and pinned maps.
+    fn restart(self) -> Self {
+        let Node {
+            topology,
+            gateway,
+            _upstream,
+        } = self;
+        Node {
+            topology,
+            gateway: gateway.restart(),
+            _upstream,
+        }
+    }
+
+    /// This node's kernel bans (`gateway xdp bans --json`).
+    fn bans(&self) -> Vec<serde_json::Value> {
+        let bans: serde_json::Value =
+            serde_json::from_str(&self.gateway.xdp(&["bans", "--json"])).unwrap();
+        bans.as_array().cloned().unwrap_or_default()
+    }
+
+    /// This node's kernel budget of `source`, if it has its own.
+    fn budget(&self, source: &str) -> Option<serde_json::Value> {
+        let budgets: serde_json::Value =
+            serde_json::from_str(&self.gateway.xdp(&["budgets", "--json"])).unwrap();
+        (budgets.as_array()?.iter())
+            .find(|budget| budget["source"] == source)
+            .cloned()
+    }
+
+    /// A metric's value, 0 while it is not exposed.
+    fn metric_or_zero(&self, name: &str) -> u64 {
+        let admin = self.gateway.admin.unwrap();
+        let text = (self.topology.server).run(move || request(admin, "GET", "/metrics", &[]).body);
+        (text.lines())
+            .find(|line| line.split(' ').next() == Some(name))
+            .and_then(|line| line.rsplit(' ').next()?.parse().ok())
+            .unwrap_or(0)
     }
 
     fn metric(&self, name: &str) -> u64 {

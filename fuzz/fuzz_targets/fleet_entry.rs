@@ -32,6 +32,7 @@ fuzz_target!(|data: &[u8]| {
         },
     ] {
         let _ = entry.to_update(clocks);
+        let _ = entry.to_marked_update(clocks);
     }
     let _ = (
         entry.slot(),

@@ -135,7 +135,7 @@ pub mod ban_reason {
     /// the metrics labels. Any other code reads as manual: userspace
     /// writes every ban, so an unknown code can only be an operator's.
     pub const fn name(code: u32) -> &'static str {
-        match code {
+        match code & !super::FLEET_ORIGIN {
             RATE_LIMIT => "rate_limit",
             AUTH_FAILURES => "auth_failures",
             PREFIX_ESCALATION => "prefix_escalation",
@@ -143,6 +143,12 @@ pub mod ban_reason {
         }
     }
 }
+
+/// Set in a ban's `reason` and a budget's `tier` (which the kernel never
+/// interprets) when the fleet wrote the entry, not this node: pinned maps
+/// outlive the gateway, and a restarted node reconciles exactly these
+/// entries against the fleet's active set (an unban it missed).
+pub const FLEET_ORIGIN: u32 = 1 << 31;
 
 /// A ban written by userspace. The kernel only reads it.
 #[repr(C)]

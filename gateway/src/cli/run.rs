@@ -210,7 +210,12 @@ pub fn run(args: RunArgs) -> Result<()> {
             Some(url) => {
                 let node = gateway::fleet::node_id();
                 tracing::info!(node, redis = %gateway::fleet::redis::redacted(url), "sharing bans with the fleet");
-                gateway::fleet::bans::start(url, node, config.xdp.allow.clone(), policy)
+                // Read only, to reconcile what the fleet wrote there.
+                let maps = match kernel.as_ref().and_then(KernelPath::pin_root) {
+                    Some(root) => Some(xdp::maps::PinnedMaps::open(root)?),
+                    None => None,
+                };
+                gateway::fleet::bans::start(url, node, config.xdp.allow.clone(), policy, maps)
             }
             None => policy,
         };

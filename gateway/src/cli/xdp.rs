@@ -13,7 +13,7 @@ use gateway::{
     net::{is_host, parse_ban_net, parse_net},
     xdp::{self, Mode, PinnedMaps, UdpPolicy, WhenFull, Written, DEFAULT_BUDGET, DEFAULT_PIN_ROOT},
 };
-use gateway_common::{attach_mode, ban_reason, syn_cookies, Ban, Budget};
+use gateway_common::{attach_mode, ban_reason, syn_cookies, Ban, Budget, FLEET_ORIGIN};
 use ipnet::IpNet;
 
 #[derive(Args)]
@@ -151,7 +151,7 @@ pub fn xdp_command(command: XdpCommand) -> Result<()> {
                     .map(|(net, b)| {
                         serde_json::json!({
                             "source": show(net),
-                            "tier": b.tier,
+                            "tier": b.tier & !FLEET_ORIGIN,
                             "syn_per_sec": b.syn_per_sec,
                             "syn_burst": b.syn_burst,
                             "pkt_per_sec": b.pkt_per_sec,
@@ -166,7 +166,7 @@ pub fn xdp_command(command: XdpCommand) -> Result<()> {
                 println!(
                     "{:<43} tier {:<3} syn {}/s (burst {})  packets {}/s (burst {})",
                     show(&net),
-                    b.tier,
+                    b.tier & !FLEET_ORIGIN,
                     b.syn_per_sec,
                     b.syn_burst,
                     b.pkt_per_sec,
@@ -188,8 +188,8 @@ pub fn xdp_command(command: XdpCommand) -> Result<()> {
                 true => WhenFull::Refuse,
                 false => WhenFull::Evict,
             };
-            let (ban, written) =
-                (open(&pins)?.when_full(when_full)).ban(addr, until, ban_reason::MANUAL)?;
+            let mut maps = open(&pins)?.when_full(when_full);
+            let (ban, written) = maps.ban(addr, until, ban_reason::MANUAL)?;
             match written {
                 Written::Done => {}
                 Written::Evicted { map, key, .. } => {
@@ -215,21 +215,20 @@ pub fn xdp_command(command: XdpCommand) -> Result<()> {
                 until_ns: until,
                 reason: ban_reason::MANUAL,
             };
-            tell_fleet(&fleet, &update)
+            tell_fleet(&fleet, &update, &maps)
         }
         XdpCommand::Unban { addr, pins, fleet } => {
-            if open(&pins)?.unban(addr)? {
+            let mut maps = open(&pins)?;
+            if maps.unban(addr)? {
                 println!("unbanned {}", show(&addr));
             } else {
                 println!("{} was not banned", show(&addr));
             }
-            match is_host(&addr) {
-                true => tell_fleet(&fleet, &PolicyUpdate::Unban { ip: addr.addr() }),
-                false if fleet.redis.is_some() => {
-                    bail!("only an address's ban can be lifted across the fleet, not a CIDR's")
-                }
-                false => Ok(()),
-            }
+            let update = match is_host(&addr) {
+                true => PolicyUpdate::Unban { ip: addr.addr() },
+                false => PolicyUpdate::UnbanPrefix { net: addr },
+            };
+            tell_fleet(&fleet, &update, &maps)
         }
         XdpCommand::Detach { force, pins } => detach(&pins, force),
         XdpCommand::Budget { addr, budget, pins } => {
@@ -241,8 +240,10 @@ pub fn xdp_command(command: XdpCommand) -> Result<()> {
     }
 }
 
-/// Publishes `update` to the fleet's Redis, when `--redis` is given.
-fn tell_fleet(fleet: &FleetArgs, update: &PolicyUpdate) -> Result<()> {
+/// Publishes `update` to the fleet's Redis, when `--redis` is given, as
+/// written to `maps` already: the gateway on these maps does not apply it
+/// a second time.
+fn tell_fleet(fleet: &FleetArgs, update: &PolicyUpdate, maps: &PinnedMaps) -> Result<()> {
     let Some(url) = &fleet.redis else {
         return Ok(());
     };
@@ -250,7 +251,8 @@ fn tell_fleet(fleet: &FleetArgs, update: &PolicyUpdate) -> Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    let node = format!("cli-{}", gateway::fleet::node_id());
+    let node =
+        gateway::fleet::bans::origin(&format!("cli-{}", gateway::fleet::node_id()), Some(maps));
     runtime
         .block_on(gateway::fleet::bans::publish_once(url, &node, update))
         .context("telling the fleet")?;
@@ -416,6 +418,7 @@ fn list_bans(pins: &PinArgs, json: bool) -> Result<()> {
                     "expires_in_ms": (ban.banned_until_ns - now) / 1_000_000,
                     "reason": ban_reason::name(ban.reason),
                     "offences": ban.offences,
+                    "fleet": ban.reason & FLEET_ORIGIN != 0,
                 })
             })
             .collect();

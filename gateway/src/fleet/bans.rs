@@ -5,13 +5,17 @@
 //! - The stream ([`STREAM`]) is replayable, unlike pub/sub: a follower reads
 //!   on from the last id it applied.
 //! - The active set ([`ACTIVE`], a hash: slot → entry) is the catch-up: after
-//!   a start or a reconnect a node applies every active entry, then follows
-//!   the stream from the id it saw before reading the set. An entry seen
-//!   twice is applied twice, which changes nothing.
+//!   a start or a reconnect a node applies every active entry, lifts what
+//!   the fleet wrote to its maps that is no longer active, then follows
+//!   the stream from the id it saw before reading the set (see
+//!   [`super::follow`]). An entry seen twice is applied twice, which
+//!   changes nothing. [`EXPIRY`] indexes the set by deadline for pruning.
 //! - Publishing never blocks the request path: [`Outbox::offer`] is a
 //!   non-blocking send; what cannot be published while Redis is away is kept
 //!   (bounded) and sent when it is back.
-//! - A node skips its own entries and honours its own allow-list.
+//! - A node skips the bans and budgets written to its own maps already
+//!   (each entry names its node and that node's maps) and honours its own
+//!   allow-list.
 use std::{
     collections::{HashMap, VecDeque},
     sync::{
@@ -22,19 +26,27 @@ use std::{
 };
 
 use ipnet::IpNet;
-use redis::{aio::ConnectionManager, Value};
+use redis::aio::ConnectionManager;
 use tokio::sync::mpsc;
 
-use super::wire::{Clocks, Entry};
+use super::{
+    follow::Follower,
+    wire::{Clocks, Entry},
+};
 use crate::{
     guard::PolicyUpdate,
-    xdp::policy::{PolicyHandle, Tee},
+    xdp::{
+        maps::PinnedMaps,
+        policy::{PolicyHandle, Tee},
+    },
 };
 
 /// The stream every node appends to.
 pub const STREAM: &str = "gateway:fleet:policy";
 /// Slot → the entry in force there (JSON, with its node).
 pub const ACTIVE: &str = "gateway:fleet:policy:active";
+/// Slot → its entry's deadline (Unix ms, the score): what pruning reads.
+pub const EXPIRY: &str = "gateway:fleet:policy:expiry";
 /// The stream keeps about this many entries (`MAXLEN ~`).
 const STREAM_LEN: usize = 100_000;
 /// Updates waiting to be published, at most.
@@ -42,11 +54,7 @@ const OUTBOX: usize = 4096;
 /// Unpublished updates kept while Redis is away, at most (oldest dropped).
 const PENDING: usize = 10_000;
 /// Entries read or published per call.
-const BATCH: usize = 256;
-/// A follower's blocking read waits at most this long for new entries.
-const BLOCK: Duration = Duration::from_millis(500);
-/// Expired entries are removed from the active set this often.
-const PRUNE_EVERY: Duration = Duration::from_secs(60);
+pub(super) const BATCH: usize = 256;
 
 /// Counts for `/metrics`.
 #[derive(Debug, Default)]
@@ -60,6 +68,9 @@ pub struct FleetCounters {
     pub applied: AtomicU64,
     /// Other nodes' bans of addresses this node's allow-list covers.
     pub skipped_allowed: AtomicU64,
+    /// Bans and budgets already in this node's maps (its own, or the
+    /// CLI's beside it).
+    pub skipped_own: AtomicU64,
     /// Stream entries that were not valid fleet entries.
     pub invalid: AtomicU64,
     /// 1 while the follower is caught up with the stream, 0 while not.
@@ -91,12 +102,13 @@ impl FleetCounters {
     /// The Prometheus exposition of these counters.
     pub fn render(&self, out: &mut String) {
         use std::fmt::Write as _;
-        let rows: [(&str, &str, &str, &AtomicU64); 7] = [
+        let rows: [(&str, &str, &str, &AtomicU64); 8] = [
             ("gateway_fleet_policy_published_total", "counter", "Bans and budgets this node published to the fleet.", &self.published),
             ("gateway_fleet_policy_publish_dropped_total", "counter", "Bans and budgets not published: the outbox or the queue kept while Redis is away was full.", &self.publish_dropped),
             ("gateway_fleet_redis_errors_total", "counter", "Calls to Redis for the fleet's bans that failed.", &self.redis_errors),
             ("gateway_fleet_policy_applied_total", "counter", "Other nodes' bans and budgets applied here.", &self.applied),
             ("gateway_fleet_policy_skipped_allowed_total", "counter", "Other nodes' bans not applied: this node's allow-list covers them.", &self.skipped_allowed),
+            ("gateway_fleet_policy_skipped_own_total", "counter", "Bans and budgets from the stream already in this node's maps (its own, or the CLI's beside it).", &self.skipped_own),
             ("gateway_fleet_policy_invalid_total", "counter", "Entries in the fleet's stream that were not valid.", &self.invalid),
             ("gateway_fleet_policy_following", "gauge", "1 while this node follows the fleet's ban stream, 0 while it cannot.", &self.following),
         ];
@@ -110,13 +122,38 @@ impl FleetCounters {
     }
 }
 
+/// How a node (or the CLI) names itself in the stream: its id, and the
+/// identity of the maps it wrote to ([`PinnedMaps::identity`]), if any.
+pub fn origin(node: &str, maps: Option<&PinnedMaps>) -> String {
+    let identity = maps.and_then(|maps| match maps.identity() {
+        Ok(identity) => Some(identity),
+        Err(error) => {
+            tracing::warn!(%error, "cannot name the kernel maps for the fleet");
+            None
+        }
+    });
+    match identity {
+        Some(identity) => format!("{node}@{identity}"),
+        None => node.to_owned(),
+    }
+}
+
 /// Starts publishing this node's updates and applying the fleet's; returns
-/// the handle that publishes, for the guard and everything else. Redis
+/// the handle that publishes, for the guard and everything else. `maps`:
+/// this node's kernel maps, when XDP is on (read to reconcile). Redis
 /// need not be up: both sides connect (and reconnect) in the background.
-pub fn start(url: &str, node: &str, allow: Vec<IpNet>, policy: PolicyHandle) -> PolicyHandle {
+pub fn start(
+    url: &str,
+    node: &str,
+    allow: Vec<IpNet>,
+    policy: PolicyHandle,
+    maps: Option<PinnedMaps>,
+) -> PolicyHandle {
     let counters = Arc::<FleetCounters>::default();
     let (tx, rx) = mpsc::channel(OUTBOX);
-    let (url, node) = (url.to_owned(), node.to_owned());
+    let node = origin(node, maps.as_ref());
+    let identity = (node.split_once('@')).map(|(_, identity)| identity.to_owned());
+    let url = url.to_owned();
     let publisher = {
         let (url, node, counters) = (url.clone(), node.clone(), counters.clone());
         async move {
@@ -136,11 +173,14 @@ pub fn start(url: &str, node: &str, allow: Vec<IpNet>, policy: PolicyHandle) -> 
             let follower = Follower {
                 conn: connected(&url, &counters).await,
                 node,
+                identity,
                 allow,
                 policy,
+                maps,
                 counters,
                 last_id: None,
                 following: false,
+                budgets: HashMap::new(),
             };
             follower.run().await;
         }
@@ -201,9 +241,12 @@ fn publish_pipeline(node: &str, entries: &[Entry]) -> redis::Pipeline {
             .arg(&json)
             .ignore();
         if let Some(slot) = entry.slot() {
+            let until = entry.until_ms().unwrap_or(u64::MAX);
+            pipe.zadd(EXPIRY, &slot, until).ignore();
             pipe.hset(ACTIVE, slot, active_value(node, &json)).ignore();
         }
         for slot in entry.removes() {
+            pipe.zrem(EXPIRY, &slot).ignore();
             pipe.hdel(ACTIVE, slot).ignore();
         }
     }
@@ -285,192 +328,6 @@ impl Publisher {
     }
 }
 
-struct Follower {
-    conn: ConnectionManager,
-    node: String,
-    allow: Vec<IpNet>,
-    /// Applies without publishing back.
-    policy: PolicyHandle,
-    counters: Arc<FleetCounters>,
-    /// The last stream id applied; kept across a lost connection, so a
-    /// reconnect resumes from it when the stream still holds what came
-    /// after (unbans included).
-    last_id: Option<String>,
-    /// Whether `last_id` is where the stream is being followed from.
-    following: bool,
-}
-
-impl Follower {
-    async fn run(mut self) {
-        let mut pruned = tokio::time::Instant::now();
-        let mut backoff = Duration::from_millis(100);
-        loop {
-            let step = match self.following {
-                false => self.resume().await,
-                true => self.follow().await,
-            };
-            match step {
-                Ok(()) => backoff = Duration::from_millis(100),
-                Err(error) => {
-                    if std::mem::replace(&mut self.following, false) {
-                        tracing::warn!(%error, "lost the fleet's ban stream; resuming when Redis is back");
-                    }
-                    self.counters.following.store(0, Ordering::Relaxed);
-                    self.counters.redis_errors.fetch_add(1, Ordering::Relaxed);
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                    continue;
-                }
-            }
-            if pruned.elapsed() >= PRUNE_EVERY {
-                pruned = tokio::time::Instant::now();
-                if let Err(error) = self.prune().await {
-                    tracing::debug!(%error, "pruning the fleet's active bans failed");
-                }
-            }
-        }
-    }
-
-    /// After a start or a lost connection: follows on from the last id
-    /// applied when the stream still holds everything after it, else
-    /// applies every active entry and follows from the newest id.
-    async fn resume(&mut self) -> redis::RedisResult<()> {
-        if let Some(last) = self.last_id.as_deref() {
-            let oldest: Value = redis::cmd("XRANGE")
-                .arg(STREAM)
-                .arg("-")
-                .arg("+")
-                .arg("COUNT")
-                .arg(1)
-                .query_async(&mut self.conn)
-                .await?;
-            // Nothing was trimmed past us (an empty stream: Redis lost it
-            // all, and its new ids are later than ours).
-            let kept = first_id(&oldest).is_none_or(|oldest| !later(&oldest, last));
-            if kept {
-                tracing::info!(from = last, "following the fleet's bans again");
-                self.following = true;
-                self.counters.following.store(1, Ordering::Relaxed);
-                return Ok(());
-            }
-        }
-        self.catch_up().await
-    }
-
-    /// Applies every active entry, then follows from the id seen before.
-    async fn catch_up(&mut self) -> redis::RedisResult<()> {
-        let newest: Value = redis::cmd("XREVRANGE")
-            .arg(STREAM)
-            .arg("+")
-            .arg("-")
-            .arg("COUNT")
-            .arg(1)
-            .query_async(&mut self.conn)
-            .await?;
-        let last_id = first_id(&newest).unwrap_or_else(|| "0-0".to_owned());
-        let active: HashMap<Vec<u8>, Vec<u8>> = redis::cmd("HGETALL")
-            .arg(ACTIVE)
-            .query_async(&mut self.conn)
-            .await?;
-        let now = Clocks::now();
-        let mut applied = 0;
-        for value in active.values() {
-            let (node, json) = split_active(value);
-            applied += usize::from(self.apply(json, node, now).await);
-        }
-        tracing::info!(applied, "caught up with the fleet's bans");
-        self.last_id = Some(last_id);
-        self.following = true;
-        self.counters.following.store(1, Ordering::Relaxed);
-        Ok(())
-    }
-
-    /// One blocking read of the stream after the last id.
-    async fn follow(&mut self) -> redis::RedisResult<()> {
-        let last_id = self.last_id.clone().unwrap_or_else(|| "0-0".to_owned());
-        let reply: Value = redis::cmd("XREAD")
-            .arg("COUNT")
-            .arg(BATCH)
-            .arg("BLOCK")
-            .arg(BLOCK.as_millis() as u64)
-            .arg("STREAMS")
-            .arg(STREAM)
-            .arg(&last_id)
-            .query_async(&mut self.conn)
-            .await?;
-        let now = Clocks::now();
-        for (id, fields) in stream_entries(&reply) {
-            let node = field(&fields, "node");
-            let entry = field(&fields, "entry").unwrap_or_default();
-            self.apply(entry, node, now).await;
-            self.last_id = Some(id);
-        }
-        Ok(())
-    }
-
-    /// Applies one entry unless it is invalid, expired, covered by the
-    /// allow-list, or a ban or budget this node published itself (its
-    /// own unbans and budget resets apply again, which changes nothing
-    /// and wins over an own ban replayed from the active set); whether it
-    /// was applied. Waits for room in the writer's queue: a background
-    /// task, it must not drop what the fleet decided.
-    async fn apply(&self, json: &[u8], node: Option<&[u8]>, now: Clocks) -> bool {
-        let entry = match Entry::parse(json) {
-            Ok(entry) => entry,
-            Err(error) => {
-                self.counters.invalid.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(%error, "ignored an invalid fleet entry");
-                return false;
-            }
-        };
-        if node == Some(self.node.as_bytes()) && entry.slot().is_some() {
-            return false;
-        }
-        if entry.allowed_by(&self.allow) {
-            self.counters
-                .skipped_allowed
-                .fetch_add(1, Ordering::Relaxed);
-            return false;
-        }
-        let Some(update) = entry.to_update(now) else {
-            return false;
-        };
-        let applied = self.policy.submit_wait(update).await;
-        if applied {
-            self.counters.applied.fetch_add(1, Ordering::Relaxed);
-        }
-        applied
-    }
-
-    /// Removes ended entries from the active set, each only if it is
-    /// still the one read (a ban renewed meanwhile stays).
-    async fn prune(&mut self) -> redis::RedisResult<()> {
-        let active: HashMap<Vec<u8>, Vec<u8>> = redis::cmd("HGETALL")
-            .arg(ACTIVE)
-            .query_async(&mut self.conn)
-            .await?;
-        let now = Clocks::now().wall_ms;
-        let script = redis::Script::new(COMPARE_AND_DELETE);
-        for (slot, value) in &active {
-            let (_, json) = split_active(value);
-            let ended = Entry::parse(json).map_or(true, |e| e.until_ms().is_some_and(|u| u <= now));
-            if ended {
-                script
-                    .key(ACTIVE)
-                    .arg(slot.as_slice())
-                    .arg(value.as_slice())
-                    .invoke_async::<()>(&mut self.conn)
-                    .await?;
-            }
-        }
-        Ok(())
-    }
-}
-
-/// `HDEL key field` only while the field still holds the value read.
-const COMPARE_AND_DELETE: &str = "if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then \
-     return redis.call('HDEL', KEYS[1], ARGV[1]) end return 0";
-
 /// An active-set value: the publishing node, a newline, the entry.
 fn active_value(node: &str, json: &str) -> String {
     format!("{node}\n{json}")
@@ -478,101 +335,16 @@ fn active_value(node: &str, json: &str) -> String {
 
 /// The node and the entry of an active-set value (`None` node: written
 /// without one).
-fn split_active(value: &[u8]) -> (Option<&[u8]>, &[u8]) {
+pub(super) fn split_active(value: &[u8]) -> (Option<&[u8]>, &[u8]) {
     match value.iter().position(|&b| b == b'\n') {
         Some(at) => (value.get(..at), value.get(at + 1..).unwrap_or_default()),
         None => (None, value),
     }
 }
 
-/// Whether stream id `a` is later than `b` (`ms-seq`, compared as numbers).
-fn later(a: &str, b: &str) -> bool {
-    let parse = |id: &str| -> (u64, u64) {
-        let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
-        (ms.parse().unwrap_or(0), seq.parse().unwrap_or(0))
-    };
-    parse(a) > parse(b)
-}
-
-/// The id of the first entry of an `XREVRANGE`/`XRANGE` reply.
-fn first_id(reply: &Value) -> Option<String> {
-    let Value::Array(entries) = reply else {
-        return None;
-    };
-    match entries.first()? {
-        Value::Array(pair) => text(pair.first()?).map(str::to_owned),
-        _ => None,
-    }
-}
-
-/// `(id, [field, value, ...])` of every entry of an `XREAD` reply on one
-/// stream. Anything shaped otherwise is skipped, never trusted.
-fn stream_entries(reply: &Value) -> Vec<(String, Vec<Value>)> {
-    let streams = match reply {
-        Value::Array(streams) => streams.as_slice(),
-        Value::Map(pairs) => return map_entries(pairs),
-        _ => return Vec::new(),
-    };
-    let mut out = Vec::new();
-    for stream in streams {
-        let Value::Array(pair) = stream else { continue };
-        if let Some(Value::Array(entries)) = pair.get(1) {
-            out.extend(entries.iter().filter_map(entry));
-        }
-    }
-    out
-}
-
-/// RESP3 answers `XREAD` with a map of stream → entries.
-fn map_entries(pairs: &[(Value, Value)]) -> Vec<(String, Vec<Value>)> {
-    let mut out = Vec::new();
-    for (_, entries) in pairs {
-        if let Value::Array(entries) = entries {
-            out.extend(entries.iter().filter_map(entry));
-        }
-    }
-    out
-}
-
-fn entry(value: &Value) -> Option<(String, Vec<Value>)> {
-    let Value::Array(pair) = value else {
-        return None;
-    };
-    let id = text(pair.first()?)?.to_owned();
-    match pair.get(1)? {
-        Value::Array(fields) => Some((id, fields.clone())),
-        _ => None,
-    }
-}
-
-fn field<'a>(fields: &'a [Value], name: &str) -> Option<&'a [u8]> {
-    fields.chunks_exact(2).find_map(|pair| match pair {
-        [Value::BulkString(key), Value::BulkString(value)] if key == name.as_bytes() => {
-            Some(value.as_slice())
-        }
-        _ => None,
-    })
-}
-
-fn text(value: &Value) -> Option<&str> {
-    match value {
-        Value::BulkString(bytes) => std::str::from_utf8(bytes).ok(),
-        Value::SimpleString(text) => Some(text),
-        _ => None,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn stream_ids_compare_as_numbers() {
-        assert!(later("1700000000001-0", "1700000000000-9"));
-        assert!(later("10-0", "9-0"), "not as text");
-        assert!(later("5-10", "5-9"));
-        assert!(!later("5-9", "5-9"));
-    }
 
     #[test]
     fn active_values_carry_their_node() {

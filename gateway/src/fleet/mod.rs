@@ -3,8 +3,10 @@
 //! [`bans`] carries every node's bans and tier budgets to every other
 //! node's kernel; [`limits`] shares tier quotas with a stated error bound.
 pub mod bans;
+mod follow;
 pub mod limits;
 pub mod redis;
+mod reply;
 pub mod wire;
 #[cfg(test)]
 mod wire_tests;

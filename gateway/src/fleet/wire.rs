@@ -9,7 +9,7 @@
 //! refused and deadlines clamped.
 use std::{net::IpAddr, sync::Arc};
 
-use gateway_common::Budget;
+use gateway_common::{Budget, FLEET_ORIGIN};
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
@@ -85,6 +85,10 @@ pub enum Entry {
     Unban {
         ip: IpAddr,
     },
+    /// Lifts a prefix's source and forwarded bans (of exactly `net`).
+    UnbanPrefix {
+        net: IpNet,
+    },
     Budget {
         ip: IpAddr,
         syn_per_sec: u32,
@@ -119,16 +123,20 @@ impl Entry {
                     },
                 },
                 until_ms: now.to_wall(*until_ns),
-                reason: *reason,
+                reason: *reason & !FLEET_ORIGIN,
             },
             PolicyUpdate::Unban { ip } => Entry::Unban { ip: *ip },
+            PolicyUpdate::UnbanPrefix { net } => match single(*net) {
+                Some(ip) => Entry::Unban { ip },
+                None => Entry::UnbanPrefix { net: *net },
+            },
             PolicyUpdate::Budget { ip, budget } => Entry::Budget {
                 ip: *ip,
                 syn_per_sec: budget.syn_per_sec,
                 syn_burst: budget.syn_burst,
                 pkt_per_sec: budget.pkt_per_sec,
                 pkt_burst: budget.pkt_burst,
-                tier: budget.tier,
+                tier: budget.tier & !FLEET_ORIGIN,
                 until_ms: now.wall_ms.saturating_add(BUDGET_TTL_MS),
             },
             PolicyUpdate::ClearBudget { ip } => Entry::ClearBudget { ip: *ip },
@@ -162,6 +170,12 @@ impl Entry {
             },
             Entry::Unban { ip } => PolicyUpdate::Unban {
                 ip: ip.to_canonical(),
+            },
+            Entry::UnbanPrefix { net } => match single(*net) {
+                Some(ip) => PolicyUpdate::Unban { ip },
+                None => PolicyUpdate::UnbanPrefix {
+                    net: canonical_net(*net),
+                },
             },
             Entry::Budget {
                 ip,
@@ -203,7 +217,7 @@ impl Entry {
                 }
             }),
             Entry::Budget { ip, .. } => Some(format!("budget:{}", ip.to_canonical())),
-            Entry::Unban { .. } | Entry::ClearBudget { .. } => None,
+            Entry::Unban { .. } | Entry::UnbanPrefix { .. } | Entry::ClearBudget { .. } => None,
         }
     }
 
@@ -212,6 +226,10 @@ impl Entry {
         match self {
             Entry::Unban { ip } => {
                 let net = host(ip.to_canonical());
+                vec![format!("ban:source:{net}"), format!("ban:forwarded:{net}")]
+            }
+            Entry::UnbanPrefix { net } => {
+                let net = canonical_net(*net);
                 vec![format!("ban:source:{net}"), format!("ban:forwarded:{net}")]
             }
             Entry::ClearBudget { ip } => vec![format!("budget:{}", ip.to_canonical())],
@@ -223,8 +241,32 @@ impl Entry {
     pub fn until_ms(&self) -> Option<u64> {
         match self {
             Entry::Ban { until_ms, .. } | Entry::Budget { until_ms, .. } => Some(*until_ms),
-            Entry::Unban { .. } | Entry::ClearBudget { .. } => None,
+            Entry::Unban { .. } | Entry::UnbanPrefix { .. } | Entry::ClearBudget { .. } => None,
         }
+    }
+
+    /// What this node applies, marked as the fleet's ([`FLEET_ORIGIN`]):
+    /// a restarted node tells these apart from its own guard's.
+    pub fn to_marked_update(&self, now: Clocks) -> Option<PolicyUpdate> {
+        Some(match self.to_update(now)? {
+            PolicyUpdate::Ban {
+                target,
+                until_ns,
+                reason,
+            } => PolicyUpdate::Ban {
+                target,
+                until_ns,
+                reason: reason | FLEET_ORIGIN,
+            },
+            PolicyUpdate::Budget { ip, budget } => PolicyUpdate::Budget {
+                ip,
+                budget: Budget {
+                    tier: budget.tier | FLEET_ORIGIN,
+                    ..budget
+                },
+            },
+            other => other,
+        })
     }
 
     /// Whether this node's allow-list covers what the entry bans: such a

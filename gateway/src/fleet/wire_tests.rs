@@ -1,6 +1,6 @@
 use std::{net::IpAddr, sync::Arc};
 
-use gateway_common::Budget;
+use gateway_common::{Budget, FLEET_ORIGIN};
 use ipnet::IpNet;
 
 use super::wire::{Clocks, Entry, Target, WireError, BUDGET_TTL_MS};
@@ -197,4 +197,77 @@ fn hostile_entries_are_refused_or_clamped() {
     };
     let left_days = (until_ns - B.mono_ns) / 1_000_000_000 / 86_400;
     assert!((365..=366).contains(&left_days), "{left_days}");
+}
+
+#[test]
+fn prefix_unbans_travel_and_empty_their_slots() {
+    let net: IpNet = "2001:db8:1::/64".parse().unwrap();
+    let entry = Entry::from_update(&PolicyUpdate::UnbanPrefix { net }, A);
+    assert_eq!(entry, Entry::UnbanPrefix { net });
+    let back = Entry::parse(entry.to_json().as_bytes()).unwrap();
+    assert_eq!(back.to_update(B), Some(PolicyUpdate::UnbanPrefix { net }));
+    assert_eq!(back.slot(), None);
+    assert_eq!(
+        back.removes(),
+        [
+            "ban:source:2001:db8:1::/64",
+            "ban:forwarded:2001:db8:1::/64"
+        ]
+    );
+    // The slot a ban of the same prefix fills is the one emptied.
+    let ban = Entry::from_update(&ban(BanTarget::SourcePrefix(net), 10), A);
+    assert_eq!(ban.slot().unwrap(), back.removes()[0]);
+    // A mapped IPv4 prefix is the IPv4 one; a one-address "prefix" is an
+    // address's unban.
+    let mapped = Entry::UnbanPrefix {
+        net: "::ffff:10.1.0.0/112".parse().unwrap(),
+    };
+    assert_eq!(
+        mapped.to_update(B),
+        Some(PolicyUpdate::UnbanPrefix {
+            net: "10.1.0.0/16".parse().unwrap()
+        })
+    );
+    let one = Entry::UnbanPrefix {
+        net: "10.0.0.9/32".parse().unwrap(),
+    };
+    assert_eq!(
+        one.to_update(B),
+        Some(PolicyUpdate::Unban { ip: ip("10.0.0.9") })
+    );
+}
+
+#[test]
+fn what_a_node_applies_is_marked_as_the_fleets_and_never_published_marked() {
+    let entry = Entry::from_update(&ban(BanTarget::Source(ip("10.0.0.7")), 60), A);
+    let Some(PolicyUpdate::Ban { reason, .. }) = entry.to_marked_update(B) else {
+        panic!();
+    };
+    assert_eq!(reason, 2 | FLEET_ORIGIN);
+    assert_eq!(gateway_common::ban_reason::name(reason), "auth_failures");
+    // Re-published (e.g. read back from the maps), the mark is dropped.
+    let marked = PolicyUpdate::Ban {
+        target: BanTarget::Source(ip("10.0.0.7")),
+        until_ns: A.mono_ns + 1_000_000_000,
+        reason,
+    };
+    assert!(matches!(
+        Entry::from_update(&marked, A),
+        Entry::Ban { reason: 2, .. }
+    ));
+    let budget = PolicyUpdate::Budget {
+        ip: ip("10.0.0.9"),
+        budget: Budget {
+            tier: 3,
+            ..Budget::default()
+        },
+    };
+    let Some(PolicyUpdate::Budget { budget, .. }) =
+        Entry::from_update(&budget, A).to_marked_update(B)
+    else {
+        panic!();
+    };
+    assert_eq!(budget.tier, 3 | FLEET_ORIGIN);
+    let unban = Entry::Unban { ip: ip("10.0.0.9") };
+    assert_eq!(unban.to_marked_update(B), unban.to_update(B));
 }

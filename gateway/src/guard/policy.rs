@@ -93,6 +93,10 @@ pub enum PolicyUpdate {
     Unban {
         ip: IpAddr,
     },
+    /// Lifts a prefix's ban (source or forwarded) of exactly `net`.
+    UnbanPrefix {
+        net: IpNet,
+    },
     Budget {
         ip: IpAddr,
         budget: Budget,

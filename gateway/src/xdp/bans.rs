@@ -7,7 +7,7 @@
 use std::net::IpAddr;
 
 use aya::maps::{lpm_trie::Key, MapError};
-use gateway_common::{maps, Ban, Budget};
+use gateway_common::{maps, Ban, Budget, FLEET_ORIGIN};
 use ipnet::IpNet;
 
 use super::{
@@ -172,10 +172,7 @@ impl PinnedMaps {
 
     /// Lifts a ban of exactly `net` at once. `Ok(false)`: there was none.
     pub fn unban(&mut self, net: IpNet) -> Result<bool, MapsError> {
-        let removed = match is_host(&net) {
-            true => self.remove_ban(net.addr())?,
-            false => Prefixes(&mut self.prefix_bans).remove(&net)?,
-        };
+        let removed = self.remove_prefix_ban(net)?;
         if removed {
             self.publish()?;
         }
@@ -184,6 +181,14 @@ impl PinnedMaps {
 
     pub(super) fn remove_ban(&mut self, ip: IpAddr) -> Result<bool, MapsError> {
         Exact(&mut self.bans).remove(&IpNet::from(ip))
+    }
+
+    /// Lifts the ban of exactly `net` (a /32 or /128 from the address map).
+    pub(super) fn remove_prefix_ban(&mut self, net: IpNet) -> Result<bool, MapsError> {
+        match is_host(&net) {
+            true => self.remove_ban(net.addr()),
+            false => Prefixes(&mut self.prefix_bans).remove(&net),
+        }
     }
 
     /// Every address ban entry, expired ones included.
@@ -234,6 +239,29 @@ impl PinnedMaps {
             self.publish()?;
         }
         Ok(expired.len() + expired_prefixes.len())
+    }
+
+    /// The bans (addresses as /32 or /128) and the address budgets the
+    /// fleet wrote here, marked [`FLEET_ORIGIN`], expired ones included.
+    pub fn fleet_entries(&self) -> Result<(Vec<IpNet>, Vec<IpAddr>), MapsError> {
+        let bans = (self.all_bans()?.into_iter())
+            .filter(|(_, ban)| ban.reason & FLEET_ORIGIN != 0)
+            .map(|(net, _)| net)
+            .collect();
+        let budgets = (self.budgets()?.into_iter())
+            .filter(|(_, budget)| budget.tier & FLEET_ORIGIN != 0)
+            .map(|(ip, _)| ip)
+            .collect();
+        Ok((bans, budgets))
+    }
+
+    /// Whether `ip`'s own budget is one the fleet wrote.
+    pub fn fleet_budget(&self, ip: IpAddr) -> Result<bool, MapsError> {
+        match self.budgets.get(&source_key(ip), 0) {
+            Ok(budget) => Ok(budget.tier & FLEET_ORIGIN != 0),
+            Err(MapError::KeyNotFound) => Ok(false),
+            Err(source) => Err(op("lookup", maps::BUDGETS)(source)),
+        }
     }
 
     /// Every per-address budget (sources without one get their prefix's or the default).

@@ -273,6 +273,17 @@ impl PinnedMaps {
         self.publish()
     }
 
+    /// Names these maps among every host's (the boot, and the ban map's
+    /// kernel id): the fleet's entries carry it, so a node skips what was
+    /// written to its own maps already (by itself or by the CLI beside it).
+    pub fn identity(&self) -> Result<String, MapsError> {
+        let info = IterableMap::map(&self.bans)
+            .info()
+            .map_err(op("info", maps::BANS))?;
+        let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
+        Ok(format!("{}:{}", boot.trim(), info.id()))
+    }
+
     /// Counter totals over all CPUs.
     pub fn counters(&self) -> Result<Counters, MapsError> {
         let mut totals = Counters::default();

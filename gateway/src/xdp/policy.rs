@@ -31,6 +31,7 @@ fn slot(update: &PolicyUpdate) -> (BanTarget, bool) {
     match update {
         PolicyUpdate::Ban { target, .. } => (target.clone(), true),
         PolicyUpdate::Unban { ip } => (BanTarget::Source(*ip), true),
+        PolicyUpdate::UnbanPrefix { net } => (BanTarget::SourcePrefix(*net), true),
         PolicyUpdate::Budget { ip, .. } | PolicyUpdate::ClearBudget { ip } => {
             (BanTarget::Source(*ip), false)
         }
@@ -68,6 +69,7 @@ impl PolicySink for PinnedMaps {
             // proxy's. [`Split`] sends these to userspace.
             PolicyUpdate::Ban { .. } => Ok(Written::Done),
             PolicyUpdate::Unban { ip } => done(self.remove_ban(ip).map(drop)),
+            PolicyUpdate::UnbanPrefix { net } => done(self.remove_prefix_ban(net).map(drop)),
             PolicyUpdate::Budget { ip, budget } => done(self.write_budget(ip, budget)),
             PolicyUpdate::ClearBudget { ip } => done(self.remove_budget(ip)),
         }
@@ -233,6 +235,12 @@ impl PolicySink for UserspaceBans {
             PolicyUpdate::Unban { ip } => {
                 self.working().addresses.remove(&ip.to_canonical());
             }
+            PolicyUpdate::UnbanPrefix { net } => {
+                let table = self.working();
+                if table.prefixes.remove(&canonical_net(*net)).is_some() {
+                    table.reindex();
+                }
+            }
             // Budgets are packet-level; without XDP the request limiter covers them.
             PolicyUpdate::Budget { .. } | PolicyUpdate::ClearBudget { .. } => {}
         }
@@ -277,7 +285,7 @@ pub struct Split<K> {
 
 impl<K: PolicySink> PolicySink for Split<K> {
     fn apply(&mut self, update: &PolicyUpdate) -> Result<Written, MapsError> {
-        if let PolicyUpdate::Unban { .. } = update {
+        if let PolicyUpdate::Unban { .. } | PolicyUpdate::UnbanPrefix { .. } = update {
             self.userspace.apply(update)?;
         }
         match update.in_kernel() {
