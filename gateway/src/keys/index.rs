@@ -202,30 +202,39 @@ impl KeyIndex {
     /// Replaces client `id` (and its keys) in the index; `None` removes it.
     /// The maps are copied and swapped: readers never wait.
     pub fn apply_client(&self, id: &str, client: Option<Client>, keys: &[StoredKey]) {
+        let client = client.filter(|c| c.id == id);
+        self.apply_clients(&[id.to_owned()], client.into_iter().collect(), keys);
+    }
+
+    /// Replaces the clients `ids` (and their keys) with `clients` in one
+    /// copy and swap; an id without its client in `clients` is removed.
+    pub fn apply_clients(&self, ids: &[String], clients: Vec<Client>, keys: &[StoredKey]) {
         let _writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
-        let client = client.map(Arc::new);
+        let ids: std::collections::HashSet<&str> = ids.iter().map(String::as_str).collect();
+        let fresh: HashMap<String, Arc<Client>> = clients
+            .into_iter()
+            .filter(|c| ids.contains(c.id.as_str()))
+            .map(|c| (c.id.clone(), Arc::new(c)))
+            .collect();
         let mut entries: IdMap = IdMap::clone(&self.entries.load());
-        entries.retain(|_, entry| entry.client.id != id);
-        if let Some(client) = &client {
-            entries.extend(
-                keys.iter()
-                    .filter(|key| key.client_id == id)
-                    .filter_map(|key| entry(key, client)),
-            );
-        }
+        entries.retain(|_, entry| !ids.contains(entry.client.id.as_str()));
+        entries.extend(
+            keys.iter()
+                .filter_map(|key| entry(key, fresh.get(&key.client_id)?)),
+        );
         let mut external = HashMap::clone(&self.external.load());
-        external.retain(|_, c| c.id != id);
-        let mut clients = HashMap::clone(&self.clients.load());
-        clients.remove(id);
-        if let Some(client) = client {
+        external.retain(|_, c| !ids.contains(c.id.as_str()));
+        let mut all = HashMap::clone(&self.clients.load());
+        all.retain(|id, _| !ids.contains(id.as_str()));
+        for (id, client) in fresh {
             if let Some(external_id) = &client.external_id {
                 external.insert(external_id.clone(), client.clone());
             }
-            clients.insert(id.to_owned(), client);
+            all.insert(id, client);
         }
         self.entries.store(Arc::new(entries));
         self.external.store(Arc::new(external));
-        self.clients.store(Arc::new(clients));
+        self.clients.store(Arc::new(all));
     }
 
     pub fn is_stale(&self) -> bool {
