@@ -396,3 +396,41 @@ fn keys_that_cannot_be_read_count_as_a_lost_store() {
     );
     assert!(until_status(&c, &key, 200, PROPAGATION).is_some());
 }
+
+/// Nodes deployed together run `gateway store migrate` at once: one
+/// applies the schema, the others wait for it (advisory lock) and find
+/// it up to date; none fails and nothing is applied twice.
+#[test]
+fn concurrent_migrations_apply_the_schema_once() {
+    let Some(postgres) =
+        Postgres::start("fleet_store::hostile::concurrent_migrations_apply_the_schema_once")
+    else {
+        return;
+    };
+    let url = postgres.url();
+    let runs: Vec<_> = (0..4)
+        .map(|_| {
+            Command::new(gateway_bin())
+                .args(["store", "migrate", "--url", &url])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let outputs: Vec<String> = runs
+        .into_iter()
+        .map(|run| {
+            let output = run.wait_with_output().unwrap();
+            assert!(output.status.success(), "{output:?}");
+            String::from_utf8(output.stdout).unwrap()
+        })
+        .collect();
+    let applied = outputs
+        .iter()
+        .filter(|o| o.contains("from version 0"))
+        .count();
+    assert_eq!(applied, 1, "{outputs:?}");
+    assert_eq!(postgres.sql("SELECT count(*) FROM gateway_schema"), "1");
+    assert_eq!(postgres.sql("SELECT count(*) FROM store_version"), "1");
+}
