@@ -258,9 +258,16 @@ impl Follower {
         }
         // In touch only once the index is current: a database that
         // answers but whose keys cannot be read leaves the index stale.
+        let since = self.index.changes();
         let (version, clients, keys) = bounded(LOAD_WAIT, rows::everything(client)).await?;
         self.contact.touch();
-        let count = self.index.replace(clients, keys);
+        let Some(count) = self.index.replace_unless_changed(since, clients, keys) else {
+            // This node's admin API refreshed a client meanwhile: what
+            // was read may be older than that. Read again shortly.
+            self.seen = None;
+            self.reload_due = Some(tokio::time::Instant::now() + RELOAD_GAP);
+            return Ok(());
+        };
         self.seen = Some(version);
         self.reload_due = None;
         self.reloaded = tokio::time::Instant::now();
