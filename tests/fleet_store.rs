@@ -20,6 +20,9 @@ use gateway_tests::{
 };
 use serde_json::{json, Value};
 
+#[path = "fleet_store/hostile.rs"]
+mod hostile;
+
 /// Longest wait for anything to propagate (the contract is 100 ms; the
 /// machine is shared and noisy, so the tests only bound it generously).
 const PROPAGATION: Duration = Duration::from_secs(10);

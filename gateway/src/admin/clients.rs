@@ -176,7 +176,7 @@ impl Admin {
             external_issuer: request.api_client_issuer,
         };
         let view = self.lifecycle().create(spec, unix_now()).await?;
-        self.refresh(&view.client.id).await?;
+        self.refresh(&view.client.id).await;
         let body = view.to_json();
         Ok((
             Some(view.client.id),
@@ -244,13 +244,13 @@ impl Admin {
             external_id: request.api_client_id,
         };
         let view = self.lifecycle().update(id, &update).await?;
-        self.refresh(id).await?;
+        self.refresh(id).await;
         Ok(json_response(StatusCode::OK, &view.to_json()))
     }
 
     async fn delete(&self, id: &str) -> Result<AdminResponse, AdminError> {
         self.lifecycle().revoke(id).await?;
-        self.refresh(id).await?;
+        self.refresh(id).await;
         self.shared.limiter.reset(&LimitKey::Client(id.to_owned()));
         Ok(json_response(StatusCode::OK, &revoked_json(id)))
     }
@@ -261,7 +261,7 @@ impl Admin {
             .lifecycle()
             .rotate(id, request.grace_seconds, unix_now())
             .await?;
-        self.refresh(id).await?;
+        self.refresh(id).await;
         Ok(json_response(StatusCode::OK, &view.to_json()))
     }
 

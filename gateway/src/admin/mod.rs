@@ -314,13 +314,16 @@ impl Admin {
     }
 
     /// Makes a change to client `id` visible to the request path now,
-    /// not at the next refresh.
-    async fn refresh(&self, id: &str) -> Result<(), AdminError> {
-        self.shared
-            .keys
-            .refresh_client(self.store.as_ref(), id)
-            .await?;
-        Ok(())
+    /// not at the next refresh. The change is committed, so a store that
+    /// fails to answer now does not make it an error: the client leaves
+    /// this node's index instead (refused here, never served as it was)
+    /// until the store's next notification or version check brings it back.
+    async fn refresh(&self, id: &str) {
+        let keys = &self.shared.keys;
+        if let Err(error) = keys.refresh_client(self.store.as_ref(), id).await {
+            tracing::warn!(%error, client = id, "the change is made, but not read back: the client is refused here until the store answers");
+            keys.apply_client(id, None, &[]);
+        }
     }
 
     /// `POST /v1/reload`, audited.

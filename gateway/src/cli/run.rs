@@ -260,7 +260,7 @@ pub fn run(args: RunArgs) -> Result<()> {
             Some(shared) => tokio::spawn(follow::follow(
                 shared,
                 index.clone(),
-                config.keys.refresh,
+                follow::poll_every(config.keys.refresh, config.store.max_staleness),
                 contact.clone(),
             )),
             None => tokio::spawn(refresh_keys(

@@ -102,6 +102,18 @@ pub struct ClientView {
     pub previous_keys_expire_at: Option<i64>,
 }
 
+/// The view of the key `text` a write made at `now` (none for no key).
+fn new_key(text: &str, now: i64) -> Vec<KeyView> {
+    let parsed = super::format::parse(text).ok();
+    (parsed.into_iter())
+        .map(|key| KeyView {
+            key_id: key.id.to_owned(),
+            created_at: now,
+            expires_at: None,
+        })
+        .collect()
+}
+
 pub struct KeyView {
     pub key_id: String,
     pub created_at: i64,
@@ -209,7 +221,7 @@ impl<'a> Clients<'a> {
     pub async fn create(&self, spec: ClientSpec, now: i64) -> Result<ClientView, ClientError> {
         let new = self.new_client(spec, now)?;
         let (client, key) = self.store.create(new, now).await?;
-        let mut view = self.view(client).await?;
+        let mut view = self.view_after_write(client, new_key(&key, now)).await;
         view.api_key = (!key.is_empty()).then_some(key);
         Ok(view)
     }
@@ -250,7 +262,7 @@ impl<'a> Clients<'a> {
                 .await?
                 .ok_or(ClientError::AdminExists)?
         };
-        let mut view = self.view(client).await?;
+        let mut view = self.view_after_write(client, new_key(&key, now)).await;
         view.api_key = Some(key);
         Ok(view)
     }
@@ -304,7 +316,7 @@ impl<'a> Clients<'a> {
             .update(id, &update)
             .await?
             .ok_or_else(|| ClientError::UnknownClient(id.to_owned()))?;
-        self.view(client).await
+        Ok(self.view_after_write(client, Vec::new()).await)
     }
 
     /// Deletes the client and all its keys.
@@ -326,15 +338,38 @@ impl<'a> Clients<'a> {
         if grace_seconds < 0 {
             return Err(ClientError::Invalid("grace_seconds must be >= 0".into()));
         }
+        // Read first: a rotation changes keys only, and its new key must
+        // reach the caller even if nothing can be read after it.
+        let client = self.find(id).await?;
         let key = self
             .store
             .rotate(id, grace_seconds, now)
             .await?
             .ok_or_else(|| ClientError::UnknownClient(id.to_owned()))?;
-        let mut view = self.show(id).await?;
+        let mut view = self.view_after_write(client, new_key(&key, now)).await;
         view.api_key = Some(key);
         view.previous_keys_expire_at = Some(now.saturating_add(grace_seconds));
         Ok(view)
+    }
+
+    /// The view of a client a write has just committed: its keys read
+    /// back, or, if the store fails to answer now, the keys the write
+    /// knows of. The write is made: a failed read must not turn it into
+    /// an error (a retried create would make a second client, a rotated
+    /// key would be lost).
+    async fn view_after_write(&self, client: Client, known: Vec<KeyView>) -> ClientView {
+        match self.view(client.clone()).await {
+            Ok(view) => view,
+            Err(error) => {
+                tracing::warn!(%error, client = %client.id, "the change is made; reading it back failed");
+                ClientView {
+                    client,
+                    keys: known,
+                    api_key: None,
+                    previous_keys_expire_at: None,
+                }
+            }
+        }
     }
 
     /// The client with its keys' ids.

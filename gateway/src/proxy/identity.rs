@@ -57,12 +57,18 @@ impl Identity {
     /// issuer must name a stored client by id, so revoking the client
     /// revokes its tokens; another issuer's names one by the external id
     /// `ISSUER#CLAIM`. A stored client that is disabled or expired at
-    /// `now` (unix seconds) is refused either way.
+    /// `now` (unix seconds) is refused either way, and either kind while
+    /// the index is stale (`store.max_staleness`).
     pub fn of_token(
         token: Arc<VerifiedToken>,
         keys: &KeyIndex,
         now: i64,
     ) -> Result<Identity, ProxyError> {
+        // A stored client's standing is what the index says: not trusted
+        // once the shared store has been out of reach too long.
+        if keys.is_stale() && (token.own || keys.by_external_id(&token.principal).is_some()) {
+            return Err(ProxyError::KeyStoreStale);
+        }
         let stored = if token.own {
             let client = keys.client(&token.client_id);
             Some(client.ok_or(ProxyError::InvalidCredential(KeyRejection::Revoked))?)
@@ -159,5 +165,29 @@ mod tests {
         assert_eq!(own.scopes(), ["read"]);
         let unknown = Identity::of_token(token("https://gw", "cl_nobody", true, &[]), &index, 1);
         assert!(unknown.is_err());
+    }
+
+    /// With `store.max_staleness` passed, a token naming a stored client
+    /// (the gateway's own, or another issuer's mapped one) is refused
+    /// like an API key: the client may have been revoked meanwhile.
+    #[test]
+    fn a_stale_index_vouches_for_no_stored_client() {
+        let (index, id) = index();
+        index.set_stale(true);
+        for token in [
+            token("https://gw", &id, true, &["read"]),
+            token("https://a", "svc", false, &["read"]),
+        ] {
+            let refused = Identity::of_token(token, &index, 1).err();
+            assert!(
+                matches!(refused, Some(ProxyError::KeyStoreStale)),
+                "{refused:?}"
+            );
+        }
+        // A token that names no stored client depends on no store.
+        let own = Identity::of_token(token("https://b", "svc", false, &[]), &index, 1).unwrap();
+        assert!(matches!(own, Identity::Token(_)));
+        index.set_stale(false);
+        assert!(Identity::of_token(token("https://gw", &id, true, &[]), &index, 1).is_ok());
     }
 }

@@ -149,6 +149,11 @@ async fn token<'g>(
             ))
         }
     };
+    // Refused like any key on a node too long without its shared store:
+    // a token minted here would outlive the key's revocation elsewhere.
+    if shared.keys.is_stale() {
+        return Err(ProxyError::KeyStoreStale);
+    }
     let (key_id, outcome) = shared.keys.verify(&secret, unix_now());
     ctx.key_id = key_id;
     let client = match outcome {

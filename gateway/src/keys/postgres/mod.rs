@@ -8,8 +8,9 @@
 pub mod follow;
 mod rows;
 pub mod schema;
+mod tls;
 
-use std::{sync::Arc, time::Duration};
+use std::time::Duration;
 
 use deadpool_postgres::{
     Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime, Transaction,
@@ -29,6 +30,27 @@ const MIGRATE_LOCK: i64 = 0x6761_7465_6d69_6772;
 /// How long a caller waits for a connection before the store counts as
 /// unavailable.
 const WAIT: Duration = Duration::from_secs(2);
+
+/// Longest a call on the store (admin API, CLI) may take: a database
+/// that takes connections but never answers (stopped, hung, a
+/// black-holed network) is out of reach (503), not a call that never
+/// ends holding a pooled connection.
+const CALL_WAIT: Duration = Duration::from_secs(5);
+/// The same for reading every client or every key (start-up, copy).
+const READ_ALL_WAIT: Duration = Duration::from_secs(60);
+
+/// `call`, bounded by `wait`. A write cut off before its commit is
+/// rolled back with its transaction.
+async fn bounded<T>(
+    wait: Duration,
+    call: impl std::future::Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    tokio::time::timeout(wait, call).await.unwrap_or_else(|_| {
+        Err(StoreError::Unavailable(BackendError::new(format!(
+            "no answer within {wait:?}"
+        ))))
+    })
+}
 
 pub struct PgStore {
     pool: Pool,
@@ -56,7 +78,8 @@ pub fn parse_url(url: &str) -> Result<tokio_postgres::Config, String> {
              postgresql:///database?host=/socket/dir)"
         ));
     }
-    let mut config: tokio_postgres::Config = url
+    let (driver_url, _) = tls::driver_url(url);
+    let mut config: tokio_postgres::Config = driver_url
         .parse()
         .map_err(|e: tokio_postgres::Error| format!("{shown}: {}", scrub(&e.to_string(), url)))?;
     if config.get_hosts().is_empty() {
@@ -116,24 +139,8 @@ pub(crate) fn pg(error: tokio_postgres::Error) -> StoreError {
     if error.as_db_error().is_some() {
         StoreError::Backend(BackendError::new(error))
     } else {
-        StoreError::Unavailable(BackendError::new(error))
+        StoreError::Unavailable(BackendError::new(tls::describe(&error)))
     }
-}
-
-/// TLS by rustls on ring, the provider the rest of the gateway uses
-/// (no process-wide default is installed), trusting the web PKI roots;
-/// used when the URL's `sslmode` asks for it.
-fn tls() -> Result<MakeRustlsConnect, StoreError> {
-    let roots = rustls::RootCertStore {
-        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-    };
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| StoreError::Backend(BackendError::new(e)))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(MakeRustlsConnect::new(config))
 }
 
 impl PgStore {
@@ -141,12 +148,14 @@ impl PgStore {
     pub fn open(url: &str, pool_size: usize) -> Result<Self, StoreError> {
         let shown = redacted(url);
         let config = parse_url(url).map_err(StoreError::backend)?;
-        let tls = tls()?;
+        let tls = tls::connector(tls::driver_url(url).1.as_deref())?;
         let manager = Manager::from_config(
             config.clone(),
             tls.clone(),
             ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
+                // Checked on checkout (one round trip): a connection left behind a
+                // call that timed out on a hung server is replaced, not reused.
+                recycling_method: RecyclingMethod::Verified,
             },
         );
         let pool = Pool::builder(manager)
@@ -167,7 +176,7 @@ impl PgStore {
         self.pool
             .get()
             .await
-            .map_err(|e| StoreError::Unavailable(BackendError::new(e.to_string())))
+            .map_err(|e| StoreError::Unavailable(BackendError::new(tls::describe(&e))))
     }
 
     /// A connection of its own, outside the pool (for `LISTEN`); the
@@ -186,8 +195,10 @@ impl PgStore {
 
     /// The applied schema version (0: none).
     pub async fn schema_version(&self) -> Result<i32, StoreError> {
-        let conn = self.conn().await?;
-        schema_version(&**conn).await
+        bounded(CALL_WAIT, async {
+            schema_version(&**self.conn().await?).await
+        })
+        .await
     }
 
     /// Refuses a schema this gateway was not built for.

@@ -3,7 +3,7 @@
 //! ([`super::changed`]).
 use tokio_postgres::{error::SqlState, GenericClient, Row};
 
-use super::{begin_write, changed, pg, PgStore};
+use super::{begin_write, changed, pg, PgStore, CALL_WAIT, READ_ALL_WAIT};
 use crate::keys::{
     format,
     store::{Client, ClientUpdate, KeyStore, NewClient, StoreError, StoredKey},
@@ -69,6 +69,61 @@ pub(crate) async fn client_keys(
     );
     let rows = conn.query(&query, &[&id]).await.map_err(pg)?;
     Ok(rows.iter().map(key_from_row).collect())
+}
+
+async fn all_clients(conn: &impl GenericClient) -> Result<Vec<Client>, StoreError> {
+    let query = format!("SELECT {CLIENT_COLUMNS} FROM api_clients ORDER BY created_at, id");
+    let rows = conn.query(&query, &[]).await.map_err(pg)?;
+    Ok(rows.iter().map(client_from_row).collect())
+}
+
+async fn all_keys(conn: &impl GenericClient) -> Result<Vec<StoredKey>, StoreError> {
+    let query = format!("SELECT {KEY_COLUMNS} FROM api_keys ORDER BY created_at, key_id");
+    let rows = conn.query(&query, &[]).await.map_err(pg)?;
+    Ok(rows.iter().map(key_from_row).collect())
+}
+
+/// A read-only transaction that sees one moment of the store: the
+/// clients and keys it reads belong together, and so does the version.
+async fn snapshot(
+    conn: &mut tokio_postgres::Client,
+) -> Result<tokio_postgres::Transaction<'_>, StoreError> {
+    conn.build_transaction()
+        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await
+        .map_err(pg)
+}
+
+/// Everything the store holds and the version it holds it at, as of one
+/// moment (a full reload).
+pub(crate) async fn everything(
+    conn: &mut tokio_postgres::Client,
+) -> Result<(i64, Vec<Client>, Vec<StoredKey>), StoreError> {
+    let tx = snapshot(conn).await?;
+    let version = version(&tx).await?;
+    let clients = all_clients(&tx).await?;
+    let keys = all_keys(&tx).await?;
+    tx.commit().await.map_err(pg)?;
+    Ok((version, clients, keys))
+}
+
+/// These clients (those that exist) and their keys, as of one moment.
+pub(crate) async fn some(
+    conn: &mut tokio_postgres::Client,
+    ids: &[String],
+) -> Result<(Vec<Client>, Vec<StoredKey>), StoreError> {
+    let tx = snapshot(conn).await?;
+    let query = format!("SELECT {CLIENT_COLUMNS} FROM api_clients WHERE id = ANY($1)");
+    let clients = tx.query(&query, &[&ids]).await.map_err(pg)?;
+    let query = format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE client_id = ANY($1)");
+    let keys = tx.query(&query, &[&ids]).await.map_err(pg)?;
+    tx.commit().await.map_err(pg)?;
+    Ok((
+        clients.iter().map(client_from_row).collect(),
+        keys.iter().map(key_from_row).collect(),
+    ))
 }
 
 pub(crate) async fn version(conn: &impl GenericClient) -> Result<i64, StoreError> {
@@ -169,7 +224,10 @@ impl KeyStore for PgStore {
         new: Vec<NewClient>,
         now: i64,
     ) -> Result<Vec<(Client, String)>, StoreError> {
-        Ok(self.insert(new, now, false).await?.unwrap_or_default())
+        super::bounded(CALL_WAIT, async {
+            Ok(self.insert(new, now, false).await?.unwrap_or_default())
+        })
+        .await
     }
 
     async fn create_first_admin(
@@ -177,36 +235,45 @@ impl KeyStore for PgStore {
         new: NewClient,
         now: i64,
     ) -> Result<Option<(Client, String)>, StoreError> {
-        Ok(self
-            .insert(vec![new], now, true)
-            .await?
-            .and_then(|mut c| c.pop()))
+        super::bounded(CALL_WAIT, async {
+            Ok(self
+                .insert(vec![new], now, true)
+                .await?
+                .and_then(|mut c| c.pop()))
+        })
+        .await
     }
 
     async fn clients(&self) -> Result<Vec<Client>, StoreError> {
-        let conn = self.conn().await?;
-        let query = format!("SELECT {CLIENT_COLUMNS} FROM api_clients ORDER BY created_at, id");
-        let rows = conn.query(&query, &[]).await.map_err(pg)?;
-        Ok(rows.iter().map(client_from_row).collect())
+        super::bounded(READ_ALL_WAIT, async {
+            all_clients(&**self.conn().await?).await
+        })
+        .await
     }
 
     async fn keys(&self) -> Result<Vec<StoredKey>, StoreError> {
-        let conn = self.conn().await?;
-        let query = format!("SELECT {KEY_COLUMNS} FROM api_keys ORDER BY created_at, key_id");
-        let rows = conn.query(&query, &[]).await.map_err(pg)?;
-        Ok(rows.iter().map(key_from_row).collect())
+        super::bounded(READ_ALL_WAIT, async {
+            all_keys(&**self.conn().await?).await
+        })
+        .await
     }
 
     async fn version(&self) -> Result<i64, StoreError> {
-        version(&**self.conn().await?).await
+        super::bounded(CALL_WAIT, async { version(&**self.conn().await?).await }).await
     }
 
     async fn client(&self, client_id: &str) -> Result<Option<Client>, StoreError> {
-        client(&**self.conn().await?, client_id).await
+        super::bounded(CALL_WAIT, async {
+            client(&**self.conn().await?, client_id).await
+        })
+        .await
     }
 
     async fn client_keys(&self, client_id: &str) -> Result<Vec<StoredKey>, StoreError> {
-        client_keys(&**self.conn().await?, client_id).await
+        super::bounded(CALL_WAIT, async {
+            client_keys(&**self.conn().await?, client_id).await
+        })
+        .await
     }
 
     async fn update(
@@ -214,49 +281,57 @@ impl KeyStore for PgStore {
         client_id: &str,
         update: &ClientUpdate,
     ) -> Result<Option<Client>, StoreError> {
-        let mut conn = self.conn().await?;
-        let tx = begin_write(&mut conn).await?;
-        let Some(current) = client(&*tx, client_id).await? else {
-            return Ok(None);
-        };
-        let client = update.apply(current);
-        tx.execute(
-            "UPDATE api_clients SET name = $2, tier = $3, scopes = $4, expires_at = $5,
-                 disabled = $6, is_admin = $7, external_id = $8
-             WHERE id = $1",
-            &[
-                &client.id,
-                &client.name,
-                &client.tier,
-                &client.scopes.join(" "),
-                &client.expires_at,
-                &client.disabled,
-                &client.is_admin,
-                &client.external_id,
-            ],
-        )
+        super::bounded(CALL_WAIT, async {
+            let mut conn = self.conn().await?;
+            let tx = begin_write(&mut conn).await?;
+            let Some(current) = client(&*tx, client_id).await? else {
+                return Ok(None);
+            };
+            let client = update.apply(current);
+            tx.execute(
+                "UPDATE api_clients SET name = $2, tier = $3, scopes = $4, expires_at = $5,
+                     disabled = $6, is_admin = $7, external_id = $8
+                 WHERE id = $1",
+                &[
+                    &client.id,
+                    &client.name,
+                    &client.tier,
+                    &client.scopes.join(" "),
+                    &client.expires_at,
+                    &client.disabled,
+                    &client.is_admin,
+                    &client.external_id,
+                ],
+            )
+            .await
+            .map_err(|e| {
+                duplicate_or(e, Some(client.external_id.as_deref().unwrap_or_default()))
+            })?;
+            changed(&tx, client_id).await?;
+            tx.commit().await.map_err(pg)?;
+            Ok(Some(client))
+        })
         .await
-        .map_err(|e| duplicate_or(e, Some(client.external_id.as_deref().unwrap_or_default())))?;
-        changed(&tx, client_id).await?;
-        tx.commit().await.map_err(pg)?;
-        Ok(Some(client))
     }
 
     async fn delete(&self, client_id: &str) -> Result<bool, StoreError> {
-        let mut conn = self.conn().await?;
-        let tx = begin_write(&mut conn).await?;
-        tx.execute("DELETE FROM api_keys WHERE client_id = $1", &[&client_id])
-            .await
-            .map_err(pg)?;
-        let deleted = tx
-            .execute("DELETE FROM api_clients WHERE id = $1", &[&client_id])
-            .await
-            .map_err(pg)?;
-        if deleted == 1 {
-            changed(&tx, client_id).await?;
-        }
-        tx.commit().await.map_err(pg)?;
-        Ok(deleted == 1)
+        super::bounded(CALL_WAIT, async {
+            let mut conn = self.conn().await?;
+            let tx = begin_write(&mut conn).await?;
+            tx.execute("DELETE FROM api_keys WHERE client_id = $1", &[&client_id])
+                .await
+                .map_err(pg)?;
+            let deleted = tx
+                .execute("DELETE FROM api_clients WHERE id = $1", &[&client_id])
+                .await
+                .map_err(pg)?;
+            if deleted == 1 {
+                changed(&tx, client_id).await?;
+            }
+            tx.commit().await.map_err(pg)?;
+            Ok(deleted == 1)
+        })
+        .await
     }
 
     async fn rotate(
@@ -265,42 +340,46 @@ impl KeyStore for PgStore {
         grace_seconds: i64,
         now: i64,
     ) -> Result<Option<String>, StoreError> {
-        let key = format::generate()?;
-        let mut conn = self.conn().await?;
-        let tx = begin_write(&mut conn).await?;
-        if client(&*tx, client_id).await?.is_none() {
-            return Ok(None);
-        }
-        let until = now.saturating_add(grace_seconds.max(0));
-        // Keys already ending sooner keep their earlier end.
-        tx.execute(
-            "UPDATE api_keys SET expires_at = $2
-             WHERE client_id = $1 AND (expires_at IS NULL OR expires_at > $2)",
-            &[&client_id, &until],
-        )
+        super::bounded(CALL_WAIT, async {
+            let key = format::generate()?;
+            let mut conn = self.conn().await?;
+            let tx = begin_write(&mut conn).await?;
+            if client(&*tx, client_id).await?.is_none() {
+                return Ok(None);
+            }
+            let until = now.saturating_add(grace_seconds.max(0));
+            // Keys already ending sooner keep their earlier end.
+            tx.execute(
+                "UPDATE api_keys SET expires_at = $2
+                 WHERE client_id = $1 AND (expires_at IS NULL OR expires_at > $2)",
+                &[&client_id, &until],
+            )
+            .await
+            .map_err(pg)?;
+            // Keys whose grace is over are gone for good.
+            tx.execute(
+                "DELETE FROM api_keys WHERE client_id = $1 AND expires_at <= $2",
+                &[&client_id, &now],
+            )
+            .await
+            .map_err(pg)?;
+            let stored = StoredKey {
+                key_id: key.id.clone(),
+                client_id: client_id.to_owned(),
+                secret_hash: key.secret_hash,
+                expires_at: None,
+                created_at: now,
+            };
+            insert_key(&*tx, &stored).await?;
+            changed(&tx, client_id).await?;
+            tx.commit().await.map_err(pg)?;
+            Ok(Some(key.text))
+        })
         .await
-        .map_err(pg)?;
-        // Keys whose grace is over are gone for good.
-        tx.execute(
-            "DELETE FROM api_keys WHERE client_id = $1 AND expires_at <= $2",
-            &[&client_id, &now],
-        )
-        .await
-        .map_err(pg)?;
-        let stored = StoredKey {
-            key_id: key.id.clone(),
-            client_id: client_id.to_owned(),
-            secret_hash: key.secret_hash,
-            expires_at: None,
-            created_at: now,
-        };
-        insert_key(&*tx, &stored).await?;
-        changed(&tx, client_id).await?;
-        tx.commit().await.map_err(pg)?;
-        Ok(Some(key.text))
     }
 
     async fn import(&self, clients: &[Client], keys: &[StoredKey]) -> Result<(), StoreError> {
+        // Not bounded: a copy takes as long as the store is large.
         let mut conn = self.conn().await?;
         let tx = begin_write(&mut conn).await?;
         let present: i64 = tx
