@@ -108,6 +108,9 @@ pub struct BackendStatus {
     pub nodes: u32,
     /// Calls made to the shared store (refills, heartbeats, probes).
     pub calls: u64,
+    /// Values in the shared store's limiter keys no gateway wrote (each
+    /// read as a quota fully used, then overwritten).
+    pub hostile: u64,
 }
 
 const SHARDS: usize = 64;
@@ -126,6 +129,17 @@ impl LocalLimiter {
             hasher: RandomState::new(),
             per_shard: capacity.div_ceil(SHARDS).max(16),
         }
+    }
+
+    /// Requests `key` spent that still hold its quota at `now_ns` (at the
+    /// rate they were counted at): what a shared limiter's fallback
+    /// charges to the shared state when it is back.
+    pub fn in_use(&self, key: &LimitKey, now_ns: u64) -> u32 {
+        let Some(cell) = self.shard(key).get(key).copied() else {
+            return 0;
+        };
+        let held = cell.tat.saturating_sub(now_ns);
+        u32::try_from(held.div_ceil(cell.interval_ns.max(1))).unwrap_or(u32::MAX)
     }
 
     fn shard(&self, key: &LimitKey) -> std::sync::MutexGuard<'_, HashMap<LimitKey, Cell>> {

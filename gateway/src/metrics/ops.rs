@@ -133,6 +133,13 @@ pub fn render_limits(out: &mut String, status: Option<crate::limits::BackendStat
         "Calls the shared limiter made to Redis (batched refills, heartbeats, probes).",
     );
     let _ = writeln!(out, "gateway_limits_redis_calls_total {}", status.calls);
+    header(
+        out,
+        "gateway_limits_redis_hostile_total",
+        "counter",
+        "Limiter values in Redis no gateway wrote (garbage, wrong type, far future): read as a quota fully used and overwritten.",
+    );
+    let _ = writeln!(out, "gateway_limits_redis_hostile_total {}", status.hostile);
 }
 
 #[cfg(test)]
@@ -154,6 +161,7 @@ mod tests {
             fallbacks: 2,
             nodes: 3,
             calls: 40,
+            hostile: 1,
         };
         render_limits(&mut shared, Some(status));
         for line in [
@@ -161,6 +169,7 @@ mod tests {
             "gateway_limits_backend_fallbacks_total 2",
             "gateway_limits_fleet_nodes 3",
             "gateway_limits_redis_calls_total 40",
+            "gateway_limits_redis_hostile_total 1",
         ] {
             assert!(shared.contains(line), "missing {line:?} in\n{shared}");
         }

@@ -4,16 +4,23 @@
 //! Redis's own clock (`TIME`), so node clocks do not matter. A node never
 //! asks Redis per request: it holds a small lease of tokens per active key
 //! ([`lease::Lease`]) and spends them locally; a background task
-//! ([`sync`]) refills low leases in batches (one script call for many
-//! keys). A key seen for the first time is admitted from a provisional
-//! allowance of min(L, ⌈B/N⌉) tokens, charged to Redis with the first
-//! refill. Error bound, over any window: admitted ≤ exact GCRA + N·(L + P)
-//! (leases held at its start plus provisional allowances); see README.
+//! ([`sync`]) refills leases half spent in batches (one script call, one
+//! round trip, for every key due, the heartbeat riding along). The
+//! default lease L is what the client may spend in [`LEASE_PERIOD`] at
+//! its rate, at most ⌈B/N⌉; a node Redis cannot serve in full comes back
+//! when there is enough for every node's ask, so a client over its limit
+//! costs about one call per lease, not one per request. A key seen for
+//! the first time is admitted from a provisional allowance of
+//! min(L, ⌈B/N⌉) tokens, charged to Redis with the first refill. Error
+//! bound, over any window: admitted ≤ exact GCRA + N·(L + P) (leases held
+//! at its start plus provisional allowances); see README.
 //!
 //! Redis unreachable (an error, garbage or a timeout): a circuit breaker
 //! switches this node to a local limiter at quota / N (N from the nodes'
 //! heartbeats or `[limits] nodes`), logged once per transition and shown
-//! by `gateway_limits_backend_fallback`; a probe closes it again.
+//! by `gateway_limits_backend_fallback`; a probe closes it again, and what
+//! the fallback still holds of each key it admitted is charged to Redis,
+//! so a recovery does not hand out the quota a second time.
 use std::{
     collections::HashMap,
     hash::{BuildHasher, RandomState},
@@ -38,12 +45,17 @@ use lease::Lease;
 const SHARDS: usize = 64;
 /// A key idle this long (and whole again in Redis) is forgotten.
 const IDLE: Duration = Duration::from_secs(10);
+/// Leases a node holds at most (about 250 bytes each); past it, a key
+/// without one is limited locally at its share, never unlimited.
+const MAX_LEASES: usize = 256 * 1024;
+/// The default lease lasts about this long at the client's full rate.
+pub const LEASE_PERIOD: Duration = Duration::from_secs(1);
 
 /// How the limiter is set up (`[limits]`, `[redis]`).
 #[derive(Clone, Debug)]
 pub struct Settings {
     pub url: String,
-    /// Tokens per lease; 0 = a tenth of the burst.
+    /// Tokens per lease; 0 = [`auto_lease`].
     pub lease: u32,
     /// Fleet size for the fallback; 0 = from heartbeats.
     pub nodes: u32,
@@ -63,6 +75,8 @@ pub struct RedisLimiter {
     /// Nodes seen in the last heartbeat (at least 1).
     seen_nodes: AtomicU32,
     calls: AtomicU64,
+    /// Values found in the limiter's Redis keys that no gateway wrote.
+    hostile: AtomicU64,
     settings: Settings,
 }
 
@@ -78,8 +92,9 @@ impl RedisLimiter {
             fallback: LocalLimiter::new(1_000_000),
             open: AtomicBool::new(true),
             fallbacks: AtomicU64::new(0),
-            seen_nodes: AtomicU32::new(1),
+            seen_nodes: AtomicU32::new(0),
             calls: AtomicU64::new(0),
+            hostile: AtomicU64::new(0),
             settings,
         }
     }
@@ -90,7 +105,7 @@ impl RedisLimiter {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// N: configured, else the heartbeats' count.
+    /// N: configured, else the heartbeats' count (1 before any is heard).
     pub fn nodes(&self) -> u32 {
         match self.settings.nodes {
             0 => self.seen_nodes.load(Ordering::Relaxed).max(1),
@@ -98,10 +113,15 @@ impl RedisLimiter {
         }
     }
 
-    /// L for `quota`.
+    /// Neither configured nor heard from Redis: the fallback cannot divide.
+    fn nodes_unknown(&self) -> bool {
+        self.settings.nodes == 0 && self.seen_nodes.load(Ordering::Relaxed) == 0
+    }
+
+    /// L for `quota`: configured, else [`auto_lease`].
     pub fn lease_size(&self, quota: &Quota) -> u32 {
         match self.settings.lease {
-            0 => quota.burst.div_ceil(10).max(1),
+            0 => auto_lease(quota, self.nodes()),
             n => n,
         }
     }
@@ -132,16 +152,83 @@ impl RedisLimiter {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
+
+    /// Room for one more lease in `shard`: idle, settled leases go first;
+    /// false when it is full of leases still in use.
+    fn make_room(shard: &mut HashMap<LimitKey, Lease>, now: u64) -> bool {
+        if shard.len() < MAX_LEASES / SHARDS {
+            return true;
+        }
+        shard.retain(|_, lease| !lease.forgettable(now, Duration::ZERO));
+        shard.len() < MAX_LEASES / SHARDS
+    }
+
+    /// The fallback admitted a request for `key`: remember to charge it.
+    fn mark_fallback(&self, key: &LimitKey, quota: &Quota, now: u64) {
+        let mut shard = self.shard(key);
+        if !shard.contains_key(key) {
+            if !Self::make_room(&mut shard, now) {
+                return;
+            }
+            let (size, provisional) = (self.lease_size(quota), self.provisional(quota));
+            let lease = Lease::new(redis_key(key, quota), quota, size, provisional, now);
+            shard.insert(key.clone(), lease);
+        }
+        if let Some(lease) = shard.get_mut(key) {
+            lease.fallback_used = true;
+            lease.last_seen_ns = now;
+        }
+    }
+
+    /// Back from the fallback: what it still holds of each key it admitted
+    /// is owed to Redis (requests at the share's rate, as GCRA counts them
+    /// at `now`), queued for the next refill.
+    fn charge_fallback(&self, now: u64) {
+        let mut owing = Vec::new();
+        for shard in &self.leases {
+            for (key, lease) in Self::lock(shard).iter_mut() {
+                if !std::mem::take(&mut lease.fallback_used) {
+                    continue;
+                }
+                lease.debt = lease.debt.saturating_add(self.fallback.in_use(key, now));
+                if lease.wants_refill(now) {
+                    lease.in_flight = true;
+                    owing.push(key.clone());
+                }
+            }
+        }
+        Self::lock(&self.pending).extend(owing);
+        self.wake.notify_one();
+    }
+}
+
+/// The default lease: what `quota` allows in [`LEASE_PERIOD`] (so a busy
+/// client costs a node about two refills a period), at most ⌈B/N⌉ (so the
+/// leases together never hold more than about the burst).
+pub fn auto_lease(quota: &Quota, nodes: u32) -> u32 {
+    let per_period = LEASE_PERIOD
+        .as_nanos()
+        .div_ceil(quota.interval().as_nanos().max(1));
+    let per_period = u32::try_from(per_period).unwrap_or(u32::MAX);
+    per_period.min(quota.burst.div_ceil(nodes.max(1))).max(1)
 }
 
 impl RateLimiter for RedisLimiter {
     fn check(&self, key: &LimitKey, quota: &Quota, cost: u32, now_ns: u64) -> Decision {
         if self.is_open() {
-            return self.fallback.check(key, &self.share(quota), cost, now_ns);
+            let decision = self.fallback.check(key, &self.share(quota), cost, now_ns);
+            if decision.allowed {
+                self.mark_fallback(key, quota, now_ns);
+            }
+            return decision;
         }
         let size = self.lease_size(quota);
         let mut shard = self.shard(key);
         if !shard.contains_key(key) {
+            if !Self::make_room(&mut shard, now_ns) {
+                drop(shard);
+                return self.fallback.check(key, &self.share(quota), cost, now_ns);
+            }
             let provisional = self.provisional(quota);
             let lease = Lease::new(redis_key(key, quota), quota, size, provisional, now_ns);
             shard.insert(key.clone(), lease);
@@ -152,9 +239,13 @@ impl RateLimiter for RedisLimiter {
         let decision = lease.take(quota, cost, size, now_ns);
         if lease.wants_refill(now_ns) {
             lease.in_flight = true;
+            // Not out yet: the next tick's batch takes it along.
+            let urgent = lease.urgent();
             drop(shard);
             Self::lock(&self.pending).push(key.clone());
-            self.wake.notify_one();
+            if urgent {
+                self.wake.notify_one();
+            }
         }
         decision
     }
@@ -163,13 +254,16 @@ impl RateLimiter for RedisLimiter {
         if self.is_open() {
             return self.fallback.peek(key, &self.share(quota), now_ns);
         }
-        let held = self.shard(key).get(key).map(|lease| lease.balance);
-        let mut decision = self.fallback.peek(key, quota, now_ns);
-        if let Some(balance) = held {
-            decision.remaining = balance;
-            decision.allowed = balance > 0;
+        // This node's lease (what it admits without asking Redis), or the
+        // provisional allowance a key it does not hold would get.
+        let held = (self.shard(key).get(key)).map(|l| (l.balance, l.whole_at_ns));
+        let (remaining, whole_at) = held.unwrap_or((self.provisional(quota), now_ns));
+        Decision {
+            allowed: remaining > 0,
+            remaining,
+            reset: Duration::from_nanos(whole_at.saturating_sub(now_ns)),
+            retry_after: Duration::ZERO,
         }
-        decision
     }
 
     fn reset(&self, key: &LimitKey) {
@@ -185,6 +279,7 @@ impl RateLimiter for RedisLimiter {
             fallbacks: self.fallbacks.load(Ordering::Relaxed),
             nodes: self.nodes(),
             calls: self.calls.load(Ordering::Relaxed),
+            hostile: self.hostile.load(Ordering::Relaxed),
         })
     }
 }
@@ -308,10 +403,73 @@ mod tests {
             .count();
         assert_eq!(allowed, 4);
         assert_eq!(RedisLimiter::lock(&limiter.pending).len(), 1);
-        let auto = self::limiter(3, 0);
-        assert_eq!(
-            auto.lease_size(&Quota::new("t", 1, Duration::from_secs(1), 95)),
-            10
-        );
+    }
+
+    #[test]
+    fn the_default_lease_lasts_a_period_at_the_rate_and_leases_share_the_burst() {
+        let auto = limiter(3, 0);
+        let per_second = |requests, burst| Quota::new("t", requests, Duration::from_secs(1), burst);
+        // 10/s for 1 s would be 10; three leases hold ⌈10 / 3⌉ each at most.
+        assert_eq!(auto.lease_size(&per_second(10, 10)), 4);
+        assert_eq!(auto.lease_size(&per_second(100, 1_000)), 100);
+        assert_eq!(auto.lease_size(&per_second(1, 95)), 1);
+        let slow = Quota::new("t", 10, Duration::from_secs(60), 10);
+        assert_eq!(auto.lease_size(&slow), 1);
+        assert_eq!(limiter(3, 7).lease_size(&slow), 7, "configured");
+    }
+
+    #[test]
+    fn a_recovery_charges_what_the_fallback_admitted() {
+        let limiter = limiter(3, 2);
+        let quota = Quota::new("t", 30, Duration::from_secs(60), 30);
+        let key = LimitKey::Client("c".into());
+        let sec = 1_000_000_000;
+        // Redis unreachable: 10 of 30 admitted here (the share).
+        let admitted = (0..20)
+            .filter(|_| limiter.check(&key, &quota, 1, sec).allowed)
+            .count();
+        assert_eq!(admitted, 10);
+        limiter.open.store(false, Ordering::Release);
+        limiter.charge_fallback(sec);
+        let lease = limiter.shard(&key).get(&key).cloned().unwrap();
+        // Owed: the 10 still in use plus its provisional allowance.
+        assert_eq!((lease.debt, lease.balance), (12, 2));
+        assert!(lease.in_flight && !lease.fallback_used);
+        assert_eq!(RedisLimiter::lock(&limiter.pending).len(), 1);
+        // Charged once: a second recovery owes nothing more.
+        limiter.charge_fallback(sec);
+        assert_eq!(limiter.shard(&key).get(&key).unwrap().debt, 12);
+    }
+
+    #[test]
+    fn many_clients_hold_bounded_leases_and_the_rest_are_limited_at_their_share() {
+        let limiter = limiter(4, 1);
+        limiter.open.store(false, Ordering::Release);
+        let quota = Quota::new("t", 4, Duration::from_secs(3600), 4);
+        let clients = MAX_LEASES + MAX_LEASES / 2;
+        for i in 0..clients {
+            limiter.check(&LimitKey::Client(i.to_string()), &quota, 1, 1);
+        }
+        let held: usize = limiter.leases.iter().map(|s| s.lock().unwrap().len()).sum();
+        assert!(held <= MAX_LEASES, "{held} leases");
+        // A client without a lease (every shard is full of keys in use)
+        // gets its share, 4 / 4 nodes = 1, never more.
+        let key = LimitKey::Client("late".into());
+        let allowed = (0..10)
+            .filter(|_| limiter.check(&key, &quota, 1, 2).allowed)
+            .count();
+        assert_eq!(allowed, 1);
+        assert!(limiter.shard(&key).get(&key).is_none());
+    }
+
+    #[test]
+    fn a_node_shows_its_lease_not_the_fleets_quota() {
+        let limiter = limiter(3, 4);
+        limiter.open.store(false, Ordering::Release);
+        let quota = Quota::new("t", 30, Duration::from_secs(60), 30);
+        let key = LimitKey::Client("c".into());
+        assert_eq!(limiter.peek(&key, &quota, 1).remaining, 4, "provisional");
+        limiter.check(&key, &quota, 1, 1);
+        assert_eq!(limiter.peek(&key, &quota, 1).remaining, 3);
     }
 }
