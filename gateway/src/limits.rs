@@ -95,6 +95,11 @@ pub trait RateLimiter: Send + Sync {
     fn backend(&self) -> Option<BackendStatus> {
         None
     }
+    /// Values in a shared store's limiter keys that no gateway wrote (each
+    /// read as a quota fully used, then overwritten).
+    fn hostile_values(&self) -> u64 {
+        0
+    }
 }
 
 /// How a shared limiter stands (see `fleet::limits`).
@@ -108,9 +113,6 @@ pub struct BackendStatus {
     pub nodes: u32,
     /// Calls made to the shared store (refills, heartbeats, probes).
     pub calls: u64,
-    /// Values in the shared store's limiter keys no gateway wrote (each
-    /// read as a quota fully used, then overwritten).
-    pub hostile: u64,
 }
 
 const SHARDS: usize = 64;

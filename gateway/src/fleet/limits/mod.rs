@@ -294,8 +294,11 @@ impl RateLimiter for RedisLimiter {
             fallbacks: self.fallbacks.load(Ordering::Relaxed),
             nodes: self.nodes(),
             calls: self.calls.load(Ordering::Relaxed),
-            hostile: self.hostile.load(Ordering::Relaxed),
         })
+    }
+
+    fn hostile_values(&self) -> u64 {
+        self.hostile.load(Ordering::Relaxed)
     }
 }
 
