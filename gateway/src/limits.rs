@@ -95,6 +95,11 @@ pub trait RateLimiter: Send + Sync {
     fn backend(&self) -> Option<BackendStatus> {
         None
     }
+    /// Values in a shared store's limiter keys that no gateway wrote (each
+    /// read as a quota fully used, then overwritten).
+    fn hostile_values(&self) -> u64 {
+        0
+    }
 }
 
 /// How a shared limiter stands (see `fleet::limits`).
@@ -126,6 +131,17 @@ impl LocalLimiter {
             hasher: RandomState::new(),
             per_shard: capacity.div_ceil(SHARDS).max(16),
         }
+    }
+
+    /// Requests `key` spent that still hold its quota at `now_ns` (at the
+    /// rate they were counted at): what a shared limiter's fallback
+    /// charges to the shared state when it is back.
+    pub fn in_use(&self, key: &LimitKey, now_ns: u64) -> u32 {
+        let Some(cell) = self.shard(key).get(key).copied() else {
+            return 0;
+        };
+        let held = cell.tat.saturating_sub(now_ns);
+        u32::try_from(held.div_ceil(cell.interval_ns.max(1))).unwrap_or(u32::MAX)
     }
 
     fn shard(&self, key: &LimitKey) -> std::sync::MutexGuard<'_, HashMap<LimitKey, Cell>> {

@@ -85,6 +85,24 @@ impl Redis {
         let _ = self.child.wait();
     }
 
+    /// Freezes the server (SIGSTOP): it keeps its connections and its
+    /// data but answers nothing, as a hung Redis would, until
+    /// [`Redis::resume`].
+    pub fn pause(&self) {
+        self.signal(libc::SIGSTOP);
+    }
+
+    /// Thaws a [`Redis::pause`]d server: it answers again, with its data.
+    pub fn resume(&self) {
+        self.signal(libc::SIGCONT);
+    }
+
+    fn signal(&self, signal: libc::c_int) {
+        let pid = libc::pid_t::try_from(self.child.id()).unwrap();
+        // SAFETY: signalling our own child, still running (not waited).
+        unsafe { libc::kill(pid, signal) };
+    }
+
     /// A new, empty server on the same socket (after [`Redis::kill`]): an
     /// outage that ends, with what Redis held lost.
     pub fn restart(&mut self) {

@@ -275,6 +275,12 @@ impl Admin {
             self.shared.limiter.reset(&key);
         }
         let state = self.shared.limiter.peek(&key, quota, monotonic_ns());
+        // A shared limiter's node knows its own lease, not the fleet's state.
+        let scope = match self.shared.limiter.backend() {
+            None => "gateway",
+            Some(status) if status.fallback => "node_fallback",
+            Some(_) => "node_lease",
+        };
         Ok(json_response(
             StatusCode::OK,
             &json!({
@@ -285,6 +291,7 @@ impl Admin {
                 "burst": quota.burst,
                 "remaining": state.remaining,
                 "reset_seconds": state.reset.as_secs_f64(),
+                "scope": scope,
             }),
         ))
     }

@@ -72,7 +72,8 @@ impl Admin {
                 certificates: &self.certificates(),
             },
         );
-        crate::metrics::ops::render_limits(&mut text, shared.limiter.backend());
+        let (limiter, hostile) = (shared.limiter.backend(), shared.limiter.hostile_values());
+        crate::metrics::ops::render_limits(&mut text, limiter, hostile);
         if let Some(fleet) = shared.policy.fleet() {
             fleet.render_metrics(&mut text);
         }

@@ -39,11 +39,19 @@ pub fn limits_command(command: LimitsCommand) -> Result<()> {
     };
     let path = format!("{CLIENTS}/{client_id}/limits");
     let state = block_on(admin_client::call(&admin.admin_url, method, &path, None))??;
+    // Fleet mode: a node answers for its own lease, and says so.
+    let scope = match state["scope"].as_str() {
+        Some("node_lease") => {
+            "  (this node's lease of the fleet's shared quota; redis holds the rest)"
+        }
+        Some("node_fallback") => "  (this node's share: redis is unreachable)",
+        _ => "",
+    };
     if admin.json {
         println!("{state}");
     } else {
         println!(
-            "client {}  tier {}  limit {} per {} s (burst {})  remaining {}  whole again in {:.1} s",
+            "client {}  tier {}  limit {} per {} s (burst {})  remaining {}  whole again in {:.1} s{scope}",
             state["client_id"].as_str().unwrap_or("?"),
             state["tier"].as_str().unwrap_or("?"),
             state["limit"],

@@ -72,7 +72,9 @@ pub struct LimitsConfig {
     /// `[redis]` (see `fleet::limits`).
     pub backend: LimitsBackend,
     /// `backend = "redis"`: tokens a node takes from Redis at a time per
-    /// client (L in the README's error bound); 0 = a tenth of the burst.
+    /// client (L in the README's error bound); 0 = what the client may
+    /// spend in a second at its rate, at most ⌈burst / nodes⌉
+    /// (`fleet::limits::auto_lease`).
     pub lease: u32,
     /// `backend = "redis"`: nodes in the fleet, for the local fallback at
     /// quota / nodes while Redis is unreachable; 0 = counted from the

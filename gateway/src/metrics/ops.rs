@@ -91,8 +91,9 @@ pub fn render(out: &mut String, ops: &Ops<'_>) {
 
 /// The rate limiter's backend: `gateway_limits_backend_fallback` is 0
 /// for a local limiter (nothing to fall back from); a shared one adds its
-/// fallbacks, the nodes it divides by and its calls to Redis.
-pub fn render_limits(out: &mut String, status: Option<crate::limits::BackendStatus>) {
+/// fallbacks, the nodes it divides by, its calls to Redis and the values
+/// it found there that no gateway wrote (`hostile`).
+pub fn render_limits(out: &mut String, status: Option<crate::limits::BackendStatus>, hostile: u64) {
     header(
         out,
         "gateway_limits_backend_fallback",
@@ -133,6 +134,13 @@ pub fn render_limits(out: &mut String, status: Option<crate::limits::BackendStat
         "Calls the shared limiter made to Redis (batched refills, heartbeats, probes).",
     );
     let _ = writeln!(out, "gateway_limits_redis_calls_total {}", status.calls);
+    header(
+        out,
+        "gateway_limits_redis_hostile_total",
+        "counter",
+        "Limiter values in Redis no gateway wrote (garbage, wrong type, far future): read as a quota fully used and overwritten.",
+    );
+    let _ = writeln!(out, "gateway_limits_redis_hostile_total {}", hostile);
 }
 
 #[cfg(test)]
@@ -142,7 +150,7 @@ mod tests {
     #[test]
     fn a_local_limiter_never_falls_back_and_a_shared_one_says_so() {
         let mut local = String::new();
-        render_limits(&mut local, None);
+        render_limits(&mut local, None, 0);
         assert!(
             local.contains("gateway_limits_backend_fallback 0"),
             "{local}"
@@ -155,12 +163,13 @@ mod tests {
             nodes: 3,
             calls: 40,
         };
-        render_limits(&mut shared, Some(status));
+        render_limits(&mut shared, Some(status), 1);
         for line in [
             "gateway_limits_backend_fallback 1",
             "gateway_limits_backend_fallbacks_total 2",
             "gateway_limits_fleet_nodes 3",
             "gateway_limits_redis_calls_total 40",
+            "gateway_limits_redis_hostile_total 1",
         ] {
             assert!(shared.contains(line), "missing {line:?} in\n{shared}");
         }

@@ -33,6 +33,11 @@ pub fn keep_running(running: &Config, next: &mut Config) -> Vec<String> {
         limits.max_connections_per_source,
         // Read by the listener hand-over's offer, made once.
         limits.handover_timeout,
+        // The shared limiter, its Redis task and connection are made once.
+        limits.backend,
+        limits.lease,
+        limits.nodes,
+        redis.url,
         // The program, its pins and its maps' sizes are set at load.
         xdp.enabled,
         xdp.interface,
@@ -74,5 +79,27 @@ mod tests {
         // Everything else is the new value.
         assert_eq!(next.xdp.default_syn_rate, running.xdp.default_syn_rate + 1);
         assert_eq!(next.tiers[0].requests, running.tiers[0].requests + 1);
+    }
+
+    #[test]
+    fn the_limiter_backend_is_kept_and_named() {
+        let running = Config::parse(crate::config::EMBEDDED_DEFAULT).unwrap();
+        let mut next = running.clone();
+        next.limits.backend = crate::config::LimitsBackend::Redis;
+        next.limits.lease = 8;
+        next.limits.nodes = 3;
+        next.redis.url = Some("redis+unix:///run/r.sock".into());
+        let kept = keep_running(&running, &mut next);
+        assert_eq!(
+            kept,
+            [
+                "limits.backend",
+                "limits.lease",
+                "limits.nodes",
+                "redis.url"
+            ]
+        );
+        assert_eq!(next.limits.backend, running.limits.backend);
+        assert_eq!(next.redis.url, None);
     }
 }

@@ -29,6 +29,9 @@ pub struct Lease {
     /// a key idle past it may be forgotten.
     pub whole_at_ns: u64,
     pub last_seen_ns: u64,
+    /// The local fallback admitted requests for this key while Redis was
+    /// unreachable: what it still holds is charged to Redis on recovery.
+    pub fallback_used: bool,
 }
 
 /// What a refill sends for one key, and Redis's answer.
@@ -62,6 +65,7 @@ impl Lease {
             next_ask_ns: now,
             whole_at_ns: now,
             last_seen_ns: now,
+            fallback_used: false,
         }
     }
 
@@ -91,7 +95,8 @@ impl Lease {
         }
     }
 
-    /// Low (half the lease or less) or owing, and free to ask.
+    /// Low (half the lease or less) or owing, and free to ask. Asked
+    /// ahead of running out, so a refill can wait for the next batch.
     pub fn wants_refill(&self, now: u64) -> bool {
         !self.in_flight
             && now >= self.next_ask_ns
@@ -124,6 +129,12 @@ impl Lease {
         self.in_flight = false;
     }
 
+    /// Out of tokens (or owing a provisional allowance): the refill
+    /// should not wait for the next batch.
+    pub fn urgent(&self) -> bool {
+        self.balance == 0 || self.debt > 0
+    }
+
     /// Idle, owing nothing and whole again in Redis as last heard: what
     /// it holds is worth forgetting, and a new provisional allowance then
     /// is what exact GCRA would allow anyway.
@@ -131,6 +142,7 @@ impl Lease {
         let idle_ns = u64::try_from(idle.as_nanos()).unwrap_or(u64::MAX);
         !self.in_flight
             && self.debt == 0
+            && !self.fallback_used
             && now >= self.whole_at_ns
             && now.saturating_sub(self.last_seen_ns) >= idle_ns
     }

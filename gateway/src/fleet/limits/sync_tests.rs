@@ -93,8 +93,10 @@ async fn a_silent_redis_times_out_into_the_fallback() {
 }
 
 #[test]
-fn grants_are_three_non_negative_numbers_per_key() {
-    assert_eq!(parse_grants(&[1, 0, 5, 0, 9, 7], 2).unwrap().len(), 2);
-    assert!(parse_grants(&[1, 0], 1).is_err());
-    assert!(parse_grants(&[1, -1, 0], 1).is_err());
+fn replies_are_two_numbers_then_three_non_negative_ones_per_key() {
+    let reply = parse_reply(&[3, 1, 1, 0, 5, 0, 9, 7], 2).unwrap();
+    assert_eq!((reply.nodes, reply.hostile, reply.grants.len()), (3, 1, 2));
+    assert!(parse_reply(&[1, 0], 1).is_err());
+    assert!(parse_reply(&[0, 0, 1, -1, 0], 1).is_err());
+    assert!(parse_reply(&[-1, 0], 0).is_err());
 }
