@@ -139,6 +139,15 @@ pub(super) struct Load {
     pub(super) failed: usize,
     pub(super) redis_per_node: f64,
     pub(super) redis_idle_per_node: f64,
+    /// The limiter's own Redis calls (`gateway_limits_redis_calls_total`).
+    pub(super) calls_per_node: f64,
+}
+
+/// The fleet's limiter calls to Redis so far, all nodes.
+fn limiter_calls(nodes: &[Gateway]) -> u64 {
+    (nodes.iter())
+        .filter_map(|n| metric(n, "gateway_limits_redis_calls_total"))
+        .sum()
 }
 
 /// Commands Redis has processed since it started.
@@ -192,6 +201,7 @@ pub(super) fn latency(
     let before: Vec<u64> = (targets.iter())
         .map(|t| count(t.2))
         .collect::<Result<_>>()?;
+    let calls_before: Vec<u64> = targets.iter().map(|t| limiter_calls(t.0)).collect();
     let mut samples = vec![Vec::new(); targets.len()];
     let mut failed = vec![0; targets.len()];
     let period = Duration::from_secs(1) / rate;
@@ -215,6 +225,9 @@ pub(super) fn latency(
             failed: failed[t],
             redis_per_node: per_node_rate(targets[t].2, before[t], elapsed)?,
             redis_idle_per_node: idle[t],
+            calls_per_node: (limiter_calls(targets[t].0) - calls_before[t]) as f64
+                / elapsed
+                / targets[t].0.len() as f64,
         });
     }
     Ok(loads)

@@ -17,9 +17,10 @@ use super::{results, stats::median};
 use measure::{Limiter, Spread};
 
 pub(crate) const NODES: usize = 3;
-/// Accuracy tier: 10 per second (T = 100 ms), burst B = 10; lease L = 2.
+/// Accuracy tier: 10 per second (T = 100 ms), burst B = 10.
 const ACC: (u32, u32, u32) = (20, 2, 10);
-const LEASE: u32 = 2;
+/// The default lease, L = ⌈B/10⌉ per tier (1 for the accuracy tier).
+const LEASE: u32 = ACC.2.div_ceil(10);
 /// The client sends at OVER x its rate for ACC_SECONDS.
 const OVER: u32 = 3;
 const ACC_SECONDS: u32 = 3;
@@ -43,7 +44,7 @@ pub(super) fn run(rounds: usize, seconds: u32, propagations: usize) -> Result<()
         )
     };
     let leased_body = body(
-        &format!("[limits]\nbackend = \"redis\"\nlease = {LEASE}\nnodes = {NODES}\n"),
+        &format!("[limits]\nbackend = \"redis\"\nnodes = {NODES}\n"),
         &leased_redis,
     );
     let sync_body = body(
@@ -106,8 +107,8 @@ pub(super) fn run(rounds: usize, seconds: u32, propagations: usize) -> Result<()
     let load = measure::latency(&targets, rate, seconds)?;
     for (name, l) in ["leased", "per-request", "single"].iter().zip(&load) {
         println!(
-            "  {name:<11} p50 {:.3} ms p99 {:.3} ms, {} non-2xx, redis {:.1} cmd/s per node",
-            l.p50_ms, l.p99_ms, l.failed, l.redis_per_node
+            "  {name:<11} p50 {:.3} ms p99 {:.3} ms, {} non-2xx, redis {:.1} cmd/s per node, {:.1} limiter calls/s per node",
+            l.p50_ms, l.p99_ms, l.failed, l.redis_per_node, l.calls_per_node
         );
     }
     if load.iter().any(|l| l.failed > 0) {
@@ -200,20 +201,24 @@ fn summary(
          Accuracy: a client at {OVER}x its limit ({requests} per {window_s} s, burst {burst}) for \
          {ACC_SECONDS} s ({count} requests), spread over the three nodes evenly or 80/10/10; \
          admitted = 2xx, median of {rounds} round(s); exact = GCRA run on the send times. \
-         Leased: `backend = \"redis\"`, lease L = {LEASE}, bound exact + N·(L + P) = exact + \
+         Leased: `backend = \"redis\"`, default lease L = ⌈B/10⌉ = {LEASE}, bound exact + N·(L + P) = exact + \
          {slack}. Per request: `backend = \"redis_sync\"`, one Redis round trip per request.\n\n\
          | limiter | spread | admitted | exact GCRA | deviation | bound |\n|---|---|---|---|---|---|\n\
          {rows}\n\
          Latency: {rate} req/s per target for {seconds} s on keep-alive connections (paced, \
          one request at a time, targets interleaved), a tier no request reaches; each fleet's \
          load spread evenly over its nodes. Redis commands: `total_commands_processed` delta \
-         on the fleet's own Redis / nodes / seconds (heartbeats, refills and the ban stream's \
-         reads included; idle before the load: leased {:.1}, per request {:.1} per node).\n\n\
+         on the fleet's own Redis / nodes / seconds (heartbeats, refills, the ban stream's \
+         reads, and the TIME/GET/SET inside each script call included; idle before the load: \
+         leased {:.1}, per request {:.1} per node); limiter round trips: the nodes' \
+         `gateway_limits_redis_calls_total` delta / nodes / seconds (the lat tier's default \
+         lease is 10,000 tokens).\n\n\
          | | fleet, leased | fleet, per request | single node (SQLite, local) |\n|---|---|---|---|\n\
          | p50 ms (x single) | {} | {} | {:.3} |\n\
          | p99 ms (x single) | {} | {} | {:.3} |\n\
          | added p50 / p99 ms | {:+.3} / {:+.3} | {:+.3} / {:+.3} | |\n\
-         | Redis commands/s per node | {:.1} | {:.1} | - |\n\n\
+         | Redis commands/s per node | {:.1} | {:.1} | - |\n\
+         | limiter round trips/s per node | {:.1} | {:.1} | - |\n\n\
          Propagation through PostgreSQL (LISTEN/NOTIFY), {propagations} rounds: from node A's \
          answer to the first 200 (created) or 401 (revoked) on B and C, each polled every \
          ms ({} samples each).\n\n\
@@ -233,6 +238,8 @@ fn summary(
         sync.p99_ms - single.p99_ms,
         leased.redis_per_node,
         sync.redis_per_node,
+        leased.calls_per_node,
+        sync.calls_per_node,
         2 * propagations,
         prop.create.0,
         prop.create.1,
