@@ -1,10 +1,11 @@
-//! Developer entry point: `cargo xtask setup | build | run | test | fuzz | bench`.
+//! Developer entry point: `cargo xtask setup | build | run | fleet | test | fuzz | bench`.
 //!
 //! `setup` installs what a fresh machine lacks (idempotent, and `build`,
 //! `run`, `test` and `bench` call it); `build` compiles the XDP object with
 //! nightly and embeds it in the stable `gateway` binary.
 mod bench;
 mod demo;
+mod fleet;
 mod fuzz;
 mod setup;
 
@@ -42,6 +43,14 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// A fleet to play with (root): PostgreSQL, Redis and three gateways
+    /// on loopback sharing them, the demo upstream behind them; prints the
+    /// ports, an admin key and a client's key. Ctrl-C stops everything and
+    /// removes the temp dirs.
+    Fleet {
+        #[arg(long)]
+        release: bool,
+    },
     /// Every check CI runs: fmt, clippy, unit and end-to-end tests
     /// (including the privileged network-namespace tests and schemathesis
     /// against the admin API's OpenAPI document), then each fuzz target for
@@ -62,6 +71,7 @@ fn main() -> Result<()> {
         Task::Setup => setup::run(),
         Task::Build { release } => build(release).map(drop),
         Task::Run { release, args } => run(release, &args),
+        Task::Fleet { release } => fleet::run(release),
         Task::Test => test(),
         Task::Fuzz(args) => fuzz::run(args),
         Task::Bench { which } => bench::run(which),

@@ -301,6 +301,12 @@ pub fn run(args: RunArgs) -> Result<()> {
                     nodes: config.limits.nodes,
                 });
         }
+        if let (LimitsBackend::RedisSync, Some(url)) = (config.limits.backend, &config.redis.url) {
+            shared.limiter = Arc::new(
+                gateway::fleet::limits::naive::SyncLimiter::new(url, config.limits.nodes)
+                    .context("redis.url")?,
+            );
+        }
         shared.spawn_health_checks();
         tokio::spawn(shared.clone().sweep_guard(Duration::from_secs(5)));
         // SIGHUP and `POST /v1/reload`: the same file, the same overrides.

@@ -28,10 +28,16 @@ pub(super) fn validate_backend(
     limits: &super::LimitsConfig,
     redis: &RedisConfig,
 ) -> Result<(), ConfigError> {
-    if limits.backend == super::LimitsBackend::Redis && redis.url.is_none() {
+    use super::LimitsBackend::{Redis, RedisSync};
+    let name = match limits.backend {
+        Redis => "redis",
+        RedisSync => "redis_sync",
+        super::LimitsBackend::Local => return Ok(()),
+    };
+    if redis.url.is_none() {
         return Err(ConfigError::invalid(
             "limits.backend",
-            "\"redis\" needs [redis] url",
+            format!("\"{name}\" needs [redis] url"),
         ));
     }
     Ok(())
@@ -62,6 +68,21 @@ mod tests {
         assert!(message.starts_with("limits"), "{message}");
         let config = Config::parse(&format!(
             "{LISTENER}[limits]\nbackend = \"redis\"\nlease = 4\nnodes = 3\n\
+             [redis]\nurl = \"redis+unix:///run/r.sock\"\n"
+        ));
+        assert!(config.is_ok(), "{:?}", config.err());
+    }
+
+    #[test]
+    fn the_per_request_baseline_needs_a_redis_url_too() {
+        let message = error(&format!("{LISTENER}[limits]\nbackend = \"redis_sync\"\n"));
+        assert!(message.starts_with("limits.backend"), "{message}");
+        assert!(
+            message.contains("\"redis_sync\" needs [redis] url"),
+            "{message}"
+        );
+        let config = Config::parse(&format!(
+            "{LISTENER}[limits]\nbackend = \"redis_sync\"\nnodes = 3\n\
              [redis]\nurl = \"redis+unix:///run/r.sock\"\n"
         ));
         assert!(config.is_ok(), "{:?}", config.err());

@@ -88,6 +88,10 @@ pub enum LimitsBackend {
     #[default]
     Local,
     Redis,
+    /// One Redis round trip per request, waiting for it: the baseline
+    /// `cargo xtask bench fleet` measures the leased `redis` against.
+    #[serde(rename = "redis_sync")]
+    RedisSync,
 }
 
 impl Default for LimitsConfig {

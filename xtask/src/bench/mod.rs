@@ -3,16 +3,18 @@
 //! machines are shared and noisy, so nothing here asserts a timing.
 //!
 //! This module only names the benchmarks and runs the one asked for. Each
-//! benchmark (`auth`, `flood`, `limits`, `proxy` with `h2` and `conns`, `xdp`) uses the shared
+//! benchmark (`auth`, `fleet`, `flood`, `limits`, `proxy` with `h2` and `conns`, `xdp`) uses the shared
 //! modules below and no other benchmark; the shared modules use no
 //! benchmark.
 mod auth;
+mod fleet;
 mod flood;
 mod limits;
 mod proxy;
 mod xdp;
 
 mod bpf;
+mod http1;
 mod keys;
 mod nginx;
 mod procs;
@@ -31,6 +33,23 @@ pub enum Which {
     /// Per-request cost of API-key verification and of JWT verification,
     /// uncached vs cached.
     Auth,
+    /// Fleet mode (root): three gateways on one PostgreSQL and Redis.
+    /// Admitted vs exact GCRA for a client at 3x its limit over three nodes
+    /// (evenly, 80/10/10), leased limiter and the one-Redis-call-per-request
+    /// baseline; added p50/p99 per request against a single node; Redis
+    /// commands per second per node; key creation and revocation
+    /// propagation between nodes.
+    Fleet {
+        /// Accuracy rounds; medians are reported.
+        #[arg(long, default_value_t = 2)]
+        rounds: usize,
+        /// Seconds of paced latency load.
+        #[arg(long, default_value_t = 10)]
+        seconds: u32,
+        /// Create-and-revoke rounds for propagation.
+        #[arg(long, default_value_t = 30)]
+        propagations: usize,
+    },
     /// A legitimate client's throughput through the gateway while a banned
     /// source floods it, with the kernel path on and off; then while a
     /// spoofer floods SYNs in the client's own name, SYN cookies on and off
@@ -109,6 +128,15 @@ pub enum Which {
 pub fn run(which: Which) -> Result<()> {
     match which {
         Which::Auth => auth::run(),
+        Which::Fleet {
+            rounds,
+            seconds,
+            propagations,
+        } => fleet::run(
+            rounds.clamp(1, 20),
+            seconds.clamp(1, 120),
+            propagations.clamp(1, 1000),
+        ),
         Which::Flood {
             rounds,
             seconds,

@@ -38,6 +38,7 @@ use crate::limits::{BackendStatus, Decision, LimitKey, LocalLimiter, Quota, Rate
 
 pub mod breaker;
 pub mod lease;
+pub mod naive;
 pub mod sync;
 
 use lease::Lease;
