@@ -3,7 +3,7 @@
 //! check that read the system clock would fail these tests.
 use std::time::Duration;
 
-use jsonwebtoken::{jwk::Jwk, DecodingKey, EncodingKey, Header};
+use jsonwebtoken::{jwk::Jwk, EncodingKey, Header};
 use serde_json::json;
 
 use super::*;
@@ -44,18 +44,10 @@ fn settings() -> IssuerSettings {
 /// A fresh verifier per check, so no answer comes from the cache.
 fn verifier() -> JwtVerifier {
     let jwk = Jwk::from_encoding_key(&signing_key(), Algorithm::EdDSA).unwrap();
-    let key = DecodingKey::from_jwk(&jwk).unwrap();
     let tiers = vec!["bronze".into(), "gold".into()];
     let mut verifier = JwtVerifier::new(Vec::<IssuerSettings>::new(), tiers).unwrap();
     verifier
-        .add_static_issuer(
-            settings(),
-            vec![keys::Key {
-                kid: None,
-                key,
-                algorithms: vec![Algorithm::EdDSA],
-            }],
-        )
+        .add_static_issuer(settings(), vec![keys::Key::from_jwk(&jwk).unwrap()])
         .unwrap();
     verifier
 }

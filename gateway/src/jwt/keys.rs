@@ -9,7 +9,7 @@ use std::{
 };
 
 use arc_swap::ArcSwap;
-use aws_lc_rs::signature::RsaParameters;
+use aws_lc_rs::signature::{ParsedPublicKey, RsaParameters};
 use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Limited};
@@ -23,7 +23,10 @@ use jsonwebtoken::{
 };
 use tokio::sync::watch;
 
-use super::JwtError;
+use super::{
+    signed::{self, ParsedKeys},
+    JwtError,
+};
 
 /// Largest JWKS or discovery document we accept.
 pub const MAX_DOCUMENT: usize = 1 << 20;
@@ -45,6 +48,8 @@ pub struct Key {
     pub kid: Option<String>,
     pub key: DecodingKey,
     pub algorithms: Vec<Algorithm>,
+    /// The key as aws-lc parsed it once, for each of `algorithms`.
+    parsed: ParsedKeys,
 }
 
 const RSA: [Algorithm; 6] = [
@@ -130,8 +135,18 @@ impl Key {
             }
         };
         let key = DecodingKey::from_jwk(jwk).map_err(|e| e.to_string())?;
+        Self::new(jwk.common.key_id.clone(), key, algorithms)
+    }
+
+    /// Parses `key` for each of `algorithms` now, not per token.
+    fn new(
+        kid: Option<String>,
+        key: DecodingKey,
+        algorithms: Vec<Algorithm>,
+    ) -> Result<Self, String> {
         Ok(Self {
-            kid: jwk.common.key_id.clone(),
+            parsed: signed::parse(&key, &algorithms)?,
+            kid,
             key,
             algorithms,
         })
@@ -159,11 +174,7 @@ impl Key {
             let key = DecodingKey::from_ed_pem(bytes).map_err(|e| e.to_string())?;
             (key, vec![Algorithm::EdDSA])
         };
-        Ok(Self {
-            kid: None,
-            key,
-            algorithms,
-        })
+        Self::new(None, key, algorithms)
     }
 }
 
@@ -330,24 +341,24 @@ impl IssuerKeys {
     /// The key for `kid` that may verify `alg`; a token without `kid`
     /// matches a sole key. Only the issuer's own keys are looked at: a
     /// token's `jku`, `x5u`, `x5c` or `jwk` never choose one.
-    pub fn find(&self, kid: Option<&str>, alg: Algorithm) -> Result<DecodingKey, KeyMiss> {
+    pub fn find(&self, kid: Option<&str>, alg: Algorithm) -> Result<Arc<ParsedPublicKey>, KeyMiss> {
         let keys = self.keys.load();
-        let mut named = match kid {
-            Some(kid) => keys
-                .iter()
-                .filter(|k| k.kid.as_deref() == Some(kid))
-                .collect::<Vec<_>>(),
-            None if keys.len() == 1 => keys.iter().collect(),
-            None => Vec::new(),
-        };
-        if named.is_empty() {
-            return Err(KeyMiss::Unknown);
+        let sole = keys.len() == 1;
+        let mut named = false;
+        for key in keys
+            .iter()
+            .filter(|k| kid.map_or(sole, |kid| k.kid.as_deref() == Some(kid)))
+        {
+            named = true;
+            if let Some((_, parsed)) = key.parsed.iter().find(|(a, _)| *a == alg) {
+                return Ok(parsed.clone());
+            }
         }
-        named.retain(|k| k.algorithms.contains(&alg));
-        named
-            .first()
-            .map(|k| k.key.clone())
-            .ok_or(KeyMiss::WrongAlgorithm)
+        Err(if named {
+            KeyMiss::WrongAlgorithm
+        } else {
+            KeyMiss::Unknown
+        })
     }
 
     /// Whether a refresh for an unknown `kid` is under way.

@@ -20,6 +20,10 @@ pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
 pub struct Preparsed {
     pub header: Header,
     pub claims: Value,
+    /// The claims segment decoded (JSON), for the registered-claims check.
+    pub claims_json: Vec<u8>,
+    /// The signature segment decoded.
+    pub signature: Vec<u8>,
 }
 
 /// Cheap structural check: three base64url segments, bounded size.
@@ -50,8 +54,8 @@ pub fn preparse(token: &str) -> Result<Preparsed, TokenRejection> {
             .decode(segment)
             .map_err(|_| TokenRejection::Malformed)
     };
-    // The signature is checked for canonical form here, read by the crypto later.
-    decode(signature)?;
+    // Checked for canonical form here, read by the crypto later.
+    let signature = decode(signature)?;
     let header = decode(header)?;
     // `crit` first: a header naming extensions is refused whatever else it says.
     let raw: serde_json::Map<String, Value> =
@@ -61,12 +65,18 @@ pub fn preparse(token: &str) -> Result<Preparsed, TokenRejection> {
     }
     // `alg: none` and unknown algorithms fail to parse here.
     let header: Header = serde_json::from_slice(&header).map_err(|_| TokenRejection::Malformed)?;
+    let claims_json = decode(claims)?;
     let claims: Value =
-        serde_json::from_slice(&decode(claims)?).map_err(|_| TokenRejection::Malformed)?;
+        serde_json::from_slice(&claims_json).map_err(|_| TokenRejection::Malformed)?;
     if !claims.is_object() {
         return Err(TokenRejection::Malformed);
     }
-    Ok(Preparsed { header, claims })
+    Ok(Preparsed {
+        header,
+        claims,
+        claims_json,
+        signature,
+    })
 }
 
 /// Whether a header's `typ` is one of `accepted` (case-insensitive, an

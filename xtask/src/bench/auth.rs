@@ -1,5 +1,6 @@
 //! `cargo xtask bench auth`: the gateway's own bench of API-key and JWT
-//! verification, uncached vs cached (`gateway/benches/auth.rs`), whose
+//! verification, uncached vs cached (`gateway/benches/auth.rs`): CPU time
+//! per operation beside aws-lc's own verify (the crypto floor), whose
 //! markdown table goes into bench/RESULTS.md.
 use anyhow::{Context, Result};
 

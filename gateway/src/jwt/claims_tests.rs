@@ -1,0 +1,179 @@
+//! The verifier checks signatures with keys parsed once and the registered
+//! claims itself ([`super::signed`]); these tests hold it to what
+//! `jsonwebtoken::decode` with the verifier's old `Validation` answered,
+//! claim set by claim set (odd types, duplicates, `aud` forms, times).
+use std::time::Duration;
+
+use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
+use jsonwebtoken::{errors::ErrorKind, jwk::Jwk, DecodingKey, EncodingKey, Validation};
+
+use super::*;
+
+const T: i64 = 1_000_000_000;
+const ISSUER: &str = "https://idp.test";
+
+/// PKCS#8 v1 prefix of an Ed25519 private key; the seed follows.
+const ED25519_PKCS8_PREFIX: [u8; 16] = [
+    0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20,
+];
+
+fn signing_key() -> EncodingKey {
+    let mut der = ED25519_PKCS8_PREFIX.to_vec();
+    der.extend_from_slice(&[9; 32]);
+    EncodingKey::from_ed_der(&der)
+}
+
+fn jwk() -> Jwk {
+    Jwk::from_encoding_key(&signing_key(), Algorithm::EdDSA).unwrap()
+}
+
+fn settings(audiences: &[&str]) -> IssuerSettings {
+    IssuerSettings {
+        issuer: ISSUER.into(),
+        audiences: audiences.iter().map(|a| a.to_string()).collect(),
+        typ: preparse::default_typ(),
+        allow_insecure_http: false,
+        pem: None,
+        jwks_url: None,
+        discovery_url: None,
+        algorithms: vec!["EdDSA".into()],
+        leeway: Duration::from_secs(30),
+        client_claim: "sub".into(),
+        tier_claim: "scope".into(),
+        refresh: Duration::from_secs(600),
+        min_refresh_interval: Duration::from_secs(30),
+    }
+}
+
+/// A token over the claims JSON exactly as written (duplicates kept).
+fn token(claims: &str) -> String {
+    let header = URL_SAFE_NO_PAD.encode(r#"{"alg":"EdDSA","typ":"JWT"}"#);
+    let input = format!("{header}.{}", URL_SAFE_NO_PAD.encode(claims));
+    let signature = jsonwebtoken::crypto::sign(input.as_bytes(), &signing_key(), Algorithm::EdDSA);
+    format!("{input}.{}", signature.unwrap())
+}
+
+/// What the verifier answered before: its `Validation` and
+/// `jsonwebtoken::decode`, then `validity`, the iss lookup first.
+fn reference(token: &str, settings: &IssuerSettings, now: i64) -> Result<(), TokenRejection> {
+    let Preparsed { header, claims, .. } = preparse(token)?;
+    let iss = claims.get("iss").and_then(Value::as_str);
+    if iss.ok_or(TokenRejection::MissingClaim)? != settings.issuer {
+        return Err(TokenRejection::UnknownIssuer);
+    }
+    let leeway = settings.leeway.as_secs();
+    let mut validation = Validation::new(header.alg);
+    validation.algorithms = vec![header.alg];
+    validation.validate_exp = false;
+    validation.validate_nbf = false;
+    validation.set_issuer(&[&settings.issuer]);
+    if settings.audiences.iter().any(|a| a == ANY_AUDIENCE) {
+        validation.validate_aud = false;
+        validation.set_required_spec_claims(&["exp", "iss"]);
+    } else {
+        validation.set_audience(&settings.audiences);
+        validation.set_required_spec_claims(&["exp", "iss", "aud"]);
+    }
+    let key = DecodingKey::from_jwk(&jwk()).unwrap();
+    match jsonwebtoken::decode::<Value>(token, &key, &validation) {
+        Ok(decoded) => validity::check(&decoded.claims, now, leeway),
+        Err(error) => {
+            let kind = error.kind();
+            if matches!(kind, ErrorKind::InvalidIssuer | ErrorKind::InvalidAudience) {
+                validity::check(&claims, now, leeway)?;
+            }
+            Err(match kind {
+                ErrorKind::InvalidAudience => TokenRejection::WrongAudience,
+                ErrorKind::InvalidIssuer => TokenRejection::WrongIssuer,
+                ErrorKind::MissingRequiredClaim(_) => TokenRejection::MissingClaim,
+                ErrorKind::InvalidSignature => TokenRejection::BadSignature,
+                _ => TokenRejection::Malformed,
+            })
+        }
+    }
+}
+
+async fn verified(token: &str, settings: &IssuerSettings, now: i64) -> Result<(), TokenRejection> {
+    let mut verifier = JwtVerifier::new(Vec::<IssuerSettings>::new(), vec!["gold".into()]).unwrap();
+    let key = keys::Key::from_jwk(&jwk()).unwrap();
+    verifier
+        .add_static_issuer(settings.clone(), vec![key])
+        .unwrap();
+    verifier.verify(token, now).await.map(|_| ())
+}
+
+#[tokio::test]
+async fn registered_claims_are_judged_as_jsonwebtoken_judged_them() {
+    let (exp, late) = (T + 300, T - 100);
+    let iss = format!(r#""iss":"{ISSUER}","sub":"svc""#);
+    let mut cases = vec![
+        format!(r#"{{{iss},"aud":"api","exp":{exp}}}"#),
+        format!(r#"{{{iss},"aud":"api"}}"#),
+        format!(r#"{{{iss},"aud":"api","exp":null}}"#),
+        format!(r#"{{{iss},"aud":"api","exp":"{exp}"}}"#),
+        format!(r#"{{{iss},"aud":"api","exp":-5}}"#),
+        format!(r#"{{{iss},"aud":"api","exp":{exp}.4}}"#),
+        format!(r#"{{{iss},"aud":"api","exp":1e300}}"#),
+        format!(r#"{{{iss},"aud":"api","exp":{late}}}"#),
+        format!(r#"{{{iss},"aud":"x","exp":{late}}}"#),
+        format!(r#"{{{iss},"aud":"api","exp":{exp},"nbf":"soon"}}"#),
+        format!(r#"{{{iss},"aud":"api","exp":{exp},"nbf":{exp}}}"#),
+        format!(r#"{{{iss},"aud":"api","exp":{exp},"exp":{exp}}}"#),
+        format!(r#"{{{iss},"aud":"api","aud":"api","exp":{exp}}}"#),
+        format!(r#"{{{iss},"aud":"api","exp":{exp},"nbf":1,"nbf":2}}"#),
+        format!(r#"{{{iss},"sub":"again","aud":"api","exp":{exp}}}"#),
+        format!(r#"{{{iss},"aud":"api","exp":{exp},"x":1,"x":2}}"#),
+        format!(r#"{{"iss":"{ISSUER}","iss":"{ISSUER}","sub":"s","aud":"api","exp":{exp}}}"#),
+    ];
+    for aud in [
+        "null",
+        "[]",
+        r#"["x","api"]"#,
+        r#"["x"]"#,
+        r#""x""#,
+        "5",
+        "[5]",
+        r#"["api",5]"#,
+        r#"{"a":1}"#,
+        r#"["api","api"]"#,
+        "true",
+    ] {
+        cases.push(format!(r#"{{{iss},"aud":{aud},"exp":{exp}}}"#));
+    }
+    for audiences in [&["api"][..], &["other", "api"], &[ANY_AUDIENCE]] {
+        let settings = settings(audiences);
+        for claims in &cases {
+            let token = token(claims);
+            assert_eq!(
+                verified(&token, &settings, T).await,
+                reference(&token, &settings, T),
+                "{claims} with audiences {audiences:?}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_signature_over_other_claims_is_refused() {
+    let settings = settings(&["api"]);
+    let good = token(&format!(
+        r#"{{"iss":"{ISSUER}","sub":"svc","aud":"api","exp":{}}}"#,
+        T + 300
+    ));
+    assert_eq!(verified(&good, &settings, T).await, Ok(()));
+    let (input, signature) = good.rsplit_once('.').unwrap();
+    let (header, _) = input.split_once('.').unwrap();
+    let other = URL_SAFE_NO_PAD.encode(format!(
+        r#"{{"iss":"{ISSUER}","sub":"root","aud":"api","exp":{}}}"#,
+        T + 300
+    ));
+    let forged = format!("{header}.{other}.{signature}");
+    assert_eq!(
+        verified(&forged, &settings, T).await,
+        Err(TokenRejection::BadSignature)
+    );
+    assert_eq!(
+        reference(&forged, &settings, T),
+        Err(TokenRejection::BadSignature)
+    );
+}
