@@ -64,7 +64,7 @@ use crate::{
     clock::{monotonic_ns, unix_now},
     config::{AuthPolicy, Config, LimitBy, LimitsConfig},
     guard::ReportMemo,
-    limits::LimitKey,
+    limits::LimitKeyRef,
     metrics::Recorder,
     shared::Shared,
     upstream::{overload::InFlight, Pool},
@@ -387,11 +387,11 @@ impl Gateway {
         let quota = self.shared.quota(rank);
         let ip = ctx.client_ip;
         let key = match route.limit_by {
-            LimitBy::Client => LimitKey::Client(identity.client_id().to_owned()),
-            LimitBy::Source => LimitKey::Source(ip),
-            LimitBy::Both => LimitKey::ClientAtSource(identity.client_id().to_owned(), ip),
+            LimitBy::Client => LimitKeyRef::Client(identity.client_id()),
+            LimitBy::Source => LimitKeyRef::Source(ip),
+            LimitBy::Both => LimitKeyRef::ClientAtSource(identity.client_id(), ip),
         };
-        let decision = (self.shared.limiter).check(&key, quota, route.cost, monotonic_ns());
+        let decision = (self.shared.limiter).check_ref(key, quota, route.cost, monotonic_ns());
         let allowed = decision.allowed;
         ctx.limit = Some((quota, decision));
         match allowed {
