@@ -17,12 +17,13 @@
 //! carried over at the new rate, so a raised limit lets a throttled client
 //! through and a lowered one is in force at once.
 use std::{
-    collections::HashMap,
     hash::{BuildHasher, RandomState},
     net::IpAddr,
     sync::Mutex,
     time::Duration,
 };
+
+use hashbrown::HashTable;
 
 /// A tier's limit, with its GCRA constants precomputed.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -65,6 +66,36 @@ pub enum LimitKey {
     ClientAtSource(String, IpAddr),
 }
 
+/// A [`LimitKey`] borrowed from the request: what the request path looks
+/// up (no owned client id per request). Same variants in the same order,
+/// so both hash alike.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum LimitKeyRef<'a> {
+    Client(&'a str),
+    Source(IpAddr),
+    ClientAtSource(&'a str, IpAddr),
+}
+
+impl LimitKey {
+    pub fn borrowed(&self) -> LimitKeyRef<'_> {
+        match self {
+            LimitKey::Client(id) => LimitKeyRef::Client(id),
+            LimitKey::Source(ip) => LimitKeyRef::Source(*ip),
+            LimitKey::ClientAtSource(id, ip) => LimitKeyRef::ClientAtSource(id, *ip),
+        }
+    }
+}
+
+impl LimitKeyRef<'_> {
+    pub fn owned(self) -> LimitKey {
+        match self {
+            LimitKeyRef::Client(id) => LimitKey::Client(id.to_owned()),
+            LimitKeyRef::Source(ip) => LimitKey::Source(ip),
+            LimitKeyRef::ClientAtSource(id, ip) => LimitKey::ClientAtSource(id.to_owned(), ip),
+        }
+    }
+}
+
 /// The outcome, with what the rate-limit headers report.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Decision {
@@ -80,6 +111,11 @@ pub struct Decision {
 pub trait RateLimiter: Send + Sync {
     /// Counts `cost` requests for `key` at `now_ns` if the quota allows.
     fn check(&self, key: &LimitKey, quota: &Quota, cost: u32, now_ns: u64) -> Decision;
+    /// [`RateLimiter::check`] with a borrowed key (the request path's); a
+    /// limiter that needs the owned key gets it made here.
+    fn check_ref(&self, key: LimitKeyRef<'_>, quota: &Quota, cost: u32, now_ns: u64) -> Decision {
+        self.check(&key.owned(), quota, cost, now_ns)
+    }
     /// The state without counting anything.
     fn peek(&self, key: &LimitKey, quota: &Quota, now_ns: u64) -> Decision;
     /// Forgets `key`: its quota is whole again.
@@ -117,8 +153,14 @@ pub struct BackendStatus {
 
 const SHARDS: usize = 64;
 
+/// Keys with their state, found by a hash computed once per request.
+type Shard = HashTable<(LimitKey, Cell)>;
+
+/// Keys are hashed once, with SipHash under a random key (client ids and
+/// source addresses are attacker-influenced): the hash picks the shard
+/// (from its middle bits) and the slot in it (the table's own bits).
 pub struct LocalLimiter {
-    shards: Vec<Mutex<HashMap<LimitKey, Cell>>>,
+    shards: Vec<Mutex<Shard>>,
     hasher: RandomState,
     per_shard: usize,
 }
@@ -127,7 +169,7 @@ impl LocalLimiter {
     /// Holds state for about `capacity` busy keys.
     pub fn new(capacity: usize) -> Self {
         Self {
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            shards: (0..SHARDS).map(|_| Mutex::new(HashTable::new())).collect(),
             hasher: RandomState::new(),
             per_shard: capacity.div_ceil(SHARDS).max(16),
         }
@@ -137,18 +179,32 @@ impl LocalLimiter {
     /// rate they were counted at): what a shared limiter's fallback
     /// charges to the shared state when it is back.
     pub fn in_use(&self, key: &LimitKey, now_ns: u64) -> u32 {
-        let Some(cell) = self.shard(key).get(key).copied() else {
+        let (shard, hash) = self.shard(key.borrowed());
+        let Some(cell) = shard.find(hash, is(key.borrowed())).map(|(_, cell)| *cell) else {
             return 0;
         };
+        drop(shard);
         let held = cell.tat.saturating_sub(now_ns);
         u32::try_from(held.div_ceil(cell.interval_ns.max(1))).unwrap_or(u32::MAX)
     }
 
-    fn shard(&self, key: &LimitKey) -> std::sync::MutexGuard<'_, HashMap<LimitKey, Cell>> {
-        self.shards[(self.hasher.hash_one(key) as usize) % SHARDS]
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    fn hash(&self, key: LimitKeyRef<'_>) -> u64 {
+        self.hasher.hash_one(key)
     }
+
+    /// `key`'s shard, locked, and its hash.
+    fn shard(&self, key: LimitKeyRef<'_>) -> (std::sync::MutexGuard<'_, Shard>, u64) {
+        let hash = self.hash(key);
+        let shard = self.shards[((hash >> 32) as usize) % SHARDS]
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        (shard, hash)
+    }
+}
+
+/// Whether an entry is `key`'s.
+fn is<'k>(key: LimitKeyRef<'k>) -> impl Fn(&(LimitKey, Cell)) -> bool + 'k {
+    move |(held, _)| held.borrowed() == key
 }
 
 /// One key's state.
@@ -194,9 +250,13 @@ fn decide(tat: u64, quota: &Quota, cost: u32, now: u64) -> (Decision, Option<u64
 
 impl RateLimiter for LocalLimiter {
     fn check(&self, key: &LimitKey, quota: &Quota, cost: u32, now_ns: u64) -> Decision {
-        let mut shard = self.shard(key);
-        // A known key is updated in place: no clone of it per request.
-        if let Some(cell) = shard.get_mut(key) {
+        self.check_ref(key.borrowed(), quota, cost, now_ns)
+    }
+
+    fn check_ref(&self, key: LimitKeyRef<'_>, quota: &Quota, cost: u32, now_ns: u64) -> Decision {
+        let (mut shard, hash) = self.shard(key);
+        // A known key is updated in place: no owned copy of it per request.
+        if let Some((_, cell)) = shard.find_mut(hash, is(key)) {
             let (decision, update) = decide(cell.tat(quota, now_ns), quota, cost, now_ns);
             if let Some(new_tat) = update {
                 *cell = Cell {
@@ -210,19 +270,22 @@ impl RateLimiter for LocalLimiter {
         if let Some(new_tat) = update {
             if shard.len() >= self.per_shard {
                 // Keys whose quota is whole again carry no information.
-                shard.retain(|_, cell| cell.tat > now_ns);
+                shard.retain(|(_, cell)| cell.tat > now_ns);
             }
             let cell = Cell {
                 tat: new_tat,
                 interval_ns: quota.interval_ns,
             };
-            shard.insert(key.clone(), cell);
+            let rehash = |(held, _): &(LimitKey, Cell)| self.hash(held.borrowed());
+            shard.insert_unique(hash, (key.owned(), cell), rehash);
         }
         decision
     }
 
     fn peek(&self, key: &LimitKey, quota: &Quota, now_ns: u64) -> Decision {
-        let cell = self.shard(key).get(key).copied();
+        let (shard, hash) = self.shard(key.borrowed());
+        let cell = shard.find(hash, is(key.borrowed())).map(|(_, cell)| *cell);
+        drop(shard);
         let tat = cell.map_or(0, |cell| cell.tat(quota, now_ns));
         let (mut decision, _) = decide(tat, quota, 0, now_ns);
         decision.allowed = decision.remaining > 0;
@@ -230,7 +293,10 @@ impl RateLimiter for LocalLimiter {
     }
 
     fn reset(&self, key: &LimitKey) {
-        self.shard(key).remove(key);
+        let (mut shard, hash) = self.shard(key.borrowed());
+        if let Ok(found) = shard.find_entry(hash, is(key.borrowed())) {
+            found.remove();
+        }
     }
 
     fn busiest(&self, n: usize, now_ns: u64) -> Vec<(String, u64)> {
@@ -274,6 +340,30 @@ mod tests {
         assert_eq!(limiter.busiest(1, SEC).len(), 1);
         // Long after, nothing is in use.
         assert!(limiter.busiest(10, 3600 * SEC).is_empty());
+    }
+
+    #[test]
+    fn a_borrowed_key_finds_the_owned_keys_state() {
+        let limiter = LocalLimiter::new(1024);
+        let quota = Quota::new("t", 10, Duration::from_secs(10), 10);
+        let ip: IpAddr = [192, 0, 2, 1].into();
+        for (owned, borrowed) in [
+            (LimitKey::Client("c".into()), LimitKeyRef::Client("c")),
+            (LimitKey::Source(ip), LimitKeyRef::Source(ip)),
+            (
+                LimitKey::ClientAtSource("c".into(), ip),
+                LimitKeyRef::ClientAtSource("c", ip),
+            ),
+        ] {
+            assert_eq!(limiter.check_ref(borrowed, &quota, 3, SEC).remaining, 7);
+            assert_eq!(limiter.check(&owned, &quota, 2, SEC).remaining, 5);
+            assert_eq!(limiter.peek(&owned, &quota, SEC).remaining, 5);
+            assert_eq!(owned.borrowed(), borrowed);
+            assert_eq!(borrowed.owned(), owned);
+        }
+        // Three keys, each counted apart.
+        let held: usize = limiter.shards.iter().map(|s| s.lock().unwrap().len()).sum();
+        assert_eq!(held, 3);
     }
 
     fn bronze() -> Quota {

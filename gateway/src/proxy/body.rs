@@ -99,6 +99,18 @@ pub struct RequestBody {
 }
 
 impl RequestBody {
+    /// A body with nothing in it.
+    #[cfg(test)]
+    pub fn empty() -> Self {
+        Self {
+            ahead: VecDeque::new(),
+            rest: None,
+            read: 0,
+            limit: 0,
+            failure: None,
+        }
+    }
+
     /// Where the reason a forwarded body was cut off will be.
     pub fn failure(&self) -> Option<Arc<OnceLock<BodyFailure>>> {
         self.failure.clone()

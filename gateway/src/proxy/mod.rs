@@ -41,17 +41,14 @@ mod serve;
 mod source;
 mod tier_reply;
 mod tunnel;
+mod upstream_conns;
 
-use std::{borrow::Cow, net::IpAddr, sync::Arc, time::Instant};
+use std::{borrow::Cow, net::IpAddr, sync::Arc};
 
 use bytes::Bytes;
 use http::{header::HOST, Request, Response};
 use http_body_util::combinators::BoxBody;
 use hyper::{body::Incoming, upgrade::OnUpgrade};
-use hyper_util::{
-    client::legacy::{connect::HttpConnector, Client},
-    rt::TokioExecutor,
-};
 
 use self::{
     body::RequestBody,
@@ -61,12 +58,13 @@ use self::{
     rewrite::{Origin, Rewriter},
     route::{Route, RouteTable},
     tier_reply::TierReplies,
+    upstream_conns::SendError,
 };
 use crate::{
     clock::{monotonic_ns, unix_now},
     config::{AuthPolicy, Config, LimitBy, LimitsConfig},
     guard::ReportMemo,
-    limits::LimitKey,
+    limits::LimitKeyRef,
     metrics::Recorder,
     shared::Shared,
     upstream::{overload::InFlight, Pool},
@@ -98,8 +96,9 @@ impl Current {
     }
 }
 
-/// One per worker thread, with its own upstream connections, so a request
-/// and its upstream exchange stay on one thread.
+/// One per worker thread; its upstream connections are the thread's own
+/// ([`upstream_conns`]), so a request and its upstream exchange stay on
+/// one thread.
 pub struct Gateway {
     /// What every worker shares (keys, JWT, pools, limiter, log, ...).
     shared: Shared,
@@ -108,7 +107,6 @@ pub struct Gateway {
     limits: LimitsConfig,
     /// Peers whose `X-Forwarded-For` names the client (see [`source`]).
     trusted_proxies: Vec<ipnet::IpNet>,
-    client: Client<HttpConnector, RequestBody>,
     /// This worker's request counts.
     metrics: Recorder,
     /// Which sources this worker told the guard about lately.
@@ -140,19 +138,12 @@ enum Reply {
 
 impl Gateway {
     pub fn new(config: &Config, shared: &Shared) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(config.limits.connect_timeout));
-        connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(std::time::Duration::from_secs(90))
-            .build(connector);
         Self {
             shared: shared.clone(),
             routes: RouteTable::new(&config.routes),
             rewriter: Rewriter::new(config),
             limits: config.limits.clone(),
             trusted_proxies: config.forwarding.trusted_proxies.clone(),
-            client,
             metrics: shared.metrics.recorder(),
             reported: ReportMemo::default(),
             tier_replies: TierReplies::new(shared),
@@ -160,13 +151,9 @@ impl Gateway {
     }
 
     /// This worker's gateway under a reloaded configuration; its upstream
-    /// connections are kept unless `limits.connect_timeout` changed.
+    /// connections (the thread's) are kept.
     pub fn reconfigured(&self, config: &Config, shared: &Shared) -> Self {
-        let mut gateway = Self::new(config, shared);
-        if config.limits.connect_timeout == self.limits.connect_timeout {
-            gateway.client = self.client.clone();
-        }
-        gateway
+        Self::new(config, shared)
     }
 
     /// One request, through every phase.
@@ -400,11 +387,11 @@ impl Gateway {
         let quota = self.shared.quota(rank);
         let ip = ctx.client_ip;
         let key = match route.limit_by {
-            LimitBy::Client => LimitKey::Client(identity.client_id().to_owned()),
-            LimitBy::Source => LimitKey::Source(ip),
-            LimitBy::Both => LimitKey::ClientAtSource(identity.client_id().to_owned(), ip),
+            LimitBy::Client => LimitKeyRef::Client(identity.client_id()),
+            LimitBy::Source => LimitKeyRef::Source(ip),
+            LimitBy::Both => LimitKeyRef::ClientAtSource(identity.client_id(), ip),
         };
-        let decision = (self.shared.limiter).check(&key, quota, route.cost, monotonic_ns());
+        let decision = (self.shared.limiter).check_ref(key, quota, route.cost, monotonic_ns());
         let allowed = decision.allowed;
         ctx.limit = Some((quota, decision));
         match allowed {
@@ -445,10 +432,11 @@ impl Gateway {
         if let Some(protocol) = upgrade {
             forward::set_upgrade(upstream_req.headers_mut(), protocol);
         }
-        let sent = Instant::now();
+        let sent = tokio::time::Instant::now();
+        let (addr, connect_timeout) = (lease.server.addr, self.limits.connect_timeout);
         let result = tokio::time::timeout(
             self.limits.upstream_timeout,
-            self.client.request(upstream_req),
+            upstream_conns::send(addr, upstream_req, connect_timeout, sent),
         )
         .await;
         let server_error = !matches!(&result, Ok(Ok(r)) if !r.status().is_server_error());
@@ -461,7 +449,7 @@ impl Gateway {
             Ok(Err(_)) if cut_off.is_some() => {
                 Err(cut_off.map_or(ProxyError::Upstream, Into::into))
             }
-            Ok(Err(error)) if error.is_connect() => {
+            Ok(Err(SendError::Connect(_))) => {
                 lease.eject();
                 Err(ProxyError::UpstreamConnect)
             }

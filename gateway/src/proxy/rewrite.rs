@@ -1,7 +1,8 @@
 //! The request as the upstream gets it: hop-by-hop headers and (unless the
 //! route keeps them) credentials gone, identity from the gateway only,
-//! request id, trace context and `X-Forwarded-*` set, the URI pointed at the chosen server
-//! with the normalised (and maybe rewritten) path and the client's query.
+//! request id, trace context and `X-Forwarded-*` set, the URI the
+//! normalised (and maybe rewritten) path and the client's query in
+//! origin-form, for a connection to the chosen server.
 use std::net::SocketAddr;
 
 use http::{header, HeaderName, HeaderValue, Request, Uri, Version};
@@ -110,24 +111,26 @@ impl Rewriter {
             &self.trusted_proxies,
             origin.proto,
         );
-        // HTTP/2 requests carry the host in the URI, not a Host header.
+        // HTTP/2 requests carry the host in the URI, not a Host header;
+        // a request with neither (HTTP/1.0) names the server, as the
+        // pooled client did (`ip:port`, the port left out when 80).
         if !headers.contains_key(header::HOST) {
-            if let Some(authority) = parts
-                .uri
-                .authority()
-                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-            {
-                headers.insert(header::HOST, authority);
+            let server_text = AddrText::socket(server);
+            let fallback = (server_text.as_str())
+                .strip_suffix(":80")
+                .unwrap_or(server_text.as_str());
+            let authority = parts.uri.authority().map_or(fallback, |a| a.as_str());
+            if let Ok(value) = HeaderValue::from_str(authority) {
+                headers.insert(header::HOST, value);
             }
         }
+        // Origin-form (`/path?query`): the connection is to `server`.
         let path = origin.path;
         let path_and_query = match query {
             Some(query) => format!("{path}?{query}"),
             None => path.to_owned(),
         };
         parts.uri = Uri::builder()
-            .scheme("http")
-            .authority(AddrText::socket(server).as_str())
             .path_and_query(path_and_query)
             .build()
             .map_err(|_| ProxyError::Upstream)?;

@@ -106,6 +106,11 @@ pub enum Which {
         /// of bench/RESULTS.md).
         #[arg(long)]
         unpinned: bool,
+        /// Instead of the wall-clock workloads: instructions per request
+        /// (proxied 200 and 429) of the whole gateway process under
+        /// valgrind's callgrind, exact and repeatable.
+        #[arg(long)]
+        callgrind: bool,
     },
     /// Internal: the open-loop load generator `bench proxy` runs.
     #[command(hide = true)]
@@ -146,9 +151,15 @@ pub fn run(which: Which) -> Result<()> {
         Which::Limits { rounds, seconds } => limits::run(rounds.max(1), seconds.max(1)),
         Which::H2 { rounds, seconds } => proxy::h2(rounds.max(1), seconds.max(1)),
         Which::Proxy {
+            unpinned,
+            callgrind: true,
+            ..
+        } => proxy::callgrind(unpinned),
+        Which::Proxy {
             rounds,
             seconds,
             unpinned,
+            callgrind: false,
         } => proxy::run(rounds.max(1), seconds.max(1), unpinned),
         Which::OpenLoop(args) => proxy::open_loop(args),
         Which::Xdp {

@@ -41,8 +41,52 @@ impl Running {
         Ok(process)
     }
 
+    /// As [`Running::listening`], for a process slow to start (under
+    /// valgrind): waits up to `limit` for `port`.
+    pub(crate) fn listening_within(
+        mut command: Command,
+        port: u16,
+        limit: Duration,
+    ) -> Result<Self> {
+        let shown = format!("{command:?}");
+        let mut process = Self(
+            command
+                .stdout(Stdio::null())
+                .spawn()
+                .with_context(|| format!("starting {shown}"))?,
+        );
+        let started = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if started.elapsed() > limit || process.0.try_wait()?.is_some() {
+                bail!("{shown} did not come up on port {port} within {limit:?}");
+            }
+            #[allow(clippy::disallowed_methods, reason = "the bench is synchronous")]
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(process)
+    }
+
     pub(crate) fn pid(&self) -> u32 {
         self.0.id()
+    }
+
+    /// SIGTERM, then waits up to `limit` for the process to exit (a
+    /// process under valgrind writes its output as it exits: drop's
+    /// SIGKILL after 2 s would lose it).
+    pub(crate) fn stop_within(mut self, limit: Duration) -> Result<()> {
+        if let Ok(pid) = libc::pid_t::try_from(self.0.id()) {
+            // SAFETY: signalling our own child, not yet reaped.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+        }
+        let started = Instant::now();
+        while self.0.try_wait()?.is_none() {
+            if started.elapsed() > limit {
+                bail!("the process did not stop within {limit:?}");
+            }
+            #[allow(clippy::disallowed_methods, reason = "the bench is synchronous")]
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(())
     }
 }
 

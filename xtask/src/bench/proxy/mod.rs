@@ -15,7 +15,9 @@
 //! are the benches' shared `procs`. `h2` is `bench h2`: the same work over
 //! HTTP/2 and TLS against HAProxy, on the same configurations and setup.
 //! `conns` (`cargo xtask bench conns`) brings up the same peers to measure
-//! memory per open connection.
+//! memory per open connection. `callgrind` (`--callgrind`) counts the
+//! instructions per request instead.
+mod callgrind;
 mod closedloop;
 mod configs;
 mod conns;
@@ -61,6 +63,22 @@ pub(super) fn run(rounds: usize, seconds: u32, unpinned: bool) -> Result<()> {
         true => (CpuPlan::unpinned(), Section::UNPINNED),
     };
     bench(&gateway_bin, dir.path(), (rounds, seconds), &cpus, section)
+}
+
+/// `bench proxy --callgrind`: instructions per request (see [`callgrind`])
+/// of the release build, or of the binary `GATEWAY_BIN` names (an older
+/// build to compare with); `--unpinned` is refused, nothing runs
+/// concurrently here.
+pub(super) fn callgrind(unpinned: bool) -> Result<()> {
+    if unpinned {
+        bail!("--callgrind counts instructions: --unpinned means nothing to it");
+    }
+    let gateway_bin = match std::env::var_os("GATEWAY_BIN") {
+        Some(path) => path.into(),
+        None => crate::build(true)?,
+    };
+    let dir = scratch::dir("gateway-bench-callgrind-")?;
+    callgrind::run(&gateway_bin, dir.path())
 }
 
 /// Where a run's figures go in `bench/RESULTS.md`.
