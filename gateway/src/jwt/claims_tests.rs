@@ -9,8 +9,8 @@ use jsonwebtoken::{errors::ErrorKind, jwk::Jwk, DecodingKey, EncodingKey, Valida
 
 use super::*;
 
-const T: i64 = 1_000_000_000;
-const ISSUER: &str = "https://idp.test";
+pub(super) const T: i64 = 1_000_000_000;
+pub(super) const ISSUER: &str = "https://idp.test";
 
 /// PKCS#8 v1 prefix of an Ed25519 private key; the seed follows.
 const ED25519_PKCS8_PREFIX: [u8; 16] = [
@@ -27,7 +27,7 @@ fn jwk() -> Jwk {
     Jwk::from_encoding_key(&signing_key(), Algorithm::EdDSA).unwrap()
 }
 
-fn settings(audiences: &[&str]) -> IssuerSettings {
+pub(super) fn settings(audiences: &[&str]) -> IssuerSettings {
     IssuerSettings {
         issuer: ISSUER.into(),
         audiences: audiences.iter().map(|a| a.to_string()).collect(),

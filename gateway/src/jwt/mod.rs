@@ -7,6 +7,8 @@
 //! own keys and fitting the `alg` (one rate-limited JWKS refresh for an
 //! unknown `kid`), then signature, `exp`/`nbf` with leeway (against the
 //! caller's `now`, never the system clock), `iss` and `aud` (RFC 8725).
+#[cfg(test)]
+mod algorithm_tests;
 pub mod cache;
 #[cfg(test)]
 mod claims_tests;
