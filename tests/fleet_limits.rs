@@ -55,21 +55,15 @@ fn fleet(body: &str, clients: usize) -> (Vec<Gateway>, Vec<String>) {
     (gateways, keys)
 }
 
-fn metric(gateway: &Gateway, name: &str) -> Option<u64> {
-    let text = gateway.admin_get("/metrics", &[]).body;
-    text.lines()
-        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-}
-
 /// Until every node shows `name` = `value` (bounded: 15 s).
 fn wait_for(gateways: &[Gateway], name: &str, value: u64) {
     let deadline = Instant::now() + Duration::from_secs(15);
     for gateway in gateways {
-        while metric(gateway, name) != Some(value) {
+        while gateway.metric(name) != Some(value) {
             assert!(
                 Instant::now() < deadline,
                 "{name} never became {value}: {:?}",
-                metric(gateway, name)
+                gateway.metric(name)
             );
             pause(Duration::from_millis(50));
         }
@@ -105,7 +99,7 @@ fn flood(
 /// Calls all nodes made to Redis so far.
 fn calls(gateways: &[Gateway]) -> u64 {
     (gateways.iter())
-        .map(|g| metric(g, "gateway_limits_redis_calls_total").unwrap())
+        .map(|g| g.metric("gateway_limits_redis_calls_total").unwrap())
         .sum()
 }
 
@@ -223,11 +217,11 @@ fn hostile_values_in_redis_are_read_as_a_quota_used_and_never_stop_the_fleet() {
         let (admitted, _) = flood(gateway, key, 20, Duration::from_millis(20), |_| 0);
         println!("{what}: node {node} admitted {admitted} of 20 (its provisional 1)");
         assert!(admitted <= 1, "{what}: {admitted} admitted: failed open");
-        let seen = metric(&gateways[node], "gateway_limits_redis_hostile_total");
+        let seen = gateways[node].metric("gateway_limits_redis_hostile_total");
         assert_eq!(seen, Some(1), "{what}: counted");
         // Never a breaker open for every key over one key's value.
         assert_eq!(
-            metric(&gateways[node], "gateway_limits_backend_fallbacks_total"),
+            gateways[node].metric("gateway_limits_backend_fallbacks_total"),
             Some(0),
             "{what}"
         );
@@ -320,7 +314,12 @@ fn with_redis_down_each_node_limits_at_its_share_and_recovers() {
         println!("redis down: node {node} admitted {admitted} of 20 (share 30 / 3 = 10)");
         // 10, or 11 if a token came back (one per 6 s per node) meanwhile.
         assert!((10..=11).contains(&admitted), "node {node}: {admitted}");
-        assert!(metric(gateway, "gateway_limits_backend_fallbacks_total").unwrap() >= 1);
+        assert!(
+            gateway
+                .metric("gateway_limits_backend_fallbacks_total")
+                .unwrap()
+                >= 1
+        );
         served += admitted as usize;
     }
     assert_eq!(upstream.requests().len() - before, served);

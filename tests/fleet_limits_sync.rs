@@ -37,12 +37,6 @@ fn exact(times: &[u64]) -> u64 {
     admitted
 }
 
-fn metric(gateway: &Gateway, name: &str) -> Option<u64> {
-    let text = gateway.admin_get("/metrics", &[]).body;
-    text.lines()
-        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-}
-
 #[test]
 fn per_request_redis_admits_exactly_the_gcra_across_three_nodes() {
     let Some(redis) = Redis::start("per_request_redis_admits_exactly_the_gcra_across_three_nodes")
@@ -108,11 +102,11 @@ fn per_request_redis_admits_exactly_the_gcra_across_three_nodes() {
     );
     // One script call per request, and the state is in Redis.
     let calls: u64 = (gateways.iter())
-        .map(|g| metric(g, "gateway_limits_redis_calls_total").unwrap())
+        .map(|g| g.metric("gateway_limits_redis_calls_total").unwrap())
         .sum();
     assert_eq!(calls, sent as u64, "one Redis call per request");
     for gateway in &gateways {
-        assert_eq!(metric(gateway, "gateway_limits_backend_fallback"), Some(0));
+        assert_eq!(gateway.metric("gateway_limits_backend_fallback"), Some(0));
     }
     let count = redis.command(&["EVAL", "return #redis.call('KEYS', 'gw:limit:*')", "0"]);
     assert_eq!(count, ":1", "one GCRA state in redis");

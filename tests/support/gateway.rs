@@ -255,6 +255,13 @@ impl Gateway {
         request(self.addr, "GET", target, headers)
     }
 
+    /// The value of an unlabelled series in the admin `/metrics`, if shown.
+    pub fn metric(&self, name: &str) -> Option<u64> {
+        let text = self.admin_get("/metrics", &[]).body;
+        text.lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+    }
+
     /// `GET path` on the admin listener.
     pub fn admin_get(&self, path: &str, headers: &[(&str, &str)]) -> Reply {
         request(self.admin.expect("no admin listener"), "GET", path, headers)

@@ -109,19 +109,13 @@ pub(super) fn exact_gcra(times: &[u64], interval: Duration, burst: u32) -> u32 {
     admitted
 }
 
-fn metric(gateway: &Gateway, name: &str) -> Option<u64> {
-    let text = gateway.admin_get("/metrics", &[]).body;
-    text.lines()
-        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-}
-
 /// Until every leased node counts the whole fleet and shares through
 /// Redis (bounded: 15 s).
 pub(super) fn wait_for_fleet(fleet: &[Gateway]) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(15);
     for gateway in fleet {
-        while metric(gateway, "gateway_limits_fleet_nodes") != Some(NODES as u64)
-            || metric(gateway, "gateway_limits_backend_fallback") != Some(0)
+        while gateway.metric("gateway_limits_fleet_nodes") != Some(NODES as u64)
+            || gateway.metric("gateway_limits_backend_fallback") != Some(0)
         {
             if Instant::now() > deadline {
                 bail!("the leased fleet never saw {NODES} nodes through Redis");
@@ -146,7 +140,7 @@ pub(super) struct Load {
 /// The fleet's limiter calls to Redis so far, all nodes.
 fn limiter_calls(nodes: &[Gateway]) -> u64 {
     (nodes.iter())
-        .filter_map(|n| metric(n, "gateway_limits_redis_calls_total"))
+        .filter_map(|n| n.metric("gateway_limits_redis_calls_total"))
         .sum()
 }
 
