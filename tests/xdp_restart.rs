@@ -420,13 +420,16 @@ fn an_overlapping_restart_hands_the_kernel_path_over_and_the_ban_holds_throughou
             "{}",
             gateway.ready_line
         );
-        assert!(
-            gateway
-                .stderr_text()
-                .contains("handed off the XDP pin root"),
-            "{}",
-            gateway.stderr_text()
-        );
+        // Logged just after the ready line (stderr is read on another
+        // thread): wait for it, bounded.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !gateway
+            .stderr_text()
+            .contains("handed off the XDP pin root")
+        {
+            assert!(Instant::now() < deadline, "{}", gateway.stderr_text());
+            gateway_tests::http::pause(Duration::from_millis(20));
+        }
         let status = gateway.status();
         assert_eq!(status["owner_pid"], gateway.pid().unwrap(), "{status}");
         assert_eq!(status["owner_running"], true, "{status}");
