@@ -118,7 +118,21 @@ fn measure(
     control(&pid, "off")?;
     drop(client);
     gateway.stop_within(Duration::from_secs(120))?;
-    totals(&std::fs::read_to_string(&out).context("reading callgrind's output")?)
+    let text = std::fs::read_to_string(&out).context("reading callgrind's output")?;
+    keep_profile(&out, dir)?;
+    totals(&text)
+}
+
+/// Copies the profile to `target/bench-callgrind/<case>.out`, where it
+/// outlives the scratch directory, for `callgrind_annotate` to break down.
+fn keep_profile(out: &Path, case_dir: &Path) -> Result<()> {
+    let kept = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench-callgrind");
+    std::fs::create_dir_all(&kept)?;
+    let case = case_dir.file_name().context("a case directory has a name")?;
+    let to = kept.join(case).with_extension("out");
+    std::fs::copy(out, &to).with_context(|| format!("keeping the profile as {}", to.display()))?;
+    println!("callgrind profile kept: {}", to.display());
+    Ok(())
 }
 
 /// `callgrind_control -i on|off` for the gateway's process.
