@@ -22,3 +22,6 @@ mod guard;
 
 #[path = "attacks/config.rs"]
 mod config;
+
+#[path = "attacks/parking.rs"]
+mod parking;

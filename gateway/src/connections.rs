@@ -7,7 +7,10 @@ use std::{
     collections::HashMap,
     hash::{BuildHasher, RandomState},
     net::IpAddr,
-    sync::{Arc, Mutex, MutexGuard},
+    sync::{
+        atomic::{AtomicU64, Ordering::Relaxed},
+        Arc, Mutex, MutexGuard,
+    },
 };
 
 const SHARDS: usize = 16;
@@ -115,5 +118,35 @@ mod tests {
         let held: Vec<_> = (0..1000).filter_map(|_| slots.try_acquire(ip)).collect();
         assert_eq!(held.len(), 1000);
         assert_eq!(slots.sources(), 0);
+    }
+}
+
+/// Plain HTTP/1.1 connections parked while idle (`limits.park_idle_after`),
+/// for `/metrics`.
+#[derive(Default)]
+pub struct Parked {
+    now: AtomicU64,
+    total: AtomicU64,
+}
+
+/// One parked connection; dropping it (served again, or closed) unparks it.
+pub struct ParkedPermit(Arc<Parked>);
+
+impl Parked {
+    pub fn park(self: &Arc<Self>) -> ParkedPermit {
+        self.now.fetch_add(1, Relaxed);
+        self.total.fetch_add(1, Relaxed);
+        ParkedPermit(self.clone())
+    }
+
+    /// Connections parked now, and times any was parked.
+    pub fn counts(&self) -> (u64, u64) {
+        (self.now.load(Relaxed), self.total.load(Relaxed))
+    }
+}
+
+impl Drop for ParkedPermit {
+    fn drop(&mut self) {
+        self.0.now.fetch_sub(1, Relaxed);
     }
 }

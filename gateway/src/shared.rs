@@ -37,6 +37,8 @@ pub struct Shared {
     pub connections: Arc<tokio::sync::Semaphore>,
     /// `limits.max_connections_per_source`, across all workers and listeners.
     pub per_source: Arc<crate::connections::SourceConnections>,
+    /// Idle plain HTTP/1.1 connections parked without hyper's state.
+    pub parked: Arc<crate::connections::Parked>,
     pub limiter: Arc<dyn RateLimiter>,
     /// Quotas by tier name; the first tier is the default for unknown names.
     pub quotas: Arc<Vec<Quota>>,
@@ -84,6 +86,7 @@ impl Shared {
             per_source: Arc::new(crate::connections::SourceConnections::new(
                 config.limits.max_connections_per_source,
             )),
+            parked: Arc::default(),
             limiter: Arc::new(LocalLimiter::new(1_000_000)),
             quotas: Arc::new(config.tiers.iter().map(TierConfig::quota).collect()),
             guard: Arc::new(SourceGuard::new(config.guard_settings())),

@@ -418,3 +418,69 @@ fn the_admin_listener_caps_connections() {
     let _ = extra.read_to_end(&mut answer);
     assert!(answer.is_empty(), "the 65th admin connection was served");
 }
+
+#[test]
+fn a_slow_first_head_is_served_when_it_ends_and_closed_unanswered_when_it_stalls() {
+    let upstream = FakeUpstream::start(None);
+    let gateway = Gateway::builder(&open_route(upstream.addr, "request_timeout = \"1s\"")).start();
+    // A head in pieces (the blank line split too), within the timeout:
+    // served, and the upstream saw the whole request.
+    let mut split = TcpStream::connect(gateway.addr).unwrap();
+    split
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    for piece in [
+        &b"GET /api/sl"[..],
+        b"ow HTTP/1.1\r\nHost: a\r\nX-Piece: ",
+        b"three\r\nConnection: close\r\n\r",
+        b"\n",
+    ] {
+        split.write_all(piece).unwrap();
+        pause(Duration::from_millis(100));
+    }
+    let mut answer = Vec::new();
+    split.read_to_end(&mut answer).unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let seen = upstream.requests();
+    assert_eq!(seen.len(), 1, "the upstream saw {} requests", seen.len());
+    assert_eq!(seen[0].target, "/api/slow");
+    assert_eq!(seen[0].header("x-piece"), Some("three"));
+    // Half a head, then nothing: closed after the timeout, unanswered, and
+    // nothing reached the upstream.
+    let mut stalled = TcpStream::connect(gateway.addr).unwrap();
+    stalled
+        .set_read_timeout(Some(Duration::from_secs(15)))
+        .unwrap();
+    stalled
+        .write_all(b"GET /api/stalled HTTP/1.1\r\nHost: a\r\n")
+        .unwrap();
+    let mut answer = Vec::new();
+    let closed = stalled.read_to_end(&mut answer);
+    assert!(
+        closed.is_ok(),
+        "the stalled connection stayed open: {closed:?}"
+    );
+    assert!(answer.is_empty(), "answered a half head: {answer:?}");
+    assert_eq!(upstream.requests().len(), 1, "the half head was forwarded");
+}
+
+#[test]
+fn a_first_head_over_max_header_bytes_is_431_and_not_forwarded() {
+    let upstream = FakeUpstream::start(None);
+    let gateway = Gateway::builder(&open_route(upstream.addr, "max_header_bytes = 8192")).start();
+    let mut big = TcpStream::connect(gateway.addr).unwrap();
+    big.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let filler = "a".repeat(9000);
+    // No blank line yet: the head is over the limit before it ends.
+    big.write_all(format!("GET /api/big HTTP/1.1\r\nHost: a\r\nX-Fill: {filler}\r\n").as_bytes())
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = big.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
+    assert!(
+        upstream.requests().is_empty(),
+        "the oversized head was forwarded"
+    );
+}

@@ -72,6 +72,7 @@ impl Admin {
                 certificates: &self.certificates(),
             },
         );
+        crate::metrics::ops::render_parked(&mut text, shared.parked.counts());
         let (limiter, hostile) = (shared.limiter.backend(), shared.limiter.hostile_values());
         crate::metrics::ops::render_limits(&mut text, limiter, hostile);
         if let Some(fleet) = shared.policy.fleet() {

@@ -38,6 +38,12 @@ pub struct LimitsConfig {
     /// keep-alive connection is kept, and the TLS handshake limit.
     #[serde(with = "durations")]
     pub request_timeout: Duration,
+    /// A plain HTTP/1.1 keep-alive connection idle this long is parked:
+    /// hyper's buffers (16 KiB and more) are freed, its socket kept, and
+    /// its next request read into a buffer of its size (see
+    /// `proxy::park`); 0 = never.
+    #[serde(with = "durations")]
+    pub park_idle_after: Duration,
     /// Waiting for the upstream's response headers.
     #[serde(with = "durations")]
     pub upstream_timeout: Duration,
@@ -98,6 +104,7 @@ impl Default for LimitsConfig {
     fn default() -> Self {
         Self {
             request_timeout: Duration::from_secs(30),
+            park_idle_after: Duration::from_secs(1),
             upstream_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(5),
             max_header_bytes: 64 * 1024,

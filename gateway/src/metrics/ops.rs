@@ -93,6 +93,25 @@ pub fn render(out: &mut String, ops: &Ops<'_>) {
 /// for a local limiter (nothing to fall back from); a shared one adds its
 /// fallbacks, the nodes it divides by, its calls to Redis and the values
 /// it found there that no gateway wrote (`hostile`).
+/// Parked connections (`limits.park_idle_after`): parked now, and times
+/// any was parked.
+pub fn render_parked(out: &mut String, (now, total): (u64, u64)) {
+    header(
+        out,
+        "gateway_connections_parked",
+        "gauge",
+        "Idle plain HTTP/1.1 connections parked now (their socket kept, hyper's buffers freed).",
+    );
+    let _ = writeln!(out, "gateway_connections_parked {now}");
+    header(
+        out,
+        "gateway_connections_parked_total",
+        "counter",
+        "Times an idle plain HTTP/1.1 connection was parked.",
+    );
+    let _ = writeln!(out, "gateway_connections_parked_total {total}");
+}
+
 pub fn render_limits(out: &mut String, status: Option<crate::limits::BackendStatus>, hostile: u64) {
     header(
         out,

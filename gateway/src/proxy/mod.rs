@@ -30,11 +30,14 @@ pub mod workers;
 /// The request-path policy (a leaf module, shared with the configuration).
 pub use crate::path;
 
+mod activity;
 mod addr_text;
 mod body;
 mod context;
 mod drain;
+mod first_head;
 mod identity;
+mod park;
 mod respond;
 mod rewrite;
 mod serve;

@@ -3,17 +3,35 @@
 //! closing connections that had nothing in flight for
 //! `limits.request_timeout` (HTTP/2 ones too, with GOAWAY first). A source
 //! with `limits.max_connections_per_source` open has its next one closed
-//! at accept. On shutdown the accept loop ends and every connection (and
-//! WebSocket tunnel) drains (see [`super::drain`]).
-use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Instant};
+//! at accept. A plain connection's heads are read before hyper takes it
+//! ([`super::first_head`]), and an idle plain HTTP/1.1 connection is
+//! parked without hyper's state ([`super::park`]). On shutdown the accept
+//! loop ends and every connection (and WebSocket tunnel) drains (see
+//! [`super::drain`]).
+use std::{
+    convert::Infallible, future::Future, net::SocketAddr, pin::Pin, sync::Arc, time::Duration,
+    time::Instant,
+};
 
+use hyper::body::{Body as _, Incoming};
 use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
     server::conn::auto,
 };
-use tokio::{net::TcpListener, sync::watch};
+use tokio::{
+    net::{TcpListener, TcpStream},
+    sync::watch,
+};
 
-use super::{drain, drain::OpenConnections, workers::TlsSlot, Current, Gateway};
+use super::{
+    activity::{Activity, Busy, Tracked},
+    drain,
+    drain::OpenConnections,
+    first_head,
+    park::ParkIo,
+    workers::TlsSlot,
+    Current, Gateway, ProxyBody,
+};
 use crate::clock::monotonic_ns;
 
 impl Current {
@@ -74,7 +92,7 @@ impl Current {
                 match tls {
                     None => {
                         gateway
-                            .serve_connection(current, stream, peer, "http", permit, shutdown)
+                            .serve_plain(current, stream, peer, permit, shutdown)
                             .await
                     }
                     // Boxed: the handshake and the TLS connection's state
@@ -90,13 +108,123 @@ impl Current {
     }
 }
 
+/// A request's answer, boxed: hyper keeps a slot of the service future's
+/// size per connection for its whole life; the request pipeline's state is
+/// kilobytes, held this way only while a request is in flight.
+type Answer =
+    Pin<Box<dyn Future<Output = Result<hyper::Response<Tracked<ProxyBody>>, Infallible>> + Send>>;
+
+/// How a connection's serving ended.
+enum Ended<E> {
+    /// hyper's connection finished (closed, upgraded, or closed for parking).
+    Done(Result<(), E>),
+    /// Asked to close, it lingered as long again as `request_timeout`.
+    Dropped,
+}
+
 impl Gateway {
+    /// The most a request head may take (hyper's read buffer limit):
+    /// `limits.max_header_bytes`, and never under hyper's minimum.
+    fn max_head(&self) -> usize {
+        self.limits.max_header_bytes.max(8192)
+    }
+
+    /// A plain connection: each head read by [`first_head`] before hyper
+    /// takes the connection (HTTP/2 with prior knowledge by the auto
+    /// builder, HTTP/1.1 by hyper's own), parked between requests once
+    /// idle for `limits.park_idle_after` (see [`super::park`]).
+    async fn serve_plain(
+        self: Arc<Self>,
+        current: Arc<Current>,
+        stream: TcpStream,
+        peer: SocketAddr,
+        permit: Arc<ConnectionPermit>,
+        shutdown: watch::Receiver<bool>,
+    ) {
+        let activity = Arc::new(Activity::default());
+        let (max, timeout) = (self.max_head(), self.limits.request_timeout);
+        let (mut stream, mut head, mut started) = (stream, Vec::new(), tokio::time::Instant::now());
+        let mut parked = None;
+        loop {
+            let read = first_head::read(stream, head, max, started, timeout, shutdown.clone());
+            let Some(io) = read.await else {
+                return;
+            };
+            drop(parked.take());
+            if io.is_http2() {
+                let (current, shutdown) = (current.clone(), shutdown.clone());
+                let serve =
+                    self.serve_connection(current, io, peer, "http", permit, shutdown, activity);
+                return Box::pin(serve).await;
+            }
+            let serve = self.serve_http1(&current, io, peer, &permit, &shutdown, &activity);
+            let Some((next, rest)) = Box::pin(serve).await else {
+                return;
+            };
+            let idle = activity.idle_for(monotonic_ns());
+            let now = tokio::time::Instant::now();
+            (stream, head, started) = (next, rest, now.checked_sub(idle).unwrap_or(now));
+            parked = Some(self.shared.parked.park());
+        }
+    }
+
+    /// HTTP/1.1 by hyper until the connection closes, or until it is
+    /// parked: then its socket and the bytes hyper had read of the next
+    /// head.
+    async fn serve_http1(
+        &self,
+        current: &Arc<Current>,
+        io: first_head::Prefixed<TcpStream>,
+        peer: SocketAddr,
+        permit: &Arc<ConnectionPermit>,
+        shutdown: &watch::Receiver<bool>,
+        activity: &Arc<Activity>,
+    ) -> Option<(TcpStream, Vec<u8>)> {
+        let service = service(
+            current.clone(),
+            peer,
+            "http",
+            permit.clone(),
+            activity.clone(),
+        );
+        let mut builder = hyper::server::conn::http1::Builder::new();
+        builder
+            .timer(TokioTimer::new())
+            .header_read_timeout(self.limits.request_timeout)
+            .max_buf_size(self.max_head());
+        let io = TokioIo::new(ParkIo::new(io, activity.clone()));
+        let mut connection = builder.serve_connection(io, service).with_upgrades();
+        let park_after = Some(self.limits.park_idle_after).filter(|after| !after.is_zero());
+        let graceful = |c: Pin<&mut _>| {
+            hyper::server::conn::http1::UpgradeableConnection::graceful_shutdown(c)
+        };
+        let ended = self
+            .drive(
+                Pin::new(&mut connection),
+                graceful,
+                activity,
+                shutdown.clone(),
+                park_after,
+            )
+            .await;
+        if let Ended::Done(Err(error)) = &ended {
+            tracing::debug!(%peer, %error, "connection ended with an error");
+        }
+        let (Ended::Done(Ok(())), Some(parts)) = (ended, connection.into_parts()) else {
+            return None;
+        };
+        let (unread, stream) = parts.io.into_inner().resumable()?.into_parts();
+        let mut head = parts.read_buf.to_vec();
+        head.extend_from_slice(&unread);
+        Some((stream, head))
+    }
+
     /// A TLS handshake within `limits.request_timeout`, then the connection.
     async fn serve_tls(
         self: Arc<Self>,
         current: Arc<Current>,
         acceptor: Arc<tokio_rustls::TlsAcceptor>,
-        stream: tokio::net::TcpStream,
+        stream: TcpStream,
         peer: SocketAddr,
         permit: Arc<ConnectionPermit>,
         shutdown: watch::Receiver<bool>,
@@ -104,7 +232,8 @@ impl Gateway {
         let handshake = tokio::time::timeout(self.limits.request_timeout, acceptor.accept(stream));
         match handshake.await {
             Ok(Ok(stream)) => {
-                self.serve_connection(current, stream, peer, "https", permit, shutdown)
+                let activity = Arc::new(Activity::default());
+                self.serve_connection(current, stream, peer, "https", permit, shutdown, activity)
                     .await
             }
             Ok(Err(error)) => tracing::debug!(%peer, %error, "TLS handshake failed"),
@@ -112,6 +241,8 @@ impl Gateway {
         }
     }
 
+    /// HTTP/1.1 or HTTP/2 (the auto builder tells), never parked.
+    #[allow(clippy::too_many_arguments)]
     async fn serve_connection<I>(
         self: Arc<Self>,
         current: Arc<Current>,
@@ -119,35 +250,18 @@ impl Gateway {
         peer: SocketAddr,
         proto: &'static str,
         permit: Arc<ConnectionPermit>,
-        mut shutdown: watch::Receiver<bool>,
+        shutdown: watch::Receiver<bool>,
+        activity: Arc<Activity>,
     ) where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
-        let header_timeout = self.limits.request_timeout;
-        let max_buf = self.limits.max_header_bytes.max(8192);
-        let activity = Arc::new(Activity::default());
-        let seen = activity.clone();
-        let service = hyper::service::service_fn(move |req: hyper::Request<_>| {
-            let gateway = current.load();
-            let busy = seen.begin(req.version());
-            // For a tunnel this connection may become, which outlives it here.
-            let permit = permit.clone();
-            // Boxed: hyper keeps a slot of the service future's size per
-            // connection for its whole life; the request pipeline's state is
-            // kilobytes, held this way only while a request is in flight.
-            Box::pin(async move {
-                let mut response = gateway.handle(req, peer, proto, permit).await;
-                busy.close_if_draining(&mut response);
-                busy.never_index_per_request_values(&mut response);
-                drop(busy);
-                Ok::<_, Infallible>(response)
-            })
-        });
+        let max_buf = self.max_head();
+        let service = service(current, peer, proto, permit, activity.clone());
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder
             .http1()
             .timer(TokioTimer::new())
-            .header_read_timeout(header_timeout)
+            .header_read_timeout(self.limits.request_timeout)
             .max_buf_size(max_buf);
         builder
             .http2()
@@ -155,22 +269,46 @@ impl Gateway {
             .max_header_list_size(u32::try_from(max_buf).unwrap_or(u32::MAX));
         let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
         tokio::pin!(connection);
-        // Idle connections (HTTP/2 ones too, which the header-read timeout
-        // does not cover) are closed gracefully after `request_timeout`
-        // (HTTP/2: GOAWAY), and dropped if the peer lingers as long again.
-        let mut ticker = tokio::time::interval(header_timeout / 2);
+        let graceful = |c: Pin<&mut _>| auto::UpgradeableConnection::graceful_shutdown(c);
+        let ended = self
+            .drive(connection, graceful, &activity, shutdown, None)
+            .await;
+        if let Ended::Done(Err(error)) = ended {
+            tracing::debug!(%peer, %error, "connection ended with an error");
+        }
+    }
+
+    /// Polls `connection` to its end. Idle connections (HTTP/2 ones too,
+    /// which the header-read timeout does not cover) are closed gracefully
+    /// after `request_timeout` (HTTP/2: GOAWAY), and dropped if the peer
+    /// lingers as long again; with `park_after`, one that may be parked
+    /// ([`Activity::may_park`]) is closed for parking once idle that long.
+    async fn drive<C, E>(
+        &self,
+        mut connection: Pin<&mut C>,
+        graceful: impl Fn(Pin<&mut C>),
+        activity: &Activity,
+        mut shutdown: watch::Receiver<bool>,
+        park_after: Option<Duration>,
+    ) -> Ended<E>
+    where
+        C: Future<Output = Result<(), E>>,
+    {
+        let header_timeout = self.limits.request_timeout;
+        let period = park_after.map_or(header_timeout / 2, |after| after.min(header_timeout / 2));
+        let mut ticker = tokio::time::interval(period);
         let mut closing_since: Option<Instant> = None;
         let mut draining = false;
-        let result = loop {
+        loop {
             tokio::select! {
-                result = connection.as_mut() => break Some(result),
+                result = connection.as_mut() => return Ended::Done(result),
                 _ = shutdown.changed(), if !draining => {
                     draining = true;
                     activity.set_draining(true);
                     ticker = tokio::time::interval(drain::TICK);
                 }
                 _ = ticker.tick() => match closing_since {
-                    Some(since) if since.elapsed() >= header_timeout => break None,
+                    Some(since) if since.elapsed() >= header_timeout => return Ended::Dropped,
                     Some(_) => {}
                     // Draining: HTTP/2 gets GOAWAY at once (its streams
                     // finish); HTTP/1 closes once idle for the grace, or
@@ -180,17 +318,57 @@ impl Gateway {
                             && (activity.is_http2()
                                 || activity.idle_for(monotonic_ns()) >= drain::IDLE_GRACE)) =>
                     {
-                        connection.as_mut().graceful_shutdown();
+                        graceful(connection.as_mut());
+                        closing_since = Some(Instant::now());
+                    }
+                    None if !draining
+                        && park_after.is_some_and(|after| activity.may_park(after, monotonic_ns())) =>
+                    {
+                        activity.set_parking(true);
+                        graceful(connection.as_mut());
                         closing_since = Some(Instant::now());
                     }
                     None => {}
                 },
             }
-        };
-        if let Some(Err(error)) = result {
-            tracing::debug!(%peer, %error, "connection ended with an error");
         }
     }
+}
+
+/// The service hyper calls per request: the gateway current when the
+/// request arrives handles it; its [`Busy`] lives as long as its response
+/// body.
+fn service(
+    current: Arc<Current>,
+    peer: SocketAddr,
+    proto: &'static str,
+    permit: Arc<ConnectionPermit>,
+    activity: Arc<Activity>,
+) -> impl hyper::service::Service<
+    hyper::Request<Incoming>,
+    Response = hyper::Response<Tracked<ProxyBody>>,
+    Error = Infallible,
+    Future = Answer,
+> + Clone
+       + Send
+       + 'static {
+    hyper::service::service_fn(move |req: hyper::Request<Incoming>| -> Answer {
+        let gateway = current.load();
+        // Once answered, hyper is between messages only if it read the
+        // whole request with its head (see `super::park`).
+        let parkable = req.body().is_end_stream()
+            && req.method() != hyper::Method::CONNECT
+            && !req.headers().contains_key(hyper::header::UPGRADE);
+        let busy = activity.begin(req.version(), parkable);
+        // For a tunnel this connection may become, which outlives it here.
+        let permit = permit.clone();
+        Box::pin(async move {
+            let mut response = gateway.handle(req, peer, proto, permit).await;
+            close_if_draining(&busy, &mut response);
+            never_index_per_request_values(&busy, &mut response);
+            Ok(response.map(|body| Tracked::new(body, busy)))
+        })
+    })
 }
 
 /// What an open client connection holds: its slot in
@@ -204,40 +382,14 @@ pub(super) struct ConnectionPermit {
     _open: drain::Open,
 }
 
-/// A connection's requests in flight and when the last one ended; whether
-/// it speaks HTTP/2 and is draining.
-struct Activity {
-    in_flight: std::sync::atomic::AtomicUsize,
-    last_ns: std::sync::atomic::AtomicU64,
-    http2: std::sync::atomic::AtomicBool,
-    draining: std::sync::atomic::AtomicBool,
-}
-
-impl Default for Activity {
-    fn default() -> Self {
-        Self {
-            in_flight: Default::default(),
-            last_ns: monotonic_ns().into(),
-            http2: Default::default(),
-            draining: Default::default(),
-        }
-    }
-}
-
-/// Counts one request in flight until dropped.
-struct Busy(Arc<Activity>, hyper::Version);
-
-impl Busy {
-    /// While draining, an HTTP/1 response ends its connection (hyper
-    /// closes after writing a response that says `Connection: close`).
-    fn close_if_draining<B>(&self, response: &mut hyper::Response<B>) {
-        use std::sync::atomic::Ordering::Relaxed;
-        if self.1 < hyper::Version::HTTP_2 && self.0.draining.load(Relaxed) {
-            response.headers_mut().insert(
-                hyper::header::CONNECTION,
-                hyper::header::HeaderValue::from_static("close"),
-            );
-        }
+/// While draining, an HTTP/1 response ends its connection (hyper closes
+/// after writing a response that says `Connection: close`).
+fn close_if_draining<B>(busy: &Busy, response: &mut hyper::Response<B>) {
+    if busy.version() < hyper::Version::HTTP_2 && busy.draining() {
+        response.headers_mut().insert(
+            hyper::header::CONNECTION,
+            hyper::header::HeaderValue::from_static("close"),
+        );
     }
 }
 
@@ -249,59 +401,20 @@ const PER_REQUEST_VALUES: [hyper::header::HeaderName; 3] = [
     super::forward::X_RATELIMIT_REMAINING,
 ];
 
-impl Busy {
-    /// HTTP/2: headers whose value changes per response are sent as
-    /// never-indexed literals. Indexing them evicted the stable headers
-    /// (the rate-limit policy, the server, the content type) from the
-    /// HPACK dynamic table and had the encoder compare each new value with
-    /// every older one of the same name: a third of the encoder's work.
-    /// Other versions ignore the flag.
-    fn never_index_per_request_values<B>(&self, response: &mut hyper::Response<B>) {
-        if self.1 != hyper::Version::HTTP_2 {
-            return;
+/// HTTP/2: headers whose value changes per response are sent as
+/// never-indexed literals. Indexing them evicted the stable headers (the
+/// rate-limit policy, the server, the content type) from the HPACK dynamic
+/// table and had the encoder compare each new value with every older one
+/// of the same name: a third of the encoder's work. Other versions ignore
+/// the flag.
+fn never_index_per_request_values<B>(busy: &Busy, response: &mut hyper::Response<B>) {
+    if busy.version() != hyper::Version::HTTP_2 {
+        return;
+    }
+    let headers = response.headers_mut();
+    for name in &PER_REQUEST_VALUES {
+        if let Some(value) = headers.get_mut(name) {
+            value.set_sensitive(true);
         }
-        let headers = response.headers_mut();
-        for name in &PER_REQUEST_VALUES {
-            if let Some(value) = headers.get_mut(name) {
-                value.set_sensitive(true);
-            }
-        }
-    }
-}
-
-impl Drop for Busy {
-    fn drop(&mut self) {
-        use std::sync::atomic::Ordering::Relaxed;
-        self.0.last_ns.store(monotonic_ns(), Relaxed);
-        self.0.in_flight.fetch_sub(1, Relaxed);
-    }
-}
-
-impl Activity {
-    fn begin(self: &Arc<Self>, version: hyper::Version) -> Busy {
-        use std::sync::atomic::Ordering::Relaxed;
-        self.in_flight.fetch_add(1, Relaxed);
-        if version == hyper::Version::HTTP_2 {
-            self.http2.store(true, Relaxed);
-        }
-        Busy(self.clone(), version)
-    }
-
-    fn is_http2(&self) -> bool {
-        self.http2.load(std::sync::atomic::Ordering::Relaxed)
-    }
-
-    fn set_draining(&self, draining: bool) {
-        self.draining
-            .store(draining, std::sync::atomic::Ordering::Relaxed);
-    }
-
-    /// How long nothing has happened on the connection (zero while busy).
-    fn idle_for(&self, now_ns: u64) -> std::time::Duration {
-        use std::sync::atomic::Ordering::Relaxed;
-        if self.in_flight.load(Relaxed) > 0 {
-            return std::time::Duration::ZERO;
-        }
-        std::time::Duration::from_nanos(now_ns.saturating_sub(self.last_ns.load(Relaxed)))
     }
 }

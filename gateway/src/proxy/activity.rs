@@ -1,0 +1,143 @@
+//! What one client connection is doing, shared by its serve loop, its
+//! requests and (for a plain HTTP/1.1 connection) its socket wrapper: the
+//! requests in flight and when the last one ended, whether it speaks
+//! HTTP/2, is draining, and whether it may be parked (see [`super::park`]).
+use std::{
+    pin::Pin,
+    sync::{
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed},
+        Arc,
+    },
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use hyper::body::{Body, Frame, SizeHint};
+
+use crate::clock::monotonic_ns;
+
+pub(super) struct Activity {
+    in_flight: AtomicUsize,
+    last_ns: AtomicU64,
+    http2: AtomicBool,
+    draining: AtomicBool,
+    /// A request that may leave hyper mid-message once answered (a body,
+    /// an upgrade, CONNECT) was seen: the connection is never parked.
+    unparkable: AtomicBool,
+    /// The serve loop asked hyper to close so the connection could be
+    /// parked: the socket wrapper keeps the socket open.
+    pub(super) parking: AtomicBool,
+    /// hyper wrote after parking began: it was not between messages, so
+    /// the connection closes instead.
+    pub(super) wrote_while_parking: AtomicBool,
+}
+
+impl Default for Activity {
+    fn default() -> Self {
+        Self {
+            in_flight: Default::default(),
+            last_ns: monotonic_ns().into(),
+            http2: Default::default(),
+            draining: Default::default(),
+            unparkable: Default::default(),
+            parking: Default::default(),
+            wrote_while_parking: Default::default(),
+        }
+    }
+}
+
+/// Counts one request in flight until dropped: held by its response body,
+/// so a response still streaming keeps its connection busy.
+pub(super) struct Busy(Arc<Activity>, hyper::Version);
+
+impl Busy {
+    pub(super) fn version(&self) -> hyper::Version {
+        self.1
+    }
+
+    pub(super) fn draining(&self) -> bool {
+        self.0.draining.load(Relaxed)
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.last_ns.store(monotonic_ns(), Relaxed);
+        self.0.in_flight.fetch_sub(1, Relaxed);
+    }
+}
+
+impl Activity {
+    /// A request begins; `parkable`: hyper is between messages again as
+    /// soon as its response is written (no body to read after it).
+    pub(super) fn begin(self: &Arc<Self>, version: hyper::Version, parkable: bool) -> Busy {
+        self.in_flight.fetch_add(1, Relaxed);
+        if version == hyper::Version::HTTP_2 {
+            self.http2.store(true, Relaxed);
+        }
+        if !parkable {
+            self.unparkable.store(true, Relaxed);
+        }
+        Busy(self.clone(), version)
+    }
+
+    pub(super) fn is_http2(&self) -> bool {
+        self.http2.load(Relaxed)
+    }
+
+    pub(super) fn set_draining(&self, draining: bool) {
+        self.draining.store(draining, Relaxed);
+    }
+
+    /// How long nothing has happened on the connection (zero while busy).
+    pub(super) fn idle_for(&self, now_ns: u64) -> Duration {
+        if self.in_flight.load(Relaxed) > 0 {
+            return Duration::ZERO;
+        }
+        Duration::from_nanos(now_ns.saturating_sub(self.last_ns.load(Relaxed)))
+    }
+
+    /// Idle for `after` with only bodiless, non-upgrade requests so far.
+    pub(super) fn may_park(&self, after: Duration, now_ns: u64) -> bool {
+        !self.unparkable.load(Relaxed) && !self.is_http2() && self.idle_for(now_ns) >= after
+    }
+
+    /// Parking begins (true) or the connection is served again (false).
+    pub(super) fn set_parking(&self, parking: bool) {
+        self.wrote_while_parking.store(false, Relaxed);
+        self.parking.store(parking, Relaxed);
+    }
+}
+
+/// A response body holding its request's [`Busy`] until hyper drops it
+/// (written, or the connection gone).
+pub(super) struct Tracked<B> {
+    body: B,
+    _busy: Busy,
+}
+
+impl<B> Tracked<B> {
+    pub(super) fn new(body: B, busy: Busy) -> Self {
+        Self { body, _busy: busy }
+    }
+}
+
+impl<B: Body + Unpin> Body for Tracked<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.get_mut().body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
