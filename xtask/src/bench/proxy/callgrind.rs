@@ -128,7 +128,9 @@ fn measure(
 fn keep_profile(out: &Path, case_dir: &Path) -> Result<()> {
     let kept = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench-callgrind");
     std::fs::create_dir_all(&kept)?;
-    let case = case_dir.file_name().context("a case directory has a name")?;
+    let case = case_dir
+        .file_name()
+        .context("a case directory has a name")?;
     let to = kept.join(case).with_extension("out");
     std::fs::copy(out, &to).with_context(|| format!("keeping the profile as {}", to.display()))?;
     println!("callgrind profile kept: {}", to.display());
