@@ -21,6 +21,11 @@ use crate::bench::{
     results, scratch,
 };
 
+/// How long the connections are idle before the idle figure: past the
+/// gateway's `limits.park_idle_after` (1 s), so its figure is of parked
+/// connections; HAProxy's does not move with it.
+const IDLE: Duration = Duration::from_secs(3);
+
 /// Connections per source address: under the gateway's default
 /// `limits.max_connections_per_source` (256), which the bench keeps.
 const PER_SOURCE: usize = 200;
@@ -45,7 +50,7 @@ pub(crate) fn run(connections: usize) -> Result<()> {
     ensure_packages()?;
     let connections = connections.clamp(100, 4000);
     raise_open_files(connections * 2 + 256)?;
-    let gateway_bin = crate::build(true)?;
+    let gateway_bin = super::gateway_bin()?;
     let dir = scratch::dir("gateway-bench-conns-")?;
     let cpus = CpuPlan::new();
     let setup = Setup::start(
@@ -97,6 +102,8 @@ fn measure(proxy: &Proxy, keys: &[(String, String)], connections: usize) -> Resu
         stream.write_all(b"\r\n")?;
         read_response(stream)?;
     }
+    #[allow(clippy::disallowed_methods, reason = "the bench is synchronous")]
+    std::thread::sleep(IDLE);
     let idle = settled_rss(pid)?;
     drop(open);
     Ok(Sample {
@@ -258,9 +265,11 @@ fn markdown(intro: &str, rows: &[(&str, Sample)], connections: usize) -> Result<
          \u{2212} VmRSS settled before they opened) / {connections}; kernel socket buffers are not in RSS and not \
          counted. \"Waiting for its head\": each connection sent `GET /bench`, Host and its API key, but not the \
          blank line that ends the head. \"Idle keep-alive\": the same connections after that blank line, each \
-         request answered 200 through the upstream (one of the {KEYS} keys each). Connections come from \
+         request answered 200 through the upstream (one of the {KEYS} keys each), then {} s without a byte \
+         (past the gateway's `limits.park_idle_after`: its idle connections are parked). Connections come from \
          127.0.0.2 upwards, {PER_SOURCE} per address, under the gateway's default per-source cap. One run, \
-         one proxy at a time."
+         one proxy at a time.",
+        IDLE.as_secs()
     )?;
     Ok(out)
 }

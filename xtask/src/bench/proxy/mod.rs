@@ -73,12 +73,18 @@ pub(super) fn callgrind(unpinned: bool) -> Result<()> {
     if unpinned {
         bail!("--callgrind counts instructions: --unpinned means nothing to it");
     }
-    let gateway_bin = match std::env::var_os("GATEWAY_BIN") {
-        Some(path) => path.into(),
-        None => crate::build(true)?,
-    };
+    let gateway_bin = gateway_bin()?;
     let dir = scratch::dir("gateway-bench-callgrind-")?;
     callgrind::run(&gateway_bin, dir.path())
+}
+
+/// The release build, or the binary `GATEWAY_BIN` names (an older build,
+/// or one with another allocator, to compare).
+fn gateway_bin() -> Result<std::path::PathBuf> {
+    match std::env::var_os("GATEWAY_BIN") {
+        Some(path) => Ok(path.into()),
+        None => crate::build(true),
+    }
 }
 
 /// Where a run's figures go in `bench/RESULTS.md`.
