@@ -172,3 +172,24 @@ fn parking_off_keeps_every_connection_with_hyper() {
     assert_eq!(gateway.metric("gateway_connections_parked_total"), Some(0));
     assert_eq!(upstream.requests().len(), 2);
 }
+
+/// HTTP/2 with prior knowledge starts a connection; after HTTP/1.1
+/// requests its preface is a bad request, parked or not.
+#[test]
+fn an_http2_preface_after_a_park_is_not_taken_for_http2() {
+    let upstream = FakeUpstream::start(None);
+    let gateway = Gateway::builder(&config(upstream.addr, "200ms")).start();
+    let mut client = connect(&gateway);
+    send(&mut client, b"GET /one HTTP/1.1\r\nHost: a\r\n\r\n");
+    assert_eq!(response(&mut client), (200, "upstream-ok".into()));
+    assert!(parked(&gateway, 1), "the idle connection was not parked");
+    send(&mut client, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
+    let mut rest = Vec::new();
+    let _ = client.read_to_end(&mut rest);
+    let rest = String::from_utf8_lossy(&rest);
+    assert!(
+        rest.starts_with("HTTP/1.1 4") || rest.starts_with("HTTP/1.1 5") || rest.is_empty(),
+        "{rest}"
+    );
+    assert_eq!(upstream.requests().len(), 1);
+}

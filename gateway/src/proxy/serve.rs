@@ -150,8 +150,10 @@ impl Gateway {
             let Some(io) = read.await else {
                 return;
             };
-            drop(parked.take());
-            if io.is_http2() {
+            // HTTP/2 with prior knowledge starts a connection; after an
+            // HTTP/1.1 request it is no preface but a bad request.
+            let resumed = parked.take().is_some();
+            if !resumed && io.is_http2() {
                 let (current, shutdown) = (current.clone(), shutdown.clone());
                 let serve =
                     self.serve_connection(current, io, peer, "http", permit, shutdown, activity);
