@@ -181,14 +181,20 @@ fn smuggling_vectors_are_refused_or_read_one_way_and_never_reach_the_upstream() 
 }
 
 /// A reverse proxy opens no tunnels: `CONNECT` is a 405 with `Allow`
-/// (it was forwarded, in origin-form), and what a client sends after it
-/// (tunnel bytes, or a request riding on them) is never served.
+/// (with an origin- or absolute-form target it was forwarded, as a
+/// `CONNECT /api/x`), and what a client sends after it (tunnel bytes, or
+/// a request riding on them) is never served.
 #[test]
 fn connect_is_refused_and_nothing_reaches_the_upstream() {
     let upstream = FakeUpstream::start(None);
     let gateway = Gateway::builder(&config(&upstream, "")).start();
-    for target in ["gw:443", "127.0.0.1:80", "[::1]:8080"] {
-        let head = format!("CONNECT {target} HTTP/1.1\r\nhost: {target}");
+    for (target, host) in [
+        ("gw:443", "gw:443"),
+        ("[::1]:8080", "[::1]:8080"),
+        ("/api/x", "gw"),
+        ("http://gw/api/x", "gw"),
+    ] {
+        let head = format!("CONNECT {target} HTTP/1.1\r\nhost: {host}");
         let (statuses, text) = raw(gateway.addr, message(&head, SMUGGLED).as_bytes());
         assert_eq!(statuses, vec![405], "{target}: {text}");
         let lower = text.to_ascii_lowercase();
