@@ -51,7 +51,11 @@ impl RsaKey {
     }
 
     fn sign(&self, claims: &Value, with_kid: bool) -> String {
-        let mut header = Header::new(Algorithm::RS256);
+        self.sign_as(Algorithm::RS256, claims, with_kid)
+    }
+
+    fn sign_as(&self, algorithm: Algorithm, claims: &Value, with_kid: bool) -> String {
+        let mut header = Header::new(algorithm);
         if with_kid {
             header.kid = Some(self.kid.clone());
         }
@@ -341,4 +345,34 @@ fn a_tier_from_a_jwt_scope_gets_the_same_limits_as_from_an_api_key_plan() {
         assert_eq!(by_token.header(name), by_key.header(name), "{name}");
     }
     assert_eq!(by_key.header("x-ratelimit-limit"), Some("100"));
+}
+
+/// An RSA JWK without `alg` fits RS256..PS512; it verifies only under the
+/// issuer's `algorithms` (RFC 8725 §3.1): a PS256 token is refused where
+/// the issuer accepts RS256 alone, and accepted where it accepts PS256.
+#[test]
+fn a_jwk_without_alg_verifies_only_under_the_issuers_algorithms() {
+    let s = setup();
+    let mut jwk = s.a.jwk.clone();
+    jwk.as_object_mut().unwrap().remove("alg");
+    s.jwks.set_body(&json!({ "keys": [jwk] }).to_string());
+    let rs256 = s.a.sign(&claims("svc-1", "read"), true);
+    let ps256 =
+        s.a.sign_as(Algorithm::PS256, &claims("svc-1", "read"), true);
+    for (algorithms, ps256_status) in [(r#"["RS256"]"#, 401), (r#"["RS256", "PS256"]"#, 200)] {
+        let source = format!(
+            "jwks_url = \"http://{}/jwks.json\"\nalgorithms = {algorithms}",
+            s.jwks.addr
+        );
+        let fetched = s.jwks.requests().len();
+        let gateway = Gateway::builder(&config(&s.upstream, &source)).start();
+        wait_for_fetches(&s.jwks, fetched + 1);
+        let before = s.upstream.requests().len();
+        let reply = gateway.get("/jwt/x", &[("authorization", &bearer(&ps256))]);
+        assert_eq!(reply.status, ps256_status, "{algorithms}: {}", reply.body);
+        let reply = gateway.get("/jwt/x", &[("authorization", &bearer(&rs256))]);
+        assert_eq!(reply.status, 200, "{algorithms}: {}", reply.body);
+        let served = s.upstream.requests().len() - before;
+        assert_eq!(served, 1 + usize::from(ps256_status == 200), "{algorithms}");
+    }
 }

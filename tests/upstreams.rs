@@ -1,7 +1,9 @@
 //! Upstream behaviour end to end: active health checks take a failing
 //! server out of its pool and bring it back; WebSocket upgrades are proxied
 //! after authentication, and an open tunnel holds a drain (SIGTERM) until
-//! it closes or `limits.drain_timeout` passes.
+//! it closes or `limits.drain_timeout` passes. A 101 the client did not
+//! ask for is a 502; a kept connection the upstream closes as a request
+//! goes out is retried once, for an idempotent bodiless request.
 #![allow(clippy::unwrap_used, reason = "tests: a panic is the failure report")]
 
 use std::{
@@ -13,7 +15,7 @@ use std::{
 
 use gateway_tests::{
     gateway::{signal_and_wait, Gateway},
-    http::{EchoUpgrade, FakeUpstream},
+    http::{request_with_body, tiers_and_app, EchoUpgrade, FakeUpstream, Script, ScriptedUpstream},
 };
 
 fn pause(duration: Duration) {
@@ -235,4 +237,90 @@ fn an_open_websocket_tunnel_is_cut_at_the_drain_deadline() {
     assert!(matches!(stream.read(&mut byte), Ok(0) | Err(_)));
     let log = gateway.stderr_text();
     assert!(log.contains("drain_timeout passed"), "{log}");
+}
+
+/// One worker (so one pool of upstream connections) and an open route to
+/// `upstream`.
+fn one_worker(upstream: SocketAddr) -> Gateway {
+    Gateway::builder(&format!(
+        "[limits]\nworkers = 1\n\n{}\n[[routes]]\npath_prefix = \"/\"\nupstream = \"app\"\nauth = \"none\"\n",
+        tiers_and_app(upstream)
+    ))
+    .start()
+}
+
+const OK: &str = "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+
+/// An upstream switching protocols unasked (or to another protocol than
+/// the one asked for) is an upstream failure: a 502, never a 101 to the
+/// client, and its connection is not used again.
+#[test]
+fn a_101_the_client_did_not_ask_for_is_a_502() {
+    let upstream = ScriptedUpstream::start(|_, _, seen| {
+        let to = match seen.header("upgrade") {
+            Some(_) => "h2c",
+            None => "websocket",
+        };
+        Script::Answer(format!(
+            "HTTP/1.1 101 Switching Protocols\r\nupgrade: {to}\r\nconnection: upgrade\r\n\r\n"
+        ))
+    });
+    let gateway = one_worker(upstream.addr);
+    for _ in 0..2 {
+        let reply = gateway.get("/plain", &[]);
+        assert_eq!(reply.status, 502, "{reply:?}");
+        assert_eq!(reply.json()["error"], "upstream_error");
+    }
+    let (switched, _stream) = upgrade(gateway.addr, "");
+    assert!(switched.starts_with("HTTP/1.1 502"), "{switched}");
+    let seen = upstream.requests();
+    let targets: Vec<(usize, &str)> = (seen.iter())
+        .map(|(c, s)| (*c, s.target.as_str()))
+        .collect();
+    // Each on a connection of its own: none was used after its 101.
+    assert_eq!(targets, [(0, "/plain"), (1, "/plain"), (2, "/ws/chat")]);
+    assert_eq!(seen[2].1.header("upgrade"), Some("websocket"));
+    gateway.wait_for_log(|line| line["status"] == 502 && line["detail"] == "unsolicited_101");
+}
+
+/// The keep-alive race, made deterministic: the upstream answers two
+/// requests per connection, then reads the third and closes without a
+/// word (no `Connection: close`), as its idle timer firing would. A GET
+/// on that connection after a pause goes again on a fresh one (it was a
+/// 502); a POST with a body does not (not idempotent: a 502).
+#[test]
+fn a_kept_connection_closed_under_a_get_is_retried_once_and_a_post_is_not() {
+    let upstream = ScriptedUpstream::start(|_, number, _| match number {
+        0 | 1 => Script::Answer(OK.into()),
+        _ => Script::Close,
+    });
+    let gateway = one_worker(upstream.addr);
+    for _ in 0..2 {
+        assert_eq!(gateway.get("/a", &[]).status, 200);
+    }
+    // Idle past what the pool calls risky (250 ms).
+    pause(Duration::from_millis(400));
+    let reply = gateway.get("/b", &[]);
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert_eq!(reply.body, "ok");
+    assert_eq!(gateway.get("/c", &[]).status, 200);
+    pause(Duration::from_millis(400));
+    let headers = [("content-type", "text/plain")];
+    let reply = request_with_body(gateway.addr, "POST", "/d", &headers, "x");
+    assert_eq!(reply.status, 502, "{reply:?}");
+    let seen: Vec<(usize, String, String)> = (upstream.requests().into_iter())
+        .map(|(c, s)| (c, s.method, s.target))
+        .collect();
+    let expected = [
+        (0, "GET", "/a"),
+        (0, "GET", "/a"),
+        (0, "GET", "/b"),
+        (1, "GET", "/b"),
+        (1, "GET", "/c"),
+        (1, "POST", "/d"),
+    ];
+    let expected: Vec<(usize, String, String)> = (expected.iter())
+        .map(|(c, m, t)| (*c, m.to_string(), t.to_string()))
+        .collect();
+    assert_eq!(seen, expected);
 }

@@ -180,6 +180,34 @@ fn smuggling_vectors_are_refused_or_read_one_way_and_never_reach_the_upstream() 
     assert_eq!(seen[0].target, "/api/lf");
 }
 
+/// A reverse proxy opens no tunnels: `CONNECT` is a 405 with `Allow`
+/// (with an origin- or absolute-form target it was forwarded, as a
+/// `CONNECT /api/x`), and what a client sends after it (tunnel bytes, or
+/// a request riding on them) is never served.
+#[test]
+fn connect_is_refused_and_nothing_reaches_the_upstream() {
+    let upstream = FakeUpstream::start(None);
+    let gateway = Gateway::builder(&config(&upstream, "")).start();
+    for (target, host) in [
+        ("gw:443", "gw:443"),
+        ("[::1]:8080", "[::1]:8080"),
+        ("/api/x", "gw"),
+        ("http://gw/api/x", "gw"),
+    ] {
+        let head = format!("CONNECT {target} HTTP/1.1\r\nhost: {host}");
+        let (statuses, text) = raw(gateway.addr, message(&head, SMUGGLED).as_bytes());
+        assert_eq!(statuses, vec![405], "{target}: {text}");
+        let lower = text.to_ascii_lowercase();
+        assert!(
+            lower.contains("\r\nallow: get, head, post"),
+            "{target}: {text}"
+        );
+        assert!(lower.contains("\r\nconnection: close"), "{target}: {text}");
+    }
+    let seen = upstream.requests();
+    assert!(seen.is_empty(), "the upstream saw {seen:?}");
+}
+
 #[test]
 fn h2c_and_other_upgrades_are_never_forwarded() {
     let upstream = FakeUpstream::start(None);

@@ -1,6 +1,7 @@
 //! HTTP/2's own smuggling class, with hand-written frames (clients refuse
 //! to send these): a `content-length` that disagrees with the DATA frames,
-//! upper-case names, connection-specific headers; and the body limit.
+//! upper-case names, connection-specific headers; the body limit; and
+//! `CONNECT`, plain and extended (RFC 8441), which opens no tunnel.
 //! HPACK blocks use only "literal without indexing, new name" (0x00, name
 //! length, name, value length, value; no Huffman).
 #![allow(clippy::unwrap_used, reason = "tests: a panic is the failure report")]
@@ -206,4 +207,41 @@ fn malformed_http2_requests_are_refused_and_never_reach_the_upstream() {
     assert!(matches!(answer, Answer::Headers(_)), "{answer:?}");
     gateway.wait_for_log(|line| line["status"] == 413 && line["path"] == "/api/h2");
     assert_eq!(upstream.requests().len(), 1, "only the control request");
+}
+
+/// HTTP/2 `CONNECT` (`:authority` only) is a 405 like HTTP/1.1's; an
+/// extended CONNECT (`:protocol`, RFC 8441: the gateway never offers
+/// `SETTINGS_ENABLE_CONNECT_PROTOCOL`) is refused too. Neither reaches
+/// the upstream.
+#[test]
+fn http2_connect_is_refused_and_never_reaches_the_upstream() {
+    let upstream = FakeUpstream::start(None);
+    let gateway = Gateway::builder(&format!(
+        "{}\n[[routes]]\npath_prefix = \"/\"\nupstream = \"app\"\nauth = \"none\"\n",
+        tiers_and_app(upstream.addr)
+    ))
+    .start();
+    let connect = hpack(&[(":method", "CONNECT"), (":authority", "gw:443")]);
+    let answer = exchange(
+        gateway.addr,
+        &[frame(HEADERS, END_HEADERS | END_STREAM, 1, &connect)],
+    );
+    // 405 is no static-table status: a literal, so read from the log.
+    assert!(matches!(answer, Answer::Headers(_)), "{answer:?}");
+    gateway.wait_for_log(|line| line["status"] == 405 && line["error"] == "method_not_allowed");
+    let extended = hpack(&[
+        (":method", "CONNECT"),
+        (":protocol", "websocket"),
+        (":scheme", "http"),
+        (":path", "/chat"),
+        (":authority", "gw"),
+    ]);
+    let answer = exchange(
+        gateway.addr,
+        &[frame(HEADERS, END_HEADERS | END_STREAM, 1, &extended)],
+    );
+    assert_ne!(answer, Answer::Headers(0x88), "extended CONNECT was served");
+    assert_ne!(answer, Answer::Nothing, "extended CONNECT got no answer");
+    let seen = upstream.requests();
+    assert!(seen.is_empty(), "the upstream saw {seen:?}");
 }

@@ -320,3 +320,86 @@ impl EchoUpgrade {
         Self { addr, head, closed }
     }
 }
+
+/// What a [`ScriptedUpstream`] does with a request it read.
+pub enum Script {
+    /// Writes these bytes (a whole response) and keeps the connection.
+    Answer(String),
+    /// Closes the connection without a byte of answer.
+    Close,
+}
+
+/// A plain HTTP/1.1 upstream that does with each request what `script`
+/// says, given the connection's number and the request's number on it
+/// (both from 0) and the request: answers raw bytes, or closes. Records
+/// each request with its connection's number. Bodies are not read (the
+/// tests send none).
+pub struct ScriptedUpstream {
+    pub addr: SocketAddr,
+    seen: Arc<Mutex<Vec<(usize, Seen)>>>,
+    stop: Arc<AtomicBool>,
+}
+
+type ScriptFn = dyn Fn(usize, usize, &Seen) -> Script + Send + Sync;
+
+impl ScriptedUpstream {
+    pub fn start(script: impl Fn(usize, usize, &Seen) -> Script + Send + Sync + 'static) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (seen, stop) = (Arc::default(), Arc::new(AtomicBool::new(false)));
+        let (log, flag) = (Arc::clone(&seen), stop.clone());
+        let script: Arc<ScriptFn> = Arc::new(script);
+        thread::spawn(move || {
+            let mut connections = 0;
+            while !flag.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((stream, _)) => {
+                        let (log, script) = (Arc::clone(&log), script.clone());
+                        let connection = connections;
+                        connections += 1;
+                        thread::spawn(move || play(stream, connection, &log, &*script));
+                    }
+                    Err(_) => pause(Duration::from_millis(5)),
+                }
+            }
+        });
+        Self { addr, seen, stop }
+    }
+
+    /// Every request so far, with the number of the connection it came on.
+    pub fn requests(&self) -> Vec<(usize, Seen)> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+impl Drop for ScriptedUpstream {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+fn play(stream: TcpStream, connection: usize, log: &Mutex<Vec<(usize, Seen)>>, script: &ScriptFn) {
+    stream.set_nonblocking(false).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut stream = stream;
+    let mut number = 0;
+    while let Some((head, headers, _)) = read_head(&mut reader) {
+        let mut parts = head.split_whitespace();
+        let seen = Seen {
+            method: parts.next().unwrap_or_default().to_owned(),
+            target: parts.next().unwrap_or_default().to_owned(),
+            headers,
+        };
+        let action = script(connection, number, &seen);
+        log.lock().unwrap().push((connection, seen));
+        number += 1;
+        match action {
+            Script::Answer(bytes) if stream.write_all(bytes.as_bytes()).is_ok() => {}
+            _ => return,
+        }
+    }
+}

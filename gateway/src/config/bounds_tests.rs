@@ -46,6 +46,11 @@ fn cases() -> Vec<(String, &'static str, &'static [&'static str])> {
             DURATIONS,
         ),
         (
+            section("[limits]\n", "upstream_idle_timeout"),
+            "limits.upstream_idle_timeout",
+            &["\"0s\"", "\"500ms\"", "\"2h\"", "\"-1s\""],
+        ),
+        (
             section("[limits]\n", "max_header_bytes"),
             "limits.max_header_bytes",
             &["0", "-1", "100", "1000000000000"],

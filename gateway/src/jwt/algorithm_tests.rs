@@ -95,7 +95,7 @@ fn token(header_alg: &str, sign: impl FnOnce(&str) -> String) -> String {
 async fn verify(token: &str, pem: &str, algorithms: &[&str]) -> Result<(), TokenRejection> {
     let mut issuer = settings(&["api"]);
     issuer.algorithms = algorithms.iter().map(|a| a.to_string()).collect();
-    let key = keys::Key::from_pem(pem.as_bytes()).unwrap();
+    let key = keys::Key::from_pem(pem.as_bytes(), &keys::EVERY).unwrap();
     let mut verifier = JwtVerifier::new(Vec::<IssuerSettings>::new(), vec!["gold".into()]).unwrap();
     verifier.add_static_issuer(issuer, vec![key]).unwrap();
     verifier.verify(token, T).await.map(|_| ())

@@ -329,8 +329,40 @@ qQIDAQAB
 
 #[test]
 fn a_pem_rsa_key_under_2048_bits_is_refused() {
-    let error = Key::from_pem(RSA_1024_PUBLIC.as_bytes()).unwrap_err();
+    let error = Key::from_pem(RSA_1024_PUBLIC.as_bytes(), &keys::EVERY).unwrap_err();
     assert!(error.contains("1024 bits"), "{error}");
-    let key = Key::from_pem(RSA_2048_PUBLIC.as_bytes()).unwrap();
+    let key = Key::from_pem(RSA_2048_PUBLIC.as_bytes(), &keys::EVERY).unwrap();
     assert_eq!(key.algorithms[0], Algorithm::RS256);
+}
+
+/// An RSA JWK without `alg` fits six algorithms; its issuer's list picks
+/// those it is parsed for (RFC 8725 §3.1: it was all six whatever the
+/// issuer accepted), fetched or given.
+#[tokio::test]
+async fn an_rsa_jwk_without_alg_serves_only_its_issuers_algorithms() {
+    let n = URL_SAFE_NO_PAD.encode([0xc5; 256]);
+    let rsa = json!({ "kty": "RSA", "kid": "r", "n": n, "e": "AQAB" });
+    let jwk: Jwk = serde_json::from_value(rsa.clone()).unwrap();
+    for (accepted, ps256) in [(&["RS256"][..], false), (&["RS256", "PS256"], true)] {
+        let (url, _server) = jwks_then_stall(json!({ "keys": [rsa] }).to_string()).await;
+        let mut settings = settings(Some(url));
+        settings.algorithms = accepted.iter().map(|a| a.to_string()).collect();
+        let v = JwtVerifier::new([settings], vec!["gold".into()]).unwrap();
+        let keys = &v.issuers[0].keys;
+        assert_eq!(keys.refresh().await.unwrap(), 1);
+        assert!(keys.find(Some("r"), Algorithm::RS256).is_ok());
+        let found = keys.find(Some("r"), Algorithm::PS256);
+        assert_eq!(found.is_ok(), ps256, "{accepted:?}: {:?}", found.err());
+        keys.set(vec![Key::from_jwk(&jwk).unwrap()]);
+        let found = keys.find(Some("r"), Algorithm::PS256);
+        assert_eq!(
+            found.is_ok(),
+            ps256,
+            "{accepted:?}, given: {:?}",
+            found.err()
+        );
+    }
+    // A key that fits none of the issuer's algorithms is skipped.
+    let error = Key::from_jwk_for(&jwk, &[Algorithm::ES256]).unwrap_err();
+    assert!(error.contains("none of the issuer's"), "{error}");
 }

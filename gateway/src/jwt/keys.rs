@@ -11,12 +11,6 @@ use std::{
 use arc_swap::ArcSwap;
 use aws_lc_rs::signature::{ParsedPublicKey, RsaParameters};
 use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
-use bytes::Bytes;
-use http_body_util::{BodyExt, Empty, Limited};
-use hyper_util::{
-    client::legacy::{connect::HttpConnector, Client},
-    rt::TokioExecutor,
-};
 use jsonwebtoken::{
     jwk::{AlgorithmParameters, EllipticCurve, Jwk, KeyOperations, PublicKeyUse},
     Algorithm, DecodingKey,
@@ -28,10 +22,7 @@ use super::{
     JwtError,
 };
 
-/// Largest JWKS or discovery document we accept.
-pub const MAX_DOCUMENT: usize = 1 << 20;
-/// The whole of one fetch: connect, TLS, headers and body.
-pub const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
+pub use super::fetch::Fetcher;
 
 pub enum KeySource {
     /// Keys given, not fetched: a PEM file, or the gateway's own.
@@ -41,8 +32,10 @@ pub enum KeySource {
 }
 
 /// A verification key and the algorithms it may verify: the JWK's `alg`
-/// when it names one, else every algorithm of its type and curve, so a
-/// token can never pick how a key is used (RFC 8725 §3.1).
+/// when it names one, else every algorithm of its type and curve, either
+/// way only those its issuer accepts, so a token can never pick how a key
+/// is used (RFC 8725 §3.1: one key, one algorithm, as far as a JWK
+/// without `alg` lets us).
 #[derive(Clone, Debug)]
 pub struct Key {
     pub kid: Option<String>,
@@ -97,6 +90,13 @@ impl Key {
     /// unknown key type, a curve no algorithm here uses, or an `alg` that
     /// does not fit the key.
     pub fn from_jwk(jwk: &Jwk) -> Result<Self, String> {
+        Self::from_jwk_for(jwk, &EVERY)
+    }
+
+    /// [`Self::from_jwk`] for an issuer that accepts only `accepted`: the
+    /// key is parsed for those of its algorithms alone, and refused when
+    /// none is.
+    pub fn from_jwk_for(jwk: &Jwk, accepted: &[Algorithm]) -> Result<Self, String> {
         match &jwk.common.public_key_use {
             None | Some(PublicKeyUse::Signature) => {}
             Some(other) => return Err(format!("use is {other:?}, not sig")),
@@ -123,7 +123,7 @@ impl Key {
             AlgorithmParameters::OctetKey(_) => return Err("symmetric keys are refused".into()),
             _ => return Err("unknown key type".into()),
         };
-        let algorithms = match jwk.common.key_algorithm {
+        let mut algorithms = match jwk.common.key_algorithm {
             None => fits,
             Some(named) => {
                 let named = Algorithm::try_from(named)
@@ -134,8 +134,23 @@ impl Key {
                 vec![named]
             }
         };
+        accepted_only(&mut algorithms, accepted)?;
         let key = DecodingKey::from_jwk(jwk).map_err(|e| e.to_string())?;
         Self::new(jwk.common.key_id.clone(), key, algorithms)
+    }
+
+    /// This key for an issuer that accepts only `accepted` (a key given,
+    /// not fetched); `None` when it verifies none of them.
+    pub fn accepted_by(mut self, accepted: &[Algorithm]) -> Option<Self> {
+        if self.algorithms.iter().all(|a| accepted.contains(a)) {
+            return Some(self);
+        }
+        accepted_only(&mut self.algorithms, accepted).ok()?;
+        self.parsed = (self.parsed.iter())
+            .filter(|(a, _)| accepted.contains(a))
+            .cloned()
+            .collect();
+        Some(self)
     }
 
     /// Parses `key` for each of `algorithms` now, not per token.
@@ -152,9 +167,10 @@ impl Key {
         })
     }
 
-    /// A public key in PEM form (RSA, EC P-256/P-384 or Ed25519).
-    pub fn from_pem(bytes: &[u8]) -> Result<Self, String> {
-        let (key, algorithms) = if let Ok(key) = DecodingKey::from_rsa_pem(bytes) {
+    /// A public key in PEM form (RSA, EC P-256/P-384 or Ed25519), for an
+    /// issuer that accepts `accepted` (see [`Self::from_jwk_for`]).
+    pub fn from_pem(bytes: &[u8], accepted: &[Algorithm]) -> Result<Self, String> {
+        let (key, mut algorithms) = if let Ok(key) = DecodingKey::from_rsa_pem(bytes) {
             let bits = key
                 .try_get_as_bytes()
                 .ok()
@@ -174,83 +190,34 @@ impl Key {
             let key = DecodingKey::from_ed_pem(bytes).map_err(|e| e.to_string())?;
             (key, vec![Algorithm::EdDSA])
         };
+        accepted_only(&mut algorithms, accepted)?;
         Self::new(None, key, algorithms)
     }
 }
 
-type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Empty<Bytes>>;
+/// Every algorithm a key here may verify.
+pub(super) const EVERY: [Algorithm; 9] = [
+    Algorithm::RS256,
+    Algorithm::RS384,
+    Algorithm::RS512,
+    Algorithm::PS256,
+    Algorithm::PS384,
+    Algorithm::PS512,
+    Algorithm::ES256,
+    Algorithm::ES384,
+    Algorithm::EdDSA,
+];
 
-/// Fetches JSON documents with one timeout over the whole exchange and a
-/// size limit; `http://` only when the issuer allows it.
-#[derive(Clone)]
-pub struct Fetcher {
-    client: HttpsClient,
-    timeout: Duration,
-    allow_http: bool,
-}
-
-impl Fetcher {
-    pub fn new() -> Result<Self, JwtError> {
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())
-            .map_err(|e| JwtError::Tls(e.to_string()))?
-            .https_or_http()
-            .enable_http1()
-            .build();
-        Ok(Self {
-            client: Client::builder(TokioExecutor::new()).build(https),
-            timeout: FETCH_TIMEOUT,
-            allow_http: false,
-        })
+/// Keeps the `algorithms` a key fits that its issuer accepts; none is an
+/// error (the key could verify no token).
+fn accepted_only(algorithms: &mut Vec<Algorithm>, accepted: &[Algorithm]) -> Result<(), String> {
+    if !algorithms.iter().any(|a| accepted.contains(a)) {
+        return Err(format!(
+            "the key fits {algorithms:?}, none of the issuer's algorithms {accepted:?}"
+        ));
     }
-
-    /// The same client with another timeout (tests).
-    pub fn with_timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = timeout;
-        self
-    }
-
-    /// The same client, allowed (or not) to fetch over plain HTTP.
-    pub fn allow_http(mut self, allow: bool) -> Self {
-        self.allow_http = allow;
-        self
-    }
-
-    pub async fn json<T: serde::de::DeserializeOwned>(&self, url: &str) -> Result<T, JwtError> {
-        let fail = |message: String| JwtError::Fetch {
-            url: url.to_owned(),
-            message,
-        };
-        let uri: http::Uri = url.parse().map_err(|e| fail(format!("not a URL: {e}")))?;
-        match uri.scheme_str() {
-            Some("https") => {}
-            Some("http") if self.allow_http => {}
-            _ => {
-                return Err(fail(
-                    "only https:// (allow_insecure_http = true permits http:// for testing)".into(),
-                ))
-            }
-        }
-        let exchange = async {
-            let response = self
-                .client
-                .get(uri)
-                .await
-                .map_err(|e| fail(e.to_string()))?;
-            if !response.status().is_success() {
-                return Err(fail(format!("status {}", response.status())));
-            }
-            Limited::new(response.into_body(), MAX_DOCUMENT)
-                .collect()
-                .await
-                .map(|body| body.to_bytes())
-                .map_err(|e| fail(e.to_string()))
-        };
-        let body = tokio::time::timeout(self.timeout, exchange)
-            .await
-            .map_err(|_| fail(format!("timed out after {:?}", self.timeout)))??;
-        serde_json::from_slice(&body).map_err(|e| fail(format!("invalid JSON: {e}")))
-    }
+    algorithms.retain(|a| accepted.contains(a));
+    Ok(())
 }
 
 /// Refreshes for unknown `kid`s: when the last one started, and the one
@@ -267,6 +234,8 @@ pub struct IssuerKeys {
     keys: ArcSwap<Vec<Key>>,
     fetcher: Fetcher,
     min_refresh_interval: Duration,
+    /// The issuer's accepted algorithms: what its keys are parsed for.
+    algorithms: Vec<Algorithm>,
     /// Never held across an await: a fetch runs in its own task.
     on_demand: Mutex<OnDemand>,
 }
@@ -292,6 +261,13 @@ pub enum KeyMiss {
     WrongAlgorithm,
 }
 
+/// `keys` for an issuer that accepts `algorithms` (see [`Key::accepted_by`]).
+fn accepted_keys(keys: Vec<Key>, algorithms: &[Algorithm]) -> Vec<Key> {
+    (keys.into_iter())
+        .filter_map(|key| key.accepted_by(algorithms))
+        .collect()
+}
+
 fn lock(on_demand: &Mutex<OnDemand>) -> std::sync::MutexGuard<'_, OnDemand> {
     on_demand
         .lock()
@@ -304,9 +280,10 @@ impl IssuerKeys {
         source: KeySource,
         fetcher: Fetcher,
         min_refresh_interval: Duration,
+        algorithms: &[Algorithm],
     ) -> Self {
         let initial = match &source {
-            KeySource::Static(keys) => keys.clone(),
+            KeySource::Static(keys) => accepted_keys(keys.clone(), algorithms),
             _ => Vec::new(),
         };
         Self {
@@ -315,6 +292,7 @@ impl IssuerKeys {
             keys: ArcSwap::from_pointee(initial),
             fetcher,
             min_refresh_interval,
+            algorithms: algorithms.to_vec(),
             on_demand: Mutex::default(),
         }
     }
@@ -325,7 +303,8 @@ impl IssuerKeys {
 
     /// Replaces static keys (the gateway's own, after a rotation).
     pub fn set(&self, keys: Vec<Key>) {
-        self.keys.store(Arc::new(keys));
+        self.keys
+            .store(Arc::new(accepted_keys(keys, &self.algorithms)));
     }
 
     /// Whether a key has this `kid` (a token without one: whether there
@@ -446,7 +425,7 @@ impl IssuerKeys {
             .into_iter()
             .filter_map(|v| serde_json::from_value::<Jwk>(v).ok())
         {
-            match Key::from_jwk(&jwk) {
+            match Key::from_jwk_for(&jwk, &self.algorithms) {
                 Ok(key) => keys.push(key),
                 Err(reason) => {
                     tracing::debug!(issuer = %self.issuer, kid = ?jwk.common.key_id, %reason, "JWKS key skipped")

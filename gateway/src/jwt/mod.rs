@@ -14,6 +14,7 @@ pub mod cache;
 mod claims_tests;
 #[cfg(test)]
 mod clock_tests;
+mod fetch;
 #[cfg(test)]
 mod header_tests;
 pub mod keys;
@@ -214,9 +215,9 @@ impl JwtVerifier {
                 (Some(path), None, None) => {
                     let bytes = std::fs::read(path)
                         .map_err(|e| error(format!("cannot read {}: {e}", path.display())))?;
-                    let key = keys::Key::from_pem(&bytes).map_err(|e| {
+                    let key = keys::Key::from_pem(&bytes, &algorithms).map_err(|e| {
                         error(format!(
-                            "{} is not a public key in PEM form: {e}",
+                            "{} is no public key in PEM form for this issuer: {e}",
                             path.display()
                         ))
                     })?;
@@ -243,6 +244,7 @@ impl JwtVerifier {
                     source,
                     fetcher,
                     settings.min_refresh_interval,
+                    &algorithms,
                 )),
                 algorithms,
                 settings,
@@ -290,6 +292,7 @@ impl JwtVerifier {
                 KeySource::Static(keys),
                 Fetcher::new()?,
                 settings.min_refresh_interval,
+                &algorithms,
             )),
             algorithms,
             settings,

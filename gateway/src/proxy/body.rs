@@ -100,7 +100,6 @@ pub struct RequestBody {
 
 impl RequestBody {
     /// A body with nothing in it.
-    #[cfg(test)]
     pub fn empty() -> Self {
         Self {
             ahead: VecDeque::new(),

@@ -19,6 +19,9 @@ pub enum ProxyError {
     /// authority (absolute-form, or HTTP/2's `:authority`).
     InvalidHost(&'static str),
     NoRoute,
+    /// `CONNECT` (HTTP/1.1, HTTP/2, extended CONNECT): a reverse proxy
+    /// opens no tunnels but WebSocket upgrades (see [`super::forward`]).
+    MethodNotAllowed,
     MissingCredential,
     InvalidCredential(KeyRejection),
     InvalidToken(TokenRejection),
@@ -31,6 +34,9 @@ pub enum ProxyError {
     UpstreamConnect,
     UpstreamTimeout,
     Upstream,
+    /// The upstream broke the protocol (what it did, for the log): a 101
+    /// the client did not ask for, or to another protocol.
+    UpstreamProtocol(&'static str),
     BannedSource,
     /// Banned in userspace on a connection that may carry other clients'
     /// requests (a trusted proxy's), so it stays open: the forwarded
@@ -51,6 +57,9 @@ pub enum ProxyError {
     /// `store.max_staleness`: keys are not checked against stale data.
     KeyStoreStale,
 }
+
+/// The methods a route serves (every one but `CONNECT`), for `Allow`.
+pub const ALLOWED_METHODS: &str = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS";
 
 /// Who caused a failure, for logs: the client, the upstream, or us.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -117,6 +126,7 @@ impl ProxyError {
             ProxyError::InvalidPath(_) => "invalid_path",
             ProxyError::InvalidHost(_) => "invalid_host",
             ProxyError::NoRoute => "no_route",
+            ProxyError::MethodNotAllowed => "method_not_allowed",
             ProxyError::MissingCredential => "missing_credential",
             ProxyError::InvalidCredential(_) => "invalid_credential",
             ProxyError::InvalidToken(_) => "invalid_token",
@@ -125,7 +135,7 @@ impl ProxyError {
             ProxyError::NoHealthyUpstream => "no_healthy_upstream",
             ProxyError::UpstreamConnect => "upstream_unavailable",
             ProxyError::UpstreamTimeout => "upstream_timeout",
-            ProxyError::Upstream => "upstream_error",
+            ProxyError::Upstream | ProxyError::UpstreamProtocol(_) => "upstream_error",
             ProxyError::BannedSource
             | ProxyError::BannedForwarded(_)
             | ProxyError::BannedClient(_) => "banned",
@@ -145,7 +155,7 @@ impl ProxyError {
             ProxyError::InvalidToken(reason) => Some(reason.as_str()),
             ProxyError::InvalidPath(reason) => Some(reason.as_str()),
             ProxyError::InvalidHost(reason) => Some(reason),
-            ProxyError::MalformedRequest(what) => Some(what),
+            ProxyError::MalformedRequest(what) | ProxyError::UpstreamProtocol(what) => Some(what),
             ProxyError::BannedForwarded(_) => Some("forwarded_address"),
             ProxyError::BannedClient(_) => Some("client_at_address"),
             _ => None,
@@ -158,6 +168,7 @@ impl ProxyError {
             | ProxyError::UpstreamConnect
             | ProxyError::UpstreamTimeout
             | ProxyError::Upstream
+            | ProxyError::UpstreamProtocol(_)
             | ProxyError::Overloaded(_) => Blame::Upstream,
             ProxyError::Internal | ProxyError::KeyStoreStale => Blame::Internal,
             _ => Blame::Client,
@@ -177,6 +188,10 @@ impl ProxyError {
             ProxyError::NoRoute => (
                 StatusCode::NOT_FOUND,
                 "no route matches this host and path".into(),
+            ),
+            ProxyError::MethodNotAllowed => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                "CONNECT is not served: this gateway is a reverse proxy".into(),
             ),
             ProxyError::MissingCredential => {
                 (StatusCode::UNAUTHORIZED, "an API key is required".into())
@@ -209,7 +224,9 @@ impl ProxyError {
                 StatusCode::GATEWAY_TIMEOUT,
                 "the upstream did not answer in time".into(),
             ),
-            ProxyError::Upstream => (StatusCode::BAD_GATEWAY, "the upstream failed".into()),
+            ProxyError::Upstream | ProxyError::UpstreamProtocol(_) => {
+                (StatusCode::BAD_GATEWAY, "the upstream failed".into())
+            }
             ProxyError::BannedSource | ProxyError::BannedForwarded(_) => {
                 (StatusCode::FORBIDDEN, "this source is banned".into())
             }
@@ -272,6 +289,13 @@ impl ProxyError {
                     header::WWW_AUTHENTICATE,
                     HeaderValue::from_static("Bearer realm=\"gateway\", error=\"invalid_token\""),
                 );
+            }
+            // What a route serves; a CONNECT's client may already be
+            // sending tunnel bytes, which are no request: the connection
+            // is closed.
+            ProxyError::MethodNotAllowed => {
+                headers.insert(header::ALLOW, HeaderValue::from_static(ALLOWED_METHODS));
+                headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
             }
             // The rest of the connection cannot be trusted (or read).
             ProxyError::BannedSource

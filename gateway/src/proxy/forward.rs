@@ -194,6 +194,20 @@ pub fn upgrade_protocol(headers: &HeaderMap) -> Option<HeaderValue> {
     (connection_upgrade && websocket).then(|| protocol.clone())
 }
 
+/// Whether a 101 with `headers` agrees to the upgrade the request asked
+/// for (`asked`, see [`upgrade_protocol`]: only WebSocket is proxied);
+/// else what is wrong, for the log: the client asked for none, or the
+/// upstream switched to something else.
+pub fn switched_as_asked(
+    asked: Option<&HeaderValue>,
+    headers: &HeaderMap,
+) -> Result<(), &'static str> {
+    asked.ok_or("unsolicited_101")?;
+    upgrade_protocol(headers)
+        .map(drop)
+        .ok_or("101_not_to_websocket")
+}
+
 /// Removes every header whose name is one of `identity` once `_` reads as
 /// `-` (`X_Client_Id`, `x-client_id`): CGI, WSGI and PHP upstreams fold
 /// the two, so such a spelling would pass as the gateway's own header.
@@ -340,6 +354,23 @@ mod tests {
         assert!(
             h.keys().all(|name| !name.as_str().contains("client")),
             "{h:?}"
+        );
+    }
+
+    #[test]
+    fn a_101_must_agree_to_the_upgrade_asked_for() {
+        let websocket = HeaderValue::from_static("websocket");
+        let mut switched = HeaderMap::new();
+        switched.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+        switched.insert(header::UPGRADE, HeaderValue::from_static("WebSocket"));
+        assert_eq!(switched_as_asked(Some(&websocket), &switched), Ok(()));
+        assert_eq!(switched_as_asked(None, &switched), Err("unsolicited_101"));
+        switched.insert(header::UPGRADE, HeaderValue::from_static("h2c"));
+        let other = switched_as_asked(Some(&websocket), &switched);
+        assert_eq!(other, Err("101_not_to_websocket"));
+        assert_eq!(
+            switched_as_asked(Some(&websocket), &HeaderMap::new()),
+            Err("101_not_to_websocket")
         );
     }
 

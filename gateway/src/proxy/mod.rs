@@ -49,7 +49,7 @@ mod upstream_conns;
 use std::{borrow::Cow, net::IpAddr, sync::Arc};
 
 use bytes::Bytes;
-use http::{header::HOST, Request, Response};
+use http::{header::HOST, Method, Request, Response, StatusCode};
 use http_body_util::combinators::BoxBody;
 use hyper::{body::Incoming, upgrade::OnUpgrade};
 
@@ -245,7 +245,12 @@ impl Gateway {
     /// origin-form is a 400. Two `Host` headers, or one that differs from
     /// the target's authority (absolute-form, HTTP/2 `:authority`), are a
     /// 400 too: RFC 9112 §3.2.2 would ignore `Host`, HAProxy refuses.
+    /// `CONNECT` (authority-form, or HTTP/2's, extended CONNECT included)
+    /// asks for a tunnel a reverse proxy does not open: a 405.
     fn target<B>(&self, req: &Request<B>, ctx: &mut RequestContext<'_>) -> Result<(), ProxyError> {
+        if req.method() == Method::CONNECT {
+            return Err(ProxyError::MethodNotAllowed);
+        }
         let mut hosts = req.headers().get_all(HOST).iter();
         if let Some(host) = hosts.next() {
             if hosts.next().is_some() {
@@ -432,14 +437,17 @@ impl Gateway {
         let body_failure = req.body().failure();
         let mut upstream_req =
             (self.rewriter).upstream_request(req, route, &origin, tokens, lease.server.addr)?;
-        if let Some(protocol) = upgrade {
-            forward::set_upgrade(upstream_req.headers_mut(), protocol);
+        if let Some(protocol) = &upgrade {
+            forward::set_upgrade(upstream_req.headers_mut(), protocol.clone());
         }
         let sent = tokio::time::Instant::now();
-        let (addr, connect_timeout) = (lease.server.addr, self.limits.connect_timeout);
+        let timeouts = upstream_conns::Timeouts {
+            connect: self.limits.connect_timeout,
+            idle: self.limits.upstream_idle_timeout,
+        };
         let result = tokio::time::timeout(
             self.limits.upstream_timeout,
-            upstream_conns::send(addr, upstream_req, connect_timeout, sent),
+            upstream_conns::send(lease.server.addr, upstream_req, timeouts, sent),
         )
         .await;
         let server_error = !matches!(&result, Ok(Ok(r)) if !r.status().is_server_error());
@@ -459,6 +467,15 @@ impl Gateway {
             Ok(Err(error)) => {
                 tracing::warn!(%error, upstream = %lease.server.addr, "upstream request failed");
                 Err(ProxyError::Upstream)
+            }
+            // Its connection is hyper's no more (a 101 always ends it): dropped.
+            Ok(Ok(response)) if response.status() == StatusCode::SWITCHING_PROTOCOLS => {
+                forward::switched_as_asked(upgrade.as_ref(), response.headers())
+                    .map(|()| response)
+                    .map_err(|what| {
+                        tracing::warn!(upstream = %lease.server.addr, what, "upstream switched protocols unasked");
+                        ProxyError::UpstreamProtocol(what)
+                    })
             }
             Ok(Ok(response)) => Ok(response),
         }

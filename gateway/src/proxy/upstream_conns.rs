@@ -13,23 +13,34 @@
 //! [`PROMOTE_PER_TAKE`] busy connections, so a hung upstream with
 //! thousands of requests in flight does not make every request scan them;
 //! a request the connection closed before it was written (nothing of it
-//! sent) is retried once on a fresh connection; a connection idle for
-//! [`IDLE_TIMEOUT`] is closed (checked when taking one, and by a reaper
-//! task while any are kept); connects time out after
+//! sent) is retried once on a fresh connection, and so is an idempotent
+//! request without a body that went out on a connection idle for
+//! [`RISKY_IDLE`] when the upstream closed it before answering (see
+//! [`send`]); a connection idle for `limits.upstream_idle_timeout` is
+//! closed (checked when taking one, and by a reaper task while any are
+//! kept); connects time out after
 //! `limits.connect_timeout`, with `TCP_NODELAY`; upgrades (WebSocket)
 //! take the connection with them.
 use std::{cell::RefCell, collections::VecDeque, io, net::SocketAddr, time::Duration};
 
 use http::Request;
-use hyper::{body::Incoming, client::conn::http1, Response};
+use hyper::{
+    body::{Body, Incoming},
+    client::conn::http1,
+    Response,
+};
 use hyper_util::rt::TokioIo;
 use tokio::{net::TcpStream, time::Instant};
 
 use super::body::RequestBody;
 
-/// How long an idle upstream connection is kept (the pooled client's
-/// setting before).
-const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// Idle this long since its last request, a kept connection may be one
+/// the upstream's keep-alive timer closes as the next request goes out
+/// (those timers are seconds: gunicorn 2 s, Node and Apache 5 s, nginx
+/// 75 s): such a request, if idempotent and bodiless, is kept to be sent
+/// again. A connection reused sooner (every one under load) costs
+/// nothing more than a comparison.
+const RISKY_IDLE: Duration = Duration::from_millis(250);
 
 /// Busy connections a take checks for a finished exchange: enough to
 /// find the one a sequential client just finished with, and a bound on
@@ -52,19 +63,19 @@ pub enum SendError {
 /// A server's connections.
 struct Server {
     addr: SocketAddr,
-    /// Ready for a request, with when they were found so; most recently
-    /// used last (taken first, so the rest can idle out).
+    /// Ready for a request, with when they were last handed one; most
+    /// recently used last (taken first, so the rest can idle out).
     idle: Vec<(Sender, Instant)>,
-    /// Handed a request, oldest first: looked at in turns.
-    busy: VecDeque<Sender>,
+    /// Handed a request (at that instant), oldest first: looked at in turns.
+    busy: VecDeque<(Sender, Instant)>,
 }
 
 impl Server {
     /// Moves up to `count` of the oldest busy connections that finished
     /// to `idle`, drops closed ones and sends the rest to the back.
-    fn promote(&mut self, count: usize, now: Instant) {
+    fn promote(&mut self, count: usize) {
         for _ in 0..count.min(self.busy.len()) {
-            let Some(sender) = self.busy.pop_front() else {
+            let Some((sender, used)) = self.busy.pop_front() else {
                 return;
             };
             #[cfg(test)]
@@ -73,9 +84,9 @@ impl Server {
                 continue;
             }
             if sender.is_ready() {
-                self.idle.push((sender, now));
+                self.idle.push((sender, used));
             } else {
-                self.busy.push_back(sender);
+                self.busy.push_back((sender, used));
             }
         }
     }
@@ -85,36 +96,95 @@ impl Server {
     }
 }
 
-/// This thread's servers, and whether its reaper runs.
+/// This thread's servers, whether its reaper runs, and the idle timeout
+/// of the latest request (a reload's applies from its first request on).
 #[derive(Default)]
 struct Kept {
     servers: Vec<Server>,
     reaping: bool,
+    idle_timeout: Duration,
 }
 
 thread_local! {
     static KEPT: RefCell<Kept> = RefCell::default();
 }
 
-/// Sends `req` to `addr` over a kept connection, or a new one.
+/// The pool's two timeouts (`limits.connect_timeout`,
+/// `limits.upstream_idle_timeout`).
+#[derive(Clone, Copy, Debug)]
+pub struct Timeouts {
+    pub connect: Duration,
+    pub idle: Duration,
+}
+
+/// Sends `req` to `addr` over a kept connection, or a new one. On a kept
+/// connection, a request is sent again once on a fresh one when the
+/// upstream had closed it before anything was written, or, when the
+/// request is idempotent and bodiless and the connection idle for
+/// [`RISKY_IDLE`], when the upstream closed it before a response head
+/// came (its keep-alive timer and our request crossed).
 pub async fn send(
     addr: SocketAddr,
     req: Request<RequestBody>,
-    connect_timeout: Duration,
+    timeouts: Timeouts,
     now: Instant,
 ) -> Result<Response<Incoming>, SendError> {
-    let (sender, reused) = match take(addr, now) {
-        Some(sender) => (sender, true),
-        None => (connect(addr, connect_timeout).await?, false),
+    let (sender, used) = match take(addr, now, timeouts.idle) {
+        Some((sender, used)) => (sender, Some(used)),
+        None => (connect(addr, timeouts.connect).await?, None),
     };
-    match exchange(addr, sender, req).await {
-        Err((_, Some(req))) if reused => {
-            // Closed under us before anything was written: a fresh one.
-            let sender = connect(addr, connect_timeout).await?;
-            exchange(addr, sender, req).await.map_err(|(e, _)| e)
+    let replay = match used {
+        Some(used) if now.saturating_duration_since(used) >= RISKY_IDLE => replayable(&req),
+        _ => None,
+    };
+    match (
+        exchange(addr, sender, req, now, timeouts.idle).await,
+        replay,
+    ) {
+        // Closed under us before anything was written: a fresh one.
+        (Err((_, Some(req))), _) if used.is_some() => {
+            let sender = connect(addr, timeouts.connect).await?;
+            (exchange(addr, sender, req, now, timeouts.idle).await).map_err(|(e, _)| e)
         }
-        result => result.map_err(|(e, _)| e),
+        (Err((error, None)), Some(req)) if unanswered(&error) => {
+            tracing::debug!(%error, upstream = %addr, "a kept connection closed under the request; sending it again");
+            let sender = connect(addr, timeouts.connect).await?;
+            (exchange(addr, sender, req, now, timeouts.idle).await).map_err(|(e, _)| e)
+        }
+        (result, _) => result.map_err(|(e, _)| e),
     }
+}
+
+/// A copy of `req` to send again, when that is safe: an idempotent method
+/// (RFC 9110 §9.2.2) and no body.
+fn replayable(req: &Request<RequestBody>) -> Option<Request<RequestBody>> {
+    if !req.method().is_idempotent() || !req.body().is_end_stream() {
+        return None;
+    }
+    let mut copy = Request::new(RequestBody::empty());
+    *copy.method_mut() = req.method().clone();
+    *copy.uri_mut() = req.uri().clone();
+    *copy.version_mut() = req.version();
+    *copy.headers_mut() = req.headers().clone();
+    Some(copy)
+}
+
+/// Whether the upstream ended the connection with no response to the
+/// request: hyper saw it close (or reset) before a complete response
+/// head. Not a response it could not parse, nor a timeout.
+fn unanswered(error: &SendError) -> bool {
+    let SendError::Request(error) = error else {
+        return false;
+    };
+    let reset = std::error::Error::source(error)
+        .and_then(|source| source.downcast_ref::<io::Error>())
+        .is_some_and(|io| {
+            matches!(
+                io.kind(),
+                io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe
+            )
+        });
+    error.is_incomplete_message() || error.is_canceled() || reset
 }
 
 /// Hands `req` to `sender`, which goes back to the busy queue at once (it
@@ -124,52 +194,58 @@ async fn exchange(
     addr: SocketAddr,
     mut sender: Sender,
     req: Request<RequestBody>,
+    now: Instant,
+    idle_timeout: Duration,
 ) -> Result<Response<Incoming>, (SendError, Option<Request<RequestBody>>)> {
     let response = sender.try_send_request(req);
-    put_back(addr, sender);
+    put_back(addr, sender, now, idle_timeout);
     response.await.map_err(|mut error| {
         let req = error.take_message();
         (SendError::Request(error.into_error()), req)
     })
 }
 
-/// A connection to `addr` that is ready for a request, if one is kept.
-/// Drops closed and expired ones on the way.
-fn take(addr: SocketAddr, now: Instant) -> Option<Sender> {
+/// A connection to `addr` that is ready for a request, if one is kept,
+/// with when it was last handed one. Drops closed and expired ones on
+/// the way.
+fn take(addr: SocketAddr, now: Instant, idle_timeout: Duration) -> Option<(Sender, Instant)> {
     KEPT.with_borrow_mut(|kept| {
         let server = kept.servers.iter_mut().find(|s| s.addr == addr)?;
-        server.promote(PROMOTE_PER_TAKE, now);
-        while let Some((sender, since)) = server.idle.pop() {
-            if spent(&sender, since, now) {
+        server.promote(PROMOTE_PER_TAKE);
+        while let Some((sender, used)) = server.idle.pop() {
+            if spent(&sender, used, now, idle_timeout) {
                 continue;
             }
             if sender.is_ready() {
-                return Some(sender);
+                return Some((sender, used));
             }
-            server.busy.push_back(sender);
+            server.busy.push_back((sender, used));
         }
         None
     })
 }
 
 /// Whether a kept connection is of no more use: closed, or idle (ready)
-/// since `since` for [`IDLE_TIMEOUT`].
-fn spent(sender: &Sender, since: Instant, now: Instant) -> bool {
-    sender.is_closed() || (sender.is_ready() && now - since >= IDLE_TIMEOUT)
+/// with its last request handed over `idle_timeout` ago. Counted from the
+/// request, not the response: a little early, never later than the
+/// upstream's own timer, which starts at its response.
+fn spent(sender: &Sender, used: Instant, now: Instant, idle_timeout: Duration) -> bool {
+    sender.is_closed() || (sender.is_ready() && now.saturating_duration_since(used) >= idle_timeout)
 }
 
-/// Keeps `sender` (just handed a request) for `addr`; starts this
-/// thread's reaper if it is not running.
-fn put_back(addr: SocketAddr, sender: Sender) {
+/// Keeps `sender` (just handed a request at `now`) for `addr`; starts
+/// this thread's reaper if it is not running.
+fn put_back(addr: SocketAddr, sender: Sender, now: Instant, idle_timeout: Duration) {
     let start_reaper = KEPT.with_borrow_mut(|kept| {
         match kept.servers.iter_mut().find(|s| s.addr == addr) {
-            Some(server) => server.busy.push_back(sender),
+            Some(server) => server.busy.push_back((sender, now)),
             None => kept.servers.push(Server {
                 addr,
                 idle: Vec::new(),
-                busy: VecDeque::from([sender]),
+                busy: VecDeque::from([(sender, now)]),
             }),
         }
+        kept.idle_timeout = idle_timeout;
         !std::mem::replace(&mut kept.reaping, true)
     });
     if start_reaper {
@@ -177,17 +253,18 @@ fn put_back(addr: SocketAddr, sender: Sender) {
     }
 }
 
-/// Closes this thread's connections idle for [`IDLE_TIMEOUT`] (and drops
-/// closed ones) every [`IDLE_TIMEOUT`], until none are kept.
+/// Closes this thread's connections idle for the idle timeout (and drops
+/// closed ones) every idle timeout, until none are kept.
 async fn reap() {
     loop {
-        tokio::time::sleep(IDLE_TIMEOUT).await;
+        let idle_timeout = KEPT.with_borrow(|kept| kept.idle_timeout);
+        tokio::time::sleep(idle_timeout).await;
         let now = Instant::now();
         let done = KEPT.with_borrow_mut(|kept| {
             for server in &mut kept.servers {
-                (server.idle).retain(|(sender, since)| !spent(sender, *since, now));
-                // Every busy one: those that finished start their idle time.
-                server.promote(server.busy.len(), now);
+                // Every busy one: those that finished may be spent.
+                server.promote(server.busy.len());
+                (server.idle).retain(|(sender, used)| !spent(sender, *used, now, idle_timeout));
             }
             kept.servers.retain(|server| !server.is_empty());
             kept.reaping = !kept.servers.is_empty();
@@ -221,154 +298,5 @@ async fn connect(addr: SocketAddr, timeout: Duration) -> Result<Sender, SendErro
 }
 
 #[cfg(test)]
-mod tests {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-    use super::*;
-
-    thread_local! {
-        /// Busy connections `promote` looked at on this thread.
-        pub(super) static LOOKED_AT: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
-    }
-
-    /// A request to `addr` with an empty body.
-    fn get(addr: SocketAddr) -> Request<RequestBody> {
-        Request::builder()
-            .uri("/x")
-            .header(http::header::HOST, addr.to_string())
-            .body(RequestBody::empty())
-            .unwrap()
-    }
-
-    /// Reads one request head from `stream`.
-    async fn read_head(stream: &mut tokio::net::TcpStream) -> bool {
-        let mut head = Vec::new();
-        let mut byte = [0; 1];
-        while !head.ends_with(b"\r\n\r\n") && head.len() < 8192 {
-            match stream.read(&mut byte).await {
-                Ok(1) => head.push(byte[0]),
-                _ => return false,
-            }
-        }
-        true
-    }
-
-    #[tokio::test(flavor = "current_thread")]
-    async fn a_connection_is_reused_and_one_the_upstream_closed_is_replaced() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (closed, mut on_closed) = tokio::sync::oneshot::channel();
-        let upstream = tokio::spawn(async move {
-            // The first connection answers two requests, then is closed;
-            // the second answers one.
-            let mut accepted = 0;
-            let mut closed = Some(closed);
-            for answers in [2, 1] {
-                let (mut stream, _) = listener.accept().await.unwrap();
-                accepted += 1;
-                for _ in 0..answers {
-                    assert!(read_head(&mut stream).await);
-                    stream
-                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
-                        .await
-                        .unwrap();
-                }
-                drop(stream);
-                if let Some(closed) = closed.take() {
-                    let _ = closed.send(());
-                }
-            }
-            accepted
-        });
-        let timeout = Duration::from_secs(5);
-        for i in 0..3 {
-            if i == 2 {
-                (&mut on_closed).await.unwrap();
-                // Time for the connection task to read the close.
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            let response = send(addr, get(addr), timeout, Instant::now())
-                .await
-                .unwrap();
-            assert_eq!(response.status(), 200);
-            let body = http_body_util::BodyExt::collect(response.into_body()).await;
-            assert_eq!(&body.unwrap().to_bytes()[..], b"ok");
-        }
-        assert_eq!(upstream.await.unwrap(), 2);
-    }
-
-    #[tokio::test(flavor = "current_thread")]
-    async fn a_refused_connect_is_a_connect_error() {
-        let addr = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap();
-        let error = send(addr, get(addr), Duration::from_secs(5), Instant::now())
-            .await
-            .unwrap_err();
-        assert!(matches!(error, SendError::Connect(_)), "{error:?}");
-    }
-
-    /// A hung upstream with many requests in flight: each take looks at a
-    /// bounded number of them (it scanned them all: CPU per request grew
-    /// with the requests in flight), and a connection that finished behind
-    /// them is still found.
-    #[tokio::test(flavor = "current_thread")]
-    async fn a_take_looks_at_a_bounded_number_of_busy_connections() {
-        const IN_FLIGHT: usize = 64;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        // Answers the first connection's first request; the rest hang.
-        let upstream = tokio::spawn(async move {
-            let mut held = Vec::new();
-            for i in 0..IN_FLIGHT {
-                let (mut stream, _) = listener.accept().await.unwrap();
-                assert!(read_head(&mut stream).await);
-                if i == 0 {
-                    stream
-                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
-                        .await
-                        .unwrap();
-                }
-                held.push(stream);
-            }
-            held
-        });
-        let timeout = Duration::from_secs(5);
-        let first = send(addr, get(addr), timeout, Instant::now())
-            .await
-            .unwrap();
-        let body = http_body_util::BodyExt::collect(first.into_body()).await;
-        assert_eq!(&body.unwrap().to_bytes()[..], b"ok");
-        // IN_FLIGHT hung requests: the first reuses the finished
-        // connection, each other one opens its own.
-        let hung: Vec<_> = (0..IN_FLIGHT)
-            .map(|_| tokio::spawn(send(addr, get(addr), timeout, Instant::now())))
-            .collect();
-        let held = upstream.await.unwrap();
-        assert_eq!(held.len(), IN_FLIGHT);
-        let busy = KEPT.with_borrow(|kept| kept.servers[0].busy.len());
-        assert_eq!(
-            busy, IN_FLIGHT,
-            "every in-flight request holds its connection"
-        );
-        LOOKED_AT.with(|n| n.set(0));
-        let takes = 20;
-        for _ in 0..takes {
-            assert!(
-                take(addr, Instant::now()).is_none(),
-                "all busy: nothing to take"
-            );
-        }
-        let looked = LOOKED_AT.with(|n| n.get());
-        // Less than a scan of every busy one per take (what it did), and
-        // within the stated bound.
-        assert!(
-            looked < takes * IN_FLIGHT && looked <= takes.saturating_mul(PROMOTE_PER_TAKE),
-            "{takes} takes looked at {looked} busy connections"
-        );
-        for task in hung {
-            task.abort();
-        }
-    }
-}
+#[path = "upstream_conns_tests.rs"]
+mod tests;

@@ -1,0 +1,226 @@
+//! The per-worker upstream pool's tests: reuse, a bounded take, the
+//! keep-alive race.
+use http::Method;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::*;
+
+thread_local! {
+    /// Busy connections `promote` looked at on this thread.
+    pub(super) static LOOKED_AT: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+fn timeouts() -> Timeouts {
+    Timeouts {
+        connect: Duration::from_secs(5),
+        idle: Duration::from_secs(90),
+    }
+}
+
+/// A request to `addr` with an empty body.
+fn get(addr: SocketAddr) -> Request<RequestBody> {
+    Request::builder()
+        .uri("/x")
+        .header(http::header::HOST, addr.to_string())
+        .body(RequestBody::empty())
+        .unwrap()
+}
+
+/// Reads one request head from `stream`.
+async fn read_head(stream: &mut tokio::net::TcpStream) -> bool {
+    let mut head = Vec::new();
+    let mut byte = [0; 1];
+    while !head.ends_with(b"\r\n\r\n") && head.len() < 8192 {
+        match stream.read(&mut byte).await {
+            Ok(1) => head.push(byte[0]),
+            _ => return false,
+        }
+    }
+    true
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_connection_is_reused_and_one_the_upstream_closed_is_replaced() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (closed, mut on_closed) = tokio::sync::oneshot::channel();
+    let upstream = tokio::spawn(async move {
+        // The first connection answers two requests, then is closed;
+        // the second answers one.
+        let mut accepted = 0;
+        let mut closed = Some(closed);
+        for answers in [2, 1] {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            accepted += 1;
+            for _ in 0..answers {
+                assert!(read_head(&mut stream).await);
+                stream
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                    .await
+                    .unwrap();
+            }
+            drop(stream);
+            if let Some(closed) = closed.take() {
+                let _ = closed.send(());
+            }
+        }
+        accepted
+    });
+    for i in 0..3 {
+        if i == 2 {
+            (&mut on_closed).await.unwrap();
+            // Time for the connection task to read the close.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let response = send(addr, get(addr), timeouts(), Instant::now())
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        let body = http_body_util::BodyExt::collect(response.into_body()).await;
+        assert_eq!(&body.unwrap().to_bytes()[..], b"ok");
+    }
+    assert_eq!(upstream.await.unwrap(), 2);
+}
+
+/// Waits (bounded) until this thread's kept connection is ready again.
+async fn until_ready() {
+    for _ in 0..5000 {
+        let ready = KEPT.with_borrow(|kept| {
+            (kept.servers.first()).is_some_and(|s| s.busy.iter().any(|(c, _)| c.is_ready()))
+        });
+        if ready {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    panic!("the kept connection never became ready");
+}
+
+/// The keep-alive race: the upstream closes a connection idle for a
+/// while just as the next request arrives (read, never answered). A
+/// bodiless GET goes again on a fresh connection (it was a 502); a
+/// POST does not.
+#[tokio::test(flavor = "current_thread")]
+async fn a_get_on_a_connection_the_upstream_closes_is_sent_again() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    // Each connection answers one request, then reads one and closes.
+    let upstream = tokio::spawn(async move {
+        let mut heads = Vec::new();
+        for connection in 0..2 {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            for answered in [true, false] {
+                if !read_head(&mut stream).await {
+                    break;
+                }
+                heads.push(connection);
+                if answered {
+                    stream
+                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                        .await
+                        .unwrap();
+                }
+            }
+        }
+        heads
+    });
+    let t0 = Instant::now();
+    let first = send(addr, get(addr), timeouts(), t0).await.unwrap();
+    let body = http_body_util::BodyExt::collect(first.into_body()).await;
+    assert_eq!(&body.unwrap().to_bytes()[..], b"ok");
+    until_ready().await;
+    // Idle a second (as the pool sees it) when the upstream closes it.
+    let later = t0 + Duration::from_secs(1);
+    let again = send(addr, get(addr), timeouts(), later).await.unwrap();
+    assert_eq!(again.status(), 200);
+    let body = http_body_util::BodyExt::collect(again.into_body()).await;
+    assert_eq!(&body.unwrap().to_bytes()[..], b"ok");
+    until_ready().await;
+    // A POST is not idempotent: the upstream's close is the answer.
+    let mut post = get(addr);
+    *post.method_mut() = Method::POST;
+    let error = send(addr, post, timeouts(), later + Duration::from_secs(1))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&error, SendError::Request(e) if e.is_incomplete_message()),
+        "{error:?}"
+    );
+    // Connection 0 saw the GET twice (answered, then closed under the
+    // second, which connection 1 answered), connection 1 the POST.
+    assert_eq!(upstream.await.unwrap(), [0, 0, 1, 1]);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_refused_connect_is_a_connect_error() {
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let error = send(addr, get(addr), timeouts(), Instant::now())
+        .await
+        .unwrap_err();
+    assert!(matches!(error, SendError::Connect(_)), "{error:?}");
+}
+
+/// A hung upstream with many requests in flight: each take looks at a
+/// bounded number of them (it scanned them all: CPU per request grew
+/// with the requests in flight), and a connection that finished behind
+/// them is still found.
+#[tokio::test(flavor = "current_thread")]
+async fn a_take_looks_at_a_bounded_number_of_busy_connections() {
+    const IN_FLIGHT: usize = 64;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    // Answers the first connection's first request; the rest hang.
+    let upstream = tokio::spawn(async move {
+        let mut held = Vec::new();
+        for i in 0..IN_FLIGHT {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            assert!(read_head(&mut stream).await);
+            if i == 0 {
+                stream
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                    .await
+                    .unwrap();
+            }
+            held.push(stream);
+        }
+        held
+    });
+    let first = send(addr, get(addr), timeouts(), Instant::now())
+        .await
+        .unwrap();
+    let body = http_body_util::BodyExt::collect(first.into_body()).await;
+    assert_eq!(&body.unwrap().to_bytes()[..], b"ok");
+    // IN_FLIGHT hung requests: the first reuses the finished
+    // connection, each other one opens its own.
+    let hung: Vec<_> = (0..IN_FLIGHT)
+        .map(|_| tokio::spawn(send(addr, get(addr), timeouts(), Instant::now())))
+        .collect();
+    let held = upstream.await.unwrap();
+    assert_eq!(held.len(), IN_FLIGHT);
+    let busy = KEPT.with_borrow(|kept| kept.servers[0].busy.len());
+    assert_eq!(
+        busy, IN_FLIGHT,
+        "every in-flight request holds its connection"
+    );
+    LOOKED_AT.with(|n| n.set(0));
+    let takes = 20;
+    for _ in 0..takes {
+        assert!(
+            take(addr, Instant::now(), timeouts().idle).is_none(),
+            "all busy: nothing to take"
+        );
+    }
+    let looked = LOOKED_AT.with(|n| n.get());
+    // Less than a scan of every busy one per take (what it did), and
+    // within the stated bound.
+    assert!(
+        looked < takes * IN_FLIGHT && looked <= takes.saturating_mul(PROMOTE_PER_TAKE),
+        "{takes} takes looked at {looked} busy connections"
+    );
+    for task in hung {
+        task.abort();
+    }
+}
