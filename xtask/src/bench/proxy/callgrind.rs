@@ -78,12 +78,15 @@ const CASES: [Case; 2] = [
     },
 ];
 
-/// What moved the figures, newest first (the section's history).
-const HISTORY: &str = "History (proxied 200 / 429, gateway instructions per request): main before \
-    issue 14 (631fb6a) 83,666 / 38,391; addresses without `fmt`, the request id shared, the credential \
-    borrowed, header names parsed once: 75,776 / 35,831; each worker's own upstream connections instead \
-    of hyper-util's pooled client: -11,078 on the 200; limiter keys hashed once and borrowed: 60,210 / \
-    34,923. HAProxy then (same method, a one-off script): 40,266 / 39,980.";
+/// What moved the figures (the section's history).
+const HISTORY: &str = "History (proxied 200 / 429, gateway instructions per request): 631fb6a 83,666 / \
+    38,391; `fmt`-free addresses, shared request id, borrowed credential: 75,776 / 35,831; the worker's \
+    own upstream connections instead of hyper-util's pooled client: -11,078 on the 200; limiter keys \
+    hashed once: 60,210 / 34,923; HAProxy then (a one-off script) 40,266 / 39,980. cgpeer (HAProxy \
+    measured in the same run from here): 59,364 / 34,725 -> 57,877-58,457 / 34,179-34,330 (three runs of one build) by keeping an origin-form \
+    target as is (-400), a vectorised JSON escape check and the peer's text once in the access log \
+    (-370), a byte-wise request id (-200), the JWT and OAuth2 futures boxed (about -340), no cookie \
+    rebuild or X-Forwarded-For lookup when there is nothing to keep (about -180).";
 
 /// Both paths for both proxies, printed as they are measured, then as a
 /// table; recorded in bench/RESULTS.md unless `record` is false (a
@@ -119,8 +122,10 @@ pub(super) fn run(gateway_bin: &Path, dir: &Path, record: bool) -> Result<()> {
          rotating keys (HAProxy: their `sha2(256),hex` in its map, the `bench proxy` configuration), 429 \
          with one key (the gateway's tier allows one request an hour, spent in the warm-up; HAProxy's \
          stick table refuses above 0 requests/s). Gateway: one worker, guard and admin off, limiter and \
-         access log on. valgrind hides SHA-NI, so SHA-256 runs its software path in both. The access-log \
-         writer's 20 ms ticks count with wall time: about ±100 is the noise floor.\n\n{table}\n{HISTORY}\n",
+         access log on. valgrind hides SHA-NI, so SHA-256 runs its software path in both. What counts with \
+         wall time moves totals between runs of one binary by up to about ±500 (the guard's \
+         once-a-second report memo, the access-log writer's 20 ms ticks): judge a change by the \
+         functions it touches (`callgrind_annotate` on target/bench-callgrind/*.out).\n\n{table}\n{HISTORY}\n",
         haproxy = haproxy_version(),
         warm_up = grouped(WARM_UP as u64),
         measured = grouped(MEASURED as u64),
