@@ -137,9 +137,15 @@ impl<'g> RequestContext<'g> {
         out.extend_from_slice(b",\"trace_id\":\"");
         out.extend_from_slice(&self.trace.trace_id_hex());
         out.extend_from_slice(b"\",\"peer\":");
-        json_text(out, AddrText::ip(self.peer.ip().to_canonical()));
+        let peer = self.peer.ip().to_canonical();
+        let peer_text = AddrText::ip(peer);
+        json_text(out, &peer_text);
         out.extend_from_slice(b",\"client_ip\":");
-        json_text(out, AddrText::ip(self.client_ip));
+        // The same address but behind a trusted proxy: written once.
+        match self.client_ip == peer {
+            true => json_text(out, &peer_text),
+            false => json_text(out, &AddrText::ip(self.client_ip)),
+        }
         out.extend_from_slice(b",\"method\":");
         json_str(out, self.method.as_str());
         out.extend_from_slice(b",\"path\":");
@@ -158,7 +164,7 @@ impl<'g> RequestContext<'g> {
         out.extend_from_slice(n.format(status).as_bytes());
         out.extend_from_slice(b",\"upstream\":");
         match self.upstream {
-            Some(upstream) => json_text(out, AddrText::socket(upstream)),
+            Some(upstream) => json_text(out, &AddrText::socket(upstream)),
             None => out.extend_from_slice(b"null"),
         }
         out.extend_from_slice(b",\"latency_ms\":");
@@ -179,7 +185,12 @@ impl<'g> RequestContext<'g> {
 /// `s` as a JSON string: copied as is unless it holds a byte JSON must
 /// escape (then serde_json writes it, so the bytes are the same).
 fn json_str(out: &mut Vec<u8>, s: &str) {
-    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+    // A fold with no early exit: the compiler checks 16 bytes at a time
+    // (what `all` did byte by byte was half of this function's cost).
+    let escapes = (s.bytes()).fold(false, |any, b| {
+        any | (b < 0x20) | (b == b'"') | (b == b'\\')
+    });
+    if !escapes {
         out.push(b'"');
         out.extend_from_slice(s.as_bytes());
         out.push(b'"');
@@ -196,7 +207,7 @@ fn json_opt_str(out: &mut Vec<u8>, s: Option<&str>) {
 }
 
 /// An address as a JSON string (its text never needs escaping).
-fn json_text(out: &mut Vec<u8>, text: AddrText) {
+fn json_text(out: &mut Vec<u8>, text: &AddrText) {
     out.push(b'"');
     out.extend_from_slice(text.as_bytes());
     out.push(b'"');
@@ -230,8 +241,6 @@ struct AccessLog<'a> {
     blame: Option<Blame>,
 }
 
-const HEX: &[u8; 16] = b"0123456789abcdef";
-
 /// The client's `X-Request-Id` if it is sane, else a fresh one: a random
 /// per-process prefix and a counter, unique without a syscall per request.
 fn request_id(headers: &http::HeaderMap) -> HeaderValue {
@@ -251,12 +260,10 @@ fn request_id(headers: &http::HeaderMap) -> HeaderValue {
         u64::from_be_bytes(bytes)
     });
     let count = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    // 32 lowercase hex digits, without `fmt`.
+    // 32 lowercase hex digits, without `fmt`, a byte at a time.
     let mut text = [0u8; 32];
-    for (i, slot) in text.iter_mut().enumerate() {
-        let n = if i < 16 { prefix } else { count };
-        *slot = HEX[((n >> ((15 - i % 16) * 4)) & 0xf) as usize];
-    }
+    let id = (u128::from(prefix) << 64) | u128::from(count);
+    super::trace::hex_encode(&id.to_be_bytes(), &mut text);
     HeaderValue::from_bytes(&text).unwrap_or(HeaderValue::from_static("-"))
 }
 

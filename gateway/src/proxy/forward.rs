@@ -238,7 +238,12 @@ pub fn strip_credentials(
     for name in key_headers {
         headers.remove(name);
     }
-    if let Some(cookie_name) = &sources.cookie {
+    // Most requests carry no cookie: nothing to rebuild then.
+    let cookies = sources
+        .cookie
+        .as_ref()
+        .filter(|_| headers.contains_key(header::COOKIE));
+    if let Some(cookie_name) = cookies {
         let kept: Vec<String> = headers
             .get_all(header::COOKIE)
             .iter()
@@ -287,10 +292,12 @@ pub fn set_forwarded(
     }
     // Every line a trusted proxy sent (they are one list, RFC 9110 §5.3),
     // or the upstream would see only what the client wrote on the first.
-    let previous: Vec<&str> = (headers.get_all(&X_FORWARDED_FOR).iter())
-        .filter(|_| trusted_peer)
-        .filter_map(|v| v.to_str().ok())
-        .collect();
+    let previous: Vec<&str> = match trusted_peer {
+        true => (headers.get_all(&X_FORWARDED_FOR).iter())
+            .filter_map(|v| v.to_str().ok())
+            .collect(),
+        false => Vec::new(),
+    };
     let text = AddrText::ip(peer);
     let value = match previous.is_empty() {
         false => HeaderValue::from_str(&format!("{}, {}", previous.join(", "), text.as_str())),

@@ -186,7 +186,9 @@ impl Gateway {
         if let Some(tokens) = &self.shared.tokens {
             if oauth::handles(&ctx.path) {
                 let replies = &self.tier_replies;
-                let response = oauth::handle(&self.shared, tokens, replies, req, ctx).await?;
+                // Boxed, as the JWT check below: see `authenticate`.
+                let response =
+                    Box::pin(oauth::handle(&self.shared, tokens, replies, req, ctx)).await?;
                 return Ok(Reply::Local(response));
             }
         }
@@ -326,8 +328,11 @@ impl Gateway {
         let keys = &self.shared.keys;
         let identity = match credential {
             Credential::Jwt(token) => {
-                let verified = (self.shared.jwt.verify(token, unix_now()).await)
-                    .map_err(ProxyError::InvalidToken)?;
+                // Boxed: its state (key refresh included) would otherwise
+                // size every request's future, moved whole several times
+                // per request whatever the credential.
+                let verify = Box::pin(self.shared.jwt.verify(token, unix_now()));
+                let verified = verify.await.map_err(ProxyError::InvalidToken)?;
                 ctx.issuer = Some(verified.issuer.clone());
                 Identity::of_token(verified, keys, unix_now())?
             }

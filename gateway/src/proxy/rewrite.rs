@@ -124,16 +124,23 @@ impl Rewriter {
                 headers.insert(header::HOST, value);
             }
         }
-        // Origin-form (`/path?query`): the connection is to `server`.
+        // Origin-form (`/path?query`): the connection is to `server`. A
+        // target already so (most HTTP/1.1 requests) is kept as it is.
         let path = origin.path;
-        let path_and_query = match query {
-            Some(query) => format!("{path}?{query}"),
-            None => path.to_owned(),
-        };
-        parts.uri = Uri::builder()
-            .path_and_query(path_and_query)
-            .build()
-            .map_err(|_| ProxyError::Upstream)?;
+        let unchanged = parts.uri.scheme().is_none()
+            && parts.uri.authority().is_none()
+            && parts.uri.path() == path
+            && parts.uri.query() == query.as_deref();
+        if !unchanged {
+            let path_and_query = match query {
+                Some(query) => format!("{path}?{query}"),
+                None => path.to_owned(),
+            };
+            parts.uri = Uri::builder()
+                .path_and_query(path_and_query)
+                .build()
+                .map_err(|_| ProxyError::Upstream)?;
+        }
         parts.version = Version::HTTP_11;
         Ok(Request::from_parts(parts, body))
     }

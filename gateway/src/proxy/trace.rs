@@ -79,7 +79,7 @@ fn hex_decode(hex: &[u8], out: &mut [u8]) -> Option<()> {
 }
 
 /// Lowercase hex of `bytes` into `out` (twice as long).
-fn hex_encode(bytes: &[u8], out: &mut [u8]) {
+pub(super) fn hex_encode(bytes: &[u8], out: &mut [u8]) {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     for (byte, pair) in bytes.iter().zip(out.chunks_exact_mut(2)) {
         pair[0] = DIGITS[usize::from(byte >> 4)];

@@ -1,16 +1,21 @@
 //! `cargo xtask bench proxy --callgrind`: instructions per request of the
 //! whole release gateway process (every thread) under `valgrind
-//! --tool=callgrind`, for the proxied 200 and the 429 path. Exact and
-//! repeatable where wall-clock figures on a shared machine are not: what
-//! a change to the request path is judged by (issue 14).
+//! --tool=callgrind`, for the proxied 200 and the 429 path, and of HAProxy
+//! doing the same work by the same method in the same run, as ratios
+//! (the `proxy-cpu` section of bench/RESULTS.md). Exact and repeatable
+//! where wall-clock figures on a shared machine are not: what a change to
+//! the request path is judged by (issue 14).
 //!
-//! Per path: one worker, guard and admin off, the limiter on; a raw
-//! keep-alive upstream answering every request head with a fixed 200;
-//! one client sending sequential keep-alive requests. Instrumentation is
-//! switched on (`callgrind_control -i on`) after [`WARM_UP`] requests and
-//! off after [`MEASURED`] more, so start-up, warm-up and shutdown are not
-//! counted. valgrind hides SHA-NI: SHA-256 runs its software path here.
+//! Per path and proxy: one worker (HAProxy: `nbthread 1`), the limiter on;
+//! a raw keep-alive upstream answering every request head with a fixed
+//! 200; one client sending sequential keep-alive requests with the same
+//! keys (HAProxy: their SHA-256 in its map, its `bench proxy`
+//! configuration). Instrumentation is switched on (`callgrind_control -i
+//! on`) after [`WARM_UP`] requests and off after [`MEASURED`] more, so
+//! start-up, warm-up and shutdown are not counted. valgrind hides SHA-NI:
+//! SHA-256 runs its software path here, in both.
 use std::{
+    fmt::Write as _,
     io::{BufRead as _, BufReader, Read as _, Write as _},
     net::{TcpListener, TcpStream},
     path::Path,
@@ -20,9 +25,14 @@ use std::{
 
 use anyhow::{bail, ensure, Context, Result};
 
+use super::{
+    configs::{self, Files, Listen},
+    peers,
+};
 use crate::bench::{
     keys,
     procs::{free_port, Running},
+    results,
 };
 
 /// Requests before instrumentation starts (connections, pools, caches warm).
@@ -32,45 +42,145 @@ const MEASURED: usize = 2_000;
 /// Keys the proxied path rotates through.
 const KEYS: usize = 1_000;
 
-/// Both paths, printed as they are measured.
-pub(super) fn run(gateway_bin: &Path, dir: &Path) -> Result<()> {
+/// A path measured: the gateway's tier, how many keys rotate, the status
+/// every measured request must get, and HAProxy's per-key limit for it.
+struct Case {
+    path: &'static str,
+    /// Scratch subdirectory and kept profile's name.
+    name: &'static str,
+    tier: &'static str,
+    keys: usize,
+    status: u16,
+    haproxy_per_key: u32,
+}
+
+/// The proxied path: a limit no request comes near, keys rotating. The
+/// 429 path: one key; the gateway's tier allows one request an hour
+/// (spent in the warm-up), HAProxy's `sc_http_req_rate(0) gt 0` refuses
+/// every request (the rate counts the request being tracked), so both
+/// refuse every measured one after the same lookup and count.
+const CASES: [Case; 2] = [
+    Case {
+        path: "proxied 200",
+        name: "ok",
+        tier: "requests = 100000000\nwindow = \"1s\"\nburst = 100000000",
+        keys: KEYS,
+        status: 200,
+        haproxy_per_key: configs::PER_KEY_RATE,
+    },
+    Case {
+        path: "429",
+        name: "limited",
+        tier: "requests = 1\nwindow = \"1h\"\nburst = 1",
+        keys: 1,
+        status: 429,
+        haproxy_per_key: 0,
+    },
+];
+
+/// What moved the figures (the section's history).
+const HISTORY: &str = "History (proxied 200 / 429, gateway instructions per request): 631fb6a 83,666 / \
+    38,391; `fmt`-free addresses, shared request id, borrowed credential: 75,776 / 35,831; the worker's \
+    own upstream connections instead of hyper-util's pooled client: -11,078 on the 200; limiter keys \
+    hashed once: 60,210 / 34,923; HAProxy then (a one-off script) 40,266 / 39,980. cgpeer (HAProxy \
+    measured in the same run from here): 59,364 / 34,725 -> 57,877-58,457 / 34,179-34,330 (three runs of one build) by keeping an origin-form \
+    target as is (-400), a vectorised JSON escape check and the peer's text once in the access log \
+    (-370), a byte-wise request id (-200), the JWT and OAuth2 futures boxed (about -340), no cookie \
+    rebuild or X-Forwarded-For lookup when there is nothing to keep (about -180).";
+
+/// Both paths for both proxies, printed as they are measured, then as a
+/// table; recorded in bench/RESULTS.md unless `record` is false (a
+/// `GATEWAY_BIN` given to compare with).
+pub(super) fn run(gateway_bin: &Path, dir: &Path, record: bool) -> Result<()> {
     ensure!(
         Command::new("valgrind").arg("--version").output().is_ok(),
         "valgrind is not installed (apt-get install valgrind)"
     );
     let upstream = Upstream::start()?;
-    // The proxied path: a tier no request comes near, keys rotating.
-    // The 429 path: one key, one request an hour.
-    for (path, tier, keys, status) in [
-        (
-            "proxied 200",
-            "requests = 100000000\nwindow = \"1s\"\nburst = 100000000",
-            KEYS,
-            200,
-        ),
-        ("429", "requests = 1\nwindow = \"1h\"\nburst = 1", 1, 429),
-    ] {
-        let case = dir.join(if status == 200 { "ok" } else { "limited" });
-        std::fs::create_dir_all(&case)?;
-        let instructions = measure(gateway_bin, &case, upstream.port, tier, keys, status)?;
-        println!(
-            "callgrind, {path}: {} instructions per request ({instructions} over {MEASURED} requests)",
-            instructions / MEASURED as u64
-        );
+    let mut rows = Vec::new();
+    for case in &CASES {
+        let case_dir = dir.join(case.name);
+        std::fs::create_dir_all(&case_dir)?;
+        let gateway = measure_gateway(gateway_bin, &case_dir, upstream.port, case)?;
+        let haproxy = measure_haproxy(&case_dir, upstream.port, case, &gateway.keys)?;
+        rows.push((case.path, gateway.per_request, haproxy));
     }
-    Ok(())
+    let table = table(&rows);
+    println!("{table}");
+    if !record {
+        println!("GATEWAY_BIN given: bench/RESULTS.md left as it is");
+        return Ok(());
+    }
+    let markdown = format!(
+        "## CPU per request, exact (callgrind; issue 14)\n\n\
+         `cargo xtask bench proxy --callgrind`: instructions per request of the whole release gateway \
+         process (every thread: worker, access-log writer, runtime) and of HAProxy {haproxy} (\
+         `nbthread 1`, `-db`) under `valgrind --tool=callgrind`, in one run: instrumentation switched on \
+         (`callgrind_control -i on`) after {warm_up} warm-up requests and off after {measured} sequential \
+         keep-alive requests from one client, divided by {measured}; start-up and shutdown not counted. \
+         Same client, same raw keep-alive upstream (a fixed 200), same keys: proxied 200 with {keys} \
+         rotating keys (HAProxy: their `sha2(256),hex` in its map, the `bench proxy` configuration), 429 \
+         with one key (the gateway's tier allows one request an hour, spent in the warm-up; HAProxy's \
+         stick table refuses above 0 requests/s). Gateway: one worker, guard and admin off, limiter and \
+         access log on. valgrind hides SHA-NI, so SHA-256 runs its software path in both. What counts with \
+         wall time moves totals between runs of one binary by up to about ±500 (the guard's \
+         once-a-second report memo, the access-log writer's 20 ms ticks): judge a change by the \
+         functions it touches (`callgrind_annotate` on target/bench-callgrind/*.out).\n\n{table}\n{HISTORY}\n",
+        haproxy = haproxy_version(),
+        warm_up = grouped(WARM_UP as u64),
+        measured = grouped(MEASURED as u64),
+        keys = grouped(KEYS as u64),
+    );
+    results::record("proxy-cpu", &markdown)
 }
 
-/// Instructions of the whole gateway process over [`MEASURED`] requests
-/// that must each be answered `status`.
-fn measure(
-    gateway_bin: &Path,
-    dir: &Path,
-    upstream: u16,
-    tier: &str,
-    key_count: usize,
-    status: u16,
-) -> Result<u64> {
+/// path, gateway, HAProxy (instructions per request), as markdown.
+fn table(rows: &[(&str, u64, u64)]) -> String {
+    let mut out = String::from(
+        "| path | gateway instr/req | HAProxy instr/req | gateway/HAProxy |\n|---|---|---|---|\n",
+    );
+    for (path, gateway, haproxy) in rows {
+        let ratio = *gateway as f64 / (*haproxy).max(1) as f64;
+        let _ = writeln!(
+            out,
+            "| {path} | {} | {} | {ratio:.2}x |",
+            grouped(*gateway),
+            grouped(*haproxy)
+        );
+    }
+    out
+}
+
+/// HAProxy's version number, from the first line of `haproxy -v`.
+fn haproxy_version() -> String {
+    let line = results::first_line("haproxy", &["-v"]);
+    let words: Vec<&str> = line.split_whitespace().collect();
+    (words.iter().position(|w| *w == "version"))
+        .and_then(|i| words.get(i + 1))
+        .map_or(line.clone(), |v| (*v).to_owned())
+}
+
+/// `59508` as `59,508`.
+fn grouped(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// The gateway's figure for a case, and the keys it made for it.
+struct Measured {
+    per_request: u64,
+    /// `(key, client id)`: the same keys go into HAProxy's map.
+    keys: Vec<(String, String)>,
+}
+
+fn measure_gateway(gateway_bin: &Path, dir: &Path, upstream: u16, case: &Case) -> Result<Measured> {
     let port = free_port()?;
     let config = dir.join("gateway.toml");
     std::fs::write(
@@ -85,31 +195,97 @@ fn measure(
              [[upstreams]]\nname = \"app\"\nservers = [\"127.0.0.1:{upstream}\"]\n\
              [[routes]]\npath_prefix = \"/\"\nupstream = \"app\"\nauth = \"api_key\"\n",
             dir = dir.display(),
+            tier = case.tier,
         ),
     )?;
-    let keys: Vec<String> = keys::create(gateway_bin, &config, "callgrind", "gold", key_count)?
-        .into_iter()
-        .map(|key| key.api_key)
-        .collect();
-    let out = dir.join("callgrind.out");
+    let keys: Vec<(String, String)> =
+        keys::create(gateway_bin, &config, "callgrind", "gold", case.keys)?
+            .into_iter()
+            .map(|key| (key.api_key, key.id))
+            .collect();
+    let out = dir.join("gateway.callgrind.out");
+    let mut command = under_callgrind(&out, gateway_bin.as_os_str());
+    command.args(["run", "--config"]).arg(&config);
+    let instructions = measure(command, &out, port, &keys, case.status)?;
+    keep_profile(&out, case.name)?;
+    let per_request = report("gateway", case, instructions);
+    Ok(Measured { per_request, keys })
+}
+
+/// HAProxy with `bench proxy`'s configuration (one thread, no TLS
+/// listener), the case's keys in its map.
+fn measure_haproxy(
+    dir: &Path,
+    upstream: u16,
+    case: &Case,
+    keys: &[(String, String)],
+) -> Result<u64> {
+    let files = Files {
+        dir,
+        sha_map: &dir.join("keys.sha.map"),
+        raw_map: &dir.join("keys.nginx.map"),
+        cert: &dir.join("unused.crt"),
+        key: &dir.join("unused.key"),
+        pem: &dir.join("unused.pem"),
+    };
+    peers::write_key_files(&files, keys)?;
+    let listen = Listen {
+        port: free_port()?,
+        tls_port: None,
+    };
+    let config = dir.join("haproxy.cfg");
+    let text = configs::haproxy(&files, listen, upstream, 1, case.haproxy_per_key);
+    std::fs::write(&config, text)?;
+    let out = dir.join("haproxy.callgrind.out");
+    let mut command = under_callgrind(&out, "haproxy".as_ref());
+    command.arg("-f").arg(&config).arg("-db");
+    let instructions = measure(command, &out, listen.port, keys, case.status)?;
+    keep_profile(&out, &format!("haproxy-{}", case.name))?;
+    Ok(report("haproxy", case, instructions))
+}
+
+/// `program` under callgrind, instrumentation off until switched on,
+/// its stderr discarded.
+fn under_callgrind(out: &Path, program: &std::ffi::OsStr) -> Command {
     let mut command = Command::new("valgrind");
     command
         .args(["--tool=callgrind", "--instr-atstart=no"])
         .arg(format!("--callgrind-out-file={}", out.display()))
-        .arg(gateway_bin)
-        .args(["run", "--config"])
-        .arg(&config)
+        .arg(program)
         .stderr(Stdio::null());
-    let gateway = Running::listening_within(command, port, Duration::from_secs(120))?;
-    let pid = gateway.pid().to_string();
+    command
+}
+
+/// Prints and returns a proxy's instructions per request.
+fn report(proxy: &str, case: &Case, instructions: u64) -> u64 {
+    let per_request = instructions / MEASURED as u64;
+    println!(
+        "callgrind, {proxy}, {}: {per_request} instructions per request ({instructions} over {MEASURED} requests)",
+        case.path
+    );
+    per_request
+}
+
+/// Instructions of the whole process `command` starts (listening on
+/// `port`) over [`MEASURED`] requests that must each be answered
+/// `status`; its callgrind output is `out`, read after it stops.
+fn measure(
+    command: Command,
+    out: &Path,
+    port: u16,
+    keys: &[(String, String)],
+    status: u16,
+) -> Result<u64> {
+    let process = Running::listening_within(command, port, Duration::from_secs(120))?;
+    let pid = process.pid().to_string();
     let mut client = Client::connect(port)?;
     // The 429 path's key gets its one allowed request in the warm-up.
     for i in 0..WARM_UP {
-        client.get(&keys[i % keys.len()])?;
+        client.get(&keys[i % keys.len()].0)?;
     }
     control(&pid, "on")?;
     for i in 0..MEASURED {
-        let got = client.get(&keys[i % keys.len()])?;
+        let got = client.get(&keys[i % keys.len()].0)?;
         ensure!(
             got == status,
             "request {i}: status {got}, expected {status}"
@@ -117,27 +293,23 @@ fn measure(
     }
     control(&pid, "off")?;
     drop(client);
-    gateway.stop_within(Duration::from_secs(120))?;
-    let text = std::fs::read_to_string(&out).context("reading callgrind's output")?;
-    keep_profile(&out, dir)?;
+    process.stop_within(Duration::from_secs(120))?;
+    let text = std::fs::read_to_string(out).context("reading callgrind's output")?;
     totals(&text)
 }
 
-/// Copies the profile to `target/bench-callgrind/<case>.out`, where it
+/// Copies the profile to `target/bench-callgrind/<name>.out`, where it
 /// outlives the scratch directory, for `callgrind_annotate` to break down.
-fn keep_profile(out: &Path, case_dir: &Path) -> Result<()> {
+fn keep_profile(out: &Path, name: &str) -> Result<()> {
     let kept = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench-callgrind");
     std::fs::create_dir_all(&kept)?;
-    let case = case_dir
-        .file_name()
-        .context("a case directory has a name")?;
-    let to = kept.join(case).with_extension("out");
+    let to = kept.join(format!("{name}.out"));
     std::fs::copy(out, &to).with_context(|| format!("keeping the profile as {}", to.display()))?;
     println!("callgrind profile kept: {}", to.display());
     Ok(())
 }
 
-/// `callgrind_control -i on|off` for the gateway's process.
+/// `callgrind_control -i on|off` for the process `pid`.
 fn control(pid: &str, switch: &str) -> Result<()> {
     let status = Command::new("callgrind_control")
         .args(["-i", switch, pid])
@@ -256,5 +428,22 @@ mod tests {
         assert_eq!(totals("events: Ir\ntotals: 456 7\n").unwrap(), 456);
         assert_eq!(totals("summary: 0\nfn=x\n1 5\ntotals: 789\n").unwrap(), 789);
         assert!(totals("events: Ir\n").is_err());
+    }
+
+    #[test]
+    fn table_has_ratios_and_grouped_counts() {
+        assert_eq!(grouped(7), "7");
+        assert_eq!(grouped(100), "100");
+        assert_eq!(grouped(59508), "59,508");
+        assert_eq!(grouped(1234567), "1,234,567");
+        let table = table(&[("proxied 200", 60_000, 40_000), ("429", 30_000, 40_000)]);
+        assert!(
+            table.contains("| proxied 200 | 60,000 | 40,000 | 1.50x |"),
+            "{table}"
+        );
+        assert!(
+            table.contains("| 429 | 30,000 | 40,000 | 0.75x |"),
+            "{table}"
+        );
     }
 }

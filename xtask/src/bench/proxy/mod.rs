@@ -16,7 +16,7 @@
 //! HTTP/2 and TLS against HAProxy, on the same configurations and setup.
 //! `conns` (`cargo xtask bench conns`) brings up the same peers to measure
 //! memory per open connection. `callgrind` (`--callgrind`) counts the
-//! instructions per request instead.
+//! instructions per request of the gateway and HAProxy instead.
 mod callgrind;
 mod closedloop;
 mod configs;
@@ -66,16 +66,17 @@ pub(super) fn run(rounds: usize, seconds: u32, unpinned: bool) -> Result<()> {
 }
 
 /// `bench proxy --callgrind`: instructions per request (see [`callgrind`])
-/// of the release build, or of the binary `GATEWAY_BIN` names (an older
-/// build to compare with); `--unpinned` is refused, nothing runs
-/// concurrently here.
+/// of the release build and of HAProxy, or of the binary `GATEWAY_BIN`
+/// names (an older build to compare with: printed, not recorded);
+/// `--unpinned` is refused, nothing runs concurrently here.
 pub(super) fn callgrind(unpinned: bool) -> Result<()> {
     if unpinned {
         bail!("--callgrind counts instructions: --unpinned means nothing to it");
     }
+    let record = std::env::var_os("GATEWAY_BIN").is_none();
     let gateway_bin = gateway_bin()?;
     let dir = scratch::dir("gateway-bench-callgrind-")?;
-    callgrind::run(&gateway_bin, dir.path())
+    callgrind::run(&gateway_bin, dir.path(), record)
 }
 
 /// The release build, or the binary `GATEWAY_BIN` names (an older build,
