@@ -3,12 +3,11 @@
 use std::{collections::HashMap, sync::Arc};
 
 use arc_swap::ArcSwap;
-use subtle::ConstantTimeEq;
 
 use super::{
     format::{self, KeyFormatError, KeyIdText},
     store::{Client, KeyStore, StoreError, StoredKey},
-    table::{KeyId, KeyTable, Slot},
+    table::{self, KeyId, KeyTable, Slot},
 };
 
 /// Why a presented key was refused (for metrics and logs; never the key).
@@ -236,6 +235,18 @@ impl KeyIndex {
         text: &str,
         now: i64,
     ) -> (Option<KeyIdText>, Result<Arc<Client>, KeyRejection>) {
+        let entries = self.entries.load();
+        // The slot's line starts loading while the checksum is computed.
+        if let Some(id) = (text.len() == format::KEY_LEN)
+            .then(|| {
+                text.as_bytes()
+                    .get(format::PREFIX.len()..)?
+                    .first_chunk::<{ format::ID_LEN }>()
+            })
+            .flatten()
+        {
+            entries.prefetch(id);
+        }
         let parsed = match format::parse(text) {
             Ok(parsed) => parsed,
             Err(KeyFormatError::Checksum) => return (None, Err(KeyRejection::Checksum)),
@@ -245,12 +256,14 @@ impl KeyIndex {
             return (None, Err(KeyRejection::Malformed));
         };
         let key_id = Some(KeyIdText::from(parsed.id));
-        let entries = self.entries.load();
         let Some((slot, client)) = entries.get(&id) else {
             return (key_id, Err(KeyRejection::Unknown));
         };
+        // The client's reference count (and the fields the request reads
+        // next) start loading while the secret is hashed.
+        table::prefetch(Arc::as_ptr(client).cast::<u8>().wrapping_sub(16));
         let presented = format::hash_secret(parsed.secret);
-        if !bool::from(presented.ct_eq(&slot.secret_hash)) {
+        if !table::digests_equal(&presented, &slot.secret_hash) {
             return (key_id, Err(KeyRejection::WrongSecret));
         }
         if slot.disabled {
