@@ -33,6 +33,51 @@ pub struct ParsedKey<'a> {
     pub secret: &'a str,
 }
 
+/// A key id as logs show it, inline: verifying a key allocates nothing
+/// to name it. Holds at most [`ID_LEN`] bytes; longer text (never a key
+/// id: `parse` checks its length) is cut at a char boundary.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct KeyIdText {
+    bytes: [u8; ID_LEN],
+    len: u8,
+}
+
+impl From<&str> for KeyIdText {
+    fn from(text: &str) -> Self {
+        let mut len = text.len().min(ID_LEN);
+        while !text.is_char_boundary(len) {
+            len -= 1;
+        }
+        let mut bytes = [0; ID_LEN];
+        bytes[..len].copy_from_slice(&text.as_bytes()[..len]);
+        Self {
+            bytes,
+            len: len as u8,
+        }
+    }
+}
+
+impl std::ops::Deref for KeyIdText {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        // Always whole chars of a `str` (see `from`).
+        std::str::from_utf8(&self.bytes[..usize::from(self.len)]).unwrap_or_default()
+    }
+}
+
+impl std::fmt::Debug for KeyIdText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(&**self, f)
+    }
+}
+
+impl std::fmt::Display for KeyIdText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self)
+    }
+}
+
 /// A freshly generated key: the full text (shown once) and what to store.
 pub struct NewKey {
     pub id: String,
@@ -141,6 +186,15 @@ mod tests {
         bytes[i] = if bytes[i] == b'a' { b'b' } else { b'a' };
         let tampered = String::from_utf8(bytes).unwrap();
         assert_eq!(parse(&tampered).err(), Some(KeyFormatError::Checksum));
+    }
+
+    #[test]
+    fn a_key_id_text_holds_whole_chars_of_at_most_an_id() {
+        let key = generate().unwrap();
+        assert_eq!(&*KeyIdText::from(key.id.as_str()), key.id);
+        assert_eq!(&*KeyIdText::from("kid\"1"), "kid\"1");
+        assert_eq!(&*KeyIdText::from("abcdefghijklmnop"), "abcdefghijkl");
+        assert_eq!(&*KeyIdText::from("abcdefghijk\u{e9}"), "abcdefghijk");
     }
 
     #[test]

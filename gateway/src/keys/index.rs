@@ -1,17 +1,13 @@
 //! The request path's view of the keys: an immutable map swapped whole when
 //! the store changes, so verifying a key takes no lock and does no I/O.
-use std::{
-    collections::HashMap,
-    hash::{BuildHasher, Hasher},
-    sync::Arc,
-};
+use std::{collections::HashMap, sync::Arc};
 
 use arc_swap::ArcSwap;
-use subtle::ConstantTimeEq;
 
 use super::{
-    format::{self, KeyFormatError},
+    format::{self, KeyFormatError, KeyIdText},
     store::{Client, KeyStore, StoreError, StoredKey},
+    table::{self, KeyId, KeyTable, Slot},
 };
 
 /// Why a presented key was refused (for metrics and logs; never the key).
@@ -65,67 +61,9 @@ impl KeyRejection {
     }
 }
 
-/// A key id as the map holds it: inline, so a lookup compares it without
-/// following a pointer to a heap string.
-type KeyId = [u8; format::ID_LEN];
-
-/// Hashes key ids for the map with a per-process random seed and a
-/// multiply-fold, a tenth of SipHash's cost. Enough here: the ids in the
-/// map are random (generated from the OS CSPRNG), and a client only looks
-/// ids up, so it cannot lengthen a probe sequence (no hash flooding).
-#[derive(Clone)]
-struct IdHashing(u64);
-
-impl Default for IdHashing {
-    fn default() -> Self {
-        Self(std::hash::RandomState::new().hash_one(0x6b65_7973_u64))
-    }
-}
-
-impl BuildHasher for IdHashing {
-    type Hasher = IdHasher;
-
-    fn build_hasher(&self) -> IdHasher {
-        IdHasher(self.0)
-    }
-}
-
-struct IdHasher(u64);
-
-impl Hasher for IdHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        for chunk in bytes.chunks(8) {
-            let mut word = [0u8; 8];
-            word[..chunk.len()].copy_from_slice(chunk);
-            self.0 = (self.0 ^ u64::from_le_bytes(word))
-                .wrapping_mul(0x9e37_79b9_7f4a_7c15)
-                .rotate_left(26);
-        }
-    }
-
-    fn finish(&self) -> u64 {
-        self.0
-    }
-}
-
-type IdMap = HashMap<KeyId, Entry, IdHashing>;
-
-/// What verifying a key needs, in one place: the client's `disabled` and
-/// expiry are copied here (the index is rebuilt whenever the store
-/// changes), so a verification touches the client only to hand it out.
-#[derive(Clone)]
-struct Entry {
-    secret_hash: [u8; 32],
-    /// The earlier of the key's end of grace (a rotated-out key) and the
-    /// client's expiry (unix seconds).
-    expires_at: Option<i64>,
-    disabled: bool,
-    client: Arc<Client>,
-}
-
 #[derive(Default)]
 pub struct KeyIndex {
-    entries: ArcSwap<IdMap>,
+    entries: ArcSwap<KeyTable>,
     /// Clients by `external_id`, so a JWT can name a stored client.
     external: ArcSwap<HashMap<String, Arc<Client>>>,
     /// Clients by id, for the admin API.
@@ -140,21 +78,10 @@ pub struct KeyIndex {
     writer: std::sync::Mutex<u64>,
 }
 
-/// A key's entry: the earlier of its own end and its client's.
-fn entry(key: &StoredKey, client: &Arc<Client>) -> Option<(KeyId, Entry)> {
-    let expires_at = match (key.expires_at, client.expires_at) {
-        (Some(key), Some(client)) => Some(key.min(client)),
-        (key, client) => key.or(client),
-    };
-    Some((
-        KeyId::try_from(key.key_id.as_bytes()).ok()?,
-        Entry {
-            secret_hash: key.secret_hash,
-            expires_at,
-            disabled: client.disabled,
-            client: client.clone(),
-        },
-    ))
+/// A key's slot, if its client is among `clients`.
+fn slot(key: &StoredKey, clients: &HashMap<String, Arc<Client>>) -> Option<Slot> {
+    let client = clients.get(&key.client_id)?;
+    Slot::new(&key.key_id, key.secret_hash, key.expires_at, client)
 }
 
 impl KeyIndex {
@@ -197,10 +124,7 @@ impl KeyIndex {
             .map(|client| (client.id.clone(), Arc::new(client)))
             .collect();
         // A stored id not of the key format could never be presented: skipped.
-        let entries: IdMap = keys
-            .iter()
-            .filter_map(|key| entry(key, clients.get(&key.client_id)?))
-            .collect();
+        let entries = KeyTable::new(keys.iter().filter_map(|key| slot(key, &clients)).collect());
         let external: HashMap<String, Arc<Client>> = clients
             .values()
             .filter_map(|c| Some((c.external_id.clone()?, c.clone())))
@@ -242,11 +166,14 @@ impl KeyIndex {
             .filter(|c| ids.contains(c.id.as_str()))
             .map(|c| (c.id.clone(), Arc::new(c)))
             .collect();
-        let mut entries: IdMap = IdMap::clone(&self.entries.load());
-        entries.retain(|_, entry| !ids.contains(entry.client.id.as_str()));
-        entries.extend(
-            keys.iter()
-                .filter_map(|key| entry(key, fresh.get(&key.client_id)?)),
+        let old = self.entries.load();
+        let kept = (old.iter()).filter(|slot| {
+            (slot.client.as_ref()).is_some_and(|client| !ids.contains(client.id.as_str()))
+        });
+        let entries = KeyTable::new(
+            (kept.cloned())
+                .chain(keys.iter().filter_map(|key| slot(key, &fresh)))
+                .collect(),
         );
         let mut external = HashMap::clone(&self.external.load());
         external.retain(|_, c| !ids.contains(c.id.as_str()));
@@ -301,36 +228,51 @@ impl KeyIndex {
     }
 
     /// Verifies a presented key at `now` (unix seconds). Returns the key id
-    /// (safe to log) with the outcome.
+    /// (safe to log) with the outcome. Allocates nothing: the id comes
+    /// back inline, the client as a shared reference.
     pub fn verify(
         &self,
         text: &str,
         now: i64,
-    ) -> (Option<String>, Result<Arc<Client>, KeyRejection>) {
+    ) -> (Option<KeyIdText>, Result<Arc<Client>, KeyRejection>) {
+        let entries = self.entries.load();
+        // The slot's line starts loading while the checksum is computed.
+        if let Some(id) = (text.len() == format::KEY_LEN)
+            .then(|| {
+                text.as_bytes()
+                    .get(format::PREFIX.len()..)?
+                    .first_chunk::<{ format::ID_LEN }>()
+            })
+            .flatten()
+        {
+            entries.prefetch(id);
+        }
         let parsed = match format::parse(text) {
             Ok(parsed) => parsed,
             Err(KeyFormatError::Checksum) => return (None, Err(KeyRejection::Checksum)),
             Err(_) => return (None, Err(KeyRejection::Malformed)),
         };
-        let key_id = Some(parsed.id.to_owned());
         let Ok(id) = KeyId::try_from(parsed.id.as_bytes()) else {
             return (None, Err(KeyRejection::Malformed));
         };
-        let entries = self.entries.load();
-        let Some(entry) = entries.get(&id) else {
+        let key_id = Some(KeyIdText::from(parsed.id));
+        let Some((slot, client)) = entries.get(&id) else {
             return (key_id, Err(KeyRejection::Unknown));
         };
+        // The client's reference count (and the fields the request reads
+        // next) start loading while the secret is hashed.
+        table::prefetch(Arc::as_ptr(client).cast::<u8>().wrapping_sub(16));
         let presented = format::hash_secret(parsed.secret);
-        if !bool::from(presented.ct_eq(&entry.secret_hash)) {
+        if !table::digests_equal(&presented, &slot.secret_hash) {
             return (key_id, Err(KeyRejection::WrongSecret));
         }
-        if entry.disabled {
+        if slot.disabled {
             return (key_id, Err(KeyRejection::Disabled));
         }
-        if entry.expires_at.is_some_and(|at| at <= now) {
+        if slot.expires_at <= now {
             return (key_id, Err(KeyRejection::Expired));
         }
-        (key_id, Ok(entry.client.clone()))
+        (key_id, Ok(client.clone()))
     }
 }
 

@@ -8,6 +8,7 @@ pub mod index;
 pub mod postgres;
 pub mod sqlite;
 pub mod store;
+mod table;
 
 pub use clients::{ClientError, Clients};
 pub use index::{KeyIndex, KeyRejection};

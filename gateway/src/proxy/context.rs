@@ -48,7 +48,7 @@ pub(super) struct RequestContext<'g> {
     pub route: Option<&'g Route>,
     /// Authenticate phase: the presented key's id (even when refused; never
     /// the key) or the verified token's issuer.
-    pub key_id: Option<String>,
+    pub key_id: Option<crate::keys::format::KeyIdText>,
     pub issuer: Option<String>,
     /// Authenticate phase: who the request is from.
     pub identity: Option<Identity>,
