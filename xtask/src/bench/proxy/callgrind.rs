@@ -86,7 +86,11 @@ const HISTORY: &str = "History (proxied 200 / 429, gateway instructions per requ
     measured in the same run from here): 59,364 / 34,725 -> 57,877-58,457 / 34,179-34,330 (three runs of one build) by keeping an origin-form \
     target as is (-400), a vectorised JSON escape check and the peer's text once in the access log \
     (-370), a byte-wise request id (-200), the JWT and OAuth2 futures boxed (about -340), no cookie \
-    rebuild or X-Forwarded-For lookup when there is nothing to keep (about -180).";
+    rebuild or X-Forwarded-For lookup when there is nothing to keep (about -180). Then jemalloc as \
+    the global allocator (same parking build: 60,449 / 35,100 with glibc's malloc, 58,172 / 32,783 \
+    with jemalloc), parking idle connections (about +900: the boxed service future, the body that \
+    holds the request's count), the key index's one-line slots and the merged hardening \
+    (CONNECT, 101, retry): 57,248 / 31,896.";
 
 /// Both paths for both proxies, printed as they are measured, then as a
 /// table; recorded in bench/RESULTS.md unless `record` is false (a
