@@ -73,14 +73,20 @@ fn parked(gateway: &Gateway, times: u64) -> bool {
     false
 }
 
+/// A connection that was answered `/one` and then parked.
+fn served_then_parked(gateway: &Gateway) -> BufReader<TcpStream> {
+    let mut client = connect(gateway);
+    send(&mut client, b"GET /one HTTP/1.1\r\nHost: a\r\n\r\n");
+    assert_eq!(response(&mut client), (200, "upstream-ok".into()));
+    assert!(parked(gateway, 1), "the idle connection was not parked");
+    client
+}
+
 #[test]
 fn an_idle_connection_is_parked_and_serves_its_next_request_whole() {
     let upstream = FakeUpstream::start(None);
     let gateway = Gateway::builder(&config(upstream.addr, "200ms")).start();
-    let mut client = connect(&gateway);
-    send(&mut client, b"GET /one HTTP/1.1\r\nHost: a\r\n\r\n");
-    assert_eq!(response(&mut client), (200, "upstream-ok".into()));
-    assert!(parked(&gateway, 1), "the idle connection was not parked");
+    let mut client = served_then_parked(&gateway);
     assert_eq!(gateway.metric("gateway_connections_parked"), Some(1));
     // Parked: the next request on the same socket is served.
     send(&mut client, b"GET /two HTTP/1.1\r\nHost: a\r\n\r\n");
@@ -179,10 +185,7 @@ fn parking_off_keeps_every_connection_with_hyper() {
 fn an_http2_preface_after_a_park_is_not_taken_for_http2() {
     let upstream = FakeUpstream::start(None);
     let gateway = Gateway::builder(&config(upstream.addr, "200ms")).start();
-    let mut client = connect(&gateway);
-    send(&mut client, b"GET /one HTTP/1.1\r\nHost: a\r\n\r\n");
-    assert_eq!(response(&mut client), (200, "upstream-ok".into()));
-    assert!(parked(&gateway, 1), "the idle connection was not parked");
+    let mut client = served_then_parked(&gateway);
     send(&mut client, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
     let mut rest = Vec::new();
     let _ = client.read_to_end(&mut rest);
