@@ -196,3 +196,25 @@ fn an_http2_preface_after_a_park_is_not_taken_for_http2() {
     );
     assert_eq!(upstream.requests().len(), 1);
 }
+
+/// A parked connection whose next head arrives is served, not parked
+/// again before hyper has read it (its idle time counts from that head,
+/// not from its last response): each park is counted once.
+#[test]
+fn a_resumed_connection_is_not_parked_again_before_its_request_is_served() {
+    let upstream = FakeUpstream::start(None);
+    let gateway = Gateway::builder(&config(upstream.addr, "1s")).start();
+    let mut client = connect(&gateway);
+    for round in 1..=3u64 {
+        send(&mut client, b"GET /again HTTP/1.1\r\nHost: a\r\n\r\n");
+        assert_eq!(response(&mut client), (200, "upstream-ok".into()));
+        // Within the second that follows no park is due.
+        assert_eq!(
+            gateway.metric("gateway_connections_parked_total"),
+            Some(round - 1),
+            "parked more often than it was idle, round {round}"
+        );
+        assert!(parked(&gateway, round), "not parked in round {round}");
+    }
+    assert_eq!(upstream.requests().len(), 3);
+}

@@ -97,6 +97,13 @@ impl Activity {
         Duration::from_nanos(now_ns.saturating_sub(self.last_ns.load(Relaxed)))
     }
 
+    /// A head arrived: the connection is not idle from here (a parked one
+    /// was idle since its last response, and would otherwise look idle to
+    /// the loop that now serves its head).
+    pub(super) fn touch(&self) {
+        self.last_ns.store(monotonic_ns(), Relaxed);
+    }
+
     /// Idle for `after` with only bodiless, non-upgrade requests so far.
     pub(super) fn may_park(&self, after: Duration, now_ns: u64) -> bool {
         !self.unparkable.load(Relaxed) && !self.is_http2() && self.idle_for(now_ns) >= after

@@ -153,6 +153,7 @@ impl Gateway {
             // HTTP/2 with prior knowledge starts a connection; after an
             // HTTP/1.1 request it is no preface but a bad request.
             let resumed = parked.take().is_some();
+            activity.touch();
             if !resumed && io.is_http2() {
                 let (current, shutdown) = (current.clone(), shutdown.clone());
                 let serve =
