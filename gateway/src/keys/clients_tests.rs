@@ -69,11 +69,16 @@ fn racing_bootstraps_make_one_admin_in_a_private_store() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("keys.db");
     let start = std::sync::Barrier::new(8);
+    // Opened here, one after another: a thread that failed before the
+    // barrier would leave the others waiting at it for ever, and the race
+    // under test is the bootstrap's, not the first open's.
+    let stores: Vec<SqliteStore> = (0..8).map(|_| SqliteStore::open(&path).unwrap()).collect();
     let outcomes: Vec<bool> = std::thread::scope(|scope| {
-        let runs: Vec<_> = (0..8)
-            .map(|_| {
-                scope.spawn(|| {
-                    let store = SqliteStore::open(&path).unwrap();
+        let runs: Vec<_> = stores
+            .into_iter()
+            .map(|store| {
+                let start = &start;
+                scope.spawn(move || {
                     start.wait();
                     let runtime = tokio::runtime::Builder::new_current_thread()
                         .build()
