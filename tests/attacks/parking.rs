@@ -218,3 +218,18 @@ fn a_resumed_connection_is_not_parked_again_before_its_request_is_served() {
     }
     assert_eq!(upstream.requests().len(), 3);
 }
+
+/// A drain does not wait for parked connections: SIGTERM with one parked
+/// ends the process well within `limits.drain_timeout` (30 s), and the
+/// parked client sees its connection closed unanswered.
+#[test]
+fn a_drain_closes_parked_connections_at_once() {
+    let upstream = FakeUpstream::start(None);
+    let mut gateway = Gateway::builder(&config(upstream.addr, "200ms")).start();
+    let mut client = served_then_parked(&gateway);
+    assert!(gateway.stop(), "the gateway did not drain within 10 s");
+    let mut rest = Vec::new();
+    let _ = client.read_to_end(&mut rest);
+    assert!(rest.is_empty(), "answered after the drain: {rest:?}");
+    assert_eq!(upstream.requests().len(), 1);
+}

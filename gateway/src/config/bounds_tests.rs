@@ -46,6 +46,11 @@ fn cases() -> Vec<(String, &'static str, &'static [&'static str])> {
             DURATIONS,
         ),
         (
+            section("[limits]\n", "park_idle_after"),
+            "limits.park_idle_after",
+            &["\"soon\"", "-1", "\"-1s\""],
+        ),
+        (
             section("[limits]\n", "upstream_idle_timeout"),
             "limits.upstream_idle_timeout",
             &["\"0s\"", "\"500ms\"", "\"2h\"", "\"-1s\""],
