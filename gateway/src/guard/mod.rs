@@ -199,6 +199,11 @@ impl SourceGuard {
         now_ns: u64,
     ) -> Option<PolicyUpdate> {
         let settings = self.settings.load();
+        // Off bans nothing, so there is nothing to count towards one: a
+        // 429 flood costs no shard lock.
+        if settings.mode == GuardMode::Off {
+            return None;
+        }
         let (id, standing_ns) = (
             self.client_hash(client),
             duration_ns(settings.auth_failure_window),
@@ -234,6 +239,9 @@ impl SourceGuard {
     /// address, or of its prefix when the prefix as a whole is guessing.
     pub fn auth_failed(&self, remote: Remote, now_ns: u64) -> Option<PolicyUpdate> {
         let settings = self.settings.load();
+        if settings.mode == GuardMode::Off {
+            return None;
+        }
         let window_ns = duration_ns(settings.auth_failure_window);
         let ban = self.with_source(remote.client, now_ns, |source| {
             (source.auth_failed(settings.auth_failures, window_ns, now_ns))

@@ -86,6 +86,36 @@ fn ignoring_429s_bans_until_the_window_frees_up_then_doubles_to_the_cap() {
     assert_eq!(guard.counters.rate_limit_bans.load(Ordering::Relaxed), 4);
 }
 
+/// Off counts nothing towards a ban (a 429 or guessing flood costs no
+/// shard lock), so switching to enforce by a reload starts every source
+/// with a clean record: its first ban takes the full allowance again.
+#[test]
+fn off_counts_nothing_that_enforce_would_hold_against_a_source() {
+    let guard = SourceGuard::new(settings(GuardMode::Off));
+    let (src, guesser) = (direct("10.0.0.3"), direct("10.0.0.4"));
+    let (reset, t0) = (Duration::from_secs(20), 1_000 * SEC);
+    for i in 0..50 {
+        assert_eq!(guard.rate_limited(src, "a", reset, t0 + i), None);
+        assert_eq!(guard.auth_failed(guesser, t0 + i), None);
+    }
+    guard.set_settings(settings(GuardMode::Enforce));
+    for i in 0..5 {
+        assert_eq!(guard.rate_limited(src, "a", reset, t0 + 100 + i), None);
+    }
+    assert_eq!(
+        ban_until(guard.rate_limited(src, "a", reset, t0 + 105)),
+        t0 + 105 + 20 * SEC
+    );
+    // As many guesses to a ban as on a guard that was never off.
+    let fresh = SourceGuard::new(settings(GuardMode::Enforce));
+    let guesses_to_ban = |guard: &SourceGuard| {
+        (0..10u64).position(|i| guard.auth_failed(guesser, t0 + 200 + i).is_some())
+    };
+    let on_fresh = guesses_to_ban(&fresh);
+    assert!(on_fresh.is_some());
+    assert_eq!(guesses_to_ban(&guard), on_fresh);
+}
+
 #[test]
 fn refusals_spread_beyond_the_window_do_not_ban() {
     let guard = SourceGuard::new(settings(GuardMode::Enforce));
