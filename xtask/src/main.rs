@@ -30,6 +30,7 @@ enum Task {
     Setup,
     /// Build the XDP object (nightly) and the gateway binary with it embedded.
     Build {
+        /// Optimised (the `production` profile: target/production/gateway).
         #[arg(long)]
         release: bool,
     },
@@ -131,12 +132,12 @@ pub fn build(release: bool) -> Result<PathBuf> {
     build_ebpf()?;
     let mut command = cargo(None);
     command.args(["build", "--package", "gateway"]);
-    if release {
-        command.arg("--release");
-    }
+    // `production`: release with fat LTO and one codegen unit (Cargo.toml).
+    let profile = if release { "production" } else { "dev" };
+    command.args(["--profile", profile]);
     run_cmd(&mut command)?;
     Ok(target_dir()
-        .join(if release { "release" } else { "debug" })
+        .join(if release { "production" } else { "debug" })
         .join("gateway"))
 }
 

@@ -36,6 +36,30 @@ pub(crate) fn create(
     Ok(keys)
 }
 
+/// The peers' key maps of `(key, client id)` pairs: `SHA-256(key)
+/// client-id` lines for HAProxy (its `sha2(256),hex` is uppercase) and
+/// `key client-id;` lines for nginx's `map` (no SHA-256 without extra
+/// modules).
+pub(crate) fn write_maps(sha_map: &Path, raw_map: &Path, keys: &[(String, String)]) -> Result<()> {
+    use std::fmt::Write as _;
+    let (mut sha, mut raw) = (String::new(), String::new());
+    for (key, client) in keys {
+        writeln!(sha, "{} {client}", sha256_hex_upper(key))?;
+        writeln!(raw, "{key} {client};")?;
+    }
+    std::fs::write(sha_map, sha)?;
+    std::fs::write(raw_map, raw)?;
+    Ok(())
+}
+
+fn sha256_hex_upper(text: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(text.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02X}"))
+        .collect()
+}
+
 fn parse(json_lines: &str) -> Result<Vec<Key>> {
     json_lines
         .lines()

@@ -39,6 +39,8 @@ const ISO_LIMIT: u32 = 1000;
 const ISO_BURST: u32 = 100;
 const B_RATE: u32 = 50;
 const PEERS: [&str; 3] = ["gateway", "HAProxy", "nginx"];
+/// Keys every peer looks the flooding key up among (as in `bench proxy`).
+const KEYS: usize = 10_000;
 
 pub(super) fn run(rounds: usize, seconds: u32) -> Result<()> {
     ensure_packages()?;
@@ -120,13 +122,20 @@ fn bench(gateway_bin: &Path, dir: &Path, rounds: usize, seconds: u32) -> Result<
              [[routes]]\npath_prefix = \"/\"\nupstream = \"app\"\nauth = \"api_key\"\nrate_limit = true\n"
         ),
     )?;
-    let keys = |tier: &str, count: usize| -> Result<Vec<String>> {
+    let keys = |tier: &str, count: usize| -> Result<Vec<(String, String)>> {
         let created = keys::create(gateway_bin, &config, "x", tier, count)?;
-        Ok(created.into_iter().map(|key| key.api_key).collect())
+        Ok(created
+            .into_iter()
+            .map(|key| (key.api_key, key.id))
+            .collect())
     };
-    // A fresh key per round, so each round starts from rest everywhere.
+    // A fresh key per round, so each round starts from rest everywhere;
+    // every peer authenticates against the same map of all of them.
     let acc_keys = keys("acc", rounds)?;
-    let iso_keys = keys("iso", 2)?;
+    let iso_keys = keys("iso", KEYS)?;
+    let (sha_map, raw_map) = (dir.join("keys.sha.map"), dir.join("keys.nginx.map"));
+    let every_key: Vec<_> = acc_keys.iter().chain(&iso_keys).cloned().collect();
+    keys::write_maps(&sha_map, &raw_map, &every_key)?;
     let _gateway = Running::quiet(
         Command::new(gateway_bin)
             .args(["run", "--config"])
@@ -140,10 +149,18 @@ fn bench(gateway_bin: &Path, dir: &Path, rounds: usize, seconds: u32) -> Result<
     let stick = |name: &str| {
         format!("backend {name}\n  stick-table type string len 128 size 10k expire 60s store http_req_rate({WINDOW_S}s)\n")
     };
+    // As in `bench proxy`: the key's SHA-256 looked up in the map (401 if
+    // absent), the client's rate tracked, identity header set, key removed.
     let frontend = |name: &str, port: u16, max: u32| {
         format!(
-            "frontend {name}\n  bind 127.0.0.1:{port}\n  http-request track-sc0 req.hdr(x-api-key) table st_{name}\n  \
-             http-request deny deny_status 429 if {{ sc_http_req_rate(0) gt {max} }}\n  default_backend app\n"
+            "frontend {name}\n  bind 127.0.0.1:{port}\n  \
+             http-request set-var(txn.client) req.hdr(x-api-key),sha2(256),hex,map({map})\n  \
+             http-request deny deny_status 401 unless {{ var(txn.client) -m found }}\n  \
+             http-request track-sc0 var(txn.client) table st_{name}\n  \
+             http-request deny deny_status 429 if {{ sc_http_req_rate(0) gt {max} }}\n  \
+             http-request set-header x-client-id %[var(txn.client)]\n  \
+             http-request del-header x-api-key\n  default_backend app\n",
+            map = sha_map.display()
         )
     };
     let haproxy_conf = write(
@@ -165,7 +182,10 @@ fn bench(gateway_bin: &Path, dir: &Path, rounds: usize, seconds: u32) -> Result<
             .arg(&haproxy_conf),
     )?;
 
-    let peer_conf = write("nginx.conf", peer_config(dir, upstream, [ng_acc, ng_iso]))?;
+    let peer_conf = write(
+        "nginx.conf",
+        peer_config(dir, upstream, [ng_acc, ng_iso], &raw_map),
+    )?;
     let _nginx = start_nginx(&peer_conf)?;
     for port in ports {
         wait_for_port(port)?;
@@ -183,7 +203,7 @@ fn bench(gateway_bin: &Path, dir: &Path, rounds: usize, seconds: u32) -> Result<
     ];
     println!("accuracy: {n} requests over {WINDOW_S} s per round, {rounds} interleaved rounds");
     let mut allowed = vec![Vec::new(); 3];
-    for (round, key) in acc_keys.iter().enumerate() {
+    for (round, (key, _)) in acc_keys.iter().enumerate() {
         let (ports, mut conns) = ([gw, ha_acc, ng_acc], [None, None, None]);
         let mut counts = [[0u32; 3]; 3];
         let start = Instant::now() + Duration::from_millis(100);
@@ -209,51 +229,35 @@ fn bench(gateway_bin: &Path, dir: &Path, rounds: usize, seconds: u32) -> Result<
 
     // Isolation: key A floods with wrk (closed loop) while key B sends
     // steadily at half its limit on its own connection.
-    let [a, b] = [&iso_keys[0], &iso_keys[1]];
+    let [a, b] = [&iso_keys[0].0, &iso_keys[1].0];
     println!(
-        "isolation: key A floods (wrk -t1 -c16), key B sends {B_RATE} req/s (limit {}/s) for {seconds} s",
+        "isolation: key A floods (wrk -t1 -c16), key B sends {B_RATE} req/s (limit {}/s) for {seconds} s, \
+         {rounds} interleaved rounds",
         ISO_LIMIT / WINDOW_S
     );
-    let mut isolation = Vec::new();
-    for (peer, port) in [gw, ha_iso, ng_iso].into_iter().enumerate() {
-        let mut wrk = Running(
-            Command::new("wrk")
-                .args(["-t1", "-c16", &format!("-d{}s", seconds + 1), "-H"])
-                .arg(format!("x-api-key: {a}"))
-                .arg(format!("http://127.0.0.1:{port}/flood"))
-                .stdout(Stdio::piped())
-                .stderr(Stdio::null())
-                .spawn()
-                .context("starting wrk")?,
-        );
-        let start = Instant::now() + Duration::from_millis(500);
-        let mut conn = None;
-        let (mut ok, mut latencies) = (0u32, Vec::new());
-        let period = 1_000_000_000 / u64::from(B_RATE);
-        for i in 0..u64::from(seconds * B_RATE) {
-            sleep_until(start + Duration::from_nanos(i * period));
-            let sent = Instant::now();
-            let status = get(&mut conn, port, b);
-            latencies.push(sent.elapsed().as_secs_f64() * 1e3);
-            ok += u32::from(matches!(status, Ok(200..=299)));
+    let mut runs: [Vec<Isolation>; 3] = Default::default();
+    for round in 0..rounds {
+        for slot in 0..3 {
+            let peer = (slot + round) % 3;
+            let run = isolation([gw, ha_iso, ng_iso][peer], a, b, seconds)?;
+            println!(
+                "  round {}: {:<8} B {:>5.1}% 2xx, p99 {:>6.2} ms, p50 {:>5.2} ms | A's flood {:>7.0} req/s",
+                round + 1,
+                PEERS[peer],
+                run.success,
+                run.p99,
+                run.p50,
+                run.flood
+            );
+            runs[peer].push(run);
         }
-        let mut out = String::new();
-        if let Some(mut stdout) = wrk.0.stdout.take() {
-            stdout.read_to_string(&mut out)?;
-        }
-        drop(wrk);
-        let flood =
-            requests_per_sec(&out).with_context(|| format!("wrk printed no rate:\n{out}"))?;
-        latencies.sort_by(f64::total_cmp);
-        let p99 = percentile(&latencies, 0.99);
-        let success = 100.0 * f64::from(ok) / latencies.len() as f64;
-        println!(
-            "  {:<8} B {success:>5.1}% 2xx, p99 {p99:>6.2} ms, p50 {:>5.2} ms | A's flood {flood:>7.0} req/s",
-            PEERS[peer],
-            median(&mut latencies)
-        );
-        isolation.push((success, p99, flood));
     }
+    let isolation: Vec<[f64; 3]> = (runs.iter())
+        .map(|runs| {
+            let of = |f: fn(&Isolation) -> f64| median(&mut runs.iter().map(f).collect::<Vec<_>>());
+            [of(|r| r.success), of(|r| r.p99), of(|r| r.flood)]
+        })
+        .collect();
 
     // Summary: the RESULTS.md section, printed too.
     let cells = |f: &dyn Fn(usize) -> String| (0..3).map(f).collect::<Vec<_>>().join(" | ");
@@ -266,21 +270,25 @@ fn bench(gateway_bin: &Path, dir: &Path, rounds: usize, seconds: u32) -> Result<
          Accuracy: one key at {OVER}x its limit ({n} requests evenly spaced over {WINDOW_S} s, from \
          rest); allowed = 2xx, median of {rounds} interleaved rounds (min-max). Isolation: key A \
          floods (wrk -t1 -c16, closed loop) while key B sends {B_RATE} req/s (limit {}/s) for \
-         {seconds} s. Gateway guard off: it would otherwise ban A's source in the kernel.\n\n\
+         {seconds} s; medians of {rounds} interleaved rounds. Every peer does the same work per \
+         request: the key looked up among {KEYS} (HAProxy: its SHA-256 in a `map`; nginx: the raw \
+         key in a `map`, it has no SHA-256), 401 for an unknown key, the client's rate limited, \
+         identity header set and key header removed on what is forwarded. Gateway guard off: it \
+         would otherwise ban A's source in the kernel.\n\n\
          | | gateway | HAProxy 2.6 | nginx |\n|---|---|---|---|\n\
          | limiter | {} |\n| ideal over the window | {} |\n| exact algorithm on this schedule | {} |\n\
          | allowed | {} |\n| deviation from ideal (gateway target ±1: {met}) | {} |\n\
          | B success % (gateway/peer) | {} |\n| B p99 ms (gateway/peer) | {} |\n\
-         | A's flood req/s | {} |\n",
+         | A's flood req/s (peer/gateway) | {} |\n",
         ISO_LIMIT / WINDOW_S,
         cells(&|p| configs[p].clone()),
         cells(&|p| ideal(p).to_string()),
         cells(&|p| exact(p, &times).to_string()),
         cells(&|p| format!("{} ({}-{})", medians[p], allowed[p][0], allowed[p][rounds - 1])),
         cells(&|p| format!("{:+}", deviation(p))),
-        ratio(&|p| isolation[p].0),
-        ratio(&|p| isolation[p].1),
-        cells(&|p| format!("{:.0}", isolation[p].2)),
+        ratio(&|p| isolation[p][0]),
+        ratio(&|p| isolation[p][1]),
+        cells(&|p| format!("{:.0} ({:.2}x)", isolation[p][2], isolation[p][2] / isolation[0][2])),
     );
     println!(
         "\n{table}\nnote: HAProxy counts refused requests too, so a key that keeps sending over its \
@@ -291,19 +299,71 @@ fn bench(gateway_bin: &Path, dir: &Path, rounds: usize, seconds: u32) -> Result<
     results::record("limits", &table)
 }
 
+/// One isolation run against one proxy.
+struct Isolation {
+    /// B's share of 2xx answers, %.
+    success: f64,
+    p99: f64,
+    p50: f64,
+    /// A's answers per second (429s once its burst is spent).
+    flood: f64,
+}
+
+/// Key `a` floods the proxy at `port` (wrk, closed loop) while key `b`
+/// sends [`B_RATE`] requests a second on its own connection.
+fn isolation(port: u16, a: &str, b: &str, seconds: u32) -> Result<Isolation> {
+    let mut wrk = Running(
+        Command::new("wrk")
+            .args(["-t1", "-c16", &format!("-d{}s", seconds + 1), "-H"])
+            .arg(format!("x-api-key: {a}"))
+            .arg(format!("http://127.0.0.1:{port}/flood"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting wrk")?,
+    );
+    let start = Instant::now() + Duration::from_millis(500);
+    let mut conn = None;
+    let (mut ok, mut latencies) = (0u32, Vec::new());
+    let period = 1_000_000_000 / u64::from(B_RATE);
+    for i in 0..u64::from(seconds * B_RATE) {
+        sleep_until(start + Duration::from_nanos(i * period));
+        let sent = Instant::now();
+        let status = get(&mut conn, port, b);
+        latencies.push(sent.elapsed().as_secs_f64() * 1e3);
+        ok += u32::from(matches!(status, Ok(200..=299)));
+    }
+    let mut out = String::new();
+    if let Some(mut stdout) = wrk.0.stdout.take() {
+        stdout.read_to_string(&mut out)?;
+    }
+    drop(wrk);
+    let flood = requests_per_sec(&out).with_context(|| format!("wrk printed no rate:\n{out}"))?;
+    latencies.sort_by(f64::total_cmp);
+    Ok(Isolation {
+        success: 100.0 * f64::from(ok) / latencies.len() as f64,
+        p99: percentile(&latencies, 0.99),
+        p50: median(&mut latencies),
+        flood,
+    })
+}
+
 /// The shared upstream: one worker answering "ok".
 fn upstream_config(dir: &Path, port: u16) -> String {
     Nginx::new(dir, "upstream", 1).static_site(port, "ok\\n")
 }
 
-/// nginx as a peer: `limit_req` zones keyed by the API key for the
-/// accuracy and the isolation tiers, one listener each (`ports`), errors
-/// only from `crit` up (every refusal would log one).
-fn peer_config(dir: &Path, upstream: u16, ports: [u16; 2]) -> String {
+/// nginx as a peer: the raw keys in a `map` (401 for one not in it),
+/// `limit_req` zones keyed by the client for the accuracy and the
+/// isolation tiers, one listener each (`ports`), errors only from `crit`
+/// up (every refusal would log one).
+fn peer_config(dir: &Path, upstream: u16, ports: [u16; 2], raw_map: &Path) -> String {
     let server = |port: u16, zone: &str, burst: u32| {
         format!(
-            "server {{ listen 127.0.0.1:{port}; location / {{ limit_req zone={zone} burst={burst} nodelay;\n\
-               proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection \"\"; }} }}\n"
+            "server {{ listen 127.0.0.1:{port}; location / {{ if ($client_id = \"\") {{ return 401; }}\n\
+               limit_req zone={zone} burst={burst} nodelay;\n\
+               proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection \"\";\n\
+               proxy_set_header X-Client-Id $client_id; proxy_set_header X-API-Key \"\"; }} }}\n"
         )
     };
     let base = Nginx::new(dir, "nginx", 2);
@@ -313,8 +373,11 @@ fn peer_config(dir: &Path, upstream: u16, ports: [u16; 2]) -> String {
     };
     nginx.config(&format!(
         "limit_req_status 429;\n\
-         limit_req_zone $http_x_api_key zone=acc:1m rate={}r/s;\n\
-         limit_req_zone $http_x_api_key zone=iso:1m rate={}r/s;\n{}{}{}",
+         map_hash_max_size 65536;\nmap_hash_bucket_size 256;\n\
+         map $http_x_api_key $client_id {{ default \"\"; include {}; }}\n\
+         limit_req_zone $client_id zone=acc:1m rate={}r/s;\n\
+         limit_req_zone $client_id zone=iso:1m rate={}r/s;\n{}{}{}",
+        raw_map.display(),
         LIMIT / WINDOW_S,
         ISO_LIMIT / WINDOW_S,
         nginx::upstream_pool(upstream, 32, None),
@@ -327,10 +390,10 @@ fn peer_config(dir: &Path, upstream: u16, ports: [u16; 2]) -> String {
 mod tests {
     use super::*;
 
-    /// The configurations this bench wrote before they shared
-    /// `nginx::Nginx`, as the same directives.
+    /// The upstream as it was before it shared `nginx::Nginx`; the peer
+    /// with the directives that make its work the gateway's.
     #[test]
-    fn nginx_configs_as_before() {
+    fn nginx_configs() {
         let (dir, upstream, ng_acc, ng_iso) = (Path::new("/tmp/limits"), 1001, 1002, 1003);
         let d = dir.display();
         nginx::assert_same_directives(
@@ -342,26 +405,22 @@ mod tests {
                    server {{ listen 127.0.0.1:{upstream}; location / {{ return 200 \"ok\\n\"; }} }} }}\n"
             ),
         );
-        let server = |port: u16, zone: &str, burst: u32| {
+        // The peer does the gateway's work: keys looked up in the map, 401
+        // for others, limited per client, identity set, key removed.
+        let map = dir.join("keys.nginx.map");
+        let config = peer_config(dir, upstream, [ng_acc, ng_iso], &map);
+        for directive in [
             format!(
-                "server {{ listen 127.0.0.1:{port}; location / {{ limit_req zone={zone} burst={burst} nodelay;\n\
-                   proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection \"\"; }} }}\n"
-            )
-        };
-        nginx::assert_same_directives(
-            &peer_config(dir, upstream, [ng_acc, ng_iso]),
-            &format!(
-                "worker_processes 2;\npid {d}/nginx.pid;\nerror_log {d}/nginx.err crit;\n\
-                 events {{ worker_connections 4096; }}\n\
-                 http {{ access_log off; keepalive_requests 1000000; limit_req_status 429;\n\
-                   limit_req_zone $http_x_api_key zone=acc:1m rate={}r/s;\n\
-                   limit_req_zone $http_x_api_key zone=iso:1m rate={}r/s;\n\
-                   upstream app {{ server 127.0.0.1:{upstream}; keepalive 32; }}\n{}{}}}\n",
-                LIMIT / WINDOW_S,
-                ISO_LIMIT / WINDOW_S,
-                server(ng_acc, "acc", NGINX_BURST),
-                server(ng_iso, "iso", ISO_BURST - 1),
+                "map $http_x_api_key $client_id {{ default \"\"; include {d}/keys.nginx.map; }}"
             ),
-        );
+            "limit_req_zone $client_id zone=acc:1m rate=1r/s;".into(),
+            "limit_req_zone $client_id zone=iso:1m rate=100r/s;".into(),
+            "listen 127.0.0.1:1002; location / { if ($client_id = \"\") { return 401; }".into(),
+            "limit_req zone=iso burst=99 nodelay;".into(),
+            "proxy_set_header X-Client-Id $client_id; proxy_set_header X-API-Key \"\";".into(),
+        ] {
+            assert!(config.contains(&directive), "{directive} not in\n{config}");
+        }
+        assert_eq!(config.matches("return 401").count(), 2, "{config}");
     }
 }

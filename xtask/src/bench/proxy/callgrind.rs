@@ -25,10 +25,7 @@ use std::{
 
 use anyhow::{bail, ensure, Context, Result};
 
-use super::{
-    configs::{self, Files, Listen},
-    peers,
-};
+use super::configs::{self, Files, Listen};
 use crate::bench::{
     keys,
     procs::{free_port, Running},
@@ -232,7 +229,7 @@ fn measure_haproxy(
         key: &dir.join("unused.key"),
         pem: &dir.join("unused.pem"),
     };
-    peers::write_key_files(&files, keys)?;
+    keys::write_maps(files.sha_map, files.raw_map, keys)?;
     let listen = Listen {
         port: free_port()?,
         tls_port: None,

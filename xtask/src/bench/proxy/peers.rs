@@ -101,7 +101,7 @@ impl Setup {
             key: &dir.join("peer.key"),
             pem: &dir.join("peer.pem"),
         };
-        write_key_files(&files, &keys)?;
+        keys::write_maps(files.sha_map, files.raw_map, &keys)?;
         make_certificate(&files)?;
         let raw: Vec<&str> = keys.iter().map(|(key, _)| key.as_str()).collect();
         let keys_file = write("keys.txt", raw.join("\n") + "\n")?;
@@ -198,20 +198,6 @@ pub(super) fn create_keys(gateway_bin: &Path, config: &Path) -> Result<Vec<(Stri
         .map(|key| (key.api_key, key.id))
         .collect())
 }
-
-pub(super) fn write_key_files(files: &Files, keys: &[(String, String)]) -> Result<()> {
-    use std::fmt::Write as _;
-    let mut sha = String::new();
-    let mut raw = String::new();
-    for (key, client) in keys {
-        writeln!(sha, "{} {client}", sha256_hex_upper(key))?;
-        writeln!(raw, "{key} {client};")?;
-    }
-    std::fs::write(files.sha_map, sha)?;
-    std::fs::write(files.raw_map, raw)?;
-    Ok(())
-}
-
 /// One self-signed ECDSA P-256 certificate for both peers (the gateway
 /// makes its own, of the same kind).
 pub(super) fn make_certificate(files: &Files) -> Result<()> {
@@ -250,16 +236,6 @@ pub(super) fn curl_over(version: &str, url: &str, key: &str) -> Result<(u16, Str
     let status = status.trim().parse().unwrap_or(0);
     Ok((status, body.to_owned()))
 }
-
-/// What HAProxy's `sha2(256),hex` yields for a key: uppercase hex.
-fn sha256_hex_upper(text: &str) -> String {
-    use sha2::Digest;
-    sha2::Sha256::digest(text.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02X}"))
-        .collect()
-}
-
 /// The TLS version and cipher suite a proxy negotiates with OpenSSL's
 /// defaults (what wrk offers).
 pub(super) fn tls_parameters(proxy: &Proxy) -> String {
