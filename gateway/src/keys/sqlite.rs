@@ -1,9 +1,15 @@
 //! The embedded key store: a SQLite database in WAL mode (crash-safe, and
 //! operators can inspect it with `sqlite3`), private to its owner. Every
 //! read-modify-write is one IMMEDIATE transaction.
-use std::{path::Path, sync::Mutex};
+use std::{
+    path::Path,
+    sync::Mutex,
+    time::{Duration, Instant},
+};
 
-use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
+use rusqlite::{
+    params, Connection, ErrorCode, OptionalExtension, Transaction, TransactionBehavior,
+};
 
 use super::{
     format,
@@ -45,10 +51,8 @@ impl SqliteStore {
         let mut conn = Connection::open(path).map_err(open_error)?;
         // First, so that concurrent openers of a new store wait for each
         // other (the switch to WAL locks the file) instead of failing.
-        conn.busy_timeout(std::time::Duration::from_secs(5))
-            .map_err(open_error)?;
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(open_error)?;
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(open_error)?;
+        enable_wal(&conn).map_err(open_error)?;
         conn.pragma_update(None, "synchronous", "FULL")
             .map_err(open_error)?;
         conn.pragma_update(None, "foreign_keys", "ON")
@@ -79,6 +83,33 @@ impl SqliteStore {
         self.conn
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// How long an opener or a write waits for another connection's lock.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// `PRAGMA journal_mode = WAL`, retried while another opener holds the
+/// file. The switch reads the header under a shared lock and then needs an
+/// exclusive one; SQLite answers that upgrade `SQLITE_BUSY` at once, past
+/// the busy handler (waiting could deadlock two such openers), so one of
+/// eight connections opening a new store together failed ("database is
+/// locked") within a few dozen tries before this.
+fn enable_wal(conn: &Connection) -> rusqlite::Result<()> {
+    let deadline = Instant::now() + BUSY_TIMEOUT;
+    loop {
+        match conn.pragma_update(None, "journal_mode", "WAL") {
+            Err(rusqlite::Error::SqliteFailure(error, _))
+                if error.code == ErrorCode::DatabaseBusy && Instant::now() < deadline =>
+            {
+                #[allow(
+                    clippy::disallowed_methods,
+                    reason = "opening is synchronous: SQLite's own busy wait blocks the same way"
+                )]
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            done => return done,
+        }
     }
 }
 
@@ -459,3 +490,7 @@ impl KeyStore for SqliteStore {
         blocking(|| SqliteStore::client_keys(self, client_id))
     }
 }
+
+#[cfg(test)]
+#[path = "sqlite_tests.rs"]
+mod tests;
