@@ -130,6 +130,7 @@ impl AccessLogger {
     }
 
     fn write_forever(&self) {
+        below_the_workers();
         let mut spare = Vec::with_capacity(INITIAL);
         let mut reported = 0;
         loop {
@@ -155,9 +156,45 @@ impl AccessLogger {
     }
 }
 
+/// The calling thread's nice value, raised by this much: its wake-ups
+/// (every [`INTERVAL`]) should not preempt a worker answering a request
+/// on the same CPU (issue 14's tail: pinned with one worker, the writer
+/// was most of the time that worker waited runnable). Still enough
+/// weight to keep up with stdout under full load.
+const NICER: libc::c_int = 10;
+
+fn below_the_workers() {
+    // SAFETY: plain syscall on the calling thread (Linux keeps the nice
+    // value per thread; `who = 0` is the caller), no memory involved.
+    let raised = unsafe {
+        let current = libc::getpriority(libc::PRIO_PROCESS, 0);
+        libc::setpriority(libc::PRIO_PROCESS, 0, current.saturating_add(NICER))
+    };
+    if raised != 0 {
+        let error = std::io::Error::last_os_error();
+        tracing::debug!(%error, "access-log thread keeps the workers' priority");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The writer's thread alone gets the higher nice value (Linux keeps
+    /// it per thread): the thread that started it, a worker's stand-in,
+    /// keeps its own.
+    #[test]
+    fn the_writer_thread_alone_runs_nicer() {
+        // SAFETY: reads the calling thread's nice value.
+        let nice = || unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) };
+        let before = nice();
+        let writer = std::thread::spawn(move || {
+            below_the_workers();
+            nice()
+        });
+        assert_eq!(writer.join().unwrap(), (before + NICER).min(19));
+        assert_eq!(nice(), before);
+    }
 
     /// Each thread's lines arrive whole and in order; none is lost or
     /// shared between buffers.
