@@ -3,7 +3,8 @@ use super::*;
 /// Eight connections opening a store that does not exist yet, at once (a
 /// `gateway run` and a `gateway keys create` started together, say): each
 /// gets the store. Before `enable_wal` retried, one of them failed with
-/// "database is locked" within a few dozen rounds (round 26 of 40 here).
+/// "database is locked" within a few dozen rounds (at rounds 8, 9 and 39
+/// in three runs here).
 #[test]
 fn concurrent_first_opens_of_a_new_store_all_succeed() {
     for round in 0..60 {
