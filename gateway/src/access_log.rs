@@ -130,7 +130,9 @@ impl AccessLogger {
     }
 
     fn write_forever(&self) {
-        below_the_workers();
+        if let Err(error) = below_the_workers() {
+            tracing::debug!(%error, "access-log thread keeps the workers' priority");
+        }
         let mut spare = Vec::with_capacity(INITIAL);
         let mut reported = 0;
         loop {
@@ -163,17 +165,21 @@ impl AccessLogger {
 /// weight to keep up with stdout under full load.
 const NICER: libc::c_int = 10;
 
-fn below_the_workers() {
-    // SAFETY: plain syscall on the calling thread (Linux keeps the nice
-    // value per thread; `who = 0` is the caller), no memory involved.
-    let raised = unsafe {
+fn below_the_workers() -> std::io::Result<()> {
+    // SAFETY: plain syscalls on the calling thread (Linux keeps the nice
+    // value per thread; `who = 0` is the caller) and its own errno.
+    unsafe {
+        // -1 is a nice value as well as the error return: errno tells.
+        *libc::__errno_location() = 0;
         let current = libc::getpriority(libc::PRIO_PROCESS, 0);
-        libc::setpriority(libc::PRIO_PROCESS, 0, current.saturating_add(NICER))
-    };
-    if raised != 0 {
-        let error = std::io::Error::last_os_error();
-        tracing::debug!(%error, "access-log thread keeps the workers' priority");
+        if current == -1 && *libc::__errno_location() != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        if libc::setpriority(libc::PRIO_PROCESS, 0, current.saturating_add(NICER)) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
     }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -189,7 +195,7 @@ mod tests {
         let nice = || unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) };
         let before = nice();
         let writer = std::thread::spawn(move || {
-            below_the_workers();
+            below_the_workers().unwrap();
             nice()
         });
         assert_eq!(writer.join().unwrap(), (before + NICER).min(19));

@@ -94,7 +94,8 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// exclusive one; SQLite answers that upgrade `SQLITE_BUSY` at once, past
 /// the busy handler (waiting could deadlock two such openers), so one of
 /// eight connections opening a new store together failed ("database is
-/// locked") within a few dozen tries before this.
+/// locked") within a few dozen tries before this. Retries stop after
+/// [`BUSY_TIMEOUT`]; an attempt SQLite does wait in may add as much again.
 fn enable_wal(conn: &Connection) -> rusqlite::Result<()> {
     let deadline = Instant::now() + BUSY_TIMEOUT;
     loop {

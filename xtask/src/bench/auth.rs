@@ -8,7 +8,10 @@ use super::results;
 use crate::{run_cmd, target_dir};
 
 pub(super) fn run() -> Result<()> {
-    crate::build(true)?;
+    // `cargo bench` builds its own binary (the `bench` profile: release
+    // without LTO); the gateway's build script needs the XDP object.
+    crate::setup::run()?;
+    crate::build_ebpf()?;
     let markdown = target_dir().join("bench-auth.md");
     run_cmd(
         crate::cargo(None)

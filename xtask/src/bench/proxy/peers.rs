@@ -198,6 +198,7 @@ pub(super) fn create_keys(gateway_bin: &Path, config: &Path) -> Result<Vec<(Stri
         .map(|key| (key.api_key, key.id))
         .collect())
 }
+
 /// One self-signed ECDSA P-256 certificate for both peers (the gateway
 /// makes its own, of the same kind).
 pub(super) fn make_certificate(files: &Files) -> Result<()> {
@@ -236,6 +237,7 @@ pub(super) fn curl_over(version: &str, url: &str, key: &str) -> Result<(u16, Str
     let status = status.trim().parse().unwrap_or(0);
     Ok((status, body.to_owned()))
 }
+
 /// The TLS version and cipher suite a proxy negotiates with OpenSSL's
 /// defaults (what wrk offers).
 pub(super) fn tls_parameters(proxy: &Proxy) -> String {

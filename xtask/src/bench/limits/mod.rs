@@ -5,6 +5,8 @@
 //! schedule sent), the accuracy run (one key at 3x its limit for one window,
 //! interleaved rounds), the isolation run (one key floods, another sends
 //! steadily within its limit) and the `limits` section of bench/RESULTS.md.
+mod configs;
+
 use std::{
     io::Read,
     path::Path,
@@ -12,12 +14,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context, Result};
+use anyhow::{ensure, Context, Result};
 
+use self::configs::{haproxy_config, peer_config, upstream_config};
 use super::{
     http1::get,
-    keys,
-    nginx::{self, Nginx},
+    keys, nginx,
     procs::{ensure_packages, free_port, wait_for_port, Running},
     results, scratch,
     stats::{median, percentile},
@@ -131,6 +133,7 @@ fn bench(gateway_bin: &Path, dir: &Path, rounds: usize, seconds: u32) -> Result<
     };
     // A fresh key per round, so each round starts from rest everywhere;
     // every peer authenticates against the same map of all of them.
+    ensure!(2 * rounds <= KEYS, "at most {} rounds", KEYS / 2);
     let acc_keys = keys("acc", rounds)?;
     let iso_keys = keys("iso", KEYS)?;
     let (sha_map, raw_map) = (dir.join("keys.sha.map"), dir.join("keys.nginx.map"));
@@ -145,35 +148,9 @@ fn bench(gateway_bin: &Path, dir: &Path, rounds: usize, seconds: u32) -> Result<
 
     let ports = [free_port()?, free_port()?, free_port()?, free_port()?];
     let [ha_acc, ha_iso, ng_acc, ng_iso] = ports;
-    let iso_max = ISO_LIMIT + ISO_BURST;
-    let stick = |name: &str| {
-        format!("backend {name}\n  stick-table type string len 128 size 10k expire 60s store http_req_rate({WINDOW_S}s)\n")
-    };
-    // As in `bench proxy`: the key's SHA-256 looked up in the map (401 if
-    // absent), the client's rate tracked, identity header set, key removed.
-    let frontend = |name: &str, port: u16, max: u32| {
-        format!(
-            "frontend {name}\n  bind 127.0.0.1:{port}\n  \
-             http-request set-var(txn.client) req.hdr(x-api-key),sha2(256),hex,map({map})\n  \
-             http-request deny deny_status 401 unless {{ var(txn.client) -m found }}\n  \
-             http-request track-sc0 var(txn.client) table st_{name}\n  \
-             http-request deny deny_status 429 if {{ sc_http_req_rate(0) gt {max} }}\n  \
-             http-request set-header x-client-id %[var(txn.client)]\n  \
-             http-request del-header x-api-key\n  default_backend app\n",
-            map = sha_map.display()
-        )
-    };
     let haproxy_conf = write(
         "haproxy.cfg",
-        format!(
-            "global\n  maxconn 4096\n  nbthread 2\ndefaults\n  mode http\n  timeout connect 5s\n  \
-             timeout client 30s\n  timeout server 30s\n  http-reuse always\n{}{}{}{}\
-             backend app\n  server s1 127.0.0.1:{upstream}\n",
-            stick("st_acc"),
-            stick("st_iso"),
-            frontend("acc", ha_acc, HAPROXY_MAX),
-            frontend("iso", ha_iso, iso_max),
-        ),
+        haproxy_config(upstream, [ha_acc, ha_iso], &sha_map),
     )?;
     let _haproxy = Running::quiet(
         Command::new("haproxy")
@@ -229,7 +206,6 @@ fn bench(gateway_bin: &Path, dir: &Path, rounds: usize, seconds: u32) -> Result<
 
     // Isolation: key A floods with wrk (closed loop) while key B sends
     // steadily at half its limit on its own connection.
-    let [a, b] = [&iso_keys[0].0, &iso_keys[1].0];
     println!(
         "isolation: key A floods (wrk -t1 -c16), key B sends {B_RATE} req/s (limit {}/s) for {seconds} s, \
          {rounds} interleaved rounds",
@@ -239,6 +215,9 @@ fn bench(gateway_bin: &Path, dir: &Path, rounds: usize, seconds: u32) -> Result<
     for round in 0..rounds {
         for slot in 0..3 {
             let peer = (slot + round) % 3;
+            // A fresh pair each round: HAProxy counts refused requests
+            // too, so a reused flooder would start over its limit.
+            let [a, b] = [&iso_keys[2 * round].0, &iso_keys[2 * round + 1].0];
             let run = isolation([gw, ha_iso, ng_iso][peer], a, b, seconds)?;
             println!(
                 "  round {}: {:<8} B {:>5.1}% 2xx, p99 {:>6.2} ms, p50 {:>5.2} ms | A's flood {:>7.0} req/s",
@@ -346,81 +325,4 @@ fn isolation(port: u16, a: &str, b: &str, seconds: u32) -> Result<Isolation> {
         p50: median(&mut latencies),
         flood,
     })
-}
-
-/// The shared upstream: one worker answering "ok".
-fn upstream_config(dir: &Path, port: u16) -> String {
-    Nginx::new(dir, "upstream", 1).static_site(port, "ok\\n")
-}
-
-/// nginx as a peer: the raw keys in a `map` (401 for one not in it),
-/// `limit_req` zones keyed by the client for the accuracy and the
-/// isolation tiers, one listener each (`ports`), errors only from `crit`
-/// up (every refusal would log one).
-fn peer_config(dir: &Path, upstream: u16, ports: [u16; 2], raw_map: &Path) -> String {
-    let server = |port: u16, zone: &str, burst: u32| {
-        format!(
-            "server {{ listen 127.0.0.1:{port}; location / {{ if ($client_id = \"\") {{ return 401; }}\n\
-               limit_req zone={zone} burst={burst} nodelay;\n\
-               proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection \"\";\n\
-               proxy_set_header X-Client-Id $client_id; proxy_set_header X-API-Key \"\"; }} }}\n"
-        )
-    };
-    let base = Nginx::new(dir, "nginx", 2);
-    let nginx = Nginx {
-        error_log: format!("{} crit", base.error_log),
-        ..base
-    };
-    nginx.config(&format!(
-        "limit_req_status 429;\n\
-         map_hash_max_size 65536;\nmap_hash_bucket_size 256;\n\
-         map $http_x_api_key $client_id {{ default \"\"; include {}; }}\n\
-         limit_req_zone $client_id zone=acc:1m rate={}r/s;\n\
-         limit_req_zone $client_id zone=iso:1m rate={}r/s;\n{}{}{}",
-        raw_map.display(),
-        LIMIT / WINDOW_S,
-        ISO_LIMIT / WINDOW_S,
-        nginx::upstream_pool(upstream, 32, None),
-        server(ports[0], "acc", NGINX_BURST),
-        server(ports[1], "iso", ISO_BURST - 1),
-    ))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The upstream as it was before it shared `nginx::Nginx`; the peer
-    /// with the directives that make its work the gateway's.
-    #[test]
-    fn nginx_configs() {
-        let (dir, upstream, ng_acc, ng_iso) = (Path::new("/tmp/limits"), 1001, 1002, 1003);
-        let d = dir.display();
-        nginx::assert_same_directives(
-            &upstream_config(dir, upstream),
-            &format!(
-                "worker_processes 1;\npid {d}/upstream.pid;\nerror_log {d}/upstream.err;\n\
-                 events {{ worker_connections 4096; }}\n\
-                 http {{ access_log off; keepalive_requests 1000000;\n\
-                   server {{ listen 127.0.0.1:{upstream}; location / {{ return 200 \"ok\\n\"; }} }} }}\n"
-            ),
-        );
-        // The peer does the gateway's work: keys looked up in the map, 401
-        // for others, limited per client, identity set, key removed.
-        let map = dir.join("keys.nginx.map");
-        let config = peer_config(dir, upstream, [ng_acc, ng_iso], &map);
-        for directive in [
-            format!(
-                "map $http_x_api_key $client_id {{ default \"\"; include {d}/keys.nginx.map; }}"
-            ),
-            "limit_req_zone $client_id zone=acc:1m rate=1r/s;".into(),
-            "limit_req_zone $client_id zone=iso:1m rate=100r/s;".into(),
-            "listen 127.0.0.1:1002; location / { if ($client_id = \"\") { return 401; }".into(),
-            "limit_req zone=iso burst=99 nodelay;".into(),
-            "proxy_set_header X-Client-Id $client_id; proxy_set_header X-API-Key \"\";".into(),
-        ] {
-            assert!(config.contains(&directive), "{directive} not in\n{config}");
-        }
-        assert_eq!(config.matches("return 401").count(), 2, "{config}");
-    }
 }
