@@ -250,7 +250,7 @@ fn bench(gateway_bin: &Path, dir: &Path, rounds: usize, seconds: u32) -> Result<
          rest); allowed = 2xx, median of {rounds} interleaved rounds (min-max). Isolation: key A \
          floods (wrk -t1 -c16, closed loop) while key B sends {B_RATE} req/s (limit {}/s) for \
          {seconds} s; medians of {rounds} interleaved rounds. Every peer does the same work per \
-         request: the key looked up among {KEYS} (HAProxy: its SHA-256 in a `map`; nginx: the raw \
+         request: the key looked up among {KEYS} and one per accuracy round (HAProxy: its SHA-256 in a `map`; nginx: the raw \
          key in a `map`, it has no SHA-256), 401 for an unknown key, the client's rate limited, \
          identity header set and key header removed on what is forwarded. Gateway guard off: it \
          would otherwise ban A's source in the kernel.\n\n\
