@@ -12,6 +12,7 @@ pub mod config;
 pub mod connections;
 pub mod fleet;
 pub mod guard;
+pub mod h1;
 pub mod handover;
 pub mod histogram;
 pub mod jwt;

@@ -40,7 +40,7 @@ struct Target {
     live_seeds: &'static [&'static str],
 }
 
-const TARGETS: [Target; 7] = [
+const TARGETS: [Target; 8] = [
     Target {
         name: "api_key",
         max_len: 256,
@@ -78,6 +78,12 @@ const TARGETS: [Target; 7] = [
         name: "traceparent",
         // Past version 00's 55 bytes, for later versions' extra fields.
         max_len: 256,
+        live_seeds: &[],
+    },
+    Target {
+        name: "h1_response",
+        // Past the decoder's 4 KiB chunk-size line, short of a big head.
+        max_len: 8 * 1024,
         live_seeds: &[],
     },
 ];

@@ -110,6 +110,21 @@ impl RequestBody {
         }
     }
 
+    /// The whole body, when all of it was read ahead and it has no
+    /// trailers: it can go out with the request head.
+    pub fn complete(&self) -> Option<impl Iterator<Item = &Bytes>> {
+        let data_only = self.ahead.iter().all(Frame::is_data);
+        (self.rest.is_none() && data_only).then(|| self.ahead.iter().filter_map(Frame::data_ref))
+    }
+
+    /// A body read ahead whole: `data`.
+    #[cfg(test)]
+    pub fn whole(data: &'static [u8]) -> Self {
+        let mut body = Self::empty();
+        body.ahead.push_back(Frame::data(Bytes::from_static(data)));
+        body
+    }
+
     /// Where the reason a forwarded body was cut off will be.
     pub fn failure(&self) -> Option<Arc<OnceLock<BodyFailure>>> {
         self.failure.clone()

@@ -34,6 +34,7 @@ mod activity;
 mod addr_text;
 mod body;
 mod context;
+mod direct;
 mod drain;
 mod first_head;
 mod identity;
@@ -42,6 +43,8 @@ mod respond;
 mod rewrite;
 mod serve;
 mod source;
+#[cfg(test)]
+mod test_upstream;
 mod tier_reply;
 mod tunnel;
 mod upstream_conns;
@@ -56,24 +59,26 @@ use hyper::{body::Incoming, upgrade::OnUpgrade};
 use self::{
     body::RequestBody,
     context::RequestContext,
+    direct::DirectError,
     error::ProxyError,
     identity::Identity,
     rewrite::{Origin, Rewriter},
     route::{Route, RouteTable},
     tier_reply::TierReplies,
-    upstream_conns::SendError,
+    upstream_conns::{SendError, UpstreamBody},
 };
 use crate::{
     clock::{monotonic_ns, unix_now},
     config::{AuthPolicy, Config, LimitBy, LimitsConfig},
     guard::ReportMemo,
+    h1::H1Error,
     limits::LimitKeyRef,
     metrics::Recorder,
     shared::Shared,
     upstream::{overload::InFlight, Pool},
 };
 
-pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
+pub type ProxyBody = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
 
 /// A worker's gateway as of the last configuration reload, swapped whole:
 /// a connection loads it at accept and each request loads it again, so
@@ -134,7 +139,7 @@ struct ClientUpgrade {
 /// What the gateway answers when no phase refused.
 enum Reply {
     /// The upstream's response, and the client's side of an upgrade it asked for.
-    Upstream(Response<Incoming>, Option<ClientUpgrade>),
+    Upstream(Response<UpstreamBody>, Option<ClientUpgrade>),
     /// The gateway's own (the OAuth2 endpoints).
     Local(Response<ProxyBody>),
 }
@@ -424,7 +429,7 @@ impl Gateway {
         route: &Route,
         pool: &Pool,
         ctx: &mut RequestContext<'_>,
-    ) -> Result<Response<Incoming>, ProxyError> {
+    ) -> Result<Response<UpstreamBody>, ProxyError> {
         let lease = pool.pick().ok_or(ProxyError::NoHealthyUpstream)?;
         ctx.upstream = Some(lease.server.addr);
         // WebSocket and other HTTP/1.1 upgrades: the protocol name goes to
@@ -468,6 +473,11 @@ impl Gateway {
             Ok(Err(SendError::Connect(_))) => {
                 lease.eject();
                 Err(ProxyError::UpstreamConnect)
+            }
+            // What hyper's path finds below, read on the direct path.
+            Ok(Err(SendError::Direct(DirectError::Protocol(H1Error::UnsolicitedSwitch)))) => {
+                tracing::warn!(upstream = %lease.server.addr, what = "unsolicited_101", "upstream switched protocols unasked");
+                Err(ProxyError::UpstreamProtocol("unsolicited_101"))
             }
             Ok(Err(error)) => {
                 tracing::warn!(%error, upstream = %lease.server.addr, "upstream request failed");

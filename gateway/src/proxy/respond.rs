@@ -4,7 +4,6 @@
 //! records it. Also the splice of an accepted upgrade.
 use http::{Response, StatusCode};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
 use super::{
@@ -12,7 +11,9 @@ use super::{
     error::ProxyError,
     forward::{self, X_REQUEST_ID},
     identity::Identity,
-    tunnel, ClientUpgrade, Gateway, ProxyBody, Reply,
+    tunnel,
+    upstream_conns::UpstreamBody,
+    ClientUpgrade, Gateway, ProxyBody, Reply,
 };
 use crate::{clock::monotonic_ns, metrics::Outcome};
 
@@ -89,7 +90,7 @@ impl Gateway {
 /// when the upstream agreed (101) to an upgrade the client asked for, both
 /// connections spliced once hyper hands them over (see [`tunnel`]).
 fn relay(
-    mut response: Response<Incoming>,
+    mut response: Response<UpstreamBody>,
     client_upgrade: Option<ClientUpgrade>,
     idle: std::time::Duration,
     ctx: &RequestContext<'_>,

@@ -23,24 +23,25 @@
 //! take the connection with them.
 use std::{cell::RefCell, collections::VecDeque, io, net::SocketAddr, time::Duration};
 
+use std::{
+    pin::Pin,
+    task::{Context, Poll},
+};
+
+use bytes::Bytes;
 use http::Request;
 use hyper::{
-    body::{Body, Incoming},
+    body::{Body, Frame, Incoming, SizeHint},
     client::conn::http1,
     Response,
 };
 use hyper_util::rt::TokioIo;
-use tokio::{net::TcpStream, time::Instant};
+use tokio::time::Instant;
 
-use super::body::RequestBody;
-
-/// Idle this long since its last request, a kept connection may be one
-/// the upstream's keep-alive timer closes as the next request goes out
-/// (those timers are seconds: gunicorn 2 s, Node and Apache 5 s, nginx
-/// 75 s): such a request, if idempotent and bodiless, is kept to be sent
-/// again. A connection reused sooner (every one under load) costs
-/// nothing more than a comparison.
-const RISKY_IDLE: Duration = Duration::from_millis(250);
+use super::{
+    body::RequestBody,
+    direct::{self, DirectBody, DirectError, RISKY_IDLE},
+};
 
 /// Busy connections a take checks for a finished exchange: enough to
 /// find the one a sequential client just finished with, and a bound on
@@ -58,6 +59,55 @@ pub enum SendError {
     /// The exchange failed on an open connection.
     #[error("upstream request: {0}")]
     Request(hyper::Error),
+    /// The same, on a bodiless request's own exchange ([`direct`]).
+    #[error(transparent)]
+    Direct(DirectError),
+}
+
+impl From<DirectError> for SendError {
+    fn from(error: DirectError) -> Self {
+        match error {
+            DirectError::Connect(error) => Self::Connect(error),
+            error => Self::Direct(error),
+        }
+    }
+}
+
+/// An upstream response's body: read by hyper's client, or in the
+/// request's own task ([`direct`]).
+#[derive(Debug)]
+pub enum UpstreamBody {
+    Hyper(Incoming),
+    Direct(DirectBody),
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        match self.get_mut() {
+            Self::Hyper(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
+            Self::Direct(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Self::Hyper(body) => body.is_end_stream(),
+            Self::Direct(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Self::Hyper(body) => body.size_hint(),
+            Self::Direct(body) => body.size_hint(),
+        }
+    }
 }
 
 /// A server's connections.
@@ -117,13 +167,29 @@ pub struct Timeouts {
     pub idle: Duration,
 }
 
-/// Sends `req` to `addr` over a kept connection, or a new one. On a kept
+/// Sends `req` to `addr` over a kept connection, or a new one: a bodiless
+/// one in this task ([`direct`]), others through hyper's client. On a kept
 /// connection, a request is sent again once on a fresh one when the
 /// upstream had closed it before anything was written, or, when the
 /// request is idempotent and bodiless and the connection idle for
 /// [`RISKY_IDLE`], when the upstream closed it before a response head
 /// came (its keep-alive timer and our request crossed).
 pub async fn send(
+    addr: SocketAddr,
+    req: Request<RequestBody>,
+    timeouts: Timeouts,
+    now: Instant,
+) -> Result<Response<UpstreamBody>, SendError> {
+    if direct::eligible(&req) {
+        let response = direct::send(addr, req, timeouts.connect, timeouts.idle, now).await?;
+        return Ok(response.map(UpstreamBody::Direct));
+    }
+    let response = send_by_hyper(addr, req, timeouts, now).await?;
+    Ok(response.map(UpstreamBody::Hyper))
+}
+
+/// [`send`] through hyper's client.
+async fn send_by_hyper(
     addr: SocketAddr,
     req: Request<RequestBody>,
     timeouts: Timeouts,
@@ -279,12 +345,9 @@ async fn reap() {
 /// A new connection to `addr`, its hyper connection task spawned, ready
 /// for a request.
 async fn connect(addr: SocketAddr, timeout: Duration) -> Result<Sender, SendError> {
-    let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
-        Ok(Ok(stream)) => stream,
-        Ok(Err(error)) => return Err(SendError::Connect(error)),
-        Err(_) => return Err(SendError::Connect(io::ErrorKind::TimedOut.into())),
-    };
-    stream.set_nodelay(true).map_err(SendError::Connect)?;
+    let stream = direct::dial(addr, timeout)
+        .await
+        .map_err(SendError::Connect)?;
     let (mut sender, conn) = http1::handshake(TokioIo::new(stream))
         .await
         .map_err(SendError::Request)?;

@@ -1,9 +1,10 @@
-//! The per-worker upstream pool's tests: reuse, a bounded take, the
-//! keep-alive race.
+//! The per-worker upstream pool's tests (hyper's path): reuse, a bounded
+//! take, the keep-alive race.
 use http::Method;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
 use super::*;
+use crate::proxy::test_upstream::read_head;
 
 thread_local! {
     /// Busy connections `promote` looked at on this thread.
@@ -17,26 +18,15 @@ fn timeouts() -> Timeouts {
     }
 }
 
-/// A request to `addr` with an empty body.
+/// A request to `addr` with an empty body that asks for an upgrade: it
+/// goes through hyper's client, not [`direct`] (which has its own tests).
 fn get(addr: SocketAddr) -> Request<RequestBody> {
     Request::builder()
         .uri("/x")
         .header(http::header::HOST, addr.to_string())
+        .header(http::header::UPGRADE, "websocket")
         .body(RequestBody::empty())
         .unwrap()
-}
-
-/// Reads one request head from `stream`.
-async fn read_head(stream: &mut tokio::net::TcpStream) -> bool {
-    let mut head = Vec::new();
-    let mut byte = [0; 1];
-    while !head.ends_with(b"\r\n\r\n") && head.len() < 8192 {
-        match stream.read(&mut byte).await {
-            Ok(1) => head.push(byte[0]),
-            _ => return false,
-        }
-    }
-    true
 }
 
 #[tokio::test(flavor = "current_thread")]
@@ -53,7 +43,7 @@ async fn a_connection_is_reused_and_one_the_upstream_closed_is_replaced() {
             let (mut stream, _) = listener.accept().await.unwrap();
             accepted += 1;
             for _ in 0..answers {
-                assert!(read_head(&mut stream).await);
+                assert!(read_head(&mut stream).await.is_some());
                 stream
                     .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
                     .await
@@ -110,7 +100,7 @@ async fn a_get_on_a_connection_the_upstream_closes_is_sent_again() {
         for connection in 0..2 {
             let (mut stream, _) = listener.accept().await.unwrap();
             for answered in [true, false] {
-                if !read_head(&mut stream).await {
+                if read_head(&mut stream).await.is_none() {
                     break;
                 }
                 heads.push(connection);
@@ -177,7 +167,7 @@ async fn a_take_looks_at_a_bounded_number_of_busy_connections() {
         let mut held = Vec::new();
         for i in 0..IN_FLIGHT {
             let (mut stream, _) = listener.accept().await.unwrap();
-            assert!(read_head(&mut stream).await);
+            assert!(read_head(&mut stream).await.is_some());
             if i == 0 {
                 stream
                     .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")

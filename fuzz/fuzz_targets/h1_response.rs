@@ -1,0 +1,58 @@
+//! An upstream's response bytes through `h1::parse_response_head` and the
+//! body `Decoder`, as `proxy::direct` reads them: never a panic, a head is
+//! split off whole, and the body decodes to the same data, trailers and
+//! error whether its bytes come at once or a few at a time (the first
+//! input byte picks how many, and whether the request was a HEAD).
+#![no_main]
+
+use bytes::BytesMut;
+use gateway::h1::{parse_response_head, Decoder, Framing, H1Error, Head, Step};
+use http::HeaderMap;
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&pick, data)) = data.split_first() else {
+        return;
+    };
+    let mut buf = BytesMut::from(data);
+    let head = loop {
+        let before = buf.len();
+        match parse_response_head(&mut buf, pick & 1 == 1) {
+            Ok(Some(Head::Informational)) => assert!(buf.len() < before, "an empty head"),
+            Ok(Some(Head::Final(head))) => {
+                assert!(buf.len() < before, "an empty head");
+                break head;
+            }
+            _ => return,
+        }
+    };
+    let body = buf.freeze();
+    let whole = decode(head.framing, &body, body.len().max(1));
+    let step = usize::from(pick >> 1).max(1);
+    assert_eq!(whole, decode(head.framing, &body, step), "step {step}");
+});
+
+type Decoded = Result<(Vec<u8>, Option<HeaderMap>), H1Error>;
+
+/// The body `framing` reads from `input` fed `step` bytes at a time, then
+/// the end of the connection.
+fn decode(framing: Framing, input: &[u8], step: usize) -> Decoded {
+    let mut decoder = Decoder::new(framing);
+    let (mut buf, mut data, mut trailers, mut fed) = (BytesMut::new(), Vec::new(), None, 0);
+    loop {
+        match decoder.decode(&mut buf, fed >= input.len())? {
+            Step::Data(bytes) => {
+                assert!(!bytes.is_empty(), "an empty data frame");
+                data.extend_from_slice(&bytes);
+            }
+            Step::Trailers(map) => trailers = Some(map),
+            Step::Done => return Ok((data, trailers)),
+            Step::NeedMore => {
+                assert!(fed < input.len(), "more asked for after the end");
+                let next = (fed + step).min(input.len());
+                buf.extend_from_slice(&input[fed..next]);
+                fed = next;
+            }
+        }
+    }
+}

@@ -1,0 +1,246 @@
+use bytes::BytesMut;
+use http::{Method, Request, StatusCode};
+
+use super::*;
+
+fn parse(text: &[u8], head_request: bool) -> Result<Option<Head>, H1Error> {
+    parse_response_head(&mut BytesMut::from(text), head_request)
+}
+
+/// The final head of `text`, and the bytes left after it.
+fn head(text: &[u8]) -> (ResponseHead, BytesMut) {
+    let mut buf = BytesMut::from(text);
+    match parse_response_head(&mut buf, false) {
+        Ok(Some(Head::Final(head))) => (head, buf),
+        other => panic!("{other:?}"),
+    }
+}
+
+fn framing_of(fields: &str) -> Result<Framing, H1Error> {
+    let text = format!("HTTP/1.1 200 OK\r\n{fields}\r\n");
+    match parse(text.as_bytes(), false)? {
+        Some(Head::Final(head)) => Ok(head.framing),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn the_request_head_is_origin_form_with_its_fields_and_no_transfer_encoding() {
+    let mut req = Request::new(());
+    *req.method_mut() = Method::DELETE;
+    *req.uri_mut() = "/a/b?c=d".parse().unwrap();
+    let headers = req.headers_mut();
+    headers.insert("host", "api".parse().unwrap());
+    headers.append("x-two", "1".parse().unwrap());
+    headers.append("x-two", "2".parse().unwrap());
+    headers.insert("transfer-encoding", "chunked".parse().unwrap());
+    let mut out = Vec::new();
+    encode_request_head(&req, 0, &mut out);
+    assert_eq!(
+        out,
+        b"DELETE /a/b?c=d HTTP/1.1\r\nhost: api\r\nx-two: 1\r\nx-two: 2\r\n\r\n"
+    );
+}
+
+#[test]
+fn a_head_is_split_off_and_its_values_share_the_buffer() {
+    let (head, rest) = head(b"HTTP/1.1 201 Created\r\nContent-Length: 4\r\nX-A: b\r\n\r\nbody");
+    assert_eq!(head.response.status(), StatusCode::CREATED);
+    assert_eq!(head.response.headers()["x-a"], "b");
+    assert_eq!(head.framing, Framing::Length(4));
+    assert!(head.keep_alive);
+    assert_eq!(&rest[..], b"body");
+}
+
+#[test]
+fn partial_oversized_and_overfull_heads() {
+    assert!(matches!(
+        parse(b"HTTP/1.1 200 OK\r\nx: y\r\n", false),
+        Ok(None)
+    ));
+    assert!(matches!(parse(b"", false), Ok(None)));
+    let big = [
+        b"HTTP/1.1 200 OK\r\nx: ".as_slice(),
+        &vec![b'a'; MAX_HEAD_BYTES],
+    ]
+    .concat();
+    assert_eq!(parse(&big, false).unwrap_err(), H1Error::HeadTooLarge);
+    let many: String = (0..=MAX_HEADERS).map(|i| format!("x{i}: 1\r\n")).collect();
+    let text = format!("HTTP/1.1 200 OK\r\n{many}\r\n");
+    assert_eq!(
+        parse(text.as_bytes(), false).unwrap_err(),
+        H1Error::TooManyHeaders
+    );
+    assert!(matches!(
+        parse(b"HTTP/1.1 2000 OK\r\n\r\n", false),
+        Err(H1Error::Malformed(_))
+    ));
+    assert!(matches!(
+        parse(b"HTTP/1.1 200 OK\r\nbad name: 1\r\n\r\n", false),
+        Err(H1Error::Malformed(_))
+    ));
+}
+
+#[test]
+fn informational_heads_are_skipped_and_an_unasked_101_refused() {
+    let mut buf =
+        BytesMut::from(&b"HTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\nHTTP/1.1 200 OK\r\n"[..]);
+    assert!(matches!(
+        parse_response_head(&mut buf, false),
+        Ok(Some(Head::Informational))
+    ));
+    assert_eq!(&buf[..], b"HTTP/1.1 200 OK\r\n");
+    assert_eq!(
+        parse(b"HTTP/1.1 101 Switching Protocols\r\n\r\n", false).unwrap_err(),
+        H1Error::UnsolicitedSwitch
+    );
+}
+
+#[test]
+fn lengths_must_be_plain_digits_and_agree() {
+    assert_eq!(framing_of("content-length: 5\r\n"), Ok(Framing::Length(5)));
+    assert_eq!(
+        framing_of("content-length: 5, 5\r\ncontent-length: 5\r\n"),
+        Ok(Framing::Length(5))
+    );
+    for bad in ["+5", "-1", "0x5", "5 5", "", "5,", "18446744073709551616"] {
+        let fields = format!("content-length: {bad}\r\n");
+        assert!(
+            matches!(framing_of(&fields), Err(H1Error::Framing(_))),
+            "{bad:?}"
+        );
+    }
+    let conflicting = framing_of("content-length: 5\r\ncontent-length: 6\r\n");
+    assert!(matches!(conflicting, Err(H1Error::Framing(_))));
+    assert_eq!(framing_of(""), Ok(Framing::Close));
+}
+
+#[test]
+fn transfer_encoding_is_chunked_last_or_read_to_the_close() {
+    assert_eq!(
+        framing_of("transfer-encoding: chunked\r\n"),
+        Ok(Framing::Chunked)
+    );
+    assert_eq!(
+        framing_of("transfer-encoding: gzip, CHUNKED\r\n"),
+        Ok(Framing::Chunked)
+    );
+    assert_eq!(
+        framing_of("transfer-encoding: gzip\r\n"),
+        Ok(Framing::Close)
+    );
+    for bad in [
+        "transfer-encoding: chunked, gzip\r\n",
+        "transfer-encoding: chunked\r\ntransfer-encoding: chunked\r\n",
+        "transfer-encoding: chunked\r\ncontent-length: 3\r\n",
+    ] {
+        assert!(
+            matches!(framing_of(bad), Err(H1Error::Framing(_))),
+            "{bad:?}"
+        );
+    }
+    let old = parse(
+        b"HTTP/1.0 200 OK\r\ntransfer-encoding: chunked\r\n\r\n",
+        false,
+    );
+    assert!(matches!(old, Err(H1Error::Framing(_))));
+}
+
+#[test]
+fn no_body_after_head_204_and_304_and_who_may_keep_the_connection() {
+    let text = b"HTTP/1.1 200 OK\r\ncontent-length: 9\r\n\r\n";
+    match parse(text, true) {
+        Ok(Some(Head::Final(head))) => assert_eq!(head.framing, Framing::Empty),
+        other => panic!("{other:?}"),
+    }
+    for status in ["204 No Content", "304 Not Modified"] {
+        let text = format!("HTTP/1.1 {status}\r\ntransfer-encoding: chunked\r\n\r\n");
+        assert_eq!(head(text.as_bytes()).0.framing, Framing::Empty);
+    }
+    let keep = |text: &[u8]| head(text).0.keep_alive;
+    assert!(keep(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"));
+    assert!(!keep(
+        b"HTTP/1.1 200 OK\r\nconnection: keep-alive, Close\r\ncontent-length: 0\r\n\r\n"
+    ));
+    assert!(!keep(b"HTTP/1.0 200 OK\r\ncontent-length: 0\r\n\r\n"));
+    assert!(!keep(b"HTTP/1.1 200 OK\r\n\r\n"));
+}
+
+/// Body bytes, trailers, and what was left in the buffer.
+type Decoded = (Vec<u8>, Option<HeaderMap>, Vec<u8>);
+
+/// Everything `decoder` yields from `input` fed `step` bytes at a time,
+/// then the end of the connection.
+fn decode_all(framing: Framing, input: &[u8], step: usize) -> Result<Decoded, H1Error> {
+    let mut decoder = Decoder::new(framing);
+    let (mut buf, mut data, mut trailers) = (BytesMut::new(), Vec::new(), None);
+    let mut fed = 0;
+    loop {
+        let eof = fed >= input.len();
+        match decoder.decode(&mut buf, eof)? {
+            Step::Data(bytes) => data.extend_from_slice(&bytes),
+            Step::Trailers(map) => trailers = Some(map),
+            Step::Done => return Ok((data, trailers, buf.to_vec())),
+            Step::NeedMore => {
+                let next = (fed + step).min(input.len());
+                buf.extend_from_slice(&input[fed..next]);
+                fed = next;
+            }
+        }
+    }
+}
+
+#[test]
+fn chunked_bodies_decode_the_same_whole_or_byte_by_byte() {
+    let input = b"4;name=\"v\"\r\nWiki\r\n5\r\npedia\r\nE\r\n in\r\n\r\nchunks.\r\n0\r\nx-sum: 9\r\n\r\nNEXT";
+    for step in [1, 2, 7, input.len()] {
+        let (data, trailers, rest) = decode_all(Framing::Chunked, input, step).unwrap();
+        assert_eq!(data, b"Wikipedia in\r\n\r\nchunks.", "step {step}");
+        assert_eq!(trailers.unwrap()["x-sum"], "9");
+        assert!(b"NEXT".starts_with(&rest), "step {step}: {rest:?}");
+    }
+    let (data, trailers, _) = decode_all(Framing::Chunked, b"1\r\na\r\n0\r\n\r\n", 1).unwrap();
+    assert_eq!((data.as_slice(), trailers), (b"a".as_slice(), None));
+}
+
+#[test]
+fn malformed_or_cut_chunked_bodies_are_errors() {
+    for (input, what) in [
+        (&b"zz\r\nab\r\n0\r\n\r\n"[..], "size"),
+        (b"2\r\nabXY0\r\n\r\n", "crlf"),
+        (b"2\r\nab", "cut in data"),
+        (b"2\r\nab\r\n", "cut before the last chunk"),
+        (b"0\r\nx-a: 1\r\n", "cut in trailers"),
+        (b"ffffffffffffffffff\r\n", "overflow"),
+        (b"0\r\nbad trailer\r\n\r\n", "trailer"),
+    ] {
+        for step in [1, 64] {
+            assert!(
+                decode_all(Framing::Chunked, input, step).is_err(),
+                "{what} (step {step})"
+            );
+        }
+    }
+    let long_line = [b"1;".as_slice(), &[b'x'; 5000]].concat();
+    assert!(decode_all(Framing::Chunked, &long_line, 4096).is_err());
+}
+
+#[test]
+fn lengths_and_closes_end_where_they_say() {
+    let (data, _, rest) = decode_all(Framing::Length(3), b"abcdef", 2).unwrap();
+    assert_eq!(
+        (data.as_slice(), rest.len() <= 3),
+        (b"abc".as_slice(), true)
+    );
+    assert_eq!(
+        decode_all(Framing::Length(9), b"abc", 1).unwrap_err(),
+        H1Error::Incomplete
+    );
+    let (data, _, _) = decode_all(Framing::Close, b"to the end", 3).unwrap();
+    assert_eq!(data, b"to the end");
+    let (data, _, _) = decode_all(Framing::Empty, b"ignored", 3).unwrap();
+    assert!(data.is_empty());
+    let decoder = Decoder::new(Framing::Length(7));
+    assert_eq!(decoder.remaining(), Some(7));
+    assert_eq!(Decoder::new(Framing::Chunked).remaining(), None);
+}

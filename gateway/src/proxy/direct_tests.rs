@@ -1,0 +1,268 @@
+//! A bodiless request's own exchange against scripted upstreams: what is
+//! kept, what is sent again, and framing an attacker-controlled upstream
+//! could use to desynchronise a kept connection.
+use http::{HeaderMap, Method};
+use http_body_util::BodyExt;
+
+use super::*;
+use crate::proxy::test_upstream::scripted;
+
+const CONNECT: Duration = Duration::from_secs(5);
+const IDLE: Duration = Duration::from_secs(90);
+const OK: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+
+fn request(method: Method, path: &str) -> Request<RequestBody> {
+    let mut req = Request::new(RequestBody::empty());
+    *req.method_mut() = method;
+    *req.uri_mut() = path.parse().unwrap();
+    req.headers_mut()
+        .insert(header::HOST, "upstream".parse().unwrap());
+    req
+}
+
+async fn get(
+    addr: SocketAddr,
+    path: &str,
+    now: Instant,
+) -> Result<Response<DirectBody>, DirectError> {
+    send(addr, request(Method::GET, path), CONNECT, IDLE, now).await
+}
+
+/// The body, and the trailers if any.
+async fn read(response: Response<DirectBody>) -> (Bytes, Option<HeaderMap>) {
+    let collected = response.into_body().collect().await.unwrap();
+    let trailers = collected.trailers().cloned();
+    (collected.to_bytes(), trailers)
+}
+
+fn kept(addr: SocketAddr) -> usize {
+    KEPT.with_borrow(|kept| {
+        let server = kept.servers.iter().find(|(a, _)| *a == addr);
+        server.map_or(0, |(_, idle)| idle.len())
+    })
+}
+
+/// Streamed bodies (not read ahead whole) are hyper's, and so are
+/// upgrades: the e2e tests cover the first, the pool's tests the second.
+#[test]
+fn requests_read_whole_without_an_upgrade_go_this_way() {
+    assert!(eligible(&request(Method::GET, "/")));
+    let mut post = request(Method::POST, "/");
+    *post.body_mut() = RequestBody::whole(b"x");
+    assert!(eligible(&post));
+    let mut upgrade = request(Method::GET, "/");
+    let headers = upgrade.headers_mut();
+    headers.insert(header::UPGRADE, "websocket".parse().unwrap());
+    assert!(!eligible(&upgrade));
+    assert!(!eligible(&request(Method::CONNECT, "/")));
+}
+
+/// Two requests on one connection; the upstream then closes it while it
+/// is idle, and the third request takes a new one (a stale one taken
+/// would have failed: it is not sent again so soon after its last use).
+#[tokio::test(flavor = "current_thread")]
+async fn a_kept_connection_is_reused_and_one_closed_while_idle_is_not_taken() {
+    let (addr, upstream) = scripted(vec![vec![OK, OK], vec![OK]]);
+    for path in ["/a", "/b"] {
+        let response = get(addr, path, Instant::now()).await.unwrap();
+        assert_eq!(read(response).await.0, "ok");
+        assert_eq!(kept(addr), 1);
+    }
+    // The upstream closes after its second answer; let the runtime see it.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let response = get(addr, "/c", Instant::now()).await.unwrap();
+    assert_eq!(read(response).await.0, "ok");
+    let seen = upstream.await.unwrap();
+    let lines: Vec<_> = seen.iter().map(|(c, l)| (*c, l.as_str())).collect();
+    assert_eq!(
+        lines,
+        [
+            (0, "GET /a HTTP/1.1"),
+            (0, "GET /b HTTP/1.1"),
+            (1, "GET /c HTTP/1.1")
+        ]
+    );
+}
+
+/// The keep-alive race: the upstream reads a request on a connection idle
+/// a while and closes it unanswered. A GET goes again on a fresh one; a
+/// POST does not (the close is its answer), and neither does a GET on a
+/// connection used a moment ago.
+#[tokio::test(flavor = "current_thread")]
+async fn a_get_on_a_connection_the_upstream_closes_is_sent_again_a_post_is_not() {
+    let (addr, upstream) = scripted(vec![vec![OK, b""], vec![OK, b""], vec![OK, b""]]);
+    let t0 = Instant::now();
+    assert_eq!(read(get(addr, "/1", t0).await.unwrap()).await.0, "ok");
+    let later = t0 + Duration::from_secs(1);
+    assert_eq!(read(get(addr, "/2", later).await.unwrap()).await.0, "ok");
+    let post = request(Method::POST, "/3");
+    let error = send(addr, post, CONNECT, IDLE, later + Duration::from_secs(1)).await;
+    assert!(
+        matches!(error, Err(DirectError::Unanswered)),
+        "{:?}",
+        error.err()
+    );
+    assert_eq!(
+        read(get(addr, "/4", Instant::now()).await.unwrap()).await.0,
+        "ok"
+    );
+    let soon = get(addr, "/5", Instant::now()).await;
+    assert!(
+        matches!(soon, Err(DirectError::Unanswered)),
+        "{:?}",
+        soon.err()
+    );
+    let seen: Vec<_> = upstream
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(c, _)| c)
+        .collect();
+    assert_eq!(seen, [0, 0, 1, 1, 2, 2]);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_refused_connect_is_a_connect_error() {
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let error = get(addr, "/", Instant::now()).await;
+    assert!(
+        matches!(error, Err(DirectError::Connect(_))),
+        "{:?}",
+        error.err()
+    );
+}
+
+/// Chunked with an extension and trailers, a 1xx before a 204 that
+/// claims a length, a HEAD's length: all read exactly, the connection
+/// kept through them; a close-delimited body is read to the end and
+/// its connection not kept.
+#[tokio::test(flavor = "current_thread")]
+async fn every_framing_is_read_exactly_and_kept_only_when_it_can_be() {
+    let chunked: &[u8] = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n\
+        3;ext=1\r\nabc\r\n2\r\nde\r\n0\r\nx-digest: 7\r\n\r\n";
+    let early: &[u8] = b"HTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\n\
+        HTTP/1.1 204 No Content\r\ncontent-length: 5\r\n\r\n";
+    let head: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n";
+    let close: &[u8] = b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\nuntil the end";
+    let (addr, upstream) = scripted(vec![vec![chunked, early, head, close], vec![OK]]);
+    let (body, trailers) = read(get(addr, "/chunked", Instant::now()).await.unwrap()).await;
+    assert_eq!(body, "abcde");
+    assert_eq!(trailers.unwrap()["x-digest"], "7");
+    let response = get(addr, "/early", Instant::now()).await.unwrap();
+    assert_eq!(response.status(), 204);
+    assert_eq!(read(response).await.0, "");
+    let req = request(Method::HEAD, "/head");
+    let response = send(addr, req, CONNECT, IDLE, Instant::now())
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["content-length"], "10");
+    assert_eq!(read(response).await.0, "");
+    assert_eq!(kept(addr), 1);
+    let (body, _) = read(get(addr, "/close", Instant::now()).await.unwrap()).await;
+    assert_eq!(body, "until the end");
+    assert_eq!(kept(addr), 0);
+    assert_eq!(
+        read(get(addr, "/next", Instant::now()).await.unwrap())
+            .await
+            .0,
+        "ok"
+    );
+    let seen: Vec<_> = upstream
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(c, _)| c)
+        .collect();
+    assert_eq!(seen, [0, 0, 0, 0, 1]);
+}
+
+/// What would leave a kept connection out of step with the upstream is
+/// refused and the connection dropped: a body left unread, bytes past
+/// the body, two lengths, a length beside chunked, an unasked 101.
+#[tokio::test(flavor = "current_thread")]
+async fn a_connection_out_of_step_is_never_kept() {
+    let smuggled: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nokHTTP/1.1 200 OK\r\n\r\n";
+    let two_lengths: &[u8] =
+        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-length: 3\r\n\r\nok!";
+    let both: &[u8] =
+        b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n";
+    let switch: &[u8] = b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\n\r\n";
+    let (addr, upstream) = scripted(vec![
+        vec![OK],
+        vec![smuggled],
+        vec![two_lengths],
+        vec![both],
+        vec![switch],
+        vec![OK],
+    ]);
+    // Dropped before its body was read.
+    drop(get(addr, "/unread", Instant::now()).await.unwrap());
+    assert_eq!(kept(addr), 0);
+    let (body, _) = read(get(addr, "/smuggled", Instant::now()).await.unwrap()).await;
+    assert_eq!(body, "ok");
+    assert_eq!(kept(addr), 0);
+    for path in ["/two-lengths", "/both", "/switch"] {
+        let error = get(addr, path, Instant::now()).await;
+        assert!(
+            matches!(error, Err(DirectError::Protocol(_))),
+            "{path}: {:?}",
+            error.err()
+        );
+        assert_eq!(kept(addr), 0);
+    }
+    assert_eq!(
+        read(get(addr, "/last", Instant::now()).await.unwrap())
+            .await
+            .0,
+        "ok"
+    );
+    let seen: Vec<_> = upstream
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(c, _)| c)
+        .collect();
+    assert_eq!(seen, [0, 1, 2, 3, 4, 5]);
+}
+
+/// A body cut short by the upstream is an error to the reader, not a
+/// short body.
+#[tokio::test(flavor = "current_thread")]
+async fn a_body_cut_short_is_an_error() {
+    let short: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nonly5";
+    let (addr, upstream) = scripted(vec![vec![short]]);
+    let response = get(addr, "/", Instant::now()).await.unwrap();
+    let error = response.into_body().collect().await.err();
+    assert!(
+        matches!(error, Some(DirectError::Protocol(H1Error::Incomplete))),
+        "{error:?}"
+    );
+    assert_eq!(upstream.await.unwrap().len(), 1);
+    assert_eq!(kept(addr), 0);
+}
+
+/// The reaper closes connections idle for the idle timeout and stops
+/// once none are kept.
+#[tokio::test(flavor = "current_thread")]
+async fn idle_connections_are_reaped() {
+    let (addr, upstream) = scripted(vec![vec![OK]]);
+    let idle = Duration::from_millis(50);
+    let req = request(Method::GET, "/");
+    let response = send(addr, req, CONNECT, idle, Instant::now())
+        .await
+        .unwrap();
+    assert_eq!(read(response).await.0, "ok");
+    assert_eq!(kept(addr), 1);
+    for _ in 0..100 {
+        if !KEPT.with_borrow(|kept| kept.reaping) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(kept(addr), 0);
+    assert!(!KEPT.with_borrow(|kept| kept.reaping));
+    assert_eq!(upstream.await.unwrap().len(), 1);
+}
