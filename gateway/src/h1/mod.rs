@@ -19,6 +19,12 @@ pub const MAX_HEADERS: usize = 100;
 /// default read buffer limit).
 pub const MAX_HEAD_BYTES: usize = 400 * 1024;
 
+/// Room left in a response's header map for the fields the gateway adds
+/// (request id, the rate-limit ones, `Retry-After`): filling a map sized
+/// to the upstream's fields grew it, a rehash of every field, on every
+/// response of a limited route.
+const GATEWAY_HEADERS: usize = 8;
+
 /// Why an upstream's response could not be read.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum H1Error {
@@ -139,7 +145,7 @@ pub fn parse_response_head(
             _ => Ok(Some(Head::Informational)),
         };
     }
-    let mut headers = HeaderMap::with_capacity(spans.len());
+    let mut headers = HeaderMap::with_capacity(spans.len() + GATEWAY_HEADERS);
     for (name, from, to) in spans {
         let value = head.get(from..to).map(|_| head.slice(from..to));
         let value = value.and_then(|v| HeaderValue::from_maybe_shared(v).ok());
