@@ -7,6 +7,30 @@ use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr},
 };
 
+use http::HeaderValue;
+
+/// A connection's TCP peer, its address written as text once for the
+/// connection: every request on it writes that text (its access-log line,
+/// `X-Forwarded-For`), which cost two formattings and an allocation each.
+#[derive(Clone, Debug)]
+pub struct Peer {
+    pub addr: SocketAddr,
+    /// The canonical IP's text (a clone shares it).
+    pub text: HeaderValue,
+}
+
+impl From<SocketAddr> for Peer {
+    fn from(addr: SocketAddr) -> Self {
+        let text = AddrText::ip(addr.ip().to_canonical());
+        let text = HeaderValue::from_bytes(text.as_bytes());
+        Self {
+            addr,
+            // An address's text is always a valid value.
+            text: text.unwrap_or(HeaderValue::from_static("")),
+        }
+    }
+}
+
 /// Room for any socket address: `[`, 39 for IPv6, `%` and a 10-digit
 /// scope id, `]:` and 5 for the port.
 const MAX: usize = 64;

@@ -9,7 +9,7 @@ use std::{
 use http::{HeaderValue, Method, Request};
 
 use super::{
-    addr_text::AddrText,
+    addr_text::{AddrText, Peer},
     error::{Blame, ProxyError},
     forward::X_REQUEST_ID,
     identity::Identity,
@@ -33,7 +33,7 @@ pub(super) struct RequestContext<'g> {
     /// has one, refused or not).
     pub trace: Trace,
     /// The TCP peer.
-    pub peer: SocketAddr,
+    pub peer: Peer,
     /// Accept phase: the address the request is judged by (guard, source
     /// limits, log): the peer, or the client a trusted proxy forwarded
     /// for (see [`super::source`]). Canonical.
@@ -83,14 +83,15 @@ impl From<&ProxyError> for Refusal {
 
 impl<'g> RequestContext<'g> {
     /// The accept phase's start: what is known before any check.
-    pub fn new<B>(req: &Request<B>, peer: SocketAddr, proto: &'static str) -> Self {
+    pub fn new<B>(req: &Request<B>, peer: impl Into<Peer>, proto: &'static str) -> Self {
+        let peer = peer.into();
         Self {
             started: Instant::now(),
             ts: unix_now() as u64,
             request_id: request_id(req.headers()),
             trace: Trace::of(req.headers()),
+            client_ip: peer.addr.ip().to_canonical(),
             peer,
-            client_ip: peer.ip().to_canonical(),
             proto,
             method: req.method().clone(),
             path: req.uri().path().to_owned(),
@@ -112,7 +113,7 @@ impl<'g> RequestContext<'g> {
 
     /// The peer and the client address, as the guard judges them.
     pub fn remote(&self) -> Remote {
-        Remote::new(self.peer.ip(), self.client_ip)
+        Remote::new(self.peer.addr.ip(), self.client_ip)
     }
 
     /// The access-log line for this request, answered with `status`.
@@ -137,14 +138,13 @@ impl<'g> RequestContext<'g> {
         out.extend_from_slice(b",\"trace_id\":\"");
         out.extend_from_slice(&self.trace.trace_id_hex());
         out.extend_from_slice(b"\",\"peer\":");
-        let peer = self.peer.ip().to_canonical();
-        let peer_text = AddrText::ip(peer);
-        json_text(out, &peer_text);
+        let peer_text = self.peer.text.as_bytes();
+        json_text(out, peer_text);
         out.extend_from_slice(b",\"client_ip\":");
         // The same address but behind a trusted proxy: written once.
-        match self.client_ip == peer {
-            true => json_text(out, &peer_text),
-            false => json_text(out, &AddrText::ip(self.client_ip)),
+        match self.client_ip == self.peer.addr.ip().to_canonical() {
+            true => json_text(out, peer_text),
+            false => json_text(out, AddrText::ip(self.client_ip).as_bytes()),
         }
         out.extend_from_slice(b",\"method\":");
         json_str(out, self.method.as_str());
@@ -164,7 +164,7 @@ impl<'g> RequestContext<'g> {
         out.extend_from_slice(n.format(status).as_bytes());
         out.extend_from_slice(b",\"upstream\":");
         match self.upstream {
-            Some(upstream) => json_text(out, &AddrText::socket(upstream)),
+            Some(upstream) => json_text(out, AddrText::socket(upstream).as_bytes()),
             None => out.extend_from_slice(b"null"),
         }
         out.extend_from_slice(b",\"latency_ms\":");
@@ -207,9 +207,9 @@ fn json_opt_str(out: &mut Vec<u8>, s: Option<&str>) {
 }
 
 /// An address as a JSON string (its text never needs escaping).
-fn json_text(out: &mut Vec<u8>, text: &AddrText) {
+fn json_text(out: &mut Vec<u8>, text: &[u8]) {
     out.push(b'"');
-    out.extend_from_slice(text.as_bytes());
+    out.extend_from_slice(text);
     out.push(b'"');
 }
 
@@ -277,7 +277,11 @@ mod tests {
             .header("x-request-id", "abc")
             .body(())
             .unwrap();
-        let mut ctx = RequestContext::new(&req, "[::ffff:10.0.0.1]:5000".parse().unwrap(), "http");
+        let mut ctx = RequestContext::new(
+            &req,
+            "[::ffff:10.0.0.1]:5000".parse::<SocketAddr>().unwrap(),
+            "http",
+        );
         ctx.key_id = Some("kid1".into());
         ctx.refusal = Some(Refusal::from(&ProxyError::MissingCredential));
         let line: serde_json::Value = serde_json::from_slice(&ctx.log_line(401).unwrap()).unwrap();
@@ -298,7 +302,8 @@ mod tests {
     #[test]
     fn the_log_line_is_what_serde_json_wrote() {
         let req = Request::post("/a%22b/\u{e9}?q=1").body(()).unwrap();
-        let mut ctx = RequestContext::new(&req, "[::1]:5000".parse().unwrap(), "https");
+        let mut ctx =
+            RequestContext::new(&req, "[::1]:5000".parse::<SocketAddr>().unwrap(), "https");
         ctx.path = "/quote\"back\\slash\u{1}tab\t\u{e9}".into();
         ctx.key_id = Some("kid\"1".into());
         ctx.issuer = Some("https://issuer.example".into());
@@ -308,7 +313,7 @@ mod tests {
         )));
         for ctx in [
             &ctx,
-            &RequestContext::new(&req, "10.0.0.2:1".parse().unwrap(), "http"),
+            &RequestContext::new(&req, "10.0.0.2:1".parse::<SocketAddr>().unwrap(), "http"),
         ] {
             let line = ctx.log_line(429).unwrap();
             serde_json::from_slice::<serde_json::Value>(&line).expect("the line is JSON");
@@ -318,7 +323,7 @@ mod tests {
                 ts: ctx.ts,
                 request_id: ctx.request_id(),
                 trace_id: std::str::from_utf8(&trace_id).unwrap(),
-                peer: ctx.peer.ip().to_canonical(),
+                peer: ctx.peer.addr.ip().to_canonical(),
                 client_ip: ctx.client_ip,
                 method: ctx.method.as_str(),
                 path: &ctx.path,
@@ -357,7 +362,7 @@ mod tests {
             .header("x-request-id", "a b")
             .body(())
             .unwrap();
-        let ctx = RequestContext::new(&req, "127.0.0.1:1".parse().unwrap(), "http");
+        let ctx = RequestContext::new(&req, "127.0.0.1:1".parse::<SocketAddr>().unwrap(), "http");
         assert_eq!(ctx.request_id().len(), 32);
         assert!(ctx.request_id().bytes().all(|b| b.is_ascii_hexdigit()));
     }

@@ -1,12 +1,11 @@
 //! Rewriting a request for the upstream and a response for the client:
 //! hop-by-hop headers (RFC 9110 §7.6.1), credentials, identity and tracing
 //! headers, `X-Forwarded-For`.
-use std::net::IpAddr;
 
 use http::{header, HeaderMap, HeaderName, HeaderValue};
 use ipnet::IpNet;
 
-use super::{addr_text::AddrText, credentials::query_value, tier_reply::TierReply};
+use super::{addr_text::Peer, credentials::query_value, tier_reply::TierReply};
 use crate::{config::KeySources, limits::Decision};
 
 /// Always hop-by-hop, whether or not `Connection` lists them (matched as
@@ -279,14 +278,9 @@ pub fn strip_credentials(
 /// kept (appended to) only when the peer is a trusted proxy, and so are
 /// `Forwarded`, `X-Forwarded-Host`/`-Port` and `X-Real-IP` (dropped from
 /// anyone else).
-pub fn set_forwarded(
-    headers: &mut HeaderMap,
-    peer: IpAddr,
-    trusted: &[IpNet],
-    proto: &'static str,
-) {
-    let peer = peer.to_canonical();
-    let trusted_peer = trusted.iter().any(|net| net.contains(&peer));
+pub fn set_forwarded(headers: &mut HeaderMap, peer: &Peer, trusted: &[IpNet], proto: &'static str) {
+    let ip = peer.addr.ip().to_canonical();
+    let trusted_peer = trusted.iter().any(|net| net.contains(&ip));
     if !trusted_peer {
         remove_where(headers, |name| FORWARDING.contains(name));
     }
@@ -298,10 +292,12 @@ pub fn set_forwarded(
             .collect(),
         false => Vec::new(),
     };
-    let text = AddrText::ip(peer);
     let value = match previous.is_empty() {
-        false => HeaderValue::from_str(&format!("{}, {}", previous.join(", "), text.as_str())),
-        true => HeaderValue::from_bytes(text.as_bytes()),
+        false => {
+            let text = peer.text.to_str().unwrap_or_default();
+            HeaderValue::from_str(&format!("{}, {text}", previous.join(", ")))
+        }
+        true => Ok(peer.text.clone()),
     };
     if let Ok(value) = value {
         headers.insert(X_FORWARDED_FOR, value);
@@ -314,6 +310,10 @@ pub fn set_forwarded(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn peer(ip: &str) -> Peer {
+        Peer::from(std::net::SocketAddr::new(ip.parse().unwrap(), 1))
+    }
 
     #[test]
     fn hop_by_hop_and_connection_listed_headers_go() {
@@ -408,7 +408,7 @@ mod tests {
         h.append(X_FORWARDED_FOR, HeaderValue::from_static("1.2.3.4"));
         h.append(X_FORWARDED_FOR, HeaderValue::from_static("203.0.113.7"));
         let trusted = ["10.0.0.0/8".parse().unwrap()];
-        set_forwarded(&mut h, "10.0.0.9".parse().unwrap(), &trusted, "http");
+        set_forwarded(&mut h, &peer("10.0.0.9"), &trusted, "http");
         assert_eq!(h[X_FORWARDED_FOR], "1.2.3.4, 203.0.113.7, 10.0.0.9");
         assert_eq!(h.get_all(X_FORWARDED_FOR).iter().count(), 1);
     }
@@ -417,12 +417,12 @@ mod tests {
     fn forwarded_for_is_trusted_only_from_trusted_proxies() {
         let mut h = HeaderMap::new();
         h.insert(X_FORWARDED_FOR, HeaderValue::from_static("6.6.6.6"));
-        set_forwarded(&mut h, "10.0.0.9".parse().unwrap(), &[], "http");
+        set_forwarded(&mut h, &peer("10.0.0.9"), &[], "http");
         assert_eq!(h[X_FORWARDED_FOR], "10.0.0.9");
         h.insert(X_FORWARDED_FOR, HeaderValue::from_static("1.2.3.4"));
         set_forwarded(
             &mut h,
-            "10.0.0.9".parse().unwrap(),
+            &peer("10.0.0.9"),
             &["10.0.0.0/8".parse().unwrap()],
             "https",
         );
@@ -430,7 +430,7 @@ mod tests {
         // A trusted proxy's own X-Forwarded-Proto is kept...
         assert_eq!(h[X_FORWARDED_PROTO], "http");
         // ...an untrusted client's is replaced by what the listener speaks.
-        set_forwarded(&mut h, "192.0.2.1".parse().unwrap(), &[], "https");
+        set_forwarded(&mut h, &peer("192.0.2.1"), &[], "https");
         assert_eq!(h[X_FORWARDED_PROTO], "https");
         assert_eq!(h[X_FORWARDED_FOR], "192.0.2.1");
         // Forwarded and friends: a trusted proxy's are kept, no one else's.
@@ -439,12 +439,12 @@ mod tests {
         }
         set_forwarded(
             &mut h,
-            "10.0.0.9".parse().unwrap(),
+            &peer("10.0.0.9"),
             &["10.0.0.0/8".parse().unwrap()],
             "http",
         );
         assert!(FORWARDING.iter().all(|name| h.contains_key(name)));
-        set_forwarded(&mut h, "192.0.2.1".parse().unwrap(), &[], "http");
+        set_forwarded(&mut h, &peer("192.0.2.1"), &[], "http");
         assert!(FORWARDING.iter().all(|name| !h.contains_key(name)));
     }
 }

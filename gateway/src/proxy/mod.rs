@@ -168,7 +168,7 @@ impl Gateway {
     async fn handle(
         self: Arc<Self>,
         req: Request<Incoming>,
-        peer: std::net::SocketAddr,
+        peer: addr_text::Peer,
         proto: &'static str,
         permit: Arc<serve::ConnectionPermit>,
     ) -> Response<ProxyBody> {
@@ -230,7 +230,7 @@ impl Gateway {
     /// [`body`]). The per-connection half runs in [`serve`] before any
     /// request is read.
     fn accept<B>(&self, req: &Request<B>, ctx: &mut RequestContext<'_>) -> Result<(), ProxyError> {
-        let peer = ctx.peer.ip();
+        let peer = ctx.peer.addr.ip();
         ctx.client_ip = source::client_address(req.headers(), peer, &self.trusted_proxies);
         let bans = &self.shared.userspace_bans;
         match bans.ban_left(ctx.client_ip, monotonic_ns()) {
@@ -437,7 +437,7 @@ impl Gateway {
         let upgrade = forward::upgrade_protocol(req.headers());
         let origin = Origin {
             path: &route.upstream_path(&ctx.path),
-            peer: ctx.peer,
+            peer: &ctx.peer,
             proto: ctx.proto,
             request_id: &ctx.request_id,
             trace: &ctx.trace,

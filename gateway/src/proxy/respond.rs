@@ -101,7 +101,7 @@ fn relay(
     if let (true, Some(client_upgrade), Some(protocol)) = (switched, client_upgrade, accepted) {
         forward::set_upgrade(response.headers_mut(), protocol);
         let upstream_upgrade = hyper::upgrade::on(&mut response);
-        let peer = ctx.peer.ip().to_canonical();
+        let peer = ctx.peer.addr.ip().to_canonical();
         tokio::spawn(async move {
             let ClientUpgrade { on, permit } = client_upgrade;
             match tokio::try_join!(on, upstream_upgrade) {

@@ -8,8 +8,13 @@ use std::net::SocketAddr;
 use http::{header, HeaderName, HeaderValue, Request, Uri, Version};
 
 use super::{
-    addr_text::AddrText, error::ProxyError, forward, forward::X_REQUEST_ID, identity::Identity,
-    route::Route, trace::Trace,
+    addr_text::{AddrText, Peer},
+    error::ProxyError,
+    forward,
+    forward::X_REQUEST_ID,
+    identity::Identity,
+    route::Route,
+    trace::Trace,
 };
 use crate::{
     clock::unix_now,
@@ -28,7 +33,7 @@ pub(super) struct Rewriter {
 pub(super) struct Origin<'a> {
     /// The path to forward: normalised, then the route's prefix rewrite.
     pub path: &'a str,
-    pub peer: SocketAddr,
+    pub peer: &'a Peer,
     /// What the listener speaks, for `X-Forwarded-Proto`.
     pub proto: &'static str,
     pub request_id: &'a HeaderValue,
@@ -105,12 +110,7 @@ impl Rewriter {
         }
         headers.insert(X_REQUEST_ID, origin.request_id.clone());
         origin.trace.set_headers(headers);
-        forward::set_forwarded(
-            headers,
-            origin.peer.ip(),
-            &self.trusted_proxies,
-            origin.proto,
-        );
+        forward::set_forwarded(headers, origin.peer, &self.trusted_proxies, origin.proto);
         // HTTP/2 requests carry the host in the URI, not a Host header;
         // a request with neither (HTTP/1.0) names the server, as the
         // pooled client did (`ip:port`, the port left out when 80).

@@ -355,6 +355,7 @@ fn service(
 > + Clone
        + Send
        + 'static {
+    let peer = super::addr_text::Peer::from(peer);
     hyper::service::service_fn(move |req: hyper::Request<Incoming>| -> Answer {
         let gateway = current.load();
         // Once answered, hyper is between messages only if it read the
@@ -364,7 +365,7 @@ fn service(
             && !req.headers().contains_key(hyper::header::UPGRADE);
         let busy = activity.begin(req.version(), parkable);
         // For a tunnel this connection may become, which outlives it here.
-        let permit = permit.clone();
+        let (permit, peer) = (permit.clone(), peer.clone());
         Box::pin(async move {
             let mut response = gateway.handle(req, peer, proto, permit).await;
             close_if_draining(&busy, &mut response);
