@@ -3,7 +3,8 @@
 //! after authentication, and an open tunnel holds a drain (SIGTERM) until
 //! it closes or `limits.drain_timeout` passes. A 101 the client did not
 //! ask for is a 502; a kept connection the upstream closes as a request
-//! goes out is retried once, for an idempotent bodiless request.
+//! goes out is retried once, for an idempotent bodiless request; a
+//! response out of step with its framing never answers another request.
 #![allow(clippy::unwrap_used, reason = "tests: a panic is the failure report")]
 
 use std::{
@@ -321,6 +322,62 @@ fn a_kept_connection_closed_under_a_get_is_retried_once_and_a_post_is_not() {
     ];
     let expected: Vec<(usize, String, String)> = (expected.iter())
         .map(|(c, m, t)| (*c, m.to_string(), t.to_string()))
+        .collect();
+    assert_eq!(seen, expected);
+}
+
+/// Response splitting by an upstream: bytes past what its framing says (a
+/// second response written after the first), or framing that reads two
+/// ways (`Transfer-Encoding` beside `Content-Length`, two lengths). The
+/// client gets the first response or a 502, never the smuggled one, and
+/// the connection is not used for another request.
+#[test]
+fn an_upstream_response_out_of_step_never_answers_another_request() {
+    const SMUGGLED: &str = "HTTP/1.1 200 OK\r\ncontent-length: 8\r\n\r\nsmuggled";
+    let upstream = ScriptedUpstream::start(|_, _, seen| {
+        Script::Answer(match seen.target.as_str() {
+            "/split" => format!("{OK}{SMUGGLED}"),
+            "/both" => format!(
+                "HTTP/1.1 200 OK\r\ncontent-length: 5\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n{SMUGGLED}"
+            ),
+            "/two" => format!("HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-length: 10\r\n\r\nok{SMUGGLED}"),
+            _ => OK.to_string(),
+        })
+    });
+    let gateway = one_worker(upstream.addr);
+    let reply = gateway.get("/split", &[]);
+    assert_eq!(
+        (reply.status, reply.body.as_str()),
+        (200, "ok"),
+        "{reply:?}"
+    );
+    for path in ["/next", "/both", "/after-both", "/two", "/last"] {
+        let reply = gateway.get(path, &[]);
+        match path {
+            "/both" | "/two" => {
+                assert_eq!(reply.status, 502, "{path}: {reply:?}");
+                assert_eq!(reply.json()["error"], "upstream_error");
+            }
+            _ => assert_eq!(
+                (reply.status, reply.body.as_str()),
+                (200, "ok"),
+                "{path}: {reply:?}"
+            ),
+        }
+    }
+    let seen: Vec<(usize, String)> = (upstream.requests().into_iter())
+        .map(|(c, s)| (c, s.target))
+        .collect();
+    let expected = [
+        (0, "/split"),
+        (1, "/next"),
+        (1, "/both"),
+        (2, "/after-both"),
+        (2, "/two"),
+        (3, "/last"),
+    ];
+    let expected: Vec<(usize, String)> = (expected.iter())
+        .map(|(c, t)| (*c, t.to_string()))
         .collect();
     assert_eq!(seen, expected);
 }
