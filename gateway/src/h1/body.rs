@@ -6,6 +6,8 @@ use super::{Framing, H1Error};
 
 /// A chunk-size line longer than this is refused (extensions included).
 const MAX_CHUNK_LINE: usize = 4096;
+/// Chunk-extension bytes a body may carry in all (hyper's limit).
+const MAX_EXTENSION_BYTES: usize = 16 * 1024;
 /// Bytes the trailer section may take.
 const MAX_TRAILER_BYTES: usize = 16 * 1024;
 /// Trailer fields kept.
@@ -22,9 +24,10 @@ pub enum Step {
     Done,
 }
 
-/// The body's framing and how far it has got.
+/// The body's framing, how far it has got, and the chunk-extension bytes
+/// seen so far (bounded: extensions are not data, and never end).
 #[derive(Debug)]
-pub struct Decoder(State);
+pub struct Decoder(State, usize);
 
 #[derive(Debug, Clone, Copy)]
 enum State {
@@ -39,12 +42,13 @@ enum State {
 
 impl Decoder {
     pub fn new(framing: Framing) -> Self {
-        Self(match framing {
+        let state = match framing {
             Framing::Empty | Framing::Length(0) => State::Done,
             Framing::Length(n) => State::Length(n),
             Framing::Chunked => State::ChunkSize,
             Framing::Close => State::Close,
-        })
+        };
+        Self(state, 0)
     }
 
     pub fn is_done(&self) -> bool {
@@ -92,24 +96,10 @@ impl Decoder {
                     };
                     return Ok(Step::Data(data));
                 }
-                State::ChunkSize => match httparse::parse_chunk_size(buf) {
-                    // The same limit however the line arrived.
-                    Ok(httparse::Status::Complete((used, _))) if used > MAX_CHUNK_LINE => {
-                        return Err(H1Error::Chunked("chunk-size line too long"))
-                    }
-                    Ok(httparse::Status::Complete((used, 0))) => {
-                        buf.advance(used);
-                        self.0 = State::Trailers;
-                    }
-                    Ok(httparse::Status::Complete((used, size))) => {
-                        buf.advance(used);
-                        self.0 = State::ChunkData(size);
-                    }
-                    Ok(httparse::Status::Partial) if buf.len() > MAX_CHUNK_LINE => {
-                        return Err(H1Error::Chunked("chunk-size line too long"))
-                    }
-                    Ok(httparse::Status::Partial) => return more(),
-                    Err(_) => return Err(H1Error::Chunked("invalid chunk size")),
+                State::ChunkSize => match self.chunk_size(buf)? {
+                    None => return more(),
+                    Some(0) => self.0 = State::Trailers,
+                    Some(size) => self.0 = State::ChunkData(size),
                 },
                 State::ChunkEnd => match buf.get(..2) {
                     Some(b"\r\n") => {
@@ -146,6 +136,40 @@ impl Decoder {
     }
 }
 
+impl Decoder {
+    /// A chunk-size line off the front of `buf`, as strictly as hyper
+    /// reads one: at least one hex digit, CRLF-ended with no other LF, the
+    /// same length limit however it arrived, and the body's extensions
+    /// bounded. `None`: the line is not complete yet.
+    fn chunk_size(&mut self, buf: &mut BytesMut) -> Result<Option<u64>, H1Error> {
+        let (used, size) = match httparse::parse_chunk_size(buf) {
+            Ok(httparse::Status::Complete(parsed)) => parsed,
+            Ok(httparse::Status::Partial) if buf.len() > MAX_CHUNK_LINE => {
+                return Err(H1Error::Chunked("chunk-size line too long"))
+            }
+            Ok(httparse::Status::Partial) => return Ok(None),
+            Err(_) => return Err(H1Error::Chunked("invalid chunk size")),
+        };
+        let line = buf.get(..used).unwrap_or_default();
+        let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
+        let Some(rest) = line.strip_suffix(b"\r\n") else {
+            return Err(H1Error::Chunked("chunk-size line not ended by CRLF"));
+        };
+        if used > MAX_CHUNK_LINE {
+            return Err(H1Error::Chunked("chunk-size line too long"));
+        }
+        if digits == 0 || rest.contains(&b'\n') {
+            return Err(H1Error::Chunked("invalid chunk-size line"));
+        }
+        self.1 += rest.len() - digits.min(rest.len());
+        if self.1 > MAX_EXTENSION_BYTES {
+            return Err(H1Error::Chunked("chunk extensions too large"));
+        }
+        buf.advance(used);
+        Ok(Some(size))
+    }
+}
+
 /// Up to `n` bytes off the front of `buf`, and how many of `n` are left.
 fn take(buf: &mut BytesMut, n: u64) -> (Bytes, u64) {
     let k = usize::try_from(n).unwrap_or(usize::MAX).min(buf.len());
@@ -156,10 +180,17 @@ fn take(buf: &mut BytesMut, n: u64) -> (Bytes, u64) {
 fn trailers(section: &[u8]) -> Result<HeaderMap, H1Error> {
     let malformed = H1Error::Chunked("malformed trailer section");
     let mut fields = [httparse::EMPTY_HEADER; MAX_TRAILERS];
-    let Ok(httparse::Status::Complete((_, fields))) = httparse::parse_headers(section, &mut fields)
-    else {
+    // CRLF line ends only (httparse also takes a bare LF, which would end
+    // the section early and drop what follows).
+    let bare_lf = section.first() == Some(&b'\n')
+        || (section.windows(2)).any(|pair| matches!(pair, [before, b'\n'] if *before != b'\r'));
+    let parsed = httparse::parse_headers(section, &mut fields);
+    let Ok(httparse::Status::Complete((used, fields))) = parsed else {
         return Err(malformed);
     };
+    if bare_lf || used != section.len() {
+        return Err(malformed);
+    }
     let mut map = HeaderMap::with_capacity(fields.len());
     for field in fields {
         let name = HeaderName::from_bytes(field.name.as_bytes());

@@ -10,6 +10,7 @@ mod body;
 
 use bytes::BytesMut;
 use http::{header, HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, Version};
+use hyper::ext::ReasonPhrase;
 
 pub use body::{Decoder, Step};
 
@@ -115,6 +116,10 @@ pub fn parse_response_head(
     let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut parsed = httparse::Response::new(&mut fields);
     let len = match parsed.parse(buf) {
+        // The same limit however the head arrived.
+        Ok(httparse::Status::Complete(len)) if len > MAX_HEAD_BYTES => {
+            return Err(H1Error::HeadTooLarge)
+        }
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD_BYTES => {
             return Err(H1Error::HeadTooLarge)
@@ -125,6 +130,11 @@ pub fn parse_response_head(
     };
     let code = parsed.code.unwrap_or_default();
     let status = StatusCode::from_u16(code).map_err(|_| H1Error::Status(code))?;
+    // A phrase of the upstream's own (`499 Client Closed Request`) goes to
+    // the client as it came, as hyper's client kept it.
+    let reason = (parsed.reason)
+        .filter(|reason| !reason.is_empty() && status.canonical_reason() != Some(*reason))
+        .and_then(|reason| ReasonPhrase::try_from(reason.as_bytes().to_vec()).ok());
     let version = match parsed.version {
         Some(1) => Version::HTTP_11,
         _ => Version::HTTP_10,
@@ -161,6 +171,9 @@ pub fn parse_response_head(
     *response.status_mut() = status;
     *response.version_mut() = version;
     *response.headers_mut() = headers;
+    if let Some(reason) = reason {
+        response.extensions_mut().insert(reason);
+    }
     Ok(Some(Head::Final(ResponseHead {
         response,
         framing,

@@ -43,6 +43,44 @@ fn the_request_head_is_origin_form_with_its_fields_and_no_transfer_encoding() {
 }
 
 #[test]
+fn a_body_read_whole_is_framed_by_its_own_length_only() {
+    let mut req = Request::new(());
+    *req.method_mut() = Method::POST;
+    *req.uri_mut() = "/in".parse().unwrap();
+    let headers = req.headers_mut();
+    headers.insert("content-length", "999".parse().unwrap());
+    headers.insert("transfer-encoding", "chunked".parse().unwrap());
+    headers.insert("x-a", "b".parse().unwrap());
+    let mut out = Vec::new();
+    encode_request_head(&req, 5, &mut out);
+    assert_eq!(
+        out,
+        b"POST /in HTTP/1.1\r\nx-a: b\r\ncontent-length: 5\r\n\r\n"
+    );
+}
+
+#[test]
+fn an_own_reason_phrase_is_kept_a_standard_one_is_not() {
+    let text = b"HTTP/1.1 499 Client Closed Request\r\ncontent-length: 0\r\n\r\n";
+    let reason = head(text)
+        .0
+        .response
+        .extensions()
+        .get::<hyper::ext::ReasonPhrase>()
+        .cloned();
+    assert_eq!(
+        reason.as_ref().map(|r| r.as_bytes()),
+        Some(&b"Client Closed Request"[..])
+    );
+    let standard = head(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n").0;
+    assert!(standard
+        .response
+        .extensions()
+        .get::<hyper::ext::ReasonPhrase>()
+        .is_none());
+}
+
+#[test]
 fn a_head_is_split_off_and_its_values_share_the_buffer() {
     let (head, rest) = head(b"HTTP/1.1 201 Created\r\nContent-Length: 4\r\nX-A: b\r\n\r\nbody");
     assert_eq!(head.response.status(), StatusCode::CREATED);
@@ -65,6 +103,9 @@ fn partial_oversized_and_overfull_heads() {
     ]
     .concat();
     assert_eq!(parse(&big, false).unwrap_err(), H1Error::HeadTooLarge);
+    // Complete in one read, the same limit.
+    let whole = [big.as_slice(), b"\r\n\r\n"].concat();
+    assert_eq!(parse(&whole, false).unwrap_err(), H1Error::HeadTooLarge);
     let many: String = (0..=MAX_HEADERS).map(|i| format!("x{i}: 1\r\n")).collect();
     let text = format!("HTTP/1.1 200 OK\r\n{many}\r\n");
     assert_eq!(
@@ -221,8 +262,56 @@ fn malformed_or_cut_chunked_bodies_are_errors() {
             );
         }
     }
-    let long_line = [b"1;".as_slice(), &[b'x'; 5000]].concat();
-    assert!(decode_all(Framing::Chunked, &long_line, 4096).is_err());
+    // The line limit holds for a whole line too, not only a partial one.
+    let long_line = [b"1;".as_slice(), &[b'x'; 5000], b"\r\na\r\n0\r\n\r\n"].concat();
+    for step in [1, long_line.len()] {
+        let error = decode_all(Framing::Chunked, &long_line, step).unwrap_err();
+        assert_eq!(
+            error,
+            H1Error::Chunked("chunk-size line too long"),
+            "step {step}"
+        );
+    }
+}
+
+/// What hyper refuses in a chunk-size line, refused here too: a line
+/// without a digit would end the body early and leave the rest of it to
+/// answer the next request on the connection.
+#[test]
+fn chunk_size_lines_need_a_digit_crlf_and_bounded_extensions() {
+    for input in [
+        &b"1\r\nZ\r\n\r\n\r\n"[..],
+        b" \r\n\r\n",
+        b";x\r\n\r\n",
+        b"1;a\nb\r\nZ\r\n0\r\n\r\n",
+    ] {
+        for step in [1, input.len()] {
+            let result = decode_all(Framing::Chunked, input, step);
+            assert!(
+                matches!(result, Err(H1Error::Chunked(_))),
+                "{input:?}: {result:?}"
+            );
+        }
+    }
+    let chunk = [b"1;".as_slice(), &[b'e'; 1000], b"\r\nZ\r\n"].concat();
+    let many = [chunk.repeat(17), b"0\r\n\r\n".to_vec()].concat();
+    let error = decode_all(Framing::Chunked, &many, 4096).unwrap_err();
+    assert_eq!(error, H1Error::Chunked("chunk extensions too large"));
+    let fewer = [chunk.repeat(15), b"0\r\n\r\n".to_vec()].concat();
+    let (data, _, _) = decode_all(Framing::Chunked, &fewer, 7).unwrap();
+    assert_eq!(data, b"Z".repeat(15));
+}
+
+#[test]
+fn trailers_are_crlf_only_and_bounded() {
+    let bare = b"0\r\nx-a: 1\n\nx-b: 2\r\n\r\n";
+    assert!(decode_all(Framing::Chunked, bare, 64).is_err());
+    let big: String = (0..2000).map(|i| format!("x-{i}: 1\r\n")).collect();
+    let big = format!("0\r\n{big}\r\n");
+    assert!(decode_all(Framing::Chunked, big.as_bytes(), 100_000).is_err());
+    let many: String = (0..40).map(|i| format!("x-{i}: 1\r\n")).collect();
+    let many = format!("0\r\n{many}\r\n");
+    assert!(decode_all(Framing::Chunked, many.as_bytes(), 100_000).is_err());
 }
 
 #[test]

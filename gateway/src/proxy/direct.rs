@@ -9,8 +9,10 @@
 //! request, response and body chunk over channels: that was about 11,700
 //! instructions of a proxied GET's 51,400.
 //!
-//! Kept as hyper's were: a connection the upstream closed while idle is
-//! seen (its socket readable) and dropped when next taken; one idle for
+//! Kept as hyper's were: a connection the upstream closed (or wrote to)
+//! while idle is dropped when next taken, once the worker's event loop
+//! has seen its socket become readable (hyper's connection task saw it no
+//! sooner); one idle for
 //! `limits.upstream_idle_timeout` is closed; a request is sent again once
 //! on a fresh connection when a kept one took none of it (or not all of
 //! a bodiless one), or, if idempotent, bodiless and on a connection idle

@@ -198,6 +198,13 @@ async fn a_connection_out_of_step_is_never_kept() {
         vec![switch],
         vec![OK],
     ]);
+    // Bytes after a body-less answer are as out of step as after a body.
+    let stray: &[u8] = b"HTTP/1.1 204 No Content\r\n\r\nHTTP/1.1 200 OK\r\n\r\n";
+    let (stray_addr, stray_upstream) = scripted(vec![vec![stray]]);
+    let response = get(stray_addr, "/stray", Instant::now()).await.unwrap();
+    assert_eq!(response.status(), 204);
+    assert_eq!(kept(stray_addr), 0);
+    assert_eq!(stray_upstream.await.unwrap().len(), 1);
     // Dropped before its body was read.
     drop(get(addr, "/unread", Instant::now()).await.unwrap());
     assert_eq!(kept(addr), 0);
@@ -248,7 +255,9 @@ async fn a_body_cut_short_is_an_error() {
 /// once none are kept.
 #[tokio::test(flavor = "current_thread")]
 async fn idle_connections_are_reaped() {
-    let (addr, upstream) = scripted(vec![vec![OK]]);
+    // The upstream keeps the connection open (it waits for a second
+    // request): only the idle timeout can close it.
+    let (addr, upstream) = scripted(vec![vec![OK, OK]]);
     let idle = Duration::from_millis(50);
     let req = request(Method::GET, "/");
     let response = send(addr, req, CONNECT, idle, Instant::now())
