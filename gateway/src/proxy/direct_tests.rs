@@ -42,6 +42,22 @@ fn kept(addr: SocketAddr) -> usize {
     })
 }
 
+/// Asserts `path` is answered "ok".
+async fn ok(addr: SocketAddr, path: &str) {
+    let response = get(addr, path, Instant::now()).await.unwrap();
+    assert_eq!(read(response).await.0, "ok", "{path}");
+}
+
+/// The connection (its number) each request the upstream read came on.
+async fn connections(upstream: tokio::task::JoinHandle<Vec<(usize, String)>>) -> Vec<usize> {
+    upstream
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(c, _)| c)
+        .collect()
+}
+
 /// Streamed bodies (not read ahead whole) are hyper's, and so are
 /// upgrades: the e2e tests cover the first, the pool's tests the second.
 #[test]
@@ -102,23 +118,14 @@ async fn a_get_on_a_connection_the_upstream_closes_is_sent_again_a_post_is_not()
         "{:?}",
         error.err()
     );
-    assert_eq!(
-        read(get(addr, "/4", Instant::now()).await.unwrap()).await.0,
-        "ok"
-    );
+    ok(addr, "/4").await;
     let soon = get(addr, "/5", Instant::now()).await;
     assert!(
         matches!(soon, Err(DirectError::Unanswered)),
         "{:?}",
         soon.err()
     );
-    let seen: Vec<_> = upstream
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|(c, _)| c)
-        .collect();
-    assert_eq!(seen, [0, 0, 1, 1, 2, 2]);
+    assert_eq!(connections(upstream).await, [0, 0, 1, 1, 2, 2]);
 }
 
 #[tokio::test(flavor = "current_thread")]
@@ -164,19 +171,8 @@ async fn every_framing_is_read_exactly_and_kept_only_when_it_can_be() {
     let (body, _) = read(get(addr, "/close", Instant::now()).await.unwrap()).await;
     assert_eq!(body, "until the end");
     assert_eq!(kept(addr), 0);
-    assert_eq!(
-        read(get(addr, "/next", Instant::now()).await.unwrap())
-            .await
-            .0,
-        "ok"
-    );
-    let seen: Vec<_> = upstream
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|(c, _)| c)
-        .collect();
-    assert_eq!(seen, [0, 0, 0, 0, 1]);
+    ok(addr, "/next").await;
+    assert_eq!(connections(upstream).await, [0, 0, 0, 0, 1]);
 }
 
 /// What would leave a kept connection out of step with the upstream is
@@ -220,19 +216,8 @@ async fn a_connection_out_of_step_is_never_kept() {
         );
         assert_eq!(kept(addr), 0);
     }
-    assert_eq!(
-        read(get(addr, "/last", Instant::now()).await.unwrap())
-            .await
-            .0,
-        "ok"
-    );
-    let seen: Vec<_> = upstream
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|(c, _)| c)
-        .collect();
-    assert_eq!(seen, [0, 1, 2, 3, 4, 5]);
+    ok(addr, "/last").await;
+    assert_eq!(connections(upstream).await, [0, 1, 2, 3, 4, 5]);
 }
 
 /// A body cut short by the upstream is an error to the reader, not a
