@@ -78,21 +78,13 @@ impl Decoder {
                 State::Close if buf.is_empty() => return Ok(Step::NeedMore),
                 State::Close => return Ok(Step::Data(buf.split().freeze())),
                 State::Length(_) | State::ChunkData(_) if buf.is_empty() => return more(),
-                State::Length(n) => {
+                State::Length(n) | State::ChunkData(n) => {
                     let (data, left) = take(buf, n);
-                    self.0 = if left == 0 {
-                        State::Done
-                    } else {
-                        State::Length(left)
-                    };
-                    return Ok(Step::Data(data));
-                }
-                State::ChunkData(n) => {
-                    let (data, left) = take(buf, n);
-                    self.0 = if left == 0 {
-                        State::ChunkEnd
-                    } else {
-                        State::ChunkData(left)
+                    self.0 = match (self.0, left) {
+                        (State::Length(_), 0) => State::Done,
+                        (State::Length(_), _) => State::Length(left),
+                        (_, 0) => State::ChunkEnd,
+                        _ => State::ChunkData(left),
                     };
                     return Ok(Step::Data(data));
                 }
@@ -134,9 +126,7 @@ impl Decoder {
             }
         }
     }
-}
 
-impl Decoder {
     /// A chunk-size line off the front of `buf`, as strictly as hyper
     /// reads one: at least one hex digit, CRLF-ended with no other LF, the
     /// same length limit however it arrived, and the body's extensions

@@ -24,37 +24,47 @@ fn framing_of(fields: &str) -> Result<Framing, H1Error> {
     }
 }
 
+/// `method target` with `fields`, its head encoded for a body of `body_len`.
+fn encoded(
+    method: Method,
+    target: &str,
+    fields: &[(&'static str, &str)],
+    body_len: usize,
+) -> Vec<u8> {
+    let mut req = Request::new(());
+    *req.method_mut() = method;
+    *req.uri_mut() = target.parse().unwrap();
+    for (name, value) in fields {
+        req.headers_mut().append(*name, value.parse().unwrap());
+    }
+    let mut out = Vec::new();
+    encode_request_head(&req, body_len, &mut out);
+    out
+}
+
 #[test]
 fn the_request_head_is_origin_form_with_its_fields_and_no_transfer_encoding() {
-    let mut req = Request::new(());
-    *req.method_mut() = Method::DELETE;
-    *req.uri_mut() = "/a/b?c=d".parse().unwrap();
-    let headers = req.headers_mut();
-    headers.insert("host", "api".parse().unwrap());
-    headers.append("x-two", "1".parse().unwrap());
-    headers.append("x-two", "2".parse().unwrap());
-    headers.insert("transfer-encoding", "chunked".parse().unwrap());
-    let mut out = Vec::new();
-    encode_request_head(&req, 0, &mut out);
+    let fields = [
+        ("host", "api"),
+        ("x-two", "1"),
+        ("x-two", "2"),
+        ("transfer-encoding", "chunked"),
+    ];
     assert_eq!(
-        out,
+        encoded(Method::DELETE, "/a/b?c=d", &fields, 0),
         b"DELETE /a/b?c=d HTTP/1.1\r\nhost: api\r\nx-two: 1\r\nx-two: 2\r\n\r\n"
     );
 }
 
 #[test]
 fn a_body_read_whole_is_framed_by_its_own_length_only() {
-    let mut req = Request::new(());
-    *req.method_mut() = Method::POST;
-    *req.uri_mut() = "/in".parse().unwrap();
-    let headers = req.headers_mut();
-    headers.insert("content-length", "999".parse().unwrap());
-    headers.insert("transfer-encoding", "chunked".parse().unwrap());
-    headers.insert("x-a", "b".parse().unwrap());
-    let mut out = Vec::new();
-    encode_request_head(&req, 5, &mut out);
+    let fields = [
+        ("content-length", "999"),
+        ("transfer-encoding", "chunked"),
+        ("x-a", "b"),
+    ];
     assert_eq!(
-        out,
+        encoded(Method::POST, "/in", &fields, 5),
         b"POST /in HTTP/1.1\r\nx-a: b\r\ncontent-length: 5\r\n\r\n"
     );
 }
