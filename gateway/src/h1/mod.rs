@@ -79,8 +79,15 @@ pub enum Head {
 /// `req`'s head as HTTP/1.1 bytes, for a body of `body_len` bytes sent
 /// whole after it: origin form, its header fields as they are but for the
 /// framing, which is the body's length (a body there is none of has none:
-/// a `Content-Length: 0` sent stays).
-pub fn encode_request_head<B>(req: &Request<B>, body_len: usize, out: &mut Vec<u8>) {
+/// a `Content-Length: 0` sent stays). `extra` writes more fields (with
+/// [`write_field`]) after the map's: valid names and values, none of them
+/// framing.
+pub fn encode_request_head<B>(
+    req: &Request<B>,
+    extra: impl FnOnce(&mut Vec<u8>),
+    body_len: usize,
+    out: &mut Vec<u8>,
+) {
     let target = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
     out.extend_from_slice(req.method().as_str().as_bytes());
     out.push(b' ');
@@ -92,16 +99,22 @@ pub fn encode_request_head<B>(req: &Request<B>, body_len: usize, out: &mut Vec<u
         if framing {
             continue;
         }
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
+        write_field(out, name.as_str(), value.as_bytes());
     }
+    extra(out);
     if body_len > 0 {
         out.extend_from_slice(b"content-length: ");
         out.extend_from_slice(itoa::Buffer::new().format(body_len).as_bytes());
         out.extend_from_slice(b"\r\n");
     }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// `name: value` and its line end.
+pub fn write_field(out: &mut Vec<u8>, name: &str, value: &[u8]) {
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
     out.extend_from_slice(b"\r\n");
 }
 

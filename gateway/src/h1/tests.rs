@@ -38,7 +38,9 @@ fn encoded(
         req.headers_mut().append(*name, value.parse().unwrap());
     }
     let mut out = Vec::new();
-    encode_request_head(&req, body_len, &mut out);
+    // The gateway's own fields come after the client's, before the length.
+    let extra = |out: &mut Vec<u8>| write_field(out, "x-request-id", b"r1");
+    encode_request_head(&req, extra, body_len, &mut out);
     out
 }
 
@@ -52,7 +54,7 @@ fn the_request_head_is_origin_form_with_its_fields_and_no_transfer_encoding() {
     ];
     assert_eq!(
         encoded(Method::DELETE, "/a/b?c=d", &fields, 0),
-        b"DELETE /a/b?c=d HTTP/1.1\r\nhost: api\r\nx-two: 1\r\nx-two: 2\r\n\r\n"
+        b"DELETE /a/b?c=d HTTP/1.1\r\nhost: api\r\nx-two: 1\r\nx-two: 2\r\nx-request-id: r1\r\n\r\n"
     );
 }
 
@@ -65,7 +67,7 @@ fn a_body_read_whole_is_framed_by_its_own_length_only() {
     ];
     assert_eq!(
         encoded(Method::POST, "/in", &fields, 5),
-        b"POST /in HTTP/1.1\r\nx-a: b\r\ncontent-length: 5\r\n\r\n"
+        b"POST /in HTTP/1.1\r\nx-a: b\r\nx-request-id: r1\r\ncontent-length: 5\r\n\r\n"
     );
 }
 

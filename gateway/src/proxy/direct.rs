@@ -33,7 +33,7 @@ use hyper::body::{Body, Frame, SizeHint};
 use tokio::{io::AsyncWriteExt, net::TcpStream, time::Instant};
 use tokio_util::io::poll_read_buf;
 
-use super::body::RequestBody;
+use super::{body::RequestBody, rewrite::Added};
 use crate::h1::{self, Decoder, H1Error, Head, Step};
 
 /// Idle this long since its last request, a kept connection may be one
@@ -95,6 +95,7 @@ pub fn eligible(req: &Request<RequestBody>) -> bool {
 pub async fn send(
     addr: SocketAddr,
     req: Request<RequestBody>,
+    added: &Added<'_>,
     connect_timeout: Duration,
     idle_timeout: Duration,
     now: Instant,
@@ -102,7 +103,9 @@ pub async fn send(
     let body: Vec<&Bytes> = req.body().complete().into_iter().flatten().collect();
     let body_len = body.iter().map(|data| data.len()).sum();
     let mut message = Vec::with_capacity(512 + body_len);
-    h1::encode_request_head(&req, body_len, &mut message);
+    let gateway_fields =
+        |out: &mut Vec<u8>| added.each(|name, value| h1::write_field(out, name, value));
+    h1::encode_request_head(&req, gateway_fields, body_len, &mut message);
     body.iter().for_each(|data| message.extend_from_slice(data));
     let head_request = req.method() == Method::HEAD;
     let (mut conn, kept_since) = match take(addr, now, idle_timeout) {

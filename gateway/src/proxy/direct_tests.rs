@@ -5,7 +5,7 @@ use http::{HeaderMap, Method};
 use http_body_util::BodyExt;
 
 use super::*;
-use crate::proxy::test_upstream::scripted;
+use crate::proxy::test_upstream::{self, scripted};
 
 const CONNECT: Duration = Duration::from_secs(5);
 const IDLE: Duration = Duration::from_secs(90);
@@ -25,7 +25,23 @@ async fn get(
     path: &str,
     now: Instant,
 ) -> Result<Response<DirectBody>, DirectError> {
-    send(addr, request(Method::GET, path), CONNECT, IDLE, now).await
+    send(
+        addr,
+        request(Method::GET, path),
+        Added::for_tests(),
+        CONNECT,
+        IDLE,
+        now,
+    )
+    .await
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn the_gateways_fields_are_written_once_after_the_clients() {
+    let (addr, upstream) = test_upstream::one_head();
+    let response = get(addr, "/f", Instant::now()).await.unwrap();
+    assert_eq!(read(response).await.0, "ok");
+    test_upstream::assert_gateway_fields(&upstream.await.unwrap());
 }
 
 /// The body, and the trailers if any.
@@ -112,7 +128,15 @@ async fn a_get_on_a_connection_the_upstream_closes_is_sent_again_a_post_is_not()
     let later = t0 + Duration::from_secs(1);
     assert_eq!(read(get(addr, "/2", later).await.unwrap()).await.0, "ok");
     let post = request(Method::POST, "/3");
-    let error = send(addr, post, CONNECT, IDLE, later + Duration::from_secs(1)).await;
+    let error = send(
+        addr,
+        post,
+        Added::for_tests(),
+        CONNECT,
+        IDLE,
+        later + Duration::from_secs(1),
+    )
+    .await;
     assert!(
         matches!(error, Err(DirectError::Unanswered)),
         "{:?}",
@@ -162,7 +186,7 @@ async fn every_framing_is_read_exactly_and_kept_only_when_it_can_be() {
     assert_eq!(response.status(), 204);
     assert_eq!(read(response).await.0, "");
     let req = request(Method::HEAD, "/head");
-    let response = send(addr, req, CONNECT, IDLE, Instant::now())
+    let response = send(addr, req, Added::for_tests(), CONNECT, IDLE, Instant::now())
         .await
         .unwrap();
     assert_eq!(response.headers()["content-length"], "10");
@@ -245,7 +269,7 @@ async fn idle_connections_are_reaped() {
     let (addr, upstream) = scripted(vec![vec![OK, OK]]);
     let idle = Duration::from_millis(50);
     let req = request(Method::GET, "/");
-    let response = send(addr, req, CONNECT, idle, Instant::now())
+    let response = send(addr, req, Added::for_tests(), CONNECT, idle, Instant::now())
         .await
         .unwrap();
     assert_eq!(read(response).await.0, "ok");

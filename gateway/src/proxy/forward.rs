@@ -210,13 +210,14 @@ pub fn switched_as_asked(
 /// Removes every header whose name is one of `identity` once `_` reads as
 /// `-` (`X_Client_Id`, `x-client_id`): CGI, WSGI and PHP upstreams fold
 /// the two, so such a spelling would pass as the gateway's own header.
-pub fn strip_identity(headers: &mut HeaderMap, identity: &[&HeaderName]) {
+/// Also removes `ours`: fields the gateway sets itself, in the same pass.
+pub fn strip_identity(headers: &mut HeaderMap, identity: &[&HeaderName], ours: &[HeaderName]) {
     let folds_to = |name: &str, id: &str| {
         name.len() == id.len()
             && (name.bytes().zip(id.bytes())).all(|(n, i)| n == i || (n == b'_' && i == b'-'))
     };
     remove_where(headers, |name| {
-        (identity.iter()).any(|id| folds_to(name.as_str(), id.as_str()))
+        (identity.iter()).any(|id| folds_to(name.as_str(), id.as_str())) || ours.contains(name)
     });
 }
 
@@ -274,37 +275,73 @@ pub fn strip_credentials(
     }
 }
 
-/// `X-Forwarded-For`/`-Proto` from the real peer; a client's own values are
-/// kept (appended to) only when the peer is a trusted proxy, and so are
-/// `Forwarded`, `X-Forwarded-Host`/`-Port` and `X-Real-IP` (dropped from
-/// anyone else).
-pub fn set_forwarded(headers: &mut HeaderMap, peer: &Peer, trusted: &[IpNet], proto: &'static str) {
-    let ip = peer.addr.ip().to_canonical();
-    let trusted_peer = trusted.iter().any(|net| net.contains(&ip));
-    if !trusted_peer {
-        remove_where(headers, |name| FORWARDING.contains(name));
-    }
-    // Every line a trusted proxy sent (they are one list, RFC 9110 §5.3),
-    // or the upstream would see only what the client wrote on the first.
-    let previous: Vec<&str> = match trusted_peer {
-        true => (headers.get_all(&X_FORWARDED_FOR).iter())
-            .filter_map(|v| v.to_str().ok())
-            .collect(),
-        false => Vec::new(),
-    };
-    let value = match previous.is_empty() {
-        false => {
-            let text = peer.text.to_str().unwrap_or_default();
-            HeaderValue::from_str(&format!("{}, {text}", previous.join(", ")))
+/// `X-Forwarded-For`/`-Proto` as the upstream gets them, from the real
+/// peer: a client's own values are kept (appended to) only when the peer
+/// is a trusted proxy, and so are `Forwarded`, `X-Forwarded-Host`/`-Port`
+/// and `X-Real-IP` (dropped from anyone else). Kept beside the header map
+/// so the direct path writes them without inserting (see
+/// [`super::rewrite::Added`]).
+pub struct Forwarded {
+    /// The new `X-Forwarded-For`, in place of every line of it.
+    pub for_: HeaderValue,
+    /// The listener's protocol, unless a trusted proxy said its own.
+    pub proto: Option<&'static str>,
+}
+
+pub const X_FORWARDED_FOR_TEXT: &str = "x-forwarded-for";
+pub const X_FORWARDED_PROTO_TEXT: &str = "x-forwarded-proto";
+
+impl Forwarded {
+    /// What `peer` is to be forwarded as; removes from `headers` what it
+    /// may not send and the `X-Forwarded-For` lines the new value folds.
+    pub fn of(
+        headers: &mut HeaderMap,
+        peer: &Peer,
+        trusted: &[IpNet],
+        proto: &'static str,
+    ) -> Self {
+        let ip = peer.addr.ip().to_canonical();
+        if !trusted.iter().any(|net| net.contains(&ip)) {
+            remove_where(headers, |name| {
+                FORWARDING.contains(name) || name == X_FORWARDED_FOR || name == X_FORWARDED_PROTO
+            });
+            let proto = Some(proto);
+            return Self {
+                for_: peer.text.clone(),
+                proto,
+            };
         }
-        true => Ok(peer.text.clone()),
-    };
-    if let Ok(value) = value {
-        headers.insert(X_FORWARDED_FOR, value);
+        // Every line a trusted proxy sent (they are one list, RFC 9110 §5.3),
+        // or the upstream would see only what the client wrote on the first.
+        let previous: Vec<&str> = (headers.get_all(&X_FORWARDED_FOR).iter())
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        let for_ = match previous.is_empty() {
+            true => peer.text.clone(),
+            false => {
+                let text = peer.text.to_str().unwrap_or_default();
+                let joined = format!("{}, {text}", previous.join(", "));
+                HeaderValue::from_str(&joined).unwrap_or_else(|_| peer.text.clone())
+            }
+        };
+        headers.remove(&X_FORWARDED_FOR);
+        let proto = (!headers.contains_key(&X_FORWARDED_PROTO)).then_some(proto);
+        Self { for_, proto }
     }
-    if !(trusted_peer && headers.contains_key(&X_FORWARDED_PROTO)) {
-        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+
+    /// Puts them in `headers` (hyper's path).
+    pub fn insert_into(&self, headers: &mut HeaderMap) {
+        headers.insert(X_FORWARDED_FOR, self.for_.clone());
+        if let Some(proto) = self.proto {
+            headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+        }
     }
+}
+
+/// [`Forwarded`] set in `headers`, as the hyper path has it.
+#[cfg(test)]
+fn set_forwarded(headers: &mut HeaderMap, peer: &Peer, trusted: &[IpNet], proto: &'static str) {
+    Forwarded::of(headers, peer, trusted, proto).insert_into(headers);
 }
 
 #[cfg(test)]
@@ -357,11 +394,15 @@ mod tests {
         for name in ["x_client_id", "x-client_id", "x-client-id"] {
             h.insert(name, HeaderValue::from_static("cl_spoofed"));
         }
-        strip_identity(&mut h, &[&id]);
+        h.insert(X_REQUEST_ID, HeaderValue::from_static("spoofed"));
+        h.insert("x-request_id", HeaderValue::from_static("kept"));
+        strip_identity(&mut h, &[&id], &[X_REQUEST_ID]);
         assert!(
             h.keys().all(|name| !name.as_str().contains("client")),
             "{h:?}"
         );
+        // Ours go as spelt; only identity names are folded.
+        assert!(!h.contains_key(X_REQUEST_ID) && h.contains_key("x-request_id"));
     }
 
     #[test]

@@ -445,7 +445,7 @@ impl Gateway {
         };
         let tokens = self.shared.tokens.as_deref();
         let body_failure = req.body().failure();
-        let mut upstream_req =
+        let (mut upstream_req, added) =
             (self.rewriter).upstream_request(req, route, &origin, tokens, lease.server.addr)?;
         if let Some(protocol) = &upgrade {
             forward::set_upgrade(upstream_req.headers_mut(), protocol.clone());
@@ -457,7 +457,7 @@ impl Gateway {
         };
         let result = tokio::time::timeout(
             self.limits.upstream_timeout,
-            upstream_conns::send(lease.server.addr, upstream_req, timeouts, sent),
+            upstream_conns::send(lease.server.addr, upstream_req, &added, timeouts, sent),
         )
         .await;
         let server_error = !matches!(&result, Ok(Ok(r)) if !r.status().is_server_error());

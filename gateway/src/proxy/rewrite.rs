@@ -5,16 +5,15 @@
 //! origin-form, for a connection to the chosen server.
 use std::net::SocketAddr;
 
-use http::{header, HeaderName, HeaderValue, Request, Uri, Version};
+use http::{header, HeaderMap, HeaderName, HeaderValue, Request, Uri, Version};
 
 use super::{
     addr_text::{AddrText, Peer},
     error::ProxyError,
-    forward,
-    forward::X_REQUEST_ID,
+    forward::{self, Forwarded, X_REQUEST_ID},
     identity::Identity,
     route::Route,
-    trace::Trace,
+    trace::{Trace, TRACEPARENT},
 };
 use crate::{
     clock::unix_now,
@@ -57,14 +56,15 @@ impl Rewriter {
 
     /// `req` rewritten for `server`; the upstream identity is a JWT of the
     /// gateway's own issuer when the route asks for one and `tokens` is on.
-    pub(super) fn upstream_request<B>(
-        &self,
+    /// The fields the gateway adds come beside it ([`Added`]).
+    pub(super) fn upstream_request<'a, B>(
+        &'a self,
         req: Request<B>,
         route: &Route,
-        origin: &Origin<'_>,
+        origin: &Origin<'a>,
         tokens: Option<&TokenIssuer>,
         server: SocketAddr,
-    ) -> Result<Request<B>, ProxyError> {
+    ) -> Result<(Request<B>, Added<'a>), ProxyError> {
         let (mut parts, body) = req.into_parts();
         let headers = &mut parts.headers;
         forward::strip_hop_by_hop(headers);
@@ -77,8 +77,17 @@ impl Rewriter {
             forward::strip_credentials(headers, parts.uri.query(), sources, names)
         };
         // Identity headers come from us only, never from the client (nor
-        // spelt with `_`, which some upstream frameworks read as `-`).
-        forward::strip_identity(headers, &[&self.client_id_header, &self.client_tier_header]);
+        // spelt with `_`, which some upstream frameworks read as `-`); so
+        // do the request id and the trace parent.
+        let identity = [&self.client_id_header, &self.client_tier_header];
+        forward::strip_identity(headers, &identity, &[X_REQUEST_ID, TRACEPARENT]);
+        let mut added = Added {
+            identity: None,
+            request_id: origin.request_id,
+            trace: origin.trace,
+            forwarded: Forwarded::of(headers, origin.peer, &self.trusted_proxies, origin.proto),
+        };
+        origin.trace.trim_state(headers);
         match (origin.identity, route.upstream_identity, tokens) {
             (Some(client), UpstreamIdentity::Jwt, Some(tokens)) => {
                 let grant = Grant {
@@ -97,20 +106,13 @@ impl Rewriter {
                 }
             }
             (Some(client), _, _) => {
-                for (name, value) in [
+                added.identity = Some([
                     (&self.client_id_header, client.client_id()),
                     (&self.client_tier_header, client.tier()),
-                ] {
-                    if let Ok(value) = HeaderValue::from_str(value) {
-                        headers.insert(name.clone(), value);
-                    }
-                }
+                ]);
             }
             (None, _, _) => {}
         }
-        headers.insert(X_REQUEST_ID, origin.request_id.clone());
-        origin.trace.set_headers(headers);
-        forward::set_forwarded(headers, origin.peer, &self.trusted_proxies, origin.proto);
         // HTTP/2 requests carry the host in the URI, not a Host header;
         // a request with neither (HTTP/1.0) names the server, as the
         // pooled client did (`ip:port`, the port left out when 80).
@@ -142,6 +144,82 @@ impl Rewriter {
                 .map_err(|_| ProxyError::Upstream)?;
         }
         parts.version = Version::HTTP_11;
-        Ok(Request::from_parts(parts, body))
+        Ok((Request::from_parts(parts, body), added))
     }
+}
+
+/// The fields the gateway adds to every upstream request: the client's
+/// identity, `X-Request-Id`, `traceparent`, `X-Forwarded-For`/`-Proto`.
+/// Kept beside the header map, from which the client's own are gone:
+/// the direct path writes them after the client's fields as it encodes
+/// the head (six hashed inserts a request saved), hyper's path inserts
+/// them ([`Added::insert_into`]).
+pub(super) struct Added<'a> {
+    /// Name and value of the id and the tier; a value that is no valid
+    /// field value is not sent.
+    identity: Option<[(&'a HeaderName, &'a str); 2]>,
+    request_id: &'a HeaderValue,
+    trace: &'a Trace,
+    forwarded: Forwarded,
+}
+
+impl Added<'_> {
+    /// Each field as name and value, in the order they are sent.
+    pub(super) fn each(&self, mut field: impl FnMut(&str, &[u8])) {
+        for (name, value) in self.identity.iter().flatten() {
+            if valid_value(value) {
+                field(name.as_str(), value.as_bytes());
+            }
+        }
+        field(X_REQUEST_ID_TEXT, self.request_id.as_bytes());
+        field(TRACEPARENT_TEXT, &self.trace.traceparent());
+        field(
+            forward::X_FORWARDED_FOR_TEXT,
+            self.forwarded.for_.as_bytes(),
+        );
+        if let Some(proto) = self.forwarded.proto {
+            field(forward::X_FORWARDED_PROTO_TEXT, proto.as_bytes());
+        }
+    }
+
+    /// Puts them in `headers`, for hyper's path.
+    pub(super) fn insert_into(&self, headers: &mut HeaderMap) {
+        for (name, value) in self.identity.iter().flatten() {
+            if let Ok(value) = HeaderValue::from_str(value) {
+                headers.insert((*name).clone(), value);
+            }
+        }
+        headers.insert(X_REQUEST_ID, self.request_id.clone());
+        self.trace.set_headers(headers);
+        self.forwarded.insert_into(headers);
+    }
+}
+
+#[cfg(test)]
+impl Added<'static> {
+    /// A client `cl_test` of tier `gold`, from 192.0.2.1 over HTTP, for the
+    /// upstream exchange tests (leaked: a few bytes a test).
+    pub(super) fn for_tests() -> &'static Self {
+        let leak = |name: &'static str| &*Box::leak(Box::new(HeaderName::from_static(name)));
+        Box::leak(Box::new(Self {
+            identity: Some([
+                (leak("x-client-id"), "cl_test"),
+                (leak("x-client-tier"), "gold"),
+            ]),
+            request_id: Box::leak(Box::new(HeaderValue::from_static("test-request"))),
+            trace: Box::leak(Box::new(Trace::of(&HeaderMap::new()))),
+            forwarded: Forwarded {
+                for_: HeaderValue::from_static("192.0.2.1"),
+                proto: Some("http"),
+            },
+        }))
+    }
+}
+
+const X_REQUEST_ID_TEXT: &str = "x-request-id";
+const TRACEPARENT_TEXT: &str = "traceparent";
+
+/// What `HeaderValue::from_str` accepts: no control character but tab.
+fn valid_value(value: &str) -> bool {
+    (value.bytes()).all(|b| b == b'\t' || (b >= b' ' && b != 0x7f))
 }

@@ -13,6 +13,13 @@ use tokio::{
 /// Reads one request head from `stream`; its request line, or `None` at
 /// the connection's end.
 pub async fn read_head(stream: &mut TcpStream) -> Option<String> {
+    let head = read_whole_head(stream).await?;
+    head.split('\r').next().map(str::to_owned)
+}
+
+/// Reads one request head from `stream`, whole; `None` at the
+/// connection's end.
+async fn read_whole_head(stream: &mut TcpStream) -> Option<String> {
     let mut head = Vec::new();
     let mut byte = [0; 1];
     while !head.ends_with(b"\r\n\r\n") && head.len() < 8192 {
@@ -21,8 +28,43 @@ pub async fn read_head(stream: &mut TcpStream) -> Option<String> {
             _ => return None,
         }
     }
-    let line = head.split(|b| *b == b'\r').next().unwrap_or_default();
-    Some(String::from_utf8_lossy(line).into_owned())
+    Some(String::from_utf8_lossy(&head).into_owned())
+}
+
+/// Answers one request with a 200 and yields its head, whole.
+pub fn one_head() -> (SocketAddr, JoinHandle<String>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let task = tokio::spawn(async move {
+        let listener = TcpListener::from_std(listener).unwrap();
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let head = read_whole_head(&mut stream).await.unwrap_or_default();
+        let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+        stream.write_all(ok).await.unwrap();
+        head
+    });
+    (addr, task)
+}
+
+/// Asserts the fields of [`super::rewrite::Added::for_tests`] are in
+/// `head` once each, after the client's `host`.
+pub fn assert_gateway_fields(head: &str) {
+    let at = |field: &str| {
+        assert_eq!(head.matches(field).count(), 1, "{field:?} once in {head:?}");
+        head.find(field).unwrap()
+    };
+    let host = at("\r\nhost: ");
+    for field in [
+        "\r\nx-client-id: cl_test\r\n",
+        "\r\nx-client-tier: gold\r\n",
+        "\r\nx-request-id: test-request\r\n",
+        "\r\ntraceparent: 00-",
+        "\r\nx-forwarded-for: 192.0.2.1\r\n",
+        "\r\nx-forwarded-proto: http\r\n",
+    ] {
+        assert!(at(field) > host, "{field:?} after the client's in {head:?}");
+    }
 }
 
 /// Serves `connections` (replies per connection) in turn; yields the

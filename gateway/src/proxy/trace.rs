@@ -13,7 +13,7 @@ pub const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 /// dropped whole. 512 is what the spec asks every vendor to propagate.
 pub const MAX_TRACESTATE: usize = 512;
 /// Length of a version-00 `traceparent`: `00-` 32 hex `-` 16 hex `-` 2 hex.
-const LEN: usize = 55;
+pub const LEN: usize = 55;
 /// The `sampled` flag of a trace the gateway starts: set, because the
 /// gateway records every request (its access-log line carries the trace
 /// id); unset would also switch tracing off at every upstream whose
@@ -149,6 +149,12 @@ impl Trace {
         if let Ok(value) = HeaderValue::from_bytes(&self.traceparent()) {
             headers.insert(TRACEPARENT, value);
         }
+        self.trim_state(headers);
+    }
+
+    /// `tracestate` as [`Trace::set_headers`] leaves it; the caller sends
+    /// [`Trace::traceparent`] in place of any the client sent.
+    pub fn trim_state(&self, headers: &mut HeaderMap) {
         let state_len: usize = (headers.get_all(TRACESTATE).iter()).map(|v| v.len()).sum();
         if state_len > 0 && (!self.inherited || state_len > MAX_TRACESTATE) {
             headers.remove(TRACESTATE);

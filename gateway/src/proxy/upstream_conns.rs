@@ -41,6 +41,7 @@ use tokio::time::Instant;
 use super::{
     body::RequestBody,
     direct::{self, DirectBody, DirectError, RISKY_IDLE},
+    rewrite::Added,
 };
 
 /// Busy connections a take checks for a finished exchange: enough to
@@ -176,14 +177,16 @@ pub struct Timeouts {
 /// came (its keep-alive timer and our request crossed).
 pub async fn send(
     addr: SocketAddr,
-    req: Request<RequestBody>,
+    mut req: Request<RequestBody>,
+    added: &Added<'_>,
     timeouts: Timeouts,
     now: Instant,
 ) -> Result<Response<UpstreamBody>, SendError> {
     if direct::eligible(&req) {
-        let response = direct::send(addr, req, timeouts.connect, timeouts.idle, now).await?;
+        let response = direct::send(addr, req, added, timeouts.connect, timeouts.idle, now).await?;
         return Ok(response.map(UpstreamBody::Direct));
     }
+    added.insert_into(req.headers_mut());
     let response = send_by_hyper(addr, req, timeouts, now).await?;
     Ok(response.map(UpstreamBody::Hyper))
 }

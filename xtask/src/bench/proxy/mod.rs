@@ -73,6 +73,8 @@ pub(super) fn callgrind(unpinned: bool) -> Result<()> {
     if unpinned {
         bail!("--callgrind counts instructions: --unpinned means nothing to it");
     }
+    // HAProxy is measured beside the gateway: on a fresh machine it is not there yet.
+    ensure_packages()?;
     let record = std::env::var_os("GATEWAY_BIN").is_none();
     let gateway_bin = gateway_bin()?;
     let dir = scratch::dir("gateway-bench-callgrind-")?;
