@@ -4,9 +4,14 @@
 //! the totals by name when it is dropped, so recorders do not pile up with
 //! reloads and what was counted keeps its names.
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::BTreeMap,
     sync::{Arc, Mutex},
 };
+
+/// foldhash, not SipHash: the keys are route and tier indices, statuses
+/// and the gateway's own reason codes, bounded whatever a client sends,
+/// and every request is counted.
+use hashbrown::HashMap;
 
 /// What one recorder counted.
 #[derive(Debug, Default)]
