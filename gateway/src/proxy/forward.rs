@@ -8,10 +8,10 @@ use ipnet::IpNet;
 use super::{addr_text::Peer, credentials::query_value, tier_reply::TierReply};
 use crate::{config::KeySources, limits::Decision};
 
-/// Always hop-by-hop, whether or not `Connection` lists them (matched as
-/// [`ALWAYS`]'s text).
-#[cfg(test)]
-static HOP_BY_HOP: [HeaderName; 8] = [
+/// Always hop-by-hop, whether or not `Connection` lists them, and
+/// `Upgrade` (put back for a WebSocket upgrade, see [`set_upgrade`]); in
+/// the order of their bits in [`hop_bit`].
+static HOP_BY_HOP: [HeaderName; 9] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -21,6 +21,7 @@ static HOP_BY_HOP: [HeaderName; 8] = [
     header::TRANSFER_ENCODING,
     // h2c's upgrade settings (RFC 7540 §3.2.1); h2c is never upgraded to.
     HeaderName::from_static("http2-settings"),
+    header::UPGRADE,
 ];
 
 /// Forwarding headers only a trusted proxy may send; from anyone else they
@@ -51,50 +52,65 @@ fn remove_where(headers: &mut HeaderMap, doomed: impl Fn(&HeaderName) -> bool) {
     }
 }
 
-/// `HOP_BY_HOP` and `Upgrade`, as text: one match on the name, no hashing.
-const ALWAYS: [&str; 9] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "http2-settings",
-    "upgrade",
-];
-
-/// `name` as a header map holds it (lowercase).
-fn always_hop_by_hop(name: &str) -> bool {
-    ALWAYS.contains(&name)
+/// `name`'s bit (its place in [`HOP_BY_HOP`]) if it is one of them, else
+/// 0: one match on the text a header map holds (lowercase), no hashing.
+fn hop_bit(name: &str) -> u16 {
+    match name {
+        "connection" => 1,
+        "keep-alive" => 1 << 1,
+        "proxy-connection" => 1 << 2,
+        "proxy-authorization" => 1 << 3,
+        "te" => 1 << 4,
+        "trailer" => 1 << 5,
+        "transfer-encoding" => 1 << 6,
+        "http2-settings" => 1 << 7,
+        "upgrade" => 1 << 8,
+        _ => 0,
+    }
 }
 
 /// Removes hop-by-hop headers, including those `Connection` names. Most
-/// messages carry none but `Connection` itself: one pass over the names
-/// present decides, and tokens that are no header to remove (`close`,
-/// `keep-alive`) are not made into names.
+/// messages carry none but `Connection` itself (`keep-alive` from most
+/// upstreams): one pass over the names present finds which of
+/// [`HOP_BY_HOP`] go, each is removed by name (no list of names built),
+/// and tokens that are no header to remove (`close`, `keep-alive`) are
+/// not made into names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    if !headers.keys().any(|name| always_hop_by_hop(name.as_str())) {
+    let present = (headers.keys()).fold(0, |bits, name| bits | hop_bit(name.as_str()));
+    if present == 0 {
         return;
     }
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
+    let named = match present & hop_bit("connection") {
+        0 => Vec::new(),
+        _ => connection_named(headers),
+    };
+    for (i, hop) in HOP_BY_HOP.iter().enumerate() {
+        if present & (1 << i) != 0 {
+            headers.remove(hop);
+        }
+    }
+    for name in named {
+        headers.remove(name);
+    }
+}
+
+/// The headers `Connection` names for removal beside [`HOP_BY_HOP`].
+fn connection_named(headers: &HeaderMap) -> Vec<HeaderName> {
+    (headers.get_all(header::CONNECTION).iter())
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        .map(<[u8]>::trim_ascii)
         .filter(|token| {
-            !token.eq_ignore_ascii_case("close")
-                && !ALWAYS.iter().any(|hop| hop.eq_ignore_ascii_case(token))
+            !token.eq_ignore_ascii_case(b"keep-alive")
+                && !token.eq_ignore_ascii_case(b"close")
+                && !token.is_empty()
+                && !(HOP_BY_HOP.iter())
+                    .any(|hop| hop.as_str().as_bytes().eq_ignore_ascii_case(token))
         })
-        .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
+        .filter_map(|name| HeaderName::from_bytes(name).ok())
         // Never what routes and frames the request: `Connection: host`
         // would have the upstream answer for its default virtual host.
         .filter(|name| !matches!(*name, header::HOST | header::CONTENT_LENGTH))
-        .collect();
-    remove_where(headers, |name| {
-        always_hop_by_hop(name.as_str()) || named.contains(name)
-    });
+        .collect()
 }
 
 /// The rate-limit headers every response of a limited route carries: the
@@ -365,11 +381,10 @@ mod tests {
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key("x-kept"));
-        // The text list is the names' list.
-        assert!(HOP_BY_HOP
-            .iter()
-            .all(|name| always_hop_by_hop(name.as_str())));
-        assert!(always_hop_by_hop(header::UPGRADE.as_str()));
+        // The match is the list, bit for place.
+        for (i, hop) in HOP_BY_HOP.iter().enumerate() {
+            assert_eq!(hop_bit(hop.as_str()), 1 << i, "{hop}");
+        }
         // A client cannot have the gateway drop what routes the request.
         h.insert(
             header::CONNECTION,
@@ -380,6 +395,32 @@ mod tests {
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 3);
         assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn every_hop_by_hop_header_goes_with_all_its_lines() {
+        let mut h = HeaderMap::new();
+        for hop in &HOP_BY_HOP {
+            h.append(hop, HeaderValue::from_static("keep-alive"));
+            h.append(hop, HeaderValue::from_static("1"));
+        }
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.keys().collect::<Vec<_>>(), ["x-kept"]);
+        // An upstream's usual `Connection: keep-alive` alone.
+        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.keys().collect::<Vec<_>>(), ["x-kept"]);
+        // Tokens in any case, spacing and lines.
+        h.append(
+            header::CONNECTION,
+            HeaderValue::from_static("Keep-Alive ,, X-Other"),
+        );
+        h.append(header::CONNECTION, HeaderValue::from_static("TE,x-third"));
+        h.insert("x-other", HeaderValue::from_static("1"));
+        h.insert("x-third", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.keys().collect::<Vec<_>>(), ["x-kept"]);
     }
 
     #[test]

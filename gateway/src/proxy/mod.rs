@@ -52,7 +52,7 @@ mod upstream_conns;
 use std::{borrow::Cow, net::IpAddr, sync::Arc};
 
 use bytes::Bytes;
-use http::{header::HOST, Method, Request, Response, StatusCode};
+use http::{header::HOST, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::combinators::BoxBody;
 use hyper::{body::Incoming, upgrade::OnUpgrade};
 
@@ -206,15 +206,14 @@ impl Gateway {
         let _in_flight = self.shed(pool, ctx)?;
         self.limit(route, ctx)?;
         // The client's side of an upgrade, taken before the request moves on.
-        let upgrade = forward::upgrade_protocol(req.headers())
-            .is_some()
-            .then(|| ClientUpgrade {
-                on: hyper::upgrade::on(&mut req),
-                permit,
-            });
+        let protocol = forward::upgrade_protocol(req.headers());
+        let upgrade = protocol.is_some().then(|| ClientUpgrade {
+            on: hyper::upgrade::on(&mut req),
+            permit,
+        });
         let req =
             body::read_ahead(req, self.limits.max_body_bytes, self.limits.request_timeout).await?;
-        let response = self.forward(req, route, pool, ctx).await?;
+        let response = self.forward(req, protocol, route, pool, ctx).await?;
         Ok(Reply::Upstream(response, upgrade))
     }
 
@@ -422,19 +421,19 @@ impl Gateway {
     /// the pool, until its response head. No healthy server is a 503, a
     /// refused connection a 502 (and the server is ejected), a timeout a 504;
     /// a body cut off on the way (over the limit: 413, malformed: 400)
-    /// aborts the upstream request.
+    /// aborts the upstream request. `upgrade`: the WebSocket upgrade the
+    /// client asked for ([`forward::upgrade_protocol`]); its protocol goes
+    /// to the upstream, and after its 101 both connections are spliced.
     async fn forward(
         &self,
         req: Request<RequestBody>,
+        upgrade: Option<HeaderValue>,
         route: &Route,
         pool: &Pool,
         ctx: &mut RequestContext<'_>,
     ) -> Result<Response<UpstreamBody>, ProxyError> {
         let lease = pool.pick().ok_or(ProxyError::NoHealthyUpstream)?;
         ctx.upstream = Some(lease.server.addr);
-        // WebSocket and other HTTP/1.1 upgrades: the protocol name goes to
-        // the upstream, and after its 101 both connections are spliced.
-        let upgrade = forward::upgrade_protocol(req.headers());
         let origin = Origin {
             path: &route.upstream_path(&ctx.path),
             peer: &ctx.peer,

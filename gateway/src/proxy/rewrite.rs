@@ -117,12 +117,15 @@ impl Rewriter {
         // a request with neither (HTTP/1.0) names the server, as the
         // pooled client did (`ip:port`, the port left out when 80).
         if !headers.contains_key(header::HOST) {
-            let server_text = AddrText::socket(server);
-            let fallback = (server_text.as_str())
-                .strip_suffix(":80")
-                .unwrap_or(server_text.as_str());
-            let authority = parts.uri.authority().map_or(fallback, |a| a.as_str());
-            if let Ok(value) = HeaderValue::from_str(authority) {
+            let value = match parts.uri.authority() {
+                Some(authority) => HeaderValue::from_str(authority.as_str()),
+                None => {
+                    let server_text = AddrText::socket(server);
+                    let text = server_text.as_str();
+                    HeaderValue::from_str(text.strip_suffix(":80").unwrap_or(text))
+                }
+            };
+            if let Ok(value) = value {
                 headers.insert(header::HOST, value);
             }
         }

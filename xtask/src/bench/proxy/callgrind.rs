@@ -8,7 +8,7 @@
 //!
 //! Per path and proxy: one worker (HAProxy: `nbthread 1`), the limiter on;
 //! a raw keep-alive upstream answering every request head with a fixed
-//! 200; one client sending sequential keep-alive requests with the same
+//! 200 that has nginx's header fields ([`ANSWER`]); one client sending sequential keep-alive requests with the same
 //! keys (HAProxy: their SHA-256 in its map, its `bench proxy`
 //! configuration). Instrumentation is switched on (`callgrind_control -i
 //! on`) after [`WARM_UP`] requests and off after [`MEASURED`] more, so
@@ -123,7 +123,7 @@ pub(super) fn run(gateway_bin: &Path, dir: &Path, record: bool) -> Result<()> {
          `nbthread 1`, `-db`) under `valgrind --tool=callgrind`, in one run: instrumentation switched on \
          (`callgrind_control -i on`) after {warm_up} warm-up requests and off after {measured} sequential \
          keep-alive requests from one client, divided by {measured}; start-up and shutdown not counted. \
-         Same client, same raw keep-alive upstream (a fixed 200), same keys: proxied 200 with {keys} \
+         Same client, same raw keep-alive upstream (a fixed 200 with nginx's header fields, `Connection: keep-alive` among them), same keys: proxied 200 with {keys} \
          rotating keys (HAProxy: their `sha2(256),hex` in its map, the `bench proxy` configuration), 429 \
          with one key (the gateway's tier allows one request an hour, spent in the warm-up; HAProxy's \
          stick table refuses above 0 requests/s). Gateway: one worker, guard and admin off, limiter and \
@@ -393,7 +393,7 @@ fn read_head(reader: &mut BufReader<TcpStream>) -> Result<(u16, usize)> {
 }
 
 /// A keep-alive upstream that answers every request head (no bodies) with
-/// the same small 200, a thread per connection, for the bench's lifetime.
+/// the same 200, a thread per connection, for the bench's lifetime.
 struct Upstream {
     port: u16,
 }
@@ -411,6 +411,13 @@ impl Upstream {
     }
 }
 
+/// The header fields nginx answers `bench proxy` with (its `Date` fixed),
+/// so both proxies here handle what they handle there: `Connection:
+/// keep-alive` to strip among them.
+const ANSWER: &[u8] = b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\n\
+    Date: Tue, 01 Dec 2026 00:00:00 GMT\r\nContent-Type: text/plain\r\n\
+    Content-Length: 2\r\nConnection: keep-alive\r\n\r\nok";
+
 /// One upstream connection, until the gateway closes it.
 fn serve(stream: TcpStream) -> Result<()> {
     let mut writer = stream.try_clone()?;
@@ -418,7 +425,7 @@ fn serve(stream: TcpStream) -> Result<()> {
     let started = Instant::now();
     while started.elapsed() < Duration::from_secs(3600) {
         read_head(&mut reader)?;
-        writer.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")?;
+        writer.write_all(ANSWER)?;
     }
     Ok(())
 }
