@@ -164,7 +164,7 @@ impl<'g> RequestContext<'g> {
         out.extend_from_slice(n.format(status).as_bytes());
         out.extend_from_slice(b",\"upstream\":");
         match self.upstream {
-            Some(upstream) => json_text(out, AddrText::socket(upstream).as_bytes()),
+            Some(upstream) => upstream_text(upstream, |text| json_text(out, text)),
             None => out.extend_from_slice(b"null"),
         }
         out.extend_from_slice(b",\"latency_ms\":");
@@ -204,6 +204,26 @@ fn json_opt_str(out: &mut Vec<u8>, s: Option<&str>) {
         Some(s) => json_str(out, s),
         None => out.extend_from_slice(b"null"),
     }
+}
+
+thread_local! {
+    /// The upstream address this worker last logged, and its text: most
+    /// requests go to one of a few servers, so most lines copy it instead
+    /// of formatting it (~300 instructions).
+    static LAST_UPSTREAM: std::cell::RefCell<Option<(SocketAddr, AddrText)>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// `upstream`'s text, handed to `write`.
+fn upstream_text(upstream: SocketAddr, write: impl FnOnce(&[u8])) {
+    LAST_UPSTREAM.with_borrow_mut(|last| match last {
+        Some((addr, text)) if *addr == upstream => write(text.as_bytes()),
+        _ => write(
+            last.insert((upstream, AddrText::socket(upstream)))
+                .1
+                .as_bytes(),
+        ),
+    })
 }
 
 /// An address as a JSON string (its text never needs escaping).
@@ -295,6 +315,27 @@ mod tests {
         assert_eq!(line["error"], "missing_credential");
         assert_eq!(line["blame"], "client");
         assert!(!String::from_utf8_lossy(&ctx.log_line(401).unwrap()).contains("gk_secret"));
+    }
+
+    /// Each line names its own upstream, whatever the line before named.
+    #[test]
+    fn the_logged_upstream_is_each_lines_own() {
+        let req = Request::get("/").body(()).unwrap();
+        let peer = "10.0.0.2:1".parse::<SocketAddr>().unwrap();
+        let mut ctx = RequestContext::new(&req, peer, "http");
+        for upstream in [
+            "10.0.0.1:80",
+            "[2001:db8::1]:8080",
+            "10.0.0.1:80",
+            "10.0.0.1:81",
+        ] {
+            ctx.upstream = Some(upstream.parse().unwrap());
+            let line = String::from_utf8(ctx.log_line(200).unwrap()).unwrap();
+            assert!(
+                line.contains(&format!(",\"upstream\":\"{upstream}\",")),
+                "{line}"
+            );
+        }
     }
 
     /// The hand-written line is serde_json's, byte for byte, escapes and
