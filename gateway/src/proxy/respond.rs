@@ -44,7 +44,7 @@ impl Gateway {
         if let Some((quota, decision)) = &ctx.limit {
             forward::set_rate_limit(headers, &self.tier_replies.get(quota), decision);
         }
-        headers.insert(X_REQUEST_ID, ctx.request_id.clone());
+        headers.insert(X_REQUEST_ID, forward::per_response(ctx.request_id.clone()));
         response
     }
 

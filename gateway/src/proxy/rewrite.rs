@@ -71,8 +71,6 @@ impl Rewriter {
         let query = if route.forward_credential {
             parts.uri.query().map(str::to_owned)
         } else {
-            // A bearer JWT travels in Authorization whatever the key sources say.
-            headers.remove(header::AUTHORIZATION);
             let (sources, names) = (&route.key_sources, &route.key_headers);
             forward::strip_credentials(headers, parts.uri.query(), sources, names)
         };

@@ -369,7 +369,6 @@ fn service(
         Box::pin(async move {
             let mut response = gateway.handle(req, peer, proto, permit).await;
             close_if_draining(&busy, &mut response);
-            never_index_per_request_values(&busy, &mut response);
             Ok(response.map(|body| Tracked::new(body, busy)))
         })
     })
@@ -394,31 +393,5 @@ fn close_if_draining<B>(busy: &Busy, response: &mut hyper::Response<B>) {
             hyper::header::CONNECTION,
             hyper::header::HeaderValue::from_static("close"),
         );
-    }
-}
-
-/// Response headers whose value differs on every response: HPACK gains
-/// nothing from keeping them in its dynamic table.
-const PER_REQUEST_VALUES: [hyper::header::HeaderName; 3] = [
-    super::forward::X_REQUEST_ID,
-    super::forward::RATELIMIT,
-    super::forward::X_RATELIMIT_REMAINING,
-];
-
-/// HTTP/2: headers whose value changes per response are sent as
-/// never-indexed literals. Indexing them evicted the stable headers (the
-/// rate-limit policy, the server, the content type) from the HPACK dynamic
-/// table and had the encoder compare each new value with every older one
-/// of the same name: a third of the encoder's work. Other versions ignore
-/// the flag.
-fn never_index_per_request_values<B>(busy: &Busy, response: &mut hyper::Response<B>) {
-    if busy.version() != hyper::Version::HTTP_2 {
-        return;
-    }
-    let headers = response.headers_mut();
-    for name in &PER_REQUEST_VALUES {
-        if let Some(value) = headers.get_mut(name) {
-            value.set_sensitive(true);
-        }
     }
 }
