@@ -13,7 +13,7 @@ use super::{
     forward::{self, Forwarded, X_REQUEST_ID},
     identity::Identity,
     route::Route,
-    trace::{Trace, TRACEPARENT},
+    trace::{Trace, TRACEPARENT, TRACESTATE},
 };
 use crate::{
     clock::unix_now,
@@ -78,14 +78,24 @@ impl Rewriter {
         // spelt with `_`, which some upstream frameworks read as `-`); so
         // do the request id and the trace parent.
         let identity = [&self.client_id_header, &self.client_tier_header];
-        forward::strip_identity(headers, &identity, &[X_REQUEST_ID, TRACEPARENT]);
+        // A trace the gateway started passes on no `tracestate` (see
+        // [`Trace::trim_state`]): gone in the same pass.
+        let ours = [X_REQUEST_ID, TRACEPARENT, TRACESTATE];
+        let ours = if origin.trace.inherited {
+            &ours[..2]
+        } else {
+            &ours[..]
+        };
+        forward::strip_identity(headers, &identity, ours);
         let mut added = Added {
             identity: None,
             request_id: origin.request_id,
             trace: origin.trace,
             forwarded: Forwarded::of(headers, origin.peer, &self.trusted_proxies, origin.proto),
         };
-        origin.trace.trim_state(headers);
+        if origin.trace.inherited {
+            origin.trace.trim_state(headers);
+        }
         match (origin.identity, route.upstream_identity, tokens) {
             (Some(client), UpstreamIdentity::Jwt, Some(tokens)) => {
                 let grant = Grant {
