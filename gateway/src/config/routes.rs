@@ -228,13 +228,93 @@ pub(super) fn validate_forwarding(forwarding: &ForwardingConfig) -> Result<(), C
         if http::HeaderName::from_bytes(value.as_bytes()).is_err() {
             return Err(ConfigError::invalid(name, "not a valid header name"));
         }
+        let folded = fold_header_name(value);
+        if RESERVED_HEADERS.contains(&folded.as_str()) {
+            let why = format!("{value:?} frames, routes or traces the request, or the gateway sets or strips it itself: choose another name");
+            return Err(ConfigError::invalid(name, why));
+        }
+    }
+    let (id, tier) = (&forwarding.client_id_header, &forwarding.client_tier_header);
+    if fold_header_name(id) == fold_header_name(tier) {
+        return Err(ConfigError::invalid(
+            "forwarding.client_tier_header",
+            format!("{tier:?} is client_id_header's name too: the two need their own"),
+        ));
     }
     Ok(())
+}
+
+/// Names the identity headers may not take (lowercase, `_` as `-`): the
+/// upstream would read the gateway's identity as framing (a second length
+/// beside the gateway's own is request smuggling), routing, a credential,
+/// or a field the gateway writes itself.
+const RESERVED_HEADERS: [&str; 22] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "http2-settings",
+    "upgrade",
+    "host",
+    "content-length",
+    "expect",
+    "authorization",
+    "cookie",
+    "x-request-id",
+    "traceparent",
+    "tracestate",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "forwarded",
+    "x-real-ip",
+];
+
+/// A header name as upstreams that fold `_` into `-` (CGI, WSGI, PHP) and
+/// case read it.
+fn fold_header_name(name: &str) -> String {
+    name.to_ascii_lowercase().replace('_', "-")
 }
 
 #[cfg(test)]
 mod tests {
     use super::super::tests::error;
+
+    #[test]
+    fn identity_headers_may_not_take_a_name_that_frames_or_is_the_gateways() {
+        let forwarding = |keys: &str| {
+            error(&format!(
+                "[[listeners]]\naddress = \"127.0.0.1:1\"\n[forwarding]\n{keys}\n"
+            ))
+        };
+        for (keys, field) in [
+            (
+                "client_tier_header = \"Transfer-Encoding\"",
+                "forwarding.client_tier_header",
+            ),
+            (
+                "client_id_header = \"content_length\"",
+                "forwarding.client_id_header",
+            ),
+            (
+                "client_id_header = \"x-forwarded-for\"",
+                "forwarding.client_id_header",
+            ),
+            ("client_id_header = \"host\"", "forwarding.client_id_header"),
+            (
+                "client_id_header = \"x-who\"\nclient_tier_header = \"X_Who\"",
+                "forwarding.client_tier_header",
+            ),
+        ] {
+            let message = forwarding(keys);
+            assert!(message.starts_with(field), "{keys}: {message}");
+        }
+        let fine = "[[listeners]]\naddress = \"127.0.0.1:1\"\n[forwarding]\nclient_id_header = \"x-consumer\"\n";
+        assert!(crate::config::Config::parse(fine).is_ok());
+    }
 
     #[test]
     fn routes_must_name_a_defined_upstream() {

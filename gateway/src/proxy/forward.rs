@@ -26,6 +26,7 @@ static HOP_BY_HOP: [HeaderName; 9] = [
 
 /// Forwarding headers only a trusted proxy may send; from anyone else they
 /// are dropped (`X-Forwarded-For`/`-Proto` are set from the peer instead).
+#[cfg(test)]
 static FORWARDING: [HeaderName; 4] = [
     header::FORWARDED,
     HeaderName::from_static("x-forwarded-host"),
@@ -268,14 +269,30 @@ pub fn switched_as_asked(
 /// the two, so such a spelling would pass as the gateway's own header.
 /// Also removes `ours`: fields the gateway sets itself, in the same pass.
 pub fn strip_identity(headers: &mut HeaderMap, identity: &[&HeaderName], ours: &[HeaderName]) {
-    let folds_to = |name: &str, id: &str| {
-        name.len() == id.len()
-            && (name.bytes().zip(id.bytes())).all(|(n, i)| n == i || (n == b'_' && i == b'-'))
-    };
     remove_where(headers, |name| {
-        (identity.iter()).any(|id| folds_to(name.as_str(), id.as_str())) || ours.contains(name)
+        let name = name.as_str();
+        (identity.iter()).any(|id| folds_to(name, id.as_str()))
+            || (ours.iter()).any(|ours| folds_to(name, ours.as_str()))
     });
 }
+
+/// Whether `name` is `canonical` as upstreams that read `_` as `-` see it.
+fn folds_to(name: &str, canonical: &str) -> bool {
+    name.len() == canonical.len()
+        && (name.bytes().zip(canonical.bytes())).all(|(n, c)| n == c || (n == b'_' && c == b'-'))
+}
+
+/// What a trusted proxy may send about the client and no one else may
+/// (`Forwarded`, `X-Forwarded-Host`/`-Port`, `X-Real-IP`, and
+/// `X-Forwarded-For`/`-Proto`, which are set from the peer), as text.
+const FORWARDING_ALL: [&str; 6] = [
+    "forwarded",
+    "x-forwarded-host",
+    "x-forwarded-port",
+    "x-real-ip",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+];
 
 /// Puts back the two hop-by-hop headers an upgrade needs on the next hop.
 pub fn set_upgrade(headers: &mut HeaderMap, protocol: HeaderValue) {
@@ -356,16 +373,20 @@ impl Forwarded {
         proto: &'static str,
     ) -> Self {
         let ip = peer.addr.ip().to_canonical();
+        // `_` spellings are never a proxy's: gone whoever sent them.
+        let spelt_as = |name: &HeaderName, canonical_too: bool| {
+            let name = name.as_str();
+            (FORWARDING_ALL.iter()).any(|f| folds_to(name, f) && (canonical_too || name != *f))
+        };
         if !trusted.iter().any(|net| net.contains(&ip)) {
-            remove_where(headers, |name| {
-                FORWARDING.contains(name) || name == X_FORWARDED_FOR || name == X_FORWARDED_PROTO
-            });
+            remove_where(headers, |name| spelt_as(name, true));
             let proto = Some(proto);
             return Self {
                 for_: peer.text.clone(),
                 proto,
             };
         }
+        remove_where(headers, |name| spelt_as(name, false));
         // Every line a trusted proxy sent (they are one list, RFC 9110 §5.3),
         // or the upstream would see only what the client wrote on the first.
         let previous: Vec<&str> = (headers.get_all(&X_FORWARDED_FOR).iter())
@@ -495,14 +516,17 @@ mod tests {
             h.insert(name, HeaderValue::from_static("cl_spoofed"));
         }
         h.insert(X_REQUEST_ID, HeaderValue::from_static("spoofed"));
-        h.insert("x-request_id", HeaderValue::from_static("kept"));
+        h.insert("x_request-id", HeaderValue::from_static("spoofed"));
         strip_identity(&mut h, &[&id], &[X_REQUEST_ID]);
         assert!(
             h.keys().all(|name| !name.as_str().contains("client")),
             "{h:?}"
         );
-        // Ours go as spelt; only identity names are folded.
-        assert!(!h.contains_key(X_REQUEST_ID) && h.contains_key("x-request_id"));
+        // Ours go in every spelling too.
+        assert!(
+            h.keys().all(|name| !name.as_str().contains("request")),
+            "{h:?}"
+        );
     }
 
     #[test]
@@ -567,6 +591,30 @@ mod tests {
         set_forwarded(&mut h, &peer("10.0.0.9"), &trusted, "http");
         assert_eq!(h[X_FORWARDED_FOR], "1.2.3.4, 203.0.113.7, 10.0.0.9");
         assert_eq!(h.get_all(X_FORWARDED_FOR).iter().count(), 1);
+    }
+
+    /// CGI, WSGI and PHP read `x_forwarded_for` as `X-Forwarded-For`: no
+    /// one's `_` spelling reaches the upstream, a trusted proxy's `-` one
+    /// does.
+    #[test]
+    fn underscore_spellings_of_forwarding_headers_never_pass() {
+        let trusted = ["10.0.0.0/8".parse().unwrap()];
+        for (peer_ip, kept) in [("192.0.2.1", 0), ("10.0.0.9", 3)] {
+            let mut h = HeaderMap::new();
+            for name in FORWARDING_ALL {
+                let underscored = HeaderName::try_from(name.replace('-', "_")).unwrap();
+                h.insert(underscored, HeaderValue::from_static("6.6.6.6"));
+                h.insert(name, HeaderValue::from_static("1.2.3.4"));
+            }
+            h.insert("x_Forwarded-For", HeaderValue::from_static("6.6.6.6"));
+            let forwarded = Forwarded::of(&mut h, &peer(peer_ip), &trusted, "http");
+            // What is left: a trusted proxy's own (X-Forwarded-For is folded
+            // into the new value; a trusted X-Forwarded-Proto stays too).
+            let left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+            assert!(left.iter().all(|name| !name.contains('_')), "{left:?}");
+            assert_eq!(left.len(), kept + usize::from(kept > 0) * 2, "{left:?}");
+            assert!(!forwarded.for_.to_str().unwrap().contains("6.6.6.6"));
+        }
     }
 
     #[test]

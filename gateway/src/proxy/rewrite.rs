@@ -201,7 +201,9 @@ impl Added<'_> {
             }
         }
         headers.insert(X_REQUEST_ID, self.request_id.clone());
-        self.trace.set_headers(headers);
+        if let Ok(value) = HeaderValue::from_bytes(&self.trace.traceparent()) {
+            headers.insert(TRACEPARENT, value);
+        }
         self.forwarded.insert_into(headers);
     }
 }
@@ -233,4 +235,23 @@ const TRACEPARENT_TEXT: &str = "traceparent";
 /// What `HeaderValue::from_str` accepts: no control character but tab.
 fn valid_value(value: &str) -> bool {
     (value.bytes()).all(|b| b == b'\t' || (b >= b' ' && b != 0x7f))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What the direct path writes raw is what the header map would take.
+    #[test]
+    fn valid_value_is_https_own_check() {
+        let mut texts: Vec<String> = (0..=127u8).map(|b| format!("a{}z", b as char)).collect();
+        texts.extend(["é", "\u{80}", "\u{ff}", "日本", "a\r\nb", ""].map(String::from));
+        for text in &texts {
+            assert_eq!(
+                valid_value(text),
+                HeaderValue::from_str(text).is_ok(),
+                "{text:?}"
+            );
+        }
+    }
 }
