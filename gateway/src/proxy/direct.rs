@@ -94,7 +94,7 @@ pub fn eligible(req: &Request<RequestBody>) -> bool {
 /// the body follows as the returned response's is polled.
 pub async fn send(
     addr: SocketAddr,
-    req: Request<RequestBody>,
+    req: &Request<RequestBody>,
     added: &Added<'_>,
     connect_timeout: Duration,
     idle_timeout: Duration,
@@ -105,7 +105,7 @@ pub async fn send(
     let mut message = Vec::with_capacity(512 + body_len);
     let gateway_fields =
         |out: &mut Vec<u8>| added.each(|name, value| h1::write_field(out, name, value));
-    h1::encode_request_head(&req, gateway_fields, body_len, &mut message);
+    h1::encode_request_head(req, gateway_fields, body_len, &mut message);
     body.iter().for_each(|data| message.extend_from_slice(data));
     let head_request = req.method() == Method::HEAD;
     let (mut conn, kept_since) = match take(addr, now, idle_timeout) {

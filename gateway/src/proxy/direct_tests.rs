@@ -27,7 +27,7 @@ async fn get(
 ) -> Result<Response<DirectBody>, DirectError> {
     send(
         addr,
-        request(Method::GET, path),
+        &request(Method::GET, path),
         Added::for_tests(),
         CONNECT,
         IDLE,
@@ -130,7 +130,7 @@ async fn a_get_on_a_connection_the_upstream_closes_is_sent_again_a_post_is_not()
     let post = request(Method::POST, "/3");
     let error = send(
         addr,
-        post,
+        &post,
         Added::for_tests(),
         CONNECT,
         IDLE,
@@ -186,9 +186,16 @@ async fn every_framing_is_read_exactly_and_kept_only_when_it_can_be() {
     assert_eq!(response.status(), 204);
     assert_eq!(read(response).await.0, "");
     let req = request(Method::HEAD, "/head");
-    let response = send(addr, req, Added::for_tests(), CONNECT, IDLE, Instant::now())
-        .await
-        .unwrap();
+    let response = send(
+        addr,
+        &req,
+        Added::for_tests(),
+        CONNECT,
+        IDLE,
+        Instant::now(),
+    )
+    .await
+    .unwrap();
     assert_eq!(response.headers()["content-length"], "10");
     assert_eq!(read(response).await.0, "");
     assert_eq!(kept(addr), 1);
@@ -269,9 +276,16 @@ async fn idle_connections_are_reaped() {
     let (addr, upstream) = scripted(vec![vec![OK, OK]]);
     let idle = Duration::from_millis(50);
     let req = request(Method::GET, "/");
-    let response = send(addr, req, Added::for_tests(), CONNECT, idle, Instant::now())
-        .await
-        .unwrap();
+    let response = send(
+        addr,
+        &req,
+        Added::for_tests(),
+        CONNECT,
+        idle,
+        Instant::now(),
+    )
+    .await
+    .unwrap();
     assert_eq!(read(response).await.0, "ok");
     assert_eq!(kept(addr), 1);
     for _ in 0..100 {

@@ -183,11 +183,14 @@ pub async fn send(
     now: Instant,
 ) -> Result<Response<UpstreamBody>, SendError> {
     if direct::eligible(&req) {
-        let response = direct::send(addr, req, added, timeouts.connect, timeouts.idle, now).await?;
+        let response =
+            direct::send(addr, &req, added, timeouts.connect, timeouts.idle, now).await?;
         return Ok(response.map(UpstreamBody::Direct));
     }
     added.insert_into(req.headers_mut());
-    let response = send_by_hyper(addr, req, timeouts, now).await?;
+    // Boxed: hyper's exchange is 2.6 KB of future that every request's
+    // future would otherwise carry (and copy) for the few that take it.
+    let response = Box::pin(send_by_hyper(addr, req, timeouts, now)).await?;
     Ok(response.map(UpstreamBody::Hyper))
 }
 
