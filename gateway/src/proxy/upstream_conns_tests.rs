@@ -14,17 +14,14 @@ thread_local! {
 #[tokio::test(flavor = "current_thread")]
 async fn the_gateways_fields_are_inserted_once() {
     let (addr, upstream) = crate::proxy::test_upstream::one_head();
-    let response = send(
-        addr,
-        get(addr),
-        Added::for_tests(),
-        timeouts(),
-        Instant::now(),
-    )
-    .await
-    .unwrap();
+    let response = send_get(addr, Instant::now()).await.unwrap();
     assert_eq!(response.status(), 200);
     crate::proxy::test_upstream::assert_gateway_fields(&upstream.await.unwrap());
+}
+
+/// [`get`] sent to `addr` at `now`, with the test client's fields.
+async fn send_get(addr: SocketAddr, now: Instant) -> Result<Response<UpstreamBody>, SendError> {
+    send(addr, get(addr), Added::for_tests(), timeouts(), now).await
 }
 
 fn timeouts() -> Timeouts {
@@ -78,15 +75,7 @@ async fn a_connection_is_reused_and_one_the_upstream_closed_is_replaced() {
             // Time for the connection task to read the close.
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        let response = send(
-            addr,
-            get(addr),
-            Added::for_tests(),
-            timeouts(),
-            Instant::now(),
-        )
-        .await
-        .unwrap();
+        let response = send_get(addr, Instant::now()).await.unwrap();
         assert_eq!(response.status(), 200);
         let body = http_body_util::BodyExt::collect(response.into_body()).await;
         assert_eq!(&body.unwrap().to_bytes()[..], b"ok");
@@ -137,17 +126,13 @@ async fn a_get_on_a_connection_the_upstream_closes_is_sent_again() {
         heads
     });
     let t0 = Instant::now();
-    let first = send(addr, get(addr), Added::for_tests(), timeouts(), t0)
-        .await
-        .unwrap();
+    let first = send_get(addr, t0).await.unwrap();
     let body = http_body_util::BodyExt::collect(first.into_body()).await;
     assert_eq!(&body.unwrap().to_bytes()[..], b"ok");
     until_ready().await;
     // Idle a second (as the pool sees it) when the upstream closes it.
     let later = t0 + Duration::from_secs(1);
-    let again = send(addr, get(addr), Added::for_tests(), timeouts(), later)
-        .await
-        .unwrap();
+    let again = send_get(addr, later).await.unwrap();
     assert_eq!(again.status(), 200);
     let body = http_body_util::BodyExt::collect(again.into_body()).await;
     assert_eq!(&body.unwrap().to_bytes()[..], b"ok");
@@ -179,15 +164,7 @@ async fn a_refused_connect_is_a_connect_error() {
         .unwrap()
         .local_addr()
         .unwrap();
-    let error = send(
-        addr,
-        get(addr),
-        Added::for_tests(),
-        timeouts(),
-        Instant::now(),
-    )
-    .await
-    .unwrap_err();
+    let error = send_get(addr, Instant::now()).await.unwrap_err();
     assert!(matches!(error, SendError::Connect(_)), "{error:?}");
 }
 
@@ -216,29 +193,13 @@ async fn a_take_looks_at_a_bounded_number_of_busy_connections() {
         }
         held
     });
-    let first = send(
-        addr,
-        get(addr),
-        Added::for_tests(),
-        timeouts(),
-        Instant::now(),
-    )
-    .await
-    .unwrap();
+    let first = send_get(addr, Instant::now()).await.unwrap();
     let body = http_body_util::BodyExt::collect(first.into_body()).await;
     assert_eq!(&body.unwrap().to_bytes()[..], b"ok");
     // IN_FLIGHT hung requests: the first reuses the finished
     // connection, each other one opens its own.
     let hung: Vec<_> = (0..IN_FLIGHT)
-        .map(|_| {
-            tokio::spawn(send(
-                addr,
-                get(addr),
-                Added::for_tests(),
-                timeouts(),
-                Instant::now(),
-            ))
-        })
+        .map(|_| tokio::spawn(send_get(addr, Instant::now())))
         .collect();
     let held = upstream.await.unwrap();
     assert_eq!(held.len(), IN_FLIGHT);
