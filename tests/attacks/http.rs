@@ -252,7 +252,9 @@ fn spoofed_forwarding_and_identity_spellings_never_reach_the_upstream() {
          forwarded: for=1.2.3.4;host=evil;proto=https\r\nx-forwarded-host: evil.example\r\n\
          x-forwarded-port: 443\r\nx-real-ip: 1.2.3.4\r\nx-forwarded-for: 1.2.3.4\r\n\
          x_client_id: cl_spoofed\r\nx-client_id: cl_spoofed\r\nX_Client_Tier: platinum\r\n\
-         x-client-id: cl_spoofed\r\n\r\n"
+         x-client-id: cl_spoofed\r\nx_forwarded_for: 6.6.6.6\r\nX_Forwarded_Proto: https\r\n\
+         x-forwarded-proto: https\r\nx_real_ip: 6.6.6.6\r\nx-request-id: req-7\r\n\
+         x_request_id: spoofed\r\n\r\n"
     );
     let (statuses, text) = raw(gateway.addr, request.as_bytes());
     assert_eq!(statuses, vec![200], "{text}");
@@ -267,6 +269,10 @@ fn spoofed_forwarding_and_identity_spellings_never_reach_the_upstream() {
         "x_client_id",
         "x-client_id",
         "x_client_tier",
+        "x_forwarded_for",
+        "x_forwarded_proto",
+        "x_real_ip",
+        "x_request_id",
     ] {
         assert_eq!(
             headers.get(name),
@@ -274,7 +280,12 @@ fn spoofed_forwarding_and_identity_spellings_never_reach_the_upstream() {
             "{name} reached the upstream: {headers:?}"
         );
     }
+    // The gateway's own, once each (repeated lines would show joined).
     assert_eq!(seen[0].header("x-forwarded-for"), Some("127.0.0.1"));
+    assert_eq!(seen[0].header("x-forwarded-proto"), Some("http"));
+    // A sane client request id is the request's id: passed on once, no
+    // `_` spelling beside it.
+    assert_eq!(seen[0].header("x-request-id"), Some("req-7"));
     assert_eq!(seen[0].header("x-client-id"), Some(client_id.as_str()));
     assert_eq!(seen[0].header("x-client-tier"), Some("gold"));
 }
@@ -288,11 +299,21 @@ fn trusted_proxies_keep_their_forwarding_headers() {
     );
     let gateway = Gateway::builder(&body).start();
     let request = "GET /api/x HTTP/1.1\r\nhost: gw\r\nconnection: close\r\n\
-         forwarded: for=192.0.2.7\r\nx-forwarded-host: api.example\r\nx-real-ip: 192.0.2.7\r\n\r\n";
+         forwarded: for=192.0.2.7\r\nx-forwarded-host: api.example\r\nx-real-ip: 192.0.2.7\r\n\
+         x-forwarded-for: 203.0.113.9\r\nx-forwarded-for: 192.0.2.7\r\nx-forwarded-proto: https\r\n\
+         x_forwarded_for: 6.6.6.6\r\nx_real_ip: 6.6.6.6\r\n\r\n";
     let (statuses, _) = raw(gateway.addr, request.as_bytes());
     assert_eq!(statuses, vec![200]);
     let seen = upstream.requests();
     assert_eq!(seen[0].header("forwarded"), Some("for=192.0.2.7"));
     assert_eq!(seen[0].header("x-forwarded-host"), Some("api.example"));
     assert_eq!(seen[0].header("x-real-ip"), Some("192.0.2.7"));
+    // Every line of the proxy's list, then the proxy; its own protocol,
+    // once; `_` spellings from no one.
+    let chain = seen[0].header("x-forwarded-for");
+    assert_eq!(chain, Some("203.0.113.9, 192.0.2.7, 127.0.0.1"));
+    assert_eq!(seen[0].header("x-forwarded-proto"), Some("https"));
+    for name in ["x_forwarded_for", "x_real_ip"] {
+        assert_eq!(seen[0].header(name), None, "{name} reached the upstream");
+    }
 }
