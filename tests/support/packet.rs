@@ -252,7 +252,20 @@ fn internet_checksum(bytes: &[u8], initial: u32) -> u16 {
 pub fn send_frames(interface: &str, frames: &[Vec<u8>]) -> io::Result<()> {
     let sender = RawSender::open(interface)?;
     for frame in frames {
-        sender.send(frame)?;
+        // A full transmit queue (ENOBUFS: frames sent faster than the veth
+        // takes them, as under CI's load) is waited out, up to a second a
+        // frame: every frame must go out for the counts the tests check.
+        let mut waits = 0;
+        loop {
+            match sender.send(frame) {
+                Err(error) if error.raw_os_error() == Some(libc::ENOBUFS) && waits < 1000 => {
+                    waits += 1;
+                    #[allow(clippy::disallowed_methods, reason = "sync sender, no runtime here")]
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+                result => break result?,
+            }
+        }
     }
     Ok(())
 }
