@@ -248,7 +248,7 @@ pub(super) fn validate_forwarding(forwarding: &ForwardingConfig) -> Result<(), C
 /// upstream would read the gateway's identity as framing (a second length
 /// beside the gateway's own is request smuggling), routing, a credential,
 /// or a field the gateway writes itself.
-const RESERVED_HEADERS: [&str; 22] = [
+const RESERVED_HEADERS: [&str; 23] = [
     "connection",
     "keep-alive",
     "proxy-connection",
@@ -269,6 +269,7 @@ const RESERVED_HEADERS: [&str; 22] = [
     "x-forwarded-for",
     "x-forwarded-proto",
     "x-forwarded-host",
+    "x-forwarded-port",
     "forwarded",
     "x-real-ip",
 ];

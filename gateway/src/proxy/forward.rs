@@ -596,6 +596,32 @@ mod tests {
     /// CGI, WSGI and PHP read `x_forwarded_for` as `X-Forwarded-For`: no
     /// one's `_` spelling reaches the upstream, a trusted proxy's `-` one
     /// does.
+    /// The configuration refuses, as an identity header name, every field
+    /// this module strips or the gateway sets (config keeps its own list:
+    /// it does not import the proxy).
+    #[test]
+    fn identity_headers_cannot_be_named_after_what_is_stripped_or_set() {
+        let names = (HOP_BY_HOP.iter().map(HeaderName::as_str))
+            .chain(FORWARDING_ALL)
+            .chain(["x-request-id", "traceparent", "tracestate"])
+            .chain(["host", "content-length", "authorization", "cookie"]);
+        for name in names {
+            let text = format!(
+                "[[listeners]]\naddress = \"127.0.0.1:1\"\n[forwarding]\nclient_id_header = \"{name}\"\n"
+            );
+            let refused = crate::config::Config::parse(&text).map(drop).unwrap_err();
+            assert!(
+                refused
+                    .to_string()
+                    .starts_with("forwarding.client_id_header"),
+                "{name}: {refused}"
+            );
+        }
+        // The texts written raw are the names'.
+        assert_eq!(X_FORWARDED_FOR_TEXT, X_FORWARDED_FOR.as_str());
+        assert_eq!(X_FORWARDED_PROTO_TEXT, X_FORWARDED_PROTO.as_str());
+    }
+
     #[test]
     fn underscore_spellings_of_forwarding_headers_never_pass() {
         let trusted = ["10.0.0.0/8".parse().unwrap()];

@@ -241,6 +241,13 @@ fn valid_value(value: &str) -> bool {
 mod tests {
     use super::*;
 
+    /// The names written raw are the header names'.
+    #[test]
+    fn the_raw_names_are_the_header_names() {
+        assert_eq!(X_REQUEST_ID_TEXT, X_REQUEST_ID.as_str());
+        assert_eq!(TRACEPARENT_TEXT, TRACEPARENT.as_str());
+    }
+
     /// What the direct path writes raw is what the header map would take.
     #[test]
     fn valid_value_is_https_own_check() {

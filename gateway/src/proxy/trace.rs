@@ -5,7 +5,7 @@
 //! fresh trace. `tracestate` goes along untouched, but only with a valid
 //! incoming `traceparent` (the spec forbids reading it otherwise) and only
 //! up to [`MAX_TRACESTATE`] bytes.
-use http::{HeaderMap, HeaderName, HeaderValue};
+use http::{HeaderMap, HeaderName};
 
 pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 pub const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
@@ -145,8 +145,9 @@ impl Trace {
     /// Sets the upstream request's trace headers: ours in place of any
     /// `traceparent`; `tracestate` kept only with an inherited trace and
     /// within [`MAX_TRACESTATE`].
+    #[cfg(test)]
     pub fn set_headers(&self, headers: &mut HeaderMap) {
-        if let Ok(value) = HeaderValue::from_bytes(&self.traceparent()) {
+        if let Ok(value) = http::HeaderValue::from_bytes(&self.traceparent()) {
             headers.insert(TRACEPARENT, value);
         }
         self.trim_state(headers);
@@ -214,7 +215,7 @@ mod tests {
     fn headers(pairs: &[(&HeaderName, &str)]) -> HeaderMap {
         let mut map = HeaderMap::new();
         for (name, value) in pairs {
-            map.append(*name, HeaderValue::from_str(value).unwrap());
+            map.append(*name, http::HeaderValue::from_str(value).unwrap());
         }
         map
     }
