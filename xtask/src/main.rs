@@ -7,6 +7,7 @@ mod bench;
 mod demo;
 mod fleet;
 mod fuzz;
+mod pgo;
 mod setup;
 
 use std::{
@@ -30,9 +31,14 @@ enum Task {
     Setup,
     /// Build the XDP object (nightly) and the gateway binary with it embedded.
     Build {
-        /// Optimised (the `production` profile: target/production/gateway).
+        /// Optimised (the `production` profile: target/production/gateway),
+        /// from a profile of a training run (PGO: see xtask/src/pgo.rs).
         #[arg(long)]
         release: bool,
+        /// With `--release`: the `production` profile without PGO (no
+        /// training run, no wrk or h2load, one compile instead of two).
+        #[arg(long, requires = "release")]
+        no_pgo: bool,
     },
     /// Build, then run the gateway on its defaults (XDP on `lo`); extra
     /// arguments go to `gateway run`. Without `--config` it also starts a
@@ -70,7 +76,13 @@ enum Task {
 fn main() -> Result<()> {
     match Cli::parse().command {
         Task::Setup => setup::run(),
-        Task::Build { release } => build(release).map(drop),
+        Task::Build { release, no_pgo } => {
+            if no_pgo {
+                build_plain(true).map(drop)
+            } else {
+                build(release).map(drop)
+            }
+        }
         Task::Run { release, args } => run(release, &args),
         Task::Fleet { release } => fleet::run(release),
         Task::Test => test(),
@@ -128,6 +140,16 @@ pub fn cargo(toolchain: Option<&str>) -> Command {
 /// The embedded-object build: nightly eBPF object, then the stable binary.
 /// Returns the gateway binary's path.
 pub fn build(release: bool) -> Result<PathBuf> {
+    if release {
+        setup::run()?;
+        build_ebpf()?;
+        return pgo::build();
+    }
+    build_plain(false)
+}
+
+/// [`build`] without PGO: the `dev` or the `production` profile as it is.
+fn build_plain(release: bool) -> Result<PathBuf> {
     setup::run()?;
     build_ebpf()?;
     let mut command = cargo(None);

@@ -15,13 +15,14 @@ mod xdp;
 
 mod bpf;
 mod http1;
-mod keys;
+pub(crate) mod keys;
 mod nginx;
-mod procs;
+pub(crate) mod procs;
 mod results;
-mod scratch;
+pub(crate) mod scratch;
 mod stats;
-mod wrk;
+pub(crate) mod upstream;
+pub(crate) mod wrk;
 
 use std::time::Duration;
 

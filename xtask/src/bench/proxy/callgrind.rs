@@ -8,7 +8,7 @@
 //!
 //! Per path and proxy: one worker (HAProxy: `nbthread 1`), the limiter on;
 //! a raw keep-alive upstream answering every request head with a fixed
-//! 200 that has nginx's header fields ([`ANSWER`]); one client sending sequential keep-alive requests with the same
+//! 200 that has nginx's header fields ([`ANSWER`](crate::bench::upstream::ANSWER)); one client sending sequential keep-alive requests with the same
 //! keys (HAProxy: their SHA-256 in its map, its `bench proxy`
 //! configuration). Instrumentation is switched on (`callgrind_control -i
 //! on`) after [`WARM_UP`] requests and off after [`MEASURED`] more, so
@@ -16,20 +16,21 @@
 //! SHA-256 runs its software path here, in both.
 use std::{
     fmt::Write as _,
-    io::{BufRead as _, BufReader, Read as _, Write as _},
-    net::{TcpListener, TcpStream},
+    io::{BufReader, Read as _, Write as _},
+    net::TcpStream,
     path::Path,
     process::{Command, Stdio},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
 
 use super::configs::{self, Files, Listen};
 use crate::bench::{
     keys,
     procs::{free_port, Running},
     results,
+    upstream::{read_head, Upstream},
 };
 
 /// Requests before instrumentation starts (connections, pools, caches warm).
@@ -370,71 +371,6 @@ impl Client {
         self.reader.read_exact(&mut body)?;
         Ok(status)
     }
-}
-
-/// A response or request head: the status (0 for a request) and the
-/// `Content-Length` (0 when absent).
-fn read_head(reader: &mut BufReader<TcpStream>) -> Result<(u16, usize)> {
-    let (mut status, mut length) = (0, 0);
-    let mut line = String::new();
-    for n in 0..200 {
-        line.clear();
-        if reader.read_line(&mut line)? == 0 {
-            bail!("connection closed");
-        }
-        let text = line.trim_end();
-        if text.is_empty() {
-            return Ok((status, length));
-        }
-        if n == 0 {
-            status = (text.split(' ').nth(1))
-                .and_then(|s| s.parse().ok())
-                .unwrap_or(0);
-        } else if let Some((name, value)) = text.split_once(':') {
-            if name.eq_ignore_ascii_case("content-length") {
-                length = value.trim().parse().context("content-length")?;
-            }
-        }
-    }
-    bail!("a head of over 200 lines")
-}
-
-/// A keep-alive upstream that answers every request head (no bodies) with
-/// the same 200, a thread per connection, for the bench's lifetime.
-struct Upstream {
-    port: u16,
-}
-
-impl Upstream {
-    fn start() -> Result<Self> {
-        let listener = TcpListener::bind("127.0.0.1:0")?;
-        let port = listener.local_addr()?.port();
-        std::thread::spawn(move || {
-            for stream in listener.incoming().flatten() {
-                std::thread::spawn(move || serve(stream));
-            }
-        });
-        Ok(Self { port })
-    }
-}
-
-/// The header fields nginx answers `bench proxy` with (its `Date` fixed),
-/// so both proxies here handle what they handle there: `Connection:
-/// keep-alive` to strip among them.
-const ANSWER: &[u8] = b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\n\
-    Date: Tue, 01 Dec 2026 00:00:00 GMT\r\nContent-Type: text/plain\r\n\
-    Content-Length: 2\r\nConnection: keep-alive\r\n\r\nok";
-
-/// One upstream connection, until the gateway closes it.
-fn serve(stream: TcpStream) -> Result<()> {
-    let mut writer = stream.try_clone()?;
-    let mut reader = BufReader::new(stream);
-    let started = Instant::now();
-    while started.elapsed() < Duration::from_secs(3600) {
-        read_head(&mut reader)?;
-        writer.write_all(ANSWER)?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]
