@@ -165,20 +165,32 @@ fn merge(tool: &Path, raw: &Path, profile: &Path) -> Result<()> {
         "the instrumented gateway wrote no profile into {}",
         raw.display()
     );
-    run_cmd(Command::new(tool).arg("merge").arg("-o").arg(profile).arg(raw))
+    run_cmd(
+        Command::new(tool)
+            .arg("merge")
+            .arg("-o")
+            .arg(profile)
+            .arg(raw),
+    )
 }
 
 /// The instrumented gateway under each training load in turn; stopped by
 /// SIGTERM, so it exits normally and writes its profile.
 fn train(gateway: &Path) -> Result<()> {
-    let missing: Vec<&str> = [("wrk", "wrk"), ("h2load", "nghttp2-client"), ("curl", "curl")]
-        .into_iter()
-        .filter(|(binary, _)| !setup::have(binary))
-        .map(|(_, package)| package)
-        .collect();
+    let missing: Vec<&str> = [
+        ("wrk", "wrk"),
+        ("h2load", "nghttp2-client"),
+        ("curl", "curl"),
+    ]
+    .into_iter()
+    .filter(|(binary, _)| !setup::have(binary))
+    .map(|(_, package)| package)
+    .collect();
     if !missing.is_empty() {
         if !setup::is_root() {
-            bail!("PGO training needs {missing:?} (apt-get install -y ...), or build with --no-pgo");
+            bail!(
+                "PGO training needs {missing:?} (apt-get install -y ...), or build with --no-pgo"
+            );
         }
         setup::apt_install(&missing)?;
     }
@@ -186,7 +198,10 @@ fn train(gateway: &Path) -> Result<()> {
     let upstream = Upstream::start()?;
     let (port, tls_port) = (free_port()?, free_port()?);
     let config = dir.path().join("gateway.toml");
-    std::fs::write(&config, config_text(dir.path(), port, tls_port, upstream.port))?;
+    std::fs::write(
+        &config,
+        config_text(dir.path(), port, tls_port, upstream.port),
+    )?;
     let gold = keys::create(gateway, &config, "pgo", "gold", KEYS)?;
     let bronze = keys::create(gateway, &config, "pgo-limited", "bronze", 1)?;
     let keys_file = dir.path().join("keys.txt");
@@ -197,7 +212,10 @@ fn train(gateway: &Path) -> Result<()> {
 
     let mut command = Command::new(gateway);
     // Its start-up and shutdown lines would bury the build's output.
-    command.args(["run", "--config"]).arg(&config).env("RUST_LOG", "warn,rustls=error");
+    command
+        .args(["run", "--config"])
+        .arg(&config)
+        .env("RUST_LOG", "warn,rustls=error");
     let process = Running::listening(command, tls_port)?;
     let http = format!("http://127.0.0.1:{port}/train");
     let https = format!("https://127.0.0.1:{tls_port}/train");
@@ -207,11 +225,26 @@ fn train(gateway: &Path) -> Result<()> {
     h2load(&gold[0].api_key, &https)?;
     let bearer = format!("authorization: Bearer {}", token(port, &gold[1].api_key)?);
     let jwt = format!("http://127.0.0.1:{port}/jwt/train");
-    wrk(&["-c16", "-d2s", "-H", &bearer], Path::new(""), &jwt, Expect::Ok)?;
+    wrk(
+        &["-c16", "-d2s", "-H", &bearer],
+        Path::new(""),
+        &jwt,
+        Expect::Ok,
+    )?;
     let unknown = "x-api-key: gw_0000000000000000_unknown";
-    wrk(&["-c4", "-d1s", "-H", unknown], Path::new(""), &http, Expect::Refused)?;
+    wrk(
+        &["-c4", "-d1s", "-H", unknown],
+        Path::new(""),
+        &http,
+        Expect::Refused,
+    )?;
     let limited = format!("x-api-key: {}", bronze[0].api_key);
-    wrk(&["-c4", "-d1s", "-H", &limited], Path::new(""), &http, Expect::Refused)?;
+    wrk(
+        &["-c4", "-d1s", "-H", &limited],
+        Path::new(""),
+        &http,
+        Expect::Refused,
+    )?;
     process.stop_within(Duration::from_secs(40))
 }
 
@@ -313,7 +346,10 @@ fn h2load(key: &str, url: &str) -> Result<()> {
         .arg(url);
     let out = output_within(command, Duration::from_secs(60))?;
     let ok = format!("status codes: {requests} 2xx");
-    ensure!(out.contains(&ok), "h2load {url}: not every answer a 2xx:\n{out}");
+    ensure!(
+        out.contains(&ok),
+        "h2load {url}: not every answer a 2xx:\n{out}"
+    );
     Ok(())
 }
 
@@ -342,7 +378,12 @@ mod tests {
     #[test]
     fn the_training_config_routes_jwts_before_keys() {
         let text = config_text(Path::new("/tmp/x"), 1001, 1002, 1003);
-        for wanted in ["127.0.0.1:1001", "127.0.0.1:1002", "127.0.0.1:1003", "[tokens]"] {
+        for wanted in [
+            "127.0.0.1:1001",
+            "127.0.0.1:1002",
+            "127.0.0.1:1003",
+            "[tokens]",
+        ] {
             assert!(text.contains(wanted), "{wanted} missing:\n{text}");
         }
         let jwt = text.find("path_prefix = \"/jwt/\"").unwrap();
@@ -357,7 +398,10 @@ mod tests {
         let path = lua(dir.path(), "post.lua", &keys, "POST", "xyz").unwrap();
         let script = std::fs::read_to_string(path).unwrap();
         assert!(script.contains(&keys.display().to_string()), "{script}");
-        assert!(script.contains("wrk.format(\"POST\", \"/train\""), "{script}");
+        assert!(
+            script.contains("wrk.format(\"POST\", \"/train\""),
+            "{script}"
+        );
         assert!(script.contains("keys[i]}, \"xyz\")"), "{script}");
     }
 }
