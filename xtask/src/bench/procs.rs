@@ -7,7 +7,7 @@
 use std::{
     io::Read as _,
     net::TcpListener,
-    process::{Child, Command, Stdio},
+    process::{Child, Command, ExitStatus, Stdio},
     time::{Duration, Instant},
 };
 
@@ -71,22 +71,25 @@ impl Running {
     }
 
     /// SIGTERM, then waits up to `limit` for the process to exit (a
-    /// process under valgrind writes its output as it exits: drop's
-    /// SIGKILL after 2 s would lose it).
-    pub(crate) fn stop_within(mut self, limit: Duration) -> Result<()> {
+    /// process under valgrind, or one writing a PGO profile, writes its
+    /// output as it exits: drop's SIGKILL after 2 s would lose it); how it
+    /// exited.
+    pub(crate) fn stop_within(mut self, limit: Duration) -> Result<ExitStatus> {
         if let Ok(pid) = libc::pid_t::try_from(self.0.id()) {
             // SAFETY: signalling our own child, not yet reaped.
             unsafe { libc::kill(pid, libc::SIGTERM) };
         }
         let started = Instant::now();
-        while self.0.try_wait()?.is_none() {
+        loop {
+            if let Some(status) = self.0.try_wait()? {
+                return Ok(status);
+            }
             if started.elapsed() > limit {
-                bail!("the process did not stop within {limit:?}");
+                bail!("process {} did not stop within {limit:?}", self.0.id());
             }
             #[allow(clippy::disallowed_methods, reason = "the bench is synchronous")]
             std::thread::sleep(Duration::from_millis(50));
         }
-        Ok(())
     }
 }
 

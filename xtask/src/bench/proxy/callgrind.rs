@@ -8,7 +8,8 @@
 //!
 //! Per path and proxy: one worker (HAProxy: `nbthread 1`), the limiter on;
 //! a raw keep-alive upstream answering every request head with a fixed
-//! 200 that has nginx's header fields ([`ANSWER`](crate::bench::upstream::ANSWER)); one client sending sequential keep-alive requests with the same
+//! 200 that has nginx's header fields ([`ANSWER`](crate::bench::upstream::ANSWER));
+//! one client sending sequential keep-alive requests with the same
 //! keys (HAProxy: their SHA-256 in its map, its `bench proxy`
 //! configuration). Instrumentation is switched on (`callgrind_control -i
 //! on`) after [`WARM_UP`] requests and off after [`MEASURED`] more, so
