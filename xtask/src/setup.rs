@@ -270,12 +270,37 @@ pub fn have(binary: &str) -> bool {
     })
 }
 
-fn debian_packages() -> Result<()> {
-    let missing: Vec<&str> = DEBIAN_PACKAGES
+/// The Debian packages of the `(binary, package)` pairs whose binary is
+/// not installed.
+pub fn missing_packages<'a>(wanted: &[(&str, &'a str)]) -> Vec<&'a str> {
+    wanted
         .iter()
         .filter(|(binary, _)| !have(binary))
         .map(|(_, package)| *package)
-        .collect();
+        .collect()
+}
+
+/// Installs the packages of the pairs whose binary is missing; without
+/// root, fails naming them and `needed_by` (and `or`, another way out).
+pub fn require_packages(wanted: &[(&str, &str)], needed_by: &str, or: &str) -> Result<()> {
+    let missing = missing_packages(wanted);
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !is_root() {
+        anyhow::bail!(
+            "{needed_by} needs the Debian packages {}: install them as root \
+             (`apt-get install -y {}`){or}",
+            missing.join(" "),
+            missing.join(" ")
+        );
+    }
+    println!("{needed_by}: installing {missing:?}");
+    apt_install(&missing)
+}
+
+fn debian_packages() -> Result<()> {
+    let missing = missing_packages(&DEBIAN_PACKAGES);
     if missing.is_empty() {
         println!("setup: the Debian packages the tests use are present");
         return Ok(());

@@ -165,28 +165,20 @@ pub(crate) fn output_within(mut command: Command, limit: Duration) -> Result<Str
 /// The peers, the closed-loop load generator, and what makes the peers'
 /// certificate and checks their answers.
 pub(crate) fn ensure_packages() -> Result<()> {
-    let missing: Vec<&str> = [
-        ("haproxy", "haproxy"),
-        ("wrk", "wrk"),
-        // bench h2's load generator.
-        ("h2load", "nghttp2-client"),
-        ("nginx", "nginx-light"),
-        ("openssl", "openssl"),
-        ("curl", "curl"),
-        ("taskset", "util-linux"),
-    ]
-    .into_iter()
-    .filter(|(binary, _)| !setup::have(binary))
-    .map(|(_, package)| package)
-    .collect();
-    if missing.is_empty() {
-        return Ok(());
-    }
-    if !setup::is_root() {
-        bail!("the proxy bench needs {missing:?}: install them (apt-get install -y ...) or run as root");
-    }
-    println!("bench: installing {missing:?}");
-    setup::apt_install(&missing)
+    setup::require_packages(
+        &[
+            ("haproxy", "haproxy"),
+            ("wrk", "wrk"),
+            // bench h2's load generator.
+            ("h2load", "nghttp2-client"),
+            ("nginx", "nginx-light"),
+            ("openssl", "openssl"),
+            ("curl", "curl"),
+            ("taskset", "util-linux"),
+        ],
+        "the proxy bench",
+        "",
+    )
 }
 
 /// Which CPUs the proxies get and which the load generators (and the shared

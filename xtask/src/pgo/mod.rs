@@ -14,7 +14,7 @@ use std::{
     process::Command,
 };
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
 use sha2::{Digest, Sha256};
 
 use crate::{cargo, run_cmd, setup, target_dir};
@@ -65,26 +65,15 @@ pub(crate) fn build() -> Result<PathBuf> {
 /// wrk, h2load and curl, installed as root when missing (as the benches
 /// install them).
 fn ensure_load_tools() -> Result<()> {
-    let missing: Vec<&str> = [
-        ("wrk", "wrk"),
-        ("h2load", "nghttp2-client"),
-        ("curl", "curl"),
-    ]
-    .into_iter()
-    .filter(|(binary, _)| !setup::have(binary))
-    .map(|(_, package)| package)
-    .collect();
-    if missing.is_empty() {
-        return Ok(());
-    }
-    if !setup::is_root() {
-        bail!(
-            "the PGO training needs the Debian packages {}: install them as root, or build \
-             without PGO (`cargo xtask build --release --no-pgo`)",
-            missing.join(" ")
-        );
-    }
-    setup::apt_install(&missing)
+    setup::require_packages(
+        &[
+            ("wrk", "wrk"),
+            ("h2load", "nghttp2-client"),
+            ("curl", "curl"),
+        ],
+        "the PGO training",
+        ", or build without PGO (`cargo xtask build --release --no-pgo`)",
+    )
 }
 
 /// `cargo build --profile production --target <host>` with `rustflags`,
