@@ -115,6 +115,30 @@ impl Drop for Running {
     }
 }
 
+/// Has `command`'s process get SIGTERM when the thread that spawns it
+/// ends, so an xtask killed by a signal (whose drops never run) leaves no
+/// server of its own behind. Spawn such a process from a thread that lives
+/// as long as it should.
+pub(crate) fn dies_with_spawner(command: &mut Command) -> &mut Command {
+    use std::os::unix::process::CommandExt as _;
+    let spawner = libc::pid_t::try_from(std::process::id()).unwrap_or(0);
+    // SAFETY: between fork and exec the closure only makes two syscalls
+    // (prctl, getppid), which are async-signal-safe, and allocates nothing
+    // unless it fails.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The spawner died before prctl took effect: no signal will come.
+            if libc::getppid() != spawner {
+                return Err(std::io::Error::other("the spawning process is gone"));
+            }
+            Ok(())
+        })
+    }
+}
+
 pub(crate) fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
@@ -404,6 +428,31 @@ fn parse_stat(stat: &str) -> Option<(u32, f64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_process_tied_to_its_spawner_ends_with_the_spawning_thread() {
+        use std::os::unix::process::ExitStatusExt as _;
+        // The thread that spawns it ends at once: the child must get SIGTERM,
+        // as it would if xtask were killed mid-bench or mid-training.
+        let child = std::thread::spawn(|| {
+            dies_with_spawner(Command::new("sleep").arg("30"))
+                .spawn()
+                .unwrap()
+        })
+        .join()
+        .unwrap();
+        let mut child = Running(child);
+        let started = Instant::now();
+        let status = loop {
+            if let Some(status) = child.0.try_wait().unwrap() {
+                break status;
+            }
+            assert!(started.elapsed() < Duration::from_secs(10), "still running");
+            #[allow(clippy::disallowed_methods, reason = "polling a child in a test")]
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert_eq!(status.signal(), Some(libc::SIGTERM), "{status:?}");
+    }
 
     #[test]
     fn parses_proc_stat() {

@@ -17,7 +17,7 @@ use anyhow::{ensure, Context, Result};
 
 use crate::bench::{
     keys,
-    procs::{free_port, output_within, Running},
+    procs::{dies_with_spawner, free_port, output_within, Running},
     scratch,
     upstream::Upstream,
 };
@@ -57,7 +57,7 @@ pub(super) fn run(gateway: &Path, raw: &Path) -> Result<()> {
     )?;
 
     let mut command = Command::new(gateway);
-    command
+    dies_with_spawner(&mut command)
         .args(["run", "--config"])
         .arg(&config)
         // Its start-up lines and the guard's would-be bans would bury the
