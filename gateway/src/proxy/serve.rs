@@ -194,7 +194,11 @@ impl Gateway {
         builder
             .timer(TokioTimer::new())
             .header_read_timeout(self.limits.request_timeout)
-            .max_buf_size(self.max_head());
+            .max_buf_size(self.max_head())
+            // One `send` of head and body flattened, not `writev`: the
+            // kernel's vectored path (fdget_pos, vfs, the iovec copy) cost
+            // more than copying a small body; about 2% of CPU a response.
+            .writev(false);
         let io = TokioIo::new(ParkIo::new(io, activity.clone()));
         let mut connection = builder.serve_connection(io, service).with_upgrades();
         let park_after = Some(self.limits.park_idle_after).filter(|after| !after.is_zero());
