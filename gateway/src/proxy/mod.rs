@@ -232,7 +232,7 @@ impl Gateway {
         let peer = ctx.peer.addr.ip();
         ctx.client_ip = source::client_address(req.headers(), peer, &self.trusted_proxies);
         let bans = &self.shared.userspace_bans;
-        match bans.ban_left(ctx.client_ip, monotonic_ns()) {
+        match bans.ban_left(ctx.client_ip, ctx.now_ns) {
             Some(left) if ctx.remote().forwarded() => Err(ProxyError::BannedForwarded(left)),
             Some(_) => Err(ProxyError::BannedSource),
             None => body::check_head(req.headers(), self.limits.max_body_bytes),
@@ -335,14 +335,16 @@ impl Gateway {
                 // Boxed: its state (key refresh included) would otherwise
                 // size every request's future, moved whole several times
                 // per request whatever the credential.
-                let verify = Box::pin(self.shared.jwt.verify(token, unix_now()));
+                let verify = Box::pin(self.shared.jwt.verify(token, ctx.unix_now()));
                 let verified = verify.await.map_err(ProxyError::InvalidToken)?;
+                // The wait for the issuer's keys may have been long.
+                ctx.now_ns = monotonic_ns();
                 ctx.issuer = Some(verified.issuer.clone());
                 Identity::of_token(verified, keys, unix_now())?
             }
             Credential::ApiKey(_) if keys.is_stale() => return Err(ProxyError::KeyStoreStale),
             Credential::ApiKey(key) => {
-                let (key_id, outcome) = keys.verify(key, unix_now());
+                let (key_id, outcome) = keys.verify(key, ctx.unix_now());
                 ctx.key_id = key_id;
                 Identity::Stored(outcome.map_err(ProxyError::InvalidCredential)?)
             }
@@ -363,7 +365,7 @@ impl Gateway {
         };
         let (rank, _) = self.shared.tier(identity.tier());
         ctx.tier = Some(rank);
-        let now = monotonic_ns();
+        let now = ctx.now_ns;
         client_ban(&self.shared, identity.client_id(), ctx.client_ip, now)?;
         if (self.reported).due(ctx.client_ip, identity.client_id(), rank, now) {
             let guard = &self.shared.guard;
@@ -408,7 +410,7 @@ impl Gateway {
             LimitBy::Source => LimitKeyRef::Source(ip),
             LimitBy::Both => LimitKeyRef::ClientAtSource(identity.client_id(), ip),
         };
-        let decision = (self.shared.limiter).check_ref(key, quota, route.cost, monotonic_ns());
+        let decision = (self.shared.limiter).check_ref(key, quota, route.cost, ctx.now_ns);
         let allowed = decision.allowed;
         ctx.limit = Some((quota, decision));
         match allowed {
@@ -432,7 +434,7 @@ impl Gateway {
         pool: &Pool,
         ctx: &mut RequestContext<'_>,
     ) -> Result<Response<UpstreamBody>, ProxyError> {
-        let lease = pool.pick().ok_or(ProxyError::NoHealthyUpstream)?;
+        let lease = pool.pick(ctx.now_ns).ok_or(ProxyError::NoHealthyUpstream)?;
         ctx.upstream = Some(lease.server.addr);
         let origin = Origin {
             path: &route.upstream_path(&ctx.path),
@@ -454,8 +456,8 @@ impl Gateway {
             connect: self.limits.connect_timeout,
             idle: self.limits.upstream_idle_timeout,
         };
-        let result = tokio::time::timeout(
-            self.limits.upstream_timeout,
+        let result = tokio::time::timeout_at(
+            sent + self.limits.upstream_timeout,
             upstream_conns::send(lease.server.addr, upstream_req, &added, timeouts, sent),
         )
         .await;

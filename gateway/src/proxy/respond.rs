@@ -15,7 +15,7 @@ use super::{
     upstream_conns::UpstreamBody,
     ClientUpgrade, Gateway, ProxyBody, Reply,
 };
-use crate::{clock::monotonic_ns, metrics::Outcome};
+use crate::metrics::Outcome;
 
 impl Gateway {
     /// **respond**: runs for every request. The upstream's response loses
@@ -53,7 +53,7 @@ impl Gateway {
     /// ignores get its address (or the client alone there) banned by the
     /// guard.
     fn feedback(&self, error: &ProxyError, ctx: &RequestContext<'_>) {
-        let (remote, now, guard) = (ctx.remote(), monotonic_ns(), &self.shared.guard);
+        let (remote, now, guard) = (ctx.remote(), ctx.now_ns, &self.shared.guard);
         let client = ctx.identity.as_ref().map(Identity::client_id);
         let update = match (error, &ctx.limit, client) {
             (ProxyError::RateLimited(_), Some((_, decision)), Some(client)) => {

@@ -175,9 +175,9 @@ impl Pool {
         });
     }
 
-    /// A server that is not ejected, or `None` when all are.
-    pub fn pick(&self) -> Option<Lease<'_>> {
-        let now = monotonic_ns();
+    /// A server that is not ejected at `now` (`monotonic_ns`), or `None`
+    /// when all are.
+    pub fn pick(&self, now: u64) -> Option<Lease<'_>> {
         let healthy = |s: &&Server| s.usable(now);
         let server = match self.balance {
             Balance::RoundRobin => {
@@ -232,23 +232,28 @@ mod tests {
     #[test]
     fn round_robin_alternates_and_skips_ejected() {
         let pool = pool(Balance::RoundRobin);
-        let a = pool.pick().unwrap().server.addr;
-        let b = pool.pick().unwrap().server.addr;
+        let a = pool.pick(monotonic_ns()).unwrap().server.addr;
+        let b = pool.pick(monotonic_ns()).unwrap().server.addr;
         assert_ne!(a, b);
-        pool.pick().unwrap().eject();
-        let left: Vec<_> = (0..4).map(|_| pool.pick().unwrap().server.addr).collect();
+        pool.pick(monotonic_ns()).unwrap().eject();
+        let left: Vec<_> = (0..4)
+            .map(|_| pool.pick(monotonic_ns()).unwrap().server.addr)
+            .collect();
         assert!(left.windows(2).all(|w| w[0] == w[1]));
-        pool.pick().unwrap().eject();
-        assert!(pool.pick().is_none());
+        pool.pick(monotonic_ns()).unwrap().eject();
+        assert!(pool.pick(monotonic_ns()).is_none());
     }
 
     #[test]
     fn least_connections_prefers_the_idle_server() {
         let pool = pool(Balance::LeastConnections);
-        let busy = pool.pick().unwrap();
-        let other = pool.pick().unwrap();
+        let busy = pool.pick(monotonic_ns()).unwrap();
+        let other = pool.pick(monotonic_ns()).unwrap();
         assert_ne!(busy.server.addr, other.server.addr);
         drop(other);
-        assert_ne!(pool.pick().unwrap().server.addr, busy.server.addr);
+        assert_ne!(
+            pool.pick(monotonic_ns()).unwrap().server.addr,
+            busy.server.addr
+        );
     }
 }
