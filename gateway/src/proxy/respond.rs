@@ -96,7 +96,10 @@ fn relay(
     ctx: &RequestContext<'_>,
 ) -> Response<ProxyBody> {
     let switched = response.status() == StatusCode::SWITCHING_PROTOCOLS;
-    let accepted = forward::upgrade_protocol(response.headers());
+    // Looked for on a 101 only: a lookup per response otherwise.
+    let accepted = switched
+        .then(|| forward::upgrade_protocol(response.headers()))
+        .flatten();
     forward::strip_hop_by_hop(response.headers_mut());
     if let (true, Some(client_upgrade), Some(protocol)) = (switched, client_upgrade, accepted) {
         forward::set_upgrade(response.headers_mut(), protocol);
