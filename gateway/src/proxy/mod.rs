@@ -38,6 +38,7 @@ mod direct;
 mod drain;
 mod first_head;
 mod identity;
+mod one_send;
 mod park;
 mod respond;
 mod rewrite;

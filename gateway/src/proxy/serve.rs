@@ -28,6 +28,7 @@ use super::{
     drain,
     drain::OpenConnections,
     first_head,
+    one_send::OneSend,
     park::ParkIo,
     workers::TlsSlot,
     Current, Gateway, ProxyBody,
@@ -236,7 +237,10 @@ impl Gateway {
         permit: Arc<ConnectionPermit>,
         shutdown: watch::Receiver<bool>,
     ) {
-        let handshake = tokio::time::timeout(self.limits.request_timeout, acceptor.accept(stream));
+        let handshake = tokio::time::timeout(
+            self.limits.request_timeout,
+            acceptor.accept(OneSend(stream)),
+        );
         match handshake.await {
             Ok(Ok(stream)) => {
                 let activity = Arc::new(Activity::default());
