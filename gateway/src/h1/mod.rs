@@ -155,11 +155,18 @@ pub fn parse_response_head(
     // Where each value lies in `buf`, so the values can share its bytes.
     let start = buf.as_ptr() as usize;
     let mut spans = Vec::with_capacity(parsed.headers.len());
+    let mut connection = Connection::default();
     for field in parsed.headers.iter() {
         let name = HeaderName::from_bytes(field.name.as_bytes())
             .map_err(|_| H1Error::Malformed(httparse::Error::HeaderName))?;
+        if name == header::CONNECTION {
+            connection.read(field.value);
+        }
         let from = (field.value.as_ptr() as usize).saturating_sub(start);
         spans.push((name, from, from + field.value.len()));
+    }
+    if connection.only_keep_alive_or_close() {
+        spans.retain(|(name, ..)| *name != header::CONNECTION);
     }
     let head = buf.split_to(len).freeze();
     if status.is_informational() {
@@ -178,8 +185,7 @@ pub fn parse_response_head(
         );
     }
     let framing = framing(&headers, status, version, head_request)?;
-    let close = tokens(&headers, &header::CONNECTION).any(|t| t.eq_ignore_ascii_case(b"close"));
-    let keep_alive = version == Version::HTTP_11 && !close && framing != Framing::Close;
+    let keep_alive = version == Version::HTTP_11 && !connection.close && framing != Framing::Close;
     let mut response = Response::new(());
     *response.status_mut() = status;
     *response.version_mut() = version;
@@ -192,6 +198,36 @@ pub fn parse_response_head(
         framing,
         keep_alive,
     })))
+}
+
+/// What a response's `Connection` fields say (RFC 9112 §9.6). The field
+/// is the connection's, not the message's: when it says no more than
+/// `close` or `keep-alive` (as most upstreams' do) it is read here and
+/// left out of the response, which the relay would otherwise have to
+/// find and remove (a header-map insert and removal per response). When
+/// it names other fields, it stays for the relay's hop-by-hop removal,
+/// which removes them with it.
+#[derive(Default)]
+struct Connection {
+    close: bool,
+    names_fields: bool,
+}
+
+impl Connection {
+    fn read(&mut self, value: &[u8]) {
+        let tokens = value.split(|b| *b == b',').map(<[u8]>::trim_ascii);
+        for token in tokens.filter(|token| !token.is_empty()) {
+            if token.eq_ignore_ascii_case(b"close") {
+                self.close = true;
+            } else if !token.eq_ignore_ascii_case(b"keep-alive") {
+                self.names_fields = true;
+            }
+        }
+    }
+
+    fn only_keep_alive_or_close(&self) -> bool {
+        !self.names_fields
+    }
 }
 
 /// RFC 9112 §6.3, strictly: what could be read two ways is an error.

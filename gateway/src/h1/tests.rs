@@ -219,6 +219,38 @@ fn no_body_after_head_204_and_304_and_who_may_keep_the_connection() {
     assert!(!keep(b"HTTP/1.1 200 OK\r\n\r\n"));
 }
 
+/// `Connection` saying only `close` or `keep-alive` (any case, any
+/// number of fields) is read for keep-alive and left out of the response;
+/// one naming another field stays, with that field, for the relay's
+/// hop-by-hop removal. The other fields stay as they came.
+#[test]
+fn connection_is_read_and_left_out_unless_it_names_fields() {
+    let fields = |text: &[u8]| {
+        let (head, _) = head(text);
+        let names: Vec<String> = (head.response.headers().iter())
+            .map(|(name, value)| format!("{name}: {}", value.to_str().unwrap()))
+            .collect();
+        (names, head.keep_alive)
+    };
+    let (names, keep) = fields(
+        b"HTTP/1.1 200 OK\r\nServer: up\r\nConnection: Keep-Alive\r\ncontent-length: 0\r\nconnection: ,\r\n\r\n",
+    );
+    assert_eq!(names, ["server: up", "content-length: 0"]);
+    assert!(keep);
+    let (names, keep) =
+        fields(b"HTTP/1.1 200 OK\r\nconnection: keep-alive\r\nconnection: CLOSE\r\ncontent-length: 0\r\n\r\n");
+    assert_eq!(names, ["content-length: 0"]);
+    assert!(!keep);
+    let (names, keep) = fields(
+        b"HTTP/1.1 200 OK\r\nconnection: close, x-hop\r\nx-hop: 1\r\ncontent-length: 0\r\n\r\n",
+    );
+    assert_eq!(
+        names,
+        ["connection: close, x-hop", "x-hop: 1", "content-length: 0"]
+    );
+    assert!(!keep);
+}
+
 /// Body bytes, trailers, and what was left in the buffer.
 type Decoded = (Vec<u8>, Option<HeaderMap>, Vec<u8>);
 
