@@ -22,10 +22,10 @@ use crate::{
 pub(super) struct RequestContext<'g> {
     /// `CLOCK_MONOTONIC` (ns) when the request arrived: its latency's start.
     pub arrived_ns: u64,
-    /// The monotonic time (ns) every phase judges bans and limits by: the
-    /// arrival, read again after a phase that may wait (a JWT issuer's
-    /// keys). One read for all phases: a read costs ~25 ns, and requests
-    /// took about 15 of them.
+    /// The monotonic time (ns) every phase judges bans, limits and
+    /// ejections by: the arrival, read again after a wait (a JWT issuer's
+    /// keys, a request body). One read for all phases: a read costs
+    /// ~25 ns, and requests took about 15 of them.
     pub now_ns: u64,
     /// Unix seconds when the request arrived (key expiry, the log).
     pub ts: u64,

@@ -212,8 +212,14 @@ impl Gateway {
             on: hyper::upgrade::on(&mut req),
             permit,
         });
+        let bodiless = hyper::body::Body::is_end_stream(req.body());
         let req =
             body::read_ahead(req, self.limits.max_body_bytes, self.limits.request_timeout).await?;
+        if !bodiless {
+            // Reading the body may have taken up to `request_timeout`: the
+            // pool's ejections are judged by the time it is sent.
+            ctx.now_ns = monotonic_ns();
+        }
         let response = self.forward(req, protocol, route, pool, ctx).await?;
         Ok(Reply::Upstream(response, upgrade))
     }
@@ -337,9 +343,11 @@ impl Gateway {
                 // size every request's future, moved whole several times
                 // per request whatever the credential.
                 let verify = Box::pin(self.shared.jwt.verify(token, ctx.unix_now()));
-                let verified = verify.await.map_err(ProxyError::InvalidToken)?;
-                // The wait for the issuer's keys may have been long.
+                let verified = verify.await;
+                // The wait for the issuer's keys may have been long: the
+                // guard dates a refusal (its ban) from now, too.
                 ctx.now_ns = monotonic_ns();
+                let verified = verified.map_err(ProxyError::InvalidToken)?;
                 ctx.issuer = Some(verified.issuer.clone());
                 Identity::of_token(verified, keys, unix_now())?
             }
