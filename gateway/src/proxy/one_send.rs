@@ -1,9 +1,12 @@
-//! A client socket under TLS whose vectored writes of one buffer go out
-//! as one `send`. rustls hands its queued records to the socket as a
-//! vectored write, and a response is one record: `writev` with a single
-//! iovec takes the kernel's vectored path (fdget_pos, vfs_writev, the
-//! iovec copy), which costs more than `send` for the same bytes. Plain
-//! HTTP/1 avoids it the same way (hyper's flatten strategy, see `serve`).
+//! A client socket whose small vectored writes go out as one `send`.
+//! hyper writes a response's head and body, rustls its records, as one
+//! vectored write; for a response of a few hundred bytes `writev` takes
+//! the kernel's vectored path (fdget_pos, vfs_writev, the iovec copy),
+//! which cost about 2% of the CPU a plain HTTP/1 request took, more than
+//! joining the pieces. Large writes stay vectored: nothing is copied that
+//! `writev` would not, and no buffer outlives the write (hyper's flatten
+//! strategy did the same joining in a buffer kept per connection, grown
+//! to the largest body it ever held).
 use std::{
     io,
     pin::Pin,
@@ -13,6 +16,10 @@ use std::{
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 pub(super) struct OneSend<I>(pub I);
+
+/// Up to this many bytes in several buffers are joined into one write:
+/// a response head and a small body, a few TLS records.
+const JOINED: usize = 4096;
 
 impl<I: AsyncRead + Unpin> AsyncRead for OneSend<I> {
     fn poll_read(
@@ -33,8 +40,10 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for OneSend<I> {
         Pin::new(&mut self.get_mut().0).poll_write(cx, buf)
     }
 
-    /// One buffer with bytes: a plain write. Several: still one vectored
-    /// write (one syscall for many records beats one each).
+    /// One buffer with bytes: a plain write of it. Several of at most
+    /// [`JOINED`] bytes in all: joined, a plain write. More: the vectored
+    /// write as asked. Whatever the write takes is counted from the first
+    /// buffer on, as a vectored write counts it.
     fn poll_write_vectored(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -42,10 +51,15 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for OneSend<I> {
     ) -> Poll<io::Result<usize>> {
         let io = &mut self.get_mut().0;
         let mut full = bufs.iter().filter(|buf| !buf.is_empty());
-        if let (Some(only), None) = (full.next(), full.next()) {
-            return Pin::new(io).poll_write(cx, only);
+        match (full.next(), full.next()) {
+            (Some(only), None) => Pin::new(io).poll_write(cx, only),
+            (Some(_), Some(_)) if fits(bufs) => {
+                let mut joined = Vec::with_capacity(JOINED);
+                bufs.iter().for_each(|buf| joined.extend_from_slice(buf));
+                Pin::new(io).poll_write(cx, &joined)
+            }
+            _ => Pin::new(io).poll_write_vectored(cx, bufs),
         }
-        Pin::new(io).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -61,6 +75,15 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for OneSend<I> {
     }
 }
 
+/// Whether `bufs` hold at most [`JOINED`] bytes in all.
+fn fits(bufs: &[io::IoSlice<'_>]) -> bool {
+    let mut total = 0usize;
+    bufs.iter().all(|buf| {
+        total = total.saturating_add(buf.len());
+        total <= JOINED
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use std::io::IoSlice;
@@ -69,10 +92,12 @@ mod tests {
 
     use super::*;
 
-    /// Records which write each call was, and the bytes written.
+    /// Records which write each call was, and the bytes written; takes
+    /// at most `take` bytes a write when set.
     #[derive(Default)]
     struct Recorder {
         calls: Vec<(&'static str, Vec<u8>)>,
+        take: Option<usize>,
     }
 
     impl AsyncWrite for Recorder {
@@ -81,8 +106,10 @@ mod tests {
             _: &mut Context<'_>,
             buf: &[u8],
         ) -> Poll<io::Result<usize>> {
-            self.get_mut().calls.push(("write", buf.to_vec()));
-            Poll::Ready(Ok(buf.len()))
+            let this = self.get_mut();
+            let len = this.take.map_or(buf.len(), |take| take.min(buf.len()));
+            this.calls.push(("write", buf[..len].to_vec()));
+            Poll::Ready(Ok(len))
         }
 
         fn poll_write_vectored(
@@ -110,10 +137,11 @@ mod tests {
     }
 
     /// One buffer with bytes (empty ones around it or not) is a plain
-    /// write of exactly it; two or more stay one vectored write; every
-    /// byte arrives, in order.
+    /// write of exactly it; several small ones are joined into one plain
+    /// write, up to `JOINED` bytes in all; more stay one vectored write.
+    /// Every byte arrives, in order.
     #[tokio::test]
-    async fn one_buffer_is_a_plain_write_and_more_stay_vectored() {
+    async fn small_writes_are_plain_and_large_ones_stay_vectored() {
         let mut io = OneSend(Recorder::default());
         assert!(io.is_write_vectored());
         let record = b"one record".as_slice();
@@ -121,20 +149,57 @@ mod tests {
         assert_eq!(written, record.len());
         let around = [IoSlice::new(b""), IoSlice::new(record), IoSlice::new(b"")];
         assert_eq!(io.write_vectored(&around).await.unwrap(), record.len());
-        let two = [IoSlice::new(b"first "), IoSlice::new(b"second")];
-        assert_eq!(io.write_vectored(&two).await.unwrap(), 12);
+        let two = [
+            IoSlice::new(b"head "),
+            IoSlice::new(b""),
+            IoSlice::new(b"body"),
+        ];
+        assert_eq!(io.write_vectored(&two).await.unwrap(), 9);
+        let (half, rest) = (vec![b'a'; JOINED / 2], vec![b'b'; JOINED - JOINED / 2]);
+        let full = [IoSlice::new(&half), IoSlice::new(&rest)];
+        assert_eq!(io.write_vectored(&full).await.unwrap(), JOINED);
+        let over = [IoSlice::new(&half), IoSlice::new(&rest), IoSlice::new(b"c")];
+        assert_eq!(io.write_vectored(&over).await.unwrap(), JOINED + 1);
         io.write_all(b"plain").await.unwrap();
-        let calls: Vec<(&str, &[u8])> = (io.0.calls.iter())
-            .map(|(kind, bytes)| (*kind, bytes.as_slice()))
+        let kinds: Vec<(&str, usize)> = (io.0.calls.iter())
+            .map(|(kind, bytes)| (*kind, bytes.len()))
             .collect();
         assert_eq!(
-            calls,
+            kinds,
             [
-                ("write", record),
-                ("write", record),
-                ("vectored", b"first second".as_slice()),
-                ("write", b"plain".as_slice()),
+                ("write", 10),
+                ("write", 10),
+                ("write", 9),
+                ("write", JOINED),
+                ("vectored", JOINED + 1),
+                ("write", 5),
             ]
         );
+        let all: Vec<u8> = (io.0.calls.iter()).flat_map(|(_, b)| b.clone()).collect();
+        let expected = [
+            record,
+            record,
+            b"head body",
+            &half,
+            &rest,
+            &half,
+            &rest,
+            b"c",
+            b"plain",
+        ];
+        assert_eq!(all, expected.concat());
+    }
+
+    /// A joined write the socket takes only part of reports that part,
+    /// counted from the first buffer: the caller sends the rest again.
+    #[tokio::test]
+    async fn a_short_joined_write_counts_from_the_first_buffer() {
+        let mut io = OneSend(Recorder {
+            take: Some(7),
+            ..Recorder::default()
+        });
+        let two = [IoSlice::new(b"head "), IoSlice::new(b"body")];
+        assert_eq!(io.write_vectored(&two).await.unwrap(), 7);
+        assert_eq!(io.0.calls, [("write", b"head bo".to_vec())]);
     }
 }

@@ -195,12 +195,9 @@ impl Gateway {
         builder
             .timer(TokioTimer::new())
             .header_read_timeout(self.limits.request_timeout)
-            .max_buf_size(self.max_head())
-            // One `send` of head and body flattened, not `writev`: the
-            // kernel's vectored path (fdget_pos, vfs, the iovec copy) cost
-            // more than copying a small body; about 2% of CPU a response.
-            .writev(false);
-        let io = TokioIo::new(ParkIo::new(io, activity.clone()));
+            .max_buf_size(self.max_head());
+        // A small response goes out in one `send` (see `OneSend`).
+        let io = TokioIo::new(ParkIo::new(OneSend(io), activity.clone()));
         let mut connection = builder.serve_connection(io, service).with_upgrades();
         let park_after = Some(self.limits.park_idle_after).filter(|after| !after.is_zero());
         let graceful = |c: Pin<&mut _>| {
@@ -221,7 +218,7 @@ impl Gateway {
         let (Ended::Done(Ok(())), Some(parts)) = (ended, connection.into_parts()) else {
             return None;
         };
-        let (unread, stream) = parts.io.into_inner().resumable()?.into_parts();
+        let (unread, stream) = parts.io.into_inner().resumable()?.0.into_parts();
         let mut head = parts.read_buf.to_vec();
         head.extend_from_slice(&unread);
         Some((stream, head))
