@@ -102,7 +102,11 @@ const HISTORY: &str = "History (proxied 200 / 429, gateway instructions per requ
     44,882; tracestate in the identity pass: 44,694; hyper's upstream exchange boxed (2.6 KB less \
     future per request): 44,355 / 28,465. The release build profile-guided (`xtask/src/pgo/`: \
     an instrumented build trained on HTTP/1.1, TLS, h2, JWT, 401 and 429 traffic, the real build \
-    laid out by its profile; same source): 44,347 / 28,476 -> 36,015 / 22,776.";
+    laid out by its profile; same source): 44,347 / 28,476 -> 36,015 / 22,776. Then (PGO builds, \
+    this bench's upstream) the phases' one clock read, a response's `Connection` consumed by the \
+    parser (-723 on a build without PGO) and the upstream's `Upgrade` read on a 101 only (-126 \
+    likewise): 35,286 / 22,740. (Responses leaving in one `send` instead of `writev` cut kernel \
+    time, which callgrind does not count.)";
 
 /// Both paths for both proxies, printed as they are measured, then as a
 /// table; recorded in bench/RESULTS.md unless `record` is false (a
