@@ -53,11 +53,14 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for OneSend<I> {
         let mut full = bufs.iter().filter(|buf| !buf.is_empty());
         match (full.next(), full.next()) {
             (Some(only), None) => Pin::new(io).poll_write(cx, only),
-            (Some(_), Some(_)) if fits(bufs) => {
-                let mut joined = Vec::with_capacity(JOINED);
-                bufs.iter().for_each(|buf| joined.extend_from_slice(buf));
-                Pin::new(io).poll_write(cx, &joined)
-            }
+            (Some(_), Some(_)) => match joined_len(bufs) {
+                Some(len) => {
+                    let mut joined = Vec::with_capacity(len);
+                    bufs.iter().for_each(|buf| joined.extend_from_slice(buf));
+                    Pin::new(io).poll_write(cx, &joined)
+                }
+                None => Pin::new(io).poll_write_vectored(cx, bufs),
+            },
             _ => Pin::new(io).poll_write_vectored(cx, bufs),
         }
     }
@@ -75,12 +78,11 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for OneSend<I> {
     }
 }
 
-/// Whether `bufs` hold at most [`JOINED`] bytes in all.
-fn fits(bufs: &[io::IoSlice<'_>]) -> bool {
-    let mut total = 0usize;
-    bufs.iter().all(|buf| {
-        total = total.saturating_add(buf.len());
-        total <= JOINED
+/// The bytes `bufs` hold in all, if at most [`JOINED`]: the joined
+/// buffer is sized to them, not to the bound.
+fn joined_len(bufs: &[io::IoSlice<'_>]) -> Option<usize> {
+    (bufs.iter()).try_fold(0usize, |total, buf| {
+        Some(total.saturating_add(buf.len())).filter(|total| *total <= JOINED)
     })
 }
 
