@@ -306,6 +306,43 @@ fn keys_created_while_running_take_effect_and_logs_hold_no_keys() {
     );
 }
 
+/// A client may shut its sending side once its request is out (RFC 9112,
+/// 9.6 allows it): the request is still served once, and the answer comes
+/// back on the half-closed connection. The upstream is slow, so the FIN
+/// arrives while the request is in flight.
+#[test]
+fn a_client_that_half_closes_after_its_request_still_gets_the_answer() {
+    use std::io::{Read, Write};
+    let upstream = FakeUpstream::start(Some(Duration::from_millis(300)));
+    let (gateway, key) = started(&upstream);
+    for (target, body) in [("/api/get", ""), ("/api/post", "twelve bytes")] {
+        let mut stream = std::net::TcpStream::connect(gateway.addr).unwrap();
+        let method = if body.is_empty() { "GET" } else { "POST" };
+        write!(
+            stream,
+            "{method} {target} HTTP/1.1\r\nhost: x\r\nx-api-key: {key}\r\n\
+             content-length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        stream.shutdown(std::net::Shutdown::Write).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut answer = Vec::new();
+        stream.read_to_end(&mut answer).unwrap();
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with("HTTP/1.1 200 "), "{target}: {answer}");
+        assert!(answer.ends_with("upstream-ok"), "{target}: {answer}");
+        let seen: Vec<_> = (upstream.requests().into_iter())
+            .filter(|seen| seen.target == target)
+            .collect();
+        assert_eq!(seen.len(), 1, "{target}: {seen:?}");
+        assert_eq!(seen[0].method, method);
+        assert_eq!(seen[0].header("x-api-key"), None);
+    }
+}
+
 #[test]
 fn dead_upstream_is_502_then_503_and_slow_upstream_is_504() {
     // A port that was free a moment ago: nothing listens there.

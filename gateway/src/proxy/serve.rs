@@ -35,6 +35,15 @@ use super::{
 };
 use crate::clock::monotonic_ns;
 
+/// hyper does not read the client's socket while a request is in flight
+/// (HTTP/1). A client that half-closes after its request still gets its
+/// response (as HAProxy's default), and hyper's read buffer is not
+/// replaced per request: its look for an early EOF reserved a fresh 8 KiB
+/// buffer while the request's head still held the old one. A client that
+/// leaves is noticed when its response is written; until then its request
+/// holds its connection slot, as a connected client's would.
+const HALF_CLOSE: bool = true;
+
 impl Current {
     /// Accepts connections until `shutdown` turns true (or the task is
     /// aborted: a reload removed the listener); with `tls`, each
@@ -195,6 +204,7 @@ impl Gateway {
         builder
             .timer(TokioTimer::new())
             .header_read_timeout(self.limits.request_timeout)
+            .half_close(HALF_CLOSE)
             .max_buf_size(self.max_head());
         // A small response goes out in one `send` (see `OneSend`).
         let io = TokioIo::new(ParkIo::new(OneSend(io), activity.clone()));
@@ -270,6 +280,7 @@ impl Gateway {
             .http1()
             .timer(TokioTimer::new())
             .header_read_timeout(self.limits.request_timeout)
+            .half_close(HALF_CLOSE)
             .max_buf_size(max_buf);
         builder
             .http2()
