@@ -233,3 +233,47 @@ fn a_drain_closes_parked_connections_at_once() {
     assert!(rest.is_empty(), "answered after the drain: {rest:?}");
     assert_eq!(upstream.requests().len(), 1);
 }
+
+/// Unparked, hyper reads every later head under `limits.request_timeout`,
+/// timed from the answer before it: a client pausing under the timeout
+/// between requests is served however long the connection lives, and a
+/// head that stalls is closed unanswered, never forwarded.
+#[test]
+fn unparked_each_later_head_gets_the_whole_timeout_and_a_stalled_one_is_closed() {
+    let upstream = FakeUpstream::start(None);
+    let text =
+        config(upstream.addr, "0s").replace("[limits]\n", "[limits]\nrequest_timeout = \"1s\"\n");
+    let gateway = Gateway::builder(&text).start();
+    let mut client = connect(&gateway);
+    // Four requests 600 ms apart: 1.8 s on one connection, more than the
+    // timeout, each head within it of the answer before.
+    for round in 0..4 {
+        if round > 0 {
+            pause(Duration::from_millis(600));
+        }
+        send(
+            &mut client,
+            format!("GET /kept/{round} HTTP/1.1\r\nHost: a\r\n\r\n").as_bytes(),
+        );
+        assert_eq!(
+            response(&mut client),
+            (200, "upstream-ok".into()),
+            "round {round}"
+        );
+    }
+    send(&mut client, b"GET /stalled HTTP/1.1\r\nHost: a\r\n");
+    let mut rest = Vec::new();
+    let closed = client.read_to_end(&mut rest);
+    assert!(
+        closed.is_ok(),
+        "the stalled head's connection stayed open: {closed:?}"
+    );
+    assert!(rest.is_empty(), "answered a half head: {rest:?}");
+    let targets: Vec<String> = upstream
+        .requests()
+        .into_iter()
+        .map(|seen| seen.target)
+        .collect();
+    assert_eq!(targets, ["/kept/0", "/kept/1", "/kept/2", "/kept/3"]);
+    assert_eq!(gateway.metric("gateway_connections_parked_total"), Some(0));
+}

@@ -37,6 +37,8 @@ mod context;
 mod direct;
 mod drain;
 mod first_head;
+mod flagged;
+mod head_timer;
 mod identity;
 mod one_send;
 mod park;

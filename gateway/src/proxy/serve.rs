@@ -9,8 +9,13 @@
 //! loop ends and every connection (and WebSocket tunnel) drains (see
 //! [`super::drain`]).
 use std::{
-    convert::Infallible, future::Future, net::SocketAddr, pin::Pin, sync::Arc, time::Duration,
-    time::Instant,
+    convert::Infallible,
+    future::Future,
+    net::SocketAddr,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+    time::{Duration, Instant},
 };
 
 use hyper::body::{Body as _, Incoming};
@@ -28,6 +33,8 @@ use super::{
     drain,
     drain::OpenConnections,
     first_head,
+    flagged::Flagged,
+    head_timer::HeadTimer,
     one_send::OneSend,
     park::ParkIo,
     workers::TlsSlot,
@@ -202,7 +209,7 @@ impl Gateway {
         );
         let mut builder = hyper::server::conn::http1::Builder::new();
         builder
-            .timer(TokioTimer::new())
+            .timer(HeadTimer::default())
             .header_read_timeout(self.limits.request_timeout)
             .half_close(HALF_CLOSE)
             .max_buf_size(self.max_head());
@@ -278,7 +285,7 @@ impl Gateway {
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder
             .http1()
-            .timer(TokioTimer::new())
+            .timer(HeadTimer::default())
             .header_read_timeout(self.limits.request_timeout)
             .half_close(HALF_CLOSE)
             .max_buf_size(max_buf);
@@ -318,15 +325,38 @@ impl Gateway {
         let mut ticker = tokio::time::interval(period);
         let mut closing_since: Option<Instant> = None;
         let mut draining = false;
+        let mut changed = std::pin::pin!(shutdown.changed());
+        // The side futures are polled only when they woke the task.
+        let (mut ticked, mut signalled) = (Flagged::default(), Flagged::default());
         loop {
-            tokio::select! {
-                result = connection.as_mut() => return Ended::Done(result),
-                _ = shutdown.changed(), if !draining => {
+            let event = std::future::poll_fn(|cx| {
+                if let Poll::Ready(result) = connection.as_mut().poll(cx) {
+                    return Poll::Ready(Event::Done(result));
+                }
+                if let Some(waker) = signalled.due(cx.waker()).filter(|_| !draining) {
+                    let mut side = Context::from_waker(waker);
+                    if changed.as_mut().poll(&mut side).is_ready() {
+                        return Poll::Ready(Event::Shutdown);
+                    }
+                }
+                if let Some(waker) = ticked.due(cx.waker()) {
+                    if ticker.poll_tick(&mut Context::from_waker(waker)).is_ready() {
+                        ticked.again();
+                        return Poll::Ready(Event::Tick);
+                    }
+                }
+                Poll::Pending
+            })
+            .await;
+            match event {
+                Event::Done(result) => return Ended::Done(result),
+                Event::Shutdown => {
                     draining = true;
                     activity.set_draining(true);
                     ticker = tokio::time::interval(drain::TICK);
+                    ticked.again();
                 }
-                _ = ticker.tick() => match closing_since {
+                Event::Tick => match closing_since {
                     Some(since) if since.elapsed() >= header_timeout => return Ended::Dropped,
                     Some(_) => {}
                     // Draining: HTTP/2 gets GOAWAY at once (its streams
@@ -341,7 +371,8 @@ impl Gateway {
                         closing_since = Some(Instant::now());
                     }
                     None if !draining
-                        && park_after.is_some_and(|after| activity.may_park(after, monotonic_ns())) =>
+                        && park_after
+                            .is_some_and(|after| activity.may_park(after, monotonic_ns())) =>
                     {
                         activity.set_parking(true);
                         graceful(connection.as_mut());
@@ -352,6 +383,13 @@ impl Gateway {
             }
         }
     }
+}
+
+/// What woke [`Gateway::drive`]'s loop.
+enum Event<E> {
+    Done(Result<(), E>),
+    Shutdown,
+    Tick,
 }
 
 /// The service hyper calls per request: the gateway current when the
