@@ -31,7 +31,8 @@ impl hyper::rt::Timer for HeadTimer {
         })
     }
 
-    /// tokio's clock, as hyper-util's `TokioTimer` (paused in tests).
+    /// tokio's clock, as hyper-util's `TokioTimer` reads it (a paused
+    /// runtime's own, where one is paused).
     fn now(&self) -> Instant {
         tokio::time::Instant::now().into_std()
     }
