@@ -2,35 +2,61 @@
 //! body `Decoder`, as `proxy::direct` reads them: never a panic, a head is
 //! split off whole, and the body decodes to the same data, trailers and
 //! error whether its bytes come at once or a few at a time (the first
-//! input byte picks how many, and whether the request was a HEAD).
+//! input byte picks how many, and whether the request was a HEAD). The
+//! same bytes parsed again with the field names the connection remembers
+//! from the first time give the same head.
 #![no_main]
 
 use bytes::BytesMut;
-use gateway::h1::{parse_response_head, Decoder, Framing, H1Error, Head, Step};
-use http::HeaderMap;
+use gateway::h1::{parse_response_head, Decoder, Framing, H1Error, Head, Names, ResponseHead, Step};
+use http::{HeaderMap, StatusCode, Version};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let Some((&pick, data)) = data.split_first() else {
         return;
     };
-    let mut buf = BytesMut::from(data);
-    let head = loop {
-        let before = buf.len();
-        match parse_response_head(&mut buf, pick & 1 == 1) {
-            Ok(Some(Head::Informational)) => assert!(buf.len() < before, "an empty head"),
-            Ok(Some(Head::Final(head))) => {
-                assert!(buf.len() < before, "an empty head");
-                break head;
-            }
-            _ => return,
-        }
+    let head_request = pick & 1 == 1;
+    let mut names = Names::default();
+    let first = final_head(data, head_request, &mut names);
+    let again = final_head(data, head_request, &mut names);
+    assert_eq!(
+        first.as_ref().map(|(head, rest)| (seen(head), rest.clone())),
+        again.as_ref().map(|(head, rest)| (seen(head), rest.clone())),
+        "parsed again with remembered names"
+    );
+    let Some((head, buf)) = first else {
+        return;
     };
     let body = buf.freeze();
     let whole = decode(head.framing, &body, body.len().max(1));
     let step = usize::from(pick >> 1).max(1);
     assert_eq!(whole, decode(head.framing, &body, step), "step {step}");
 });
+
+/// The final head at the start of `data` (informational ones skipped),
+/// and the bytes after it.
+fn final_head(data: &[u8], head_request: bool, names: &mut Names) -> Option<(ResponseHead, BytesMut)> {
+    let mut buf = BytesMut::from(data);
+    loop {
+        let before = buf.len();
+        match parse_response_head(&mut buf, head_request, names) {
+            Ok(Some(Head::Informational)) => assert!(buf.len() < before, "an empty head"),
+            Ok(Some(Head::Final(head))) => {
+                assert!(buf.len() < before, "an empty head");
+                return Some((head, buf));
+            }
+            _ => return None,
+        }
+    }
+}
+
+/// What a head says, comparable.
+fn seen(head: &ResponseHead) -> (StatusCode, Version, HeaderMap, Framing, bool) {
+    let response = &head.response;
+    let (status, version) = (response.status(), response.version());
+    (status, version, response.headers().clone(), head.framing, head.keep_alive)
+}
 
 type Decoded = Result<(Vec<u8>, Option<HeaderMap>), H1Error>;
 

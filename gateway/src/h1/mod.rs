@@ -7,12 +7,14 @@
 //! lengths, `Transfer-Encoding` beside `Content-Length` or in HTTP/1.0,
 //! `chunked` applied twice.
 mod body;
+mod names;
 
 use bytes::BytesMut;
 use http::{header, HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, Version};
 use hyper::ext::ReasonPhrase;
 
 pub use body::{Decoder, Step};
+pub use names::Names;
 
 /// Header fields a response head may carry (hyper's default too).
 pub const MAX_HEADERS: usize = 100;
@@ -121,10 +123,12 @@ pub fn write_field(out: &mut Vec<u8>, name: &str, value: &[u8]) {
 /// Parses a response head at the start of `buf`; once complete, splits it
 /// off (the body's bytes stay). `None`: more bytes are needed.
 /// `head_request`: the request was a HEAD (its response has no body
-/// whatever it says).
+/// whatever it says). `names`: the connection's last response's field
+/// names, reused where spelled the same.
 pub fn parse_response_head(
     buf: &mut BytesMut,
     head_request: bool,
+    names: &mut Names,
 ) -> Result<Option<Head>, H1Error> {
     let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut parsed = httparse::Response::new(&mut fields);
@@ -156,9 +160,9 @@ pub fn parse_response_head(
     let start = buf.as_ptr() as usize;
     let mut spans = Vec::with_capacity(parsed.headers.len());
     let mut connection = Connection::default();
-    for field in parsed.headers.iter() {
-        let name = HeaderName::from_bytes(field.name.as_bytes())
-            .map_err(|_| H1Error::Malformed(httparse::Error::HeaderName))?;
+    for (at, field) in parsed.headers.iter().enumerate() {
+        let name = (names.name(at, field.name.as_bytes()))
+            .ok_or(H1Error::Malformed(httparse::Error::HeaderName))?;
         if name == header::CONNECTION {
             connection.read(field.value);
         }

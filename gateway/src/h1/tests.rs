@@ -4,13 +4,17 @@ use http::{Method, Request, StatusCode};
 use super::*;
 
 fn parse(text: &[u8], head_request: bool) -> Result<Option<Head>, H1Error> {
-    parse_response_head(&mut BytesMut::from(text), head_request)
+    parse_response_head(
+        &mut BytesMut::from(text),
+        head_request,
+        &mut Names::default(),
+    )
 }
 
 /// The final head of `text`, and the bytes left after it.
 fn head(text: &[u8]) -> (ResponseHead, BytesMut) {
     let mut buf = BytesMut::from(text);
-    match parse_response_head(&mut buf, false) {
+    match parse_response_head(&mut buf, false, &mut Names::default()) {
         Ok(Some(Head::Final(head))) => (head, buf),
         other => panic!("{other:?}"),
     }
@@ -139,7 +143,7 @@ fn informational_heads_are_skipped_and_an_unasked_101_refused() {
     let mut buf =
         BytesMut::from(&b"HTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\nHTTP/1.1 200 OK\r\n"[..]);
     assert!(matches!(
-        parse_response_head(&mut buf, false),
+        parse_response_head(&mut buf, false, &mut Names::default()),
         Ok(Some(Head::Informational))
     ));
     assert_eq!(&buf[..], b"HTTP/1.1 200 OK\r\n");

@@ -67,6 +67,8 @@ pub enum DirectError {
 pub struct Conn {
     stream: TcpStream,
     buf: BytesMut,
+    // Boxed: a `Conn` moves in and out of the pool per request.
+    names: Box<h1::Names>,
 }
 
 /// This thread's idle connections per server (most recently used last),
@@ -151,7 +153,7 @@ async fn exchange(
     loop {
         if !conn.buf.is_empty() {
             answered = true;
-            match h1::parse_response_head(&mut conn.buf, head_request)? {
+            match h1::parse_response_head(&mut conn.buf, head_request, &mut conn.names)? {
                 Some(Head::Final(head)) => return Ok(head),
                 Some(Head::Informational) => continue,
                 None => {}
@@ -198,6 +200,7 @@ async fn fresh(addr: SocketAddr, timeout: Duration) -> Result<Conn, DirectError>
     Ok(Conn {
         stream,
         buf: BytesMut::with_capacity(READ_CHUNK),
+        names: Box::default(),
     })
 }
 

@@ -51,10 +51,12 @@ const LATENCY_FRACTION: f64 = 0.5;
 const LATENCY_CONNECTIONS: usize = 32;
 
 /// `unpinned`: everything shares every CPU (see [`CpuPlan::unpinned`]),
-/// recorded in its own section.
+/// recorded in its own section. With `GATEWAY_BIN` (another build, to
+/// compare) the figures are printed, not recorded.
 pub(super) fn run(rounds: usize, seconds: u32, unpinned: bool) -> Result<()> {
     ensure_packages()?;
-    let gateway_bin = crate::build(true)?;
+    let record = std::env::var_os("GATEWAY_BIN").is_none();
+    let gateway_bin = gateway_bin()?;
     // The open-loop generator runs from a release build of this program.
     crate::run_cmd(crate::cargo(None).args(["build", "--release", "--package", "xtask"]))?;
     let dir = scratch::dir("gateway-bench-proxy-")?;
@@ -62,7 +64,14 @@ pub(super) fn run(rounds: usize, seconds: u32, unpinned: bool) -> Result<()> {
         false => (CpuPlan::new(), Section::PINNED),
         true => (CpuPlan::unpinned(), Section::UNPINNED),
     };
-    bench(&gateway_bin, dir.path(), (rounds, seconds), &cpus, section)
+    let report = bench(&gateway_bin, dir.path(), (rounds, seconds), &cpus, &section)?;
+    match record {
+        true => results::record(section.name, &report),
+        false => {
+            println!("GATEWAY_BIN given: bench/RESULTS.md left as it is");
+            Ok(())
+        }
+    }
 }
 
 /// `bench proxy --callgrind`: instructions per request (see [`callgrind`])
@@ -107,13 +116,14 @@ impl Section {
     };
 }
 
+/// The three workloads; returns the section's text.
 fn bench(
     gateway_bin: &Path,
     dir: &Path,
     (rounds, seconds): (usize, u32),
     cpus: &CpuPlan,
-    section: Section,
-) -> Result<()> {
+    section: &Section,
+) -> Result<String> {
     let load_before = load_average();
     let setup = Setup::start(gateway_bin, dir, cpus, PER_KEY_RATE)?;
     let script = closedloop::script(dir, &setup.keys_file)?;
@@ -187,10 +197,7 @@ fn bench(
     for note in &notes {
         println!("note: {note}");
     }
-    results::record(
-        section.name,
-        &report.markdown(section.title, &intro, &notes),
-    )
+    Ok(report.markdown(section.title, &intro, &notes))
 }
 
 /// Workload 2: open-loop latency at `rate` requests/s against each peer.
