@@ -68,6 +68,11 @@ pub fn normalize(raw_path: &str) -> Result<Cow<'_, str>, PathError> {
     if is_normal(raw_path) {
         return Ok(Cow::Borrowed(raw_path));
     }
+    normalize_segments(raw_path)
+}
+
+/// [`normalize`] segment by segment, for what [`is_normal`] did not pass.
+fn normalize_segments(raw_path: &str) -> Result<Cow<'_, str>, PathError> {
     let mut out = String::with_capacity(raw_path.len());
     let mut segments = raw_path[1..].split('/').peekable();
     // Whether the result ends with '/': its last segment was empty or a dot-segment.
@@ -103,20 +108,31 @@ pub fn normalize(raw_path: &str) -> Result<Cow<'_, str>, PathError> {
 
 /// Whether `path` (starting with '/') is already in normal form: only
 /// plain path bytes, no '%', no empty segment but the last, no dot-segment.
-/// A `false` only means the slow path decides.
+/// A `false` only means the slow path decides. One pass over the bytes:
+/// most requests' paths end here.
 fn is_normal(path: &str) -> bool {
-    let mut segments = path[1..].split('/').peekable();
-    while let Some(segment) = segments.next() {
-        let inner_empty = segment.is_empty() && segments.peek().is_some();
-        if inner_empty
-            || matches!(segment, "." | "..")
-            || is_dot_with_parameters(segment)
-            || !segment.bytes().all(is_path_byte)
-        {
-            return false;
+    let bytes = path.as_bytes();
+    let mut start = 1;
+    for at in 1..=bytes.len() {
+        match bytes.get(at) {
+            Some(b'/') | None => {
+                let segment = bytes.get(start..at).unwrap_or_default();
+                let inner_empty = segment.is_empty() && at < bytes.len();
+                if inner_empty || is_dot_segment(segment) {
+                    return false;
+                }
+                start = at + 1;
+            }
+            Some(&byte) if !is_path_byte(byte) => return false,
+            Some(_) => {}
         }
     }
     true
+}
+
+/// `.` or `..`, with or without parameters (`.;x`, `..;x`: Tomcat, Jetty).
+fn is_dot_segment(segment: &[u8]) -> bool {
+    matches!(segment, b"." | b"..") || segment.starts_with(b".;") || segment.starts_with(b"..;")
 }
 
 /// `.;x` or `..;x`: a dot-segment with parameters (Tomcat, Jetty).
@@ -126,8 +142,26 @@ fn is_dot_with_parameters(segment: &str) -> bool {
 
 /// RFC 3986 `pchar` minus `%`: unreserved, sub-delims, `:` and `@`.
 fn is_path_byte(byte: u8) -> bool {
-    byte.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@".contains(&byte)
+    PATH_BYTES[usize::from(byte)]
 }
+
+/// [`is_path_byte`]'s answers, one per byte value.
+const PATH_BYTES: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut byte = 0;
+    while byte < 256 {
+        let b = byte as u8;
+        table[byte] = b.is_ascii_alphanumeric()
+            || matches!(b, b'-' | b'.' | b'_' | b'~')
+            || matches!(
+                b,
+                b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+' | b',' | b';' | b'='
+            )
+            || matches!(b, b':' | b'@');
+        byte += 1;
+    }
+    table
+};
 
 /// One segment with unreserved characters decoded and the other
 /// percent-encodings' hex in upper case; refuses what [`normalize`] refuses.
@@ -187,6 +221,56 @@ fn hex(digit: u8) -> Result<u8, PathError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every path of up to 7 bytes after its '/' over bytes that make
+    /// segments, dot-segments, parameters, encodings and refusals: the
+    /// one-pass check says what a segment-by-segment one says, and a path
+    /// it passes is what the slow path makes of it.
+    #[test]
+    fn the_fast_check_agrees_with_segments_and_the_slow_path() {
+        fn by_segments(path: &str) -> bool {
+            let mut segments = path[1..].split('/').peekable();
+            while let Some(segment) = segments.next() {
+                let inner_empty = segment.is_empty() && segments.peek().is_some();
+                if inner_empty
+                    || matches!(segment, "." | "..")
+                    || is_dot_with_parameters(segment)
+                    || !segment
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@".contains(&b))
+                {
+                    return false;
+                }
+            }
+            true
+        }
+        const ALPHABET: &[u8] = b"/.;a%\\~";
+        let mut path = String::from("/");
+        let mut checked = 0;
+        fn each(path: &mut String, left: usize, checked: &mut usize) {
+            let fast = is_normal(path);
+            assert_eq!(fast, by_segments(path), "{path:?}");
+            if fast {
+                let slow = normalize_segments(path);
+                assert_eq!(slow.as_deref(), Ok(path.as_str()), "{path:?}");
+            }
+            *checked += 1;
+            if left == 0 {
+                return;
+            }
+            for &byte in ALPHABET {
+                path.push(char::from(byte));
+                each(path, left - 1, checked);
+                path.pop();
+            }
+        }
+        each(&mut path, 7, &mut checked);
+        assert!(checked > 900_000, "{checked}");
+        for byte in 0..=255u8 {
+            let old = byte.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@".contains(&byte);
+            assert_eq!(is_path_byte(byte), old, "{byte}");
+        }
+    }
 
     #[test]
     fn normal_forms() {

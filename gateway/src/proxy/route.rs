@@ -75,13 +75,14 @@ impl RouteTable {
     /// `host` may carry a port; it is ignored for matching. `path` is
     /// normalised.
     pub fn find(&self, host: Option<&str>, path: &str) -> Option<&Route> {
-        let host = host.map(|h| host_without_port(h).to_ascii_lowercase());
+        // Routes keep their hosts in lower case: compared without a
+        // lower-cased copy of the request's per request, and not looked
+        // at by routes for any host.
         self.routes.iter().find(|route| {
             is_under(path, &route.prefix)
-                && route
-                    .host
-                    .as_ref()
-                    .is_none_or(|want| host.as_deref() == Some(want.as_str()))
+                && (route.host.as_ref()).is_none_or(|want| {
+                    host.is_some_and(|host| host_without_port(host).eq_ignore_ascii_case(want))
+                })
         })
     }
 }
@@ -158,6 +159,16 @@ mod tests {
         assert_eq!(find(None, "/api/x"), Some("api"));
         assert_eq!(find(Some("example.com:8080"), "/api/x"), Some("example"));
         assert_eq!(find(Some("other.org"), "/api/x"), Some("api"));
+        // Hosts compare without case, and only whole.
+        assert_eq!(find(Some("EXAMPLE.Com"), "/api/x"), Some("example"));
+        for near in [
+            "example.co",
+            "example.com.",
+            "xexample.com",
+            "example.com:x",
+        ] {
+            assert_eq!(find(Some(near), "/api/x"), Some("api"), "{near}");
+        }
         assert_eq!(find(None, "/other"), Some("root"));
         assert_eq!(host_without_port("[::1]:80"), "[::1]");
         let no_root = RouteTable::new(&[route(None, "/api/", "api")]);
