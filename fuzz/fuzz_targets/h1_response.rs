@@ -8,7 +8,9 @@
 #![no_main]
 
 use bytes::BytesMut;
-use gateway::h1::{parse_response_head, Decoder, Framing, H1Error, Head, Names, ResponseHead, Step};
+use gateway::h1::{
+    parse_response_head, Decoder, Framing, H1Error, Head, Names, ResponseHead, Step,
+};
 use http::{HeaderMap, StatusCode, Version};
 use libfuzzer_sys::fuzz_target;
 
@@ -21,8 +23,12 @@ fuzz_target!(|data: &[u8]| {
     let first = final_head(data, head_request, &mut names);
     let again = final_head(data, head_request, &mut names);
     assert_eq!(
-        first.as_ref().map(|(head, rest)| (seen(head), rest.clone())),
-        again.as_ref().map(|(head, rest)| (seen(head), rest.clone())),
+        first
+            .as_ref()
+            .map(|(head, rest)| (seen(head), rest.clone())),
+        again
+            .as_ref()
+            .map(|(head, rest)| (seen(head), rest.clone())),
         "parsed again with remembered names"
     );
     let Some((head, buf)) = first else {
@@ -36,7 +42,11 @@ fuzz_target!(|data: &[u8]| {
 
 /// The final head at the start of `data` (informational ones skipped),
 /// and the bytes after it.
-fn final_head(data: &[u8], head_request: bool, names: &mut Names) -> Option<(ResponseHead, BytesMut)> {
+fn final_head(
+    data: &[u8],
+    head_request: bool,
+    names: &mut Names,
+) -> Option<(ResponseHead, BytesMut)> {
     let mut buf = BytesMut::from(data);
     loop {
         let before = buf.len();
@@ -55,7 +65,13 @@ fn final_head(data: &[u8], head_request: bool, names: &mut Names) -> Option<(Res
 fn seen(head: &ResponseHead) -> (StatusCode, Version, HeaderMap, Framing, bool) {
     let response = &head.response;
     let (status, version) = (response.status(), response.version());
-    (status, version, response.headers().clone(), head.framing, head.keep_alive)
+    (
+        status,
+        version,
+        response.headers().clone(),
+        head.framing,
+        head.keep_alive,
+    )
 }
 
 type Decoded = Result<(Vec<u8>, Option<HeaderMap>), H1Error>;
