@@ -4,7 +4,9 @@
 //! error whether its bytes come at once or a few at a time (the first
 //! input byte picks how many, and whether the request was a HEAD). The
 //! same bytes parsed again with the field names the connection remembers
-//! from the first time give the same head.
+//! from the first time give the same head, and so does a response parsed
+//! after another one (the input's first half) as parsed on a fresh
+//! connection.
 #![no_main]
 
 use bytes::BytesMut;
@@ -30,6 +32,16 @@ fuzz_target!(|data: &[u8]| {
             .as_ref()
             .map(|(head, rest)| (seen(head), rest.clone())),
         "parsed again with remembered names"
+    );
+    let (before, after) = data.split_at(data.len() / 2);
+    let mut primed = Names::default();
+    let _ = final_head(before, head_request, &mut primed);
+    let seen_of =
+        |parsed: Option<(ResponseHead, BytesMut)>| parsed.map(|(head, rest)| (seen(&head), rest));
+    assert_eq!(
+        seen_of(final_head(after, head_request, &mut primed)),
+        seen_of(final_head(after, head_request, &mut Names::default())),
+        "parsed after another response's names"
     );
     let Some((head, buf)) = first else {
         return;

@@ -133,10 +133,6 @@ pub(super) fn run(gateway_bin: &Path, dir: &Path, record: bool) -> Result<()> {
     }
     let table = table(&rows);
     println!("{table}");
-    if !record {
-        println!("GATEWAY_BIN given: bench/RESULTS.md left as it is");
-        return Ok(());
-    }
     let markdown = format!(
         "## CPU per request, exact (callgrind; issue 14)\n\n\
          `cargo xtask bench proxy --callgrind`: instructions per request of the whole release gateway \
@@ -157,7 +153,7 @@ pub(super) fn run(gateway_bin: &Path, dir: &Path, record: bool) -> Result<()> {
         measured = grouped(MEASURED as u64),
         keys = grouped(KEYS as u64),
     );
-    results::record("proxy-cpu", &markdown)
+    super::record_if(record, "proxy-cpu", &markdown)
 }
 
 /// path, gateway, HAProxy (instructions per request), as markdown.

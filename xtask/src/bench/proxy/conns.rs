@@ -18,7 +18,7 @@ use anyhow::{bail, ensure, Context, Result};
 use super::peers::{Proxy, Setup, KEYS};
 use crate::bench::{
     procs::{ensure_packages, tree_rss_bytes, CpuPlan},
-    results, scratch,
+    scratch,
 };
 
 /// How long the connections are idle before the idle figure: past the
@@ -50,7 +50,7 @@ pub(crate) fn run(connections: usize) -> Result<()> {
     ensure_packages()?;
     let connections = connections.clamp(100, 4000);
     raise_open_files(connections * 2 + 256)?;
-    let gateway_bin = super::gateway_bin()?;
+    let (gateway_bin, record) = super::gateway_bin()?;
     let dir = scratch::dir("gateway-bench-conns-")?;
     let cpus = CpuPlan::new();
     let setup = Setup::start(
@@ -82,7 +82,7 @@ pub(crate) fn run(connections: usize) -> Result<()> {
     }
     let markdown = markdown(&intro, &rows, connections)?;
     println!("{markdown}");
-    results::record("conns", &markdown)
+    super::record_if(record, "conns", &markdown)
 }
 
 /// Opens `connections` connections to `proxy`, measures, and closes them.

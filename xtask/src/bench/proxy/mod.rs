@@ -55,8 +55,7 @@ const LATENCY_CONNECTIONS: usize = 32;
 /// compare) the figures are printed, not recorded.
 pub(super) fn run(rounds: usize, seconds: u32, unpinned: bool) -> Result<()> {
     ensure_packages()?;
-    let record = std::env::var_os("GATEWAY_BIN").is_none();
-    let gateway_bin = gateway_bin()?;
+    let (gateway_bin, record) = gateway_bin()?;
     // The open-loop generator runs from a release build of this program.
     crate::run_cmd(crate::cargo(None).args(["build", "--release", "--package", "xtask"]))?;
     let dir = scratch::dir("gateway-bench-proxy-")?;
@@ -65,13 +64,7 @@ pub(super) fn run(rounds: usize, seconds: u32, unpinned: bool) -> Result<()> {
         true => (CpuPlan::unpinned(), Section::UNPINNED),
     };
     let report = bench(&gateway_bin, dir.path(), (rounds, seconds), &cpus, &section)?;
-    match record {
-        true => results::record(section.name, &report),
-        false => {
-            println!("GATEWAY_BIN given: bench/RESULTS.md left as it is");
-            Ok(())
-        }
-    }
+    record_if(record, section.name, &report)
 }
 
 /// `bench proxy --callgrind`: instructions per request (see [`callgrind`])
@@ -84,18 +77,30 @@ pub(super) fn callgrind(unpinned: bool) -> Result<()> {
     }
     // HAProxy is measured beside the gateway: on a fresh machine it is not there yet.
     ensure_packages()?;
-    let record = std::env::var_os("GATEWAY_BIN").is_none();
-    let gateway_bin = gateway_bin()?;
+    let (gateway_bin, record) = gateway_bin()?;
     let dir = scratch::dir("gateway-bench-callgrind-")?;
     callgrind::run(&gateway_bin, dir.path(), record)
 }
 
-/// The release build, or the binary `GATEWAY_BIN` names (an older build,
-/// or one with another allocator, to compare).
-fn gateway_bin() -> Result<std::path::PathBuf> {
+/// `markdown` as `bench/RESULTS.md`'s section `name` when `record` (see
+/// [`gateway_bin`]); a `GATEWAY_BIN` build's figures are printed only.
+fn record_if(record: bool, name: &str, markdown: &str) -> Result<()> {
+    match record {
+        true => results::record(name, markdown),
+        false => {
+            println!("GATEWAY_BIN given: bench/RESULTS.md left as it is");
+            Ok(())
+        }
+    }
+}
+
+/// The binary to measure and whether its figures are recorded: the release
+/// build (recorded), or the one `GATEWAY_BIN` names (an older build, or one
+/// with another allocator, to compare: printed only).
+fn gateway_bin() -> Result<(std::path::PathBuf, bool)> {
     match std::env::var_os("GATEWAY_BIN") {
-        Some(path) => Ok(path.into()),
-        None => crate::build(true),
+        Some(path) => Ok((path.into(), false)),
+        None => Ok((crate::build(true)?, true)),
     }
 }
 
