@@ -114,6 +114,9 @@ pub struct Gateway {
     /// What every worker shares (keys, JWT, pools, limiter, log, ...).
     shared: Shared,
     routes: RouteTable,
+    /// Each route's pool by [`Route::index`], looked up once here: by name
+    /// it was a SipHash of the name on every request.
+    route_pools: Vec<Option<Arc<Pool>>>,
     rewriter: Rewriter,
     limits: LimitsConfig,
     /// Peers whose `X-Forwarded-For` names the client (see [`source`]).
@@ -152,6 +155,9 @@ impl Gateway {
         Self {
             shared: shared.clone(),
             routes: RouteTable::new(&config.routes),
+            route_pools: (config.routes.iter())
+                .map(|route| shared.pools.get(&route.upstream).cloned())
+                .collect(),
             rewriter: Rewriter::new(config),
             limits: config.limits.clone(),
             trusted_proxies: config.forwarding.trusted_proxies.clone(),
@@ -391,7 +397,9 @@ impl Gateway {
 
     /// The route's upstream pool (config validation makes it exist).
     fn pool(&self, route: &Route) -> Result<&Arc<Pool>, ProxyError> {
-        (self.shared.pools.get(&route.upstream)).ok_or(ProxyError::NoHealthyUpstream)
+        (self.route_pools.get(route.index))
+            .and_then(Option::as_ref)
+            .ok_or(ProxyError::NoHealthyUpstream)
     }
 
     /// **shed**: when the route's pool is overloaded, the lowest tiers get a
