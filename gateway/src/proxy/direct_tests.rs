@@ -28,7 +28,7 @@ async fn get(
     send(
         addr,
         &request(Method::GET, path),
-        Added::for_tests(),
+        &Added::for_tests(),
         CONNECT,
         IDLE,
         now,
@@ -131,7 +131,7 @@ async fn a_get_on_a_connection_the_upstream_closes_is_sent_again_a_post_is_not()
     let error = send(
         addr,
         &post,
-        Added::for_tests(),
+        &Added::for_tests(),
         CONNECT,
         IDLE,
         later + Duration::from_secs(1),
@@ -189,7 +189,7 @@ async fn every_framing_is_read_exactly_and_kept_only_when_it_can_be() {
     let response = send(
         addr,
         &req,
-        Added::for_tests(),
+        &Added::for_tests(),
         CONNECT,
         IDLE,
         Instant::now(),
@@ -279,7 +279,7 @@ async fn idle_connections_are_reaped() {
     let response = send(
         addr,
         &req,
-        Added::for_tests(),
+        &Added::for_tests(),
         CONNECT,
         idle,
         Instant::now(),

@@ -52,7 +52,7 @@ mod tier_reply;
 mod tunnel;
 mod upstream_conns;
 
-use std::{borrow::Cow, net::IpAddr, sync::Arc};
+use std::{borrow::Cow, future::Future, net::IpAddr, sync::Arc};
 
 use bytes::Bytes;
 use http::{header::HOST, HeaderValue, Method, Request, Response, StatusCode};
@@ -173,63 +173,78 @@ impl Gateway {
         Self::new(config, shared)
     }
 
-    /// One request, through every phase.
-    async fn handle(
+    /// One request, through every phase; `finish` turns the response into
+    /// what the connection sends.
+    ///
+    /// This and the phases that wait are written as `async move` blocks,
+    /// not `async fn`s: an `async fn`'s future keeps each argument twice
+    /// (as it was passed, and moved into the body), and a request's future
+    /// is boxed per request, so every byte of it is copied once per
+    /// request.
+    #[allow(clippy::manual_async_fn)] // what this says
+    fn handle<R>(
         self: Arc<Self>,
         req: Request<Incoming>,
         peer: addr_text::Peer,
         proto: &'static str,
         permit: Arc<serve::ConnectionPermit>,
-    ) -> Response<ProxyBody> {
-        let mut ctx = RequestContext::new(&req, peer, proto);
-        let outcome = self.process(req, &mut ctx, permit).await;
-        let response = self.respond(outcome, &mut ctx);
-        self.log(&ctx, &response);
-        response
+        finish: impl FnOnce(Response<ProxyBody>) -> R,
+    ) -> impl Future<Output = R> {
+        async move {
+            let mut ctx = RequestContext::new(&req, peer, proto);
+            let outcome = self.process(req, &mut ctx, permit).await;
+            let response = self.respond(outcome, &mut ctx);
+            self.log(&ctx, &response);
+            finish(response)
+        }
     }
 
     /// The phases that may refuse, in order.
-    async fn process<'g>(
+    #[allow(clippy::manual_async_fn)] // an `async fn` keeps its arguments twice (see `handle`)
+    fn process<'g, 'c>(
         &'g self,
         mut req: Request<Incoming>,
-        ctx: &mut RequestContext<'g>,
+        ctx: &'c mut RequestContext<'g>,
         permit: Arc<serve::ConnectionPermit>,
-    ) -> Result<Reply, ProxyError> {
-        self.accept(&req, ctx)?;
-        self.target(&req, ctx)?;
-        if let Some(tokens) = &self.shared.tokens {
-            if oauth::handles(&ctx.path) {
-                let replies = &self.tier_replies;
-                // Boxed, as the JWT check below: see `authenticate`.
-                let response =
-                    Box::pin(oauth::handle(&self.shared, tokens, replies, req, ctx)).await?;
-                return Ok(Reply::Local(response));
+    ) -> impl Future<Output = Result<Reply, ProxyError>> + use<'g, 'c> {
+        async move {
+            self.accept(&req, ctx)?;
+            self.target(&req, ctx)?;
+            if let Some(tokens) = &self.shared.tokens {
+                if oauth::handles(&ctx.path) {
+                    let replies = &self.tier_replies;
+                    // Boxed, as the JWT check below: see `authenticate`.
+                    let response =
+                        Box::pin(oauth::handle(&self.shared, tokens, replies, req, ctx)).await?;
+                    return Ok(Reply::Local(response));
+                }
             }
+            let route = self.route(&req, ctx)?;
+            if let Some(credential) = self.credential(&req, route)? {
+                self.authenticate(credential, ctx).await?;
+                self.authorize(route, ctx)?;
+            }
+            let pool = self.pool(route)?;
+            let _in_flight = self.shed(pool, ctx)?;
+            self.limit(route, ctx)?;
+            // The client's side of an upgrade, taken before the request moves on.
+            let protocol = forward::upgrade_protocol(req.headers());
+            let upgrade = protocol.is_some().then(|| ClientUpgrade {
+                on: hyper::upgrade::on(&mut req),
+                permit,
+            });
+            let bodiless = hyper::body::Body::is_end_stream(req.body());
+            let req =
+                body::read_ahead(req, self.limits.max_body_bytes, self.limits.request_timeout)
+                    .await?;
+            if !bodiless {
+                // Reading the body may have taken up to `request_timeout`: the
+                // pool's ejections are judged by the time it is sent.
+                ctx.now_ns = monotonic_ns();
+            }
+            let response = self.forward(req, protocol, route, pool, ctx).await?;
+            Ok(Reply::Upstream(response, upgrade))
         }
-        let route = self.route(&req, ctx)?;
-        if let Some(credential) = self.credential(&req, route)? {
-            self.authenticate(credential, ctx).await?;
-            self.authorize(route, ctx)?;
-        }
-        let pool = self.pool(route)?;
-        let _in_flight = self.shed(pool, ctx)?;
-        self.limit(route, ctx)?;
-        // The client's side of an upgrade, taken before the request moves on.
-        let protocol = forward::upgrade_protocol(req.headers());
-        let upgrade = protocol.is_some().then(|| ClientUpgrade {
-            on: hyper::upgrade::on(&mut req),
-            permit,
-        });
-        let bodiless = hyper::body::Body::is_end_stream(req.body());
-        let req =
-            body::read_ahead(req, self.limits.max_body_bytes, self.limits.request_timeout).await?;
-        if !bodiless {
-            // Reading the body may have taken up to `request_timeout`: the
-            // pool's ejections are judged by the time it is sent.
-            ctx.now_ns = monotonic_ns();
-        }
-        let response = self.forward(req, protocol, route, pool, ctx).await?;
-        Ok(Reply::Upstream(response, upgrade))
     }
 
     /// **accept**, per request: runs first. Decides the client address
@@ -445,47 +460,62 @@ impl Gateway {
     /// aborts the upstream request. `upgrade`: the WebSocket upgrade the
     /// client asked for ([`forward::upgrade_protocol`]); its protocol goes
     /// to the upstream, and after its 101 both connections are spliced.
-    async fn forward(
-        &self,
+    #[allow(clippy::manual_async_fn)] // an `async fn` keeps its arguments twice (see `handle`)
+    fn forward<'a, 'g>(
+        &'a self,
         req: Request<RequestBody>,
         upgrade: Option<HeaderValue>,
-        route: &Route,
-        pool: &Pool,
-        ctx: &mut RequestContext<'_>,
-    ) -> Result<Response<UpstreamBody>, ProxyError> {
-        let lease = pool.pick(ctx.now_ns).ok_or(ProxyError::NoHealthyUpstream)?;
-        ctx.upstream = Some(lease.server.addr);
-        let origin = Origin {
-            path: &route.upstream_path(&ctx.path),
-            peer: &ctx.peer,
-            proto: ctx.proto,
-            request_id: &ctx.request_id,
-            trace: &ctx.trace,
-            identity: ctx.identity.as_ref(),
-        };
-        let tokens = self.shared.tokens.as_deref();
-        let body_failure = req.body().failure();
-        let (mut upstream_req, added) =
-            (self.rewriter).upstream_request(req, route, &origin, tokens, lease.server.addr)?;
-        if let Some(protocol) = &upgrade {
-            forward::set_upgrade(upstream_req.headers_mut(), protocol.clone());
-        }
-        let sent = tokio::time::Instant::now();
-        let timeouts = upstream_conns::Timeouts {
-            connect: self.limits.connect_timeout,
-            idle: self.limits.upstream_idle_timeout,
-        };
-        let result = tokio::time::timeout_at(
-            sent + self.limits.upstream_timeout,
-            upstream_conns::send(lease.server.addr, upstream_req, &added, timeouts, sent),
-        )
-        .await;
-        let server_error = !matches!(&result, Ok(Ok(r)) if !r.status().is_server_error());
-        pool.load.observe(sent.elapsed(), server_error);
-        let cut_off = body_failure
-            .as_ref()
-            .and_then(|failure| failure.get().copied());
-        match result {
+        route: &'a Route,
+        pool: &'a Pool,
+        ctx: &'a mut RequestContext<'g>,
+    ) -> impl Future<Output = Result<Response<UpstreamBody>, ProxyError>> + use<'a, 'g> {
+        async move {
+            let lease = pool.pick(ctx.now_ns).ok_or(ProxyError::NoHealthyUpstream)?;
+            ctx.upstream = Some(lease.server.addr);
+            let ctx = &*ctx;
+            let path = route.upstream_path(&ctx.path);
+            let origin = Origin {
+                path: &path,
+                peer: &ctx.peer,
+                proto: ctx.proto,
+                request_id: &ctx.request_id,
+                trace: &ctx.trace,
+                identity: ctx.identity.as_ref(),
+            };
+            let tokens = self.shared.tokens.as_deref();
+            let body_failure = req.body().failure();
+            let timeouts = upstream_conns::Timeouts {
+                connect: self.limits.connect_timeout,
+                idle: self.limits.upstream_idle_timeout,
+            };
+            // In a block of its own: the rewritten request is not kept beside
+            // the exchange it moved into for as long as that waits.
+            let (exchange, sent) = {
+                let (mut upstream_req, added) = (self.rewriter).upstream_request(
+                    req,
+                    route,
+                    &origin,
+                    tokens,
+                    lease.server.addr,
+                )?;
+                if let Some(protocol) = &upgrade {
+                    forward::set_upgrade(upstream_req.headers_mut(), protocol.clone());
+                }
+                let sent = tokio::time::Instant::now();
+                let addr = lease.server.addr;
+                (
+                    upstream_conns::send(addr, upstream_req, added, timeouts, sent),
+                    sent,
+                )
+            };
+            let result =
+                tokio::time::timeout_at(sent + self.limits.upstream_timeout, exchange).await;
+            let server_error = !matches!(&result, Ok(Ok(r)) if !r.status().is_server_error());
+            pool.load.observe(sent.elapsed(), server_error);
+            let cut_off = body_failure
+                .as_ref()
+                .and_then(|failure| failure.get().copied());
+            match result {
             Err(_elapsed) => Err(ProxyError::UpstreamTimeout),
             Ok(Err(_)) if cut_off.is_some() => {
                 Err(cut_off.map_or(ProxyError::Upstream, Into::into))
@@ -513,6 +543,7 @@ impl Gateway {
                     })
             }
             Ok(Ok(response)) => Ok(response),
+        }
         }
     }
 }

@@ -212,9 +212,9 @@ impl Added<'_> {
 impl Added<'static> {
     /// A client `cl_test` of tier `gold`, from 192.0.2.1 over HTTP, for the
     /// upstream exchange tests (leaked: a few bytes a test).
-    pub(super) fn for_tests() -> &'static Self {
+    pub(super) fn for_tests() -> Self {
         let leak = |name: &'static str| &*Box::leak(Box::new(HeaderName::from_static(name)));
-        Box::leak(Box::new(Self {
+        Self {
             identity: Some([
                 (leak("x-client-id"), "cl_test"),
                 (leak("x-client-tier"), "gold"),
@@ -225,7 +225,7 @@ impl Added<'static> {
                 for_: HeaderValue::from_static("192.0.2.1"),
                 proto: Some("http"),
             },
-        }))
+        }
     }
 }
 

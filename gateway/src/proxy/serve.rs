@@ -420,11 +420,12 @@ fn service(
         let busy = activity.begin(req.version(), parkable);
         // For a tunnel this connection may become, which outlives it here.
         let (permit, peer) = (permit.clone(), peer.clone());
-        Box::pin(async move {
-            let mut response = gateway.handle(req, peer, proto, permit).await;
-            close_if_draining(&busy, &mut response);
-            Ok(response.map(|body| Tracked::new(body, busy)))
-        })
+        Box::pin(
+            gateway.handle(req, peer, proto, permit, move |mut response| {
+                close_if_draining(&busy, &mut response);
+                Ok(response.map(|body| Tracked::new(body, busy)))
+            }),
+        )
     })
 }
 

@@ -21,7 +21,9 @@
 //! kept); connects time out after
 //! `limits.connect_timeout`, with `TCP_NODELAY`; upgrades (WebSocket)
 //! take the connection with them.
-use std::{cell::RefCell, collections::VecDeque, io, net::SocketAddr, time::Duration};
+use std::{
+    cell::RefCell, collections::VecDeque, future::Future, io, net::SocketAddr, time::Duration,
+};
 
 use std::{
     pin::Pin,
@@ -175,23 +177,29 @@ pub struct Timeouts {
 /// request is idempotent and bodiless and the connection idle for
 /// [`RISKY_IDLE`], when the upstream closed it before a response head
 /// came (its keep-alive timer and our request crossed).
-pub async fn send(
+///
+/// Not an `async fn`, whose future would keep `req` twice (see
+/// `Gateway::handle`).
+#[allow(clippy::manual_async_fn)] // what this says
+pub fn send<'a>(
     addr: SocketAddr,
     mut req: Request<RequestBody>,
-    added: &Added<'_>,
+    added: Added<'a>,
     timeouts: Timeouts,
     now: Instant,
-) -> Result<Response<UpstreamBody>, SendError> {
-    if direct::eligible(&req) {
-        let response =
-            direct::send(addr, &req, added, timeouts.connect, timeouts.idle, now).await?;
-        return Ok(response.map(UpstreamBody::Direct));
+) -> impl Future<Output = Result<Response<UpstreamBody>, SendError>> + use<'a> {
+    async move {
+        if direct::eligible(&req) {
+            let response =
+                direct::send(addr, &req, &added, timeouts.connect, timeouts.idle, now).await?;
+            return Ok(response.map(UpstreamBody::Direct));
+        }
+        added.insert_into(req.headers_mut());
+        // Boxed: hyper's exchange is 2.6 KB of future that every request's
+        // future would otherwise carry (and copy) for the few that take it.
+        let response = Box::pin(send_by_hyper(addr, req, timeouts, now)).await?;
+        Ok(response.map(UpstreamBody::Hyper))
     }
-    added.insert_into(req.headers_mut());
-    // Boxed: hyper's exchange is 2.6 KB of future that every request's
-    // future would otherwise carry (and copy) for the few that take it.
-    let response = Box::pin(send_by_hyper(addr, req, timeouts, now)).await?;
-    Ok(response.map(UpstreamBody::Hyper))
 }
 
 /// [`send`] through hyper's client.
