@@ -471,7 +471,8 @@ impl Gateway {
     ) -> impl Future<Output = Result<Response<UpstreamBody>, ProxyError>> + use<'a, 'g> {
         async move {
             let lease = pool.pick(ctx.now_ns).ok_or(ProxyError::NoHealthyUpstream)?;
-            ctx.upstream = Some(lease.server.addr);
+            let addr = lease.server.addr;
+            ctx.upstream = Some(addr);
             let ctx = &*ctx;
             let path = route.upstream_path(&ctx.path);
             let origin = Origin {
@@ -490,60 +491,52 @@ impl Gateway {
             };
             // In a block of its own: the rewritten request is not kept beside
             // the exchange it moved into for as long as that waits.
-            let (exchange, sent) = {
-                let (mut upstream_req, added) = (self.rewriter).upstream_request(
-                    req,
-                    route,
-                    &origin,
-                    tokens,
-                    lease.server.addr,
-                )?;
+            let sent;
+            let exchange = {
+                let (mut upstream_req, added) =
+                    (self.rewriter).upstream_request(req, route, &origin, tokens, addr)?;
                 if let Some(protocol) = &upgrade {
                     forward::set_upgrade(upstream_req.headers_mut(), protocol.clone());
                 }
-                let sent = tokio::time::Instant::now();
-                let addr = lease.server.addr;
-                (
-                    upstream_conns::send(addr, upstream_req, added, timeouts, sent),
-                    sent,
-                )
+                sent = tokio::time::Instant::now();
+                let send = upstream_conns::send(addr, upstream_req, added, timeouts, sent);
+                tokio::time::timeout_at(sent + self.limits.upstream_timeout, send)
             };
-            let result =
-                tokio::time::timeout_at(sent + self.limits.upstream_timeout, exchange).await;
+            let result = exchange.await;
             let server_error = !matches!(&result, Ok(Ok(r)) if !r.status().is_server_error());
             pool.load.observe(sent.elapsed(), server_error);
             let cut_off = body_failure
                 .as_ref()
                 .and_then(|failure| failure.get().copied());
             match result {
-            Err(_elapsed) => Err(ProxyError::UpstreamTimeout),
-            Ok(Err(_)) if cut_off.is_some() => {
-                Err(cut_off.map_or(ProxyError::Upstream, Into::into))
+                Err(_elapsed) => Err(ProxyError::UpstreamTimeout),
+                Ok(Err(_)) if cut_off.is_some() => {
+                    Err(cut_off.map_or(ProxyError::Upstream, Into::into))
+                }
+                Ok(Err(SendError::Connect(_))) => {
+                    lease.eject();
+                    Err(ProxyError::UpstreamConnect)
+                }
+                // What hyper's path finds below, read on the direct path.
+                Ok(Err(SendError::Direct(DirectError::Protocol(H1Error::UnsolicitedSwitch)))) => {
+                    tracing::warn!(upstream = %lease.server.addr, what = "unsolicited_101", "upstream switched protocols unasked");
+                    Err(ProxyError::UpstreamProtocol("unsolicited_101"))
+                }
+                Ok(Err(error)) => {
+                    tracing::warn!(%error, upstream = %lease.server.addr, "upstream request failed");
+                    Err(ProxyError::Upstream)
+                }
+                // Its connection is hyper's no more (a 101 always ends it): dropped.
+                Ok(Ok(response)) if response.status() == StatusCode::SWITCHING_PROTOCOLS => {
+                    forward::switched_as_asked(upgrade.as_ref(), response.headers())
+                        .map(|()| response)
+                        .map_err(|what| {
+                            tracing::warn!(upstream = %lease.server.addr, what, "upstream switched protocols unasked");
+                            ProxyError::UpstreamProtocol(what)
+                        })
+                }
+                Ok(Ok(response)) => Ok(response),
             }
-            Ok(Err(SendError::Connect(_))) => {
-                lease.eject();
-                Err(ProxyError::UpstreamConnect)
-            }
-            // What hyper's path finds below, read on the direct path.
-            Ok(Err(SendError::Direct(DirectError::Protocol(H1Error::UnsolicitedSwitch)))) => {
-                tracing::warn!(upstream = %lease.server.addr, what = "unsolicited_101", "upstream switched protocols unasked");
-                Err(ProxyError::UpstreamProtocol("unsolicited_101"))
-            }
-            Ok(Err(error)) => {
-                tracing::warn!(%error, upstream = %lease.server.addr, "upstream request failed");
-                Err(ProxyError::Upstream)
-            }
-            // Its connection is hyper's no more (a 101 always ends it): dropped.
-            Ok(Ok(response)) if response.status() == StatusCode::SWITCHING_PROTOCOLS => {
-                forward::switched_as_asked(upgrade.as_ref(), response.headers())
-                    .map(|()| response)
-                    .map_err(|what| {
-                        tracing::warn!(upstream = %lease.server.addr, what, "upstream switched protocols unasked");
-                        ProxyError::UpstreamProtocol(what)
-                    })
-            }
-            Ok(Ok(response)) => Ok(response),
-        }
         }
     }
 }
