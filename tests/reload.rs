@@ -5,7 +5,8 @@
 //! listeners are added and removed; invalid files are refused naming the
 //! key path, and the CLI exits non-zero on them; a refused reload leaves
 //! the kernel's maps as they were, and a gateway draining after a restart
-//! refuses reloads.
+//! refuses reloads; each route reaches its own pool, before and after a
+//! reload that swaps two routes' pools.
 #![allow(clippy::unwrap_used, reason = "tests: a panic is the failure report")]
 
 #[path = "reload/support.rs"]
@@ -22,6 +23,9 @@ mod kernel;
 
 #[path = "reload/draining.rs"]
 mod draining;
+
+#[path = "reload/routes.rs"]
+mod routes;
 
 use std::{
     sync::{
