@@ -17,9 +17,9 @@ pub struct ReportMemo {
     /// Keyed hash of (address, client id) → (tier rank, when). The key is
     /// already a keyed hash, so the map does not hash it again.
     reported: Mutex<HashMap<u64, (usize, u64), BuildHasherDefault<Prehashed>>>,
-    /// foldhash, randomly seeded, not SipHash (a fifth of the cost, once
-    /// per authenticated request): the memo is bounded and a collision
-    /// only delays one report by a second.
+    /// foldhash, randomly seeded, not SipHash (this runs once per
+    /// authenticated request): the memo is bounded and a collision only
+    /// delays one report by a second.
     hasher: hashbrown::DefaultHashBuilder,
 }
 
