@@ -490,19 +490,21 @@ impl Gateway {
                 idle: self.limits.upstream_idle_timeout,
             };
             // In a block of its own: the rewritten request is not kept beside
-            // the exchange it moved into for as long as that waits.
+            // the exchange it moved into for as long as that waits. Pinned
+            // where it is built: the timeout holds a pointer to it, and
+            // neither it nor `.await` moves the exchange's 1.4 KB again.
             let sent;
-            let exchange = {
+            let exchange = std::pin::pin!({
                 let (mut upstream_req, added) =
                     (self.rewriter).upstream_request(req, route, &origin, tokens, addr)?;
                 if let Some(protocol) = &upgrade {
                     forward::set_upgrade(upstream_req.headers_mut(), protocol.clone());
                 }
                 sent = tokio::time::Instant::now();
-                let send = upstream_conns::send(addr, upstream_req, added, timeouts, sent);
-                tokio::time::timeout_at(sent + self.limits.upstream_timeout, send)
-            };
-            let result = exchange.await;
+                upstream_conns::send(addr, upstream_req, added, timeouts, sent)
+            });
+            let result =
+                tokio::time::timeout_at(sent + self.limits.upstream_timeout, exchange).await;
             let server_error = !matches!(&result, Ok(Ok(r)) if !r.status().is_server_error());
             pool.load.observe(sent.elapsed(), server_error);
             let cut_off = body_failure
