@@ -420,13 +420,21 @@ fn service(
         let busy = activity.begin(req.version(), parkable);
         // For a tunnel this connection may become, which outlives it here.
         let (permit, peer) = (permit.clone(), peer.clone());
-        Box::pin(
+        boxed_in_place(|| {
             gateway.handle(req, peer, proto, permit, move |mut response| {
                 close_if_draining(&busy, &mut response);
                 Ok(response.map(|body| Tracked::new(body, busy)))
-            }),
-        )
+            })
+        })
     })
+}
+
+/// `make()`'s future in a box allocated before it is built, so it can be
+/// built there: `Box::pin(make())` builds the request's future (kilobytes)
+/// on the stack and copies it into the box.
+fn boxed_in_place<F: Future>(make: impl FnOnce() -> F) -> Pin<Box<F>> {
+    let slot = Box::<F>::new_uninit();
+    Box::into_pin(Box::write(slot, make()))
 }
 
 /// What an open client connection holds: its slot in
