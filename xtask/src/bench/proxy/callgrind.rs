@@ -2,7 +2,9 @@
 //! whole release gateway process (every thread) under `valgrind
 //! --tool=callgrind`, for the proxied 200 and the 429 path, and of HAProxy
 //! doing the same work by the same method in the same run, as ratios
-//! (the `proxy-cpu` section of bench/RESULTS.md). Exact and repeatable
+//! (the `proxy-cpu` section of bench/RESULTS.md); and the gateway's
+//! proxied 200 once more with the route's limiter off, the limiter's cost
+//! without the wall clock's noise. Exact and repeatable
 //! where wall-clock figures on a shared machine are not: what a change to
 //! the request path is judged by (issue 14).
 //!
@@ -26,7 +28,10 @@ use std::{
 
 use anyhow::{ensure, Context, Result};
 
-use super::configs::{self, Files, Listen};
+use super::{
+    configs::{self, Files, Listen},
+    report,
+};
 use crate::bench::{
     keys,
     procs::{free_port, Running},
@@ -51,6 +56,8 @@ struct Case {
     keys: usize,
     status: u16,
     haproxy_per_key: u32,
+    /// The route's limiter (and so its rate-limit response fields) on.
+    rate_limit: bool,
 }
 
 /// The proxied path: a limit no request comes near, keys rotating. The
@@ -66,6 +73,7 @@ const CASES: [Case; 2] = [
         keys: KEYS,
         status: 200,
         haproxy_per_key: configs::PER_KEY_RATE,
+        rate_limit: true,
     },
     Case {
         path: "429",
@@ -74,8 +82,18 @@ const CASES: [Case; 2] = [
         keys: 1,
         status: 429,
         haproxy_per_key: 0,
+        rate_limit: true,
     },
 ];
+
+/// The proxied path with the route's limiter off (the gateway only): what
+/// the limiter costs, exactly, beside `bench proxy`'s wall-clock ratio.
+const UNLIMITED: Case = Case {
+    name: "unlimited",
+    path: "proxied 200, limiter off",
+    rate_limit: false,
+    ..CASES[0]
+};
 
 /// What moved the figures (the section's history).
 const HISTORY: &str = "History (proxied 200 / 429, gateway instructions per request): 631fb6a 83,666 / \
@@ -137,6 +155,11 @@ pub(super) fn run(gateway_bin: &Path, dir: &Path, record: bool) -> Result<()> {
     }
     let table = table(&rows);
     println!("{table}");
+    let unlimited_dir = dir.join(UNLIMITED.name);
+    std::fs::create_dir_all(&unlimited_dir)?;
+    let unlimited = measure_gateway(gateway_bin, &unlimited_dir, upstream.port, &UNLIMITED)?;
+    let limiter = limiter_line(rows[0].1, unlimited.per_request);
+    println!("{limiter}");
     let markdown = format!(
         "## CPU per request, exact (callgrind; issue 14)\n\n\
          `cargo xtask bench proxy --callgrind`: instructions per request of the whole release gateway \
@@ -151,13 +174,28 @@ pub(super) fn run(gateway_bin: &Path, dir: &Path, record: bool) -> Result<()> {
          access log on. valgrind hides SHA-NI, so SHA-256 runs its software path in both. What counts with \
          wall time moves totals between runs of one binary by up to about ±500 (the guard's \
          once-a-second report memo, the access-log writer's 20 ms ticks): judge a change by the \
-         functions it touches (`callgrind_annotate` on target/bench-callgrind/*.out).\n\n{table}\n{HISTORY}\n",
+         functions it touches (`callgrind_annotate` on target/bench-callgrind/*.out).\n\n{table}\n{limiter}\n\n{HISTORY}\n",
         haproxy = haproxy_version(),
         warm_up = grouped(WARM_UP as u64),
         measured = grouped(MEASURED as u64),
         keys = grouped(KEYS as u64),
     );
     super::record_if(record, "proxy-cpu", &markdown)
+}
+
+/// The limiter's cost in instructions: the proxied path with it on and off.
+fn limiter_line(with: u64, without: u64) -> String {
+    let ratio = without as f64 / with.max(1) as f64;
+    format!(
+        "limiter overhead, exact: the proxied 200 costs {} instructions per request with the route's \
+         limiter (its check and its five rate-limit response fields), {} without ({ratio:.2}x). These \
+         count user space only: the kernel's work per request, about half the CPU time under `bench \
+         proxy`, is the same either way, so throughput (`bench proxy`'s limiter ratio, target >= \
+         {:.2}) loses less than this.",
+        grouped(with),
+        grouped(without),
+        report::LIMITER_TARGET,
+    )
 }
 
 /// path, gateway, HAProxy (instructions per request), as markdown.
@@ -219,9 +257,11 @@ fn measure_gateway(gateway_bin: &Path, dir: &Path, upstream: u16, case: &Case) -
              [[tiers]]\nname = \"gold\"\n{tier}\n\
              [[listeners]]\naddress = \"127.0.0.1:{port}\"\n\
              [[upstreams]]\nname = \"app\"\nservers = [\"127.0.0.1:{upstream}\"]\n\
-             [[routes]]\npath_prefix = \"/\"\nupstream = \"app\"\nauth = \"api_key\"\n",
+             [[routes]]\npath_prefix = \"/\"\nupstream = \"app\"\nauth = \"api_key\"\n\
+             rate_limit = {rate_limit}\n",
             dir = dir.display(),
             tier = case.tier,
+            rate_limit = case.rate_limit,
         ),
     )?;
     let keys: Vec<(String, String)> =

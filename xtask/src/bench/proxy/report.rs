@@ -11,7 +11,7 @@ pub(super) const GATEWAY: &str = "gateway";
 pub(super) const PEERS: [&str; 2] = ["haproxy", "nginx"];
 /// The gateway without its limiter: only its throughput is reported.
 pub(super) const UNLIMITED: &str = "gateway, no limiter";
-const LIMITER_TARGET: f64 = 0.95;
+pub(super) const LIMITER_TARGET: f64 = 0.95;
 
 /// What a ratio gateway/peer should be (issue 14's targets).
 #[derive(Clone, Copy, PartialEq)]
