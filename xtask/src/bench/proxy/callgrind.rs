@@ -86,13 +86,16 @@ const CASES: [Case; 2] = [
     },
 ];
 
+/// Where the proxied path is in [`CASES`] (and its figure in `run`'s rows).
+const PROXIED: usize = 0;
+
 /// The proxied path with the route's limiter off (the gateway only): what
 /// the limiter costs, exactly, beside `bench proxy`'s wall-clock ratio.
 const UNLIMITED: Case = Case {
     name: "unlimited",
     path: "proxied 200, limiter off",
     rate_limit: false,
-    ..CASES[0]
+    ..CASES[PROXIED]
 };
 
 /// What moved the figures (the section's history).
@@ -160,7 +163,7 @@ pub(super) fn run(gateway_bin: &Path, dir: &Path, record: bool) -> Result<()> {
     let unlimited_dir = dir.join(UNLIMITED.name);
     std::fs::create_dir_all(&unlimited_dir)?;
     let unlimited = measure_gateway(gateway_bin, &unlimited_dir, upstream.port, &UNLIMITED)?;
-    let limiter = limiter_line(rows[0].1, unlimited.per_request);
+    let limiter = limiter_line(rows[PROXIED].1, unlimited.per_request);
     println!("{limiter}");
     let markdown = format!(
         "## CPU per request, exact (callgrind; issue 14)\n\n\
