@@ -5,11 +5,11 @@
 use http::{header, HeaderMap, HeaderName, HeaderValue};
 use ipnet::IpNet;
 
-use super::{addr_text::Peer, credentials::query_value, tier_reply::TierReply};
-use crate::{config::KeySources, limits::Decision};
+use super::{addr_text::Peer, credentials::query_value};
+use crate::config::KeySources;
 
 /// Always hop-by-hop, whether or not `Connection` lists them, and
-/// `Upgrade` (put back for a WebSocket upgrade, see [`set_upgrade`]); in
+/// `Upgrade` (put back for a WebSocket upgrade, see [`super::upgrade::set_upgrade`]); in
 /// the order of their bits in [`hop_bit`].
 static HOP_BY_HOP: [HeaderName; 9] = [
     header::CONNECTION,
@@ -141,129 +141,6 @@ fn connection_named(headers: &HeaderMap) -> Vec<HeaderName> {
         .collect()
 }
 
-/// `value` of a response field that differs on every response (the
-/// request id, the remaining quota), marked so that HTTP/2 sends it as a
-/// never-indexed literal. Indexing such values evicted the stable fields
-/// (the rate-limit policy, the server, the content type) from the HPACK
-/// dynamic table and had the encoder compare each new value with every
-/// older one of the same name: a third of the encoder's work. HTTP/1
-/// ignores the mark. Marked as the value is made: a lookup of each field
-/// afterwards cost ~400 instructions an HTTP/2 response.
-pub fn per_response(mut value: HeaderValue) -> HeaderValue {
-    value.set_sensitive(true);
-    value
-}
-
-/// The rate-limit headers every response of a limited route carries: the
-/// IETF draft's `RateLimit-Policy` and `RateLimit`, and the widespread
-/// `X-RateLimit-*`; `Retry-After` on refusals.
-pub fn set_rate_limit(headers: &mut HeaderMap, tier: &TierReply, decision: &Decision) {
-    let seconds = |d: std::time::Duration| d.as_secs() + u64::from(d.subsec_nanos() > 0);
-    let reset = seconds(decision.reset);
-    headers.reserve(6);
-    if let Some(policy) = &tier.policy {
-        headers.insert(RATELIMIT_POLICY, policy.clone());
-    }
-    // `"name";r=R;t=T` in a buffer on the stack: one copy into the value.
-    let mut buffer = [0u8; 256];
-    let mut len = 0;
-    let (mut remaining, mut reset_text) = (itoa::Buffer::new(), itoa::Buffer::new());
-    let remaining = remaining.format(decision.remaining);
-    let reset_text = reset_text.format(reset);
-    for part in [
-        &tier.prefix[..],
-        remaining.as_bytes(),
-        b";t=",
-        reset_text.as_bytes(),
-    ] {
-        if let Some(slot) = buffer.get_mut(len..len + part.len()) {
-            slot.copy_from_slice(part);
-        }
-        len += part.len();
-    }
-    let ratelimit = match buffer.get(..len) {
-        Some(text) => HeaderValue::from_bytes(text).ok(),
-        None => {
-            let mut text = tier.prefix.clone();
-            text.extend_from_slice(format!("{remaining};t={reset_text}").as_bytes());
-            HeaderValue::from_bytes(&text).ok()
-        }
-    };
-    if let Some(value) = ratelimit {
-        headers.insert(RATELIMIT, per_response(value));
-    }
-    headers.insert(X_RATELIMIT_LIMIT, tier.limit.clone());
-    headers.insert(
-        X_RATELIMIT_REMAINING,
-        per_response(small_number(u64::from(decision.remaining))),
-    );
-    headers.insert(X_RATELIMIT_RESET, small_number(reset));
-    if !decision.allowed {
-        headers.insert(
-            header::RETRY_AFTER,
-            small_number(seconds(decision.retry_after).max(1)),
-        );
-    }
-}
-
-const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
-pub(super) const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
-const X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
-pub(super) const X_RATELIMIT_REMAINING: HeaderName =
-    HeaderName::from_static("x-ratelimit-remaining");
-const X_RATELIMIT_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
-
-/// Values below this are built once and shared (a clone is a reference
-/// count), not formatted per response: remaining counts and seconds to
-/// reset or retry are almost always small.
-const SMALL: u64 = 1024;
-
-/// `n` as a header value.
-fn small_number(n: u64) -> HeaderValue {
-    static TABLE: std::sync::LazyLock<Vec<HeaderValue>> =
-        std::sync::LazyLock::new(|| (0..SMALL).map(HeaderValue::from).collect());
-    match TABLE.get(n as usize) {
-        Some(value) => value.clone(),
-        None => HeaderValue::from(n),
-    }
-}
-
-/// The protocol an HTTP/1.1 upgrade asks for (or a 101 agrees to):
-/// `Upgrade: websocket` (any case) with `Connection: upgrade`. Only
-/// WebSocket is proxied: any other `Upgrade` (`h2c`, ...) is dropped with
-/// the other hop-by-hop headers and the request served as plain HTTP/1.1,
-/// as HAProxy does.
-pub fn upgrade_protocol(headers: &HeaderMap) -> Option<HeaderValue> {
-    // `Upgrade` first: almost no request has one.
-    let mut upgrades = headers.get_all(header::UPGRADE).iter();
-    let protocol = upgrades.next().filter(|_| upgrades.next().is_none())?;
-    let websocket = protocol
-        .as_bytes()
-        .trim_ascii()
-        .eq_ignore_ascii_case(b"websocket");
-    let connection_upgrade = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|token| token.trim().eq_ignore_ascii_case("upgrade"));
-    (connection_upgrade && websocket).then(|| protocol.clone())
-}
-
-/// Whether a 101 with `headers` agrees to the upgrade the request asked
-/// for (`asked`, see [`upgrade_protocol`]: only WebSocket is proxied);
-/// else what is wrong, for the log: the client asked for none, or the
-/// upstream switched to something else.
-pub fn switched_as_asked(
-    asked: Option<&HeaderValue>,
-    headers: &HeaderMap,
-) -> Result<(), &'static str> {
-    asked.ok_or("unsolicited_101")?;
-    upgrade_protocol(headers)
-        .map(drop)
-        .ok_or("101_not_to_websocket")
-}
-
 /// Removes every header whose name is one of `identity` once `_` reads as
 /// `-` (`X_Client_Id`, `x-client_id`): CGI, WSGI and PHP upstreams fold
 /// the two, so such a spelling would pass as the gateway's own header.
@@ -293,12 +170,6 @@ const FORWARDING_ALL: [&str; 6] = [
     "x-forwarded-for",
     "x-forwarded-proto",
 ];
-
-/// Puts back the two hop-by-hop headers an upgrade needs on the next hop.
-pub fn set_upgrade(headers: &mut HeaderMap, protocol: HeaderValue) {
-    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    headers.insert(header::UPGRADE, protocol);
-}
 
 /// Removes every place a key could be (not just the one used), so no second
 /// credential slips through to the upstream. Returns the new query.
@@ -457,26 +328,6 @@ mod tests {
         assert!(h.contains_key("x-kept"));
     }
 
-    /// HTTP/2 never indexes the values that change per response, and
-    /// indexes the stable ones.
-    #[test]
-    fn per_response_rate_limit_values_are_never_indexed() {
-        let quota = crate::limits::Quota::new("gold", 10, std::time::Duration::from_secs(60), 10);
-        let decision = Decision {
-            allowed: false,
-            remaining: 0,
-            reset: std::time::Duration::from_millis(1500),
-            retry_after: std::time::Duration::from_secs(6),
-        };
-        let mut h = HeaderMap::new();
-        set_rate_limit(&mut h, &TierReply::new(&quota), &decision);
-        for (name, value) in &h {
-            let per_response = *name == RATELIMIT || *name == X_RATELIMIT_REMAINING;
-            assert_eq!(value.is_sensitive(), per_response, "{name}");
-        }
-        assert_eq!(h.len(), 6);
-    }
-
     #[test]
     fn every_hop_by_hop_header_goes_with_all_its_lines() {
         let mut h = HeaderMap::new();
@@ -504,13 +355,8 @@ mod tests {
     }
 
     #[test]
-    fn only_websocket_upgrades_and_identity_spellings_go() {
+    fn identity_spellings_go() {
         let mut h = HeaderMap::new();
-        h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
-        h.insert(header::UPGRADE, HeaderValue::from_static("WebSocket"));
-        assert_eq!(upgrade_protocol(&h).unwrap(), "WebSocket");
-        h.insert(header::UPGRADE, HeaderValue::from_static("h2c"));
-        assert_eq!(upgrade_protocol(&h), None);
         let id = HeaderName::from_static("x-client-id");
         for name in ["x_client_id", "x-client_id", "x-client-id"] {
             h.insert(name, HeaderValue::from_static("cl_spoofed"));
@@ -526,23 +372,6 @@ mod tests {
         assert!(
             h.keys().all(|name| !name.as_str().contains("request")),
             "{h:?}"
-        );
-    }
-
-    #[test]
-    fn a_101_must_agree_to_the_upgrade_asked_for() {
-        let websocket = HeaderValue::from_static("websocket");
-        let mut switched = HeaderMap::new();
-        switched.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
-        switched.insert(header::UPGRADE, HeaderValue::from_static("WebSocket"));
-        assert_eq!(switched_as_asked(Some(&websocket), &switched), Ok(()));
-        assert_eq!(switched_as_asked(None, &switched), Err("unsolicited_101"));
-        switched.insert(header::UPGRADE, HeaderValue::from_static("h2c"));
-        let other = switched_as_asked(Some(&websocket), &switched);
-        assert_eq!(other, Err("101_not_to_websocket"));
-        assert_eq!(
-            switched_as_asked(Some(&websocket), &HeaderMap::new()),
-            Err("101_not_to_websocket")
         );
     }
 

@@ -42,6 +42,7 @@ mod head_timer;
 mod identity;
 mod one_send;
 mod park;
+mod rate_fields;
 mod respond;
 mod rewrite;
 mod serve;
@@ -50,6 +51,7 @@ mod source;
 mod test_upstream;
 mod tier_reply;
 mod tunnel;
+mod upgrade;
 mod upstream_conns;
 
 use std::{borrow::Cow, future::Future, net::IpAddr, sync::Arc};
@@ -228,7 +230,7 @@ impl Gateway {
             let _in_flight = self.shed(pool, ctx)?;
             self.limit(route, ctx)?;
             // The client's side of an upgrade, taken before the request moves on.
-            let protocol = forward::upgrade_protocol(req.headers());
+            let protocol = upgrade::upgrade_protocol(req.headers());
             let upgrade = protocol.is_some().then(|| ClientUpgrade {
                 on: hyper::upgrade::on(&mut req),
                 permit,
@@ -458,7 +460,7 @@ impl Gateway {
     /// refused connection a 502 (and the server is ejected), a timeout a 504;
     /// a body cut off on the way (over the limit: 413, malformed: 400)
     /// aborts the upstream request. `upgrade`: the WebSocket upgrade the
-    /// client asked for ([`forward::upgrade_protocol`]); its protocol goes
+    /// client asked for ([`upgrade::upgrade_protocol`]); its protocol goes
     /// to the upstream, and after its 101 both connections are spliced.
     #[allow(clippy::manual_async_fn)] // an `async fn` keeps its arguments twice (see `handle`)
     fn forward<'a, 'g>(
@@ -498,7 +500,7 @@ impl Gateway {
                 let (mut upstream_req, added) =
                     (self.rewriter).upstream_request(req, route, &origin, tokens, addr)?;
                 if let Some(protocol) = &upgrade {
-                    forward::set_upgrade(upstream_req.headers_mut(), protocol.clone());
+                    upgrade::set_upgrade(upstream_req.headers_mut(), protocol.clone());
                 }
                 sent = tokio::time::Instant::now();
                 upstream_conns::send(addr, upstream_req, added, timeouts, sent)
@@ -530,7 +532,7 @@ impl Gateway {
                 }
                 // Its connection is hyper's no more (a 101 always ends it): dropped.
                 Ok(Ok(response)) if response.status() == StatusCode::SWITCHING_PROTOCOLS => {
-                    forward::switched_as_asked(upgrade.as_ref(), response.headers())
+                    upgrade::switched_as_asked(upgrade.as_ref(), response.headers())
                         .map(|()| response)
                         .map_err(|what| {
                             tracing::warn!(upstream = %lease.server.addr, what, "upstream switched protocols unasked");

@@ -11,7 +11,7 @@ use super::{
     error::ProxyError,
     forward::{self, X_REQUEST_ID},
     identity::Identity,
-    tunnel,
+    rate_fields, tunnel, upgrade,
     upstream_conns::UpstreamBody,
     ClientUpgrade, Gateway, ProxyBody, Reply,
 };
@@ -42,9 +42,12 @@ impl Gateway {
         };
         let headers = response.headers_mut();
         if let Some((quota, decision)) = &ctx.limit {
-            forward::set_rate_limit(headers, &self.tier_replies.get(quota), decision);
+            rate_fields::set_rate_limit(headers, &self.tier_replies.get(quota), decision);
         }
-        headers.insert(X_REQUEST_ID, forward::per_response(ctx.request_id.clone()));
+        headers.insert(
+            X_REQUEST_ID,
+            rate_fields::per_response(ctx.request_id.clone()),
+        );
         response
     }
 
@@ -98,11 +101,11 @@ fn relay(
     let switched = response.status() == StatusCode::SWITCHING_PROTOCOLS;
     // Looked for on a 101 only: a lookup per response otherwise.
     let accepted = switched
-        .then(|| forward::upgrade_protocol(response.headers()))
+        .then(|| upgrade::upgrade_protocol(response.headers()))
         .flatten();
     forward::strip_hop_by_hop(response.headers_mut());
     if let (true, Some(client_upgrade), Some(protocol)) = (switched, client_upgrade, accepted) {
-        forward::set_upgrade(response.headers_mut(), protocol);
+        upgrade::set_upgrade(response.headers_mut(), protocol);
         let upstream_upgrade = hyper::upgrade::on(&mut response);
         let peer = ctx.peer.addr.ip().to_canonical();
         tokio::spawn(async move {
