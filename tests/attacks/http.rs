@@ -254,7 +254,8 @@ fn spoofed_forwarding_and_identity_spellings_never_reach_the_upstream() {
          x_client_id: cl_spoofed\r\nx-client_id: cl_spoofed\r\nX_Client_Tier: platinum\r\n\
          x-client-id: cl_spoofed\r\nx_forwarded_for: 6.6.6.6\r\nX_Forwarded_Proto: https\r\n\
          x-forwarded-proto: https\r\nx_real_ip: 6.6.6.6\r\nx-request-id: req-7\r\n\
-         x_request_id: spoofed\r\n\r\n"
+         x_request_id: spoofed\r\nx-client.id: cl_spoofed\r\nx.client~tier: platinum\r\n\
+         x-forwarded.for: 6.6.6.6\r\nx!real!ip: 6.6.6.6\r\nx-request.id: spoofed\r\n\r\n"
     );
     let (statuses, text) = raw(gateway.addr, request.as_bytes());
     assert_eq!(statuses, vec![200], "{text}");
@@ -273,6 +274,12 @@ fn spoofed_forwarding_and_identity_spellings_never_reach_the_upstream() {
         "x_forwarded_proto",
         "x_real_ip",
         "x_request_id",
+        // lighttpd's CGI reads any byte besides letters and digits as `_`.
+        "x-client.id",
+        "x.client~tier",
+        "x-forwarded.for",
+        "x!real!ip",
+        "x-request.id",
     ] {
         assert_eq!(
             headers.get(name),

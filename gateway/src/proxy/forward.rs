@@ -141,10 +141,10 @@ fn connection_named(headers: &HeaderMap) -> Vec<HeaderName> {
         .collect()
 }
 
-/// Removes every header whose name is one of `identity` once `_` reads as
-/// `-` (`X_Client_Id`, `x-client_id`): CGI, WSGI and PHP upstreams fold
-/// the two, so such a spelling would pass as the gateway's own header.
-/// Also removes `ours`: fields the gateway sets itself, in the same pass.
+/// Removes every header whose name is one of `identity` once any byte
+/// other than a letter or digit reads as `-` (`X_Client_Id`, `x-client.id`,
+/// see [`folds_to`]): such a spelling would pass as the gateway's own
+/// header. Also removes `ours`: fields the gateway sets itself, in the same pass.
 pub fn strip_identity(headers: &mut HeaderMap, identity: &[&HeaderName], ours: &[HeaderName]) {
     remove_where(headers, |name| {
         let name = name.as_str();
@@ -153,10 +153,14 @@ pub fn strip_identity(headers: &mut HeaderMap, identity: &[&HeaderName], ours: &
     });
 }
 
-/// Whether `name` is `canonical` as upstreams that read `_` as `-` see it.
+/// Whether `name` is `canonical` as an upstream that names variables
+/// after fields sees it: CGI, WSGI and PHP read `_` as `-`, and lighttpd's
+/// CGI, FastCGI and SCGI turn every byte that is not a letter or digit into
+/// `_`, so `X-Client.Id` and `X-Client~Id` are its `HTTP_X_CLIENT_ID` too.
 fn folds_to(name: &str, canonical: &str) -> bool {
     name.len() == canonical.len()
-        && (name.bytes().zip(canonical.bytes())).all(|(n, c)| n == c || (n == b'_' && c == b'-'))
+        && (name.bytes().zip(canonical.bytes()))
+            .all(|(n, c)| n == c || (c == b'-' && !n.is_ascii_alphanumeric()))
 }
 
 /// What a trusted proxy may send about the client and no one else may
@@ -244,7 +248,8 @@ impl Forwarded {
         proto: &'static str,
     ) -> Self {
         let ip = peer.addr.ip().to_canonical();
-        // `_` spellings are never a proxy's: gone whoever sent them.
+        // Other spellings (`_`, `.`) are never a proxy's: gone whoever sent
+        // them.
         let spelt_as = |name: &HeaderName, canonical_too: bool| {
             let name = name.as_str();
             (FORWARDING_ALL.iter()).any(|f| folds_to(name, f) && (canonical_too || name != *f))
@@ -361,19 +366,31 @@ mod tests {
         for name in ["x_client_id", "x-client_id", "x-client-id"] {
             h.insert(name, HeaderValue::from_static("cl_spoofed"));
         }
+        // Every byte a field name may hold that is not a letter or digit:
+        // lighttpd's CGI reads each as `_`, so as `-`.
+        for other in TOKEN_PUNCTUATION.chars() {
+            let name = format!("x-client{other}id");
+            h.insert(
+                HeaderName::try_from(name).unwrap(),
+                HeaderValue::from_static("cl_spoofed"),
+            );
+        }
         h.insert(X_REQUEST_ID, HeaderValue::from_static("spoofed"));
         h.insert("x_request-id", HeaderValue::from_static("spoofed"));
+        h.insert("x.request~id", HeaderValue::from_static("spoofed"));
+        // Not the same name, however read: kept.
+        h.insert("x-client-ids", HeaderValue::from_static("kept"));
+        h.insert("x-clientaid", HeaderValue::from_static("kept"));
         strip_identity(&mut h, &[&id], &[X_REQUEST_ID]);
-        assert!(
-            h.keys().all(|name| !name.as_str().contains("client")),
-            "{h:?}"
-        );
-        // Ours go in every spelling too.
-        assert!(
-            h.keys().all(|name| !name.as_str().contains("request")),
-            "{h:?}"
-        );
+        // Ours (the request id) go in every spelling too.
+        let mut left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        left.sort_unstable();
+        assert_eq!(left, ["x-client-ids", "x-clientaid"]);
     }
+
+    /// The bytes besides letters and digits that a field name may hold
+    /// (RFC 9110 `tchar`).
+    const TOKEN_PUNCTUATION: &str = "!#$%&'*+-.^_`|~";
 
     #[test]
     fn all_credential_places_are_stripped() {
@@ -452,7 +469,7 @@ mod tests {
     }
 
     #[test]
-    fn underscore_spellings_of_forwarding_headers_never_pass() {
+    fn other_spellings_of_forwarding_headers_never_pass() {
         let trusted = ["10.0.0.0/8".parse().unwrap()];
         for (peer_ip, kept) in [("192.0.2.1", 0), ("10.0.0.9", 3)] {
             let mut h = HeaderMap::new();
@@ -462,11 +479,20 @@ mod tests {
                 h.insert(name, HeaderValue::from_static("1.2.3.4"));
             }
             h.insert("x_Forwarded-For", HeaderValue::from_static("6.6.6.6"));
+            for other in TOKEN_PUNCTUATION.chars().filter(|&c| c != '-') {
+                for name in [format!("x-forwarded{other}for"), format!("x{other}real-ip")] {
+                    let name = HeaderName::try_from(name).unwrap();
+                    h.insert(name, HeaderValue::from_static("6.6.6.6"));
+                }
+            }
             let forwarded = Forwarded::of(&mut h, &peer(peer_ip), &trusted, "http");
             // What is left: a trusted proxy's own (X-Forwarded-For is folded
             // into the new value; a trusted X-Forwarded-Proto stays too).
             let left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
-            assert!(left.iter().all(|name| !name.contains('_')), "{left:?}");
+            assert!(
+                left.iter().all(|name| !name.contains(['_', '.', '~'])),
+                "{left:?}"
+            );
             assert_eq!(left.len(), kept + usize::from(kept > 0) * 2, "{left:?}");
             assert!(!forwarded.for_.to_str().unwrap().contains("6.6.6.6"));
         }
