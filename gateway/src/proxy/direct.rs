@@ -12,7 +12,8 @@
 //! Kept as hyper's were: a connection the upstream closed (or wrote to)
 //! while idle is dropped when next taken, once the worker's event loop
 //! has seen its socket become readable (hyper's connection task saw it no
-//! sooner); one idle for
+//! sooner), or at once after a response that may have no body (see
+//! `Conn::bodiless`); one idle for
 //! `limits.upstream_idle_timeout` is closed; a request is sent again once
 //! on a fresh connection when a kept one took none of it (or not all of
 //! a bodiless one), or, if idempotent, bodiless and on a connection idle
@@ -69,6 +70,12 @@ pub struct Conn {
     buf: BytesMut,
     // Boxed: a `Conn` moves in and out of the pool per request.
     names: Box<h1::Names>,
+    /// The last response had no body by rule (HEAD, 204, 304). Upstreams
+    /// that send one anyway (a known bug) may send it a moment after the
+    /// head, when the connection is already idle: taken before the event
+    /// loop saw those bytes, it would answer the next client with them.
+    /// So taking it asks the socket itself (one `recv` syscall).
+    bodiless: bool,
 }
 
 /// This thread's idle connections per server (most recently used last),
@@ -187,10 +194,16 @@ impl Conn {
 
     /// Whether the upstream closed (or wrote to) the idle connection: its
     /// socket is readable. Costs no syscall while the runtime saw nothing
-    /// come (tokio checks its readiness first).
+    /// come (tokio checks its readiness first), unless the last response
+    /// was [`bodiless`](Self::bodiless).
     fn closed_while_idle(&self) -> bool {
-        let mut probe = [0u8; 1];
-        !matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+        let would_block = |result: io::Result<usize>| matches!(result, Err(e) if e.kind() == io::ErrorKind::WouldBlock);
+        if self.bodiless {
+            // A peek on the non-blocking socket: `EAGAIN` if nothing came.
+            let mut probe = [std::mem::MaybeUninit::uninit(); 1];
+            return !would_block(socket2::SockRef::from(&self.stream).peek(&mut probe));
+        }
+        !would_block(self.stream.try_read(&mut [0u8; 1]))
     }
 }
 
@@ -201,6 +214,7 @@ async fn fresh(addr: SocketAddr, timeout: Duration) -> Result<Conn, DirectError>
         stream,
         buf: BytesMut::with_capacity(READ_CHUNK),
         names: Box::default(),
+        bodiless: false,
     })
 }
 
@@ -217,10 +231,11 @@ pub async fn dial(addr: SocketAddr, timeout: Duration) -> io::Result<TcpStream> 
 /// The response, its body reading from `conn`.
 fn body_of(
     head: h1::ResponseHead,
-    conn: Conn,
+    mut conn: Conn,
     addr: SocketAddr,
     used: Instant,
 ) -> Response<DirectBody> {
+    conn.bodiless = head.framing == h1::Framing::Empty;
     let decoder = Decoder::new(head.framing);
     let mut body = DirectBody {
         conn: Some(conn),

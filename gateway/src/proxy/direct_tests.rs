@@ -298,3 +298,69 @@ async fn idle_connections_are_reaped() {
     assert!(!KEPT.with_borrow(|kept| kept.reaping));
     assert_eq!(upstream.await.unwrap().len(), 1);
 }
+
+/// A buggy upstream answers a HEAD (or a GET with a 204) and sends a body
+/// anyway, a moment after the head, while the worker is busy: the
+/// connection is already idle, and its event loop has not seen the bytes
+/// come. The next request, another client's, must not get them as its
+/// answer: it goes on a fresh connection.
+#[tokio::test(flavor = "current_thread")]
+// Blocking the worker is the test: its event loop must not see the body.
+#[allow(clippy::disallowed_methods)]
+async fn a_body_sent_late_after_a_bodiless_response_never_answers_the_next_request() {
+    use std::io::{Read, Write};
+    for (method, status) in [(Method::HEAD, "200 OK"), (Method::GET, "204 No Content")] {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let head = format!("HTTP/1.1 {status}\r\ncontent-length: 43\r\n\r\n");
+        let upstream = std::thread::spawn(move || {
+            let read_line = |stream: &mut std::net::TcpStream| {
+                let mut head = Vec::new();
+                let mut byte = [0; 1];
+                while !head.ends_with(b"\r\n\r\n") && stream.read(&mut byte).unwrap_or(0) == 1 {
+                    head.push(byte[0]);
+                }
+                let head = String::from_utf8_lossy(&head).into_owned();
+                head.split('\r').next().unwrap_or_default().to_owned()
+            };
+            let (mut first, _) = listener.accept().unwrap();
+            let mut seen = vec![read_line(&mut first)];
+            first.write_all(head.as_bytes()).unwrap();
+            std::thread::sleep(Duration::from_millis(50));
+            first
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\nforged")
+                .unwrap();
+            let (mut second, _) = listener.accept().unwrap();
+            seen.push(read_line(&mut second));
+            second.write_all(OK).unwrap();
+            // The gateway closed the first one: nothing more came on it.
+            seen.push(read_line(&mut first));
+            seen
+        });
+        let response = send(
+            addr,
+            &request(method.clone(), "/h"),
+            &Added::for_tests(),
+            CONNECT,
+            IDLE,
+            Instant::now(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(read(response).await.0, "", "{method}");
+        assert_eq!(kept(addr), 1, "{method}");
+        // The worker busy (its event loop not turning) as the body comes.
+        std::thread::sleep(Duration::from_millis(300));
+        let response = get(addr, "/private", Instant::now()).await.unwrap();
+        assert_eq!(read(response).await.0, "ok", "{method}");
+        let seen = upstream.join().unwrap();
+        assert_eq!(
+            seen,
+            [
+                format!("{method} /h HTTP/1.1"),
+                "GET /private HTTP/1.1".into(),
+                String::new()
+            ]
+        );
+    }
+}
