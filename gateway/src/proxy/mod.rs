@@ -40,6 +40,7 @@ mod first_head;
 mod flagged;
 mod head_timer;
 mod identity;
+mod json_string;
 mod one_send;
 mod park;
 mod rate_fields;
