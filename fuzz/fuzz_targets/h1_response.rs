@@ -6,12 +6,14 @@
 //! same bytes parsed again with the field names the connection remembers
 //! from the first time give the same head, and so does a response parsed
 //! after another one (the input's first half) as parsed on a fresh
-//! connection.
+//! connection. Fed `step` bytes at a time and parsed again only where
+//! `may_end_head` says the new bytes may end the head (as `proxy::direct`
+//! reads), the same head is found.
 #![no_main]
 
 use bytes::BytesMut;
 use gateway::h1::{
-    parse_response_head, Decoder, Framing, H1Error, Head, Names, ResponseHead, Step,
+    may_end_head, parse_response_head, Decoder, Framing, H1Error, Head, Names, ResponseHead, Step,
 };
 use http::{HeaderMap, StatusCode, Version};
 use libfuzzer_sys::fuzz_target;
@@ -43,12 +45,17 @@ fuzz_target!(|data: &[u8]| {
         seen_of(final_head(after, head_request, &mut Names::default())),
         "parsed after another response's names"
     );
+    let step = usize::from(pick >> 1).max(1);
+    assert_eq!(
+        seen_of(final_head(data, head_request, &mut Names::default())),
+        seen_of(final_head_stepwise(data, head_request, step)),
+        "read {step} bytes at a time"
+    );
     let Some((head, buf)) = first else {
         return;
     };
     let body = buf.freeze();
     let whole = decode(head.framing, &body, body.len().max(1));
-    let step = usize::from(pick >> 1).max(1);
     assert_eq!(whole, decode(head.framing, &body, step), "step {step}");
 });
 
@@ -70,6 +77,39 @@ fn final_head(
             }
             _ => return None,
         }
+    }
+}
+
+/// [`final_head`] as `proxy::direct` reads it: `step` bytes at a time,
+/// a head found incomplete parsed again only where [`may_end_head`] says.
+fn final_head_stepwise(
+    data: &[u8],
+    head_request: bool,
+    step: usize,
+) -> Option<(ResponseHead, BytesMut)> {
+    let (mut names, mut buf, mut fed, mut parsed_at) =
+        (Names::default(), BytesMut::new(), 0, None::<usize>);
+    loop {
+        if !buf.is_empty() && parsed_at.is_none_or(|at| may_end_head(&buf, at)) {
+            match parse_response_head(&mut buf, head_request, &mut names) {
+                Ok(Some(Head::Informational)) => {
+                    parsed_at = None;
+                    continue;
+                }
+                Ok(Some(Head::Final(head))) => {
+                    buf.extend_from_slice(&data[fed..]);
+                    return Some((head, buf));
+                }
+                Ok(None) => parsed_at = Some(buf.len()),
+                Err(_) => return None,
+            }
+        }
+        if fed == data.len() {
+            return None;
+        }
+        let next = (fed + step).min(data.len());
+        buf.extend_from_slice(&data[fed..next]);
+        fed = next;
     }
 }
 

@@ -120,6 +120,20 @@ pub fn write_field(out: &mut Vec<u8>, name: &str, value: &[u8]) {
     out.extend_from_slice(b"\r\n");
 }
 
+/// Whether a head found incomplete when `buf` held `parsed_at` bytes may
+/// be complete now: the bytes since (and the two before, where a blank
+/// line split across reads starts) hold a line feed, an optional carriage
+/// return and a line feed, or `buf` is over the size limit (the parser
+/// refuses it). A head is parsed again only then, so an upstream that
+/// sends one a byte at a time costs a look at each byte, not a parse of
+/// the whole head per byte (quadratic in its size: ~400 KB at most).
+pub fn may_end_head(buf: &[u8], parsed_at: usize) -> bool {
+    let new = buf.get(parsed_at.saturating_sub(2)..).unwrap_or_default();
+    buf.len() > MAX_HEAD_BYTES
+        || (new.windows(2)).any(|pair| pair == b"\n\n")
+        || (new.windows(3)).any(|three| three == b"\n\r\n")
+}
+
 /// Parses a response head at the start of `buf`; once complete, splits it
 /// off (the body's bytes stay). `None`: more bytes are needed.
 /// `head_request`: the request was a HEAD (its response has no body

@@ -381,3 +381,34 @@ fn lengths_and_closes_end_where_they_say() {
     assert_eq!(decoder.remaining(), Some(7));
     assert_eq!(Decoder::new(Framing::Chunked).remaining(), None);
 }
+
+/// A head found incomplete is looked at again whenever the bytes since
+/// complete it, wherever the reads split it: for every prefix that does
+/// not parse and every longer one that does, `may_end_head` says so.
+#[test]
+fn a_head_that_completes_is_always_parsed_again() {
+    for text in [
+        &b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"[..],
+        b"HTTP/1.1 204 No Content\n\n",
+        b"HTTP/1.1 200 OK\nx: 1\r\n\nbody",
+        b"HTTP/1.1 200 OK\r\nx: 1\n\r\n",
+        b"HTTP/1.1 200 OK\r\n\r\n",
+        b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\n\r\n",
+    ] {
+        let complete = |len: usize| !matches!(parse(&text[..len], false), Ok(None));
+        for parsed_at in (1..text.len()).filter(|&at| !complete(at)) {
+            for len in (parsed_at + 1..=text.len()).filter(|&len| complete(len)) {
+                assert!(
+                    may_end_head(&text[..len], parsed_at),
+                    "{:?} after {parsed_at}",
+                    String::from_utf8_lossy(&text[..len])
+                );
+            }
+        }
+    }
+    // Lines that do not end the head wait for more, until the limit.
+    let fields = b"HTTP/1.1 200 OK\r\nx: 1\r\ny: 2\r\n";
+    assert!(!may_end_head(fields, 20));
+    assert!(!may_end_head(&[b'x'; MAX_HEAD_BYTES], 10));
+    assert!(may_end_head(&[b'x'; MAX_HEAD_BYTES + 1], 10));
+}

@@ -157,13 +157,19 @@ async fn exchange(
         return Err(DirectError::Write { sent, error });
     }
     let mut answered = false;
+    // The buffer's length when a head was last found incomplete.
+    let mut parsed_at = None;
     loop {
-        if !conn.buf.is_empty() {
+        let buf = &conn.buf;
+        if !buf.is_empty() && parsed_at.is_none_or(|at| h1::may_end_head(buf, at)) {
             answered = true;
             match h1::parse_response_head(&mut conn.buf, head_request, &mut conn.names)? {
                 Some(Head::Final(head)) => return Ok(head),
-                Some(Head::Informational) => continue,
-                None => {}
+                Some(Head::Informational) => {
+                    parsed_at = None;
+                    continue;
+                }
+                None => parsed_at = Some(conn.buf.len()),
             }
         }
         match std::future::poll_fn(|cx| conn.poll_read(cx)).await {
