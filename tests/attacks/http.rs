@@ -297,6 +297,30 @@ fn spoofed_forwarding_and_identity_spellings_never_reach_the_upstream() {
     assert_eq!(seen[0].header("x-client-tier"), Some("gold"));
 }
 
+/// The gateway answers `Expect: 100-continue` itself and sends the body
+/// with the head: the upstream is asked to expect nothing (one that
+/// refused the expectation and kept the connection would read the body
+/// as a request).
+#[test]
+fn an_expectation_is_met_by_the_gateway_and_not_passed_on() {
+    let upstream = FakeUpstream::start(None);
+    let gateway = Gateway::builder(&config(&upstream, "")).start();
+    let (statuses, text) = raw(
+        gateway.addr,
+        b"POST /api/x HTTP/1.1\r\nhost: gw\r\nconnection: close\r\n\
+          expect: 100-continue\r\ncontent-length: 5\r\n\r\nhello",
+    );
+    assert_eq!(statuses.last(), Some(&200), "{text}");
+    let seen = upstream.requests();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(
+        (seen[0].method.as_str(), seen[0].target.as_str()),
+        ("POST", "/api/x")
+    );
+    assert_eq!(seen[0].header("expect"), None, "{:?}", seen[0].headers);
+    assert_eq!(seen[0].header("content-length"), Some("5"));
+}
+
 #[test]
 fn trusted_proxies_keep_their_forwarding_headers() {
     let upstream = FakeUpstream::start(None);

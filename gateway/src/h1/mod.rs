@@ -81,7 +81,10 @@ pub enum Head {
 /// `req`'s head as HTTP/1.1 bytes, for a body of `body_len` bytes sent
 /// whole after it: origin form, its header fields as they are but for the
 /// framing, which is the body's length (a body there is none of has none:
-/// a `Content-Length: 0` sent stays). `extra` writes more fields (with
+/// a `Content-Length: 0` sent stays), and `Expect`. The body follows the
+/// head at once, so there is nothing to wait for; an upstream that
+/// refuses the expectation (417) and keeps the connection would read that
+/// body as a request. `extra` writes more fields (with
 /// [`write_field`]) after the map's: valid names and values, none of them
 /// framing.
 pub fn encode_request_head<B>(
@@ -98,7 +101,7 @@ pub fn encode_request_head<B>(
     for (name, value) in req.headers() {
         let framing =
             name == header::TRANSFER_ENCODING || (body_len > 0 && name == header::CONTENT_LENGTH);
-        if framing {
+        if framing || name == header::EXPECT {
             continue;
         }
         write_field(out, name.as_str(), value.as_bytes());

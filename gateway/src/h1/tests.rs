@@ -63,11 +63,12 @@ fn the_request_head_is_origin_form_with_its_fields_and_no_transfer_encoding() {
 }
 
 #[test]
-fn a_body_read_whole_is_framed_by_its_own_length_only() {
+fn a_body_read_whole_is_framed_by_its_own_length_only_and_expects_nothing() {
     let fields = [
         ("content-length", "999"),
         ("transfer-encoding", "chunked"),
         ("x-a", "b"),
+        ("expect", "100-continue"),
     ];
     assert_eq!(
         encoded(Method::POST, "/in", &fields, 5),
