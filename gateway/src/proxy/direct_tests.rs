@@ -20,20 +20,23 @@ fn request(method: Method, path: &str) -> Request<RequestBody> {
     req
 }
 
+/// `method path` sent to `addr` with the test fields, as at `now`.
+async fn call(
+    addr: SocketAddr,
+    method: Method,
+    path: &str,
+    now: Instant,
+) -> Result<Response<DirectBody>, DirectError> {
+    let req = request(method, path);
+    send(addr, &req, &Added::for_tests(), CONNECT, IDLE, now).await
+}
+
 async fn get(
     addr: SocketAddr,
     path: &str,
     now: Instant,
 ) -> Result<Response<DirectBody>, DirectError> {
-    send(
-        addr,
-        &request(Method::GET, path),
-        &Added::for_tests(),
-        CONNECT,
-        IDLE,
-        now,
-    )
-    .await
+    call(addr, Method::GET, path, now).await
 }
 
 #[tokio::test(flavor = "current_thread")]
@@ -185,17 +188,9 @@ async fn every_framing_is_read_exactly_and_kept_only_when_it_can_be() {
     let response = get(addr, "/early", Instant::now()).await.unwrap();
     assert_eq!(response.status(), 204);
     assert_eq!(read(response).await.0, "");
-    let req = request(Method::HEAD, "/head");
-    let response = send(
-        addr,
-        &req,
-        &Added::for_tests(),
-        CONNECT,
-        IDLE,
-        Instant::now(),
-    )
-    .await
-    .unwrap();
+    let response = call(addr, Method::HEAD, "/head", Instant::now())
+        .await
+        .unwrap();
     assert_eq!(response.headers()["content-length"], "10");
     assert_eq!(read(response).await.0, "");
     assert_eq!(kept(addr), 1);
@@ -337,16 +332,9 @@ async fn a_body_sent_late_after_a_bodiless_response_never_answers_the_next_reque
             seen.push(read_line(&mut first));
             seen
         });
-        let response = send(
-            addr,
-            &request(method.clone(), "/h"),
-            &Added::for_tests(),
-            CONNECT,
-            IDLE,
-            Instant::now(),
-        )
-        .await
-        .unwrap();
+        let response = call(addr, method.clone(), "/h", Instant::now())
+            .await
+            .unwrap();
         assert_eq!(read(response).await.0, "", "{method}");
         assert_eq!(kept(addr), 1, "{method}");
         // The worker busy (its event loop not turning) as the body comes.
