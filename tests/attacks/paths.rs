@@ -469,3 +469,33 @@ fn response_status(mut bytes: &[u8]) -> Option<u16> {
     }
     None
 }
+
+/// `admin.example.` is the fully qualified spelling of `admin.example`
+/// (DNS resolves both alike, nginx drops the dot before matching
+/// `server_name`): it is the protected host's route, not the open any-host
+/// one, and nothing reaches the upstream without a key.
+#[test]
+fn a_trailing_dot_does_not_take_a_request_off_its_hosts_protected_route() {
+    let app = FakeUpstream::start(None);
+    let config = format!(
+        "{}\n[[routes]]\nhost = \"admin.example\"\npath_prefix = \"/\"\nupstream = \"app\"\n\
+         auth = \"api_key\"\n\n[[routes]]\npath_prefix = \"/\"\nupstream = \"app\"\nauth = \"none\"\n",
+        gateway_tests::http::tiers_and_app(app.addr)
+    );
+    let gateway = Gateway::builder(&config).start();
+    for host in [
+        "admin.example",
+        "ADMIN.example:80",
+        "admin.example.",
+        "Admin.Example.:80",
+    ] {
+        let head = format!("GET /users HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n");
+        let (statuses, text) = crate::http::raw(gateway.addr, head.as_bytes());
+        assert_eq!(statuses, [401], "{host}: {text}");
+    }
+    assert_eq!(app.requests().len(), 0, "{:?}", app.requests());
+    // Another host still takes the open route.
+    let head = "GET /users HTTP/1.1\r\nhost: www.example.\r\nconnection: close\r\n\r\n";
+    assert_eq!(crate::http::raw(gateway.addr, head.as_bytes()).0, [200]);
+    assert_eq!(app.requests().len(), 1);
+}

@@ -1,4 +1,5 @@
-//! Route matching: by host (exact, case-insensitive; absent = any host),
+//! Route matching: by host (exact, case-insensitive, a trailing dot
+//! ignored; absent = any host),
 //! then the longest path prefix, on segment boundaries, of the normalised
 //! path ([`super::path`]); and the path a route forwards.
 use std::borrow::Cow;
@@ -43,7 +44,8 @@ impl RouteTable {
             .map(|(index, c)| Route {
                 name: c.name(),
                 index,
-                host: c.host.as_ref().map(|h| h.to_ascii_lowercase()),
+                host: (c.host.as_deref())
+                    .map(|h| h.strip_suffix('.').unwrap_or(h).to_ascii_lowercase()),
                 prefix: c.path_prefix.trim_end_matches('/').to_owned(),
                 rewrite: match (&c.rewrite_prefix, c.strip_prefix) {
                     (Some(rewrite), _) => Some(rewrite.trim_end_matches('/').to_owned()),
@@ -81,7 +83,7 @@ impl RouteTable {
         self.routes.iter().find(|route| {
             is_under(path, &route.prefix)
                 && (route.host.as_ref()).is_none_or(|want| {
-                    host.is_some_and(|host| host_without_port(host).eq_ignore_ascii_case(want))
+                    host.is_some_and(|host| host_name(host).eq_ignore_ascii_case(want))
                 })
         })
     }
@@ -111,6 +113,15 @@ impl Route {
 fn is_under(path: &str, prefix: &str) -> bool {
     path.strip_prefix(prefix)
         .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+}
+
+/// The name a host is matched by: without its port and its one trailing
+/// dot. `example.com.` is DNS's `example.com`, and upstreams (nginx's
+/// `server_name`) serve it as that host: matched apart, it took a request
+/// off its host's protected route onto an any-host one.
+fn host_name(host: &str) -> &str {
+    let name = host_without_port(host);
+    name.strip_suffix('.').unwrap_or(name)
 }
 
 /// `example.com:8080` → `example.com`; `[::1]:80` → `[::1]`.
@@ -159,11 +170,14 @@ mod tests {
         assert_eq!(find(None, "/api/x"), Some("api"));
         assert_eq!(find(Some("example.com:8080"), "/api/x"), Some("example"));
         assert_eq!(find(Some("other.org"), "/api/x"), Some("api"));
-        // Hosts compare without case, and only whole.
-        assert_eq!(find(Some("EXAMPLE.Com"), "/api/x"), Some("example"));
+        // Hosts compare without case, port or the root's dot, and only
+        // whole.
+        for same in ["EXAMPLE.Com", "example.com.", "Example.com.:8080"] {
+            assert_eq!(find(Some(same), "/api/x"), Some("example"), "{same}");
+        }
         for near in [
             "example.co",
-            "example.com.",
+            "example.com..",
             "xexample.com",
             "example.com:x",
         ] {
