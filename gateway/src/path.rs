@@ -20,6 +20,12 @@
 //!   (`%zz`, `%4`); `..` above the root (`/..`, `/a/../..`); and a
 //!   dot-segment with parameters (`..;x`), which Java servers resolve as
 //!   `..`.
+//!
+//! Java servers (Tomcat, Jetty, Spring, Undertow) also drop every other
+//! segment's parameters before they match (`/private;x/s` is their
+//! `/private/s`), where others read `private;x` as a name of its own.
+//! [`without_parameters`] is the first reading, for the proxy to refuse
+//! (400 `path_parameters`) a path the two readings route apart.
 use std::borrow::Cow;
 
 /// Why a path was refused; `as_str` is the access log's `detail`.
@@ -41,6 +47,8 @@ pub enum PathError {
     EscapesRoot,
     #[error("the path holds a dot-segment with parameters (..;)")]
     DotSegmentParameters,
+    #[error("the path's segment parameters (;) decide its route")]
+    ParametersDecideRoute,
 }
 
 impl PathError {
@@ -55,8 +63,25 @@ impl PathError {
             PathError::MalformedEncoding => "malformed_encoding",
             PathError::EscapesRoot => "escapes_root",
             PathError::DotSegmentParameters => "dot_segment_parameters",
+            PathError::ParametersDecideRoute => "path_parameters",
         }
     }
+}
+
+/// `path` with each segment's parameters (from `;` to the segment's end)
+/// removed, as Java servers read it: `/a;x/b;y=1` is `/a/b`.
+pub fn without_parameters(path: &str) -> Cow<'_, str> {
+    if !path.contains(';') {
+        return Cow::Borrowed(path);
+    }
+    let mut bare = String::with_capacity(path.len());
+    for (i, segment) in path.split('/').enumerate() {
+        if i > 0 {
+            bare.push('/');
+        }
+        bare.push_str(segment.split(';').next().unwrap_or_default());
+    }
+    Cow::Owned(bare)
 }
 
 /// `raw_path` (no query) in normal form, or why it is refused (see the
@@ -270,6 +295,21 @@ mod tests {
             let old = byte.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@".contains(&byte);
             assert_eq!(is_path_byte(byte), old, "{byte}");
         }
+    }
+
+    #[test]
+    fn parameters_go_from_every_segment() {
+        for (path, bare) in [
+            ("/a/b", "/a/b"),
+            ("/a;x/b", "/a/b"),
+            ("/a;x=1;y/b;jsessionid=2", "/a/b"),
+            ("/;x/", "//"),
+            ("/a/b;", "/a/b"),
+            ("/", "/"),
+        ] {
+            assert_eq!(without_parameters(path), bare, "{path}");
+        }
+        assert!(matches!(without_parameters("/a/b"), Cow::Borrowed(_)));
     }
 
     #[test]

@@ -499,3 +499,47 @@ fn a_trailing_dot_does_not_take_a_request_off_its_hosts_protected_route() {
     assert_eq!(crate::http::raw(gateway.addr, head.as_bytes()).0, [200]);
     assert_eq!(app.requests().len(), 1);
 }
+
+/// Path parameters (`;x`) on an ordinary segment: Tomcat, Jetty, Spring
+/// and Undertow drop them from every segment before matching, so
+/// `/private;x/secret` is their `/private/secret`, while other servers
+/// read `private;x` as a name of its own. A path the two readings route
+/// apart is refused (either could be the one served); one they route
+/// alike goes as it came.
+#[test]
+fn path_parameters_never_take_a_request_off_its_protected_prefix() {
+    let app = FakeUpstream::start(None);
+    let config = format!(
+        "{}\n[[routes]]\npath_prefix = \"/private/\"\nupstream = \"app\"\nauth = \"api_key\"\n\n\
+         [[routes]]\npath_prefix = \"/\"\nupstream = \"app\"\nauth = \"none\"\n",
+        gateway_tests::http::tiers_and_app(app.addr)
+    );
+    let gateway = Gateway::builder(&config).start();
+    assert_eq!(
+        request(gateway.addr, "GET", "/private/secret", &[]).status,
+        401
+    );
+    for target in [
+        "/private;x/secret",
+        "/private;jsessionid=1/secret",
+        "/%70rivate;/secret",
+        "/private;",
+    ] {
+        let response = request(gateway.addr, "GET", target, &[]);
+        assert_eq!(response.status, 400, "{target}");
+        assert!(
+            response.body.contains("segment parameters"),
+            "{target}: {}",
+            response.body
+        );
+    }
+    assert_eq!(app.requests().len(), 0, "{:?}", app.requests());
+    // Parameters that route the same either way stay as they came.
+    assert_eq!(
+        request(gateway.addr, "GET", "/shop;v=2/cart", &[]).status,
+        200
+    );
+    let seen = app.requests();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].target, "/shop;v=2/cart");
+}

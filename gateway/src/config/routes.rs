@@ -181,6 +181,12 @@ fn validate_prefix(key: &str, prefix: &str) -> Result<(), ConfigError> {
         return Err(ConfigError::invalid(key, "must start with '/'"));
     }
     match path::normalize(prefix) {
+        // Such a prefix would route only paths refused for it (see
+        // `path::without_parameters`).
+        Ok(_) if prefix.contains(';') => Err(ConfigError::invalid(
+            key,
+            "holds a ';': Java servers read it as path parameters",
+        )),
         Ok(normal) if normal == prefix => Ok(()),
         Ok(normal) => Err(ConfigError::invalid(
             key,
@@ -354,6 +360,10 @@ mod tests {
             (
                 "path_prefix = \"/../\"",
                 "routes[0].path_prefix: the path's dot-segments",
+            ),
+            (
+                "path_prefix = \"/a;v=1/\"",
+                "routes[0].path_prefix: holds a ';'",
             ),
             (
                 "path_prefix = \"/api/\"\nrewrite_prefix = \"v2\"",

@@ -319,6 +319,16 @@ impl Gateway {
         let host = (req.uri().authority().map(|a| a.as_str()))
             .or_else(|| req.headers().get(HOST).and_then(|v| v.to_str().ok()));
         let route = (self.routes.find(host, &ctx.path)).ok_or(ProxyError::NoRoute)?;
+        // Routed as a Java upstream reads the path too (see `path`): where
+        // the readings differ, either could be the one served.
+        let bare = path::without_parameters(&ctx.path);
+        if matches!(bare, Cow::Owned(_))
+            && (self.routes.find(host, &bare)).map(|bare| bare.index) != Some(route.index)
+        {
+            return Err(ProxyError::InvalidPath(
+                path::PathError::ParametersDecideRoute,
+            ));
+        }
         ctx.route = Some(route);
         Ok(route)
     }
