@@ -236,10 +236,10 @@ pub fn run(args: RunArgs) -> Result<()> {
             ),
         };
         let index = Arc::new(KeyIndex::default());
-        let count = index
-            .load(store.as_ref())
-            .await
-            .context("loading API keys")?;
+        // Nothing refreshes a client before the admin API is up: read once.
+        let count = (index.load(store.as_ref()).await)
+            .context("loading API keys")?
+            .context("loading API keys: a client changed meanwhile")?;
         let shown = (config.store.url.as_deref()).map_or_else(
             || config.keys.store.display().to_string(),
             gateway::keys::postgres::redacted,
@@ -489,10 +489,14 @@ async fn refresh_keys(store: Arc<dyn KeyStore>, index: Arc<KeyIndex>, every: Dur
             continue;
         }
         match index.load(store.as_ref()).await {
-            Ok(count) => {
+            Ok(Some(count)) => {
                 seen = Some(version);
                 tracing::info!(keys = count, "API keys reloaded");
             }
+            // The admin API changed a client while the keys were read (a
+            // revocation, say, which the read may predate; made on this
+            // process's connection, it moves no version): next tick.
+            Ok(None) => tracing::debug!("a client changed while API keys were read: reading again"),
             Err(error) => tracing::warn!(%error, "reloading API keys failed"),
         }
     }

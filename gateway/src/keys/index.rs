@@ -85,11 +85,14 @@ fn slot(key: &StoredKey, clients: &HashMap<String, Arc<Client>>) -> Option<Slot>
 }
 
 impl KeyIndex {
-    /// Rebuilds the index from the store and swaps it in.
-    pub async fn load(&self, store: &dyn KeyStore) -> Result<usize, StoreError> {
+    /// Rebuilds the index from the store and swaps it in; `None` if a
+    /// client was refreshed while it read (see
+    /// [`KeyIndex::replace_unless_changed`]): nothing swapped, read again.
+    pub async fn load(&self, store: &dyn KeyStore) -> Result<Option<usize>, StoreError> {
+        let since = self.changes();
         let clients = store.clients().await?;
         let keys = store.keys().await?;
-        Ok(self.replace(clients, keys))
+        Ok(self.replace_unless_changed(since, clients, keys))
     }
 
     /// Swaps in an index of exactly these clients and keys.

@@ -218,3 +218,110 @@ fn a_full_read_older_than_a_client_refresh_is_not_swapped_in() {
     let (clients, keys) = (store.clients().unwrap(), store.keys().unwrap());
     assert_eq!(index.replace_unless_changed(since, clients, keys), Some(0));
 }
+
+/// The embedded store's background reload (`cli/run.rs` `refresh_keys`)
+/// reads every client and key; a client the admin API revokes (store
+/// delete + `refresh_client`) while that read is under way must not come
+/// back when it is swapped in. The revoke went through the poller's own
+/// SQLite connection, so `PRAGMA data_version` does not move and no later
+/// poll would have mended it.
+#[tokio::test]
+async fn a_revocation_during_a_background_reload_is_not_undone() {
+    use std::sync::Arc;
+
+    use super::super::store::KeyStore;
+
+    /// The store as the poller sees it; the admin API's delete (and its
+    /// index refresh) lands between the poller's two reads.
+    struct Racing {
+        inner: Arc<SqliteStore>,
+        index: Arc<KeyIndex>,
+        victim: String,
+    }
+
+    #[async_trait::async_trait]
+    impl KeyStore for Racing {
+        async fn create_many(
+            &self,
+            new: Vec<NewClient>,
+            now: i64,
+        ) -> Result<Vec<(Client, String)>, StoreError> {
+            KeyStore::create_many(&*self.inner, new, now).await
+        }
+        async fn create_first_admin(
+            &self,
+            new: NewClient,
+            now: i64,
+        ) -> Result<Option<(Client, String)>, StoreError> {
+            KeyStore::create_first_admin(&*self.inner, new, now).await
+        }
+        async fn clients(&self) -> Result<Vec<Client>, StoreError> {
+            KeyStore::clients(&*self.inner).await
+        }
+        async fn keys(&self) -> Result<Vec<StoredKey>, StoreError> {
+            let keys = KeyStore::keys(&*self.inner).await;
+            // The admin API: DELETE /v1/management/api-clients/{id}.
+            assert!(KeyStore::delete(&*self.inner, &self.victim).await.unwrap());
+            self.index
+                .refresh_client(&*self.inner, &self.victim)
+                .await
+                .unwrap();
+            keys
+        }
+        async fn version(&self) -> Result<i64, StoreError> {
+            KeyStore::version(&*self.inner).await
+        }
+        async fn client(&self, id: &str) -> Result<Option<Client>, StoreError> {
+            KeyStore::client(&*self.inner, id).await
+        }
+        async fn update(
+            &self,
+            id: &str,
+            update: &ClientUpdate,
+        ) -> Result<Option<Client>, StoreError> {
+            KeyStore::update(&*self.inner, id, update).await
+        }
+        async fn delete(&self, id: &str) -> Result<bool, StoreError> {
+            KeyStore::delete(&*self.inner, id).await
+        }
+        async fn rotate(
+            &self,
+            id: &str,
+            grace: i64,
+            now: i64,
+        ) -> Result<Option<String>, StoreError> {
+            KeyStore::rotate(&*self.inner, id, grace, now).await
+        }
+    }
+
+    let (_dir, store) = store();
+    let store = Arc::new(store);
+    let (victim, key) = store.create(client("a", None), 100).unwrap();
+    let index = Arc::new(KeyIndex::default());
+    load(&index, &store);
+    assert!(index.verify(&key, 200).1.is_ok());
+    let version = store.version().unwrap();
+
+    let racing = Racing {
+        inner: store.clone(),
+        index: index.clone(),
+        victim: victim.id.clone(),
+    };
+    // `refresh_keys`: the version moved (say the CLI wrote), reload all.
+    // Read meanwhile, nothing is swapped in: read again.
+    assert_eq!(index.load(&racing).await.unwrap(), None);
+
+    // The revoke was answered 200 and the client is gone from the store...
+    assert!(store.client(&victim.id).unwrap().is_none());
+    // ...and the poller will not look again: its own connection's writes
+    // do not change data_version.
+    assert_eq!(store.version().unwrap(), version);
+    // The revoked key must be refused.
+    assert!(
+        index.verify(&key, 300).1.is_err(),
+        "a revoked client's key is accepted again after a background reload"
+    );
+    // The next read is swapped in, without the client.
+    assert_eq!(index.load(&*store).await.unwrap(), Some(0));
+    assert!(index.verify(&key, 300).1.is_err());
+}
