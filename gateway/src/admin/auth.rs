@@ -22,8 +22,13 @@ pub(super) fn bearer(req: &Request<Incoming>) -> Result<&str, AdminError> {
         .ok_or(AdminError::MissingCredential)
 }
 
-/// The admin client `key` stands for, if it may have `access` now.
+/// The admin client `key` stands for, if it may have `access` now. Not
+/// from a stale index (see [`KeyIndex::is_stale`]), as the proxy refuses
+/// API keys from one.
 pub(super) fn admit(keys: &KeyIndex, key: &str, access: Access) -> Result<Client, AdminError> {
+    if keys.is_stale() {
+        return Err(AdminError::KeysStale);
+    }
     let (_, outcome) = keys.verify(key, unix_now());
     let client = outcome.map_err(AdminError::InvalidCredential)?;
     if !client.is_admin {
@@ -73,5 +78,36 @@ impl Admin {
             super::draining::refuse_changes(self.reloader.as_deref())?;
         }
         Ok(client)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::{NewClient, SqliteStore};
+
+    /// A fleet node whose shared store is out of reach past its staleness
+    /// bound admits no admin key: one revoked on another node may still be
+    /// in its copy. It admits again once the copy is current.
+    #[test]
+    fn a_stale_index_admits_no_admin_key() {
+        let store = SqliteStore::open(std::path::Path::new(":memory:")).unwrap();
+        let admin = NewClient {
+            name: "admin".into(),
+            tier: "gold".into(),
+            is_admin: true,
+            ..NewClient::default()
+        };
+        let (_, key) = store.create(admin, 0).unwrap();
+        let index = KeyIndex::default();
+        index.replace(store.clients().unwrap(), store.keys().unwrap());
+        assert!(admit(&index, &key, Access::Write).is_ok());
+        index.set_stale(true);
+        for access in [Access::Read, Access::Write] {
+            let refused = admit(&index, &key, access).unwrap_err();
+            assert_eq!(refused.status().0, http::StatusCode::SERVICE_UNAVAILABLE);
+        }
+        index.set_stale(false);
+        assert!(admit(&index, &key, Access::Read).is_ok());
     }
 }

@@ -42,6 +42,10 @@ pub(crate) enum AdminError {
     TooManyFollowers,
     #[error("the key store failed: {0}")]
     Store(#[from] crate::keys::StoreError),
+    /// The shared store is out of reach past `store.max_staleness`: this
+    /// node's copy of the keys may hold an admin key revoked elsewhere.
+    #[error("the key store cannot be reached, so admin keys cannot be checked; retry later")]
+    KeysStale,
     #[error("{0}")]
     Reload(#[from] ReloadError),
     #[error("this gateway is draining ({0}); retry: a new connection reaches the one in charge")]
@@ -67,6 +71,7 @@ impl AdminError {
             AdminError::Store(error) if error.is_unavailable() => {
                 (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable")
             }
+            AdminError::KeysStale => (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable"),
             AdminError::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "store_error"),
             AdminError::Reload(ReloadError::Invalid(_)) => {
                 (StatusCode::UNPROCESSABLE_ENTITY, "invalid_config")
