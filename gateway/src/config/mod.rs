@@ -144,7 +144,7 @@ impl Config {
         routes::validate_targets(&self.routes, &self.upstreams)?;
         identity::validate_issuers(&self.issuers)?;
         identity::validate_tokens(&self.tokens, &self.issuers)?;
-        routes::validate_auth(&self.routes, !self.issuers.is_empty(), self.tokens.enabled)?;
+        routes::validate_auth(&self.routes, !self.issuers.is_empty(), &self.tokens)?;
         routes::validate_forwarding(&self.forwarding)?;
         self.redis.validate()?;
         fleet::validate_backend(&self.limits, &self.redis)?;

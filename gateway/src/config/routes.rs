@@ -3,7 +3,7 @@
 use ipnet::IpNet;
 use serde::Deserialize;
 
-use super::{bounds::At, upstreams::UpstreamConfig, ConfigError};
+use super::{bounds::At, identity::TokensConfig, upstreams::UpstreamConfig, ConfigError};
 use crate::path;
 
 /// Which credentials a route accepts.
@@ -201,8 +201,9 @@ fn validate_prefix(key: &str, prefix: &str) -> Result<(), ConfigError> {
 pub(super) fn validate_auth(
     routes: &[RouteConfig],
     has_issuers: bool,
-    tokens_enabled: bool,
+    tokens: &TokensConfig,
 ) -> Result<(), ConfigError> {
+    let (tokens_enabled, audience) = (tokens.enabled, tokens.audience.as_str());
     for (index, route) in routes.iter().enumerate() {
         if matches!(route.auth, AuthPolicy::Jwt | AuthPolicy::Both)
             && !has_issuers
@@ -217,6 +218,19 @@ pub(super) fn validate_auth(
             return Err(ConfigError::invalid(
                 format!("routes[{index}].upstream_identity"),
                 "\"jwt\" needs the gateway's own tokens ([tokens] enabled = true)",
+            ));
+        }
+        // An upstream's tokens have its name for audience, and the same
+        // issuer and keys as the gateway's own: named as the gateway's
+        // audience, they would be its credentials, replayable by the
+        // upstream (or whoever reads its traffic) on any JWT route.
+        if route.upstream_identity == UpstreamIdentity::Jwt && route.upstream == audience {
+            return Err(ConfigError::invalid(
+                format!("routes[{index}].upstream"),
+                format!(
+                    "{audience:?} is tokens.audience: the tokens this upstream is handed would \
+                     pass as the gateway's own; rename the upstream or the audience"
+                ),
             ));
         }
     }
@@ -321,6 +335,27 @@ mod tests {
         }
         let fine = "[[listeners]]\naddress = \"127.0.0.1:1\"\n[forwarding]\nclient_id_header = \"x-consumer\"\n";
         assert!(crate::config::Config::parse(fine).is_ok());
+    }
+
+    /// An upstream handed the gateway's tokens must not be named as their
+    /// audience: they would pass as the gateway's own credentials.
+    #[test]
+    fn an_upstream_handed_tokens_is_not_named_as_the_tokens_audience() {
+        let config = |upstream: &str, identity: &str| {
+            format!(
+                "[[listeners]]\naddress = \"127.0.0.1:1\"\n[tokens]\naudience = \"api\"\n\
+                 [[upstreams]]\nname = \"{upstream}\"\nservers = [\"127.0.0.1:2\"]\n\
+                 [[routes]]\npath_prefix = \"/\"\nupstream = \"{upstream}\"\nauth = \"both\"\n\
+                 upstream_identity = \"{identity}\"\n"
+            )
+        };
+        let message = error(&config("api", "jwt"));
+        assert!(
+            message.starts_with("routes[0].upstream: \"api\" is tokens.audience"),
+            "{message}"
+        );
+        assert!(crate::config::Config::parse(&config("api", "headers")).is_ok());
+        assert!(crate::config::Config::parse(&config("orders", "jwt")).is_ok());
     }
 
     #[test]
