@@ -484,3 +484,59 @@ fn a_first_head_over_max_header_bytes_is_431_and_not_forwarded() {
         "the oversized head was forwarded"
     );
 }
+
+/// A client that asks for a large response and never reads it (its window
+/// shut) has its connection dropped once no byte has gone for
+/// `request_timeout`, freeing its slot (here its source's only one); one
+/// that reads slowly but steadily keeps its connection however long the
+/// response takes.
+#[test]
+fn a_client_that_never_reads_its_response_loses_its_slot_and_a_slow_one_does_not() {
+    let upstream = FakeUpstream::start(None);
+    let limits = "request_timeout = \"1s\"\nmax_connections_per_source = 1";
+    let gateway = Gateway::builder(&open_route(upstream.addr, limits)).start();
+    upstream.set_body(&"x".repeat(64 << 20));
+    let get = b"GET /big HTTP/1.1\r\nhost: gw\r\n\r\n";
+    // A slow reader: 16 KiB every 100 ms for 3 s (3 request timeouts).
+    let mut slow = TcpStream::connect(gateway.addr).unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    slow.write_all(get).unwrap();
+    let mut chunk = vec![0; 16 << 10];
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(3) {
+        slow.read_exact(&mut chunk).unwrap();
+        pause(Duration::from_millis(100));
+    }
+    drop(slow);
+    // The source's slot comes free once the slow reader is gone.
+    let mut stalled = served_within(gateway.addr, Duration::from_secs(5)).unwrap();
+    let before = upstream.requests().len();
+    stalled.write_all(get).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while upstream.requests().len() == before && Instant::now() < deadline {
+        pause(Duration::from_millis(20));
+    }
+    assert_eq!(upstream.requests().len(), before + 1);
+    upstream.set_body("small");
+    // The stalled one is dropped within about two timeouts: its slot is
+    // free again, and what it had not read is cut off.
+    let again = served_within(gateway.addr, Duration::from_secs(6));
+    assert!(
+        again.is_some(),
+        "a client that read nothing still holds the source's only slot"
+    );
+    stalled
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut taken = 0usize;
+    while let Ok(n) = stalled.read(&mut chunk) {
+        if n == 0 {
+            break;
+        }
+        taken += n;
+    }
+    assert!(
+        taken < 64 << 20,
+        "the whole response went to a client that stalled"
+    );
+}

@@ -35,7 +35,9 @@ pub struct TlsConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct LimitsConfig {
     /// Reading a request's headers; also how long an idle HTTP/1.1
-    /// keep-alive connection is kept, and the TLS handshake limit.
+    /// keep-alive connection is kept, how long a response may find the
+    /// client's socket full before the connection is dropped,
+    /// and the TLS handshake limit.
     #[serde(with = "durations")]
     pub request_timeout: Duration,
     /// A plain HTTP/1.1 keep-alive connection idle this long is parked:

@@ -1,8 +1,9 @@
 //! What one client connection is doing, shared by its serve loop, its
-//! requests and (for a plain HTTP/1.1 connection) its socket wrapper: the
-//! requests in flight and when the last one ended, whether it speaks
-//! HTTP/2, is draining, and whether it may be parked (see [`super::park`]).
+//! requests and its socket wrappers: the requests in flight and when the
+//! last one ended, whether it speaks HTTP/2, is draining, may be parked
+//! (see [`super::park`]), and whether its writes still move.
 use std::{
+    io,
     pin::Pin,
     sync::{
         atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed},
@@ -13,6 +14,7 @@ use std::{
 };
 
 use hyper::body::{Body, Frame, SizeHint};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::clock::monotonic_ns;
 
@@ -30,6 +32,10 @@ pub(super) struct Activity {
     /// hyper wrote after parking began: it was not between messages, so
     /// the connection closes instead.
     pub(super) wrote_while_parking: AtomicBool,
+    /// Writes to the socket that took bytes (see [`Watched`]).
+    writes: AtomicU64,
+    /// The last write found the socket full: the client reads no faster.
+    write_blocked: AtomicBool,
 }
 
 impl Default for Activity {
@@ -42,6 +48,8 @@ impl Default for Activity {
             unparkable: Default::default(),
             parking: Default::default(),
             wrote_while_parking: Default::default(),
+            writes: Default::default(),
+            write_blocked: Default::default(),
         }
     }
 }
@@ -109,6 +117,17 @@ impl Activity {
         !self.unparkable.load(Relaxed) && !self.is_http2() && self.idle_for(now_ns) >= after
     }
 
+    /// How many writes took bytes so far, if a response is in flight and
+    /// the last write found the socket full; `None` otherwise. The serve
+    /// loop drops a connection whose count stays the same for
+    /// `request_timeout`: a client that reads nothing of its response
+    /// (a zero window) would otherwise hold its connection, its slot and
+    /// an upstream connection forever.
+    pub(super) fn blocked_writes(&self) -> Option<u64> {
+        let blocked = self.in_flight.load(Relaxed) > 0 && self.write_blocked.load(Relaxed);
+        blocked.then(|| self.writes.load(Relaxed))
+    }
+
     /// Parking begins (true) or the connection is served again (false).
     pub(super) fn set_parking(&self, parking: bool) {
         self.wrote_while_parking.store(false, Relaxed);
@@ -146,5 +165,80 @@ impl<B: Body + Unpin> Body for Tracked<B> {
 
     fn size_hint(&self) -> SizeHint {
         self.body.size_hint()
+    }
+}
+
+/// A client socket whose writes are counted into its [`Activity`]: two
+/// stores a write, no clock read.
+pub(super) struct Watched<I> {
+    io: I,
+    activity: Arc<Activity>,
+}
+
+impl<I> Watched<I> {
+    pub(super) fn new(io: I, activity: Arc<Activity>) -> Self {
+        Self { io, activity }
+    }
+
+    pub(super) fn into_inner(self) -> I {
+        self.io
+    }
+
+    fn note(&self, result: Poll<io::Result<usize>>) -> Poll<io::Result<usize>> {
+        let activity = &self.activity;
+        match &result {
+            Poll::Pending => activity.write_blocked.store(true, Relaxed),
+            Poll::Ready(Ok(n)) if *n > 0 => {
+                let writes = activity.writes.load(Relaxed);
+                activity.writes.store(writes.wrapping_add(1), Relaxed);
+                activity.write_blocked.store(false, Relaxed);
+            }
+            Poll::Ready(_) => {}
+        }
+        result
+    }
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for Watched<I> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for Watched<I> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let result = Pin::new(&mut this.io).poll_write(cx, buf);
+        this.note(result)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let result = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
+        this.note(result)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
     }
 }

@@ -29,7 +29,7 @@ use tokio::{
 };
 
 use super::{
-    activity::{Activity, Busy, Tracked},
+    activity::{Activity, Busy, Tracked, Watched},
     drain,
     drain::OpenConnections,
     first_head,
@@ -214,7 +214,8 @@ impl Gateway {
             .half_close(HALF_CLOSE)
             .max_buf_size(self.max_head());
         // A small response goes out in one `send` (see `OneSend`).
-        let io = TokioIo::new(ParkIo::new(OneSend(io), activity.clone()));
+        let io = Watched::new(OneSend(io), activity.clone());
+        let io = TokioIo::new(ParkIo::new(io, activity.clone()));
         let mut connection = builder.serve_connection(io, service).with_upgrades();
         let park_after = Some(self.limits.park_idle_after).filter(|after| !after.is_zero());
         let graceful = |c: Pin<&mut _>| {
@@ -235,7 +236,13 @@ impl Gateway {
         let (Ended::Done(Ok(())), Some(parts)) = (ended, connection.into_parts()) else {
             return None;
         };
-        let (unread, stream) = parts.io.into_inner().resumable()?.0.into_parts();
+        let (unread, stream) = parts
+            .io
+            .into_inner()
+            .resumable()?
+            .into_inner()
+            .0
+            .into_parts();
         let mut head = parts.read_buf.to_vec();
         head.extend_from_slice(&unread);
         Some((stream, head))
@@ -251,13 +258,13 @@ impl Gateway {
         permit: Arc<ConnectionPermit>,
         shutdown: watch::Receiver<bool>,
     ) {
+        let activity = Arc::new(Activity::default());
         let handshake = tokio::time::timeout(
             self.limits.request_timeout,
-            acceptor.accept(OneSend(stream)),
+            acceptor.accept(Watched::new(OneSend(stream), activity.clone())),
         );
         match handshake.await {
             Ok(Ok(stream)) => {
-                let activity = Arc::new(Activity::default());
                 self.serve_connection(current, stream, peer, "https", permit, shutdown, activity)
                     .await
             }
@@ -324,6 +331,8 @@ impl Gateway {
         let period = park_after.map_or(header_timeout / 2, |after| after.min(header_timeout / 2));
         let mut ticker = tokio::time::interval(period);
         let mut closing_since: Option<Instant> = None;
+        // The write count a blocked response was first seen stuck at.
+        let mut stuck: Option<(u64, Instant)> = None;
         let mut draining = false;
         let mut changed = std::pin::pin!(shutdown.changed());
         // The side futures are polled only when they woke the task.
@@ -357,6 +366,7 @@ impl Gateway {
                     ticked.again();
                 }
                 Event::Tick => match closing_since {
+                    _ if stalled(activity, &mut stuck, header_timeout) => return Ended::Dropped,
                     Some(since) if since.elapsed() >= header_timeout => return Ended::Dropped,
                     Some(_) => {}
                     // Draining: HTTP/2 gets GOAWAY at once (its streams
@@ -381,6 +391,24 @@ impl Gateway {
                     None => {}
                 },
             }
+        }
+    }
+}
+
+/// Whether a response has had its socket full, no write taking a byte,
+/// for `timeout` (as nginx's `send_timeout`): the connection is dropped,
+/// not closed gracefully, which would wait for that write. `stuck`: the
+/// write count the response was first seen blocked at, and when.
+fn stalled(activity: &Activity, stuck: &mut Option<(u64, Instant)>, timeout: Duration) -> bool {
+    let Some(writes) = activity.blocked_writes() else {
+        *stuck = None;
+        return false;
+    };
+    match stuck {
+        Some((at, since)) if *at == writes => since.elapsed() >= timeout,
+        _ => {
+            *stuck = Some((writes, Instant::now()));
+            false
         }
     }
 }
