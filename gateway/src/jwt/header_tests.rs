@@ -366,3 +366,37 @@ async fn an_rsa_jwk_without_alg_serves_only_its_issuers_algorithms() {
     let error = Key::from_jwk_for(&jwk, &[Algorithm::ES256]).unwrap_err();
     assert!(error.contains("none of the issuer's"), "{error}");
 }
+
+/// A PEM key has no `kid`, yet an IdP's tokens name one: the issuer's sole
+/// key verifies them whatever they name (the signature decides), and one
+/// of several kid-less keys is picked by none.
+#[tokio::test]
+async fn a_sole_key_without_kid_verifies_tokens_that_name_one() {
+    let mut jwk = public_jwk(7, "k");
+    jwk.common.key_id = None;
+    let mut verifier = JwtVerifier::new(Vec::<IssuerSettings>::new(), vec!["gold".into()]).unwrap();
+    let key = Key::from_jwk(&jwk).unwrap();
+    verifier
+        .add_static_issuer(settings(None), vec![key])
+        .unwrap();
+    for token in [
+        sign(&header("idp-2024"), 7),
+        sign(&Header::new(Algorithm::EdDSA), 7),
+    ] {
+        assert!(verifier.verify(&token, T).await.is_ok());
+    }
+    // Signed by another key, it is still refused.
+    assert!(verifier
+        .verify(&sign(&header("idp-2024"), 8), T)
+        .await
+        .is_err());
+    let mut two = JwtVerifier::new(Vec::<IssuerSettings>::new(), vec!["gold".into()]).unwrap();
+    let other = {
+        let mut jwk = public_jwk(8, "k");
+        jwk.common.key_id = None;
+        Key::from_jwk(&jwk).unwrap()
+    };
+    let keys = vec![Key::from_jwk(&jwk).unwrap(), other];
+    two.add_static_issuer(settings(None), keys).unwrap();
+    assert!(two.verify(&sign(&header("idp-2024"), 7), T).await.is_err());
+}

@@ -307,27 +307,21 @@ impl IssuerKeys {
             .store(Arc::new(accepted_keys(keys, &self.algorithms)));
     }
 
-    /// Whether a key has this `kid` (a token without one: whether there
-    /// is a sole key).
+    /// Whether a key fits this `kid` (see [`fits`]).
     fn knows(&self, kid: Option<&str>) -> bool {
         let keys = self.keys.load();
-        match kid {
-            Some(kid) => keys.iter().any(|k| k.kid.as_deref() == Some(kid)),
-            None => keys.len() == 1,
-        }
+        let sole = keys.len() == 1;
+        keys.iter().any(|k| fits(k, kid, sole))
     }
 
-    /// The key for `kid` that may verify `alg`; a token without `kid`
-    /// matches a sole key. Only the issuer's own keys are looked at: a
-    /// token's `jku`, `x5u`, `x5c` or `jwk` never choose one.
+    /// The key for `kid` that may verify `alg` (see [`fits`]). Only the
+    /// issuer's own keys are looked at: a token's `jku`, `x5u`, `x5c` or
+    /// `jwk` never choose one.
     pub fn find(&self, kid: Option<&str>, alg: Algorithm) -> Result<Arc<ParsedPublicKey>, KeyMiss> {
         let keys = self.keys.load();
         let sole = keys.len() == 1;
         let mut named = false;
-        for key in keys
-            .iter()
-            .filter(|k| kid.map_or(sole, |kid| k.kid.as_deref() == Some(kid)))
-        {
+        for key in keys.iter().filter(|k| fits(k, kid, sole)) {
             named = true;
             if let Some((_, parsed)) = key.parsed.iter().find(|(a, _)| *a == alg) {
                 return Ok(parsed.clone());
@@ -436,5 +430,16 @@ impl IssuerKeys {
         self.keys.store(Arc::new(keys));
         tracing::info!(issuer = %self.issuer, keys = count, "JWKS loaded");
         Ok(count)
+    }
+}
+
+/// Whether `key` may verify a token naming `kid`: the key of that `kid`;
+/// where the token names none, or the key has none (a PEM key, which
+/// tokens from an IdP still name), the issuer's sole key. `kid` only
+/// picks the key: the signature decides.
+fn fits(key: &Key, kid: Option<&str>, sole: bool) -> bool {
+    match (kid, key.kid.as_deref()) {
+        (Some(kid), Some(own)) => kid == own,
+        _ => sole,
     }
 }
