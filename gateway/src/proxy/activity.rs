@@ -14,7 +14,6 @@ use std::{
 };
 
 use hyper::body::{Body, Frame, SizeHint};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::clock::monotonic_ns;
 
@@ -32,7 +31,7 @@ pub(super) struct Activity {
     /// hyper wrote after parking began: it was not between messages, so
     /// the connection closes instead.
     pub(super) wrote_while_parking: AtomicBool,
-    /// Writes to the socket that took bytes (see [`Watched`]).
+    /// Writes to the socket that took bytes (see [`Activity::note_write`]).
     writes: AtomicU64,
     /// The last write found the socket full: the client reads no faster.
     write_blocked: AtomicBool,
@@ -128,6 +127,20 @@ impl Activity {
         blocked.then(|| self.writes.load(Relaxed))
     }
 
+    /// Counts what a write to the client's socket came to (see
+    /// [`Activity::blocked_writes`]): two stores a write, no clock read.
+    pub(super) fn note_write(&self, result: &Poll<io::Result<usize>>) {
+        match result {
+            Poll::Pending => self.write_blocked.store(true, Relaxed),
+            Poll::Ready(Ok(n)) if *n > 0 => {
+                let writes = self.writes.load(Relaxed);
+                self.writes.store(writes.wrapping_add(1), Relaxed);
+                self.write_blocked.store(false, Relaxed);
+            }
+            Poll::Ready(_) => {}
+        }
+    }
+
     /// Parking begins (true) or the connection is served again (false).
     pub(super) fn set_parking(&self, parking: bool) {
         self.wrote_while_parking.store(false, Relaxed);
@@ -165,80 +178,5 @@ impl<B: Body + Unpin> Body for Tracked<B> {
 
     fn size_hint(&self) -> SizeHint {
         self.body.size_hint()
-    }
-}
-
-/// A client socket whose writes are counted into its [`Activity`]: two
-/// stores a write, no clock read.
-pub(super) struct Watched<I> {
-    io: I,
-    activity: Arc<Activity>,
-}
-
-impl<I> Watched<I> {
-    pub(super) fn new(io: I, activity: Arc<Activity>) -> Self {
-        Self { io, activity }
-    }
-
-    pub(super) fn into_inner(self) -> I {
-        self.io
-    }
-
-    fn note(&self, result: Poll<io::Result<usize>>) -> Poll<io::Result<usize>> {
-        let activity = &self.activity;
-        match &result {
-            Poll::Pending => activity.write_blocked.store(true, Relaxed),
-            Poll::Ready(Ok(n)) if *n > 0 => {
-                let writes = activity.writes.load(Relaxed);
-                activity.writes.store(writes.wrapping_add(1), Relaxed);
-                activity.write_blocked.store(false, Relaxed);
-            }
-            Poll::Ready(_) => {}
-        }
-        result
-    }
-}
-
-impl<I: AsyncRead + Unpin> AsyncRead for Watched<I> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
-    }
-}
-
-impl<I: AsyncWrite + Unpin> AsyncWrite for Watched<I> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        let result = Pin::new(&mut this.io).poll_write(cx, buf);
-        this.note(result)
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        let result = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
-        this.note(result)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
     }
 }

@@ -28,14 +28,16 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::activity::Activity;
 
-/// A plain connection's socket as hyper sees it: writes are watched while
-/// parking, and hyper's shutdown leaves the socket open for the next head.
-pub(super) struct ParkIo<I> {
+/// A client's socket as hyper sees it (plain, or under rustls): each
+/// write is noted in the connection's [`Activity`] (its send timeout,
+/// [`Activity::blocked_writes`]) and watched while parking, and hyper's
+/// shutdown leaves the socket open for the next head while parking.
+pub(super) struct ClientIo<I> {
     io: I,
     activity: Arc<Activity>,
 }
 
-impl<I> ParkIo<I> {
+impl<I> ClientIo<I> {
     pub(super) fn new(io: I, activity: Arc<Activity>) -> Self {
         Self { io, activity }
     }
@@ -56,7 +58,7 @@ impl<I> ParkIo<I> {
     }
 }
 
-impl<I: AsyncRead + Unpin> AsyncRead for ParkIo<I> {
+impl<I: AsyncRead + Unpin> AsyncRead for ClientIo<I> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -66,7 +68,7 @@ impl<I: AsyncRead + Unpin> AsyncRead for ParkIo<I> {
     }
 }
 
-impl<I: AsyncWrite + Unpin> AsyncWrite for ParkIo<I> {
+impl<I: AsyncWrite + Unpin> AsyncWrite for ClientIo<I> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -74,7 +76,9 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for ParkIo<I> {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         this.wrote(buf.len());
-        Pin::new(&mut this.io).poll_write(cx, buf)
+        let result = Pin::new(&mut this.io).poll_write(cx, buf);
+        this.activity.note_write(&result);
+        result
     }
 
     fn poll_write_vectored(
@@ -84,7 +88,9 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for ParkIo<I> {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         this.wrote(bufs.iter().map(|b| b.len()).sum());
-        Pin::new(&mut this.io).poll_write_vectored(cx, bufs)
+        let result = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
+        this.activity.note_write(&result);
+        result
     }
 
     fn is_write_vectored(&self) -> bool {

@@ -29,14 +29,14 @@ use tokio::{
 };
 
 use super::{
-    activity::{Activity, Busy, Tracked, Watched},
+    activity::{Activity, Busy, Tracked},
     drain,
     drain::OpenConnections,
     first_head,
     flagged::Flagged,
     head_timer::HeadTimer,
     one_send::OneSend,
-    park::ParkIo,
+    park::ClientIo,
     workers::TlsSlot,
     Current, Gateway, ProxyBody,
 };
@@ -214,8 +214,7 @@ impl Gateway {
             .half_close(HALF_CLOSE)
             .max_buf_size(self.max_head());
         // A small response goes out in one `send` (see `OneSend`).
-        let io = Watched::new(OneSend(io), activity.clone());
-        let io = TokioIo::new(ParkIo::new(io, activity.clone()));
+        let io = TokioIo::new(ClientIo::new(OneSend(io), activity.clone()));
         let mut connection = builder.serve_connection(io, service).with_upgrades();
         let park_after = Some(self.limits.park_idle_after).filter(|after| !after.is_zero());
         let graceful = |c: Pin<&mut _>| {
@@ -236,13 +235,7 @@ impl Gateway {
         let (Ended::Done(Ok(())), Some(parts)) = (ended, connection.into_parts()) else {
             return None;
         };
-        let (unread, stream) = parts
-            .io
-            .into_inner()
-            .resumable()?
-            .into_inner()
-            .0
-            .into_parts();
+        let (unread, stream) = parts.io.into_inner().resumable()?.0.into_parts();
         let mut head = parts.read_buf.to_vec();
         head.extend_from_slice(&unread);
         Some((stream, head))
@@ -261,7 +254,7 @@ impl Gateway {
         let activity = Arc::new(Activity::default());
         let handshake = tokio::time::timeout(
             self.limits.request_timeout,
-            acceptor.accept(Watched::new(OneSend(stream), activity.clone())),
+            acceptor.accept(ClientIo::new(OneSend(stream), activity.clone())),
         );
         match handshake.await {
             Ok(Ok(stream)) => {
