@@ -25,7 +25,8 @@
 //! segment's parameters before they match (`/private;x/s` is their
 //! `/private/s`), where others read `private;x` as a name of its own.
 //! [`without_parameters`] is the first reading, for the proxy to refuse
-//! (400 `path_parameters`) a path the two readings route apart.
+//! (400 `invalid_path`, detail `path_parameters`) a path the two readings
+//! route apart.
 use std::borrow::Cow;
 
 /// Why a path was refused; `as_str` is the access log's `detail`.
@@ -69,17 +70,25 @@ impl PathError {
 }
 
 /// `path` with each segment's parameters (from `;` to the segment's end)
-/// removed, as Java servers read it: `/a;x/b;y=1` is `/a/b`.
+/// removed, as Java servers read it: `/a;x/b;y=1` is `/a/b`. A segment
+/// that was parameters alone goes too (Tomcat merges the `//` it leaves):
+/// `/;x/a` is `/a`.
 pub fn without_parameters(path: &str) -> Cow<'_, str> {
     if !path.contains(';') {
         return Cow::Borrowed(path);
     }
     let mut bare = String::with_capacity(path.len());
-    for (i, segment) in path.split('/').enumerate() {
-        if i > 0 {
+    let mut ends_empty = false;
+    for segment in path.split('/').skip(1) {
+        let name = segment.split(';').next().unwrap_or_default();
+        ends_empty = name.is_empty();
+        if !ends_empty {
             bare.push('/');
+            bare.push_str(name);
         }
-        bare.push_str(segment.split(';').next().unwrap_or_default());
+    }
+    if ends_empty || bare.is_empty() {
+        bare.push('/');
     }
     Cow::Owned(bare)
 }
@@ -303,8 +312,12 @@ mod tests {
             ("/a/b", "/a/b"),
             ("/a;x/b", "/a/b"),
             ("/a;x=1;y/b;jsessionid=2", "/a/b"),
-            ("/;x/", "//"),
+            ("/;x/", "/"),
+            ("/;x/private/s", "/private/s"),
+            ("/api/;x/admin", "/api/admin"),
+            ("/a/;x", "/a/"),
             ("/a/b;", "/a/b"),
+            ("/a;x/", "/a/"),
             ("/", "/"),
         ] {
             assert_eq!(without_parameters(path), bare, "{path}");

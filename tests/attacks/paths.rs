@@ -524,6 +524,8 @@ fn path_parameters_never_take_a_request_off_its_protected_prefix() {
         "/private;jsessionid=1/secret",
         "/%70rivate;/secret",
         "/private;",
+        "/;x/private/secret",
+        "/;/private/secret",
     ] {
         let response = request(gateway.addr, "GET", target, &[]);
         assert_eq!(response.status, 400, "{target}");
