@@ -224,12 +224,17 @@ pub(super) fn validate_auth(
         // issuer and keys as the gateway's own: named as the gateway's
         // audience, they would be its credentials, replayable by the
         // upstream (or whoever reads its traffic) on any JWT route.
-        if route.upstream_identity == UpstreamIdentity::Jwt && route.upstream == audience {
+        // `*` (any audience) would take every upstream's for its own.
+        if route.upstream_identity == UpstreamIdentity::Jwt
+            && (route.upstream == audience || audience == "*")
+        {
             return Err(ConfigError::invalid(
                 format!("routes[{index}].upstream"),
                 format!(
-                    "{audience:?} is tokens.audience: the tokens this upstream is handed would \
-                     pass as the gateway's own; rename the upstream or the audience"
+                    "{:?} is taken by tokens.audience ({audience:?}): the tokens this upstream \
+                     is handed would pass as the gateway's own; rename the upstream or set \
+                     another audience",
+                    route.upstream
                 ),
             ));
         }
@@ -351,9 +356,12 @@ mod tests {
         };
         let message = error(&config("api", "jwt"));
         assert!(
-            message.starts_with("routes[0].upstream: \"api\" is tokens.audience"),
+            message.starts_with("routes[0].upstream: \"api\" is taken by tokens.audience"),
             "{message}"
         );
+        let any = config("orders", "jwt").replace("audience = \"api\"", "audience = \"*\"");
+        let message = error(&any);
+        assert!(message.contains("tokens.audience (\"*\")"), "{message}");
         assert!(crate::config::Config::parse(&config("api", "headers")).is_ok());
         assert!(crate::config::Config::parse(&config("orders", "jwt")).is_ok());
     }
