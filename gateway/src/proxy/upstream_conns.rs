@@ -195,6 +195,11 @@ pub fn send<'a>(
             return Ok(response.map(UpstreamBody::Direct));
         }
         added.insert_into(req.headers_mut());
+        // The client's expectation was met here (hyper's server sent its
+        // 100 as the body was read), and hyper's client sends the body at
+        // once: an upstream refusing it (417) and keeping the connection
+        // would read that body as a request. As `h1::encode_request_head`.
+        req.headers_mut().remove(http::header::EXPECT);
         // Boxed: hyper's exchange is 2.6 KB of future that every request's
         // future would otherwise carry (and copy) for the few that take it.
         let response = Box::pin(send_by_hyper(addr, req, timeouts, now)).await?;
