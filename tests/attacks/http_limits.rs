@@ -502,10 +502,19 @@ fn a_client_that_never_reads_its_response_loses_its_slot_and_a_slow_one_does_not
     slow.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     slow.write_all(get).unwrap();
     let mut chunk = vec![0; 16 << 10];
-    let started = Instant::now();
+    let (started, mut got) = (Instant::now(), 0usize);
     while started.elapsed() < Duration::from_secs(3) {
         slow.read_exact(&mut chunk).unwrap();
+        got += chunk.len();
         pause(Duration::from_millis(100));
+    }
+    // Then the rest at speed: all of it comes (cut off, the socket
+    // buffers would have run dry well short of 64 MiB).
+    while got < 64 << 20 {
+        match slow.read(&mut chunk) {
+            Ok(0) | Err(_) => panic!("the slow reader was cut off after {got} bytes"),
+            Ok(n) => got += n,
+        }
     }
     drop(slow);
     // The source's slot comes free once the slow reader is gone.

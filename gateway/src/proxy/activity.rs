@@ -4,6 +4,7 @@
 //! (see [`super::park`]), and whether its writes still move.
 use std::{
     io,
+    os::fd::RawFd,
     pin::Pin,
     sync::{
         atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed},
@@ -35,10 +36,20 @@ pub(super) struct Activity {
     writes: AtomicU64,
     /// The last write found the socket full: the client reads no faster.
     write_blocked: AtomicBool,
+    /// The client's socket (for [`unacked`]), -1 if none is known.
+    fd: RawFd,
 }
 
 impl Default for Activity {
     fn default() -> Self {
+        Self::for_socket(-1)
+    }
+}
+
+impl Activity {
+    /// The activity of the connection on socket `fd`, which stays open as
+    /// long as the connection's serve loop runs.
+    pub(super) fn for_socket(fd: RawFd) -> Self {
         Self {
             in_flight: Default::default(),
             last_ns: monotonic_ns().into(),
@@ -49,6 +60,7 @@ impl Default for Activity {
             wrote_while_parking: Default::default(),
             writes: Default::default(),
             write_blocked: Default::default(),
+            fd,
         }
     }
 }
@@ -116,15 +128,19 @@ impl Activity {
         !self.unparkable.load(Relaxed) && !self.is_http2() && self.idle_for(now_ns) >= after
     }
 
-    /// How many writes took bytes so far, if a response is in flight and
-    /// the last write found the socket full; `None` otherwise. The serve
-    /// loop drops a connection whose count stays the same for
-    /// `request_timeout`: a client that reads nothing of its response
-    /// (a zero window) would otherwise hold its connection, its slot and
-    /// an upstream connection forever.
-    pub(super) fn blocked_writes(&self) -> Option<u64> {
+    /// Where a blocked response stands, if a response is in flight and
+    /// the last write found the socket full; `None` otherwise: the writes
+    /// that took bytes so far, and the bytes the socket holds that the
+    /// client has not acknowledged. The serve loop drops a connection
+    /// that stays where it stands for `request_timeout`: a client that
+    /// reads nothing of its response (a zero window) would otherwise hold
+    /// its connection, its slot and an upstream connection forever. A
+    /// slow reader moves the second even while the socket stays too full
+    /// to be written (the kernel wakes a writer only once a third of its
+    /// buffer is free).
+    pub(super) fn blocked_writes(&self) -> Option<(u64, i32)> {
         let blocked = self.in_flight.load(Relaxed) > 0 && self.write_blocked.load(Relaxed);
-        blocked.then(|| self.writes.load(Relaxed))
+        blocked.then(|| (self.writes.load(Relaxed), unacked(self.fd).unwrap_or(-1)))
     }
 
     /// Counts what a write to the client's socket came to (see
@@ -179,4 +195,18 @@ impl<B: Body + Unpin> Body for Tracked<B> {
     fn size_hint(&self) -> SizeHint {
         self.body.size_hint()
     }
+}
+
+/// Bytes socket `fd` holds that its peer has not acknowledged
+/// (`TIOCOUTQ`); `None` without a socket or if the call fails.
+fn unacked(fd: RawFd) -> Option<i32> {
+    if fd < 0 {
+        return None;
+    }
+    let mut queued: libc::c_int = 0;
+    // SAFETY: `fd` is the connection's socket, open while its serve loop
+    // asks (see `Activity::for_socket`); `queued` is a valid out-parameter
+    // of the size TIOCOUTQ writes.
+    let rc = unsafe { libc::ioctl(fd, libc::TIOCOUTQ, std::ptr::from_mut(&mut queued)) };
+    (rc == 0).then_some(queued)
 }

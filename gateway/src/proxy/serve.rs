@@ -12,6 +12,7 @@ use std::{
     convert::Infallible,
     future::Future,
     net::SocketAddr,
+    os::fd::AsRawFd,
     pin::Pin,
     sync::Arc,
     task::{Context, Poll},
@@ -158,7 +159,7 @@ impl Gateway {
         permit: Arc<ConnectionPermit>,
         shutdown: watch::Receiver<bool>,
     ) {
-        let activity = Arc::new(Activity::default());
+        let activity = Arc::new(Activity::for_socket(stream.as_raw_fd()));
         let (max, timeout) = (self.max_head(), self.limits.request_timeout);
         let (mut stream, mut head, mut started) = (stream, Vec::new(), tokio::time::Instant::now());
         let mut parked = None;
@@ -173,6 +174,8 @@ impl Gateway {
             activity.touch();
             if !resumed && io.is_http2() {
                 let (current, shutdown) = (current.clone(), shutdown.clone());
+                // Never parked; wrapped for its writes (the send timeout).
+                let io = ClientIo::new(io, activity.clone());
                 let serve =
                     self.serve_connection(current, io, peer, "http", permit, shutdown, activity);
                 return Box::pin(serve).await;
@@ -251,7 +254,7 @@ impl Gateway {
         permit: Arc<ConnectionPermit>,
         shutdown: watch::Receiver<bool>,
     ) {
-        let activity = Arc::new(Activity::default());
+        let activity = Arc::new(Activity::for_socket(stream.as_raw_fd()));
         let handshake = tokio::time::timeout(
             self.limits.request_timeout,
             acceptor.accept(ClientIo::new(OneSend(stream), activity.clone())),
@@ -324,8 +327,8 @@ impl Gateway {
         let period = park_after.map_or(header_timeout / 2, |after| after.min(header_timeout / 2));
         let mut ticker = tokio::time::interval(period);
         let mut closing_since: Option<Instant> = None;
-        // The write count a blocked response was first seen stuck at.
-        let mut stuck: Option<(u64, Instant)> = None;
+        // Where a blocked response was first seen stuck, and when.
+        let mut stuck = None;
         let mut draining = false;
         let mut changed = std::pin::pin!(shutdown.changed());
         // The side futures are polled only when they woke the task.
@@ -388,19 +391,24 @@ impl Gateway {
     }
 }
 
-/// Whether a response has had its socket full, no write taking a byte,
-/// for `timeout` (as nginx's `send_timeout`): the connection is dropped,
-/// not closed gracefully, which would wait for that write. `stuck`: the
-/// write count the response was first seen blocked at, and when.
-fn stalled(activity: &Activity, stuck: &mut Option<(u64, Instant)>, timeout: Duration) -> bool {
-    let Some(writes) = activity.blocked_writes() else {
+/// Whether a response has had its socket full, no write taking a byte and
+/// the client acknowledging none, for `timeout` (see
+/// [`Activity::blocked_writes`]): the connection is dropped, not closed
+/// gracefully, which would wait for that write. `stuck`: where the
+/// response was first seen blocked, and when.
+fn stalled(
+    activity: &Activity,
+    stuck: &mut Option<((u64, i32), Instant)>,
+    timeout: Duration,
+) -> bool {
+    let Some(stands) = activity.blocked_writes() else {
         *stuck = None;
         return false;
     };
     match stuck {
-        Some((at, since)) if *at == writes => since.elapsed() >= timeout,
+        Some((at, since)) if *at == stands => since.elapsed() >= timeout,
         _ => {
-            *stuck = Some((writes, Instant::now()));
+            *stuck = Some((stands, Instant::now()));
             false
         }
     }
