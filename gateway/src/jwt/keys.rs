@@ -298,7 +298,11 @@ impl IssuerKeys {
     }
 
     pub fn is_remote(&self) -> bool {
-        !matches!(self.source, KeySource::Static(_))
+        !self.is_static()
+    }
+
+    fn is_static(&self) -> bool {
+        matches!(self.source, KeySource::Static(_))
     }
 
     /// Replaces static keys (the gateway's own, after a rotation).
@@ -311,7 +315,7 @@ impl IssuerKeys {
     fn knows(&self, kid: Option<&str>) -> bool {
         let keys = self.keys.load();
         let sole = keys.len() == 1;
-        keys.iter().any(|k| fits(k, kid, sole))
+        keys.iter().any(|k| fits(k, kid, sole, self.is_static()))
     }
 
     /// The key for `kid` that may verify `alg` (see [`fits`]). Only the
@@ -321,7 +325,7 @@ impl IssuerKeys {
         let keys = self.keys.load();
         let sole = keys.len() == 1;
         let mut named = false;
-        for key in keys.iter().filter(|k| fits(k, kid, sole)) {
+        for key in keys.iter().filter(|k| fits(k, kid, sole, self.is_static())) {
             named = true;
             if let Some((_, parsed)) = key.parsed.iter().find(|(a, _)| *a == alg) {
                 return Ok(parsed.clone());
@@ -434,12 +438,15 @@ impl IssuerKeys {
 }
 
 /// Whether `key` may verify a token naming `kid`: the key of that `kid`;
-/// where the token names none, or the key has none (a PEM key, which
-/// tokens from an IdP still name), the issuer's sole key. `kid` only
-/// picks the key: the signature decides.
-fn fits(key: &Key, kid: Option<&str>, sole: bool) -> bool {
+/// where the token names none, the issuer's sole key; and a given
+/// (`static_keys`) sole key without a `kid` (a PEM key, whose IdP's
+/// tokens still name one) whatever the token names. `kid` only picks the
+/// key: the signature decides. A fetched key set keeps an unknown `kid`
+/// unknown, so that it is fetched again (a key rotated in).
+fn fits(key: &Key, kid: Option<&str>, sole: bool, static_keys: bool) -> bool {
     match (kid, key.kid.as_deref()) {
         (Some(kid), Some(own)) => kid == own,
-        _ => sole,
+        (Some(_), None) => sole && static_keys,
+        (None, _) => sole,
     }
 }
