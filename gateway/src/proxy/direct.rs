@@ -74,7 +74,10 @@ pub struct Conn {
     /// that send one anyway (a known bug) may send it a moment after the
     /// head, when the connection is already idle: taken before the event
     /// loop saw those bytes, it would answer the next client with them.
-    /// So taking it asks the socket itself (one `recv` syscall).
+    /// So taking it asks the socket itself (one `recv` syscall). That
+    /// narrows the window to the microseconds between the peek and the
+    /// request's write; bytes later still are any upstream's out-of-turn
+    /// bytes.
     bodiless: bool,
 }
 

@@ -302,7 +302,7 @@ async fn idle_connections_are_reaped() {
 #[tokio::test(flavor = "current_thread")]
 // Blocking the worker is the test: its event loop must not see the body.
 #[allow(clippy::disallowed_methods)]
-async fn a_body_sent_late_after_a_bodiless_response_never_answers_the_next_request() {
+async fn a_body_sent_late_after_a_bodiless_response_is_seen_before_the_connection_is_reused() {
     use std::io::{Read, Write};
     for (method, status) in [(Method::HEAD, "200 OK"), (Method::GET, "204 No Content")] {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
