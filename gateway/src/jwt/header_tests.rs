@@ -1,7 +1,10 @@
 //! What a token's header may and may not do: `crit` and `typ`, keys chosen
 //! only among the issuer's own and only for the algorithms they fit, and
 //! JWKS fetches that can neither hang nor hold anything up.
-use std::time::Duration;
+use std::{
+    sync::atomic::{AtomicUsize, Ordering},
+    time::Duration,
+};
 
 use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
 use jsonwebtoken::{jwk::Jwk, EncodingKey, Header};
@@ -399,4 +402,52 @@ async fn a_sole_key_without_kid_verifies_tokens_that_name_one() {
     let keys = vec![Key::from_jwk(&jwk).unwrap(), other];
     two.add_static_issuer(settings(None), keys).unwrap();
     assert!(two.verify(&sign(&header("idp-2024"), 7), T).await.is_err());
+}
+
+/// Serves `bodies` in turn (the last one from then on) and counts requests.
+async fn jwks_in_turn(
+    bodies: Vec<String>,
+) -> (String, Arc<AtomicUsize>, tokio::task::JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/jwks.json", listener.local_addr().unwrap());
+    let served = Arc::new(AtomicUsize::new(0));
+    let count = served.clone();
+    let server = tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let mut buf = [0u8; 2048];
+            let _ = stream.read(&mut buf).await;
+            let n = count.fetch_add(1, Ordering::SeqCst);
+            let body = &bodies[n.min(bodies.len() - 1)];
+            let head = format!(
+                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = stream.write_all(head.as_bytes()).await;
+            let _ = stream.write_all(body.as_bytes()).await;
+        }
+    });
+    (url, served, server)
+}
+
+/// A fetched set's sole kid-less key does not stand for every kid: a token
+/// naming a kid the set lacks fetches the set again, and the key rotated in
+/// verifies it (were the sole key taken for it, the token would be refused
+/// with no fetch).
+#[tokio::test]
+async fn a_fetched_sole_key_without_kid_still_fetches_an_unknown_kid() {
+    let mut kidless = serde_json::to_value(public_jwk(7, "k")).unwrap();
+    kidless.as_object_mut().unwrap().remove("kid");
+    let before = json!({ "keys": [kidless] }).to_string();
+    let after = json!({ "keys": [kidless, public_jwk(9, "new")] }).to_string();
+    let (url, served, _server) = jwks_in_turn(vec![before, after]).await;
+    let v = JwtVerifier::new([settings(Some(url))], vec!["gold".into()]).unwrap();
+    assert_eq!(v.issuers[0].keys.refresh().await.unwrap(), 1);
+    // The sole key still verifies a token that names no kid.
+    assert!(v
+        .verify(&sign(&Header::new(Algorithm::EdDSA), 7), T)
+        .await
+        .is_ok());
+    assert_eq!(served.load(Ordering::SeqCst), 1);
+    assert!(v.verify(&sign(&header("new"), 9), T).await.is_ok());
+    assert_eq!(served.load(Ordering::SeqCst), 2);
 }
