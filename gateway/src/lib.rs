@@ -15,6 +15,7 @@ pub mod guard;
 pub mod h1;
 pub mod handover;
 pub mod histogram;
+pub mod host;
 pub mod jwt;
 pub mod keys;
 pub mod limits;

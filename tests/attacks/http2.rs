@@ -245,3 +245,44 @@ fn http2_connect_is_refused_and_never_reaches_the_upstream() {
     let seen = upstream.requests();
     assert!(seen.is_empty(), "the upstream saw {seen:?}");
 }
+
+/// An `:authority` upstreams read as the protected host though the gateway
+/// would not match it (userinfo, a port that is not one) is refused like
+/// such a `Host`: never the open any-host route, never the upstream.
+#[test]
+fn http2_authority_read_as_another_host_is_refused() {
+    let upstream = FakeUpstream::start(None);
+    let gateway = Gateway::builder(&format!(
+        "{}\n[[routes]]\nhost = \"admin.example\"\npath_prefix = \"/\"\nupstream = \"app\"\n\
+         auth = \"api_key\"\n\n[[routes]]\npath_prefix = \"/\"\nupstream = \"app\"\nauth = \"none\"\n",
+        tiers_and_app(upstream.addr)
+    ))
+    .start();
+    let get = |authority: &str| {
+        let head = hpack(&[
+            (":method", "GET"),
+            (":scheme", "http"),
+            (":path", "/users"),
+            (":authority", authority),
+        ]);
+        exchange(
+            gateway.addr,
+            &[frame(HEADERS, END_HEADERS | END_STREAM, 1, &head)],
+        )
+    };
+    // The control: another host takes the open route (200 is 0x88).
+    assert_eq!(get("www.example"), Answer::Headers(0x88));
+    for authority in ["user@admin.example", "admin.example:x"] {
+        let answer = get(authority);
+        // A stream error from the HTTP/2 layer, or the gateway's 400.
+        assert!(
+            matches!(
+                answer,
+                Answer::Reset(_) | Answer::GoAway(_) | Answer::Headers(0x8c)
+            ),
+            "{authority}: {answer:?}"
+        );
+    }
+    assert_eq!(upstream.requests().len(), 1, "{:?}", upstream.requests());
+}
+

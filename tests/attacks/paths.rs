@@ -545,3 +545,56 @@ fn path_parameters_never_take_a_request_off_its_protected_prefix() {
     assert_eq!(seen.len(), 1);
     assert_eq!(seen[0].target, "/shop;v=2/cart");
 }
+
+/// Hosts an upstream reads as the protected one though the gateway's match
+/// would not: nginx takes the name before the first `:`
+/// (`admin.example:x`), URL parsers the part after `@`. Each is a 400
+/// `invalid_host` that reaches no upstream, over HTTP/1 `Host` and an
+/// absolute-form target alike.
+#[test]
+fn a_host_upstreams_read_as_another_is_refused() {
+    let app = FakeUpstream::start(None);
+    let config = format!(
+        "{}\n[[routes]]\nhost = \"admin.example\"\npath_prefix = \"/\"\nupstream = \"app\"\n\
+         auth = \"api_key\"\n\n[[routes]]\npath_prefix = \"/\"\nupstream = \"app\"\nauth = \"none\"\n",
+        gateway_tests::http::tiers_and_app(app.addr)
+    );
+    let gateway = Gateway::builder(&config).start();
+    let hosts: [&[u8]; 7] = [
+        b"admin.example:x",
+        b"admin.example:80:80",
+        b"user@admin.example",
+        b"admin..example",
+        b"admin.example,www.example",
+        b"admin.example%2e",
+        b"admin.example\xff",
+    ];
+    for host in hosts {
+        let shown = String::from_utf8_lossy(host);
+        let head = [
+            b"GET /users HTTP/1.1\r\nhost: ".as_slice(),
+            host,
+            b"\r\nconnection: close\r\n\r\n",
+        ]
+        .concat();
+        let (statuses, text) = crate::http::raw(gateway.addr, &head);
+        assert_eq!(statuses, [400], "{shown}: {text}");
+        assert!(text.contains("invalid_host"), "{shown}: {text}");
+    }
+    for target in [
+        "http://user@admin.example/users",
+        "http://admin.example:x/users",
+    ] {
+        let head = format!("GET {target} HTTP/1.1\r\nconnection: close\r\n\r\n");
+        let (statuses, text) = crate::http::raw(gateway.addr, head.as_bytes());
+        assert!(
+            statuses == [400] && !text.contains("\"ok\""),
+            "{target}: {text}"
+        );
+    }
+    assert_eq!(app.requests().len(), 0, "{:?}", app.requests());
+    // A plain host still takes the open route.
+    let head = "GET /users HTTP/1.1\r\nhost: www.example:8080\r\nconnection: close\r\n\r\n";
+    assert_eq!(crate::http::raw(gateway.addr, head.as_bytes()).0, [200]);
+    assert_eq!(app.requests().len(), 1);
+}

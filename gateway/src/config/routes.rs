@@ -4,7 +4,7 @@ use ipnet::IpNet;
 use serde::Deserialize;
 
 use super::{bounds::At, identity::TokensConfig, upstreams::UpstreamConfig, ConfigError};
-use crate::path;
+use crate::{host, path};
 
 /// Which credentials a route accepts.
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
@@ -153,6 +153,9 @@ pub(super) fn validate_targets(
     upstreams: &[UpstreamConfig],
 ) -> Result<(), ConfigError> {
     for (index, route) in routes.iter().enumerate() {
+        if let Some(host) = &route.host {
+            validate_host(&format!("routes[{index}].host"), host)?;
+        }
         validate_prefix(&format!("routes[{index}].path_prefix"), &route.path_prefix)?;
         if let Some(rewrite) = &route.rewrite_prefix {
             validate_prefix(&format!("routes[{index}].rewrite_prefix"), rewrite)?;
@@ -169,6 +172,25 @@ pub(super) fn validate_targets(
                 format!("no upstream named {:?}", route.upstream),
             ));
         }
+    }
+    Ok(())
+}
+
+/// A route's host is one the proxy serves ([`host::check`]), without the
+/// port it is matched without.
+fn validate_host(key: &str, name: &str) -> Result<(), ConfigError> {
+    if name.is_empty() || host::check(name.as_bytes()).is_err() {
+        return Err(ConfigError::invalid(
+            key,
+            "is not a host name (letters, digits, '-', '.', '_' and '~', no empty label; \
+             or a bracketed IPv6 address)",
+        ));
+    }
+    if host::name(name) != name.strip_suffix('.').unwrap_or(name) {
+        return Err(ConfigError::invalid(
+            key,
+            "has a port: a route's host matches requests on every port",
+        ));
     }
     Ok(())
 }
@@ -424,6 +446,29 @@ mod tests {
         for (keys, want) in cases {
             let message = route_error(keys);
             assert!(message.starts_with(want), "{keys}: {message}");
+        }
+    }
+
+    #[test]
+    fn route_hosts_must_be_plain_names_without_a_port() {
+        for (host, want) in [
+            ("", "is not a host name"),
+            ("*.example.com", "is not a host name"),
+            ("user@admin.example", "is not a host name"),
+            ("admin..example", "is not a host name"),
+            ("admin.example:8443", "has a port"),
+            ("[::1]:80", "has a port"),
+        ] {
+            let message = route_error(&format!("path_prefix = \"/\"\nhost = {host:?}"));
+            let want = format!("routes[0].host: {want}");
+            assert!(message.starts_with(&want), "{host}: {message}");
+        }
+        for host in ["admin.example", "Admin.Example.", "[::1]", "10.0.0.1"] {
+            let config = format!(
+                "[[listeners]]\naddress = \"127.0.0.1:1\"\n[[upstreams]]\nname = \"app\"\n\
+                 servers = [\"127.0.0.1:2\"]\n[[routes]]\nupstream = \"app\"\npath_prefix = \"/\"\nhost = {host:?}"
+            );
+            assert!(crate::config::Config::parse(&config).is_ok(), "{host}");
         }
     }
 }

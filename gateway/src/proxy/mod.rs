@@ -78,6 +78,7 @@ use crate::{
     config::{AuthPolicy, Config, LimitBy, LimitsConfig},
     guard::ReportMemo,
     h1::H1Error,
+    host,
     limits::LimitKeyRef,
     metrics::Recorder,
     shared::Shared,
@@ -283,7 +284,8 @@ impl Gateway {
     /// upstream all see the path that was authorised; a path that is not
     /// origin-form is a 400. Two `Host` headers, or one that differs from
     /// the target's authority (absolute-form, HTTP/2 `:authority`), are a
-    /// 400 too: RFC 9112 §3.2.2 would ignore `Host`, HAProxy refuses.
+    /// 400 too: RFC 9112 §3.2.2 would ignore `Host`, HAProxy refuses. So is
+    /// a host upstreams could read as another ([`host::check`]).
     /// `CONNECT` (authority-form, or HTTP/2's, extended CONNECT included)
     /// asks for a tunnel a reverse proxy does not open: a 405.
     fn target<B>(&self, req: &Request<B>, ctx: &mut RequestContext<'_>) -> Result<(), ProxyError> {
@@ -299,6 +301,9 @@ impl Gateway {
             if authority.is_some_and(|a| !a.eq_ignore_ascii_case(host.as_bytes())) {
                 return Err(ProxyError::InvalidHost("host_mismatch"));
             }
+            host::check(host.as_bytes()).map_err(ProxyError::InvalidHost)?;
+        } else if let Some(authority) = req.uri().authority() {
+            host::check(authority.as_str().as_bytes()).map_err(ProxyError::InvalidHost)?;
         }
         if let Cow::Owned(normal) =
             path::normalize(req.uri().path()).map_err(ProxyError::InvalidPath)?

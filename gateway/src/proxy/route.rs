@@ -4,7 +4,10 @@
 //! path ([`super::path`]); and the path a route forwards.
 use std::borrow::Cow;
 
-use crate::config::{AuthPolicy, KeySources, LimitBy, RouteConfig, UpstreamIdentity};
+use crate::{
+    config::{AuthPolicy, KeySources, LimitBy, RouteConfig, UpstreamIdentity},
+    host,
+};
 
 #[derive(Clone, Debug)]
 pub struct Route {
@@ -83,7 +86,7 @@ impl RouteTable {
         self.routes.iter().find(|route| {
             is_under(path, &route.prefix)
                 && (route.host.as_ref()).is_none_or(|want| {
-                    host.is_some_and(|host| host_name(host).eq_ignore_ascii_case(want))
+                    host.is_some_and(|host| host::name(host).eq_ignore_ascii_case(want))
                 })
         })
     }
@@ -113,26 +116,6 @@ impl Route {
 fn is_under(path: &str, prefix: &str) -> bool {
     path.strip_prefix(prefix)
         .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
-}
-
-/// The name a host is matched by: without its port and its one trailing
-/// dot. `example.com.` is DNS's `example.com`, and upstreams (nginx's
-/// `server_name`) serve it as that host: matched apart, it took a request
-/// off its host's protected route onto an any-host one.
-fn host_name(host: &str) -> &str {
-    let name = host_without_port(host);
-    name.strip_suffix('.').unwrap_or(name)
-}
-
-/// `example.com:8080` → `example.com`; `[::1]:80` → `[::1]`.
-fn host_without_port(host: &str) -> &str {
-    if let Some(end) = host.find(']') {
-        return &host[..=end];
-    }
-    match host.rsplit_once(':') {
-        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
-        _ => host,
-    }
 }
 
 #[cfg(test)]
@@ -184,7 +167,6 @@ mod tests {
             assert_eq!(find(Some(near), "/api/x"), Some("api"), "{near}");
         }
         assert_eq!(find(None, "/other"), Some("root"));
-        assert_eq!(host_without_port("[::1]:80"), "[::1]");
         let no_root = RouteTable::new(&[route(None, "/api/", "api")]);
         assert!(no_root.find(None, "/ap").is_none());
     }

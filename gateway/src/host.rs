@@ -1,0 +1,148 @@
+//! A request's host: which spellings are served, and the name a route
+//! matches it by.
+//!
+//! Upstreams read a host their own way: nginx takes the name before the
+//! first `:` (`admin.example:x` is its `admin.example`), URL parsers the
+//! part after a `@`. Had the gateway routed such a host as a name of its
+//! own, it would have taken a request off its host's protected route onto
+//! an any-host one, and the upstream would still have served it as the
+//! protected host. So only hosts every reader agrees on are served
+//! ([`check`]); the rest are 400 `invalid_host`. A leaf module: the
+//! configuration checks route hosts with the same rules.
+
+/// Why a host is not served (the refusal's detail).
+pub const MALFORMED: &str = "malformed_host";
+
+/// Bytes of a host name: letters, digits, `-`, `.`, `_` and `~` (RFC 3986's
+/// unreserved characters). No `%` escapes, sub-delimiters or `@`.
+fn is_name_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
+}
+
+/// Whether `host` (a `Host` value or a target's authority) is served: a
+/// name without empty labels (one trailing dot aside) or a bracketed IPv6
+/// literal, then at most a `:` and up to five port digits. An empty host
+/// (`Host:` with no value) is no host, and served as such.
+pub fn check(host: &[u8]) -> Result<(), &'static str> {
+    if host.is_empty() {
+        return Ok(());
+    }
+    let (name_ok, rest) = match host.strip_prefix(b"[") {
+        Some(literal) => match literal.iter().position(|&b| b == b']') {
+            Some(end) => (
+                end > 0
+                    && literal[..end]
+                        .iter()
+                        .all(|&b| b.is_ascii_hexdigit() || b == b':' || b == b'.'),
+                &literal[end + 1..],
+            ),
+            None => (false, &b""[..]),
+        },
+        None => {
+            let end = host.iter().position(|&b| b == b':').unwrap_or(host.len());
+            let name = &host[..end];
+            let labels_ok = !name.starts_with(b".") && !name.windows(2).any(|w| w == b"..");
+            (
+                !name.is_empty() && labels_ok && name.iter().all(|&b| is_name_byte(b)),
+                &host[end..],
+            )
+        }
+    };
+    let port_ok = match rest.strip_prefix(b":") {
+        Some(port) => port.len() <= 5 && port.iter().all(u8::is_ascii_digit),
+        None => rest.is_empty(),
+    };
+    if name_ok && port_ok {
+        Ok(())
+    } else {
+        Err(MALFORMED)
+    }
+}
+
+/// The name a host is matched by: without its port and its one trailing
+/// dot. `example.com.` is DNS's `example.com`, and upstreams (nginx's
+/// `server_name`) serve it as that host: matched apart, it took a request
+/// off its host's protected route onto an any-host one.
+pub fn name(host: &str) -> &str {
+    let name = without_port(host);
+    name.strip_suffix('.').unwrap_or(name)
+}
+
+/// `example.com:8080` → `example.com`; `[::1]:80` → `[::1]`.
+fn without_port(host: &str) -> &str {
+    if let Some(end) = host.find(']') {
+        return &host[..=end];
+    }
+    match host.rsplit_once(':') {
+        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+        _ => host,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts_every_reader_agrees_on_are_served() {
+        for host in [
+            "",
+            "example.com",
+            "Example.COM",
+            "example.com.",
+            "example.com:8080",
+            "example.com:",
+            "localhost",
+            "my_host-1.internal~x",
+            "127.0.0.1:80",
+            "[::1]",
+            "[::1]:443",
+            "[::ffff:127.0.0.1]",
+        ] {
+            assert_eq!(check(host.as_bytes()), Ok(()), "{host:?}");
+        }
+    }
+
+    #[test]
+    fn hosts_read_apart_are_refused() {
+        for host in [
+            // nginx: `admin.example`; the gateway's old match: a name.
+            "admin.example:x",
+            "admin.example:80:80",
+            "admin.example:123456",
+            // URL parsers: the part after `@`.
+            "user@admin.example",
+            "admin.example@evil",
+            "admin..example",
+            ".admin.example",
+            ".",
+            "admin.example..",
+            ":80",
+            "admin example",
+            "admin.example%2e",
+            "admin.example/x",
+            "admin.example\\x",
+            "admin.example,evil",
+            "[::1",
+            "[]",
+            "[::1]x",
+            "[::1]:x",
+            "[fe80::1%25eth0]",
+            "[v1.x]",
+        ] {
+            assert_eq!(check(host.as_bytes()), Err(MALFORMED), "{host:?}");
+        }
+        for byte in (0..=255u8).filter(|&b| !is_name_byte(b) && !b"[]:".contains(&b)) {
+            let host = [b"admin".as_slice(), &[byte], b".example"].concat();
+            assert_eq!(check(&host), Err(MALFORMED), "{byte:#x}");
+        }
+    }
+
+    #[test]
+    fn names_drop_the_port_and_the_root_dot() {
+        assert_eq!(name("example.com:8080"), "example.com");
+        assert_eq!(name("example.com.:8080"), "example.com");
+        assert_eq!(name("[::1]:80"), "[::1]");
+        assert_eq!(name("example.com"), "example.com");
+    }
+}
