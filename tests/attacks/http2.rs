@@ -7,7 +7,7 @@
 #![allow(clippy::unwrap_used, reason = "tests: a panic is the failure report")]
 
 use std::{
-    io::{Read, Write},
+    io::{ErrorKind, Read, Write},
     net::{SocketAddr, TcpStream},
     time::{Duration, Instant},
 };
@@ -286,3 +286,71 @@ fn http2_authority_read_as_another_host_is_refused() {
     assert_eq!(upstream.requests().len(), 1, "{:?}", upstream.requests());
 }
 
+/// A client that opens streams with no flow-control window
+/// (`SETTINGS_INITIAL_WINDOW_SIZE` 0) and never grants one writes nothing,
+/// so its socket never fills: each stream's response, and the upstream
+/// connection behind it, was held for ever. The gateway drops such a
+/// connection once a response has waited about `request_timeout`.
+#[test]
+fn http2_streams_given_no_window_lose_their_connection() {
+    let upstream = FakeUpstream::start(None);
+    let gateway = Gateway::builder(&format!(
+        "[limits]\nrequest_timeout = \"1s\"\n\n{}\n[[routes]]\npath_prefix = \"/\"\n\
+         upstream = \"app\"\nauth = \"none\"\n",
+        tiers_and_app(upstream.addr)
+    ))
+    .start();
+    upstream.set_body(&"x".repeat(1 << 20));
+    let mut stream = TcpStream::connect_timeout(&gateway.addr, Duration::from_secs(5)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let mut bytes = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    // SETTINGS_INITIAL_WINDOW_SIZE (0x4) = 0.
+    bytes.extend(frame(0x4, 0, 0, &[0, 0x4, 0, 0, 0, 0]));
+    for id in [1, 3, 5] {
+        let head = hpack(&[
+            (":method", "GET"),
+            (":scheme", "http"),
+            (":path", "/big"),
+            (":authority", "gw"),
+        ]);
+        bytes.extend(frame(HEADERS, END_HEADERS | END_STREAM, id, &head));
+    }
+    stream.write_all(&bytes).unwrap();
+    let started = Instant::now();
+    let (mut received, mut buf) = (Vec::new(), [0u8; 4096]);
+    let ended = loop {
+        if started.elapsed() > Duration::from_secs(10) {
+            break None;
+        }
+        match stream.read(&mut buf) {
+            Ok(0) => break Some(started.elapsed()),
+            Ok(n) => received.extend_from_slice(&buf[..n]),
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(_) => break Some(started.elapsed()),
+        }
+    };
+    // The responses began (their HEADERS need no window)...
+    let headers = frames(&received)
+        .filter(|(kind, id)| *kind == HEADERS && [1, 3, 5].contains(id))
+        .count();
+    assert_eq!(headers, 3, "{received:?}");
+    assert_eq!(upstream.requests().len(), 3);
+    // ...and the connection went within about two timeouts.
+    let ended = ended.expect("a connection whose streams had no window was kept 10 s");
+    assert!(ended >= Duration::from_secs(1), "dropped after {ended:?}");
+}
+
+/// The (type, stream) of each whole frame in `bytes`.
+fn frames(mut bytes: &[u8]) -> impl Iterator<Item = (u8, u32)> + '_ {
+    std::iter::from_fn(move || {
+        let len = usize::from(*bytes.first()?) << 16
+            | usize::from(*bytes.get(1)?) << 8
+            | usize::from(*bytes.get(2)?);
+        let id = u32::from_be_bytes(bytes.get(5..9)?.try_into().ok()?) & 0x7fff_ffff;
+        let kind = bytes[3];
+        bytes = bytes.get(9 + len..)?;
+        Some((kind, id))
+    })
+}

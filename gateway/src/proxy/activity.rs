@@ -1,7 +1,8 @@
 //! What one client connection is doing, shared by its serve loop, its
 //! requests and its socket wrappers: the requests in flight and when the
 //! last one ended, whether it speaks HTTP/2, is draining, may be parked
-//! (see [`super::park`]), and whether its writes still move.
+//! (see [`super::park`]), and whether its writes still move (and its
+//! HTTP/2 responses' frames, [`WindowStalls`]).
 use std::{
     io,
     os::fd::RawFd,
@@ -16,6 +17,7 @@ use std::{
 
 use hyper::body::{Body, Frame, SizeHint};
 
+use super::window_stalls::WindowStalls;
 use crate::clock::monotonic_ns;
 
 pub(super) struct Activity {
@@ -38,6 +40,8 @@ pub(super) struct Activity {
     write_blocked: AtomicBool,
     /// The client's socket (for [`unacked`]), -1 if none is known.
     fd: RawFd,
+    /// HTTP/2 responses waiting for the client's window.
+    pub(super) window_stalls: WindowStalls,
 }
 
 impl Default for Activity {
@@ -61,6 +65,7 @@ impl Activity {
             writes: Default::default(),
             write_blocked: Default::default(),
             fd,
+            window_stalls: WindowStalls::new(monotonic_ns() / 1_000_000),
         }
     }
 }
@@ -165,15 +170,28 @@ impl Activity {
 }
 
 /// A response body holding its request's [`Busy`] until hyper drops it
-/// (written, or the connection gone).
+/// (written, or the connection gone); an HTTP/2 one notes its waits for
+/// the client's window ([`WindowStalls`]).
 pub(super) struct Tracked<B> {
     body: B,
-    _busy: Busy,
+    busy: Busy,
+    /// HTTP/2: its slot in [`WindowStalls`], and whether it waits there.
+    stall: Option<(usize, bool)>,
 }
 
 impl<B> Tracked<B> {
     pub(super) fn new(body: B, busy: Busy) -> Self {
-        Self { body, _busy: busy }
+        let http2 = busy.version() == hyper::Version::HTTP_2;
+        let stall = http2.then(|| (busy.0.window_stalls.claim(), false));
+        Self { body, busy, stall }
+    }
+}
+
+impl<B> Drop for Tracked<B> {
+    fn drop(&mut self) {
+        if let Some((slot, _)) = self.stall {
+            self.busy.0.window_stalls.release(slot);
+        }
     }
 }
 
@@ -185,7 +203,18 @@ impl<B: Body + Unpin> Body for Tracked<B> {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        Pin::new(&mut self.get_mut().body).poll_frame(cx)
+        let this = self.get_mut();
+        let stalls = &this.busy.0.window_stalls;
+        if let Some((slot, waiting @ true)) = &mut this.stall {
+            stalls.set_waiting(*slot, false);
+            *waiting = false;
+        }
+        let polled = Pin::new(&mut this.body).poll_frame(cx);
+        if let (Some((slot, waiting)), Poll::Ready(Some(Ok(_)))) = (&mut this.stall, &polled) {
+            stalls.set_waiting(*slot, true);
+            *waiting = true;
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {

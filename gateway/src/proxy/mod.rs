@@ -54,6 +54,7 @@ mod tier_reply;
 mod tunnel;
 mod upgrade;
 mod upstream_conns;
+mod window_stalls;
 
 use std::{borrow::Cow, future::Future, net::IpAddr, sync::Arc};
 

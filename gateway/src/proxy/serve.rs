@@ -52,6 +52,16 @@ use crate::clock::monotonic_ns;
 /// holds its connection slot, as a connected client's would.
 const HALF_CLOSE: bool = true;
 
+/// Streams one HTTP/2 connection may have open at once (hyper's default is
+/// 200; HAProxy's 100, nginx's 128). Each may hold an upstream connection.
+const H2_MAX_STREAMS: u32 = 100;
+
+/// Response bytes hyper holds per HTTP/2 stream that the client's window
+/// has not let out (hyper's default is 400 KiB): a client that grants no
+/// window held that much per stream until [`super::window_stalls`] saw
+/// it. 64 KiB is a default stream window's worth.
+const H2_SEND_BUFFER: usize = 64 << 10;
+
 impl Current {
     /// Accepts connections until `shutdown` turns true (or the task is
     /// aborted: a reload removed the listener); with `tls`, each
@@ -295,6 +305,8 @@ impl Gateway {
         builder
             .http2()
             .timer(TokioTimer::new())
+            .max_concurrent_streams(H2_MAX_STREAMS)
+            .max_send_buf_size(H2_SEND_BUFFER)
             .max_header_list_size(u32::try_from(max_buf).unwrap_or(u32::MAX));
         let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
         tokio::pin!(connection);
@@ -362,7 +374,9 @@ impl Gateway {
                     ticked.again();
                 }
                 Event::Tick => match closing_since {
-                    _ if stalled(activity, &mut stuck, header_timeout) => return Ended::Dropped,
+                    _ if stalled(activity, &mut stuck, header_timeout, period) => {
+                        return Ended::Dropped
+                    }
                     Some(since) if since.elapsed() >= header_timeout => return Ended::Dropped,
                     Some(_) => {}
                     // Draining: HTTP/2 gets GOAWAY at once (its streams
@@ -393,14 +407,23 @@ impl Gateway {
 
 /// Whether a response has had its socket full, no write taking a byte and
 /// the client acknowledging none, for `timeout` (see
-/// [`Activity::blocked_writes`]): the connection is dropped, not closed
+/// [`Activity::blocked_writes`]), or an HTTP/2 response has waited that
+/// long for the client's window (see [`super::window_stalls`]; `period`:
+/// the ticks' longest period): the connection is dropped, not closed
 /// gracefully, which would wait for that write. `stuck`: where the
 /// response was first seen blocked, and when.
 fn stalled(
     activity: &Activity,
     stuck: &mut Option<((u64, i32), Instant)>,
     timeout: Duration,
+    period: Duration,
 ) -> bool {
+    let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    if activity.is_http2()
+        && (activity.window_stalls).tick(monotonic_ns() / 1_000_000, ms(timeout), ms(period))
+    {
+        return true;
+    }
     let Some(stands) = activity.blocked_writes() else {
         *stuck = None;
         return false;
