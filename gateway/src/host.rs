@@ -19,6 +19,11 @@ fn is_name_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
 }
 
+/// Whether `text` is an IPv6 address (no zone, no IPvFuture).
+fn is_ipv6(text: &[u8]) -> bool {
+    std::str::from_utf8(text).is_ok_and(|text| text.parse::<std::net::Ipv6Addr>().is_ok())
+}
+
 /// Whether `host` (a `Host` value or a target's authority) is served: a
 /// name without empty labels (one trailing dot aside) or a bracketed IPv6
 /// literal, then at most a `:` and up to five port digits. An empty host
@@ -29,13 +34,7 @@ pub fn check(host: &[u8]) -> Result<(), &'static str> {
     }
     let (name_ok, rest) = match host.strip_prefix(b"[") {
         Some(literal) => match literal.iter().position(|&b| b == b']') {
-            Some(end) => (
-                end > 0
-                    && literal[..end]
-                        .iter()
-                        .all(|&b| b.is_ascii_hexdigit() || b == b':' || b == b'.'),
-                &literal[end + 1..],
-            ),
+            Some(end) => (is_ipv6(&literal[..end]), &literal[end + 1..]),
             None => (false, &b""[..]),
         },
         None => {
@@ -129,6 +128,9 @@ mod tests {
             "[::1]:x",
             "[fe80::1%25eth0]",
             "[v1.x]",
+            "[0..0..:.d]",
+            "[1:2]",
+            "[127.0.0.1]",
         ] {
             assert_eq!(check(host.as_bytes()), Err(MALFORMED), "{host:?}");
         }
