@@ -76,6 +76,11 @@ pub struct KeyIndex {
     /// copy-and-swap updates never lose each other's change; it counts
     /// the clients' refreshes.
     writer: std::sync::Mutex<u64>,
+    /// One client refresh at a time, from its store read to its swap: each
+    /// then reads after the one applied before it, so an older read is
+    /// never applied last (a rename read before a revocation, swapped in
+    /// after it, brought the revoked client back).
+    refreshing: tokio::sync::Mutex<()>,
 }
 
 /// A key's slot, if its client is among `clients`.
@@ -141,7 +146,9 @@ impl KeyIndex {
 
     /// Reads one client and its keys from the store and puts them in
     /// place of what the index held for it (gone if the client is gone).
+    /// Refreshes run one at a time (see `refreshing`).
     pub async fn refresh_client(&self, store: &dyn KeyStore, id: &str) -> Result<(), StoreError> {
+        let _one = self.refreshing.lock().await;
         let client = store.client(id).await?;
         let keys = match client {
             Some(_) => store.client_keys(id).await?,
@@ -282,3 +289,7 @@ impl KeyIndex {
 #[cfg(test)]
 #[path = "index_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "refresh_race_tests.rs"]
+mod refresh_race_tests;
