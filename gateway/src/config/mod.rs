@@ -97,6 +97,20 @@ pub struct Config {
     pub keys_store_set: bool,
 }
 
+/// A TOML syntax error as where it is and what is wrong, without toml's
+/// quote of the line: that line may hold a store or Redis URL's password,
+/// and reload errors are logged and answered.
+fn syntax_error(text: &str, error: &toml::de::Error) -> String {
+    let message = error.message().trim_end();
+    let Some(at) = error.span().map(|span| span.start.min(text.len())) else {
+        return message.to_owned();
+    };
+    let before = text.get(..at).unwrap_or_default();
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    format!("TOML parse error at line {line}, column {column}: {message}")
+}
+
 fn default_state_dir() -> PathBuf {
     "gateway-state".into()
 }
@@ -105,7 +119,7 @@ impl Config {
     /// Parses and validates `text` (from `origin`, for messages).
     pub fn parse(text: &str) -> Result<Self, ConfigError> {
         let deserializer = toml::Deserializer::parse(text)
-            .map_err(|e| ConfigError::invalid("(file)", e.to_string()))?;
+            .map_err(|e| ConfigError::invalid("(file)", syntax_error(text, &e)))?;
         let mut config: Config = serde_path_to_error::deserialize(deserializer).map_err(|e| {
             let path = e.path().to_string();
             ConfigError::invalid(path, e.into_inner().message().to_owned())

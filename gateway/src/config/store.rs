@@ -105,4 +105,28 @@ mod tests {
         let message = error(&format!("{LISTENER}[store]\nmax_staleness = \"5s\"\n"));
         assert!(message.starts_with("store.max_staleness"), "{message}");
     }
+
+    /// A TOML slip on a URL's line is reported by line and column, without
+    /// the line: a reload logs and answers the message.
+    #[test]
+    fn a_syntax_error_never_quotes_the_line_with_a_password() {
+        for text in [
+            "[store]\nurl = \"postgres://gw:hunter2@db/keys\" #x\npool_size = 4 4\n",
+            "[store]\nurl = \"postgres://gw:hunter2@db/keys\"x\n",
+            "[store]\nurl = \"postgres://gw:hunter2@db/keys\"\nurl = \"postgres://gw:hunter2@db/keys\"\n",
+            "[redis]\nurl = \"redis://:hunter2@127.0.0.1:6379/0\",\n",
+        ] {
+            let message = error(&format!("{LISTENER}{text}"));
+            assert!(!message.contains("hunter2"), "{message}");
+            assert!(message.contains("TOML parse error at line "), "{message}");
+        }
+        let message = error(&format!(
+            "{LISTENER}[store]\nurl = \"postgres://gw:hunter2@db/keys\"x\n"
+        ));
+        let line = LISTENER.matches('\n').count() + 2;
+        assert!(
+            message.contains(&format!("at line {line}, column ")),
+            "{message}"
+        );
+    }
 }

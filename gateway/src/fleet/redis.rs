@@ -49,15 +49,32 @@ pub async fn connect(url: &str) -> Result<ConnectionManager, RedisError> {
         .map_err(failed)
 }
 
-/// `url` with any password replaced, for messages and logs.
+/// `url` with any password replaced, for messages and logs: the user info
+/// up to the last `@` (a password may hold `/`, `?` or `@`), and the
+/// `pass` / `password` query parameters redis-rs reads for a unix socket.
 pub fn redacted(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();
     };
-    match rest.split_once('@') {
-        Some((_, host)) => format!("{scheme}://***@{host}"),
-        None => url.to_owned(),
-    }
+    let rest = match rest.rsplit_once('@') {
+        Some((_, host)) => format!("***@{host}"),
+        None => rest.to_owned(),
+    };
+    let Some((path, query)) = rest.split_once('?') else {
+        return format!("{scheme}://{rest}");
+    };
+    let pairs: Vec<String> = query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((name, _))
+                if name.eq_ignore_ascii_case("pass") || name.eq_ignore_ascii_case("password") =>
+            {
+                format!("{name}=***")
+            }
+            _ => pair.to_owned(),
+        })
+        .collect();
+    format!("{scheme}://{path}?{}", pairs.join("&"))
 }
 
 #[cfg(test)]
@@ -73,5 +90,37 @@ mod tests {
             .to_string();
         assert!(!error.contains("hunter2"), "{error}");
         assert_eq!(redacted("redis://:hunter2@h:1/0"), "redis://***@h:1/0");
+    }
+
+    /// A unix socket's password is a query parameter (`pass`); a password
+    /// may hold `@`, `/` or `?`: none is shown.
+    #[test]
+    fn every_password_redis_reads_is_redacted() {
+        let url = "redis+unix:///run/redis.sock?db=0&pass=hunter2";
+        let info = parse_url(url).unwrap();
+        assert!(
+            format!("{info:?}").contains("redacted"),
+            "redis-rs read a password"
+        );
+        assert_eq!(redacted(url), "redis+unix:///run/redis.sock?db=0&pass=***");
+        let bad = parse_url("redis+unix://?pass=hunter2")
+            .map(drop)
+            .unwrap_err()
+            .to_string();
+        assert!(!bad.contains("hunter2"), "{bad}");
+        for url in [
+            "unix:///run/redis.sock?PASSWORD=hunter2",
+            "redis://:hun@ter2@h:1/0",
+            "redis://:hun/ter2@h:1/0",
+            "redis://:hun?ter2@h:1/0",
+            "redis://user:hunter2@h:1/0?x=1",
+        ] {
+            let shown = redacted(url);
+            assert!(
+                !shown.contains("hunter2") && !shown.contains("ter2"),
+                "{url}: {shown}"
+            );
+        }
+        assert_eq!(redacted("redis://h:1/0?db=2"), "redis://h:1/0?db=2");
     }
 }

@@ -113,11 +113,13 @@ fn scrub(text: &str, url: &str) -> String {
     text
 }
 
+/// The passwords `url` holds as written: the user info's, which runs to
+/// the last `@` (the driver reads `postgres://gw:pa/ss@db` as password
+/// `pa/ss`), and any `password=` parameter.
 fn passwords(url: &str) -> Vec<String> {
     let mut found = Vec::new();
     if let Some((_, rest)) = url.split_once("://") {
-        let authority = rest.split(['/', '?']).next().unwrap_or_default();
-        if let Some((userinfo, _)) = authority.rsplit_once('@') {
+        if let Some((userinfo, _)) = rest.rsplit_once('@') {
             if let Some((_, password)) = userinfo.split_once(':') {
                 found.push(password.to_owned());
             }
@@ -296,6 +298,27 @@ mod tests {
         }
         assert_eq!(
             redacted("postgres://gw:s3cret@db/keys"),
+            "postgres://gw:***@db/keys"
+        );
+    }
+
+    /// The driver reads the password up to the last `@`: one holding `/`
+    /// or `?` is hidden whole.
+    #[test]
+    fn passwords_holding_a_slash_or_question_mark_are_redacted() {
+        for (url, password) in [
+            ("postgres://gw:pa/ss@db/keys", "pa/ss"),
+            ("postgres://gw:pa?ss@db/keys", "pa?ss"),
+        ] {
+            let config = parse_url(url).unwrap();
+            assert_eq!(config.get_password(), Some(password.as_bytes()), "{url}");
+            let shown = redacted(url);
+            assert!(!shown.contains(password), "{url}: {shown}");
+            assert!(shown.ends_with("@db/keys"), "{url}: {shown}");
+        }
+        // Everything to the last `@` goes, whatever the driver makes of it.
+        assert_eq!(
+            redacted("postgres://gw:p@ss@db/keys"),
             "postgres://gw:***@db/keys"
         );
     }
