@@ -419,6 +419,44 @@ fn the_admin_listener_caps_connections() {
     assert!(answer.is_empty(), "the 65th admin connection was served");
 }
 
+/// Connections that send nothing (hyper waits for a byte to tell HTTP/1
+/// from HTTP/2), that open HTTP/2 and idle, or that idle after a request
+/// are dropped after `request_timeout`: 64 of them, no credential needed,
+/// locked every admin out.
+#[test]
+fn idle_admin_connections_do_not_lock_the_admins_out() {
+    let (gateway, _upstream) = guarded_admin("request_timeout = \"1s\"");
+    let admin = gateway.admin.unwrap();
+    let h2_then_idle = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00";
+    let answered_then_idle = b"GET /healthz HTTP/1.1\r\nhost: admin\r\n\r\n";
+    for (what, first) in [
+        ("silent", &b""[..]),
+        ("HTTP/2 then idle", &h2_then_idle[..]),
+        ("answered then idle", &answered_then_idle[..]),
+    ] {
+        let held: Vec<TcpStream> = (0..64)
+            .map(|_| {
+                let mut stream = TcpStream::connect(admin).unwrap();
+                stream.write_all(first).unwrap();
+                stream
+            })
+            .collect();
+        pause(Duration::from_secs(3));
+        let mut probe = TcpStream::connect(admin).unwrap();
+        probe
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        probe
+            .write_all(b"GET /healthz HTTP/1.1\r\nhost: admin\r\nconnection: close\r\n\r\n")
+            .unwrap();
+        let mut answer = Vec::new();
+        let _ = probe.read_to_end(&mut answer);
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with("HTTP/1.1 200"), "{what}: {answer:?}");
+        drop(held);
+    }
+}
+
 #[test]
 fn a_slow_first_head_is_served_when_it_ends_and_closed_unanswered_when_it_stalls() {
     let upstream = FakeUpstream::start(None);

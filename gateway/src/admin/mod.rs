@@ -41,6 +41,7 @@ mod clients;
 mod draining;
 mod error;
 pub mod events;
+mod idle;
 mod scrape;
 mod spec;
 mod top;
@@ -59,7 +60,7 @@ use self::auth::{admit, bearer, Access};
 use self::error::json_response;
 pub(crate) use self::error::AdminError;
 use crate::{
-    clock::unix_now,
+    clock::{monotonic_ns, unix_now},
     config::Config,
     keys::{Client, KeyStore},
     reload::Reloader,
@@ -160,7 +161,8 @@ impl Admin {
     }
 
     /// Serves until the runtime stops: at most [`MAX_CONNECTIONS`] at once,
-    /// each with `limits.request_timeout` to send a request's headers.
+    /// each with `limits.request_timeout` to send a request's headers, and
+    /// dropped once idle that long (see [`idle`]).
     /// Stops accepting once the kernel path is handed off (see [`draining`]).
     pub async fn serve(self: Arc<Self>, listener: TcpListener) {
         let handed_off = draining::until_handed_off(self.reloader.clone());
@@ -181,28 +183,57 @@ impl Admin {
                 tracing::warn!(%peer, "admin connection limit reached; closing the new connection");
                 continue;
             };
-            let admin = self.clone();
-            tokio::spawn(async move {
-                let _permit = permit;
-                let header_timeout = admin.header_timeout;
-                let service = hyper::service::service_fn(move |req| {
-                    let admin = admin.clone();
-                    async move { Ok::<_, Infallible>(admin.handle(req, peer).await) }
-                });
-                let mut builder =
-                    hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-                builder
-                    .http1()
-                    .timer(TokioTimer::new())
-                    .header_read_timeout(header_timeout);
-                builder.http2().timer(TokioTimer::new());
-                if let Err(error) = builder
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await
-                {
-                    tracing::debug!(%peer, %error, "admin connection ended with an error");
+            tokio::spawn(self.clone().connection(stream, peer, permit));
+        }
+    }
+
+    /// Serves one connection until it ends or stays idle for the header
+    /// timeout (see [`idle`]).
+    async fn connection(
+        self: Arc<Self>,
+        stream: tokio::net::TcpStream,
+        peer: SocketAddr,
+        _permit: tokio::sync::OwnedSemaphorePermit,
+    ) {
+        let header_timeout = self.header_timeout;
+        let watch = Arc::new(idle::Watch::default());
+        let service = hyper::service::service_fn({
+            let watch = watch.clone();
+            move |req| {
+                let (admin, watch) = (self.clone(), watch.clone());
+                async move {
+                    let _request = watch.begin();
+                    let response = admin.handle(req, peer).await;
+                    if matches!(response.body(), Either::Right(_)) {
+                        watch.set_following();
+                    }
+                    Ok::<_, Infallible>(response)
                 }
-            });
+            }
+        });
+        let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(header_timeout);
+        builder.http2().timer(TokioTimer::new());
+        let io = TokioIo::new(idle::WatchedIo::new(stream, watch.clone()));
+        let connection = builder.serve_connection(io, service);
+        tokio::pin!(connection);
+        let mut ticker = tokio::time::interval(header_timeout / 2);
+        loop {
+            tokio::select! {
+                ended = &mut connection => {
+                    if let Err(error) = ended {
+                        tracing::debug!(%peer, %error, "admin connection ended with an error");
+                    }
+                    return;
+                }
+                _ = ticker.tick() => if watch.idle(header_timeout, monotonic_ns()) {
+                    tracing::debug!(%peer, "admin connection idle; dropped");
+                    return;
+                }
+            }
         }
     }
 
