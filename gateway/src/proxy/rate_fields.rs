@@ -29,31 +29,9 @@ pub fn set_rate_limit(headers: &mut HeaderMap, tier: &TierReply, decision: &Deci
     if let Some(policy) = &tier.policy {
         headers.insert(RATELIMIT_POLICY, policy.clone());
     }
-    // `"name";r=R;t=T` in a buffer on the stack: one copy into the value.
-    let mut buffer = [0u8; 256];
-    let mut len = 0;
-    let (mut remaining, mut reset_text) = (itoa::Buffer::new(), itoa::Buffer::new());
-    let remaining = remaining.format(decision.remaining);
-    let reset_text = reset_text.format(reset);
-    for part in [
-        &tier.prefix[..],
-        remaining.as_bytes(),
-        b";t=",
-        reset_text.as_bytes(),
-    ] {
-        if let Some(slot) = buffer.get_mut(len..len + part.len()) {
-            slot.copy_from_slice(part);
-        }
-        len += part.len();
-    }
-    let ratelimit = match buffer.get(..len) {
-        Some(text) => HeaderValue::from_bytes(text).ok(),
-        None => {
-            let mut text = tier.prefix.clone();
-            text.extend_from_slice(format!("{remaining};t={reset_text}").as_bytes());
-            HeaderValue::from_bytes(&text).ok()
-        }
-    };
+    let ratelimit = tier.ratelimit(decision.remaining, reset, || {
+        ratelimit_value(&tier.prefix, decision.remaining, reset)
+    });
     if let Some(value) = ratelimit {
         headers.insert(RATELIMIT, per_response(value));
     }
@@ -71,21 +49,49 @@ pub fn set_rate_limit(headers: &mut HeaderMap, tier: &TierReply, decision: &Deci
     }
 }
 
+/// `"name";r=R;t=T`, made in a buffer on the stack: one copy into the
+/// value.
+fn ratelimit_value(prefix: &[u8], remaining: u32, reset: u64) -> Option<HeaderValue> {
+    let mut buffer = [0u8; 256];
+    let mut len = 0;
+    let (mut remaining_text, mut reset_text) = (itoa::Buffer::new(), itoa::Buffer::new());
+    let remaining = remaining_text.format(remaining);
+    let reset = reset_text.format(reset);
+    for part in [prefix, remaining.as_bytes(), b";t=", reset.as_bytes()] {
+        if let Some(slot) = buffer.get_mut(len..len + part.len()) {
+            slot.copy_from_slice(part);
+        }
+        len += part.len();
+    }
+    match buffer.get(..len) {
+        Some(text) => HeaderValue::from_bytes(text).ok(),
+        None => {
+            let mut text = prefix.to_vec();
+            text.extend_from_slice(format!("{remaining};t={reset}").as_bytes());
+            HeaderValue::from_bytes(&text).ok()
+        }
+    }
+}
+
 const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
 const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 const X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
 const X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
 const X_RATELIMIT_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
 
-/// Values below this are built once and shared (a clone is a reference
-/// count), not formatted per response: remaining counts and seconds to
-/// reset or retry are almost always small.
+/// Values below this are built once, as static text (a clone copies a
+/// pointer, no reference count), not formatted per response: remaining
+/// counts and seconds to reset or retry are almost always small.
 const SMALL: u64 = 1024;
 
 /// `n` as a header value.
 fn small_number(n: u64) -> HeaderValue {
-    static TABLE: std::sync::LazyLock<Vec<HeaderValue>> =
-        std::sync::LazyLock::new(|| (0..SMALL).map(HeaderValue::from).collect());
+    static TABLE: std::sync::LazyLock<Vec<HeaderValue>> = std::sync::LazyLock::new(|| {
+        let text = |n: u64| -> &'static str { Box::leak(n.to_string().into_boxed_str()) };
+        (0..SMALL)
+            .map(|n| HeaderValue::from_static(text(n)))
+            .collect()
+    });
     match TABLE.get(n as usize) {
         Some(value) => value.clone(),
         None => HeaderValue::from(n),

@@ -2,7 +2,7 @@
 //! than per request: the 429 body and the headers its policy alone
 //! decides. The over-limit path is the one a flooding client drives, so
 //! it should cost less than any other: no JSON building, no formatting.
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use http::HeaderValue;
@@ -23,6 +23,10 @@ pub struct TierReply {
     pub prefix: Vec<u8>,
     /// The 429 body.
     pub refused: Bytes,
+    /// The last `RateLimit` value made, with the (remaining, reset) it
+    /// says: a client well within its quota gets the same one on every
+    /// response, and sharing it saves its allocation, copy and check.
+    last: Mutex<Option<(u32, u64, HeaderValue)>>,
 }
 
 impl TierReply {
@@ -39,7 +43,27 @@ impl TierReply {
             limit: HeaderValue::from(quota.requests),
             prefix: format!("\"{}\";r=", quota.name).into_bytes(),
             refused: error::rate_limited_body(quota),
+            last: Mutex::default(),
         }
+    }
+
+    /// `RateLimit`'s value for `remaining` requests and `reset` seconds:
+    /// the last one made if it says the same, else `make`'s (kept).
+    pub fn ratelimit(
+        &self,
+        remaining: u32,
+        reset: u64,
+        make: impl FnOnce() -> Option<HeaderValue>,
+    ) -> Option<HeaderValue> {
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((r, t, value)) = &*last {
+            if (*r, *t) == (remaining, reset) {
+                return Some(value.clone());
+            }
+        }
+        let value = make()?;
+        *last = Some((remaining, reset, value.clone()));
+        Some(value)
     }
 }
 
@@ -103,5 +127,31 @@ mod tests {
         let copy = token.clone();
         assert!(Arc::ptr_eq(&replies.get(&copy), &replies.get(&token)));
         assert_eq!(&replies.get(&tiers[1]).limit, "100");
+    }
+
+    /// `RateLimit` is made again only when what it says changes.
+    #[test]
+    fn the_last_ratelimit_value_is_shared_while_it_holds() {
+        let reply = TierReply::new(&Quota::new("gold", 100, Duration::from_secs(1), 100));
+        let made = std::cell::Cell::new(0);
+        let make = |text: &'static str| {
+            made.set(made.get() + 1);
+            Some(HeaderValue::from_static(text))
+        };
+        let a = reply.ratelimit(99, 1, || make("\"gold\";r=99;t=1"));
+        let b = reply.ratelimit(99, 1, || make("unused"));
+        assert_eq!((a.as_ref(), made.get()), (b.as_ref(), 1));
+        let c = reply.ratelimit(98, 1, || make("\"gold\";r=98;t=1"));
+        assert_eq!(
+            (c.unwrap().to_str().unwrap(), made.get()),
+            ("\"gold\";r=98;t=1", 2)
+        );
+        assert_eq!(reply.ratelimit(98, 2, || None), None);
+        // A value that could not be made is not kept.
+        let d = reply.ratelimit(98, 1, || make("unused"));
+        assert_eq!(
+            (d.unwrap().to_str().unwrap(), made.get()),
+            ("\"gold\";r=98;t=1", 2)
+        );
     }
 }
