@@ -15,8 +15,35 @@ pub const MALFORMED: &str = "malformed_host";
 
 /// Bytes of a host name: letters, digits, `-`, `.`, `_` and `~` (RFC 3986's
 /// unreserved characters). No `%` escapes, sub-delimiters or `@`.
-fn is_name_byte(b: u8) -> bool {
+const fn is_name_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
+}
+
+/// Whether `host` starts with a name (its bytes name bytes, no label
+/// empty), and what follows it from its first `:`. One pass, a table
+/// lookup a byte: it runs on every request.
+fn name_then_rest(host: &[u8]) -> (bool, &[u8]) {
+    static NAME: [bool; 256] = {
+        let mut table = [false; 256];
+        let mut b = 0;
+        while b < 256 {
+            table[b] = is_name_byte(b as u8);
+            b += 1;
+        }
+        table
+    };
+    // A leading dot is an empty first label.
+    let mut previous = b'.';
+    for (at, &b) in host.iter().enumerate() {
+        if b == b':' {
+            return (at > 0, &host[at..]);
+        }
+        if !NAME[usize::from(b)] || (b == b'.' && previous == b'.') {
+            return (false, &[]);
+        }
+        previous = b;
+    }
+    (true, &[])
 }
 
 /// Whether `text` is an IPv6 address (no zone, no IPvFuture).
@@ -37,15 +64,7 @@ pub fn check(host: &[u8]) -> Result<(), &'static str> {
             Some(end) => (is_ipv6(&literal[..end]), &literal[end + 1..]),
             None => (false, &b""[..]),
         },
-        None => {
-            let end = host.iter().position(|&b| b == b':').unwrap_or(host.len());
-            let name = &host[..end];
-            let labels_ok = !name.starts_with(b".") && !name.windows(2).any(|w| w == b"..");
-            (
-                !name.is_empty() && labels_ok && name.iter().all(|&b| is_name_byte(b)),
-                &host[end..],
-            )
-        }
+        None => name_then_rest(host),
     };
     let port_ok = match rest.strip_prefix(b":") {
         Some(port) => port.len() <= 5 && port.iter().all(u8::is_ascii_digit),
