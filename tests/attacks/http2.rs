@@ -354,3 +354,93 @@ fn frames(mut bytes: &[u8]) -> impl Iterator<Item = (u8, u32)> + '_ {
         Some((kind, id))
     })
 }
+
+/// An upstream that answers `200 ok` as soon as it has a request's head,
+/// reads whatever else comes, and reports how long its one connection
+/// stayed open (up to 30 s).
+fn answers_before_the_body() -> (SocketAddr, std::sync::mpsc::Receiver<Duration>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (closed, closed_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let Ok((mut stream, _)) = listener.accept() else {
+            return;
+        };
+        let opened = Instant::now();
+        stream
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        let (mut head, mut buf, mut answered) = (Vec::new(), [0u8; 8192], false);
+        while opened.elapsed() < Duration::from_secs(30) {
+            match stream.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) if !answered => {
+                    head.extend_from_slice(&buf[..n]);
+                    if head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        answered = true;
+                        let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok");
+                    }
+                }
+                Ok(_) => {}
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+                Err(_) => break,
+            }
+        }
+        let _ = closed.send(opened.elapsed());
+    });
+    (addr, closed_rx)
+}
+
+/// A request body that stops coming past the read-ahead, to an upstream
+/// that answered without reading it all, while the client keeps its
+/// connection busy with other requests (here `CONNECT`s the gateway
+/// answers itself): the upstream connection was held for ever. The body is
+/// cut off once none of it comes for `request_timeout` (nginx's
+/// `client_body_timeout`).
+#[test]
+fn an_http2_body_that_stops_coming_frees_its_upstream_connection() {
+    let (upstream, closed) = answers_before_the_body();
+    let gateway = Gateway::builder(&format!(
+        "[limits]\nrequest_timeout = \"1s\"\n\n{}\n[[routes]]\npath_prefix = \"/\"\n\
+         upstream = \"app\"\nauth = \"none\"\n",
+        tiers_and_app(upstream)
+    ))
+    .start();
+    let mut stream = TcpStream::connect_timeout(&gateway.addr, Duration::from_secs(5)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let mut bytes = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    bytes.extend(frame(0x4, 0, 0, &[]));
+    let post = hpack(&[
+        (":method", "POST"),
+        (":scheme", "http"),
+        (":path", "/upload"),
+        (":authority", "gw"),
+        ("content-length", "1000000"),
+    ]);
+    bytes.extend(frame(HEADERS, END_HEADERS, 1, &post));
+    // Past the 16 KiB read ahead, so the rest is streamed; then no more.
+    bytes.extend(frame(DATA, 0, 1, &[b'a'; 16_000]));
+    bytes.extend(frame(DATA, 0, 1, &[b'a'; 4_000]));
+    stream.write_all(&bytes).unwrap();
+    let connect = hpack(&[(":method", "CONNECT"), (":authority", "gw:443")]);
+    let started = Instant::now();
+    let mut id = 3;
+    let held = loop {
+        if let Ok(held) = closed.try_recv() {
+            break Some(held);
+        }
+        if started.elapsed() > Duration::from_secs(8) {
+            break None;
+        }
+        // Busy: a request every 300 ms, so the connection is never idle.
+        let _ = stream.write_all(&frame(HEADERS, END_HEADERS | END_STREAM, id, &connect));
+        id += 2;
+        let mut buf = [0u8; 4096];
+        let _ = stream.read(&mut buf);
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    let held = held.expect("the upstream connection was still open 8 s after the body stopped");
+    assert!(held >= Duration::from_secs(1), "cut off after {held:?}");
+}

@@ -67,6 +67,8 @@ pub fn check_head(headers: &HeaderMap, max_body: u64) -> Result<(), ProxyError> 
 pub enum BodyFailure {
     TooLarge,
     Malformed,
+    /// No byte of it came for `request_timeout` (see [`RequestBody`]).
+    Stalled,
 }
 
 impl From<BodyFailure> for ProxyError {
@@ -74,6 +76,7 @@ impl From<BodyFailure> for ProxyError {
         match failure {
             BodyFailure::TooLarge => ProxyError::BodyTooLarge,
             BodyFailure::Malformed => ProxyError::MalformedRequest("body"),
+            BodyFailure::Stalled => ProxyError::BodyTimeout,
         }
     }
 }
@@ -84,15 +87,23 @@ pub enum BodyError {
     TooLarge,
     #[error("the request body is malformed: {0}")]
     Malformed(hyper::Error),
+    #[error("no byte of the request body came for limits.request_timeout")]
+    Stalled,
 }
 
 /// The body the upstream gets: what was read ahead, then the rest of the
-/// client's body, counted against the limit.
+/// client's body, counted against the limit, and cut off once none of it
+/// comes for `between_reads` (nginx's `client_body_timeout`): a client
+/// that stopped mid-body, to an upstream that answered without reading it
+/// all, held that upstream connection for ever.
 pub struct RequestBody {
     ahead: VecDeque<Frame<Bytes>>,
     rest: Option<Incoming>,
     read: u64,
     limit: u64,
+    between_reads: Duration,
+    /// Made when the rest first keeps the upstream waiting.
+    stall: Option<Pin<Box<tokio::time::Sleep>>>,
     /// Shared with the forward phase; only a body with something left to
     /// read can fail.
     failure: Option<Arc<OnceLock<BodyFailure>>>,
@@ -106,6 +117,8 @@ impl RequestBody {
             rest: None,
             read: 0,
             limit: 0,
+            between_reads: Duration::MAX,
+            stall: None,
             failure: None,
         }
     }
@@ -166,6 +179,8 @@ pub async fn read_ahead(
         rest,
         read: 0,
         limit,
+        between_reads: timeout,
+        stall: None,
     };
     if body.rest.is_none() {
         return Ok(Request::from_parts(parts, body));
@@ -198,29 +213,45 @@ impl Body for RequestBody {
     type Error = BodyError;
 
     fn poll_frame(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
-        if let Some(frame) = self.ahead.pop_front() {
+        let this = self.get_mut();
+        if let Some(frame) = this.ahead.pop_front() {
             return Poll::Ready(Some(Ok(frame)));
         }
-        let Some(rest) = self.rest.as_mut() else {
+        let Some(rest) = this.rest.as_mut() else {
             return Poll::Ready(None);
         };
         match Pin::new(rest).poll_frame(cx) {
-            Poll::Pending => Poll::Pending,
+            Poll::Pending => {
+                let between_reads = this.between_reads;
+                let stall =
+                    (this.stall).get_or_insert_with(|| Box::pin(tokio::time::sleep(between_reads)));
+                if std::future::Future::poll(stall.as_mut(), cx).is_pending() {
+                    return Poll::Pending;
+                }
+                this.fail(BodyFailure::Stalled);
+                Poll::Ready(Some(Err(BodyError::Stalled)))
+            }
             Poll::Ready(None) => {
-                self.rest = None;
+                this.rest = None;
                 Poll::Ready(None)
             }
             Poll::Ready(Some(Err(error))) => {
-                self.fail(BodyFailure::Malformed);
+                this.fail(BodyFailure::Malformed);
                 Poll::Ready(Some(Err(BodyError::Malformed(error))))
             }
-            Poll::Ready(Some(Ok(frame))) => match self.count(&frame) {
-                Ok(()) => Poll::Ready(Some(Ok(frame))),
-                Err(_) => Poll::Ready(Some(Err(BodyError::TooLarge))),
-            },
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(stall) = this.stall.as_mut() {
+                    let next = tokio::time::Instant::now() + this.between_reads;
+                    stall.as_mut().reset(next);
+                }
+                match this.count(&frame) {
+                    Ok(()) => Poll::Ready(Some(Ok(frame))),
+                    Err(_) => Poll::Ready(Some(Err(BodyError::TooLarge))),
+                }
+            }
         }
     }
 
