@@ -289,25 +289,55 @@ fn http2_authority_read_as_another_host_is_refused() {
 /// A client that opens streams with no flow-control window
 /// (`SETTINGS_INITIAL_WINDOW_SIZE` 0) and never grants one writes nothing,
 /// so its socket never fills: each stream's response, and the upstream
-/// connection behind it, was held for ever. The gateway drops such a
-/// connection once a response has waited about `request_timeout`.
+/// connection behind it, was held for ever. With a window of 1 byte, a
+/// response that fits one upstream read was handed to h2 whole and
+/// forgotten, its bytes held behind the window. Either way the gateway
+/// drops the connection once a response has waited about
+/// `request_timeout`, though the client keeps it busy with other requests
+/// (`CONNECT`s the gateway answers itself).
 #[test]
 fn http2_streams_given_no_window_lose_their_connection() {
-    let upstream = FakeUpstream::start(None);
-    let gateway = Gateway::builder(&format!(
-        "[limits]\nrequest_timeout = \"1s\"\n\n{}\n[[routes]]\npath_prefix = \"/\"\n\
-         upstream = \"app\"\nauth = \"none\"\n",
-        tiers_and_app(upstream.addr)
-    ))
-    .start();
-    upstream.set_body(&"x".repeat(1 << 20));
-    let mut stream = TcpStream::connect_timeout(&gateway.addr, Duration::from_secs(5)).unwrap();
+    for (window, body) in [(0u8, 1 << 20), (1, 4000)] {
+        let upstream = FakeUpstream::start(None);
+        let gateway = Gateway::builder(&format!(
+            "[limits]\nrequest_timeout = \"1s\"\n\n{}\n[[routes]]\npath_prefix = \"/\"\n\
+             upstream = \"app\"\nauth = \"none\"\n",
+            tiers_and_app(upstream.addr)
+        ))
+        .start();
+        upstream.set_body(&"x".repeat(body));
+        let held = held_streams(gateway.addr, window);
+        let case = format!("window {window}, body {body}");
+        // The responses began (their HEADERS need no window)...
+        assert_eq!(held.headers, 3, "{case}");
+        assert_eq!(upstream.requests().len(), 3, "{case}");
+        // ...and the connection went within about two timeouts.
+        let ended = (held.ended).unwrap_or_else(|| panic!("{case}: the connection was kept 10 s"));
+        assert!(
+            ended >= Duration::from_secs(1),
+            "{case}: dropped after {ended:?}"
+        );
+    }
+}
+
+/// What [`held_streams`] saw.
+struct Held {
+    /// HEADERS frames on the three held streams.
+    headers: usize,
+    /// When the gateway closed the connection, if it did within 10 s.
+    ended: Option<Duration>,
+}
+
+/// Opens three `GET /big` streams with a stream window of `window` bytes
+/// and never widens it, sending a `CONNECT` every 300 ms meanwhile.
+fn held_streams(addr: SocketAddr, window: u8) -> Held {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
     stream
-        .set_read_timeout(Some(Duration::from_millis(200)))
+        .set_read_timeout(Some(Duration::from_millis(100)))
         .unwrap();
     let mut bytes = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
-    // SETTINGS_INITIAL_WINDOW_SIZE (0x4) = 0.
-    bytes.extend(frame(0x4, 0, 0, &[0, 0x4, 0, 0, 0, 0]));
+    // SETTINGS_INITIAL_WINDOW_SIZE (0x4) = `window`.
+    bytes.extend(frame(0x4, 0, 0, &[0, 0x4, 0, 0, 0, window]));
     for id in [1, 3, 5] {
         let head = hpack(&[
             (":method", "GET"),
@@ -318,28 +348,35 @@ fn http2_streams_given_no_window_lose_their_connection() {
         bytes.extend(frame(HEADERS, END_HEADERS | END_STREAM, id, &head));
     }
     stream.write_all(&bytes).unwrap();
+    let connect = hpack(&[(":method", "CONNECT"), (":authority", "gw:443")]);
     let started = Instant::now();
-    let (mut received, mut buf) = (Vec::new(), [0u8; 4096]);
+    let (mut received, mut buf, mut id) = (Vec::new(), [0u8; 4096], 7);
     let ended = loop {
         if started.elapsed() > Duration::from_secs(10) {
             break None;
         }
-        match stream.read(&mut buf) {
-            Ok(0) => break Some(started.elapsed()),
-            Ok(n) => received.extend_from_slice(&buf[..n]),
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
-            Err(_) => break Some(started.elapsed()),
+        let _ = stream.write_all(&frame(HEADERS, END_HEADERS | END_STREAM, id, &connect));
+        id += 2;
+        let deadline = Instant::now() + Duration::from_millis(300);
+        let closed = loop {
+            match stream.read(&mut buf) {
+                Ok(0) => break true,
+                Ok(n) => received.extend_from_slice(&buf[..n]),
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+                Err(_) => break true,
+            }
+            if Instant::now() >= deadline {
+                break false;
+            }
+        };
+        if closed {
+            break Some(started.elapsed());
         }
     };
-    // The responses began (their HEADERS need no window)...
     let headers = frames(&received)
         .filter(|(kind, id)| *kind == HEADERS && [1, 3, 5].contains(id))
         .count();
-    assert_eq!(headers, 3, "{received:?}");
-    assert_eq!(upstream.requests().len(), 3);
-    // ...and the connection went within about two timeouts.
-    let ended = ended.expect("a connection whose streams had no window was kept 10 s");
-    assert!(ended >= Duration::from_secs(1), "dropped after {ended:?}");
+    Held { headers, ended }
 }
 
 /// The (type, stream) of each whole frame in `bytes`.

@@ -15,6 +15,7 @@ use std::{
     time::Duration,
 };
 
+use bytes::Bytes;
 use hyper::body::{Body, Frame, SizeHint};
 
 use super::window_stalls::WindowStalls;
@@ -177,13 +178,30 @@ pub(super) struct Tracked<B> {
     busy: Busy,
     /// HTTP/2: its slot in [`WindowStalls`], and whether it waits there.
     stall: Option<(usize, bool)>,
+    /// HTTP/2: the last byte of a large final frame, handed over on its own.
+    held: Option<Bytes>,
 }
+
+/// A final HTTP/2 frame longer than this goes out as two: all of it but
+/// its last byte, then that byte. hyper ends a stream's body once h2 has
+/// taken its last frame, whatever of it the client's window has let out,
+/// so a client granting a window of 1 byte had each stream's last frame
+/// held in memory with no [`WindowStalls`] wait to see. hyper asks for
+/// the held byte only once the window has room, which a stall shows.
+/// A shorter frame stays behind a shut window (about what the stream's
+/// own state costs); splitting every response would add a frame to each.
+const HOLD_BACK_OVER: usize = 1024;
 
 impl<B> Tracked<B> {
     pub(super) fn new(body: B, busy: Busy) -> Self {
         let http2 = busy.version() == hyper::Version::HTTP_2;
         let stall = http2.then(|| (busy.0.window_stalls.claim(), false));
-        Self { body, busy, stall }
+        Self {
+            body,
+            busy,
+            stall,
+            held: None,
+        }
     }
 }
 
@@ -195,22 +213,39 @@ impl<B> Drop for Tracked<B> {
     }
 }
 
-impl<B: Body + Unpin> Body for Tracked<B> {
-    type Data = B::Data;
+impl<B: Body<Data = Bytes> + Unpin> Body for Tracked<B> {
+    type Data = Bytes;
     type Error = B::Error;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = self.get_mut();
+        let Some((slot, waiting)) = &mut this.stall else {
+            return Pin::new(&mut this.body).poll_frame(cx);
+        };
         let stalls = &this.busy.0.window_stalls;
-        if let Some((slot, waiting @ true)) = &mut this.stall {
+        if *waiting {
             stalls.set_waiting(*slot, false);
             *waiting = false;
         }
-        let polled = Pin::new(&mut this.body).poll_frame(cx);
-        if let (Some((slot, waiting)), Poll::Ready(Some(Ok(_)))) = (&mut this.stall, &polled) {
+        let polled = match this.held.take() {
+            Some(last) => Poll::Ready(Some(Ok(Frame::data(last)))),
+            None => match Pin::new(&mut this.body).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) if this.body.is_end_stream() => {
+                    let frame = frame.map_data(|mut data| {
+                        if data.len() > HOLD_BACK_OVER {
+                            this.held = Some(data.split_off(data.len() - 1));
+                        }
+                        data
+                    });
+                    Poll::Ready(Some(Ok(frame)))
+                }
+                polled => polled,
+            },
+        };
+        if let Poll::Ready(Some(Ok(_))) = &polled {
             stalls.set_waiting(*slot, true);
             *waiting = true;
         }
@@ -218,11 +253,14 @@ impl<B: Body + Unpin> Body for Tracked<B> {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
+        self.held.is_none() && self.body.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
+        match &self.held {
+            Some(last) => SizeHint::with_exact(last.len() as u64),
+            None => self.body.size_hint(),
+        }
     }
 }
 
@@ -238,4 +276,38 @@ fn unacked(fd: RawFd) -> Option<i32> {
     // of the size TIOCOUTQ writes.
     let rc = unsafe { libc::ioctl(fd, libc::TIOCOUTQ, std::ptr::from_mut(&mut queued)) };
     (rc == 0).then_some(queued)
+}
+
+#[cfg(test)]
+mod tests {
+    use http_body_util::Full;
+
+    use super::*;
+
+    /// The frames `version`'s response body of `len` bytes goes out in.
+    fn frames(version: hyper::Version, len: usize) -> Vec<usize> {
+        let activity = Arc::new(Activity::default());
+        let body = Full::new(Bytes::from(vec![b'x'; len]));
+        let mut tracked = Tracked::new(body, activity.begin(version, true));
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let mut sizes = Vec::new();
+        while let Poll::Ready(Some(Ok(frame))) = Pin::new(&mut tracked).poll_frame(&mut cx) {
+            sizes.push(frame.into_data().map_or(0, |d| d.len()));
+            if tracked.is_end_stream() {
+                break;
+            }
+        }
+        assert!(tracked.is_end_stream());
+        sizes
+    }
+
+    #[test]
+    fn a_large_final_http2_frame_hands_its_last_byte_over_alone() {
+        assert_eq!(frames(hyper::Version::HTTP_2, 4000), [3999, 1]);
+        assert_eq!(
+            frames(hyper::Version::HTTP_2, HOLD_BACK_OVER),
+            [HOLD_BACK_OVER]
+        );
+        assert_eq!(frames(hyper::Version::HTTP_11, 4000), [4000]);
+    }
 }
