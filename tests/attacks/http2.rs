@@ -252,12 +252,8 @@ fn http2_connect_is_refused_and_never_reaches_the_upstream() {
 #[test]
 fn http2_authority_read_as_another_host_is_refused() {
     let upstream = FakeUpstream::start(None);
-    let gateway = Gateway::builder(&format!(
-        "{}\n[[routes]]\nhost = \"admin.example\"\npath_prefix = \"/\"\nupstream = \"app\"\n\
-         auth = \"api_key\"\n\n[[routes]]\npath_prefix = \"/\"\nupstream = \"app\"\nauth = \"none\"\n",
-        tiers_and_app(upstream.addr)
-    ))
-    .start();
+    let config = gateway_tests::http::protected_host_and_open_routes(upstream.addr);
+    let gateway = Gateway::builder(&config).start();
     let get = |authority: &str| {
         let head = hpack(&[
             (":method", "GET"),

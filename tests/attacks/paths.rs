@@ -477,11 +477,7 @@ fn response_status(mut bytes: &[u8]) -> Option<u16> {
 #[test]
 fn a_trailing_dot_does_not_take_a_request_off_its_hosts_protected_route() {
     let app = FakeUpstream::start(None);
-    let config = format!(
-        "{}\n[[routes]]\nhost = \"admin.example\"\npath_prefix = \"/\"\nupstream = \"app\"\n\
-         auth = \"api_key\"\n\n[[routes]]\npath_prefix = \"/\"\nupstream = \"app\"\nauth = \"none\"\n",
-        gateway_tests::http::tiers_and_app(app.addr)
-    );
+    let config = gateway_tests::http::protected_host_and_open_routes(app.addr);
     let gateway = Gateway::builder(&config).start();
     for host in [
         "admin.example",
@@ -554,11 +550,7 @@ fn path_parameters_never_take_a_request_off_its_protected_prefix() {
 #[test]
 fn a_host_upstreams_read_as_another_is_refused() {
     let app = FakeUpstream::start(None);
-    let config = format!(
-        "{}\n[[routes]]\nhost = \"admin.example\"\npath_prefix = \"/\"\nupstream = \"app\"\n\
-         auth = \"api_key\"\n\n[[routes]]\npath_prefix = \"/\"\nupstream = \"app\"\nauth = \"none\"\n",
-        gateway_tests::http::tiers_and_app(app.addr)
-    );
+    let config = gateway_tests::http::protected_host_and_open_routes(app.addr);
     let gateway = Gateway::builder(&config).start();
     let hosts: [&[u8]; 7] = [
         b"admin.example:x",

@@ -271,6 +271,17 @@ pub fn tiers_and_app(upstream: SocketAddr) -> String {
     )
 }
 
+/// [`tiers_and_app`] with two routes to `app`: host `admin.example` needs
+/// an API key, any other host none. The setting where a host spelt so
+/// that the gateway and an upstream read it apart is an auth bypass.
+pub fn protected_host_and_open_routes(upstream: SocketAddr) -> String {
+    format!(
+        "{}\n[[routes]]\nhost = \"admin.example\"\npath_prefix = \"/\"\nupstream = \"app\"\n\
+         auth = \"api_key\"\n\n[[routes]]\npath_prefix = \"/\"\nupstream = \"app\"\nauth = \"none\"\n",
+        tiers_and_app(upstream)
+    )
+}
+
 /// A WebSocket upstream: answers each upgrade (up to 4 connections, one
 /// at a time) with 101, records the request head (lower-case), then echoes
 /// until the gateway closes or 30 s pass without a byte; `closed` turns
