@@ -420,28 +420,35 @@ fn the_admin_listener_caps_connections() {
 }
 
 /// Connections that send nothing (hyper waits for a byte to tell HTTP/1
-/// from HTTP/2), that open HTTP/2 and idle, or that idle after a request
-/// are dropped after `request_timeout`: 64 of them, no credential needed,
-/// locked every admin out.
+/// from HTTP/2), that open HTTP/2 and idle or send a PING now and then,
+/// or that idle after a request are dropped after `request_timeout`: 64
+/// of them, no credential needed, locked every admin out.
 #[test]
 fn idle_admin_connections_do_not_lock_the_admins_out() {
     let (gateway, _upstream) = guarded_admin("request_timeout = \"1s\"");
     let admin = gateway.admin.unwrap();
-    let h2_then_idle = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00";
-    let answered_then_idle = b"GET /healthz HTTP/1.1\r\nhost: admin\r\n\r\n";
-    for (what, first) in [
-        ("silent", &b""[..]),
-        ("HTTP/2 then idle", &h2_then_idle[..]),
-        ("answered then idle", &answered_then_idle[..]),
+    let h2 = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00";
+    let ping = b"\x00\x00\x08\x06\x00\x00\x00\x00\x00pingping";
+    let answered = b"GET /healthz HTTP/1.1\r\nhost: admin\r\n\r\n";
+    for (what, first, every) in [
+        ("silent", &b""[..], &b""[..]),
+        ("HTTP/2 then idle", &h2[..], &b""[..]),
+        ("HTTP/2 then a PING every 300 ms", &h2[..], &ping[..]),
+        ("answered then idle", &answered[..], &b""[..]),
     ] {
-        let held: Vec<TcpStream> = (0..64)
+        let mut held: Vec<TcpStream> = (0..64)
             .map(|_| {
                 let mut stream = TcpStream::connect(admin).unwrap();
                 stream.write_all(first).unwrap();
                 stream
             })
             .collect();
-        pause(Duration::from_secs(3));
+        for _ in 0..10 {
+            pause(Duration::from_millis(300));
+            for stream in &mut held {
+                let _ = stream.write_all(every);
+            }
+        }
         let mut probe = TcpStream::connect(admin).unwrap();
         probe
             .set_read_timeout(Some(Duration::from_secs(5)))

@@ -2,35 +2,34 @@
 //! few slots ([`super::MAX_CONNECTIONS`]) from the admins.
 //!
 //! hyper's header-read timeout starts only once HTTP/1 is known: a
-//! connection that never sends a byte (hyper waits for it to tell HTTP/1
+//! connection that never sends a byte (hyper waits for one to tell HTTP/1
 //! from HTTP/2), or one that opens HTTP/2 and then idles, had no deadline,
-//! and 64 of them, no credential needed, locked every admin out. A
-//! connection whose socket moves no byte for `request_timeout`, with no
-//! request in flight and no event stream open, is dropped.
+//! and 64 of them, no credential needed, locked every admin out. Idle is
+//! judged by requests, not bytes (a byte now and then, a PING, would
+//! otherwise keep a connection for ever): one with no request in flight
+//! for `request_timeout` since it opened or its last response ended is
+//! dropped. A response is in flight until its body is done with, so an
+//! event stream, or a large answer to a slow reader, keeps its connection.
 use std::{
-    io,
     pin::Pin,
     sync::{
-        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed},
+        atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed},
         Arc,
     },
     task::{Context, Poll},
     time::Duration,
 };
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use hyper::body::{Body, Frame, SizeHint};
 
 use crate::clock::monotonic_ns;
 
 /// What one admin connection is doing.
 #[derive(Debug)]
 pub(super) struct Watch {
-    /// When a byte last moved either way.
+    /// When the connection opened or its last response ended.
     last_ns: AtomicU64,
     in_flight: AtomicUsize,
-    /// An event stream was answered: its client follows for as long as it
-    /// likes (an admin key and one of [`super::events::MAX_FOLLOWERS`]).
-    following: AtomicBool,
 }
 
 impl Default for Watch {
@@ -38,7 +37,6 @@ impl Default for Watch {
         Self {
             last_ns: monotonic_ns().into(),
             in_flight: AtomicUsize::new(0),
-            following: AtomicBool::new(false),
         }
     }
 }
@@ -50,23 +48,11 @@ impl Watch {
         InFlight(self.clone())
     }
 
-    pub(super) fn set_following(&self) {
-        self.following.store(true, Relaxed);
-    }
-
     /// Whether the connection has been idle (see the module doc) for
     /// `timeout` at `now_ns`.
     pub(super) fn idle(&self, timeout: Duration, now_ns: u64) -> bool {
-        let quiet = Duration::from_nanos(now_ns.saturating_sub(self.last_ns.load(Relaxed)));
-        quiet >= timeout && self.in_flight.load(Relaxed) == 0 && !self.following.load(Relaxed)
-    }
-
-    fn moved<T>(&self, result: &Poll<io::Result<T>>, bytes: impl FnOnce(&T) -> bool) {
-        if let Poll::Ready(Ok(value)) = result {
-            if bytes(value) {
-                self.last_ns.store(monotonic_ns(), Relaxed);
-            }
-        }
+        let since = Duration::from_nanos(now_ns.saturating_sub(self.last_ns.load(Relaxed)));
+        since >= timeout && self.in_flight.load(Relaxed) == 0
     }
 }
 
@@ -80,66 +66,39 @@ impl Drop for InFlight {
     }
 }
 
-/// The admin connection's socket, noting each byte that moves.
-pub(super) struct WatchedIo<S> {
-    io: S,
-    watch: Arc<Watch>,
+/// A response body that keeps its request in flight until it is done
+/// with (written whole, or the stream reset, or the connection gone).
+pub(super) struct Guarded<B> {
+    body: B,
+    _in_flight: InFlight,
 }
 
-impl<S> WatchedIo<S> {
-    pub(super) fn new(io: S, watch: Arc<Watch>) -> Self {
-        Self { io, watch }
-    }
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for WatchedIo<S> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        let before = buf.filled().len();
-        let result = Pin::new(&mut this.io).poll_read(cx, buf);
-        let read = buf.filled().len() > before;
-        this.watch.moved(&result, |()| read);
-        result
+impl<B> Guarded<B> {
+    pub(super) fn new(body: B, in_flight: InFlight) -> Self {
+        Self {
+            body,
+            _in_flight: in_flight,
+        }
     }
 }
 
-impl<S: AsyncWrite + Unpin> AsyncWrite for WatchedIo<S> {
-    fn poll_write(
+impl<B: Body + Unpin> Body for Guarded<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        let result = Pin::new(&mut this.io).poll_write(cx, buf);
-        this.watch.moved(&result, |n| *n > 0);
-        result
+    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+        Pin::new(&mut self.get_mut().body).poll_frame(cx)
     }
 
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        let result = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
-        this.watch.moved(&result, |n| *n > 0);
-        result
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
     }
 
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
     }
 }
 
@@ -148,17 +107,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn idle_only_when_quiet_with_nothing_in_flight_and_no_stream() {
+    fn idle_only_with_nothing_in_flight_for_the_timeout() {
         let watch = Arc::new(Watch::default());
         let timeout = Duration::from_secs(1);
-        let later = monotonic_ns() + 2_000_000_000;
-        assert!(watch.idle(timeout, later));
+        let later = || monotonic_ns() + 2_000_000_000;
+        assert!(watch.idle(timeout, later()));
         assert!(!watch.idle(timeout, monotonic_ns()));
         let request = watch.begin();
-        assert!(!watch.idle(timeout, later));
+        assert!(!watch.idle(timeout, later()));
+        // Its end counts as the last activity.
         drop(request);
-        assert!(watch.idle(timeout, monotonic_ns() + 2_000_000_000));
-        watch.set_following();
-        assert!(!watch.idle(timeout, monotonic_ns() + 2_000_000_000));
+        assert!(!watch.idle(timeout, monotonic_ns()));
+        assert!(watch.idle(timeout, later()));
     }
 }

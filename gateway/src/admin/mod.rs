@@ -202,12 +202,9 @@ impl Admin {
             move |req| {
                 let (admin, watch) = (self.clone(), watch.clone());
                 async move {
-                    let _request = watch.begin();
+                    let request = watch.begin();
                     let response = admin.handle(req, peer).await;
-                    if matches!(response.body(), Either::Right(_)) {
-                        watch.set_following();
-                    }
-                    Ok::<_, Infallible>(response)
+                    Ok::<_, Infallible>(response.map(|body| idle::Guarded::new(body, request)))
                 }
             }
         });
@@ -217,8 +214,7 @@ impl Admin {
             .timer(TokioTimer::new())
             .header_read_timeout(header_timeout);
         builder.http2().timer(TokioTimer::new());
-        let io = TokioIo::new(idle::WatchedIo::new(stream, watch.clone()));
-        let connection = builder.serve_connection(io, service);
+        let connection = builder.serve_connection(TokioIo::new(stream), service);
         tokio::pin!(connection);
         let mut ticker = tokio::time::interval(header_timeout / 2);
         loop {
