@@ -472,7 +472,7 @@ fn an_http2_body_that_stops_coming_frees_its_upstream_connection() {
         id += 2;
         let mut buf = [0u8; 4096];
         let _ = stream.read(&mut buf);
-        std::thread::sleep(Duration::from_millis(300));
+        gateway_tests::http::pause(Duration::from_millis(300));
     };
     let held = held.expect("the upstream connection was still open 8 s after the body stopped");
     assert!(held >= Duration::from_secs(1), "cut off after {held:?}");

@@ -100,7 +100,13 @@ async fn open_spec(spec: &str, flag: &str) -> Result<Box<dyn KeyStore>> {
 }
 
 fn shown(spec: &str) -> String {
-    postgres::redacted(spec)
+    match spec
+        .strip_prefix("postgres:")
+        .filter(|u| postgres::is_postgres_url(u))
+    {
+        Some(url) => format!("postgres:{}", postgres::redacted(url)),
+        None => postgres::redacted(spec),
+    }
 }
 
 fn open_postgres(url: &str, pool_size: usize) -> Result<PgStore> {

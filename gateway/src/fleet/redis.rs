@@ -7,8 +7,9 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RedisError {
-    #[error("{0}: use redis://[:password@]host:port[/db] or redis+unix:///path (TLS to Redis is not built in yet)")]
-    BadUrl(String),
+    /// Not shown: what cannot be read may hold a password anywhere.
+    #[error("not a Redis URL: use redis://[:password@]host:port[/db] or redis+unix:///path (TLS to Redis is not built in yet)")]
+    BadUrl,
     #[error("redis {url}: {source}")]
     Connect {
         url: String,
@@ -20,14 +21,13 @@ pub enum RedisError {
 
 /// Parses `url` without connecting; the URL's password is never echoed.
 pub fn parse_url(url: &str) -> Result<redis::ConnectionInfo, RedisError> {
-    let shown = redacted(url);
     let scheme_ok = ["redis://", "redis+unix://", "unix://"]
         .iter()
         .any(|scheme| url.starts_with(scheme));
     if !scheme_ok {
-        return Err(RedisError::BadUrl(shown));
+        return Err(RedisError::BadUrl);
     }
-    redis::IntoConnectionInfo::into_connection_info(url).map_err(|_| RedisError::BadUrl(shown))
+    redis::IntoConnectionInfo::into_connection_info(url).map_err(|_| RedisError::BadUrl)
 }
 
 /// Connects (once, with a bounded wait); later drops reconnect in the
@@ -49,32 +49,21 @@ pub async fn connect(url: &str) -> Result<ConnectionManager, RedisError> {
         .map_err(failed)
 }
 
-/// `url` with any password replaced, for messages and logs: the user info
-/// up to the last `@` (a password may hold `/`, `?` or `@`), and the
-/// `pass` / `password` query parameters redis-rs reads for a unix socket.
+/// `url` as messages and logs show it: rebuilt from what redis-rs reads of
+/// it (scheme, address, database), so no password it reads, in user info
+/// or a `pass` parameter, however spelt or escaped, can show; a URL it
+/// cannot read is not shown at all.
 pub fn redacted(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
+    let Ok(info) = parse_url(url) else {
+        return "(not a Redis URL)".to_owned();
     };
-    let rest = match rest.rsplit_once('@') {
-        Some((_, host)) => format!("***@{host}"),
-        None => rest.to_owned(),
-    };
-    let Some((path, query)) = rest.split_once('?') else {
-        return format!("{scheme}://{rest}");
-    };
-    let pairs: Vec<String> = query
-        .split('&')
-        .map(|pair| match pair.split_once('=') {
-            Some((name, _))
-                if name.eq_ignore_ascii_case("pass") || name.eq_ignore_ascii_case("password") =>
-            {
-                format!("{name}=***")
-            }
-            _ => pair.to_owned(),
-        })
-        .collect();
-    format!("{scheme}://{path}?{}", pairs.join("&"))
+    let db = info.redis_settings().db();
+    match info.addr() {
+        redis::ConnectionAddr::Unix(path) => format!("redis+unix://{}?db={db}", path.display()),
+        redis::ConnectionAddr::TcpTls { host, port, .. } => format!("rediss://{host}:{port}/{db}"),
+        redis::ConnectionAddr::Tcp(host, port) => format!("redis://{host}:{port}/{db}"),
+        other => format!("redis ({other})"),
+    }
 }
 
 #[cfg(test)]
@@ -89,11 +78,11 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(!error.contains("hunter2"), "{error}");
-        assert_eq!(redacted("redis://:hunter2@h:1/0"), "redis://***@h:1/0");
+        assert_eq!(redacted("redis://:hunter2@h:1/0"), "redis://h:1/0");
     }
 
     /// A unix socket's password is a query parameter (`pass`); a password
-    /// may hold `@`, `/` or `?`: none is shown.
+    /// may hold `@`, `/` or `?`, or be escaped: none is shown.
     #[test]
     fn every_password_redis_reads_is_redacted() {
         let url = "redis+unix:///run/redis.sock?db=0&pass=hunter2";
@@ -102,7 +91,7 @@ mod tests {
             format!("{info:?}").contains("redacted"),
             "redis-rs read a password"
         );
-        assert_eq!(redacted(url), "redis+unix:///run/redis.sock?db=0&pass=***");
+        assert_eq!(redacted(url), "redis+unix:///run/redis.sock?db=0");
         let bad = parse_url("redis+unix://?pass=hunter2")
             .map(drop)
             .unwrap_err()
@@ -110,17 +99,21 @@ mod tests {
         assert!(!bad.contains("hunter2"), "{bad}");
         for url in [
             "unix:///run/redis.sock?PASSWORD=hunter2",
+            "redis+unix:///run/redis.sock?db=0&pass=hun@ter2",
+            "redis+unix:///run/redis.sock?p%61ss=hunter2",
             "redis://:hun@ter2@h:1/0",
             "redis://:hun/ter2@h:1/0",
             "redis://:hun?ter2@h:1/0",
             "redis://user:hunter2@h:1/0?x=1",
+            "redis:/:hunter2@h",
+            "http://user:hunter2@host",
         ] {
             let shown = redacted(url);
             assert!(
-                !shown.contains("hunter2") && !shown.contains("ter2"),
+                !shown.contains("hunter") && !shown.contains("ter2"),
                 "{url}: {shown}"
             );
         }
-        assert_eq!(redacted("redis://h:1/0?db=2"), "redis://h:1/0?db=2");
+        assert_eq!(redacted("redis://h:1/2"), "redis://h:1/2");
     }
 }

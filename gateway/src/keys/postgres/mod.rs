@@ -95,27 +95,31 @@ pub fn parse_url(url: &str) -> Result<tokio_postgres::Config, String> {
 }
 
 /// `url` with its password (user info or `password=`) replaced, for
-/// messages and logs.
+/// messages and logs; a URL that is not PostgreSQL's is not shown (a typo
+/// in its scheme would hide where its password is).
 pub fn redacted(url: &str) -> String {
-    let mut shown = url.to_owned();
-    for password in passwords(url) {
-        shown = shown.replace(&password, "***");
+    if !is_postgres_url(url) {
+        return "(not a PostgreSQL URL)".to_owned();
     }
-    shown
+    scrub(url, url)
 }
 
-/// `text` without any password `url` holds.
+/// `text` without any password `url` holds (the longest first, so one
+/// inside another is not left half shown).
 fn scrub(text: &str, url: &str) -> String {
+    let mut passwords = passwords(url);
+    passwords.sort_by_key(|p| std::cmp::Reverse(p.len()));
     let mut text = text.to_owned();
-    for password in passwords(url) {
+    for password in passwords {
         text = text.replace(&password, "***");
     }
     text
 }
 
-/// The passwords `url` holds as written: the user info's, which runs to
-/// the last `@` (the driver reads `postgres://gw:pa/ss@db` as password
-/// `pa/ss`), and any `password=` parameter.
+/// The passwords `url` holds, as written and as the driver decodes them:
+/// the user info's, which runs to the last `@` (the driver reads
+/// `postgres://gw:pa/ss@db` as password `pa/ss`), and any parameter the
+/// driver reads as `password` (`pass%77ord=` too).
 fn passwords(url: &str) -> Vec<String> {
     let mut found = Vec::new();
     if let Some((_, rest)) = url.split_once("://") {
@@ -126,12 +130,40 @@ fn passwords(url: &str) -> Vec<String> {
         }
     }
     for pair in url.split(['?', '&', ' ']) {
-        if let Some(password) = pair.strip_prefix("password=") {
-            found.push(password.to_owned());
+        if let Some((name, value)) = pair.split_once('=') {
+            if percent_decoded(name).eq_ignore_ascii_case("password") {
+                found.push(value.to_owned());
+            }
         }
     }
+    let decoded: Vec<String> = found.iter().map(|p| percent_decoded(p)).collect();
+    found.extend(decoded);
     found.retain(|p| !p.is_empty());
     found
+}
+
+/// `text` with its `%XX` escapes decoded (lossily, for comparing).
+fn percent_decoded(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut at = 0;
+    while at < bytes.len() {
+        let hex = bytes
+            .get(at + 1..at + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[at], hex) {
+            (b'%', Some(byte)) => {
+                out.push(byte);
+                at += 3;
+            }
+            (byte, _) => {
+                out.push(byte);
+                at += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// A driver error: one from the server about the statement is the
@@ -294,7 +326,8 @@ mod tests {
         ] {
             let message = parse_url(bad).unwrap_err();
             assert!(!message.contains("hunter2"), "{message}");
-            assert!(message.contains("***"), "{message}");
+            let hidden = message.contains("***") || message.starts_with("(not a PostgreSQL URL)");
+            assert!(hidden, "{message}");
         }
         assert_eq!(
             redacted("postgres://gw:s3cret@db/keys"),
