@@ -46,9 +46,28 @@ fn name_then_rest(host: &[u8]) -> (bool, &[u8]) {
     (true, &[])
 }
 
-/// Whether `text` is an IPv6 address (no zone, no IPvFuture).
+/// Whether `text` is an IPv6 address in its one canonical spelling (RFC
+/// 5952; no zone, no IPvFuture): `[0::1]` is `[::1]` to URL parsers, and a
+/// route for the one must not be missed by the other.
 fn is_ipv6(text: &[u8]) -> bool {
-    std::str::from_utf8(text).is_ok_and(|text| text.parse::<std::net::Ipv6Addr>().is_ok())
+    let Ok(text) = std::str::from_utf8(text) else {
+        return false;
+    };
+    text.parse::<std::net::Ipv6Addr>()
+        .is_ok_and(|addr| addr.to_string().eq_ignore_ascii_case(text))
+}
+
+/// Whether a name whose last label starts with a digit (no DNS name's
+/// does) is an IPv4 address in dotted decimal: WHATWG URL parsers read
+/// `10.1`, `0x0a.0.0.1` and `010.0.0.1` as 10.0.0.1 and would serve a
+/// route for it that the gateway's match missed.
+fn numeric_only_as_ipv4(name: &[u8]) -> bool {
+    let name = name.strip_suffix(b".").unwrap_or(name);
+    let last = name.rsplit(|&b| b == b'.').next().unwrap_or_default();
+    if !last.first().is_some_and(u8::is_ascii_digit) {
+        return true;
+    }
+    std::str::from_utf8(name).is_ok_and(|name| name.parse::<std::net::Ipv4Addr>().is_ok())
 }
 
 /// Whether `host` (a `Host` value or a target's authority) is served: a
@@ -64,7 +83,13 @@ pub fn check(host: &[u8]) -> Result<(), &'static str> {
             Some(end) => (is_ipv6(&literal[..end]), &literal[end + 1..]),
             None => (false, &b""[..]),
         },
-        None => name_then_rest(host),
+        None => {
+            let (ok, rest) = name_then_rest(host);
+            (
+                ok && numeric_only_as_ipv4(&host[..host.len() - rest.len()]),
+                rest,
+            )
+        }
     };
     let port_ok = match rest.strip_prefix(b":") {
         Some(port) => port.len() <= 5 && port.iter().all(u8::is_ascii_digit),
@@ -113,7 +138,11 @@ mod tests {
             "localhost",
             "my_host-1.internal~x",
             "127.0.0.1:80",
+            "10.0.0.1.",
+            "v1.example",
+            "1example.com",
             "[::1]",
+            "[::FFFF:127.0.0.1]",
             "[::1]:443",
             "[::ffff:127.0.0.1]",
         ] {
@@ -150,6 +179,14 @@ mod tests {
             "[0..0..:.d]",
             "[1:2]",
             "[127.0.0.1]",
+            // Spellings URL parsers read as another address.
+            "10.1",
+            "0x0a.0.0.1",
+            "010.0.0.1",
+            "10.0.0.1.1",
+            "2130706433",
+            "[0::1]",
+            "[::0:1]:80",
         ] {
             assert_eq!(check(host.as_bytes()), Err(MALFORMED), "{host:?}");
         }
