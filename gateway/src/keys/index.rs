@@ -76,10 +76,13 @@ pub struct KeyIndex {
     /// copy-and-swap updates never lose each other's change; it counts
     /// the clients' refreshes.
     writer: std::sync::Mutex<u64>,
-    /// One client refresh at a time, from its store read to its swap: each
-    /// then reads after the one applied before it, so an older read is
-    /// never applied last (a rename read before a revocation, swapped in
-    /// after it, brought the revoked client back).
+    /// One admin refresh of a client at a time, from its store read to its
+    /// swap: each then reads after the one applied before it, so an older
+    /// read is never applied last among them (a rename read before a
+    /// revocation, swapped in after it, brought the revoked client back).
+    /// The PostgreSQL follower applies its notifications without it: a
+    /// read it took before a revocation is corrected by the revocation's
+    /// own notification.
     refreshing: tokio::sync::Mutex<()>,
 }
 

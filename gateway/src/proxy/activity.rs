@@ -178,16 +178,25 @@ pub(super) struct Tracked<B> {
     busy: Busy,
     /// HTTP/2: its slot in [`WindowStalls`], and whether it waits there.
     stall: Option<(usize, bool)>,
-    /// HTTP/2: the last byte of a large final frame, handed over on its own.
+    /// HTTP/2: what is left of the body's last frame, handed over in
+    /// pieces (see [`PIECE`], [`HOLD_BACK_OVER`]).
     held: Option<Bytes>,
 }
+
+/// HTTP/2 data goes to hyper at most this much at a time (h2's own frame
+/// size). hyper asks for more once the stream's send buffer is below 64
+/// KiB; handed a 400 KB chunk (hyper's HTTP/1 client reads that much), a
+/// client reading a few KB/s would wait that long for it to drain and be
+/// taken for a stalled one. A piece drains in a bounded wait.
+const PIECE: usize = 16 << 10;
 
 /// A final HTTP/2 frame longer than this goes out as two: all of it but
 /// its last byte, then that byte. hyper ends a stream's body once h2 has
 /// taken its last frame, whatever of it the client's window has let out,
 /// so a client granting a window of 1 byte had each stream's last frame
-/// held in memory with no [`WindowStalls`] wait to see. hyper asks for
-/// the held byte only once the window has room, which a stall shows.
+/// held in memory with no [`WindowStalls`] wait to see. hyper holds the
+/// byte, and asks for what follows it, only once the window has room:
+/// that wait shows.
 /// A shorter frame stays behind a shut window (about what the stream's
 /// own state costs); splitting every response would add a frame to each.
 const HOLD_BACK_OVER: usize = 1024;
@@ -231,20 +240,15 @@ impl<B: Body<Data = Bytes> + Unpin> Body for Tracked<B> {
             *waiting = false;
         }
         let polled = match this.held.take() {
-            Some(last) => Poll::Ready(Some(Ok(Frame::data(last)))),
-            None => match Pin::new(&mut this.body).poll_frame(cx) {
-                Poll::Ready(Some(Ok(frame))) if this.body.is_end_stream() => {
-                    let frame = frame.map_data(|mut data| {
-                        if data.len() > HOLD_BACK_OVER {
-                            this.held = Some(data.split_off(data.len() - 1));
-                        }
-                        data
-                    });
-                    Poll::Ready(Some(Ok(frame)))
-                }
-                polled => polled,
-            },
+            Some(rest) => Poll::Ready(Some(Ok(Frame::data(rest)))),
+            None => Pin::new(&mut this.body).poll_frame(cx),
         };
+        let last = this.body.is_end_stream();
+        let polled = polled.map(|frame| {
+            frame.map(|frame| {
+                frame.map(|frame| frame.map_data(|data| piece(data, last, &mut this.held)))
+            })
+        });
         if let Poll::Ready(Some(Ok(_))) = &polled {
             stalls.set_waiting(*slot, true);
             *waiting = true;
@@ -257,11 +261,27 @@ impl<B: Body<Data = Bytes> + Unpin> Body for Tracked<B> {
     }
 
     fn size_hint(&self) -> SizeHint {
-        match &self.held {
-            Some(last) => SizeHint::with_exact(last.len() as u64),
-            None => self.body.size_hint(),
+        let held = self.held.as_ref().map_or(0, |h| h.len() as u64);
+        let inner = self.body.size_hint();
+        let mut hint = SizeHint::new();
+        hint.set_lower(inner.lower().saturating_add(held));
+        if let Some(upper) = inner.upper() {
+            hint.set_upper(upper.saturating_add(held));
         }
+        hint
     }
+}
+
+/// The piece of `data` to hand hyper now, the rest put in `held`: at most
+/// [`PIECE`] bytes, and of the body's `last` frame, a last byte on its own
+/// when it is longer than [`HOLD_BACK_OVER`].
+fn piece(mut data: Bytes, last: bool, held: &mut Option<Bytes>) -> Bytes {
+    if data.len() > PIECE {
+        *held = Some(data.split_off(PIECE));
+    } else if last && data.len() > HOLD_BACK_OVER {
+        *held = Some(data.split_off(data.len() - 1));
+    }
+    data
 }
 
 /// Bytes socket `fd` holds that its peer has not acknowledged
@@ -302,8 +322,10 @@ mod tests {
     }
 
     #[test]
-    fn a_large_final_http2_frame_hands_its_last_byte_over_alone() {
+    fn http2_data_goes_in_pieces_and_a_large_end_with_its_last_byte_alone() {
         assert_eq!(frames(hyper::Version::HTTP_2, 4000), [3999, 1]);
+        let big = frames(hyper::Version::HTTP_2, 40_000);
+        assert_eq!(big, [PIECE, PIECE, 40_000 - 2 * PIECE - 1, 1]);
         assert_eq!(
             frames(hyper::Version::HTTP_2, HOLD_BACK_OVER),
             [HOLD_BACK_OVER]

@@ -244,8 +244,10 @@ impl Body for RequestBody {
             }
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(stall) = this.stall.as_mut() {
-                    let next = tokio::time::Instant::now() + this.between_reads;
-                    stall.as_mut().reset(next);
+                    let now = tokio::time::Instant::now();
+                    stall
+                        .as_mut()
+                        .reset(now.checked_add(this.between_reads).unwrap_or(now));
                 }
                 match this.count(&frame) {
                     Ok(()) => Poll::Ready(Some(Ok(frame))),

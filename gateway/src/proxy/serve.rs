@@ -59,7 +59,8 @@ const H2_MAX_STREAMS: u32 = 100;
 /// Response bytes hyper holds per HTTP/2 stream that the client's window
 /// has not let out (hyper's default is 400 KiB): a client that grants no
 /// window held that much per stream until [`super::window_stalls`] saw
-/// it. 64 KiB is a default stream window's worth.
+/// it. 64 KiB is a default stream window's worth; with the 16 KiB pieces
+/// [`super::activity`] hands over, a stream holds about 100 KiB at most.
 const H2_SEND_BUFFER: usize = 64 << 10;
 
 impl Current {

@@ -1,7 +1,10 @@
 //! HTTP/2 responses held up by a client that grants them no window.
 //!
-//! hyper asks a response body for its next frame only once the stream has
-//! flow-control window (or send buffer) to take it. A client that opens
+//! hyper (1.12) asks a response body for its next frame as soon as h2 has
+//! taken the last, then holds that frame until the stream has window (and
+//! send buffer) for it; only then does it ask again. So the time from a
+//! frame handed over to the next asked for covers each wait for the
+//! client's window. A client that opens
 //! streams with a window of 0 and never widens it writes nothing to the
 //! socket, so the socket-level check ([`super::activity::Activity::blocked_writes`])
 //! never sees it, and its streams keep the connection busy (never idle) and
