@@ -67,7 +67,29 @@ fn numeric_only_as_ipv4(name: &[u8]) -> bool {
     if !last.first().is_some_and(u8::is_ascii_digit) {
         return true;
     }
-    std::str::from_utf8(name).is_ok_and(|name| name.parse::<std::net::Ipv4Addr>().is_ok())
+    is_dotted_quad(name)
+}
+
+/// Whether `name` is four decimal octets as `Ipv4Addr`'s parser takes them
+/// (no leading zero, none above 255), in one pass: std's parser, with its
+/// UTF-8 check, cost ~270 instructions a request on a host such as
+/// `127.0.0.1:8080`.
+fn is_dotted_quad(name: &[u8]) -> bool {
+    let mut octets = 0;
+    for octet in name.split(|&b| b == b'.') {
+        octets += 1;
+        let value = match octet {
+            [d @ b'0'..=b'9'] => Some(u16::from(d - b'0')),
+            [b'1'..=b'9', rest @ ..] if rest.len() <= 2 => octet.iter().try_fold(0u16, |n, &d| {
+                d.is_ascii_digit().then(|| n * 10 + u16::from(d - b'0'))
+            }),
+            _ => None,
+        };
+        if octets > 4 || value.is_none_or(|v| v > 255) {
+            return false;
+        }
+    }
+    octets == 4
 }
 
 /// Whether `host` (a `Host` value or a target's authority) is served: a
@@ -193,6 +215,67 @@ mod tests {
         for byte in (0..=255u8).filter(|&b| !is_name_byte(b) && !b"[]:".contains(&b)) {
             let host = [b"admin".as_slice(), &[byte], b".example"].concat();
             assert_eq!(check(&host), Err(MALFORMED), "{byte:#x}");
+        }
+    }
+
+    /// The one-pass check takes exactly what std's parser takes: every
+    /// string of up to seven bytes from the bytes that matter, and longer
+    /// ones drawn from them.
+    #[test]
+    fn dotted_quads_are_what_std_parses() {
+        let alphabet = b"0125.9a";
+        let agrees = |s: &[u8]| {
+            let std = std::str::from_utf8(s)
+                .unwrap()
+                .parse::<std::net::Ipv4Addr>();
+            assert_eq!(
+                is_dotted_quad(s),
+                std.is_ok(),
+                "{:?}",
+                String::from_utf8_lossy(s)
+            );
+        };
+        let mut strings: Vec<Vec<u8>> = vec![Vec::new()];
+        for _ in 0..7 {
+            strings = strings
+                .iter()
+                .flat_map(|s| alphabet.iter().map(move |&b| [s.as_slice(), &[b]].concat()))
+                .collect();
+            strings.iter().for_each(|s| agrees(s));
+        }
+        // Longer ones, quads among them: octets of one to four digits.
+        let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+        let mut next = |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % n) as usize
+        };
+        for _ in 0..200_000 {
+            let mut s = Vec::new();
+            for octet in 0..3 + next(3) {
+                if octet > 0 {
+                    s.push(b'.');
+                }
+                for _ in 0..1 + next(4) {
+                    s.push(b"0123456789"[next(10)]);
+                }
+            }
+            agrees(&s);
+        }
+        for quad in ["255.255.255.255", "0.0.0.0", "192.168.100.200"] {
+            assert!(is_dotted_quad(quad.as_bytes()), "{quad}");
+        }
+        for not in [
+            "256.0.0.1",
+            "1.2.3.4.5",
+            "01.2.3.4",
+            "1.2.3",
+            "",
+            "1..2.3",
+            "1000.1.1.1",
+        ] {
+            assert!(!is_dotted_quad(not.as_bytes()), "{not}");
         }
     }
 
