@@ -590,3 +590,34 @@ fn a_host_upstreams_read_as_another_is_refused() {
     assert_eq!(crate::http::raw(gateway.addr, head.as_bytes()).0, [200]);
     assert_eq!(app.requests().len(), 1);
 }
+
+/// Spellings URL parsers read as a route's IP host (`10.1`, `0x0a.0.0.1`,
+/// `010.0.0.1`, `167772161` are all 10.0.0.1 to WHATWG parsers): the
+/// gateway's match would miss the protected route, and the upstream would
+/// serve the request as that host. Each is a 400 `invalid_host` that
+/// reaches no upstream.
+#[test]
+fn an_ip_host_spelt_another_way_is_refused() {
+    let app = FakeUpstream::start(None);
+    let config = gateway_tests::http::protected_host_and_open_routes(app.addr)
+        .replace("host = \"admin.example\"", "host = \"10.0.0.1\"");
+    let gateway = Gateway::builder(&config).start();
+    for host in ["10.1", "0x0a.0.0.1", "010.0.0.1", "167772161", "10.0.1:80"] {
+        let head = format!("GET /users HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n");
+        let (statuses, text) = crate::http::raw(gateway.addr, head.as_bytes());
+        assert_eq!(statuses, [400], "{host}: {text}");
+        assert!(text.contains("invalid_host"), "{host}: {text}");
+    }
+    assert_eq!(app.requests().len(), 0, "{:?}", app.requests());
+    // The canonical spelling takes the protected route, another address
+    // the open one.
+    for (host, status) in [("10.0.0.1:80", 401), ("10.0.0.2", 200)] {
+        let head = format!("GET /users HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n");
+        assert_eq!(
+            crate::http::raw(gateway.addr, head.as_bytes()).0,
+            [status],
+            "{host}"
+        );
+    }
+    assert_eq!(app.requests().len(), 1);
+}
