@@ -307,7 +307,9 @@ fn http2_streams_given_no_window_lose_their_connection() {
         // The responses began (their HEADERS need no window)...
         assert_eq!(held.headers, 3, "{case}");
         assert_eq!(upstream.requests().len(), 3, "{case}");
-        // ...and the connection went within about two timeouts.
+        // ...and the connection went: the rule fires after about two
+        // timeouts (~2 s); the bound asserted is only "not before one, and
+        // within 10 s", loose on purpose on a shared machine.
         let ended = (held.ended).unwrap_or_else(|| panic!("{case}: the connection was kept 10 s"));
         assert!(
             ended >= Duration::from_secs(1),

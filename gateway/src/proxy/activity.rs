@@ -332,4 +332,33 @@ mod tests {
         );
         assert_eq!(frames(hyper::Version::HTTP_11, 4000), [4000]);
     }
+
+    /// A frame handed over leaves its stream waiting, as the serve loop's
+    /// tick sees it, until hyper asks for the next: for a large final
+    /// frame, until the client's window has taken all of it but the held
+    /// byte. A done response stops counting.
+    #[test]
+    fn an_http2_frame_handed_over_waits_until_the_next_is_asked_for() {
+        let activity = Arc::new(Activity::default());
+        let body = Full::new(Bytes::from(vec![b'x'; 4000]));
+        let mut tracked = Tracked::new(body, activity.begin(hyper::Version::HTTP_2, true));
+        let now = std::cell::Cell::new(1_000);
+        let stalled = || {
+            now.set(now.get() + 10_000);
+            activity.window_stalls.tick(now.get(), 1_000, 500)
+        };
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let mut next = || match Pin::new(&mut tracked).poll_frame(&mut cx) {
+            Poll::Ready(Some(Ok(frame))) => frame.into_data().map_or(0, |d| d.len()),
+            _ => panic!("no frame"),
+        };
+        assert!(!stalled(), "nothing handed over yet");
+        assert_eq!(next(), 3999);
+        assert!(stalled(), "the frame's window never came");
+        assert!(stalled(), "still waiting while hyper does not ask");
+        assert_eq!(next(), 1);
+        assert!(stalled(), "the held byte waits like any frame");
+        drop(tracked);
+        assert!(!stalled(), "a response done with is no wait");
+    }
 }
