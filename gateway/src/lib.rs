@@ -16,6 +16,7 @@ pub mod h1;
 pub mod handover;
 pub mod histogram;
 pub mod host;
+pub mod in_flight;
 pub mod jwt;
 pub mod keys;
 pub mod limits;

@@ -62,6 +62,7 @@ pub(crate) use self::error::AdminError;
 use crate::{
     clock::{monotonic_ns, unix_now},
     config::Config,
+    in_flight::InFlight,
     keys::{Client, KeyStore},
     reload::Reloader,
     shared::Shared,
@@ -196,13 +197,13 @@ impl Admin {
         _permit: tokio::sync::OwnedSemaphorePermit,
     ) {
         let header_timeout = self.header_timeout;
-        let watch = Arc::new(idle::Watch::default());
+        let requests = Arc::new(InFlight::default());
         let service = hyper::service::service_fn({
-            let watch = watch.clone();
+            let requests = requests.clone();
             move |req| {
-                let (admin, watch) = (self.clone(), watch.clone());
+                let (admin, requests) = (self.clone(), requests.clone());
                 async move {
-                    let request = watch.begin();
+                    let request = idle::Request::begin(&requests);
                     let response = admin.handle(req, peer).await;
                     Ok::<_, Infallible>(response.map(|body| idle::Guarded::new(body, request)))
                 }
@@ -225,7 +226,7 @@ impl Admin {
                     }
                     return;
                 }
-                _ = ticker.tick() => if watch.idle(header_timeout, monotonic_ns()) {
+                _ = ticker.tick() => if requests.idle_for(monotonic_ns()) >= header_timeout {
                     tracing::debug!(%peer, "admin connection idle; dropped");
                     return;
                 }

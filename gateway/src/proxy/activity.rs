@@ -8,7 +8,7 @@ use std::{
     os::fd::RawFd,
     pin::Pin,
     sync::{
-        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed},
+        atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
         Arc,
     },
     task::{Context, Poll},
@@ -19,11 +19,10 @@ use bytes::Bytes;
 use hyper::body::{Body, Frame, SizeHint};
 
 use super::window_stalls::WindowStalls;
-use crate::clock::monotonic_ns;
+use crate::{clock::monotonic_ns, in_flight::InFlight};
 
 pub(super) struct Activity {
-    in_flight: AtomicUsize,
-    last_ns: AtomicU64,
+    requests: InFlight,
     http2: AtomicBool,
     draining: AtomicBool,
     /// A request that may leave hyper mid-message once answered (a body,
@@ -56,8 +55,7 @@ impl Activity {
     /// long as the connection's serve loop runs.
     pub(super) fn for_socket(fd: RawFd) -> Self {
         Self {
-            in_flight: Default::default(),
-            last_ns: monotonic_ns().into(),
+            requests: InFlight::default(),
             http2: Default::default(),
             draining: Default::default(),
             unparkable: Default::default(),
@@ -87,8 +85,7 @@ impl Busy {
 
 impl Drop for Busy {
     fn drop(&mut self) {
-        self.0.last_ns.store(monotonic_ns(), Relaxed);
-        self.0.in_flight.fetch_sub(1, Relaxed);
+        self.0.requests.end();
     }
 }
 
@@ -96,7 +93,7 @@ impl Activity {
     /// A request begins; `parkable`: hyper is between messages again as
     /// soon as its response is written (no body to read after it).
     pub(super) fn begin(self: &Arc<Self>, version: hyper::Version, parkable: bool) -> Busy {
-        self.in_flight.fetch_add(1, Relaxed);
+        self.requests.begin();
         if version == hyper::Version::HTTP_2 {
             self.http2.store(true, Relaxed);
         }
@@ -116,17 +113,14 @@ impl Activity {
 
     /// How long nothing has happened on the connection (zero while busy).
     pub(super) fn idle_for(&self, now_ns: u64) -> Duration {
-        if self.in_flight.load(Relaxed) > 0 {
-            return Duration::ZERO;
-        }
-        Duration::from_nanos(now_ns.saturating_sub(self.last_ns.load(Relaxed)))
+        self.requests.idle_for(now_ns)
     }
 
     /// A head arrived: the connection is not idle from here (a parked one
     /// was idle since its last response, and would otherwise look idle to
     /// the loop that now serves its head).
     pub(super) fn touch(&self) {
-        self.last_ns.store(monotonic_ns(), Relaxed);
+        self.requests.touch();
     }
 
     /// Idle for `after` with only bodiless, non-upgrade requests so far.
@@ -145,7 +139,7 @@ impl Activity {
     /// to be written (the kernel wakes a writer only once a third of its
     /// buffer is free).
     pub(super) fn blocked_writes(&self) -> Option<(u64, i32)> {
-        let blocked = self.in_flight.load(Relaxed) > 0 && self.write_blocked.load(Relaxed);
+        let blocked = self.requests.any() && self.write_blocked.load(Relaxed);
         blocked.then(|| (self.writes.load(Relaxed), unacked(self.fd).unwrap_or(-1)))
     }
 
