@@ -257,6 +257,35 @@ fn bad_tokens_are_refused_for_the_right_reason() {
     );
 }
 
+/// A key the IdP drops from its JWKS (one that leaked) stops verifying at
+/// the refresh that drops it, though a token it signed was cached as
+/// verified and the cache alone would have served it for minutes more.
+#[test]
+fn a_key_dropped_from_the_jwks_stops_verifying_its_cached_tokens() {
+    let s = setup();
+    let source = format!(
+        "jwks_url = \"http://{}/jwks.json\"\nrefresh = \"1s\"",
+        s.jwks.addr
+    );
+    let gateway = Gateway::builder(&config(&s.upstream, &source)).start();
+    wait_for_fetches(&s.jwks, 1);
+    let token = s.a.sign(&claims("svc-1", "gold"), true);
+    for _ in 0..2 {
+        let reply = gateway.get("/jwt/x", &[("authorization", &bearer(&token))]);
+        assert_eq!(reply.status, 200, "{}", reply.body);
+    }
+    // The IdP rotates key a out; two refreshes later the first has surely
+    // been taken in (the refresh loop fetches one at a time).
+    s.jwks.set_body(&jwks_json(&[&s.b]));
+    wait_for_fetches(&s.jwks, s.jwks.requests().len() + 2);
+    assert!(refused(&gateway, &token).contains("unknown_key"));
+    assert_eq!(s.upstream.requests().len(), 2);
+    // Key b, which the set holds, verifies.
+    let fresh = s.b.sign(&claims("svc-2", "gold"), true);
+    let reply = gateway.get("/jwt/x", &[("authorization", &bearer(&fresh))]);
+    assert_eq!(reply.status, 200, "{}", reply.body);
+}
+
 #[test]
 fn unknown_kid_triggers_exactly_one_rate_limited_jwks_refresh() {
     let s = setup();

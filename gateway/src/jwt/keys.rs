@@ -4,7 +4,13 @@
 //! `min_refresh_interval`; no lock is held while a fetch runs, and the
 //! whole fetch (connect, headers, body) is under one timeout.
 use std::{
-    sync::{Arc, Mutex},
+    sync::{
+        atomic::{
+            AtomicU64,
+            Ordering::{Acquire, Release},
+        },
+        Arc, Mutex,
+    },
     time::{Duration, Instant},
 };
 
@@ -232,6 +238,9 @@ pub struct IssuerKeys {
     issuer: String,
     source: KeySource,
     keys: ArcSwap<Vec<Key>>,
+    /// Bumped whenever `keys` is replaced: a token verified under an older
+    /// set is verified again ([`IssuerKeys::generation`]).
+    generation: AtomicU64,
     fetcher: Fetcher,
     min_refresh_interval: Duration,
     /// The issuer's accepted algorithms: what its keys are parsed for.
@@ -290,6 +299,7 @@ impl IssuerKeys {
             issuer: issuer.to_owned(),
             source,
             keys: ArcSwap::from_pointee(initial),
+            generation: AtomicU64::new(0),
             fetcher,
             min_refresh_interval,
             algorithms: algorithms.to_vec(),
@@ -307,8 +317,23 @@ impl IssuerKeys {
 
     /// Replaces static keys (the gateway's own, after a rotation).
     pub fn set(&self, keys: Vec<Key>) {
-        self.keys
-            .store(Arc::new(accepted_keys(keys, &self.algorithms)));
+        self.replace(accepted_keys(keys, &self.algorithms));
+    }
+
+    /// The key set from now on. A key it drops (an IdP rotating out a
+    /// leaked key) must stop verifying at once, cached tokens included.
+    fn replace(&self, keys: Vec<Key>) {
+        self.keys.store(Arc::new(keys));
+        // Release: whoever reads the new generation then loads this set.
+        self.generation.fetch_add(1, Release);
+    }
+
+    /// Which key set the keys are: a token verified under another one may
+    /// have been verified by a key the set has dropped since.
+    /// Read it before [`IssuerKeys::find`]: a set replaced in between
+    /// makes the token look older than it is, never newer.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Acquire)
     }
 
     /// Whether a key fits this `kid` (see [`fits`]).
@@ -431,7 +456,7 @@ impl IssuerKeys {
             }
         }
         let count = keys.len();
-        self.keys.store(Arc::new(keys));
+        self.replace(keys);
         tracing::info!(issuer = %self.issuer, keys = count, "JWKS loaded");
         Ok(count)
     }

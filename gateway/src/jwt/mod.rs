@@ -38,8 +38,8 @@ use self::{
     cache::TokenCache,
     keys::{Fetcher, IssuerKeys, KeyMiss, KeySource},
 };
-/// Cached verifications are re-checked at least this often, so a key
-/// removed from the JWKS stops working for cached tokens too.
+/// Cached verifications are re-checked at least this often (and whenever
+/// their issuer's key set changes, see [`Cached`]).
 const MAX_CACHE_SECONDS: i64 = 300;
 const CACHE_CAPACITY: usize = 65_536;
 
@@ -151,7 +151,17 @@ pub struct JwtVerifier {
     issuers: Vec<Arc<Issuer>>,
     /// Tier names, lowest first: the highest one named in a token wins.
     tiers: Vec<String>,
-    cache: TokenCache<VerifiedToken>,
+    cache: TokenCache<Cached>,
+}
+
+/// A verified token and the key set it was verified under: served from
+/// the cache only while its issuer's keys are that set. A key the IdP
+/// drops from its JWKS (one that leaked) stops verifying at the refresh
+/// that drops it, not up to [`MAX_CACHE_SECONDS`] later.
+struct Cached {
+    token: Arc<VerifiedToken>,
+    issuer: Arc<Issuer>,
+    generation: u64,
 }
 
 /// Parses an algorithm name, refusing `none` and HMAC: a shared secret has
@@ -344,7 +354,9 @@ impl JwtVerifier {
         }
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         if let Some(hit) = self.cache.get(&digest, now) {
-            return Ok(hit);
+            if hit.generation == hit.issuer.keys.generation() {
+                return Ok(hit.token.clone());
+            }
         }
         let Preparsed {
             header,
@@ -368,6 +380,7 @@ impl JwtVerifier {
             return Err(TokenRejection::WrongType);
         }
         let kid = header.kid.as_deref();
+        let generation = issuer.keys.generation();
         let key = match issuer.keys.find(kid, header.alg) {
             Ok(key) => key,
             Err(KeyMiss::Unknown) if issuer.keys.refresh_for_unknown_kid(kid).await => {
@@ -412,9 +425,14 @@ impl JwtVerifier {
             scopes,
         });
         let exp = claims.get("exp").and_then(Value::as_i64).unwrap_or(now);
+        let cached = Cached {
+            token: verified.clone(),
+            issuer: issuer.clone(),
+            generation,
+        };
         self.cache.insert(
             digest,
-            verified.clone(),
+            Arc::new(cached),
             exp.min(now + MAX_CACHE_SECONDS),
             now,
         );

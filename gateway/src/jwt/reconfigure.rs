@@ -30,16 +30,9 @@ impl JwtVerifier {
         let issuers = own.chain(configured).collect::<Vec<Arc<_>>>();
         // A cached token's tier was picked among the tiers of its time.
         let cache = match fresh.tiers == self.tiers {
-            true => {
-                let carried: Vec<(&str, bool)> = (issuers.iter())
-                    .filter(|new| self.issuers.iter().any(|old| Arc::ptr_eq(old, new)))
-                    .map(|issuer| (issuer.settings.issuer.as_str(), issuer.own))
-                    .collect();
-                let carried_over = |token: &super::VerifiedToken| {
-                    carried.contains(&(token.issuer.as_str(), token.own))
-                };
-                self.cache.retained(carried_over)
-            }
+            true => self
+                .cache
+                .retained(|cached| issuers.iter().any(|new| Arc::ptr_eq(new, &cached.issuer))),
             false => TokenCache::new(super::CACHE_CAPACITY),
         };
         Ok(Self {

@@ -1,5 +1,6 @@
 //! A reload's verifier keeps the verified tokens of issuers that carry
-//! over, and only theirs.
+//! over, and only theirs; a changed key set verifies its issuer's cached
+//! tokens again.
 use std::time::Duration;
 
 use jsonwebtoken::{jwk::Jwk, EncodingKey, Header};
@@ -80,16 +81,52 @@ async fn an_unchanged_issuers_verified_tokens_stay_cached_across_a_reload() {
     let new = old.reconfigured([remote("a"), changed], tiers()).unwrap();
     // `b` changed: its token is gone; `a`'s stays.
     assert_eq!(new.cache.entries(), 1);
-    // Served from the cache: `a`'s key changed since (the same issuer, so
-    // the old verifier's too), and a fresh check would refuse the token.
+    // Served from the cache: the very answer the old verifier cached.
+    let before = old.verify(&token("a"), T).await.unwrap();
+    let after = new.verify(&token("a"), T).await.unwrap();
+    assert!(Arc::ptr_eq(&before, &after));
+    // The same issuer, so the same keys: a key it drops after the reload
+    // stops verifying in both verifiers.
     new.set_keys("a", vec![key(8)]);
-    assert_eq!(new.verify(&token("a"), T).await.unwrap().client_id, "svc");
-    let fresh = JwtVerifier::new([remote("a")], tiers()).unwrap();
-    fresh.set_keys("a", vec![key(8)]);
+    for verifier in [&old, &new] {
+        assert_eq!(
+            verifier.verify(&token("a"), T).await.unwrap_err(),
+            TokenRejection::BadSignature
+        );
+    }
+}
+
+/// A key the issuer's set drops (an IdP rotating out a leaked key) stops
+/// verifying at once, though a token it verified is cached for minutes:
+/// the cached answer holds only under the key set it was verified with.
+#[tokio::test]
+async fn a_key_dropped_from_the_set_stops_verifying_cached_tokens() {
+    let verifier = verified().await;
+    let cached = verifier.verify(&token("a"), T).await.unwrap();
+    assert!(Arc::ptr_eq(
+        &cached,
+        &verifier.verify(&token("a"), T).await.unwrap()
+    ));
+    // A new set that still has the key: verified again, and valid.
+    verifier.set_keys("a", vec![key(7)]);
+    let again = verifier.verify(&token("a"), T).await.unwrap();
+    assert!(
+        !Arc::ptr_eq(&cached, &again),
+        "verified again under the new set"
+    );
+    assert_eq!(again.client_id, "svc");
+    // Key 7 replaced: refused, where the cache alone would have served it.
+    verifier.set_keys("a", vec![key(8)]);
     assert_eq!(
-        fresh.verify(&token("a"), T).await.unwrap_err(),
+        verifier.verify(&token("a"), T).await.unwrap_err(),
         TokenRejection::BadSignature
     );
+    // Another issuer's cached token is untouched.
+    let b = verifier.verify(&token("b"), T).await.unwrap();
+    assert!(Arc::ptr_eq(
+        &b,
+        &verifier.verify(&token("b"), T).await.unwrap()
+    ));
 }
 
 #[tokio::test]
