@@ -124,6 +124,28 @@ pub fn check(host: &[u8]) -> Result<(), &'static str> {
     }
 }
 
+/// Whether a target's `authority` and a `Host` value name the same host
+/// and port (RFC 9110 §4.2.3): `h:80` and `h` under `http`, `h:` and `h`
+/// (an empty port is the default); names compare case-insensitively. A
+/// client that spells the default port in one and not the other is not
+/// refused as a mismatch.
+pub fn same(authority: &[u8], host: &[u8], scheme: Option<&str>) -> bool {
+    let default: &[u8] = match scheme {
+        Some(s) if s.eq_ignore_ascii_case("http") => b":80",
+        Some(s) if s.eq_ignore_ascii_case("https") => b":443",
+        _ => b":",
+    };
+    // One default spelling stripped, no more (`h:80:` stays apart).
+    let plain = |h: &'_ [u8]| -> usize {
+        match (h.strip_suffix(default), h.strip_suffix(b":")) {
+            (Some(bare), _) | (None, Some(bare)) => bare.len(),
+            (None, None) => h.len(),
+        }
+    };
+    let (a, h) = (&authority[..plain(authority)], &host[..plain(host)]);
+    a.eq_ignore_ascii_case(h)
+}
+
 /// The name a host is matched by: without its port and its one trailing
 /// dot. `example.com.` is DNS's `example.com`, and upstreams (nginx's
 /// `server_name`) serve it as that host: matched apart, it took a request
@@ -215,6 +237,43 @@ mod tests {
         for byte in (0..=255u8).filter(|&b| !is_name_byte(b) && !b"[]:".contains(&b)) {
             let host = [b"admin".as_slice(), &[byte], b".example"].concat();
             assert_eq!(check(&host), Err(MALFORMED), "{byte:#x}");
+        }
+    }
+
+    #[test]
+    fn a_default_port_spelt_or_not_is_the_same_host() {
+        let http = Some("http");
+        for (authority, host, scheme) in [
+            ("h", "h", None),
+            ("H.example", "h.EXAMPLE", http),
+            ("h:80", "h", http),
+            ("h", "h:80", http),
+            ("h:", "h", http),
+            ("h:", "h:80", http),
+            ("h:443", "h", Some("https")),
+            ("[::1]:80", "[::1]", http),
+            ("h:", "h", None),
+        ] {
+            assert!(
+                same(authority.as_bytes(), host.as_bytes(), scheme),
+                "{authority} {host}"
+            );
+        }
+        for (authority, host, scheme) in [
+            ("h:80", "h", None),
+            ("h:80", "h", Some("https")),
+            ("h:8080", "h", http),
+            ("h:180", "h:1", http),
+            ("h:80:", "h", http),
+            ("h::80", "h", http),
+            ("admin.example", "www.example", http),
+            ("admin.example:80", "www.example:80", http),
+            ("[::1]:80", "[::2]", http),
+        ] {
+            assert!(
+                !same(authority.as_bytes(), host.as_bytes(), scheme),
+                "{authority} {host}"
+            );
         }
     }
 

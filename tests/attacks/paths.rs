@@ -621,3 +621,33 @@ fn an_ip_host_spelt_another_way_is_refused() {
     }
     assert_eq!(app.requests().len(), 1);
 }
+
+/// An absolute-form target that spells the default port where `Host`
+/// does not, or the other way round, names the same host (RFC 9110
+/// §4.2.3): served, and routed by that host. Another host or port is still
+/// a 400 `host_mismatch`.
+#[test]
+fn a_default_port_spelt_in_target_or_host_alone_is_the_same_host() {
+    let app = FakeUpstream::start(None);
+    let config = gateway_tests::http::protected_host_and_open_routes(app.addr);
+    let gateway = Gateway::builder(&config).start();
+    for (target, host, status) in [
+        // The protected route: no key, so 401.
+        ("http://admin.example:80/users", "admin.example", 401),
+        ("http://ADMIN.example/users", "admin.example:80", 401),
+        ("http://www.example/users", "www.example:80", 200),
+        ("http://admin.example:80/users", "www.example", 400),
+        ("http://www.example:8080/users", "www.example", 400),
+        ("http://www.example:80/users", "admin.example:80", 400),
+    ] {
+        let head = format!("GET {target} HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n");
+        let (statuses, text) = crate::http::raw(gateway.addr, head.as_bytes());
+        assert_eq!(statuses, [status], "{target} {host}: {text}");
+        if status == 400 {
+            assert!(text.contains("invalid_host"), "{target} {host}: {text}");
+        }
+    }
+    let seen = app.requests();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert_eq!(seen[0].target, "/users");
+}

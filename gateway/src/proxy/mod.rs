@@ -283,10 +283,11 @@ impl Gateway {
     /// sees. The path is normalised ([`path::normalize`]) into `ctx.path`
     /// once, so the OAuth2 endpoints, routing, the access log and the
     /// upstream all see the path that was authorised; a path that is not
-    /// origin-form is a 400. Two `Host` headers, or one that differs from
-    /// the target's authority (absolute-form, HTTP/2 `:authority`), are a
-    /// 400 too: RFC 9112 §3.2.2 would ignore `Host`, HAProxy refuses. So is
-    /// a host upstreams could read as another ([`host::check`]).
+    /// origin-form is a 400. Two `Host` headers, or one that names another
+    /// host or port than the target's authority (absolute-form, HTTP/2
+    /// `:authority`; [`host::same`]), are a 400 too: RFC 9112 §3.2.2 would
+    /// ignore `Host`, HAProxy refuses. So is a host upstreams could read
+    /// as another ([`host::check`]).
     /// `CONNECT` (authority-form, or HTTP/2's, extended CONNECT included)
     /// asks for a tunnel a reverse proxy does not open: a 405.
     fn target<B>(&self, req: &Request<B>, ctx: &mut RequestContext<'_>) -> Result<(), ProxyError> {
@@ -298,9 +299,14 @@ impl Gateway {
             if hosts.next().is_some() {
                 return Err(ProxyError::InvalidHost("duplicate_host"));
             }
-            let authority = req.uri().authority().map(|a| a.as_str().as_bytes());
-            if authority.is_some_and(|a| !a.eq_ignore_ascii_case(host.as_bytes())) {
-                return Err(ProxyError::InvalidHost("host_mismatch"));
+            if let Some(authority) = req.uri().authority().map(|a| a.as_str().as_bytes()) {
+                if !host::same(authority, host.as_bytes(), req.uri().scheme_str()) {
+                    return Err(ProxyError::InvalidHost("host_mismatch"));
+                }
+                // Routing reads the authority: it is held to the rules too.
+                if authority != host.as_bytes() {
+                    host::check(authority).map_err(ProxyError::InvalidHost)?;
+                }
             }
             host::check(host.as_bytes()).map_err(ProxyError::InvalidHost)?;
         } else if let Some(authority) = req.uri().authority() {
