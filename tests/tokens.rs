@@ -243,3 +243,57 @@ fn upstreams_get_a_gateway_signed_token_and_rotation_keeps_old_tokens_valid() {
     }
     jose_verify(&gateway, "gateway", &old);
 }
+
+/// A token bought with an API key ends with that key: rotating a leaked
+/// key away (no grace) ends the tokens it bought, while the client and
+/// the tokens its new key buys carry on.
+#[test]
+fn rotating_a_key_away_ends_the_tokens_it_bought() {
+    let upstream = FakeUpstream::start(None);
+    let gateway = Gateway::builder(&config(&upstream));
+    let (id, key) = gateway.create_client("gold", &[]);
+    let gateway = gateway.start();
+    let buy = |key: &str| {
+        let form = format!("grant_type=client_credentials&client_secret={key}");
+        let reply = token_request(&gateway, &[], &form);
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        format!("Bearer {}", reply.json()["access_token"].as_str().unwrap())
+    };
+    let old = buy(&key);
+    assert_eq!(
+        gateway.get("/api/x", &[("authorization", &old)]).status,
+        200
+    );
+
+    let config = gateway.config.display().to_string();
+    let rotated = gateway.cli(
+        &[
+            "keys", "rotate", &id, "--grace", "0s", "--config", &config, "--json",
+        ],
+        &[],
+    );
+    assert!(rotated.status.success(), "{rotated:?}");
+    let rotated: Value = serde_json::from_slice(&rotated.stdout).unwrap();
+    let new_key = rotated["api_key"].as_str().unwrap().to_owned();
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while gateway.get("/api/x", &[("authorization", &old)]).status != 401 {
+        assert!(Instant::now() < deadline, "the token outlived its key");
+        pause(Duration::from_millis(100));
+    }
+    let reply = gateway.get("/api/x", &[("authorization", &old)]);
+    let message = reply.json()["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    // Its key is gone (no grace): refused as revoked, not as guessing.
+    assert!(message.contains("revoked"), "{message}");
+    let seen = upstream.requests().len();
+
+    // The client goes on with its new key and the tokens it buys.
+    let new = buy(&new_key);
+    assert_eq!(
+        gateway.get("/api/x", &[("authorization", &new)]).status,
+        200
+    );
+    assert_eq!(upstream.requests().len(), seen + 1);
+}

@@ -229,6 +229,10 @@ pub struct TokenIssuer {
 /// audience. Two grants that differ in any of them never share a token.
 type UpstreamKey = (String, String, Vec<String>, String);
 
+/// The claim naming the API key a token was bought with (its id, which
+/// may be logged; never the secret).
+pub const KEY_ID_CLAIM: &str = "gk_key_id";
+
 /// What a token says about its client.
 pub struct Grant<'a> {
     pub client_id: &'a str,
@@ -296,10 +300,15 @@ impl TokenIssuer {
         })
     }
 
-    /// A signed token for `grant`, for `audience`, valid `ttl` seconds.
+    /// A signed token for `grant`, for `audience`, valid `ttl` seconds;
+    /// `key_id`: the API key the client paid with (the token endpoint's
+    /// tokens), so the token ends with that key: a rotation or deletion of
+    /// a leaked key ends what was minted with it (see
+    /// [`crate::keys::KeyIndex::key_standing`]).
     pub fn mint(
         &self,
         grant: &Grant<'_>,
+        key_id: Option<&str>,
         audience: &str,
         ttl: i64,
         now: i64,
@@ -316,7 +325,7 @@ impl TokenIssuer {
         if !scope.contains(&grant.tier) {
             scope.push(grant.tier);
         }
-        let claims = json!({
+        let mut claims = json!({
             "iss": self.issuer,
             "sub": grant.client_id,
             "client_id": grant.client_id,
@@ -326,6 +335,9 @@ impl TokenIssuer {
             "exp": now + ttl,
             "jti": hex(&jti),
         });
+        if let Some(key_id) = key_id {
+            claims[KEY_ID_CLAIM] = key_id.into();
+        }
         Ok(jsonwebtoken::encode(&header, &claims, key)?)
     }
 
@@ -351,7 +363,7 @@ impl TokenIssuer {
                 return Ok(token.clone());
             }
         }
-        let token = self.mint(grant, audience, ttl, now)?;
+        let token = self.mint(grant, None, audience, ttl, now)?;
         if cache.len() > 100_000 {
             cache.clear();
         }
@@ -392,7 +404,9 @@ mod tests {
             scopes: &scopes,
         };
         let now = jsonwebtoken::get_current_timestamp() as i64;
-        let token = issuer.mint(&grant, "gateway", 60, now).unwrap();
+        let token = issuer
+            .mint(&grant, Some("abc"), "gateway", 60, now)
+            .unwrap();
         let key = &issuer.verification_keys()[0];
         let mut validation = jsonwebtoken::Validation::new(Algorithm::EdDSA);
         validation.set_audience(&["gateway"]);
@@ -402,6 +416,7 @@ mod tests {
             .claims;
         assert_eq!(claims["sub"], "cl_1");
         assert_eq!(claims["scope"], "read gold");
+        assert_eq!(claims[KEY_ID_CLAIM], "abc");
         assert!(!std::fs::read_to_string(&path).unwrap().contains(&token));
     }
 

@@ -130,6 +130,9 @@ pub struct VerifiedToken {
     pub own: bool,
     pub tier: String,
     pub scopes: Vec<String>,
+    /// Own tokens: the API key the client bought it with
+    /// ([`crate::tokens::KEY_ID_CLAIM`]); the token lives only as long.
+    pub key_id: Option<String>,
 }
 
 struct Issuer {
@@ -423,6 +426,10 @@ impl JwtVerifier {
             own: issuer.own,
             tier,
             scopes,
+            key_id: (claims.get(crate::tokens::KEY_ID_CLAIM))
+                .filter(|_| issuer.own)
+                .and_then(Value::as_str)
+                .map(str::to_owned),
         });
         let exp = claims.get("exp").and_then(Value::as_i64).unwrap_or(now);
         let cached = Cached {

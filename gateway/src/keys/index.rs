@@ -287,6 +287,29 @@ impl KeyIndex {
         }
         (key_id, Ok(client.clone()))
     }
+
+    /// Whether the key `key_id` of client `client_id` still verifies at
+    /// `now`, as [`KeyIndex::verify`] would judge it but for the secret:
+    /// what a token bought with the key is worth. A key rotated away
+    /// (its grace over), deleted, disabled or another client's is not.
+    pub fn key_standing(
+        &self,
+        client_id: &str,
+        key_id: &str,
+        now: i64,
+    ) -> Result<(), KeyRejection> {
+        let Ok(id) = KeyId::try_from(key_id.as_bytes()) else {
+            return Err(KeyRejection::Revoked);
+        };
+        let entries = self.entries.load();
+        match entries.get(&id) {
+            Some((_, client)) if client.id != client_id => Err(KeyRejection::Revoked),
+            Some((slot, _)) if slot.disabled => Err(KeyRejection::Disabled),
+            Some((slot, _)) if slot.expires_at <= now => Err(KeyRejection::Expired),
+            Some(_) => Ok(()),
+            None => Err(KeyRejection::Revoked),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -55,7 +55,8 @@ impl Identity {
 
     /// The identity a verified token proves. A token of the gateway's own
     /// issuer must name a stored client by id, so revoking the client
-    /// revokes its tokens; another issuer's names one by the external id
+    /// revokes its tokens, and the key it was bought with must still
+    /// verify, so rotating a leaked key away ends them too; another issuer's names one by the external id
     /// `ISSUER#CLAIM`. A stored client that is disabled or expired at
     /// `now` (unix seconds) is refused either way, and either kind while
     /// the index is stale (`store.max_staleness`).
@@ -71,7 +72,12 @@ impl Identity {
         }
         let stored = if token.own {
             let client = keys.client(&token.client_id);
-            Some(client.ok_or(ProxyError::InvalidCredential(KeyRejection::Revoked))?)
+            let client = client.ok_or(ProxyError::InvalidCredential(KeyRejection::Revoked))?;
+            if let Some(key_id) = &token.key_id {
+                (keys.key_standing(&client.id, key_id, now))
+                    .map_err(ProxyError::InvalidCredential)?;
+            }
+            Some(client)
         } else {
             keys.by_external_id(&token.principal)
         };
@@ -107,12 +113,19 @@ mod tests {
             own,
             tier: "bronze".into(),
             scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
+            key_id: None,
         })
     }
 
     /// A store with one gold client, scopes read and write, external id
     /// `https://a#svc`; the index over it and the client's id.
     fn index() -> (KeyIndex, String) {
+        let (index, _, client) = store_and_index();
+        (index, client)
+    }
+
+    /// [`index`], with its store and the client's key.
+    fn store_and_index() -> (KeyIndex, (SqliteStore, String), String) {
         let store = SqliteStore::open(std::path::Path::new(":memory:")).unwrap();
         let new = NewClient {
             name: "svc".into(),
@@ -121,10 +134,10 @@ mod tests {
             external_id: Some("https://a#svc".into()),
             ..NewClient::default()
         };
-        let (client, _) = store.create(new, 0).unwrap();
+        let (client, key) = store.create(new, 0).unwrap();
         let index = KeyIndex::default();
         index.replace(store.clients().unwrap(), store.keys().unwrap());
-        (index, client.id)
+        (index, (store, key), client.id)
     }
 
     #[test]
@@ -189,5 +202,64 @@ mod tests {
         assert!(matches!(own, Identity::Token(_)));
         index.set_stale(false);
         assert!(Identity::of_token(token("https://gw", &id, true, &[]), &index, 1).is_ok());
+    }
+
+    /// An own token bought with an API key lives only as long as the key:
+    /// rotated away (once its grace is over), it ends the token too, as
+    /// does a key id that is not the client's. One without a key id (minted
+    /// before tokens carried one) still names its client alone.
+    #[test]
+    fn an_own_token_ends_with_the_key_it_was_bought_with() {
+        let (index, (store, key), id) = store_and_index();
+        let key_id = index.verify(&key, 1).0.unwrap().to_string();
+        let bought = |key_id: Option<&str>| {
+            let mut token = (*token("https://gw", &id, true, &["read"])).clone();
+            token.key_id = key_id.map(str::to_owned);
+            Arc::new(token)
+        };
+        let of =
+            |token, now| Identity::of_token(token, &index, now).map(|i| i.client_id().to_owned());
+        assert_eq!(of(bought(Some(&key_id)), 1).unwrap(), id);
+        assert_eq!(of(bought(None), 1).unwrap(), id);
+        for other in ["cl_nobody", "", "not a key id at all, far too long"] {
+            let refused = of(bought(Some(other)), 1).unwrap_err();
+            assert!(
+                matches!(
+                    refused,
+                    ProxyError::InvalidCredential(KeyRejection::Revoked)
+                ),
+                "{other}: {refused:?}"
+            );
+        }
+        // Another client's key, however real.
+        let other = NewClient {
+            name: "other".into(),
+            tier: "gold".into(),
+            ..NewClient::default()
+        };
+        let (_, other_key) = store.create(other, 0).unwrap();
+        index.replace(store.clients().unwrap(), store.keys().unwrap());
+        let other_id = index.verify(&other_key, 1).0.unwrap().to_string();
+        let refused = of(bought(Some(&other_id)), 1).unwrap_err();
+        assert!(
+            matches!(
+                refused,
+                ProxyError::InvalidCredential(KeyRejection::Revoked)
+            ),
+            "{refused:?}"
+        );
+        // Rotated with 10 s of grace at 100: good until 110, then not.
+        store.rotate(&id, 10, 100).unwrap().unwrap();
+        index.replace(store.clients().unwrap(), store.keys().unwrap());
+        assert_eq!(of(bought(Some(&key_id)), 109).unwrap(), id);
+        let refused = of(bought(Some(&key_id)), 110).unwrap_err();
+        assert!(
+            matches!(
+                refused,
+                ProxyError::InvalidCredential(KeyRejection::Expired)
+            ),
+            "{refused:?}"
+        );
+        assert_eq!(of(bought(None), 110).unwrap(), id);
     }
 }

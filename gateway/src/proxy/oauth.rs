@@ -204,7 +204,8 @@ async fn token<'g>(
         tier: &client.tier,
         scopes: &scopes,
     };
-    match tokens.mint(&grant, &tokens.config.audience, ttl, unix_now()) {
+    let key_id = ctx.key_id.as_deref();
+    match tokens.mint(&grant, key_id, &tokens.config.audience, ttl, unix_now()) {
         Ok(access_token) => {
             // What the token's `scope` claim says: the scopes and the tier.
             let mut scope = scopes;
