@@ -65,7 +65,8 @@ pub fn summarise(clients: &[Client], keys: &[StoredKey]) -> Summary {
 
 /// A store's summary, read through it.
 pub async fn summary(store: &dyn KeyStore) -> Result<Summary, StoreError> {
-    Ok(summarise(&store.clients().await?, &store.keys().await?))
+    let (clients, keys) = store.all().await?;
+    Ok(summarise(&clients, &keys))
 }
 
 /// Copies `from` into `to` (which must hold no clients); returns both
@@ -74,8 +75,7 @@ pub async fn copy(
     from: &dyn KeyStore,
     to: &dyn KeyStore,
 ) -> Result<(Summary, Summary), StoreError> {
-    let clients = from.clients().await?;
-    let keys = from.keys().await?;
+    let (clients, keys) = from.all().await?;
     let source = summarise(&clients, &keys);
     to.import(&clients, &keys).await?;
     let target = summary(to).await?;

@@ -98,8 +98,7 @@ impl KeyIndex {
     /// [`KeyIndex::replace_unless_changed`]): nothing swapped, read again.
     pub async fn load(&self, store: &dyn KeyStore) -> Result<Option<usize>, StoreError> {
         let since = self.changes();
-        let clients = store.clients().await?;
-        let keys = store.keys().await?;
+        let (clients, keys) = store.all().await?;
         Ok(self.replace_unless_changed(since, clients, keys))
     }
 

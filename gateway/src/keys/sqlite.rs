@@ -155,6 +155,28 @@ fn key_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredKey> {
     })
 }
 
+fn read_clients(conn: &Connection) -> Result<Vec<Client>, StoreError> {
+    let mut statement = conn.prepare(
+        "SELECT id, name, tier, scopes, expires_at, disabled, is_admin, external_id, created_at
+         FROM api_clients ORDER BY created_at, id",
+    )?;
+    let clients = statement
+        .query_map([], client_from_row)?
+        .collect::<Result<_, _>>()?;
+    Ok(clients)
+}
+
+fn read_keys(conn: &Connection) -> Result<Vec<StoredKey>, StoreError> {
+    let mut statement = conn.prepare(
+        "SELECT key_id, client_id, secret_hash, expires_at, created_at FROM api_keys
+         ORDER BY created_at, key_id",
+    )?;
+    let keys = statement
+        .query_map([], key_from_row)?
+        .collect::<Result<_, _>>()?;
+    Ok(keys)
+}
+
 fn client_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Client> {
     let scopes: String = row.get(3)?;
     Ok(Client {
@@ -261,27 +283,21 @@ impl SqliteStore {
     }
 
     pub fn clients(&self) -> Result<Vec<Client>, StoreError> {
-        let conn = self.conn();
-        let mut statement = conn.prepare(
-            "SELECT id, name, tier, scopes, expires_at, disabled, is_admin, external_id, created_at
-             FROM api_clients ORDER BY created_at, id",
-        )?;
-        let clients = statement
-            .query_map([], client_from_row)?
-            .collect::<Result<_, _>>()?;
-        Ok(clients)
+        read_clients(&self.conn())
     }
 
     pub fn keys(&self) -> Result<Vec<StoredKey>, StoreError> {
-        let conn = self.conn();
-        let mut statement = conn.prepare(
-            "SELECT key_id, client_id, secret_hash, expires_at, created_at FROM api_keys
-             ORDER BY created_at, key_id",
-        )?;
-        let keys = statement
-            .query_map([], key_from_row)?
-            .collect::<Result<_, _>>()?;
-        Ok(keys)
+        read_keys(&self.conn())
+    }
+
+    /// Every client and key in one read transaction: one moment of the
+    /// file, whatever another process (the CLI, another gateway) commits.
+    pub fn all(&self) -> Result<(Vec<Client>, Vec<StoredKey>), StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let all = (read_clients(&tx)?, read_keys(&tx)?);
+        tx.commit()?;
+        Ok(all)
     }
 
     pub fn client(&self, client_id: &str) -> Result<Option<Client>, StoreError> {
@@ -456,6 +472,10 @@ impl KeyStore for SqliteStore {
 
     async fn keys(&self) -> Result<Vec<StoredKey>, StoreError> {
         blocking(|| SqliteStore::keys(self))
+    }
+
+    async fn all(&self) -> Result<(Vec<Client>, Vec<StoredKey>), StoreError> {
+        blocking(|| SqliteStore::all(self))
     }
 
     async fn version(&self) -> Result<i64, StoreError> {

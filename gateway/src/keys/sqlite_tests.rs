@@ -34,3 +34,47 @@ fn concurrent_first_opens_of_a_new_store_all_succeed() {
         assert_eq!(mode, "wal");
     }
 }
+
+/// A full read sees one moment of the file while another process (here a
+/// second connection, as the CLI would be) creates and revokes clients:
+/// every key it returns has its client, and every client its key.
+#[test]
+fn a_full_read_is_one_moment_of_the_file() {
+    use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("keys.db");
+    let reader = SqliteStore::open(&path).unwrap();
+    let writer = SqliteStore::open(&path).unwrap();
+    let done = AtomicBool::new(false);
+    let torn = std::thread::scope(|scope| {
+        scope.spawn(|| {
+            for round in 0..400 {
+                let new = NewClient {
+                    name: format!("c{round}"),
+                    tier: "gold".into(),
+                    ..NewClient::default()
+                };
+                let (client, _) = writer.create(new, 0).unwrap();
+                if round % 2 == 0 {
+                    writer.delete(&client.id).unwrap();
+                }
+            }
+            done.store(true, Relaxed);
+        });
+        let mut torn = 0;
+        while !done.load(Relaxed) {
+            let (clients, keys) = reader.all().unwrap();
+            let ids: std::collections::HashSet<&str> =
+                clients.iter().map(|c| c.id.as_str()).collect();
+            let keyed: std::collections::HashSet<&str> =
+                keys.iter().map(|k| k.client_id.as_str()).collect();
+            torn += usize::from(ids != keyed);
+        }
+        torn
+    });
+    assert_eq!(
+        torn, 0,
+        "reads saw a client without its key or a key without its client"
+    );
+}

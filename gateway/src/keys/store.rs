@@ -189,6 +189,12 @@ pub trait KeyStore: Send + Sync {
     ) -> Result<Option<(Client, String)>, StoreError>;
     async fn clients(&self) -> Result<Vec<Client>, StoreError>;
     async fn keys(&self) -> Result<Vec<StoredKey>, StoreError>;
+    /// Every client and key as of one moment (a full reload): read apart,
+    /// a client another process created or revoked in between is half
+    /// seen (its keys without it, or it without its keys).
+    async fn all(&self) -> Result<(Vec<Client>, Vec<StoredKey>), StoreError> {
+        Ok((self.clients().await?, self.keys().await?))
+    }
     /// Changes whenever anyone (another process, another node) commits.
     async fn version(&self) -> Result<i64, StoreError>;
     async fn client(&self, client_id: &str) -> Result<Option<Client>, StoreError>;

@@ -258,6 +258,15 @@ impl KeyStore for PgStore {
         .await
     }
 
+    async fn all(&self) -> Result<(Vec<Client>, Vec<StoredKey>), StoreError> {
+        super::bounded(READ_ALL_WAIT, async {
+            let mut conn = self.conn().await?;
+            let (_, clients, keys) = everything(&mut conn).await?;
+            Ok((clients, keys))
+        })
+        .await
+    }
+
     async fn version(&self) -> Result<i64, StoreError> {
         super::bounded(CALL_WAIT, async { version(&**self.conn().await?).await }).await
     }
