@@ -67,6 +67,23 @@ fn jose_verify(gateway: &Gateway, audience: &str, token: &str) -> Value {
     serde_json::from_slice(&output.stdout).unwrap()
 }
 
+/// Waits (up to 3 s: the gateway follows the store) until `bearer` is
+/// refused with a 401; its message.
+fn refused_within_3s(gateway: &Gateway, bearer: &str, outlived: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let reply = gateway.get("/api/x", &[("authorization", bearer)]);
+        if reply.status == 401 {
+            return reply.json()["message"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+        }
+        assert!(Instant::now() < deadline, "the token outlived {outlived}");
+        pause(Duration::from_millis(100));
+    }
+}
+
 #[test]
 fn client_credentials_buy_a_token_the_gateway_and_jose_accept() {
     let upstream = FakeUpstream::start(None);
@@ -169,18 +186,9 @@ fn client_credentials_buy_a_token_the_gateway_and_jose_accept() {
         &[],
     );
     assert!(revoked.status.success(), "{revoked:?}");
-    let deadline = Instant::now() + Duration::from_secs(3);
-    while gateway.get("/api/x", &[("authorization", &bearer)]).status != 401 {
-        assert!(Instant::now() < deadline, "the token outlived its client");
-        pause(Duration::from_millis(100));
-    }
+    let message = refused_within_3s(&gateway, &bearer, "its client");
     // Refused as revoked, not as an unknown key: a genuine token still
     // within its lifetime is not key guessing (the guard does not count it).
-    let reply = gateway.get("/api/x", &[("authorization", &bearer)]);
-    let message = reply.json()["message"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
     assert!(message.contains("revoked"), "{message}");
 }
 
@@ -275,16 +283,7 @@ fn rotating_a_key_away_ends_the_tokens_it_bought() {
     assert!(rotated.status.success(), "{rotated:?}");
     let rotated: Value = serde_json::from_slice(&rotated.stdout).unwrap();
     let new_key = rotated["api_key"].as_str().unwrap().to_owned();
-    let deadline = Instant::now() + Duration::from_secs(3);
-    while gateway.get("/api/x", &[("authorization", &old)]).status != 401 {
-        assert!(Instant::now() < deadline, "the token outlived its key");
-        pause(Duration::from_millis(100));
-    }
-    let reply = gateway.get("/api/x", &[("authorization", &old)]);
-    let message = reply.json()["message"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
+    let message = refused_within_3s(&gateway, &old, "its key");
     // Its key is gone (no grace): refused as revoked, not as guessing.
     assert!(message.contains("revoked"), "{message}");
     let seen = upstream.requests().len();
