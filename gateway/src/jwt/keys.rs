@@ -7,7 +7,7 @@ use std::{
     sync::{
         atomic::{
             AtomicU64,
-            Ordering::{Acquire, Release},
+            Ordering::{Acquire, Relaxed, Release},
         },
         Arc, Mutex,
     },
@@ -145,6 +145,23 @@ impl Key {
         Self::new(jwk.common.key_id.clone(), key, algorithms)
     }
 
+    /// The same key: its `kid`, its public key and the algorithms it may
+    /// verify. What one verified, the other still does.
+    fn same_as(&self, other: &Key) -> bool {
+        use jsonwebtoken::DecodingKeyKind::{RsaModulusExponent, SecretOrDer};
+        let material = match (self.key.kind(), other.key.kind()) {
+            (SecretOrDer(a), SecretOrDer(b)) => a == b,
+            (RsaModulusExponent { n, e }, RsaModulusExponent { n: n2, e: e2 }) => {
+                n == n2 && e == e2
+            }
+            _ => false,
+        };
+        self.kid == other.kid
+            && material
+            && self.key.family() == other.key.family()
+            && self.algorithms == other.algorithms
+    }
+
     /// This key for an issuer that accepts only `accepted` (a key given,
     /// not fetched); `None` when it verifies none of them.
     pub fn accepted_by(mut self, accepted: &[Algorithm]) -> Option<Self> {
@@ -238,9 +255,18 @@ pub struct IssuerKeys {
     issuer: String,
     source: KeySource,
     keys: ArcSwap<Vec<Key>>,
-    /// Bumped whenever `keys` is replaced: a token verified under an older
-    /// set is verified again ([`IssuerKeys::generation`]).
+    /// Bumped whenever a replacement drops or changes a key: a token
+    /// verified under an older set is verified again
+    /// ([`IssuerKeys::generation`]). Keys added leave it: they make no
+    /// earlier verification wrong.
     generation: AtomicU64,
+    /// Replacements begun (a fetch takes its number before it asks).
+    begun: AtomicU64,
+    /// The number of the replacement in place: one begun earlier is not
+    /// applied over it. A slow periodic fetch that began before the IdP
+    /// dropped a key would otherwise bring the key back over the set an
+    /// unknown-kid fetch took after the drop.
+    applied: Mutex<u64>,
     fetcher: Fetcher,
     min_refresh_interval: Duration,
     /// The issuer's accepted algorithms: what its keys are parsed for.
@@ -300,6 +326,8 @@ impl IssuerKeys {
             source,
             keys: ArcSwap::from_pointee(initial),
             generation: AtomicU64::new(0),
+            begun: AtomicU64::new(0),
+            applied: Mutex::new(0),
             fetcher,
             min_refresh_interval,
             algorithms: algorithms.to_vec(),
@@ -317,15 +345,32 @@ impl IssuerKeys {
 
     /// Replaces static keys (the gateway's own, after a rotation).
     pub fn set(&self, keys: Vec<Key>) {
-        self.replace(accepted_keys(keys, &self.algorithms));
+        self.replace(self.begin(), accepted_keys(keys, &self.algorithms));
     }
 
-    /// The key set from now on. A key it drops (an IdP rotating out a
-    /// leaked key) must stop verifying at once, cached tokens included.
-    fn replace(&self, keys: Vec<Key>) {
+    /// A replacement's number, taken before its keys are fetched.
+    pub(super) fn begin(&self) -> u64 {
+        self.begun.fetch_add(1, Relaxed) + 1
+    }
+
+    /// `keys` is the key set from now on, unless a replacement begun after
+    /// `ticket` is in place already (false). A key it drops (an IdP
+    /// rotating out a leaked key) stops verifying at once, cached tokens
+    /// included.
+    pub(super) fn replace(&self, ticket: u64, keys: Vec<Key>) -> bool {
+        let mut applied = self.applied.lock().unwrap_or_else(|p| p.into_inner());
+        if ticket <= *applied {
+            return false;
+        }
+        *applied = ticket;
+        let kept = |old: &Key| keys.iter().any(|new| new.same_as(old));
+        let dropped = !self.keys.load().iter().all(kept);
         self.keys.store(Arc::new(keys));
-        // Release: whoever reads the new generation then loads this set.
-        self.generation.fetch_add(1, Release);
+        if dropped {
+            // Release: whoever reads the new generation then loads this set.
+            self.generation.fetch_add(1, Release);
+        }
+        true
     }
 
     /// Which key set the keys are: a token verified under another one may
@@ -421,6 +466,7 @@ impl IssuerKeys {
     }
 
     async fn fetch(&self) -> Result<usize, JwtError> {
+        let ticket = self.begin();
         let jwks_url = match &self.source {
             KeySource::Static(_) => return Ok(self.keys.load().len()),
             KeySource::Jwks(url) => url.clone(),
@@ -456,8 +502,11 @@ impl IssuerKeys {
             }
         }
         let count = keys.len();
-        self.replace(keys);
-        tracing::info!(issuer = %self.issuer, keys = count, "JWKS loaded");
+        if self.replace(ticket, keys) {
+            tracing::info!(issuer = %self.issuer, keys = count, "JWKS loaded");
+        } else {
+            tracing::debug!(issuer = %self.issuer, "JWKS fetched after a newer one: not applied");
+        }
         Ok(count)
     }
 }

@@ -98,35 +98,57 @@ async fn an_unchanged_issuers_verified_tokens_stay_cached_across_a_reload() {
 
 /// A key the issuer's set drops (an IdP rotating out a leaked key) stops
 /// verifying at once, though a token it verified is cached for minutes:
-/// the cached answer holds only under the key set it was verified with.
+/// the cached answer holds only while its key set has dropped no key.
 #[tokio::test]
 async fn a_key_dropped_from_the_set_stops_verifying_cached_tokens() {
     let verifier = verified().await;
     let cached = verifier.verify(&token("a"), T).await.unwrap();
-    assert!(Arc::ptr_eq(
-        &cached,
-        &verifier.verify(&token("a"), T).await.unwrap()
-    ));
-    // A new set that still has the key: verified again, and valid.
+    let served = || async { verifier.verify(&token("a"), T).await };
+    assert!(Arc::ptr_eq(&cached, &served().await.unwrap()));
+    // The same set again, then one more key: nothing dropped, still cached
+    // (a refresh every few minutes, or a forged kid's, costs no re-check).
+    let other = || {
+        let mut jwk = Jwk::from_encoding_key(&signing_key(9), Algorithm::EdDSA).unwrap();
+        jwk.common.key_id = Some("k2".into());
+        Key::from_jwk(&jwk).unwrap()
+    };
     verifier.set_keys("a", vec![key(7)]);
-    let again = verifier.verify(&token("a"), T).await.unwrap();
-    assert!(
-        !Arc::ptr_eq(&cached, &again),
-        "verified again under the new set"
-    );
-    assert_eq!(again.client_id, "svc");
-    // Key 7 replaced: refused, where the cache alone would have served it.
+    verifier.set_keys("a", vec![other(), key(7)]);
+    assert!(Arc::ptr_eq(&cached, &served().await.unwrap()));
+    // Key 7 replaced under its kid: refused, where the cache alone would
+    // have served it.
     verifier.set_keys("a", vec![key(8)]);
-    assert_eq!(
-        verifier.verify(&token("a"), T).await.unwrap_err(),
-        TokenRejection::BadSignature
-    );
+    assert_eq!(served().await.unwrap_err(), TokenRejection::BadSignature);
     // Another issuer's cached token is untouched.
     let b = verifier.verify(&token("b"), T).await.unwrap();
     assert!(Arc::ptr_eq(
         &b,
         &verifier.verify(&token("b"), T).await.unwrap()
     ));
+}
+
+/// A fetch applies its set only if none begun after it applied one
+/// first: a slow fetch begun before the IdP dropped key 7 does not bring
+/// it back over a newer fetch's set without it.
+#[tokio::test]
+async fn a_slow_older_fetch_does_not_bring_a_dropped_key_back() {
+    let verifier = verified().await;
+    let keys = &verifier
+        .issuers
+        .iter()
+        .find(|i| i.settings.issuer == "a")
+        .unwrap()
+        .keys;
+    let (slow, quick) = (keys.begin(), keys.begin());
+    assert!(keys.replace(quick, vec![key(8)]));
+    assert!(!keys.replace(slow, vec![key(7)]), "an older fetch applied");
+    assert_eq!(
+        verifier.verify(&token("a"), T).await.unwrap_err(),
+        TokenRejection::BadSignature
+    );
+    // A later one applies.
+    assert!(keys.replace(keys.begin(), vec![key(7)]));
+    assert!(verifier.verify(&token("a"), T).await.is_ok());
 }
 
 #[tokio::test]

@@ -47,8 +47,10 @@ fn a_full_read_is_one_moment_of_the_file() {
     let reader = SqliteStore::open(&path).unwrap();
     let writer = SqliteStore::open(&path).unwrap();
     let done = AtomicBool::new(false);
-    let torn = std::thread::scope(|scope| {
+    let start = std::sync::Barrier::new(2);
+    let (torn, reads) = std::thread::scope(|scope| {
         scope.spawn(|| {
+            start.wait();
             for round in 0..400 {
                 let new = NewClient {
                     name: format!("c{round}"),
@@ -62,8 +64,10 @@ fn a_full_read_is_one_moment_of_the_file() {
             }
             done.store(true, Relaxed);
         });
-        let mut torn = 0;
+        let (mut torn, mut reads) = (0, 0);
+        start.wait();
         while !done.load(Relaxed) {
+            reads += 1;
             let (clients, keys) = reader.all().unwrap();
             let ids: std::collections::HashSet<&str> =
                 clients.iter().map(|c| c.id.as_str()).collect();
@@ -71,8 +75,9 @@ fn a_full_read_is_one_moment_of_the_file() {
                 keys.iter().map(|k| k.client_id.as_str()).collect();
             torn += usize::from(ids != keyed);
         }
-        torn
+        (torn, reads)
     });
+    assert!(reads > 1, "the reads did not overlap the writes ({reads})");
     assert_eq!(
         torn, 0,
         "reads saw a client without its key or a key without its client"

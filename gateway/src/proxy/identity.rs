@@ -225,7 +225,13 @@ mod tests {
         };
         assert_eq!(of(Some(&key_id), 1), Ok(id.clone()));
         assert_eq!(of(None, 1), Ok(id.clone()));
-        for other in ["cl_nobody", "", "not a key id at all, far too long"] {
+        // No such key (of the id's length, or malformed).
+        for other in [
+            "AAAAAAAAAAAA",
+            "cl_nobody",
+            "",
+            "not a key id at all, far too long",
+        ] {
             assert_eq!(of(Some(other), 1), Err(KeyRejection::Revoked), "{other}");
         }
         // Another client's key, however real.
