@@ -13,7 +13,7 @@ use gateway::{
     admin::Admin,
     clock::unix_now,
     config::{Config, IssuerConfig, LimitsBackend},
-    jwt::JwtVerifier,
+    jwt::{keys::IssuerKeys, JwtVerifier},
     keys::{postgres::follow, KeyIndex, KeyStore, PgStore, SqliteStore},
     proxy::workers,
     reload::{self, Reloader},
@@ -290,7 +290,9 @@ pub fn run(args: RunArgs) -> Result<()> {
         let jwt = Arc::new(jwt);
         jwt.spawn_refresh();
         if let Some(tokens) = &tokens {
-            tokio::spawn(follow_token_keys(tokens.clone(), jwt.clone()));
+            if let Some(own) = jwt.keys_of(&tokens.issuer) {
+                tokio::spawn(follow_token_keys(tokens.clone(), own));
+            }
         }
         let mut shared = Shared::new(&config, index, jwt, userspace_bans, policy, tokens);
         if let (LimitsBackend::Redis, Some(url)) = (config.limits.backend, &config.redis.url) {
@@ -455,7 +457,7 @@ fn start_tokens(config: &Config, url: String, jwt: &mut JwtVerifier) -> Result<A
 
 /// Follows key rotations (`gateway tokens rotate-key`) and retired keys
 /// ageing out of the JWKS.
-async fn follow_token_keys(tokens: Arc<TokenIssuer>, jwt: Arc<JwtVerifier>) {
+async fn follow_token_keys(tokens: Arc<TokenIssuer>, own: Arc<IssuerKeys>) {
     let mut ticker = tokio::time::interval(Duration::from_secs(1));
     let mut last_reload = unix_now();
     loop {
@@ -466,7 +468,7 @@ async fn follow_token_keys(tokens: Arc<TokenIssuer>, jwt: Arc<JwtVerifier>) {
         }
         last_reload = now;
         match tokens.reload(now) {
-            Ok(keys) => jwt.set_keys(&tokens.issuer, keys),
+            Ok(keys) => own.set(keys),
             Err(error) => tracing::warn!(%error, "reloading the token signing keys failed"),
         }
     }

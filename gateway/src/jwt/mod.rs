@@ -318,9 +318,19 @@ impl JwtVerifier {
 
     /// New keys for a static issuer.
     pub fn set_keys(&self, issuer: &str, keys: Vec<keys::Key>) {
-        if let Some(found) = self.issuers.iter().find(|i| i.settings.issuer == issuer) {
-            found.keys.set(keys);
+        if let Some(keys_of) = self.keys_of(issuer) {
+            keys_of.set(keys);
         }
+    }
+
+    /// `issuer`'s keys, shared with every verifier a reload makes while
+    /// the issuer carries over. What follows the gateway's own signing
+    /// keys holds these, not a verifier: a verifier kept for the life of
+    /// the process kept every issuer a reload removed, and their refresh
+    /// tasks fetching, for ever.
+    pub fn keys_of(&self, issuer: &str) -> Option<Arc<IssuerKeys>> {
+        let found = self.issuers.iter().find(|i| i.settings.issuer == issuer)?;
+        Some(found.keys.clone())
     }
 
     /// Loads remote keys now and keeps refreshing them in the background,
