@@ -146,7 +146,10 @@ const HISTORY: &str = "History (proxied 200 / 429, gateway instructions per requ
     / +131 likewise): 31,212 / 19,633 (44de566). Since then, on builds without PGO: a request's \
     host checked for spellings upstreams read apart (`host::check`, +150 on the 200) and a \
     tier's last `RateLimit` value shared while it holds (-399 / -299): 39,446 / 25,340 \
-    (9b5e11c) -> 39,266 / 25,263 (be548b5).";
+    (9b5e11c) -> 39,266 / 25,263 (be548b5); an IP host held to its canonical spelling by std's \
+    parser (mostly; HTTP/2 window-stall bookkeeping besides): 39,699 / 25,630 (cb7aa45); the \
+    same check in one pass (-254 / -284): 39,445 / 25,346 (ae165a8). The table: the PGO build \
+    of 8183c07.";
 
 /// Both paths for both proxies, printed as they are measured, then as a
 /// table; recorded in bench/RESULTS.md unless `record` is false (a
