@@ -164,3 +164,26 @@ async fn a_removed_issuer_or_changed_tiers_drop_the_cached_tokens() {
         .unwrap();
     assert_eq!(same.cache.entries(), 2);
 }
+
+/// The own issuer's keys are the same across reloads: what follows the
+/// gateway's signing keys holds them (`keys_of`), not a verifier, and a
+/// rotation it applies reaches the verifier a later reload made.
+#[tokio::test]
+async fn the_own_issuers_keys_carry_over_every_reload() {
+    let mut first = JwtVerifier::new([remote("a")], tiers()).unwrap();
+    let mut own = remote("gw");
+    own.jwks_url = None;
+    first.add_static_issuer(own, vec![key(8)]).unwrap();
+    let followed = first.keys_of("gw").unwrap();
+    let second = first.reconfigured([remote("b")], tiers()).unwrap();
+    drop(first);
+    let third = second.reconfigured([remote("a")], tiers()).unwrap();
+    assert!(Arc::ptr_eq(&followed, &third.keys_of("gw").unwrap()));
+    assert_eq!(
+        third.verify(&token("gw"), T).await.unwrap_err(),
+        TokenRejection::BadSignature
+    );
+    followed.set(vec![key(7)]);
+    assert!(third.verify(&token("gw"), T).await.unwrap().own);
+    assert!(third.keys_of("b").is_none());
+}
