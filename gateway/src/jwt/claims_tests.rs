@@ -177,3 +177,54 @@ async fn a_signature_over_other_claims_is_refused() {
         Err(TokenRejection::BadSignature)
     );
 }
+
+/// A PEM file holding the public half of [`signing_key`].
+fn public_pem(dir: &std::path::Path) -> std::path::PathBuf {
+    let jsonwebtoken::jwk::AlgorithmParameters::OctetKeyPair(params) = jwk().algorithm else {
+        panic!("an Ed25519 JWK is an octet key pair");
+    };
+    // SPKI for Ed25519: the algorithm identifier, then the 32-byte key.
+    let mut der = vec![
+        0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
+    ];
+    der.extend(URL_SAFE_NO_PAD.decode(&params.x).unwrap());
+    let body = base64::engine::general_purpose::STANDARD.encode(der);
+    let path = dir.join("idp.pem");
+    std::fs::write(
+        &path,
+        format!("-----BEGIN PUBLIC KEY-----\n{body}\n-----END PUBLIC KEY-----\n"),
+    )
+    .unwrap();
+    path
+}
+
+/// `gk_key_id` ties a token the gateway minted to the API key that bought
+/// it. Another issuer's token carrying the claim must not make the
+/// gateway judge it by one of its keys: the claim is read from its own
+/// tokens only.
+#[tokio::test]
+async fn the_key_id_claim_is_read_from_the_gateways_own_tokens_only() {
+    let claims = format!(
+        r#"{{"iss":"{ISSUER}","sub":"svc","aud":"api","exp":{},"{}":"k1"}}"#,
+        T + 300,
+        crate::tokens::KEY_ID_CLAIM
+    );
+    let token = token(&claims);
+
+    let mut own = JwtVerifier::new(Vec::<IssuerSettings>::new(), vec!["gold".into()]).unwrap();
+    let key = keys::Key::from_jwk(&jwk()).unwrap();
+    own.add_static_issuer(settings(&["api"]), vec![key])
+        .unwrap();
+    let verified = own.verify(&token, T).await.unwrap();
+    assert!(verified.own);
+    assert_eq!(verified.key_id.as_deref(), Some("k1"));
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut configured = settings(&["api"]);
+    configured.pem = Some(public_pem(dir.path()));
+    let foreign = JwtVerifier::new(vec![configured], vec!["gold".into()]).unwrap();
+    let verified = foreign.verify(&token, T).await.unwrap();
+    assert!(!verified.own);
+    assert_eq!(verified.client_id, "svc");
+    assert_eq!(verified.key_id, None);
+}

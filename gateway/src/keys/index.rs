@@ -278,13 +278,7 @@ impl KeyIndex {
         if !table::digests_equal(&presented, &slot.secret_hash) {
             return (key_id, Err(KeyRejection::WrongSecret));
         }
-        if slot.disabled {
-            return (key_id, Err(KeyRejection::Disabled));
-        }
-        if slot.expires_at <= now {
-            return (key_id, Err(KeyRejection::Expired));
-        }
-        (key_id, Ok(client.clone()))
+        (key_id, standing(slot, now).map(|()| client.clone()))
     }
 
     /// Whether the key `key_id` of client `client_id` still verifies at
@@ -303,11 +297,21 @@ impl KeyIndex {
         let entries = self.entries.load();
         match entries.get(&id) {
             Some((_, client)) if client.id != client_id => Err(KeyRejection::Revoked),
-            Some((slot, _)) if slot.disabled => Err(KeyRejection::Disabled),
-            Some((slot, _)) if slot.expires_at <= now => Err(KeyRejection::Expired),
-            Some(_) => Ok(()),
+            Some((slot, _)) => standing(slot, now),
             None => Err(KeyRejection::Revoked),
         }
+    }
+}
+
+/// What a key whose secret matched (or a token it bought) is worth at
+/// `now`: one rule for [`KeyIndex::verify`] and [`KeyIndex::key_standing`].
+fn standing(slot: &Slot, now: i64) -> Result<(), KeyRejection> {
+    if slot.disabled {
+        Err(KeyRejection::Disabled)
+    } else if slot.expires_at <= now {
+        Err(KeyRejection::Expired)
+    } else {
+        Ok(())
     }
 }
 
