@@ -31,13 +31,28 @@ pub(super) struct Files<'a> {
     pub(super) pem: &'a Path,
 }
 
+/// The one tier every bench key is in: what each proxy forwards as the
+/// client's tier.
+pub(super) const TIER: &str = "gold";
+
 /// The shared upstream. Its answer names the identity header it got and
 /// the key header it should not have got, so the startup check can see
-/// every proxy did both.
+/// every proxy did both; `/check` names every field a proxy forwards (see
+/// [`FORWARDED`]), a longer answer the load never asks for.
 pub(super) fn upstream(dir: &Path, port: u16) -> String {
-    Nginx::new(dir, "upstream", 1)
-        .static_site(port, "ok id=$http_x_client_id key=$http_x_api_key\\n")
+    Nginx::new(dir, "upstream", 1).config(&format!(
+        "server {{ listen 127.0.0.1:{port};\n\
+         \x20 location / {{ return 200 \"ok id=$http_x_client_id key=$http_x_api_key\\n\"; }}\n\
+         \x20 location /check {{ return 200 \"{FORWARDED}\\n\"; }}\n}}\n"
+    ))
 }
+
+/// The upstream's `/check` answer: the fields the design has a gateway
+/// forward besides the client id, which every proxy here sends alike
+/// (`tier`, a request id it also gives the client, the client's address
+/// and scheme).
+pub(super) const FORWARDED: &str = "tier=$http_x_client_tier request=$http_x_request_id \
+     for=$http_x_forwarded_for proto=$http_x_forwarded_proto";
 
 /// The gateway: keys from its store, XDP and admin off (this measures the
 /// proxy), one tier whose limit is `per_key` requests/s (bursts of as many).
@@ -97,6 +112,13 @@ pub(super) fn haproxy(
          \x20 http-request deny deny_status 429 if {{ sc_http_req_rate(0) gt {per_key} }}\n\
          \x20 http-request set-header x-client-id %[var(txn.client)]\n\
          \x20 http-request del-header x-api-key\n\
+         \x20 http-request set-header x-client-tier {TIER}\n\
+         \x20 unique-id-format %[uuid]\n\
+         \x20 unique-id-header x-request-id\n\
+         \x20 http-after-response set-header x-request-id %[unique-id]\n\
+         \x20 http-request set-header x-forwarded-for %[src]\n\
+         \x20 http-request set-header x-forwarded-proto https if {{ ssl_fc }}\n\
+         \x20 http-request set-header x-forwarded-proto http unless {{ ssl_fc }}\n\
          \x20 default_backend be\n\
          backend be\n  server s1 127.0.0.1:{upstream}\n",
         port = listen.port,
@@ -135,6 +157,11 @@ pub(super) fn nginx(
          \x20   proxy_set_header Connection \"\";\n\
          \x20   proxy_set_header X-Client-Id $client_id;\n\
          \x20   proxy_set_header X-API-Key \"\";\n\
+         \x20   proxy_set_header X-Client-Tier {TIER};\n\
+         \x20   proxy_set_header X-Request-Id $request_id;\n\
+         \x20   add_header X-Request-Id $request_id always;\n\
+         \x20   proxy_set_header X-Forwarded-For $remote_addr;\n\
+         \x20   proxy_set_header X-Forwarded-Proto $scheme;\n\
          \x20   proxy_pass http://app;\n\
          \x20 }}\n}}\n",
         pool = nginx::upstream_pool(upstream, 64, Some(1_000_000)),
@@ -148,7 +175,8 @@ mod tests {
     use super::*;
 
     /// The nginx configurations this bench wrote before they shared
-    /// `nginx::Nginx`, as the same directives.
+    /// `nginx::Nginx`, as the same directives (with the forwarded fields
+    /// and the upstream's `/check` added since).
     #[test]
     fn nginx_configs_as_before() {
         let dir = Path::new("/tmp/proxy");
@@ -161,7 +189,9 @@ mod tests {
                  events {{ worker_connections 4096; }}\n\
                  http {{ access_log off; keepalive_requests 1000000;\n\
                    server {{ listen 127.0.0.1:{port};\n\
-                     location / {{ return 200 \"ok id=$http_x_client_id key=$http_x_api_key\\n\"; }} }} }}\n"
+                     location / {{ return 200 \"ok id=$http_x_client_id key=$http_x_api_key\\n\"; }}\n\
+                     location /check {{ return 200 \"tier=$http_x_client_tier request=$http_x_request_id \
+                       for=$http_x_forwarded_for proto=$http_x_forwarded_proto\\n\"; }} }} }}\n"
             ),
         );
         let files = Files {
@@ -203,6 +233,11 @@ mod tests {
                      \x20     proxy_set_header Connection \"\";\n\
                      \x20     proxy_set_header X-Client-Id $client_id;\n\
                      \x20     proxy_set_header X-API-Key \"\";\n\
+                     \x20     proxy_set_header X-Client-Tier gold;\n\
+                     \x20     proxy_set_header X-Request-Id $request_id;\n\
+                     \x20     add_header X-Request-Id $request_id always;\n\
+                     \x20     proxy_set_header X-Forwarded-For $remote_addr;\n\
+                     \x20     proxy_set_header X-Forwarded-Proto $scheme;\n\
                      \x20     proxy_pass http://app;\n\
                      \x20   }}\n  }}\n}}\n"
                 ),

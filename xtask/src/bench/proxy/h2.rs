@@ -241,9 +241,10 @@ fn notes(haproxy: &Proxy, series: &[&Vec<Vec<f64>>]) -> Vec<String> {
     let mut notes = vec![
         format!(
             "equivalent work: a {KEYS}-key map, 401 for unknown keys, a per-key limit of {PER_KEY_RATE} req/s \
-             that the runs never reach, X-Client-Id set, the key header removed, keep-alive HTTP/1.1 \
+             that the runs never reach, X-Client-Id set, the key header removed, X-Client-Tier, an \
+             X-Request-Id (also to the client) and X-Forwarded-For and -Proto forwarded, keep-alive HTTP/1.1 \
              connections to the same nginx upstream. Gateway: SHA-256 of the key in its index, GCRA limiter, \
-             its JSON access log on (to /dev/null). HAProxy: `sha2(256),hex` of the key in a `map`, \
+             its JSON access log on (to /dev/null), `traceparent` and the rate-limit fields sent. HAProxy: `sha2(256),hex` of the key in a `map`, \
              stick-table `http_req_rate(1s)`, `alpn h2,http/1.1` on its TLS bind, logging nothing."
         ),
         "keys: h2load sends one header set for a whole run (`-H`; its `-i` file varies only the URI), so \

@@ -274,14 +274,18 @@ fn notes(setup: &Setup, report: &Report, rate: f64) -> Vec<String> {
         format!(
             "equivalent work: a {KEYS}-key map, 401 for unknown keys, a per-client limit of {PER_KEY_RATE} req/s \
              (bursts of {PER_KEY_RATE}) answering 429 that the runs never reach, X-Client-Id set, the key header \
-             removed, keep-alive connections to the same nginx upstream (whose answer the startup check reads to \
-             confirm the headers). Gateway: SHA-256 of the key's secret in its index, GCRA limiter. HAProxy: \
+             removed, the fields the design has a gateway forward (X-Client-Tier, an X-Request-Id also given \
+             to the client, X-Forwarded-For and -Proto from the connection), keep-alive connections to the same \
+             nginx upstream (whose answers the startup check reads to confirm the headers). Gateway: SHA-256 of the key's secret in its index, GCRA limiter. HAProxy: \
              `sha2(256),hex` of the key in a `map`, stick-table `http_req_rate(1s)`. nginx: the raw keys in a \
              `map $http_x_api_key $client_id` (stock nginx has no SHA-256 without extra modules such as njs, \
              perl or Lua, so it keeps the keys themselves, and `map` compares strings case-insensitively), \
              `limit_req` (leaky bucket)."
         ),
-        "the gateway also writes a JSON access-log line per request (to /dev/null); the peers log nothing.".into(),
+        "the gateway also writes a JSON access-log line per request (to /dev/null), sends the upstream a \
+         `traceparent` (~70 bytes) and the client its five rate-limit fields (~145 bytes), which the upstream \
+         nginx and wrk parse; the peers do none of these."
+            .into(),
         "CPU per request: utime + stime of the proxy's process tree (nginx: master and workers) from /proc \
          over each wrk run, divided by the requests wrk counted."
             .into(),

@@ -178,6 +178,7 @@ impl Setup {
                     "{} at {url}: {status} for an unknown key",
                     proxy.name
                 );
+                check_forwarded(proxy.name, &url, key)?;
             }
         }
         Ok(())
@@ -216,6 +217,40 @@ pub(super) fn make_certificate(files: &Files) -> Result<()> {
     )?;
     let pem = std::fs::read_to_string(files.cert)? + &std::fs::read_to_string(files.key)?;
     std::fs::write(files.pem, pem)?;
+    Ok(())
+}
+
+/// The fields besides the client id that `name` forwarded for a request
+/// to `url`'s `/check` (the upstream names them, [`configs::FORWARDED`]):
+/// the tier, the client's address and scheme, and a request id that the
+/// client got too.
+fn check_forwarded(name: &str, url: &str, key: &str) -> Result<()> {
+    let url = url.replace("/bench", "/check");
+    let output = Command::new("curl")
+        .args(["-sk", "--http1.1", "--max-time", "5"])
+        .args(["-w", "\n%header{x-request-id}\n%{http_code}"])
+        .args(["-H", &format!("x-api-key: {key}"), &url])
+        .output()
+        .context("running curl")?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    // The body, then what `-w` wrote: the answer's request id, the status.
+    let mut lines = text.rsplitn(3, '\n');
+    let (status, request_id) = (lines.next(), lines.next().unwrap_or_default());
+    let body = lines.next().map(str::trim_end);
+    let proto = if url.starts_with("https:") {
+        "https"
+    } else {
+        "http"
+    };
+    let expected = format!(
+        "tier={} request={request_id} for=127.0.0.1 proto={proto}",
+        configs::TIER
+    );
+    ensure!(
+        status == Some("200") && request_id.len() >= 32 && body == Some(&expected),
+        "{name} at {url} forwarded {text:?}, expected 200 {expected:?} with the request id \
+         (32 characters or more) in the answer too"
+    );
     Ok(())
 }
 
