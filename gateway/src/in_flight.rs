@@ -5,7 +5,10 @@
 //! stream, or a large answer to a slow reader, keeps its connection busy;
 //! a byte now and then (an HTTP/2 PING) does not.
 use std::{
-    sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed},
+    sync::atomic::{
+        AtomicU64, AtomicUsize,
+        Ordering::{Acquire, Relaxed, Release},
+    },
     time::Duration,
 };
 
@@ -37,12 +40,15 @@ impl InFlight {
     /// A request's response is done with: idle counts from now.
     pub fn end(&self) {
         self.last_ns.store(monotonic_ns(), Relaxed);
-        self.count.fetch_sub(1, Relaxed);
+        // Release, with `any`'s Acquire: whoever sees the count this
+        // leaves sees this end's time too, never an older one that would
+        // make a connection just done with a request look long idle.
+        self.count.fetch_sub(1, Release);
     }
 
     /// Whether a request is in flight.
     pub fn any(&self) -> bool {
-        self.count.load(Relaxed) > 0
+        self.count.load(Acquire) > 0
     }
 
     /// How long no request has been in flight at `now_ns` (zero while one is).
