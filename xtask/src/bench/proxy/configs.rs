@@ -1,8 +1,9 @@
 //! The configuration text of every process in the proxy bench: the shared
 //! nginx upstream, the gateway, and its peers HAProxy and nginx set up for
 //! the same work (10,000 keys in a map, 401 for unknown keys, a per-key
-//! limit answering 429, identity header set, key header removed, keep-alive
-//! upstream pool, and a TLS listener with an ECDSA P-256 certificate).
+//! limit answering 429, identity header set, key header removed, tier,
+//! request id and `X-Forwarded-*` forwarded, keep-alive upstream pool, and
+//! a TLS listener with an ECDSA P-256 certificate).
 use std::path::Path;
 
 use crate::bench::nginx::{self, Nginx};
@@ -37,8 +38,9 @@ pub(super) const TIER: &str = "gold";
 
 /// The shared upstream. Its answer names the identity header it got and
 /// the key header it should not have got, so the startup check can see
-/// every proxy did both; `/check` names every field a proxy forwards (see
-/// [`FORWARDED`]), a longer answer the load never asks for.
+/// every proxy did both; `/check` names the other fields a proxy forwards
+/// but `traceparent` (see [`FORWARDED`]), a longer answer the load never
+/// asks for.
 pub(super) fn upstream(dir: &Path, port: u16) -> String {
     Nginx::new(dir, "upstream", 1).config(&format!(
         "server {{ listen 127.0.0.1:{port};\n\
@@ -74,7 +76,7 @@ pub(super) fn gateway(
          [xdp]\nenabled = false\n[admin]\nenabled = false\n\
          [keys]\nstore = \"{dir}/keys.db\"\n\
          [limits]\nworkers = {workers}\n\
-         [[tiers]]\nname = \"gold\"\nrequests = {per_minute}\nwindow = \"60s\"\nburst = {per_key}\n\
+         [[tiers]]\nname = \"{TIER}\"\nrequests = {per_minute}\nwindow = \"60s\"\nburst = {per_key}\n\
          [[listeners]]\naddress = \"127.0.0.1:{port}\"\n{tls}\
          [[upstreams]]\nname = \"app\"\nservers = [\"127.0.0.1:{upstream}\"]\n\
          [[routes]]\npath_prefix = \"/\"\nupstream = \"app\"\nauth = \"api_key\"\nrate_limit = {rate_limit}\n",

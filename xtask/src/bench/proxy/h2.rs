@@ -1,8 +1,9 @@
 //! `cargo xtask bench h2`: HTTP/2 over TLS (h2load: many streams on each
 //! connection) through the gateway against HAProxy 2.6 doing the same work
 //! as in `bench proxy` (a 10,000-key map, 401 for unknown keys, a per-key
-//! limit no run reaches, identity header set, key header removed,
-//! keep-alive to the same nginx upstream), in interleaved rounds, medians
+//! limit no run reaches, identity header set, key header removed, tier,
+//! request id and `X-Forwarded-*` forwarded, keep-alive to the same nginx
+//! upstream), in interleaved rounds, medians
 //! reported as ratios gateway/HAProxy.
 //!
 //! h2load sends the same header set on every request of a run, so the key
@@ -115,6 +116,7 @@ fn start(gateway_bin: &Path, dir: &Path, cpus: &CpuPlan) -> Result<Setup> {
             "{} at {url}: {status} for an unknown key",
             proxy.name
         );
+        peers::check_forwarded(proxy.name, "--http2", &url, key)?;
     }
     Ok(setup)
 }
@@ -241,10 +243,12 @@ fn notes(haproxy: &Proxy, series: &[&Vec<Vec<f64>>]) -> Vec<String> {
     let mut notes = vec![
         format!(
             "equivalent work: a {KEYS}-key map, 401 for unknown keys, a per-key limit of {PER_KEY_RATE} req/s \
-             that the runs never reach, X-Client-Id set, the key header removed, X-Client-Tier, an \
-             X-Request-Id (also to the client) and X-Forwarded-For and -Proto forwarded, keep-alive HTTP/1.1 \
+             that the runs never reach, X-Client-Id set, the key header removed, X-Client-Tier (HAProxy: a \
+             constant), an X-Request-Id (also to the client; HAProxy: a UUID) and X-Forwarded-For and -Proto \
+             forwarded, keep-alive HTTP/1.1 \
              connections to the same nginx upstream. Gateway: SHA-256 of the key in its index, GCRA limiter, \
-             its JSON access log on (to /dev/null), `traceparent` and the rate-limit fields sent. HAProxy: `sha2(256),hex` of the key in a `map`, \
+             its JSON access log on (to /dev/null), `traceparent` and the rate-limit fields sent (HAProxy \
+             sends neither). HAProxy: `sha2(256),hex` of the key in a `map`, \
              stick-table `http_req_rate(1s)`, `alpn h2,http/1.1` on its TLS bind, logging nothing."
         ),
         "keys: h2load sends one header set for a whole run (`-H`; its `-i` file varies only the URI), so \

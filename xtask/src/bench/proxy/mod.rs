@@ -1,8 +1,9 @@
 //! `cargo xtask bench proxy`: the gateway against HAProxy 2.6 and nginx
 //! doing the equivalent work (API key from a header looked up in a map of
 //! 10,000 keys, 401 when absent, a per-key limit answering 429, identity
-//! header set, key header removed, keep-alive pool to the same nginx
-//! upstream), on the same machine, in interleaved rounds, medians reported
+//! header set, key header removed, tier, request id and `X-Forwarded-*`
+//! forwarded, keep-alive pool to the same nginx upstream), on the same
+//! machine, in interleaved rounds, medians reported
 //! as ratios gateway/peer.
 //!
 //! This module owns the run: the workloads, their order and what is
@@ -274,8 +275,10 @@ fn notes(setup: &Setup, report: &Report, rate: f64) -> Vec<String> {
         format!(
             "equivalent work: a {KEYS}-key map, 401 for unknown keys, a per-client limit of {PER_KEY_RATE} req/s \
              (bursts of {PER_KEY_RATE}) answering 429 that the runs never reach, X-Client-Id set, the key header \
-             removed, the fields the design has a gateway forward (X-Client-Tier, an X-Request-Id also given \
-             to the client, X-Forwarded-For and -Proto from the connection), keep-alive connections to the same \
+             removed, the other fields the design has a gateway forward but `traceparent` (X-Client-Tier, \
+             for the peers a constant as every key is in one tier; an X-Request-Id also given to the client, \
+             nginx's `$request_id` from OpenSSL's RAND_bytes, HAProxy's a UUID; X-Forwarded-For and -Proto \
+             from the connection), keep-alive connections to the same \
              nginx upstream (whose answers the startup check reads to confirm the headers). Gateway: SHA-256 of the key's secret in its index, GCRA limiter. HAProxy: \
              `sha2(256),hex` of the key in a `map`, stick-table `http_req_rate(1s)`. nginx: the raw keys in a \
              `map $http_x_api_key $client_id` (stock nginx has no SHA-256 without extra modules such as njs, \
@@ -284,7 +287,7 @@ fn notes(setup: &Setup, report: &Report, rate: f64) -> Vec<String> {
         ),
         "the gateway also writes a JSON access-log line per request (to /dev/null), sends the upstream a \
          `traceparent` (~70 bytes) and the client its five rate-limit fields (~145 bytes), which the upstream \
-         nginx and wrk parse; the peers do none of these."
+         nginx and the load generator parse; the peers do none of these."
             .into(),
         "CPU per request: utime + stime of the proxy's process tree (nginx: master and workers) from /proc \
          over each wrk run, divided by the requests wrk counted."

@@ -160,7 +160,8 @@ impl Setup {
     }
 
     /// Each proxy, on each listener: a known key is forwarded with the
-    /// client id set and the key removed; an unknown key gets 401.
+    /// client id set, the key removed and the other fields the design
+    /// forwards set; an unknown key gets 401.
     fn check(&self) -> Result<()> {
         let (key, client) = self.keys.first().context("no keys")?;
         for proxy in self.peers.iter().chain([&self.unlimited]) {
@@ -178,7 +179,7 @@ impl Setup {
                     "{} at {url}: {status} for an unknown key",
                     proxy.name
                 );
-                check_forwarded(proxy.name, &url, key)?;
+                check_forwarded(proxy.name, "--http1.1", &url, key)?;
             }
         }
         Ok(())
@@ -193,7 +194,7 @@ pub(super) fn start_nginx(mut command: Command, config: &Path, port: u16) -> Res
 
 /// `KEYS` gold keys: `(key, client id)` each.
 pub(super) fn create_keys(gateway_bin: &Path, config: &Path) -> Result<Vec<(String, String)>> {
-    let created = keys::create(gateway_bin, config, "bench", "gold", KEYS as usize)?;
+    let created = keys::create(gateway_bin, config, "bench", configs::TIER, KEYS as usize)?;
     Ok(created
         .into_iter()
         .map(|key| (key.api_key, key.id))
@@ -221,37 +222,44 @@ pub(super) fn make_certificate(files: &Files) -> Result<()> {
 }
 
 /// The fields besides the client id that `name` forwarded for a request
-/// to `url`'s `/check` (the upstream names them, [`configs::FORWARDED`]):
-/// the tier, the client's address and scheme, and a request id that the
-/// client got too.
-fn check_forwarded(name: &str, url: &str, key: &str) -> Result<()> {
+/// to `url`'s `/check` over curl's `version` (the upstream names them,
+/// [`configs::FORWARDED`]): the tier, the client's address and scheme, and
+/// a request id that the client got too.
+pub(super) fn check_forwarded(name: &str, version: &str, url: &str, key: &str) -> Result<()> {
     let url = url.replace("/bench", "/check");
     let output = Command::new("curl")
-        .args(["-sk", "--http1.1", "--max-time", "5"])
+        .args(["-sk", version, "--max-time", "5"])
         .args(["-w", "\n%header{x-request-id}\n%{http_code}"])
         .args(["-H", &format!("x-api-key: {key}"), &url])
         .output()
         .context("running curl")?;
     let text = String::from_utf8_lossy(&output.stdout);
-    // The body, then what `-w` wrote: the answer's request id, the status.
-    let mut lines = text.rsplitn(3, '\n');
-    let (status, request_id) = (lines.next(), lines.next().unwrap_or_default());
-    let body = lines.next().map(str::trim_end);
     let proto = if url.starts_with("https:") {
         "https"
     } else {
         "http"
     };
+    ensure!(
+        forwarded_as_expected(&text, proto),
+        "{name} at {url} ({version}) forwarded {text:?}, expected 200 and \
+         \"tier={} request=ID for=127.0.0.1 proto={proto}\", ID (32 characters or more) \
+         in the answer's X-Request-Id too",
+        configs::TIER
+    );
+    Ok(())
+}
+
+/// Whether curl's output for `/check` (the body, then what `-w` wrote:
+/// the answer's request id and the status) shows every field forwarded.
+fn forwarded_as_expected(text: &str, proto: &str) -> bool {
+    let mut lines = text.rsplitn(3, '\n');
+    let (status, request_id) = (lines.next(), lines.next().unwrap_or_default());
+    let body = lines.next().map(str::trim_end);
     let expected = format!(
         "tier={} request={request_id} for=127.0.0.1 proto={proto}",
         configs::TIER
     );
-    ensure!(
-        status == Some("200") && request_id.len() >= 32 && body == Some(&expected),
-        "{name} at {url} forwarded {text:?}, expected 200 {expected:?} with the request id \
-         (32 characters or more) in the answer too"
-    );
-    Ok(())
+    status == Some("200") && request_id.len() >= 32 && body == Some(expected.as_str())
 }
 
 /// `(status, body)` of a GET with `x-api-key`, over HTTP/1.1 like wrk.
@@ -300,4 +308,37 @@ pub(super) fn tls_parameters(proxy: &Proxy) -> String {
         field("Ciphersuite"),
         field("Signature type")
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forwarded_fields_are_read_from_curls_output() {
+        let id = "0123456789abcdef0123456789abcdef";
+        let good = format!("tier=gold request={id} for=127.0.0.1 proto=http\n\n{id}\n200");
+        assert!(forwarded_as_expected(&good, "http"));
+        assert!(!forwarded_as_expected(&good, "https"));
+        let unterminated = format!("tier=gold request={id} for=127.0.0.1 proto=https\n{id}\n200");
+        assert!(forwarded_as_expected(&unterminated, "https"));
+        for bad in [
+            // Nothing forwarded.
+            format!("tier= request= for= proto=\n\n{id}\n200"),
+            // No id in the answer (nor, then, a matching one upstream).
+            "tier=gold request= for=127.0.0.1 proto=http\n\n\n200".to_string(),
+            // The client got another id than the upstream.
+            format!(
+                "tier=gold request={id} for=127.0.0.1 proto=http\n\n{}\n200",
+                &id.replace('0', "1")
+            ),
+            // Refused.
+            format!("tier=gold request={id} for=127.0.0.1 proto=http\n\n{id}\n401"),
+            // curl got nothing.
+            "\n000".to_string(),
+            String::new(),
+        ] {
+            assert!(!forwarded_as_expected(&bad, "http"), "{bad:?}");
+        }
+    }
 }
