@@ -148,8 +148,11 @@ const HISTORY: &str = "History (proxied 200 / 429, gateway instructions per requ
     tier's last `RateLimit` value shared while it holds (-399 / -299): 39,446 / 25,340 \
     (9b5e11c) -> 39,266 / 25,263 (be548b5); an IP host held to its canonical spelling by std's \
     parser (mostly; HTTP/2 window-stall bookkeeping besides): 39,699 / 25,630 (cb7aa45); the \
-    same check in one pass (-254 / -284): 39,445 / 25,346 (ae165a8). The table: the PGO build \
-    of 8183c07.";
+    same check in one pass (-254 / -284): 39,445 / 25,346 (ae165a8); the PGO build of 8183c07: \
+    31,271 / 19,698 (HAProxy 45,676 / 41,874). Since 37a584f HAProxy also forwards the client's \
+    tier, X-Forwarded-For and -Proto (about +6,300 per request, a one-off count with wrk) and a \
+    UUID request id, also on its answer (about +6,600; a counter-based `unique-id-format` costs \
+    about 5,200), as the gateway does. The table: the PGO build of 22a0d7c.";
 
 /// Both paths for both proxies, printed as they are measured, then as a
 /// table; recorded in bench/RESULTS.md unless `record` is false (a
