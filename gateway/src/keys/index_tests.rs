@@ -325,3 +325,64 @@ async fn a_revocation_during_a_background_reload_is_not_undone() {
     assert_eq!(index.load(&*store).await.unwrap(), Some(0));
     assert!(index.verify(&key, 300).1.is_err());
 }
+
+/// What a token bought with a key is worth: the key's standing as
+/// `verify` would judge it, and only for the client the token names.
+#[test]
+fn a_keys_standing_follows_its_grace_its_client_and_its_deletion() {
+    let (_dir, store) = store();
+    let (a, old) = store.create(client("a", Some(2_000)), 100).unwrap();
+    let (b, _) = store.create(client("b", None), 100).unwrap();
+    let new = store.rotate(&a.id, 500, 1_000).unwrap().unwrap();
+    let index = KeyIndex::default();
+    load(&index, &store);
+    let (old_id, new_id) = (
+        format::parse(&old).unwrap().id,
+        format::parse(&new).unwrap().id,
+    );
+
+    assert_eq!(index.key_standing(&a.id, old_id, 1_499), Ok(()));
+    assert_eq!(
+        index.key_standing(&a.id, old_id, 1_500),
+        Err(KeyRejection::Expired)
+    );
+    assert_eq!(index.key_standing(&a.id, new_id, 1_999), Ok(()));
+    assert_eq!(
+        index.key_standing(&a.id, new_id, 2_000),
+        Err(KeyRejection::Expired),
+        "the client's own expiry ends its keys' tokens too"
+    );
+    // Another client's key, an id never issued, one not of the format.
+    assert_eq!(
+        index.key_standing(&b.id, new_id, 1_000),
+        Err(KeyRejection::Revoked)
+    );
+    let unknown = format::parse(&format::generate().unwrap().text)
+        .unwrap()
+        .id
+        .to_owned();
+    for id in [unknown.as_str(), "", "nonsense", &format!("{new_id}x")] {
+        assert_eq!(
+            index.key_standing(&a.id, id, 1_000),
+            Err(KeyRejection::Revoked),
+            "{id:?}"
+        );
+    }
+
+    let disable = ClientUpdate {
+        disabled: Some(true),
+        ..ClientUpdate::default()
+    };
+    store.update(&a.id, &disable).unwrap().unwrap();
+    load(&index, &store);
+    assert_eq!(
+        index.key_standing(&a.id, new_id, 1_000),
+        Err(KeyRejection::Disabled)
+    );
+    assert!(store.delete(&a.id).unwrap());
+    load(&index, &store);
+    assert_eq!(
+        index.key_standing(&a.id, new_id, 1_000),
+        Err(KeyRejection::Revoked)
+    );
+}
