@@ -24,6 +24,15 @@ fn store() -> (tempfile::TempDir, SqliteStore) {
     (dir, store)
 }
 
+/// Disables client `id` in `store`, returning its record as it is now.
+fn disable(store: &SqliteStore, id: &str) -> Client {
+    let update = ClientUpdate {
+        disabled: Some(true),
+        ..ClientUpdate::default()
+    };
+    store.update(id, &update).unwrap().unwrap()
+}
+
 fn client(name: &str, expires_at: Option<i64>) -> NewClient {
     NewClient {
         name: name.into(),
@@ -137,11 +146,7 @@ fn disabled_clients_and_the_earlier_expiry_are_refused() {
         Some(KeyRejection::Expired)
     );
 
-    let disable = ClientUpdate {
-        disabled: Some(true),
-        ..ClientUpdate::default()
-    };
-    store.update(&created.id, &disable).unwrap().unwrap();
+    disable(&store, &created.id);
     load(&index, &store);
     assert_eq!(
         index.verify(&new, 1_000).1.err(),
@@ -177,12 +182,8 @@ fn a_client_refresh_replaces_that_client_alone() {
     let (b, key_b) = store.create(client("b", None), 1).unwrap();
     let index = KeyIndex::default();
     assert_eq!(load(&index, &store), 2);
-    let disable = ClientUpdate {
-        disabled: Some(true),
-        ..ClientUpdate::default()
-    };
-    let disabled = store.update(&a.id, &disable).unwrap();
-    index.apply_client(&a.id, disabled, &store.client_keys(&a.id).unwrap());
+    let disabled = disable(&store, &a.id);
+    index.apply_client(&a.id, Some(disabled), &store.client_keys(&a.id).unwrap());
     assert_eq!(
         index.verify(&key_a, 2).1.err(),
         Some(KeyRejection::Disabled)
@@ -369,11 +370,7 @@ fn a_keys_standing_follows_its_grace_its_client_and_its_deletion() {
         );
     }
 
-    let disable = ClientUpdate {
-        disabled: Some(true),
-        ..ClientUpdate::default()
-    };
-    store.update(&a.id, &disable).unwrap().unwrap();
+    disable(&store, &a.id);
     load(&index, &store);
     assert_eq!(
         index.key_standing(&a.id, new_id, 1_000),

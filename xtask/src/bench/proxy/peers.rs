@@ -227,13 +227,7 @@ pub(super) fn make_certificate(files: &Files) -> Result<()> {
 /// a request id that the client got too.
 pub(super) fn check_forwarded(name: &str, version: &str, url: &str, key: &str) -> Result<()> {
     let url = url.replace("/bench", "/check");
-    let output = Command::new("curl")
-        .args(["-sk", version, "--max-time", "5"])
-        .args(["-w", "\n%header{x-request-id}\n%{http_code}"])
-        .args(["-H", &format!("x-api-key: {key}"), &url])
-        .output()
-        .context("running curl")?;
-    let text = String::from_utf8_lossy(&output.stdout);
+    let text = curl_text(version, &url, key, "\n%header{x-request-id}\n%{http_code}")?;
     let proto = if url.starts_with("https:") {
         "https"
     } else {
@@ -270,15 +264,21 @@ fn curl(url: &str, key: &str) -> Result<(u16, String)> {
 /// `(status, body)` of a GET with `x-api-key`, over the HTTP version curl's
 /// `version` flag asks for (`--http2-prior-knowledge` fails otherwise).
 pub(super) fn curl_over(version: &str, url: &str, key: &str) -> Result<(u16, String)> {
-    let output = Command::new("curl")
-        .args(["-sk", version, "--max-time", "5", "-w", "\n%{http_code}"])
-        .args(["-H", &format!("x-api-key: {key}"), url])
-        .output()
-        .context("running curl")?;
-    let text = String::from_utf8_lossy(&output.stdout);
+    let text = curl_text(version, url, key, "\n%{http_code}")?;
     let (body, status) = text.rsplit_once('\n').unwrap_or(("", &text));
     let status = status.trim().parse().unwrap_or(0);
     Ok((status, body.to_owned()))
+}
+
+/// What curl prints for a GET with `x-api-key`: the body, then
+/// `write_out` (curl's `-w`).
+fn curl_text(version: &str, url: &str, key: &str, write_out: &str) -> Result<String> {
+    let output = Command::new("curl")
+        .args(["-sk", version, "--max-time", "5", "-w", write_out])
+        .args(["-H", &format!("x-api-key: {key}"), url])
+        .output()
+        .context("running curl")?;
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
 /// The TLS version and cipher suite a proxy negotiates with OpenSSL's
