@@ -288,11 +288,13 @@ fn http2_authority_read_as_another_host_is_refused() {
 /// connection behind it, was held for ever. With a window of 1 byte, a
 /// response that fits one upstream read was handed to h2 whole and
 /// forgotten, its bytes held behind the window. Either way the gateway
-/// drops the connection once a response has waited about
-/// `request_timeout`, though the client keeps it busy with other requests
-/// (`CONNECT`s the gateway answers itself).
+/// resets each such stream (RST_STREAM, CANCEL) once its response has
+/// waited about `request_timeout`, as nginx does, and frees the upstream
+/// connection behind it; the client's connection, which it keeps busy
+/// with other requests (`CONNECT`s the gateway answers itself), goes on
+/// and is answered after the resets.
 #[test]
-fn http2_streams_given_no_window_lose_their_connection() {
+fn http2_streams_given_no_window_are_reset_alone() {
     for (window, body) in [(0u8, 1 << 20), (1, 4000)] {
         let upstream = FakeUpstream::start(None);
         let gateway = Gateway::builder(&format!(
@@ -307,27 +309,54 @@ fn http2_streams_given_no_window_lose_their_connection() {
         // The responses began (their HEADERS need no window)...
         assert_eq!(held.headers, 3, "{case}");
         assert_eq!(upstream.requests().len(), 3, "{case}");
-        // ...and the connection went: the rule fires after about two
+        // ...and each stream was reset: the rule fires after about two
         // timeouts (~2 s); the bound asserted is only "not before one, and
         // within 10 s", loose on purpose on a shared machine.
-        let ended = (held.ended).unwrap_or_else(|| panic!("{case}: the connection was kept 10 s"));
+        assert_eq!(held.resets.len(), 3, "{case}: resets {:?}", held.resets);
+        for (id, at, code) in &held.resets {
+            assert!(
+                *at >= Duration::from_secs(1),
+                "{case}: {id} reset after {at:?}"
+            );
+            assert_eq!(*code, CANCEL, "{case}: {id}'s error code");
+        }
+        // The connection itself was kept and still answers.
         assert!(
-            ended >= Duration::from_secs(1),
-            "{case}: dropped after {ended:?}"
+            held.answered_after,
+            "{case}: nothing answered after the resets"
         );
+        assert_eq!(held.ended, None, "{case}: the connection was closed");
+        // The upstream connections behind the 1 MB answers, which the
+        // gateway had not read to their end, were let go (a 4,000-byte
+        // answer was read whole, and its connection may be kept).
+        if body > 1 << 16 {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while upstream.open_connections() > 0 && Instant::now() < deadline {
+                gateway_tests::http::pause(Duration::from_millis(20));
+            }
+            assert_eq!(upstream.open_connections(), 0, "{case}");
+        }
     }
 }
+
+/// RST_STREAM's error code CANCEL (RFC 9113 §7).
+const CANCEL: u32 = 0x8;
 
 /// What [`held_streams`] saw.
 struct Held {
     /// HEADERS frames on the three held streams.
     headers: usize,
-    /// When the gateway closed the connection, if it did within 10 s.
+    /// Each held stream's reset: stream, when it was seen, error code.
+    resets: Vec<(u32, Duration, u32)>,
+    /// Whether a request sent after the three resets was answered.
+    answered_after: bool,
+    /// When the gateway closed the connection, if it did.
     ended: Option<Duration>,
 }
 
 /// Opens three `GET /big` streams with a stream window of `window` bytes
-/// and never widens it, sending a `CONNECT` every 300 ms meanwhile.
+/// and never widens it, sending a `CONNECT` every 300 ms meanwhile, until
+/// one sent after the three streams' resets is answered (or 10 s).
 fn held_streams(addr: SocketAddr, window: u8) -> Held {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
     stream
@@ -349,11 +378,19 @@ fn held_streams(addr: SocketAddr, window: u8) -> Held {
     let connect = hpack(&[(":method", "CONNECT"), (":authority", "gw:443")]);
     let started = Instant::now();
     let (mut received, mut buf, mut id) = (Vec::new(), [0u8; 4096], 7);
-    let ended = loop {
-        if started.elapsed() > Duration::from_secs(10) {
-            break None;
-        }
+    let mut held = Held {
+        headers: 0,
+        resets: Vec::new(),
+        answered_after: false,
+        ended: None,
+    };
+    // The first request sent once all three streams were reset.
+    let mut after = None;
+    while started.elapsed() < Duration::from_secs(10) && !held.answered_after {
         let _ = stream.write_all(&frame(HEADERS, END_HEADERS | END_STREAM, id, &connect));
+        if held.resets.len() == 3 && after.is_none() {
+            after = Some(id);
+        }
         id += 2;
         let deadline = Instant::now() + Duration::from_millis(300);
         let closed = loop {
@@ -367,26 +404,36 @@ fn held_streams(addr: SocketAddr, window: u8) -> Held {
                 break false;
             }
         };
-        if closed {
-            break Some(started.elapsed());
+        for (kind, stream_id, payload) in frames(&received) {
+            let held_stream = [1, 3, 5].contains(&stream_id);
+            if kind == RST_STREAM && held_stream && held.resets.iter().all(|r| r.0 != stream_id) {
+                let code = payload.try_into().map_or(0, u32::from_be_bytes);
+                held.resets.push((stream_id, started.elapsed(), code));
+            }
+            held.answered_after |= kind == HEADERS && after.is_some_and(|a| stream_id >= a);
         }
-    };
-    let headers = frames(&received)
-        .filter(|(kind, id)| *kind == HEADERS && [1, 3, 5].contains(id))
+        if closed {
+            held.ended = Some(started.elapsed());
+            break;
+        }
+    }
+    held.headers = frames(&received)
+        .filter(|(kind, id, _)| *kind == HEADERS && [1, 3, 5].contains(id))
         .count();
-    Held { headers, ended }
+    held
 }
 
-/// The (type, stream) of each whole frame in `bytes`.
-fn frames(mut bytes: &[u8]) -> impl Iterator<Item = (u8, u32)> + '_ {
+/// The (type, stream, payload) of each whole frame in `bytes`.
+fn frames(mut bytes: &[u8]) -> impl Iterator<Item = (u8, u32, &[u8])> + '_ {
     std::iter::from_fn(move || {
         let len = usize::from(*bytes.first()?) << 16
             | usize::from(*bytes.get(1)?) << 8
             | usize::from(*bytes.get(2)?);
         let id = u32::from_be_bytes(bytes.get(5..9)?.try_into().ok()?) & 0x7fff_ffff;
         let kind = bytes[3];
-        bytes = bytes.get(9 + len..)?;
-        Some((kind, id))
+        let payload = bytes.get(9..9 + len)?;
+        bytes = &bytes[9 + len..];
+        Some((kind, id, payload))
     })
 }
 

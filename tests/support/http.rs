@@ -5,7 +5,7 @@ use std::{
     io::{BufRead, BufReader, Read, Write},
     net::{SocketAddr, TcpListener, TcpStream},
     sync::{
-        atomic::{AtomicBool, AtomicU16, Ordering},
+        atomic::{AtomicBool, AtomicU16, AtomicUsize, Ordering},
         Arc, Mutex,
     },
     thread,
@@ -37,6 +37,8 @@ pub struct FakeUpstream {
     pub body: Arc<Mutex<String>>,
     /// The status every response carries (default 200).
     pub status: Arc<AtomicU16>,
+    /// Connections accepted and not yet closed by either side.
+    open: Arc<AtomicUsize>,
     stop: Arc<AtomicBool>,
 }
 
@@ -49,13 +51,19 @@ impl FakeUpstream {
         let body = Arc::new(Mutex::new(String::from("upstream-ok")));
         let status = Arc::new(AtomicU16::new(200));
         let stop = Arc::new(AtomicBool::new(false));
+        let open = Arc::new(AtomicUsize::new(0));
         let (log, flag, served) = (seen.clone(), stop.clone(), (body.clone(), status.clone()));
+        let counted = open.clone();
         thread::spawn(move || {
             while !flag.load(Ordering::Relaxed) {
                 match listener.accept() {
                     Ok((stream, _)) => {
-                        let (log, served) = (log.clone(), served.clone());
-                        thread::spawn(move || serve_one(stream, &log, &served.0, &served.1, delay));
+                        let (log, served, open) = (log.clone(), served.clone(), counted.clone());
+                        open.fetch_add(1, Ordering::Relaxed);
+                        thread::spawn(move || {
+                            serve_one(stream, &log, &served.0, &served.1, delay);
+                            open.fetch_sub(1, Ordering::Relaxed);
+                        });
                     }
                     Err(_) => pause(Duration::from_millis(5)),
                 }
@@ -66,8 +74,15 @@ impl FakeUpstream {
             seen,
             body,
             status,
+            open,
             stop,
         }
+    }
+
+    /// Connections open now (a kept-alive one counts until either side
+    /// closes it).
+    pub fn open_connections(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
     }
 
     pub fn set_status(&self, status: u16) {

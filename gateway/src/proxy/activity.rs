@@ -71,21 +71,46 @@ impl Activity {
 
 /// Counts one request in flight until dropped: held by its response body,
 /// so a response still streaming keeps its connection busy.
-pub(super) struct Busy(Arc<Activity>, hyper::Version);
+pub(super) struct Busy {
+    activity: Arc<Activity>,
+    version: hyper::Version,
+    /// HTTP/2: the request's slot in [`WindowStalls`].
+    stall_slot: Option<usize>,
+}
 
 impl Busy {
     pub(super) fn version(&self) -> hyper::Version {
-        self.1
+        self.version
     }
 
     pub(super) fn draining(&self) -> bool {
-        self.0.draining.load(Relaxed)
+        self.activity.draining.load(Relaxed)
     }
 }
 
 impl Drop for Busy {
     fn drop(&mut self) {
-        self.0.requests.end();
+        if let Some(slot) = self.stall_slot {
+            self.activity.window_stalls.release(slot);
+        }
+        self.activity.requests.end();
+    }
+}
+
+/// hyper's executor for one connection's HTTP/2 streams: spawns each on
+/// tokio, as `TokioExecutor` does, and hands [`WindowStalls`] the task of
+/// the stream just accepted, so that a stream stalled behind the client's
+/// window can be reset alone.
+#[derive(Clone)]
+pub(super) struct StreamExec(pub(super) Arc<Activity>);
+
+impl<F> hyper::rt::Executor<F> for StreamExec
+where
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    fn execute(&self, task: F) {
+        let task = tokio::spawn(task);
+        self.0.window_stalls.adopt(task.abort_handle());
     }
 }
 
@@ -94,13 +119,18 @@ impl Activity {
     /// soon as its response is written (no body to read after it).
     pub(super) fn begin(self: &Arc<Self>, version: hyper::Version, parkable: bool) -> Busy {
         self.requests.begin();
-        if version == hyper::Version::HTTP_2 {
+        let http2 = version == hyper::Version::HTTP_2;
+        if http2 {
             self.http2.store(true, Relaxed);
         }
         if !parkable {
             self.unparkable.store(true, Relaxed);
         }
-        Busy(self.clone(), version)
+        Busy {
+            activity: self.clone(),
+            version,
+            stall_slot: http2.then(|| self.window_stalls.claim()),
+        }
     }
 
     pub(super) fn is_http2(&self) -> bool {
@@ -197,21 +227,12 @@ const HOLD_BACK_OVER: usize = 1024;
 
 impl<B> Tracked<B> {
     pub(super) fn new(body: B, busy: Busy) -> Self {
-        let http2 = busy.version() == hyper::Version::HTTP_2;
-        let stall = http2.then(|| (busy.0.window_stalls.claim(), false));
+        let stall = busy.stall_slot.map(|slot| (slot, false));
         Self {
             body,
             busy,
             stall,
             held: None,
-        }
-    }
-}
-
-impl<B> Drop for Tracked<B> {
-    fn drop(&mut self) {
-        if let Some((slot, _)) = self.stall {
-            self.busy.0.window_stalls.release(slot);
         }
     }
 }
@@ -228,7 +249,7 @@ impl<B: Body<Data = Bytes> + Unpin> Body for Tracked<B> {
         let Some((slot, waiting)) = &mut this.stall else {
             return Pin::new(&mut this.body).poll_frame(cx);
         };
-        let stalls = &this.busy.0.window_stalls;
+        let stalls = &this.busy.activity.window_stalls;
         if *waiting {
             stalls.set_waiting(*slot, false);
             *waiting = false;

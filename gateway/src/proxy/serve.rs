@@ -21,7 +21,7 @@ use std::{
 
 use hyper::body::{Body as _, Incoming};
 use hyper_util::{
-    rt::{TokioExecutor, TokioIo, TokioTimer},
+    rt::{TokioIo, TokioTimer},
     server::conn::auto,
 };
 use tokio::{
@@ -30,7 +30,7 @@ use tokio::{
 };
 
 use super::{
-    activity::{Activity, Busy, Tracked},
+    activity::{Activity, Busy, StreamExec, Tracked},
     drain,
     drain::OpenConnections,
     first_head,
@@ -296,7 +296,7 @@ impl Gateway {
     {
         let max_buf = self.max_head();
         let service = service(current, peer, proto, permit, activity.clone());
-        let mut builder = auto::Builder::new(TokioExecutor::new());
+        let mut builder = auto::Builder::new(StreamExec(activity.clone()));
         builder
             .http1()
             .timer(HeadTimer::default())
@@ -408,10 +408,11 @@ impl Gateway {
 
 /// Whether a response has had its socket full, no write taking a byte and
 /// the client acknowledging none, for `timeout` (see
-/// [`Activity::blocked_writes`]), or an HTTP/2 response has waited that
-/// long for the client's window (see [`super::window_stalls`]; `period`:
-/// the ticks' longest period): the connection is dropped, not closed
-/// gracefully, which would wait for that write. `stuck`: where the
+/// [`Activity::blocked_writes`]), or an HTTP/2 stream waiting that long
+/// for the client's window could not be reset alone (see
+/// [`super::window_stalls`], which resets the others; `period`: the ticks'
+/// longest period): the connection is dropped, not closed gracefully,
+/// which would wait for that write. `stuck`: where the
 /// response was first seen blocked, and when.
 fn stalled(
     activity: &Activity,

@@ -10,8 +10,12 @@
 //! never sees it, and its streams keep the connection busy (never idle) and
 //! each one's upstream connection taken, for ever. Each HTTP/2 response
 //! body notes here when it handed hyper a frame and when hyper came back
-//! for the next; the serve loop drops a connection one of whose responses
-//! has waited for `request_timeout`.
+//! for the next; at the serve loop's tick a stream that has waited for
+//! `request_timeout` is reset alone, as nginx does: its task (hyper's,
+//! spawned by [`super::activity::StreamExec`]) is aborted, which drops the
+//! stream unfinished, and h2 sends RST_STREAM(CANCEL). The connection's
+//! other streams go on. A stalled stream with no task to abort, or one
+//! still waiting a timeout after its abort, drops the whole connection.
 //!
 //! Stamps are the serve loop's last tick time, not a clock read per frame:
 //! a stamp can be up to one tick older than the frame, so the loop counts a
@@ -21,11 +25,11 @@ use std::sync::{
     Mutex, MutexGuard,
 };
 
+use tokio::task::AbortHandle;
+
 /// The waits of one connection's HTTP/2 responses.
 #[derive(Default)]
 pub(super) struct WindowStalls {
-    /// Per response slot: the tick time (ms) its last frame was handed
-    /// at while hyper has not come back for the next; 0 if it has.
     slots: Mutex<Slots>,
     /// The serve loop's last tick time (ms), never 0.
     now_ms: AtomicU64,
@@ -33,8 +37,22 @@ pub(super) struct WindowStalls {
 
 #[derive(Default)]
 struct Slots {
-    waiting_since: Vec<u64>,
+    streams: Vec<Stream>,
     free: Vec<usize>,
+    /// The slot claimed by the request hyper accepted last, whose task
+    /// hyper spawns next (see [`WindowStalls::adopt`]).
+    next: Option<usize>,
+}
+
+/// One HTTP/2 request's slot.
+#[derive(Default)]
+struct Stream {
+    /// The tick time (ms) its response's last frame was handed at while
+    /// hyper has not come back for the next; 0 if it has.
+    waiting_since: u64,
+    /// Its task, to reset the stream alone.
+    task: Option<AbortHandle>,
+    aborted: bool,
 }
 
 impl WindowStalls {
@@ -49,24 +67,43 @@ impl WindowStalls {
         self.slots.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// A slot for a new response, not waiting.
+    /// A slot for a new request, not waiting; the task spawned next is
+    /// its own ([`WindowStalls::adopt`]).
     pub(super) fn claim(&self) -> usize {
         let mut slots = self.slots();
-        match slots.free.pop() {
+        let slot = match slots.free.pop() {
             Some(slot) => slot,
             None => {
-                slots.waiting_since.push(0);
-                slots.waiting_since.len() - 1
+                slots.streams.push(Stream::default());
+                slots.streams.len() - 1
+            }
+        };
+        slots.next = Some(slot);
+        slot
+    }
+
+    /// `task` serves the request that claimed a slot last. hyper accepts
+    /// a stream, calls the service (which claims) and spawns the stream's
+    /// task in one go, so the two meet here; a task spawned with no claim
+    /// before it (an upgraded stream's) is left alone.
+    pub(super) fn adopt(&self, task: AbortHandle) {
+        let mut slots = self.slots();
+        if let Some(slot) = slots.next.take() {
+            if let Some(stream) = slots.streams.get_mut(slot) {
+                stream.task = Some(task);
             }
         }
     }
 
-    /// The response in `slot` is done with.
+    /// The request in `slot` is done with.
     pub(super) fn release(&self, slot: usize) {
         let mut slots = self.slots();
-        if let Some(since) = slots.waiting_since.get_mut(slot) {
-            *since = 0;
+        if let Some(stream) = slots.streams.get_mut(slot) {
+            *stream = Stream::default();
             slots.free.push(slot);
+        }
+        if slots.next == Some(slot) {
+            slots.next = None;
         }
     }
 
@@ -78,19 +115,36 @@ impl WindowStalls {
         } else {
             0
         };
-        if let Some(since) = self.slots().waiting_since.get_mut(slot) {
-            *since = stamp;
+        if let Some(stream) = self.slots().streams.get_mut(slot) {
+            stream.waiting_since = stamp;
         }
     }
 
-    /// At a tick of the serve loop, `now_ms`: whether a response has
-    /// waited for its next frame to be taken for `timeout_ms`, counted
-    /// from stamps up to `tick_ms` old.
+    /// At a tick of the serve loop, `now_ms`: resets every stream whose
+    /// response has waited for its next frame to be taken for
+    /// `timeout_ms`, counted from stamps up to `tick_ms` old. `true`: the
+    /// connection is to be dropped, a stalled stream having no task to
+    /// abort or still waiting as long again after its abort.
     pub(super) fn tick(&self, now_ms: u64, timeout_ms: u64, tick_ms: u64) -> bool {
         self.now_ms.store(now_ms.max(1), Relaxed);
-        let slots = self.slots();
-        let oldest = slots.waiting_since.iter().filter(|&&s| s != 0).min();
-        oldest.is_some_and(|&since| now_ms.saturating_sub(since) >= timeout_ms + tick_ms)
+        let limit = timeout_ms.saturating_add(tick_ms);
+        let mut slots = self.slots();
+        let mut drop_connection = false;
+        for stream in &mut slots.streams {
+            let waited = now_ms.saturating_sub(stream.waiting_since);
+            if stream.waiting_since == 0 || waited < limit {
+                continue;
+            }
+            match &stream.task {
+                Some(task) if !stream.aborted => {
+                    task.abort();
+                    stream.aborted = true;
+                }
+                Some(_) => drop_connection |= waited >= limit.saturating_mul(2),
+                None => drop_connection = true,
+            }
+        }
+        drop_connection
     }
 }
 
@@ -115,5 +169,44 @@ mod tests {
         stalls.release(b);
         assert!(!stalls.tick(10_000, 1_000, 500));
         assert_eq!(stalls.claim(), b);
+    }
+
+    /// A stalled stream with a task is reset alone: its task aborted, the
+    /// connection kept, others untouched; still waiting a timeout after
+    /// that (the abort freed nothing), the connection goes.
+    #[tokio::test]
+    async fn a_stalled_stream_is_reset_alone_then_its_connection_dropped() {
+        let stalls = WindowStalls::new(1_000);
+        let spawn = || {
+            let slot = stalls.claim();
+            let task = tokio::spawn(std::future::pending::<()>());
+            stalls.adopt(task.abort_handle());
+            (slot, task)
+        };
+        let ((a, task_a), (b, task_b)) = (spawn(), spawn());
+        stalls.set_waiting(a, true);
+        stalls.set_waiting(b, false);
+        assert!(!stalls.tick(2_499, 1_000, 500));
+        assert!(!task_a.is_finished());
+        assert!(!stalls.tick(2_500, 1_000, 500), "reset, not dropped");
+        assert!(task_a.await.unwrap_err().is_cancelled());
+        assert!(!task_b.is_finished(), "another stream goes on");
+        assert!(!stalls.tick(3_999, 1_000, 500));
+        assert!(stalls.tick(4_000, 1_000, 500), "the abort freed nothing");
+        task_b.abort();
+
+        // A task spawned with no claim before it is nobody's.
+        stalls.release(a);
+        stalls.release(b);
+        let unclaimed = tokio::spawn(std::future::pending::<()>());
+        stalls.adopt(unclaimed.abort_handle());
+        let c = stalls.claim();
+        stalls.set_waiting(c, true);
+        assert!(
+            stalls.tick(10_000, 1_000, 500),
+            "no task of its own: dropped"
+        );
+        assert!(!unclaimed.is_finished());
+        unclaimed.abort();
     }
 }
