@@ -12,8 +12,8 @@
 //! Kept as hyper's were: a connection the upstream closed (or wrote to)
 //! while idle is dropped when next taken, once the worker's event loop
 //! has seen its socket become readable (hyper's connection task saw it no
-//! sooner), or at once after a response that may have no body (see
-//! `Conn::bodiless`); one idle for
+//! sooner), or at once after a 204 or 304 (see `Conn::bodiless`); one
+//! answering a HEAD is not kept at all; one idle for
 //! `limits.upstream_idle_timeout` is closed; a request is sent again once
 //! on a fresh connection when a kept one took none of it (or not all of
 //! a bodiless one), or, if idempotent, bodiless and on a connection idle
@@ -70,14 +70,20 @@ pub struct Conn {
     buf: BytesMut,
     // Boxed: a `Conn` moves in and out of the pool per request.
     names: Box<h1::Names>,
-    /// The last response had no body by rule (HEAD, 204, 304). Upstreams
-    /// that send one anyway (a known bug) may send it a moment after the
-    /// head, when the connection is already idle: taken before the event
-    /// loop saw those bytes, it would answer the next client with them.
-    /// So taking it asks the socket itself (one `recv` syscall). That
-    /// narrows the window to the microseconds between the peek and the
-    /// request's write; bytes later still are any upstream's out-of-turn
-    /// bytes.
+    /// The last response was a 204 or 304, which have no body by rule.
+    /// Upstreams that send one anyway (a known bug) may send it a moment
+    /// after the head, when the connection is already idle: taken before
+    /// the event loop saw those bytes, it would answer the next client
+    /// with them, and that client's answer the one after (a chain). So
+    /// the head's ACK goes out at once (`TCP_QUICKACK`: an upstream with
+    /// Nagle's algorithm on holds a second small write until its first is
+    /// acknowledged, which a delayed ACK left to the next request's
+    /// segment, after the check below), and taking the connection asks
+    /// the socket itself (one `recv` syscall). That narrows the window to
+    /// the time between the peek and the request's write; bytes later
+    /// still are any upstream's out-of-turn bytes. A HEAD, which any
+    /// client can send to any path (and naive servers answer with the
+    /// GET's body), leaves no connection to take: it is not kept.
     bodiless: bool,
 }
 
@@ -126,7 +132,7 @@ pub async fn send(
     };
     let risky = kept_since.is_some_and(|used| now.saturating_duration_since(used) >= RISKY_IDLE);
     match exchange(&mut conn, &message, head_request).await {
-        Ok(response) => return Ok(body_of(response, conn, addr, now)),
+        Ok(response) => return Ok(body_of(response, conn, addr, now, head_request)),
         // Nothing taken, or a bodiless head not taken whole: the upstream
         // cannot have acted on it.
         Err(DirectError::Write { sent, .. })
@@ -138,7 +144,7 @@ pub async fn send(
     }
     let mut conn = fresh(addr, connect_timeout).await?;
     let response = exchange(&mut conn, &message, head_request).await?;
-    Ok(body_of(response, conn, addr, now))
+    Ok(body_of(response, conn, addr, now, head_request))
 }
 
 /// Writes `message`, then reads until a final response head (1xx skipped).
@@ -237,20 +243,27 @@ pub async fn dial(addr: SocketAddr, timeout: Duration) -> io::Result<TcpStream> 
     Ok(stream)
 }
 
-/// The response, its body reading from `conn`.
+/// The response, its body reading from `conn`; the connection is not kept
+/// after a `head_request`'s (see [`Conn::bodiless`]).
 fn body_of(
     head: h1::ResponseHead,
     mut conn: Conn,
     addr: SocketAddr,
     used: Instant,
+    head_request: bool,
 ) -> Response<DirectBody> {
     conn.bodiless = head.framing == h1::Framing::Empty;
+    let keep_alive = head.keep_alive && !head_request;
+    if conn.bodiless && keep_alive {
+        // Best effort: without it the peek still runs.
+        let _ = socket2::SockRef::from(&conn.stream).set_quickack(true);
+    }
     let decoder = Decoder::new(head.framing);
     let mut body = DirectBody {
         conn: Some(conn),
         decoder,
         eof: false,
-        keep_alive: head.keep_alive,
+        keep_alive,
         addr,
         used,
     };

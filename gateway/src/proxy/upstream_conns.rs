@@ -22,7 +22,16 @@
 //! `limits.connect_timeout`, with `TCP_NODELAY`; upgrades (WebSocket)
 //! take the connection with them.
 use std::{
-    cell::RefCell, collections::VecDeque, future::Future, io, net::SocketAddr, time::Duration,
+    cell::RefCell,
+    collections::VecDeque,
+    future::Future,
+    io,
+    net::SocketAddr,
+    sync::{
+        atomic::{AtomicBool, Ordering::Relaxed},
+        Arc,
+    },
+    time::Duration,
 };
 
 use std::{
@@ -51,7 +60,23 @@ use super::{
 /// the work per request whatever number is in flight.
 const PROMOTE_PER_TAKE: usize = 8;
 
-type Sender = http1::SendRequest<RequestBody>;
+/// A kept connection's handle, and whether a response on it said it
+/// must carry no other request (see [`exchange`]).
+struct Sender {
+    hyper: http1::SendRequest<RequestBody>,
+    retired: Arc<AtomicBool>,
+}
+
+impl Sender {
+    /// Closed, or retired: either way to be dropped.
+    fn is_closed(&self) -> bool {
+        self.hyper.is_closed() || self.retired.load(Relaxed)
+    }
+
+    fn is_ready(&self) -> bool {
+        self.hyper.is_ready()
+    }
+}
 
 /// Why a request got no response.
 #[derive(Debug, thiserror::Error)]
@@ -275,6 +300,12 @@ fn unanswered(error: &SendError) -> bool {
 /// Hands `req` to `sender`, which goes back to the busy queue at once (it
 /// is taken again once ready), and waits for the response head. On failure,
 /// the request if nothing of it was written.
+///
+/// A connection that answered a HEAD, a 204 or a 304 carries no other
+/// request: upstreams that send a body anyway (a known bug) may send it
+/// after the head, where hyper would read it as the next request's
+/// response (see `direct::Conn::bodiless`). A HEAD's is retired as it is
+/// sent, so it is never taken again.
 async fn exchange(
     addr: SocketAddr,
     mut sender: Sender,
@@ -282,12 +313,23 @@ async fn exchange(
     now: Instant,
     idle_timeout: Duration,
 ) -> Result<Response<Incoming>, (SendError, Option<Request<RequestBody>>)> {
-    let response = sender.try_send_request(req);
+    let retired = sender.retired.clone();
+    if req.method() == http::Method::HEAD {
+        retired.store(true, Relaxed);
+    }
+    let response = sender.hyper.try_send_request(req);
     put_back(addr, sender, now, idle_timeout);
-    response.await.map_err(|mut error| {
+    let response = response.await.map_err(|mut error| {
         let req = error.take_message();
         (SendError::Request(error.into_error()), req)
-    })
+    })?;
+    if matches!(
+        response.status(),
+        http::StatusCode::NO_CONTENT | http::StatusCode::NOT_MODIFIED
+    ) {
+        retired.store(true, Relaxed);
+    }
+    Ok(response)
 }
 
 /// A connection to `addr` that is ready for a request, if one is kept,
@@ -367,7 +409,7 @@ async fn connect(addr: SocketAddr, timeout: Duration) -> Result<Sender, SendErro
     let stream = direct::dial(addr, timeout)
         .await
         .map_err(SendError::Connect)?;
-    let (mut sender, conn) = http1::handshake(TokioIo::new(stream))
+    let (mut hyper, conn) = http1::handshake(TokioIo::new(stream))
         .await
         .map_err(SendError::Request)?;
     tokio::spawn(async move {
@@ -375,8 +417,11 @@ async fn connect(addr: SocketAddr, timeout: Duration) -> Result<Sender, SendErro
             tracing::debug!(%error, "upstream connection ended with an error");
         }
     });
-    sender.ready().await.map_err(SendError::Request)?;
-    Ok(sender)
+    hyper.ready().await.map_err(SendError::Request)?;
+    Ok(Sender {
+        hyper,
+        retired: Arc::default(),
+    })
 }
 
 #[cfg(test)]

@@ -83,6 +83,88 @@ async fn a_connection_is_reused_and_one_the_upstream_closed_is_replaced() {
     assert_eq!(upstream.await.unwrap(), 2);
 }
 
+/// A connection that answered a 204, a 304 or a HEAD carries no other
+/// request (a buggy upstream's body sent after such a head would be the
+/// next one's answer): each request after one goes on a fresh connection,
+/// while a 200's connection is reused.
+#[tokio::test(flavor = "current_thread")]
+async fn a_connection_that_answered_a_bodiless_response_is_not_reused() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let answers: [&[u8]; 4] = [
+        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
+        b"HTTP/1.1 204 No Content\r\n\r\n",
+        b"HTTP/1.1 304 Not Modified\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\n",
+    ];
+    // Answers in turn, on whatever connection each request comes; the
+    // connection each came on.
+    let upstream = tokio::spawn(async move {
+        let mut conns: Vec<tokio::net::TcpStream> = Vec::new();
+        let mut seen = Vec::new();
+        for answer in [answers[0], answers[1], answers[2], answers[3], answers[0]] {
+            let (i, _) = loop {
+                let ready = conns.iter_mut().enumerate().find_map(|(i, c)| {
+                    let mut byte = [0u8; 1];
+                    matches!(c.try_read(&mut byte), Ok(1)).then_some((i, byte[0]))
+                });
+                if let Some(found) = ready {
+                    break found;
+                }
+                tokio::select! {
+                    accepted = listener.accept() => conns.push(accepted.unwrap().0),
+                    () = tokio::time::sleep(Duration::from_millis(2)) => {}
+                }
+            };
+            assert!(read_head(&mut conns[i]).await.is_some());
+            conns[i].write_all(answer).await.unwrap();
+            seen.push(i);
+        }
+        seen
+    });
+    let methods = [
+        Method::GET,
+        Method::GET,
+        Method::GET,
+        Method::HEAD,
+        Method::GET,
+    ];
+    for method in methods {
+        let mut req = get(addr);
+        *req.method_mut() = method;
+        let response = send(addr, req, Added::for_tests(), timeouts(), Instant::now())
+            .await
+            .unwrap();
+        let body = http_body_util::BodyExt::collect(response.into_body()).await;
+        assert!(body.unwrap().to_bytes().len() <= 2);
+        if KEPT.with_borrow(|kept| !kept.servers.is_empty()) {
+            until_ready_or_gone().await;
+        }
+    }
+    // The 200 on connection 0 is followed by the 204 on it; every request
+    // after a 204, 304 or HEAD opens its own.
+    assert_eq!(upstream.await.unwrap(), [0, 0, 1, 2, 3]);
+}
+
+/// Waits (bounded) until this thread's kept connection is ready again or
+/// dropped.
+async fn until_ready_or_gone() {
+    for _ in 0..5000 {
+        let settled = KEPT.with_borrow_mut(|kept| {
+            let Some(server) = kept.servers.first_mut() else {
+                return true;
+            };
+            server.promote(server.busy.len());
+            server.busy.is_empty()
+        });
+        if settled {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    panic!("the kept connection never settled");
+}
+
 /// Waits (bounded) until this thread's kept connection is ready again.
 async fn until_ready() {
     for _ in 0..5000 {
