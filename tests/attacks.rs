@@ -25,3 +25,6 @@ mod config;
 
 #[path = "attacks/parking.rs"]
 mod parking;
+
+#[path = "attacks/descriptors.rs"]
+mod descriptors;

@@ -3,6 +3,7 @@
 //! client lifecycle, the admin API, and the XDP kernel path that drops
 //! abusive sources before they reach the proxy. The `gateway` binary's
 //! command line (`src/cli/`) wires these together; clap stays there.
+pub mod accept;
 pub mod access_log;
 pub mod admin;
 pub mod admin_client;

@@ -168,6 +168,7 @@ impl Admin {
     pub async fn serve(self: Arc<Self>, listener: TcpListener) {
         let handed_off = draining::until_handed_off(self.reloader.clone());
         tokio::pin!(handed_off);
+        let mut errors = crate::accept::AcceptErrors::default();
         loop {
             let accepted = tokio::select! {
                 accepted = listener.accept() => accepted,
@@ -176,7 +177,7 @@ impl Admin {
             let (stream, peer) = match accepted {
                 Ok(accepted) => accepted,
                 Err(error) => {
-                    tracing::warn!(%error, "admin accept failed");
+                    errors.failed(&error, "admin listener").await;
                     continue;
                 }
             };

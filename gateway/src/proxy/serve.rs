@@ -41,7 +41,7 @@ use super::{
     workers::TlsSlot,
     Current, Gateway, ProxyBody,
 };
-use crate::clock::monotonic_ns;
+use crate::{accept::AcceptErrors, clock::monotonic_ns};
 
 /// hyper does not read the client's socket while a request is in flight
 /// (HTTP/1). A client that half-closes after its request still gets its
@@ -78,12 +78,13 @@ impl Current {
         mut shutdown: watch::Receiver<bool>,
         open: OpenConnections,
     ) {
+        let mut errors = AcceptErrors::default();
         loop {
             let (stream, peer) = tokio::select! {
                 accepted = listener.accept() => match accepted {
                     Ok(accepted) => accepted,
                     Err(error) => {
-                        tracing::warn!(%error, "accept failed");
+                        errors.failed(&error, "proxy listener").await;
                         continue;
                     }
                 },
