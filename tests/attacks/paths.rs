@@ -496,6 +496,32 @@ fn a_trailing_dot_does_not_take_a_request_off_its_hosts_protected_route() {
     assert_eq!(app.requests().len(), 1);
 }
 
+/// An any-host route with a longer prefix (`/public`, open) beside a
+/// host's own `/` (needs a key) took `/public/...` on that host off its
+/// protected route (found by an attack, HTTP/1.1 and HTTP/2 alike): a
+/// host's routes come first. Other hosts still get the open route.
+#[test]
+fn a_longer_any_host_prefix_does_not_take_a_request_off_its_hosts_route() {
+    let app = FakeUpstream::start(None);
+    let config = format!(
+        "{}\n[[routes]]\npath_prefix = \"/public/\"\nupstream = \"app\"\nauth = \"none\"\n",
+        gateway_tests::http::protected_host_and_open_routes(app.addr)
+    );
+    let gateway = Gateway::builder(&config).start();
+    for target in ["/public/admin-panel", "/public", "/public/"] {
+        let head =
+            format!("GET {target} HTTP/1.1\r\nhost: admin.example\r\nconnection: close\r\n\r\n");
+        let (statuses, text) = crate::http::raw(gateway.addr, head.as_bytes());
+        assert_eq!(statuses, [401], "{target}: {text}");
+    }
+    assert_eq!(app.requests().len(), 0, "{:?}", app.requests());
+    let head = "GET /public/x HTTP/1.1\r\nhost: www.example\r\nconnection: close\r\n\r\n";
+    assert_eq!(crate::http::raw(gateway.addr, head.as_bytes()).0, [200]);
+    let seen = app.requests();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].target, "/public/x");
+}
+
 /// Path parameters (`;x`) on an ordinary segment: Tomcat, Jetty, Spring
 /// and Undertow drop them from every segment before matching, so
 /// `/private;x/secret` is their `/private/secret`, while other servers

@@ -1,7 +1,11 @@
 //! Route matching: by host (exact, case-insensitive, a trailing dot
 //! ignored; absent = any host),
 //! then the longest path prefix, on segment boundaries, of the normalised
-//! path ([`super::path`]); and the path a route forwards.
+//! path ([`super::path`]); and the path a route forwards. A host's own
+//! routes come first whatever their prefixes' length: an any-host
+//! `/public` must not take `/public/x` off a host whose `/` needs a key
+//! (it did, found by an attack). Paths none of a host's routes cover go
+//! to the any-host routes.
 use std::borrow::Cow;
 
 use crate::{
@@ -35,7 +39,8 @@ pub struct Route {
 }
 
 pub struct RouteTable {
-    /// Longest prefix first, so the first match wins.
+    /// Host-specific first, then longest prefix first, so the first match
+    /// wins.
     routes: Vec<Route>,
 }
 
@@ -67,12 +72,9 @@ impl RouteTable {
                 cost: c.cost,
             })
             .collect();
-        // Longer prefixes first; host-specific before any-host at equal length.
+        // Host-specific before any-host; longer prefixes first within each.
         routes.sort_by(|a, b| {
-            b.prefix
-                .len()
-                .cmp(&a.prefix.len())
-                .then(b.host.is_some().cmp(&a.host.is_some()))
+            (b.host.is_some().cmp(&a.host.is_some())).then(b.prefix.len().cmp(&a.prefix.len()))
         });
         Self { routes }
     }
@@ -169,6 +171,37 @@ mod tests {
         assert_eq!(find(None, "/other"), Some("root"));
         let no_root = RouteTable::new(&[route(None, "/api/", "api")]);
         assert!(no_root.find(None, "/ap").is_none());
+    }
+
+    /// A host's routes win over any-host ones with longer prefixes; what
+    /// they do not cover falls through to the any-host routes.
+    #[test]
+    fn a_hosts_own_routes_come_before_longer_any_host_prefixes() {
+        let table = RouteTable::new(&[
+            route(None, "/public/", "open"),
+            route(None, "/api/admin/", "admin"),
+            route(Some("admin.example"), "/", "protected"),
+            route(Some("shop.example"), "/api/", "shop"),
+            route(None, "/", "root"),
+        ]);
+        let find = |host, path| table.find(host, path).map(|r| r.upstream.as_str());
+        for path in ["/public/x", "/public", "/api/admin/x", "/x"] {
+            assert_eq!(
+                find(Some("admin.example"), path),
+                Some("protected"),
+                "{path}"
+            );
+            assert_eq!(
+                find(Some("ADMIN.example.:443"), path),
+                Some("protected"),
+                "{path}"
+            );
+        }
+        assert_eq!(find(Some("shop.example"), "/api/admin/x"), Some("shop"));
+        assert_eq!(find(Some("shop.example"), "/public/x"), Some("open"));
+        assert_eq!(find(Some("shop.example"), "/x"), Some("root"));
+        assert_eq!(find(Some("other.example"), "/public/x"), Some("open"));
+        assert_eq!(find(None, "/api/admin/x"), Some("admin"));
     }
 
     #[test]
