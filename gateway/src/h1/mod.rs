@@ -115,6 +115,13 @@ pub fn encode_request_head<B>(
     out.extend_from_slice(b"\r\n");
 }
 
+/// What `HeaderValue::from_str` accepts: no control character but tab.
+/// What the direct path writes raw, and what a JWT's client claim must be
+/// to reach the upstream as a field.
+pub fn valid_value(value: &str) -> bool {
+    (value.bytes()).all(|b| b == b'\t' || (b >= b' ' && b != 0x7f))
+}
+
 /// `name: value` and its line end.
 pub fn write_field(out: &mut Vec<u8>, name: &str, value: &[u8]) {
     out.extend_from_slice(name.as_bytes());

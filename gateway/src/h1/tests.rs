@@ -413,3 +413,17 @@ fn a_head_that_completes_is_always_parsed_again() {
     assert!(!may_end_head(&[b'x'; MAX_HEAD_BYTES], 10));
     assert!(may_end_head(&[b'x'; MAX_HEAD_BYTES + 1], 10));
 }
+
+/// What the direct path writes raw is what the header map would take.
+#[test]
+fn valid_value_is_https_own_check() {
+    let mut texts: Vec<String> = (0..=127u8).map(|b| format!("a{}z", b as char)).collect();
+    texts.extend(["é", "\u{80}", "\u{ff}", "日本", "a\r\nb", ""].map(String::from));
+    for text in &texts {
+        assert_eq!(
+            valid_value(text),
+            http::HeaderValue::from_str(text).is_ok(),
+            "{text:?}"
+        );
+    }
+}

@@ -153,6 +153,29 @@ async fn registered_claims_are_judged_as_jsonwebtoken_judged_them() {
     }
 }
 
+/// A client claim the upstream could not be given as `X-Client-Id` (CR,
+/// LF, a control byte) is refused: the token was accepted and the field
+/// silently left out, so the upstream got a tier and no identity.
+#[tokio::test]
+async fn a_client_claim_that_is_no_header_value_is_refused() {
+    let settings = settings(&["api"]);
+    let exp = T + 300;
+    for (sub, want) in [
+        ("svc", Ok(())),
+        ("a b", Ok(())),
+        ("é", Ok(())),
+        (
+            "a\\r\\nx-client-tier: gold",
+            Err(TokenRejection::InvalidClaim),
+        ),
+        ("a\\u0001", Err(TokenRejection::InvalidClaim)),
+        ("a\\u007f", Err(TokenRejection::InvalidClaim)),
+    ] {
+        let claims = format!(r#"{{"iss":"{ISSUER}","sub":"{sub}","aud":"api","exp":{exp}}}"#);
+        assert_eq!(verified(&token(&claims), &settings, T).await, want, "{sub}");
+    }
+}
+
 #[tokio::test]
 async fn a_signature_over_other_claims_is_refused() {
     let settings = settings(&["api"]);

@@ -66,6 +66,9 @@ pub enum TokenRejection {
     WrongAudience,
     WrongIssuer,
     MissingClaim,
+    /// The client claim is not a header field value (a control byte, CR,
+    /// LF): the upstream could not be told who the client is.
+    InvalidClaim,
     /// The header has `crit`: an extension we do not understand.
     UnsupportedCritical,
     /// The header's `typ` is not one the issuer accepts.
@@ -85,6 +88,7 @@ impl TokenRejection {
             TokenRejection::WrongAudience => "wrong_audience",
             TokenRejection::WrongIssuer => "wrong_issuer",
             TokenRejection::MissingClaim => "missing_claim",
+            TokenRejection::InvalidClaim => "invalid_claim",
             TokenRejection::UnsupportedCritical => "unsupported_crit",
             TokenRejection::WrongType => "wrong_type",
         }
@@ -110,6 +114,7 @@ impl TokenRejection {
             | TokenRejection::WrongAudience
             | TokenRejection::WrongIssuer
             | TokenRejection::MissingClaim
+            | TokenRejection::InvalidClaim
             | TokenRejection::UnsupportedCritical
             | TokenRejection::WrongType => false,
         }
@@ -184,9 +189,12 @@ pub fn parse_algorithm(name: &str) -> Result<Algorithm, String> {
     Ok(algorithm)
 }
 
+/// A claim's values: an array's strings, or a string's space-separated
+/// tokens (RFC 6749 §3.3: `scope` is split on SP alone; split on any
+/// Unicode whitespace, `read\u{a0}gold` named the tier `gold`).
 fn claim_strings(value: Option<&Value>) -> Vec<String> {
     match value {
-        Some(Value::String(text)) => text.split_whitespace().map(str::to_owned).collect(),
+        Some(Value::String(text)) => scope_tokens(text).map(str::to_owned).collect(),
         Some(Value::Array(items)) => items
             .iter()
             .filter_map(Value::as_str)
@@ -194,6 +202,11 @@ fn claim_strings(value: Option<&Value>) -> Vec<String> {
             .collect(),
         _ => Vec::new(),
     }
+}
+
+/// The space-separated tokens of a `scope` (RFC 6749 §3.3).
+pub fn scope_tokens(text: &str) -> impl Iterator<Item = &str> {
+    text.split(' ').filter(|token| !token.is_empty())
 }
 
 /// The issuer's accepted algorithms, and its audiences checked present:
@@ -414,6 +427,9 @@ impl JwtVerifier {
             .and_then(Value::as_str)
             .ok_or(TokenRejection::MissingClaim)?
             .to_owned();
+        if !crate::h1::valid_value(&client_id) {
+            return Err(TokenRejection::InvalidClaim);
+        }
         let scopes = {
             let mut scopes = claim_strings(claims.get("scope"));
             scopes.extend(claim_strings(claims.get("scp")));
@@ -481,9 +497,26 @@ mod tests {
             WrongAudience,
             WrongIssuer,
             MissingClaim,
+            InvalidClaim,
         ] {
             assert!(!reason.is_guessing(), "{reason:?}");
         }
+    }
+
+    #[test]
+    fn scopes_split_on_spaces_alone() {
+        let scopes = |text: &str| claim_strings(Some(&Value::String(text.into())));
+        assert_eq!(scopes(" read  write "), ["read", "write"]);
+        for other in [
+            "\u{a0}", "\u{2003}", "\u{3000}", "\u{85}", "\t", "\n", "\u{b}", "\u{c}",
+        ] {
+            assert_eq!(
+                scopes(&format!("read{other}gold")),
+                [format!("read{other}gold")]
+            );
+        }
+        let array = serde_json::json!(["read gold", "x"]);
+        assert_eq!(claim_strings(Some(&array)), ["read gold", "x"]);
     }
 
     #[test]

@@ -182,7 +182,7 @@ async fn token<'g>(
     let scopes: Vec<String> = match form.get("scope") {
         None => client.scopes.clone(),
         Some(asked) => {
-            let asked: Vec<String> = asked.split_whitespace().map(str::to_owned).collect();
+            let asked: Vec<String> = crate::jwt::scope_tokens(asked).map(str::to_owned).collect();
             if asked
                 .iter()
                 .any(|s| !client.scopes.contains(s) && *s != client.tier)
