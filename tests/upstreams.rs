@@ -284,6 +284,37 @@ fn a_101_the_client_did_not_ask_for_is_a_502() {
     gateway.wait_for_log(|line| line["status"] == 502 && line["detail"] == "unsolicited_101");
 }
 
+/// A transfer coding the gateway does not decode (`gzip` before or
+/// instead of `chunked`) would reach the client as coded bytes with
+/// nothing saying so (the relay drops `Transfer-Encoding`, hop-by-hop):
+/// a 502 that says why, and the connection is not used again.
+#[test]
+fn a_transfer_coding_other_than_chunked_is_a_502() {
+    let upstream = ScriptedUpstream::start(|_, _, seen| match seen.target.as_str() {
+        "/gzip-chunked" => Script::Answer(
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
+                .into(),
+        ),
+        "/gzip" => Script::Answer(
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\nconnection: close\r\n\r\nabc".into(),
+        ),
+        _ => Script::Answer(OK.into()),
+    });
+    let gateway = one_worker(upstream.addr);
+    for target in ["/gzip-chunked", "/gzip"] {
+        let reply = gateway.get(target, &[]);
+        assert_eq!(reply.status, 502, "{target}: {reply:?}");
+        assert_eq!(reply.json()["error"], "upstream_error", "{target}");
+        assert!(!reply.body.contains("abc"), "{target}: {}", reply.body);
+    }
+    assert_eq!(gateway.get("/ok", &[]).status, 200);
+    let seen = upstream.requests();
+    let connections: Vec<usize> = seen.iter().map(|(c, _)| *c).collect();
+    // Each on a connection of its own: none was used after its answer.
+    assert_eq!(connections, [0, 1, 2]);
+    gateway.wait_for_log(|line| line["status"] == 502 && line["detail"] == "transfer_coding");
+}
+
 /// The keep-alive race, made deterministic: the upstream answers two
 /// requests per connection, then reads the third and closes without a
 /// word (no `Connection: close`), as its idle timer firing would. A GET

@@ -258,6 +258,16 @@ impl Connection {
     }
 }
 
+/// Whether a response carries a transfer coding other than `chunked`
+/// (`gzip`, `deflate`, `compress`): the gateway decodes none, and its
+/// relay re-frames the body and drops `Transfer-Encoding` (hop-by-hop),
+/// so the client would get coded bytes with nothing saying so. Such a
+/// response is the upstream's fault (a 502), on either path.
+pub fn foreign_transfer_coding(headers: &HeaderMap) -> bool {
+    tokens(headers, &header::TRANSFER_ENCODING)
+        .any(|coding| !coding.eq_ignore_ascii_case(b"chunked"))
+}
+
 /// RFC 9112 §6.3, strictly: what could be read two ways is an error.
 fn framing(
     headers: &HeaderMap,

@@ -427,3 +427,21 @@ fn valid_value_is_https_own_check() {
         );
     }
 }
+
+#[test]
+fn only_chunked_is_a_transfer_coding_the_gateway_relays() {
+    let coded = |fields: &str| {
+        let text = format!("HTTP/1.1 200 OK\r\n{fields}\r\n");
+        foreign_transfer_coding(head(text.as_bytes()).0.response.headers())
+    };
+    assert!(!coded("content-length: 0\r\n"));
+    assert!(!coded("transfer-encoding: chunked\r\n"));
+    assert!(!coded("transfer-encoding: Chunked\r\n"));
+    for fields in [
+        "transfer-encoding: gzip\r\n",
+        "transfer-encoding: gzip, chunked\r\n",
+        "transfer-encoding: deflate\r\ntransfer-encoding: chunked\r\n",
+    ] {
+        assert!(coded(fields), "{fields:?}");
+    }
+}

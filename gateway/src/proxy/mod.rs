@@ -562,6 +562,10 @@ impl Gateway {
                             ProxyError::UpstreamProtocol(what)
                         })
                 }
+                Ok(Ok(response)) if crate::h1::foreign_transfer_coding(response.headers()) => {
+                    tracing::warn!(upstream = %lease.server.addr, what = "transfer_coding", "upstream applied a transfer coding the gateway does not decode");
+                    Err(ProxyError::UpstreamProtocol("transfer_coding"))
+                }
                 Ok(Ok(response)) => Ok(response),
             }
         }
