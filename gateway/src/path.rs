@@ -50,6 +50,8 @@ pub enum PathError {
     DotSegmentParameters,
     #[error("the path's segment parameters (;) decide its route")]
     ParametersDecideRoute,
+    #[error("the path's letter case decides its route")]
+    CaseDecidesRoute,
 }
 
 impl PathError {
@@ -65,6 +67,7 @@ impl PathError {
             PathError::EscapesRoot => "escapes_root",
             PathError::DotSegmentParameters => "dot_segment_parameters",
             PathError::ParametersDecideRoute => "path_parameters",
+            PathError::CaseDecidesRoute => "path_case",
         }
     }
 }

@@ -522,6 +522,41 @@ fn a_longer_any_host_prefix_does_not_take_a_request_off_its_hosts_route() {
     assert_eq!(seen[0].target, "/public/x");
 }
 
+/// Express and ASP.NET Core match routes without case by default, so
+/// `/PRIVATE/secret` is their `/private/secret`, while the gateway's
+/// prefixes compare case for case: a spelling that would take the open
+/// route is refused (400 `invalid_path`, detail `path_case`), and one
+/// both readings route alike goes as it came (found by an attack).
+#[test]
+fn a_paths_case_never_takes_it_off_its_protected_prefix() {
+    let app = FakeUpstream::start(None);
+    let config = format!(
+        "{}\n[[routes]]\npath_prefix = \"/private/\"\nupstream = \"app\"\nauth = \"api_key\"\n\n\
+         [[routes]]\npath_prefix = \"/\"\nupstream = \"app\"\nauth = \"none\"\n",
+        gateway_tests::http::tiers_and_app(app.addr)
+    );
+    let gateway = Gateway::builder(&config).start();
+    for target in ["/PRIVATE/secret", "/Private", "/priVate/x/y"] {
+        let response = request(gateway.addr, "GET", target, &[]);
+        assert_eq!(response.status, 400, "{target}");
+        assert!(
+            response.body.contains("letter case"),
+            "{target}: {}",
+            response.body
+        );
+    }
+    assert_eq!(
+        request(gateway.addr, "GET", "/private/Secret", &[]).status,
+        401
+    );
+    assert_eq!(app.requests().len(), 0, "{:?}", app.requests());
+    assert_eq!(request(gateway.addr, "GET", "/Shop/Cart", &[]).status, 200);
+    let seen = app.requests();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].target, "/Shop/Cart");
+    gateway.wait_for_log(|line| line["status"] == 400 && line["detail"] == "path_case");
+}
+
 /// Path parameters (`;x`) on an ordinary segment: Tomcat, Jetty, Spring
 /// and Undertow drop them from every segment before matching, so
 /// `/private;x/secret` is their `/private/secret`, while other servers

@@ -322,7 +322,8 @@ impl Gateway {
 
     /// **route**: host (the target's authority, else `Host`), then the
     /// longest path prefix of the normalised path, on segment boundaries.
-    /// No match is a 404.
+    /// No match is a 404; a path that Java's `;` reading or a case-blind
+    /// reading would route elsewhere is a 400.
     fn route<'g>(
         &'g self,
         req: &Request<Incoming>,
@@ -340,6 +341,10 @@ impl Gateway {
             return Err(ProxyError::InvalidPath(
                 path::PathError::ParametersDecideRoute,
             ));
+        }
+        // Likewise as an upstream matching paths without case reads it.
+        if self.routes.case_decides(host, &ctx.path, route.index) {
+            return Err(ProxyError::InvalidPath(path::PathError::CaseDecidesRoute));
         }
         ctx.route = Some(route);
         Ok(route)

@@ -42,6 +42,9 @@ pub struct RouteTable {
     /// Host-specific first, then longest prefix first, so the first match
     /// wins.
     routes: Vec<Route>,
+    /// A prefix has an upper-case letter: a path's case may matter even
+    /// when the path has none.
+    upper_prefixes: bool,
 }
 
 impl RouteTable {
@@ -76,17 +79,44 @@ impl RouteTable {
         routes.sort_by(|a, b| {
             (b.host.is_some().cmp(&a.host.is_some())).then(b.prefix.len().cmp(&a.prefix.len()))
         });
-        Self { routes }
+        let upper_prefixes =
+            (routes.iter()).any(|r| r.prefix.bytes().any(|b| b.is_ascii_uppercase()));
+        Self {
+            routes,
+            upper_prefixes,
+        }
     }
 
     /// `host` may carry a port; it is ignored for matching. `path` is
     /// normalised.
     pub fn find(&self, host: Option<&str>, path: &str) -> Option<&Route> {
+        self.find_by(host, path, is_under)
+    }
+
+    /// Whether an upstream that matches paths without regard to case
+    /// (Express and ASP.NET Core by default, IIS) would route `path` to
+    /// another route than `routed` (its index), whose auth or scopes may
+    /// be weaker: `/api/Admin/x` is their `/api/admin/x`. Costs nothing
+    /// while the path and every prefix are lower case.
+    pub fn case_decides(&self, host: Option<&str>, path: &str, routed: usize) -> bool {
+        if !self.upper_prefixes && !path.bytes().any(|b| b.is_ascii_uppercase()) {
+            return false;
+        }
+        self.find_by(host, path, is_under_ignoring_case)
+            .is_none_or(|route| route.index != routed)
+    }
+
+    fn find_by(
+        &self,
+        host: Option<&str>,
+        path: &str,
+        under: fn(&str, &str) -> bool,
+    ) -> Option<&Route> {
         // Routes keep their hosts in lower case: compared without a
         // lower-cased copy of the request's per request, and not looked
         // at by routes for any host.
         self.routes.iter().find(|route| {
-            is_under(path, &route.prefix)
+            under(path, &route.prefix)
                 && (route.host.as_ref()).is_none_or(|want| {
                     host.is_some_and(|host| host::name(host).eq_ignore_ascii_case(want))
                 })
@@ -118,6 +148,14 @@ impl Route {
 fn is_under(path: &str, prefix: &str) -> bool {
     path.strip_prefix(prefix)
         .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+}
+
+/// As [`is_under`], ASCII letters compared without case.
+fn is_under_ignoring_case(path: &str, prefix: &str) -> bool {
+    let (path, prefix) = (path.as_bytes(), prefix.as_bytes());
+    path.get(..prefix.len())
+        .is_some_and(|head| head.eq_ignore_ascii_case(prefix))
+        && matches!(path.get(prefix.len()), None | Some(b'/'))
 }
 
 #[cfg(test)]
@@ -171,6 +209,36 @@ mod tests {
         assert_eq!(find(None, "/other"), Some("root"));
         let no_root = RouteTable::new(&[route(None, "/api/", "api")]);
         assert!(no_root.find(None, "/ap").is_none());
+    }
+
+    /// Where a case-blind upstream would route a path elsewhere, and only
+    /// there: upper case in the path or in a prefix.
+    #[test]
+    fn case_decides_where_a_case_blind_reading_routes_elsewhere() {
+        let table = RouteTable::new(&[
+            route(None, "/", "open"),
+            route(None, "/api/admin/", "admin"),
+            route(None, "/api/", "api"),
+        ]);
+        let decides = |path: &str| {
+            let routed = table.find(None, path).unwrap().index;
+            table.case_decides(None, path, routed)
+        };
+        for path in ["/api/Admin/users", "/API/admin", "/Api/x", "/api/ADMIN"] {
+            assert!(decides(path), "{path}");
+        }
+        for path in [
+            "/api/admin/Users",
+            "/api/x/ABC123",
+            "/Other",
+            "/api/adminX",
+            "/api/admin",
+        ] {
+            assert!(!decides(path), "{path}");
+        }
+        let upper = RouteTable::new(&[route(None, "/", "open"), route(None, "/Private/", "p")]);
+        let routed = upper.find(None, "/private/x").unwrap().index;
+        assert!(upper.case_decides(None, "/private/x", routed));
     }
 
     /// A host's routes win over any-host ones with longer prefixes; what
