@@ -496,6 +496,23 @@ fn a_trailing_dot_does_not_take_a_request_off_its_hosts_protected_route() {
     assert_eq!(app.requests().len(), 1);
 }
 
+/// A gateway with `/private/` needing an API key and `/` open, to `app`.
+fn private_and_open(app: &FakeUpstream) -> Gateway {
+    let config = format!(
+        "{}\n[[routes]]\npath_prefix = \"/private/\"\nupstream = \"app\"\nauth = \"api_key\"\n\n\
+         [[routes]]\npath_prefix = \"/\"\nupstream = \"app\"\nauth = \"none\"\n",
+        gateway_tests::http::tiers_and_app(app.addr)
+    );
+    Gateway::builder(&config).start()
+}
+
+/// `app` got one request, for `target`.
+fn assert_only_target(app: &FakeUpstream, target: &str) {
+    let seen = app.requests();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert_eq!(seen[0].target, target);
+}
+
 /// An any-host route with a longer prefix (`/public`, open) beside a
 /// host's own `/` (needs a key) took `/public/...` on that host off its
 /// protected route (found by an attack, HTTP/1.1 and HTTP/2 alike): a
@@ -517,9 +534,7 @@ fn a_longer_any_host_prefix_does_not_take_a_request_off_its_hosts_route() {
     assert_eq!(app.requests().len(), 0, "{:?}", app.requests());
     let head = "GET /public/x HTTP/1.1\r\nhost: www.example\r\nconnection: close\r\n\r\n";
     assert_eq!(crate::http::raw(gateway.addr, head.as_bytes()).0, [200]);
-    let seen = app.requests();
-    assert_eq!(seen.len(), 1);
-    assert_eq!(seen[0].target, "/public/x");
+    assert_only_target(&app, "/public/x");
 }
 
 /// Express and ASP.NET Core match routes without case by default, so
@@ -530,12 +545,7 @@ fn a_longer_any_host_prefix_does_not_take_a_request_off_its_hosts_route() {
 #[test]
 fn a_paths_case_never_takes_it_off_its_protected_prefix() {
     let app = FakeUpstream::start(None);
-    let config = format!(
-        "{}\n[[routes]]\npath_prefix = \"/private/\"\nupstream = \"app\"\nauth = \"api_key\"\n\n\
-         [[routes]]\npath_prefix = \"/\"\nupstream = \"app\"\nauth = \"none\"\n",
-        gateway_tests::http::tiers_and_app(app.addr)
-    );
-    let gateway = Gateway::builder(&config).start();
+    let gateway = private_and_open(&app);
     for target in ["/PRIVATE/secret", "/Private", "/priVate/x/y"] {
         let response = request(gateway.addr, "GET", target, &[]);
         assert_eq!(response.status, 400, "{target}");
@@ -551,9 +561,7 @@ fn a_paths_case_never_takes_it_off_its_protected_prefix() {
     );
     assert_eq!(app.requests().len(), 0, "{:?}", app.requests());
     assert_eq!(request(gateway.addr, "GET", "/Shop/Cart", &[]).status, 200);
-    let seen = app.requests();
-    assert_eq!(seen.len(), 1);
-    assert_eq!(seen[0].target, "/Shop/Cart");
+    assert_only_target(&app, "/Shop/Cart");
     gateway.wait_for_log(|line| line["status"] == 400 && line["detail"] == "path_case");
 }
 
@@ -566,12 +574,7 @@ fn a_paths_case_never_takes_it_off_its_protected_prefix() {
 #[test]
 fn path_parameters_never_take_a_request_off_its_protected_prefix() {
     let app = FakeUpstream::start(None);
-    let config = format!(
-        "{}\n[[routes]]\npath_prefix = \"/private/\"\nupstream = \"app\"\nauth = \"api_key\"\n\n\
-         [[routes]]\npath_prefix = \"/\"\nupstream = \"app\"\nauth = \"none\"\n",
-        gateway_tests::http::tiers_and_app(app.addr)
-    );
-    let gateway = Gateway::builder(&config).start();
+    let gateway = private_and_open(&app);
     assert_eq!(
         request(gateway.addr, "GET", "/private/secret", &[]).status,
         401
@@ -598,9 +601,7 @@ fn path_parameters_never_take_a_request_off_its_protected_prefix() {
         request(gateway.addr, "GET", "/shop;v=2/cart", &[]).status,
         200
     );
-    let seen = app.requests();
-    assert_eq!(seen.len(), 1);
-    assert_eq!(seen[0].target, "/shop;v=2/cart");
+    assert_only_target(&app, "/shop;v=2/cart");
 }
 
 /// Hosts an upstream reads as the protected one though the gateway's match
