@@ -12,8 +12,9 @@
 //! Kept as hyper's were: a connection the upstream closed (or wrote to)
 //! while idle is dropped when next taken, once the worker's event loop
 //! has seen its socket become readable (hyper's connection task saw it no
-//! sooner), or at once after a 204 or 304 (see `Conn::bodiless`); one
-//! answering a HEAD is not kept at all; one idle for
+//! sooner), or, after a response that has no body by rule (HEAD, 204,
+//! 304), once it has rested [`BODILESS_REST`] (see `Conn::bodiless`); one
+//! idle for
 //! `limits.upstream_idle_timeout` is closed; a request is sent again once
 //! on a fresh connection when a kept one took none of it (or not all of
 //! a bodiless one), or, if idempotent, bodiless and on a connection idle
@@ -43,6 +44,11 @@ use crate::h1::{self, Decoder, H1Error, Head, Step};
 /// 75 s): such a request, if idempotent, is sent again on a fresh one.
 pub const RISKY_IDLE: Duration = Duration::from_millis(250);
 
+/// How long a connection that answered a HEAD, a 204 or a 304 rests
+/// before it is kept (see [`Conn::bodiless`]): past a delayed ACK's 40 ms,
+/// and the gap between a naive server's head and body writes.
+pub const BODILESS_REST: Duration = Duration::from_millis(50);
+
 /// Spare room a read asks for.
 const READ_CHUNK: usize = 8 * 1024;
 
@@ -70,20 +76,21 @@ pub struct Conn {
     buf: BytesMut,
     // Boxed: a `Conn` moves in and out of the pool per request.
     names: Box<h1::Names>,
-    /// The last response was a 204 or 304, which have no body by rule.
-    /// Upstreams that send one anyway (a known bug) may send it a moment
-    /// after the head, when the connection is already idle: taken before
-    /// the event loop saw those bytes, it would answer the next client
-    /// with them, and that client's answer the one after (a chain). So
-    /// the head's ACK goes out at once (`TCP_QUICKACK`: an upstream with
-    /// Nagle's algorithm on holds a second small write until its first is
-    /// acknowledged, which a delayed ACK left to the next request's
-    /// segment, after the check below), and taking the connection asks
-    /// the socket itself (one `recv` syscall). That narrows the window to
-    /// the time between the peek and the request's write; bytes later
-    /// still are any upstream's out-of-turn bytes. A HEAD, which any
-    /// client can send to any path (and naive servers answer with the
-    /// GET's body), leaves no connection to take: it is not kept.
+    /// The last response had no body by rule (HEAD, 204, 304). Upstreams
+    /// that send one anyway (a known bug; naive servers answer a HEAD,
+    /// which any client can send to any path, with the GET's body) may
+    /// send it a moment after the head, when the connection is already
+    /// idle: taken before those bytes came, it would answer the next
+    /// client with them, and that client's answer the one after (a chain,
+    /// found by an attack). So the head's ACK goes out at once
+    /// (`TCP_QUICKACK`: an upstream with Nagle's algorithm on holds a
+    /// second small write until its first is acknowledged, which a delayed
+    /// ACK left to the next request's segment), the connection rests
+    /// [`BODILESS_REST`] out of the pool, and it is kept only if the
+    /// socket itself (one `recv` syscall) then has nothing. Closing it
+    /// instead would let any client make the gateway open (and leave in
+    /// `TIME_WAIT`) an upstream connection per HEAD. Bytes later still are
+    /// any upstream's out-of-turn bytes.
     bodiless: bool,
 }
 
@@ -132,7 +139,7 @@ pub async fn send(
     };
     let risky = kept_since.is_some_and(|used| now.saturating_duration_since(used) >= RISKY_IDLE);
     match exchange(&mut conn, &message, head_request).await {
-        Ok(response) => return Ok(body_of(response, conn, addr, now, head_request)),
+        Ok(response) => return Ok(body_of(response, conn, addr, now)),
         // Nothing taken, or a bodiless head not taken whole: the upstream
         // cannot have acted on it.
         Err(DirectError::Write { sent, .. })
@@ -144,7 +151,7 @@ pub async fn send(
     }
     let mut conn = fresh(addr, connect_timeout).await?;
     let response = exchange(&mut conn, &message, head_request).await?;
-    Ok(body_of(response, conn, addr, now, head_request))
+    Ok(body_of(response, conn, addr, now))
 }
 
 /// Writes `message`, then reads until a final response head (1xx skipped).
@@ -243,17 +250,15 @@ pub async fn dial(addr: SocketAddr, timeout: Duration) -> io::Result<TcpStream> 
     Ok(stream)
 }
 
-/// The response, its body reading from `conn`; the connection is not kept
-/// after a `head_request`'s (see [`Conn::bodiless`]).
+/// The response, its body reading from `conn`.
 fn body_of(
     head: h1::ResponseHead,
     mut conn: Conn,
     addr: SocketAddr,
     used: Instant,
-    head_request: bool,
 ) -> Response<DirectBody> {
     conn.bodiless = head.framing == h1::Framing::Empty;
-    let keep_alive = head.keep_alive && !head_request;
+    let keep_alive = head.keep_alive;
     if conn.bodiless && keep_alive {
         // Best effort: without it the peek still runs.
         let _ = socket2::SockRef::from(&conn.stream).set_quickack(true);
@@ -290,11 +295,22 @@ impl DirectBody {
     /// The body is complete: the connection is kept if it can carry
     /// another request and nothing came past the response.
     fn finish(&mut self) {
-        if let Some(conn) = self.conn.take() {
-            if self.keep_alive && !self.eof && conn.buf.is_empty() {
-                put_back(self.addr, conn, self.used);
-            }
+        let Some(conn) = self.conn.take() else {
+            return;
+        };
+        if !self.keep_alive || self.eof || !conn.buf.is_empty() {
+            return;
         }
+        if !conn.bodiless {
+            return put_back(self.addr, conn, self.used);
+        }
+        let (addr, used) = (self.addr, self.used);
+        tokio::spawn(async move {
+            tokio::time::sleep(BODILESS_REST).await;
+            if !conn.closed_while_idle() {
+                put_back(addr, conn, used);
+            }
+        });
     }
 }
 

@@ -28,7 +28,7 @@ use std::{
     io,
     net::SocketAddr,
     sync::{
-        atomic::{AtomicBool, Ordering::Relaxed},
+        atomic::{AtomicU8, Ordering::Relaxed},
         Arc,
     },
     time::Duration,
@@ -60,21 +60,41 @@ use super::{
 /// the work per request whatever number is in flight.
 const PROMOTE_PER_TAKE: usize = 8;
 
-/// A kept connection's handle, and whether a response on it said it
-/// must carry no other request (see [`exchange`]).
+/// A kept connection's handle, and where its last exchange stands (see
+/// [`exchange`]).
 struct Sender {
     hyper: http1::SendRequest<RequestBody>,
-    retired: Arc<AtomicBool>,
+    state: Arc<AtomicU8>,
 }
+
+/// [`Sender::state`]: its last response's head has come and allows another
+/// request.
+const OPEN: u8 = 0;
+/// Its response's head has not come yet: hyper may call it ready before
+/// the request's task has seen the head, which may retire it.
+const AWAITING_HEAD: u8 = 1;
+/// It carries no other request: to be dropped.
+const RETIRED: u8 = 2;
 
 impl Sender {
     /// Closed, or retired: either way to be dropped.
     fn is_closed(&self) -> bool {
-        self.hyper.is_closed() || self.retired.load(Relaxed)
+        self.hyper.is_closed() || self.state.load(Relaxed) == RETIRED
     }
 
+    /// Ready for a request: hyper's exchange done and its head judged.
     fn is_ready(&self) -> bool {
-        self.hyper.is_ready()
+        self.state.load(Relaxed) == OPEN && self.hyper.is_ready()
+    }
+}
+
+/// Retires its connection unless disarmed: an exchange dropped before its
+/// head was judged (the client gone) leaves no connection waiting for ever.
+struct UntilJudged(Arc<AtomicU8>);
+
+impl Drop for UntilJudged {
+    fn drop(&mut self) {
+        let _ = (self.0).compare_exchange(AWAITING_HEAD, RETIRED, Relaxed, Relaxed);
     }
 }
 
@@ -304,8 +324,11 @@ fn unanswered(error: &SendError) -> bool {
 /// A connection that answered a HEAD, a 204 or a 304 carries no other
 /// request: upstreams that send a body anyway (a known bug) may send it
 /// after the head, where hyper would read it as the next request's
-/// response (see `direct::Conn::bodiless`). A HEAD's is retired as it is
-/// sent, so it is never taken again.
+/// response (see `direct::Conn::bodiless`). So no connection is taken
+/// until its response's head has been judged here: hyper calls a
+/// bodiless exchange done with its head, before this task runs again.
+/// (These requests carry streamed bodies; the bodiless ones, most of them,
+/// go [`direct`], which keeps such connections after a rest.)
 async fn exchange(
     addr: SocketAddr,
     mut sender: Sender,
@@ -313,22 +336,21 @@ async fn exchange(
     now: Instant,
     idle_timeout: Duration,
 ) -> Result<Response<Incoming>, (SendError, Option<Request<RequestBody>>)> {
-    let retired = sender.retired.clone();
-    if req.method() == http::Method::HEAD {
-        retired.store(true, Relaxed);
-    }
+    let head_request = req.method() == http::Method::HEAD;
+    sender.state.store(AWAITING_HEAD, Relaxed);
+    let judged = UntilJudged(sender.state.clone());
     let response = sender.hyper.try_send_request(req);
     put_back(addr, sender, now, idle_timeout);
     let response = response.await.map_err(|mut error| {
         let req = error.take_message();
         (SendError::Request(error.into_error()), req)
     })?;
-    if matches!(
-        response.status(),
-        http::StatusCode::NO_CONTENT | http::StatusCode::NOT_MODIFIED
-    ) {
-        retired.store(true, Relaxed);
-    }
+    let bodiless = head_request
+        || matches!(
+            response.status(),
+            http::StatusCode::NO_CONTENT | http::StatusCode::NOT_MODIFIED
+        );
+    (judged.0).store(if bodiless { RETIRED } else { OPEN }, Relaxed);
     Ok(response)
 }
 
@@ -420,7 +442,7 @@ async fn connect(addr: SocketAddr, timeout: Duration) -> Result<Sender, SendErro
     hyper.ready().await.map_err(SendError::Request)?;
     Ok(Sender {
         hyper,
-        retired: Arc::default(),
+        state: Arc::new(AtomicU8::new(OPEN)),
     })
 }
 

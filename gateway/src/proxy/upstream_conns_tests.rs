@@ -146,6 +146,28 @@ async fn a_connection_that_answered_a_bodiless_response_is_not_reused() {
     assert_eq!(upstream.await.unwrap(), [0, 0, 1, 2, 3]);
 }
 
+/// hyper calls a bodiless exchange done with its head, possibly before
+/// the request's task has judged it: until then the connection is not
+/// ready for anyone; an exchange dropped before (the client gone) retires
+/// it rather than leave it waiting.
+#[tokio::test(flavor = "current_thread")]
+async fn a_connection_is_ready_only_once_its_head_is_judged() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = tokio::spawn(async move { listener.accept().await.unwrap().0 });
+    let sender = connect(addr, timeouts().connect).await.unwrap();
+    let _stream = accepted.await.unwrap();
+    assert!(sender.is_ready() && !sender.is_closed());
+    sender.state.store(AWAITING_HEAD, Relaxed);
+    assert!(!sender.is_ready() && !sender.is_closed());
+    drop(UntilJudged(sender.state.clone()));
+    assert!(sender.is_closed() && !sender.is_ready());
+    // Judged first, the guard leaves it as judged.
+    sender.state.store(OPEN, Relaxed);
+    drop(UntilJudged(sender.state.clone()));
+    assert!(sender.is_ready() && !sender.is_closed());
+}
+
 /// Waits (bounded) until this thread's kept connection is ready again or
 /// dropped.
 async fn until_ready_or_gone() {
