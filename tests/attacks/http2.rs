@@ -20,6 +20,9 @@ use gateway_tests::{
 const DATA: u8 = 0x0;
 const HEADERS: u8 = 0x1;
 const RST_STREAM: u8 = 0x3;
+const WINDOW_UPDATE: u8 = 0x8;
+/// [`held_streams`]'s stream given a window.
+const LIVE: u32 = 7;
 const GOAWAY: u8 = 0x7;
 const END_STREAM: u8 = 0x1;
 const END_HEADERS: u8 = 0x4;
@@ -308,9 +311,9 @@ fn http2_streams_given_no_window_are_reset_alone() {
         let case = format!("window {window}, body {body}");
         // The responses began (their HEADERS need no window)...
         assert_eq!(held.headers, 3, "{case}");
-        assert_eq!(upstream.requests().len(), 3, "{case}");
-        // ...and each stream was reset: the rule fires after about two
-        // timeouts (~2 s); the bound asserted is only "not before one, and
+        assert_eq!(upstream.requests().len(), 4, "{case}");
+        // ...and each stream was reset: the rule fires after one to one and
+        // a half timeouts; the bound asserted is only "not before one, and
         // within 10 s", loose on purpose on a shared machine.
         assert_eq!(held.resets.len(), 3, "{case}: resets {:?}", held.resets);
         for (id, at, code) in &held.resets {
@@ -320,6 +323,8 @@ fn http2_streams_given_no_window_are_reset_alone() {
             );
             assert_eq!(*code, CANCEL, "{case}: {id}'s error code");
         }
+        // The stream given a window, beside them, was answered whole.
+        assert_eq!(held.live, (body, true), "{case}: the live stream");
         // The connection itself was kept and still answers.
         assert!(
             held.answered_after,
@@ -329,12 +334,13 @@ fn http2_streams_given_no_window_are_reset_alone() {
         // The upstream connections behind the 1 MB answers, which the
         // gateway had not read to their end, were let go (a 4,000-byte
         // answer was read whole, and its connection may be kept).
+        // The live stream's, read whole, may be kept.
         if body > 1 << 16 {
             let deadline = Instant::now() + Duration::from_secs(5);
-            while upstream.open_connections() > 0 && Instant::now() < deadline {
+            while upstream.open_connections() > 1 && Instant::now() < deadline {
                 gateway_tests::http::pause(Duration::from_millis(20));
             }
-            assert_eq!(upstream.open_connections(), 0, "{case}");
+            assert_eq!(upstream.open_connections(), 1, "{case}");
         }
     }
 }
@@ -350,13 +356,16 @@ struct Held {
     resets: Vec<(u32, Duration, u32)>,
     /// Whether a request sent after the three resets was answered.
     answered_after: bool,
+    /// The live stream's body bytes, and whether it ended.
+    live: (usize, bool),
     /// When the gateway closed the connection, if it did.
     ended: Option<Duration>,
 }
 
 /// Opens three `GET /big` streams with a stream window of `window` bytes
-/// and never widens it, sending a `CONNECT` every 300 ms meanwhile, until
-/// one sent after the three streams' resets is answered (or 10 s).
+/// and never widens it, and a fourth (7) given all the window it needs,
+/// sending a `CONNECT` every 300 ms meanwhile, until one sent after the
+/// three streams' resets is answered (or 10 s).
 fn held_streams(addr: SocketAddr, window: u8) -> Held {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
     stream
@@ -374,14 +383,26 @@ fn held_streams(addr: SocketAddr, window: u8) -> Held {
         ]);
         bytes.extend(frame(HEADERS, END_HEADERS | END_STREAM, id, &head));
     }
+    // The live stream: the connection's window and its own opened wide.
+    let wide = 0x7fff_0000u32.to_be_bytes();
+    bytes.extend(frame(WINDOW_UPDATE, 0, 0, &wide));
+    let head = hpack(&[
+        (":method", "GET"),
+        (":scheme", "http"),
+        (":path", "/big"),
+        (":authority", "gw"),
+    ]);
+    bytes.extend(frame(HEADERS, END_HEADERS | END_STREAM, LIVE, &head));
+    bytes.extend(frame(WINDOW_UPDATE, 0, LIVE, &wide));
     stream.write_all(&bytes).unwrap();
     let connect = hpack(&[(":method", "CONNECT"), (":authority", "gw:443")]);
     let started = Instant::now();
-    let (mut received, mut buf, mut id) = (Vec::new(), [0u8; 4096], 7);
+    let (mut received, mut buf, mut id) = (Vec::new(), [0u8; 4096], LIVE + 2);
     let mut held = Held {
         headers: 0,
         resets: Vec::new(),
         answered_after: false,
+        live: (0, false),
         ended: None,
     };
     // The first request sent once all three streams were reset.
@@ -404,7 +425,11 @@ fn held_streams(addr: SocketAddr, window: u8) -> Held {
                 break false;
             }
         };
-        for (kind, stream_id, payload) in frames(&received) {
+        held.live = (0, false);
+        for (kind, flags, stream_id, payload) in frames(&received) {
+            if kind == DATA && stream_id == LIVE {
+                held.live = (held.live.0 + payload.len(), flags & END_STREAM != 0);
+            }
             let held_stream = [1, 3, 5].contains(&stream_id);
             if kind == RST_STREAM && held_stream && held.resets.iter().all(|r| r.0 != stream_id) {
                 let code = payload.try_into().map_or(0, u32::from_be_bytes);
@@ -418,22 +443,22 @@ fn held_streams(addr: SocketAddr, window: u8) -> Held {
         }
     }
     held.headers = frames(&received)
-        .filter(|(kind, id, _)| *kind == HEADERS && [1, 3, 5].contains(id))
+        .filter(|(kind, _, id, _)| *kind == HEADERS && [1, 3, 5].contains(id))
         .count();
     held
 }
 
-/// The (type, stream, payload) of each whole frame in `bytes`.
-fn frames(mut bytes: &[u8]) -> impl Iterator<Item = (u8, u32, &[u8])> + '_ {
+/// The (type, flags, stream, payload) of each whole frame in `bytes`.
+fn frames(mut bytes: &[u8]) -> impl Iterator<Item = (u8, u8, u32, &[u8])> + '_ {
     std::iter::from_fn(move || {
         let len = usize::from(*bytes.first()?) << 16
             | usize::from(*bytes.get(1)?) << 8
             | usize::from(*bytes.get(2)?);
         let id = u32::from_be_bytes(bytes.get(5..9)?.try_into().ok()?) & 0x7fff_ffff;
-        let kind = bytes[3];
+        let (kind, flags) = (bytes[3], bytes[4]);
         let payload = bytes.get(9..9 + len)?;
         bytes = &bytes[9 + len..];
-        Some((kind, id, payload))
+        Some((kind, flags, id, payload))
     })
 }
 

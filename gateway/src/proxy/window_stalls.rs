@@ -14,8 +14,10 @@
 //! `request_timeout` is reset alone, as nginx does: its task (hyper's,
 //! spawned by [`super::activity::StreamExec`]) is aborted, which drops the
 //! stream unfinished, and h2 sends RST_STREAM(CANCEL). The connection's
-//! other streams go on. A stalled stream with no task to abort, or one
-//! still waiting a timeout after its abort, drops the whole connection.
+//! other streams go on. A stalled stream with no task to abort drops the
+//! whole connection, and so does a stall past [`MAX_RESETS`]: a client
+//! cycling stalled streams would otherwise hold upstream connections on
+//! one connection for ever, where each drop costs it a reconnect.
 //!
 //! Stamps are the serve loop's last tick time, not a clock read per frame:
 //! a stamp can be up to one tick older than the frame, so the loop counts a
@@ -26,6 +28,10 @@ use std::sync::{
 };
 
 use tokio::task::AbortHandle;
+
+/// Streams one connection may have reset for stalling before a stall
+/// drops it whole.
+pub(super) const MAX_RESETS: u32 = 16;
 
 /// The waits of one connection's HTTP/2 responses.
 #[derive(Default)]
@@ -42,6 +48,8 @@ struct Slots {
     /// The slot claimed by the request hyper accepted last, whose task
     /// hyper spawns next (see [`WindowStalls::adopt`]).
     next: Option<usize>,
+    /// Streams reset for stalling so far.
+    resets: u32,
 }
 
 /// One HTTP/2 request's slot.
@@ -52,6 +60,7 @@ struct Stream {
     waiting_since: u64,
     /// Its task, to reset the stream alone.
     task: Option<AbortHandle>,
+    /// Its task was aborted: the slot goes as the task's future drops.
     aborted: bool,
 }
 
@@ -84,8 +93,10 @@ impl WindowStalls {
 
     /// `task` serves the request that claimed a slot last. hyper accepts
     /// a stream, calls the service (which claims) and spawns the stream's
-    /// task in one go, so the two meet here; a task spawned with no claim
-    /// before it (an upgraded stream's) is left alone.
+    /// task in one go on the connection's task, so the two meet here. hyper
+    /// spawns one other kind of task, an HTTP/2 `CONNECT` tunnel's, from a
+    /// stream's task; the gateway answers `CONNECT` itself (405), so none
+    /// is spawned to take a claim.
     pub(super) fn adopt(&self, task: AbortHandle) {
         let mut slots = self.slots();
         if let Some(slot) = slots.next.take() {
@@ -124,26 +135,36 @@ impl WindowStalls {
     /// response has waited for its next frame to be taken for
     /// `timeout_ms`, counted from stamps up to `tick_ms` old. `true`: the
     /// connection is to be dropped, a stalled stream having no task to
-    /// abort or still waiting as long again after its abort.
+    /// abort, or the connection past [`MAX_RESETS`].
     pub(super) fn tick(&self, now_ms: u64, timeout_ms: u64, tick_ms: u64) -> bool {
         self.now_ms.store(now_ms.max(1), Relaxed);
         let limit = timeout_ms.saturating_add(tick_ms);
-        let mut slots = self.slots();
+        let mut to_abort = Vec::new();
         let mut drop_connection = false;
-        for stream in &mut slots.streams {
-            let waited = now_ms.saturating_sub(stream.waiting_since);
-            if stream.waiting_since == 0 || waited < limit {
-                continue;
-            }
-            match &stream.task {
-                Some(task) if !stream.aborted => {
-                    task.abort();
-                    stream.aborted = true;
+        {
+            let mut slots = self.slots();
+            let mut resets = slots.resets;
+            for stream in &mut slots.streams {
+                let stalled = stream.waiting_since != 0
+                    && now_ms.saturating_sub(stream.waiting_since) >= limit;
+                if !stalled || stream.aborted {
+                    continue;
                 }
-                Some(_) => drop_connection |= waited >= limit.saturating_mul(2),
-                None => drop_connection = true,
+                match &stream.task {
+                    Some(task) => {
+                        to_abort.push(task.clone());
+                        stream.aborted = true;
+                        resets += 1;
+                    }
+                    None => drop_connection = true,
+                }
             }
+            slots.resets = resets;
+            drop_connection |= resets > MAX_RESETS;
         }
+        // Outside the lock: tokio only schedules the cancellation, but a
+        // task's drop takes this lock (its slot's release).
+        to_abort.iter().for_each(AbortHandle::abort);
         drop_connection
     }
 }
@@ -172,10 +193,10 @@ mod tests {
     }
 
     /// A stalled stream with a task is reset alone: its task aborted, the
-    /// connection kept, others untouched; still waiting a timeout after
-    /// that (the abort freed nothing), the connection goes.
+    /// connection kept, others untouched; a task spawned with no claim
+    /// before it is nobody's.
     #[tokio::test]
-    async fn a_stalled_stream_is_reset_alone_then_its_connection_dropped() {
+    async fn a_stalled_stream_is_reset_alone() {
         let stalls = WindowStalls::new(1_000);
         let spawn = || {
             let slot = stalls.claim();
@@ -191,11 +212,9 @@ mod tests {
         assert!(!stalls.tick(2_500, 1_000, 500), "reset, not dropped");
         assert!(task_a.await.unwrap_err().is_cancelled());
         assert!(!task_b.is_finished(), "another stream goes on");
-        assert!(!stalls.tick(3_999, 1_000, 500));
-        assert!(stalls.tick(4_000, 1_000, 500), "the abort freed nothing");
+        assert!(!stalls.tick(10_000, 1_000, 500), "aborted once");
         task_b.abort();
 
-        // A task spawned with no claim before it is nobody's.
         stalls.release(a);
         stalls.release(b);
         let unclaimed = tokio::spawn(std::future::pending::<()>());
@@ -203,10 +222,31 @@ mod tests {
         let c = stalls.claim();
         stalls.set_waiting(c, true);
         assert!(
-            stalls.tick(10_000, 1_000, 500),
+            stalls.tick(20_000, 1_000, 500),
             "no task of its own: dropped"
         );
         assert!(!unclaimed.is_finished());
         unclaimed.abort();
+    }
+
+    /// A connection cycling stalled streams is dropped past [`MAX_RESETS`].
+    #[tokio::test]
+    async fn a_connection_past_its_resets_is_dropped() {
+        let stalls = WindowStalls::new(1_000);
+        let mut tasks = Vec::new();
+        for round in 0..=u64::from(MAX_RESETS) {
+            let slot = stalls.claim();
+            let task = tokio::spawn(std::future::pending::<()>());
+            stalls.adopt(task.abort_handle());
+            stalls.set_waiting(slot, true);
+            let now = stalls.now_ms.load(Relaxed) + 1_500;
+            let dropped = stalls.tick(now, 1_000, 500);
+            assert_eq!(dropped, round == u64::from(MAX_RESETS), "round {round}");
+            stalls.release(slot);
+            tasks.push(task);
+        }
+        for task in tasks {
+            assert!(task.await.unwrap_err().is_cancelled());
+        }
     }
 }
