@@ -9,6 +9,7 @@ mod fleet;
 mod identity;
 mod kernel;
 mod listen;
+mod route_overlaps;
 mod routes;
 mod store;
 mod upstreams;
@@ -156,6 +157,7 @@ impl Config {
         listen::validate_limits(&self.limits)?;
         upstreams::validate(&self.upstreams)?;
         routes::validate_targets(&self.routes, &self.upstreams)?;
+        route_overlaps::validate(&self.routes)?;
         identity::validate_issuers(&self.issuers)?;
         identity::validate_tokens(&self.tokens, &self.issuers)?;
         routes::validate_auth(&self.routes, !self.issuers.is_empty(), &self.tokens)?;

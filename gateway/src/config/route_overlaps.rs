@@ -1,0 +1,156 @@
+//! Routes whose order alone would decide who may pass. A host's own routes
+//! come before the routes for any host (`proxy::route`), so an any-host
+//! route nested under a shorter prefix of a host's routes does not apply
+//! on that host. Where the two ask different things of a client (`auth`,
+//! `required_scopes`), which one the operator meant cannot be told, and
+//! either reading leaves a path open that the other protects (an attack
+//! found the one, a review its mirror): the config must say it.
+use std::collections::BTreeSet;
+
+use super::{routes::RouteConfig, AuthPolicy, ConfigError};
+
+/// Refuses an any-host route that a host's shorter route takes over on
+/// that host while the two differ in `auth` or `required_scopes`, unless
+/// the host has a route of its own for that prefix.
+pub(super) fn validate(routes: &[RouteConfig]) -> Result<(), ConfigError> {
+    let hosts: BTreeSet<String> = (routes.iter())
+        .filter_map(|r| r.host.as_deref().map(normal_host))
+        .collect();
+    for (any_index, any) in routes.iter().enumerate() {
+        if any.host.is_some() {
+            continue;
+        }
+        let prefix = trimmed(&any.path_prefix);
+        for host in &hosts {
+            let covering = (routes.iter().enumerate())
+                .filter(|(_, r)| r.host.as_deref().map(normal_host).as_ref() == Some(host))
+                .filter(|(_, r)| is_under(prefix, trimmed(&r.path_prefix)))
+                .max_by_key(|(_, r)| trimmed(&r.path_prefix).len());
+            let Some((host_index, route)) = covering else {
+                continue;
+            };
+            if trimmed(&route.path_prefix) == prefix || same_access(route, any) {
+                continue;
+            }
+            return Err(ConfigError::invalid(
+                format!("routes[{any_index}].path_prefix"),
+                format!(
+                    "routes[{host_index}] (host {host:?}, path_prefix {:?}, auth {}) takes \
+                     this route's paths on that host, as a host's own routes come first, \
+                     but this one asks auth {} of clients: add a route with host = {host:?} \
+                     and path_prefix = {:?} to say which applies there, or give both the same \
+                     auth and required_scopes",
+                    route.path_prefix,
+                    access(route),
+                    access(any),
+                    any.path_prefix,
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// As `proxy::route` keeps hosts: lower case, no root dot.
+fn normal_host(host: &str) -> String {
+    host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase()
+}
+
+fn trimmed(prefix: &str) -> &str {
+    prefix.trim_end_matches('/')
+}
+
+/// `prefix` (trimmed) equal to or below `outer` (trimmed), on a segment
+/// boundary, as `proxy::route` matches paths.
+fn is_under(prefix: &str, outer: &str) -> bool {
+    prefix
+        .strip_prefix(outer)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+}
+
+fn same_access(a: &RouteConfig, b: &RouteConfig) -> bool {
+    a.auth == b.auth && scopes(a) == scopes(b)
+}
+
+fn scopes(route: &RouteConfig) -> BTreeSet<&str> {
+    route.required_scopes.iter().map(String::as_str).collect()
+}
+
+/// `auth` and scopes, for the message.
+fn access(route: &RouteConfig) -> String {
+    let auth = match route.auth {
+        AuthPolicy::ApiKey => "api_key",
+        AuthPolicy::Jwt => "jwt",
+        AuthPolicy::Both => "both",
+        AuthPolicy::None => "none",
+    };
+    match route.required_scopes.as_slice() {
+        [] => auth.to_owned(),
+        scopes => format!("{auth} with scopes {scopes:?}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+
+    fn check(routes: &str) -> Result<(), String> {
+        let text = format!(
+            "[[listeners]]\naddress = \"127.0.0.1:1\"\n[[upstreams]]\nname = \"app\"\n\
+             servers = [\"127.0.0.1:2\"]\n{routes}"
+        );
+        Config::parse(&text).map(|_| ()).map_err(|e| e.to_string())
+    }
+
+    fn route(host: Option<&str>, prefix: &str, auth: &str, scopes: &str) -> String {
+        let host = host.map_or(String::new(), |h| format!("host = \"{h}\"\n"));
+        format!(
+            "[[routes]]\n{host}path_prefix = \"{prefix}\"\nupstream = \"app\"\nauth = \"{auth}\"\n\
+             required_scopes = [{scopes}]\n"
+        )
+    }
+
+    #[test]
+    fn a_nested_any_host_route_that_asks_otherwise_is_refused() {
+        // The attack's: a host protected whole, /public/ open for any host.
+        let open_public = route(None, "/public/", "none", "");
+        let protected_host = route(Some("admin.example"), "/", "api_key", "");
+        let error = check(&(protected_host.clone() + &open_public)).unwrap_err();
+        assert!(error.starts_with("routes[1].path_prefix"), "{error}");
+        assert!(
+            error.contains("admin.example") && error.contains("routes[0]"),
+            "{error}"
+        );
+        // The mirror: a host open whole, /admin/ protected for any host.
+        let admin = route(None, "/admin/", "api_key", "\"admin\"");
+        let open_host = route(Some("Shop.Example."), "/", "none", "");
+        let error = check(&(admin.clone() + &open_host)).unwrap_err();
+        assert!(error.starts_with("routes[0].path_prefix"), "{error}");
+        assert!(error.contains("api_key with scopes"), "{error}");
+        // Scopes alone differing count too.
+        let read = route(Some("shop.example"), "/", "api_key", "\"read\"");
+        assert!(check(&(read + &admin)).is_err());
+    }
+
+    #[test]
+    fn overlaps_that_say_which_applies_or_ask_alike_pass() {
+        let admin = route(None, "/admin/", "api_key", "\"admin\"");
+        let open_host = route(Some("shop.example"), "/", "none", "");
+        // The host says what its /admin/ asks.
+        let explicit = route(Some("shop.example"), "/admin", "api_key", "\"admin\"");
+        check(&(admin.clone() + &open_host + &explicit)).unwrap();
+        // Alike: the order decides only the upstream and the limits.
+        let alike = route(Some("shop.example"), "/", "api_key", "\"admin\"");
+        check(&(admin.clone() + &alike)).unwrap();
+        // Not nested: /adminx is not under /admin, nor / under /admin/.
+        let other = route(Some("shop.example"), "/adminx/", "none", "");
+        check(&(admin.clone() + &other)).unwrap();
+        let root = route(None, "/", "none", "");
+        let host_admin = route(Some("shop.example"), "/admin/", "api_key", "");
+        check(&(root + &host_admin)).unwrap();
+        // Equal prefixes: the host's route is its own say.
+        let any_root = route(None, "/", "none", "");
+        let host_root = route(Some("admin.example"), "/", "api_key", "");
+        check(&(host_root + &any_root)).unwrap();
+    }
+}
