@@ -34,6 +34,7 @@ impl AcceptErrors {
         if let Some(unlogged) = self.note(Instant::now()) {
             tracing::warn!(%error, unlogged, "{what}: accept failed");
         }
+        // A shutdown meanwhile waits out the backoff: 100 ms at most.
         if out_of_resources(error) {
             tokio::time::sleep(BACKOFF).await;
         }

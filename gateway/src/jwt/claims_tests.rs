@@ -251,3 +251,21 @@ async fn the_key_id_claim_is_read_from_the_gateways_own_tokens_only() {
     assert_eq!(verified.client_id, "svc");
     assert_eq!(verified.key_id, None);
 }
+
+/// RFC 6749 §3.3: `scope` splits on SP alone; split on any Unicode
+/// whitespace, `read\u{a0}gold` named the tier `gold` (found by an attack).
+#[test]
+fn scopes_split_on_spaces_alone() {
+    let scopes = |text: &str| claim_strings(Some(&Value::String(text.into())));
+    assert_eq!(scopes(" read  write "), ["read", "write"]);
+    for other in [
+        "\u{a0}", "\u{2003}", "\u{3000}", "\u{85}", "\t", "\n", "\u{b}", "\u{c}",
+    ] {
+        assert_eq!(
+            scopes(&format!("read{other}gold")),
+            [format!("read{other}gold")]
+        );
+    }
+    let array = serde_json::json!(["read gold", "x"]);
+    assert_eq!(claim_strings(Some(&array)), ["read gold", "x"]);
+}

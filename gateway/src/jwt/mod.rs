@@ -504,22 +504,6 @@ mod tests {
     }
 
     #[test]
-    fn scopes_split_on_spaces_alone() {
-        let scopes = |text: &str| claim_strings(Some(&Value::String(text.into())));
-        assert_eq!(scopes(" read  write "), ["read", "write"]);
-        for other in [
-            "\u{a0}", "\u{2003}", "\u{3000}", "\u{85}", "\t", "\n", "\u{b}", "\u{c}",
-        ] {
-            assert_eq!(
-                scopes(&format!("read{other}gold")),
-                [format!("read{other}gold")]
-            );
-        }
-        let array = serde_json::json!(["read gold", "x"]);
-        assert_eq!(claim_strings(Some(&array)), ["read gold", "x"]);
-    }
-
-    #[test]
     fn hmac_and_none_are_refused_at_config_time() {
         assert!(parse_algorithm("RS256").is_ok());
         assert!(parse_algorithm("EdDSA").is_ok());
