@@ -312,6 +312,28 @@ fn request_line(stream: &mut std::net::TcpStream) -> String {
 
 const FORGED: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\nforged";
 
+/// A buggy upstream's part after a bodiless request on `first`: `head`,
+/// a whole forged answer `late` after it, the next request (`seen`)
+/// answered on a second connection, then `first`'s end ("" once the
+/// gateway closed it: nothing more came on it).
+#[allow(clippy::disallowed_methods)] // the upstream's own thread
+fn forge_then_serve(
+    listener: &std::net::TcpListener,
+    mut first: std::net::TcpStream,
+    head: &[u8],
+    late: Duration,
+    seen: &mut Vec<String>,
+) {
+    use std::io::Write;
+    first.write_all(head).unwrap();
+    std::thread::sleep(late);
+    first.write_all(FORGED).unwrap();
+    let (mut second, _) = listener.accept().unwrap();
+    seen.push(request_line(&mut second));
+    second.write_all(OK).unwrap();
+    seen.push(request_line(&mut first));
+}
+
 /// Past a bodiless answer's rest (and the event loop's turns in it).
 async fn rest() {
     tokio::time::sleep(BODILESS_REST * 2).await;
@@ -326,7 +348,6 @@ async fn rest() {
 // Blocking the worker is the test: its event loop must not see the body.
 #[allow(clippy::disallowed_methods)]
 async fn a_body_sent_late_after_a_bodiless_response_never_answers_the_next_request() {
-    use std::io::Write;
     for (method, status) in [
         (Method::HEAD, "200 OK"),
         (Method::GET, "204 No Content"),
@@ -338,14 +359,8 @@ async fn a_body_sent_late_after_a_bodiless_response_never_answers_the_next_reque
         let upstream = std::thread::spawn(move || {
             let (mut first, _) = listener.accept().unwrap();
             let mut seen = vec![request_line(&mut first)];
-            first.write_all(head.as_bytes()).unwrap();
-            std::thread::sleep(Duration::from_millis(50));
-            first.write_all(FORGED).unwrap();
-            let (mut second, _) = listener.accept().unwrap();
-            seen.push(request_line(&mut second));
-            second.write_all(OK).unwrap();
-            // The gateway closed the first one: nothing more came on it.
-            seen.push(request_line(&mut first));
+            let late = Duration::from_millis(50);
+            forge_then_serve(&listener, first, head.as_bytes(), late, &mut seen);
             seen
         });
         let response = call(addr, method.clone(), "/h", Instant::now())
@@ -397,13 +412,8 @@ async fn a_body_held_back_until_a_204_is_acknowledged_never_answers_the_next_req
             first.write_all(OK).unwrap();
         }
         seen.push(request_line(&mut first));
-        first.write_all(b"HTTP/1.1 204 No Content\r\n\r\n").unwrap();
-        std::thread::sleep(Duration::from_millis(5));
-        first.write_all(FORGED).unwrap();
-        let (mut second, _) = listener.accept().unwrap();
-        seen.push(request_line(&mut second));
-        second.write_all(OK).unwrap();
-        seen.push(request_line(&mut first));
+        let head = b"HTTP/1.1 204 No Content\r\n\r\n";
+        forge_then_serve(&listener, first, head, Duration::from_millis(5), &mut seen);
         seen
     });
     for _ in 0..WARM_UP {
