@@ -96,8 +96,9 @@ impl RouteTable {
     /// Whether an upstream that matches paths without regard to case
     /// (Express and ASP.NET Core by default, IIS) would route `path` to
     /// another route than `routed` (its index), whose auth or scopes may
-    /// be weaker: `/api/Admin/x` is their `/api/admin/x`. Costs nothing
-    /// while the path and every prefix are lower case.
+    /// be weaker: `/api/Admin/x` is their `/api/admin/x`. While the path
+    /// and every prefix are lower case, it costs one pass over the path's
+    /// bytes and no second scan.
     pub fn case_decides(&self, host: Option<&str>, path: &str, routed: usize) -> bool {
         if !self.upper_prefixes && !path.bytes().any(|b| b.is_ascii_uppercase()) {
             return false;
