@@ -4,7 +4,10 @@
 //! on that host. Where the two ask different things of a client (`auth`,
 //! `required_scopes`), which one the operator meant cannot be told, and
 //! either reading leaves a path open that the other protects (an attack
-//! found the one, a review its mirror): the config must say it.
+//! found the one, a review its mirror): the config must say it. Likewise
+//! two prefixes of one host that differ only in letter case, which a
+//! case-blind upstream reads as one: the proxy would refuse every path
+//! under one of them (`path_case`).
 use std::collections::BTreeSet;
 
 use super::{routes::RouteConfig, AuthPolicy, ConfigError};
@@ -13,6 +16,7 @@ use super::{routes::RouteConfig, AuthPolicy, ConfigError};
 /// that host while the two differ in `auth` or `required_scopes`, unless
 /// the host has a route of its own for that prefix.
 pub(super) fn validate(routes: &[RouteConfig]) -> Result<(), ConfigError> {
+    case_twins(routes)?;
     let hosts: BTreeSet<String> = (routes.iter())
         .filter_map(|r| r.host.as_deref().map(normal_host))
         .collect();
@@ -44,6 +48,32 @@ pub(super) fn validate(routes: &[RouteConfig]) -> Result<(), ConfigError> {
                     access(route),
                     access(any),
                     any.path_prefix,
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Refuses two routes that may serve one request (the same host, or one
+/// of them for any host) whose prefixes differ only in letter case.
+fn case_twins(routes: &[RouteConfig]) -> Result<(), ConfigError> {
+    for (index, route) in routes.iter().enumerate() {
+        let twin = routes[..index].iter().position(|other| {
+            let hosts = (other.host.as_deref().map(normal_host))
+                .zip(route.host.as_deref().map(normal_host));
+            hosts.is_none_or(|(a, b)| a == b)
+                && trimmed(&other.path_prefix) != trimmed(&route.path_prefix)
+                && trimmed(&other.path_prefix).eq_ignore_ascii_case(trimmed(&route.path_prefix))
+        });
+        if let Some(twin) = twin {
+            return Err(ConfigError::invalid(
+                format!("routes[{index}].path_prefix"),
+                format!(
+                    "differs from routes[{twin}]'s {:?} only in letter case: upstreams that \
+                     match paths without case read them as one, so the gateway would refuse \
+                     every path under one of them (path_case); keep one spelling",
+                    routes[twin].path_prefix
                 ),
             ));
         }
@@ -130,6 +160,22 @@ mod tests {
         // Scopes alone differing count too.
         let read = route(Some("shop.example"), "/", "api_key", "\"read\"");
         assert!(check(&(read + &admin)).is_err());
+    }
+
+    #[test]
+    fn prefixes_differing_only_in_case_are_refused_per_host() {
+        let lower = route(None, "/api/", "api_key", "");
+        let upper = route(None, "/API", "api_key", "");
+        let error = check(&(lower.clone() + &upper)).unwrap_err();
+        assert!(error.starts_with("routes[1].path_prefix"), "{error}");
+        assert!(error.contains("letter case"), "{error}");
+        // A host's twin of an any-host prefix too; two hosts' are apart.
+        assert!(
+            check(&(lower.clone() + &route(Some("a.example"), "/API/", "api_key", ""))).is_err()
+        );
+        let a = route(Some("a.example"), "/api/", "api_key", "");
+        check(&(a + &route(Some("b.example"), "/API/", "api_key", ""))).unwrap();
+        check(&(lower.clone() + &route(Some("a.example"), "/api/", "api_key", ""))).unwrap();
     }
 
     #[test]
