@@ -189,17 +189,32 @@ pub fn give_to_user(dir: &Path) {
     );
 }
 
-/// A fresh pin root in /sys/fs/bpf owned by [`UID`], 0700, as the unit's
-/// `ExecStartPre` makes it; removed with its pins on drop.
+/// A fresh pin root owned by [`UID`], 0700, as the unit's `ExecStartPre`
+/// makes it, on a bpffs of its own (mounted 0755 in the temp dir): the
+/// host's /sys/fs/bpf may be systemd's, 0700 root, which the unit reaches
+/// through `TemporaryFileSystem=` + `BindPaths=` and a plain run as
+/// [`UID`] cannot. Removed with its pins and its mount on drop.
 pub struct PinRoot {
     pub path: PathBuf,
+    mount: PathBuf,
 }
 
 impl PinRoot {
     pub fn new() -> Self {
         static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let path = PathBuf::from(format!("/sys/fs/bpf/gwsd{}x{n}", std::process::id()));
+        let mount = std::env::temp_dir().join(format!("gwsd{}x{n}", std::process::id()));
+        checked(
+            Command::new("install")
+                .args(["-d", "-m", "0755"])
+                .arg(&mount),
+        );
+        checked(
+            Command::new("mount")
+                .args(["-t", "bpf", "-o", "mode=0755", "bpf"])
+                .arg(&mount),
+        );
+        let path = mount.join("pins");
         checked(
             Command::new("install")
                 .args([
@@ -213,7 +228,7 @@ impl PinRoot {
                 ])
                 .arg(&path),
         );
-        Self { path }
+        Self { path, mount }
     }
 }
 
@@ -225,6 +240,8 @@ impl Drop for PinRoot {
             }
         }
         let _ = fs::remove_dir(&self.path);
+        let _ = Command::new("umount").arg(&self.mount).status();
+        let _ = fs::remove_dir(&self.mount);
     }
 }
 
