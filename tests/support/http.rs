@@ -216,11 +216,23 @@ pub fn request_with_body(
     body: &str,
 ) -> Reply {
     let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
-    exchange(stream, addr, method, target, headers, body).unwrap()
+    exchange(
+        stream,
+        Duration::from_secs(15),
+        addr,
+        method,
+        target,
+        headers,
+        body,
+    )
+    .unwrap()
 }
 
 /// A GET from a chosen `source` address; `Err` if the connection cannot be
-/// made within `timeout` or breaks (a dropped source).
+/// made within `timeout`, no reply starts within `timeout` of the request,
+/// or it breaks (a dropped source). A failed connection is aborted: were it
+/// left to close, the kernel would go on retransmitting a dropped request
+/// and deliver it once a ban expires, as a request the test never meant.
 pub fn get_from(
     source: std::net::IpAddr,
     addr: SocketAddr,
@@ -235,18 +247,31 @@ pub fn get_from(
     )?;
     socket.bind(&SocketAddr::new(source, 0).into())?;
     socket.connect_timeout(&addr.into(), timeout)?;
-    exchange(socket.into(), addr, "GET", target, headers, "")
+    let reply = exchange(
+        socket.try_clone()?.into(),
+        timeout,
+        addr,
+        "GET",
+        target,
+        headers,
+        "",
+    );
+    if reply.is_err() {
+        socket.set_linger(Some(Duration::ZERO))?;
+    }
+    reply
 }
 
 fn exchange(
     mut stream: TcpStream,
+    reply_within: Duration,
     addr: SocketAddr,
     method: &str,
     target: &str,
     headers: &[(&str, &str)],
     body: &str,
 ) -> std::io::Result<Reply> {
-    stream.set_read_timeout(Some(Duration::from_secs(15)))?;
+    stream.set_read_timeout(Some(reply_within))?;
     let mut text = format!("{method} {target} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n");
     for (name, value) in headers {
         text.push_str(&format!("{name}: {value}\r\n"));
