@@ -5,7 +5,9 @@
 //! descriptors came free (an attack: 300 HTTP/2 streams held open, each
 //! with its upstream connection, under a 300-descriptor limit). A loop
 //! backs off for want of a resource, as nginx does on `EMFILE`, and logs
-//! at most one failure a second, with the count of those it did not.
+//! at most one failure a second, with the count of those it did not. A
+//! connection refused over a connection cap is logged the same way: a
+//! client opening connections as fast as handshakes go wrote a line each.
 use std::{io, time::Duration};
 
 use tokio::time::Instant;
@@ -21,8 +23,7 @@ const LOG_EVERY: Duration = Duration::from_secs(1);
 /// One accept loop's failures, for its log.
 #[derive(Debug, Default)]
 pub struct AcceptErrors {
-    last_logged: Option<Instant>,
-    unlogged: u64,
+    log: LogThrottle,
 }
 
 impl AcceptErrors {
@@ -31,7 +32,7 @@ impl AcceptErrors {
     /// [`BACKOFF`] if it failed for want of a resource, which another
     /// accept at once cannot find.
     pub async fn failed(&mut self, error: &io::Error, what: &'static str) {
-        if let Some(unlogged) = self.note(Instant::now()) {
+        if let Some(unlogged) = self.log.note(Instant::now()) {
             tracing::warn!(%error, unlogged, "{what}: accept failed");
         }
         // A shutdown meanwhile waits out the backoff: 100 ms at most.
@@ -39,10 +40,19 @@ impl AcceptErrors {
             tokio::time::sleep(BACKOFF).await;
         }
     }
+}
 
-    /// A failure at `now`: `Some(failures not logged since the last)` if
-    /// this one is to be logged.
-    fn note(&mut self, now: Instant) -> Option<u64> {
+/// One kind of log line, written at most once a second.
+#[derive(Debug, Default)]
+pub struct LogThrottle {
+    last_logged: Option<Instant>,
+    unlogged: u64,
+}
+
+impl LogThrottle {
+    /// An event at `now`: `Some(events not logged since the last)` if this
+    /// one is to be logged.
+    pub fn note(&mut self, now: Instant) -> Option<u64> {
         let due = self
             .last_logged
             .is_none_or(|at| now.saturating_duration_since(at) >= LOG_EVERY);
@@ -71,7 +81,7 @@ mod tests {
 
     #[test]
     fn one_failure_a_second_is_logged_with_the_count_of_the_rest() {
-        let mut errors = AcceptErrors::default();
+        let mut errors = LogThrottle::default();
         let t0 = Instant::now();
         assert_eq!(errors.note(t0), Some(0));
         for ms in [1, 10, 999] {

@@ -155,6 +155,12 @@ pub fn name(host: &str) -> &str {
     name.strip_suffix('.').unwrap_or(name)
 }
 
+/// A route's configured host as it is matched: lower case, without its
+/// trailing dot (a request's host is compared by [`name`], ignoring case).
+pub fn route_host(host: &str) -> String {
+    host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase()
+}
+
 /// `example.com:8080` → `example.com`; `[::1]:80` → `[::1]`.
 fn without_port(host: &str) -> &str {
     if let Some(end) = host.find(']') {

@@ -96,6 +96,22 @@ pub fn without_parameters(path: &str) -> Cow<'_, str> {
     Cow::Owned(bare)
 }
 
+/// A route's path prefix as routing matches it: without its trailing `/`
+/// (`""` for `/`).
+pub fn route_prefix(prefix: &str) -> &str {
+    prefix.trim_end_matches('/')
+}
+
+/// Whether `path` is `prefix` (as [`route_prefix`] gives it) or below it,
+/// on a segment boundary: `/api` matches `/api`, `/api/` and `/api/x`,
+/// never `/apix`; `""` (the prefix `/`) matches every path. The proxy
+/// routes by it and the configuration checks prefixes against each other
+/// by it, so the two cannot drift apart.
+pub fn is_under(path: &str, prefix: &str) -> bool {
+    path.strip_prefix(prefix)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+}
+
 /// `raw_path` (no query) in normal form, or why it is refused (see the
 /// module doc). Borrows when the path is already normal, the common case.
 pub fn normalize(raw_path: &str) -> Result<Cow<'_, str>, PathError> {

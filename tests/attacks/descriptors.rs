@@ -3,6 +3,9 @@
 //! its log (it did both, ~100,000 lines a second, found by an attack that
 //! held HTTP/2 streams and their upstream connections open under a low
 //! descriptor limit), and it must serve again once descriptors free up.
+//! Connections refused over `limits.max_connections` are logged the same
+//! way: a line each let any client that completes handshakes write the
+//! log as fast as it connects.
 #![allow(clippy::unwrap_used, reason = "tests: a panic is the failure report")]
 
 use std::{
@@ -43,7 +46,7 @@ fn out_of_descriptors_the_gateway_backs_off_logs_little_and_recovers() {
         .collect();
     let started = Instant::now();
     pause(HELD);
-    let failures = failure_lines(&gateway.stderr_text());
+    let failures = throttled_lines(&gateway.stderr_text(), "accept failed");
     let held_for = started.elapsed();
     // At most one line a second (and one at the start): a spinning loop
     // wrote tens of thousands.
@@ -77,10 +80,62 @@ fn out_of_descriptors_the_gateway_backs_off_logs_little_and_recovers() {
         .any(|seen| seen.target == "/after"));
 }
 
-/// The "accept failed" lines of a log, each with its `unlogged` count.
-fn failure_lines(log: &str) -> Vec<(String, u64)> {
+#[test]
+fn connections_over_the_cap_are_logged_at_most_once_a_second() {
+    let upstream = FakeUpstream::start(None);
+    let gateway = Gateway::builder(&format!(
+        "[limits]\nworkers = 1\nmax_connections = 2\n\n{}\n[[routes]]\npath_prefix = \"/\"\n\
+         upstream = \"app\"\nauth = \"none\"\n",
+        tiers_and_app(upstream.addr)
+    ))
+    .capture_stderr()
+    .start();
+    let held: Vec<TcpStream> = (0..2)
+        .map(|_| TcpStream::connect_timeout(&gateway.addr, Duration::from_secs(5)).unwrap())
+        .collect();
+    pause(Duration::from_millis(200));
+    let started = Instant::now();
+    for _ in 0..REFUSED {
+        drop(TcpStream::connect_timeout(&gateway.addr, Duration::from_secs(5)).unwrap());
+        pause(Duration::from_millis(25));
+    }
+    pause(Duration::from_millis(200));
+    let spent = started.elapsed();
+    let refusals = throttled_lines(&gateway.stderr_text(), "connection limit reached");
+    let bound = spent.as_secs() as usize + 2;
+    assert!(
+        !refusals.is_empty() && refusals.len() <= bound,
+        "{} lines for {REFUSED} refused connections in {spent:?}: {refusals:?}",
+        refusals.len()
+    );
+    // The lines account for the refusals they do not show, and for no more.
+    let counted = (refusals.iter()).fold(0u64, |n, (_, unlogged)| {
+        n.saturating_add(unlogged.saturating_add(1))
+    });
+    assert!(
+        counted > 1 && counted <= REFUSED as u64,
+        "the lines stand for {counted} refusals of {REFUSED}: {refusals:?}"
+    );
+
+    drop(held);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let reply = loop {
+        let reply = gateway.get("/after-cap", &[]);
+        if reply.status == 200 || Instant::now() >= deadline {
+            break reply;
+        }
+        pause(Duration::from_millis(50));
+    };
+    assert_eq!(reply.status, 200, "{}", reply.body);
+}
+
+/// Connections over the cap opened, one every 25 ms: more than a second's.
+const REFUSED: usize = 60;
+
+/// A log's lines that contain `what`, each with its `unlogged` count.
+fn throttled_lines(log: &str, what: &str) -> Vec<(String, u64)> {
     log.lines()
-        .filter(|line| line.contains("accept failed"))
+        .filter(|line| line.contains(what))
         .map(|line| {
             let unlogged = line
                 .split_whitespace()

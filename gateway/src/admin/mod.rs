@@ -169,6 +169,7 @@ impl Admin {
         let handed_off = draining::until_handed_off(self.reloader.clone());
         tokio::pin!(handed_off);
         let mut errors = crate::accept::AcceptErrors::default();
+        let mut refusals = crate::accept::LogThrottle::default();
         loop {
             let accepted = tokio::select! {
                 accepted = listener.accept() => accepted,
@@ -182,7 +183,9 @@ impl Admin {
                 }
             };
             let Ok(permit) = self.connections.clone().try_acquire_owned() else {
-                tracing::warn!(%peer, "admin connection limit reached; closing the new connection");
+                if let Some(unlogged) = refusals.note(tokio::time::Instant::now()) {
+                    tracing::warn!(%peer, unlogged, "admin connection limit reached; closing the new connection");
+                }
                 continue;
             };
             tokio::spawn(self.clone().connection(stream, peer, permit));

@@ -11,6 +11,7 @@
 use std::collections::BTreeSet;
 
 use super::{routes::RouteConfig, AuthPolicy, ConfigError};
+use crate::{host, path};
 
 /// Refuses an any-host route that a host's shorter route takes over on
 /// that host while the two differ in `auth` or `required_scopes`, unless
@@ -18,22 +19,22 @@ use super::{routes::RouteConfig, AuthPolicy, ConfigError};
 pub(super) fn validate(routes: &[RouteConfig]) -> Result<(), ConfigError> {
     case_twins(routes)?;
     let hosts: BTreeSet<String> = (routes.iter())
-        .filter_map(|r| r.host.as_deref().map(normal_host))
+        .filter_map(|r| r.host.as_deref().map(host::route_host))
         .collect();
     for (any_index, any) in routes.iter().enumerate() {
         if any.host.is_some() {
             continue;
         }
-        let prefix = trimmed(&any.path_prefix);
+        let prefix = path::route_prefix(&any.path_prefix);
         for host in &hosts {
             let covering = (routes.iter().enumerate())
-                .filter(|(_, r)| r.host.as_deref().map(normal_host).as_ref() == Some(host))
-                .filter(|(_, r)| is_under(prefix, trimmed(&r.path_prefix)))
-                .max_by_key(|(_, r)| trimmed(&r.path_prefix).len());
+                .filter(|(_, r)| r.host.as_deref().map(host::route_host).as_ref() == Some(host))
+                .filter(|(_, r)| path::is_under(prefix, path::route_prefix(&r.path_prefix)))
+                .max_by_key(|(_, r)| path::route_prefix(&r.path_prefix).len());
             let Some((host_index, route)) = covering else {
                 continue;
             };
-            if trimmed(&route.path_prefix) == prefix || same_access(route, any) {
+            if path::route_prefix(&route.path_prefix) == prefix || same_access(route, any) {
                 continue;
             }
             return Err(ConfigError::invalid(
@@ -60,11 +61,13 @@ pub(super) fn validate(routes: &[RouteConfig]) -> Result<(), ConfigError> {
 fn case_twins(routes: &[RouteConfig]) -> Result<(), ConfigError> {
     for (index, route) in routes.iter().enumerate() {
         let twin = routes[..index].iter().position(|other| {
-            let hosts = (other.host.as_deref().map(normal_host))
-                .zip(route.host.as_deref().map(normal_host));
-            hosts.is_none_or(|(a, b)| a == b)
-                && trimmed(&other.path_prefix) != trimmed(&route.path_prefix)
-                && trimmed(&other.path_prefix).eq_ignore_ascii_case(trimmed(&route.path_prefix))
+            let hosts = (other.host.as_deref().map(host::route_host))
+                .zip(route.host.as_deref().map(host::route_host));
+            let (a, b) = (
+                path::route_prefix(&other.path_prefix),
+                path::route_prefix(&route.path_prefix),
+            );
+            hosts.is_none_or(|(a, b)| a == b) && a != b && a.eq_ignore_ascii_case(b)
         });
         if let Some(twin) = twin {
             return Err(ConfigError::invalid(
@@ -79,23 +82,6 @@ fn case_twins(routes: &[RouteConfig]) -> Result<(), ConfigError> {
         }
     }
     Ok(())
-}
-
-/// As `proxy::route` keeps hosts: lower case, no root dot.
-fn normal_host(host: &str) -> String {
-    host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase()
-}
-
-fn trimmed(prefix: &str) -> &str {
-    prefix.trim_end_matches('/')
-}
-
-/// `prefix` (trimmed) equal to or below `outer` (trimmed), on a segment
-/// boundary, as `proxy::route` matches paths.
-fn is_under(prefix: &str, outer: &str) -> bool {
-    prefix
-        .strip_prefix(outer)
-        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
 }
 
 fn same_access(a: &RouteConfig, b: &RouteConfig) -> bool {

@@ -200,8 +200,8 @@ impl Activity {
 pub(super) struct Tracked<B> {
     body: B,
     busy: Busy,
-    /// HTTP/2: its slot in [`WindowStalls`], and whether it waits there.
-    stall: Option<(usize, bool)>,
+    /// HTTP/2: whether it waits in [`WindowStalls`] (in `busy`'s slot).
+    waiting: bool,
     /// HTTP/2: what is left of the body's last frame, handed over in
     /// pieces (see [`PIECE`], [`HOLD_BACK_OVER`]).
     held: Option<Bytes>,
@@ -227,11 +227,10 @@ const HOLD_BACK_OVER: usize = 1024;
 
 impl<B> Tracked<B> {
     pub(super) fn new(body: B, busy: Busy) -> Self {
-        let stall = busy.stall_slot.map(|slot| (slot, false));
         Self {
             body,
             busy,
-            stall,
+            waiting: false,
             held: None,
         }
     }
@@ -246,13 +245,13 @@ impl<B: Body<Data = Bytes> + Unpin> Body for Tracked<B> {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = self.get_mut();
-        let Some((slot, waiting)) = &mut this.stall else {
+        let Some(slot) = this.busy.stall_slot else {
             return Pin::new(&mut this.body).poll_frame(cx);
         };
         let stalls = &this.busy.activity.window_stalls;
-        if *waiting {
-            stalls.set_waiting(*slot, false);
-            *waiting = false;
+        if this.waiting {
+            stalls.set_waiting(slot, false);
+            this.waiting = false;
         }
         let polled = match this.held.take() {
             Some(rest) => Poll::Ready(Some(Ok(Frame::data(rest)))),
@@ -265,8 +264,8 @@ impl<B: Body<Data = Bytes> + Unpin> Body for Tracked<B> {
             })
         });
         if let Poll::Ready(Some(Ok(_))) = &polled {
-            stalls.set_waiting(*slot, true);
-            *waiting = true;
+            stalls.set_waiting(slot, true);
+            this.waiting = true;
         }
         polled
     }

@@ -10,7 +10,7 @@ use std::borrow::Cow;
 
 use crate::{
     config::{AuthPolicy, KeySources, LimitBy, RouteConfig, UpstreamIdentity},
-    host,
+    host, path,
 };
 
 #[derive(Clone, Debug)]
@@ -55,11 +55,10 @@ impl RouteTable {
             .map(|(index, c)| Route {
                 name: c.name(),
                 index,
-                host: (c.host.as_deref())
-                    .map(|h| h.strip_suffix('.').unwrap_or(h).to_ascii_lowercase()),
-                prefix: c.path_prefix.trim_end_matches('/').to_owned(),
+                host: c.host.as_deref().map(host::route_host),
+                prefix: path::route_prefix(&c.path_prefix).to_owned(),
                 rewrite: match (&c.rewrite_prefix, c.strip_prefix) {
-                    (Some(rewrite), _) => Some(rewrite.trim_end_matches('/').to_owned()),
+                    (Some(rewrite), _) => Some(path::route_prefix(rewrite).to_owned()),
                     (None, true) => Some(String::new()),
                     (None, false) => None,
                 },
@@ -90,7 +89,7 @@ impl RouteTable {
     /// `host` may carry a port; it is ignored for matching. `path` is
     /// normalised.
     pub fn find(&self, host: Option<&str>, path: &str) -> Option<&Route> {
-        self.find_by(host, path, is_under)
+        self.find_by(host, path, path::is_under)
     }
 
     /// Whether an upstream that matches paths without regard to case
@@ -143,15 +142,7 @@ impl Route {
     }
 }
 
-/// Whether `path` is `prefix` (without its trailing '/') or below it, on a
-/// segment boundary: `/api` matches `/api`, `/api/` and `/api/x`, never
-/// `/apix`; `""` (the prefix `/`) matches every path.
-fn is_under(path: &str, prefix: &str) -> bool {
-    path.strip_prefix(prefix)
-        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
-}
-
-/// As [`is_under`], ASCII letters compared without case.
+/// As [`path::is_under`], ASCII letters compared without case.
 fn is_under_ignoring_case(path: &str, prefix: &str) -> bool {
     let (path, prefix) = (path.as_bytes(), prefix.as_bytes());
     path.get(..prefix.len())

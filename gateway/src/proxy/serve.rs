@@ -41,7 +41,10 @@ use super::{
     workers::TlsSlot,
     Current, Gateway, ProxyBody,
 };
-use crate::{accept::AcceptErrors, clock::monotonic_ns};
+use crate::{
+    accept::{AcceptErrors, LogThrottle},
+    clock::monotonic_ns,
+};
 
 /// hyper does not read the client's socket while a request is in flight
 /// (HTTP/1). A client that half-closes after its request still gets its
@@ -78,7 +81,7 @@ impl Current {
         mut shutdown: watch::Receiver<bool>,
         open: OpenConnections,
     ) {
-        let mut errors = AcceptErrors::default();
+        let (mut errors, mut refusals) = (AcceptErrors::default(), LogThrottle::default());
         loop {
             let (stream, peer) = tokio::select! {
                 accepted = listener.accept() => match accepted {
@@ -96,7 +99,9 @@ impl Current {
                 continue;
             }
             let Ok(all) = gateway.shared.connections.clone().try_acquire_owned() else {
-                tracing::warn!(%peer, "connection limit reached; closing the new connection");
+                if let Some(unlogged) = refusals.note(tokio::time::Instant::now()) {
+                    tracing::warn!(%peer, unlogged, "connection limit reached; closing the new connection");
+                }
                 continue;
             };
             let source = if gateway.shared.guard.spared(peer.ip()) {
