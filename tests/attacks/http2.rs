@@ -21,8 +21,6 @@ const DATA: u8 = 0x0;
 const HEADERS: u8 = 0x1;
 const RST_STREAM: u8 = 0x3;
 const WINDOW_UPDATE: u8 = 0x8;
-/// [`held_streams`]'s stream given a window.
-const LIVE: u32 = 7;
 const GOAWAY: u8 = 0x7;
 const END_STREAM: u8 = 0x1;
 const END_HEADERS: u8 = 0x4;
@@ -307,7 +305,7 @@ fn http2_streams_given_no_window_are_reset_alone() {
         ))
         .start();
         upstream.set_body(&"x".repeat(body));
-        let held = held_streams(gateway.addr, window);
+        let held = held_streams(gateway.addr, window, 3);
         let case = format!("window {window}, body {body}");
         // The responses began (their HEADERS need no window)...
         assert_eq!(held.headers, 3, "{case}");
@@ -345,12 +343,64 @@ fn http2_streams_given_no_window_are_reset_alone() {
     }
 }
 
+/// A connection whose streams were reset for stalling more than 16 times
+/// is dropped whole at its next stall: a client cycling stalled streams
+/// would otherwise hold an upstream connection per stream on one
+/// connection for ever. 16 at once are reset and the connection goes on;
+/// 17 at once drop it, and every upstream connection behind them is let go.
+#[test]
+fn an_http2_connection_past_its_reset_budget_is_dropped() {
+    for (count, dropped) in [(16, false), (17, true)] {
+        let upstream = FakeUpstream::start(None);
+        let gateway = Gateway::builder(&format!(
+            "[limits]\nrequest_timeout = \"1s\"\n\n{}\n[[routes]]\npath_prefix = \"/\"\n\
+             upstream = \"app\"\nauth = \"none\"\n",
+            tiers_and_app(upstream.addr)
+        ))
+        .start();
+        upstream.set_body(&"x".repeat(1 << 20));
+        let held = held_streams(gateway.addr, 0, count);
+        let case = format!("{count} stalled streams");
+        assert_eq!(held.headers, count as usize, "{case}");
+        assert_eq!(held.live, (1 << 20, true), "{case}: the live stream");
+        assert_eq!(upstream.requests().len(), count as usize + 1, "{case}");
+        if dropped {
+            let ended = held
+                .ended
+                .unwrap_or_else(|| panic!("{case}: the connection was kept"));
+            assert!(
+                ended >= Duration::from_secs(1),
+                "{case}: closed after {ended:?}"
+            );
+        } else {
+            assert_eq!(
+                held.resets.len(),
+                count as usize,
+                "{case}: {:?}, closed after {:?}",
+                held.resets,
+                held.ended
+            );
+            assert!(
+                held.answered_after,
+                "{case}: nothing answered after the resets"
+            );
+            assert_eq!(held.ended, None, "{case}: the connection was closed");
+        }
+        // Only the live stream's upstream connection, read whole, may stay.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while upstream.open_connections() > 1 && Instant::now() < deadline {
+            gateway_tests::http::pause(Duration::from_millis(20));
+        }
+        assert!(upstream.open_connections() <= 1, "{case}");
+    }
+}
+
 /// RST_STREAM's error code CANCEL (RFC 9113 §7).
 const CANCEL: u32 = 0x8;
 
 /// What [`held_streams`] saw.
 struct Held {
-    /// HEADERS frames on the three held streams.
+    /// HEADERS frames on the held streams.
     headers: usize,
     /// Each held stream's reset: stream, when it was seen, error code.
     resets: Vec<(u32, Duration, u32)>,
@@ -362,11 +412,14 @@ struct Held {
     ended: Option<Duration>,
 }
 
-/// Opens three `GET /big` streams with a stream window of `window` bytes
-/// and never widens it, and a fourth (7) given all the window it needs,
-/// sending a `CONNECT` every 300 ms meanwhile, until one sent after the
-/// three streams' resets is answered (or 10 s).
-fn held_streams(addr: SocketAddr, window: u8) -> Held {
+/// Opens `count` `GET /big` streams (1, 3, ...) with a stream window of
+/// `window` bytes and never widens it, and one more given all the window
+/// it needs, sending a `CONNECT` every 300 ms meanwhile, until one sent
+/// after the held streams' resets is answered, the connection closes, or
+/// 10 s pass.
+fn held_streams(addr: SocketAddr, window: u8, count: u32) -> Held {
+    let held_ids: Vec<u32> = (0..count).map(|i| 2 * i + 1).collect();
+    let live = 2 * count + 1;
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
     stream
         .set_read_timeout(Some(Duration::from_millis(100)))
@@ -374,7 +427,7 @@ fn held_streams(addr: SocketAddr, window: u8) -> Held {
     let mut bytes = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
     // SETTINGS_INITIAL_WINDOW_SIZE (0x4) = `window`.
     bytes.extend(frame(0x4, 0, 0, &[0, 0x4, 0, 0, 0, window]));
-    for id in [1, 3, 5] {
+    for &id in &held_ids {
         let head = hpack(&[
             (":method", "GET"),
             (":scheme", "http"),
@@ -392,12 +445,12 @@ fn held_streams(addr: SocketAddr, window: u8) -> Held {
         (":path", "/big"),
         (":authority", "gw"),
     ]);
-    bytes.extend(frame(HEADERS, END_HEADERS | END_STREAM, LIVE, &head));
-    bytes.extend(frame(WINDOW_UPDATE, 0, LIVE, &wide));
+    bytes.extend(frame(HEADERS, END_HEADERS | END_STREAM, live, &head));
+    bytes.extend(frame(WINDOW_UPDATE, 0, live, &wide));
     stream.write_all(&bytes).unwrap();
     let connect = hpack(&[(":method", "CONNECT"), (":authority", "gw:443")]);
     let started = Instant::now();
-    let (mut received, mut buf, mut id) = (Vec::new(), [0u8; 4096], LIVE + 2);
+    let (mut received, mut buf, mut id) = (Vec::new(), [0u8; 4096], live + 2);
     let mut held = Held {
         headers: 0,
         resets: Vec::new(),
@@ -408,8 +461,11 @@ fn held_streams(addr: SocketAddr, window: u8) -> Held {
     // The first request sent once all three streams were reset.
     let mut after = None;
     while started.elapsed() < Duration::from_secs(10) && !held.answered_after {
-        let _ = stream.write_all(&frame(HEADERS, END_HEADERS | END_STREAM, id, &connect));
-        if held.resets.len() == 3 && after.is_none() {
+        // With a window of its own: its 405's body must not stall too.
+        let mut request = frame(HEADERS, END_HEADERS | END_STREAM, id, &connect);
+        request.extend(frame(WINDOW_UPDATE, 0, id, &wide));
+        let _ = stream.write_all(&request);
+        if held.resets.len() == held_ids.len() && after.is_none() {
             after = Some(id);
         }
         id += 2;
@@ -427,10 +483,10 @@ fn held_streams(addr: SocketAddr, window: u8) -> Held {
         };
         held.live = (0, false);
         for (kind, flags, stream_id, payload) in frames(&received) {
-            if kind == DATA && stream_id == LIVE {
+            if kind == DATA && stream_id == live {
                 held.live = (held.live.0 + payload.len(), flags & END_STREAM != 0);
             }
-            let held_stream = [1, 3, 5].contains(&stream_id);
+            let held_stream = held_ids.contains(&stream_id);
             if kind == RST_STREAM && held_stream && held.resets.iter().all(|r| r.0 != stream_id) {
                 let code = payload.try_into().map_or(0, u32::from_be_bytes);
                 held.resets.push((stream_id, started.elapsed(), code));
@@ -443,7 +499,7 @@ fn held_streams(addr: SocketAddr, window: u8) -> Held {
         }
     }
     held.headers = frames(&received)
-        .filter(|(kind, _, id, _)| *kind == HEADERS && [1, 3, 5].contains(id))
+        .filter(|(kind, _, id, _)| *kind == HEADERS && held_ids.contains(id))
         .count();
     held
 }
