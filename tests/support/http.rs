@@ -229,10 +229,11 @@ pub fn request_with_body(
 }
 
 /// A GET from a chosen `source` address; `Err` if the connection cannot be
-/// made within `timeout`, no reply starts within `timeout` of the request,
-/// or it breaks (a dropped source). A failed connection is aborted: were it
-/// left to close, the kernel would go on retransmitting a dropped request
-/// and deliver it once a ban expires, as a request the test never meant.
+/// made within `timeout`, no reply starts within `timeout` (at least 2 s,
+/// which a loaded machine may take) of the request, or it breaks (a
+/// dropped source). A failed connection is aborted: were it left to close,
+/// the kernel would go on retransmitting a dropped request and deliver it
+/// once a ban expires, as a request the test never meant.
 pub fn get_from(
     source: std::net::IpAddr,
     addr: SocketAddr,
@@ -249,7 +250,7 @@ pub fn get_from(
     socket.connect_timeout(&addr.into(), timeout)?;
     let reply = exchange(
         socket.try_clone()?.into(),
-        timeout,
+        timeout.max(Duration::from_secs(2)),
         addr,
         "GET",
         target,
