@@ -17,6 +17,9 @@ mod http_limits;
 #[path = "attacks/http2.rs"]
 mod http2;
 
+#[path = "attacks/http2_stalls.rs"]
+mod http2_stalls;
+
 #[path = "attacks/guard.rs"]
 mod guard;
 
