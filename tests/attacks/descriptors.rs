@@ -65,19 +65,7 @@ fn out_of_descriptors_the_gateway_backs_off_logs_little_and_recovers() {
 
     drop(held);
     set_descriptor_limit(pid, was);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let reply = loop {
-        let reply = gateway.get("/after", &[]);
-        if reply.status == 200 || Instant::now() >= deadline {
-            break reply;
-        }
-        pause(Duration::from_millis(50));
-    };
-    assert_eq!(reply.status, 200, "{}", reply.body);
-    assert!(upstream
-        .requests()
-        .iter()
-        .any(|seen| seen.target == "/after"));
+    served_again(&gateway, &upstream, "/after");
 }
 
 #[test]
@@ -118,15 +106,21 @@ fn connections_over_the_cap_are_logged_at_most_once_a_second() {
     );
 
     drop(held);
+    served_again(&gateway, &upstream, "/after-cap");
+}
+
+/// Asserts that a GET of `path` is answered 200 from `upstream` within 5 s.
+fn served_again(gateway: &Gateway, upstream: &FakeUpstream, path: &str) {
     let deadline = Instant::now() + Duration::from_secs(5);
     let reply = loop {
-        let reply = gateway.get("/after-cap", &[]);
+        let reply = gateway.get(path, &[]);
         if reply.status == 200 || Instant::now() >= deadline {
             break reply;
         }
         pause(Duration::from_millis(50));
     };
     assert_eq!(reply.status, 200, "{}", reply.body);
+    assert!(upstream.requests().iter().any(|seen| seen.target == path));
 }
 
 /// Connections over the cap opened, one every 25 ms: more than a second's.

@@ -34,12 +34,7 @@ use super::http2::{
 fn http2_streams_given_no_window_are_reset_alone() {
     for (window, body) in [(0u8, 1 << 20), (1, 4000)] {
         let upstream = FakeUpstream::start(None);
-        let gateway = Gateway::builder(&format!(
-            "[limits]\nrequest_timeout = \"1s\"\n\n{}\n[[routes]]\npath_prefix = \"/\"\n\
-             upstream = \"app\"\nauth = \"none\"\n",
-            tiers_and_app(upstream.addr)
-        ))
-        .start();
+        let gateway = one_second_timeout(&upstream);
         upstream.set_body(&"x".repeat(body));
         let held = held_streams(gateway.addr, window, 3);
         let case = format!("window {window}, body {body}");
@@ -88,12 +83,7 @@ fn http2_streams_given_no_window_are_reset_alone() {
 fn an_http2_connection_past_its_reset_budget_is_dropped() {
     for (count, dropped) in [(16, false), (17, true)] {
         let upstream = FakeUpstream::start(None);
-        let gateway = Gateway::builder(&format!(
-            "[limits]\nrequest_timeout = \"1s\"\n\n{}\n[[routes]]\npath_prefix = \"/\"\n\
-             upstream = \"app\"\nauth = \"none\"\n",
-            tiers_and_app(upstream.addr)
-        ))
-        .start();
+        let gateway = one_second_timeout(&upstream);
         upstream.set_body(&"x".repeat(1 << 20));
         let held = held_streams(gateway.addr, 0, count);
         let case = format!("{count} stalled streams");
@@ -129,6 +119,17 @@ fn an_http2_connection_past_its_reset_budget_is_dropped() {
         }
         assert!(upstream.open_connections() <= 1, "{case}");
     }
+}
+
+/// A gateway with a `request_timeout` of 1 s in front of `upstream`,
+/// every path open.
+fn one_second_timeout(upstream: &FakeUpstream) -> Gateway {
+    Gateway::builder(&format!(
+        "[limits]\nrequest_timeout = \"1s\"\n\n{}\n[[routes]]\npath_prefix = \"/\"\n\
+         upstream = \"app\"\nauth = \"none\"\n",
+        tiers_and_app(upstream.addr)
+    ))
+    .start()
 }
 
 /// RST_STREAM's error code CANCEL (RFC 9113 §7).
