@@ -31,3 +31,6 @@ mod parking;
 
 #[path = "attacks/descriptors.rs"]
 mod descriptors;
+
+#[path = "attacks/tokens.rs"]
+mod tokens;

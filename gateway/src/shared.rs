@@ -160,6 +160,11 @@ impl Shared {
             .unwrap_or((0, &DEFAULT_QUOTA))
     }
 
+    /// Whether `name` is a configured tier's.
+    pub fn is_tier(&self, name: &str) -> bool {
+        self.quotas.iter().any(|q| q.name == name)
+    }
+
     /// The quota of the tier at `rank`, as [`Shared::tier`] resolved it.
     pub fn quota(&self, rank: usize) -> &Quota {
         self.quotas.get(rank).unwrap_or(&DEFAULT_QUOTA)

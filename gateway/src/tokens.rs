@@ -8,6 +8,7 @@
 //! token it signed has expired; a running gateway picks the file up within
 //! a second.
 use std::{
+    borrow::Cow,
     collections::HashMap,
     path::{Path, PathBuf},
     sync::Mutex,
@@ -233,6 +234,17 @@ type UpstreamKey = (String, String, Vec<String>, String);
 /// may be logged; never the secret).
 pub const KEY_ID_CLAIM: &str = "gk_key_id";
 
+/// `scopes` without any that names a tier (`is_tier`). A token carries its
+/// client's tier in `scope`, and a gateway that takes tiers from scopes
+/// (ours with `tier_claim = "scope"`) reads the highest tier named there:
+/// a bronze client's scope spelt `gold` would make it gold.
+pub fn without_tiers(scopes: &[String], is_tier: impl Fn(&str) -> bool) -> Cow<'_, [String]> {
+    if !scopes.iter().any(|scope| is_tier(scope)) {
+        return Cow::Borrowed(scopes);
+    }
+    Cow::Owned(scopes.iter().filter(|s| !is_tier(s)).cloned().collect())
+}
+
 /// What a token says about its client.
 pub struct Grant<'a> {
     pub client_id: &'a str,
@@ -378,6 +390,15 @@ mod tests {
 
     fn config() -> TokensConfig {
         TokensConfig::default()
+    }
+
+    #[test]
+    fn scopes_naming_a_tier_are_left_out_and_others_kept_in_order() {
+        let is_tier = |s: &str| ["bronze", "gold"].contains(&s);
+        let plain = ["read".to_owned(), "write".to_owned()];
+        assert!(matches!(without_tiers(&plain, is_tier), Cow::Borrowed(_)));
+        let mixed = ["read", "gold", "write", "bronze"].map(str::to_owned);
+        assert_eq!(&*without_tiers(&mixed, is_tier), ["read", "write"]);
     }
 
     /// A key file path in a fresh directory that is removed with the guard.

@@ -206,6 +206,32 @@ impl<'a> Clients<'a> {
         external_id(id, issuer, self.issuers.as_deref())
     }
 
+    /// Each scope is one RFC 6749 scope token (`NQCHAR`s: printable ASCII
+    /// but space, `"` and `\`) and no tier's name: a token carries the
+    /// client's tier in its `scope` claim, so a scope `gold` (or `read
+    /// gold`, which a claim splits in two) would read as tier gold to a
+    /// gateway that takes tiers from scopes.
+    pub fn check_scopes(&self, scopes: &[String]) -> Result<(), ClientError> {
+        for scope in scopes {
+            let token = !scope.is_empty()
+                && (scope.bytes()).all(|b| matches!(b, 0x21 | 0x23..=0x5b | 0x5d..=0x7e));
+            if !token {
+                return Err(ClientError::Invalid(format!(
+                    "scope {scope:?}: a scope is one or more printable ASCII characters, \
+                     without spaces, '\"' or '\\'"
+                )));
+            }
+            if self.tiers.contains(scope) {
+                return Err(ClientError::Invalid(format!(
+                    "scope {scope:?} is the name of a tier: tokens carry the client's tier \
+                     in their scope claim, where it would read as that tier; give the tier \
+                     with \"tier\" and name scopes apart from tiers"
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// A client's tier must be one the gateway can rate-limit by.
     pub fn check_tier(&self, tier: &str) -> Result<(), ClientError> {
         if self.tiers.iter().any(|t| t == tier) {
@@ -307,6 +333,9 @@ impl<'a> Clients<'a> {
         if let Some(tier) = &update.tier {
             self.check_tier(tier)?;
         }
+        if let Some(scopes) = &update.scopes {
+            self.check_scopes(scopes)?;
+        }
         let mut update = update.clone();
         if let Some(Some(external)) = &update.external_id {
             update.external_id = Some(Some(self.external_id(external, None)?));
@@ -397,6 +426,7 @@ impl<'a> Clients<'a> {
     /// has always reported problems: tier, lifetime, key.
     fn new_client(&self, spec: ClientSpec, now: i64) -> Result<NewClient, ClientError> {
         self.check_tier(&spec.tier)?;
+        self.check_scopes(&spec.scopes)?;
         let ttl = match spec.ttl {
             None => None,
             Some(Ttl::Seconds(seconds)) => Some(seconds),

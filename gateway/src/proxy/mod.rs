@@ -219,8 +219,15 @@ impl Gateway {
                 if oauth::handles(&ctx.path) {
                     let replies = &self.tier_replies;
                     // Boxed, as the JWT check below: see `authenticate`.
-                    let response =
-                        Box::pin(oauth::handle(&self.shared, tokens, replies, req, ctx)).await?;
+                    let response = Box::pin(oauth::handle(
+                        &self.shared,
+                        tokens,
+                        replies,
+                        req,
+                        self.limits.request_timeout,
+                        ctx,
+                    ))
+                    .await?;
                     return Ok(Reply::Local(response));
                 }
             }

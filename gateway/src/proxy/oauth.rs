@@ -11,6 +11,8 @@
 //!   `Retry-After`, and every answer after the secret was checked carries
 //!   the rate-limit headers (set by the respond phase).
 //! - `GET /.well-known/jwks.json` and `GET /.well-known/openid-configuration`.
+use std::{collections::HashMap, time::Duration};
+
 use base64::Engine;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
@@ -30,7 +32,7 @@ use crate::{
     config::LimitBy,
     limits::{LimitKey, RateLimiter},
     shared::Shared,
-    tokens::{Grant, TokenIssuer},
+    tokens::{without_tiers, Grant, TokenIssuer},
 };
 
 pub const TOKEN_PATH: &str = "/oauth2/token";
@@ -52,7 +54,8 @@ fn json_response(status: StatusCode, body: &Value) -> Response<ProxyBody> {
     response
 }
 
-/// An RFC 6749 error answer; `detail` goes to the access log only.
+/// An RFC 6749 error answer; `detail` is its `error_description` and the
+/// access log's detail, so it must tell a client nothing it may not know.
 fn refuse(
     ctx: &mut RequestContext<'_>,
     status: StatusCode,
@@ -84,13 +87,27 @@ pub(super) async fn handle<'g>(
     tokens: &TokenIssuer,
     replies: &TierReplies,
     req: Request<Incoming>,
+    body_timeout: Duration,
     ctx: &mut RequestContext<'g>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     // The normalised path, which `handles` said yes to.
     match (req.method(), ctx.path.as_str()) {
         (&Method::GET, JWKS_PATH) => Ok(json_response(StatusCode::OK, &tokens.jwks())),
         (&Method::GET, DISCOVERY_PATH) => Ok(json_response(StatusCode::OK, &tokens.discovery())),
-        (&Method::POST, TOKEN_PATH) => token(shared, tokens, replies, req, ctx).await,
+        (&Method::POST, TOKEN_PATH) => {
+            let form = match read_form(req, body_timeout).await? {
+                Ok(form) => form,
+                Err(detail) => {
+                    return Ok(refuse(
+                        ctx,
+                        StatusCode::BAD_REQUEST,
+                        "invalid_request",
+                        detail,
+                    ))
+                }
+            };
+            token(shared, tokens, replies, &form, ctx).await
+        }
         _ => Ok(refuse(
             ctx,
             StatusCode::METHOD_NOT_ALLOWED,
@@ -100,27 +117,56 @@ pub(super) async fn handle<'g>(
     }
 }
 
+/// A token request's form fields and its Basic credentials.
+struct Form {
+    fields: HashMap<String, String>,
+    basic: Option<(String, String)>,
+}
+
+impl Form {
+    fn get(&self, name: &str) -> Option<&String> {
+        self.fields.get(name)
+    }
+}
+
+/// Reads a token request's form: `Err(ProxyError::BodyTimeout)` (408) if
+/// the body has not come whole within `timeout` (a stalled body held its
+/// connection for ever, so any client could fill the connection cap with
+/// no credentials), `Ok(Err(why))` for a body refused as `invalid_request`:
+/// unreadable, over [`MAX_FORM`], or a field given twice (RFC 6749 §3.2,
+/// which would otherwise leave the last one to win).
+async fn read_form(
+    req: Request<Incoming>,
+    timeout: Duration,
+) -> Result<Result<Form, &'static str>, ProxyError> {
+    let basic = basic_credentials(req.headers());
+    let read = Limited::new(req.into_body(), MAX_FORM).collect();
+    let Ok(body) = tokio::time::timeout(timeout, read)
+        .await
+        .map_err(|_| ProxyError::BodyTimeout)?
+    else {
+        return Ok(Err("unreadable or oversized body"));
+    };
+    let body = body.to_bytes();
+    let mut fields = HashMap::new();
+    for (key, value) in form_urlencoded::parse(&body) {
+        if fields
+            .insert(key.into_owned(), value.into_owned())
+            .is_some()
+        {
+            return Ok(Err("a parameter given twice"));
+        }
+    }
+    Ok(Ok(Form { fields, basic }))
+}
+
 async fn token<'g>(
     shared: &'g Shared,
     tokens: &TokenIssuer,
     replies: &TierReplies,
-    req: Request<Incoming>,
+    form: &Form,
     ctx: &mut RequestContext<'g>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
-    let basic = basic_credentials(req.headers());
-    let Ok(body) = Limited::new(req.into_body(), MAX_FORM).collect().await else {
-        return Ok(refuse(
-            ctx,
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
-            "unreadable or oversized body",
-        ));
-    };
-    let body = body.to_bytes();
-    let mut form = std::collections::HashMap::new();
-    for (key, value) in form_urlencoded::parse(&body) {
-        form.insert(key.into_owned(), value.into_owned());
-    }
     if form.get("grant_type").map(String::as_str) != Some("client_credentials") {
         return Ok(refuse(
             ctx,
@@ -129,7 +175,7 @@ async fn token<'g>(
             "only grant_type=client_credentials is supported",
         ));
     }
-    let (client_id, secret) = match (basic, form.get("client_secret")) {
+    let (client_id, secret) = match (form.basic.clone(), form.get("client_secret")) {
         (Some((id, secret)), None) => (Some(id), secret),
         (None, Some(secret)) => (form.get("client_id").cloned(), secret.clone()),
         (Some(_), Some(_)) => {
@@ -167,7 +213,11 @@ async fn token<'g>(
             {
                 shared.submit(shared.guard.auth_failed(ctx.remote(), monotonic_ns()));
             }
-            let detail = outcome.err().map_or("client_id_mismatch", |r| r.as_str());
+            // As the proxy and the admin API answer: whether a key id
+            // exists is not told (`unknown_key` and `wrong_secret` alike).
+            let detail = outcome
+                .err()
+                .map_or("client_id_mismatch", |r| r.public_str());
             return Ok(refuse(
                 ctx,
                 StatusCode::UNAUTHORIZED,
@@ -178,15 +228,14 @@ async fn token<'g>(
     };
     client_ban(shared, &client.id, ctx.client_ip, monotonic_ns())?;
     ctx.identity = Some(Identity::Stored(client.clone()));
-    // A narrower scope may be asked for, never a wider one.
+    // A narrower scope may be asked for, never a wider one; never a tier
+    // but the client's own (see `tokens::without_tiers`).
+    let own = without_tiers(&client.scopes, |s| shared.is_tier(s));
     let scopes: Vec<String> = match form.get("scope") {
-        None => client.scopes.clone(),
+        None => own.into_owned(),
         Some(asked) => {
             let asked: Vec<String> = crate::jwt::scope_tokens(asked).map(str::to_owned).collect();
-            if asked
-                .iter()
-                .any(|s| !client.scopes.contains(s) && *s != client.tier)
-            {
+            if asked.iter().any(|s| !own.contains(s) && *s != client.tier) {
                 return Ok(refuse(
                     ctx,
                     StatusCode::BAD_REQUEST,

@@ -18,7 +18,7 @@ use super::{
 use crate::{
     clock::unix_now,
     config::{Config, UpstreamIdentity},
-    tokens::{Grant, TokenIssuer},
+    tokens::{without_tiers, Grant, TokenIssuer},
 };
 
 /// The forwarding settings, resolved once per worker.
@@ -26,6 +26,9 @@ pub(super) struct Rewriter {
     client_id_header: HeaderName,
     client_tier_header: HeaderName,
     trusted_proxies: Vec<ipnet::IpNet>,
+    /// The configured tiers' names, kept out of upstream tokens' scopes
+    /// (see [`without_tiers`]).
+    tiers: Vec<String>,
 }
 
 /// What the rewrite needs to know about the request beyond its route.
@@ -51,6 +54,7 @@ impl Rewriter {
             client_id_header: header(&config.forwarding.client_id_header, "x-client-id"),
             client_tier_header: header(&config.forwarding.client_tier_header, "x-client-tier"),
             trusted_proxies: config.forwarding.trusted_proxies.clone(),
+            tiers: config.tiers.iter().map(|t| t.name.clone()).collect(),
         }
     }
 
@@ -98,10 +102,11 @@ impl Rewriter {
         }
         match (origin.identity, route.upstream_identity, tokens) {
             (Some(client), UpstreamIdentity::Jwt, Some(tokens)) => {
+                let scopes = without_tiers(client.scopes(), |s| self.tiers.iter().any(|t| t == s));
                 let grant = Grant {
                     client_id: client.client_id(),
                     tier: client.tier(),
-                    scopes: client.scopes(),
+                    scopes: &scopes,
                 };
                 let token = tokens
                     .upstream_token(&grant, &route.upstream, unix_now())
