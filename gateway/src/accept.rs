@@ -8,6 +8,8 @@
 //! at most one failure a second, with the count of those it did not. A
 //! connection refused over a connection cap is logged the same way: a
 //! client opening connections as fast as handshakes go wrote a line each.
+//! Each loop (a worker's listener, the admin server) keeps its own count,
+//! so N workers write up to N lines a second.
 use std::{io, time::Duration};
 
 use tokio::time::Instant;

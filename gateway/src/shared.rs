@@ -160,9 +160,12 @@ impl Shared {
             .unwrap_or((0, &DEFAULT_QUOTA))
     }
 
-    /// Whether `name` is a configured tier's.
+    /// Whether `name` is a configured tier's, letter case aside (as
+    /// scopes are kept apart from tiers: see `tokens::without_tiers`).
     pub fn is_tier(&self, name: &str) -> bool {
-        self.quotas.iter().any(|q| q.name == name)
+        self.quotas
+            .iter()
+            .any(|q| q.name.eq_ignore_ascii_case(name))
     }
 
     /// The quota of the tier at `rank`, as [`Shared::tier`] resolved it.

@@ -195,7 +195,7 @@ fn held_streams(addr: SocketAddr, window: u8, count: u32) -> Held {
         live: (0, false),
         ended: None,
     };
-    // The first request sent once all three streams were reset.
+    // The first request sent once all the held streams were reset.
     let mut after = None;
     while started.elapsed() < Duration::from_secs(10) && !held.answered_after {
         // With a window of its own: its 405's body must not stall too.

@@ -144,3 +144,115 @@ fn a_scope_spelt_like_a_tier_is_refused_when_a_client_is_made() {
     let output = create("read,orders:write");
     assert!(output.status.success(), "{output:?}");
 }
+
+#[test]
+fn the_admin_api_refuses_a_scope_spelt_like_a_tier() {
+    let upstream = FakeUpstream::start(None);
+    let gateway = Gateway::builder(&config(&upstream));
+    let admin_key = gateway.create_key_with("gold", &["--admin"]);
+    let (id, _) = gateway.create_client("bronze", &["--scopes", "read"]);
+    let gateway = gateway.start();
+    let admin = gateway.admin.unwrap();
+    let auth = format!("Bearer {admin_key}");
+    let headers = [
+        ("authorization", auth.as_str()),
+        ("content-type", "application/json"),
+    ];
+    let created = request_with_body(
+        admin,
+        "POST",
+        "/v1/management/api-clients",
+        &headers,
+        r#"{"name":"bronzy","tier":"bronze","scopes":["read","gold"]}"#,
+    );
+    assert_eq!(created.status, 400, "{}", created.body);
+    assert!(
+        created.body.contains("is the name of a tier"),
+        "{}",
+        created.body
+    );
+    let updated = request_with_body(
+        admin,
+        "PATCH",
+        &format!("/v1/management/api-clients/{id}"),
+        &headers,
+        r#"{"scopes":["read","GOLD"]}"#,
+    );
+    assert_eq!(updated.status, 400, "{}", updated.body);
+    let shown = gateway.admin_get(
+        &format!("/v1/management/api-clients/{id}"),
+        &[("authorization", &auth)],
+    );
+    assert_eq!(
+        shown.json()["scopes"],
+        serde_json::json!(["read"]),
+        "{}",
+        shown.body
+    );
+}
+
+/// A client stored with a scope that only later became a tier's name (here
+/// made on the store with the default tiers, then served with a tier
+/// `platinum`) gets tokens, for itself and for upstreams, without it, and
+/// cannot ask for it.
+#[test]
+fn a_stored_scope_that_names_a_tier_is_left_out_of_tokens() {
+    let upstream = FakeUpstream::start(None);
+    let body = config(&upstream).replace(
+        "[[routes]]",
+        "[[tiers]]\nname = \"platinum\"\nrequests = 5000\n\n[[routes]]\npath_prefix = \"/up/\"\n\
+         upstream = \"app\"\nauth = \"api_key\"\nupstream_identity = \"jwt\"\n\n[[routes]]",
+    );
+    let gateway = Gateway::builder(&body);
+    let store = gateway
+        .config
+        .with_file_name("keys.db")
+        .display()
+        .to_string();
+    let created = gateway.cli(
+        &[
+            "keys",
+            "create",
+            "--name",
+            "old",
+            "--tier",
+            "bronze",
+            "--scopes",
+            "read,platinum",
+            "--store",
+            &store,
+            "--json",
+        ],
+        &[],
+    );
+    assert!(created.status.success(), "{created:?}");
+    let created: serde_json::Value = serde_json::from_slice(&created.stdout).unwrap();
+    let key = created["api_key"].as_str().unwrap().to_owned();
+    let gateway = gateway.start();
+
+    let form = format!("grant_type=client_credentials&client_secret={key}");
+    let reply = token_request(&gateway, &form);
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(reply.json()["scope"], "read bronze");
+    let minted = claims(reply.json()["access_token"].as_str().unwrap());
+    assert_eq!(minted["scope"], "read bronze", "{minted}");
+    let asked = token_request(&gateway, &format!("{form}&scope=platinum"));
+    assert_eq!(asked.status, 400, "{}", asked.body);
+    assert_eq!(asked.json()["error"], "invalid_scope");
+
+    assert_eq!(gateway.get("/up/x", &[("x-api-key", &key)]).status, 200);
+    let seen = upstream.requests();
+    let bearer = seen.last().unwrap().headers["authorization"].clone();
+    let upstream_token = claims(bearer.strip_prefix("Bearer ").unwrap());
+    assert_eq!(upstream_token["scope"], "read bronze", "{upstream_token}");
+}
+
+/// A JWT's claims, unverified (the gateway verified them).
+fn claims(token: &str) -> serde_json::Value {
+    use base64::Engine;
+    let payload = token.split('.').nth(1).unwrap();
+    let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .unwrap();
+    serde_json::from_slice(&json).unwrap()
+}

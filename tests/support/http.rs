@@ -229,9 +229,9 @@ pub fn request_with_body(
 }
 
 /// A GET from a chosen `source` address; `Err` if the connection cannot be
-/// made within `timeout`, no reply starts within `timeout` (at least 2 s,
-/// which a loaded machine may take) of the request, or it breaks (a
-/// dropped source). A failed connection is aborted: were it left to close,
+/// made within `timeout`, a read of the reply waits longer than `timeout`
+/// (at least 2 s, which a loaded machine may take; a ban the tests use it
+/// against lasts longer), or it breaks (a dropped source). A failed connection is aborted: were it left to close,
 /// the kernel would go on retransmitting a dropped request and deliver it
 /// once a ban expires, as a request the test never meant.
 pub fn get_from(

@@ -90,3 +90,22 @@ fn issuer_names_are_unique_and_have_no_fragment() {
     ));
     assert!(message.starts_with("issuers[0].typ[0]"), "{message}");
 }
+
+#[test]
+fn a_required_scope_naming_a_tier_is_refused_in_any_letter_case() {
+    let route = format!(
+        "{LISTENER}[[upstreams]]\nname = \"app\"\nservers = [\"127.0.0.1:2\"]\n\n\
+         [[routes]]\npath_prefix = \"/\"\nupstream = \"app\"\n"
+    );
+    let message = error(&format!("{route}required_scopes = [\"read\", \"Gold\"]\n"));
+    assert!(
+        message.starts_with("routes[0].required_scopes"),
+        "{message}"
+    );
+    assert!(
+        message.contains("\"Gold\" is the name of a tier"),
+        "{message}"
+    );
+    let fine = format!("{route}required_scopes = [\"orders:read\"]\n");
+    assert!(super::super::Config::parse(&fine).is_ok());
+}

@@ -161,6 +161,7 @@ impl Config {
         identity::validate_issuers(&self.issuers)?;
         identity::validate_tokens(&self.tokens, &self.issuers)?;
         routes::validate_auth(&self.routes, !self.issuers.is_empty(), &self.tokens)?;
+        routes::validate_scopes(&self.routes, &self.tiers)?;
         routes::validate_forwarding(&self.forwarding)?;
         self.redis.validate()?;
         fleet::validate_backend(&self.limits, &self.redis)?;

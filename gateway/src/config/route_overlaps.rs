@@ -67,7 +67,9 @@ fn case_twins(routes: &[RouteConfig]) -> Result<(), ConfigError> {
                 path::route_prefix(&other.path_prefix),
                 path::route_prefix(&route.path_prefix),
             );
-            hosts.is_none_or(|(a, b)| a == b) && a != b && a.eq_ignore_ascii_case(b)
+            hosts.is_none_or(|(host_a, host_b)| host_a == host_b)
+                && a != b
+                && a.eq_ignore_ascii_case(b)
         });
         if let Some(twin) = twin {
             return Err(ConfigError::invalid(

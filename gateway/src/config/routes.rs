@@ -3,7 +3,12 @@
 use ipnet::IpNet;
 use serde::Deserialize;
 
-use super::{bounds::At, identity::TokensConfig, upstreams::UpstreamConfig, ConfigError};
+use super::{
+    bounds::At,
+    identity::{TierConfig, TokensConfig},
+    upstreams::UpstreamConfig,
+    ConfigError,
+};
 use crate::{host, path};
 
 /// Which credentials a route accepts.
@@ -257,6 +262,31 @@ pub(super) fn validate_auth(
                      is handed would pass as the gateway's own; rename the upstream or set \
                      another audience",
                     route.upstream
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A required scope never names a tier (letter case aside): tokens carry
+/// their client's tier in `scope`, so a route asking for scope `gold`
+/// would pass whoever a token or a stored client calls gold, which the
+/// gateway keeps out of scopes (`tokens::without_tiers`, client checks).
+pub(super) fn validate_scopes(
+    routes: &[RouteConfig],
+    tiers: &[TierConfig],
+) -> Result<(), ConfigError> {
+    for (index, route) in routes.iter().enumerate() {
+        let tier = (route.required_scopes.iter())
+            .find(|scope| tiers.iter().any(|t| t.name.eq_ignore_ascii_case(scope)));
+        if let Some(scope) = tier {
+            return Err(ConfigError::invalid(
+                format!("routes[{index}].required_scopes"),
+                format!(
+                    "{scope:?} is the name of a tier: tokens carry their client's tier in \
+                     their scope claim, so it cannot be told from a scope; name scopes apart \
+                     from tiers"
                 ),
             ));
         }

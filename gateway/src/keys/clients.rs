@@ -207,21 +207,27 @@ impl<'a> Clients<'a> {
     }
 
     /// Each scope is one RFC 6749 scope token (`NQCHAR`s: printable ASCII
-    /// but space, `"` and `\`) and no tier's name: a token carries the
-    /// client's tier in its `scope` claim, so a scope `gold` (or `read
-    /// gold`, which a claim splits in two) would read as tier gold to a
-    /// gateway that takes tiers from scopes.
+    /// but space, `"` and `\`), without `,` (the CLI's list separator),
+    /// and no tier's name in any letter case: a token carries the client's
+    /// tier in its `scope` claim, so a scope `gold` (or `read gold`, which
+    /// a claim splits in two) would read as tier gold to a gateway that
+    /// takes tiers from scopes.
     pub fn check_scopes(&self, scopes: &[String]) -> Result<(), ClientError> {
         for scope in scopes {
             let token = !scope.is_empty()
-                && (scope.bytes()).all(|b| matches!(b, 0x21 | 0x23..=0x5b | 0x5d..=0x7e));
+                && (scope.bytes())
+                    .all(|b| matches!(b, 0x21 | 0x23..=0x2b | 0x2d..=0x5b | 0x5d..=0x7e));
             if !token {
                 return Err(ClientError::Invalid(format!(
                     "scope {scope:?}: a scope is one or more printable ASCII characters, \
-                     without spaces, '\"' or '\\'"
+                     without spaces, ',', '\"' or '\\'"
                 )));
             }
-            if self.tiers.contains(scope) {
+            if self
+                .tiers
+                .iter()
+                .any(|tier| tier.eq_ignore_ascii_case(scope))
+            {
                 return Err(ClientError::Invalid(format!(
                     "scope {scope:?} is the name of a tier: tokens carry the client's tier \
                      in their scope claim, where it would read as that tier; give the tier \

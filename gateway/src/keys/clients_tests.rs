@@ -31,6 +31,37 @@ async fn unknown_tier_names_the_configured_ones() {
 }
 
 #[tokio::test]
+async fn scopes_are_scope_tokens_and_never_name_a_tier() {
+    let store = store();
+    let clients = Clients::new(&store, ["bronze", "gold"]);
+    for scopes in [
+        &["read", "gold"][..],
+        &["GOLD"],
+        &["read gold"],
+        &["a,b"],
+        &[""],
+        &["x\"y"],
+    ] {
+        let mut bad = spec("bronze");
+        bad.scopes = scopes.iter().map(|s| (*s).to_owned()).collect();
+        let error = clients.create(bad, 0).await.err();
+        assert!(
+            matches!(error, Some(ClientError::Invalid(_))),
+            "{scopes:?}: {error:?}"
+        );
+    }
+    let mut good = spec("bronze");
+    good.scopes = vec!["read".into(), "orders:write".into(), "admin:read".into()];
+    let created = clients.create(good, 0).await.unwrap();
+    let update = ClientUpdate {
+        scopes: Some(vec!["bronze".into()]),
+        ..ClientUpdate::default()
+    };
+    let error = clients.update(&created.client.id, &update).await.err();
+    assert!(matches!(error, Some(ClientError::Invalid(_))), "{error:?}");
+}
+
+#[tokio::test]
 async fn lifecycle_shows_keys_once() {
     let store = store();
     let clients = Clients::new(&store, ["bronze", "gold"]);

@@ -55,7 +55,8 @@ fn json_response(status: StatusCode, body: &Value) -> Response<ProxyBody> {
 }
 
 /// An RFC 6749 error answer; `detail` is its `error_description` and the
-/// access log's detail, so it must tell a client nothing it may not know.
+/// access log's detail (which a caller may make more precise), so it must
+/// tell a client nothing it may not know.
 fn refuse(
     ctx: &mut RequestContext<'_>,
     status: StatusCode,
@@ -133,12 +134,21 @@ impl Form {
 /// the body has not come whole within `timeout` (a stalled body held its
 /// connection for ever, so any client could fill the connection cap with
 /// no credentials), `Ok(Err(why))` for a body refused as `invalid_request`:
-/// unreadable, over [`MAX_FORM`], or a field given twice (RFC 6749 §3.2,
-/// which would otherwise leave the last one to win).
+/// unreadable, over [`MAX_FORM`], or a field (or `Authorization`) given
+/// twice (RFC 6749 §3.2), which would otherwise leave one copy to win.
 async fn read_form(
     req: Request<Incoming>,
     timeout: Duration,
 ) -> Result<Result<Form, &'static str>, ProxyError> {
+    if req
+        .headers()
+        .get_all(header::AUTHORIZATION)
+        .iter()
+        .nth(1)
+        .is_some()
+    {
+        return Ok(Err("a parameter given twice"));
+    }
     let basic = basic_credentials(req.headers());
     let read = Limited::new(req.into_body(), MAX_FORM).collect();
     let Ok(body) = tokio::time::timeout(timeout, read)
@@ -214,16 +224,15 @@ async fn token<'g>(
                 shared.submit(shared.guard.auth_failed(ctx.remote(), monotonic_ns()));
             }
             // As the proxy and the admin API answer: whether a key id
-            // exists is not told (`unknown_key` and `wrong_secret` alike).
-            let detail = outcome
-                .err()
-                .map_or("client_id_mismatch", |r| r.public_str());
-            return Ok(refuse(
-                ctx,
-                StatusCode::UNAUTHORIZED,
-                "invalid_client",
-                detail,
-            ));
+            // exists is not told (`unknown_key` and `wrong_secret` alike);
+            // the access log says which.
+            let reason = outcome.err();
+            let public = reason.map_or("client_id_mismatch", |r| r.public_str());
+            let response = refuse(ctx, StatusCode::UNAUTHORIZED, "invalid_client", public);
+            if let (Some(reason), Some(refusal)) = (reason, ctx.refusal.as_mut()) {
+                refusal.detail = Some(reason.as_str());
+            }
+            return Ok(response);
         }
     };
     client_ban(shared, &client.id, ctx.client_ip, monotonic_ns())?;

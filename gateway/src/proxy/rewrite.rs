@@ -102,7 +102,8 @@ impl Rewriter {
         }
         match (origin.identity, route.upstream_identity, tokens) {
             (Some(client), UpstreamIdentity::Jwt, Some(tokens)) => {
-                let scopes = without_tiers(client.scopes(), |s| self.tiers.iter().any(|t| t == s));
+                let is_tier = |s: &str| self.tiers.iter().any(|t| t.eq_ignore_ascii_case(s));
+                let scopes = without_tiers(client.scopes(), is_tier);
                 let grant = Grant {
                     client_id: client.client_id(),
                     tier: client.tier(),
