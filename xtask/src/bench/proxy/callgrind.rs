@@ -152,7 +152,10 @@ const HISTORY: &str = "History (proxied 200 / 429, gateway instructions per requ
     31,271 / 19,698 (HAProxy 45,676 / 41,874). Since 37a584f HAProxy also forwards the client's \
     tier, X-Forwarded-For and -Proto (about +6,300 per request, a one-off count with wrk) and a \
     UUID request id, also on its answer (about +6,600; a counter-based `unique-id-format` costs \
-    about 5,200), as the gateway does. The table: the PGO build of 22a0d7c.";
+    about 5,200), as the gateway does. The PGO build of 22a0d7c: 31,602 / 19,846. Then \
+    hardening (the route phase's letter-case check, an upstream's HEAD/204/304 connection \
+    rested before reuse, HTTP/2 stream resets, transfer codings checked; +477 / +41). The \
+    table: the PGO build of eed1e97.";
 
 /// Both paths for both proxies, printed as they are measured, then as a
 /// table; recorded in bench/RESULTS.md unless `record` is false (a
