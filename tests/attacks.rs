@@ -34,3 +34,6 @@ mod descriptors;
 
 #[path = "attacks/tokens.rs"]
 mod tokens;
+
+#[path = "attacks/bans.rs"]
+mod bans;

@@ -31,7 +31,14 @@ impl Gateway {
     ) -> Response<ProxyBody> {
         let mut response = match outcome {
             Ok(Reply::Upstream(response, upgrade)) => {
-                relay(response, upgrade, self.limits.tunnel_idle_timeout, ctx)
+                let bans = self.shared.userspace_bans.clone();
+                relay(
+                    response,
+                    upgrade,
+                    self.limits.tunnel_idle_timeout,
+                    bans,
+                    ctx,
+                )
             }
             Ok(Reply::Local(response)) => response,
             Err(error) => {
@@ -96,6 +103,7 @@ fn relay(
     mut response: Response<UpstreamBody>,
     client_upgrade: Option<ClientUpgrade>,
     idle: std::time::Duration,
+    bans: crate::xdp::policy::UserspaceBans,
     ctx: &RequestContext<'_>,
 ) -> Response<ProxyBody> {
     let switched = response.status() == StatusCode::SWITCHING_PROTOCOLS;
@@ -108,12 +116,14 @@ fn relay(
         upgrade::set_upgrade(response.headers_mut(), protocol);
         let upstream_upgrade = hyper::upgrade::on(&mut response);
         let peer = ctx.peer.addr.ip().to_canonical();
+        let client_ip = ctx.client_ip;
+        let banned = move || bans.is_banned(client_ip, crate::clock::monotonic_ns());
         tokio::spawn(async move {
             let ClientUpgrade { on, permit } = client_upgrade;
             match tokio::try_join!(on, upstream_upgrade) {
                 Ok((client, upstream)) => {
                     let (client, upstream) = (TokioIo::new(client), TokioIo::new(upstream));
-                    match tunnel::splice(client, upstream, idle, Some(permit)).await {
+                    match tunnel::splice(client, upstream, idle, banned, Some(permit)).await {
                         Ok(ended) => tracing::debug!(%peer, ?ended, "tunnel ended"),
                         Err(error) => tracing::debug!(%peer, %error, "tunnel ended with an error"),
                     }

@@ -2,7 +2,11 @@
 //! sides are done, or until no byte moved either way for
 //! `limits.tunnel_idle_timeout`, when both sides are closed. The client
 //! connection's permit (its slot in `max_connections` and in its source's
-//! count) lives as long as the tunnel.
+//! count) lives as long as the tunnel. A tunnel whose client is banned
+//! while it is open is closed too, within [`BAN_CHECK`]: without XDP
+//! nothing else stops it (the proxy refuses a banned source's requests,
+//! and a tunnel makes none; found by an attack, bytes kept reaching the
+//! upstream after the ban).
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -11,6 +15,10 @@ use super::serve::ConnectionPermit;
 
 const BUFFER: usize = 16 * 1024;
 
+/// How often an open tunnel asks whether its client was banned since, on
+/// top of before each copy.
+const BAN_CHECK: Duration = Duration::from_secs(1);
+
 /// How a tunnel ended.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Ended {
@@ -18,14 +26,24 @@ pub enum Ended {
     Closed,
     /// Nothing moved for the idle timeout.
     Idle,
+    /// The client was banned.
+    Banned,
 }
 
-/// Copies between `client` and `upstream` (see the module doc). `_permit`
-/// is held until the tunnel ends.
+/// What one copy step came to.
+enum Step {
+    Moved(std::io::Result<(bool, usize)>),
+    Idle,
+    Banned,
+}
+
+/// Copies between `client` and `upstream` (see the module doc), while
+/// `banned` says no. `_permit` is held until the tunnel ends.
 pub async fn splice<C, U>(
     mut client: C,
     mut upstream: U,
     idle: Duration,
+    banned: impl Fn() -> bool,
     _permit: Option<std::sync::Arc<ConnectionPermit>>,
 ) -> std::io::Result<Ended>
 where
@@ -51,15 +69,34 @@ where
             }
             Ok::<_, std::io::Error>((from_client, n))
         };
-        match tokio::time::timeout(idle, step).await {
-            Err(_elapsed) => {
-                let _ = tokio::join!(client.shutdown(), upstream.shutdown());
-                return Ok(Ended::Idle);
+        let outcome = {
+            tokio::pin!(step);
+            let quiet = tokio::time::sleep(idle);
+            tokio::pin!(quiet);
+            // Its first tick is at once: a check before each copy.
+            let mut checks = tokio::time::interval(BAN_CHECK);
+            loop {
+                tokio::select! {
+                    moved = &mut step => break Step::Moved(moved),
+                    () = &mut quiet => break Step::Idle,
+                    _ = checks.tick() => if banned() {
+                        break Step::Banned;
+                    },
+                }
             }
-            Ok(Err(error)) => return Err(error),
-            Ok(Ok((true, 0))) => client_open = false,
-            Ok(Ok((false, 0))) => upstream_open = false,
-            Ok(Ok(_)) => {}
+        };
+        match outcome {
+            Step::Idle | Step::Banned => {
+                let _ = tokio::join!(client.shutdown(), upstream.shutdown());
+                return Ok(match outcome {
+                    Step::Banned => Ended::Banned,
+                    _ => Ended::Idle,
+                });
+            }
+            Step::Moved(Err(error)) => return Err(error),
+            Step::Moved(Ok((true, 0))) => client_open = false,
+            Step::Moved(Ok((false, 0))) => upstream_open = false,
+            Step::Moved(Ok(_)) => {}
         }
     }
     Ok(Ended::Closed)
@@ -73,7 +110,13 @@ mod tests {
     async fn bytes_flow_both_ways_and_an_idle_tunnel_is_closed() {
         let (client, mut client_far) = tokio::io::duplex(64);
         let (upstream, mut upstream_far) = tokio::io::duplex(64);
-        let tunnel = tokio::spawn(splice(client, upstream, Duration::from_millis(200), None));
+        let tunnel = tokio::spawn(splice(
+            client,
+            upstream,
+            Duration::from_millis(200),
+            || false,
+            None,
+        ));
         client_far.write_all(b"ping").await.unwrap();
         let mut buf = [0; 4];
         upstream_far.read_exact(&mut buf).await.unwrap();
@@ -92,9 +135,31 @@ mod tests {
     async fn a_tunnel_closed_on_both_sides_ends() {
         let (client, client_far) = tokio::io::duplex(64);
         let (upstream, upstream_far) = tokio::io::duplex(64);
-        let tunnel = tokio::spawn(splice(client, upstream, Duration::from_secs(60), None));
+        let idle = Duration::from_secs(60);
+        let tunnel = tokio::spawn(splice(client, upstream, idle, || false, None));
         drop((client_far, upstream_far));
         let ended = tokio::time::timeout(Duration::from_secs(10), tunnel).await;
         assert_eq!(ended.unwrap().unwrap().unwrap(), Ended::Closed);
+    }
+
+    /// Banned while nothing moves: closed at the next check, not at the
+    /// idle timeout.
+    #[tokio::test]
+    async fn a_tunnel_whose_client_is_banned_is_closed_on_both_sides() {
+        let (client, mut client_far) = tokio::io::duplex(64);
+        let (upstream, mut upstream_far) = tokio::io::duplex(64);
+        let banned = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = banned.clone();
+        let is_banned = move || flag.load(std::sync::atomic::Ordering::Relaxed);
+        let idle = Duration::from_secs(60);
+        let tunnel = tokio::spawn(splice(client, upstream, idle, is_banned, None));
+        client_far.write_all(b"ping").await.unwrap();
+        let mut buf = [0; 4];
+        upstream_far.read_exact(&mut buf).await.unwrap();
+        banned.store(true, std::sync::atomic::Ordering::Relaxed);
+        let ended = tokio::time::timeout(Duration::from_secs(10), tunnel).await;
+        assert_eq!(ended.unwrap().unwrap().unwrap(), Ended::Banned);
+        assert_eq!(client_far.read(&mut buf).await.unwrap(), 0);
+        assert_eq!(upstream_far.read(&mut buf).await.unwrap(), 0);
     }
 }
